@@ -27,7 +27,7 @@
 //! one it forgets, counted apart (`tls_handshake_rate_table`).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -249,8 +249,9 @@ impl PerIpLimit {
 /// (at most one per [`PerIpRate::SWEEP_AT_BOUND_EVERY`], so that a full
 /// table does not cost a sweep per connection) has found nothing to
 /// forget, a connection from an IP not in the table takes the place of
-/// one it forgets, whichever the map gives first ([`Admitted::ForgotOne`],
-/// counted and logged at accept): no looser than the unbounded table, in
+/// one it forgets, the oldest it took in ([`Admitted::ForgotOne`],
+/// counted and logged at accept; its bucket had the longest to refill):
+/// no looser than the unbounded table, in
 /// which every new IP got a fresh burst too, and no lockout. Refusing new
 /// IPs instead (this session's first version) let one host with an IPv6
 /// /48 keep the table full at ~65,536 × rate connections a second and
@@ -259,7 +260,17 @@ impl PerIpLimit {
 /// first. A table of
 /// 65,536 entries of 64 bytes (a `u128` key and a [`TokenBucket`]) in
 /// hashbrown's buckets (a control byte each, 131,072 of them at its 7/8
-/// load) holds about 8.5 MB.
+/// load) holds about 8.5 MB, and its order of arrival (`RateTable::order`)
+/// 16 B an IP more, 1 MB (up to about three times that while it still
+/// lists IPs a sweep forgot).
+///
+/// The oldest is found in O(1), from that order. Forgetting whichever
+/// the map gave first (`keys().next()`, until session 43) scanned the
+/// map's control bytes from its start, which each such removal left
+/// emptier: past the bound a flood of new IPs cost 4–11 µs of the
+/// table's lock each (a release build: 100,000 of them at 100,000 a
+/// second, 0.4–1.1 s of CPU, every worker's TLS accepts waiting on the
+/// lock meanwhile; `bench/H2TLS.md`).
 #[derive(Debug)]
 pub(crate) struct PerIpRate {
     per_second: f64,
@@ -271,6 +282,12 @@ pub(crate) struct PerIpRate {
 #[derive(Debug)]
 struct RateTable {
     buckets: HashMap<u128, TokenBucket>,
+    /// The keys in the order they were taken in, oldest first: every key
+    /// of `buckets`, and keys a sweep forgot (passed over when met) until
+    /// a sweep finds the list over twice the table and cleans it. (An IP
+    /// a sweep forgot that came back is listed twice until then: its older
+    /// place, met first, forgets it early, as an arbitrary choice would.)
+    order: VecDeque<u128>,
     sweep_at: usize,
     /// When it was last swept, for [`PerIpRate::SWEEP_AT_BOUND_EVERY`].
     swept: Option<Instant>,
@@ -326,6 +343,7 @@ impl PerIpRate {
             max_tracked: max_tracked.max(1),
             table: Mutex::new(RateTable {
                 buckets: HashMap::new(),
+                order: VecDeque::new(),
                 sweep_at: Self::SWEEP_AT.min(max_tracked.max(1)),
                 swept: None,
             }),
@@ -356,19 +374,37 @@ impl PerIpRate {
                     b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * b.rate;
                 refilled < burst
             });
+            // The order keeps what the sweep forgot (passed over when met
+            // at its front) until that is most of it: then each key still
+            // tracked keeps its first place only, and the list is the
+            // table's length again (an IP that a sweep forgets and that
+            // comes back, over and over, would otherwise grow it).
+            if table.order.len() > table.buckets.len() * 2 {
+                let RateTable { buckets, order, .. } = &mut *table;
+                let mut listed = HashSet::with_capacity(buckets.len());
+                order.retain(|k| buckets.contains_key(k) && listed.insert(*k));
+                order.shrink_to(buckets.len() * 2);
+            }
             table.sweep_at = (table.buckets.len() * 2)
                 .max(Self::SWEEP_AT)
                 .min(self.max_tracked);
             table.swept = Some(now);
         }
         let mut admitted = Admitted::Metered;
-        if table.buckets.len() >= self.max_tracked && !table.buckets.contains_key(&key) {
-            // Any one: the first the map gives is O(1) and not chosen by
-            // the peer (SipHash keys of the process's own).
-            if let Some(old) = table.buckets.keys().next().copied() {
-                table.buckets.remove(&old);
+        let known = table.buckets.contains_key(&key);
+        if !known && table.buckets.len() >= self.max_tracked {
+            // The oldest still in the table (those a sweep forgot are
+            // passed over: each key is met once, so this is O(1) a
+            // connection, taken over all).
+            while let Some(old) = table.order.pop_front() {
+                if table.buckets.remove(&old).is_some() {
+                    break;
+                }
             }
             admitted = Admitted::ForgotOne(self.max_tracked);
+        }
+        if !known {
+            table.order.push_back(key);
         }
         let (rate, burst) = (self.per_second, self.burst);
         let bucket = table
@@ -996,6 +1032,40 @@ mod tests {
         assert_eq!(std::mem::size_of::<(u128, TokenBucket)>(), 64);
     }
 
+    /// At its bound the table forgets the oldest IP it took in, one per new
+    /// IP, whatever the map's order: the first IP's next connection is a
+    /// new IP's (a fresh bucket, taking the second's place), the third is
+    /// still metered. (It forgot whichever the map gave first, by scanning
+    /// its control bytes from the start: 4-11 µs a connection in a flood
+    /// past the bound, `bench/H2TLS.md`.)
+    #[test]
+    fn at_its_bound_the_table_forgets_the_oldest_ip() {
+        let start = Instant::now();
+        let l = PerIpRate::bounded(0.5, 1500);
+        let ip = |i: u32| IpAddr::from((0x0b00_0000 + i).to_be_bytes());
+        for i in 0..1500 {
+            assert_eq!(l.try_take(ip(i), start), Ok(Admitted::Metered));
+        }
+        assert_eq!(l.try_take(ip(1500), start), Ok(Admitted::ForgotOne(1500)));
+        assert_eq!(
+            l.try_take(ip(0), start),
+            Ok(Admitted::ForgotOne(1500)),
+            "the oldest was forgotten: a fresh bucket"
+        );
+        assert_eq!(
+            l.try_take(ip(2), start),
+            Err(OverIpRate::Rate(0.5)),
+            "the third oldest is still metered"
+        );
+        assert_eq!(
+            l.try_take(ip(1), start),
+            Ok(Admitted::ForgotOne(1500)),
+            "the second went for ip 0"
+        );
+        let table = l.table.lock().unwrap();
+        assert_eq!((table.buckets.len(), table.order.len()), (1500, 1500));
+    }
+
     /// A cleartext listener's answers: `503`, or `GOAWAY` to a client whose
     /// first bytes are `opening`.
     fn h2c_answer(opening: &'static [u8]) -> Answer {
@@ -1210,6 +1280,140 @@ mod tests {
         assert_eq!(undecided.len(), 0, "the silent ones' wait is over");
         assert_eq!(answered(&mut clients[4]), "503");
         assert_eq!(answered(&mut clients[UNDECIDED_MAX]), "503");
+    }
+
+    /// IPv6 /64 number `i` of one /32: a key of its own each.
+    fn v6_of(i: u32) -> IpAddr {
+        let [a, b, c, d] = i.to_be_bytes();
+        let (hi, lo) = (u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+        IpAddr::from([0x2001, 0x0db8, hi, lo, 0, 0, 0, 1])
+    }
+
+    /// `n` new IPs from `from` on, one every `every` from `at`.
+    fn new_ips(l: &PerIpRate, from: u32, n: u32, at: Instant, every: Duration) {
+        for i in 0..n {
+            let _ = std::hint::black_box(l.try_take(v6_of(from + i), at + every * i));
+        }
+    }
+
+    /// Fills a table with `n` IPs at once.
+    #[inline(never)]
+    fn bench_fill(l: &PerIpRate, n: u32, at: Instant) {
+        new_ips(l, 0, n, at, Duration::ZERO);
+    }
+
+    /// `times` sweeps of the whole table, none forgetting anything (each
+    /// forced by a new IP with the sweep due).
+    #[inline(never)]
+    fn bench_sweeps(l: &PerIpRate, from: u32, times: u32, at: Instant) {
+        for i in 0..times {
+            l.table.lock().unwrap().sweep_at = 0;
+            let _ = std::hint::black_box(l.try_take(v6_of(from + i), at));
+        }
+    }
+
+    /// `n` connections from IPs already in the table.
+    #[inline(never)]
+    fn bench_known_ips(l: &PerIpRate, n: u32, at: Instant) {
+        for i in 0..n {
+            let _ = std::hint::black_box(l.try_take(v6_of(i), at));
+        }
+    }
+
+    /// 100,000 new IPs past a full table's bound, 100,000 a second.
+    #[inline(never)]
+    fn bench_flood_past_the_bound(l: &PerIpRate, from: u32, at: Instant) {
+        new_ips(l, from, 100_000, at, Duration::from_micros(10));
+    }
+
+    /// The bytes this process has resident, from `/proc/self/statm`.
+    fn resident_bytes() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: usize = statm.split(' ').nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    /// Not a check: what the per-IP rate table costs, for `bench/H2TLS.md`
+    /// ("The per-IP rate table under a flood of addresses"), run under
+    /// callgrind (the instructions of each `bench_*` function, inclusive):
+    /// a table filled with `MEGACONN_BENCH_ENTRIES` IPs (65,536 if unset,
+    /// its bound), 10 sweeps of it, 100,000 connections from IPs it holds
+    /// (at most `entries`); then a table at its bound (65,536) and 100,000
+    /// new IPs past it at 100,000 a second, a sweep due every
+    /// `SWEEP_AT_BOUND_EVERY` (not with `MEGACONN_BENCH_NO_FLOOD` set), and
+    /// the eviction before session 43 on the same map, side by side. Prints
+    /// the resident memory the first table took and its capacity, and each
+    /// phase's wall time (for ratios: the machine may be busy).
+    #[test]
+    #[ignore = "a bench, run by hand under callgrind: bench/H2TLS.md"]
+    fn bench_the_rate_table() {
+        let entries: u32 = std::env::var("MEGACONN_BENCH_ENTRIES")
+            .map_or(PerIpRate::MAX_TRACKED as u32, |n| n.parse().unwrap());
+        // 0.01 a second: a bucket refills in 100 s, so no sweep here
+        // forgets anything (each scans the whole table).
+        let l = PerIpRate::bounded(0.01, entries as usize + 10);
+        let start = Instant::now();
+        let before = resident_bytes();
+        bench_fill(&l, entries, start);
+        let after = resident_bytes();
+        let capacity = l.table.lock().unwrap().buckets.capacity();
+        println!(
+            "{entries} IPs: {} bytes resident more ({:.1} a tracked IP), capacity {capacity}",
+            after - before,
+            (after - before) as f64 / f64::from(entries)
+        );
+        // Wall time too, for ratios within one run (callgrind's counts are
+        // the figures).
+        let timed = |what: &str, n: u32, f: &dyn Fn()| {
+            let t = std::time::Instant::now();
+            f();
+            let us = t.elapsed().as_secs_f64() * 1e6;
+            println!("{what}: {:.3} µs each ({n})", us / f64::from(n));
+        };
+        timed("sweep", 10, &|| {
+            bench_sweeps(&l, entries, 10, start + Duration::from_millis(1))
+        });
+        assert_eq!(l.tracked(), entries as usize + 10);
+        let known = 100_000.min(entries);
+        timed("known IP", known, &|| {
+            bench_known_ips(&l, known, start + Duration::from_millis(2))
+        });
+        drop(l);
+        // (Set for callgrind runs of the sweeps alone.)
+        if std::env::var_os("MEGACONN_BENCH_NO_FLOOD").is_some() {
+            return;
+        }
+        let full = PerIpRate::new(0.01);
+        let bound = PerIpRate::MAX_TRACKED as u32;
+        new_ips(&full, 0, bound, start, Duration::ZERO);
+        timed("new IP past the bound", 100_000, &|| {
+            bench_flood_past_the_bound(&full, bound, start + Duration::from_secs(1))
+        });
+        assert_eq!(full.tracked(), PerIpRate::MAX_TRACKED);
+        // Side by side, the eviction before session 43 on the same map: the
+        // first key the map gives, then the new one in its place.
+        let old: RefCell<HashMap<u128, TokenBucket>> = RefCell::new(
+            (0..bound)
+                .map(|i| (PerIpLimit::key(v6_of(i)), TokenBucket::new(0.01, 1)))
+                .collect(),
+        );
+        timed("new IP past the bound, keys().next()", 100_000, &|| {
+            bench_old_eviction(&mut old.borrow_mut(), bound, start)
+        });
+    }
+
+    /// 100,000 new IPs past a full map's bound, each taking the place of
+    /// the first key the map gives (the eviction before session 43).
+    #[inline(never)]
+    fn bench_old_eviction(map: &mut HashMap<u128, TokenBucket>, from: u32, at: Instant) {
+        for i in 0..100_000 {
+            if let Some(first) = map.keys().next().copied() {
+                map.remove(&first);
+            }
+            let key = PerIpLimit::key(v6_of(from + i));
+            let bucket = map.entry(key).or_insert_with(|| TokenBucket::new(0.01, 1));
+            let _ = std::hint::black_box(bucket.try_take(at));
+        }
     }
 
     #[test]

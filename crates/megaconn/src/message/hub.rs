@@ -40,8 +40,11 @@
 //! descriptor's current generation is kept where every thread reads it
 //! (`open.rs`), one atomic load a call. A message to a connection that
 //! closes after the call (its id is stale by the time the pump gets to it,
-//! even if its descriptor was reused) is dropped there. Publishes and
-//! broadcasts name no connection and are not affected.
+//! even if its descriptor was reused), or that the pump finds closing (a
+//! slow consumer lingering before its close, one closed by [`Hub::close`]),
+//! is dropped there and counted in `queue_drops`: every `send` told `Ok`
+//! counts once, in `pushes` or `queue_drops` (or `push_unframable`).
+//! Publishes and broadcasts name no connection and are not affected.
 //!
 //! [`Hub::close`] travels the same way, so it comes after what was pushed
 //! before it: an awake connection's inbox takes it behind its queue; a
@@ -516,7 +519,9 @@ impl Hub {
     /// and that the message waits in its worker's queue: delivery happens
     /// when the worker's pump reaches it, so a connection that closes in
     /// between (its peer gone, a timeout) drops it, and nothing tells the
-    /// sender. A send racing the close on another thread may get either
+    /// sender (it counts in `megaconn_message_queue_drops_total`, as does
+    /// one that finds its connection closing: every `Ok` send counts once,
+    /// there or in `megaconn_message_pushes_total`). A send racing the close on another thread may get either
     /// answer; one made after the handler's `on_close_with_id` has begun,
     /// or from it, gets `Closed`. (An id of a connection closed so long
     /// ago that a connection 2^32 later holds its descriptor with the same
@@ -913,8 +918,14 @@ pub(crate) enum Delivered {
     /// and the connection is to be woken to close as a slow consumer, after
     /// what it still owes of the push ([`Unsent`]), if anything.
     Overflowed(Option<Unsent>),
-    /// A push found it behind already: nothing was written.
+    /// A push found it behind already: nothing was written (nor counted).
     Behind,
+    /// Closing for the hub ([`Hub::close`]): nothing was written (nor
+    /// counted).
+    Closing,
+    /// Its socket was found broken: nothing went, counted in `queue_drops`
+    /// (its hang-up wakes it to close).
+    Lost,
     /// Not a parked connection of that generation (or not framable for it).
     NotParked,
     /// Another connection holds the descriptor now: the one sought has

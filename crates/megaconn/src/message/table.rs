@@ -536,7 +536,7 @@ fn send_parked<S>(
         // push is lost: dropped, as one its close leaves queued is.
         Pushed::Broken => {
             incr(&counters.queue_drops);
-            return Delivered::NotParked;
+            return Delivered::Lost;
         }
         Pushed::Behind(unsent) => unsent,
     };

@@ -573,6 +573,9 @@ impl Local {
             Push::Deadline(id, at) => return self.set_deadline(id, at),
             push => push,
         };
+        // A `Hub::send`, told `Ok`: counted once whatever it finds
+        // (`missed`).
+        let named = matches!(push, Push::To(..));
         let (mut recipients, mut msg) = self.recipients(push);
         // A protocol's table exists before any of its connections does.
         let sets = self.parked_sets();
@@ -585,14 +588,29 @@ impl Local {
                 return Step::Done;
             };
             let Some(generation) = generation else {
+                // Neither awake nor parked: closing (a slow consumer's
+                // linger), or gone.
+                if named {
+                    self.missed();
+                }
                 return Step::Skipped;
             };
             let wires = self.wires.borrow();
-            if self.deliver_one(fd, generation, &mut msg, &wires, &sets) == Delivered::Replaced {
+            let unframable = msg.unframable + msg.no_wire;
+            let delivered = self.deliver_one(fd, generation, &mut msg, &wires, &sets);
+            if delivered == Delivered::Replaced {
                 // A subscriber that closed without its close reaching its
                 // topics (`Topics`): it leaves them now, each stale entry
                 // once, instead of staying in them for good.
                 self.topics.borrow_mut().closed(self.id(fd, generation));
+            }
+            let handed = matches!(
+                delivered,
+                Delivered::Sent | Delivered::Overflowed(_) | Delivered::Lost
+            );
+            // (One its wire could not frame is counted as such.)
+            if named && !handed && msg.unframable + msg.no_wire == unframable {
+                self.missed();
             }
             if owed > 0 {
                 owed -= 1;
@@ -609,9 +627,24 @@ impl Local {
         LimitHit::PushUnframable.count_n(&self.stats, msg.unframable);
     }
 
+    /// A `Hub::send` (told `Ok`: its connection's close was not reported
+    /// yet) that reached no connection: it was closing (a slow consumer
+    /// lingering before its close, one closed for the hub, one whose socket
+    /// is behind) or had closed by the time the pump got to it. Counted in
+    /// `queue_drops`, as a push its close leaves queued is: every `Ok` send
+    /// is in `pushes` or `queue_drops` (or `push_unframable`). (Session 41's
+    /// review: 3,000 sends accepted while a slow consumer's close ran, 744
+    /// read, `queue_drops` +0; they were in neither counter.)
+    fn missed(&self) {
+        incr(&self.stats.messages.queue_drops);
+    }
+
     /// Delivers to one connection, awake or parked, if it is still open;
     /// what it found at its descriptor ([`Delivered::Replaced`]: another
-    /// connection, so this one has closed).
+    /// connection, so this one has closed). [`Delivered::Sent`],
+    /// [`Delivered::Overflowed`] or [`Delivered::Lost`]: handed to it, and
+    /// counted (in `pushes` or `queue_drops`, now or when it writes or
+    /// closes); any other: not.
     fn deliver_one(
         &self,
         fd: RawFd,
@@ -626,19 +659,18 @@ impl Local {
             None => None,
         };
         if let Some(inbox) = inbox {
-            self.queue(&inbox, msg, wires);
-            return Delivered::Sent;
+            return self.queue(&inbox, msg, wires);
         }
         // Closing for the hub: what comes after the close is not written.
         if self.is_kicked(self.id(fd, generation)) {
-            return Delivered::NotParked;
+            return Delivered::Closing;
         }
         for table in sets {
             match table.deliver(fd, generation, msg, wires, &self.stats.messages) {
                 Delivered::NotParked => {}
                 Delivered::Overflowed(unsent) => {
                     self.overflowed(self.id(fd, generation), unsent);
-                    return Delivered::Behind;
+                    return Delivered::Overflowed(None);
                 }
                 delivered => return delivered,
             }
@@ -653,14 +685,16 @@ impl Local {
         tables.iter().map(|(_, _, t)| t.clone()).collect()
     }
 
-    /// Puts a message on an awake connection's outbound queue.
-    fn queue(&self, inbox: &Inbox, msg: &mut Encoded, wires: &[Rc<dyn Wire>]) {
+    /// Puts a message on an awake connection's outbound queue:
+    /// [`Delivered::Sent`] when offered (or not framable for it, counted as
+    /// such), [`Delivered::Closing`] when the connection closes for the hub.
+    fn queue(&self, inbox: &Inbox, msg: &mut Encoded, wires: &[Rc<dyn Wire>]) -> Delivered {
         // Closing for the hub: what comes after the close is not written.
         if inbox.is_kicked() {
-            return;
+            return Delivered::Closing;
         }
         let Some(framed) = msg.on(wires, inbox.wire) else {
-            return;
+            return Delivered::Sent;
         };
         // Accepted, it counts in `pushes` once its connection's socket took
         // it whole (the protocol counts it, as it writes it), or in
@@ -669,6 +703,7 @@ impl Local {
         if !inbox.offer(framed, self.queue_limit) {
             incr(&self.stats.messages.queue_drops);
         }
+        Delivered::Sent
     }
 }
 

@@ -814,3 +814,37 @@ async fn get_hello(s: &mut tokio::net::TcpStream) {
         .unwrap();
     assert_eq!(read_response(s).await.body, b"Hello, World!");
 }
+
+/// A connection that parks while the lot's sweep is far off (a quiet lot
+/// sleeps until its earliest deadline, or `QUIET_SWEEP`, 10 s) moves the
+/// sweep up to its own deadline: it times out at its idle timeout (to the
+/// next second), not at the quiet sweep. Here the first connection's
+/// timeout leaves the lot empty and quiet; the second parks right after,
+/// and is closed within 2 s + 3 s of slack of its park (at the quiet sweep
+/// it would be ~10 s). Session 43's run of the run loop's mutants found no
+/// test that failed with `move_sweep_up`'s `<` as `==` or `>` (the sweep
+/// never moved up).
+#[tokio::test]
+async fn a_park_in_a_quiet_lot_moves_its_sweep_up_to_its_deadline() {
+    const IDLE: Duration = Duration::from_secs(2);
+    let server = parking_server(Some(IDLE)).await;
+    let mut first = server.connect().await;
+    get_then_park(&server, &mut first, 1).await;
+    assert!(read_to_close(&mut first).await.is_empty());
+    server
+        .wait_stats("the first timed out", |s| {
+            s.connections_open == 0 && s.timeouts == 1
+        })
+        .await;
+    let mut second = server.connect().await;
+    get_then_park(&server, &mut second, 1).await;
+    let parked = tokio::time::Instant::now();
+    assert!(read_to_close(&mut second).await.is_empty());
+    let closed_in = parked.elapsed();
+    assert!(
+        closed_in < IDLE + Duration::from_secs(3),
+        "closed {closed_in:?} after its park, idle timeout {IDLE:?}"
+    );
+    assert_eq!(server.handle.stats().timeouts, 2);
+    server.stop().await;
+}

@@ -1226,3 +1226,77 @@ async fn close_after_closes_at_its_time_unless_cancelled() {
         server.stop().await;
     }
 }
+
+/// Pushes `Hub::send` accepts while a slow consumer's close is under way
+/// (session 41's review, finding 3: 3,000 accepted, 744 read, `pushes`
+/// +743, `queue_drops` +0) each count once: every send that returned `Ok`
+/// is in `pushes` (the client read it) or in `queue_drops`, and nothing is
+/// written after the close frame (`pushes` is what the client read). A
+/// thread keeps sending, paced, from the overflow until the hub refuses
+/// (`HubError::Closed`, the close reported), so its sends meet the
+/// connection overflowed, closing, and gone.
+#[tokio::test]
+async fn pushes_accepted_while_a_slow_consumer_closes_are_each_counted_once() {
+    // The queue (12) overflows at the sender's 13th.
+    let (mut server, mut client, id) = stuck_on_a_batch(Some(12)).await;
+    let hub = server.hub.clone();
+    let sender = std::thread::spawn(move || {
+        let (mut ok, mut full) = (0u64, 0u64);
+        let deadline = std::time::Instant::now() + SAFETY;
+        loop {
+            match hub.send(id, format!("more {ok}")) {
+                Ok(()) => ok += 1,
+                Err(megaconn::HubError::QueueFull) => full += 1,
+                Err(megaconn::HubError::Closed) => return (ok, full),
+                Err(e) => panic!("{e:?}"),
+            }
+            assert!(std::time::Instant::now() < deadline, "never refused");
+            // Paced, not a synchronisation: a few thousand sends, not
+            // millions, while the close runs.
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+    // The queue overflowed (the client reads nothing yet): the close as
+    // a slow consumer begins, and the sends go on meanwhile.
+    common::wait_stats(&server.handle, "a queue drop", |s| {
+        s.messages.queue_drops >= 1
+    })
+    .await;
+    // The client reads to the close: the reply, pushes of the batch in
+    // order, then the 1013 (no push queued behind the batch: its queue
+    // went at the close).
+    let mut read = 0u64;
+    loop {
+        match next_data(&mut client).await {
+            Message::Text(text) if text.as_str() == "waited" => {}
+            Message::Binary(push) => {
+                assert!(push == vec![read as u8; SIZE], "push {read} whole");
+                read += 1;
+            }
+            Message::Close(Some(close)) => {
+                assert_eq!(close.code, CloseCode::Again);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!(reason, CloseReason::SlowConsumer);
+    let (ok, full) = tokio::task::spawn_blocking(move || sender.join().expect("sender"))
+        .await
+        .unwrap();
+    assert!(ok > 3, "sends raced the close: {ok} accepted, {full} full");
+    let handed = BATCH as u64 + ok;
+    common::wait_stats(&server.handle, "every accepted send taken", |s| {
+        s.messages.hub_messages == handed && s.messages.deliveries_pending == 0
+    })
+    .await;
+    let counted = server.handle.stats().messages;
+    assert_eq!(counted.pushes, read, "written after the close? {counted:?}");
+    assert_eq!(
+        counted.pushes + counted.queue_drops,
+        handed,
+        "{ok} accepted after the batch: {counted:?}"
+    );
+    server.stop().await;
+}
