@@ -841,8 +841,11 @@ async fn a_park_in_a_quiet_lot_moves_its_sweep_up_to_its_deadline() {
     let parked = tokio::time::Instant::now();
     assert!(read_to_close(&mut second).await.is_empty());
     let closed_in = parked.elapsed();
+    // Without the sweep moved up the close waits for the quiet lot's next
+    // sweep, ~10 s after the first close; the bound leaves a loaded
+    // machine 5 s of slack over the idle timeout and still tells them apart.
     assert!(
-        closed_in < IDLE + Duration::from_secs(3),
+        closed_in < IDLE + Duration::from_secs(5),
         "closed {closed_in:?} after its park, idle timeout {IDLE:?}"
     );
     assert_eq!(server.handle.stats().timeouts, 2);
