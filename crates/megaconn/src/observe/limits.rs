@@ -100,16 +100,20 @@ pub(crate) enum LimitHit {
     /// went past `HTTP2_TINY_DATA_BUDGET` beyond what time and its larger
     /// DATA earned (a small-DATA flood; not also `h2_enhance_your_calm`).
     Http2DataFlood,
-    /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a connection's client opened its
-    /// flow-control window a few bytes at a time, past
-    /// `HTTP2_WINDOW_DRIP_BUDGET` rounds beyond what time gave back (not
-    /// also `h2_enhance_your_calm`).
+    /// An HTTP/2 connection's client opened its flow-control window a few
+    /// bytes at a time, past `HTTP2_WINDOW_DRIP_BUDGET` rounds beyond what
+    /// time gave back: its responses and upgraded streams slowed, not
+    /// closed; counted once a connection.
     Http2WindowDrip,
+    /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a connection's client sent PINGs
+    /// with nothing sent to it in between past `HTTP2_PING_BUDGET` beyond
+    /// what time gave back (a PING flood; not also `h2_enhance_your_calm`).
+    Http2PingFlood,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::Http2WindowDrip as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::Http2PingFlood as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -141,6 +145,7 @@ impl LimitHit {
         "tls_handshake_rate_table",
         "http2_data_flood",
         "http2_window_drip",
+        "http2_ping_flood",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -173,9 +178,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::Http2WindowDrip.count(&stats);
+        LimitHit::Http2PingFlood.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::Http2WindowDrip as usize, LimitHit::COUNT - 1);
+        assert_eq!(LimitHit::Http2PingFlood as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()
