@@ -92,9 +92,18 @@
 //! response waiting is a round, [`HTTP2_WINDOW_DRIP_BUDGET`] of them at
 //! once and 64 a second after; past it each round waits for time to give
 //! it back (slowed, not closed), counted once as `http2_window_drip`
-//! (`flood.rs` says why rounds and not bytes, and why not a close). Not
-//! counted: writes of an upgraded stream (`service/h2_stream.rs`: CONNECT
-//! tunnels, WebSocket over HTTP/2), which wait for room on their own.
+//! (`flood.rs` says why rounds and not bytes, and why not a close). Writes
+//! of an upgraded stream (`service/h2_stream.rs`: CONNECT tunnels,
+//! WebSocket over HTTP/2) spend the same budget by the same rule
+//! ([`drip_wait`], through [`DripGate`]). A small grant after 256 bytes or
+//! more of DATA went out since the last one is not a round (several
+//! downloads sharing a small connection window).
+//!
+//! PINGs with nothing of ours sent between them (no HEADERS, no DATA) have
+//! a budget of their own, [`HTTP2_PING_BUDGET`], 1 a second back; past it
+//! `GOAWAY(ENHANCE_YOUR_CALM)`, counted as `http2_ping_flood`: paced one
+//! per round trip, the control budget alone let ~3,860 through at ~35 µs
+//! each (`flood.rs` argues the numbers).
 //!
 //! A request is refused before any service sees it, as HTTP/1.1 refuses a
 //! head, for the same two limits (with HTTP/1.1's reasons, its limit hits

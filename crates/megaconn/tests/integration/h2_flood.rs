@@ -314,6 +314,14 @@ async fn an_honest_client_that_pings_a_lot_is_never_cut() {
 /// time, over an in-memory stream.
 #[tokio::test(start_paused = true)]
 async fn keep_alive_pings_on_a_long_watch_are_never_cut() {
+    pings_on_a_watch(std::time::Duration::from_secs(10), 12 * 360).await;
+}
+
+/// A client's PING every `every`, `pings` times, on a connection whose one
+/// stream is a watch (one chunk, then nothing for good) and nothing else:
+/// each answered, the connection never cut. Paused time, over an in-memory
+/// stream.
+async fn pings_on_a_watch(every: std::time::Duration, pings: u32) {
     let (client_end, server_end) = tokio::io::duplex(64 * 1024);
     let builder = megaconn::Server::builder().idle_timeout(None);
     let service = tower::service_fn(|_req: Request<Body>| async {
@@ -330,7 +338,7 @@ async fn keep_alive_pings_on_a_long_watch_are_never_cut() {
                 builder.serve_connection(server_end, service).await
             });
             let (client, mut conn) = h2::client::handshake(client_end).await.unwrap();
-            let mut pings = conn.ping_pong().unwrap();
+            let mut pinger = conn.ping_pong().unwrap();
             let conn = tokio::task::spawn_local(conn);
             let mut client = client.ready().await.unwrap();
             let (resp, _) = client
@@ -338,14 +346,14 @@ async fn keep_alive_pings_on_a_long_watch_are_never_cut() {
                 .unwrap();
             let mut body = resp.await.unwrap().into_body();
             assert_eq!(body.data().await.unwrap().unwrap(), "tick");
-            for n in 0..12 * 360 {
-                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-                pings
+            for n in 0..pings {
+                tokio::time::sleep(every).await;
+                pinger
                     .ping(h2::Ping::opaque())
                     .await
                     .unwrap_or_else(|e| panic!("PING {n}: {e}"));
             }
-            drop((client, body, pings));
+            drop((client, body, pinger));
             conn.abort();
             served.abort();
         })
@@ -894,41 +902,12 @@ async fn a_paced_ping_flood_gets_goaway() {
 }
 
 /// A keep-alive client pinging every second on a connection where nothing
-/// else happens (a stream open, its response waiting: a long poll), 1,000
-/// times, ten times [`HTTP2_PING_BUDGET`]: never cut, as time gives one
-/// back a second. Paused time, over an in-memory stream.
+/// else happens (a watch's one stream open, nothing sent on it after its
+/// first chunk), 1,000 times, ten times [`HTTP2_PING_BUDGET`]: never cut,
+/// as time gives one back a second.
 #[tokio::test(start_paused = true)]
 async fn a_client_pinging_every_second_is_never_cut() {
-    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
-    let builder = megaconn::Server::builder().idle_timeout(None);
-    let service = tower::service_fn(|_req: Request<Body>| async {
-        std::future::pending::<()>().await;
-        Ok::<_, Infallible>(Response::new(empty()))
-    });
-    tokio::task::LocalSet::new()
-        .run_until(async move {
-            let served = tokio::task::spawn_local(async move {
-                builder.serve_connection(server_end, service).await
-            });
-            let (client, mut conn) = h2::client::handshake(client_end).await.unwrap();
-            let mut pings = conn.ping_pong().unwrap();
-            let conn = tokio::task::spawn_local(conn);
-            let mut client = client.ready().await.unwrap();
-            let (resp, _) = client
-                .send_request(Request::get("http://t/poll").body(()).unwrap(), true)
-                .unwrap();
-            for n in 0..1_000 {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                pings
-                    .ping(h2::Ping::opaque())
-                    .await
-                    .unwrap_or_else(|e| panic!("PING {n}: {e}"));
-            }
-            drop((client, resp, pings));
-            conn.abort();
-            served.abort();
-        })
-        .await;
+    pings_on_a_watch(std::time::Duration::from_secs(1), 1_000).await;
 }
 
 /// The drip's bound, from the other side: a window opened 256 bytes a

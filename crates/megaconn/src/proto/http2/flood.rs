@@ -55,13 +55,46 @@
 //! padded to 16 bytes or more on the wire are not tiny here: they cost
 //! what 16-byte frames do, per byte the client sends.
 //!
+//! PINGs have a budget of their own too, [`HTTP2_PING_BUDGET`] PINGs:
+//! a PING received with nothing of ours sent since the client's last one
+//! (no HEADERS, no non-empty DATA: grpc-go's rule for its strikes) takes
+//! one out, time gives back [`PINGS_PER_SECOND`]; past zero the same
+//! close, counted as `http2_ping_flood`. Why: the control budget bounds
+//! PINGs by bytes, ~3,860 of them, which costs nothing batched (~0.25 µs
+//! each, h2 answering a read's PINGs in one write) but 32–38 µs each paced
+//! one per round trip (a wake-up, a read, an answer's write: 123–148 ms of
+//! server CPU a connection, `bench/H2TLS.md`, "Session 42"). Now ~100
+//! (~3–5 ms), then 1 a second (~50 µs of CPU a second). Why not slowed,
+//! as the drip is: a PING is answered by h2 as it reads it, so slowing it
+//! means slowing the connection's reads, every stream's requests and
+//! `WINDOW_UPDATE`s behind it, without bound for a client that pings a
+//! little faster than the refill; a close is what gRPC clients know
+//! (grpc-go's server sends `GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings")`,
+//! and its client doubles its keep-alive interval on it). Why it never cuts
+//! an honest client: a PING after a response or DATA we sent is free (a
+//! health check before each request, gRPC's and hyper's bandwidth probes,
+//! one per burst of data received), and a keep-alive with nothing else on
+//! the connection is far under 1 a second (gRPC clients may not go below
+//! one every 10 s; Go's `ReadIdleTimeout` and browsers ping after idle
+//! periods). Elsewhere: grpc-go's `keepalive.EnforcementPolicy` is far
+//! stricter, `MinTime` 5 minutes by default, a PING sooner after the last
+//! with no data or headers sent since is a strike, the third closes
+//! (`internal/transport/http2_server.go`, `handlePing`, `maxPingStrikes`
+//! 2; with no stream open and `PermitWithoutStream` off, 2 hours); nginx
+//! and Go's x/net/http2 bound none (they answer each PING; Go bounds the
+//! memory of queued answers, `maxQueuedControlFrames`).
+//!
 //! A client that opens its flow-control window a few bytes at a time
 //! (`WINDOW_UPDATE` of 1, each answered by a 1-byte DATA frame) has a
 //! budget of its own, [`HTTP2_WINDOW_DRIP_BUDGET`] rounds, counted where
-//! the response waits (`send_body` in `http2.rs`, through `StallGate`): a
+//! the response waits (`send_body` in `http2.rs`, through `StallGate`, and
+//! an upgraded stream's writes, `service/h2_stream.rs`: one budget a
+//! connection, one rule, `drip_wait`): a
 //! wait for room in the client's windows that ends with a grant of fewer
 //! than [`DRIP_GRANT`] bytes while more of the response waits (the grant
-//! is less than what the stream asked for) takes one out; time gives back
+//! is less than what the stream asked for), with fewer than [`DRIP_GRANT`]
+//! bytes of DATA sent on the connection since the last such grant, takes
+//! one out; time gives back
 //! [`DRIP_ROUNDS_PER_SECOND`]. Past zero the connection is not closed
 //! but slowed: each further round waits until time has given it back, so
 //! the server spends on such rounds at most `DRIP_ROUNDS_PER_SECOND` a
@@ -86,7 +119,20 @@
 //! its small updates (grpc-go's and hyper's bandwidth probes, one per burst
 //! of data received) come while the server is not blocked: they are not
 //! counted. Grants that end no wait (the tail of a window) are not
-//! counted either: a drip's every round starts at a shut window.
+//! counted either: a drip's every round starts at a shut window. Nor is a
+//! small grant after a packet's worth of DATA went out since the last one
+//! (session 43): with several downloads on a small connection window (h2's
+//! client default, 65,535 bytes), h2 hands each connection
+//! `WINDOW_UPDATE`'s room (32 KiB or more) to the waiting streams in turn,
+//! and the last gets the end of it, often a few bytes of the chunk it
+//! asked for: ~280 such grants in 64 MiB on 32 streams, ~6 in 16 MiB on
+//! four (4 KiB chunks, a debug build), each counted as a round by session
+//! 42's rule, so that a fast or long download ran the budget out and was
+//! held back. What a round costs is the client's update that lets out less
+//! than a small packet: counting the connection's DATA between small
+//! grants says that whatever the streams (an attacker who drips one stream
+//! and lets 256 bytes out on another per round pays the cost per byte
+//! [`DRIP_GRANT`] allows).
 //!
 //! `HEADERS` and `CONTINUATION` floods are bounded elsewhere: h2's
 //! CONTINUATION count per block, our rapid-reset guard, and each request's
@@ -108,10 +154,11 @@
 //! more CPU per connection.
 //!
 //! Cost: two 16-byte frame walkers in the connection's IO (the payload is
-//! skipped, never copied), and one shared set of budgets (an `Rc`, 88
-//! bytes) per connection; the clock is read only when a budget runs out,
-//! and the drip budget is looked at only when a response's wait for room
-//! ends.
+//! skipped, never copied), and one shared set of budgets (an `Arc`, ~100
+//! bytes, of atomics read and written apart, as plain as `Cell`s on x86:
+//! an upgraded stream holding it may move to another thread) per
+//! connection; the clock is read only when a budget runs out, and the
+//! drip budget is looked at only when a response's wait for room ends.
 
 use std::future::poll_fn;
 use std::io::IoSlice;
