@@ -183,7 +183,8 @@ pub use observe::ratelog::install_panic_hook;
 pub use observe::stats::{MessageStats, OtelStats, ServerStats, TlsStats};
 pub use proto::framed::{FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
 pub use proto::http2::{
-    HTTP2_CONTROL_BUDGET, HTTP2_TINY_DATA_BUDGET, HTTP2_WINDOW_DRIP_BUDGET, RAPID_RESET_LIMIT,
+    HTTP2_CONTROL_BUDGET, HTTP2_PING_BUDGET, HTTP2_TINY_DATA_BUDGET, HTTP2_WINDOW_DRIP_BUDGET,
+    RAPID_RESET_LIMIT,
 };
 pub use proto::sse::{SseBody, SseEvent, SseHandler, SseRoute, DEFAULT_SSE_PING_INTERVAL};
 pub use proto::ws::{

@@ -903,20 +903,31 @@ async fn a_goaway_enhance_your_calm_is_logged_with_its_cause() {
     server.stop().await;
 }
 
-/// An HTTP/2 control-frame flood (PINGs) is logged at INFO, naming the
+/// An HTTP/2 control-frame flood (WINDOW_UPDATEs) is logged at INFO, naming the
 /// peer and `HTTP2_CONTROL_BUDGET`, a kind of its own (a rapid reset's line
 /// within the interval does not hold it back).
 #[tokio::test]
 async fn an_http2_control_flood_is_logged_naming_the_budget() {
-    // Twice the budget's worth of PINGs (17 bytes each).
-    let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
-    let flood = ping.repeat(2 * megaconn::HTTP2_CONTROL_BUDGET as usize / 17);
+    // Twice the budget's worth of connection WINDOW_UPDATEs of 1 (13 bytes
+    // each; PINGs run a budget of their own out first, below).
+    let update = [0, 0, 4, 0x8, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let flood = update.repeat(2 * megaconn::HTTP2_CONTROL_BUDGET as usize / 13);
     h2_flood_is_logged(
         &flood,
         "its control frames",
         "HTTP2_CONTROL_BUDGET (65536 bytes)",
     )
     .await;
+}
+
+/// An HTTP/2 PING flood is logged at INFO, naming the peer and
+/// `HTTP2_PING_BUDGET`, a kind of its own.
+#[tokio::test]
+async fn an_http2_ping_flood_is_logged_naming_the_budget() {
+    // Twice the budget's worth of PINGs, nothing sent between them.
+    let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let flood = ping.repeat(2 * megaconn::HTTP2_PING_BUDGET as usize);
+    h2_flood_is_logged(&flood, "it sent more PINGs", "HTTP2_PING_BUDGET (100)").await;
 }
 
 /// An HTTP/2 tiny-DATA flood (1-byte DATA frames) is logged at INFO, naming

@@ -100,10 +100,10 @@ pub(crate) enum LimitHit {
     /// went past `HTTP2_TINY_DATA_BUDGET` beyond what time and its larger
     /// DATA earned (a small-DATA flood; not also `h2_enhance_your_calm`).
     Http2DataFlood,
-    /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a connection's client opened its
-    /// flow-control window a few bytes at a time, past
-    /// `HTTP2_WINDOW_DRIP_BUDGET` rounds beyond what time gave back (not
-    /// also `h2_enhance_your_calm`).
+    /// An HTTP/2 connection's client opened its flow-control window a few
+    /// bytes at a time, past `HTTP2_WINDOW_DRIP_BUDGET` rounds beyond what
+    /// time gave back: its responses and upgraded streams slowed, not
+    /// closed; counted once a connection.
     Http2WindowDrip,
     /// A connection refused at `max_connections` with nothing idle to close
     /// for it (`Builder::refuse_at_max_connections`): answered `503` with
@@ -115,11 +115,15 @@ pub(crate) enum LimitHit {
     /// limit at the start, or less if the address space was refused). It
     /// stays awake as a task instead (counted each time it would park).
     ParkSlots,
+    /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a connection's client sent PINGs
+    /// with nothing sent to it in between past `HTTP2_PING_BUDGET` beyond
+    /// what time gave back (a PING flood; not also `h2_enhance_your_calm`).
+    Http2PingFlood,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::ParkSlots as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::Http2PingFlood as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -153,6 +157,7 @@ impl LimitHit {
         "http2_window_drip",
         "max_connections",
         "park_slots",
+        "http2_ping_flood",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -189,9 +194,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::ParkSlots.count(&stats);
+        LimitHit::Http2PingFlood.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::ParkSlots as usize, LimitHit::COUNT - 1);
+        assert_eq!(LimitHit::Http2PingFlood as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

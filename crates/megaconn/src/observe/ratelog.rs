@@ -406,13 +406,17 @@ pub(crate) enum Flood {
     /// the table of `TlsConfig::handshake_rate_per_ip`'s buckets was at its
     /// bound (`admission::PerIpRate::MAX_TRACKED`) and its IP not in it.
     TlsHandshakeRateTable,
-    /// An HTTP/2 connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for a
-    /// window opened a few bytes at a time (`HTTP2_WINDOW_DRIP_BUDGET`),
-    /// its line naming the constant as the control-frame one does.
+    /// An HTTP/2 connection slowed for a window opened a few bytes at a
+    /// time (`HTTP2_WINDOW_DRIP_BUDGET`), its line naming the constant as
+    /// the control-frame one does.
     Http2WindowDrip,
     /// An idle connection kept awake instead of parked: its descriptor is
     /// above the parking lot's slot array (`conn/park/awake.rs`).
     ParkSlots,
+    /// An HTTP/2 connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for a
+    /// PING flood (`HTTP2_PING_BUDGET`), its line naming the constant as
+    /// the control-frame one does.
+    Http2Pings,
 }
 
 impl Flood {
@@ -488,6 +492,7 @@ impl Flood {
             | Flood::Http2ControlFrames
             | Flood::Http2TinyData
             | Flood::Http2WindowDrip
+            | Flood::Http2Pings
             | Flood::PublishRate => Level::INFO,
         }
     }
@@ -506,11 +511,11 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 56;
+const KINDS: usize = 57;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::ParkSlots as usize == KINDS - 1);
+const _: () = assert!(Flood::Http2Pings as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -92,9 +92,18 @@
 //! response waiting is a round, [`HTTP2_WINDOW_DRIP_BUDGET`] of them at
 //! once and 64 a second after; past it each round waits for time to give
 //! it back (slowed, not closed), counted once as `http2_window_drip`
-//! (`flood.rs` says why rounds and not bytes, and why not a close). Not
-//! counted: writes of an upgraded stream (`service/h2_stream.rs`: CONNECT
-//! tunnels, WebSocket over HTTP/2), which wait for room on their own.
+//! (`flood.rs` says why rounds and not bytes, and why not a close). Writes
+//! of an upgraded stream (`service/h2_stream.rs`: CONNECT tunnels,
+//! WebSocket over HTTP/2) spend the same budget by the same rule
+//! ([`drip_wait`], through [`DripGate`]). A small grant after 256 bytes or
+//! more of DATA went out since the last one is not a round (several
+//! downloads sharing a small connection window).
+//!
+//! PINGs with nothing of ours sent between them (no HEADERS, no DATA) have
+//! a budget of their own, [`HTTP2_PING_BUDGET`], 1 a second back; past it
+//! `GOAWAY(ENHANCE_YOUR_CALM)`, counted as `http2_ping_flood`: paced one
+//! per round trip, the control budget alone let ~3,860 through at ~35 µs
+//! each (`flood.rs` argues the numbers).
 //!
 //! A request is refused before any service sees it, as HTTP/1.1 refuses a
 //! head, for the same two limits (with HTTP/1.1's reasons, its limit hits
@@ -170,11 +179,11 @@ use crate::observe::lifecycle::{self, CountedIo};
 use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
 use crate::observe::ratelog::{self, Flood};
-use crate::observe::stats::{incr, IdleMark};
+use crate::observe::stats::{incr, IdleMark, WorkerStats};
 use crate::observe::trace::ErrorClass;
 use crate::service::body::Body;
 use crate::service::h2_body::{BodyBytes, ConnBodyBytes, RecvBody};
-use crate::service::h2_stream::{H2Stream, MAX_RESERVE};
+use crate::service::h2_stream::{DripGate, H2Stream, MAX_RESERVE};
 use crate::service::panic_message;
 use crate::service::upgrade::{self, UpgradeSender, Upgraded};
 use crate::service::HttpService;
@@ -184,7 +193,9 @@ mod flood;
 mod stall;
 
 use flood::{FloodBudget, Flooded, MeteredIo, REQUEST_CREDIT};
-pub use flood::{HTTP2_CONTROL_BUDGET, HTTP2_TINY_DATA_BUDGET, HTTP2_WINDOW_DRIP_BUDGET};
+pub use flood::{
+    HTTP2_CONTROL_BUDGET, HTTP2_PING_BUDGET, HTTP2_TINY_DATA_BUDGET, HTTP2_WINDOW_DRIP_BUDGET,
+};
 use stall::StallGate;
 
 /// Streams reset by the client before we accepted them that a connection may
@@ -243,7 +254,7 @@ where
     // HTTP/1.1 (plaintext, after TLS); its frames into the flood guard's
     // budgets, control frames and tiny DATA (`flood.rs`; the third, drip
     // rounds, is spent by the streams' responses through `gate`).
-    let control = Rc::new(FloodBudget::new());
+    let control = Arc::new(FloodBudget::new());
     let io = MeteredIo::new(CountedIo::new(io), control.clone());
     // The handshake runs in its own box, freed when it ends, so that its
     // state (h2's whole codec, a timer) is not kept in the connection's
@@ -692,16 +703,61 @@ fn frame_flooded(which: Flooded, ctx: &WorkerContext, addrs: &Addrs) -> CloseRea
                 )
             });
         }
+        Flooded::Pings => {
+            LimitHit::Http2PingFlood.count(&ctx.stats);
+            ratelog::log(Flood::Http2Pings, |suppressed| {
+                tracing::info!(
+                    suppressed,
+                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more PINGs with nothing sent to it in between than HTTP2_PING_BUDGET ({HTTP2_PING_BUDGET}) beyond what time gave back, {} a second (PING flood)",
+                    peer(),
+                    flood::PINGS_PER_SECOND
+                )
+            });
+        }
     }
     CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()))
+}
+
+/// A wait for room in the client's windows ended with `granted` bytes of
+/// the `wanted` a response (`send_body`) or an upgraded stream
+/// ([`H2Stream`]) waits to send: charged to the connection's drip budget
+/// ([`FloodBudget::room_granted`]); `Some` if the round is to be held back
+/// that long, the connection counted and logged at its first
+/// ([`window_drip_slowed`]). The one rule for both writers.
+fn drip_wait(
+    budget: &FloodBudget,
+    stats: &WorkerStats,
+    granted: usize,
+    wanted: usize,
+) -> Option<Duration> {
+    let (wait, first) = budget.room_granted(granted, wanted)?;
+    if first {
+        window_drip_slowed(stats);
+    }
+    Some(wait)
+}
+
+/// A connection's drip budget as its upgraded streams spend it
+/// ([`DripGate`]: an [`H2Stream`] may move to another thread with its
+/// handler, so it holds the budget and the worker's stats, not the
+/// connection's context).
+struct TunnelDrip {
+    budget: Arc<FloodBudget>,
+    stats: Arc<WorkerStats>,
+}
+
+impl DripGate for TunnelDrip {
+    fn room_granted(&self, granted: usize, wanted: usize) -> Option<Duration> {
+        drip_wait(&self.budget, &self.stats, granted, wanted)
+    }
 }
 
 /// Counts and logs an HTTP/2 connection whose responses are slowed for a
 /// window drip (`flood.rs`: [`HTTP2_WINDOW_DRIP_BUDGET`] run out), once a
 /// connection: `http2_window_drip`, and a line (at most one per 5 s per
 /// worker).
-fn window_drip_slowed(ctx: &WorkerContext) {
-    LimitHit::Http2WindowDrip.count(&ctx.stats);
+fn window_drip_slowed(stats: &WorkerStats) {
+    LimitHit::Http2WindowDrip.count(stats);
     ratelog::log(Flood::Http2WindowDrip, |suppressed| {
         tracing::info!(
             suppressed,
@@ -980,8 +1036,6 @@ fn prepare<F>(
     conn_bytes: &Arc<ConnBodyBytes>,
     addrs: &Addrs,
 ) -> Result<Prepared, Start<F>> {
-    incr(&ctx.stats.requests);
-    lifecycle::count_request();
     let (parts, recv) = request.into_parts();
     let method = MethodLabel::of(&parts.method);
     let is_head = parts.method == Method::HEAD;
@@ -1010,6 +1064,12 @@ fn prepare<F>(
             Some(recv),
         ));
     }
+    // Handed to the service from here on (a 503 for a service not ready
+    // included), as HTTP/1.1 counts a request once its head parsed
+    // within the limits: a refused one above is a refusal
+    // (`requests_refused`), not also one of `requests`.
+    incr(&ctx.stats.requests);
+    lifecycle::count_request();
     // A CONNECT's stream carries no request body: after a 2xx it is the
     // tunnel (RFC 9113 §8.5), a WebSocket's bytes with `:protocol`
     // (RFC 8441 §5).
@@ -1241,7 +1301,7 @@ where
         // (RFC 9113 §8.1).
         let tunnel = match tunnel {
             Some(tunnel) if parts.status.is_success() => {
-                return Box::pin(open_tunnel(tunnel, parts, respond, record, &ctx)).await;
+                return Box::pin(open_tunnel(tunnel, parts, respond, record, &ctx, gate)).await;
             }
             #[cfg(feature = "axum")]
             Some(tunnel) if parts.status == StatusCode::UPGRADE_REQUIRED => {
@@ -1301,6 +1361,7 @@ async fn open_tunnel(
     mut respond: SendResponse<Bytes>,
     mut record: StreamRecord,
     ctx: &WorkerContext,
+    gate: &StallGate,
 ) -> StreamEnd {
     // A 2xx to CONNECT has no body, so no length (RFC 9110 §9.3.6); what
     // the handler's body held is not sent, as on HTTP/1.1's 101.
@@ -1310,7 +1371,13 @@ async fn open_tunnel(
         Ok(send) => send,
         Err(e) => return head_refused(&e, &mut respond, &mut record),
     };
-    let (io, done) = H2Stream::watched(send, tunnel.recv);
+    // Its writes' waits for room spend the connection's drip budget, as
+    // responses' do (`send_body`).
+    let drip = Arc::new(TunnelDrip {
+        budget: gate.budget().clone(),
+        stats: ctx.stats.clone(),
+    });
+    let (io, done) = H2Stream::watched(send, tunnel.recv, drip);
     // Refused (the handler dropped its `OnUpgrade`): the `Upgraded` comes
     // back and drops here, which ends the stream.
     // No socket for the peer's progress: the connection's acknowledged
@@ -1626,10 +1693,7 @@ where
                             // at a time looks the same), so that the server
                             // spends at most DRIP_ROUNDS_PER_SECOND such
                             // rounds a second on the connection.
-                            if let Some((wait, first)) = gate.room(granted, reserved) {
-                                if first {
-                                    window_drip_slowed(ctx);
-                                }
+                            if let Some(wait) = gate.room(granted, reserved, &ctx.stats) {
                                 // Boxed: only a drip pays for the timer's
                                 // room, not every stream's future.
                                 Box::pin(tokio::time::sleep(wait)).await;
@@ -2046,7 +2110,7 @@ mod send_body_calls {
         let count = Arc::new(AtomicUsize::new(0));
         let end = {
             let _counting = tracing::subscriber::set_default(Reservations(count.clone()));
-            let gate = StallGate::new(None, Rc::new(FloodBudget::new()));
+            let gate = StallGate::new(None, Arc::new(FloodBudget::new()));
             send_body(send, body, None, &mut record, &ctx, &gate).await
         };
         assert!(matches!(end, StreamEnd::Done));

@@ -15,22 +15,42 @@
 //! half that way; RST_STREAM is kept for errors (h2 sends it when the
 //! stream is dropped while the client is still sending after our end).
 //!
+//! A write's wait for room that ends with a grant of a few bytes is a round
+//! of a window opened a few bytes at a time, charged to the connection's
+//! one drip budget as a response's is ([`DripGate`], implemented in
+//! `proto/http2.rs` over `proto/http2/flood.rs`'s budget: this layer does
+//! not name it); past the budget the write is held back, not failed.
+//!
 //! Written by hand because hyper's equivalent (`proto/h2/upgrade.rs`) is
 //! private to hyper and runs its sends through a channel and a task of its
 //! own; here the stream is driven by the connection's task, so the writer
 //! hands its bytes to h2 directly.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
+use tokio::time::Sleep;
 
 /// Largest single capacity request (h2's windows are 31-bit).
 pub(crate) const MAX_RESERVE: usize = (1 << 31) - 1;
+
+/// Where an upgraded stream's writes report each wait for room that ended:
+/// the connection's window-drip budget (`proto/http2.rs`'s `drip_wait`,
+/// the rule a response's body follows too). `Send + Sync`: the stream may
+/// move to another thread with its handler.
+pub(crate) trait DripGate: Send + Sync {
+    /// A wait for room ended with `granted` bytes of the `wanted` the
+    /// write waits to send; `Some`: hold the write back that long first.
+    fn room_granted(&self, granted: usize, wanted: usize) -> Option<Duration>;
+}
 
 /// Both halves of one HTTP/2 stream (the `h2` crate's) as `AsyncRead +
 /// AsyncWrite`: reads are the peer's DATA frames, giving their bytes back
@@ -46,6 +66,13 @@ pub(crate) struct H2Stream {
     pending: Bytes,
     /// `END_STREAM` sent (or the stream can take no more).
     shut: bool,
+    /// The connection's drip budget, which each wait for room reports to.
+    drip: Arc<dyn DripGate>,
+    /// A write waits for room (h2 had none when it asked).
+    waiting: bool,
+    /// A write held back by the drip budget, till this fires; the
+    /// reservation it got stays meanwhile.
+    held: Option<Pin<Box<Sleep>>>,
     /// Dropped with the stream: tells the stream's exchange that the
     /// handler is done with it.
     _alive: oneshot::Sender<()>,
@@ -62,12 +89,14 @@ impl std::fmt::Debug for H2Stream {
 
 impl H2Stream {
     /// The stream whose halves are `send` (of the response) and `recv`
-    /// (the request's body), and what resolves once it is dropped (the
-    /// server's exchange waits on it, so the connection counts the stream
-    /// as open, and its idle timer stays off, meanwhile).
+    /// (the request's body), its writes' waits reported to `drip`, and
+    /// what resolves once it is dropped (the server's exchange waits on
+    /// it, so the connection counts the stream as open, and its idle timer
+    /// stays off, meanwhile).
     pub(crate) fn watched(
         send: SendStream<Bytes>,
         recv: RecvStream,
+        drip: Arc<dyn DripGate>,
     ) -> (H2Stream, oneshot::Receiver<()>) {
         let (alive, done) = oneshot::channel();
         let stream = H2Stream {
@@ -75,6 +104,9 @@ impl H2Stream {
             send,
             pending: Bytes::new(),
             shut: false,
+            drip,
+            waiting: false,
+            held: None,
             _alive: alive,
         };
         (stream, done)
@@ -145,15 +177,34 @@ impl AsyncWrite for H2Stream {
         // does the same for response bodies).
         let want = buf.len().min(MAX_RESERVE);
         this.send.reserve_capacity(want);
+        if let Some(held) = this.held.as_mut() {
+            std::task::ready!(held.as_mut().poll(cx));
+            this.held = None;
+        }
         // What h2 grants, asked once (each call takes the connection's
         // lock): `poll_capacity` answers with the capacity itself.
         let mut granted = this.send.capacity();
+        this.waiting |= granted == 0;
         while granted == 0 {
             match std::task::ready!(this.send.poll_capacity(cx)) {
                 Some(Ok(n)) => granted = n,
                 Some(Err(e)) => return Poll::Ready(Err(this.write_error(cx, Some(e)))),
                 // No longer sending: reset by the client.
                 None => return Poll::Ready(Err(this.write_error(cx, None))),
+            }
+        }
+        // A wait ended: a few bytes of more is a drip round, held back
+        // past the connection's budget (slowed, not failed: a reader
+        // taking a few bytes at a time looks the same), then sent with
+        // whatever the window holds by then.
+        if std::mem::take(&mut this.waiting) {
+            if let Some(wait) = this.drip.room_granted(granted, want) {
+                let mut held = Box::pin(tokio::time::sleep(wait));
+                if held.as_mut().poll(cx).is_pending() {
+                    this.held = Some(held);
+                    return Poll::Pending;
+                }
+                granted = granted.max(this.send.capacity());
             }
         }
         let n = granted.min(buf.len());

@@ -1315,6 +1315,60 @@ async fn a_body_over_the_limit_gets_413_and_the_upload_may_finish() {
     server.stop().await;
 }
 
+/// A request refused before any service saw it (413 for a Content-Length
+/// over `max_body_bytes`, 431 for more fields than `max_headers`) is
+/// counted once, as HTTP/1.1 counts a refused head: in `requests_refused`
+/// (and `protocol_errors`, and `megaconn_requests_total` with its status),
+/// not in `requests`, which counts the requests handed to the service. It
+/// was counted in both (fails so: "requests: 3").
+#[tokio::test]
+async fn a_refused_request_is_counted_once() {
+    let server = start(
+        megaconn::Server::builder()
+            .max_body_bytes(1024)
+            .max_headers(4),
+    )
+    .await;
+    let mut client = h2c(server.addr).await.ready().await.unwrap();
+    let too_long = Request::post("http://t/echo")
+        .header("content-length", "65536")
+        .body(())
+        .unwrap();
+    let mut too_many = Request::get("http://t/");
+    for name in ["a", "b", "c", "d", "e"] {
+        too_many = too_many.header(name, "1");
+    }
+    for (req, status) in [
+        (too_long, StatusCode::PAYLOAD_TOO_LARGE),
+        (
+            too_many.body(()).unwrap(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ),
+        (Request::get("http://t/").body(()).unwrap(), StatusCode::OK),
+    ] {
+        client = client.ready().await.unwrap();
+        // The upload announced is not sent (its stream kept open).
+        let end = req.method() != http::Method::POST;
+        let (resp, _upload) = client.send_request(req, end).unwrap();
+        let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+        assert_eq!(resp.status(), status);
+    }
+    let stats = server.handle.stats();
+    assert_eq!(stats.requests, 1, "requests: {}", stats.requests);
+    assert_eq!(stats.requests_refused, 2, "{stats:?}");
+    assert_eq!(stats.protocol_errors, 2, "{stats:?}");
+    assert_eq!(limit_hits(&stats, "max_body_bytes"), 1, "{stats:?}");
+    assert_eq!(limit_hits(&stats, "max_headers"), 1, "{stats:?}");
+    let text = server.handle.render_metrics();
+    let total: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("megaconn_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(total, 3.0, "each request once, its status:\n{text}");
+    server.stop().await;
+}
+
 /// A response's whole body as text (its window given back as it comes).
 async fn text_of(resp: Response<h2::RecvStream>) -> String {
     let mut body = resp.into_body();

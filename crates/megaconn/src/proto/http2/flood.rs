@@ -55,13 +55,46 @@
 //! padded to 16 bytes or more on the wire are not tiny here: they cost
 //! what 16-byte frames do, per byte the client sends.
 //!
+//! PINGs have a budget of their own too, [`HTTP2_PING_BUDGET`] PINGs:
+//! a PING received with nothing of ours sent since the client's last one
+//! (no HEADERS, no non-empty DATA: grpc-go's rule for its strikes) takes
+//! one out, time gives back [`PINGS_PER_SECOND`]; past zero the same
+//! close, counted as `http2_ping_flood`. Why: the control budget bounds
+//! PINGs by bytes, ~3,860 of them, which costs nothing batched (~0.25 µs
+//! each, h2 answering a read's PINGs in one write) but 32–38 µs each paced
+//! one per round trip (a wake-up, a read, an answer's write: 123–148 ms of
+//! server CPU a connection, `bench/H2TLS.md`, "Session 42"). Now ~100
+//! (~3–5 ms), then 1 a second (~50 µs of CPU a second). Why not slowed,
+//! as the drip is: a PING is answered by h2 as it reads it, so slowing it
+//! means slowing the connection's reads, every stream's requests and
+//! `WINDOW_UPDATE`s behind it, without bound for a client that pings a
+//! little faster than the refill; a close is what gRPC clients know
+//! (grpc-go's server sends `GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings")`,
+//! and its client doubles its keep-alive interval on it). Why it never cuts
+//! an honest client: a PING after a response or DATA we sent is free (a
+//! health check before each request, gRPC's and hyper's bandwidth probes,
+//! one per burst of data received), and a keep-alive with nothing else on
+//! the connection is far under 1 a second (gRPC clients may not go below
+//! one every 10 s; Go's `ReadIdleTimeout` and browsers ping after idle
+//! periods). Elsewhere: grpc-go's `keepalive.EnforcementPolicy` is far
+//! stricter, `MinTime` 5 minutes by default, a PING sooner after the last
+//! with no data or headers sent since is a strike, the third closes
+//! (`internal/transport/http2_server.go`, `handlePing`, `maxPingStrikes`
+//! 2; with no stream open and `PermitWithoutStream` off, 2 hours); nginx
+//! and Go's x/net/http2 bound none (they answer each PING; Go bounds the
+//! memory of queued answers, `maxQueuedControlFrames`).
+//!
 //! A client that opens its flow-control window a few bytes at a time
 //! (`WINDOW_UPDATE` of 1, each answered by a 1-byte DATA frame) has a
 //! budget of its own, [`HTTP2_WINDOW_DRIP_BUDGET`] rounds, counted where
-//! the response waits (`send_body` in `http2.rs`, through `StallGate`): a
+//! the response waits (`send_body` in `http2.rs`, through `StallGate`, and
+//! an upgraded stream's writes, `service/h2_stream.rs`: one budget a
+//! connection, one rule, `drip_wait`): a
 //! wait for room in the client's windows that ends with a grant of fewer
 //! than [`DRIP_GRANT`] bytes while more of the response waits (the grant
-//! is less than what the stream asked for) takes one out; time gives back
+//! is less than what the stream asked for), with fewer than [`DRIP_GRANT`]
+//! bytes of DATA sent on the connection since the last such grant, takes
+//! one out; time gives back
 //! [`DRIP_ROUNDS_PER_SECOND`]. Past zero the connection is not closed
 //! but slowed: each further round waits until time has given it back, so
 //! the server spends on such rounds at most `DRIP_ROUNDS_PER_SECOND` a
@@ -86,7 +119,20 @@
 //! its small updates (grpc-go's and hyper's bandwidth probes, one per burst
 //! of data received) come while the server is not blocked: they are not
 //! counted. Grants that end no wait (the tail of a window) are not
-//! counted either: a drip's every round starts at a shut window.
+//! counted either: a drip's every round starts at a shut window. Nor is a
+//! small grant after a packet's worth of DATA went out since the last one
+//! (session 43): with several downloads on a small connection window (h2's
+//! client default, 65,535 bytes), h2 hands each connection
+//! `WINDOW_UPDATE`'s room (32 KiB or more) to the waiting streams in turn,
+//! and the last gets the end of it, often a few bytes of the chunk it
+//! asked for: ~280 such grants in 64 MiB on 32 streams, ~6 in 16 MiB on
+//! four (4 KiB chunks, a debug build), each counted as a round by session
+//! 42's rule, so that a fast or long download ran the budget out and was
+//! held back. What a round costs is the client's update that lets out less
+//! than a small packet: counting the connection's DATA between small
+//! grants says that whatever the streams (an attacker who drips one stream
+//! and lets 256 bytes out on another per round pays the cost per byte
+//! [`DRIP_GRANT`] allows).
 //!
 //! `HEADERS` and `CONTINUATION` floods are bounded elsewhere: h2's
 //! CONTINUATION count per block, our rapid-reset guard, and each request's
@@ -108,16 +154,19 @@
 //! more CPU per connection.
 //!
 //! Cost: two 16-byte frame walkers in the connection's IO (the payload is
-//! skipped, never copied), and one shared set of budgets (an `Rc`, 88
-//! bytes) per connection; the clock is read only when a budget runs out,
-//! and the drip budget is looked at only when a response's wait for room
-//! ends.
+//! skipped, never copied), and one shared set of budgets (an `Arc`, ~100
+//! bytes, of atomics read and written apart, as plain as `Cell`s on x86:
+//! an upgraded stream holding it may move to another thread) per
+//! connection; the clock is read only when a budget runs out, and the
+//! drip budget is looked at only when a response's wait for room ends.
 
-use std::cell::Cell;
 use std::future::poll_fn;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -174,6 +223,25 @@ pub(crate) const TINY_DATA_PER_SECOND: u64 = 1_000;
 /// tiny frames among real data (a message's last bytes) never count.
 pub(crate) const BYTES_PER_TINY_DATA_FRAME: u64 = 1024;
 
+/// PINGs an HTTP/2 connection may send with nothing of ours sent between
+/// them (no HEADERS, no non-empty DATA since the one before), before it is
+/// closed with `GOAWAY(ENHANCE_YOUR_CALM)`; given back by time, one a
+/// second ([`PINGS_PER_SECOND`]). A PING after a response or DATA we sent
+/// (a health check before each request, gRPC's bandwidth probe after each
+/// burst of data received) is free. ~3–5 ms of server CPU at 32–50 µs a
+/// PING paced one per round trip, where the control budget alone let
+/// ~3,860 through (123–148 ms; `bench/H2TLS.md`, "Session 42"); a
+/// keep-alive every second or slower, for good, is never cut. Counted in
+/// `megaconn_limit_hits_total{limit="http2_ping_flood"}` (and a protocol
+/// error), logged at most once per 5 s per worker.
+pub const HTTP2_PING_BUDGET: u64 = 100;
+
+/// PINGs with nothing sent between them that a second of the connection's
+/// life gives back (with the budget's bound): ten times the most frequent
+/// keep-alive a gRPC client may be set to (grpc-go's client floor, 10 s),
+/// and ~50 µs of server CPU a second.
+pub(crate) const PINGS_PER_SECOND: u64 = 1;
+
 /// Waits for room in the client's flow-control windows ended by a grant of
 /// fewer than [`DRIP_GRANT`] bytes, with more of the response waiting (a
 /// window opened a few bytes at a time: `WINDOW_UPDATE` of 1, each
@@ -220,92 +288,130 @@ const END_STREAM: u8 = 0x1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Flooded {
     /// [`HTTP2_CONTROL_BUDGET`]: frames that do no work.
-    Control,
+    Control = 1,
     /// [`HTTP2_TINY_DATA_BUDGET`]: tiny DATA frames.
     TinyData,
+    /// [`HTTP2_PING_BUDGET`]: PINGs with nothing sent between them.
+    Pings,
+}
+
+impl Flooded {
+    /// The budget whose code ([`Flooded`] `as u8`) is `code`; `None` for 0.
+    fn of(code: u8) -> Option<Flooded> {
+        [Flooded::Control, Flooded::TinyData, Flooded::Pings]
+            .into_iter()
+            .find(|f| *f as u8 == code)
+    }
 }
 
 /// A budget that work and time give back, up to `FULL`; time at
 /// `PER_SECOND` units a second, credited only when the budget runs out
 /// (the clock is read then, not per frame).
+///
+/// Atomics, read and written apart (`Relaxed` loads and stores, plain
+/// moves on x86, as a `Cell`'s): the budget is shared with the
+/// connection's upgraded streams, which a handler may move to another
+/// thread (`service/h2_stream.rs`); two threads spending at once may lose
+/// a unit, never memory safety.
 #[derive(Debug)]
 struct Bucket<const FULL: u64, const PER_SECOND: u64> {
     /// Units left; below zero once run out.
-    left: Cell<i64>,
-    /// Up to when time has been credited.
-    refilled_at: Cell<Instant>,
+    left: AtomicI64,
+    /// Up to when time has been credited: nanoseconds since the budgets'
+    /// start ([`FloodBudget::born`]).
+    refilled_at: AtomicU64,
 }
 
 impl<const FULL: u64, const PER_SECOND: u64> Bucket<FULL, PER_SECOND> {
-    /// A full budget, at `now`.
-    fn new(now: Instant) -> Self {
+    /// A full budget.
+    fn new() -> Self {
         Bucket {
-            left: Cell::new(FULL as i64),
-            refilled_at: Cell::new(now),
+            left: AtomicI64::new(FULL as i64),
+            refilled_at: AtomicU64::new(0),
         }
+    }
+
+    /// Units left (below zero once run out).
+    #[inline]
+    fn left(&self) -> i64 {
+        self.left.load(Relaxed)
     }
 
     /// Gives `n` back, up to the budget.
     #[inline]
     fn credit(&self, n: u64) {
-        let left = self.left.get().saturating_add(n as i64);
-        self.left.set(left.min(FULL as i64));
+        let left = self.left().saturating_add(n as i64);
+        self.left.store(left.min(FULL as i64), Relaxed);
     }
 
     /// Spends `n`; false if the budget ran out (with what time gave back
-    /// since the last refill).
+    /// since the last refill; `born`: the budgets' start).
     #[inline]
-    fn charge(&self, n: u64) -> bool {
-        let left = self.left.get() - n as i64;
-        self.left.set(left);
-        left >= 0 || self.refill(clock::now())
+    fn charge(&self, n: u64, born: Instant) -> bool {
+        let left = self.left() - n as i64;
+        self.left.store(left, Relaxed);
+        left >= 0 || self.refill(clock::now(), born)
     }
 
     /// Credits the time since the last refill at `PER_SECOND`; true if the
     /// budget is no longer below zero. Time not yet worth a unit stays for
     /// the next refill.
     #[cold]
-    fn refill(&self, now: Instant) -> bool {
-        let since = now.saturating_duration_since(self.refilled_at.get());
-        let earned = since.as_nanos() * u128::from(PER_SECOND) / 1_000_000_000;
+    fn refill(&self, now: Instant, born: Instant) -> bool {
+        let now = u64::try_from(now.saturating_duration_since(born).as_nanos()).unwrap_or(u64::MAX);
+        let since = now.saturating_sub(self.refilled_at.load(Relaxed));
+        let earned = u128::from(since) * u128::from(PER_SECOND) / 1_000_000_000;
         if earned > 0 {
             let used = earned * 1_000_000_000 / u128::from(PER_SECOND);
-            let used = Duration::from_nanos(u64::try_from(used).unwrap_or(u64::MAX));
-            self.refilled_at.set(self.refilled_at.get() + used);
+            let used = u64::try_from(used).unwrap_or(u64::MAX);
+            self.refilled_at.fetch_add(used, Relaxed);
             self.credit(u64::try_from(earned).unwrap_or(u64::MAX));
         }
-        self.left.get() >= 0
+        self.left() >= 0
     }
 }
 
-/// A connection's three budgets, control bytes, tiny DATA frames and drip
-/// rounds, shared by its IO (which spends the first two and earns what
-/// responses earn), its streams' responses (which spend the third,
-/// [`room_granted`](Self::room_granted)) and its loop (which earns what
-/// requests earn and acts on [`tripped`](Self::tripped)).
+/// A connection's budgets, control bytes, tiny DATA frames, PINGs and
+/// drip rounds, shared by its IO (which spends the first three and earns
+/// what responses earn), its streams' responses and upgraded streams (which
+/// spend the fourth, [`room_granted`](Self::room_granted)) and its loop
+/// (which earns what requests earn and acts on [`tripped`](Self::tripped)).
 #[derive(Debug)]
 pub(crate) struct FloodBudget {
+    /// When the connection started: the buckets' clocks count from it.
+    born: Instant,
     control: Bucket<HTTP2_CONTROL_BUDGET, REFILL_PER_SECOND>,
     tiny: Bucket<HTTP2_TINY_DATA_BUDGET, TINY_DATA_PER_SECOND>,
+    pings: Bucket<HTTP2_PING_BUDGET, PINGS_PER_SECOND>,
     drip: Bucket<HTTP2_WINDOW_DRIP_BUDGET, DRIP_ROUNDS_PER_SECOND>,
     /// A drip round was held back on this connection (counted once).
-    drip_slowed: Cell<bool>,
+    drip_slowed: AtomicBool,
+    /// A HEADERS or non-empty DATA frame went out since the client's last
+    /// PING: the next PING is paid for (module doc).
+    worked: AtomicBool,
     /// Bytes of larger DATA frames not yet worth a tiny frame.
-    data_bytes: Cell<u64>,
-    tripped: Cell<Option<Flooded>>,
+    data_bytes: AtomicU64,
+    /// DATA payload bytes sent since the last small grant of room
+    /// ([`room_granted`](Self::room_granted)).
+    data_out: AtomicU64,
+    /// Which budget ran out ([`Flooded::code`]), 0 while none did.
+    tripped: AtomicU8,
 }
 
 impl FloodBudget {
     /// Full budgets, for a connection that starts now.
     pub(crate) fn new() -> FloodBudget {
-        let now = clock::now();
         FloodBudget {
-            control: Bucket::new(now),
-            tiny: Bucket::new(now),
-            drip: Bucket::new(now),
-            drip_slowed: Cell::new(false),
-            data_bytes: Cell::new(0),
-            tripped: Cell::new(None),
+            born: clock::now(),
+            control: Bucket::new(),
+            tiny: Bucket::new(),
+            pings: Bucket::new(),
+            drip: Bucket::new(),
+            drip_slowed: AtomicBool::new(false),
+            worked: AtomicBool::new(false),
+            data_bytes: AtomicU64::new(0),
+            data_out: AtomicU64::new(0),
+            tripped: AtomicU8::new(0),
         }
     }
 
@@ -315,56 +421,93 @@ impl FloodBudget {
         self.control.credit(n);
     }
 
-    /// A response's wait for room in the client's windows ended with
-    /// `granted` bytes, of the `wanted` it waits to send: a drip round if
-    /// fewer than both [`DRIP_GRANT`] and `wanted`, charged to the drip
-    /// budget. `Some` if that ran the budget out: how long the round must
-    /// wait before it sends, for time to give it back (the rounds held
-    /// back by then, this one's included, at [`DRIP_ROUNDS_PER_SECOND`]),
-    /// with whether it is the connection's first round held back (to count
-    /// and log once).
+    /// A frame we sent: gives back what it earns ([`earned`]); a HEADERS
+    /// or a non-empty DATA frame pays for the client's next PING, and a
+    /// DATA frame's bytes count toward the room the client gave
+    /// ([`room_granted`](Self::room_granted)).
+    #[inline]
+    fn sent(&self, h: Head) {
+        self.credit(earned(h));
+        if h.kind == DATA && h.len > 0 {
+            let out = self.data_out.load(Relaxed);
+            self.data_out
+                .store(out.saturating_add(u64::from(h.len)), Relaxed);
+            self.worked.store(true, Relaxed);
+        } else if h.kind == HEADERS {
+            self.worked.store(true, Relaxed);
+        }
+    }
+
+    /// A response's (or an upgraded stream's) wait for room in the
+    /// client's windows ended with `granted` bytes, of the `wanted` it
+    /// waits to send: a drip round if fewer than both [`DRIP_GRANT`] and
+    /// `wanted`, charged to the drip budget. `Some` if that ran the budget
+    /// out: how long the round must wait before it sends, for time to give
+    /// it back (the rounds held back by then, this one's included, at
+    /// [`DRIP_ROUNDS_PER_SECOND`]), with whether it is the connection's
+    /// first round held back (to count and log once).
     pub(crate) fn room_granted(&self, granted: usize, wanted: usize) -> Option<(Duration, bool)> {
-        if granted >= wanted || granted >= DRIP_GRANT || self.drip.charge(1) {
+        if granted >= wanted || granted >= DRIP_GRANT {
             return None;
         }
-        let behind = self.drip.left.get().unsigned_abs();
+        // The connection let out a small packet's worth or more since the
+        // last small grant: the client's windows were opened wide, and this
+        // stream got the end of what others took (module doc).
+        if self.data_out.swap(0, Relaxed) >= DRIP_GRANT as u64 || self.drip.charge(1, self.born) {
+            return None;
+        }
+        let behind = self.drip.left().unsigned_abs();
         let wait =
             Duration::from_nanos(behind.saturating_mul(1_000_000_000 / DRIP_ROUNDS_PER_SECOND));
-        Some((wait, !self.drip_slowed.replace(true)))
+        Some((wait, !self.drip_slowed.swap(true, Relaxed)))
     }
 
     /// Charges a frame received to the budget it is for; `Some` names the
     /// budget it ran out.
     #[inline]
     fn receive(&self, h: Head) -> Option<Flooded> {
+        let born = self.born;
         let within = match h.kind {
             // Requests: their own cost, bounded elsewhere (module doc).
             HEADERS | CONTINUATION => true,
-            DATA if h.len == 0 => self.control.charge(FRAME_HEADER_LEN),
+            DATA if h.len == 0 => self.control.charge(FRAME_HEADER_LEN, born),
             DATA if h.len < TINY_DATA_FRAME && h.flags & END_STREAM == 0 => {
-                return (!self.tiny.charge(1)).then_some(Flooded::TinyData);
+                return (!self.tiny.charge(1, born)).then_some(Flooded::TinyData);
             }
             DATA => {
-                let bytes = self.data_bytes.get() + u64::from(h.len);
-                self.data_bytes.set(bytes % BYTES_PER_TINY_DATA_FRAME);
+                let bytes = self.data_bytes.load(Relaxed) + u64::from(h.len);
+                self.data_bytes
+                    .store(bytes % BYTES_PER_TINY_DATA_FRAME, Relaxed);
                 self.tiny.credit(bytes / BYTES_PER_TINY_DATA_FRAME);
                 true
             }
-            _ => self.control.charge(FRAME_HEADER_LEN + u64::from(h.len)),
+            // A PING with nothing of ours sent since the last one spends
+            // the PING budget as well as the control budget's bytes.
+            PING if h.flags & ACK == 0 => {
+                let paid = self.worked.swap(false, Relaxed);
+                if !paid && !self.pings.charge(1, born) {
+                    return Some(Flooded::Pings);
+                }
+                self.control
+                    .charge(FRAME_HEADER_LEN + u64::from(h.len), born)
+            }
+            _ => self
+                .control
+                .charge(FRAME_HEADER_LEN + u64::from(h.len), born),
         };
         (!within).then_some(Flooded::Control)
     }
 
     /// Whether a budget ran out (the connection reads no more).
     pub(crate) fn is_tripped(&self) -> bool {
-        self.tripped.get().is_some()
+        self.tripped.load(Relaxed) != 0
     }
 
     /// Resolves once a budget ran out, with which. No waker is kept: a
     /// budget runs out inside a read of the connection's own task, which
     /// wakes itself.
     pub(crate) async fn tripped(&self) -> Flooded {
-        poll_fn(|_| match self.tripped.get() {
+        poll_fn(|_| match Flooded::of(self.tripped.load(Relaxed)) {
             Some(which) => Poll::Ready(which),
             None => Poll::Pending,
         })
@@ -470,7 +613,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct MeteredIo<I> {
         #[pin]
         io: I,
-        budget: Rc<FloodBudget>,
+        budget: Arc<FloodBudget>,
         inbound: FrameWalk,
         outbound: FrameWalk,
     }
@@ -478,7 +621,7 @@ pin_project_lite::pin_project! {
 
 impl<I> MeteredIo<I> {
     /// Meters `io`, a server connection from its client's preface on.
-    pub(crate) fn new(io: I, budget: Rc<FloodBudget>) -> MeteredIo<I> {
+    pub(crate) fn new(io: I, budget: Arc<FloodBudget>) -> MeteredIo<I> {
         MeteredIo {
             io,
             budget,
@@ -510,7 +653,9 @@ impl<I: AsyncRead> AsyncRead for MeteredIo<I> {
         if flooded.is_none() {
             return Poll::Ready(Ok(()));
         }
-        budget.tripped.set(flooded);
+        budget
+            .tripped
+            .store(flooded.map_or(0, |f| f as u8), Relaxed);
         buf.set_filled(before);
         cx.waker().wake_by_ref();
         Poll::Pending
@@ -527,7 +672,7 @@ impl<I: AsyncWrite> AsyncWrite for MeteredIo<I> {
         let n = std::task::ready!(this.io.poll_write(cx, data))?;
         let budget = &**this.budget;
         this.outbound.walk(&data[..n], |h| {
-            budget.credit(earned(h));
+            budget.sent(h);
             true
         });
         Poll::Ready(Ok(n))
@@ -549,7 +694,7 @@ impl<I: AsyncWrite> AsyncWrite for MeteredIo<I> {
             let take = slice.len().min(left);
             left -= take;
             this.outbound.walk(&slice[..take], |h| {
-                budget.credit(earned(h));
+                budget.sent(h);
                 true
             });
         }
@@ -617,19 +762,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_budget_runs_out_on_control_frames_only() {
         let budget = FloodBudget::new();
-        let ping = head(PING, 0, 8);
+        // Each after a response of ours: the PING budget's, not spent.
+        let ping = |budget: &FloodBudget| {
+            budget.sent(head(HEADERS, 4, 10));
+            budget.receive(head(PING, 0, 8))
+        };
         assert_eq!(budget.receive(head(DATA, 0, 16_384)), None);
         assert_eq!(budget.receive(head(HEADERS, 0, 16_384)), None);
         budget.credit(1 << 30);
         let pings = HTTP2_CONTROL_BUDGET / (FRAME_HEADER_LEN + 8);
         for _ in 0..pings {
-            assert_eq!(budget.receive(ping), None);
+            assert_eq!(ping(&budget), None);
         }
-        assert_eq!(
-            budget.receive(ping),
-            Some(Flooded::Control),
-            "one PING too many"
-        );
+        assert_eq!(ping(&budget), Some(Flooded::Control), "one PING too many");
     }
 
     /// Tiny DATA frames spend their own budget, one each, whatever else
@@ -649,11 +794,11 @@ mod tests {
         // earn one more, not before.
         let not_tiny = head(DATA, 0, TINY_DATA_FRAME);
         assert_eq!(budget.receive(head(DATA, 0, 1024 - 17 - 16)), None);
-        assert_eq!(budget.tiny.left.get(), 0);
+        assert_eq!(budget.tiny.left(), 0);
         assert_eq!(budget.receive(not_tiny), None);
         assert_eq!(budget.receive(tiny), None);
         assert_eq!(budget.receive(tiny), Some(Flooded::TinyData));
-        assert_eq!(budget.control.left.get(), HTTP2_CONTROL_BUDGET as i64);
+        assert_eq!(budget.control.left(), HTTP2_CONTROL_BUDGET as i64);
     }
 
     /// A DATA frame sent earns at most its payload: a 1-byte one, 1 byte
@@ -706,23 +851,84 @@ mod tests {
         assert_eq!(budget.room_granted(1, 2), Some((round, false)));
     }
 
+    /// Downloads sharing a small connection window: the stream that gets
+    /// the end of a `WINDOW_UPDATE`'s room after the others took theirs
+    /// ends its wait with a few bytes of more. Not a round when the
+    /// connection sent [`DRIP_GRANT`] bytes of DATA or more since the last
+    /// small grant, however many such grants: the client opened its
+    /// windows wide. A drip's rounds let out less than that each.
+    #[tokio::test(start_paused = true)]
+    async fn a_small_grant_after_a_packet_of_data_is_not_a_round() {
+        let budget = FloodBudget::new();
+        for _ in 0..10 * HTTP2_WINDOW_DRIP_BUDGET {
+            budget.sent(head(DATA, 0, 4096));
+            assert_eq!(budget.room_granted(3, 4096), None);
+            budget.sent(head(DATA, 0, DRIP_GRANT as u32));
+            assert_eq!(budget.room_granted(DRIP_GRANT - 1, 4096), None);
+        }
+        assert_eq!(budget.drip.left(), HTTP2_WINDOW_DRIP_BUDGET as i64);
+        // Less than that between them: each is a round.
+        for _ in 0..HTTP2_WINDOW_DRIP_BUDGET {
+            budget.sent(head(DATA, 0, DRIP_GRANT as u32 - 1));
+            assert_eq!(budget.room_granted(DRIP_GRANT - 1, 4096), None);
+        }
+        assert!(budget.room_granted(1, 4096).is_some(), "run out");
+    }
+
+    /// PINGs with nothing sent since the one before run the PING budget
+    /// out at [`HTTP2_PING_BUDGET`] (time gives back
+    /// [`PINGS_PER_SECOND`]); a PING after a HEADERS or a non-empty DATA
+    /// frame we sent is free, however many; our own PINGs' answers (ACK)
+    /// are never counted.
+    #[tokio::test(start_paused = true)]
+    async fn pings_with_nothing_sent_between_run_out_their_budget() {
+        let budget = FloodBudget::new();
+        let ping = head(PING, 0, 8);
+        for _ in 0..10 * HTTP2_PING_BUDGET {
+            budget.sent(head(HEADERS, 4, 20));
+            assert_eq!(budget.receive(ping), None);
+            budget.sent(head(DATA, 0, 5));
+            assert_eq!(budget.receive(ping), None);
+            budget.sent(head(DATA, 0, 0));
+            assert_eq!(budget.receive(head(PING, ACK, 8)), None);
+            budget.credit(1 << 20);
+        }
+        assert_eq!(budget.pings.left(), HTTP2_PING_BUDGET as i64);
+        for _ in 0..HTTP2_PING_BUDGET {
+            assert_eq!(budget.receive(ping), None);
+        }
+        assert_eq!(budget.receive(ping), Some(Flooded::Pings));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            budget.receive(ping),
+            None,
+            "two seconds: two back, one spent"
+        );
+        assert_eq!(budget.receive(ping), Some(Flooded::Pings));
+    }
+
     /// Time gives back [`REFILL_PER_SECOND`], fractions of a byte kept for
     /// later; the tiny-DATA budget [`TINY_DATA_PER_SECOND`] frames.
     #[tokio::test(start_paused = true)]
     async fn time_refills_the_budget() {
         let budget = FloodBudget::new();
-        assert!(!budget.control.charge(HTTP2_CONTROL_BUDGET + 100));
+        assert!(!budget
+            .control
+            .charge(HTTP2_CONTROL_BUDGET + 100, budget.born));
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(!budget.control.charge(0), "half a second: 64 bytes of 100");
+        assert!(
+            !budget.control.charge(0, budget.born),
+            "half a second: 64 bytes of 100"
+        );
         tokio::time::advance(Duration::from_millis(300)).await;
-        assert!(budget.control.charge(0), "0.8 s: 102 bytes");
-        assert_eq!(budget.control.left.get(), 2);
+        assert!(budget.control.charge(0, budget.born), "0.8 s: 102 bytes");
+        assert_eq!(budget.control.left(), 2);
 
         let budget = FloodBudget::new();
-        assert!(!budget.tiny.charge(HTTP2_TINY_DATA_BUDGET + 10));
+        assert!(!budget.tiny.charge(HTTP2_TINY_DATA_BUDGET + 10, budget.born));
         tokio::time::advance(Duration::from_millis(9)).await;
-        assert!(!budget.tiny.charge(0), "9 ms: 9 frames of 10");
+        assert!(!budget.tiny.charge(0, budget.born), "9 ms: 9 frames of 10");
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(budget.tiny.charge(0), "10 ms: 10 frames");
+        assert!(budget.tiny.charge(0, budget.born), "10 ms: 10 frames");
     }
 }

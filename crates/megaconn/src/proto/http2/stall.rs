@@ -43,14 +43,16 @@
 //! budget (`flood.rs`, [`HTTP2_WINDOW_DRIP_BUDGET`](super::HTTP2_WINDOW_DRIP_BUDGET)).
 
 use std::cell::Cell;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Waker};
 
+use super::drip_wait;
 use super::flood::FloodBudget;
 
 use crate::conn::context::WorkerContext;
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
+use crate::observe::stats::WorkerStats;
 
 /// One connection's count of streams that wait for their first room, and
 /// of new streams not yet run; see the module docs.
@@ -67,13 +69,13 @@ pub(super) struct StallGate {
     reached: Cell<bool>,
     /// The connection's flood budgets, whose drip budget each wait's grant
     /// may spend ([`room`](Self::room)).
-    budget: Rc<FloodBudget>,
+    budget: Arc<FloodBudget>,
 }
 
 impl StallGate {
     /// A gate for `limit` stalled streams (`None`: none), on a connection
     /// with `budget`.
-    pub(super) fn new(limit: Option<u32>, budget: Rc<FloodBudget>) -> StallGate {
+    pub(super) fn new(limit: Option<u32>, budget: Arc<FloodBudget>) -> StallGate {
         StallGate {
             limit,
             unpolled: Cell::new(0),
@@ -86,15 +88,20 @@ impl StallGate {
 
     /// A stream's wait for room ended with `granted` bytes of the `wanted`
     /// it waits to send: a drip round if a few bytes of more
-    /// ([`FloodBudget::room_granted`]). `Some` if that ran the drip budget
-    /// out: how long the stream waits before it sends (and whether this is
-    /// the connection's first round held back).
+    /// ([`drip_wait`]). `Some` if that ran the drip budget out: how long
+    /// the stream waits before it sends.
     pub(super) fn room(
         &self,
         granted: usize,
         wanted: usize,
-    ) -> Option<(std::time::Duration, bool)> {
-        self.budget.room_granted(granted, wanted)
+        stats: &WorkerStats,
+    ) -> Option<std::time::Duration> {
+        drip_wait(&self.budget, stats, granted, wanted)
+    }
+
+    /// The connection's flood budgets, for its upgraded streams' writes.
+    pub(super) fn budget(&self) -> &Arc<FloodBudget> {
+        &self.budget
     }
 
     /// Whether the connection may take a new stream now. If not, the
