@@ -187,10 +187,10 @@ pub struct Draining {
 }
 
 impl Draining {
-    /// What the drain is left with: `4 connections (3 WebSocket/framed)`.
+    /// What the drain is left with: `4 connections (3 WebSocket/framed/SSE)`.
     pub fn counts(self) -> String {
         format!(
-            "{} ({} WebSocket/framed)",
+            "{} ({} WebSocket/framed/SSE)",
             count(self.left as u64, "connection", "connections"),
             self.messages
         )
@@ -214,7 +214,7 @@ pub fn handed_over_line(new_pid: u32, listeners: usize, sent: usize, draining: D
         None => String::new(),
     };
     format!(
-        "megaconn handed over to pid {new_pid}: {listeners} listening sockets, {sent} parked connections; draining {} that cannot move (WebSocket, framed, TLS, HTTP/2, busy){storm}",
+        "megaconn handed over to pid {new_pid}: {listeners} listening sockets, {sent} parked connections; draining {} that cannot move (WebSocket, framed, SSE, TLS, HTTP/2, busy){storm}",
         draining.counts()
     )
 }
@@ -307,7 +307,7 @@ mod tests {
         };
         assert_eq!(
             handed_over_line(7, 5, 2, few),
-            "megaconn handed over to pid 7: 5 listening sockets, 2 parked connections; draining 4 connections (3 WebSocket/framed) that cannot move (WebSocket, framed, TLS, HTTP/2, busy)"
+            "megaconn handed over to pid 7: 5 listening sockets, 2 parked connections; draining 4 connections (3 WebSocket/framed/SSE) that cannot move (WebSocket, framed, SSE, TLS, HTTP/2, busy)"
         );
         assert_eq!(few.storm_warning(), None);
         let many = Draining {
@@ -317,12 +317,12 @@ mod tests {
         };
         let line = handed_over_line(7, 5, 0, many);
         assert!(
-            line.ends_with("draining 1000 connections (999 WebSocket/framed) that cannot move (WebSocket, framed, TLS, HTTP/2, busy); they will be closed at once; clients reconnect together: set --shutdown-drain-rate"),
+            line.ends_with("draining 1000 connections (999 WebSocket/framed/SSE) that cannot move (WebSocket, framed, SSE, TLS, HTTP/2, busy); they will be closed at once; clients reconnect together: set --shutdown-drain-rate"),
             "{line}"
         );
         assert_eq!(
             many.storm_warning().unwrap(),
-            "1000 connections (999 WebSocket/framed) will be closed at once; clients reconnect together: set --shutdown-drain-rate"
+            "1000 connections (999 WebSocket/framed/SSE) will be closed at once; clients reconnect together: set --shutdown-drain-rate"
         );
         let paced = Draining {
             drain_rate: Some(500),

@@ -2218,7 +2218,7 @@ fn the_old_process_counts_what_cannot_move_and_logs_its_drain() {
     let handed = finish(old);
     assert!(
         handed.contains(
-            "0 parked connections; draining 4 connections (3 WebSocket/framed) that cannot move"
+            "0 parked connections; draining 4 connections (3 WebSocket/framed/SSE) that cannot move"
         ),
         "{handed}"
     );

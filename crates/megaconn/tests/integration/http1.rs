@@ -1357,3 +1357,62 @@ async fn a_responses_parts_are_each_dropped_once() {
     assert!(server.stop().await);
     check(served);
 }
+
+/// A handler whose future answers and then panics in its own drop: the
+/// response it gave is dropped once as that panic unwinds (its body and
+/// extension counted), not leaked, and the server goes on serving.
+#[tokio::test]
+async fn a_response_is_dropped_when_its_handlers_future_panics_in_its_drop() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    /// Answers its response at the first poll; panics when dropped.
+    struct AnswersThenPanics(Option<http::Response<CountedBody>>);
+    impl std::future::Future for AnswersThenPanics {
+        type Output = Result<http::Response<CountedBody>, std::convert::Infallible>;
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Self::Output> {
+            std::task::Poll::Ready(Ok(self.0.take().expect("polled once")))
+        }
+    }
+    impl Drop for AnswersThenPanics {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("the handler's future panics in its drop (on purpose)");
+            }
+        }
+    }
+    let bodies = Arc::new(AtomicUsize::new(0));
+    let extensions = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let (bodies, extensions) = (bodies.clone(), extensions.clone());
+        tower::service_fn(move |_: http::Request<megaconn::Body>| {
+            let mut response = http::Response::new(CountedBody {
+                data: Some(bytes::Bytes::from_static(b"counted")),
+                _drops: Counted(bodies.clone()),
+            });
+            response.extensions_mut().insert(CountedExtension {
+                _drops: Arc::new(Counted(extensions.clone())),
+            });
+            AnswersThenPanics(Some(response))
+        })
+    };
+    let server = common::AppServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .listen_on("127.0.0.1:0".parse().unwrap()),
+        service,
+    );
+    let mut s = tokio::net::TcpStream::connect(server.addrs[0])
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // The connection ends (its task's panic is caught); nothing hangs.
+    let _ = read_to_close(&mut s).await;
+    assert_eq!(bodies.load(SeqCst), 1, "bodies dropped");
+    assert_eq!(extensions.load(SeqCst), 1, "extensions dropped");
+    assert!(server.stop().await);
+}

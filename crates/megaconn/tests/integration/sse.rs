@@ -430,6 +430,36 @@ async fn other_methods_are_refused_and_head_gets_the_head() {
     server.stop().await;
 }
 
+/// A GET with a body is refused 400 (the body read away by the engine),
+/// not taken for the client's bytes after a `200`; the connection then
+/// opens a stream for a GET without one.
+#[tokio::test]
+async fn a_get_with_a_body_is_refused_400() {
+    let mut server = SseServer::start(parking(), |r| r).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    for request in [
+        &b"GET /events HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"[..],
+        b"GET /events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ] {
+        tcp.write_all(request).await.unwrap();
+        let refused = common::read_response(&mut tcp).await;
+        assert_eq!(refused.status, 400);
+    }
+    assert!(server.opens.try_recv().is_err(), "no stream opened");
+    tcp.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 1024];
+    let n = tokio::time::timeout(SAFETY, tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert_eq!(server.handle.stats().protocol_errors, 0);
+    server.stop().await;
+}
+
 /// reqwest's streaming client reads the stream (its own chunked decoding)
 /// while the hub publishes to it parked.
 #[tokio::test]

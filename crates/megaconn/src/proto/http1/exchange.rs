@@ -484,12 +484,17 @@ where
     match unsafe { polled.assume_init_mut() } {
         Poll::Pending => Ok(false),
         Poll::Ready(Ok(response)) => {
-            // (Should the handler's future panic in its drop here, the
-            // response in `polled` is leaked, not dropped: taken apart
-            // before this drop instead, it cost 43 user-space instructions
-            // a request more, as its parts were kept across the call;
-            // bench/CPU-PER-REQUEST.md, session 43.)
+            // Should the handler's future panic in its drop here, the
+            // response in `polled` is dropped by this guard as the panic
+            // unwinds (it would leak: `polled` is never dropped; a leaked
+            // body holding a channel's end would keep its other side
+            // waiting). Taken apart before this drop instead, it cost 43
+            // user-space instructions a request more, as its parts were
+            // kept across the call (bench/CPU-PER-REQUEST.md, session 43);
+            // the guard is forgotten on the way that does not panic.
+            let unwinding = DropOnUnwind(std::ptr::from_mut(response));
             this.handler.set(None);
+            std::mem::forget(unwinding);
             // SAFETY: `response` is in `polled`, which is neither dropped
             // nor used after this call, which takes it apart.
             unsafe { start_response(this, response) }
@@ -502,6 +507,21 @@ where
             };
             Err(service_failed(this, e.into()))
         }
+    }
+}
+
+/// Drops what it points to if it is dropped: made just before a call
+/// that may panic and forgotten after it, so that it runs only while that
+/// panic unwinds (`poll_handler`: the response in its slot, which is never
+/// dropped otherwise).
+struct DropOnUnwind<R>(*mut R);
+
+impl<R> Drop for DropOnUnwind<R> {
+    fn drop(&mut self) {
+        // SAFETY: only reached while a panic unwinds out of the call the
+        // guard spans (it is forgotten after it), when what it points to
+        // is initialised, not yet taken apart, and used by nothing after.
+        unsafe { std::ptr::drop_in_place(self.0) }
     }
 }
 
@@ -1346,6 +1366,12 @@ mod tests {
             std::mem::size_of::<http::response::Parts>(),
             std::mem::size_of::<Known>(),
             "http::response::Parts has a field ResponseHead::take does not know"
+        );
+        // And `Response` itself is its head and its body, nothing beside.
+        assert_eq!(
+            std::mem::size_of::<Response<()>>(),
+            std::mem::size_of::<http::response::Parts>(),
+            "http::Response has a field beside its head and body that ResponseHead::take does not know"
         );
         assert!(!std::mem::needs_drop::<StatusCode>() && !std::mem::needs_drop::<Version>());
     }

@@ -20,8 +20,7 @@
 //! stream the server ends ([`Hub::close`](crate::Hub::close), graceful
 //! shutdown, [`Session::close`](crate::Session::close)) ends with the last
 //! chunk (`0\r\n\r\n`): the client (and any proxy between) sees a response
-//! that completed, not a connection that broke, and a proxy may keep its
-//! upstream connection. Close-delimited framing (no length, the end of the
+//! that completed, not a connection that broke. Close-delimited framing (no length, the end of the
 //! body is the close) would save the 4 to 8 bytes of each chunk's size
 //! line, but every end would read as a truncated response to a proxy, and
 //! HTTP/1.1 reserves it for responses that cannot say their length
@@ -49,13 +48,14 @@
 //! stream or reset closes the stream ([`CloseReason::ClientClosed`]); any
 //! byte closes it as a protocol error (`Protocol(ProtocolDetail::Sse)`,
 //! counted in `protocol_errors`): a request pipelined behind an endless
-//! response would never be answered. A request body is read and dropped
-//! by the HTTP/1.1 engine before the stream starts.
+//! response would never be answered. A GET with a body (`content-length`
+//! above 0, or `transfer-encoding`) is refused `400` before any stream
+//! starts (the body would otherwise be read as the client's bytes).
 //!
 //! # Heartbeat and close
 //!
 //! A comment line (`:` and a blank line) goes every
-//! [`SseRoute::ping_interval`] (30 s) without an event, from the parking
+//! [`SseRoute::ping_interval`] (30 s), events or not, from the parking
 //! lot's timer for a parked stream (a wake, one write, straight back), so
 //! proxies keep the stream and a vanished peer is found by the write's
 //! error. No heartbeat is asked of the client. Writes that wait are bounded

@@ -208,7 +208,8 @@ impl<H: SseHandler> SseRoute<H> {
     }
 
     /// Sends a comment line (`:` and a blank line, which clients ignore)
-    /// after this long without an event, so that proxies keep the stream
+    /// this often, whether events went or not (a push does not move it
+    /// on: a parked stream's timer is set as it parks), so that proxies keep the stream
     /// and a peer that vanished is found by the write's error. A parked
     /// stream's comment is sent by the parking lot's timer waking it (one
     /// write, then straight back). `None` or zero: never. Default
@@ -291,6 +292,25 @@ impl<H: SseHandler, B> Service<Request<B>> for SseRoute<H> {
                 refused.headers_mut().insert(header::ALLOW, allow);
                 return ready(refused);
             }
+        }
+        // A GET with a body (RFC 9110 gives it no meaning; an `EventSource`
+        // never sends one): the stream takes the socket at its head, so
+        // the body would be read as the client's bytes and close it as a
+        // protocol error after a `200`. Refused instead, as an ordinary
+        // response, after which the engine reads the body away.
+        let has_body = parts.headers.contains_key(header::TRANSFER_ENCODING)
+            || parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|n| n.as_bytes() != b"0");
+        if has_body {
+            let mut refused = status(StatusCode::BAD_REQUEST);
+            *refused.body_mut() = http_body_util::Full::new(Bytes::from_static(
+                b"an event stream's request carries no body: send the GET without one\n",
+            ))
+            .map_err(|never| match never {})
+            .boxed();
+            return ready(refused);
         }
         let route: ErasedRoute = self.route.clone();
         let mut response = stream_head();
