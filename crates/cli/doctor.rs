@@ -61,6 +61,11 @@ Checks (each reads a kernel limit and compares it with what N connections need):
                limit, the room left under it, if less) against N x (5 KiB of kernel
                memory per socket + 100 B of megaconn per idle connection).
                Loopback tests hold both ends on one host: twice the kernel part.
+  migrate_req  net.ipv4.tcp_migrate_req (Linux 5.14+): with `serve --processes P`
+               the workers share the port (SO_REUSEPORT); when one dies, the
+               connections queued on its listening socket are reset unless this
+               is 1, which moves them to a live worker. A warning only: one
+               process has no other socket to move them to.
 
 open_files is read from doctor's own process: run doctor the way megaconn runs
 (e.g. `systemd-run --pty -p LimitNOFILE=1048576 megaconn doctor`, or inside the
@@ -136,6 +141,8 @@ pub struct Host {
     pub mem_available: Option<u64>,
     /// MemTotal, bytes.
     pub mem_total: Option<u64>,
+    /// net.ipv4.tcp_migrate_req; `None`: a kernel before 5.14 (no such key).
+    pub migrate_req: Option<u64>,
     /// The page size.
     pub page_size: u64,
 }
@@ -188,6 +195,7 @@ impl Host {
                 (host, cgroup) => host.or(cgroup),
             },
             mem_total: mem("MemTotal:"),
+            migrate_req: one("/proc/sys/net/ipv4/tcp_migrate_req"),
             page_size,
         }
     }
@@ -459,6 +467,33 @@ pub fn checks(host: &Host, n: u64) -> Vec<Check> {
         fix,
         sysctl: None,
     });
+
+    // A worker that dies (`serve --processes`) takes its listening socket's
+    // accept queue with it: reset, unless the kernel may move those
+    // connections to another socket of the SO_REUSEPORT group.
+    let (status, fix, sysctl) = match host.migrate_req {
+        None => (Status::Skip, None, None),
+        Some(v) if v != 0 => (Status::Ok, None, None),
+        Some(_) => (
+            Status::Warn,
+            Some(
+                "with `serve --processes`: sysctl -w net.ipv4.tcp_migrate_req=1 (a dead worker's queued connections move to a live one instead of being reset)".into(),
+            ),
+            Some(("net.ipv4.tcp_migrate_req", "1".into())),
+        ),
+    };
+    out.push(Check {
+        id: "migrate_req",
+        name: "net.ipv4.tcp_migrate_req (queued connections of a dead worker)",
+        status,
+        value: host.migrate_req.map_or_else(
+            || "not in this kernel (before 5.14)".into(),
+            |v| v.to_string(),
+        ),
+        need: "1 with serve --processes".into(),
+        fix,
+        sysctl,
+    });
     out
 }
 
@@ -649,6 +684,7 @@ mod tests {
             conntrack_max: None,
             mem_available: Some(24 << 30),
             mem_total: Some(32 << 30),
+            migrate_req: Some(1),
             page_size: 4096,
         }
     }
@@ -700,6 +736,35 @@ mod tests {
         let text = render(&c, n, false, Some(&dropin), Some("LimitNOFILE=1048576"));
         assert!(text.contains("LimitNOFILE=1048576"), "{text}");
         assert!(text.contains("cannot hold 1,000,000"), "{text}");
+    }
+
+    /// With `--processes`, a dead worker's queued connections are reset
+    /// unless `tcp_migrate_req` is 1 (27 of 1,974 reconnects in a review):
+    /// a warning with its sysctl, never a failure (one process does not
+    /// need it); a kernel without the key skips.
+    #[test]
+    fn migrate_req_off_warns_with_its_sysctl() {
+        let host = Host {
+            migrate_req: Some(0),
+            ..roomy()
+        };
+        let c = checks(&host, 1000);
+        assert_eq!(status(&c, "migrate_req"), Status::Warn);
+        let fix = c.iter().find(|c| c.id == "migrate_req").unwrap();
+        let fix = fix.fix.as_deref().unwrap();
+        assert!(
+            fix.contains("sysctl -w net.ipv4.tcp_migrate_req=1"),
+            "{fix}"
+        );
+        let dropin = sysctl_dropin(&c, 1000).unwrap();
+        assert!(dropin.contains("net.ipv4.tcp_migrate_req = 1"), "{dropin}");
+        assert!(c.iter().all(|c| c.status != Status::Fail), "{c:#?}");
+        assert_eq!(status(&checks(&roomy(), 1000), "migrate_req"), Status::Ok);
+        let old = Host {
+            migrate_req: None,
+            ..roomy()
+        };
+        assert_eq!(status(&checks(&old, 1000), "migrate_req"), Status::Skip);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::common;
 use std::process::{Command, Output};
 
 /// Every check, by its JSON id.
-const CHECKS: [&str; 8] = [
+const CHECKS: [&str; 9] = [
     "open_files",
     "nr_open",
     "file_max",
@@ -17,6 +17,7 @@ const CHECKS: [&str; 8] = [
     "tcp_mem",
     "conntrack",
     "memory",
+    "migrate_req",
 ];
 
 fn doctor(args: &[&str]) -> Output {

@@ -1839,13 +1839,16 @@ fn an_old_process_whose_worker_panics_as_it_hands_over_still_hands_over() {
     // filter lets it through (`RUST_LOG=info`, `Log::spawn`), and knows it
     // by its text. Each step waited for apart, so that a gate that does
     // not fire says which end moved.
-    log.wait_for_line_or(
+    let handing = log.wait_for_line_or(
         "handing parked connections over",
         "worker=1",
         "worker 1 did not log its hand-over at info: the line in \
          crates/megaconn/src/server/worker.rs (after `take_portable`) moved, changed level \
          or is filtered out",
     );
+    // Named by its listener: with an admin server, its worker 0 and the
+    // main server's both log this line, alike without it.
+    assert!(handing.contains(&format!("listen={addr}")), "{handing}");
     log.wait_for_line_or(
         "panics as it hands its parked connections over",
         "megaconn-worker-1",

@@ -435,8 +435,13 @@ pub(crate) fn progress_message(s: &Snapshot, heartbeats_per_sec: f64) -> String 
     } else {
         String::new()
     };
+    let codes = crate::hold_conn::close_codes_map(&s.close_codes);
+    let closes = match crate::report::closes_text(s.closed_by_server, &codes) {
+        text if text.is_empty() => text,
+        text => format!(", {text}"),
+    };
     format!(
-        "open {} (peak {}), {:.0} heartbeats/s, drops {}, resets {}, failed connects {}, heartbeat errors {}{pushes}",
+        "open {} (peak {}), {:.0} heartbeats/s, drops {}{closes}, resets {}, failed connects {}, heartbeat errors {}{pushes}",
         s.open, s.peak, heartbeats_per_sec, s.drops, s.resets, s.failed_connects, s.heartbeat_errors
     )
 }
@@ -483,6 +488,8 @@ pub(crate) fn hold_report(
         ramp_secs: outcome.ramp_secs,
         hold_secs: outcome.hold_secs,
         drops: outcome.counters.drops,
+        closed_by_server: outcome.counters.closed_by_server,
+        close_codes: crate::hold_conn::close_codes_map(&outcome.counters.close_codes),
         resets: outcome.counters.resets,
         failed_connects: outcome.counters.failed_connects,
         reconnects: outcome.counters.reconnects,

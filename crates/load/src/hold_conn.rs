@@ -184,6 +184,33 @@ pub(crate) async fn write_whole(tcp: &mut TcpStream, bytes: &[u8]) -> std::io::R
     Ok(Sent::HeldBack)
 }
 
+/// Slots of [`HoldCounters::close_codes`]: 1000 to 1015, then one for
+/// every other code (an application's 3000-4999).
+pub(crate) const CLOSE_CODE_SLOTS: usize = 17;
+
+/// The slot of close code `code` in [`HoldCounters::close_codes`].
+pub(crate) fn close_code_slot(code: u16) -> usize {
+    match code {
+        1000..=1015 => usize::from(code - 1000),
+        _ => CLOSE_CODE_SLOTS - 1,
+    }
+}
+
+/// [`HoldCounters::close_codes`] as the report has them: code to count,
+/// the codes without a slot of their own under 0, slots at 0 left out.
+pub(crate) fn close_codes_map(
+    codes: &[u64; CLOSE_CODE_SLOTS],
+) -> std::collections::BTreeMap<u16, u64> {
+    (0u16..)
+        .zip(codes)
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| match usize::from(i) {
+            i if i < CLOSE_CODE_SLOTS - 1 => (1000 + i as u16, *n),
+            _ => (0, *n),
+        })
+        .collect()
+}
+
 /// The counters of one process, updated by all its threads, read by progress.
 #[derive(Debug, Default)]
 pub(crate) struct HoldCounters {
@@ -195,8 +222,14 @@ pub(crate) struct HoldCounters {
     /// connected and (over HTTP) its opening request answered or failed
     /// (ramp progress: the ramp ends when every connection is this far).
     pub attempted: AtomicU64,
-    /// Connections the server closed.
+    /// Connections the server closed (EOF) or that ended so, without a
+    /// WebSocket close frame.
     pub drops: AtomicU64,
+    /// WebSocket connections the server closed with a close frame (a
+    /// graceful drain's 1001), counted apart from drops.
+    pub closed_by_server: AtomicU64,
+    /// Those by status code: [`close_code_slot`]'s slots.
+    pub close_codes: [AtomicU64; CLOSE_CODE_SLOTS],
     /// Connections reset.
     pub resets: AtomicU64,
     /// Failed connects.
@@ -246,6 +279,12 @@ pub(crate) struct Snapshot {
     pub attempted: u64,
     /// Drops.
     pub drops: u64,
+    /// WebSocket close frames from the server.
+    #[serde(default)]
+    pub closed_by_server: u64,
+    /// Those by status code ([`close_code_slot`]).
+    #[serde(default)]
+    pub close_codes: [u64; CLOSE_CODE_SLOTS],
     /// Resets.
     pub resets: u64,
     /// Failed connects.
@@ -284,6 +323,8 @@ impl HoldCounters {
             peak: self.peak.load(Relaxed),
             attempted: self.attempted.load(Relaxed),
             drops: self.drops.load(Relaxed),
+            closed_by_server: self.closed_by_server.load(Relaxed),
+            close_codes: std::array::from_fn(|i| self.close_codes[i].load(Relaxed)),
             resets: self.resets.load(Relaxed),
             failed_connects: self.failed_connects.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
@@ -306,6 +347,10 @@ impl Snapshot {
         self.peak += o.peak;
         self.attempted += o.attempted;
         self.drops += o.drops;
+        self.closed_by_server += o.closed_by_server;
+        for (mine, theirs) in self.close_codes.iter_mut().zip(o.close_codes) {
+            *mine += theirs;
+        }
         self.resets += o.resets;
         self.failed_connects += o.failed_connects;
         self.reconnects += o.reconnects;
@@ -512,8 +557,11 @@ fn replies_on_tick(sh: &HoldShared) -> bool {
 
 /// How a held connection ended.
 pub(crate) enum Ended {
-    /// The server closed it.
+    /// The server closed it (EOF), without a WebSocket close frame.
     Dropped,
+    /// The server sent a WebSocket close frame with this status code
+    /// (then closed or reset it).
+    Closed(u16),
     /// It was reset (or another I/O error hit it).
     Reset,
     /// A reply timed out or was wrong; we closed it.
@@ -569,6 +617,10 @@ async fn hold_one(ctx: Rc<ThreadCtx>, j: u64) {
                 c.open.fetch_sub(1, Relaxed);
                 match ended {
                     Ended::Dropped => c.drops.fetch_add(1, Relaxed),
+                    Ended::Closed(code) => {
+                        c.close_codes[close_code_slot(code)].fetch_add(1, Relaxed);
+                        c.closed_by_server.fetch_add(1, Relaxed)
+                    }
                     Ended::Reset => c.resets.fetch_add(1, Relaxed),
                     Ended::Failed => 0,
                 };
@@ -647,7 +699,7 @@ async fn parked_session(
     ));
     let next = match opened.await {
         Ok(next) => next,
-        Err(e) => return e,
+        Err(e) => return wire.ended(e),
     };
     let parked = stream
         .into_std()
@@ -669,9 +721,21 @@ async fn session(
     rng: &mut Rng,
     first_attempt: bool,
 ) -> Ended {
+    let mut wire = Wire::new(&ctx.shared);
+    let ended = drive(ctx, &mut stream, &mut wire, rng, first_attempt).await;
+    wire.ended(ended)
+}
+
+/// [`session`]'s connection until it ends, as its socket says.
+async fn drive(
+    ctx: &ThreadCtx,
+    stream: &mut impl Held,
+    wire: &mut Wire,
+    rng: &mut Rng,
+    first_attempt: bool,
+) -> Ended {
     let sh = &ctx.shared;
-    let mut wire = Wire::new(sh);
-    let mut next = match open_session(ctx, &mut stream, &mut wire, rng, first_attempt).await {
+    let mut next = match open_session(ctx, stream, wire, rng, first_attempt).await {
         Ok(next) => next,
         Err(e) => return e,
     };
@@ -711,7 +775,7 @@ async fn session(
                 () = tokio::time::sleep_until(on_tick(next, sh.start, sh.tick).into()) => break,
             }
         }
-        if let Err(e) = heartbeat(ctx, &mut stream, &mut wire).await {
+        if let Err(e) = heartbeat(ctx, stream, wire).await {
             return e;
         }
         next = next_beat(next, sh.interval, rng, Instant::now());

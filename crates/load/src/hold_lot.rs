@@ -497,6 +497,7 @@ impl Lot {
     fn end(&self, ctx: &ThreadCtx, slot: u32, how: Ended) {
         let mut st = self.state.borrow_mut();
         if let Some(conn) = st.slots[slot as usize].take() {
+            let how = conn.wire.ended(how);
             st.free.push(slot);
             if conn.out_armed {
                 st.writers -= 1;

@@ -16,7 +16,7 @@
 //! The heartbeat's bytes are the same for every protocol: one pre-rendered
 //! buffer per process (`HoldShared::heartbeat`).
 
-use crate::hold_conn::HoldShared;
+use crate::hold_conn::{Ended, HoldShared};
 use crate::parse::{ResponseParser, Step};
 use crate::tcp_frames::{sent_at_ns, TcpFraming, TooLarge};
 use crate::ws::{self, WsHeartbeat};
@@ -71,8 +71,9 @@ enum Frame<'d> {
     Data(&'d [u8]),
     /// A WebSocket ping, answered with a pong.
     Ping(&'d [u8]),
-    /// A WebSocket close: a heartbeat waiting for its reply fails.
-    Close,
+    /// A WebSocket close, with its status code (1005 when it has none): a
+    /// heartbeat waiting for its reply fails.
+    Close(u16),
     /// Nothing for `hold` (a pong with text heartbeats, a continuation).
     Other,
 }
@@ -85,6 +86,9 @@ pub(crate) struct Wire {
     /// unallocated while reads end on reply boundaries, as they nearly
     /// always do).
     spill: Vec<u8>,
+    /// The status code of a WebSocket close frame the server sent: the
+    /// connection's end is then a clean close, not a drop ([`Wire::ended`]).
+    closed: Option<u16>,
 }
 
 impl Wire {
@@ -98,6 +102,17 @@ impl Wire {
         Wire {
             proto,
             spill: Vec::new(),
+            closed: None,
+        }
+    }
+
+    /// How the connection ended, `how` as its socket says: a drop or
+    /// reset after the server's WebSocket close frame is that close
+    /// (a graceful drain's 1001), not a drop.
+    pub(crate) fn ended(&self, how: Ended) -> Ended {
+        match (how, self.closed) {
+            (Ended::Dropped | Ended::Reset, Some(code)) => Ended::Closed(code),
+            (how, _) => how,
         }
     }
 
@@ -155,8 +170,13 @@ impl Wire {
                 | Frame::Data(payload) => pushed(payload),
                 Frame::Answer { data: false, .. } => {}
                 Frame::Ping(payload) => out.extend(ws::client_frame(ws::PONG, payload)),
-                Frame::Close if open => verdict = Some(Verdict::Failed),
-                Frame::Close | Frame::Other => {}
+                Frame::Close(code) => {
+                    self.closed = Some(code);
+                    if open {
+                        verdict = Some(Verdict::Failed);
+                    }
+                }
+                Frame::Other => {}
             }
         }
         self.spill = if at == data.len() {
@@ -205,7 +225,10 @@ impl Proto {
                     },
                     (ws::TEXT | ws::BINARY, WsHeartbeat::Ping) => Frame::Data(payload),
                     (ws::PING, _) => Frame::Ping(payload),
-                    (ws::CLOSE, _) => Frame::Close,
+                    (ws::CLOSE, _) => Frame::Close(match payload {
+                        [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
+                        _ => 1005,
+                    }),
                     _ => Frame::Other,
                 };
                 (frame, used)
@@ -380,6 +403,24 @@ mod tests {
         assert_eq!(v, None);
         assert_eq!(out, client_frame(PONG, &[]));
         assert_eq!(pushes, [vec![9]]);
+    }
+
+    /// A server's close frame makes the connection's end a close with its
+    /// code (1005: none given), not a drop or reset; a failed heartbeat
+    /// stays a failure, and without a close frame a drop stays a drop.
+    #[test]
+    fn a_close_frame_makes_the_end_a_close() {
+        let sh = ws_shared(WsHeartbeat::Ping, None);
+        let wire = Wire::new(&sh);
+        assert!(matches!(wire.ended(Ended::Dropped), Ended::Dropped));
+        let mut wire = Wire::new(&sh);
+        assert_eq!(take(&mut wire, &sh, false, &[0x88, 2, 0x03, 0xe9]).0, None);
+        assert!(matches!(wire.ended(Ended::Dropped), Ended::Closed(1001)));
+        assert!(matches!(wire.ended(Ended::Reset), Ended::Closed(1001)));
+        assert!(matches!(wire.ended(Ended::Failed), Ended::Failed));
+        let mut wire = Wire::new(&sh);
+        take(&mut wire, &sh, false, &[0x88, 0]);
+        assert!(matches!(wire.ended(Ended::Dropped), Ended::Closed(1005)));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!   CPU time.
 //! * [`run_hold`] opens and holds many concurrent connections (up to a million,
 //!   spread over source addresses and child processes), sends periodic heartbeats
-//!   and reports heartbeat latency, drops, resets and reconnects.
+//!   and reports heartbeat latency, drops, WebSocket closes by code, resets and
+//!   reconnects.
 //!
 //! Module map:
 //!

@@ -353,6 +353,23 @@ fn http1_name() -> String {
     "http/1.1".into()
 }
 
+/// `closed_by_server 7971 (1001: 7971)`: WebSocket close frames from the
+/// server by status code (0: the codes past 1015), for progress and the
+/// summary; empty when there were none.
+pub(crate) fn closes_text(total: u64, codes: &std::collections::BTreeMap<u16, u64>) -> String {
+    if total == 0 {
+        return String::new();
+    }
+    let by_code: Vec<String> = codes
+        .iter()
+        .map(|(code, n)| match code {
+            0 => format!("other: {n}"),
+            _ => format!("{code}: {n}"),
+        })
+        .collect();
+    format!("closed_by_server {total} ({})", by_code.join(", "))
+}
+
 /// The result of a `hold` run (the `--json` schema).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HoldReport {
@@ -369,8 +386,15 @@ pub struct HoldReport {
     pub ramp_secs: f64,
     /// Time connections were held after the ramp, in seconds.
     pub hold_secs: f64,
-    /// Connections the server closed.
+    /// Connections the server closed (EOF) without a WebSocket close frame.
     pub drops: u64,
+    /// WebSocket connections the server closed with a close frame (a
+    /// graceful drain's 1001): not drops.
+    #[serde(default)]
+    pub closed_by_server: u64,
+    /// Those by status code (codes past 1015 under 0).
+    #[serde(default)]
+    pub close_codes: std::collections::BTreeMap<u16, u64>,
     /// Connections reset.
     pub resets: u64,
     /// Connects that failed.
@@ -463,6 +487,13 @@ impl HoldReport {
             "  drops {}  resets {}  failed connects {}  reconnects {}",
             self.drops, self.resets, self.failed_connects, self.reconnects
         );
+        if self.closed_by_server > 0 {
+            let _ = writeln!(
+                s,
+                "  {}",
+                closes_text(self.closed_by_server, &self.close_codes)
+            );
+        }
         let _ = writeln!(
             s,
             "  heartbeats   {} ok, {} failed, {} waiting at the end; opening requests {} ok",

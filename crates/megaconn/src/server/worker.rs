@@ -558,6 +558,11 @@ where
         drop(listeners);
         Vec::new()
     };
+    // Named in the hand-over's log line: an upgrade's admin server and main
+    // server each have a worker 0, and both hand over.
+    let listening = registered
+        .first()
+        .map(|listener| crate::conn::socket::addr_of(listener.get_ref()));
     let adopting = going.then(|| {
         let (ctx, limit) = (ctx.clone(), limit.clone());
         tokio::task::spawn_local(async move {
@@ -660,6 +665,7 @@ where
         // crates/cli/upgrade.rs `WorkerPanic`, tests/lifecycle.rs).
         tracing::info!(
             worker = index,
+            listen = listening.map(tracing::field::display),
             connections = batch.len(),
             "handing parked connections over"
         );
