@@ -82,7 +82,10 @@ ulimit -n $((2 * N + 512))
 OUT="$(mktemp -d)"
 "${CPU[@]}" "$EXAMPLE" --listen "127.0.0.1:$PORT" --mode "$MODE" "${TLS[@]}" >"$OUT/server.log" 2>&1 &
 SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; rm -rf "$OUT"' EXIT
+# `|| true`: under `set -e` the killed server's status (143) ended the
+# trap before its `rm` and became the script's, which stopped a driver
+# loop (MODES, …) after its first run.
+trap 'rc=$?; kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; rm -rf "$OUT"; exit "$rc"' EXIT
 
 python3 - "$N" "$PORT" "$SERVER" "$OUT/server.log" "$SETTLE" "$MODE" "$LABEL" "$PROTO" "${HEADER:-1}" <<'EOF'
 import socket, ssl, struct, sys, time
