@@ -9,8 +9,8 @@
 #   net.core.somaxconn=65535, net.ipv4.tcp_max_syn_backlog=65535; ulimit -n 20000.
 # Takes about 9 minutes with the defaults (plus the first build): five servers
 # (megaconn, Go, nginx, axum and the floor) × four scenarios × 3 rounds.
-# Includes the committed section files listed in SECTIONS below (FLOOR.md,
-# HEARTBEAT.md, MILLION.md, ALLOCATORS.md, METRICS.md, OTEL.md, H2TLS.md,
+# Includes the committed section files listed in SECTIONS below (DIGEST.md,
+# FLOOR.md, HEARTBEAT.md, MILLION.md, ALLOCATORS.md, METRICS.md, OTEL.md, H2TLS.md,
 # IDLE-TLS.md, ATTACK-MEMORY.md), each written by its own script or by hand from its runs
 # (section_origin says which); run those scripts on their own.
 # Env: everything throughput.sh and idle-memory.sh read (ROUNDS, DURATION, RATE,
@@ -31,10 +31,11 @@ trap 'exit 130' INT TERM
 # (the script and run that wrote it, or "hand-written" and from which runs).
 # REASSEMBLE=1: run nothing; keep RESULTS.md's measured part (everything above
 # the marker) and copy the sections in again.
-SECTIONS="FLOOR.md HEARTBEAT.md MILLION.md ALLOCATORS.md METRICS.md OTEL.md H2TLS.md IDLE-TLS.md ATTACK-MEMORY.md"
+SECTIONS="DIGEST.md FLOOR.md HEARTBEAT.md MILLION.md ALLOCATORS.md METRICS.md OTEL.md H2TLS.md IDLE-TLS.md ATTACK-MEMORY.md"
 SECTION_MARKER="<!-- Sections below are copied by bench/run-all.sh from bench/*.md files written by other scripts (or by hand where a section says so); edit those files, not this one. -->"
 section_origin() { # file -> one line saying how it was written
   case "$1" in
+    DIGEST.md) echo "hand-written: figures from bench files not copied here whole (SSE.md, CPU-PER-REQUEST.md) and the latest H2TLS.md section, each with its command and run" ;;
     FLOOR.md) echo "bench/throughput.sh runs (SECTION_OUT) put together by hand: the first section opens with a hand-written paragraph, and some headings are hand-written" ;;
     HEARTBEAT.md) echo "its first section by bench/heartbeat-cpu.sh with SECTION_OUT, the later ones hand-written from the runs named in them" ;;
     MILLION.md) echo "hand-written from bench/million.sh runs named in it (its tables are million.sh output)" ;;

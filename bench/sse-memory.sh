@@ -21,12 +21,42 @@
 # in each, so every figure is per connection. tls and h2 start the example
 # with `--tls` (megaconn only).
 # Env: N (2000), MODE (megaconn | native | axum), PROTO (h1), EXAMPLE
-#   (target/release/examples/sse_hold, built if missing), PORT (23180),
-#   SETTLE (2 s: after each phase, before RSS is read), LABEL (the table's
-#   build column).
-# Output: one markdown table row on stdout.
+#   (target/release/examples/sse_hold, built if missing), PORT (a free
+#   one), SETTLE (2 s: after each phase, before RSS is read), LABEL (the
+#   table's build column).
+# Side by side in one run: MODES, NS, PROTOS (lists) and ROUNDS run the
+#   script once per combination, a fresh server each, modes innermost
+#   (`MODES="native megaconn axum" NS="2000 5000" ROUNDS=2` gives native,
+#   megaconn, axum at 2,000, the same at 5,000, then round 2), skipping
+#   what the example cannot serve (native and axum: h1 only), into one
+#   table; with ROUNDS > 1 the build column says the round.
+# Output: a markdown table (header, then one row a run) on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [[ -n "${MODES:-}${NS:-}${PROTOS:-}${ROUNDS:-}" ]]; then
+  rounds="${ROUNDS:-1}"
+  label="${LABEL:-$(basename "${EXAMPLE:-sse_hold}")}"
+  header=1
+  for ((round = 1; round <= rounds; round++)); do
+    for proto in ${PROTOS:-${PROTO:-h1}}; do
+      for n in ${NS:-${N:-2000}}; do
+        for mode in ${MODES:-${MODE:-megaconn}}; do
+          if [[ "$mode" != megaconn && "$proto" != h1 ]]; then
+            echo "skipped MODE=$mode PROTO=$proto: the example serves it over h1 only" >&2
+            continue
+          fi
+          row_label="$label"
+          if ((rounds > 1)); then row_label="$label, round $round"; fi
+          MODES= NS= PROTOS= ROUNDS= HEADER="$header" MODE="$mode" N="$n" PROTO="$proto" \
+            LABEL="$row_label" bash "$0"
+          header=0
+        done
+      done
+    done
+  done
+  exit 0
+fi
 
 N="${N:-2000}"
 MODE="${MODE:-megaconn}"
@@ -38,7 +68,8 @@ case "$PROTO" in
   *) echo "PROTO: h1, tls, h2c or h2, not $PROTO" >&2; exit 2 ;;
 esac
 [[ "$MODE" == megaconn || "$PROTO" == h1 ]] || { echo "MODE=axum serves PROTO=h1 only" >&2; exit 2; }
-PORT="${PORT:-23180}"
+# A free port unless told (another run or helper may hold any fixed one).
+PORT="${PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 SETTLE="${SETTLE:-2}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 EXAMPLE="${EXAMPLE:-$TARGET/release/examples/sse_hold}"
@@ -51,13 +82,17 @@ ulimit -n $((2 * N + 512))
 OUT="$(mktemp -d)"
 "${CPU[@]}" "$EXAMPLE" --listen "127.0.0.1:$PORT" --mode "$MODE" "${TLS[@]}" >"$OUT/server.log" 2>&1 &
 SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; rm -rf "$OUT"' EXIT
+# `|| true`: under `set -e` the killed server's status (143) ended the
+# trap before its `rm` and became the script's, which stopped a driver
+# loop (MODES, …) after its first run.
+trap 'rc=$?; kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; rm -rf "$OUT"; exit "$rc"' EXIT
 
-python3 - "$N" "$PORT" "$SERVER" "$OUT/server.log" "$SETTLE" "$MODE" "$LABEL" "$PROTO" <<'EOF'
+python3 - "$N" "$PORT" "$SERVER" "$OUT/server.log" "$SETTLE" "$MODE" "$LABEL" "$PROTO" "${HEADER:-1}" <<'EOF'
 import socket, ssl, struct, sys, time
 
-n, port, pid, log, settle, mode, label, proto = (int(sys.argv[1]), int(sys.argv[2]),
-    sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6], sys.argv[7], sys.argv[8])
+n, port, pid, log, settle, mode, label, proto, header = (int(sys.argv[1]), int(sys.argv[2]),
+    sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6], sys.argv[7], sys.argv[8],
+    sys.argv[9] == "1")
 
 def rss():
     for line in open(f"/proc/{pid}/status"):
@@ -164,7 +199,8 @@ wait_requests(2 * n + 2)
 time.sleep(settle + 1)
 r2 = rss()
 buffers = stats()[0] if mode != "axum" else "-"
-print("| build | mode | protocol | N | per held SSE stream | per pending long-poll | buffers out with 2N+2 held | parked with N+1 streams |")
-print("|---|---|---|---|---|---|---|---|")
+if header:
+    print("| build | mode | protocol | N | per held SSE stream | per pending long-poll | buffers out with 2N+2 held | parked with N+1 streams |")
+    print("|---|---|---|---|---|---|---|---|")
 print(f"| {label} | {mode} | {proto} | {n:,} | {(r1 - r0) / n:,.0f} B | {(r2 - r1) / n:,.0f} B | {buffers} | {parked} |")
 EOF
