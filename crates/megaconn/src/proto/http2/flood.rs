@@ -64,7 +64,8 @@
 //! each, h2 answering a read's PINGs in one write) but 32–38 µs each paced
 //! one per round trip (a wake-up, a read, an answer's write: 123–148 ms of
 //! server CPU a connection, `bench/H2TLS.md`, "Session 42"). Now ~100
-//! (~3–5 ms), then 1 a second (~50 µs of CPU a second). Why not slowed,
+//! (3.2–11.2 ms measured, `bench/H2TLS.md`, "Session 43"), then 1 a
+//! second (~50 µs of CPU a second). Why not slowed,
 //! as the drip is: a PING is answered by h2 as it reads it, so slowing it
 //! means slowing the connection's reads, every stream's requests and
 //! `WINDOW_UPDATE`s behind it, without bound for a client that pings a
@@ -228,8 +229,8 @@ pub(crate) const BYTES_PER_TINY_DATA_FRAME: u64 = 1024;
 /// closed with `GOAWAY(ENHANCE_YOUR_CALM)`; given back by time, one a
 /// second ([`PINGS_PER_SECOND`]). A PING after a response or DATA we sent
 /// (a health check before each request, gRPC's bandwidth probe after each
-/// burst of data received) is free. ~3–5 ms of server CPU at 32–50 µs a
-/// PING paced one per round trip, where the control budget alone let
+/// burst of data received) is free. 3.2–11.2 ms of server CPU (measured,
+/// `bench/H2TLS.md`, "Session 43") at 30–50 µs a PING paced one per round trip, where the control budget alone let
 /// ~3,860 through (123–148 ms; `bench/H2TLS.md`, "Session 42"); a
 /// keep-alive every second or slower, for good, is never cut. Counted in
 /// `megaconn_limit_hits_total{limit="http2_ping_flood"}` (and a protocol
