@@ -223,10 +223,10 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 next_generation: Cell::new(0),
                 block_left: Cell::new(0),
                 awake: RefCell::default(),
-                topics: RefCell::new(Topics::new(
-                    settings.max_subscriptions,
-                    settings.max_topic_bytes,
-                )),
+                topics: RefCell::new(
+                    Topics::new(settings.max_subscriptions, settings.max_topic_bytes)
+                        .counted(ctx.stats.clone()),
+                ),
                 wires: RefCell::default(),
                 tables: RefCell::default(),
                 kicks: ForParked::default(),
