@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use crate::histogram::{merge, new_histogram, record_ns};
 use crate::hold_lot::Lot;
 use crate::hold_stamp::reply_time;
-use crate::hold_wire::{settle, Verdict, Wire};
+use crate::hold_wire::{Verdict, Wire};
 use crate::sys;
 use crate::tcp_frames::{sent_at_ns, unix_now_ns, TcpFraming};
 
@@ -657,9 +657,10 @@ async fn open_session(
     let sh = &ctx.shared;
     let opened = match &sh.ws {
         Some(ws) => {
-            let mut spill = Vec::new();
-            let upgraded =
-                |read: &[u8], _: &mut Vec<u8>| settle(&mut spill, read, crate::ws::upgrade_reply);
+            // Frames read with the `101` go to the frame decoder.
+            let upgraded = |read: &[u8], pongs: &mut Vec<u8>| {
+                wire.take_upgrade(sh, read, pongs, |p| ctx.pushed(p, None))
+            };
             exchange(ctx, stream, &ws.upgrade, Exchange::Opening, upgraded).await
         }
         None if sh.http => {

@@ -188,6 +188,50 @@ impl Wire {
     }
 }
 
+impl Wire {
+    /// Takes the bytes `read` while the WebSocket upgrade waits for its
+    /// reply: the head (kept in `spill` while it is incomplete), then, in
+    /// the same read, whatever frames the server wrote right after its
+    /// `101` (a welcome message, a ping, a close), taken as [`Wire::take`]
+    /// takes frames between heartbeats: pushes to `pushed`, pongs to `out`,
+    /// a close noted. `None` until the head is whole; then `Answered` for a
+    /// `101`, `Failed` for anything else (or read-ahead that cannot be
+    /// framed). (The bytes after the head were thrown away: a frame sent
+    /// in the same write as the `101` was lost, a ping never answered.)
+    pub(crate) fn take_upgrade(
+        &mut self,
+        sh: &HoldShared,
+        read: &[u8],
+        out: &mut Vec<u8>,
+        pushed: impl FnMut(&[u8]),
+    ) -> Option<Verdict> {
+        let mut held = std::mem::take(&mut self.spill);
+        let data: &[u8] = if held.is_empty() {
+            read
+        } else {
+            held.extend_from_slice(read);
+            &held
+        };
+        match ws::upgrade_reply(data) {
+            ws::Upgrade::Incomplete => {
+                self.spill = data.to_vec();
+                None
+            }
+            ws::Upgrade::Refused => Some(Verdict::Failed),
+            ws::Upgrade::Switched { head } => {
+                let answered = Verdict::Answered { close: false };
+                let ahead = &data[head..];
+                if ahead.is_empty() {
+                    return Some(answered);
+                }
+                // No heartbeat waits: only a stream that cannot be framed
+                // gives a verdict (`Failed`).
+                Some(self.take(sh, false, ahead, out, pushed).unwrap_or(answered))
+            }
+        }
+    }
+}
+
 impl Proto {
     /// The first whole frame of `data` and its length; `None` while it is
     /// incomplete. `receive`: frames carrying their send time are pushes.
@@ -239,11 +283,7 @@ impl Proto {
 
 /// The verdict of `judge` on what was read so far (kept in `spill` while
 /// it is incomplete).
-pub(crate) fn settle(
-    spill: &mut Vec<u8>,
-    read: &[u8],
-    judge: impl FnOnce(&[u8]) -> Reply,
-) -> Option<Verdict> {
+fn settle(spill: &mut Vec<u8>, read: &[u8], judge: impl FnOnce(&[u8]) -> Reply) -> Option<Verdict> {
     let data: &[u8] = if spill.is_empty() {
         read
     } else {

@@ -33,7 +33,6 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::args::{parse_body, parse_target, Target};
 use crate::error::LoadError;
 use crate::histogram::{merge, new_histogram, record_ns, Percentiles};
-use crate::hold_wire::Reply;
 use crate::load::LoadArgs;
 use crate::progress::{Progress, TICK};
 use crate::report::{write_json, ErrorCounts, ErrorKind, LoadReport};
@@ -148,23 +147,38 @@ pub(crate) fn split(data: &[u8]) -> Result<Option<ServerFrame<'_>>, TooLarge> {
     Ok(data.get(at..end).map(|payload| (b0 & 0x0f, payload, end)))
 }
 
+/// The verdict on the reply to the upgrade request ([`upgrade_reply`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Upgrade {
+    /// The head is not whole yet: read on.
+    Incomplete,
+    /// `101` with the right `Sec-WebSocket-Accept`, its head `head` bytes
+    /// long: what follows it in the same read is the server's first frames
+    /// (a welcome message, a ping, a close), for the frame decoder.
+    Switched {
+        /// The head's length, its blank line included.
+        head: usize,
+    },
+    /// Anything else (or a head over 16 KiB).
+    Refused,
+}
+
 /// The verdict on the reply to the upgrade request: `101` with the right
-/// `Sec-WebSocket-Accept`.
-pub(crate) fn upgrade_reply(data: &[u8]) -> Reply {
+/// `Sec-WebSocket-Accept`, and where its head ends.
+pub(crate) fn upgrade_reply(data: &[u8]) -> Upgrade {
     let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
         return if data.len() > 16 * 1024 {
-            Reply::Bad
+            Upgrade::Refused
         } else {
-            Reply::Incomplete(data.len())
+            Upgrade::Incomplete
         };
     };
     let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
     let switched = head.starts_with("http/1.1 101") && head.contains(&ACCEPT.to_ascii_lowercase());
-    // Frames the server sent right after the 101 are not waited for.
     if switched {
-        Reply::Ok { close: false }
+        Upgrade::Switched { head: end + 4 }
     } else {
-        Reply::Bad
+        Upgrade::Refused
     }
 }
 
@@ -477,9 +491,13 @@ mod tests {
     fn upgrade_replies() {
         let ok =
             format!("HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n");
-        assert_eq!(upgrade_reply(ok.as_bytes()), Reply::Ok { close: false });
-        assert_eq!(upgrade_reply(b"HTTP/1.1 101 S"), Reply::Incomplete(14));
-        assert_eq!(upgrade_reply(b"HTTP/1.1 426 No\r\n\r\n"), Reply::Bad);
+        let head = ok.len();
+        assert_eq!(upgrade_reply(ok.as_bytes()), Upgrade::Switched { head });
+        // Frames read with the head are after it, not part of it.
+        let ahead = [ok.as_bytes(), &[0x88, 2, 0x03, 0xe9]].concat();
+        assert_eq!(upgrade_reply(&ahead), Upgrade::Switched { head });
+        assert_eq!(upgrade_reply(b"HTTP/1.1 101 S"), Upgrade::Incomplete);
+        assert_eq!(upgrade_reply(b"HTTP/1.1 426 No\r\n\r\n"), Upgrade::Refused);
     }
 
     #[test]

@@ -286,6 +286,12 @@ enum Raw {
     /// With the pong and, in the same write, a close frame (1001, going
     /// away, as a draining server sends it); then it closes.
     GoesAway,
+    /// Writes a close frame (1001) in the same write as its `101`, then
+    /// closes: the frame arrives in the client's read of the `101`.
+    GoesAwayAtUpgrade,
+    /// Writes a ping in the same write as its `101`, then answers
+    /// heartbeats as [`Raw::PingsBack`] does, once that ping is answered.
+    PingsAtUpgrade,
 }
 
 /// A WebSocket server on 127.0.0.1:0, a thread per connection: completes
@@ -319,13 +325,25 @@ fn raw_ws_conn(mut sock: std::net::TcpStream, mode: Raw) -> std::io::Result<()> 
         .unwrap_or_default()
         .trim();
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    write!(
-        sock,
+    let switched = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-    )?;
-    // The pong owed to the client's ping, until our ping is answered.
+    );
+    // One write each: the frames after the head reach the client in the
+    // read that brings the head.
+    let ahead: &[u8] = match mode {
+        Raw::GoesAwayAtUpgrade => &[0x88, 2, 0x03, 0xe9],
+        Raw::PingsAtUpgrade => &[0x89, 2, b'h', b'i'],
+        _ => &[],
+    };
+    sock.write_all(&[switched.as_bytes(), ahead].concat())?;
+    if mode == Raw::GoesAwayAtUpgrade {
+        return sock.shutdown(std::net::Shutdown::Write);
+    }
+    // The pong owed to the client's ping, until our ping is answered
+    // (`PingsAtUpgrade`: ours went with the `101`).
     let mut owed: Option<Vec<u8>> = None;
+    let mut answered = false;
     loop {
         // A masked client frame; hold's are shorter than 126 bytes.
         let mut head = [0u8; 6];
@@ -337,6 +355,8 @@ fn raw_ws_conn(mut sock: std::net::TcpStream, mode: Raw) -> std::io::Result<()> 
         }
         let pong = |p: &[u8]| [&[0x8a, p.len() as u8][..], p].concat();
         match (head[0] & 0x0f, mode) {
+            (0xa, Raw::PingsAtUpgrade) if payload == b"hi" => answered = true,
+            (0x9, Raw::PingsAtUpgrade) if answered => sock.write_all(&pong(&payload))?,
             (0x9, Raw::PingsBack) => {
                 owed = Some(payload);
                 sock.write_all(&[0x89, 2, b'h', b'i'])?;
@@ -370,6 +390,37 @@ fn hold_ws_counts_a_close_frame_apart_from_drops() {
     assert_eq!(r.close_codes.get(&1001), Some(&r.closed_by_server), "{r:?}");
     assert_eq!(r.drops, 0, "{r:?}");
     assert!(r.to_text().contains("closed_by_server"), "{}", r.to_text());
+}
+
+/// A frame the server writes in the same write as its `101` is read, not
+/// dropped with the rest of the upgrade's read: here a close frame (1001),
+/// then the server's close, counted as closed by the server with its code.
+/// (Dropped, the close read as a drop: `closed_by_server` 0, `drops` 3.)
+#[test]
+fn hold_ws_reads_a_frame_sent_with_the_101() {
+    let addr = raw_ws(Raw::GoesAwayAtUpgrade);
+    let target = format!("ws://{addr}/");
+    let r = run_hold(hold_args(&target, &["-c", "3", "--interval", "50ms"])).unwrap();
+    assert_eq!(r.opens_ok, 3, "{r:?}");
+    assert_eq!((r.closed_by_server, r.drops), (3, 0), "{r:?}");
+    assert_eq!(r.close_codes.get(&1001), Some(&3), "{r:?}");
+}
+
+/// A ping the server writes with its `101` is answered: this server
+/// answers no heartbeat until it is. (Dropped with the upgrade's read, it
+/// was never answered, and every heartbeat failed.)
+#[test]
+fn hold_ws_answers_a_ping_sent_with_the_101() {
+    let addr = raw_ws(Raw::PingsAtUpgrade);
+    let target = format!("ws://{addr}/");
+    let r = run_hold(hold_args(&target, &["-c", "3", "--interval", "50ms"])).unwrap();
+    assert_eq!(r.opens_ok, 3, "{r:?}");
+    assert_eq!(
+        (r.connections_open_at_end, r.heartbeat_errors),
+        (3, 0),
+        "{r:?}"
+    );
+    assert!(r.heartbeats_ok > 3, "{r:?}");
 }
 
 /// Parked WebSockets answer the server's pings from the lot: here no

@@ -41,10 +41,18 @@
 //! (`open.rs`), one atomic load a call. A message to a connection that
 //! closes after the call (its id is stale by the time the pump gets to it,
 //! even if its descriptor was reused), or that the pump finds closing (a
-//! slow consumer lingering before its close, one closed by [`Hub::close`]),
-//! is dropped there and counted in `queue_drops`: every `send` told `Ok`
-//! counts once, in `pushes` or `queue_drops` (or `push_unframable`).
-//! Publishes and broadcasts name no connection and are not affected.
+//! slow consumer lingering before its close, a parked one a push found
+//! behind, one closed by [`Hub::close`], one in its close handshake), is
+//! dropped there and counted in `queue_drops`: every `send` told `Ok`
+//! counts once, in `pushes` or `queue_drops` (or `push_unframable`), also
+//! one its worker's stop left queued. A publish or broadcast is handed to
+//! its recipients when the pump takes it (the topic's subscribers on the
+//! worker then; every message connection of the worker whose id was
+//! issued by then), and counts once for each of them the same way: one it
+//! finds closing, or a subscriber found closed whose close had not reached
+//! its topics, counts in `queue_drops`. (Until session 44 those were in no
+//! counter.) A publish to a topic without subscribers reaches no one and
+//! counts nothing but `hub_messages`.
 //!
 //! [`Hub::close`] travels the same way, so it comes after what was pushed
 //! before it: an awake connection's inbox takes it behind its queue; a
@@ -365,11 +373,25 @@ impl HubQueue {
     }
 }
 
+impl HubQueue {
+    /// The pump stopped with `push` taken and not delivered (its worker's
+    /// state is gone). A send was told `Ok`: it counts in `queue_drops`,
+    /// as one its connection's close drops does. A publish or broadcast
+    /// has no recipient left to count for (the worker's connections are
+    /// closed when its state goes).
+    pub(crate) fn lost(&self, push: &Push) {
+        if matches!(push, Push::To(..)) {
+            crate::observe::stats::incr(&self.stats.messages.queue_drops);
+        }
+    }
+}
+
 impl Drop for HubQueue {
     fn drop(&mut self) {
         self.rx.close();
         while let Ok(push) = self.rx.try_recv() {
             self.taken(&push);
+            self.lost(&push);
         }
     }
 }
@@ -515,18 +537,41 @@ impl Hub {
     /// reported, before its handler's `on_close_with_id` runs, on every
     /// thread (one atomic load per call: the hub keeps, per descriptor,
     /// the generation of the connection holding it; no round trip to the
-    /// worker). `Ok` says the connection was open when the call looked,
-    /// and that the message waits in its worker's queue: delivery happens
-    /// when the worker's pump reaches it, so a connection that closes in
-    /// between (its peer gone, a timeout) drops it, and nothing tells the
-    /// sender (it counts in `megaconn_message_queue_drops_total`, as does
-    /// one that finds its connection closing: every `Ok` send counts once,
-    /// there or in `megaconn_message_pushes_total`). A send racing the close on another thread may get either
+    /// worker). A send racing the close on another thread may get either
     /// answer; one made after the handler's `on_close_with_id` has begun,
     /// or from it, gets `Closed`. (An id of a connection closed so long
     /// ago that a connection 2^32 later holds its descriptor with the same
     /// low 32 bits of generation is `Ok`, and its message dropped, as
     /// before.)
+    ///
+    /// # What `Ok` means
+    ///
+    /// Queued, not delivered: the connection was open when the call
+    /// looked, and the message waits in its worker's queue. What happens
+    /// to it later is not told to the caller, message by message; it is
+    /// counted, once, in one of:
+    /// - `megaconn_message_pushes_total`: the connection's socket took it
+    ///   whole (the kernel has it; whether the peer read it, only the
+    ///   peer can say: an application that must know has it acknowledge);
+    /// - `megaconn_message_queue_drops_total`: it never went whole. The
+    ///   connection closed before the pump got to it or before its turn to
+    ///   be written (its peer gone, a timeout, shutdown, the worker's stop),
+    ///   or the pump found it closing (a slow consumer lingering before its
+    ///   close, one a push found behind, one closed by [`Hub::close`], one
+    ///   in its close handshake), or its outbound queue
+    ///   ([`Builder::outbound_queue`](crate::Builder::outbound_queue)) or,
+    ///   parked, its socket could not take it: it is then closed as a slow
+    ///   consumer, and its handler's `on_close_with_id` hears
+    ///   [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer)
+    ///   (`megaconn_connections_closed_total{reason="slow_consumer"}`);
+    /// - `megaconn_limit_hits_total{limit="push_unframable"}`: its framing
+    ///   cannot carry it (below).
+    ///
+    /// So a message the peer never got shows as a close of its connection
+    /// (`on_close_with_id`, with why) or in these counters, never as
+    /// nothing. [`publish`](Hub::publish) and
+    /// [`broadcast`](Hub::broadcast) count the same way, once per
+    /// connection they are handed to.
     ///
     /// To a WebSocket, the message goes as a text message when its bytes
     /// are UTF-8 and as a binary one otherwise: a binary protocol whose
@@ -566,9 +611,15 @@ impl Hub {
     ///
     /// Returns at once, with the errors of [`send`](Hub::send):
     /// [`HubError::Closed`] for a connection known to have closed (it
-    /// names no one: nothing happens). `Ok` for one that closes before its
-    /// worker gets to the close: nothing happens either. Pushes that reach
-    /// the worker after the close are dropped for that connection.
+    /// names no one: nothing happens). `Ok` says the close is queued, not
+    /// done: its handler's `on_close_with_id` tells when the connection
+    /// has closed, and why (`Kicked`, or another reason if it closed
+    /// otherwise first; for one that closes before its worker gets to the
+    /// close, nothing more happens). What was pushed before it and not
+    /// taken by the peer within the close's bound, and what its worker
+    /// takes for it after the close (sends, publishes and broadcasts
+    /// alike), is not written: each counts in
+    /// `megaconn_message_queue_drops_total`.
     pub fn close(&self, id: ConnectionId) -> Result<(), HubError> {
         self.close_with(id, POLICY_VIOLATION, "")
     }
@@ -642,7 +693,19 @@ impl Hub {
     /// worker queued it; else why none did ([`HubError`]: the server is not
     /// serving yet or has stopped, or every worker's queue is full,
     /// [`Builder::hub_queue`](crate::Builder::hub_queue)). A worker whose
-    /// queue is full drops it, counted, and its subscribers miss it.
+    /// queue is full drops it, counted once for that worker
+    /// (`megaconn_limit_hits_total{limit="hub_queue"}`, not per
+    /// subscriber), and its subscribers miss it.
+    ///
+    /// `Ok` says nothing of its subscribers: a topic with none is `Ok` and
+    /// reaches no one. Each worker hands the message to the topic's
+    /// subscribers it has when its pump takes it (one who subscribes after
+    /// does not get it), and each of them counts it once, as a
+    /// [`send`](Hub::send) does (see "What `Ok` means" there): in
+    /// `megaconn_message_pushes_total` once its socket took it whole, else
+    /// in `megaconn_message_queue_drops_total` (a subscriber closing, or
+    /// behind, when the pump met it, included; until session 44 those were
+    /// in no counter).
     ///
     /// Text or binary to a WebSocket, and a message some connections'
     /// framing cannot carry: as for [`send`](Hub::send) (those connections
@@ -663,9 +726,11 @@ impl Hub {
     }
 
     /// Sends `message` to every message connection of the server, parked or
-    /// awake, framed and WebSocket alike. Returns at once; `Ok`, the errors,
-    /// text or binary and unframable messages as for
-    /// [`publish`](Hub::publish).
+    /// awake, framed and WebSocket alike: each worker hands it to its
+    /// connections open when its pump takes it (and to none opened after).
+    /// Returns at once; `Ok` (which promises no recipient), the errors, the
+    /// counting per connection, text or binary and unframable messages as
+    /// for [`publish`](Hub::publish).
     pub fn broadcast(&self, message: impl Into<Bytes>) -> Result<(), HubError> {
         let message: Bytes = message.into();
         self.to_every_worker(|| Push::All(message.clone(), Kind::Auto))
@@ -767,6 +832,10 @@ pub(crate) struct Inbox {
     /// [`Hub::close`] reached it: the connection closes once the queue
     /// before it is written; nothing is queued after it.
     kicked: RefCell<Option<Kick>>,
+    /// Its connection's close was reported while this inbox was
+    /// registered (framed TCP and SSE close holding it): its registration's
+    /// drop does not take it for a connection leaving (`worker.rs`).
+    ended: Cell<bool>,
 }
 
 /// The outbound queue overflowed: close the connection as a slow consumer.
@@ -781,7 +850,18 @@ impl Inbox {
             notify: Notify::new(),
             overflowed: Cell::new(false),
             kicked: RefCell::default(),
+            ended: Cell::new(false),
         }
+    }
+
+    /// Its connection's close was reported (`Local::closed`).
+    pub(crate) fn ended(&self) {
+        self.ended.set(true);
+    }
+
+    /// Whether [`Inbox::ended`] was called.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended.get()
     }
 
     /// Closes the connection once what is queued now is written
@@ -918,10 +998,11 @@ pub(crate) enum Delivered {
     /// and the connection is to be woken to close as a slow consumer, after
     /// what it still owes of the push ([`Unsent`]), if anything.
     Overflowed(Option<Unsent>),
-    /// A push found it behind already: nothing was written (nor counted).
+    /// A push found it behind already: nothing was written; the pump
+    /// counts it dropped.
     Behind,
-    /// Closing for the hub ([`Hub::close`]): nothing was written (nor
-    /// counted).
+    /// Closing for the hub ([`Hub::close`]): nothing was written; the pump
+    /// counts it dropped.
     Closing,
     /// Its socket was found broken: nothing went, counted in `queue_drops`
     /// (its hang-up wakes it to close).

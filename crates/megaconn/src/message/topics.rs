@@ -80,7 +80,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::message::hub::{ConnectionId, Generation};
 use crate::observe::stats::{gauge_own, WorkerStats};
@@ -419,6 +419,9 @@ pub(crate) struct Topics {
     limit: usize,
     /// The longest topic name a connection may subscribe to, in bytes.
     max_topic_bytes: usize,
+    /// The worker's counters, whose gauge of subscriptions this keeps
+    /// (`None`: a unit test's, not counted).
+    stats: Option<Arc<WorkerStats>>,
 }
 
 impl Topics {
@@ -431,6 +434,24 @@ impl Topics {
             connections: HashMap::new(),
             limit: limit.min(u32::MAX as usize),
             max_topic_bytes,
+            stats: None,
+        }
+    }
+
+    /// Counts the subscriptions in `stats`' gauge
+    /// (`megaconn_message_subscriptions`).
+    pub(crate) fn counted(mut self, stats: Arc<WorkerStats>) -> Topics {
+        self.stats = Some(stats);
+        self
+    }
+
+    /// `n` subscriptions to `topic` joined (or left): the process's
+    /// audience of the name and the worker's gauge of subscriptions.
+    fn moved(&self, topic: &str, n: usize, joined: bool) {
+        count_audience(topic, n, joined);
+        if let Some(stats) = &self.stats {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            gauge_own(&stats.messages.subscriptions, if joined { n } else { -n });
         }
     }
 
@@ -481,7 +502,7 @@ impl Topics {
             .insert(fd, member)
             .is_none()
         {
-            count_audience(topic, 1, true);
+            self.moved(topic, 1, true);
         }
         Ok(())
     }
@@ -564,11 +585,11 @@ impl Topics {
         } else {
             None
         };
-        if left.is_some() {
-            count_audience(topic, 1, false);
-        }
         if members.is_empty() {
             self.members.remove(topic);
+        }
+        if left.is_some() {
+            self.moved(topic, 1, false);
         }
         left
     }
@@ -579,7 +600,7 @@ impl Drop for Topics {
     /// connections are gone; the counters outlive the server).
     fn drop(&mut self) {
         for (topic, members) in &self.members {
-            count_audience(topic, members.len(), false);
+            self.moved(topic, members.len(), false);
         }
     }
 }
@@ -821,6 +842,82 @@ mod tests {
             "{} (was {base})",
             subscribers(topic)
         );
+    }
+
+    /// The worker's gauge of subscriptions (`megaconn_message_subscriptions`)
+    /// follows every way a subscription comes and goes: a repeat and a
+    /// refusal add none, an unsubscribe, a close, a stale connection's
+    /// leave (its descriptor subscribing anew) and the worker's stop take
+    /// theirs off.
+    #[test]
+    fn the_subscriptions_gauge_is_exact() {
+        let stats = Arc::new(WorkerStats::default());
+        let gauge = || stats.messages.subscriptions.load(Relaxed);
+        let mut topics = Topics::new(2, 8).counted(stats.clone());
+        let (a, b) = (id(5, 1), id(6, 2));
+        for (who, topic) in [(a, "x"), (a, "x"), (a, "y"), (b, "x")] {
+            assert_eq!(topics.subscribe(who, topic), Ok(()));
+        }
+        assert_eq!(gauge(), 3);
+        assert!(topics.subscribe(a, "z").is_err(), "a third");
+        assert!(topics.subscribe(b, "far too long").is_err());
+        assert_eq!(gauge(), 3);
+        topics.unsubscribe(a, "x");
+        topics.unsubscribe(a, "x");
+        assert_eq!(gauge(), 2);
+        // `a` closed unreported; its descriptor's next connection
+        // subscribes: `a` leaves `y`.
+        assert_eq!(topics.subscribe(id(5, 3), "z"), Ok(()));
+        assert_eq!(gauge(), 2);
+        topics.closed(b);
+        assert_eq!(gauge(), 1);
+        drop(topics);
+        assert_eq!(gauge(), 0);
+    }
+
+    /// `subscribers` never reads below a topic's subscribers, whatever
+    /// their connections do on two workers: subscribe, unsubscribe, close,
+    /// close unreported (their descriptor reused), and a worker's stop.
+    /// (What the README and [`subscribers`] promise; it may read high.)
+    #[test]
+    fn the_audience_never_reads_low() {
+        let names: Vec<String> = (0..6).map(|i| format!("never-low-{i}")).collect();
+        let mut workers = [Topics::new(3, 64), Topics::new(3, 64)];
+        let mut generation = [[1 as Generation; 16]; 2];
+        let mut state: u32 = 4242;
+        for step in 0..20_000 {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let r = (state >> 8) as usize;
+            let w = r % 2;
+            let fd = (r / 2) % 16;
+            let name = &names[(r / 32) % names.len()];
+            let who = id(fd as RawFd, generation[w][fd]);
+            match (r / 256) % 8 {
+                0..=3 => {
+                    let _ = workers[w].subscribe(who, name);
+                }
+                4 => workers[w].unsubscribe(who, name),
+                5 => {
+                    workers[w].closed(who);
+                    generation[w][fd] += 1;
+                }
+                // Closed unreported: the next connection on the
+                // descriptor has another generation.
+                6 => generation[w][fd] += 1,
+                _ if step % 1_000 == 0 => {
+                    workers[w] = Topics::new(3, 64);
+                }
+                _ => {}
+            }
+            for name in &names {
+                let exact: usize = workers.iter().map(|t| t.members(name).len()).sum();
+                let read = subscribers(name);
+                assert!(
+                    read >= exact,
+                    "step {step}: {name} read {read}, {exact} subscribed"
+                );
+            }
+        }
     }
 
     /// Two processes sharing a table (two `Audience`s over one table, a

@@ -72,6 +72,14 @@ pub(crate) struct Local {
     /// was shut) to write it and close as slow consumers
     /// ([`Local::take_unsent`]).
     unsent: ForParked<Unsent>,
+    /// Connections in their close: out of the awake map (or woken from the
+    /// side table to close) and not reported closed yet ([`Local::closed`]):
+    /// a slow consumer writing the rest of its frame and its 1013, a
+    /// WebSocket in its close handshake. A publish or broadcast that finds
+    /// one counts as dropped for it (`queue_drops`), as a send does; without
+    /// this a broadcast could not tell such a connection from a descriptor
+    /// holding none. Empty but while closes run.
+    leaving: ForParked<()>,
     /// Connections to close at a time of their own
     /// ([`Hub::close_after`](crate::Hub::close_after)), until it comes,
     /// is cancelled or they close: empty, and no timer task, unless one
@@ -163,6 +171,22 @@ impl<T> ForParked<T> {
                 .is_some_and(|(g, _)| *g == id.generation())
     }
 
+    /// The generation of the connection something is kept for at `fd`.
+    fn generation(&self, fd: RawFd) -> Option<Generation> {
+        let kept = self.0.borrow();
+        if kept.is_empty() {
+            return None;
+        }
+        kept.get(&fd).map(|(g, _)| *g)
+    }
+
+    /// One past the highest descriptor something is kept for (0: none).
+    fn end(&self) -> usize {
+        let kept = self.0.borrow();
+        let highest = kept.keys().max().map_or(-1, |&fd| fd);
+        usize::try_from(highest + 1).unwrap_or(0)
+    }
+
     /// What is kept for connection `id`, taken. The map gives its room
     /// back once it is a quarter full (all of it, empty), as the awake
     /// map and a connection's topics do: a map never shrinks by itself,
@@ -223,14 +247,15 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 next_generation: Cell::new(0),
                 block_left: Cell::new(0),
                 awake: RefCell::default(),
-                topics: RefCell::new(Topics::new(
-                    settings.max_subscriptions,
-                    settings.max_topic_bytes,
-                )),
+                topics: RefCell::new(
+                    Topics::new(settings.max_subscriptions, settings.max_topic_bytes)
+                        .counted(ctx.stats.clone()),
+                ),
                 wires: RefCell::default(),
                 tables: RefCell::default(),
                 kicks: ForParked::default(),
                 unsent: ForParked::default(),
+                leaving: ForParked::default(),
                 deadlines: RefCell::default(),
             });
             if let Some(queue) = settings.hub.and_then(|hub| hub.take_end(ctx.index)) {
@@ -380,6 +405,14 @@ impl Local {
         if self.has_hub {
             super::open::closed(id);
         }
+        self.leaving.take(id);
+        // Reported before its registration for pushes drops (framed TCP and
+        // SSE close with it held): its drop must not take it for leaving.
+        if let Some((g, inbox)) = self.awake.borrow().get(&id.fd()) {
+            if *g == id.generation() {
+                inbox.ended();
+            }
+        }
         self.topics.borrow_mut().closed(id);
         self.kicks.take(id);
         self.deadlines
@@ -407,7 +440,22 @@ impl Local {
     /// it (over cleartext: nothing of the frame went, so nothing is owed;
     /// the push was counted as dropped then).
     pub(crate) fn take_unsent(&self, id: ConnectionId) -> Option<Unsent> {
+        // Asked only by a connection that closes (woken behind, or late for
+        // its heartbeat; or closed by the lot): it is leaving until its
+        // close is reported, and what the hub sends it meanwhile is dropped.
+        if self.has_hub {
+            self.leaving.put(id, ());
+        }
         self.unsent.take(id)
+    }
+
+    /// Whether connection `id` is parked in one of the worker's side
+    /// tables (no list is made: `Awake`'s drop asks at every park).
+    fn is_parked(&self, id: ConnectionId) -> bool {
+        let tables = self.tables.borrow();
+        tables
+            .iter()
+            .any(|(_, _, set)| set.generation(id.fd()) == Some(id.generation()))
     }
 
     /// Sets connection `id`'s deadline ([`Push::Deadline`]), replacing the
@@ -526,7 +574,8 @@ impl Local {
                     .parked_sets()
                     .iter()
                     .map(|set| set.slots())
-                    .fold(usize::try_from(awake_end).unwrap_or(0), usize::max);
+                    .fold(usize::try_from(awake_end).unwrap_or(0), usize::max)
+                    .max(self.leaving.end());
                 let every = Recipients::Every {
                     next: 0,
                     end,
@@ -558,6 +607,15 @@ impl Local {
         awake.or_else(|| sets.iter().find_map(|set| set.generation(fd)))
     }
 
+    /// The message connection at `fd`: awake or parked, or in its close
+    /// ([`Local::leaving`]).
+    fn connection_at(&self, fd: RawFd, sets: &[Rc<dyn ParkedSet>]) -> Option<At> {
+        match self.generation_at(fd, sets) {
+            Some(generation) => Some(At::Open(generation)),
+            None => self.leaving.generation(fd).map(At::Leaving),
+        }
+    }
+
     /// Delivers one message from the hub on this worker, paced: a slice of
     /// connections at a time ([`Pace`]), letting the worker's other tasks
     /// run in between (and waiting for the delivery rate, if one is set): a
@@ -573,9 +631,6 @@ impl Local {
             Push::Deadline(id, at) => return self.set_deadline(id, at),
             push => push,
         };
-        // A `Hub::send`, told `Ok`: counted once whatever it finds
-        // (`missed`).
-        let named = matches!(push, Push::To(..));
         let (mut recipients, mut msg) = self.recipients(push);
         // A protocol's table exists before any of its connections does.
         let sets = self.parked_sets();
@@ -584,16 +639,18 @@ impl Local {
         gauge_own(pending, owed);
         let pace = Pace::new(self.delivery_rate);
         paced(pace, || {
-            let Some((fd, generation)) = recipients.next(|fd| self.generation_at(fd, &sets)) else {
+            let Some((fd, found)) = recipients.next(|fd| self.connection_at(fd, &sets)) else {
                 return Step::Done;
             };
-            let Some(generation) = generation else {
-                // Neither awake nor parked: closing (a slow consumer's
-                // linger), or gone.
-                if named {
+            let generation = match found {
+                Some(At::Open(generation)) => generation,
+                // A broadcast's recipient in its close: dropped for it.
+                Some(At::Leaving(_)) => {
                     self.missed();
+                    return Step::Skipped;
                 }
-                return Step::Skipped;
+                // No message connection owed it at that descriptor.
+                None => return Step::Skipped,
             };
             let wires = self.wires.borrow();
             let unframable = msg.unframable + msg.no_wire;
@@ -608,8 +665,11 @@ impl Local {
                 delivered,
                 Delivered::Sent | Delivered::Overflowed(_) | Delivered::Lost
             );
-            // (One its wire could not frame is counted as such.)
-            if named && !handed && msg.unframable + msg.no_wire == unframable {
+            // A recipient it did not reach counts once, whoever named it:
+            // the id of a send, a topic's subscriber, a broadcast's
+            // connection found closing. (One its wire could not frame is
+            // counted as such.)
+            if !handed && msg.unframable + msg.no_wire == unframable {
                 self.missed();
             }
             if owed > 0 {
@@ -627,14 +687,18 @@ impl Local {
         LimitHit::PushUnframable.count_n(&self.stats, msg.unframable);
     }
 
-    /// A `Hub::send` (told `Ok`: its connection's close was not reported
-    /// yet) that reached no connection: it was closing (a slow consumer
-    /// lingering before its close, one closed for the hub, one whose socket
-    /// is behind) or had closed by the time the pump got to it. Counted in
-    /// `queue_drops`, as a push its close leaves queued is: every `Ok` send
-    /// is in `pushes` or `queue_drops` (or `push_unframable`). (Session 41's
-    /// review: 3,000 sends accepted while a slow consumer's close ran, 744
-    /// read, `queue_drops` +0; they were in neither counter.)
+    /// A hub message for a recipient the pump could not hand it to: the
+    /// connection of a `Hub::send` (told `Ok`: its close was not reported
+    /// yet), a topic's subscriber, or a broadcast's connection, found
+    /// closing (a slow consumer lingering before its close, one closed for
+    /// the hub, a parked one whose socket is behind, one in its close
+    /// handshake) or, named by a send or a topic, closed by the time the
+    /// pump got to it. Counted in `queue_drops`, as a push its close leaves
+    /// queued is: every push the pump hands to a recipient is in `pushes`
+    /// or `queue_drops` (or `push_unframable`), once. (Session 41's review:
+    /// 3,000 sends accepted while a slow consumer's close ran, 744 read,
+    /// `queue_drops` +0; session 43 counted sends, session 44 publishes
+    /// and broadcasts: they were in neither counter.)
     fn missed(&self) {
         incr(&self.stats.messages.queue_drops);
     }
@@ -748,6 +812,13 @@ impl Awake {
 impl Drop for Awake {
     fn drop(&mut self) {
         self.drop_behind();
+        // Not parked (the protocols park before they drop this) and not
+        // reported closed: it leaves for its close, which may take seconds
+        // (a slow consumer's 1013, a close handshake), and what the hub
+        // sends it meanwhile counts as dropped (`Local::leaving`).
+        if !self.inbox.has_ended() && !self.local.is_parked(self.id) {
+            self.local.leaving.put(self.id, ());
+        }
         let mut awake = self.local.awake.borrow_mut();
         if awake
             .get(&self.id.fd())
@@ -762,6 +833,22 @@ impl Drop for Awake {
                 let room = awake.len() * 2;
                 awake.shrink_to(room);
             }
+        }
+    }
+}
+
+/// What holds a descriptor, for a delivery: an open message connection
+/// (awake or parked) of this generation, or one in its close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    Open(Generation),
+    Leaving(Generation),
+}
+
+impl At {
+    fn generation(self) -> Generation {
+        match self {
+            At::Open(g) | At::Leaving(g) => g,
         }
     }
 }
@@ -784,23 +871,24 @@ enum Recipients {
 }
 
 impl Recipients {
-    /// The next descriptor to look at and the generation of the connection
-    /// there that is owed the message (`None`: no such connection, skip);
-    /// `None` when all were visited. `generation_at` tells the connection
-    /// at a descriptor now.
+    /// The next descriptor to look at and the connection there that is
+    /// owed the message (`None`: no such connection, skip); `None` when
+    /// all were visited. `connection_at` tells the connection at a
+    /// descriptor now (a listed one is taken as named: the delivery finds
+    /// where it is).
     fn next(
         &mut self,
-        generation_at: impl FnOnce(RawFd) -> Option<Generation>,
-    ) -> Option<(RawFd, Option<Generation>)> {
+        connection_at: impl FnOnce(RawFd) -> Option<At>,
+    ) -> Option<(RawFd, Option<At>)> {
         match self {
-            Recipients::Listed(list) => list.next().map(|(fd, g)| (fd, Some(g))),
+            Recipients::Listed(list) => list.next().map(|(fd, g)| (fd, Some(At::Open(g)))),
             Recipients::Every { next, end, issued } => {
                 if *next >= *end {
                     return None;
                 }
                 let fd = RawFd::try_from(*next).ok()?;
                 *next += 1;
-                let owed = generation_at(fd).filter(|&g| issued_by(g, *issued));
+                let owed = connection_at(fd).filter(|at| issued_by(at.generation(), *issued));
                 Some((fd, owed))
             }
         }
@@ -889,7 +977,9 @@ async fn paced(pace: Pace, mut step: impl FnMut() -> Step) {
 /// queue (`hub.rs`).
 async fn pump(local: Weak<Local>, mut queue: HubQueue) {
     while let Some(push) = queue.next().await {
-        let Some(local) = local.upgrade() else { return };
+        let Some(local) = local.upgrade() else {
+            return queue.lost(&push);
+        };
         incr(&local.stats.messages.hub_messages);
         local.deliver(push).await;
     }

@@ -68,6 +68,7 @@
 //! | `megaconn_message_deliveries_pending` | gauge | |
 //! | `megaconn_message_hub_queued` | gauge | |
 //! | `megaconn_message_hub_queued_bytes` | gauge | |
+//! | `megaconn_message_subscriptions` | gauge | |
 //!
 //! The `message_` series count message protocols' connections (framed TCP):
 //! frames (messages) and their bytes with headers, hub deliveries, pushes
@@ -80,7 +81,9 @@
 //! queues (bounded by `Builder::hub_queue` and `hub_queue_bytes`; a
 //! message over either bound is dropped and counted in `megaconn_limit_hits_total{limit="hub_queue"}`),
 //! `hub_queued_bytes` what they hold (payloads and 56-byte entries, per
-//! worker queue), to read against `hub_queue_bytes` times the workers.
+//! worker queue), to read against `hub_queue_bytes` times the workers;
+//! `subscriptions` the topic subscriptions held, exact (a connection in
+//! two topics counts twice; per topic, `megaconn::subscribers`).
 //!
 //! The body is OpenMetrics text (it ends with `# EOF`): serve it as
 //! [`OPENMETRICS_CONTENT_TYPE`]. Labelled `text/plain; version=0.0.4` it
@@ -1217,6 +1220,12 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
         "message_hub_queued_bytes",
         "Bytes of the hub messages waiting in the workers' queues, payloads and entries (each queue bounded by hub_queue_bytes).",
         i64::try_from(m.hub_queued_bytes).unwrap_or(i64::MAX),
+    )?;
+    gauge(
+        e,
+        "message_subscriptions",
+        "Topic subscriptions held by message connections (a connection in two topics counts twice), exact; about 270 B each.",
+        i64::try_from(m.subscriptions).unwrap_or(i64::MAX),
     )?;
     Ok(())
 }

@@ -147,6 +147,9 @@ pub(crate) struct MessageCounters {
     /// moved by the worker's thread only, `message/worker.rs` and
     /// `message/table.rs`).
     pub connections: AtomicI64,
+    /// Subscriptions held on this worker: connections × their topics (a
+    /// gauge, moved by the worker's thread only, `message/topics.rs`).
+    pub subscriptions: AtomicI64,
 }
 
 /// Message protocols' counters (framed TCP; WebSocket), summed over workers.
@@ -191,6 +194,12 @@ pub struct MessageStats {
     /// message's 56-byte entry, counted once per worker queue a message is
     /// in (each queue is bounded by `Builder::hub_queue_bytes`).
     pub hub_queued_bytes: u64,
+    /// Subscriptions held now: each connection's topics, summed over the
+    /// connections (a connection in two topics counts twice), exact. What
+    /// a publish to every topic would reach, and about 270 B each of the
+    /// server's memory; a topic's own audience is
+    /// [`subscribers`](crate::subscribers), which may read a little high.
+    pub subscriptions: u64,
 }
 
 impl MessageStats {
@@ -207,6 +216,7 @@ impl MessageStats {
         self.deliveries_pending += c.deliveries_pending.load(Relaxed).max(0) as u64;
         self.hub_queued += c.hub_queued.load(Relaxed).max(0) as u64;
         self.hub_queued_bytes += c.hub_queued_bytes.load(Relaxed).max(0) as u64;
+        self.subscriptions += c.subscriptions.load(Relaxed).max(0) as u64;
     }
 }
 
