@@ -269,7 +269,11 @@ impl TlsMsg {
             assert_eq!(&echo, request);
         } else {
             let head = read_head(&mut tls).await;
-            let status = if proto == Proto::Wss { " 101 " } else { " 200 " };
+            let status = if proto == Proto::Wss {
+                " 101 "
+            } else {
+                " 200 "
+            };
             assert!(head.lines().next().unwrap().contains(status), "{head}");
         }
         let id = tokio::time::timeout(SAFETY, self.opens.recv())
@@ -350,23 +354,64 @@ impl TlsMsg {
     }
 
     /// Pushes the push of its protocol ([`Proto::send`]) to `consumer`
-    /// (parked, reading nothing), in batches, until one does not go out
-    /// whole: the connection is then behind, that push's records owed (the
-    /// session sealed them), and every push after it is dropped. After
-    /// each batch a push to the fence, read by its client, says that every
-    /// push before it was delivered (one worker, in order, counted before
-    /// the fence's was written), and `queue_drops` whether one of them
-    /// found the connection behind (the fence's own count may still lag:
-    /// it is counted once written). Returns once one did.
+    /// (parked, reading nothing) until one does not go out whole: the
+    /// connection is then behind, that push's records owed (the session
+    /// sealed them), and every push after it is dropped. And the socket
+    /// mostly stays full, so that what is owed does not go unless the
+    /// client reads: pushes go until bytes wait unsent (the client's
+    /// window closed), and the rest only once every byte sent is
+    /// acknowledged (the server's `TCP_INFO`). A socket that filled with
+    /// bytes in flight gets room back as their acknowledgements come (a
+    /// delayed ACK, tens of milliseconds later), and a close then writes
+    /// what is owed after all. It still does, now and then (the window is
+    /// not shut to 0, a few hundred bytes stay open, and the kernel sends
+    /// into them as it will): [`Ending::went_whole`] tells that case.
+    ///
+    /// After each batch a push to the fence, read by its client, says that
+    /// every push before it was delivered (one worker, in order, counted
+    /// before the fence's was written), and `queue_drops` whether one of
+    /// them found the connection behind.
     pub(crate) async fn push_until_behind(&mut self, consumer: &Consumer) {
-        const BATCH: u64 = 128;
         let drops = self.handle.stats().messages.queue_drops;
-        for _ in 0..1_000 {
-            for _ in 0..BATCH {
+        let waiting = |c: &Consumer| server_tcp_info(&c.tcp).tcpi_notsent_bytes > 0;
+        self.push_until(consumer, 16, waiting).await;
+        let deadline = tokio::time::Instant::now() + SAFETY;
+        loop {
+            let info = server_tcp_info(&consumer.tcp);
+            if info.tcpi_unacked == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "bytes in flight ({} segments)",
+                info.tcpi_unacked
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(
+            self.handle.stats().messages.queue_drops,
+            drops,
+            "behind early"
+        );
+        let handle = self.handle.clone();
+        let behind = move |_: &Consumer| handle.stats().messages.queue_drops > drops;
+        self.push_until(consumer, 128, behind).await;
+    }
+
+    /// Pushes to `consumer` `batch` at a time, each batch fenced, until
+    /// `done`.
+    async fn push_until(
+        &mut self,
+        consumer: &Consumer,
+        batch: usize,
+        done: impl Fn(&Consumer) -> bool,
+    ) {
+        for _ in 0..10_000 {
+            for _ in 0..batch {
                 consumer.proto.send(&self.hub, consumer.id);
             }
             self.fence().await;
-            if self.handle.stats().messages.queue_drops > drops {
+            if done(consumer) {
                 return;
             }
         }
@@ -472,6 +517,27 @@ impl Consumer {
         .expect("the end in time");
         Ending::of(self.proto, &self.raw, &mut self.session, reset)
     }
+}
+
+/// The `TCP_INFO` of the server's end of `client`'s connection.
+fn server_tcp_info(client: &TcpStream) -> libc::tcp_info {
+    common::with_server_end(client, |fd| {
+        // SAFETY: all-zero is a valid `tcp_info` (integers only).
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info` has room for `len` bytes; a read-only call.
+        let got = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(got, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        info
+    })
 }
 
 /// The whole records at the head of `raw` (their lengths, as their headers
@@ -611,6 +677,13 @@ impl Ending {
         );
         assert!(!self.close_notify, "no close_notify after a torn record");
         assert_eq!(self.plain, self.pushes(whole), "{self:?}");
+    }
+
+    /// Every record went whole and rustls took them all, the last one
+    /// `close_notify`: the socket took what was owed after all (see
+    /// [`TlsMsg::push_until_behind`]), and what followed it is sound.
+    pub(crate) fn went_whole(&self) -> bool {
+        self.rejected.is_none() && self.torn.is_empty() && self.close_notify
     }
 
     /// The stream holds the pushes that went whole, the push that was

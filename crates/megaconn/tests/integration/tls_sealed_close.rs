@@ -25,29 +25,36 @@ use megaconn::CloseReason;
 /// A parked `proto` consumer behind on a sealed push is woken and closed
 /// as a slow consumer; it reads nothing until the server gave up on the
 /// rest of its push, so the records owed never go whole: nothing follows
-/// them.
+/// them. (Now and then the socket gets room for them before the close's
+/// bound after all, `TlsMsg::push_until_behind`: the push then ends whole,
+/// as it should, and the test takes another consumer, up to [`TRIES`].)
 async fn a_woken_slow_consumer_ends_after_the_torn_push(proto: Proto) {
     let mut server = TlsMsg::start(|b| b).await;
-    let consumer = server.consumer(proto).await;
-    let id = consumer.id;
-    let wakes = server.wakes();
-    server.push_until_behind(&consumer).await;
-    assert_eq!(server.close_of(id).await, CloseReason::SlowConsumer);
-    assert!(server.wakes() > wakes, "woken to close, not closed parked");
-    let ending = consumer.read_to_end().await;
-    eprintln!(
-        "{proto:?}: {} pushes whole, then {} bytes of the owed one, reset: {}",
-        ending.records.len(),
-        ending.torn.len(),
-        ending.reset
-    );
-    ending.assert_torn();
-    // Counted (by the worker, before it closed the connection): the pushes
-    // that went whole, and the owed one dropped, not delivered.
-    assert_eq!(server.pushes().0, ending.records.len() as u64);
-    let summary = server.stop().await;
-    assert_eq!(summary.forced, 0, "{summary:?}");
+    for _ in 0..TRIES {
+        let consumer = server.consumer(proto).await;
+        let id = consumer.id;
+        let (wakes, pushes) = (server.wakes(), server.pushes().0);
+        server.push_until_behind(&consumer).await;
+        assert_eq!(server.close_of(id).await, CloseReason::SlowConsumer);
+        assert!(server.wakes() > wakes, "woken to close, not closed parked");
+        let ending = consumer.read_to_end().await;
+        eprintln!("{proto:?}: {ending:?}");
+        if ending.went_whole() {
+            continue;
+        }
+        ending.assert_torn();
+        // Counted (by the worker, before it closed the connection): the
+        // pushes that went whole, the owed one dropped, not delivered.
+        assert_eq!(server.pushes().0 - pushes, ending.records.len() as u64);
+        let summary = server.stop().await;
+        assert_eq!(summary.forced, 0, "{summary:?}");
+        return;
+    }
+    panic!("the owed push went whole {TRIES} times");
 }
+
+/// Consumers a test tries until one's owed push is torn.
+const TRIES: usize = 5;
 
 #[tokio::test]
 async fn a_woken_slow_wss_consumer_ends_after_the_torn_push() {
