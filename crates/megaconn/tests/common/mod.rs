@@ -338,12 +338,24 @@ pub async fn read_steadily_while_open<R: AsyncRead + Unpin>(
 }
 
 /// The `SO_SNDBUF` of the server's end of `client`'s connection, read off
+/// this process's own descriptors (the server runs in the test).
+pub fn server_send_buffer(client: &TcpStream) -> usize {
+    with_server_end(client, |fd| {
+        socket2::SockRef::from(&fd).send_buffer_size().unwrap()
+    })
+}
+
+/// Calls `f` with the server's end of `client`'s connection, found among
 /// this process's own descriptors (the server runs in the test): the
 /// socket whose local address is `client`'s peer and whose peer is
 /// `client`. Only read-only calls on descriptors borrowed for an instant,
 /// matched by both addresses, so other tests' sockets opening and closing
-/// meanwhile cannot be mistaken for it.
-pub fn server_send_buffer(client: &TcpStream) -> usize {
+/// meanwhile cannot be mistaken for it; `f` must make only read-only calls
+/// too (a descriptor closed meanwhile fails them).
+pub fn with_server_end<T>(
+    client: &TcpStream,
+    f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> T,
+) -> T {
     use std::os::fd::BorrowedFd;
     let (ours, theirs) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
     let fds = std::fs::read_dir("/proc/self/fd").unwrap();
@@ -359,8 +371,7 @@ pub fn server_send_buffer(client: &TcpStream) -> usize {
         })
         .expect("the server's end of the connection");
     // SAFETY: as above.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    socket2::SockRef::from(&fd).send_buffer_size().unwrap()
+    f(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
 /// What the kernel makes of `SO_SNDBUF` set to `n`: capped at
