@@ -345,3 +345,27 @@ impl Parkable for MessageIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket of ours is taken as a bare one (still registered with
+    /// tokio), and a transport of a caller's own is given back as it is,
+    /// to be served without parking.
+    #[tokio::test]
+    async fn parkable_takes_sockets_and_gives_back_other_transports() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let fd = client.as_raw_fd();
+        match parkable(client) {
+            Ok(io @ MessageIo::Plain(_)) => {
+                assert_eq!(io.raw_fd(), fd);
+                assert!(!io.is_tls() && !io.holds_partial_record());
+            }
+            other => panic!("not a plain socket: {other:?}"),
+        }
+        let (duplex, _other_end) = tokio::io::duplex(64);
+        assert!(parkable(duplex).is_err());
+    }
+}

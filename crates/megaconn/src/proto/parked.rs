@@ -10,11 +10,11 @@
 //!   `close_notify` after them;
 //! - [`let_go`]: the entry taken out of the side table, what a push left
 //!   owed written now if the socket takes it (over TLS; a cleartext one
-//!   owes nothing the lot can still write whole), the protocol's goodbye at
-//!   shutdown (not after an owed push: it would land inside that frame),
-//!   and the handler told through `Live`, as an awake connection's close
-//!   tells it (it leaves its topics; a panic in `on_close` is caught,
-//!   counted and logged instead of unwinding through the lot's turn).
+//!   owes nothing the lot can still write whole), the handler told through
+//!   `Live`, as an awake connection's close tells it (it leaves its topics;
+//!   a panic in `on_close` is caught, counted and logged instead of
+//!   unwinding through the lot's turn), then the protocol's goodbye at
+//!   shutdown (not after an owed push: it would land inside that frame).
 //!
 //! The protocol keeps what is its own: its side table (a WebSocket's
 //! releases the kind it parked as), its goodbye's bytes (a framed
@@ -141,9 +141,9 @@ pub(crate) fn close_parked_tls(
 /// fell behind on left owed goes now if the socket takes it without
 /// waiting, counted as a woken connection's is (`wake::count_unsent`), or
 /// the session says nothing more (taken here, before the close, which
-/// would drop it: `Local::closed`); at shutdown, unless it was behind, the
-/// protocol's `goodbye` for it, if any, in one non-blocking `send`; then
-/// the handler hears why (`on_close` through `Live`).
+/// would drop it: `Local::closed`); the handler hears why (`on_close`
+/// through `Live`); then at shutdown, unless it was behind, the
+/// protocol's `goodbye` for it, if any, goes in one non-blocking `send`.
 pub(crate) fn let_go<H, S>(
     (local, parked): (&Rc<Local>, Parked<S>),
     (fd, reason): (RawFd, CloseReason),
@@ -158,10 +158,40 @@ pub(crate) fn let_go<H, S>(
             message::wake::count_unsent(&unsent, whole, &local.stats().messages);
         }
     }
-    if reason == CloseReason::Shutdown && !parked.behind {
-        if let Some(last) = goodbye(&parked) {
-            socket.send(fd, &last);
-        }
-    }
+    // Framed before the state goes to `on_close` (an event stream's
+    // goodbye is its route's), written after it: a panic in `on_close` is
+    // counted by the time the peer reads its goodbye (a WebSocket's test
+    // asserts so), and is caught, so the goodbye still goes.
+    let last = (reason == CloseReason::Shutdown && !parked.behind)
+        .then(|| goodbye(&parked))
+        .flatten();
     Live::new(handler, on_close, parked.state, id, local).close(reason);
+    if let Some(last) = last {
+        socket.send(fd, &last);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{ErrorKind, Read};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    /// The lot's last words go as they are on a cleartext socket, and not
+    /// at all on a TLS one without its session: in the clear they would
+    /// break the peer's TLS stream. (Framed and SSE wrote them in the clear
+    /// then, WebSocket wrote nothing; now all three write nothing.)
+    #[test]
+    fn a_tls_socket_without_its_session_gets_nothing_in_the_clear() {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let mut got = [0u8; 8];
+        ParkedSocket::Tls(None).send(ours.as_raw_fd(), b"bye");
+        let nothing = (&peer).read(&mut got).map_err(|e| e.kind());
+        assert_eq!(nothing, Err(ErrorKind::WouldBlock), "{got:?}");
+        ParkedSocket::Plain.send(ours.as_raw_fd(), b"bye");
+        assert_eq!((&peer).read(&mut got).unwrap(), 3);
+        assert_eq!(&got[..3], b"bye");
+    }
 }

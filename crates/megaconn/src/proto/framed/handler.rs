@@ -132,8 +132,8 @@ pub(crate) trait ErasedHandler: Send + Sync {
     ) -> LocalFuture<Ended<FramedParked>>;
 
     /// The parking lot closed a parked connection itself (its deadline, or
-    /// shutdown): drop its state, telling the handler, after the goodbye
-    /// frame at shutdown (`proto::parked::let_go`). `socket`: cleartext,
+    /// shutdown): drop its state, telling the handler, then write the
+    /// goodbye frame at shutdown (`proto::parked::let_go`). `socket`: cleartext,
     /// or over TLS (its state in the TLS side table) with its closing
     /// session, which seals the goodbye.
     fn parked_closed(
