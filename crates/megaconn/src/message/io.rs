@@ -356,7 +356,9 @@ mod tests {
     #[tokio::test]
     async fn parkable_takes_sockets_and_gives_back_other_transports() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let fd = client.as_raw_fd();
         match parkable(client) {
             Ok(io @ MessageIo::Plain(_)) => {
