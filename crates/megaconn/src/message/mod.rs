@@ -11,6 +11,8 @@
 //! - `hub.rs`     [`Hub`]: push by [`ConnectionId`], publish to a topic,
 //!   broadcast; [`Inbox`](hub::Inbox), an awake connection's bounded
 //!   outbound queue
+//! - `io.rs`      `MessageIo`: a message connection's socket (plain or
+//!   TLS), its bounded writes, its owed rest of a push, its `close_notify`
 //! - `live.rs`    `Live`: an awake connection's state, so its handler hears
 //!   of the close exactly once
 //! - `open.rs`    which connection ids are open, for every thread: what
@@ -71,6 +73,7 @@
 pub(crate) mod budget;
 pub(crate) mod deadline;
 pub(crate) mod hub;
+pub(crate) mod io;
 pub(crate) mod live;
 pub(crate) mod open;
 pub(crate) mod outbound;

@@ -129,7 +129,7 @@ pub(crate) async fn write_unsent(
 /// rest went whole: delivered (`pushes`, `frames_out`, the frame's
 /// `bytes_out`) or dropped (`queue_drops`). By [`write_unsent`], and by a
 /// parked connection's close that writes the rest at once
-/// (`proto::finish_owed`).
+/// (`proto::parked::let_go`).
 pub(crate) fn count_unsent(unsent: &Unsent, whole: bool, counters: &MessageCounters) {
     if whole {
         incr(&counters.pushes);

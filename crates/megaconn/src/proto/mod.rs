@@ -15,6 +15,7 @@ mod fuzz_framed;
 mod fuzz_ws;
 pub(crate) mod http1;
 pub(crate) mod http2;
+pub(crate) mod parked;
 pub(crate) mod sse;
 pub(crate) mod ws;
 
@@ -23,7 +24,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::conn::tls_io::{ClosingTls, ParkedSessions};
+use crate::conn::tls_io::ParkedSessions;
 use crate::conn::{ConnInfo, ProtoTag};
 use crate::message;
 use crate::message::hub::SendNow;
@@ -144,48 +145,6 @@ pub(crate) fn sealed(sessions: ParkedSessions) -> SendParked {
         // and the connection's own wake-up finds out why.
         None => Pushed::Broken,
     })
-}
-
-/// Writes `bytes` to parked socket `fd` in one non-blocking `send`, sealed
-/// with its TLS `session` if it has one: a message protocol's last words
-/// as the parking lot closes it (a goodbye frame or event). Best effort:
-/// what the socket does not take is lost with the close (over TLS nothing
-/// more is written after it then, not even `close_notify`: `ClosingTls`).
-pub(crate) fn send_parked_now(
-    fd: std::os::fd::RawFd,
-    bytes: &[u8],
-    session: Option<&mut ClosingTls>,
-) {
-    match session {
-        None => {
-            message::hub::send_all_now(fd, bytes);
-        }
-        Some(session) => {
-            session.seal_and_send(fd, bytes);
-        }
-    }
-}
-
-/// Parked message connection `id` over TLS (socket `fd`) is being closed
-/// by the lot (shutdown, its deadline) while a push it fell behind on is
-/// owed (`behind`): the records sealed for it that its socket did not take
-/// go now if the socket takes them without waiting, counted as a woken
-/// connection's are (`message::wake::count_unsent`). If they do not, the
-/// `session` is torn and says nothing more, not even `close_notify`
-/// (`ClosingTls`: after a record cut short it would read as a bad record).
-/// Taken here, before the connection's close, which would drop them
-/// (`Local::closed`). Shared by the message protocols (which never import
-/// each other).
-pub(crate) fn finish_owed(
-    local: &message::worker::Local,
-    id: crate::message::hub::ConnectionId,
-    (fd, session): (std::os::fd::RawFd, &mut ClosingTls),
-    counters: &crate::observe::stats::MessageCounters,
-) {
-    if let Some(unsent) = local.take_unsent(id) {
-        let whole = session.send_sealed(fd, &unsent.tail);
-        message::wake::count_unsent(&unsent, whole, counters);
-    }
 }
 
 /// The earlier of two optional instants (a protocol's timers).

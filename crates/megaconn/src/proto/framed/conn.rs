@@ -45,9 +45,8 @@
 //! close, a write timeout, a peer gone: not begun, cut, or still queued),
 //! in `queue_drops`.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
@@ -56,27 +55,24 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::conn::context::WorkerContext;
-use crate::conn::io::WriteBound;
-use crate::conn::tls_io::TlsIo;
 use crate::conn::transport::{Parkable, Transport};
-use crate::conn::woken::{poll_once, WokenSocket};
+use crate::conn::woken::poll_once;
 use crate::conn::Wake;
 use crate::message::deadline::MessageDeadline;
-use crate::message::hub::{Generation, Overflowed, TAKE_AT_ONCE};
+use crate::message::hub::{Overflowed, TAKE_AT_ONCE};
+use crate::message::io::{prefetch_woken, MessageIo};
 use crate::message::live::Live;
 use crate::message::outbound::Outbound;
 use crate::message::session::Session;
-use crate::message::table::Parked;
 use crate::message::wake::{
     close_by, heartbeat_timed_out, linger_after_unsent, resume, write_rest, write_unsent,
 };
 use crate::message::worker::Awake;
-use crate::observe::close::{client_left, CloseReason, FramingError, ProtocolDetail};
+use crate::observe::close::{CloseReason, FramingError, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood, OverLimit};
@@ -84,6 +80,7 @@ use crate::observe::stats::{add, incr, MessageCounters};
 use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler};
 use crate::proto::framed::{settings, side_table, write_limit, FramedParked};
+use crate::proto::parked::park;
 use crate::proto::{earliest, until, Ended};
 
 /// The setting a framed connection's heartbeat timeout comes from, for its
@@ -97,159 +94,6 @@ pub(crate) enum Start {
     Accepted,
     /// Woken from the parking lot: its state is in the side table.
     Woken(Wake),
-}
-
-/// The socket of a framed connection: accepted (a tokio stream) or woken
-/// from the parking lot (a bare socket until it must wait), or TLS over a
-/// socket (accepted on a TLS framed listener, or woken with its session).
-#[derive(Debug)]
-pub(crate) enum FramedIo {
-    /// Accepted by a framed listener.
-    Tcp(TcpStream),
-    /// Woken from the parking lot.
-    Woken(WokenSocket),
-    /// Over TLS: its session parks beside the socket, in the worker's table
-    /// of parked TLS sessions.
-    Tls(TlsIo<WokenSocket>),
-}
-
-impl FramedIo {
-    /// The socket's descriptor, which the connection parks under.
-    pub(crate) fn raw_fd(&self) -> RawFd {
-        match self {
-            FramedIo::Tcp(s) => s.as_raw_fd(),
-            FramedIo::Woken(s) => s.raw_fd(),
-            FramedIo::Tls(s) => s.get_ref().raw_fd(),
-        }
-    }
-
-    /// Whether it is TLS (its state parks in the TLS side table).
-    pub(crate) fn is_tls(&self) -> bool {
-        matches!(self, FramedIo::Tls(_))
-    }
-
-    /// Whether part of a TLS record waits: part of a frame, as far as
-    /// parking goes (parked with it, the connection was woken by each
-    /// byte of a trickle, its heartbeat restarted, for good).
-    fn holds_partial_record(&self) -> bool {
-        matches!(self, FramedIo::Tls(s) if s.holds_partial_record())
-    }
-
-    /// Writes `bytes` raw, under the TLS stream if there is one: what a
-    /// push left unsent while the connection was parked (the rest of a
-    /// frame, or records its parked session sealed), before anything else.
-    fn poll_write_raw(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
-        match self {
-            FramedIo::Tls(s) => s.poll_write_sealed(cx, bytes),
-            io => Pin::new(io).poll_write(cx, bytes),
-        }
-    }
-}
-
-impl AsyncRead for FramedIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            FramedIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            FramedIo::Woken(s) => Pin::new(s).poll_read(cx, buf),
-            FramedIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for FramedIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            FramedIo::Tcp(s) => Pin::new(s).poll_write(cx, data),
-            FramedIo::Woken(s) => Pin::new(s).poll_write(cx, data),
-            FramedIo::Tls(s) => Pin::new(s).poll_write(cx, data),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        slices: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            FramedIo::Tcp(s) => Pin::new(s).poll_write_vectored(cx, slices),
-            FramedIo::Woken(s) => Pin::new(s).poll_write_vectored(cx, slices),
-            FramedIo::Tls(s) => Pin::new(s).poll_write_vectored(cx, slices),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            FramedIo::Tcp(s) => s.is_write_vectored(),
-            FramedIo::Woken(s) => s.is_write_vectored(),
-            FramedIo::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            FramedIo::Tcp(s) => Pin::new(s).poll_flush(cx),
-            FramedIo::Woken(s) => Pin::new(s).poll_flush(cx),
-            FramedIo::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            FramedIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            FramedIo::Woken(s) => Pin::new(s).poll_shutdown(cx),
-            FramedIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-impl Transport for FramedIo {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            FramedIo::Tcp(s) => Transport::poll_read_ready(s, cx),
-            FramedIo::Woken(s) => s.poll_read_ready(cx),
-            FramedIo::Tls(s) => s.poll_read_ready(cx),
-        }
-    }
-
-    fn holds_partial_input(&self) -> bool {
-        self.holds_partial_record()
-    }
-}
-
-impl Parkable for FramedIo {
-    const PARKABLE: bool = true;
-
-    fn repark_when_idle(&self) -> bool {
-        match self {
-            FramedIo::Tcp(s) => s.repark_when_idle(),
-            FramedIo::Woken(s) => s.repark_when_idle(),
-            FramedIo::Tls(s) => s.repark_when_idle(),
-        }
-    }
-
-    fn still_watched(&self) -> bool {
-        match self {
-            FramedIo::Tcp(s) => s.still_watched(),
-            FramedIo::Woken(s) => s.still_watched(),
-            FramedIo::Tls(s) => s.still_watched(),
-        }
-    }
-
-    fn into_parked_parts(self) -> io::Result<FramedParked> {
-        match self {
-            FramedIo::Tcp(s) => s.into_parked_parts(),
-            FramedIo::Woken(s) => s.into_parked_parts(),
-            FramedIo::Tls(s) => s.into_parked_parts(),
-        }
-    }
 }
 
 /// What ended a read between frames: bytes read (`Some(n)`), or, for a
@@ -274,7 +118,7 @@ enum Idle {
 /// parks (its state is in the side table, keyed by the returned socket).
 pub(crate) async fn serve<H: FramedHandler>(
     handler: Arc<Erased<H>>,
-    mut io: FramedIo,
+    mut io: MessageIo,
     ctx: Rc<WorkerContext>,
     framing: Framing,
     listener: usize,
@@ -330,20 +174,8 @@ pub(crate) async fn serve<H: FramedHandler>(
                     // of goes first, so the peer's last frame is whole (a
                     // framed protocol has no close frame to send after it).
                     // The rest and the linger share the close's bound.
-                    if let Some(unsent) = local.take_unsent(id) {
-                        let deadline = close_by();
-                        let whole = {
-                            let io = &mut io;
-                            // Raw: over TLS it is records sealed already.
-                            write_unsent(&unsent, deadline, counters, |cx, b| {
-                                io.poll_write_raw(cx, b)
-                            })
-                            .await
-                        };
-                        if whole {
-                            linger_after_unsent(&mut io, deadline).await;
-                        }
-                    }
+                    // Raw: over TLS it is records sealed already.
+                    io.write_owed(local.take_unsent(id), counters).await;
                     return closing(&mut io, live.close(reason)).await;
                 }
             }
@@ -383,18 +215,10 @@ pub(crate) async fn serve<H: FramedHandler>(
     // (`Hub::close` shut its read side) it reads nothing: the loop's first
     // look at its inbox closes it, where a TLS read would only find the end
     // of the stream and take it for the peer leaving.
-    if let (true, FramedIo::Tls(tls)) = (unread_wake && !local.is_kicked(session.id()), &mut io) {
-        let prefetched = tls.poll_prefetch();
-        match prefetched {
-            Ok(true) => {}
-            Ok(false) => unread_wake = false,
-            // The peer reset or left: its close, not a TLS error.
-            Err(e) if client_left(&e) => {
-                return closing(&mut io, live.close(CloseReason::ClientClosed)).await;
-            }
-            // A TLS error (the peer's) was logged by the stream and closes
-            // as a protocol error, counted by the close.
-            Err(e) => return closing(&mut io, live.close(CloseReason::io(&e))).await,
+    if let (true, MessageIo::Tls(tls)) = (unread_wake && !local.is_kicked(session.id()), &mut io) {
+        match prefetch_woken(tls) {
+            Ok(read) => unread_wake = read,
+            Err(reason) => return closing(&mut io, live.close(reason)).await,
         }
     }
     loop {
@@ -521,15 +345,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             // A woken socket that served its frames without ever waiting
             // (a heartbeat on a cold connection) goes straight back.
             if can_park && !unread_wake && io.repark_when_idle() {
-                return park(
-                    live,
-                    io,
-                    listener,
-                    (due, send_at),
-                    session.id().generation(),
-                    true,
-                    &ctx,
-                );
+                return park(io, live, (&*table, || Some(listener)), (due, send_at), true);
             }
             park_at = ctx
                 .config
@@ -566,13 +382,11 @@ pub(crate) async fn serve<H: FramedHandler>(
                 }
                 Idle::Park => {
                     return park(
-                        live,
                         io,
-                        listener,
+                        live,
+                        (&*table, || Some(listener)),
                         (due, send_at),
-                        session.id().generation(),
                         false,
-                        &ctx,
                     )
                 }
                 // The top of the loop writes them.
@@ -688,13 +502,11 @@ pub(crate) async fn serve<H: FramedHandler>(
                     continue;
                 }
                 return park(
-                    live,
                     io,
-                    listener,
+                    live,
+                    (&*table, || Some(listener)),
                     (due, send_at),
-                    session.id().generation(),
                     false,
-                    &ctx,
                 );
             }
         };
@@ -722,7 +534,7 @@ struct Timers {
 /// woken from the lot reports itself readable without asking the kernel
 /// (`woken.rs`), so a hot one may find nothing here and wait in this read.
 async fn wait_read(
-    io: &mut FramedIo,
+    io: &mut MessageIo,
     b: Option<&mut BytesMut>,
     between_frames: bool,
     timers: Timers,
@@ -805,53 +617,13 @@ fn give_back(ctx: &WorkerContext, buf: &mut Option<BytesMut>) {
     }
 }
 
-/// Gives the socket up for parking, its state kept in the side table until
-/// it wakes (or the lot closes it, which tells the handler).
-fn park<H: FramedHandler>(
-    live: Live<'_, H, H::State>,
-    io: FramedIo,
-    listener: usize,
-    (due, send_at): (Option<Instant>, Option<Instant>),
-    generation: Generation,
-    at_once: bool,
-    ctx: &WorkerContext,
-) -> Ended<FramedParked> {
-    let tls = io.is_tls();
-    let watched = io.still_watched();
-    match io.into_parked_parts() {
-        Ok((socket, session)) => {
-            let state = live.take();
-            let parked = Parked {
-                state,
-                variant: listener,
-                due,
-                send_at,
-                generation,
-                behind: false,
-            };
-            side_table::<H::State>(ctx, tls)
-                .1
-                .put(socket.as_raw_fd(), parked);
-            // The lot wakes it at the earlier timer (`Wake::Timer`); over
-            // TLS its session goes to the worker's table beside it.
-            Ended::Park {
-                io: (socket, session),
-                deadline: earliest(due, send_at),
-                at_once,
-                watched,
-            }
-        }
-        Err(e) => Ended::Close(live.close(CloseReason::io(&e))),
-    }
-}
-
 /// Closes a connection between frames for shutdown, after the messages
 /// already pushed to it and the server's goodbye frame, if it has one (best
 /// effort: a peer that does not take them within the write bound is closed
 /// without them).
 async fn say_goodbye<H: FramedHandler>(
     live: Live<'_, H, H::State>,
-    io: &mut FramedIo,
+    io: &mut MessageIo,
     codec: &mut FrameCodec,
     session: &Session,
     ctx: &WorkerContext,
@@ -879,17 +651,11 @@ async fn say_goodbye<H: FramedHandler>(
     closing(io, live.close(CloseReason::Shutdown)).await
 }
 
-/// The end of a connection closed for `reason`: over TLS, our own closes
-/// say `close_notify` ([`CloseReason::says_close_notify`]: not after a
-/// reply cut short, nor when the peer left or the socket failed), as a
-/// WebSocket's over TLS and HTTPS/1.1's do, within the close's bound (2 s);
-/// a peer's own `close_notify` was answered as it was read. A cleartext
-/// connection is simply closed by the dispatcher.
-async fn closing(io: &mut FramedIo, reason: CloseReason) -> Ended<FramedParked> {
-    if let (FramedIo::Tls(tls), true) = (&mut *io, reason.says_close_notify()) {
-        let shutdown = poll_fn(|cx| Pin::new(&mut *tls).poll_shutdown(cx));
-        let _ = tokio::time::timeout_at(close_by(), shutdown).await;
-    }
+/// The end of a connection closed for `reason`: `close_notify` over TLS
+/// for our own closes ([`MessageIo::close_notify`]); a cleartext connection
+/// is simply closed by the dispatcher.
+async fn closing(io: &mut MessageIo, reason: CloseReason) -> Ended<FramedParked> {
+    io.close_notify(reason).await;
     Ended::Close(reason)
 }
 
@@ -901,7 +667,7 @@ async fn closing(io: &mut FramedIo, reason: CloseReason) -> Ended<FramedParked> 
 /// ([`behind`]). Counted as the socket takes them; a push that does not
 /// go whole, however the write ends, in `queue_drops`.
 async fn flush(
-    io: &mut FramedIo,
+    io: &mut MessageIo,
     codec: &mut FrameCodec,
     session: &Session,
     pushed: Vec<Bytes>,
@@ -947,37 +713,19 @@ async fn flush(
     pushes.take(pushed);
     lifecycle::set_state(ConnectionState::Writing);
     // Usually the socket takes it all at once: then no timer is set up.
+    // Otherwise the write is bounded (`write_limit`: `write_timeout` for
+    // the whole write, or when that is off a stall without progress; on by
+    // default, as without a hub no slow-consumer close would end it).
     let mut at = 0;
-    let io_error = |e: io::Error| CloseReason::io(&e);
-    let writing = poll_fn(|cx| poll_out(io, &mut pushes, cx, &out, &mut at));
-    let written = match poll_once(pin!(writing)) {
-        Poll::Ready(written) => written.map_err(io_error),
-        // A peer that stops reading must not hold the connection for good,
-        // deaf to its heartbeat: the write is bounded (`write_limit`:
-        // `write_timeout` for the whole write, or when that is off a stall
-        // without progress; on by default, as without a hub no
-        // slow-consumer close would end it).
-        Poll::Pending => {
-            let mut bound = WriteBound::new(write_limit(&ctx.config), Some(io.raw_fd()));
-            let mut overflowed = pin!(Awake::overflowed(awake));
-            poll_fn(|cx| {
-                let before = (at, pushes.written());
-                let written = poll_out(io, &mut pushes, cx, &out, &mut at);
-                if let Poll::Ready(written) = written {
-                    return Poll::Ready(written.map_err(io_error));
-                }
-                if overflowed.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(CloseReason::SlowConsumer));
-                }
-                if bound.poll_passed(cx, (at, pushes.written()) != before) {
-                    bound.passed(Some(&ctx.stats), Flood::FramedWriteTimeout, "a framed peer");
-                    return Poll::Ready(Err(CloseReason::WriteTimeout));
-                }
-                Poll::Pending
-            })
-            .await
-        }
-    };
+    let written = io
+        .write_out(
+            (&out, &mut at),
+            &mut pushes,
+            awake,
+            || write_limit(&ctx.config),
+            (&ctx.stats, Flood::FramedWriteTimeout, "a framed peer"),
+        )
+        .await;
     match written {
         Ok(()) => {
             count_replies((&out, at), &ends, counters);
@@ -999,20 +747,6 @@ async fn flush(
         ctx.pool.give(out);
     }
     written
-}
-
-/// Writes `out` from `at` on, then the pushes (`Outbound`), then flushes
-/// the stream: over TLS what the session sealed waits in its buffer until
-/// a flush sends it (a plain socket's flush does nothing).
-fn poll_out(
-    io: &mut FramedIo,
-    pushes: &mut Outbound,
-    cx: &mut Context<'_>,
-    out: &[u8],
-    at: &mut usize,
-) -> Poll<io::Result<()>> {
-    std::task::ready!(pushes.poll_write(Pin::new(&mut *io), cx, out, at))?;
-    Pin::new(io).poll_flush(cx)
 }
 
 /// Counts the replies that went of `out`, written up to `at`: the frames
@@ -1040,7 +774,7 @@ fn count_replies((out, at): (&[u8], usize), ends: &[usize], counters: &MessageCo
 /// frame and the linger share one bound (`close_by`: 2 s from here), as a
 /// close's last writes and linger do (`ConnIo::close`).
 async fn behind(
-    io: &mut FramedIo,
+    io: &mut MessageIo,
     (out, at): (&[u8], usize),
     ends: &[usize],
     pushes: &mut Outbound,

@@ -16,15 +16,17 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::conn::context::WorkerContext;
-use crate::conn::tls_io::ClosingTls;
 use crate::message::hub::ConnectionId;
-use crate::message::live::Live;
+use crate::message::io::MessageIo;
+use crate::message::live::OnClose;
 use crate::message::session::Session;
+use crate::message::table::Parked;
 use crate::observe::close::{CloseReason, FramingError};
 use crate::proto::framed::codec::Framing;
-use crate::proto::framed::conn::{self, FramedIo, Start};
-use crate::proto::framed::{goodbye_parked, side_table, FramedParked};
-use crate::proto::{finish_owed, Ended};
+use crate::proto::framed::conn::{self, Start};
+use crate::proto::framed::{goodbye_frame, side_table, FramedParked};
+use crate::proto::parked::{let_go, ParkedSocket};
+use crate::proto::Ended;
 
 /// A framed protocol's behaviour, called once per message. Serve it with
 /// [`Server::serve_framed`](crate::Server::serve_framed) on listeners added
@@ -122,7 +124,7 @@ pub(crate) trait ErasedHandler: Send + Sync {
     /// Serves one framed connection until it closes or parks.
     fn serve(
         self: std::sync::Arc<Self>,
-        io: FramedIo,
+        io: MessageIo,
         ctx: Rc<WorkerContext>,
         framing: Framing,
         listener: usize,
@@ -130,16 +132,16 @@ pub(crate) trait ErasedHandler: Send + Sync {
     ) -> LocalFuture<Ended<FramedParked>>;
 
     /// The parking lot closed a parked connection itself (its deadline, or
-    /// shutdown): drop its state, telling the handler. `tls`: it is one
-    /// over TLS (its state in the TLS side table), `session` its parked
-    /// session, which seals the goodbye frame.
+    /// shutdown): drop its state, telling the handler, then write the
+    /// goodbye frame at shutdown (`proto::parked::let_go`). `socket`: cleartext,
+    /// or over TLS (its state in the TLS side table) with its closing
+    /// session, which seals the goodbye.
     fn parked_closed(
         &self,
         ctx: &WorkerContext,
         fd: RawFd,
         reason: CloseReason,
-        tls: bool,
-        session: Option<&mut ClosingTls>,
+        socket: ParkedSocket<'_>,
     );
 
     /// Where a woken connection's state is: its listener's position, if the
@@ -153,7 +155,7 @@ pub(crate) struct Erased<H>(pub H);
 impl<H: FramedHandler> ErasedHandler for Erased<H> {
     fn serve(
         self: std::sync::Arc<Self>,
-        io: FramedIo,
+        io: MessageIo,
         ctx: Rc<WorkerContext>,
         framing: Framing,
         listener: usize,
@@ -167,27 +169,13 @@ impl<H: FramedHandler> ErasedHandler for Erased<H> {
         ctx: &WorkerContext,
         fd: RawFd,
         reason: CloseReason,
-        tls: bool,
-        mut session: Option<&mut ClosingTls>,
+        socket: ParkedSocket<'_>,
     ) {
-        let (local, table) = side_table::<H::State>(ctx, tls);
+        let (local, table) = side_table::<H::State>(ctx, socket.is_tls());
         if let Some(parked) = table.take(fd) {
-            let id = local.id(fd, parked.generation);
-            // Behind over TLS: the records sealed for that push go now if
-            // they can, or the session says nothing more (`finish_owed`).
-            if let (true, Some(session)) = (parked.behind, session.as_deref_mut()) {
-                finish_owed(&local, id, (fd, session), &ctx.stats.messages);
-            }
-            // Not after a push the socket took part of (its rest is owed
-            // first): the goodbye would land inside that frame.
-            if reason == CloseReason::Shutdown && !parked.behind {
-                goodbye_parked(&ctx.config, fd, parked.variant, session);
-            }
-            // Through `Live`, as an awake connection's close (and a parked
-            // WebSocket's): it leaves its topics, and a panic in `on_close`
-            // is caught, counted and logged instead of unwinding through the
-            // parking lot's turn and killing the worker thread.
-            Live::new(&self.0, H::on_close_with_id, parked.state, id, &local).close(reason);
+            let goodbye = |parked: &Parked<H::State>| goodbye_frame(&ctx.config, parked.variant);
+            let on_close = (&self.0, H::on_close_with_id as OnClose<H, H::State>);
+            let_go((&local, parked), (fd, reason), socket, goodbye, on_close);
         }
     }
 

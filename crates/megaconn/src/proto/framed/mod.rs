@@ -39,21 +39,23 @@ use tokio::net::TcpStream;
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::io::WriteLimit;
-use crate::conn::tls_io::{ClosingTls, ParkedTls, TlsIo};
+use crate::conn::tls_io::{ParkedTls, TlsIo};
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
 use crate::message;
+use crate::message::io::{MessageIo, MessageParked};
 use crate::message::table::SideTable;
 use crate::message::wire::Wire;
 use crate::message::worker::Local;
 use crate::message::MessageSettings;
 use crate::observe::close::{CloseReason, FramingError};
+use crate::proto::parked::{close_parked_tls, ParkedSocket};
 use crate::proto::Ended;
 
 pub use codec::{Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
 pub use handler::FramedHandler;
 
-use conn::{FramedIo, Start};
+use conn::Start;
 use handler::{ErasedHandler, LocalFuture};
 
 /// The framed protocol's settings, kept in the server's configuration as an
@@ -175,29 +177,19 @@ pub(crate) fn side_table<S: 'static>(
     (local, table)
 }
 
-/// Writes the goodbye frame, if the server has one, straight to parked
-/// connection `fd` on `listener` as the parking lot closes it for shutdown
-/// (the socket is still open then), sealed with its TLS `session` if it
-/// has one. Best effort: one non-blocking `send`.
-pub(crate) fn goodbye_parked(
-    config: &Config,
-    fd: RawFd,
-    listener: usize,
-    session: Option<&mut ClosingTls>,
-) {
-    let Some(settings) = FramedSettings::of(config) else {
-        return;
-    };
+/// The goodbye frame, if the server has one, framed as `listener` frames:
+/// what a parked connection on it gets as the parking lot closes it for
+/// shutdown (`proto::parked::let_go` writes it).
+pub(crate) fn goodbye_frame(config: &Config, listener: usize) -> Option<BytesMut> {
+    let settings = FramedSettings::of(config)?;
     let (Some(goodbye), Some(&(_, framing))) =
         (&settings.goodbye, settings.listeners.get(listener))
     else {
-        return;
+        return None;
     };
     let mut out = BytesMut::new();
-    if framing.encode(goodbye, &mut out).is_err() {
-        return;
-    }
-    crate::proto::send_parked_now(fd, &out, session);
+    framing.encode(goodbye, &mut out).ok()?;
+    Some(out)
 }
 
 /// Framed connections frame pushed messages as their listener frames.
@@ -222,7 +214,7 @@ pub(crate) fn is_tls(config: &Config, listener: usize) -> bool {
 
 /// What a framed connection parks: the bare socket for the lot and, over
 /// TLS, its session for the worker's table.
-pub(crate) type FramedParked = (OwnedFd, Option<ParkedTls>);
+pub(crate) type FramedParked = MessageParked;
 
 /// Serves a connection accepted on framed listener `listener`.
 pub(crate) fn serve_accepted(
@@ -230,7 +222,7 @@ pub(crate) fn serve_accepted(
     ctx: Rc<WorkerContext>,
     listener: usize,
 ) -> LocalFuture<Ended<FramedParked>> {
-    serve_new(FramedIo::Tcp(stream), ctx, listener)
+    serve_new(MessageIo::Tcp(stream), ctx, listener)
 }
 
 /// Serves a connection accepted on TLS framed listener `listener`, its
@@ -242,13 +234,13 @@ pub(crate) fn serve_accepted_tls(
 ) -> LocalFuture<Ended<FramedParked>> {
     // Bare once it parks, as a woken one is (its socket stays registered
     // with tokio until then, `WokenSocket::registered_stream`).
-    let io = FramedIo::Tls(tls.map_sock(WokenSocket::registered_stream));
+    let io = MessageIo::Tls(tls.map_sock(WokenSocket::registered_stream));
     serve_new(io, ctx, listener)
 }
 
 /// Serves a new connection on framed listener `listener`.
 fn serve_new(
-    io: FramedIo,
+    io: MessageIo,
     ctx: Rc<WorkerContext>,
     listener: usize,
 ) -> LocalFuture<Ended<FramedParked>> {
@@ -271,7 +263,7 @@ pub(crate) fn serve_woken(
     wake: Wake,
     ctx: Rc<WorkerContext>,
 ) -> LocalFuture<Ended<FramedParked>> {
-    let io = FramedIo::Woken(WokenSocket::new(socket, hot, wake));
+    let io = MessageIo::Plain(WokenSocket::new(socket, hot, wake));
     serve_parked(io, wake, ctx)
 }
 
@@ -282,12 +274,12 @@ pub(crate) fn serve_woken_tls(
     wake: Wake,
     ctx: Rc<WorkerContext>,
 ) -> LocalFuture<Ended<FramedParked>> {
-    serve_parked(FramedIo::Tls(io), wake, ctx)
+    serve_parked(MessageIo::Tls(io), wake, ctx)
 }
 
 /// Serves woken framed connection `io`, its state in its side table.
 fn serve_parked(
-    io: FramedIo,
+    io: MessageIo,
     wake: Wake,
     ctx: Rc<WorkerContext>,
 ) -> LocalFuture<Ended<FramedParked>> {
@@ -310,7 +302,7 @@ fn serve_parked(
 /// the handler hears why.
 pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
     if let Some(handler) = FramedSettings::of(&ctx.config).and_then(|s| s.handler.as_ref()) {
-        handler.parked_closed(ctx, fd, reason, false, None);
+        handler.parked_closed(ctx, fd, reason, ParkedSocket::Plain);
     }
 }
 
@@ -327,15 +319,11 @@ pub(crate) fn parked_closed_tls(
     reason: CloseReason,
     session: Option<ParkedTls>,
 ) {
-    let mut closing = session.map(ParkedTls::closing);
-    if let Some(handler) = FramedSettings::of(&ctx.config).and_then(|s| s.handler.as_ref()) {
-        handler.parked_closed(ctx, fd, reason, true, closing.as_mut());
-    }
-    if let Some(closing) = closing {
-        if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
-            closing.close_notify(fd);
+    close_parked_tls(fd, reason, session, |socket| {
+        if let Some(handler) = FramedSettings::of(&ctx.config).and_then(|s| s.handler.as_ref()) {
+            handler.parked_closed(ctx, fd, reason, socket);
         }
-    }
+    });
 }
 
 #[cfg(test)]

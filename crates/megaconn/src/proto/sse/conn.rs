@@ -29,11 +29,11 @@
 //! takes them: `pushes`, `frames_out` and `bytes_out` the pushes written
 //! whole; the others, whatever closes the stream, in `queue_drops`.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
@@ -41,24 +41,24 @@ use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::conn::context::WorkerContext;
-use crate::conn::io::WriteBound;
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
 use crate::conn::Wake;
-use crate::message::hub::{ConnectionId, Generation, Overflowed, TAKE_AT_ONCE};
+use crate::message::hub::{ConnectionId, Overflowed, TAKE_AT_ONCE};
+use crate::message::io::MessageIo;
 use crate::message::live::Live;
 use crate::message::outbound::Outbound;
 use crate::message::session::Session;
-use crate::message::table::Parked;
 use crate::message::wake::{close_by, linger_after_unsent, resume, write_unsent};
 use crate::message::worker::Awake;
 use crate::message::MessageSettings;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::ratelog::Flood;
 use crate::observe::stats::{add, incr};
+use crate::proto::parked::park;
 use crate::proto::sse::event::{self, COMMENT, LAST_CHUNK};
 use crate::proto::sse::route::ErasedRoute;
-use crate::proto::sse::{side_table, variant, SseIo, SseParked, CHUNKED};
+use crate::proto::sse::{side_table, variant, SseParked, CHUNKED};
 use crate::proto::{until, Ended};
 
 /// How a stream comes to be served.
@@ -96,7 +96,11 @@ enum Idle {
 
 /// Serves a stream until it closes (`on_close` has run) or parks (its
 /// route is in the side table, keyed by the returned socket).
-pub(crate) async fn serve(mut io: SseIo, ctx: Rc<WorkerContext>, start: Start) -> Ended<SseParked> {
+pub(crate) async fn serve(
+    mut io: MessageIo,
+    ctx: Rc<WorkerContext>,
+    start: Start,
+) -> Ended<SseParked> {
     let (local, table) = side_table(&ctx, io.is_tls());
     let counters = &ctx.stats.messages;
     let fd = io.raw_fd();
@@ -151,17 +155,7 @@ pub(crate) async fn serve(mut io: SseIo, ctx: Rc<WorkerContext>, start: Start) -
                     // Behind: the rest of the event its socket took part
                     // of goes first, then the close (no last chunk: the
                     // client reconnects either way, and its socket is full).
-                    if let Some(unsent) = local.take_unsent(id) {
-                        let deadline = close_by();
-                        let io = &mut io;
-                        let whole = write_unsent(&unsent, deadline, counters, |cx, b| {
-                            io.poll_write_raw(cx, b)
-                        })
-                        .await;
-                        if whole {
-                            linger_after_unsent(io, deadline).await;
-                        }
-                    }
+                    io.write_owed(local.take_unsent(id), counters).await;
                     return closing(&mut io, live.close(reason)).await;
                 }
             }
@@ -265,8 +259,8 @@ pub(crate) async fn serve(mut io: SseIo, ctx: Rc<WorkerContext>, start: Start) -
         // then means a busy stream (not after the hand-over: its next
         // wake is a wake like any other).
         let at_once = straight_back && io.reparks_a_wake();
-        let generation = session.id().generation();
-        return park(live, io, chunked, send_at, generation, at_once, &ctx);
+        let parking = (&*table, || Some(variant(chunked)));
+        return park(io, live, parking, (None, send_at), at_once);
     }
 }
 
@@ -281,7 +275,7 @@ fn client_sent_bytes(ctx: &WorkerContext) -> CloseReason {
 /// of stream or reset, or bytes, each the reason to close; `None` when
 /// there was nothing after all (readiness can be spurious, and over TLS a
 /// record may carry only TLS's own messages).
-fn client_input(io: &mut SseIo, ctx: &WorkerContext) -> Option<CloseReason> {
+fn client_input(io: &mut MessageIo, ctx: &WorkerContext) -> Option<CloseReason> {
     let mut scratch = [0u8; 64];
     match poll_once(pin!(io.read(&mut scratch))) {
         Poll::Pending => None,
@@ -291,49 +285,11 @@ fn client_input(io: &mut SseIo, ctx: &WorkerContext) -> Option<CloseReason> {
     }
 }
 
-/// Gives the socket up for parking, its route kept in the side table until
-/// it wakes (or the lot closes it, which tells the handler). The lot wakes
-/// it for its next comment (`Wake::Timer`), or when it turns readable.
-fn park(
-    live: LiveStream<'_>,
-    io: SseIo,
-    chunked: bool,
-    send_at: Option<Instant>,
-    generation: Generation,
-    at_once: bool,
-    ctx: &WorkerContext,
-) -> Ended<SseParked> {
-    let tls = io.is_tls();
-    let watched = io.still_watched();
-    match io.into_parked_parts() {
-        Ok((socket, session)) => {
-            let parked = Parked {
-                state: live.take(),
-                variant: variant(chunked),
-                due: None,
-                send_at,
-                generation,
-                behind: false,
-            };
-            side_table(ctx, tls)
-                .1
-                .put(std::os::fd::AsRawFd::as_raw_fd(&socket), parked);
-            Ended::Park {
-                io: (socket, session),
-                deadline: send_at,
-                at_once,
-                watched,
-            }
-        }
-        Err(e) => Ended::Close(live.close(CloseReason::io(&e))),
-    }
-}
-
 /// Ends the stream for `reason`: the `goodbye` event if any, then (chunked)
 /// the last chunk, so the client sees a response that completed; best
 /// effort within the close's bound (2 s).
 async fn end(
-    io: &mut SseIo,
+    io: &mut MessageIo,
     live: LiveStream<'_>,
     chunked: bool,
     goodbye: Option<Bytes>,
@@ -349,20 +305,17 @@ async fn end(
     if !last.is_empty() {
         let mut at = 0;
         let mut none = Outbound::default();
-        let writing = poll_fn(|cx| poll_out(io, &mut none, cx, &last, &mut at));
+        let writing = poll_fn(|cx| io.poll_out(&mut none, cx, &last, &mut at));
         let _ = tokio::time::timeout_at(close_by(), writing).await;
     }
     closing(io, live.close(reason)).await
 }
 
-/// The end of a stream closed for `reason`: over TLS, our own closes say
-/// `close_notify` ([`CloseReason::says_close_notify`]), within the close's
-/// bound; a cleartext one is simply closed by the dispatcher.
-async fn closing(io: &mut SseIo, reason: CloseReason) -> Ended<SseParked> {
-    if let (SseIo::Tls(tls), true) = (&mut *io, reason.says_close_notify()) {
-        let shutdown = poll_fn(|cx| Pin::new(&mut *tls).poll_shutdown(cx));
-        let _ = tokio::time::timeout_at(close_by(), shutdown).await;
-    }
+/// The end of a stream closed for `reason`: `close_notify` over TLS for
+/// our own closes ([`MessageIo::close_notify`]); a cleartext one is simply
+/// closed by the dispatcher.
+async fn closing(io: &mut MessageIo, reason: CloseReason) -> Ended<SseParked> {
+    io.close_notify(reason).await;
     Ended::Close(reason)
 }
 
@@ -375,7 +328,7 @@ async fn closing(io: &mut SseIo, reason: CloseReason) -> Ended<SseParked> {
 /// takes them; a push that does not go whole, however the write ends, in
 /// `queue_drops`.
 async fn write(
-    io: &mut SseIo,
+    io: &mut MessageIo,
     head: &[u8],
     pushed: Vec<Bytes>,
     ctx: &WorkerContext,
@@ -385,36 +338,19 @@ async fn write(
     let mut pushes = Outbound::default();
     pushes.take(pushed);
     let mut at = 0;
-    let io_error = |e: io::Error| CloseReason::io(&e);
-    let writing = poll_fn(|cx| poll_out(io, &mut pushes, cx, head, &mut at));
-    let written = match poll_once(pin!(writing)) {
-        Poll::Ready(written) => written.map_err(io_error),
-        Poll::Pending => {
-            let limit = MessageSettings::write_limit_without_heartbeat(&ctx.config);
-            let mut bound = WriteBound::new(limit, Some(io.raw_fd()));
-            let mut overflowed = pin!(Awake::overflowed(awake));
-            poll_fn(|cx| {
-                let before = (at, pushes.written());
-                let written = poll_out(io, &mut pushes, cx, head, &mut at);
-                if let Poll::Ready(written) = written {
-                    return Poll::Ready(written.map_err(io_error));
-                }
-                if overflowed.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(CloseReason::SlowConsumer));
-                }
-                if bound.poll_passed(cx, (at, pushes.written()) != before) {
-                    bound.passed(
-                        Some(&ctx.stats),
-                        Flood::SseWriteTimeout,
-                        "an event stream's client",
-                    );
-                    return Poll::Ready(Err(CloseReason::WriteTimeout));
-                }
-                Poll::Pending
-            })
-            .await
-        }
-    };
+    let written = io
+        .write_out(
+            (head, &mut at),
+            &mut pushes,
+            awake,
+            || MessageSettings::write_limit_without_heartbeat(&ctx.config),
+            (
+                &ctx.stats,
+                Flood::SseWriteTimeout,
+                "an event stream's client",
+            ),
+        )
+        .await;
     add(&counters.bytes_out, at as u64);
     match written {
         Ok(()) => pushes.count(counters),
@@ -443,17 +379,4 @@ async fn write(
         }
     }
     written
-}
-
-/// Writes `head` from `at` on, then the pushes, then flushes the stream:
-/// over TLS what the session sealed waits in its buffer until a flush.
-fn poll_out(
-    io: &mut SseIo,
-    pushes: &mut Outbound,
-    cx: &mut Context<'_>,
-    head: &[u8],
-    at: &mut usize,
-) -> Poll<io::Result<()>> {
-    std::task::ready!(pushes.poll_write(Pin::new(&mut *io), cx, head, at))?;
-    Pin::new(io).poll_flush(cx)
 }

@@ -89,29 +89,26 @@ pub(crate) mod conn;
 pub(crate) mod event;
 pub(crate) mod route;
 
-use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Mutex;
-use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::conn::context::WorkerContext;
-use crate::conn::tls_io::{ClosingTls, ParkedTls, TlsIo};
-use crate::conn::transport::{Parkable, Transport};
+use crate::conn::tls_io::{ParkedTls, TlsIo};
+use crate::conn::transport::Parkable;
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
 use crate::message;
-use crate::message::live::Live;
-use crate::message::table::SideTable;
+use crate::message::io::{parkable, MessageIo, MessageParked};
+use crate::message::table::{Parked, SideTable};
 use crate::message::wire::Wire;
 use crate::message::worker::Local;
 use crate::observe::close::{CloseReason, FramingError};
+use crate::proto::parked::{close_parked_tls, let_go, ParkedSocket};
 use crate::proto::Ended;
 use crate::service::upgrade::NativeUpgrade;
 
@@ -202,165 +199,7 @@ pub(crate) fn side_table(
 
 /// What a parked stream leaves for the dispatcher: the bare socket for the
 /// lot and, over TLS, the session for the worker's table.
-pub(crate) type SseParked = (OwnedFd, Option<ParkedTls>);
-
-/// An event stream's socket: plain (bare until it must wait, see
-/// `conn/woken.rs`), or TLS over one (its session parks beside the socket).
-#[derive(Debug)]
-pub(crate) enum SseIo {
-    Plain(WokenSocket),
-    Tls(TlsIo<WokenSocket>),
-}
-
-impl SseIo {
-    /// The socket's descriptor, which the stream parks under.
-    pub(crate) fn raw_fd(&self) -> RawFd {
-        match self {
-            SseIo::Plain(s) => s.raw_fd(),
-            SseIo::Tls(s) => s.get_ref().raw_fd(),
-        }
-    }
-
-    /// Whether it is TLS (its state parks in the TLS side table).
-    pub(crate) fn is_tls(&self) -> bool {
-        matches!(self, SseIo::Tls(_))
-    }
-
-    /// Writes `bytes` raw, under the TLS stream if there is one: what a
-    /// push left unsent while the stream was parked (the rest of an event,
-    /// or records its parked session sealed).
-    pub(crate) fn poll_write_raw(
-        &mut self,
-        cx: &mut Context<'_>,
-        bytes: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self {
-            SseIo::Tls(s) => s.poll_write_sealed(cx, bytes),
-            SseIo::Plain(s) => Pin::new(s).poll_write(cx, bytes),
-        }
-    }
-}
-
-impl AsyncRead for SseIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            SseIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            SseIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for SseIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            SseIo::Plain(s) => Pin::new(s).poll_write(cx, data),
-            SseIo::Tls(s) => Pin::new(s).poll_write(cx, data),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        slices: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            SseIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, slices),
-            SseIo::Tls(s) => Pin::new(s).poll_write_vectored(cx, slices),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            SseIo::Plain(s) => s.is_write_vectored(),
-            SseIo::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            SseIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            SseIo::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            SseIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            SseIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-impl Transport for SseIo {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            SseIo::Plain(s) => s.poll_read_ready(cx),
-            SseIo::Tls(s) => s.poll_read_ready(cx),
-        }
-    }
-}
-
-impl Parkable for SseIo {
-    const PARKABLE: bool = true;
-
-    fn repark_when_idle(&self) -> bool {
-        match self {
-            SseIo::Plain(s) => s.repark_when_idle(),
-            SseIo::Tls(s) => s.repark_when_idle(),
-        }
-    }
-
-    fn reparks_a_wake(&self) -> bool {
-        match self {
-            SseIo::Plain(s) => s.reparks_a_wake(),
-            SseIo::Tls(s) => s.reparks_a_wake(),
-        }
-    }
-
-    fn still_watched(&self) -> bool {
-        match self {
-            SseIo::Plain(s) => s.still_watched(),
-            SseIo::Tls(s) => s.still_watched(),
-        }
-    }
-
-    fn into_parked_parts(self) -> io::Result<SseParked> {
-        match self {
-            SseIo::Plain(s) => s.into_parked_parts(),
-            SseIo::Tls(s) => s.into_parked_parts(),
-        }
-    }
-}
-
-/// A plain TCP transport as a [`WokenSocket`] (an accepted stream stays
-/// registered with tokio), TLS over one as TLS over a [`WokenSocket`];
-/// `None` for any other (a caller's own transport).
-fn parkable<T: Transport + Send + 'static>(io: T) -> Option<SseIo> {
-    let any: Box<dyn std::any::Any> = Box::new(io);
-    let any = match any.downcast::<TcpStream>() {
-        Ok(stream) => return Some(SseIo::Plain(WokenSocket::registered_stream(*stream))),
-        Err(any) => any,
-    };
-    let any = match any.downcast::<WokenSocket>() {
-        Ok(socket) => return Some(SseIo::Plain(*socket)),
-        Err(any) => any,
-    };
-    let any = match any.downcast::<TlsIo<TcpStream>>() {
-        Ok(tls) => return Some(SseIo::Tls(tls.map_sock(WokenSocket::registered_stream))),
-        Err(any) => any,
-    };
-    any.downcast::<TlsIo<WokenSocket>>()
-        .ok()
-        .map(|tls| SseIo::Tls(*tls))
-}
+pub(crate) type SseParked = MessageParked;
 
 /// Serves a stream the HTTP/1.1 engine handed over after the route's
 /// `200` (its head written): `read_ahead` is what the client sent after
@@ -378,7 +217,7 @@ where
         tracing::error!("a native hand-over of an unknown protocol; closing the connection");
         return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
     };
-    let Some(io) = parkable(io) else {
+    let Ok(io) = parkable(io) else {
         tracing::warn!(
             "SseRoute cannot stream on a transport given to Builder::serve_connection; \
              closing the connection after its head"
@@ -403,7 +242,7 @@ pub(crate) fn serve_woken(
     wake: Wake,
     ctx: Rc<WorkerContext>,
 ) -> LocalFuture<Ended<SseParked>> {
-    let io = SseIo::Plain(WokenSocket::new(socket, hot, wake));
+    let io = MessageIo::Plain(WokenSocket::new(socket, hot, wake));
     Box::pin(conn::serve(io, ctx, conn::Start::Woken(wake)))
 }
 
@@ -414,32 +253,26 @@ pub(crate) fn serve_woken_tls(
     wake: Wake,
     ctx: Rc<WorkerContext>,
 ) -> LocalFuture<Ended<SseParked>> {
-    Box::pin(conn::serve(SseIo::Tls(io), ctx, conn::Start::Woken(wake)))
+    Box::pin(conn::serve(
+        MessageIo::Tls(io),
+        ctx,
+        conn::Start::Woken(wake),
+    ))
 }
 
 /// The parking lot closed parked stream `fd` itself (shutdown): at
 /// shutdown it gets its route's goodbye event, if any, and the last chunk
 /// (one non-blocking `send` on the still open socket, sealed with its TLS
-/// `session` if it has one; not after a push its socket took part of,
-/// whose rest is owed first: over TLS that rest goes now if the socket
-/// takes it, or the session says nothing more, `proto::finish_owed`); its
-/// entry goes, it leaves its topics, and its handler hears why.
-fn closed_in(
-    ctx: &WorkerContext,
-    fd: RawFd,
-    reason: CloseReason,
-    tls: bool,
-    mut session: Option<&mut ClosingTls>,
-) {
-    let (local, table) = side_table(ctx, tls);
+/// session if it has one; not after a push its socket took part of, whose
+/// rest is owed first: over TLS that rest goes now if the socket takes it,
+/// or the session says nothing more); its entry goes, it leaves its
+/// topics, and its handler hears why (`proto::parked::let_go`).
+fn closed_in(ctx: &WorkerContext, fd: RawFd, reason: CloseReason, socket: ParkedSocket<'_>) {
+    let (local, table) = side_table(ctx, socket.is_tls());
     let Some(parked) = table.take(fd) else {
         return;
     };
-    let id = local.id(fd, parked.generation);
-    if let (true, Some(session)) = (parked.behind, session.as_deref_mut()) {
-        crate::proto::finish_owed(&local, id, (fd, session), &ctx.stats.messages);
-    }
-    if reason == CloseReason::Shutdown && !parked.behind {
+    let last_words = |parked: &Parked<ErasedRoute>| {
         let mut last = BytesMut::new();
         if let Some(goodbye) = &parked.state.settings.goodbye {
             event::frame(goodbye, parked.variant == CHUNKED, &mut last);
@@ -447,32 +280,34 @@ fn closed_in(
         if parked.variant == CHUNKED {
             last.extend_from_slice(event::LAST_CHUNK);
         }
-        crate::proto::send_parked_now(fd, &last, session);
-    }
-    Live::new(&(), conn::on_close, parked.state, id, &local).close(reason);
+        Some(last)
+    };
+    let_go(
+        (&local, parked),
+        (fd, reason),
+        socket,
+        last_words,
+        (&(), conn::on_close),
+    );
 }
 
 /// [`closed_in`] for a cleartext stream.
 pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
-    closed_in(ctx, fd, reason, false, None);
+    closed_in(ctx, fd, reason, ParkedSocket::Plain);
 }
 
 /// [`closed_in`] for a stream over TLS, with its parked `session`: our own
 /// closes (shutdown) end with `close_notify`, as HTTPS/1.1's do, after
-/// whole records only (`ClosingTls`).
+/// whole records only (`proto::parked::close_parked_tls`).
 pub(crate) fn parked_closed_tls(
     ctx: &WorkerContext,
     fd: RawFd,
     reason: CloseReason,
     session: Option<ParkedTls>,
 ) {
-    let mut closing = session.map(ParkedTls::closing);
-    closed_in(ctx, fd, reason, true, closing.as_mut());
-    if let Some(closing) = closing {
-        if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
-            closing.close_notify(fd);
-        }
-    }
+    close_parked_tls(fd, reason, session, |socket| {
+        closed_in(ctx, fd, reason, socket)
+    });
 }
 
 #[cfg(test)]

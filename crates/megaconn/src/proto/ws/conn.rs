@@ -57,7 +57,6 @@
 //! first, RFC 6455 §7.1.1): `closing.rs`.
 
 use std::future::{poll_fn, Future};
-use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
@@ -77,10 +76,10 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
 use crate::message::deadline::MessageDeadline;
 use crate::message::hub::{Overflowed, Unsent, TAKE_AT_ONCE};
+use crate::message::io::{prefetch_woken, MessageIo};
 use crate::message::live::Live;
 use crate::message::outbound::Outbound;
 use crate::message::session::Session;
-use crate::message::table::Parked;
 use crate::message::wake::{close_by, heartbeat_timed_out, write_unsent};
 use crate::message::worker::Awake;
 use crate::message::MessageSettings;
@@ -97,7 +96,7 @@ use crate::proto::ws::{
     parked_fd, poll_write_unsent, Start, Tables, WsIo, WsParked, INTERNAL_ERROR, MESSAGE_TOO_BIG,
     POLICY_VIOLATION,
 };
-use crate::proto::{earliest, until, Ended};
+use crate::proto::{earliest, parked, until, Ended};
 
 /// The setting a WebSocket's heartbeat timeout comes from, for its log line.
 const WS_HEARTBEAT: &str = "WebSocketRoute::heartbeat_timeout";
@@ -248,20 +247,12 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // closes it, and a TLS read would only find the end of the
             // stream and take it for the client leaving.
             let kicked = tables.local.is_kicked(id);
-            if let (true, false, Either::Left(Either::Right(tls))) =
+            if let (true, false, Either::Left(MessageIo::Tls(tls))) =
                 (wake.readable(), kicked, &mut conn.io)
             {
-                match tls.poll_prefetch() {
-                    Ok(true) => {}
-                    Ok(false) => unread_wake = false,
-                    // The client reset or left: its close, not a TLS error
-                    // (as for HTTPS/1.1, `observe/close.rs` `client_left`).
-                    Err(e) if crate::observe::close::client_left(&e) => {
-                        return Ended::Close(live.close(CloseReason::ClientClosed));
-                    }
-                    // A TLS error (the peer's) was logged by the stream and
-                    // closes as a protocol error, counted by the close.
-                    Err(e) => return Ended::Close(live.close(CloseReason::io(&e))),
+                match prefetch_woken(tls) {
+                    Ok(read) => unread_wake = read,
+                    Err(reason) => return Ended::Close(live.close(reason)),
                 }
             }
             (live, session)
@@ -938,46 +929,31 @@ fn park<H: WebSocketHandler>(
     live: Live<'_, H, H::State>,
     tables: &Tables,
     deflate: Option<Deflate>,
-    (due, send_at): (Option<Instant>, Option<Instant>),
+    timers: (Option<Instant>, Option<Instant>),
     at_once: bool,
 ) -> Ended<WsParked> {
     // No buffer is kept: `release` gave back the empty ones, and a
     // connection parks only between messages with nothing buffered.
     let ConnIo { io, buffers, .. } = conn;
     drop(buffers);
-    let watched = io.still_watched();
-    match io.into_parked_parts() {
-        Ok((socket, tls)) => {
-            let route: Arc<dyn ErasedRoute> = route.clone();
-            // A side-table entry tells its kind in 16 bits: a worker with
-            // WebSockets of 65,536 routes parked at once (one built per
-            // request, against the rule on `WebSocketRoute`) closes instead
-            // of parking.
-            let Some(variant) = tables.claim(&route, deflate) else {
-                tracing::error!(
-                    "a worker has WebSockets of 65,536 WebSocketRoute values parked; closing this one instead (build each WebSocketRoute once, not per request)"
-                );
-                return Ended::Close(live.close(CloseReason::ServerError));
-            };
-            tables.table::<H::State>().put(
-                socket.as_raw_fd(),
-                Parked {
-                    variant,
-                    generation: live.id().generation(),
-                    state: live.take(),
-                    due,
-                    send_at,
-                    behind: false,
-                },
+    // A side-table entry tells its kind in 16 bits: a worker with
+    // WebSockets of 65,536 routes parked at once (one built per request,
+    // against the rule on `WebSocketRoute`) closes instead of parking.
+    let claim = || {
+        let route: Arc<dyn ErasedRoute> = route.clone();
+        let variant = tables.claim(&route, deflate);
+        if variant.is_none() {
+            tracing::error!(
+                "a worker has WebSockets of 65,536 WebSocketRoute values parked; closing this one instead (build each WebSocketRoute once, not per request)"
             );
-            // The lot wakes it at the earlier timer (`Wake::Timer`).
-            Ended::Park {
-                io: (socket, tls),
-                deadline: earliest(due, send_at),
-                at_once,
-                watched,
-            }
         }
-        Err(e) => Ended::Close(live.close(CloseReason::io(&e))),
-    }
+        variant
+    };
+    parked::park(
+        io,
+        live,
+        (&tables.table::<H::State>(), claim),
+        timers,
+        at_once,
+    )
 }

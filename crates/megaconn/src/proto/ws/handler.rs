@@ -17,14 +17,13 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::conn::context::WorkerContext;
-use crate::conn::tls_io::ClosingTls;
 use crate::message::hub::ConnectionId;
-use crate::message::live::Live;
+use crate::message::live::OnClose;
 use crate::message::session::Session;
+use crate::message::table::Parked;
 use crate::observe::close::CloseReason;
 use crate::observe::ratelog::{self, Flood};
-use crate::observe::stats::MessageCounters;
-use crate::proto::finish_owed;
+use crate::proto::parked::{let_go, ParkedSocket};
 use crate::proto::ws::frame::{self, WsMessage};
 use crate::proto::ws::{conn, Start, Tables, WsIo, WsParked};
 use crate::proto::Ended;
@@ -237,19 +236,19 @@ pub(crate) trait ErasedRoute: Send + Sync {
     fn parked_variant(&self, tables: &Tables, fd: RawFd) -> Option<usize>;
 
     /// The parking lot closed parked connection `fd` itself (shutdown):
-    /// the state leaves the side table, the connection its topics, and the
-    /// handler hears why. The close frame the peer is owed (at shutdown,
-    /// unless it was behind: the route's goodbye, 1001 by default), which
-    /// the caller sends. Over TLS (`tls`: the closing session and the
-    /// worker's message counters), a push it was behind on goes first if
-    /// the socket takes it now (`proto::finish_owed`).
+    /// the state leaves the side table (its kind released), the peer gets
+    /// the close frame it is owed (at shutdown, unless it was behind: the
+    /// route's goodbye, 1001 by default) on `socket`, the connection leaves
+    /// its topics, and the handler hears why (`proto::parked::let_go`,
+    /// which over TLS writes first what a push it was behind on left owed,
+    /// if the socket takes it now).
     fn parked_closed(
         &self,
         tables: &Tables,
         fd: RawFd,
         reason: CloseReason,
-        tls: Option<(&mut ClosingTls, &MessageCounters)>,
-    ) -> Option<BytesMut>;
+        socket: ParkedSocket<'_>,
+    );
 }
 
 impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
@@ -271,29 +270,24 @@ impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
         tables: &Tables,
         fd: RawFd,
         reason: CloseReason,
-        tls: Option<(&mut ClosingTls, &MessageCounters)>,
-    ) -> Option<BytesMut> {
-        let parked = tables.take::<H::State>(fd)?;
-        let id = tables.local.id(fd, parked.generation);
-        if let (true, Some((session, counters))) = (parked.behind, tls) {
-            finish_owed(&tables.local, id, (fd, session), counters);
-        }
-        // Through `Live`, as an awake connection's close: it leaves its
-        // topics, and a panic in `on_close` is caught, counted and logged,
-        // so the caller still sends the goodbye (and the lot's turn goes on).
-        Live::new(
-            &self.handler,
-            H::on_close_with_id,
-            parked.state,
-            id,
-            &tables.local,
-        )
-        .close(reason);
-        (reason == CloseReason::Shutdown && !parked.behind).then(|| {
+        socket: ParkedSocket<'_>,
+    ) {
+        let Some(parked) = tables.take::<H::State>(fd) else {
+            return;
+        };
+        let goodbye = |_: &Parked<H::State>| {
             let (code, why) = &self.settings.goodbye;
             let mut goodbye = BytesMut::new();
             frame::encode_close(&mut goodbye, *code, why);
-            goodbye
-        })
+            Some(goodbye)
+        };
+        let on_close = (&self.handler, H::on_close_with_id as OnClose<H, H::State>);
+        let_go(
+            (&tables.local, parked),
+            (fd, reason),
+            socket,
+            goodbye,
+            on_close,
+        );
     }
 }

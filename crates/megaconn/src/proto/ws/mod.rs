@@ -53,30 +53,29 @@ pub(crate) mod handler;
 pub(crate) mod handshake;
 pub(crate) mod route;
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use crate::conn::context::WorkerContext;
-use crate::conn::tls_io::{ClosingTls, ParkedSessions, ParkedTls, TlsIo};
+use crate::conn::tls_io::{ParkedSessions, ParkedTls, TlsIo};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
 use crate::message;
+use crate::message::io::{parkable, MessageIo, MessageParked};
 use crate::message::table::{Parked, SideTable};
 use crate::message::wire::Wire;
 use crate::message::worker::Local;
 use crate::observe::close::{CloseReason, FramingError};
-use crate::observe::stats::MessageCounters;
+use crate::proto::parked::{close_parked_tls, ParkedSocket};
 use crate::proto::Ended;
 use crate::service::upgrade::NativeUpgrade;
 
@@ -132,19 +131,20 @@ pub(crate) struct RouteRef {
     pub state: std::sync::Mutex<Option<route::UpgradeState>>,
 }
 
-/// A WebSocket's socket: a parkable one ([`WsSocket`]), or any other
-/// transport (a caller's own), which never parks. (tokio-util's `Either`
-/// reads and writes either.)
-pub(crate) type WsIo = Either<WsSocket, Box<dyn AnyTransport>>;
+/// A WebSocket's socket: a parkable one (a message connection's,
+/// [`MessageIo`]: plain, bare until it must wait, or TLS over one, its
+/// session parked beside the socket), or any other transport (a caller's
+/// own), which never parks. (tokio-util's `Either` reads and writes
+/// either.)
+pub(crate) type WsIo = Either<MessageIo, Box<dyn AnyTransport>>;
 
-/// A WebSocket's socket that can park: a plain one (bare until it must
-/// wait, see `conn/woken.rs`), or TLS over one (its session parks beside
-/// the socket, in the worker's table of parked TLS sessions).
+/// A woken WebSocket's socket as the dispatcher hands it over: plain, or
+/// TLS with its session resumed.
 pub(crate) type WsSocket = Either<WokenSocket, TlsIo<WokenSocket>>;
 
 /// What a parked WebSocket leaves for the dispatcher: the bare socket for
 /// the lot and, over TLS, the session for the worker's table.
-pub(crate) type WsParked = (OwnedFd, Option<ParkedTls>);
+pub(crate) type WsParked = MessageParked;
 
 /// A [`Transport`] behind a pointer (`Transport` has an associated const,
 /// so it cannot be a trait object itself).
@@ -169,8 +169,7 @@ impl<T: Transport + Send> AnyTransport for T {
 impl Transport for WsIo {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Either::Left(Either::Left(s)) => s.poll_read_ready(cx),
-            Either::Left(Either::Right(s)) => s.poll_read_ready(cx),
+            Either::Left(s) => s.poll_read_ready(cx),
             Either::Right(s) => s.poll_ready(cx),
         }
     }
@@ -178,8 +177,7 @@ impl Transport for WsIo {
     /// Part of a TLS record, ours or (if it says so) a caller's.
     fn holds_partial_input(&self) -> bool {
         match self {
-            Either::Left(Either::Left(_)) => false,
-            Either::Left(Either::Right(s)) => s.holds_partial_record(),
+            Either::Left(s) => s.holds_partial_record(),
             Either::Right(s) => s.holds_partial(),
         }
     }
@@ -189,33 +187,20 @@ impl Parkable for WsIo {
     const PARKABLE: bool = true;
 
     fn repark_when_idle(&self) -> bool {
-        match self {
-            Either::Left(Either::Left(s)) => s.repark_when_idle(),
-            Either::Left(Either::Right(s)) => s.repark_when_idle(),
-            Either::Right(_) => false,
-        }
+        matches!(self, Either::Left(s) if s.repark_when_idle())
     }
 
     fn reparks_a_wake(&self) -> bool {
-        match self {
-            Either::Left(Either::Left(s)) => s.reparks_a_wake(),
-            Either::Left(Either::Right(s)) => s.reparks_a_wake(),
-            Either::Right(_) => false,
-        }
+        matches!(self, Either::Left(s) if s.reparks_a_wake())
     }
 
     fn still_watched(&self) -> bool {
-        match self {
-            Either::Left(Either::Left(s)) => s.still_watched(),
-            Either::Left(Either::Right(s)) => s.still_watched(),
-            Either::Right(_) => false,
-        }
+        matches!(self, Either::Left(s) if s.still_watched())
     }
 
     fn into_parked_parts(self) -> io::Result<WsParked> {
         match self {
-            Either::Left(Either::Left(s)) => s.into_parked_parts(),
-            Either::Left(Either::Right(s)) => s.into_parked_parts(),
+            Either::Left(s) => s.into_parked_parts(),
             Either::Right(_) => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "this transport cannot be parked",
@@ -228,8 +213,7 @@ impl Parkable for WsIo {
 /// parks: its id only has to be unique while it lives).
 pub(crate) fn parked_fd(io: &WsIo) -> RawFd {
     match io {
-        Either::Left(Either::Left(s)) => s.raw_fd(),
-        Either::Left(Either::Right(s)) => s.get_ref().raw_fd(),
+        Either::Left(s) => s.raw_fd(),
         Either::Right(_) => -1,
     }
 }
@@ -401,7 +385,7 @@ impl Tables {
     /// The tables of WebSockets on `io`.
     pub(crate) fn of_io(ctx: &WorkerContext, io: &WsIo) -> Tables {
         match io {
-            Either::Left(Either::Right(_)) => Tables::of_tls(ctx),
+            Either::Left(s) if s.is_tls() => Tables::of_tls(ctx),
             _ => Tables::of(ctx),
         }
     }
@@ -453,8 +437,7 @@ pub(crate) fn poll_write_unsent(
     bytes: &[u8],
 ) -> Poll<io::Result<usize>> {
     match io {
-        Either::Left(Either::Left(s)) => std::pin::Pin::new(s).poll_write(cx, bytes),
-        Either::Left(Either::Right(s)) => s.poll_write_sealed(cx, bytes),
+        Either::Left(s) => s.poll_write_raw(cx, bytes),
         Either::Right(_) => Poll::Ready(Err(io::ErrorKind::Unsupported.into())),
     }
 }
@@ -477,39 +460,11 @@ where
     // caller's own) is served as it is and never parks.
     let io: WsIo = match parkable(io) {
         Ok(socket) => Either::Left(socket),
-        Err(io) => Either::Right(io),
+        Err(io) => Either::Right(io as Box<dyn AnyTransport>),
     };
     let state = route.state.lock().ok().and_then(|mut state| state.take());
     let start = Start::Upgraded(read_ahead, route.deflate, state);
     route.route.clone().serve(io, ctx, start)
-}
-
-/// A plain TCP transport as a [`WokenSocket`] (an accepted stream stays
-/// registered with tokio, so it waits for real readiness, holding no
-/// buffer), TLS over one as TLS over a [`WokenSocket`]; any other
-/// transport boxed as it is.
-fn parkable<T: Transport + Send + 'static>(io: T) -> Result<WsSocket, Box<dyn AnyTransport>> {
-    let any: Box<dyn Any> = Box::new(io);
-    let any = match any.downcast::<TcpStream>() {
-        Ok(stream) => return Ok(Either::Left(WokenSocket::registered_stream(*stream))),
-        Err(any) => any,
-    };
-    let any = match any.downcast::<WokenSocket>() {
-        Ok(socket) => return Ok(Either::Left(*socket)),
-        Err(any) => any,
-    };
-    // HTTPS/1.1 upgraded on its accepted stream, or after it was parked.
-    let any = match any.downcast::<TlsIo<TcpStream>>() {
-        Ok(tls) => return Ok(Either::Right(tls.map_sock(WokenSocket::registered_stream))),
-        Err(any) => any,
-    };
-    match any.downcast::<TlsIo<WokenSocket>>() {
-        Ok(tls) => Ok(Either::Right(*tls)),
-        Err(any) => Err(any
-            .downcast::<T>()
-            .unwrap_or_else(|_| unreachable!("it is a T"))
-            as Box<dyn AnyTransport>),
-    }
 }
 
 /// Serves a WebSocket woken from the parking lot, on its socket (over TLS:
@@ -519,7 +474,10 @@ pub(crate) fn serve_woken(
     wake: Wake,
     ctx: Rc<WorkerContext>,
 ) -> LocalFuture<Ended<WsParked>> {
-    let io: WsIo = Either::Left(io);
+    let io: WsIo = Either::Left(match io {
+        Either::Left(plain) => MessageIo::Plain(plain),
+        Either::Right(tls) => MessageIo::Tls(tls),
+    });
     let tables = Tables::of_io(&ctx, &io);
     let Some((route, deflate)) = tables.kinds.of_parked(&tables, parked_fd(&io)) else {
         tracing::error!("a woken WebSocket had no state; closing it");
@@ -533,11 +491,10 @@ pub(crate) fn serve_woken(
 /// away, unless `WebSocketRoute::goodbye` set another), as an awake one
 /// does (best effort: one non-blocking `send` on the still open socket; the
 /// peer's answer is not awaited, the lot closes the socket next); its state
-/// goes, it leaves its topics, and its handler hears why.
+/// goes, it leaves its topics, and its handler hears why
+/// (`proto::parked::let_go`).
 pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
-    if let Some(goodbye) = closed_in(&Tables::of(ctx), fd, reason, None) {
-        message::hub::send_all_now(fd, &goodbye);
-    }
+    closed_in(&Tables::of(ctx), fd, reason, ParkedSocket::Plain);
 }
 
 /// [`parked_closed`] for a WebSocket over TLS, with its parked `session`:
@@ -551,28 +508,16 @@ pub(crate) fn parked_closed_tls(
     reason: CloseReason,
     session: Option<ParkedTls>,
 ) {
-    let mut closing = session.map(ParkedTls::closing);
-    let tls = closing.as_mut().map(|c| (c, &ctx.stats.messages));
-    let goodbye = closed_in(&Tables::of_tls(ctx), fd, reason, tls);
-    let Some(mut closing) = closing else { return };
-    if let Some(goodbye) = goodbye {
-        closing.seal_and_send(fd, &goodbye);
-    }
-    if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
-        closing.close_notify(fd);
-    }
+    close_parked_tls(fd, reason, session, |socket| {
+        closed_in(&Tables::of_tls(ctx), fd, reason, socket)
+    });
 }
 
-/// Lets parked WebSocket `fd` of `tables` go (see [`parked_closed`]);
-/// the close frame it is owed (its route's goodbye), if any.
-fn closed_in(
-    tables: &Tables,
-    fd: RawFd,
-    reason: CloseReason,
-    tls: Option<(&mut ClosingTls, &MessageCounters)>,
-) -> Option<BytesMut> {
-    let (route, _) = tables.kinds.of_parked(tables, fd)?;
-    route.parked_closed(tables, fd, reason, tls)
+/// Lets parked WebSocket `fd` of `tables` go (see [`parked_closed`]).
+fn closed_in(tables: &Tables, fd: RawFd, reason: CloseReason, socket: ParkedSocket<'_>) {
+    if let Some((route, _)) = tables.kinds.of_parked(tables, fd) {
+        route.parked_closed(tables, fd, reason, socket);
+    }
 }
 
 #[cfg(test)]
