@@ -1416,3 +1416,71 @@ async fn a_response_is_dropped_when_its_handlers_future_panics_in_its_drop() {
     assert_eq!(extensions.load(SeqCst), 1, "extensions dropped");
     assert!(server.stop().await);
 }
+
+/// A body whose `size_hint` panics (the handler's code, run by HTTP/1.1
+/// outside the handler's poll, where it reads the response in place:
+/// `exchange.rs`, `start_response`): the response is dropped once as that
+/// panic unwinds, its body and extension counted, not leaked, and the
+/// server goes on serving.
+#[tokio::test]
+async fn a_response_is_dropped_when_its_bodys_size_hint_panics() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    /// A counted body whose size hint panics.
+    struct PanicsInSizeHint(CountedBody);
+    impl http_body::Body for PanicsInSizeHint {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            std::pin::Pin::new(&mut self.get_mut().0).poll_frame(cx)
+        }
+        fn size_hint(&self) -> http_body::SizeHint {
+            panic!("the body's size_hint panics (on purpose)")
+        }
+    }
+    let bodies = Arc::new(AtomicUsize::new(0));
+    let extensions = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let (bodies, extensions) = (bodies.clone(), extensions.clone());
+        tower::service_fn(move |_: http::Request<megaconn::Body>| {
+            let mut response = http::Response::new(PanicsInSizeHint(CountedBody {
+                data: Some(bytes::Bytes::from_static(b"counted")),
+                _drops: Counted(bodies.clone()),
+            }));
+            response.extensions_mut().insert(CountedExtension {
+                _drops: Arc::new(Counted(extensions.clone())),
+            });
+            std::future::ready(Ok::<_, std::convert::Infallible>(response))
+        })
+    };
+    let server = common::AppServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .listen_on("127.0.0.1:0".parse().unwrap()),
+        service,
+    );
+    let mut s = tokio::net::TcpStream::connect(server.addrs[0])
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // The connection ends (its task's panic is caught); nothing hangs.
+    let _ = read_to_close(&mut s).await;
+    assert_eq!(bodies.load(SeqCst), 1, "bodies dropped");
+    assert_eq!(extensions.load(SeqCst), 1, "extensions dropped");
+    // The worker goes on: a second connection is served (and closed) too.
+    let mut s = tokio::net::TcpStream::connect(server.addrs[0])
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let _ = read_to_close(&mut s).await;
+    assert_eq!(bodies.load(SeqCst), 2, "bodies dropped");
+    assert_eq!(extensions.load(SeqCst), 2, "extensions dropped");
+    assert!(server.stop().await);
+}

@@ -536,29 +536,28 @@ struct ResponseHead {
 }
 
 impl ResponseHead {
-    /// Takes `response`'s head and body out of it, each once.
+    /// Takes `response`'s head out of it: its headers and extensions each
+    /// moved once; its body is left where it is, for the caller to move
+    /// or drop in place (`start_response`).
     ///
     /// # Safety
-    /// `response` must not be used or dropped after this call (it lies in
-    /// a `MaybeUninit` or a `ManuallyDrop`): the head's and the body's
-    /// owned fields are moved out of it bitwise. What stays behind (the
-    /// status and the version, both `Copy`, and `Parts`' private unit
-    /// field) needs no drop; the test
-    /// `response_head_takes_every_field_that_needs_a_drop` fails if `http`
-    /// adds a field that may.
+    /// `response`'s headers and extensions must not be used or dropped
+    /// after this call, nor the response as a whole (it lies in a
+    /// `MaybeUninit` or a `ManuallyDrop`): they are moved out of it
+    /// bitwise. What stays behind besides the body (the status and the
+    /// version, both `Copy`, and `Parts`' private unit field) needs no
+    /// drop; the test `response_head_takes_every_field_that_needs_a_drop`
+    /// fails if `http` adds a field that may.
     #[inline(always)]
-    unsafe fn take<B>(response: &mut Response<B>) -> (ResponseHead, B) {
+    unsafe fn take<B>(response: &mut Response<B>) -> ResponseHead {
         // SAFETY: each field is read once, and the caller neither uses nor
-        // drops `response` after (above), so none is dropped twice.
+        // drops them after (above), so none is dropped twice.
         unsafe {
-            (
-                ResponseHead {
-                    status: response.status(),
-                    headers: std::ptr::read(response.headers()),
-                    extensions: std::ptr::read(response.extensions()),
-                },
-                std::ptr::read(response.body()),
-            )
+            ResponseHead {
+                status: response.status(),
+                headers: std::ptr::read(response.headers()),
+                extensions: std::ptr::read(response.extensions()),
+            }
         }
     }
 }
@@ -609,38 +608,55 @@ where
     T: Parkable,
     B: HttpBody<Data = Bytes>,
 {
-    // SAFETY: passed on from this function's contract.
-    let (mut head, body) = unsafe { ResponseHead::take(response) };
-    let switching = head.status == StatusCode::SWITCHING_PROTOCOLS
-        || (this.st.setup.is_connect && head.status.is_success());
+    // What decides where the body goes is read from the response where
+    // it lies, and the body is then moved once, straight into its pinned
+    // place (or dropped where it is): taken out with the head first, it
+    // was copied to the stack and from there into its place, two 144-byte
+    // `memcpy` calls for the demo's (bench/CPU-PER-REQUEST.md, session 44).
+    let status = response.status();
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS
+        || (this.st.setup.is_connect && status.is_success());
     // A `200` a protocol of the server's own streams the body of (the SSE
     // route's): its head goes as a body of unknown length's (chunked, or
     // close-delimited for HTTP/1.0), the body is that protocol's, which
     // gets the socket as after a native `101` (`finished`).
     let native_stream = !switching
-        && head.status == StatusCode::OK
+        && status == StatusCode::OK
         && !this.st.setup.is_head
-        && head.extensions.get::<NativeUpgrade>().is_some();
+        && response.extensions().get::<NativeUpgrade>().is_some();
     // (A switch without an upgrade to take, and a 1xx other than 101, are
     // answered 500 below, and have no body either.)
     let has_body = !(this.st.setup.is_head
-        || head.status.is_informational()
-        || head.status == StatusCode::NO_CONTENT
-        || head.status == StatusCode::NOT_MODIFIED
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
         || switching
         || native_stream);
     // (The handler's `Content-Length` takes precedence: `encode_head`.)
-    let body_length = body.size_hint().exact().filter(|_| !native_stream);
+    // `size_hint` is the handler's code: should it panic, the whole
+    // response is dropped as the panic unwinds, as when its parts were
+    // locals here (the guard is forgotten on the way that does not panic).
+    let unwinding = DropOnUnwind(std::ptr::from_mut(response));
+    let body_length = response
+        .body()
+        .size_hint()
+        .exact()
+        .filter(|_| !native_stream);
+    std::mem::forget(unwinding);
+    // SAFETY: passed on from this function's contract; the body is moved
+    // or dropped just below, once, and nothing of `response` is used after.
+    let mut head = unsafe { ResponseHead::take(response) };
+    if has_body {
+        // SAFETY: the body is read once, here, and never dropped in place.
+        this.body
+            .set(Some(unsafe { std::ptr::read(response.body()) }));
+    } else {
+        // SAFETY: the body is dropped once, here, and never read. (Should
+        // its drop panic, the head, a local by now, is dropped as before.)
+        unsafe { std::ptr::drop_in_place(response.body_mut()) };
+    }
     if native_stream {
         this.st.native = head.extensions.remove::<NativeUpgrade>();
-    }
-    // The body is put in its place first, straight from the response: put
-    // there after the checks below, it was moved once more on the way
-    // (a 144-byte copy for the demo's; bench/CPU-PER-REQUEST.md, session 38).
-    if has_body {
-        this.body.set(Some(body));
-    } else {
-        drop(body);
     }
     if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
         // A 1xx is interim: sent as the answer, the client would wait for a
@@ -1392,7 +1408,13 @@ mod tests {
             .insert(Counted(extensions.clone()));
         let mut slot = std::mem::MaybeUninit::new(response);
         // SAFETY: `slot` is a `MaybeUninit`, never dropped or used after.
-        let (head, body) = unsafe { ResponseHead::take(slot.assume_init_mut()) };
+        let (head, body) = unsafe {
+            let response = slot.assume_init_mut();
+            (
+                ResponseHead::take(response),
+                std::ptr::read(response.body()),
+            )
+        };
         assert_eq!(head.status, StatusCode::CREATED);
         assert_eq!(head.headers["x-a"], "b");
         assert!(head.extensions.get::<Counted>().is_some());
