@@ -136,13 +136,7 @@ impl LocalShutdown {
     /// [`wait`](LocalShutdown::wait) their turn (each then says goodbye),
     /// the latest slots first; returns how many.
     pub(crate) fn release_awake(&self, n: usize) -> usize {
-        // Taken out first: a woken task may run (and drop its wait) at once.
-        let wakers = self.awake.borrow_mut().take(n);
-        let released = wakers.len();
-        for waker in wakers {
-            waker.wake();
-        }
-        released
+        Watchers::wake(&self.awake, n)
     }
 
     /// The paced drain is over (or its deadline came): every awake
@@ -162,13 +156,7 @@ impl LocalShutdown {
     /// the parking lot's drain (each then closes if it is still idle);
     /// returns how many.
     pub(crate) fn wake_watchers(&self, n: usize) -> usize {
-        // Taken out first: a woken task may run (and unwatch) at once.
-        let wakers = self.watchers.borrow_mut().take(n);
-        let woken = wakers.len();
-        for waker in wakers {
-            waker.wake();
-        }
-        woken
+        Watchers::wake(&self.watchers, n)
     }
 
     /// Watching connections not woken yet.
@@ -256,6 +244,18 @@ impl Watchers {
             self.wakers[i as usize] = None;
             self.free.push(i);
         }
+    }
+
+    /// Wakes at most `n` of `list`'s wakers, the latest slots first
+    /// ([`take`](Watchers::take)); returns how many.
+    fn wake(list: &RefCell<Watchers>, n: usize) -> usize {
+        // Taken out first: a woken task may run (and unwatch) at once.
+        let wakers = list.borrow_mut().take(n);
+        let woken = wakers.len();
+        for waker in wakers {
+            waker.wake();
+        }
+        woken
     }
 
     /// Slots holding a waker (not woken yet).
