@@ -34,7 +34,8 @@
 //! loop keeps nothing of it and never waits on it, but for a refusal whose
 //! client's first bytes have not come to say which answer: those the loop
 //! keeps, bounded, and answers beside its accepts (`admission::Undecided`);
-//! one past the server's bound on those is answered at once, counted
+//! one past the server's bound on those is answered at once, and so is the
+//! oldest past the loop's own, each counted
 //! (`limit_hits{limit="refusals_waiting"}`) and logged (limited).
 //! A refusal's `Retry-After` is spread over [`RETRY_AFTER_SPREAD`] values
 //! (1–3 s at the least), one picked per refusal: a storm refused with the
@@ -66,8 +67,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
 use crate::conn::admission::{
-    refuse, undecided_max, Admitted, Answer, OverIpRate, Refusal, RefusalAnswer, Undecided,
-    PER_IP_RETRY_AFTER_SECS, UNDECIDED_SERVER_MAX,
+    refuse, undecided_max, Admitted, Answer, Bound, OverIpRate, Refusal, RefusalAnswer, Undecided,
+    PER_IP_RETRY_AFTER_SECS, UNDECIDED_MAX, UNDECIDED_SERVER_MAX,
 };
 use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
@@ -169,16 +170,19 @@ pub(crate) async fn accept_loop(
         limit.refusals_waiting(),
         undecided_max(open_files, limit.max(), ctx.config.fd_reserve),
     );
-    // Answered at once at that bound: counted, and logged (limited). What
-    // happened is a refusal (by `knob`) answered without waiting to choose
-    // its answer's form: the client was refused either way, and an
-    // HTTP/1.1 one got the 503 it would have got. The line used to tell
-    // the operator of an accept-rate storm to raise the open-file limit,
-    // as if the refusals were the server running out of room.
-    let at_bound = |bound: usize, knob: &'static str| {
+    // Answered at once at a bound (the server's, or this loop's, whose
+    // oldest then goes): counted, and logged (limited). What happened is a
+    // refusal (by `knob`) answered without waiting to choose its answer's
+    // form: the client was refused either way, and an HTTP/1.1 one got the
+    // 503 it would have got. The line used to tell the operator of an
+    // accept-rate storm to raise the open-file limit, as if the refusals
+    // were the server running out of room. Below 16 accept loops the
+    // loop's bound comes first, and went uncounted (session 43).
+    let at_bound = |bound: Bound, knob: &'static str| {
         LimitHit::RefusalsWaiting.count(&ctx.stats);
         ratelog::log(Flood::RefusalsWaiting, |suppressed| {
-            tracing::warn!(
+            match bound {
+            Bound::Server(bound) => tracing::warn!(
                 worker = ctx.index,
                 refused_by = knob,
                 refusals_waiting = bound,
@@ -187,7 +191,16 @@ pub(crate) async fn accept_loop(
                 fd_reserve = ctx.config.fd_reserve,
                 suppressed,
                 "many connections refused by {knob} at once: {bound} refusals already wait for their client's first bytes (to answer HTTP/2 with a GOAWAY, HTTP/1.1 with a 503), the most the open-file limit leaves room for past max_connections and fd_reserve (half that room, at most {UNDECIDED_SERVER_MAX}), so this one was answered at once: an HTTP/1.1 client read its 503 all the same, an HTTP/2 one may read a 503 instead of a GOAWAY, a TLS one a reset. The refusals are {knob}'s doing: if the clients are legitimate, raise {knob}; nothing to do otherwise"
-            )
+            ),
+            Bound::Loop(bound) => tracing::warn!(
+                worker = ctx.index,
+                listen = %local,
+                refused_by = knob,
+                refusals_waiting_in_loop = bound,
+                suppressed,
+                "many connections refused by {knob} at once on one listener: {bound} refusals already wait in its accept loop for their client's first bytes (to answer HTTP/2 with a GOAWAY, HTTP/1.1 with a 503), a loop's most ({UNDECIDED_MAX}), so the oldest was answered at once: an HTTP/1.1 client read its 503 all the same, an HTTP/2 one may read a 503 instead of a GOAWAY, a TLS one a reset. The refusals are {knob}'s doing: if the clients are legitimate, raise {knob}; nothing to do otherwise"
+            ),
+        }
         });
     };
     let accepting = async {

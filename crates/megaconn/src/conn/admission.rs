@@ -10,7 +10,7 @@
 //! logged at most once per interval (see `accept.rs`). When the answer
 //! depends on first bytes not there yet, [`Undecided`] waits for them,
 //! bounded in time and number (per accept loop, and server-wide by the
-//! room the open-file limit leaves, [`undecided_max`]: past that one is
+//! room the open-file limit leaves, [`undecided_max`]: past either one is
 //! answered at once, counted as `refusals_waiting`), in the accept loop's
 //! task.
 //! The per-IP table holds only IPs that have connections now, a few dozen
@@ -631,7 +631,21 @@ fn first_bytes(fd: std::os::fd::RawFd, opening: &[u8]) -> Opening {
 
 /// Most refusals one accept loop keeps waiting for their client's first
 /// bytes ([`Undecided`]); past it the oldest is answered at once.
-const UNDECIDED_MAX: usize = 64;
+pub(crate) const UNDECIDED_MAX: usize = 64;
+
+/// Which bound on waiting refusals had one answered at once, without
+/// waiting for its client's first bytes ([`Undecided::add`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// The server's accept loops' together ([`undecided_max`], given): the
+    /// refusal being added was answered at once.
+    Server(usize),
+    /// Its accept loop's own ([`UNDECIDED_MAX`]): the oldest one waiting
+    /// was answered at once to make room. Reached first with fewer than 16
+    /// accept loops (`UNDECIDED_SERVER_MAX` / `UNDECIDED_MAX`), where it
+    /// used to go uncounted.
+    Loop(usize),
+}
 
 /// Most refusals a server's accept loops keep waiting together
 /// ([`Undecided`]) under an open-file limit of `open_files`, with
@@ -749,13 +763,14 @@ impl<'a> Undecided<'a> {
     /// Keeps `socket`, refused with `answer` ([`refuse`] returned it), until
     /// its first bytes say which answer it gets. At the server's bound
     /// ([`undecided_max`], given as `max_in_server`) it is answered at once
-    /// instead, after `at_bound` is called with the bound (to count and log
-    /// it before the client can read its answer).
-    pub(crate) fn add(&self, socket: OwnedFd, answer: &'a Answer, at_bound: impl FnOnce(usize)) {
+    /// instead; at the loop's ([`UNDECIDED_MAX`]) the oldest waiting is.
+    /// Either way `at_bound` is called first, with the bound (to count and
+    /// log it before the client can read its answer).
+    pub(crate) fn add(&self, socket: OwnedFd, answer: &'a Answer, at_bound: impl FnOnce(Bound)) {
         let Some(place) = Place::take(self.in_server, self.max_in_server) else {
             // The server's bound: answered at once, by what it sent so far,
             // as before there was a wait.
-            at_bound(self.max_in_server);
+            at_bound(Bound::Server(self.max_in_server));
             return answer_now(socket.as_raw_fd(), answer);
         };
         // SAFETY: an OwnedFd owns its descriptor, open and unchanged for as
@@ -781,6 +796,7 @@ impl<'a> Undecided<'a> {
         });
         if waiting.len() > UNDECIDED_MAX {
             if let Some(oldest) = waiting.pop_front() {
+                at_bound(Bound::Loop(UNDECIDED_MAX));
                 oldest.settle();
             }
         }
@@ -1082,18 +1098,18 @@ mod tests {
         undecided: &Undecided<'a>,
         answer: &'a Answer,
     ) -> std::net::TcpStream {
-        refused_into(listener, undecided, answer, |max| {
-            panic!("at the server's bound of {max}")
+        refused_into(listener, undecided, answer, |bound| {
+            panic!("at a bound: {bound:?}")
         })
     }
 
-    /// [`waiting_refusal`], `at_bound` called if it is answered at the
-    /// server's bound.
+    /// [`waiting_refusal`], `at_bound` called if it (or the oldest one
+    /// waiting) is answered at a bound.
     fn refused_into<'a>(
         listener: &std::net::TcpListener,
         undecided: &Undecided<'a>,
         answer: &'a Answer,
-        at_bound: impl FnOnce(usize),
+        at_bound: impl FnOnce(Bound),
     ) -> std::net::TcpStream {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (socket, _) = listener.accept().unwrap();
@@ -1210,10 +1226,14 @@ mod tests {
             .map(|undecided| waiting_refusal(&listener, undecided, &answer))
             .collect();
         let mut told = None;
-        clients.push(refused_into(&listener, &other, &answer, |max| {
-            told = Some(max)
+        clients.push(refused_into(&listener, &other, &answer, |bound| {
+            told = Some(bound)
         }));
-        assert_eq!(told, Some(3), "at the bound: told, with the bound");
+        assert_eq!(
+            told,
+            Some(Bound::Server(3)),
+            "at the bound: told, with the bound"
+        );
         assert_eq!((one.len(), other.len()), (2, 1));
         assert_eq!(in_server.load(Relaxed), 3);
         let mut out = Vec::new();
@@ -1231,7 +1251,8 @@ mod tests {
     /// by them when they come (all of the opening, or not it from its
     /// first byte), by the default when none came within
     /// [`UNDECIDED_WAIT`], and never more than [`UNDECIDED_MAX`] waiting
-    /// (the oldest answered at once).
+    /// (the oldest answered at once, and the caller told so, to count and
+    /// log it: it was answered uncounted, session 43's finding).
     #[tokio::test(start_paused = true)]
     async fn undecided_refusals_wait_bounded_for_their_first_bytes() {
         use std::io::{Read, Write};
@@ -1240,10 +1261,18 @@ mod tests {
         let in_server = AtomicUsize::new(0);
         let undecided = Undecided::new(&in_server, usize::MAX);
         let mut clients = Vec::new();
+        let mut told = Vec::new();
         for _ in 0..=UNDECIDED_MAX {
-            clients.push(waiting_refusal(&listener, &undecided, &answer));
+            clients.push(refused_into(&listener, &undecided, &answer, |b| {
+                told.push(b)
+            }));
         }
         assert_eq!(undecided.len(), UNDECIDED_MAX);
+        assert_eq!(
+            told,
+            [Bound::Loop(UNDECIDED_MAX)],
+            "the oldest answered early at the loop's bound: told once"
+        );
         let answered = |client: &mut std::net::TcpStream| {
             let mut out = Vec::new();
             client.read_to_end(&mut out).unwrap();

@@ -1393,10 +1393,10 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
     // what is left at `grace_end`.
     let mut graced = false;
     let mut grace_end = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
-    // Pinned once: a fresh `wait()` per turn would join and leave the
+    // Pinned once: a fresh `begun()` per turn would join and leave the
     // `Notify`'s waiter list (a lock each way) on every wake-up of the lot,
     // which at a million connections is every few heartbeats.
-    let mut shutdown = std::pin::pin!(ctx.shutdown.wait());
+    let mut shutdown = std::pin::pin!(ctx.shutdown.begun());
     let relay = lot.relay.as_ref();
     // Batching: when the relay is off, and when it goes on again.
     let mut muted = false;

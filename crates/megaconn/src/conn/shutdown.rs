@@ -19,6 +19,18 @@
 //! Upgraded connections, which a handler may move to a task of its own, watch
 //! a `Send` copy of the signal ([`SharedShutdown`]) in the same way, and so
 //! do handlers, through [`Draining`](crate::Draining).
+//!
+//! Awake message connections (WebSocket, framed TCP, native SSE, HTTP/2,
+//! waiting between messages) hear it through [`LocalShutdown::wait`]. Without
+//! a drain rate every wait resolves when shutdown begins. With one
+//! (`shutdown_drain_rate`) a wait resolves at its connection's *turn*: the
+//! worker's paced drain hands out turns a few a tick
+//! ([`LocalShutdown::release_awake`]), so their goodbyes (a `1001`, a framed
+//! goodbye, an SSE farewell, a `GOAWAY`) are spread as the idle and parked
+//! ones' closes are. (They all heard one `Notify` before: in session 43's
+//! review 577 of 1,200 WebSockets got their `1001` in the same instant, the
+//! reconnect storm the rate is there to prevent.) The worker's own loops
+//! (the parking lot) hear the start at once: [`LocalShutdown::begun`].
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -63,6 +75,13 @@ pub(crate) struct LocalShutdown {
     watchers: RefCell<Watchers>,
     /// Upgraded connections' view of the start.
     upgraded: Arc<SharedShutdown>,
+    /// True while a paced drain hands out the awake connections' turns: a
+    /// [`wait`](LocalShutdown::wait) resolves at its turn, not at the start.
+    pacing: Cell<bool>,
+    /// Wakers of awake message connections' [`wait`](LocalShutdown::wait)s,
+    /// by slot. A slot whose waker was taken while its owner still holds it
+    /// is a turn given ([`release_awake`](LocalShutdown::release_awake)).
+    awake: RefCell<Watchers>,
 }
 
 #[derive(Debug, Default)]
@@ -77,9 +96,11 @@ impl LocalShutdown {
         self.started.get()
     }
 
-    /// Marks shutdown as begun and wakes every waiter.
+    /// Marks shutdown as begun and wakes every waiter, a paced drain's
+    /// included (its deadline: what is left goes at once).
     pub(crate) fn start(&self) {
-        self.begin();
+        self.begin(false);
+        self.end_pacing();
         self.wake_watchers(usize::MAX);
     }
 
@@ -94,41 +115,79 @@ impl LocalShutdown {
         self.park_all.get()
     }
 
-    /// Marks shutdown as begun and wakes the `wait`ers, but not the
-    /// watching (idle HTTP/1.1) connections: a paced drain wakes those a few
-    /// at a time with [`wake_watchers`](LocalShutdown::wake_watchers).
-    pub(crate) fn begin(&self) {
+    /// Marks shutdown as begun and wakes the [`begun`](LocalShutdown::begun)
+    /// waiters, but not the watching (idle HTTP/1.1) connections: a paced
+    /// drain wakes those a few at a time with
+    /// [`wake_watchers`](LocalShutdown::wake_watchers). `paced`: so it does
+    /// the awake connections' [`wait`](LocalShutdown::wait)s, a turn each
+    /// ([`release_awake`](LocalShutdown::release_awake)), until
+    /// [`end_pacing`](LocalShutdown::end_pacing); otherwise they resolve now.
+    pub(crate) fn begin(&self, paced: bool) {
+        self.pacing.set(paced);
         self.started.set(true);
         self.upgraded.start();
         self.notify.notify_waiters();
+        if !paced {
+            self.release_awake(usize::MAX);
+        }
+    }
+
+    /// Gives at most `n` awake connections waiting in
+    /// [`wait`](LocalShutdown::wait) their turn (each then says goodbye),
+    /// the latest slots first; returns how many.
+    pub(crate) fn release_awake(&self, n: usize) -> usize {
+        Watchers::wake(&self.awake, n)
+    }
+
+    /// The paced drain is over (or its deadline came): every awake
+    /// connection's [`wait`](LocalShutdown::wait), now or later, resolves
+    /// at once.
+    pub(crate) fn end_pacing(&self) {
+        self.pacing.set(false);
+        self.release_awake(usize::MAX);
+    }
+
+    /// Awake connections waiting for their turn.
+    pub(crate) fn awake_waiting(&self) -> usize {
+        self.awake.borrow().waiting()
     }
 
     /// Wakes at most `n` watching connections, the latest slots first, as
     /// the parking lot's drain (each then closes if it is still idle);
     /// returns how many.
     pub(crate) fn wake_watchers(&self, n: usize) -> usize {
-        // Taken out first: a woken task may run (and unwatch) at once.
-        let wakers = self.watchers.borrow_mut().take(n);
-        let woken = wakers.len();
-        for waker in wakers {
-            waker.wake();
-        }
-        woken
+        Watchers::wake(&self.watchers, n)
     }
 
     /// Watching connections not woken yet.
     pub(crate) fn watching(&self) -> usize {
-        let w = self.watchers.borrow();
-        w.wakers.iter().filter(|w| w.is_some()).count()
+        self.watchers.borrow().waiting()
     }
 
-    /// Resolves once shutdown has begun (at once if it already has).
-    pub(crate) async fn wait(&self) {
+    /// Resolves once shutdown has begun (at once if it already has), for
+    /// the worker's own loops (the parking lot): never paced.
+    pub(crate) async fn begun(&self) {
         let notified = self.notify.notified();
         if self.started.get() {
             return;
         }
         notified.await;
+    }
+
+    /// An awake connection's wait between messages: resolves once
+    /// shutdown has begun, or, during a paced drain, once the drain gives
+    /// this connection its turn ([`release_awake`](LocalShutdown::release_awake)).
+    ///
+    /// Dropped (the connection woke for something else first), it gives its
+    /// slot back, and a turn it was given with it: the connection, awake
+    /// after shutdown began, says its goodbye when its loop comes round
+    /// (`is_started`), so that turn was used. A wait made anew joins the
+    /// list again.
+    pub(crate) fn wait(&self) -> Wait<'_> {
+        Wait {
+            shutdown: self,
+            slot: None,
+        }
     }
 
     /// Makes sure `waker` is woken when shutdown begins, using (and keeping)
@@ -187,6 +246,23 @@ impl Watchers {
         }
     }
 
+    /// Wakes at most `n` of `list`'s wakers, the latest slots first
+    /// ([`take`](Watchers::take)); returns how many.
+    fn wake(list: &RefCell<Watchers>, n: usize) -> usize {
+        // Taken out first: a woken task may run (and unwatch) at once.
+        let wakers = list.borrow_mut().take(n);
+        let woken = wakers.len();
+        for waker in wakers {
+            waker.wake();
+        }
+        woken
+    }
+
+    /// Slots holding a waker (not woken yet).
+    fn waiting(&self) -> usize {
+        self.wakers.iter().filter(|w| w.is_some()).count()
+    }
+
     /// Takes out at most `n` wakers, the latest slots first (their slots
     /// stay their owners').
     fn take(&mut self, n: usize) -> Vec<Waker> {
@@ -196,6 +272,44 @@ impl Watchers {
             .filter_map(Option::take)
             .take(n)
             .collect()
+    }
+}
+
+/// [`LocalShutdown::wait`]'s future. Its slot in the awake list is taken
+/// on its first poll and kept across polls: one borrow and a slot, where a
+/// `Notify` took a lock each way.
+#[must_use = "a wait does nothing unless polled"]
+pub(crate) struct Wait<'a> {
+    shutdown: &'a LocalShutdown,
+    slot: Option<u32>,
+}
+
+impl Future for Wait<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<()> {
+        let this = &mut *self;
+        let s = this.shutdown;
+        let mut awake = s.awake.borrow_mut();
+        // Its waker taken while it kept the slot: its turn came (or the
+        // start, unpaced).
+        let turn = this
+            .slot
+            .is_some_and(|i| awake.wakers[i as usize].is_none());
+        if turn || (s.started.get() && !s.pacing.get()) {
+            awake.unwatch(&mut this.slot);
+            return std::task::Poll::Ready(());
+        }
+        awake.watch(&mut this.slot, cx.waker());
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if self.slot.is_some() {
+            self.shutdown.awake.borrow_mut().unwatch(&mut self.slot);
+        }
     }
 }
 
@@ -380,11 +494,83 @@ mod tests {
         drop(held);
         let drain = poller.join().unwrap();
         assert_eq!(polled, Ok(false), "the second poll waited for the lock");
-        s.begin();
+        s.begin(false);
         assert_eq!(a.0.load(Ordering::SeqCst), 1, "the waker is still watched");
         let wb = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
         let mut drain = drain;
         assert!(drain.poll_started(&wb));
+    }
+
+    /// Polls `wait` once with `waker`: true when it resolved.
+    fn ready(wait: &mut Wait<'_>, waker: &Waker) -> bool {
+        Pin::new(wait)
+            .poll(&mut Context::from_waker(waker))
+            .is_ready()
+    }
+
+    /// With a paced drain, awake connections' waits resolve at their turn,
+    /// a few at a time, and all once the drain ends; the worker's own
+    /// `begun` hears the start at once. (Before, every wait resolved at
+    /// the start: the awake ones' goodbyes all went at once.)
+    #[test]
+    fn a_paced_drain_gives_awake_waits_their_turns() {
+        let s = LocalShutdown::default();
+        let counts: Vec<_> = (0..3)
+            .map(|_| Arc::new(Count(AtomicUsize::new(0))))
+            .collect();
+        let wakers: Vec<_> = counts.iter().map(|c| Waker::from(c.clone())).collect();
+        let mut waits: Vec<_> = (0..3).map(|_| s.wait()).collect();
+        for (w, k) in waits.iter_mut().zip(&wakers) {
+            assert!(!ready(w, k));
+        }
+        assert_eq!(s.awake_waiting(), 3);
+        let mut begun = std::pin::pin!(s.begun());
+        let noop = Waker::noop();
+        assert!(begun
+            .as_mut()
+            .poll(&mut Context::from_waker(noop))
+            .is_pending());
+        s.begin(true);
+        assert!(begun
+            .as_mut()
+            .poll(&mut Context::from_waker(noop))
+            .is_ready());
+        let resolved = |waits: &mut Vec<Wait<'_>>| {
+            waits
+                .iter_mut()
+                .zip(&wakers)
+                .map(|(w, k)| usize::from(ready(w, k)))
+                .sum::<usize>()
+        };
+        assert_eq!(resolved(&mut waits), 0, "paced: nobody's turn yet");
+        assert_eq!(s.release_awake(1), 1);
+        assert_eq!(s.awake_waiting(), 2);
+        let woken: usize = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
+        assert_eq!(woken, 1, "the one given its turn is woken");
+        assert_eq!(resolved(&mut waits), 1);
+        // A wait made meanwhile joins the list.
+        let mut late = s.wait();
+        assert!(!ready(&mut late, &wakers[0]));
+        drop(late);
+        assert_eq!(s.awake_waiting(), 2, "a dropped wait leaves the list");
+        s.end_pacing();
+        assert_eq!(s.awake_waiting(), 0);
+        let mut after = s.wait();
+        assert!(ready(&mut after, &wakers[0]), "the drain is over: at once");
+    }
+
+    /// Without a drain rate every awake wait resolves at the start.
+    #[test]
+    fn unpaced_awake_waits_resolve_at_the_start() {
+        let s = LocalShutdown::default();
+        let a = Arc::new(Count(AtomicUsize::new(0)));
+        let wa = Waker::from(a.clone());
+        let (mut one, mut two) = (s.wait(), s.wait());
+        assert!(!ready(&mut one, &wa) && !ready(&mut two, &wa));
+        s.begin(false);
+        assert_eq!(a.0.load(Ordering::SeqCst), 2);
+        assert!(ready(&mut one, &wa) && ready(&mut two, &wa));
+        assert_eq!(s.awake_waiting(), 0);
     }
 
     #[test]
@@ -395,7 +581,7 @@ mod tests {
         let mut slot = None;
         assert!(!s.upgraded().poll_started(&mut slot, &wa));
         assert!(!s.upgraded().poll_started(&mut slot, &wa), "one slot kept");
-        s.begin();
+        s.begin(false);
         assert_eq!(a.0.load(Ordering::SeqCst), 1);
         assert!(s.upgraded().poll_started(&mut slot, &wa));
         s.upgraded().unwatch(&mut slot);

@@ -88,9 +88,11 @@ pub(crate) enum LimitHit {
     /// rate) answered at once, without waiting for its client's first
     /// bytes to choose its answer: the server's refusals waiting for
     /// theirs were at their bound (half the room `max_connections` and
-    /// `fd_reserve` leave below the open-file limit, at most 1024). Its
-    /// client may read the wrong answer (an HTTP/2 one a `503`), or a TLS
-    /// client a reset. Also counted under its refusal's own label.
+    /// `fd_reserve` leave below the open-file limit, at most 1024), or its
+    /// accept loop's were (64: the oldest of them is the one answered; with
+    /// fewer than 16 accept loops this bound is the one met). Its client
+    /// may read the wrong answer (an HTTP/2 one a `503`), or a TLS client
+    /// a reset. Also counted under its refusal's own label.
     RefusalsWaiting,
     /// A TLS connection let in by forgetting another IP's bucket: the table of
     /// `TlsConfig::handshake_rate_per_ip`'s buckets held its bound of IPs

@@ -801,12 +801,17 @@ impl Builder {
         self
     }
 
-    /// Idle connections closed per second (over all workers) at shutdown
-    /// and at an upgrade's drain, so that a million clients are not all told
-    /// to reconnect in the same second. Idle HTTP/1.1 connections and parked
-    /// ones of any protocol are closed a few every 10 ms; one that sends a
-    /// request meanwhile is served (`Connection: close`); HTTP/2 connections
-    /// get their `GOAWAY` at once. Keep `shutdown_timeout` above connections
+    /// Connections closed per second (over all workers) at shutdown and at
+    /// an upgrade's drain, so that a million clients are not all told to
+    /// reconnect in the same second. A few every 10 ms: first awake
+    /// WebSocket, framed, SSE and HTTP/2 connections waiting between
+    /// messages (each gets its goodbye, `1001` or `GOAWAY`, at its turn;
+    /// one in the middle of a message finishes it first, and one woken by
+    /// its own traffic or a push before its turn says goodbye then), then
+    /// idle HTTP/1.1 connections, then parked ones of any protocol; one
+    /// that sends a request meanwhile is served (`Connection: close`).
+    /// Upgraded connections a handler owns (`axum_ws`, tunnels) hear the
+    /// start at once. Keep `shutdown_timeout` above connections
     /// / rate: what is left at the deadline closes at once (logged at the
     /// start). Progress: `megaconn_shutdown_drain_pending` (during an
     /// upgrade's drain the old process's own metrics, which its admin

@@ -680,7 +680,7 @@ where
             // next request is on its way (it read our keep-alive answer),
             // and closing under it loses it; within the grace it is served,
             // with `Connection: close` (see `conn::shutdown::IDLE_GRACE`).
-            ctx.shutdown.begin();
+            ctx.shutdown.begin(false);
             let grace = idle_grace(&config);
             let ctx = ctx.clone();
             tokio::task::spawn_local(async move {
@@ -689,7 +689,7 @@ where
             });
         }
         Some(rate) => {
-            ctx.shutdown.begin();
+            ctx.shutdown.begin(true);
             tokio::task::spawn_local(drain_paced(ctx.clone(), rate));
         }
     }
@@ -772,12 +772,33 @@ impl Drained {
     }
 }
 
-/// Closes this worker's idle connections at its share of
-/// `shutdown_drain_rate` (a million clients told to reconnect in the same
-/// second would all come back in that second): idle HTTP/1.1 tasks first
-/// (woken, each closes if still idle), then parked sockets, a few every
-/// tick, until none is left. Connections that wake meanwhile are served,
-/// their answer saying `Connection: close`.
+/// Closes this worker's connections at its share of `shutdown_drain_rate`
+/// (a million clients told to reconnect in the same second would all come
+/// back in that second), a few every tick, until none is left waiting:
+/// awake message connections first (given their turn, each says goodbye:
+/// `LocalShutdown::release_awake`), then idle HTTP/1.1 tasks (woken, each
+/// closes if still idle), then parked sockets. Connections that wake
+/// meanwhile are served, an HTTP/1.1 answer saying `Connection: close`. A
+/// message connection in the middle of a message finishes it first. One
+/// woken before its turn by something else (the peer's message, a push, a
+/// ping due) says goodbye once that is done, without waiting for its turn:
+/// the protocols' loops check `is_started` there, which knows no turns
+/// (left: a hub broadcast during the drain still closes every awake
+/// subscriber it wakes in the same instant).
+///
+/// Why that order. Go's `Server.Shutdown` closes idle connections first and
+/// waits for active ones; nginx closes idle keep-alive connections at once;
+/// envoy's gradual drain asks connections of every kind to close with a
+/// probability that grows over its drain time. None paces for reconnects,
+/// and what a close costs differs by kind: an HTTP/1.1 client reconnects
+/// only when it has its next request, while a WebSocket, SSE or framed
+/// client reconnects at once. So the eager ones go first, while the drain
+/// has time: if it outlasts `shutdown_timeout`, what is left closes at
+/// once, and it is best that this be connections whose clients come back
+/// lazily. The awake ones also hold the most (a task and its buffers each):
+/// an upgrade's two processes overlap less. Idle HTTP/1.1 tasks keep their
+/// place before parked sockets (a busy client's next request meets
+/// `Connection: close` meanwhile, and they close themselves).
 async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32) {
     use std::sync::atomic::Ordering::Relaxed;
     let share = (f64::from(per_second) / ctx.config.workers.max(1) as f64).max(1.0);
@@ -794,15 +815,20 @@ async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32) {
         .park
         .as_ref()
         .map_or_else(Vec::new, ParkingLot::parked_fds);
-    let pending = ctx.shutdown.watching() + parked.len();
-    ctx.stats.drain_pending.store(pending as i64, Relaxed);
-    let seconds = pending as f64 / share;
+    let awake = ctx.shutdown.awake_waiting();
+    let idle = ctx.shutdown.watching();
+    let mut left = awake + idle + parked.len();
+    ctx.stats.drain_pending.store(left as i64, Relaxed);
+    let seconds = left as f64 / share;
     tracing::info!(
         worker = ctx.index,
-        idle = pending,
+        pending = left,
+        awake,
+        idle,
+        parked = parked.len(),
         per_second = share,
         seconds,
-        "shutdown: closing idle connections at a bounded rate (shutdown_drain_rate)"
+        "shutdown: closing connections at a bounded rate (shutdown_drain_rate): awake message connections, then idle, then parked"
     );
     if seconds > ctx.config.shutdown_timeout.as_secs_f64() {
         tracing::warn!(
@@ -816,7 +842,10 @@ async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let mut closed = ctx.shutdown.wake_watchers(per_tick);
+        let mut closed = ctx.shutdown.release_awake(per_tick);
+        if closed < per_tick {
+            closed += ctx.shutdown.wake_watchers(per_tick - closed);
+        }
         if let Some(lot) = &ctx.park {
             while closed < per_tick {
                 let Some(fd) = parked.pop() else { break };
@@ -825,8 +854,14 @@ async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32) {
                 }
             }
         }
-        ctx.stats.drain_pending.fetch_sub(closed as i64, Relaxed);
+        // (A connection may join a list again, an HTTP/2 one whose wait
+        // lost its turn to a frame: more may close than were counted.)
+        left = left.saturating_sub(closed);
+        ctx.stats.drain_pending.store(left as i64, Relaxed);
         if closed == 0 {
+            // Awake connections busy meanwhile (a message in flight) say
+            // goodbye once done, without a turn.
+            ctx.shutdown.end_pacing();
             ctx.stats.drain_pending.store(0, Relaxed);
             return;
         }

@@ -156,7 +156,7 @@ mod tests {
         let clone = draining.clone();
         let waiter = tokio::spawn(async move { clone.started().await });
         tokio::task::yield_now().await;
-        local.begin();
+        local.begin(false);
         waiter.await.unwrap();
         assert!(draining.is_started());
         draining.started().await;

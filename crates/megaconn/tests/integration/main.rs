@@ -29,6 +29,7 @@ mod common;
 mod axum;
 mod blocking;
 mod drain;
+mod drain_awake;
 mod framed;
 mod framed_tls;
 mod fuzz_framed;
