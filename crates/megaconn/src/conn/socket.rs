@@ -26,6 +26,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
@@ -50,6 +51,40 @@ pub(crate) fn bound_message_send_buffer(fd: std::os::fd::RawFd, config: &Config)
     if let Err(e) = SockRef::from(&socket).set_send_buffer_size(size) {
         tracing::debug!(error = %e, "cannot set a message connection's SO_SNDBUF");
     }
+}
+
+/// Bounds how long an event stream's written bytes may go unacknowledged
+/// by its peer (`TCP_USER_TIMEOUT`, `tcp(7)`), to `bound`: past it the
+/// kernel drops the connection and its next read or write fails with
+/// `ETIMEDOUT` (a parked stream's socket polls `EPOLLERR | EPOLLHUP`, the
+/// lot wakes it, and it closes as `CloseReason::Io(TimedOut)`).
+///
+/// Why: a peer gone without a FIN (a phone off the network) never
+/// acknowledges the heartbeat, and without this the kernel retransmits
+/// for `tcp_retries2` (15 tries, about 15 minutes) before it gives up,
+/// while the stream stays parked and keeps taking events. The caller
+/// passes `write_stall_timeout`, the server's bound on a peer that takes
+/// none of our bytes: the kernel then applies it where no write of ours
+/// waits (bytes in flight, or a zero window since Linux 5.11, which
+/// aborts a peer that keeps its window shut that long even while it
+/// acknowledges the probes). `None` (the bound off), a transport without
+/// a socket of ours, or a failure leave the kernel's default; the
+/// failure is logged at debug level.
+pub(crate) fn bound_unacknowledged(fd: Option<std::os::fd::RawFd>, bound: Option<Duration>) {
+    let (Some(fd), Some(bound)) = (fd, bound) else {
+        return;
+    };
+    // SAFETY: `fd` is the connection's socket, open while its caller holds
+    // the connection; the borrow ends with this call.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = SockRef::from(&socket).set_tcp_user_timeout(Some(bound)) {
+        tracing::debug!(error = %e, "cannot set an event stream's TCP_USER_TIMEOUT");
+    }
+    // Elsewhere the option does not exist: the kernel's retransmission
+    // bounds a vanished peer alone.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (socket, bound);
 }
 
 /// What [`bind_all`] made.

@@ -638,6 +638,10 @@ async fn hand_over_http1<T, S>(
             // An event stream (the SSE route's `200`): no upgrade, the
             // response's body goes on as messages.
             if proto::sse::claims(&to) {
+                socket::bound_unacknowledged(
+                    io.lot_fd(),
+                    MessageSettings::write_stall_timeout(&ctx.config),
+                );
                 let sse = proto::sse::serve_handed_over(io, read_ahead, to, ctx.clone());
                 let sse_tag = if tag == proto::HTTP1_TLS {
                     proto::SSE_TLS

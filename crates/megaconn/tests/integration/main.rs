@@ -58,6 +58,7 @@ mod park_evict;
 mod scripted;
 mod signal;
 mod sse;
+mod sse_halfopen;
 mod start;
 mod timeouts;
 mod tls;

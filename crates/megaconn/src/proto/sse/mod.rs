@@ -57,8 +57,15 @@
 //! A comment line (`:` and a blank line) goes every
 //! [`SseRoute::ping_interval`] (30 s), events or not, from the parking
 //! lot's timer for a parked stream (a wake, one write, straight back), so
-//! proxies keep the stream and a vanished peer is found by the write's
-//! error. No heartbeat is asked of the client. Writes that wait are bounded
+//! proxies keep the stream and the peer has bytes to acknowledge. No
+//! heartbeat is asked of the client. A peer gone without a FIN never
+//! acknowledges them, and the write does not fail for ~15 minutes (the
+//! kernel's retransmission, `tcp_retries2`): so the hand-over sets the
+//! stream's socket's `TCP_USER_TIMEOUT` to `write_stall_timeout`
+//! (`conn/socket.rs`, `bound_unacknowledged`), the kernel errors it once
+//! bytes go unacknowledged (or the window stays shut) that long, and the
+//! stream closes as `Io(TimedOut)`: within about `ping_interval +
+//! write_stall_timeout` (90 s by default). Writes that wait are bounded
 //! as HTTP/1.1's are (`write_timeout`, else `write_stall_timeout`), and a
 //! stream whose outbound queue overflows closes as a slow consumer
 //! ([`CloseReason::SlowConsumer`]), after the rest of the event under way.
