@@ -97,7 +97,9 @@ impl LocalShutdown {
     }
 
     /// Marks shutdown as begun and wakes every waiter, a paced drain's
-    /// included (its deadline: what is left goes at once).
+    /// included. (At the deadline this comes too late for an awake
+    /// connection's goodbye: the paced drain ends its pacing a margin
+    /// before, `server/worker.rs` `drain_paced`.)
     pub(crate) fn start(&self) {
         self.begin(false);
         self.end_pacing();

@@ -690,7 +690,7 @@ where
         }
         Some(rate) => {
             ctx.shutdown.begin(true);
-            tokio::task::spawn_local(drain_paced(ctx.clone(), rate));
+            tokio::task::spawn_local(drain_paced(ctx.clone(), rate, deadline));
         }
     }
     if tokio::time::timeout_at(deadline, parking).await.is_err() {
@@ -799,7 +799,13 @@ impl Drained {
 /// an upgrade's two processes overlap less. Idle HTTP/1.1 tasks keep their
 /// place before parked sockets (a busy client's next request meets
 /// `Connection: close` meanwhile, and they close themselves).
-async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32) {
+///
+/// The awake ones still waiting for a turn near the deadline say goodbye
+/// together, `margin` before it (a tenth of `shutdown_timeout`, at most a
+/// second): a goodbye needs time to be written, and at the deadline their
+/// tasks are no longer polled (they would be reset and counted forced, as
+/// none was before pacing). Idle and parked ones close at the deadline.
+async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32, deadline: tokio::time::Instant) {
     use std::sync::atomic::Ordering::Relaxed;
     let share = (f64::from(per_second) / ctx.config.workers.max(1) as f64).max(1.0);
     // Ticks of 10 ms at most, one connection per tick at least.
@@ -838,33 +844,43 @@ async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32) {
             "the paced drain outlasts shutdown_timeout: what is left then closes at once (raise shutdown_timeout or shutdown_drain_rate)"
         );
     }
+    let margin = (ctx.config.shutdown_timeout / 10).min(std::time::Duration::from_secs(1));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        let mut closed = ctx.shutdown.release_awake(per_tick);
-        if closed < per_tick {
-            closed += ctx.shutdown.wake_watchers(per_tick - closed);
-        }
-        if let Some(lot) = &ctx.park {
-            while closed < per_tick {
-                let Some(fd) = parked.pop() else { break };
-                if lot.close_parked(fd) {
-                    closed += 1;
+    let pacing = async {
+        loop {
+            interval.tick().await;
+            let mut closed = ctx.shutdown.release_awake(per_tick);
+            if closed < per_tick {
+                closed += ctx.shutdown.wake_watchers(per_tick - closed);
+            }
+            if let Some(lot) = &ctx.park {
+                while closed < per_tick {
+                    let Some(fd) = parked.pop() else { break };
+                    if lot.close_parked(fd) {
+                        closed += 1;
+                    }
                 }
             }
+            // (A connection may join a list again, an HTTP/2 one whose wait
+            // lost its turn to a frame: more may close than were counted.)
+            left = left.saturating_sub(closed);
+            ctx.stats.drain_pending.store(left as i64, Relaxed);
+            if closed == 0 {
+                // Awake connections busy meanwhile (a message in flight) say
+                // goodbye once done, without a turn.
+                ctx.shutdown.end_pacing();
+                ctx.stats.drain_pending.store(0, Relaxed);
+                return;
+            }
         }
-        // (A connection may join a list again, an HTTP/2 one whose wait
-        // lost its turn to a frame: more may close than were counted.)
-        left = left.saturating_sub(closed);
-        ctx.stats.drain_pending.store(left as i64, Relaxed);
-        if closed == 0 {
-            // Awake connections busy meanwhile (a message in flight) say
-            // goodbye once done, without a turn.
-            ctx.shutdown.end_pacing();
-            ctx.stats.drain_pending.store(0, Relaxed);
-            return;
-        }
+    };
+    if tokio::time::timeout_at(deadline - margin, pacing)
+        .await
+        .is_err()
+    {
+        // The awake ones left say goodbye now, while there is time to.
+        ctx.shutdown.end_pacing();
     }
 }
 

@@ -38,6 +38,7 @@ impl WebSocketHandler for Echo {
 /// task.
 fn start(
     rate: Option<u32>,
+    shutdown_timeout: Duration,
 ) -> (
     std::net::SocketAddr,
     ServerHandle,
@@ -47,7 +48,7 @@ fn start(
         .workers(1)
         .park_idle_after(None)
         .shutdown_drain_rate(rate)
-        .shutdown_timeout(SAFETY)
+        .shutdown_timeout(shutdown_timeout)
         .listen_on("127.0.0.1:0".parse().unwrap())
         .listen()
         .expect("server binds");
@@ -62,9 +63,10 @@ fn start(
 async fn awake_clients(
     addr: std::net::SocketAddr,
     going_away: &Arc<AtomicUsize>,
+    n: usize,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut readers = Vec::with_capacity(N);
-    for _ in 0..N {
+    let mut readers = Vec::with_capacity(n);
+    for _ in 0..n {
         let (mut client, _) = tokio::time::timeout(
             SAFETY,
             tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
@@ -104,9 +106,9 @@ async fn awake_clients(
 /// machine only makes larger). All of them get it, none is forced.
 #[tokio::test]
 async fn a_drain_rate_spreads_the_goodbyes_of_awake_websockets() {
-    let (addr, handle, task) = start(Some(RATE));
+    let (addr, handle, task) = start(Some(RATE), SAFETY);
     let going_away = Arc::new(AtomicUsize::new(0));
-    let readers = awake_clients(addr, &going_away).await;
+    let readers = awake_clients(addr, &going_away, N).await;
     let started = Instant::now();
     handle.shutdown();
     common::wait_stats(&handle, "the awake WebSockets counted in the drain", |s| {
@@ -152,9 +154,9 @@ async fn a_drain_rate_spreads_the_goodbyes_of_awake_websockets() {
 /// start at once (no drain counts them) and gets its `1001`.
 #[tokio::test]
 async fn without_a_drain_rate_awake_websockets_get_their_1001_at_once() {
-    let (addr, handle, task) = start(None);
+    let (addr, handle, task) = start(None, SAFETY);
     let going_away = Arc::new(AtomicUsize::new(0));
-    let readers = awake_clients(addr, &going_away).await;
+    let readers = awake_clients(addr, &going_away, N).await;
     handle.shutdown();
     for reader in readers {
         reader.await.expect("every WebSocket read its 1001");
@@ -165,4 +167,23 @@ async fn without_a_drain_rate_awake_websockets_get_their_1001_at_once() {
         .await
         .expect("serve result");
     assert_eq!(summary.forced, 0);
+}
+
+/// A drain slower than `shutdown_timeout` (60 awake WebSockets at 4 a
+/// second: 15 s, against 5 s): the ones still waiting for their turn near
+/// the deadline get their `1001` all the same, together, a margin before
+/// it. (Merge review: they were reset without it and counted forced, as
+/// at the deadline their tasks are no longer polled.)
+#[tokio::test]
+async fn awake_websockets_a_drain_has_no_time_for_still_get_their_1001() {
+    const MANY: usize = 60;
+    let (addr, handle, task) = start(Some(4), Duration::from_secs(5));
+    let going_away = Arc::new(AtomicUsize::new(0));
+    let readers = awake_clients(addr, &going_away, MANY).await;
+    handle.shutdown();
+    for reader in readers {
+        reader.await.expect("every WebSocket read its 1001");
+    }
+    assert_eq!(going_away.load(SeqCst), MANY);
+    let _ = common::shut_down(&handle, task).await;
 }

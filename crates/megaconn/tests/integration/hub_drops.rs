@@ -174,6 +174,18 @@ impl Rooms {
         .await;
     }
 
+    /// [`delivered`](Self::delivered), then until `drops` are counted: the
+    /// pump counts a hub message taken a moment before its delivery is
+    /// pending, so the first wait alone may end a message early (merge
+    /// review). The caller asserts the exact counts after.
+    async fn dropped(&self, n: u64, drops: u64) {
+        self.delivered(n).await;
+        common::wait_stats(&self.handle, "the drops counted", |s| {
+            s.messages.queue_drops >= drops
+        })
+        .await;
+    }
+
     /// The worker's thread held by `blocker`'s handler, `queue` run (the
     /// hub's calls, which the pump cannot take meanwhile), then the worker
     /// let go: the pump takes them all in one turn. `blocker` reads its
@@ -238,7 +250,7 @@ async fn publishes_and_broadcasts_to_a_websocket_closing_for_the_hub_count_as_dr
     rooms.delivered(1).await;
     // Kicked, its handler busy: the close waits in its inbox.
     rooms.publish_and_broadcast();
-    rooms.delivered(1 + 2 * N).await;
+    rooms.dropped(1 + 2 * N, 2 * N).await;
     let counted = rooms.handle.stats().messages;
     assert_eq!(
         (counted.pushes, counted.queue_drops),
@@ -250,7 +262,7 @@ async fn publishes_and_broadcasts_to_a_websocket_closing_for_the_hub_count_as_dr
     rooms.gate.add_permits(1);
     rooms.no_message_connections().await;
     rooms.publish_and_broadcast();
-    rooms.delivered(1 + 4 * N).await;
+    rooms.dropped(1 + 4 * N, 4 * N).await;
     assert!(rooms.closes.try_recv().is_err(), "still in its handshake");
     let counted = rooms.handle.stats().messages;
     assert_eq!(
@@ -328,7 +340,7 @@ async fn parked_subscriber_that_cannot_take_them(cannot: Cannot) {
             rooms.publish_and_broadcast();
         })
         .await;
-    rooms.delivered(1 + 2 * N).await;
+    rooms.dropped(1 + 2 * N, 2 * N).await;
     let counted = rooms.handle.stats().messages;
     assert!(
         counted.queue_drops >= 2 * N,
