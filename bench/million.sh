@@ -187,6 +187,13 @@ LOAD_CPU="${LOAD_CPU:-0-$(($(nproc) - 1))}"
 # same). The namespace is deleted at exit.
 NETNS_EHASH="${NETNS_EHASH:-0}"
 if [[ "$NETNS_EHASH" != 0 && -z "${MILLION_NETNS:-}" ]]; then
+  # Packages first, on the host: the namespace has only its loopback, so an
+  # apt-get inside it cannot reach the registry (session 45: "Temporary
+  # failure resolving 'deb.debian.org'" on a fresh machine). Inside, they are
+  # found installed and nothing is fetched.
+  bench_install_deps
+  command -v gnuplot >/dev/null 2>&1 || [[ -z "${PLOT-bench/million-rss.svg}" || "${BENCH_SKIP_INSTALL:-0}" == 1 ]] \
+    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gnuplot-nox >/dev/null
   ns="megaconn-million-$$"
   child_was="$(sysctl -n net.ipv4.tcp_child_ehash_entries)" \
     || die "NETNS_EHASH needs net.ipv4.tcp_child_ehash_entries (Linux 6.1+)"
