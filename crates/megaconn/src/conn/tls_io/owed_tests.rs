@@ -131,7 +131,11 @@ async fn parked_pair() -> (OwnedFd, ParkedTls, Client) {
     let tcp = tcp.into_std().unwrap();
     tcp.set_nonblocking(false).unwrap();
     tcp.set_read_timeout(Some(SAFETY)).unwrap();
-    (fd, parked.expect("a TLS stream parks its session"), Client { tcp, tls })
+    (
+        fd,
+        parked.expect("a TLS stream parks its session"),
+        Client { tcp, tls },
+    )
 }
 
 /// What a parked session sealed, and what its socket took of it.
@@ -252,7 +256,10 @@ impl Owed {
         assert_eq!(ending.end, Some(Ok(())), "close_notify: {ending:?}");
         let mut want = self.plain.clone();
         want.extend_from_slice(then);
-        assert!(ending.plain == want, "every push, then {then:02x?}: {ending:?}");
+        assert!(
+            ending.plain == want,
+            "every push, then {then:02x?}: {ending:?}"
+        );
     }
 }
 
@@ -483,7 +490,10 @@ fn wait_until_taken(fd: RawFd) {
         if queued == 0 {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "{queued} bytes unread");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{queued} bytes unread"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
