@@ -23,7 +23,11 @@
 //! `close_notify` (or a goodbye) written after the cut is not. A real
 //! rustls `ClientConnection` then reads them: no error, the pushes'
 //! plaintext as far as it went, and an end of stream without
-//! `close_notify`. When the owed records do go whole first (the client
+//! `close_notify`. (rustls alone cannot always tell: a `close_notify`
+//! written after a cut in a 16 KiB record reads as 24 more bytes of it,
+//! then a truncation, no error; the bad record MAC shows when the cut
+//! record's rest is shorter than the `close_notify`, as with the 1-byte
+//! pushes of `tests/integration/tls_msg.rs`.) When the owed records do go whole first (the client
 //! reads meanwhile), `close_notify` follows them and the client reads a
 //! clean end ([`Owed::assert_whole`]).
 //!
