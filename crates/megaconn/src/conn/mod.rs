@@ -46,12 +46,16 @@ pub(crate) enum Wake {
     HungUp,
     /// The timer it asked for when it parked fired (server-sent heartbeats).
     Timer,
+    /// A push from the hub found its socket full and left part of itself
+    /// owed: it resumes awake to write that rest (`message/worker.rs`,
+    /// `conn/park/owed.rs`). No bytes came, as for a timer.
+    Owed,
 }
 
 impl Wake {
     /// Bytes (or the end of the stream) are there to read.
     pub(crate) fn readable(self) -> bool {
-        self != Wake::Timer
+        matches!(self, Wake::Readable | Wake::HungUp)
     }
 }
 

@@ -98,7 +98,10 @@ use crate::observe::ratelog;
 use crate::observe::stats::{gauge, incr, WorkerStats};
 
 mod awake;
+mod owed;
 mod slots;
+
+pub(crate) use owed::wake_owed;
 
 use slots::{Claim, GROW_BY};
 
@@ -423,6 +426,11 @@ pub(crate) struct ParkingLot {
     /// run loop's waker, to move its sweep earlier.
     due_moved: Cell<bool>,
     sweep_waker: Cell<Option<std::task::Waker>>,
+    /// Parked sockets the hub asked to wake to write what a push left owed
+    /// (`owed.rs`), until the lot's next turn serves them, and the run
+    /// loop's waker. Empty but for that moment.
+    owed: RefCell<Vec<RawFd>>,
+    owed_waker: Cell<Option<std::task::Waker>>,
     epoch: Instant,
     /// The last instant [`ParkingLot::tick_of`] converted, and its tick; the
     /// same for [`ParkingLot::stamp_now`]. Within a turn every wake and park
@@ -561,6 +569,8 @@ impl ParkingLot {
             next_due: Cell::new(NO_DEADLINE),
             due_moved: Cell::new(false),
             sweep_waker: Cell::new(None),
+            owed: RefCell::new(Vec::new()),
+            owed_waker: Cell::new(None),
             epoch,
             last_tick: Cell::new((epoch, 1)),
             last_stamp: Cell::new((epoch, 1)),
@@ -1487,6 +1497,11 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                     }
                     Err(e) => tracing::error!(error = %e, "parking lot epoll_wait failed"),
                 }
+            }
+            // Behind a muted relay too: a wake the hub asked for is a
+            // wake-up like a request's, served in the batch's turn.
+            () = lot.owed_asked(), if !muted => {
+                crate::observe::clock::turn(|| lot.wake_owed_now());
             }
             () = sweep.as_mut() => {
                 let next = sweep_turn(lot, &ctx, draining);

@@ -53,7 +53,7 @@ pub(crate) struct WokenSocket {
     in_lot: bool,
     /// Every byte that was there when the lot took its edge has been read:
     /// a read came back short, or would have blocked (a timer's wake took
-    /// no edge). Until then a full read may have left some behind, and the
+    /// no edge, nor did an owed push's). Until then a full read may have left some behind, and the
     /// lot must re-poll the socket when it parks.
     heard: bool,
     /// The peer's end of stream was there when the lot took the edge
@@ -87,7 +87,7 @@ impl WokenSocket {
             state: State::Bare(socket),
             hot,
             in_lot: true,
-            heard: wake == Wake::Timer,
+            heard: !wake.readable(),
             hung_up: wake == Wake::HungUp,
             prefetching: false,
             after_wake: false,

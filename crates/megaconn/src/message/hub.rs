@@ -19,13 +19,20 @@
 //!   [`Inbox::drop_behind`]);
 //! - parked: the message is written straight to the socket, one `send`, and
 //!   the connection stays parked (no task, no buffer kept). If the socket
-//!   cannot take the whole message at once the peer is not reading: the
-//!   connection is closed as a slow consumer, as an awake one is: woken
-//!   (its read side shut), it writes the rest of the frame the socket took
-//!   part of (kept by its worker meanwhile, not in its slot: `worker.rs`),
-//!   then a WebSocket's close 1013, within the close's bound. That push
-//!   counts as delivered if its rest went ([`Unsent`]), else as dropped,
-//!   as one whose socket is found broken is.
+//!   cannot take the whole message at once (a push larger than its send
+//!   buffer, or a burst), the lot wakes the connection to resume
+//!   (`Wake::Owed`), its read side untouched: it writes the rest of the
+//!   frame the socket took part of first (kept by its worker meanwhile, not
+//!   in its slot: `worker.rs`), as an awake write, and the pushes after
+//!   that one wait in an outbound queue made for it then, in order, behind
+//!   that rest. It is then a slow consumer by the awake rule only: its
+//!   queue overflows, or its peer takes none of that rest within its write
+//!   bound (closed after the rest of the frame and a WebSocket's 1013,
+//!   within the close's bound). That push counts as delivered once its rest
+//!   went ([`Unsent`]), else as dropped, as one whose socket is found
+//!   broken is. (Until session 45 the connection was closed as a slow
+//!   consumer at once: a push larger than the parked socket's send buffer
+//!   closed a connection whose client read it at once.)
 //!
 //! So every push the pump hands to a connection, awake (offered to its
 //! queue) or parked (written to its socket), counts once: in `pushes`
@@ -557,11 +564,12 @@ impl Hub {
     ///   connection closed before the pump got to it or before its turn to
     ///   be written (its peer gone, a timeout, shutdown, the worker's stop),
     ///   or the pump found it closing (a slow consumer lingering before its
-    ///   close, one a push found behind, one closed by [`Hub::close`], one
-    ///   in its close handshake), or its outbound queue
-    ///   ([`Builder::outbound_queue`](crate::Builder::outbound_queue)) or,
-    ///   parked, its socket could not take it: it is then closed as a slow
-    ///   consumer, and its handler's `on_close_with_id` hears
+    ///   close, one closed by [`Hub::close`], one in its close handshake),
+    ///   or its outbound queue
+    ///   ([`Builder::outbound_queue`](crate::Builder::outbound_queue)) was
+    ///   full, or, woken to write a push its parked socket took only part
+    ///   of, its peer took none of that within its write bound: it is then
+    ///   closed as a slow consumer, and its handler's `on_close_with_id` hears
     ///   [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer)
     ///   (`megaconn_connections_closed_total{reason="slow_consumer"}`);
     /// - `megaconn_limit_hits_total{limit="push_unframable"}`: its framing
@@ -703,9 +711,12 @@ impl Hub {
     /// does not get it), and each of them counts it once, as a
     /// [`send`](Hub::send) does (see "What `Ok` means" there): in
     /// `megaconn_message_pushes_total` once its socket took it whole, else
-    /// in `megaconn_message_queue_drops_total` (a subscriber closing, or
-    /// behind, when the pump met it, included; until session 44 those were
-    /// in no counter).
+    /// in `megaconn_message_queue_drops_total` (a subscriber closing when
+    /// the pump met it included; until session 44 those were in no
+    /// counter). A subscriber parked whose socket cannot take it whole (a
+    /// message larger than its send buffer) is woken to write the rest and
+    /// gets it whole if it reads, as an awake one does, with what is
+    /// published after it, in order.
     ///
     /// Text or binary to a WebSocket, and a message some connections'
     /// framing cannot carry: as for [`send`](Hub::send) (those connections
@@ -994,12 +1005,14 @@ impl ConnectionId {
 pub(crate) enum Delivered {
     /// Written whole.
     Sent,
-    /// The socket took less than the message, just now: the peer is behind,
-    /// and the connection is to be woken to close as a slow consumer, after
-    /// what it still owes of the push ([`Unsent`]), if anything.
-    Overflowed(Option<Unsent>),
-    /// A push found it behind already: nothing was written; the pump
-    /// counts it dropped.
+    /// The socket took less than the message, just now: the connection is
+    /// to be woken to write what it still owes of the push ([`Unsent`]; none
+    /// when the socket took none of it, in the clear) and resume awake,
+    /// its pushes framed for `wire` from here on queued
+    /// (`Local::overflowed`, in `worker.rs`).
+    Overflowed(Option<Unsent>, WireId),
+    /// A push found it behind already, woken to close (the lot could not
+    /// wake it to resume): nothing was written; the pump counts it dropped.
     Behind,
     /// Closing for the hub ([`Hub::close`]): nothing was written; the pump
     /// counts it dropped.
@@ -1014,10 +1027,10 @@ pub(crate) enum Delivered {
     Replaced,
 }
 
-/// What a slow consumer still owes of the push its socket took part of:
+/// What a connection still owes of the push its socket took part of:
 /// the rest of the frame (parked, over TLS, the records sealed for it),
-/// written when it wakes to close (`message/wake.rs`), or by an awake
-/// one's close (`message/outbound.rs`). The push is counted once that
+/// written first when it wakes, to resume or to close (`message/wake.rs`),
+/// or by an awake slow consumer's close (`message/outbound.rs`). The push is counted once that
 /// tells whether it reached the peer whole: in `pushes` and `bytes_out`
 /// then, else in `queue_drops`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1063,7 +1076,8 @@ pub(crate) fn send_all_now(fd: RawFd, bytes: &[u8]) -> SendNow {
 }
 
 /// Wakes a parked socket to close ([`Hub::close`], or a push that found it
-/// full): its read side shut, the parking lot sees a hang-up and hands it
+/// full when the lot cannot wake it to resume: `Local::overflowed`): its
+/// read side shut, the parking lot sees a hang-up and hands it
 /// to its protocol, which can still write (the rest of a frame, a
 /// WebSocket's close frame). Reads give the end of the stream from here on,
 /// so the close does not wait for the peer's answer. (Both sides shut, a

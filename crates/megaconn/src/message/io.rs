@@ -3,7 +3,8 @@
 //! message protocol does with it the same way: write a batch bounded by a
 //! write limit and ended by an overflow of its push queue
 //! ([`MessageIo::write_out`]), write what a push left owed while it was
-//! parked ([`MessageIo::write_owed`]), decrypt what woke it over TLS
+//! parked, to resume ([`MessageIo::resume_owed`]) or to close
+//! ([`MessageIo::write_owed`]), decrypt what woke it over TLS
 //! ([`prefetch_woken`]), and say `close_notify` at the end
 //! ([`MessageIo::close_notify`]).
 //!
@@ -31,7 +32,9 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::{poll_once, WokenSocket};
 use crate::message::hub::Unsent;
 use crate::message::outbound::Outbound;
-use crate::message::wake::{close_by, linger_after_unsent, write_unsent};
+use crate::message::wake::{
+    close_by, linger_after_unsent, write_owed_resuming, write_unsent, OwedCut,
+};
 use crate::message::worker::Awake;
 use crate::observe::close::{client_left, CloseReason};
 use crate::observe::ratelog::Flood;
@@ -93,11 +96,14 @@ impl MessageIo {
         }
     }
 
-    /// Woken behind (a push found its parked socket full): the rest of it
-    /// (`unsent`, `Local::take_unsent`'s) goes raw first, so the peer's
-    /// last frame is whole, then the close lingers; the two share the
-    /// close's bound (`close_by`). Counted delivered or dropped by whether
-    /// it went (`write_unsent`).
+    /// Woken behind to close (a push found its parked socket full, and it
+    /// closes: its heartbeat passed, or the lot could not wake it to
+    /// resume), or a slow consumer cut while it resumed
+    /// ([`OwedCut::rest`]): the rest of that push (`unsent`,
+    /// `Local::take_unsent`'s) goes raw first, so the peer's last frame is
+    /// whole, then the close lingers; the two share the close's bound
+    /// (`close_by`). Counted delivered or dropped by whether it went
+    /// (`write_unsent`).
     pub(crate) async fn write_owed(&mut self, unsent: Option<Unsent>, counters: &MessageCounters) {
         let Some(unsent) = unsent else { return };
         let deadline = close_by();
@@ -108,6 +114,24 @@ impl MessageIo {
         if whole {
             linger_after_unsent(self, deadline).await;
         }
+    }
+
+    /// Woken behind to resume (`Wake::Owed`, or anything else that woke it
+    /// first): what it owes (`Local::take_owed`) goes raw first, as an
+    /// awake write bounded by `limit` and ended by an overflow of `awake`'s
+    /// queue ([`write_owed_resuming`]); then the connection goes on awake.
+    pub(crate) async fn resume_owed(
+        &mut self,
+        owed: Unsent,
+        awake: Option<&Awake>,
+        limit: impl FnOnce() -> WriteLimit,
+        counters: &MessageCounters,
+    ) -> Result<(), OwedCut> {
+        let fd = Some(self.raw_fd());
+        write_owed_resuming(owed, (limit, fd), awake, counters, |cx, b| {
+            self.poll_write_raw(cx, b)
+        })
+        .await
     }
 
     /// The end of a connection closed for `reason`: over TLS, our own

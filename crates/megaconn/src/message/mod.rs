@@ -29,7 +29,8 @@
 //! - `table.rs`   the side table of parked connections' states, per worker
 //!   and protocol, with delivery straight to parked sockets
 //! - `wake.rs`    `resume`: what a woken connection checks first (behind,
-//!   heartbeat deadline, the server's heartbeat due)
+//!   heartbeat deadline, the server's heartbeat due), and how it writes
+//!   what a push left owed (resuming, or closing)
 //! - `wire.rs`    [`Wire`](wire::Wire): how a protocol frames a message;
 //!   [`Encoded`](wire::Encoded): framed once per wire for any number of
 //!   connections
@@ -58,9 +59,15 @@
 //!    `CloseReason::Kicked` (a parked one is woken for it: `worker.rs`);
 //! 4. parks with `SideTable::put(fd, Parked { .. })`, wakes with `take(fd)`;
 //!    when the parking lot closes a parked socket itself it `take`s the
-//!    state too; woken behind (a push its socket could not take whole:
-//!    `wake::resume` says `SlowConsumer`), it writes what
-//!    `Local::take_unsent` gives, raw on its socket, before anything else
+//!    state too; woken behind (a push its socket could not take whole),
+//!    it reads its timers with `Parked::timers(Local::is_resuming(id))`:
+//!    resuming (the lot woke it, `Wake::Owed`, or anything woke it first),
+//!    it registers its queue (`Local::awake` hands it the one the pushes
+//!    since wait in) and writes what `Local::take_owed` gives, raw on its
+//!    socket, before anything else, as an awake write
+//!    (`MessageIo::resume_owed`, `wake::write_owed_resuming`), then goes
+//!    on; closing (`wake::resume` says why), it writes what
+//!    `Local::take_unsent` gives within the close's bound
 //!    (`wake::write_unsent`), then closes;
 //! 5. on every close calls `Local::closed(id)` (the connection leaves its
 //!    topics), and counts each push it took and did not write whole in

@@ -53,7 +53,6 @@ use bytes::Bytes;
 
 use crate::message::hub::{self, Delivered, Generation, SendNow, Unsent, GENERATION_BITS};
 use crate::message::wire::{Encoded, Wire, WireId};
-use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{add, incr, MessageCounters, WorkerStats};
 
 /// A parked connection's state, its variant (the protocol's own small tag:
@@ -68,7 +67,8 @@ pub(crate) struct Parked<S> {
     pub send_at: Option<tokio::time::Instant>,
     /// Its [`ConnectionId`](crate::ConnectionId)'s generation.
     pub generation: Generation,
-    /// A push could not be written whole: close it as a slow consumer.
+    /// A push could not be written whole: it owes the rest, and wakes to
+    /// write it (`Local::overflowed`).
     pub behind: bool,
 }
 
@@ -502,11 +502,12 @@ impl<S> ParkedSet for SideTable<S> {
 }
 
 /// Writes a message straight to one parked socket, framed for its wire. A
-/// socket that cannot take it whole is marked behind, to be closed as a
-/// slow consumer when it wakes, which the caller makes it do at once
-/// ([`Delivered::Overflowed`], with what the socket did not take). (Bytes
-/// pushed to a parked connection are not in its lifecycle counts: it has no
-/// current track while parked.)
+/// socket that cannot take it whole is marked behind, and the caller wakes
+/// the connection at once to write what it still owes and resume
+/// ([`Delivered::Overflowed`], with what the socket did not take and the
+/// wire, for the pushes after it: `Local::overflowed`). (Bytes pushed to a
+/// parked connection are not in its lifecycle counts: it has no current
+/// track while parked.)
 fn send_parked<S>(
     fd: RawFd,
     stored: &mut Stored<S>,
@@ -540,22 +541,14 @@ fn send_parked<S>(
         }
         Pushed::Behind(unsent) => unsent,
     };
-    // None of it went: dropped. Else it is counted when the connection
-    // wakes and writes the rest, or closes without (`Unsent`).
-    if unsent.is_none() {
-        incr(&counters.queue_drops);
-    }
-    ratelog::log(Flood::SlowConsumer, |suppressed| {
-        tracing::info!(
-            suppressed,
-            "a parked connection's socket buffer is full; closing it as a slow consumer (raise Builder::message_send_buffer_size if its peer is only bursty)"
-        )
-    });
+    // Counted when the connection wakes and writes the rest (or none of
+    // it went, and it queues whole), or closes without (`Unsent`).
     stored.set_behind();
-    Delivered::Overflowed(unsent.map(|tail| Unsent {
+    let unsent = unsent.map(|tail| Unsent {
         tail,
         frame: bytes.len(),
-    }))
+    });
+    Delivered::Overflowed(unsent, wire)
 }
 
 #[cfg(test)]

@@ -1,11 +1,18 @@
 //! What a message connection checks first when the parking lot wakes it,
-//! whatever its protocol: the same three things for framed TCP and
-//! WebSocket, so they live here once.
+//! whatever its protocol: the same things for framed TCP, WebSocket and
+//! Server-Sent Events, so they live here once.
 //!
-//! - a push found its socket full while parked (`behind`): it is closed as
-//!   a slow consumer, after the rest of that push's frame if the socket
-//!   took part of it ([`write_unsent`], which counts the push delivered or
-//!   dropped by whether that rest went);
+//! - a push found its socket full while parked (`behind`): the lot wakes
+//!   it to resume (`Wake::Owed`), and it writes what it owes of that push
+//!   first, raw, as an awake connection writes, bounded by its write limit
+//!   and ended by an overflow of its queue ([`write_owed_resuming`]); it is
+//!   a slow consumer only then, as an awake one is. (It was closed as one
+//!   at once, whatever its client did: a push larger than the parked
+//!   socket's send buffer closed a connection that read it at once.) Woken
+//!   to close instead (the lot could not wake it to resume, or its
+//!   heartbeat passed), it writes that rest within the close's bound
+//!   ([`write_unsent`], which counts the push delivered or dropped by
+//!   whether that rest went);
 //! - a timer woke it and the peer's heartbeat deadline has passed: closed
 //!   for the heartbeat timeout;
 //! - the server's own heartbeat (a frame, a ping) is due: the protocol
@@ -18,27 +25,35 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::conn::io::CLOSE_TIMEOUT;
+use crate::conn::io::{WriteBound, WriteLimit, CLOSE_TIMEOUT};
 use crate::conn::Wake;
 use crate::message::hub::Unsent;
 use crate::message::table::Parked;
+use crate::message::worker::Awake;
 use crate::observe::close::CloseReason;
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{add, incr, MessageCounters};
 
 /// A parked connection's timers and standing, read before its state is
 /// taken out of the side table's entry.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ParkedTimers {
+    /// A push found its socket full.
     behind: bool,
+    /// ...and the lot was asked to wake it to resume (`Local::is_resuming`).
+    resuming: bool,
     due: Option<Instant>,
     send_at: Option<Instant>,
 }
 
 impl<S> Parked<S> {
-    /// Its timers and standing, for [`resume`].
-    pub(crate) fn timers(&self) -> ParkedTimers {
+    /// Its timers and standing, for [`resume`]; `resuming`: whether it was
+    /// asked woken to resume after a push it fell behind on
+    /// (`Local::is_resuming`), else, behind, it closes.
+    pub(crate) fn timers(&self, resuming: bool) -> ParkedTimers {
         ParkedTimers {
             behind: self.behind,
+            resuming,
             due: self.due,
             send_at: self.send_at,
         }
@@ -59,8 +74,10 @@ pub(crate) struct Resumed {
 
 /// Checks a connection woken at `now` by `wake`, with the timers it
 /// parked with: `Err` is the reason to close it for (counted); else its
-/// timers from here on. `due` is the peer's fresh deadline (it is kept
-/// only if bytes woke it: a timer wake leaves the parked one standing);
+/// timers from here on (behind and resuming, it then writes what it owes
+/// first: `Local::take_owed`, [`write_owed_resuming`]). `due` is the
+/// peer's fresh deadline (it is kept only if bytes woke it: a timer's or
+/// an owed push's wake leaves the parked one standing);
 /// `heartbeat_every`: how often the server sends its own heartbeat.
 pub(crate) fn resume(
     parked: ParkedTimers,
@@ -70,7 +87,8 @@ pub(crate) fn resume(
     heartbeat_every: Option<Duration>,
     counters: &MessageCounters,
 ) -> Result<Resumed, CloseReason> {
-    if parked.behind {
+    // Behind, and the lot could not wake it to resume: woken to close.
+    if parked.behind && !parked.resuming {
         return Err(CloseReason::SlowConsumer);
     }
     let mut resumed = Resumed {
@@ -78,9 +96,10 @@ pub(crate) fn resume(
         send_at: parked.send_at,
         send_heartbeat: false,
     };
-    // A timer: the peer's heartbeat deadline passed, or it is time to send
-    // ours (then the peer's deadline stays where it was).
-    if wake == Wake::Timer {
+    // A timer (or a push, which no byte of the peer's came with): the
+    // peer's heartbeat deadline passed, or it is time to send ours (then
+    // the peer's deadline stays where it was).
+    if !wake.readable() {
         if parked.due.is_some_and(|due| now >= due) {
             return Err(heartbeat_timed_out(
                 counters,
@@ -123,6 +142,101 @@ pub(crate) async fn write_unsent(
     let whole = write_rest(&unsent.tail, deadline, poll_write).await;
     count_unsent(unsent, whole, counters);
     whole
+}
+
+/// How [`write_owed_resuming`] ended short: the reason to close for and,
+/// for a slow consumer, the rest of the frame owed, which its close writes
+/// within the close's bound before anything else (a WebSocket's 1013
+/// after it), as an awake slow consumer's close writes the rest of the
+/// frame under way. Any other end (the peer gone, the socket broken)
+/// writes nothing more: the push was counted dropped.
+#[derive(Debug)]
+pub(crate) struct OwedCut {
+    pub reason: CloseReason,
+    pub rest: Option<Unsent>,
+}
+
+/// Writes what a resuming connection owes of the push that found its
+/// socket full while parked (`Local::take_owed`) with `poll_write`, raw on
+/// its socket (the rest of a frame, or records its parked session sealed
+/// already), before anything else: as an awake connection's write, at
+/// once if the socket takes it, else bounded by `limit` (asked only then:
+/// `write_timeout`, else the protocol's heartbeat or `write_stall_timeout`,
+/// progress restarting a stall: a client reading a large push slowly is
+/// not cut off) on socket `fd`, and ended by an overflow of its queue
+/// (`awake`: the pushes since wait there). A client that reads takes it
+/// whole, and the connection goes on awake; one that stops reading is a
+/// slow consumer when the bound passes or its queue overflows
+/// ([`OwedCut`]), logged as one: the push it fell behind on never went.
+///
+/// Counted once whole (`pushes`, `frames_out`, the frame's `bytes_out`),
+/// or dropped if it ended on anything but a slow consumer (whose close
+/// writes the rest: [`OwedCut::rest`]).
+pub(crate) async fn write_owed_resuming(
+    unsent: Unsent,
+    (limit, fd): (impl FnOnce() -> WriteLimit, Option<std::os::fd::RawFd>),
+    awake: Option<&Awake>,
+    counters: &MessageCounters,
+    mut poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
+) -> Result<(), OwedCut> {
+    let tail = &unsent.tail;
+    let mut at = 0;
+    let mut limit = Some(limit);
+    let mut bound: Option<WriteBound> = None;
+    let mut overflowed = std::pin::pin!(Awake::overflowed(awake));
+    let ended = poll_fn(|cx| {
+        let before = at;
+        while at < tail.len() {
+            match poll_write(cx, &tail[at..]) {
+                Poll::Ready(Ok(0)) => {
+                    let zero = io::Error::from(io::ErrorKind::WriteZero);
+                    return Poll::Ready(Err(CloseReason::io(&zero)));
+                }
+                Poll::Ready(Ok(n)) => at += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(CloseReason::io(&e))),
+                Poll::Pending => break,
+            }
+        }
+        if at == tail.len() {
+            return Poll::Ready(Ok(()));
+        }
+        if std::future::Future::poll(overflowed.as_mut(), cx).is_ready() {
+            return Poll::Ready(Err(CloseReason::SlowConsumer));
+        }
+        // The bound starts with the first wait, as an awake write's does.
+        let bound = bound.get_or_insert_with(|| {
+            let limit = limit.take().expect("made once")();
+            WriteBound::new(limit, fd)
+        });
+        if bound.poll_passed(cx, at != before) {
+            ratelog::log(Flood::SlowConsumer, |suppressed| {
+                tracing::info!(
+                    suppressed,
+                    "a connection woken to write the rest of a push its parked socket could not take did not take it in time; closing it as a slow consumer"
+                )
+            });
+            return Poll::Ready(Err(CloseReason::SlowConsumer));
+        }
+        Poll::Pending
+    })
+    .await;
+    match ended {
+        Ok(()) => {
+            count_unsent(&unsent, true, counters);
+            Ok(())
+        }
+        Err(CloseReason::SlowConsumer) => Err(OwedCut {
+            reason: CloseReason::SlowConsumer,
+            rest: Some(Unsent {
+                tail: unsent.tail.slice(at..),
+                frame: unsent.frame,
+            }),
+        }),
+        Err(reason) => {
+            count_unsent(&unsent, false, counters);
+            Err(OwedCut { reason, rest: None })
+        }
+    }
 }
 
 /// Counts the push `unsent` is the rest of, once it is known whether that
@@ -217,6 +331,7 @@ mod tests {
     fn timers(behind: bool, due: Option<Instant>, send_at: Option<Instant>) -> ParkedTimers {
         ParkedTimers {
             behind,
+            resuming: false,
             due,
             send_at,
         }
@@ -280,6 +395,17 @@ mod tests {
             &counters,
         );
         assert_eq!(behind, Err(CloseReason::SlowConsumer));
+        // Behind, and asked woken to resume: it resumes, whatever woke it,
+        // its timers as for a timer's wake (no byte of the peer's came).
+        for wake in [Wake::Owed, Wake::Readable] {
+            let resuming = ParkedTimers {
+                resuming: true,
+                ..timers(true, later, later)
+            };
+            let resumed = resume(resuming, wake, now, fresh, every, &counters);
+            let due = if wake == Wake::Owed { later } else { fresh };
+            assert_eq!(resumed, Ok(self::resumed(due, later, false)), "{wake:?}");
+        }
         // A timer past the peer's deadline: a heartbeat timeout.
         let late = resume(
             timers(false, past, None),

@@ -68,10 +68,19 @@ pub(crate) struct Local {
     kicks: ForParked<Kick>,
     /// Parked connections a push found behind, with what of it the socket
     /// did not take (the rest of the frame it took part of; over TLS, the
-    /// records sealed for it), until they wake (at once: their read side
-    /// was shut) to write it and close as slow consumers
-    /// ([`Local::take_unsent`]).
+    /// records sealed for it), until they wake to write it first
+    /// ([`Local::take_owed`] to resume, [`Local::take_unsent`] to close).
     unsent: ForParked<Unsent>,
+    /// Parked connections a push found behind and the lot wakes to resume
+    /// (`Wake::Owed`): the outbound queue of each, made then, which the
+    /// pushes after that one join, in order, behind what it owes (written
+    /// straight to the socket, they would land inside the frame owed), and
+    /// which [`Local::awake`] registers as its queue when it wakes. Its
+    /// bound is an awake queue's: one that overflows before the connection
+    /// woke closes it as a slow consumer once awake. What it holds when the
+    /// connection closes without waking counts in `queue_drops`
+    /// ([`Local::closed`]).
+    resuming: ForParked<Rc<Inbox>>,
     /// Connections in their close: out of the awake map (or woken from the
     /// side table to close) and not reported closed yet ([`Local::closed`]):
     /// a slow consumer writing the rest of its frame and its 1013, a
@@ -171,6 +180,20 @@ impl<T> ForParked<T> {
                 .is_some_and(|(g, _)| *g == id.generation())
     }
 
+    /// What is kept for connection `id`, cloned (left kept).
+    fn get(&self, id: ConnectionId) -> Option<T>
+    where
+        T: Clone,
+    {
+        let kept = self.0.borrow();
+        if kept.is_empty() {
+            return None;
+        }
+        kept.get(&id.fd())
+            .filter(|(g, _)| *g == id.generation())
+            .map(|(_, v)| v.clone())
+    }
+
     /// The generation of the connection something is kept for at `fd`.
     fn generation(&self, fd: RawFd) -> Option<Generation> {
         let kept = self.0.borrow();
@@ -255,6 +278,7 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 tables: RefCell::default(),
                 kicks: ForParked::default(),
                 unsent: ForParked::default(),
+                resuming: ForParked::default(),
                 leaving: ForParked::default(),
                 deadlines: RefCell::default(),
             });
@@ -358,7 +382,12 @@ impl Local {
         if !self.has_hub {
             return None;
         }
-        let inbox = Rc::new(Inbox::new(wire));
+        // Woken to resume after a push it was behind on: the pushes since
+        // wait in the queue made for it then (`Local::overflowed`).
+        let inbox = self
+            .resuming
+            .take(id)
+            .unwrap_or_else(|| Rc::new(Inbox::new(wire)));
         // Woken to close (`Local::kick`): the close waits in its inbox, as
         // an awake connection's does.
         if let Some(kick) = self.kicks.take(id) {
@@ -419,11 +448,20 @@ impl Local {
             .borrow_mut()
             .remove(id.fd(), Some(id.generation()));
         // Closed before it woke to write the rest of its push: the push
-        // never reached the peer whole.
+        // never reached the peer whole, nor did those queued behind it.
         if self.unsent.take(id).is_some() {
             incr(&self.stats.messages.queue_drops);
         }
+        self.drop_resuming(id);
         super::budget::forget(id);
+    }
+
+    /// Connection `id` closes without waking to resume: the pushes queued
+    /// for it behind the one it owed are dropped, counted in `queue_drops`.
+    fn drop_resuming(&self, id: ConnectionId) {
+        if let Some(inbox) = self.resuming.take(id) {
+            add(&self.stats.messages.queue_drops, inbox.drop_behind() as u64);
+        }
     }
 
     /// Whether [`Hub::close`](crate::Hub::close) reached parked connection
@@ -442,11 +480,30 @@ impl Local {
     pub(crate) fn take_unsent(&self, id: ConnectionId) -> Option<Unsent> {
         // Asked only by a connection that closes (woken behind, or late for
         // its heartbeat; or closed by the lot): it is leaving until its
-        // close is reported, and what the hub sends it meanwhile is dropped.
+        // close is reported, and what the hub sends it meanwhile is dropped,
+        // as is what was queued for it to resume with.
         if self.has_hub {
             self.leaving.put(id, ());
         }
+        self.drop_resuming(id);
         self.unsent.take(id)
+    }
+
+    /// What woken connection `id` owes of the push that found its socket
+    /// full, taken, when it resumes ([`Local::is_resuming`]): it writes
+    /// that first, raw on its socket, as an awake write bounded by its
+    /// write limit (`message::wake::write_owed_resuming`), then what its
+    /// queue holds. `None`: nothing owed (the socket took none of that
+    /// push, which waits whole in its queue).
+    pub(crate) fn take_owed(&self, id: ConnectionId) -> Option<Unsent> {
+        self.unsent.take(id)
+    }
+
+    /// Whether parked connection `id`, behind on a push, was asked woken to
+    /// resume (`Wake::Owed`) rather than to close: its wake-up, whatever
+    /// its cause, resumes it ([`Local::take_owed`]).
+    pub(crate) fn is_resuming(&self, id: ConnectionId) -> bool {
+        self.resuming.holds(id)
     }
 
     /// Whether connection `id` is parked in one of the worker's side
@@ -514,16 +571,52 @@ impl Local {
         }
     }
 
-    /// A push found parked connection `id` behind ([`Delivered::Overflowed`]):
-    /// what its socket did not take waits here, and its read side is shut,
-    /// which wakes it (a hang-up, to the lot) to write it and close as a
-    /// slow consumer, as [`Hub::close`](crate::Hub::close) wakes one to
-    /// close. Called right after the side table found it parked with that
-    /// generation, on this thread: the socket is that connection's.
-    fn overflowed(&self, id: ConnectionId, unsent: Option<Unsent>) {
-        if let Some(unsent) = unsent {
-            self.unsent.put(id, unsent);
+    /// A push (`msg`) found parked connection `id` behind
+    /// ([`Delivered::Overflowed`]): what its socket did not take waits here
+    /// (`unsent`), and the lot wakes it to write that and resume awake
+    /// (`Wake::Owed`), its read side untouched; meanwhile its pushes join a
+    /// queue made for it now, framed for `wire` ([`Local::resuming`]), the
+    /// first of them this push when the socket took none of it. It is a
+    /// slow consumer only by the awake rule: its queue overflows, or its
+    /// socket takes none of what it owes within its write limit.
+    ///
+    /// Only when the lot cannot wake it (it was refused a slot, and waits
+    /// awake on its own: `conn/park/awake.rs`) is its read side shut,
+    /// which wakes it to close as a slow consumer, as
+    /// [`Hub::close`](crate::Hub::close) wakes one to close (a push none of
+    /// which went is dropped then). (That was every behind connection's
+    /// lot: any push larger than the parked socket's send buffer closed a
+    /// connection whose client read at once.) Called right after the side
+    /// table found it parked with that generation, on this thread: the
+    /// socket is that connection's.
+    fn overflowed(
+        &self,
+        id: ConnectionId,
+        (unsent, wire): (Option<Unsent>, WireId),
+        msg: &mut Encoded,
+        wires: &[Rc<dyn Wire>],
+    ) {
+        if crate::conn::park::wake_owed(id.fd()) {
+            let inbox = Rc::new(Inbox::new(wire));
+            match unsent {
+                Some(unsent) => self.unsent.put(id, unsent),
+                None => {
+                    self.queue(&inbox, msg, wires);
+                }
+            }
+            self.resuming.put(id, inbox);
+            return;
         }
+        match unsent {
+            Some(unsent) => self.unsent.put(id, unsent),
+            None => incr(&self.stats.messages.queue_drops),
+        }
+        ratelog::log(Flood::SlowConsumer, |suppressed| {
+            tracing::info!(
+                suppressed,
+                "a parked connection's socket buffer is full and it cannot be woken to resume; closing it as a slow consumer (raise Builder::message_send_buffer_size if its peer is only bursty)"
+            )
+        });
         hub::wake_to_close(id.fd());
     }
 
@@ -663,7 +756,7 @@ impl Local {
             }
             let handed = matches!(
                 delivered,
-                Delivered::Sent | Delivered::Overflowed(_) | Delivered::Lost
+                Delivered::Sent | Delivered::Overflowed(..) | Delivered::Lost
             );
             // A recipient it did not reach counts once, whoever named it:
             // the id of a send, a topic's subscriber, a broadcast's
@@ -725,16 +818,21 @@ impl Local {
         if let Some(inbox) = inbox {
             return self.queue(&inbox, msg, wires);
         }
+        let id = self.id(fd, generation);
         // Closing for the hub: what comes after the close is not written.
-        if self.is_kicked(self.id(fd, generation)) {
+        if self.is_kicked(id) {
             return Delivered::Closing;
+        }
+        // Behind on a push, waking to resume: queued behind what it owes.
+        if let Some(inbox) = self.resuming.get(id) {
+            return self.queue(&inbox, msg, wires);
         }
         for table in sets {
             match table.deliver(fd, generation, msg, wires, &self.stats.messages) {
                 Delivered::NotParked => {}
-                Delivered::Overflowed(unsent) => {
-                    self.overflowed(self.id(fd, generation), unsent);
-                    return Delivered::Overflowed(None);
+                Delivered::Overflowed(unsent, wire) => {
+                    self.overflowed(id, (unsent, wire), msg, wires);
+                    return Delivered::Overflowed(None, wire);
                 }
                 delivered => return delivered,
             }

@@ -1107,10 +1107,15 @@ impl Builder {
     /// at `net.core.wmem_max`, then doubles it: on a stock kernel, 212,992,
     /// the default 256 KiB gives 416 KiB, and more needs that sysctl raised). It bounds what the
     /// kernel holds for a peer that stops reading: a push to a parked
-    /// connection whose buffer is full closes it as
-    /// [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer), and
-    /// an awake one's writes wait while its
-    /// [`outbound_queue`](Builder::outbound_queue) fills. With the kernel's
+    /// connection whose buffer is full wakes it to write the rest as an
+    /// awake connection writes, and an awake one's writes wait while its
+    /// [`outbound_queue`](Builder::outbound_queue) fills (either is closed
+    /// as [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer)
+    /// when that queue overflows; a woken one also when its peer takes
+    /// none of that rest within its write bound,
+    /// [`write_stall_timeout`](Builder::write_stall_timeout) or the
+    /// protocol's heartbeat timeout). A push larger than this buffer goes
+    /// whole to a client that reads. With the kernel's
     /// autotuning a socket took up to 4 MiB (`tcp_wmem`'s maximum) before
     /// that: a thousand subscribers that read nothing held 2.3 GB of kernel
     /// memory for 6 MB published. A peer that is only bursty, or one far

@@ -996,9 +996,17 @@ async fn pushes_reach_awake_and_parked_connections_by_id() {
     server.stop().await;
 }
 
+/// A parked peer that reads nothing gets a push no socket takes at once:
+/// woken to write the rest (since session 45 it resumes, `big_push.rs`),
+/// it is a slow consumer once its write bound (`write_stall_timeout`)
+/// passes with none of it taken.
 #[tokio::test]
 async fn a_parked_peer_that_does_not_read_pushes_is_closed_as_a_slow_consumer() {
-    let mut server = Framed::parking(Framing::length_prefixed(4).max_frame_bytes(64 << 20)).await;
+    let builder = Server::builder()
+        .park_idle_after(Some(PARK_IDLE_AFTER))
+        .write_stall_timeout(Some(Duration::from_millis(300)));
+    let framing = Framing::length_prefixed(4).max_frame_bytes(64 << 20);
+    let mut server = Framed::start(builder, framing).await;
     let mut s = server.connect().await;
     let id = server.next_open().await;
     s.write_all(&frame(b"hi")).await.unwrap();
@@ -1113,11 +1121,19 @@ async fn a_chatty_parked_slow_consumer_reads_whole_frames_to_the_close() {
 }
 
 /// Parks a slow reader, pushes it a frame its socket takes and one it
-/// cannot take whole, and, once that woke it to close, has it read to the
-/// close (`chatty`: after it sent a frame): both frames whole, both pushes
-/// counted as delivered.
+/// cannot take whole, then [`OVERFLOWING`] small ones, which overflow the
+/// queue (of one fewer) it resumes with (since session 45 a push that
+/// does not go whole wakes it to write the rest, awake, `big_push.rs`):
+/// once it is a slow consumer, it reads to the close (`chatty`: after it
+/// sent a frame): both frames whole, both pushes counted as delivered,
+/// the small ones dropped.
 async fn parked_slow_consumer(chatty: bool) {
-    let mut server = Framed::parking(Framing::length_prefixed(4).max_frame_bytes(8 << 20)).await;
+    const OVERFLOWING: usize = 3;
+    let builder = Server::builder()
+        .park_idle_after(Some(PARK_IDLE_AFTER))
+        .outbound_queue(OVERFLOWING - 1);
+    let framing = Framing::length_prefixed(4).max_frame_bytes(8 << 20);
+    let mut server = Framed::start(builder, framing).await;
     let mut s = server.connect_small().await;
     let id = server.next_open().await;
     server
@@ -1132,6 +1148,12 @@ async fn parked_slow_consumer(chatty: bool) {
     server
         .wait_stats("the push found it full", |s| s.connections_parked == 0)
         .await;
+    for i in 0..OVERFLOWING {
+        assert_eq!(server.hub.send(id, format!("more {i}")), Ok(()));
+    }
+    server
+        .wait_stats("its queue overflowed", |s| s.messages.queue_drops >= 1)
+        .await;
     if chatty {
         s.write_all(&frame(b"still here")).await.unwrap();
     }
@@ -1143,7 +1165,7 @@ async fn parked_slow_consumer(chatty: bool) {
     let counted = server.handle.stats().messages;
     assert_eq!(
         (counted.pushes, counted.queue_drops, counted.frames_out),
-        (2, 0, 2),
+        (2, OVERFLOWING as u64, 2),
         "{counted:?}"
     );
     assert_eq!(counted.bytes_out, (9 + 4 + big.len()) as u64);

@@ -291,16 +291,18 @@ async fn publishes_and_broadcasts_to_a_websocket_closing_for_the_hub_count_as_dr
 /// [`parked_subscriber_that_cannot_take_them`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cannot {
-    /// A push larger than its socket takes: behind, woken to close as a
-    /// slow consumer.
+    /// A push larger than its socket takes: behind, woken to write the
+    /// rest (it resumes, since session 45), and closed as a slow consumer
+    /// once its write bound passes (its client reads nothing).
     Behind,
     /// `Hub::close`: woken to close.
     Kicked,
 }
 
 /// A parked subscriber that a push found behind: the publishes and
-/// broadcasts the pump takes after it, before the connection wakes to
-/// close, each count once in `queue_drops`. (Before: in no counter.)
+/// broadcasts the pump takes after it, queued behind what it owes until
+/// the connection, resumed, closes as a slow consumer, each count once in
+/// `queue_drops`. (Before: in no counter.)
 #[tokio::test]
 async fn publishes_and_broadcasts_to_a_parked_connection_found_behind_count_as_dropped() {
     parked_subscriber_that_cannot_take_them(Cannot::Behind).await;
@@ -321,9 +323,12 @@ async fn publishes_and_broadcasts_to_a_parked_connection_closing_for_the_hub_cou
 /// in `pushes` or `queue_drops`, once: the quiet connection's broadcasts
 /// in `pushes` (its client reads them), the subscriber's in `queue_drops`.
 async fn parked_subscriber_that_cannot_take_them(cannot: Cannot) {
+    // The subscriber's write bound (it reads nothing): it is a slow
+    // consumer when that passes.
     let builder = Server::builder()
         .park_idle_after(Some(Duration::from_millis(50)))
-        .message_send_buffer_size(Some(4096));
+        .message_send_buffer_size(Some(4096))
+        .write_timeout(Some(Duration::from_millis(500)));
     let mut rooms = Rooms::start(builder, Duration::from_secs(1)).await;
     let (_subscriber, id) = rooms.client("/room").await;
     let (mut blocker, _) = rooms.client("/quiet").await;

@@ -8,13 +8,19 @@
 //!
 //! That the lot closed the connection parked, not woken first, is checked
 //! by the wake-up counters. A push that does not go whole wakes its
-//! connection to close as a slow consumer (`message/worker.rs`,
-//! `overflowed`), so to keep one parked and behind until shutdown the lot
-//! is muted first: with `Builder::park_wake_batch` it stops hearing of its
-//! sockets for a window (an hour here) once it served two wake-ups in a
-//! row (`TlsMsg::mute_the_lot`, counted in `parking_wake_batches`), and
-//! the wake to close is never heard; the shutdown's own close of its
-//! parked connections does not wait for the lot to hear anything.
+//! connection to resume, writing what it owes as an awake connection
+//! writes (`message/worker.rs`, `overflowed`; `conn/park/owed.rs`), so to
+//! keep one parked and behind until shutdown the lot is muted first: with
+//! `Builder::park_wake_batch` it stops hearing of its sockets for a window
+//! (an hour here) once it served two wake-ups in a row
+//! (`TlsMsg::mute_the_lot`, counted in `parking_wake_batches`), and it
+//! serves no wake-up meanwhile, the one a push asks for included (that
+//! wake respects the batch as any other: a lot that batches its wake-ups
+//! holds them all for its window); the shutdown's own close of its parked
+//! connections does not wait for the lot to hear anything. The pushes
+//! after the one it fell behind on wait in the queue made for it to
+//! resume with ([`QUEUE`] of them: `TlsMsg::push_until_behind` pushes
+//! until one is refused), and count as dropped when the lot closes it.
 
 use std::time::Duration;
 
@@ -23,6 +29,12 @@ use megaconn::CloseReason;
 
 /// Longer than any test: the lot, once muted, stays so.
 const MUTED: Duration = Duration::from_secs(3600);
+
+/// The consumers' outbound queue (`Builder::outbound_queue`): the pushes
+/// after the one a consumer fell behind on wait there, this many, until
+/// the lot closes it (the rest are refused, which tells the test it is
+/// behind).
+const QUEUE: usize = 8;
 
 /// A parked `proto` connection is closed by the lot at shutdown, parked:
 /// its goodbye, sealed with its parked session, then `close_notify`.
@@ -56,14 +68,15 @@ async fn shutdown_closes_a_parked_sse_tls_connection_with_its_goodbye() {
 }
 
 /// A parked `proto` consumer behind on a sealed push (its lot muted, so
-/// that it stays parked), which then reads every push that went whole: at
+/// that it stays parked, its wake to resume unserved), which then reads
+/// every push that went whole: at
 /// shutdown its socket has room, and the lot writes the records owed, then
 /// `close_notify` (no goodbye after a push it was behind on). The push
 /// owed counts as delivered. (Without them, the `close_notify` is sealed
 /// under a sequence number past records the client never got: a bad
 /// record MAC.)
 async fn owed_records_go_whole_before_close_notify(proto: Proto) {
-    let mut server = TlsMsg::start(|b| b.park_wake_batch(MUTED)).await;
+    let mut server = TlsMsg::start(|b| b.park_wake_batch(MUTED).outbound_queue(QUEUE)).await;
     let mut consumer = server.consumer(proto).await;
     let id = consumer.id;
     server.mute_the_lot().await;
@@ -112,7 +125,7 @@ async fn owed_sse_tls_records_go_whole_before_close_notify() {
 /// tells it for a woken consumer, and `owed_*_records_go_whole_*` the
 /// parked close's order.)
 async fn the_close_of_a_consumer_behind_never_breaks_a_record(proto: Proto) {
-    let mut server = TlsMsg::start(|b| b.park_wake_batch(MUTED)).await;
+    let mut server = TlsMsg::start(|b| b.park_wake_batch(MUTED).outbound_queue(QUEUE)).await;
     let consumer = server.consumer(proto).await;
     let id = consumer.id;
     server.mute_the_lot().await;
@@ -127,13 +140,20 @@ async fn the_close_of_a_consumer_behind_never_breaks_a_record(proto: Proto) {
     assert_eq!(summary.forced, 0, "{summary:?}");
     let ending = consumer.read_to_end().await;
     eprintln!("{proto:?}: {ending:?}");
+    // The queue made for it to resume with, full, dropped at its close.
+    let queued = QUEUE as u64;
     if ending.went_whole() {
         let delivered = ending.assert_owed_went() as u64;
-        assert_eq!(pushes, (delivered, drops), "the owed push delivered");
+        let counted = (delivered, drops + queued);
+        assert_eq!(
+            pushes, counted,
+            "the owed push delivered, the queue dropped"
+        );
     } else {
         ending.assert_torn();
         let whole = ending.records.len() as u64;
-        assert_eq!(pushes, (whole, drops + 1), "the owed push dropped");
+        let counted = (whole, drops + queued + 1);
+        assert_eq!(pushes, counted, "the owed push dropped, and the queue");
     }
 }
 

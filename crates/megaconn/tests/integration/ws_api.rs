@@ -446,10 +446,14 @@ async fn over_tls_a_stuck_slow_consumer_gets_its_1013_after_the_frame_under_way(
 }
 
 /// A parked WebSocket that does not read gets a push its socket cannot
-/// take whole: it reads the frames before it, that one whole, then a close
-/// 1013, as an awake slow consumer does. The push is written from the hub
-/// with no task to finish it: the socket was shut both ways at once, and
-/// the client read a frame cut short and the end of the stream (1006).
+/// take whole, and pushes after it overflow its queue while it resumes
+/// (a push that does not go whole wakes it to write the rest, awake: it
+/// is a slow consumer only by the awake rule since session 45,
+/// `big_push.rs`): it reads the frames before it, that one whole, then a
+/// close 1013, as an awake slow consumer does. The push is written from
+/// the hub with no task to finish it: the socket was shut both ways at
+/// once, and the client read a frame cut short and the end of the stream
+/// (1006).
 #[tokio::test]
 async fn a_parked_slow_consumer_gets_its_1013_after_the_frame_under_way() {
     slow_consumer_gets_its_1013(None, Slow::Parked).await;
@@ -480,7 +484,9 @@ async fn slow_consumer_gets_its_1013(tls: Option<common::tls::Ca>, slow: Slow) {
             .send_buffer_size(Some(4096))
             .track_connections(true),
         // (A WebSocket's socket gets the message send buffer, 256 KiB.)
-        Slow::Parked => Server::builder().park_idle_after(Some(Duration::from_millis(50))),
+        Slow::Parked => Server::builder()
+            .park_idle_after(Some(Duration::from_millis(50)))
+            .outbound_queue(OVERFLOWING - 1),
     };
     if let Some(ca) = &tls {
         let leaf = ca.leaf(&["localhost"]);
@@ -539,9 +545,14 @@ where
     match slow {
         // The push the socket took part of reached the client whole: it is
         // delivered, not dropped (it counted in `queue_drops` and not in
-        // `pushes`).
+        // `pushes`); those behind it, queued or refused, were dropped.
         Slow::Parked => {
-            assert_eq!((counted.pushes, counted.queue_drops), (2, 0), "{counted:?}")
+            let dropped = OVERFLOWING as u64;
+            assert_eq!(
+                (counted.pushes, counted.queue_drops),
+                (2, dropped),
+                "{counted:?}"
+            )
         }
         // The first push went, whole; the second and the first of the
         // two more, left in the queue, were dropped with it, as the one
@@ -721,9 +732,14 @@ async fn pushes_lost_at_any_close_count_as_dropped() {
     server.stop().await;
 }
 
+/// Pushes after a parked connection's big one, to a queue of one fewer:
+/// the last overflows it while the connection resumes.
+const OVERFLOWING: usize = 3;
+
 /// Parks `client`'s connection, then pushes it a frame its socket takes
-/// and one it cannot take whole (the client reads nothing meanwhile); the
-/// client reads both whole.
+/// and one it cannot take whole, then [`OVERFLOWING`] small ones, which
+/// overflow the queue it resumes with (the client reads nothing
+/// meanwhile): a slow consumer. The client reads the first two whole.
 async fn parked_behind<S>(
     server: &mut ChatServer,
     client: &mut WebSocketStream<S>,
@@ -737,13 +753,26 @@ async fn parked_behind<S>(
     // 8 KiB) take at once.
     let big = vec![7u8; 2 << 20];
     assert_eq!(server.hub.send_binary(id, big.clone()), Ok(()));
-    // Nothing else wakes it: the push found it full.
+    overflow_while_resuming(server, id).await;
+    assert_eq!(next_data(client).await, Message::text("first"));
+    assert_eq!(next_data(client).await, Message::binary(big));
+}
+
+/// After a push parked connection `id` could not take whole: nothing else
+/// wakes it (the push found it full, and it resumes to write the rest),
+/// and [`OVERFLOWING`] pushes overflow its queue of one fewer.
+async fn overflow_while_resuming(server: &ChatServer, id: ConnectionId) {
     common::wait_stats(&server.handle, "the push found it full", |s| {
         s.connections_parked == 0
     })
     .await;
-    assert_eq!(next_data(client).await, Message::text("first"));
-    assert_eq!(next_data(client).await, Message::binary(big));
+    for i in 0..OVERFLOWING {
+        assert_eq!(server.hub.send(id, format!("more {i}")), Ok(()));
+    }
+    common::wait_stats(&server.handle, "its queue overflowed", |s| {
+        s.messages.queue_drops >= 1
+    })
+    .await;
 }
 
 /// Gets the server stuck writing to `client` while pushes overflow its
@@ -1031,25 +1060,24 @@ async fn a_framed_session_knows_its_peer_address() {
     server.stop().await;
 }
 
-/// A parked slow consumer that sends something (an app heartbeat) while
+/// A parked slow consumer (its queue overflowed while it resumed, as
+/// [`parked_behind`]'s) that sends something (an app heartbeat) while
 /// the server drains the rest of its push still reads that frame whole and
 /// the 1013. (mergereview repro: on f1f0510 it reads "first", then ECONNRESET:
 /// the close with its message unread resets the connection, and the reset
 /// throws away the tail and the 1013 still in the kernel's buffers.)
 #[tokio::test]
 async fn a_chatty_parked_slow_consumer_gets_its_1013() {
-    let builder = Server::builder().park_idle_after(Some(Duration::from_millis(50)));
+    let builder = Server::builder()
+        .park_idle_after(Some(Duration::from_millis(50)))
+        .outbound_queue(OVERFLOWING - 1);
     let mut server = ChatServer::start(builder).await;
     let (mut client, id) = server.slow_reader().await;
     common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
     assert_eq!(server.hub.send(id, "first"), Ok(()));
     let big = vec![7u8; 2 << 20];
     assert_eq!(server.hub.send_binary(id, big.clone()), Ok(()));
-    // Nothing else wakes it: the push found it full.
-    common::wait_stats(&server.handle, "the push found it full", |s| {
-        s.connections_parked == 0
-    })
-    .await;
+    overflow_while_resuming(&server, id).await;
     client.send(Message::text("still here")).await.unwrap();
     assert_eq!(next_data(&mut client).await, Message::text("first"));
     assert_eq!(next_data(&mut client).await, Message::binary(big));

@@ -36,8 +36,12 @@
 //! do: each had its own `CLOSE_TIMEOUT`, so a peer that took the rest just
 //! before the first passed and then kept its end open held the close ~4 s.
 //! (The write stall bound is not one of them: it bounds a write before the
-//! overflow, which ends that write at once.) A parked one woken behind
-//! writes the rest of its push and lingers within that one bound too.
+//! overflow, which ends that write at once.) A parked one a push found
+//! behind is woken to resume: it writes the rest of that push first, as
+//! an awake write (bounded, ended by an overflow of its queue, which holds
+//! the pushes since), and is a slow consumer only as an awake one is; one
+//! woken behind to close writes that rest and lingers within the close's
+//! one bound.
 //!
 //! Counted as the socket takes them: `frames_out` and `bytes_out` the
 //! frames written whole, `pushes` the pushes among them; the pushes that
@@ -158,7 +162,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 return Ended::Close(CloseReason::ServerError);
             };
             let id = local.id(fd, parked.generation);
-            let timers = parked.timers();
+            let timers = parked.timers(local.is_resuming(id));
             let session = Session::new(id, local.clone());
             let live = Live::new(handler, H::on_close_with_id, parked.state, id, &local);
             let every = send_heartbeats.as_ref().map(|(every, _)| *every);
@@ -185,6 +189,19 @@ pub(crate) async fn serve<H: FramedHandler>(
     // Pushes reach an awake connection through its outbound queue (gone
     // when it parks or closes).
     let inbox = local.awake(session.id(), table.wire(listener));
+    // Woken behind on a push: the rest of it goes first, before anything
+    // the connection or the hub sends it now (its queue holds the pushes
+    // since), as an awake write; a slow consumer only if that stalls.
+    if let Some(owed) = local.take_owed(session.id()) {
+        let limit = || write_limit(&ctx.config);
+        if let Err(cut) = io.resume_owed(owed, inbox.as_ref(), limit, counters).await {
+            if let Some(inbox) = &inbox {
+                inbox.drop_behind();
+            }
+            io.write_owed(cut.rest, counters).await;
+            return closing(&mut io, live.close(cut.reason)).await;
+        }
+    }
     let mut codec = framing.codec();
     if let Err(reason) = flush(
         &mut io,

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!   handed over (on_open) / woken (a timer wake: the comment that was due;
-//!   behind on a push: the rest of it, then SlowConsumer)
+//!   behind on a push: the rest of it first, then on as any wake)
 //!        |
 //!        v
 //!   +-> write: events sent by on_open, pushes (a batch), a comment
@@ -141,7 +141,7 @@ pub(crate) async fn serve(
             let id = local.id(fd, parked.generation);
             let chunked = parked.variant == CHUNKED;
             let every = parked.state.settings.ping_interval;
-            let timers = parked.timers();
+            let timers = parked.timers(local.is_resuming(id));
             let live = Live::new(&(), on_close, parked.state, id, &local);
             let session = Session::new(id, local.clone());
             match resume(timers, wake, now, None, every, counters) {
@@ -165,6 +165,19 @@ pub(crate) async fn serve(
     // Pushes reach an awake stream through its outbound queue (gone when
     // it parks or closes).
     let inbox = local.awake(session.id(), table.wire(variant(chunked)));
+    // Woken behind on a push: the rest of that event goes first, before
+    // the comment due and the pushes since (in its queue), as an awake
+    // write; a slow consumer only if that stalls.
+    if let Some(owed) = local.take_owed(session.id()) {
+        let limit = || MessageSettings::write_limit_without_heartbeat(&ctx.config);
+        if let Err(cut) = io.resume_owed(owed, inbox.as_ref(), limit, counters).await {
+            if let Some(inbox) = &inbox {
+                inbox.drop_behind();
+            }
+            io.write_owed(cut.rest, counters).await;
+            return closing(&mut io, live.close(cut.reason)).await;
+        }
+    }
     loop {
         for text in session.take_out() {
             let text = String::from_utf8_lossy(&text);

@@ -173,6 +173,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // take them for a chatty peer ("hot", kept as a task for
     // `park_idle_after`): this wake parks as a cold one would.
     let mut pinged = false;
+    // What a push it fell behind on while parked left owed, to write first.
+    let mut owed = None;
     let (mut live, session) = match start {
         Start::Upgraded(read_ahead, _, opened) => {
             if !read_ahead.is_empty() {
@@ -202,7 +204,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 return Ended::Close(CloseReason::ServerError);
             };
             let id = tables.local.id(fd, parked.generation);
-            let timers = parked.timers();
+            let timers = parked.timers(tables.local.is_resuming(id));
             let session = WsSession::new(Session::new(id, tables.local.clone()));
             let live = Live::new(
                 &route.handler,
@@ -246,9 +248,13 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // shut) it reads nothing: the loop's first look at its inbox
             // closes it, and a TLS read would only find the end of the
             // stream and take it for the client leaving.
+            // Owing sealed records, it writes them before its session
+            // writes anything of its own (a prefetch may answer the peer):
+            // what woke it is read after them.
+            owed = tables.local.take_owed(id);
             let kicked = tables.local.is_kicked(id);
-            if let (true, false, Either::Left(MessageIo::Tls(tls))) =
-                (wake.readable(), kicked, &mut conn.io)
+            if let (true, false, None, Either::Left(MessageIo::Tls(tls))) =
+                (wake.readable(), kicked, &owed, &mut conn.io)
             {
                 match prefetch_woken(tls) {
                     Ok(read) => unread_wake = read,
@@ -263,6 +269,18 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     let awake = tables
         .local
         .awake(session.id(), tables.table::<H::State>().wire(0));
+    // Woken behind on a push: the rest of it goes first, before the ping
+    // due and the pushes since (in its queue), as an awake write; a slow
+    // consumer (its 1013 after that rest) only if that stalls.
+    if let (Some(owed), Either::Left(io)) = (owed, &mut conn.io) {
+        let limit = || write_limit(&ctx.config, settings.heartbeat_timeout);
+        if let Err(cut) = io.resume_owed(owed, awake.as_ref(), limit, counters).await {
+            drop(awake);
+            let rest = cut.rest.map(|rest| (rest, Raw::Sealed));
+            close_behind(&mut conn, rest, cut.reason, counters).await;
+            return Ended::Close(live.close(cut.reason));
+        }
+    }
     let mut decoder = Decoder::with_deflate(deflate.map(|_| tables.codec.clone()));
     let mut message = MessageDeadline::new(settings.message_timeout);
     let mut out = Writing::default();
@@ -772,6 +790,20 @@ fn poll_out(
     Pin::new(io).poll_flush(cx)
 }
 
+/// How a WebSocket's write that has to wait is bounded: `write_timeout`,
+/// else a stall bounded by the route's `heartbeat` timeout, else by
+/// `write_stall_timeout` ([`WriteLimit::resolve`]).
+fn write_limit(
+    config: &crate::conn::config::Config,
+    heartbeat: Option<std::time::Duration>,
+) -> WriteLimit {
+    WriteLimit::resolve(
+        config.write_timeout,
+        heartbeat.map(|t| (t, "WebSocketRoute::heartbeat_timeout")),
+        MessageSettings::write_stall_timeout(config),
+    )
+}
+
 /// [`flush`] once the socket did not take it all at once: bounded, and
 /// ended by an overflow of the push queue.
 async fn flush_stuck(
@@ -782,12 +814,7 @@ async fn flush_stuck(
 ) -> Result<(), Next> {
     let io_error = |e: std::io::Error| Next::Close(CloseReason::io(&e), None);
     lifecycle::set_state(ConnectionState::Writing);
-    let config = &conn.ctx.config;
-    let limit = WriteLimit::resolve(
-        config.write_timeout,
-        heartbeat.map(|t| (t, "WebSocketRoute::heartbeat_timeout")),
-        MessageSettings::write_stall_timeout(config),
-    );
+    let limit = write_limit(&conn.ctx.config, heartbeat);
     // The socket's descriptor, unless it is a caller's own transport (-1).
     let socket = Some(parked_fd(&conn.io)).filter(|fd| *fd >= 0);
     let mut bound = WriteBound::new(limit, socket);

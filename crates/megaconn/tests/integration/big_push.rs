@@ -1,0 +1,452 @@
+//! A push larger than a parked connection's socket send buffer, or a burst
+//! of pushes, to a client that reads: for WebSocket, framed TCP and
+//! Server-Sent Events, the client gets all of it, whole and in order, and
+//! the connection stays open (a small push after it still arrives; no
+//! close, no `slow_consumer`). The hub writes a push straight to a parked
+//! socket; the socket takes part of it, and the connection is woken to
+//! write the rest as an awake connection writes (`Wake::Owed`,
+//! `message::wake::write_owed_resuming`), the pushes after it queued in
+//! order. Until session 45 it was woken to close as a slow consumer: 3/3
+//! of each protocol's connections closed after a 4 MiB push their client
+//! read at once.
+//!
+//! And the rule that still closes one: a client that reads nothing is a
+//! slow consumer once its write bound passes (`write_timeout` here; else a
+//! stall bounded by a WebSocket's heartbeat timeout or
+//! `write_stall_timeout`), not before.
+//!
+//! One server serves all three (one worker, cleartext, 127.0.0.1:0), its
+//! connections parking after [`PARK_IDLE_AFTER`] with the default message
+//! send buffer (256 KiB, which the kernel doubles). Every wait is on an
+//! event or a counter, bounded by [`SAFETY`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::request::Parts;
+use megaconn::{
+    Builder, CloseReason, ConnectionId, FramedHandler, Framing, Hub, Server, ServerHandle, Session,
+    ShutdownSummary, SseHandler, SseRoute, WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::common;
+use common::{closed_as, SAFETY};
+
+/// How long an idle connection waits before it parks.
+const PARK_IDLE_AFTER: Duration = Duration::from_millis(20);
+
+/// The big push: 4 MiB, 16 times the default message send buffer.
+const BIG: usize = 4 << 20;
+
+/// A burst: this many pushes of [`BURST_EACH`] bytes, 4 MiB in all.
+const BURST: usize = 64;
+const BURST_EACH: usize = 64 << 10;
+
+/// The write bound of the never-reading client's server
+/// (`write_timeout`): a slow consumer once it passes. (Not a short
+/// `write_stall_timeout`: an SSE socket's `TCP_USER_TIMEOUT` is that, and
+/// the kernel gives up on a peer that opens no window first, `Io(TimedOut)`.)
+/// Over the close's 2 s bound, within which a slow consumer's close tries
+/// the rest of its frame: closed at once as before session 45, this one
+/// closed ~2 s after the push, before this bound.
+const STALL: Duration = Duration::from_secs(3);
+
+/// One of the three message protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Ws,
+    Framed,
+    Sse,
+}
+
+/// Reports opens and closes of all three protocols, with the connection's
+/// id; a framed or WebSocket message is echoed.
+#[derive(Clone)]
+struct Probe {
+    opens: mpsc::UnboundedSender<ConnectionId>,
+    closes: mpsc::UnboundedSender<(ConnectionId, CloseReason)>,
+}
+
+impl FramedHandler for Probe {
+    type State = ();
+
+    fn on_open(&self, _: &mut (), session: &Session) {
+        let _ = self.opens.send(session.id());
+    }
+
+    async fn on_message(&self, _: &mut (), frame: Bytes, _: &Session) -> Option<Bytes> {
+        Some(frame)
+    }
+
+    fn on_close_with_id(&self, id: ConnectionId, _: (), reason: CloseReason) {
+        let _ = self.closes.send((id, reason));
+    }
+}
+
+impl WebSocketHandler for Probe {
+    type State = ();
+
+    fn on_open(&self, _: &mut (), session: &WsSession) {
+        let _ = self.opens.send(session.id());
+    }
+
+    async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
+        Some(message)
+    }
+
+    fn on_close_with_id(&self, id: ConnectionId, _: (), reason: CloseReason) {
+        let _ = self.closes.send((id, reason));
+    }
+}
+
+impl SseHandler for Probe {
+    fn on_open(&self, _: &Parts, session: &Session) {
+        let _ = self.opens.send(session.id());
+    }
+
+    fn on_close(&self, id: ConnectionId, reason: CloseReason) {
+        let _ = self.closes.send((id, reason));
+    }
+}
+
+/// The server: WebSocket at `/ws`, SSE at `/events` (no heartbeats), and a
+/// length-prefixed framed listener.
+struct Pushes {
+    http: SocketAddr,
+    framed: SocketAddr,
+    handle: ServerHandle,
+    hub: Hub,
+    opens: mpsc::UnboundedReceiver<ConnectionId>,
+    closes: mpsc::UnboundedReceiver<(ConnectionId, CloseReason)>,
+    task: tokio::task::JoinHandle<ShutdownSummary>,
+}
+
+impl Pushes {
+    /// Serves with `shape`'s settings on top of parking after
+    /// [`PARK_IDLE_AFTER`].
+    async fn start(shape: impl FnOnce(Builder) -> Builder) -> Pushes {
+        let builder = Server::builder()
+            .workers(1)
+            .park_idle_after(Some(PARK_IDLE_AFTER));
+        let framing = Framing::length_prefixed(4).max_frame_bytes(2 * BIG);
+        let mut server = shape(builder)
+            .listen_on("127.0.0.1:0".parse().unwrap())
+            .listen_framed_on("127.0.0.1:0".parse().unwrap(), framing)
+            .listen()
+            .expect("server binds");
+        let (&http, &framed) = match server.local_addrs() {
+            [a, b] if server.is_framed(*b) => (a, b),
+            [a, b] => (b, a),
+            other => panic!("two listeners: {other:?}"),
+        };
+        let (handle, hub) = (server.handle(), server.hub());
+        let (opened, opens) = mpsc::unbounded_channel();
+        let (closed, closes) = mpsc::unbounded_channel();
+        let probe = Probe {
+            opens: opened,
+            closes: closed,
+        };
+        let app = axum::Router::new()
+            .route_service(
+                "/ws",
+                WebSocketRoute::new(probe.clone())
+                    .ping_interval(None)
+                    .heartbeat_timeout(None),
+            )
+            .route_service("/events", SseRoute::new(probe.clone()).ping_interval(None));
+        // Run here: the hub takes messages once the server runs.
+        let running = server.framed(probe).start(app).expect("starts").run();
+        let task = tokio::spawn(running);
+        Pushes {
+            http,
+            framed,
+            handle,
+            hub,
+            opens,
+            closes,
+            task,
+        }
+    }
+
+    /// A client of `proto` (with a 4 KiB receive buffer if `small`), its
+    /// protocol set up and its connection parked; and its id.
+    async fn connect(&mut self, proto: Proto, small: bool) -> (Client, ConnectionId) {
+        let parked = self.handle.stats().connections_parked;
+        let socket = TcpSocket::new_v4().unwrap();
+        if small {
+            socket.set_recv_buffer_size(4096).unwrap();
+        }
+        let addr = match proto {
+            Proto::Framed => self.framed,
+            Proto::Ws | Proto::Sse => self.http,
+        };
+        let mut tcp = socket.connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let client = match proto {
+            Proto::Framed => Client::Framed(tcp),
+            Proto::Ws => {
+                let url = format!("ws://{addr}/ws");
+                let connected = tokio_tungstenite::client_async(url, tcp);
+                let (ws, _) = tokio::time::timeout(SAFETY, connected)
+                    .await
+                    .expect("handshake in time")
+                    .expect("handshake");
+                Client::Ws(Box::new(ws))
+            }
+            Proto::Sse => {
+                // HTTP/1.0: a close-delimited body, its events as they are.
+                tcp.write_all(b"GET /events HTTP/1.0\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut io = BufReader::new(tcp);
+                let mut head = String::new();
+                while !head.ends_with("\r\n\r\n") {
+                    let read = tokio::time::timeout(SAFETY, io.read_line(&mut head));
+                    assert!(read.await.expect("head in time").unwrap() > 0, "{head}");
+                }
+                assert!(head.lines().next().unwrap().contains(" 200 "), "{head}");
+                Client::Sse(io)
+            }
+        };
+        let id = tokio::time::timeout(SAFETY, self.opens.recv())
+            .await
+            .expect("on_open in time")
+            .expect("on_open");
+        self.wait_parked(parked + 1).await;
+        (client, id)
+    }
+
+    async fn wait_parked(&self, n: i64) {
+        common::wait_stats(&self.handle, "parked", |s| s.connections_parked == n).await;
+    }
+
+    /// Sends `payload` to `id` (ASCII: a WebSocket's text message, an SSE
+    /// event's data).
+    fn send(&self, id: ConnectionId, payload: Vec<u8>) {
+        assert_eq!(self.hub.send(id, payload), Ok(()));
+    }
+
+    async fn next_close(&mut self) -> (ConnectionId, CloseReason) {
+        tokio::time::timeout(SAFETY, self.closes.recv())
+            .await
+            .expect("on_close in time")
+            .expect("on_close")
+    }
+
+    async fn stop(self) -> ShutdownSummary {
+        self.handle.shutdown();
+        tokio::time::timeout(SAFETY, self.task)
+            .await
+            .expect("server stops")
+            .expect("server task")
+    }
+}
+
+/// A client of one protocol, reading whole messages.
+enum Client {
+    Ws(Box<WebSocketStream<TcpStream>>),
+    Framed(TcpStream),
+    Sse(BufReader<TcpStream>),
+}
+
+impl Client {
+    /// The next message pushed, whole: a WebSocket's text message, a
+    /// frame's body, an event's data. Panics on the end of the stream (the
+    /// connection closed) or after [`SAFETY`].
+    async fn next(&mut self) -> Vec<u8> {
+        tokio::time::timeout(SAFETY, self.read())
+            .await
+            .expect("a push in time")
+    }
+
+    async fn read(&mut self) -> Vec<u8> {
+        match self {
+            Client::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => return text.as_bytes().to_vec(),
+                    Some(Ok(m)) if m.is_ping() || m.is_pong() => {}
+                    Some(Ok(Message::Close(close))) => panic!("closed: {close:?}"),
+                    other => panic!(
+                        "a text message, not {:?}",
+                        other.map(|m| m.map(|m| m.len()))
+                    ),
+                }
+            },
+            Client::Framed(tcp) => {
+                let mut len = [0u8; 4];
+                tcp.read_exact(&mut len)
+                    .await
+                    .expect("a frame, not the end");
+                let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                tcp.read_exact(&mut body).await.expect("the frame whole");
+                body
+            }
+            Client::Sse(io) => {
+                let mut line = Vec::new();
+                let n = io.read_until(b'\n', &mut line).await.unwrap();
+                assert!(n > 0, "an event, not the end of the stream");
+                let data = line
+                    .strip_prefix(b"data: ")
+                    .and_then(|l| l.strip_suffix(b"\n"))
+                    .unwrap_or_else(|| panic!("a data line: {:?}", &line[..line.len().min(64)]))
+                    .to_vec();
+                let mut end = Vec::new();
+                io.read_until(b'\n', &mut end).await.unwrap();
+                assert_eq!(end, b"\n", "the event ends");
+                data
+            }
+        }
+    }
+}
+
+/// Push `i`'s bytes, `len` of them: its number, then a letter of it, so
+/// that a push cut, joined to another or out of order shows. (No line
+/// ends: an SSE event's data is one line.)
+fn push(i: usize, len: usize) -> Vec<u8> {
+    let mut bytes = format!("{i:08}:").into_bytes();
+    bytes.resize(len, b'a' + (i % 26) as u8);
+    bytes
+}
+
+/// Asserts `got` is push `i` of `len` bytes, saying where it differs.
+fn assert_push(got: &[u8], i: usize, len: usize) {
+    let want = push(i, len);
+    if got != want {
+        let at = got.iter().zip(&want).position(|(a, b)| a != b);
+        panic!(
+            "push {i}: {} bytes, {len} expected, first difference at {at:?}, begins {:?}",
+            got.len(),
+            String::from_utf8_lossy(&got[..got.len().min(16)])
+        );
+    }
+}
+
+/// A parked `proto` connection gets one push of [`BIG`] bytes, its client
+/// reading at once: the push arrives whole, the connection stays open and
+/// parks again, and a small push after it arrives too. Nothing closed,
+/// nothing dropped; both pushes counted delivered.
+async fn a_big_push_reaches_a_reading_client_whole(proto: Proto) {
+    let mut server = Pushes::start(|b| b).await;
+    let (mut client, id) = server.connect(proto, false).await;
+    server.send(id, push(0, BIG));
+    assert_push(&client.next().await, 0, BIG);
+    // Still open: back in the lot, and a push finds it there.
+    server.wait_parked(1).await;
+    server.send(id, push(1, 100));
+    assert_push(&client.next().await, 1, 100);
+    let stats = server.handle.stats();
+    assert_eq!(closed_as(&stats, "slow_consumer"), 0, "{stats:?}");
+    assert_eq!(stats.connections_open, 1, "{stats:?}");
+    assert!(server.closes.try_recv().is_err(), "nothing closed");
+    common::wait_stats(&server.handle, "both pushes counted", |s| {
+        s.messages.pushes == 2
+    })
+    .await;
+    assert_eq!(server.handle.stats().messages.queue_drops, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_big_push_reaches_a_reading_websocket_client_whole() {
+    a_big_push_reaches_a_reading_client_whole(Proto::Ws).await;
+}
+
+#[tokio::test]
+async fn a_big_push_reaches_a_reading_framed_client_whole() {
+    a_big_push_reaches_a_reading_client_whole(Proto::Framed).await;
+}
+
+#[tokio::test]
+async fn a_big_push_reaches_a_reading_sse_client_whole() {
+    a_big_push_reaches_a_reading_client_whole(Proto::Sse).await;
+}
+
+/// A parked `proto` connection gets a burst of [`BURST`] pushes of
+/// [`BURST_EACH`] bytes at once (4 MiB), its client reading at once: all
+/// arrive, whole and in order (those that found the socket full waited in
+/// the queue made for it, behind the rest of the one it was writing), and
+/// the connection stays open, as the big push's test says.
+async fn a_burst_reaches_a_reading_client_in_order(proto: Proto) {
+    let mut server = Pushes::start(|b| b).await;
+    let (mut client, id) = server.connect(proto, false).await;
+    for i in 0..BURST {
+        server.send(id, push(i, BURST_EACH));
+    }
+    for i in 0..BURST {
+        assert_push(&client.next().await, i, BURST_EACH);
+    }
+    server.wait_parked(1).await;
+    server.send(id, push(BURST, 100));
+    assert_push(&client.next().await, BURST, 100);
+    let stats = server.handle.stats();
+    assert_eq!(closed_as(&stats, "slow_consumer"), 0, "{stats:?}");
+    assert!(server.closes.try_recv().is_err(), "nothing closed");
+    let all = BURST as u64 + 1;
+    common::wait_stats(&server.handle, "every push counted", |s| {
+        s.messages.pushes == all
+    })
+    .await;
+    assert_eq!(server.handle.stats().messages.queue_drops, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_reaches_a_reading_websocket_client_in_order() {
+    a_burst_reaches_a_reading_client_in_order(Proto::Ws).await;
+}
+
+#[tokio::test]
+async fn a_burst_reaches_a_reading_framed_client_in_order() {
+    a_burst_reaches_a_reading_client_in_order(Proto::Framed).await;
+}
+
+#[tokio::test]
+async fn a_burst_reaches_a_reading_sse_client_in_order() {
+    a_burst_reaches_a_reading_client_in_order(Proto::Sse).await;
+}
+
+/// A parked `proto` connection whose client reads nothing (a 4 KiB
+/// receive buffer) gets the big push: it is still closed as a slow
+/// consumer, once its write bound ([`STALL`], `write_timeout`) passed
+/// with its socket taking none of the rest, and not before (it was closed
+/// at once, before session 45). The push counts as dropped.
+async fn a_client_that_reads_nothing_is_a_slow_consumer_after_its_bound(proto: Proto) {
+    let mut server = Pushes::start(|b| b.write_timeout(Some(STALL))).await;
+    let (_client, id) = server.connect(proto, true).await;
+    let sent = tokio::time::Instant::now();
+    server.send(id, push(0, BIG));
+    assert_eq!(server.next_close().await, (id, CloseReason::SlowConsumer));
+    let took = sent.elapsed();
+    assert!(
+        took >= STALL,
+        "closed {took:?} after the push, before its bound"
+    );
+    common::wait_stats(&server.handle, "the close counted", |s| {
+        closed_as(s, "slow_consumer") == 1 && s.messages.queue_drops == 1
+    })
+    .await;
+    assert_eq!(server.handle.stats().messages.pushes, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_websocket_client_that_reads_nothing_is_a_slow_consumer_after_its_bound() {
+    a_client_that_reads_nothing_is_a_slow_consumer_after_its_bound(Proto::Ws).await;
+}
+
+#[tokio::test]
+async fn a_framed_client_that_reads_nothing_is_a_slow_consumer_after_its_bound() {
+    a_client_that_reads_nothing_is_a_slow_consumer_after_its_bound(Proto::Framed).await;
+}
+
+#[tokio::test]
+async fn an_sse_client_that_reads_nothing_is_a_slow_consumer_after_its_bound() {
+    a_client_that_reads_nothing_is_a_slow_consumer_after_its_bound(Proto::Sse).await;
+}
