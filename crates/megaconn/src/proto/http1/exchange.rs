@@ -454,15 +454,12 @@ fn answer_error<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, status: StatusCode, r
 /// the demo's) was moved once more for it (bench/CPU-PER-REQUEST.md,
 /// session 38).
 ///
-/// An answer is taken apart inside the catch, where the poll returned it:
-/// its body moved straight into its pinned place, its head into `head`.
-/// Returned through the catch, or written whole into a slot and taken
-/// apart there, it was copied once more (a 256-byte `memcpy` for the
-/// demo's, ~30 user-space instructions a request; bench/CPU-PER-REQUEST.md,
-/// session 45). Nothing of the handler's code runs in there but its poll:
-/// the moves are ours. The handler's future is dropped after, outside the
-/// catch (a panic in that drop unwinds as before, and drops the head, a
-/// local by then; the body is the exchange's).
+/// The poll's answer is written in a slot here, and a response is taken
+/// apart where it lies ([`start_response`]): returned through the catch,
+/// it was copied whole out of it, into `start_response`'s binding, and
+/// again by `into_parts`, where the write into the slot is now the one
+/// copy (~60 user-space instructions a request fewer, with `write_head`
+/// inlined; bench/CPU-PER-REQUEST.md, session 43).
 fn poll_handler<T, F, B, E>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
     T: Parkable,
@@ -474,67 +471,95 @@ where
     let Some(handler) = this.handler.as_mut().as_pin_mut() else {
         return Ok(false);
     };
-    let mut head = None;
-    let mut error = None;
-    let mut body_place = this.body.as_mut();
-    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| match handler.poll(cx) {
-        Poll::Pending => Polled::Pending,
+    let mut polled = std::mem::MaybeUninit::<Poll<Result<Response<B>, E>>>::uninit();
+    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        polled.write(handler.poll(cx));
+    })) {
+        this.handler.set(None);
+        return Err(handler_panicked(this, &panic));
+    }
+    // SAFETY: the closure returned, so it wrote `polled`. What it holds is
+    // owned from here on by exactly one of the arms below; `polled` itself
+    // is never dropped (a `MaybeUninit`).
+    match unsafe { polled.assume_init_mut() } {
+        Poll::Pending => Ok(false),
         Poll::Ready(Ok(response)) => {
-            let (parts, body) = response.into_parts();
-            head = Some(ResponseHead {
-                status: parts.status,
-                headers: parts.headers,
-                extensions: parts.extensions,
-            });
-            // (The place is empty: a handler answers once. Should the
-            // body's own drop panic later, `Pin::set` leaves `None`.)
-            body_place.set(Some(body));
-            Polled::Answered
-        }
-        Poll::Ready(Err(e)) => {
-            error = Some(e);
-            Polled::Failed
-        }
-    }));
-    match polled {
-        Err(panic) => {
+            // Should the handler's future panic in its drop here, the
+            // response in `polled` is dropped by this guard as the panic
+            // unwinds (it would leak: `polled` is never dropped; a leaked
+            // body holding a channel's end would keep its other side
+            // waiting). Taken apart before this drop instead, it cost 43
+            // user-space instructions a request more, as its parts were
+            // kept across the call (bench/CPU-PER-REQUEST.md, session 43);
+            // the guard is forgotten on the way that does not panic.
+            let unwinding = DropOnUnwind(std::ptr::from_mut(response));
             this.handler.set(None);
-            Err(handler_panicked(this, &panic))
+            std::mem::forget(unwinding);
+            // SAFETY: `response` is in `polled`, which is neither dropped
+            // nor used after this call, which takes it apart.
+            unsafe { start_response(this, response) }
         }
-        Ok(Polled::Pending) => Ok(false),
-        Ok(Polled::Answered) => {
-            let Some(head) = head else {
-                unreachable!("an answer puts its head")
+        Poll::Ready(Err(_)) => {
+            this.handler.set(None);
+            // SAFETY: initialised (above), read once, and not used after.
+            let Poll::Ready(Err(e)) = (unsafe { polled.assume_init_read() }) else {
+                unreachable!("matched as an error just above")
             };
-            this.handler.set(None);
-            start_response(this, head)
-        }
-        Ok(Polled::Failed) => {
-            let Some(e) = error else {
-                unreachable!("a failure puts its error")
-            };
-            this.handler.set(None);
             Err(service_failed(this, e.into()))
         }
     }
 }
 
-/// What a poll of the handler gave ([`poll_handler`]), its answer put
-/// where it goes.
-enum Polled {
-    Pending,
-    /// A response: its head and its body put in their places.
-    Answered,
-    /// The handler's error, put apart.
-    Failed,
+/// Drops what it points to if it is dropped: made just before a call
+/// that may panic and forgotten after it, so that it runs only while that
+/// panic unwinds (`poll_handler`: the response in its slot, which is never
+/// dropped otherwise).
+struct DropOnUnwind<R>(*mut R);
+
+impl<R> Drop for DropOnUnwind<R> {
+    fn drop(&mut self) {
+        // SAFETY: only reached while a panic unwinds out of the call the
+        // guard spans (it is forgotten after it), when what it points to
+        // is initialised, not yet taken apart, and used by nothing after.
+        unsafe { std::ptr::drop_in_place(self.0) }
+    }
 }
 
-/// A response's head, as the handler's answer gave it ([`poll_handler`]):
-/// what `write_head` encodes, and all of the response but its body.
+/// A response's head, taken out of the handler's response where its poll
+/// left it ([`ResponseHead::take`]): what `write_head` encodes, and all
+/// of the response but its body. (`http::response::Parts` cannot be made
+/// from a `Response`'s fields without moving the whole response.)
 struct ResponseHead {
     status: StatusCode,
     headers: http::HeaderMap,
     extensions: http::Extensions,
+}
+
+impl ResponseHead {
+    /// Takes `response`'s head out of it: its headers and extensions each
+    /// moved once; its body is left where it is, for the caller to move
+    /// or drop in place (`start_response`).
+    ///
+    /// # Safety
+    /// `response`'s headers and extensions must not be used or dropped
+    /// after this call, nor the response as a whole (it lies in a
+    /// `MaybeUninit` or a `ManuallyDrop`): they are moved out of it
+    /// bitwise. What stays behind besides the body (the status and the
+    /// version, both `Copy`, and `Parts`' private unit field) needs no
+    /// drop; the test `response_head_takes_every_field_that_needs_a_drop`
+    /// fails if `http` adds a field that may.
+    #[inline(always)]
+    unsafe fn take<B>(response: &mut Response<B>) -> ResponseHead {
+        // SAFETY: each field is read once, and the caller neither uses nor
+        // drops them after (above), so none is dropped twice.
+        unsafe {
+            ResponseHead {
+                status: response.status(),
+                headers: std::ptr::read(response.headers()),
+                extensions: std::ptr::read(response.extensions()),
+            }
+        }
+    }
 }
 
 /// The service's future failed: answer 500 and close.
@@ -568,17 +593,27 @@ fn fail_before_response<T, F, B>(
     Outcome::Close(close)
 }
 
-// Inlined into its one caller, so that the head is not copied into this
-// function's argument (bench/CPU-PER-REQUEST.md, session 38).
+// Inlined into its one caller, so that the response is taken apart where
+// the handler's poll left it, not copied first into this function's
+// argument (256 bytes for the demo's; bench/CPU-PER-REQUEST.md, session 38).
+//
+// # Safety
+// As [`ResponseHead::take`]'s: `response` is not used or dropped after.
 #[inline(always)]
-fn start_response<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, mut head: ResponseHead) -> Step
+unsafe fn start_response<T, F, B>(
+    this: &mut Proj<'_, '_, T, F, B>,
+    response: &mut Response<B>,
+) -> Step
 where
     T: Parkable,
     B: HttpBody<Data = Bytes>,
 {
-    // The body is in its place already (`poll_handler`); one that is not
-    // sent is dropped there below.
-    let status = head.status;
+    // What decides where the body goes is read from the response where
+    // it lies, and the body is then moved once, straight into its pinned
+    // place (or dropped where it is): taken out with the head first, it
+    // was copied to the stack and from there into its place, two 144-byte
+    // `memcpy` calls for the demo's (bench/CPU-PER-REQUEST.md, session 44).
+    let status = response.status();
     let switching = status == StatusCode::SWITCHING_PROTOCOLS
         || (this.st.setup.is_connect && status.is_success());
     // A `200` a protocol of the server's own streams the body of (the SSE
@@ -588,7 +623,7 @@ where
     let native_stream = !switching
         && status == StatusCode::OK
         && !this.st.setup.is_head
-        && head.extensions.get::<NativeUpgrade>().is_some();
+        && response.extensions().get::<NativeUpgrade>().is_some();
     // (A switch without an upgrade to take, and a 1xx other than 101, are
     // answered 500 below, and have no body either.)
     let has_body = !(this.st.setup.is_head
@@ -598,19 +633,27 @@ where
         || switching
         || native_stream);
     // (The handler's `Content-Length` takes precedence: `encode_head`.)
-    // `size_hint` is the handler's code: should it panic, the head, a
-    // local, is dropped as the panic unwinds, and the body with the
-    // exchange.
-    let body_length = this
-        .body
-        .as_ref()
-        .as_pin_ref()
-        .and_then(|body| body.size_hint().exact())
+    // `size_hint` is the handler's code: should it panic, the whole
+    // response is dropped as the panic unwinds, as when its parts were
+    // locals here (the guard is forgotten on the way that does not panic).
+    let unwinding = DropOnUnwind(std::ptr::from_mut(response));
+    let body_length = response
+        .body()
+        .size_hint()
+        .exact()
         .filter(|_| !native_stream);
-    if !has_body {
-        // (Should its drop panic, the head is dropped as it unwinds, and
-        // `Pin::set` leaves the place empty.)
-        this.body.set(None);
+    std::mem::forget(unwinding);
+    // SAFETY: passed on from this function's contract; the body is moved
+    // or dropped just below, once, and nothing of `response` is used after.
+    let mut head = unsafe { ResponseHead::take(response) };
+    if has_body {
+        // SAFETY: the body is read once, here, and never dropped in place.
+        this.body
+            .set(Some(unsafe { std::ptr::read(response.body()) }));
+    } else {
+        // SAFETY: the body is dropped once, here, and never read. (Should
+        // its drop panic, the head, a local by now, is dropped as before.)
+        unsafe { std::ptr::drop_in_place(response.body_mut()) };
     }
     if native_stream {
         this.st.native = head.extensions.remove::<NativeUpgrade>();
@@ -1191,18 +1234,11 @@ where
         if this.conn.wbuf_len() >= WRITE_HIGH_WATER {
             break;
         }
-        // The frame is put in `polled` inside the catch: returned through
-        // it, it was copied twice on its way out (~20 user-space
-        // instructions a poll, two polls a response; bench/CPU-PER-REQUEST.md,
-        // session 45).
-        let mut polled = None;
-        let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            polled = Some(body.poll_frame(cx));
-        }));
-        let frame = match (caught, polled) {
-            (Ok(()), Some(Poll::Ready(frame))) => frame,
-            (Ok(()), _) => break,
-            (Err(panic), _) => {
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| body.poll_frame(cx)));
+        let frame = match polled {
+            Ok(Poll::Pending) => break,
+            Ok(Poll::Ready(frame)) => frame,
+            Err(panic) => {
                 incr(&this.conn.ctx.stats.panics);
                 ratelog::panicked(
                     "response body panicked; closing",
@@ -1311,5 +1347,80 @@ fn ready_or_pending(p: Poll<io::Result<usize>>) -> Result<Option<usize>, Outcome
         Poll::Pending => Ok(None),
         Poll::Ready(Ok(n)) => Ok(Some(n)),
         Poll::Ready(Err(e)) => Err(Outcome::Close(CloseReason::io(&e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+
+    /// Counts its drops.
+    #[derive(Clone)]
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+
+    /// `ResponseHead::take` leaves behind only what needs no drop: if
+    /// `http` adds a field to a response's head (`Parts` has a private one
+    /// for that), this fails, and `take` must move the new field out too.
+    #[test]
+    fn response_head_takes_every_field_that_needs_a_drop() {
+        #[allow(dead_code)]
+        struct Known {
+            status: StatusCode,
+            version: Version,
+            headers: http::HeaderMap,
+            extensions: http::Extensions,
+        }
+        assert_eq!(
+            std::mem::size_of::<http::response::Parts>(),
+            std::mem::size_of::<Known>(),
+            "http::response::Parts has a field ResponseHead::take does not know"
+        );
+        // And `Response` itself is its head and its body, nothing beside.
+        assert_eq!(
+            std::mem::size_of::<Response<()>>(),
+            std::mem::size_of::<http::response::Parts>(),
+            "http::Response has a field beside its head and body that ResponseHead::take does not know"
+        );
+        assert!(!std::mem::needs_drop::<StatusCode>() && !std::mem::needs_drop::<Version>());
+    }
+
+    /// A response taken apart in place gives its status, headers,
+    /// extensions and body each once: dropped after, each is dropped
+    /// exactly once, and nothing of it twice.
+    #[test]
+    fn a_response_taken_apart_drops_each_part_once() {
+        let (bodies, extensions) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut response = Response::new(Counted(bodies.clone()));
+        *response.status_mut() = StatusCode::CREATED;
+        response
+            .headers_mut()
+            .insert("x-a", http::HeaderValue::from_static("b"));
+        response
+            .extensions_mut()
+            .insert(Counted(extensions.clone()));
+        let mut slot = std::mem::MaybeUninit::new(response);
+        // SAFETY: `slot` is a `MaybeUninit`, never dropped or used after.
+        let (head, body) = unsafe {
+            let response = slot.assume_init_mut();
+            (
+                ResponseHead::take(response),
+                std::ptr::read(response.body()),
+            )
+        };
+        assert_eq!(head.status, StatusCode::CREATED);
+        assert_eq!(head.headers["x-a"], "b");
+        assert!(head.extensions.get::<Counted>().is_some());
+        assert_eq!((bodies.load(SeqCst), extensions.load(SeqCst)), (0, 0));
+        drop(body);
+        drop(head);
+        assert_eq!((bodies.load(SeqCst), extensions.load(SeqCst)), (1, 1));
     }
 }
