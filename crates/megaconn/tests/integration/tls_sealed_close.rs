@@ -10,74 +10,67 @@
 //! For each protocol (WebSocket, framed, SSE over TLS: `tls_msg.rs`) a
 //! consumer parks and reads nothing; pushes fill its socket until one does
 //! not go whole (read off the counters, fenced: `push_until_behind`); the
-//! lot wakes it to close as a slow consumer, which gives up on the rest of
-//! that push within its bound (the client still reads nothing) and says
-//! so (`on_close`); only then does the client read, which opens room for
+//! lot wakes it to write the rest (session 45: a push a parked socket
+//! cannot take whole resumes the connection); the client still reads
+//! nothing, so its write bound passes and it is closed as a slow consumer,
+//! which gives up on the rest of that push within the close's bound and
+//! says so (`on_close`); only then does the client read, which opens room for
 //! whatever the close still writes. The stream must end after the pushes
 //! that went whole and at most part of the one owed (`Ending::assert_torn`),
-//! whatever byte the socket cut it at. With `close_notify` written after
-//! the owed records (the fix reverted) the framed and SSE tests fail every
-//! run: the record check does not depend on where the kernel cut. The
-//! WebSocket one does not: its slow consumer's close shares the bound its
-//! owed records used up (`close_behind`), so its `close_notify` never went
-//! anyway; it guards the rule.
+//! whatever byte the socket cut it at, or with every record whole and then
+//! `close_notify` when the socket found room in time. Whether the kernel
+//! cuts the push is not the test's to choose, so these tests check that
+//! each ending is sound end to end; the rule that nothing follows a torn
+//! record is guarded deterministically, with the cut forced by small socket
+//! buffers, in `conn/tls_io/owed_tests.rs` (each of its torn tests fails
+//! with the rule removed).
 
 use crate::tls_msg::{Proto, TlsMsg};
 use megaconn::CloseReason;
 
 /// A parked `proto` consumer behind on a sealed push is woken and closed
 /// as a slow consumer; it reads nothing until the server gave up on the
-/// rest of its push, so the records owed never go whole: nothing follows
-/// them. (Now and then the socket gets room for them before the close's
-/// bound after all, `TlsMsg::push_until_behind`: the push then ends whole,
-/// as it should, and the test takes another consumer, up to [`TRIES`].)
-async fn a_woken_slow_consumer_ends_after_the_torn_push(proto: Proto) {
+/// rest of its push. Either ending is right, and which one comes depends on
+/// the kernel (whether the socket got room for the owed records before the
+/// close's bound): the pushes that went whole and at most part of the owed
+/// one, nothing after it (`Ending::assert_torn`); or every
+/// record whole, then `close_notify`. What may never come is a record after
+/// a torn one: rustls rejects it, or the bytes break the torn record's
+/// shape (both checked). The rule itself, with the cut forced rather than
+/// hoped for, is `conn/tls_io/owed_tests.rs`'s: this test retried up to
+/// five consumers for a torn push and still found none now and then on a
+/// loaded machine (session 44's CI, the WebSocket case).
+async fn a_woken_slow_consumer_ends_sound(proto: Proto) {
     let mut server = TlsMsg::start(|b| b).await;
-    for _ in 0..TRIES {
-        let consumer = server.consumer(proto).await;
-        let id = consumer.id;
-        let (wakes, pushes) = (server.wakes(), server.pushes().0);
-        server.push_until_behind(&consumer).await;
-        assert_eq!(server.close_of(id).await, CloseReason::SlowConsumer);
-        assert!(server.wakes() > wakes, "woken to close, not closed parked");
-        let ending = consumer.read_to_end().await;
-        eprintln!("{proto:?}: {ending:?}");
-        if ending.went_whole() {
-            continue;
-        }
+    let consumer = server.consumer(proto).await;
+    let id = consumer.id;
+    let (wakes, pushes) = (server.wakes(), server.pushes().0);
+    server.push_until_behind(&consumer).await;
+    assert_eq!(server.close_of(id).await, CloseReason::SlowConsumer);
+    assert!(server.wakes() > wakes, "woken, not closed parked");
+    let ending = consumer.read_to_end().await;
+    eprintln!("{proto:?}: {ending:?}");
+    if !ending.went_whole() {
         ending.assert_torn();
         // Counted (by the worker, before it closed the connection): the
         // pushes that went whole, the owed one dropped, not delivered.
         assert_eq!(server.pushes().0 - pushes, ending.records.len() as u64);
-        let summary = server.stop().await;
-        assert_eq!(summary.forced, 0, "{summary:?}");
-        return;
     }
-    // A WebSocket's owed push goes whole more often (its close shares the
-    // bound the records used: module doc); on a loaded CI machine it went
-    // whole 5 times in 5, which is the right ending, not a fault. Its test
-    // guards the rule only; framed and SSE must reach a torn push.
-    if proto == Proto::Wss {
-        eprintln!("{proto:?}: the owed push went whole {TRIES} times (a right ending)");
-        return;
-    }
-    panic!("the owed push went whole {TRIES} times");
-}
-
-/// Consumers a test tries until one's owed push is torn.
-const TRIES: usize = 5;
-
-#[tokio::test]
-async fn a_woken_slow_wss_consumer_ends_after_the_torn_push() {
-    a_woken_slow_consumer_ends_after_the_torn_push(Proto::Wss).await;
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 0, "{summary:?}");
 }
 
 #[tokio::test]
-async fn a_woken_slow_framed_tls_consumer_ends_after_the_torn_push() {
-    a_woken_slow_consumer_ends_after_the_torn_push(Proto::FramedTls).await;
+async fn a_woken_slow_wss_consumer_ends_sound() {
+    a_woken_slow_consumer_ends_sound(Proto::Wss).await;
 }
 
 #[tokio::test]
-async fn a_woken_slow_sse_tls_consumer_ends_after_the_torn_push() {
-    a_woken_slow_consumer_ends_after_the_torn_push(Proto::SseTls).await;
+async fn a_woken_slow_framed_tls_consumer_ends_sound() {
+    a_woken_slow_consumer_ends_sound(Proto::FramedTls).await;
+}
+
+#[tokio::test]
+async fn a_woken_slow_sse_tls_consumer_ends_sound() {
+    a_woken_slow_consumer_ends_sound(Proto::SseTls).await;
 }
