@@ -179,9 +179,11 @@ frames = 0
 stalled = False
 if mode.startswith("data"):
     # data:<data_len>:<pad or -> [:echo|:sleep]  one stream, never ended
-    _, dl, pad, path, ahead = (mode.split(":") + ["unread", ""])[:5]
+    parts = mode.split(":")
+    _, dl, pad = parts[:3]
+    path = parts[3] if len(parts) > 3 else "unread"
+    ahead = int(parts[4]) if len(parts) > 4 else None
     dl = int(dl); pad = None if pad == "-" else int(pad)
-    ahead = int(ahead) if ahead else None
     hdr = {"unread": POST_ROOT, "echo": post("/echo"), "sleep": get("/sleep?ms=10000")}[path]
     s.sendall(frame(HEADERS, END_HEADERS, 1, hdr))
     sent += 9 + len(hdr)

@@ -455,16 +455,7 @@ const AHEAD: usize = 1_000;
 async fn a_grpc_style_stream_of_small_messages_is_never_cut() {
     let (builder, mut events) = event_log(megaconn::Server::builder());
     let server = start(builder).await;
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    // The client's window as hyper's (1 MiB): h2's budget for small frames
-    // it holds unread is half of it, and the echo is small frames too.
-    let (client, conn) = h2::client::Builder::new()
-        .initial_connection_window_size(1 << 20)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
+    let (mut client, conn) = super::h2_tiny_data::wide_client(server.addr).await;
     let (resp, mut upload) = client
         .send_request(Request::post("http://t/echo").body(()).unwrap(), false)
         .unwrap();
