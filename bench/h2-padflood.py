@@ -2,12 +2,14 @@
 over h2c (bench/H2TLS.md, "Padding and DATA nobody reads", "Session 41").
 
 usage: h2-padflood.py SERVER_PID PORT MODE TOTAL_BYTES
-  MODE data:<data bytes>:<padding bytes or ->[:echo|:sleep]
+  MODE data:<data bytes>:<padding bytes or ->[:echo[:<ahead>]|:sleep]
          one stream, never ended, of DATA frames of that shape: a POST to
          `/` (the demo answers at once and drops the body: DATA nobody
          reads); with `:echo` to `/echo` (read and sent back; the client
-         takes it); with `:sleep` a GET /sleep?ms=10000 with a body (the
-         handler never reads it and the stream stays open 10 s)
+         takes it; with <ahead>, never more than that many frames sent and
+         not yet echoed: a sender at the handler's pace); with `:sleep` a
+         GET /sleep?ms=10000 with a body (the handler never reads it and
+         the stream stays open 10 s)
        headers:<padding bytes or ->
          GET / requests, one HEADERS frame each, padded or not
        cont:<n>
@@ -177,12 +179,18 @@ frames = 0
 stalled = False
 if mode.startswith("data"):
     # data:<data_len>:<pad or -> [:echo|:sleep]  one stream, never ended
-    _, dl, pad, path = (mode.split(":") + ["unread"])[:4]
+    parts = mode.split(":")
+    _, dl, pad = parts[:3]
+    path = parts[3] if len(parts) > 3 else "unread"
+    ahead = int(parts[4]) if len(parts) > 4 else None
     dl = int(dl); pad = None if pad == "-" else int(pad)
     hdr = {"unread": POST_ROOT, "echo": post("/echo"), "sleep": get("/sleep?ms=10000")}[path]
     s.sendall(frame(HEADERS, END_HEADERS, 1, hdr))
     sent += 9 + len(hdr)
     while sent < total:
+        if ahead is not None and frames >= ahead:
+            with lock:
+                lock.wait_for(lambda: state["data_in"] >= (frames - ahead + 1) * dl or state["closed"], 5)
         n = send_data(1, dl, pad)
         if n is None:
             stalled = not state["closed"]

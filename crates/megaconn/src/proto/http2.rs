@@ -68,13 +68,14 @@
 //! tiny frames no faster than they are read is never stopped by h2, and each
 //! frame costs a wake-up and a poll of the handler whatever its size.
 //! The tiny-DATA budget (`flood.rs`, [`HTTP2_TINY_DATA_BUDGET`]) bounds
-//! that CPU at the wire, read or not: ~2,000 DATA frames under 16 bytes at
-//! once, 1,000 a second after, one more per KiB of larger DATA; past it
-//! `GOAWAY(ENHANCE_YOUR_CALM)`, counted as `http2_data_flood`. Nothing else
-//! counts them: the lifetime allowance of 10,000 tiny frames read that came
-//! before it only cut long honest streams of near-empty messages, and went
-//! in session 42; a client pacing tiny frames under 1,000 a second costs at
-//! most ~2–3 ms of server CPU a second, for good.
+//! the CPU of those that do no work, at the wire: ~2,000 DATA frames under
+//! 16 bytes that no handler has read, 1,000 a second back, one more per
+//! KiB of larger DATA; past it `GOAWAY(ENHANCE_YOUR_CALM)`, counted as
+//! `http2_data_flood`. A frame a handler reads gives its unit back (its
+//! body's `ReadCredit`, since session 45): an honest stream of small
+//! messages is never cut, whatever its pace, while h2 frees unread frames
+//! of a reset stream without its budget noticing, and ours still counts
+//! them.
 //!
 //! Control-frame floods (CVE-2019-9512 PING, CVE-2019-9515 SETTINGS, and
 //! WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA and unknown frames) are
@@ -83,7 +84,9 @@
 //! budget of [`HTTP2_CONTROL_BUDGET`] bytes that requests, DATA sent (64
 //! bytes a frame) and time give back; once it runs out, nothing more is
 //! read and the connection is closed with `GOAWAY(ENHANCE_YOUR_CALM)`,
-//! counted as `http2_control_flood`.
+//! counted as `http2_control_flood`. The read that ran any budget out
+//! reaches h2 up to the frame that did: what came before it is processed
+//! (a PING answered) before the GOAWAY goes out, and nothing after it.
 //!
 //! A window opened a few bytes at a time (CVE-2019-9511's "data dribble":
 //! `WINDOW_UPDATE` of 1, each answered by a 1-byte DATA frame, ~35 µs of
@@ -292,7 +295,8 @@ where
     // Whether h2 still had a stream when the connection was last polled
     // and had nothing for us: see `poll_turn`.
     let mut h2_busy = false;
-    let conn_bytes = Arc::new(ConnBodyBytes::new(ctx.stats.clone()));
+    // Its bodies' reads give tiny frames back to the budget (`flood.rs`).
+    let conn_bytes = Arc::new(ConnBodyBytes::new(ctx.stats.clone(), control.clone()));
     let mut refusals = H2Refusals::default();
     let mut reason = CloseReason::ClientClosed;
     // The control-frame flood guard tripped and was acted on.
@@ -698,7 +702,7 @@ fn frame_flooded(which: Flooded, ctx: &WorkerContext, addrs: &Addrs) -> CloseRea
             ratelog::log(Flood::Http2TinyData, |suppressed| {
                 tracing::info!(
                     suppressed,
-                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more tiny DATA frames (under 16 bytes) than HTTP2_TINY_DATA_BUDGET ({HTTP2_TINY_DATA_BUDGET}) beyond what time and its larger DATA frames earned (small-DATA flood)",
+                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more tiny DATA frames (under 16 bytes) that no handler read than HTTP2_TINY_DATA_BUDGET ({HTTP2_TINY_DATA_BUDGET}) beyond what time and its larger DATA frames earned (small-DATA flood)",
                     peer()
                 )
             });
@@ -1377,7 +1381,10 @@ async fn open_tunnel(
         budget: gate.budget().clone(),
         stats: ctx.stats.clone(),
     });
-    let (io, done) = H2Stream::watched(send, tunnel.recv, drip);
+    // Its reads give tiny frames back to the tiny-DATA budget, as a
+    // body's do.
+    let credit = gate.budget().clone();
+    let (io, done) = H2Stream::watched(send, tunnel.recv, drip, credit);
     // Refused (the handler dropped its `OnUpgrade`): the `Upgraded` comes
     // back and drops here, which ends the stream.
     // No socket for the peer's progress: the connection's acknowledged

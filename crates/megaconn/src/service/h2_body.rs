@@ -1,7 +1,9 @@
 //! The request body of an HTTP/2 stream, the connection's count of body
 //! bytes its frames go into (which counts those no stream record took
-//! when it drops, [`ConnBodyBytes`]), and where a body leaves the count of
-//! its bytes for the stream's record ([`BodyBytes`]). It lives with the service
+//! when it drops, [`ConnBodyBytes`]), where a body leaves the count of
+//! its bytes for the stream's record ([`BodyBytes`]), and where a
+//! connection's readers say they took a DATA frame ([`ReadCredit`]: the
+//! tiny-DATA budget's give-back). It lives with the service
 //! glue (not in `proto/http2.rs`) because [`Body`](crate::Body) wraps it:
 //! the body a service sees must not depend on a protocol module.
 
@@ -21,6 +23,24 @@ use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, WorkerStats};
 
+/// Where a connection's readers (request bodies, upgraded streams,
+/// `service/h2_stream.rs`) report each DATA frame they take out of h2:
+/// the connection's tiny-DATA budget (`proto/http2/flood.rs`,
+/// `HTTP2_TINY_DATA_BUDGET`) gives a tiny frame back when a handler reads
+/// it, as work done, so that it bounds the tiny frames nobody reads, not
+/// an honest stream of small messages at the pace its handler takes them.
+/// Implemented in `proto/http2.rs` (this layer does not name the budget).
+/// `Send + Sync`: a body is read on whichever thread its handler runs.
+pub(crate) trait ReadCredit: Send + Sync + std::fmt::Debug {
+    /// A reader took a DATA frame of `len` bytes.
+    fn data_read(&self, len: usize);
+}
+
+/// No budget to give back to (unit tests of the body's counts).
+impl ReadCredit for () {
+    fn data_read(&self, _: usize) {}
+}
+
 /// Counts a connection's request-body bytes, shared by its request
 /// bodies, for `request_body_bytes`: the stream records take their share
 /// ([`take`](Self::take)), and what none took (bodies kept past their
@@ -31,10 +51,10 @@ use crate::observe::stats::{incr, WorkerStats};
 ///
 /// It used to count the tiny DATA frames handlers read too, and close a
 /// connection past a lifetime allowance of 10,000 (plus one per KiB of
-/// body): the tiny-DATA budget at the wire (`proto/http2/flood.rs`,
-/// `HTTP2_TINY_DATA_BUDGET`: 2,000 at once, 1,000 a second back) bounds
-/// them now, read or not, and the allowance only cut long honest streams
-/// of near-empty messages (a gRPC stream's 10,001st).
+/// body), which only cut long honest streams of near-empty messages (a
+/// gRPC stream's 10,001st). The tiny-DATA budget at the wire
+/// (`proto/http2/flood.rs`, `HTTP2_TINY_DATA_BUDGET`) bounds tiny frames
+/// now, and each frame recorded here gives its unit back ([`ReadCredit`]).
 ///
 /// Atomics, not `Cell`s, because [`Body`](crate::Body) is `Send` (frameworks
 /// such as axum require it): a handler may read its body on another thread,
@@ -48,23 +68,29 @@ pub(crate) struct ConnBodyBytes {
     /// The connection's worker's counters: where its bodies count the
     /// limits they enforce, and this the bytes no record took.
     stats: Arc<WorkerStats>,
+    /// The connection's budget that a frame read gives back to.
+    credit: Arc<dyn ReadCredit>,
 }
 
 impl ConnBodyBytes {
-    /// The count of a new connection of the worker that counts in `stats`.
-    pub(crate) fn new(stats: Arc<WorkerStats>) -> ConnBodyBytes {
+    /// The count of a new connection of the worker that counts in
+    /// `stats`, whose bodies' reads give back to `credit`.
+    pub(crate) fn new(stats: Arc<WorkerStats>, credit: Arc<dyn ReadCredit>) -> ConnBodyBytes {
         ConnBodyBytes {
             bytes: AtomicU64::new(0),
             reported: AtomicU64::new(0),
             stats,
+            credit,
         }
     }
 
-    /// Records a DATA frame of `len` payload bytes.
+    /// Records a DATA frame of `len` payload bytes that a body's reader
+    /// took, and says so to the connection's budget ([`ReadCredit`]).
     pub(crate) fn record(&self, len: usize) {
         // One read-modify-write: bodies of one connection polled on two
         // threads at once would lose counts between a load and a store.
         self.bytes.fetch_add(len as u64, Relaxed);
+        self.credit.data_read(len);
     }
 
     /// The bytes a stream's record counts, as it drops (on the connection's
@@ -352,7 +378,7 @@ mod tests {
     #[test]
     fn frames_read_on_two_threads_at_once_are_all_counted() {
         const EACH: u64 = 1_000_000;
-        let guard = ConnBodyBytes::new(Arc::default());
+        let guard = ConnBodyBytes::new(Arc::default(), Arc::new(()));
         let start = std::sync::Barrier::new(2);
         std::thread::scope(|s| {
             for _ in 0..2 {

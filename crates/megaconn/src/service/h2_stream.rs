@@ -8,7 +8,9 @@
 //! Reads take the stream's DATA frames in order and give their bytes back
 //! to the client's flow-control window as the reader consumes them (not as
 //! they arrive), so a reader that falls behind stops the client at the
-//! window instead of buffering without bound. Writes go out as DATA frames
+//! window instead of buffering without bound; each frame taken is told to
+//! the connection's tiny-DATA budget as a body's is ([`ReadCredit`]: a
+//! WebSocket's small messages are tiny DATA frames the handler reads). Writes go out as DATA frames
 //! as the client's window and h2's send buffer allow: `poll_write` is
 //! pending while neither has room. RFC 8441 §6 maps TCP's FIN to
 //! `END_STREAM`: `poll_shutdown`, or dropping the stream unshut, ends our
@@ -39,6 +41,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
+use crate::service::h2_body::ReadCredit;
+
 /// Largest single capacity request (h2's windows are 31-bit).
 pub(crate) const MAX_RESERVE: usize = (1 << 31) - 1;
 
@@ -68,6 +72,8 @@ pub(crate) struct H2Stream {
     shut: bool,
     /// The connection's drip budget, which each wait for room reports to.
     drip: Arc<dyn DripGate>,
+    /// The connection's tiny-DATA budget, which each frame read reports to.
+    credit: Arc<dyn ReadCredit>,
     /// A write waits for room (h2 had none when it asked).
     waiting: bool,
     /// A write held back by the drip budget, till this fires; the
@@ -89,14 +95,15 @@ impl std::fmt::Debug for H2Stream {
 
 impl H2Stream {
     /// The stream whose halves are `send` (of the response) and `recv`
-    /// (the request's body), its writes' waits reported to `drip`, and
-    /// what resolves once it is dropped (the server's exchange waits on
-    /// it, so the connection counts the stream as open, and its idle timer
-    /// stays off, meanwhile).
+    /// (the request's body), its writes' waits reported to `drip` and its
+    /// frames read to `credit`, and what resolves once it is dropped (the
+    /// server's exchange waits on it, so the connection counts the stream
+    /// as open, and its idle timer stays off, meanwhile).
     pub(crate) fn watched(
         send: SendStream<Bytes>,
         recv: RecvStream,
         drip: Arc<dyn DripGate>,
+        credit: Arc<dyn ReadCredit>,
     ) -> (H2Stream, oneshot::Receiver<()>) {
         let (alive, done) = oneshot::channel();
         let stream = H2Stream {
@@ -105,6 +112,7 @@ impl H2Stream {
             pending: Bytes::new(),
             shut: false,
             drip,
+            credit,
             waiting: false,
             held: None,
             _alive: alive,
@@ -139,7 +147,10 @@ impl AsyncRead for H2Stream {
             match std::task::ready!(this.recv.poll_data(cx)) {
                 // END_STREAM: the client's FIN.
                 None => return Poll::Ready(Ok(())),
-                Some(Ok(data)) => this.pending = data,
+                Some(Ok(data)) => {
+                    this.credit.data_read(data.len());
+                    this.pending = data;
+                }
                 Some(Err(e)) => {
                     return Poll::Ready(match e.reason() {
                         // A reset after the client's last byte: its end.

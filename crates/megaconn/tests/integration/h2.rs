@@ -1127,28 +1127,48 @@ async fn after_data_flood(
     server.stop().await;
 }
 
-/// The attack h2 does not stop by itself: 1-byte DATA frames sent no faster
-/// than the handler reads them, so that h2's budget for buffered small
-/// frames is always given back. In lockstep: a batch of frames and a PING,
-/// then wait for the PING's answer. The tiny-DATA budget closes the
-/// connection once it has read [`HTTP2_TINY_DATA_BUDGET`] such frames (and
-/// what time gave back, 1,000 a second), and not before; before it, only
-/// `DataFloodGuard`'s lifetime allowance of 10,000 did, ~20-30 ms of
-/// server CPU later (failed so: "still open after 10000 tiny frames"; that
-/// allowance is gone since session 42).
+/// The attack h2 does not stop by itself: tiny DATA frames nobody reads,
+/// on a stream reset before h2's own budget for frames buffered unread
+/// runs out (h2 gives it back when it frees the stream's buffer), then
+/// the same on a new stream, and so on. 1-byte DATA frames to `/hang`
+/// (whose handler never reads its body), 500 a stream in batches of 100
+/// and a PING (lockstep: the next batch once the PING is answered), then
+/// `RST_STREAM(CANCEL)`. The tiny-DATA budget closes the connection once
+/// [`HTTP2_TINY_DATA_BUDGET`] such frames went unread (and what time gave
+/// back, 1,000 a second), and not before; without it the connection is
+/// still open after 10,000 (20 streams, under the rapid-reset guard's
+/// 100). Until session 45 this flood went to `/frames`, whose handler
+/// reads each frame: the budget no longer counts those, a handler that
+/// reads them having done the work they were sent for
+/// (`h2_tiny_data.rs`).
 #[tokio::test]
 async fn a_paced_small_data_flood_is_cut_by_our_guard() {
     let (builder, mut events) = event_log(megaconn::Server::builder());
     let server = start(builder).await;
-    let mut attacker =
-        RawH2::connect(server.addr, &frame(HEADERS, END_HEADERS, 1, &POST_FRAMES)).await;
+    let mut attacker = RawH2::connect(server.addr, &[]).await;
     const BATCH: usize = 100;
-    let mut batch: Vec<u8> = (0..BATCH).flat_map(|_| frame(DATA, 0, 1, b"x")).collect();
-    batch.extend(frame(PING, 0, 0, b"lockstep"));
+    const PER_STREAM: usize = 500;
+    // :method POST, :path "/hang": a handler that never reads its body.
+    let hang = [
+        0x83, 0x86, 0x04, 5, b'/', b'h', b'a', b'n', b'g', 0x01, 1, b'a',
+    ];
     let mut sent = 0;
     let mut seen = Vec::new();
+    let mut stream = 1;
     // 10,000 bytes at most: within the windows.
     'flood: while sent < PACED_FLOOD_CAP {
+        let mut batch = Vec::new();
+        if sent % PER_STREAM == 0 {
+            if sent > 0 {
+                batch.extend(frame(0x3, 0, stream, &8u32.to_be_bytes())); // RST_STREAM(CANCEL)
+                stream += 2;
+            }
+            batch.extend(frame(HEADERS, END_HEADERS, stream, &hang));
+        }
+        for _ in 0..BATCH {
+            batch.extend(frame(DATA, 0, stream, b"x"));
+        }
+        batch.extend(frame(PING, 0, 0, b"lockstep"));
         attacker.send(&batch).await;
         sent += BATCH;
         loop {
@@ -1171,7 +1191,8 @@ async fn a_paced_small_data_flood_is_cut_by_our_guard() {
     }
     assert!(
         sent < PACED_FLOOD_CAP,
-        "still open after {sent} tiny frames"
+        "still open after {sent} tiny frames on {} streams",
+        stream.div_ceil(2)
     );
     assert!(
         sent > HTTP2_TINY_DATA_BUDGET as usize,
