@@ -165,6 +165,9 @@ pub(crate) async fn serve(
     // Pushes reach an awake stream through its outbound queue (gone when
     // it parks or closes).
     let inbox = local.awake(session.id(), table.wire(variant(chunked)));
+    // Its farewell at shutdown waits for its turn in a paced drain; until
+    // then it writes what is pushed.
+    let mut turn = ctx.shutdown.turn();
     loop {
         for text in session.take_out() {
             let text = String::from_utf8_lossy(&text);
@@ -197,7 +200,7 @@ pub(crate) async fn serve(
         if session.is_closing() {
             return end(&mut io, live, chunked, None, CloseReason::ServerClosed).await;
         }
-        if ctx.shutdown.is_started() {
+        if turn.came() {
             let goodbye = live.state().settings.goodbye.clone();
             return end(&mut io, live, chunked, goodbye, CloseReason::Shutdown).await;
         }
@@ -230,7 +233,7 @@ pub(crate) async fn serve(
             let idle = tokio::select! {
                 biased;
                 ready = poll_fn(|cx| io.poll_read_ready(cx)) => Idle::Readable(ready),
-                () = ctx.shutdown.wait() => Idle::Shutdown,
+                () = turn.wait() => Idle::Shutdown,
                 () = until(send_at) => Idle::SendComment,
                 () = Awake::pushed(inbox.as_ref()) => Idle::Pushed,
                 () = until(park_at) => Idle::Park,
