@@ -750,11 +750,7 @@ mod tests {
         let (mut one, mut two) = (s.turn(), s.turn());
         assert!(!one.came(), "not started");
         for turn in [&mut one, &mut two] {
-            let mut wait = std::pin::pin!(turn.wait());
-            assert!(wait
-                .as_mut()
-                .poll(&mut Context::from_waker(&wa))
-                .is_pending());
+            assert!(!resolves(std::pin::pin!(turn.wait()), &wa));
         }
         assert_eq!(s.awake_waiting(), 2, "each kept its slot");
         s.begin(true);
@@ -766,13 +762,10 @@ mod tests {
         let (mut given, mut waiting) = if first { (one, two) } else { (two, one) };
         assert!(given.came(), "a turn, once come, stays");
         let mut wait = std::pin::pin!(waiting.wait());
-        assert!(wait
-            .as_mut()
-            .poll(&mut Context::from_waker(&wa))
-            .is_pending());
+        assert!(!resolves(wait.as_mut(), &wa));
         assert_eq!(s.awake_waiting(), 1, "in the same slot, once");
         s.end_pacing();
-        assert!(wait.as_mut().poll(&mut Context::from_waker(&wa)).is_ready());
+        assert!(resolves(wait.as_mut(), &wa));
         drop(given);
     }
 
@@ -783,11 +776,7 @@ mod tests {
         let s = LocalShutdown::default();
         let mut turn = s.turn();
         {
-            let mut wait = std::pin::pin!(turn.wait());
-            assert!(wait
-                .as_mut()
-                .poll(&mut Context::from_waker(Waker::noop()))
-                .is_pending());
+            assert!(!resolves(std::pin::pin!(turn.wait()), Waker::noop()));
         }
         assert_eq!(s.awake_waiting(), 1);
         drop(turn);
@@ -799,9 +788,12 @@ mod tests {
 
     /// Polls `wait` once with `waker`: true when it resolved.
     fn ready(wait: &mut Wait<'_>, waker: &Waker) -> bool {
-        Pin::new(wait)
-            .poll(&mut Context::from_waker(waker))
-            .is_ready()
+        resolves(Pin::new(wait), waker)
+    }
+
+    /// Polls `future` once with `waker`: true when it resolved.
+    fn resolves(future: Pin<&mut impl Future<Output = ()>>, waker: &Waker) -> bool {
+        future.poll(&mut Context::from_waker(waker)).is_ready()
     }
 
     /// With a paced drain, awake connections' waits resolve at their turn,
@@ -822,15 +814,9 @@ mod tests {
         assert_eq!(s.awake_waiting(), 3);
         let mut begun = std::pin::pin!(s.begun());
         let noop = Waker::noop();
-        assert!(begun
-            .as_mut()
-            .poll(&mut Context::from_waker(noop))
-            .is_pending());
+        assert!(!resolves(begun.as_mut(), noop));
         s.begin(true);
-        assert!(begun
-            .as_mut()
-            .poll(&mut Context::from_waker(noop))
-            .is_ready());
+        assert!(resolves(begun.as_mut(), noop));
         let resolved = |waits: &mut Vec<Wait<'_>>| {
             waits
                 .iter_mut()

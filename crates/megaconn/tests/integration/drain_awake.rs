@@ -157,14 +157,7 @@ async fn awake_clients(
 async fn a_drain_rate_spreads_the_goodbyes_of_awake_websockets() {
     let server = start(Some(RATE), SAFETY);
     let handle = &server.handle;
-    let seen = Arc::new(Seen::default());
-    let readers = awake_clients(server.addr, handle, &seen, N).await;
-    let started = Instant::now();
-    handle.shutdown();
-    common::wait_stats(handle, "the awake WebSockets counted in the drain", |s| {
-        s.shutdown_drain_pending > 0
-    })
-    .await;
+    let (seen, readers, started) = drain_begun(&server).await;
     // Half left: fewer than half (and what was not waiting when the drain
     // began, a slack) have read their 1001.
     let deadline = Instant::now() + SAFETY;
@@ -185,6 +178,22 @@ async fn a_drain_rate_spreads_the_goodbyes_of_awake_websockets() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     paced_to_the_end(server, seen, readers, started).await;
+}
+
+/// `N` clients of [`awake_clients`] on `server`, then its shutdown begun
+/// and its paced drain counting them: what they see, their readers, and
+/// when the shutdown began.
+async fn drain_begun(server: &Running) -> (Arc<Seen>, Vec<tokio::task::JoinHandle<()>>, Instant) {
+    let handle = &server.handle;
+    let seen = Arc::new(Seen::default());
+    let readers = awake_clients(server.addr, handle, &seen, N).await;
+    let started = Instant::now();
+    handle.shutdown();
+    common::wait_stats(handle, "the awake WebSockets counted in the drain", |s| {
+        s.shutdown_drain_pending > 0
+    })
+    .await;
+    (seen, readers, started)
 }
 
 /// The rest of a paced drain of `N` WebSockets begun at `started`: every
@@ -232,15 +241,7 @@ async fn paced_to_the_end(
 #[tokio::test]
 async fn a_broadcast_during_a_paced_drain_does_not_undo_its_pace() {
     let server = start(Some(RATE), SAFETY);
-    let handle = &server.handle;
-    let seen = Arc::new(Seen::default());
-    let readers = awake_clients(server.addr, handle, &seen, N).await;
-    let started = Instant::now();
-    handle.shutdown();
-    common::wait_stats(handle, "the awake WebSockets counted in the drain", |s| {
-        s.shutdown_drain_pending > 0
-    })
-    .await;
+    let (seen, readers, started) = drain_begun(&server).await;
     let closed_before = seen.going_away.load(SeqCst);
     assert_eq!(server.hub.broadcast(BROADCAST), Ok(()));
     let broadcasts = seen.clone();
@@ -278,15 +279,7 @@ async fn a_drain_rate_spreads_the_goodbyes_of_axum_websockets() {
     }
     let app = axum::Router::new().route("/ws", axum::routing::get(echo));
     let server = start_app(Some(RATE), SAFETY, app);
-    let handle = &server.handle;
-    let seen = Arc::new(Seen::default());
-    let readers = awake_clients(server.addr, handle, &seen, N).await;
-    let started = Instant::now();
-    handle.shutdown();
-    common::wait_stats(handle, "the axum WebSockets counted in the drain", |s| {
-        s.shutdown_drain_pending > 0
-    })
-    .await;
+    let (seen, readers, started) = drain_begun(&server).await;
     paced_to_the_end(server, seen, readers, started).await;
 }
 
