@@ -178,11 +178,11 @@ pub(crate) async fn accept_loop(
     // accept-rate storm to raise the open-file limit, as if the refusals
     // were the server running out of room. Below 16 accept loops the
     // loop's bound comes first, and went uncounted (session 43).
-    let at_bound = |bound: Bound, knob: &'static str| {
+    let at_bound = |bound: Bound| {
         LimitHit::RefusalsWaiting.count(&ctx.stats);
         ratelog::log(Flood::RefusalsWaiting, |suppressed| {
             match bound {
-            Bound::Server(bound) => tracing::warn!(
+            Bound::Server(bound, knob) => tracing::warn!(
                 worker = ctx.index,
                 refused_by = knob,
                 refusals_waiting = bound,
@@ -192,7 +192,7 @@ pub(crate) async fn accept_loop(
                 suppressed,
                 "many connections refused by {knob} at once: {bound} refusals already wait for their client's first bytes (to answer HTTP/2 with a GOAWAY, HTTP/1.1 with a 503), the most the open-file limit leaves room for past max_connections and fd_reserve (half that room, at most {UNDECIDED_SERVER_MAX}), so this one was answered at once: an HTTP/1.1 client read its 503 all the same, an HTTP/2 one may read a 503 instead of a GOAWAY, a TLS one a reset. The refusals are {knob}'s doing: if the clients are legitimate, raise {knob}; nothing to do otherwise"
             ),
-            Bound::Loop(bound) => tracing::warn!(
+            Bound::Loop(bound, knob) => tracing::warn!(
                 worker = ctx.index,
                 listen = %local,
                 refused_by = knob,
@@ -265,7 +265,7 @@ pub(crate) async fn accept_loop(
                         .load(std::sync::atomic::Ordering::Relaxed);
                     let answer = full_answers.as_ref().map_or(&silent, |a| a.pick(n));
                     if let Some(socket) = refuse(socket, answer) {
-                        undecided.add(socket, answer, |b| at_bound(b, "max_connections"));
+                        undecided.add(socket, answer, "max_connections", at_bound);
                     }
                     ratelog::log(Flood::AtMaxConnections, |suppressed| {
                         tracing::warn!(
@@ -331,7 +331,7 @@ pub(crate) async fn accept_loop(
                         // Counted before the client can read the answer.
                         incr(counter);
                         if let Some(socket) = refuse(socket, answer) {
-                            undecided.add(socket, answer, |b| at_bound(b, refusal.knob()));
+                            undecided.add(socket, answer, refusal.knob(), at_bound);
                         }
                         conn.close(CloseReason::Limit);
                         ratelog::log(kind, |suppressed| {
@@ -358,9 +358,8 @@ pub(crate) async fn accept_loop(
                         // that comes after the close: it is waited for).
                         LimitHit::from(over).count(&ctx.stats);
                         if let Some(socket) = refuse(socket, &silent) {
-                            undecided.add(socket, &silent, |b| {
-                                at_bound(b, "tls_handshake_rate_per_ip")
-                            });
+                            let knob = "tls_handshake_rate_per_ip";
+                            undecided.add(socket, &silent, knob, at_bound);
                         }
                         conn.close(CloseReason::Limit);
                         log_over_ip_rate(&ctx, peer, over);

@@ -634,17 +634,21 @@ fn first_bytes(fd: std::os::fd::RawFd, opening: &[u8]) -> Opening {
 pub(crate) const UNDECIDED_MAX: usize = 64;
 
 /// Which bound on waiting refusals had one answered at once, without
-/// waiting for its client's first bytes ([`Undecided::add`]).
+/// waiting for its client's first bytes ([`Undecided::add`]), and the
+/// setting that refused the one answered (`knob`, for the log line: the
+/// operator's next step is to raise it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Bound {
     /// The server's accept loops' together ([`undecided_max`], given): the
     /// refusal being added was answered at once.
-    Server(usize),
+    Server(usize, &'static str),
     /// Its accept loop's own ([`UNDECIDED_MAX`]): the oldest one waiting
-    /// was answered at once to make room. Reached first with fewer than 16
-    /// accept loops (`UNDECIDED_SERVER_MAX` / `UNDECIDED_MAX`), where it
-    /// used to go uncounted.
-    Loop(usize),
+    /// was answered at once to make room; `knob` is the one that refused
+    /// it, which may not be the newest's (the line named the newest's
+    /// until session 45). Reached first with fewer than 16 accept loops
+    /// (`UNDECIDED_SERVER_MAX` / `UNDECIDED_MAX`), where it used to go
+    /// uncounted.
+    Loop(usize, &'static str),
 }
 
 /// Most refusals a server's accept loops keep waiting together
@@ -724,6 +728,8 @@ pub(crate) struct Undecided<'a> {
 struct Waiting<'a> {
     socket: AsyncFd<OwnedFd>,
     answer: &'a Answer,
+    /// The setting that refused it ([`Bound::Loop`] names it).
+    knob: &'static str,
     until: Instant,
     _place: Place<'a>,
 }
@@ -764,13 +770,20 @@ impl<'a> Undecided<'a> {
     /// its first bytes say which answer it gets. At the server's bound
     /// ([`undecided_max`], given as `max_in_server`) it is answered at once
     /// instead; at the loop's ([`UNDECIDED_MAX`]) the oldest waiting is.
-    /// Either way `at_bound` is called first, with the bound (to count and
-    /// log it before the client can read its answer).
-    pub(crate) fn add(&self, socket: OwnedFd, answer: &'a Answer, at_bound: impl FnOnce(Bound)) {
+    /// Either way `at_bound` is called first, with the bound and the
+    /// answered one's `knob` (to count and log it before the client can
+    /// read its answer). `knob`: the setting that refused `socket`.
+    pub(crate) fn add(
+        &self,
+        socket: OwnedFd,
+        answer: &'a Answer,
+        knob: &'static str,
+        at_bound: impl FnOnce(Bound),
+    ) {
         let Some(place) = Place::take(self.in_server, self.max_in_server) else {
             // The server's bound: answered at once, by what it sent so far,
             // as before there was a wait.
-            at_bound(Bound::Server(self.max_in_server));
+            at_bound(Bound::Server(self.max_in_server, knob));
             return answer_now(socket.as_raw_fd(), answer);
         };
         // SAFETY: an OwnedFd owns its descriptor, open and unchanged for as
@@ -791,12 +804,13 @@ impl<'a> Undecided<'a> {
         waiting.push_back(Waiting {
             socket,
             answer,
+            knob,
             until: Instant::now() + UNDECIDED_WAIT,
             _place: place,
         });
         if waiting.len() > UNDECIDED_MAX {
             if let Some(oldest) = waiting.pop_front() {
-                at_bound(Bound::Loop(UNDECIDED_MAX));
+                at_bound(Bound::Loop(UNDECIDED_MAX, oldest.knob));
                 oldest.settle();
             }
         }
@@ -1098,24 +1112,24 @@ mod tests {
         undecided: &Undecided<'a>,
         answer: &'a Answer,
     ) -> std::net::TcpStream {
-        refused_into(listener, undecided, answer, |bound| {
+        refused_into(listener, undecided, (answer, "max_connections"), |bound| {
             panic!("at a bound: {bound:?}")
         })
     }
 
-    /// [`waiting_refusal`], `at_bound` called if it (or the oldest one
-    /// waiting) is answered at a bound.
+    /// [`waiting_refusal`], refused by `knob`, `at_bound` called if it (or
+    /// the oldest one waiting) is answered at a bound.
     fn refused_into<'a>(
         listener: &std::net::TcpListener,
         undecided: &Undecided<'a>,
-        answer: &'a Answer,
+        (answer, knob): (&'a Answer, &'static str),
         at_bound: impl FnOnce(Bound),
     ) -> std::net::TcpStream {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (socket, _) = listener.accept().unwrap();
         socket.set_nonblocking(true).unwrap();
         let socket = refuse(OwnedFd::from(socket), answer).expect("no bytes yet");
-        undecided.add(socket, answer, at_bound);
+        undecided.add(socket, answer, knob, at_bound);
         client
     }
 
@@ -1226,13 +1240,14 @@ mod tests {
             .map(|undecided| waiting_refusal(&listener, undecided, &answer))
             .collect();
         let mut told = None;
-        clients.push(refused_into(&listener, &other, &answer, |bound| {
+        let by = (&answer, "accept_rate");
+        clients.push(refused_into(&listener, &other, by, |bound| {
             told = Some(bound)
         }));
         assert_eq!(
             told,
-            Some(Bound::Server(3)),
-            "at the bound: told, with the bound"
+            Some(Bound::Server(3, "accept_rate")),
+            "at the bound: told, with the bound and its knob"
         );
         assert_eq!((one.len(), other.len()), (2, 1));
         assert_eq!(in_server.load(Relaxed), 3);
@@ -1252,7 +1267,8 @@ mod tests {
     /// first byte), by the default when none came within
     /// [`UNDECIDED_WAIT`], and never more than [`UNDECIDED_MAX`] waiting
     /// (the oldest answered at once, and the caller told so, to count and
-    /// log it: it was answered uncounted, session 43's finding).
+    /// log it: it was answered uncounted, session 43's finding), naming
+    /// the setting that refused the oldest, not the newest's (session 45).
     #[tokio::test(start_paused = true)]
     async fn undecided_refusals_wait_bounded_for_their_first_bytes() {
         use std::io::{Read, Write};
@@ -1262,16 +1278,21 @@ mod tests {
         let undecided = Undecided::new(&in_server, usize::MAX);
         let mut clients = Vec::new();
         let mut told = Vec::new();
-        for _ in 0..=UNDECIDED_MAX {
-            clients.push(refused_into(&listener, &undecided, &answer, |b| {
+        for i in 0..=UNDECIDED_MAX {
+            let knob = if i == 0 {
+                "accept_rate"
+            } else {
+                "max_connections"
+            };
+            clients.push(refused_into(&listener, &undecided, (&answer, knob), |b| {
                 told.push(b)
             }));
         }
         assert_eq!(undecided.len(), UNDECIDED_MAX);
         assert_eq!(
             told,
-            [Bound::Loop(UNDECIDED_MAX)],
-            "the oldest answered early at the loop's bound: told once"
+            [Bound::Loop(UNDECIDED_MAX, "accept_rate")],
+            "the oldest answered early at the loop's bound: told once, by its own knob"
         );
         let answered = |client: &mut std::net::TcpStream| {
             let mut out = Vec::new();

@@ -20,17 +20,23 @@
 //! a `Send` copy of the signal ([`SharedShutdown`]) in the same way, and so
 //! do handlers, through [`Draining`](crate::Draining).
 //!
-//! Awake message connections (WebSocket, framed TCP, native SSE, HTTP/2,
-//! waiting between messages) hear it through [`LocalShutdown::wait`]. Without
-//! a drain rate every wait resolves when shutdown begins. With one
-//! (`shutdown_drain_rate`) a wait resolves at its connection's *turn*: the
-//! worker's paced drain hands out turns a few a tick
+//! Awake message connections (WebSocket, framed TCP, native SSE, waiting
+//! between messages) hear it through their [`Turn`], HTTP/2 through
+//! [`LocalShutdown::wait`]. Without a drain rate every turn comes when
+//! shutdown begins. With one (`shutdown_drain_rate`) it comes when the
+//! worker's paced drain gives it, a few a tick
 //! ([`LocalShutdown::release_awake`]), so their goodbyes (a `1001`, a framed
 //! goodbye, an SSE farewell, a `GOAWAY`) are spread as the idle and parked
 //! ones' closes are. (They all heard one `Notify` before: in session 43's
 //! review 577 of 1,200 WebSockets got their `1001` in the same instant, the
-//! reconnect storm the rate is there to prevent.) The worker's own loops
-//! (the parking lot) hear the start at once: [`LocalShutdown::begun`].
+//! reconnect storm the rate is there to prevent.) Until its turn a
+//! connection serves on: a push, a broadcast, the peer's messages and pings
+//! (session 44's loops took any wake after the start for their turn, so a
+//! broadcast closed every subscriber at once). Upgraded WebSockets
+//! (`axum_ws`) get turns the same way, from a `Send` list
+//! ([`SharedShutdown`], [`Drain::poll_turn`]). The worker's own loops (the
+//! parking lot) and handlers' [`Draining`](crate::Draining) hear the start at
+//! once: [`LocalShutdown::begun`].
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -127,7 +133,7 @@ impl LocalShutdown {
     pub(crate) fn begin(&self, paced: bool) {
         self.pacing.set(paced);
         self.started.set(true);
-        self.upgraded.start();
+        self.upgraded.start(paced);
         self.notify.notify_waiters();
         if !paced {
             self.release_awake(usize::MAX);
@@ -147,11 +153,23 @@ impl LocalShutdown {
     pub(crate) fn end_pacing(&self) {
         self.pacing.set(false);
         self.release_awake(usize::MAX);
+        self.upgraded.end_pacing();
     }
 
     /// Awake connections waiting for their turn.
     pub(crate) fn awake_waiting(&self) -> usize {
         self.awake.borrow().waiting()
+    }
+
+    /// Gives at most `n` upgraded WebSockets (`axum_ws`) waiting for their
+    /// turn theirs (each then sends its `1001`); returns how many.
+    pub(crate) fn release_upgraded(&self, n: usize) -> usize {
+        self.upgraded.release(n)
+    }
+
+    /// Upgraded WebSockets (`axum_ws`) waiting for their turn.
+    pub(crate) fn upgraded_waiting(&self) -> usize {
+        self.upgraded.turns().waiting()
     }
 
     /// Wakes at most `n` watching connections, the latest slots first, as
@@ -176,19 +194,29 @@ impl LocalShutdown {
         notified.await;
     }
 
-    /// An awake connection's wait between messages: resolves once
+    /// A one-off wait for an awake connection's turn (an HTTP/2
+    /// connection's `GOAWAY`, a handshake cut at shutdown): resolves once
     /// shutdown has begun, or, during a paced drain, once the drain gives
-    /// this connection its turn ([`release_awake`](LocalShutdown::release_awake)).
+    /// it its turn ([`release_awake`](LocalShutdown::release_awake)).
     ///
-    /// Dropped (the connection woke for something else first), it gives its
-    /// slot back, and a turn it was given with it: the connection, awake
-    /// after shutdown began, says its goodbye when its loop comes round
-    /// (`is_started`), so that turn was used. A wait made anew joins the
-    /// list again.
+    /// Dropped, it gives its slot back, and a turn it was given with it; a
+    /// wait made anew joins the list again. So its caller polls it before
+    /// anything else that may wake it (HTTP/2's loop: first in a biased
+    /// `select!`). A loop that waits between messages keeps a [`Turn`]
+    /// instead, which outlives each wait.
     pub(crate) fn wait(&self) -> Wait<'_> {
         Wait {
             shutdown: self,
             slot: None,
+        }
+    }
+
+    /// An awake message connection's place among the paced drain's turns,
+    /// kept for as long as its loop runs: see [`Turn`].
+    pub(crate) fn turn(&self) -> Turn<'_> {
+        Turn {
+            shutdown: self,
+            place: Place::Out,
         }
     }
 
@@ -315,26 +343,148 @@ impl Drop for Wait<'_> {
     }
 }
 
+/// An awake message connection's (WebSocket, framed, SSE) place among a
+/// paced drain's turns, held by its loop from start to end.
+///
+/// Its slot in the awake list outlives each wait between messages, so the
+/// turn reaches the connection whatever it is doing: given while it serves
+/// a message, a push or the peer's ping (whatever woke it first), it waits
+/// in the slot until the loop next asks ([`came`](Turn::came)). A loop that
+/// took "shutdown began" for its turn instead, as they did until session
+/// 45, said goodbye as soon as anything woke it: a hub broadcast during a
+/// paced drain woke every subscriber, and each closed at once, undoing the
+/// pacing. Before shutdown a wait costs what a [`Wait`] did, and less (the
+/// slot is taken once, not at every wait).
+#[must_use = "a turn is heard only by its owner's waits and checks"]
+pub(crate) struct Turn<'a> {
+    shutdown: &'a LocalShutdown,
+    place: Place,
+}
+
+/// Where a [`Turn`] is: 8 bytes, so that a [`Turn`] is two words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// Not in the awake list (it has not waited yet).
+    Out,
+    /// In the awake list, at this slot: a turn given takes its waker out
+    /// ([`LocalShutdown::release_awake`]).
+    In(u32),
+    /// Its turn came (or shutdown began unpaced, or the pacing ended): the
+    /// slot went back.
+    Came,
+}
+
+impl<'a> Turn<'a> {
+    /// True once this connection is to say goodbye: its turn came (during
+    /// a paced drain), or shutdown began without one, or the pacing ended.
+    /// Registers no waker; one `Cell` read until shutdown begins.
+    pub(crate) fn came(&mut self) -> bool {
+        let s = self.shutdown;
+        match self.place {
+            Place::Came => return true,
+            _ if !s.started.get() => return false,
+            Place::Out if s.pacing.get() => return false,
+            Place::In(i) if s.pacing.get() => {
+                let mut awake = s.awake.borrow_mut();
+                // Its waker still in the slot: no turn yet.
+                if awake.wakers[i as usize].is_some() {
+                    return false;
+                }
+                awake.unwatch(&mut Some(i));
+            }
+            Place::In(i) => s.awake.borrow_mut().unwatch(&mut Some(i)),
+            Place::Out => {}
+        }
+        self.place = Place::Came;
+        true
+    }
+
+    /// Resolves once this connection's turn [`came`](Turn::came); cancel
+    /// safe (the slot stays), so it may lose a `select!` to anything.
+    pub(crate) fn wait<'t>(&'t mut self) -> impl Future<Output = ()> + use<'t, 'a> {
+        std::future::poll_fn(|cx| {
+            if self.came() {
+                return std::task::Poll::Ready(());
+            }
+            let mut slot = match self.place {
+                Place::In(i) => Some(i),
+                _ => None,
+            };
+            self.shutdown
+                .awake
+                .borrow_mut()
+                .watch(&mut slot, cx.waker());
+            if let Some(i) = slot {
+                self.place = Place::In(i);
+            }
+            std::task::Poll::Pending
+        })
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Place::In(i) = self.place {
+            self.shutdown.awake.borrow_mut().unwatch(&mut Some(i));
+        }
+    }
+}
+
 /// Shutdown as an upgraded connection sees it (an `axum_ws` socket, a
 /// handler's `OnUpgrade` tunnel), and a handler's
 /// [`Draining`](crate::Draining): a handler may move it to a task of its
 /// own (`tokio::spawn`), so the signal is `Send`, at the cost of a lock
 /// each time a waiter's waker changes (a [`Drain`] keeps the last one),
 /// which only these waiters pay.
+///
+/// Two lists: handlers' [`Draining`](crate::Draining) waits hear the start
+/// at once (`watchers`); upgraded WebSockets' [`Drain`]s wait for their
+/// turn (`turns`), which a paced drain gives a few a tick
+/// ([`LocalShutdown::release_upgraded`]), as the native loops' [`Turn`]s.
 #[derive(Debug, Default)]
 pub(crate) struct SharedShutdown {
     started: AtomicBool,
+    /// True while a paced drain hands out the turns.
+    pacing: AtomicBool,
     watchers: Mutex<Watchers>,
+    /// Upgraded WebSockets' drains, by slot: a slot whose waker was taken
+    /// while its owner holds it is a turn given, as in `LocalShutdown`'s
+    /// awake list.
+    turns: Mutex<Watchers>,
 }
 
 impl SharedShutdown {
-    /// Marks shutdown as begun and wakes every watcher.
-    fn start(&self) {
+    /// Marks shutdown as begun and wakes every watcher; `paced`: the
+    /// upgraded WebSockets wait for their turns
+    /// ([`release`](SharedShutdown::release)), else they hear it now.
+    fn start(&self, paced: bool) {
+        // Before `started`: a drain that sees the start sees the pacing.
+        self.pacing.store(paced, Ordering::SeqCst);
         self.started.store(true, Ordering::SeqCst);
         let wakers = self.lock().take(usize::MAX);
         for waker in wakers {
             waker.wake();
         }
+        if !paced {
+            self.release(usize::MAX);
+        }
+    }
+
+    /// Gives at most `n` upgraded WebSockets their turn; returns how many.
+    fn release(&self, n: usize) -> usize {
+        // Taken out first: a woken task may run (and poll) on another thread.
+        let wakers = self.turns().take(n);
+        let given = wakers.len();
+        for waker in wakers {
+            waker.wake();
+        }
+        given
+    }
+
+    /// The pacing is over: every upgraded WebSocket's turn comes now.
+    fn end_pacing(&self) {
+        self.pacing.store(false, Ordering::SeqCst);
+        self.release(usize::MAX);
     }
 
     /// True once shutdown began.
@@ -363,24 +513,32 @@ impl SharedShutdown {
     fn lock(&self) -> std::sync::MutexGuard<'_, Watchers> {
         self.watchers.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn turns(&self) -> std::sync::MutexGuard<'_, Watchers> {
+        self.turns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// An upgraded connection's place in its worker's graceful shutdown, as
 /// hyper-util's graceful watcher or axum's `ConnLimiterIo` travel with the
 /// connection: the drain waits for it (up to `shutdown_timeout`; past it
 /// the worker's runtime ends and drops it, counted as forced), and it can
-/// tell when shutdown began.
+/// tell when its turn to go came (an `axum_ws` socket's `1001`): at the
+/// start, or during a paced drain once the drain gives it (a raw tunnel
+/// never asks, and is never given one).
 pub(crate) struct Drain {
     /// Counts it among the worker's connection tasks; `None` on an HTTP/2
     /// stream, whose connection's task is counted.
     _token: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
     shutdown: Arc<SharedShutdown>,
-    /// Its waker's slot in `shutdown`'s list, once watched.
+    /// Its waker's slot in `shutdown`'s turns, once watched; kept after its
+    /// turn was given (the slot's waker taken), which is how
+    /// [`turn_came`](Drain::turn_came) tells.
     slot: Option<u32>,
     /// The waker last put in that slot: while the task's waker stays the
-    /// same, a poll reads the flag and takes no lock.
+    /// same, a poll before shutdown reads the flag and takes no lock.
     watching: Option<Waker>,
-    /// After shutdown began, how long the connection may still hold the
+    /// After its turn came, how long the connection may still hold the
     /// drain ([`Drain::poll_grace_over`]); armed by the first poll.
     grace: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -410,32 +568,61 @@ impl Drain {
             .is_ready()
     }
 
-    /// True once shutdown began, registering no waker: for a poll whose
-    /// task may not be the one watching (an `axum_ws` socket's `Sink` half).
+    /// True once its turn came, registering no waker: for a poll whose
+    /// task may not be the one watching (an `axum_ws` socket's `Sink`
+    /// half). During a paced drain it takes the lock.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
-    pub(crate) fn started(&self) -> bool {
-        self.shutdown.started.load(Ordering::SeqCst)
+    pub(crate) fn turn_came(&self) -> bool {
+        let s = &*self.shutdown;
+        if !s.started.load(Ordering::SeqCst) {
+            return false;
+        }
+        !s.pacing.load(Ordering::SeqCst) || self.given(&s.turns())
     }
 
-    /// True once shutdown began; until then `waker` is woken when it does.
+    /// Its slot is held and its waker was taken: its turn was given.
+    fn given(&self, turns: &Watchers) -> bool {
+        self.slot
+            .is_some_and(|i| turns.wakers[i as usize].is_none())
+    }
+
+    /// True once its turn came: at the start, or during a paced drain when
+    /// the drain gave it; until then `waker` is woken when it does.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
-    pub(crate) fn poll_started(&mut self, waker: &Waker) -> bool {
-        if self.watching.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            // That waker is still in the list: only `start` takes it out,
-            // and only after setting the flag this reads.
-            return self.shutdown.started.load(Ordering::SeqCst);
+    pub(crate) fn poll_turn(&mut self, waker: &Waker) -> bool {
+        let s = &*self.shutdown;
+        if self.watching.as_ref().is_some_and(|w| w.will_wake(waker))
+            && !s.started.load(Ordering::SeqCst)
+        {
+            // That waker is still in the list: only the start, or a turn
+            // after it, takes it out, and only after setting the flag this
+            // reads.
+            return false;
         }
-        let started = self.shutdown.poll_started(&mut self.slot, waker);
-        if !started {
+        if s.started.load(Ordering::SeqCst) && !s.pacing.load(Ordering::SeqCst) {
+            return true;
+        }
+        let mut turns = s.turns();
+        if s.started.load(Ordering::SeqCst) && self.given(&turns) {
+            return true;
+        }
+        turns.watch(&mut self.slot, waker);
+        // `start` or `end_pacing` may have taken the wakers just before
+        // this one went in (each sets its flag first, then locks).
+        let came = s.started.load(Ordering::SeqCst) && !s.pacing.load(Ordering::SeqCst);
+        drop(turns);
+        if !came {
             self.watching = Some(waker.clone());
         }
-        started
+        came
     }
 }
 
 impl Drop for Drain {
     fn drop(&mut self) {
-        self.shutdown.unwatch(&mut self.slot);
+        if self.slot.is_some() {
+            self.shutdown.turns().unwatch(&mut self.slot);
+        }
     }
 }
 
@@ -484,11 +671,11 @@ mod tests {
         let a = Arc::new(Count(AtomicUsize::new(0)));
         let wa = Waker::from(a.clone());
         let mut drain = Drain::new(None, s.upgraded().clone());
-        assert!(!drain.poll_started(&wa));
-        let held = s.upgraded().lock();
+        assert!(!drain.poll_turn(&wa));
+        let held = s.upgraded().turns();
         let (tx, rx) = std::sync::mpsc::channel();
         let poller = std::thread::spawn(move || {
-            let started = drain.poll_started(&wa);
+            let started = drain.poll_turn(&wa);
             tx.send(started).unwrap();
             drain
         });
@@ -500,14 +687,113 @@ mod tests {
         assert_eq!(a.0.load(Ordering::SeqCst), 1, "the waker is still watched");
         let wb = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
         let mut drain = drain;
-        assert!(drain.poll_started(&wb));
+        assert!(drain.poll_turn(&wb));
+    }
+
+    /// A paced drain gives upgraded WebSockets (`axum_ws`) their turns a
+    /// few at a time, as the native loops': a drain polled after the start
+    /// waits for its own (before session 45 every one heard the start at
+    /// once and sent its `1001`), and `turn_came` (the `Sink`'s check)
+    /// agrees; a handler's `Draining` hears the start at once.
+    #[test]
+    fn a_paced_drain_gives_upgraded_websockets_their_turns() {
+        let s = LocalShutdown::default();
+        let counts: Vec<_> = (0..2)
+            .map(|_| Arc::new(Count(AtomicUsize::new(0))))
+            .collect();
+        let wakers: Vec<_> = counts.iter().map(|c| Waker::from(c.clone())).collect();
+        let mut drains: Vec<_> = (0..2)
+            .map(|_| Drain::new(None, s.upgraded().clone()))
+            .collect();
+        for (d, w) in drains.iter_mut().zip(&wakers) {
+            assert!(!d.poll_turn(w));
+        }
+        let handler = Arc::new(Count(AtomicUsize::new(0)));
+        let mut slot = None;
+        assert!(!s
+            .upgraded()
+            .poll_started(&mut slot, &Waker::from(handler.clone())));
+        s.begin(true);
+        assert_eq!(handler.0.load(Ordering::SeqCst), 1, "Draining: at once");
+        assert_eq!(s.upgraded_waiting(), 2);
+        for (d, w) in drains.iter_mut().zip(&wakers) {
+            assert!(!d.poll_turn(w), "paced: no turn yet");
+            assert!(!d.turn_came());
+        }
+        assert_eq!(s.release_upgraded(1), 1);
+        let came: Vec<_> = drains
+            .iter_mut()
+            .zip(&wakers)
+            .map(|(d, w)| d.poll_turn(w))
+            .collect();
+        assert_eq!(came.iter().filter(|c| **c).count(), 1, "{came:?}");
+        let given = came.iter().position(|c| *c).unwrap();
+        assert!(drains[given].turn_came());
+        assert!(!drains[1 - given].turn_came());
+        assert_eq!(counts[given].0.load(Ordering::SeqCst), 1, "woken");
+        s.end_pacing();
+        assert_eq!(s.upgraded_waiting(), 0);
+        assert!(drains[1 - given].poll_turn(&wakers[1 - given]));
+        s.upgraded().unwatch(&mut slot);
+    }
+
+    /// A connection's `Turn` keeps its slot across its waits: a turn given
+    /// while it was busy (its wait dropped for a push, a peer's message)
+    /// is heard by its next look (`came`), and not before; anything that
+    /// woke it meanwhile is no turn. (The loops took any wake after the
+    /// start for their turn: a broadcast closed every subscriber at once.)
+    #[test]
+    fn a_turn_given_while_busy_is_kept_and_only_a_turn_counts() {
+        let s = LocalShutdown::default();
+        let a = Arc::new(Count(AtomicUsize::new(0)));
+        let wa = Waker::from(a.clone());
+        let (mut one, mut two) = (s.turn(), s.turn());
+        assert!(!one.came(), "not started");
+        for turn in [&mut one, &mut two] {
+            assert!(!resolves(std::pin::pin!(turn.wait()), &wa));
+        }
+        assert_eq!(s.awake_waiting(), 2, "each kept its slot");
+        s.begin(true);
+        assert!(!one.came() && !two.came(), "woken for something else");
+        assert_eq!(s.release_awake(1), 1);
+        let (first, second) = (one.came(), two.came());
+        assert!(first ^ second, "one turn given: {first} {second}");
+        assert_eq!(s.awake_waiting(), 1, "the other still waits");
+        let (mut given, mut waiting) = if first { (one, two) } else { (two, one) };
+        assert!(given.came(), "a turn, once come, stays");
+        let mut wait = std::pin::pin!(waiting.wait());
+        assert!(!resolves(wait.as_mut(), &wa));
+        assert_eq!(s.awake_waiting(), 1, "in the same slot, once");
+        s.end_pacing();
+        assert!(resolves(wait.as_mut(), &wa));
+        drop(given);
+    }
+
+    /// A `Turn` dropped gives its slot back: a connection that parks or
+    /// closes leaves the drain's count.
+    #[test]
+    fn a_dropped_turn_leaves_the_list() {
+        let s = LocalShutdown::default();
+        let mut turn = s.turn();
+        {
+            assert!(!resolves(std::pin::pin!(turn.wait()), Waker::noop()));
+        }
+        assert_eq!(s.awake_waiting(), 1);
+        drop(turn);
+        assert_eq!(s.awake_waiting(), 0);
+        let mut again = s.turn();
+        s.begin(false);
+        assert!(again.came(), "unpaced: at the start");
     }
 
     /// Polls `wait` once with `waker`: true when it resolved.
     fn ready(wait: &mut Wait<'_>, waker: &Waker) -> bool {
-        Pin::new(wait)
-            .poll(&mut Context::from_waker(waker))
-            .is_ready()
+        resolves(Pin::new(wait), waker)
+    }
+
+    /// Polls `future` once with `waker`: true when it resolved.
+    fn resolves(future: Pin<&mut impl Future<Output = ()>>, waker: &Waker) -> bool {
+        future.poll(&mut Context::from_waker(waker)).is_ready()
     }
 
     /// With a paced drain, awake connections' waits resolve at their turn,
@@ -528,15 +814,9 @@ mod tests {
         assert_eq!(s.awake_waiting(), 3);
         let mut begun = std::pin::pin!(s.begun());
         let noop = Waker::noop();
-        assert!(begun
-            .as_mut()
-            .poll(&mut Context::from_waker(noop))
-            .is_pending());
+        assert!(!resolves(begun.as_mut(), noop));
         s.begin(true);
-        assert!(begun
-            .as_mut()
-            .poll(&mut Context::from_waker(noop))
-            .is_ready());
+        assert!(resolves(begun.as_mut(), noop));
         let resolved = |waits: &mut Vec<Wait<'_>>| {
             waits
                 .iter_mut()

@@ -806,12 +806,15 @@ impl Builder {
     /// reconnect in the same second. A few every 10 ms: first awake
     /// WebSocket, framed, SSE and HTTP/2 connections waiting between
     /// messages (each gets its goodbye, `1001` or `GOAWAY`, at its turn;
-    /// one in the middle of a message finishes it first, and one woken by
-    /// its own traffic or a push before its turn says goodbye then), then
-    /// idle HTTP/1.1 connections, then parked ones of any protocol; one
-    /// that sends a request meanwhile is served (`Connection: close`).
-    /// Upgraded connections a handler owns (`axum_ws`, tunnels) hear the
-    /// start at once. Keep `shutdown_timeout` above connections
+    /// one in the middle of a message finishes it first, and one woken
+    /// before its turn by its own traffic or a push serves it and waits on
+    /// for its turn), then [`axum_ws`](crate::axum_ws) sockets (their
+    /// `1001` at their turn too; a handler that only sends hears it once
+    /// the pacing ends), then idle HTTP/1.1 connections, then parked ones
+    /// of any protocol; one that sends a request meanwhile is served
+    /// (`Connection: close`). Raw upgraded tunnels are not paced: the
+    /// drain waits for them, and [`Draining`](crate::Draining) tells their
+    /// handlers at the start. Keep `shutdown_timeout` above connections
     /// / rate: what is left at the deadline closes at once (logged at the
     /// start). Progress: `megaconn_shutdown_drain_pending` (during an
     /// upgrade's drain the old process's own metrics, which its admin

@@ -776,15 +776,15 @@ impl Drained {
 /// (a million clients told to reconnect in the same second would all come
 /// back in that second), a few every tick, until none is left waiting:
 /// awake message connections first (given their turn, each says goodbye:
-/// `LocalShutdown::release_awake`), then idle HTTP/1.1 tasks (woken, each
-/// closes if still idle), then parked sockets. Connections that wake
-/// meanwhile are served, an HTTP/1.1 answer saying `Connection: close`. A
-/// message connection in the middle of a message finishes it first. One
-/// woken before its turn by something else (the peer's message, a push, a
-/// ping due) says goodbye once that is done, without waiting for its turn:
-/// the protocols' loops check `is_started` there, which knows no turns
-/// (left: a hub broadcast during the drain still closes every awake
-/// subscriber it wakes in the same instant).
+/// `LocalShutdown::release_awake`), then upgraded WebSockets (`axum_ws`:
+/// `release_upgraded`), then idle HTTP/1.1 tasks (woken, each closes if
+/// still idle), then parked sockets. Connections that wake meanwhile are
+/// served, an HTTP/1.1 answer saying `Connection: close`. A message
+/// connection in the middle of a message finishes it first; one woken
+/// before its turn by something else (the peer's message, a push, a ping
+/// due) serves it and waits on for its turn (its `Turn` keeps its place:
+/// until session 45 it said goodbye then, and a hub broadcast during the
+/// drain closed every subscriber in the same instant).
 ///
 /// Why that order. Go's `Server.Shutdown` closes idle connections first and
 /// waits for active ones; nginx closes idle keep-alive connections at once;
@@ -821,7 +821,7 @@ async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32, deadline: tokio::t
         .park
         .as_ref()
         .map_or_else(Vec::new, ParkingLot::parked_fds);
-    let awake = ctx.shutdown.awake_waiting();
+    let awake = ctx.shutdown.awake_waiting() + ctx.shutdown.upgraded_waiting();
     let idle = ctx.shutdown.watching();
     let mut left = awake + idle + parked.len();
     ctx.stats.drain_pending.store(left as i64, Relaxed);
@@ -852,6 +852,9 @@ async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32, deadline: tokio::t
             interval.tick().await;
             let mut closed = ctx.shutdown.release_awake(per_tick);
             if closed < per_tick {
+                closed += ctx.shutdown.release_upgraded(per_tick - closed);
+            }
+            if closed < per_tick {
                 closed += ctx.shutdown.wake_watchers(per_tick - closed);
             }
             if let Some(lot) = &ctx.park {
@@ -862,8 +865,12 @@ async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32, deadline: tokio::t
                     }
                 }
             }
-            // (A connection may join a list again, an HTTP/2 one whose wait
-            // lost its turn to a frame: more may close than were counted.)
+            // The count is approximate: one counted at the start may close
+            // without a turn (its peer left, its heartbeat ran out), and one
+            // not counted may join the lists meanwhile (a message under way
+            // at the start, an upgrade just done) and take one. No turn is
+            // lost: a native loop's `Turn` keeps its slot while it serves
+            // something else, and HTTP/2 polls its `wait` first.
             left = left.saturating_sub(closed);
             ctx.stats.drain_pending.store(left as i64, Relaxed);
             if closed == 0 {

@@ -14,8 +14,11 @@
 //! It also keeps its place in graceful shutdown, although it left the task
 //! that served it: the worker's drain waits for it as for any connection,
 //! up to `shutdown_timeout`, then closes it by force (counted as forced).
-//! A [`WebSocket`](crate::axum_ws::WebSocket) hears the start and sends its
-//! peer a close 1001 (going away), over HTTP/1.1 and HTTP/2.
+//! A [`WebSocket`](crate::axum_ws::WebSocket) hears its turn (the start, or
+//! with a drain rate its turn in the paced drain) and sends its peer a
+//! close 1001 (going away), over HTTP/1.1 and HTTP/2. A raw tunnel takes no
+//! turn (nothing of it would act on one): it is not paced, and its handler
+//! hears the start through [`Draining`](crate::Draining), at once.
 //!
 //! Writes on the raw socket are not bounded by time: a write to a peer
 //! that reads nothing waits until the peer goes or the handler gives up
@@ -307,23 +310,25 @@ impl Upgraded {
         self.conn.stats().or(self.stream_stats.as_ref())
     }
 
-    /// True once the server's graceful shutdown began, registering no
-    /// waker (see [`Drain::started`]). Never true on a caller's own
-    /// transport.
+    /// True once this connection's turn to go came in the server's
+    /// graceful shutdown (at its start, or during a paced drain when the
+    /// drain gave it), registering no waker (see [`Drain::turn_came`]).
+    /// Never true on a caller's own transport.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
-    pub(crate) fn shutdown_began(&self) -> bool {
-        self.inner.io.drain.as_ref().is_some_and(Drain::started)
+    pub(crate) fn turn_came(&self) -> bool {
+        self.inner.io.drain.as_ref().is_some_and(Drain::turn_came)
     }
 
-    /// True once the server's graceful shutdown began; until then the task
-    /// is woken when it does. Never true on a caller's own transport.
+    /// True once this connection's turn to go came (see
+    /// [`turn_came`](Upgraded::turn_came)); until then the task is woken
+    /// when it does. Never true on a caller's own transport.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
-    pub(crate) fn poll_shutdown_began(&mut self, cx: &Context<'_>) -> bool {
+    pub(crate) fn poll_turn(&mut self, cx: &Context<'_>) -> bool {
         self.inner
             .io
             .drain
             .as_mut()
-            .is_some_and(|d| d.poll_started(cx.waker()))
+            .is_some_and(|d| d.poll_turn(cx.waker()))
     }
 
     /// Once shutdown began: true when `grace` has passed since the first

@@ -63,6 +63,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::conn::context::WorkerContext;
+use crate::conn::shutdown::Turn;
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
 use crate::conn::Wake;
@@ -219,6 +220,9 @@ pub(crate) async fn serve<H: FramedHandler>(
         return closing(&mut io, live.close(CloseReason::ServerClosed)).await;
     }
     let mut buf: Option<BytesMut> = None;
+    // Its goodbye at shutdown waits for its turn in a paced drain; until
+    // then it serves what wakes it (a push, the peer's frames).
+    let mut turn = ctx.shutdown.turn();
     // A socket woken because it is readable goes back to the lot only after
     // it was read: re-parked unread, it would wake again at once, as "hot",
     // and then wait as a task (a second wake, a registration and a timer
@@ -317,7 +321,7 @@ pub(crate) async fn serve<H: FramedHandler>(
         let between_frames =
             codec.between_frames(buf.as_deref().unwrap_or_default()) && !io.holds_partial_record();
         message.track(between_frames, Instant::now);
-        if between_frames && ctx.shutdown.is_started() {
+        if between_frames && turn.came() {
             return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref()).await;
         }
         // Messages pushed meanwhile go out, also while the peer is in the
@@ -377,7 +381,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             let idle = tokio::select! {
                 biased;
                 ready = poll_fn(|cx| io.poll_read_ready(cx)) => Idle::Readable(ready),
-                () = ctx.shutdown.wait() => Idle::Shutdown,
+                () = turn.wait() => Idle::Shutdown,
                 () = until(due) => Idle::HeartbeatDue,
                 () = until(send_at) => Idle::SendHeartbeat,
                 () = Awake::pushed(inbox.as_ref()) => Idle::Pushed,
@@ -452,7 +456,15 @@ pub(crate) async fn serve<H: FramedHandler>(
             // (bench/FRAMED.md, "Where the bytes of an idle connection go").
             Poll::Pending if between_frames && b.is_empty() => {
                 give_back(&ctx, &mut buf);
-                wait_read(&mut io, None, between_frames, timers, &ctx, inbox.as_ref()).await
+                wait_read(
+                    &mut io,
+                    None,
+                    between_frames,
+                    timers,
+                    &mut turn,
+                    inbox.as_ref(),
+                )
+                .await
             }
             Poll::Pending => {
                 wait_read(
@@ -460,7 +472,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                     Some(b),
                     between_frames,
                     timers,
-                    &ctx,
+                    &mut turn,
                     inbox.as_ref(),
                 )
                 .await
@@ -555,7 +567,7 @@ async fn wait_read(
     b: Option<&mut BytesMut>,
     between_frames: bool,
     timers: Timers,
-    ctx: &WorkerContext,
+    turn: &mut Turn<'_>,
     inbox: Option<&Awake>,
 ) -> Read {
     let wake_at = if between_frames {
@@ -584,7 +596,7 @@ async fn wait_read(
         tokio::select! {
             biased;
             read = reading => Read::Done(read),
-            () = ctx.shutdown.wait() => Read::Shutdown,
+            () = turn.wait() => Read::Shutdown,
             () = Awake::pushed(inbox) => Read::Pushed,
         }
     } else {

@@ -178,6 +178,9 @@ pub(crate) async fn serve(
             return closing(&mut io, live.close(cut.reason)).await;
         }
     }
+    // Its farewell at shutdown waits for its turn in a paced drain; until
+    // then it writes what is pushed.
+    let mut turn = ctx.shutdown.turn();
     loop {
         for text in session.take_out() {
             let text = String::from_utf8_lossy(&text);
@@ -210,7 +213,7 @@ pub(crate) async fn serve(
         if session.is_closing() {
             return end(&mut io, live, chunked, None, CloseReason::ServerClosed).await;
         }
-        if ctx.shutdown.is_started() {
+        if turn.came() {
             let goodbye = live.state().settings.goodbye.clone();
             return end(&mut io, live, chunked, goodbye, CloseReason::Shutdown).await;
         }
@@ -243,7 +246,7 @@ pub(crate) async fn serve(
             let idle = tokio::select! {
                 biased;
                 ready = poll_fn(|cx| io.poll_read_ready(cx)) => Idle::Readable(ready),
-                () = ctx.shutdown.wait() => Idle::Shutdown,
+                () = turn.wait() => Idle::Shutdown,
                 () = until(send_at) => Idle::SendComment,
                 () = Awake::pushed(inbox.as_ref()) => Idle::Pushed,
                 () = until(park_at) => Idle::Park,

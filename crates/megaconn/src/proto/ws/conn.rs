@@ -284,6 +284,9 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     let mut decoder = Decoder::with_deflate(deflate.map(|_| tables.codec.clone()));
     let mut message = MessageDeadline::new(settings.message_timeout);
     let mut out = Writing::default();
+    // Its goodbye at shutdown waits for its turn in a paced drain; until
+    // then it serves what wakes it (a push, the peer's ping).
+    let mut turn = ctx.shutdown.turn();
     let next = 'serve: loop {
         // Every frame whole in the buffer, in order.
         while conn.rbuf_len() > 0 {
@@ -365,7 +368,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         }
         let mut park_at = None;
         if between {
-            if ctx.shutdown.is_started() {
+            if turn.came() {
                 break 'serve going_away(settings);
             }
             // A push that came while the last ones were written goes first
@@ -393,7 +396,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             let idle = tokio::select! {
                 biased;
                 ready = poll_fn(|cx| conn.io.poll_read_ready(cx)) => Idle::Readable(ready),
-                () = ctx.shutdown.wait() => Idle::Shutdown,
+                () = turn.wait() => Idle::Shutdown,
                 () = until(due) => Idle::HeartbeatDue,
                 () = until(send_at) => Idle::SendPing,
                 () = Awake::pushed(awake.as_ref()) => Idle::Pushed,
@@ -454,7 +457,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 tokio::select! {
                     biased;
                     read = reading => Read::Done(read),
-                    () = ctx.shutdown.wait() => Read::Shutdown,
+                    () = turn.wait() => Read::Shutdown,
                     () = Awake::pushed(awake.as_ref()) => Read::Pushed,
                 }
             } else {
@@ -505,7 +508,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             Err(_elapsed) => conn.buffers.release(),
         }
     };
-    drop(awake);
+    drop((awake, turn));
     let Next::Close(reason, ours) = next else {
         unreachable!("the loop ends with a close")
     };

@@ -103,6 +103,15 @@
 //! `while socket.send(msg).await.is_ok()` loop ends by itself. One that
 //! sends nothing until the deadline is closed by it.
 //!
+//! With [`Builder::shutdown_drain_rate`](crate::Builder::shutdown_drain_rate)
+//! the 1001 waits for the socket's turn, as a native WebSocket's does: the
+//! paced drain gives turns to the native awake connections first, then to
+//! these sockets, a few a tick; until its turn a socket serves on (`recv`
+//! returns the peer's messages, sends go out). Only a socket whose `recv`
+//! (or `Stream` poll) waits holds a place among the turns: a handler that
+//! only sends hears its turn once the pacing ends (when nothing else waits
+//! for one, or a margin before `shutdown_timeout`), at its next send.
+//!
 //! # Over HTTP/2 (RFC 8441)
 //!
 //! As axum's does, the extractor also accepts an HTTP/2 extended CONNECT

@@ -85,8 +85,9 @@ pub struct WebSocket {
     protocol: Option<HeaderValue>,
     /// The stream has ended (closed, or failed for good).
     ended: bool,
-    /// The server's graceful shutdown began and the socket's close 1001
-    /// was queued: sends fail from here on.
+    /// The socket's turn in the server's graceful shutdown came (the
+    /// start, or its turn in a paced drain) and its close 1001 was queued:
+    /// sends fail from here on.
     going_away: bool,
 }
 
@@ -228,8 +229,8 @@ impl WebSocket {
         self.ctx = None;
     }
 
-    /// Graceful shutdown began: closes with 1001 (going away), as the native
-    /// WebSocket does, unless a close was sent already. Heard by `recv`
+    /// Its turn in graceful shutdown came: closes with 1001 (going away),
+    /// as the native WebSocket does, unless a close was sent already. Heard by `recv`
     /// (which waits for it) or by the next send or flush (which only look:
     /// see [`Self::shutdown_heard_by_sink`]). Reading goes on, so
     /// the handler's `recv` sees the peer's answer and then the end, and
@@ -252,15 +253,16 @@ impl WebSocket {
         let _ = self.poll_flush_queue(cx);
     }
 
-    /// For the `Sink`: whether shutdown began and the close 1001 is now
-    /// queued (a handler that only sends hears it here; one in `recv`
-    /// heard it there). It only looks at the flag and registers no waker:
+    /// For the `Sink`: whether its turn in shutdown came and the close
+    /// 1001 is now queued (a handler that only sends hears it here; one in `recv`
+    /// heard it there). It only looks (a flag; during a paced drain, the
+    /// turns' lock too) and registers no waker:
     /// a split socket's two halves run on two tasks, and only the reading
     /// one keeps its waker in the drain's list (a send-only handler would
     /// not poll the socket when woken anyway, it waits for its next
     /// message).
     fn shutdown_heard_by_sink(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.going_away || !self.io.shutdown_began() {
+        if self.going_away || !self.io.turn_came() {
             return false;
         }
         self.go_away(cx);
@@ -407,7 +409,7 @@ impl Stream for WebSocket {
             if this.ended {
                 return Poll::Ready(None);
             }
-            if !this.going_away && this.io.poll_shutdown_began(cx) {
+            if !this.going_away && this.io.poll_turn(cx) {
                 this.go_away(cx);
             }
             if this.going_away && this.io.poll_grace_over(cx, DEFAULT_WS_CLOSE_TIMEOUT) {
