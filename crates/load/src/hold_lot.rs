@@ -506,11 +506,13 @@ impl Lot {
 
     /// Closes `slot`'s connection and tells its task how it ended. A
     /// heartbeat it was waiting for is no longer pending, and fails unless
-    /// its failure is why the connection ends (already counted): a drop or
-    /// reset lost it.
+    /// its failure is why the connection ends (already counted; the end is
+    /// still the server's close if it sent one first): a drop or reset
+    /// lost it.
     fn end(&self, ctx: &ThreadCtx, slot: u32, how: Ended) {
         let mut st = self.state.borrow_mut();
         if let Some(conn) = st.slots[slot as usize].take() {
+            let counted = matches!(how, Ended::Failed);
             let how = conn.wire.ended(how);
             st.free.push(slot);
             if conn.out_armed {
@@ -518,7 +520,7 @@ impl Lot {
             }
             if conn.waiting.is_some() {
                 ctx.counters.heartbeats_pending.fetch_sub(1, Relaxed);
-                if !matches!(how, Ended::Failed) {
+                if !counted {
                     ctx.failed();
                 }
             }
@@ -749,6 +751,83 @@ mod tests {
                 ),
             }
         }
+    }
+
+    /// The server's close (`1001`, then its FIN) while a heartbeat waits
+    /// for its pong: the heartbeat fails, once, and the connection's end
+    /// is the server's close, on both of the lot's ways of reading.
+    /// Before, the connection was counted as failed only (not as closed
+    /// by the server), so an upgrade that told every WebSocket `1001`
+    /// read as fewer in `hold`'s report.
+    #[test]
+    fn a_close_while_a_heartbeat_waits_fails_it_and_ends_as_the_close() {
+        for wake_per_reply in [false, true] {
+            let (how, failed, pending) = close_while_a_beat_waits(wake_per_reply);
+            assert!(
+                matches!(how, Some(Ended::Closed(1001))),
+                "wake_per_reply {wake_per_reply}: the connection did not end as the \
+                 server's 1001 (it ended otherwise, or not within {CLOSE_WAIT:?})"
+            );
+            assert_eq!(
+                (failed, pending),
+                (1, 0),
+                "wake_per_reply {wake_per_reply}: (heartbeats failed, pending)"
+            );
+        }
+    }
+
+    /// Parks a WebSocket connection, sends its beat (a ping), and has the
+    /// server read it and answer with a `1001` close frame and its FIN;
+    /// runs the lot until the connection ends (at most [`CLOSE_WAIT`]).
+    /// Returns how it ended, and the heartbeats failed and still pending.
+    fn close_while_a_beat_waits(wake_per_reply: bool) -> (Option<Ended>, u64, u64) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let mut shared = HoldShared::for_test();
+        let (ws, beat) = crate::ws::WsHold::new(
+            &crate::args::parse_target("ws://127.0.0.1:9/").unwrap(),
+            crate::ws::WsHeartbeat::Ping,
+            b"",
+        );
+        shared.ws = Some(ws);
+        shared.heartbeat = beat.clone();
+        shared.interval = Duration::from_secs(3600);
+        shared.timeout = Duration::from_secs(60);
+        shared.tick = TICK;
+        shared.wake_per_reply = wake_per_reply;
+        // As in `held_back_beat`: the beat, due at the start, goes out on
+        // the beat pass for now.
+        shared.start = Instant::now() - TICK;
+        let start = shared.start;
+        let ctx = ThreadCtx::for_test(shared);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let lot = {
+            let _runtime = rt.enter();
+            Lot::new(wake_per_reply).unwrap()
+        };
+        let wire = Wire::new(&ctx.shared);
+        let ended = lot.park(&ctx, client, start, Rng::new(1), wire).unwrap();
+        lot.beat(&ctx, Instant::now());
+        let mut ping = vec![0u8; beat.len()];
+        server.read_exact(&mut ping).unwrap();
+        assert_eq!(ping, beat, "the server did not read the heartbeat's ping");
+        server.write_all(&[0x88, 0x02, 0x03, 0xe9]).unwrap();
+        server.shutdown(std::net::Shutdown::Write).unwrap();
+        let how = rt.block_on(async {
+            tokio::select! {
+                () = lot.run(&ctx) => unreachable!("the lot runs until dropped"),
+                how = ended => Some(how.expect("the lot dropped the sender")),
+                () = tokio::time::sleep(CLOSE_WAIT) => None,
+            }
+        });
+        let counters = &ctx.counters;
+        let failed = counters.heartbeat_errors.load(Relaxed);
+        (how, failed, counters.heartbeats_pending.load(Relaxed))
     }
 
     /// How long [`close_then_fin`] waits for the connection to end.
