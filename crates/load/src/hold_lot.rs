@@ -781,56 +781,27 @@ mod tests {
     /// runs the lot until the connection ends (at most [`CLOSE_WAIT`]).
     /// Returns how it ended, and the heartbeats failed and still pending.
     fn close_while_a_beat_waits(wake_per_reply: bool) -> (Option<Ended>, u64, u64) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        client.set_nonblocking(true).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
-        let mut shared = HoldShared::for_test();
-        let (ws, beat) = crate::ws::WsHold::new(
-            &crate::args::parse_target("ws://127.0.0.1:9/").unwrap(),
-            crate::ws::WsHeartbeat::Ping,
-            b"",
-        );
-        shared.ws = Some(ws);
-        shared.heartbeat = beat.clone();
-        shared.interval = Duration::from_secs(3600);
-        shared.timeout = Duration::from_secs(60);
-        shared.tick = TICK;
-        shared.wake_per_reply = wake_per_reply;
+        let (client, mut server) = socket_pair();
         // As in `held_back_beat`: the beat, due at the start, goes out on
         // the beat pass for now.
-        shared.start = Instant::now() - TICK;
-        let start = shared.start;
-        let ctx = ThreadCtx::for_test(shared);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let lot = {
-            let _runtime = rt.enter();
-            Lot::new(wake_per_reply).unwrap()
-        };
+        let start = Instant::now() - TICK;
+        let (ctx, rt, lot) = ws_lot(wake_per_reply, start);
         let wire = Wire::new(&ctx.shared);
         let ended = lot.park(&ctx, client, start, Rng::new(1), wire).unwrap();
         lot.beat(&ctx, Instant::now());
+        let beat = &ctx.shared.heartbeat;
         let mut ping = vec![0u8; beat.len()];
         server.read_exact(&mut ping).unwrap();
-        assert_eq!(ping, beat, "the server did not read the heartbeat's ping");
+        assert_eq!(&ping, beat, "the server did not read the heartbeat's ping");
         server.write_all(&[0x88, 0x02, 0x03, 0xe9]).unwrap();
         server.shutdown(std::net::Shutdown::Write).unwrap();
-        let how = rt.block_on(async {
-            tokio::select! {
-                () = lot.run(&ctx) => unreachable!("the lot runs until dropped"),
-                how = ended => Some(how.expect("the lot dropped the sender")),
-                () = tokio::time::sleep(CLOSE_WAIT) => None,
-            }
-        });
+        let how = run_until_ended(&rt, &lot, &ctx, ended).map(|(_, how)| how);
         let counters = &ctx.counters;
         let failed = counters.heartbeat_errors.load(Relaxed);
         (how, failed, counters.heartbeats_pending.load(Relaxed))
     }
 
-    /// How long [`close_then_fin`] waits for the connection to end.
+    /// How long a test here waits for its connection to end.
     const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
     /// Parks a WebSocket connection whose server has sent a `1001` close
@@ -840,10 +811,7 @@ mod tests {
     /// later), and when and how the connection ended (`None`: not within
     /// [`CLOSE_WAIT`]).
     fn close_then_fin(wake_per_reply: bool) -> (Instant, Option<(Instant, Ended)>) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        client.set_nonblocking(true).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
+        let (client, mut server) = socket_pair();
         // An unmasked close frame with status 1001 (0x03e9), then the FIN.
         server.write_all(&[0x88, 0x02, 0x03, 0xe9]).unwrap();
         server.shutdown(std::net::Shutdown::Write).unwrap();
@@ -858,19 +826,44 @@ mod tests {
             polled == 1 && fds.revents & libc::POLLRDHUP != 0,
             "the client's socket did not get the server's FIN"
         );
+        let start = Instant::now();
+        let (ctx, rt, lot) = ws_lot(wake_per_reply, start);
+        let next = start + ctx.shared.interval;
+        let wire = Wire::new(&ctx.shared);
+        let ended = lot.park(&ctx, client, next, Rng::new(1), wire).unwrap();
+        let ran = Instant::now();
+        let ended = run_until_ended(&rt, &lot, &ctx, ended);
+        drop(server);
+        (ran, ended)
+    }
 
+    /// A connected pair on loopback: `hold`'s end (nonblocking) and the
+    /// server's.
+    fn socket_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    /// A `ws://` hold thread's context (ping heartbeats an hour apart, a
+    /// minute's reply timeout, the lot's tick [`TICK`]) for a run that
+    /// started at `start`, with its runtime and its lot.
+    fn ws_lot(wake_per_reply: bool, start: Instant) -> (ThreadCtx, tokio::runtime::Runtime, Lot) {
         let mut shared = HoldShared::for_test();
-        shared.ws = Some(crate::ws::WsHold {
-            upgrade: Vec::new(),
-            beat: crate::ws::WsHeartbeat::Ping,
-        });
+        let (ws, beat) = crate::ws::WsHold::new(
+            &crate::args::parse_target("ws://127.0.0.1:9/").unwrap(),
+            crate::ws::WsHeartbeat::Ping,
+            b"",
+        );
+        shared.ws = Some(ws);
+        shared.heartbeat = beat;
         shared.interval = Duration::from_secs(3600);
         shared.timeout = Duration::from_secs(60);
         shared.tick = TICK;
         shared.wake_per_reply = wake_per_reply;
-        shared.start = Instant::now();
-        let next = shared.start + shared.interval;
-        let ctx = ThreadCtx::for_test(shared);
+        shared.start = start;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -879,18 +872,24 @@ mod tests {
             let _runtime = rt.enter();
             Lot::new(wake_per_reply).unwrap()
         };
-        let wire = Wire::new(&ctx.shared);
-        let ended = lot.park(&ctx, client, next, Rng::new(1), wire).unwrap();
-        let ran = Instant::now();
-        let ended = rt.block_on(async {
+        (ThreadCtx::for_test(shared), rt, lot)
+    }
+
+    /// Runs `lot` until `ended` says how its connection ended: when and
+    /// how (`None`: not within [`CLOSE_WAIT`]).
+    fn run_until_ended(
+        rt: &tokio::runtime::Runtime,
+        lot: &Lot,
+        ctx: &ThreadCtx,
+        ended: oneshot::Receiver<Ended>,
+    ) -> Option<(Instant, Ended)> {
+        rt.block_on(async {
             tokio::select! {
-                () = lot.run(&ctx) => unreachable!("the lot runs until dropped"),
+                () = lot.run(ctx) => unreachable!("the lot runs until dropped"),
                 how = ended => Some((Instant::now(), how.expect("the lot dropped the sender"))),
                 () = tokio::time::sleep(CLOSE_WAIT) => None,
             }
-        });
-        drop(server);
-        (ran, ended)
+        })
     }
 
     /// Parks a connection whose one beat is larger than its send buffer and
