@@ -286,7 +286,7 @@ impl Lot {
     /// Sends what waits on every connection the writers' epoll reports
     /// writable (without waiting).
     fn take_writable(&self, ctx: &ThreadCtx, events: &mut [libc::epoll_event]) {
-        drain_epoll(self.writers.as_raw_fd(), events, |data| {
+        drain_epoll(self.writers.as_raw_fd(), events, |data, _| {
             let (slot, tenant) = (data as u32, (data >> 32) as u32);
             let flushed = {
                 let mut st = self.state.borrow_mut();
@@ -314,15 +314,29 @@ impl Lot {
         events: &mut [libc::epoll_event],
         clocks: Option<Clocks>,
     ) {
-        drain_epoll(self.epoll.raw(), events, |data| {
-            self.on_event(ctx, data as u32, (data >> 32) as u32, clocks)
+        drain_epoll(self.epoll.raw(), events, |data, flags| {
+            let (slot, tenant) = (data as u32, (data >> 32) as u32);
+            self.on_event(ctx, slot, tenant, hung_up(flags), clocks)
         });
     }
 
     /// Handles one readiness event of `slot`; true if the socket may have
-    /// more to read than one buffer took. With `clocks`, the read takes the
-    /// kernel's receive stamp and times the reply by it.
-    fn on_event(&self, ctx: &ThreadCtx, slot: u32, tenant: u32, clocks: Option<Clocks>) -> bool {
+    /// more to read than one read took: the read filled the buffer, or
+    /// took bytes while `hung_up` (the event said the server had closed
+    /// or reset it), whose end is still to be read. That end came before
+    /// the look that reported it, so no later event tells of it: unread
+    /// now, a connection whose server sent its last words and closed (a
+    /// WebSocket's `1001` and FIN) stayed open to `hold` until another
+    /// socket's event (woken per reply) or the next tick. With `clocks`,
+    /// the read takes the kernel's receive stamp and times the reply by it.
+    fn on_event(
+        &self,
+        ctx: &ThreadCtx,
+        slot: u32,
+        tenant: u32,
+        hung_up: bool,
+        clocks: Option<Clocks>,
+    ) -> bool {
         let (ended, more) = {
             let mut st = self.state.borrow_mut();
             let State {
@@ -346,7 +360,7 @@ impl Lot {
                     Ok((0, _)) => Err(Ended::Dropped),
                     Ok((n, arrived)) => conn
                         .take(ctx, wheel, slot, &buf[..n], &mut pongs, arrived)
-                        .map(|()| n == buf.len()),
+                        .map(|()| hung_up || n == buf.len()),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(true),
                     Err(e) => Err(io_end(&e)),
@@ -492,11 +506,13 @@ impl Lot {
 
     /// Closes `slot`'s connection and tells its task how it ended. A
     /// heartbeat it was waiting for is no longer pending, and fails unless
-    /// its failure is why the connection ends (already counted): a drop or
-    /// reset lost it.
+    /// its failure is why the connection ends (already counted; the end is
+    /// still the server's close if it sent one first): a drop or reset
+    /// lost it.
     fn end(&self, ctx: &ThreadCtx, slot: u32, how: Ended) {
         let mut st = self.state.borrow_mut();
         if let Some(conn) = st.slots[slot as usize].take() {
+            let counted = matches!(how, Ended::Failed);
             let how = conn.wire.ended(how);
             st.free.push(slot);
             if conn.out_armed {
@@ -504,7 +520,7 @@ impl Lot {
             }
             if conn.waiting.is_some() {
                 ctx.counters.heartbeats_pending.fetch_sub(1, Relaxed);
-                if !matches!(how, Ended::Failed) {
+                if !counted {
                     ctx.failed();
                 }
             }
@@ -597,10 +613,20 @@ fn ctl(
     Ok(())
 }
 
+/// Whether an event's `flags` say the peer closed (FIN) or reset the
+/// connection: what is left to read then ends in its end.
+fn hung_up(flags: u32) -> bool {
+    flags & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
+}
+
 /// Takes every ready event of `epoll` without waiting, handing each one's
-/// data to `on` (true: that socket may have more to read, so look again),
-/// until a look finds no more.
-fn drain_epoll(epoll: RawFd, events: &mut [libc::epoll_event], mut on: impl FnMut(u64) -> bool) {
+/// data and flags to `on` (true: that socket may have more to read, so
+/// look again), until a look finds no more.
+fn drain_epoll(
+    epoll: RawFd,
+    events: &mut [libc::epoll_event],
+    mut on: impl FnMut(u64, u32) -> bool,
+) {
     loop {
         // SAFETY: `events` is valid for `events.len()` entries.
         let n =
@@ -614,8 +640,8 @@ fn drain_epoll(epoll: RawFd, events: &mut [libc::epoll_event], mut on: impl FnMu
         // A full batch, or a read that filled the buffer, may leave more.
         let mut again = n as usize == events.len();
         for ev in &events[..n as usize] {
-            let data = ev.u64;
-            again |= on(data);
+            let (data, flags) = (ev.u64, ev.events);
+            again |= on(data, flags);
         }
         if !again {
             return;
@@ -686,6 +712,184 @@ mod tests {
                 whole.duration_since(ran)
             );
         }
+    }
+
+    /// A server's last words and its FIN read in one look: a WebSocket
+    /// close frame (`1001`, as a draining server sends) and the end of
+    /// the stream, both in the socket before the lot reads it. The lot
+    /// reads the frame, then the end at once, on both of its ways of
+    /// reading. Before, the read that took the frame left the end unread
+    /// (the buffer was not filled, so the lot did not look again):
+    /// reading on the tick, the end waited for the next tick; woken per
+    /// reply, it waited for some other socket's event or the
+    /// connection's next beat, as it is only a new event that wakes the
+    /// thread, and the end had already come. After an upgrade of a
+    /// server holding 10,000 WebSockets, `hold` counted 7 and 1 of them
+    /// still open long after the old process had exited (session 44,
+    /// `bench/DIGEST.md`).
+    #[test]
+    fn a_close_frame_and_the_fin_in_one_read_end_the_connection_at_once() {
+        for wake_per_reply in [false, true] {
+            let (ran, ended) = close_then_fin(wake_per_reply);
+            match ended {
+                Some((at, how)) => {
+                    assert!(
+                        matches!(how, Ended::Closed(1001)),
+                        "wake_per_reply {wake_per_reply}: the connection ended otherwise \
+                         than by the server's 1001"
+                    );
+                    assert!(
+                        at < ran + TICK / 2,
+                        "wake_per_reply {wake_per_reply}: the connection ended {:?} after \
+                         the lot started running, on its next tick ({TICK:?}) or later",
+                        at.duration_since(ran)
+                    );
+                }
+                None => panic!(
+                    "wake_per_reply {wake_per_reply}: the connection had not ended \
+                     {CLOSE_WAIT:?} after the server's close frame and FIN"
+                ),
+            }
+        }
+    }
+
+    /// The server's close (`1001`, then its FIN) while a heartbeat waits
+    /// for its pong: the heartbeat fails, once, and the connection's end
+    /// is the server's close, on both of the lot's ways of reading.
+    /// Before, the connection was counted as failed only (not as closed
+    /// by the server), so an upgrade that told every WebSocket `1001`
+    /// read as fewer in `hold`'s report.
+    #[test]
+    fn a_close_while_a_heartbeat_waits_fails_it_and_ends_as_the_close() {
+        for wake_per_reply in [false, true] {
+            let (how, failed, pending) = close_while_a_beat_waits(wake_per_reply);
+            assert!(
+                matches!(how, Some(Ended::Closed(1001))),
+                "wake_per_reply {wake_per_reply}: the connection did not end as the \
+                 server's 1001 (it ended otherwise, or not within {CLOSE_WAIT:?})"
+            );
+            assert_eq!(
+                (failed, pending),
+                (1, 0),
+                "wake_per_reply {wake_per_reply}: (heartbeats failed, pending)"
+            );
+        }
+    }
+
+    /// Parks a WebSocket connection, sends its beat (a ping), and has the
+    /// server read it and answer with a `1001` close frame and its FIN;
+    /// runs the lot until the connection ends (at most [`CLOSE_WAIT`]).
+    /// Returns how it ended, and the heartbeats failed and still pending.
+    fn close_while_a_beat_waits(wake_per_reply: bool) -> (Option<Ended>, u64, u64) {
+        let (client, mut server) = socket_pair();
+        // As in `held_back_beat`: the beat, due at the start, goes out on
+        // the beat pass for now.
+        let start = Instant::now() - TICK;
+        let (ctx, rt, lot) = ws_lot(wake_per_reply, start);
+        let wire = Wire::new(&ctx.shared);
+        let ended = lot.park(&ctx, client, start, Rng::new(1), wire).unwrap();
+        lot.beat(&ctx, Instant::now());
+        let beat = &ctx.shared.heartbeat;
+        let mut ping = vec![0u8; beat.len()];
+        server.read_exact(&mut ping).unwrap();
+        assert_eq!(&ping, beat, "the server did not read the heartbeat's ping");
+        server.write_all(&[0x88, 0x02, 0x03, 0xe9]).unwrap();
+        server.shutdown(std::net::Shutdown::Write).unwrap();
+        let how = run_until_ended(&rt, &lot, &ctx, ended).map(|(_, how)| how);
+        let counters = &ctx.counters;
+        let failed = counters.heartbeat_errors.load(Relaxed);
+        (how, failed, counters.heartbeats_pending.load(Relaxed))
+    }
+
+    /// How long a test here waits for its connection to end.
+    const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+    /// Parks a WebSocket connection whose server has sent a `1001` close
+    /// frame and its FIN (both in the client's socket: `poll` says
+    /// `POLLRDHUP`), its next beat an hour away, and runs the lot. Returns
+    /// when the lot started running (its next tick comes a [`TICK`]
+    /// later), and when and how the connection ended (`None`: not within
+    /// [`CLOSE_WAIT`]).
+    fn close_then_fin(wake_per_reply: bool) -> (Instant, Option<(Instant, Ended)>) {
+        let (client, mut server) = socket_pair();
+        // An unmasked close frame with status 1001 (0x03e9), then the FIN.
+        server.write_all(&[0x88, 0x02, 0x03, 0xe9]).unwrap();
+        server.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut fds = libc::pollfd {
+            fd: client.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let polled = unsafe { libc::poll(&mut fds, 1, 5_000) };
+        assert!(
+            polled == 1 && fds.revents & libc::POLLRDHUP != 0,
+            "the client's socket did not get the server's FIN"
+        );
+        let start = Instant::now();
+        let (ctx, rt, lot) = ws_lot(wake_per_reply, start);
+        let next = start + ctx.shared.interval;
+        let wire = Wire::new(&ctx.shared);
+        let ended = lot.park(&ctx, client, next, Rng::new(1), wire).unwrap();
+        let ran = Instant::now();
+        let ended = run_until_ended(&rt, &lot, &ctx, ended);
+        drop(server);
+        (ran, ended)
+    }
+
+    /// A connected pair on loopback: `hold`'s end (nonblocking) and the
+    /// server's.
+    fn socket_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    /// A `ws://` hold thread's context (ping heartbeats an hour apart, a
+    /// minute's reply timeout, the lot's tick [`TICK`]) for a run that
+    /// started at `start`, with its runtime and its lot.
+    fn ws_lot(wake_per_reply: bool, start: Instant) -> (ThreadCtx, tokio::runtime::Runtime, Lot) {
+        let mut shared = HoldShared::for_test();
+        let (ws, beat) = crate::ws::WsHold::new(
+            &crate::args::parse_target("ws://127.0.0.1:9/").unwrap(),
+            crate::ws::WsHeartbeat::Ping,
+            b"",
+        );
+        shared.ws = Some(ws);
+        shared.heartbeat = beat;
+        shared.interval = Duration::from_secs(3600);
+        shared.timeout = Duration::from_secs(60);
+        shared.tick = TICK;
+        shared.wake_per_reply = wake_per_reply;
+        shared.start = start;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let lot = {
+            let _runtime = rt.enter();
+            Lot::new(wake_per_reply).unwrap()
+        };
+        (ThreadCtx::for_test(shared), rt, lot)
+    }
+
+    /// Runs `lot` until `ended` says how its connection ended: when and
+    /// how (`None`: not within [`CLOSE_WAIT`]).
+    fn run_until_ended(
+        rt: &tokio::runtime::Runtime,
+        lot: &Lot,
+        ctx: &ThreadCtx,
+        ended: oneshot::Receiver<Ended>,
+    ) -> Option<(Instant, Ended)> {
+        rt.block_on(async {
+            tokio::select! {
+                () = lot.run(ctx) => unreachable!("the lot runs until dropped"),
+                how = ended => Some((Instant::now(), how.expect("the lot dropped the sender"))),
+                () = tokio::time::sleep(CLOSE_WAIT) => None,
+            }
+        })
     }
 
     /// Parks a connection whose one beat is larger than its send buffer and

@@ -6,14 +6,16 @@
 //! `/sse` with megaconn's own [`SseRoute`] instead (the same first event,
 //! sent by `on_open`; the stream then parks), with the server's hub made,
 //! so each stream's id is tracked as a gateway's would be.
-//! `--tls` serves megaconn
-//! over TLS instead (a throwaway self-signed certificate, ALPN `h2` and
-//! `http/1.1`: the client picks HTTP/1.1 or HTTP/2); a cleartext megaconn
+//! `--tls` serves megaconn (either mode: `megaconn` or `native`) over TLS
+//! instead (a throwaway self-signed certificate, ALPN `h2` and
+//! `http/1.1`: the client picks HTTP/1.1 or HTTP/2; a native stream over
+//! HTTPS/1.1 parks with its TLS session, one over HTTP/2 is not native
+//! and has no fallback here); a cleartext megaconn
 //! listener takes HTTP/2 with prior knowledge (h2c) as well as HTTP/1.1.
 //!
 //! ```text
 //! cargo build --release -p megaconn --example sse_hold
-//! target/release/examples/sse_hold --listen 127.0.0.1:23180 --mode megaconn [--tls]
+//! target/release/examples/sse_hold --listen 127.0.0.1:23180 --mode megaconn|native [--tls]
 //! ```
 //!
 //! Every second in which they changed it prints megaconn's
@@ -66,6 +68,16 @@ fn native_app() -> Router {
         .route("/poll", get(poll))
 }
 
+/// A throwaway self-signed certificate for `localhost` (the script's
+/// client does not check it).
+fn self_signed() -> Result<megaconn::TlsConfig, Box<dyn std::error::Error>> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    Ok(megaconn::TlsConfig::from_pem(
+        cert.cert.pem().as_bytes(),
+        cert.key_pair.serialize_pem().as_bytes(),
+    )?)
+}
+
 /// The value after `name` on the command line.
 fn arg(name: &str) -> Option<String> {
     let mut it = std::env::args();
@@ -85,35 +97,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mode = arg("--mode").unwrap_or_else(|| "megaconn".into());
     let tls = std::env::args().any(|a| a == "--tls");
     let handle = match mode.as_str() {
-        "megaconn" if tls => {
-            let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
-            let config = megaconn::TlsConfig::from_pem(
-                cert.cert.pem().as_bytes(),
-                cert.key_pair.serialize_pem().as_bytes(),
-            )?;
-            let server = megaconn::Server::builder()
-                .workers(1)
-                .tls(config)
-                .listen_tls_on(listen)
-                .listen()?;
+        "megaconn" | "native" => {
+            let builder = if tls {
+                megaconn::Server::builder()
+                    .tls(self_signed()?)
+                    .listen_tls_on(listen)
+            } else {
+                megaconn::Server::bind(listen)
+            };
+            let mut server = builder.workers(1).listen()?;
             let handle = server.handle();
-            tokio::spawn(server.serve(app()));
+            if mode == "native" {
+                // A gateway pushes: the hub tracks each stream's id.
+                let _hub = server.hub();
+                tokio::spawn(server.serve(native_app()));
+            } else {
+                tokio::spawn(server.serve(app()));
+            }
             Some(handle)
         }
-        "megaconn" => {
-            let server = megaconn::Server::bind(listen).workers(1).listen()?;
-            let handle = server.handle();
-            tokio::spawn(server.serve(app()));
-            Some(handle)
-        }
-        "native" => {
-            let mut server = megaconn::Server::bind(listen).workers(1).listen()?;
-            let handle = server.handle();
-            // A gateway pushes: the hub tracks each stream's id.
-            let _hub = server.hub();
-            tokio::spawn(server.serve(native_app()));
-            Some(handle)
-        }
+        "axum" if tls => return Err("--tls serves megaconn only (--mode megaconn|native)".into()),
         "axum" => {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tokio::spawn(async move { axum::serve(listener, app()).await });
