@@ -282,8 +282,14 @@ pub enum HubError {
     /// [`Builder::hub_queue_bytes`](crate::Builder::hub_queue_bytes)): the
     /// message is dropped for it, counted in
     /// `megaconn_limit_hits_total{limit="hub_queue"}` and logged. For a
-    /// publish or broadcast: every worker's queue was full.
-    #[error("the workers' hub queues are full: messages come faster than they are delivered (raise Builder::hub_queue or hub_queue_bytes for bursts, Builder::delivery_rate for a steady excess, or send less)")]
+    /// publish or broadcast: every worker's queue was full. What helps:
+    /// room for bursts (`hub_queue_bytes`, `hub_queue`), the message sent
+    /// again later, or sends paced to what the workers deliver.
+    /// [`Builder::delivery_rate`](crate::Builder::delivery_rate) is no
+    /// cure: it caps how fast a publish or broadcast is delivered (unset,
+    /// as fast as the worker can) and does nothing for a burst of
+    /// [`Hub::send`]s.
+    #[error("the workers' hub queues are full: messages come faster than they are delivered (raise Builder::hub_queue_bytes or hub_queue for bursts, send the message again later, or pace the sends)")]
     QueueFull,
     /// The [`ConnectionId`] names a worker this server does not have: it
     /// came from another server.
@@ -506,7 +512,7 @@ impl HubInner {
                     limit = self.limit,
                     limit_bytes = self.limit_bytes,
                     suppressed,
-                    "a worker's hub queue is full; dropping the message for its connections (messages come faster than the worker delivers them: raise Builder::hub_queue or hub_queue_bytes for bursts; a steady excess needs fewer messages or a higher Builder::delivery_rate)"
+                    "a worker's hub queue is full; dropping the message for its connections (messages come faster than the worker delivers them: raise Builder::hub_queue_bytes or hub_queue for bursts; a steady excess needs the sends paced or retried later)"
                 )
             });
             return Err(HubError::QueueFull);

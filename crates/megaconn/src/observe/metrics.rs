@@ -70,10 +70,13 @@
 //! | `megaconn_message_hub_queued_bytes` | gauge | |
 //! | `megaconn_message_subscriptions` | gauge | |
 //!
-//! The `message_` series count message protocols' connections (framed TCP):
-//! frames (messages) and their bytes with headers, hub deliveries, pushes
-//! dropped at a full outbound queue (each closes its connection as
-//! `slow_consumer`), server heartbeats sent and peers closed for silence;
+//! The `message_` series count message protocols' connections (framed
+//! TCP, WebSocket and SSE): frames (messages) and their bytes with
+//! headers, hub deliveries, pushes that did not reach the peer whole
+//! (`queue_drops`: refused by a full outbound queue or socket buffer,
+//! which closes the connection as `slow_consumer`, or lost when it
+//! closed, whatever the close: left queued, or not written whole), server
+//! heartbeats sent and peers closed for silence;
 //! `deliveries_pending` is how many connections a broadcast or publish under
 //! way has yet to reach (it is delivered a slice at a time, so the workers
 //! keep answering heartbeats meanwhile): 0 once every delivery is done;

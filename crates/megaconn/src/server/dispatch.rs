@@ -103,6 +103,7 @@ where
                 Accepted::Framed(listener, None) => {
                     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
                     socket::bound_message_send_buffer(fd, &ctx.config);
+                    bound_framed_unacknowledged(fd, &ctx.config);
                     let framed = proto::framed::serve_accepted(stream, ctx.clone(), listener);
                     Either::Right(Either::Right(
                         finish_messages(framed, proto::FRAMED, ctx, conn).boxed_local(),
@@ -111,6 +112,7 @@ where
                 Accepted::Framed(listener, Some(tls)) => {
                     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
                     socket::bound_message_send_buffer(fd, &ctx.config);
+                    bound_framed_unacknowledged(fd, &ctx.config);
                     let start = tls::HandshakeStart {
                         live: tls.live(),
                         place,
@@ -651,6 +653,14 @@ async fn hand_over_http1<T, S>(
                 return finish_messages(sse, sse_tag, ctx, conn).await;
             }
             ctx.stats.connection_upgraded();
+            // A route with its heartbeat off has nothing else to close a
+            // peer gone without a FIN (as a framed listener's).
+            if proto::ws::heartbeat_timeout(&to).is_none() {
+                socket::bound_unacknowledged(
+                    io.lot_fd(),
+                    MessageSettings::write_stall_timeout(&ctx.config),
+                );
+            }
             let ws = proto::ws::serve_upgraded(io, read_ahead, to, ctx.clone());
             // Upgraded over TLS, it parks with its session.
             let ws_tag = if tag == proto::HTTP1_TLS {
@@ -661,6 +671,25 @@ async fn hand_over_http1<T, S>(
             finish_messages(ws, ws_tag, ctx, conn).await;
         }
     }
+}
+
+/// Bounds a framed connection's unacknowledged bytes
+/// ([`socket::bound_unacknowledged`]) to `write_stall_timeout`, when its
+/// listeners have no `heartbeat_timeout`.
+///
+/// Why: a device gone without a FIN (off the network) sends nothing, and
+/// a push to it, parked, is taken whole by the kernel's send buffer: no
+/// write of ours waits, so `write_stall_timeout` never applied, and the
+/// connection stayed parked, its pushes counted as sent, until the
+/// kernel's retransmission gave up (~16 minutes). With a heartbeat
+/// timeout that closes the silent peer, and it (not `write_stall_timeout`)
+/// is the documented bound on a stalled write, so the socket keeps the
+/// kernel's default.
+fn bound_framed_unacknowledged(fd: std::os::fd::RawFd, config: &Config) {
+    if proto::framed::settings(config).is_some_and(|s| s.heartbeat_timeout.is_some()) {
+        return;
+    }
+    socket::bound_unacknowledged(Some(fd), MessageSettings::write_stall_timeout(config));
 }
 
 /// Serves a caller's own transport (`Builder::serve_connection`): HTTP/1.1,

@@ -113,7 +113,13 @@ impl Builder {
     /// Parked connections keep it too (as a deadline in the parking lot, checked
     /// once a second, so a parked connection may close up to a second late).
     /// Default: none (a framed connection may stay silent until the peer
-    /// closes it).
+    /// closes it). Without it a device gone without a FIN (off the
+    /// network) is closed only once bytes of ours go unacknowledged for
+    /// [`write_stall_timeout`](Builder::write_stall_timeout) (the socket's
+    /// `TCP_USER_TIMEOUT`, as [`CloseReason::Io`](crate::CloseReason::Io)`(TimedOut)`):
+    /// after the first push to it, or [`send_heartbeat`](Builder::send_heartbeat);
+    /// until then it stays (parked, costing little), and a push to it is
+    /// taken by the kernel and counted as sent.
     ///
     /// It also bounds a write the peer takes none of our bytes of (unless
     /// [`write_timeout`](Builder::write_timeout) is set, which bounds each

@@ -149,6 +149,18 @@ impl Builder {
     /// each whole write instead of either (an HTTP/1.1 response's from its
     /// head).
     ///
+    /// A peer gone without a FIN (a device or phone off the network) takes
+    /// a parked connection's push into no write of ours that waits (the
+    /// kernel's send buffer takes it whole), so this bound is also given
+    /// to the kernel as the socket's `TCP_USER_TIMEOUT` (Linux): bytes
+    /// unacknowledged that long error the socket and the connection
+    /// closes as [`CloseReason::Io`](crate::CloseReason::Io)`(TimedOut)`,
+    /// not after the kernel's ~16 minutes of retransmission. So on SSE
+    /// streams, framed connections without a heartbeat timeout and
+    /// WebSocket routes with theirs off (a heartbeat timeout closes a
+    /// silent peer itself). It needs bytes in flight: a connection nothing
+    /// is sent to stays until its heartbeat, or its peer, closes it.
+    ///
     /// An HTTP/2 response (with `write_timeout` off) is bounded by it too,
     /// per stream: a wait for room in the client's flow-control windows
     /// that h2 grants none of for this long resets the stream

@@ -6,6 +6,7 @@
 
 pub mod logs;
 pub mod modes;
+pub mod netns;
 mod skip;
 pub mod tls;
 

@@ -32,6 +32,7 @@ mod blocking;
 mod drain;
 mod drain_awake;
 mod framed;
+mod framed_halfopen;
 mod framed_tls;
 mod fuzz_framed;
 mod fuzz_http1;

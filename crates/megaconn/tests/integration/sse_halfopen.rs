@@ -6,18 +6,11 @@
 //! heartbeat comment errors the socket, the lot wakes the parked stream,
 //! and it closes as `Io(TimedOut)`.
 //!
-//! How the peer vanishes: the test's server and client run on a thread
-//! that has a network namespace of its own (`unshare(CLONE_NEWNET)` on
-//! that thread alone; the server's worker threads, started from it, are
-//! in it too), and the namespace's `lo` is taken down once the stream is
-//! parked: from then on every segment either side sends is dropped, as
-//! if the path went away. Needs `CAP_SYS_ADMIN` (CI runs as root); where
-//! `unshare` is refused the test says it skipped (`common::skip`).
+//! How the peer vanishes: the test runs in a network namespace of its own
+//! whose `lo` is taken down once the stream is parked (`common::netns`).
 
 use crate::common;
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use http::request::Parts;
@@ -55,66 +48,11 @@ impl SseHandler for Watch {
     }
 }
 
-/// Brings this network namespace's `lo` up or down (`SIOCSIFFLAGS`, what
-/// `ip link set lo up|down` does).
-fn set_lo(up: bool) -> io::Result<()> {
-    // SAFETY: a plain socket(2); its descriptor is owned at once.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and nothing else owns it.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: `ifreq` is plain data; all zeros is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (to, from) in req.ifr_name.iter_mut().zip(b"lo") {
-        *to = *from as libc::c_char;
-    }
-    // SAFETY: both ioctls read and write `req`, which outlives them.
-    unsafe {
-        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let up_flag = libc::IFF_UP as libc::c_short;
-        let flags = req.ifr_ifru.ifru_flags;
-        req.ifr_ifru.ifru_flags = if up {
-            flags | up_flag
-        } else {
-            flags & !up_flag
-        };
-        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// A parked stream whose peer vanishes closes as `Io(TimedOut)` within
 /// [`WAIT`] (about `PING + STALL`), where it took ~16 minutes before.
 #[test]
 fn a_parked_stream_whose_peer_vanished_closes_within_the_stall_bound() {
-    // The namespace is this thread's (and its children's) alone: the
-    // harness's other test threads keep the host's.
-    let outcome = std::thread::spawn(|| {
-        // SAFETY: unshare(2) of the network namespace, for this thread only.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            let e = io::Error::last_os_error();
-            common::skip(&format!(
-                "sse_halfopen: unshare(CLONE_NEWNET) refused ({e}); needs CAP_SYS_ADMIN"
-            ));
-            return;
-        }
-        set_lo(true).expect("lo up in the new namespace");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(vanish_and_wait());
-    })
-    .join();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    common::netns::run_in_private_netns("sse_halfopen", vanish_and_wait);
 }
 
 /// Inside the namespace: a stream opened and parked, `lo` taken down, the
@@ -161,7 +99,7 @@ async fn vanish_and_wait() {
         .expect("on_open");
     common::wait_stats(&handle, "parked", |s| s.connections_parked == 1).await;
 
-    set_lo(false).expect("lo down");
+    common::netns::set_lo(false).expect("lo down");
     let vanished = Instant::now();
     let (closed_id, reason) = tokio::time::timeout(WAIT, closes.recv())
         .await
@@ -176,14 +114,7 @@ async fn vanish_and_wait() {
     let took = vanished.elapsed();
     eprintln!("sse_halfopen: closed as {reason:?} {took:?} after lo went down");
     assert_eq!(closed_id, id);
-    assert_eq!(reason, CloseReason::Io(io::ErrorKind::TimedOut));
-    // Counted by the dispatcher after `on_close` returns: waited for, not
-    // read at once (merge review: read at once it failed under load).
-    let label = CloseReason::Io(io::ErrorKind::TimedOut).label();
-    common::wait_stats(&handle, "the close counted as an I/O error", |s| {
-        common::closed_as(s, label) == 1
-    })
-    .await;
+    common::netns::assert_timed_out_and_counted(&handle, &reason).await;
     // The shutdown closes nothing left; `lo` stays down (the namespace
     // goes with this thread and the server's).
     drop(client);

@@ -108,6 +108,19 @@ pub trait FramedHandler: Send + Sync + 'static {
     /// one [`Session::id`] gave), to drop it from an application's own map
     /// of ids without keeping a copy of it in every state. The server calls
     /// this one; by default it calls `on_close`: implement one of the two.
+    ///
+    /// A map keyed by something else (a device's name) must remove the
+    /// entry only if it still holds this id: after a reconnect took over
+    /// (the new connection registered, then [`Hub::close`](crate::Hub::close)
+    /// of the old one), the old connection's close comes after the new
+    /// one's registration, and removing by name would mark an online
+    /// device offline:
+    ///
+    /// ```text
+    /// // devices: Mutex<HashMap<String, ConnectionId>>, the name in the state
+    /// let mut devices = self.devices.lock().unwrap();
+    /// if devices.get(&state.name) == Some(&id) { devices.remove(&state.name); }
+    /// ```
     fn on_close_with_id(&self, id: ConnectionId, state: Self::State, reason: CloseReason) {
         let _ = id;
         self.on_close(state, reason);

@@ -103,6 +103,19 @@ pub trait WebSocketHandler: Send + Sync + 'static {
     /// own map of ids (nick to id, device to id) without keeping a copy of
     /// it in every state. The server calls this one; by default it calls
     /// `on_close`: implement one of the two.
+    ///
+    /// A map keyed by something else (a device's name) must remove the
+    /// entry only if it still holds this id: after a reconnect took over
+    /// (the new connection registered, then [`Hub::close`](crate::Hub::close)
+    /// of the old one), the old connection's close comes after the new
+    /// one's registration, and removing by name would mark an online
+    /// device offline:
+    ///
+    /// ```text
+    /// // devices: Mutex<HashMap<String, ConnectionId>>, the name in the state
+    /// let mut devices = self.devices.lock().unwrap();
+    /// if devices.get(&state.name) == Some(&id) { devices.remove(&state.name); }
+    /// ```
     fn on_close_with_id(&self, id: ConnectionId, state: Self::State, reason: CloseReason) {
         let _ = id;
         self.on_close(state, reason);
@@ -235,6 +248,9 @@ pub(crate) trait ErasedRoute: Send + Sync {
     /// route's state type, if it is parked there.
     fn parked_variant(&self, tables: &Tables, fd: RawFd) -> Option<usize>;
 
+    /// The route's heartbeat timeout (`None`: off).
+    fn heartbeat_timeout(&self) -> Option<std::time::Duration>;
+
     /// The parking lot closed parked connection `fd` itself (shutdown):
     /// the state leaves the side table (its kind released), the peer gets
     /// the close frame it is owed (at shutdown, unless it was behind: the
@@ -263,6 +279,10 @@ impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
 
     fn parked_variant(&self, tables: &Tables, fd: RawFd) -> Option<usize> {
         tables.table::<H::State>().variant(fd)
+    }
+
+    fn heartbeat_timeout(&self) -> Option<std::time::Duration> {
+        self.settings.heartbeat_timeout
     }
 
     fn parked_closed(

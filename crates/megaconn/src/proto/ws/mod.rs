@@ -442,6 +442,14 @@ pub(crate) fn poll_write_unsent(
     }
 }
 
+/// The heartbeat timeout of the route a native upgrade goes to (`None`:
+/// off, or not a WebSocket route's), for the dispatcher, which bounds the
+/// unacknowledged bytes of a WebSocket without one.
+pub(crate) fn heartbeat_timeout(to: &NativeUpgrade) -> Option<std::time::Duration> {
+    to.0.downcast_ref::<RouteRef>()
+        .and_then(|route| route.route.heartbeat_timeout())
+}
+
 /// Serves a connection the HTTP/1.1 engine handed over after a native `101`.
 pub(crate) fn serve_upgraded<T>(
     io: T,
