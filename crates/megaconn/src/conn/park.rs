@@ -429,7 +429,9 @@ pub(crate) struct ParkingLot {
     /// Parked sockets the hub asked to wake to write what a push left owed
     /// (`owed.rs`), until the lot's next turn serves them, and the run
     /// loop's waker. Empty but for that moment.
-    owed: RefCell<Vec<RawFd>>,
+    /// Each with its slot as it was asked for (`owed.rs`: a socket that
+    /// closed meanwhile and whose descriptor parked again is not woken).
+    owed: RefCell<Vec<(RawFd, Slot)>>,
     owed_waker: Cell<Option<std::task::Waker>>,
     epoch: Instant,
     /// The last instant [`ParkingLot::tick_of`] converted, and its tick; the

@@ -20,7 +20,7 @@
 use std::os::fd::RawFd;
 use std::task::Poll;
 
-use super::{ParkingLot, ABSENT, AWAKE};
+use super::{ParkingLot, Slot, ABSENT, AWAKE};
 use crate::conn::Wake;
 use crate::observe::close::CloseReason;
 
@@ -47,7 +47,7 @@ impl ParkingLot {
         if !slot.is_parked() {
             return false;
         }
-        self.owed.borrow_mut().push(fd);
+        self.owed.borrow_mut().push((fd, slot));
         if let Some(waker) = self.owed_waker.take() {
             waker.wake();
         }
@@ -72,9 +72,12 @@ impl ParkingLot {
 
     /// Wakes every connection asked for that is still parked here. One
     /// that woke meanwhile (bytes, its timer) is served already: its wake
-    /// found what it owed. One that closed and whose descriptor another
-    /// connection parked on since gets a wake with nothing owed, which its
-    /// protocol serves as a timer's (no bytes read) and parks again.
+    /// found what it owed. One that closed, and whose descriptor another
+    /// connection parked on since, is not woken: its slot's protocol or
+    /// park stamp differs from the one asked for (an HTTP/1.1 connection
+    /// woken so, with no bytes, broke the rule that only bytes or a hang-up
+    /// wake it: merge review, session 45). A stamp cleared by a sweep since
+    /// ("long ago") is taken for the same parking.
     pub(super) fn wake_owed_now(&self) {
         let asked = {
             let mut owed = self.owed.borrow_mut();
@@ -82,7 +85,10 @@ impl ParkingLot {
             std::mem::replace(&mut *owed, Vec::with_capacity(room))
         };
         let respawn = self.respawn.borrow().clone();
-        for fd in asked {
+        for (fd, asked) in asked {
+            if !same_parking(self.claim.slots().get(fd as usize), asked) {
+                continue;
+            }
             let Some((socket, slot)) = self.unpark(fd, AWAKE) else {
                 continue;
             };
@@ -98,6 +104,16 @@ impl ParkingLot {
     }
 }
 
+/// Whether `now` is still the parking `asked` was taken from: parked, in
+/// the same protocol and lot, with the same park stamp (or one a sweep
+/// cleared since: [`Slot::aged`]).
+fn same_parking(now: Slot, asked: Slot) -> bool {
+    now.is_parked()
+        && now.tag() == asked.tag()
+        && now.owner() == asked.owner()
+        && (now.parked_at() == asked.parked_at() || now.parked_at() == 0)
+}
+
 /// Asks this thread's parking lot to wake parked connection `fd` for what
 /// a push left owed ([`ParkingLot::ask_wake_owed`]): false when there is
 /// no lot, or `fd` is not parked in it (the caller wakes it otherwise).
@@ -106,4 +122,34 @@ pub(crate) fn wake_owed(fd: RawFd) -> bool {
     crate::conn::pool::this_worker()
         .and_then(|ctx| ctx.park.as_ref().map(|lot| lot.ask_wake_owed(fd)))
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parked(tag: u8, owner: u8, stamp: u32) -> Slot {
+        Slot {
+            deadline: 7,
+            mark: stamp << 16 | u32::from(owner) << 8 | u32::from(tag),
+        }
+    }
+
+    /// The hub asked to wake a connection; before the lot's turn it closed
+    /// and its descriptor parked again (say HTTP/1.1, which only bytes or a
+    /// hang-up may wake): only the parking asked for is woken.
+    #[test]
+    fn an_owed_wake_reaches_only_the_parking_it_was_asked_for() {
+        let asked = parked(5, 2, 100);
+        assert!(same_parking(asked, asked));
+        assert!(same_parking(parked(5, 2, 0), asked), "aged by a sweep");
+        assert!(!same_parking(parked(1, 2, 100), asked), "another protocol");
+        assert!(
+            !same_parking(parked(5, 2, 101), asked),
+            "parked again since"
+        );
+        assert!(!same_parking(parked(5, 3, 100), asked), "another lot's");
+        assert!(!same_parking(asked.now(AWAKE), asked), "awake");
+        assert!(!same_parking(asked.now(ABSENT), asked), "closed");
+    }
 }

@@ -356,7 +356,10 @@ pub(crate) async fn serve<H: FramedHandler>(
         let mut park_at = None;
         if between_frames {
             lifecycle::set_state(ConnectionState::Idle);
-            let can_park = ctx.park.is_some();
+            // Not once shutdown began: woken during a paced drain, parked
+            // again, it would leave the drain (its fd taken from the parked
+            // list, its turn dropped: merge review, session 45).
+            let can_park = ctx.park.is_some() && !ctx.shutdown.is_started();
             // A push that came while the last ones were written goes first
             // (parking now would drop it with the inbox).
             let inbox_empty = inbox.as_ref().is_none_or(|i| i.inbox.is_empty());

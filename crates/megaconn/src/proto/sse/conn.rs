@@ -231,7 +231,10 @@ pub(crate) async fn serve(
                 None => continue,
             }
         }
-        let can_park = ctx.park.is_some();
+        // Not once shutdown began: woken during a paced drain, parked
+        // again, it would leave the drain (its fd taken from the parked
+        // list, its turn dropped: merge review, session 45).
+        let can_park = ctx.park.is_some() && !ctx.shutdown.is_started();
         // A woken stream that wrote what woke it without waiting (the
         // comment that was due) goes straight back, and so does a new one
         // handed over bare (its head and first events written at once);

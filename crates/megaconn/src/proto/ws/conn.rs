@@ -377,7 +377,14 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 continue;
             }
             lifecycle::set_state(ConnectionState::Idle);
-            let can_park = ctx.park.is_some() && matches!(conn.io, Either::Left(_));
+            // Not once shutdown began: a connection woken during a paced
+            // drain (a message, a push, a timer) parked again would leave
+            // the drain: its fd was taken from the parked list, and its turn
+            // goes with it (merge review, session 45). Awake, it keeps its
+            // place among the awake, which the drain serves first.
+            let can_park = ctx.park.is_some()
+                && matches!(conn.io, Either::Left(_))
+                && !ctx.shutdown.is_started();
             // A woken socket that served its frames (or sent its ping)
             // without waiting goes straight back.
             if can_park && !unread_wake && (only_pongs || conn.io.repark_when_idle()) {
