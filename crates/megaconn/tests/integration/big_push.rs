@@ -23,12 +23,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
-use http::request::Parts;
 use megaconn::{
-    Builder, CloseReason, ConnectionId, FramedHandler, Framing, Hub, Server, ServerHandle, Session,
-    ShutdownSummary, SseHandler, SseRoute, WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+    Builder, CloseReason, ConnectionId, Framing, Hub, Server, ServerHandle, ShutdownSummary,
+    SseRoute, WebSocketRoute,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -37,6 +35,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::common;
+use crate::tls_msg::Probe;
 use common::{closed_as, SAFETY};
 
 /// How long an idle connection waits before it parks.
@@ -64,56 +63,6 @@ enum Proto {
     Ws,
     Framed,
     Sse,
-}
-
-/// Reports opens and closes of all three protocols, with the connection's
-/// id; a framed or WebSocket message is echoed.
-#[derive(Clone)]
-struct Probe {
-    opens: mpsc::UnboundedSender<ConnectionId>,
-    closes: mpsc::UnboundedSender<(ConnectionId, CloseReason)>,
-}
-
-impl FramedHandler for Probe {
-    type State = ();
-
-    fn on_open(&self, _: &mut (), session: &Session) {
-        let _ = self.opens.send(session.id());
-    }
-
-    async fn on_message(&self, _: &mut (), frame: Bytes, _: &Session) -> Option<Bytes> {
-        Some(frame)
-    }
-
-    fn on_close_with_id(&self, id: ConnectionId, _: (), reason: CloseReason) {
-        let _ = self.closes.send((id, reason));
-    }
-}
-
-impl WebSocketHandler for Probe {
-    type State = ();
-
-    fn on_open(&self, _: &mut (), session: &WsSession) {
-        let _ = self.opens.send(session.id());
-    }
-
-    async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
-        Some(message)
-    }
-
-    fn on_close_with_id(&self, id: ConnectionId, _: (), reason: CloseReason) {
-        let _ = self.closes.send((id, reason));
-    }
-}
-
-impl SseHandler for Probe {
-    fn on_open(&self, _: &Parts, session: &Session) {
-        let _ = self.opens.send(session.id());
-    }
-
-    fn on_close(&self, id: ConnectionId, reason: CloseReason) {
-        let _ = self.closes.send((id, reason));
-    }
 }
 
 /// The server: WebSocket at `/ws`, SSE at `/events` (no heartbeats), and a

@@ -98,11 +98,11 @@ impl Proto {
 }
 
 /// The handler of all three protocols: echoes, and reports opens and
-/// closes (with the connection's id).
+/// closes (with the connection's id). `big_push.rs` serves it too.
 #[derive(Clone)]
-struct Probe {
-    opens: mpsc::UnboundedSender<ConnectionId>,
-    closes: mpsc::UnboundedSender<(ConnectionId, CloseReason)>,
+pub(crate) struct Probe {
+    pub(crate) opens: mpsc::UnboundedSender<ConnectionId>,
+    pub(crate) closes: mpsc::UnboundedSender<(ConnectionId, CloseReason)>,
 }
 
 impl FramedHandler for Probe {
