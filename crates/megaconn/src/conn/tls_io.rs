@@ -1120,10 +1120,7 @@ impl<S: Parkable> Parkable for TlsIo<S> {
 }
 
 #[cfg(test)]
-mod owed_tests;
-
-#[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::cell::Cell;
     use std::future::poll_fn;
 
@@ -1144,7 +1141,7 @@ mod tests {
     }
 
     /// A server and a client config, on one throwaway certificate.
-    pub(super) fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    pub(crate) fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let der = cert.cert.der().clone();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));

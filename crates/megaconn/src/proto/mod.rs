@@ -15,6 +15,8 @@ mod fuzz_framed;
 mod fuzz_ws;
 pub(crate) mod http1;
 pub(crate) mod http2;
+#[cfg(test)]
+mod owed_tests;
 pub(crate) mod parked;
 pub(crate) mod sse;
 pub(crate) mod ws;

@@ -22,7 +22,7 @@
 //! cuts the push is not the test's to choose, so these tests check that
 //! each ending is sound end to end; the rule that nothing follows a torn
 //! record is guarded deterministically, with the cut forced by small socket
-//! buffers, in `conn/tls_io/owed_tests.rs` (each of its torn tests fails
+//! buffers, in `proto/owed_tests.rs` (each of its torn tests fails
 //! with the rule removed).
 
 use crate::tls_msg::{Proto, TlsMsg};
@@ -37,7 +37,7 @@ use megaconn::CloseReason;
 /// record whole, then `close_notify`. What may never come is a record after
 /// a torn one: rustls rejects it, or the bytes break the torn record's
 /// shape (both checked). The rule itself, with the cut forced rather than
-/// hoped for, is `conn/tls_io/owed_tests.rs`'s: this test retried up to
+/// hoped for, is `proto/owed_tests.rs`'s: this test retried up to
 /// five consumers for a torn push and still found none now and then on a
 /// loaded machine (session 44's CI, the WebSocket case).
 async fn a_woken_slow_consumer_ends_sound(proto: Proto) {

@@ -38,6 +38,10 @@
 //! only after a rest that went whole, then `ConnIo::close`), and a parked
 //! connection the lot closes at shutdown without waking it
 //! (`proto::parked::close_parked_tls`, `ClosingTls`).
+//!
+//! Here, in `proto/`, because it drives the message layer's and the
+//! protocols' close paths over `conn/tls_io.rs`: a lower layer's file may
+//! not import them (`tests/integration/layers.rs`).
 
 use std::future::{poll_fn, Future};
 use std::io::{self, Read};
@@ -54,11 +58,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::either::Either;
 
-use super::tests::configs;
-use super::{ParkedTls, TlsIo};
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::io::ConnIo;
+use crate::conn::tls_io::tests::configs;
+use crate::conn::tls_io::{ParkedTls, TlsIo};
 use crate::conn::transport::Parkable;
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
