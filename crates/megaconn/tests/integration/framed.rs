@@ -998,13 +998,15 @@ async fn pushes_reach_awake_and_parked_connections_by_id() {
 
 /// A parked peer that reads nothing gets a push no socket takes at once:
 /// woken to write the rest (since session 45 it resumes, `big_push.rs`),
-/// it is a slow consumer once its write bound (`write_stall_timeout`)
-/// passes with none of it taken.
+/// it is a slow consumer once its write bound (`write_timeout`) passes.
+/// (Not `write_stall_timeout`: without a heartbeat, a framed socket's
+/// `TCP_USER_TIMEOUT` is that bound too, and the kernel may close a peer
+/// whose window stays shut first, as `Io(TimedOut)`: `framed_halfopen.rs`.)
 #[tokio::test]
 async fn a_parked_peer_that_does_not_read_pushes_is_closed_as_a_slow_consumer() {
     let builder = Server::builder()
         .park_idle_after(Some(PARK_IDLE_AFTER))
-        .write_stall_timeout(Some(Duration::from_millis(300)));
+        .write_timeout(Some(Duration::from_millis(300)));
     let framing = Framing::length_prefixed(4).max_frame_bytes(64 << 20);
     let mut server = Framed::start(builder, framing).await;
     let mut s = server.connect().await;
