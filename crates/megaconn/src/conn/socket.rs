@@ -53,13 +53,13 @@ pub(crate) fn bound_message_send_buffer(fd: std::os::fd::RawFd, config: &Config)
     }
 }
 
-/// How much longer than the server's own write bound the kernel waits
-/// for an acknowledgement ([`bound_unacknowledged`]).
+/// How much longer than twice the server's own write bound the kernel
+/// waits for an acknowledgement ([`bound_unacknowledged`]).
 pub(crate) const KERNEL_MARGIN: Duration = Duration::from_secs(1);
 
 /// Bounds how long an event stream's written bytes may go unacknowledged
-/// by its peer (`TCP_USER_TIMEOUT`, `tcp(7)`), to `bound` (and a second):
-/// past it the
+/// by its peer (`TCP_USER_TIMEOUT`, `tcp(7)`), to twice `bound` and a
+/// second: past it the
 /// kernel drops the connection and its next read or write fails with
 /// `ETIMEDOUT` (a parked stream's socket polls `EPOLLERR | EPOLLHUP`, the
 /// lot wakes it, and it closes as `CloseReason::Io(TimedOut)`).
@@ -76,17 +76,24 @@ pub(crate) const KERNEL_MARGIN: Duration = Duration::from_secs(1);
 /// a socket of ours, or a failure leave the kernel's default; the
 /// failure is logged at debug level.
 ///
-/// The kernel gets `bound` + [`KERNEL_MARGIN`]: where a write of ours does
-/// wait (an awake connection whose peer stopped reading), the server's own
-/// bound ends it first and says why (`WriteTimeout`, `SlowConsumer`); with
-/// the two equal, the kernel's first zero-window probe past the bound and
-/// the server's timer raced, and such a peer closed as `Io(TimedOut)` now
-/// and then (session 45, `framed.rs`' never-read tests).
+/// The kernel gets 2 × `bound` + [`KERNEL_MARGIN`]: where a write of ours
+/// does wait (an awake or resuming connection whose peer stopped
+/// reading), the server's own bound ends it first and says why
+/// (`WriteTimeout`, `SlowConsumer`, a WebSocket's 1013). That bound closes
+/// one to two bounds after the peer's last acknowledgement (it restarts
+/// on any progress: `conn/io.rs`), so the kernel waits past the latest.
+/// With the two equal, the kernel's first zero-window probe past the
+/// bound and the server's timer raced, and such a peer closed as
+/// `Io(TimedOut)`, without its 1013 (session 45's merge: `framed.rs`'
+/// never-read test, and the merge review's reading of a resuming peer
+/// that reads part of its owed push and stops). The cost: a peer gone
+/// without a FIN is found in about twice the bound (121 s by default)
+/// rather than once, against ~16 minutes without the option.
 pub(crate) fn bound_unacknowledged(fd: Option<std::os::fd::RawFd>, bound: Option<Duration>) {
     let (Some(fd), Some(bound)) = (fd, bound) else {
         return;
     };
-    let bound = bound + KERNEL_MARGIN;
+    let bound = bound * 2 + KERNEL_MARGIN;
     // SAFETY: `fd` is the connection's socket, open while its caller holds
     // the connection; the borrow ends with this call.
     let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };

@@ -151,11 +151,12 @@ impl Builder {
     ///
     /// A peer gone without a FIN (a device or phone off the network) takes
     /// a parked connection's push into no write of ours that waits (the
-    /// kernel's send buffer takes it whole), so this bound, and a second,
-    /// is also given to the kernel as the socket's `TCP_USER_TIMEOUT`
-    /// (Linux; the second lets this bound end a write of ours that waits
-    /// first, with its own reason): bytes unacknowledged that long error
-    /// the socket and the connection
+    /// kernel's send buffer takes it whole), so twice this bound and a
+    /// second is also given to the kernel as the socket's
+    /// `TCP_USER_TIMEOUT` (Linux; twice, because this bound closes a write
+    /// of ours one to two bounds after the peer's last acknowledgement and
+    /// should end it first, with its own reason): bytes unacknowledged that
+    /// long error the socket and the connection
     /// closes as [`CloseReason::Io`](crate::CloseReason::Io)`(TimedOut)`,
     /// not after the kernel's ~16 minutes of retransmission. So on SSE
     /// streams, framed connections without a heartbeat timeout and

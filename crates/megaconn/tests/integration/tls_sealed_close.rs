@@ -12,7 +12,7 @@
 //! not go whole (read off the counters, fenced: `push_until_behind`); the
 //! lot wakes it to write the rest (session 45: a push a parked socket
 //! cannot take whole resumes the connection); the client still reads
-//! nothing, so its write bound passes and it is closed as a slow consumer,
+//! nothing, so its outbound queue overflows and it is closed as a slow consumer,
 //! which gives up on the rest of that push within the close's bound and
 //! says so (`on_close`); only then does the client read, which opens room for
 //! whatever the close still writes. The stream must end after the pushes
