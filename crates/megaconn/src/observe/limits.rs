@@ -99,8 +99,12 @@ pub(crate) enum LimitHit {
     /// (65,536) and its IP was not among them.
     TlsHandshakeRateTable,
     /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a connection's tiny DATA frames
-    /// went past `HTTP2_TINY_DATA_BUDGET` beyond what time and its larger
-    /// DATA earned (a small-DATA flood; not also `h2_enhance_your_calm`).
+    /// went past `HTTP2_TINY_DATA_BUDGET` beyond what time, its larger DATA
+    /// and its handlers' reads gave back (a tiny frame a handler reads gives
+    /// its unit back, so an honest burst of small gRPC messages read as they
+    /// come is not cut; what counts are tiny frames nobody reads: a
+    /// small-DATA flood; not also `h2_enhance_your_calm`). See
+    /// `proto/http2/flood.rs`.
     Http2DataFlood,
     /// An HTTP/2 connection's client opened its flow-control window a few
     /// bytes at a time, past `HTTP2_WINDOW_DRIP_BUDGET` rounds beyond what
