@@ -482,6 +482,15 @@ mod tests {
         }
     }
 
+    /// A queued frame is a `Bytes` and 8 B of room for a waiter (40 B, not
+    /// 32): what a plain push pays, and only while an awake connection
+    /// holds it queued or in a batch (a parked connection holds none).
+    #[test]
+    fn a_queued_frame_is_forty_bytes() {
+        assert_eq!(std::mem::size_of::<Bytes>(), 32);
+        assert_eq!(std::mem::size_of::<PushFrame>(), 40);
+    }
+
     fn poll_write(out: &mut Outbound, io: &mut Sink) -> Poll<()> {
         poll(out, io, b"", &mut 0)
     }

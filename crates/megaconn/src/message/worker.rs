@@ -1368,6 +1368,18 @@ mod tests {
         WorkerContext::new(0, Arc::new(config), stats, None)
     }
 
+    /// On descriptor `fd` (one no socket of the test process has): a
+    /// connection that closed (`old`), and the one open there now (`new`),
+    /// awake, on a test table's wire.
+    fn closed_then_reopened(local: &Rc<Local>, fd: RawFd) -> (ConnectionId, ConnectionId, Awake) {
+        let table = local.table::<()>(ProtoTag(1), || vec![Rc::new(Plain)]);
+        let old = local.new_id(fd);
+        local.closed(old);
+        let new = local.new_id(fd);
+        let awake = local.awake(new, table.wire(0)).unwrap();
+        (old, new, awake)
+    }
+
     /// A deadline or a cancel for a connection that closed, queued before
     /// its close and taken after, leaves the deadline of the connection now
     /// on its descriptor (it replaced or removed it: an unauthenticated
@@ -1378,12 +1390,7 @@ mod tests {
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
-            let table = local.table::<()>(ProtoTag(1), || vec![Rc::new(Plain)]);
-            let wire = table.wire(0);
-            let old = local.new_id(900_070);
-            local.closed(old);
-            let new = local.new_id(900_070);
-            let _awake = local.awake(new, wire).unwrap();
+            let (old, new, _awake) = closed_then_reopened(&local, 900_070);
             let at = Instant::now() + Duration::from_secs(3600);
             local.deliver(Push::Deadline(new, Some(at))).await;
             // The old connection's cancel, then its deadline, queued before
@@ -1421,12 +1428,7 @@ mod tests {
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
-            let table = local.table::<()>(ProtoTag(1), || vec![Rc::new(Plain)]);
-            let wire = table.wire(0);
-            let old = local.new_id(900_080);
-            local.closed(old);
-            let new = local.new_id(900_080);
-            let awake = local.awake(new, wire).unwrap();
+            let (old, new, awake) = closed_then_reopened(&local, 900_080);
             let (push, mut to_old) = confirmed(old);
             local.deliver(push).await;
             let closed = std::task::Poll::Ready(Err(Undelivered::Closed));
