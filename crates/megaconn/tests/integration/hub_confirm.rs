@@ -210,3 +210,32 @@ async fn the_message_connections_gauge_by_protocol() {
     assert_eq!(gauges(&server), [1, 1, 1]);
     server.stop().await;
 }
+
+/// Over TLS, where an awake WebSocket copies its pushes into its write
+/// buffer (the session seals what it takes): a confirmed push queued
+/// behind a large one the parked socket took part of (so the connection
+/// is awake, resuming, when it is taken) goes from its frame instead, and
+/// resolves `Ok` once written; the large one too, once its rest went.
+#[tokio::test]
+async fn a_confirmed_push_to_an_awake_websocket_over_tls_resolves_ok() {
+    use crate::tls_msg::{Proto as Tls, TlsMsg};
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut server = TlsMsg::start(|b| b).await;
+    let (tls, id) = server.connect(Tls::Wss, false).await;
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(tls, Role::Client, None).await;
+    let big = server.hub.send_confirmed(id, push(0, 1 << 20));
+    let behind = server.hub.send_confirmed(id, push(1, 100));
+    for (i, len) in [(0, 1 << 20), (1, 100)] {
+        let next = tokio::time::timeout(SAFETY, ws.next()).await;
+        match next.expect("a push in time") {
+            Some(Ok(Message::Text(text))) => assert_push(text.as_bytes(), i, len),
+            other => panic!("push {i}: {:?}", other.map(|m| m.map(|m| m.len()))),
+        }
+    }
+    assert_eq!(outcome(big).await, Ok(()));
+    assert_eq!(outcome(behind).await, Ok(()));
+    server.stop().await;
+}
