@@ -12,6 +12,11 @@
 //! and any other line `echo: <line>`; the length-prefixed listener (default
 //! 127.0.0.1:7001; a 4-byte big-endian length, then the body) does the same
 //! per frame. A peer silent for 60 s is closed; Ctrl-C or SIGTERM shuts down gracefully.
+//!
+//! Pushing to a device from elsewhere (an IoT gateway's command) goes
+//! through `server.hub()` by `session.id()`; to learn whether it went,
+//! `hub.send_confirmed(id, frame).await` is `Ok` once the device's socket
+//! took it whole, else `Err(Undelivered)` says why (gone, slow, shutdown).
 
 use bytes::Bytes;
 use megaconn::{CloseReason, FramedHandler, Framing, Server, Session};

@@ -168,11 +168,12 @@ pub use conn::transport::Transport;
 pub use conn::ConnInfo;
 pub use error::{BodyError, Error};
 pub use message::{
-    message_connections_in_other_processes, share_audience, subscribers, ConnectionId, Hub,
-    HubError, PublishRate, Session, ShareAudienceError, SubscribeError, AUDIENCE_COUNTERS,
-    DEFAULT_HUB_QUEUE, DEFAULT_HUB_QUEUE_BYTES, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_BYTES,
-    DEFAULT_MESSAGE_TIMEOUT, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_FANOUT,
-    DEFAULT_PUBLISH_RATE, DEFAULT_WRITE_STALL_TIMEOUT,
+    message_connections_in_other_processes, share_audience, subscribers, ConnectionId, Delivery,
+    Hub, HubError, PublishRate, Session, ShareAudienceError, SubscribeError, Undelivered,
+    AUDIENCE_COUNTERS, DEFAULT_HUB_QUEUE, DEFAULT_HUB_QUEUE_BYTES, DEFAULT_MAX_SUBSCRIPTIONS,
+    DEFAULT_MAX_TOPIC_BYTES, DEFAULT_MESSAGE_TIMEOUT, DEFAULT_OUTBOUND_QUEUE,
+    DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_FANOUT, DEFAULT_PUBLISH_RATE,
+    DEFAULT_WRITE_STALL_TIMEOUT,
 };
 pub use observe::close::{CloseReason, FramingError, ProtocolDetail};
 pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};

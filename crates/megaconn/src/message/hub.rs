@@ -61,6 +61,15 @@
 //! counter.) A publish to a topic without subscribers reaches no one and
 //! counts nothing but `hub_messages`.
 //!
+//! [`Hub::send_confirmed`] is a send whose caller awaits the outcome: its
+//! waiter (`confirm.rs`) travels with the push, through the worker's
+//! queue, the connection's outbound queue or its parked socket, and the
+//! rest of a frame a parked socket took part of ([`Unsent`]), and is
+//! resolved where the push is counted: `Ok` with `pushes`, an
+//! [`Undelivered`] with `queue_drops` or `push_unframable`. A waiter let
+//! go of unresolved resolves as not delivered, so no path that drops a
+//! push can leave its caller waiting.
+//!
 //! [`Hub::close`] travels the same way, so it comes after what was pushed
 //! before it: an awake connection's inbox takes it behind its queue; a
 //! parked one is woken to close (its socket's read side shut: the lot sees
@@ -118,6 +127,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use crate::conn::pool::MAX_POOLED_CAPACITY;
+use crate::message::confirm::{Delivery, Undelivered, Waiter};
+use crate::message::outbound::PushFrame;
 use crate::message::wire::WireId;
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
@@ -221,6 +232,10 @@ pub struct Hub {
 pub(crate) enum Push {
     /// To one connection.
     To(ConnectionId, Bytes, Kind),
+    /// To one connection, whose caller awaits the outcome
+    /// ([`Hub::send_confirmed`]): the waiter holds the connection's id, so
+    /// the entry is no larger than [`Push::To`]'s.
+    Confirmed(Waiter, Bytes, Kind),
     /// To the subscribers of a topic.
     Topic(Arc<str>, Bytes, Kind),
     /// To every message connection.
@@ -250,9 +265,10 @@ impl Push {
     /// it is in, though the workers a publish goes to share one copy.
     fn queued_bytes(&self) -> i64 {
         let held = match self {
-            Push::To(_, payload, _) | Push::All(payload, _) | Push::Close(_, _, payload) => {
-                payload.len()
-            }
+            Push::To(_, payload, _)
+            | Push::Confirmed(_, payload, _)
+            | Push::All(payload, _)
+            | Push::Close(_, _, payload) => payload.len(),
             Push::Topic(topic, payload, _) => topic.len() + payload.len(),
             Push::Deadline(..) => 0,
         };
@@ -389,12 +405,18 @@ impl HubQueue {
 impl HubQueue {
     /// The pump stopped with `push` taken and not delivered (its worker's
     /// state is gone). A send was told `Ok`: it counts in `queue_drops`,
-    /// as one its connection's close drops does. A publish or broadcast
+    /// as one its connection's close drops does, and a confirmed one's
+    /// caller hears [`Undelivered::Shutdown`]. A publish or broadcast
     /// has no recipient left to count for (the worker's connections are
     /// closed when its state goes).
-    pub(crate) fn lost(&self, push: &Push) {
-        if matches!(push, Push::To(..)) {
-            crate::observe::stats::incr(&self.stats.messages.queue_drops);
+    pub(crate) fn lost(&self, push: Push) {
+        match push {
+            Push::To(..) => crate::observe::stats::incr(&self.stats.messages.queue_drops),
+            Push::Confirmed(waiter, ..) => {
+                crate::observe::stats::incr(&self.stats.messages.queue_drops);
+                waiter.resolve(Err(Undelivered::Shutdown));
+            }
+            _ => {}
         }
     }
 }
@@ -404,7 +426,7 @@ impl Drop for HubQueue {
         self.rx.close();
         while let Ok(push) = self.rx.try_recv() {
             self.taken(&push);
-            self.lost(&push);
+            self.lost(push);
         }
     }
 }
@@ -561,8 +583,9 @@ impl Hub {
     ///
     /// Queued, not delivered: the connection was open when the call
     /// looked, and the message waits in its worker's queue. What happens
-    /// to it later is not told to the caller, message by message; it is
-    /// counted, once, in one of:
+    /// to it later is not told to the caller, message by message (a caller
+    /// that must know awaits [`send_confirmed`](Hub::send_confirmed)
+    /// instead, which resolves with it); it is counted, once, in one of:
     /// - `megaconn_message_pushes_total`: the connection's socket took it
     ///   whole (the kernel has it; whether the peer read it, only the
     ///   peer can say: an application that must know has it acknowledge);
@@ -611,6 +634,53 @@ impl Hub {
 
     fn send_as(&self, to: ConnectionId, message: Bytes, kind: Kind) -> Result<(), HubError> {
         self.to_worker_of(to, Push::To(to, message, kind))
+    }
+
+    /// [`send`](Hub::send), with the outcome to await: the returned
+    /// [`Delivery`] resolves `Ok` once the connection's socket took the
+    /// message whole (handed to the kernel: written to it parked or awake,
+    /// cleartext or over TLS, also when a parked socket took part of it
+    /// and the rest was written once it woke), or with why it did not
+    /// ([`Undelivered`]): refused at the call ([`HubError`], as `send`
+    /// returns it), the connection closed first, a slow consumer (its
+    /// outbound queue full, or its peer took nothing within its write
+    /// bound), its framing cannot carry it, or the server shut down first.
+    /// Whatever happens to the message, the future resolves: every path
+    /// that drops a push resolves its waiter, and one let go of without a
+    /// word resolves as [`Undelivered::Closed`] (or
+    /// [`Undelivered::Shutdown`] while its worker shuts down), never as
+    /// delivered. Each outcome is counted as a plain `send`'s is ("What
+    /// `Ok` means" there): `Ok` is a push in
+    /// `megaconn_message_pushes_total`.
+    ///
+    /// For a command or a firmware chunk to one device: send the next
+    /// chunk once the last one went, and retry or report the device gone
+    /// on an error. `Ok` is not the peer's acknowledgement (it may still
+    /// lose the connection before it reads): a protocol that must know
+    /// has the device acknowledge. The call itself returns at once, as
+    /// `send` does; dropping the [`Delivery`] does not take the message
+    /// back.
+    ///
+    /// Costs a plain `send` nothing: a confirmed push carries its waiter
+    /// (one allocation, this call's), a plain one none.
+    pub fn send_confirmed(&self, to: ConnectionId, message: impl Into<Bytes>) -> Delivery {
+        self.send_confirmed_as(to, message.into(), Kind::Auto)
+    }
+
+    /// [`send_confirmed`](Hub::send_confirmed), as a binary message to a
+    /// WebSocket whatever the bytes (to a framed connection, the same).
+    pub fn send_binary_confirmed(&self, to: ConnectionId, message: impl Into<Bytes>) -> Delivery {
+        self.send_confirmed_as(to, message.into(), Kind::Binary)
+    }
+
+    fn send_confirmed_as(&self, to: ConnectionId, message: Bytes, kind: Kind) -> Delivery {
+        let (waiter, delivery) = Delivery::new(to);
+        match self.to_worker_of(to, Push::Confirmed(waiter, message, kind)) {
+            Ok(()) => delivery,
+            // The waiter went with the refused push, resolved by its drop:
+            // the caller hears the refusal itself.
+            Err(e) => Delivery::refused(e),
+        }
     }
 
     /// Closes connection `id` from outside its handler (a gateway revoking
@@ -841,7 +911,7 @@ pub(crate) const TAKE_AT_ONCE: usize = MAX_POOLED_CAPACITY;
 pub(crate) struct Inbox {
     /// How this connection frames messages.
     pub wire: WireId,
-    queue: RefCell<VecDeque<Bytes>>,
+    queue: RefCell<VecDeque<PushFrame>>,
     notify: Notify,
     /// A push found the queue full: the connection is closed as a slow
     /// consumer at its next look.
@@ -905,13 +975,20 @@ impl Inbox {
     }
 
     /// Queues framed bytes unless the queue holds `limit` already; false
-    /// (and the connection marked behind) when it is full.
-    pub(crate) fn offer(&self, framed: Bytes, limit: usize) -> bool {
+    /// (and the connection marked behind) when it is full: its waiter, if
+    /// any, hears [`Undelivered::SlowConsumer`].
+    pub(crate) fn offer(&self, framed: PushFrame, limit: usize) -> bool {
         let mut queue = self.queue.borrow_mut();
         let accepted = !self.overflowed.get() && queue.len() < limit;
         if accepted {
             queue.push_back(framed);
-        } else if !self.overflowed.replace(true) {
+        } else {
+            crate::message::confirm::resolve(
+                framed.waiter.as_ref(),
+                Err(Undelivered::SlowConsumer),
+            );
+        }
+        if !accepted && !self.overflowed.replace(true) {
             ratelog::log(Flood::SlowConsumer, |suppressed| {
                 tracing::info!(
                     limit,
@@ -932,14 +1009,14 @@ impl Inbox {
     /// holds in its write buffer stays about one batch ([`TAKE_AT_ONCE`])
     /// however much waits. Only the queue's bound in messages counts
     /// toward an overflow: one taken is out of the queue.
-    pub(crate) fn take_up_to(&self, bytes: usize) -> Result<Vec<Bytes>, Overflowed> {
+    pub(crate) fn take_up_to(&self, bytes: usize) -> Result<Vec<PushFrame>, Overflowed> {
         if self.overflowed.get() {
             return Err(Overflowed);
         }
         let mut queue = self.queue.borrow_mut();
         let (mut size, mut count) = (0, 0);
         for next in queue.iter() {
-            size += next.len();
+            size += next.bytes.len();
             if count > 0 && size > bytes {
                 break;
             }
@@ -952,10 +1029,18 @@ impl Inbox {
     /// (or parks, with none left): how many, for `queue_drops`
     /// (`Awake::drop_behind`), whatever the close. (Until session 41 only
     /// a slow consumer's were counted: a peer gone, a write timeout or
-    /// shutdown lost them in neither `pushes` nor `queue_drops`.)
+    /// shutdown lost them in neither `pushes` nor `queue_drops`.) Their
+    /// waiters hear why: a slow consumer's, [`Undelivered::SlowConsumer`];
+    /// any other's, its close (the waiter's drop).
     pub(crate) fn drop_behind(&self) -> usize {
         let mut queue = self.queue.borrow_mut();
         let n = queue.len();
+        if self.overflowed.get() {
+            for pushed in queue.iter() {
+                let slow = Err(Undelivered::SlowConsumer);
+                crate::message::confirm::resolve(pushed.waiter.as_ref(), slow);
+            }
+        }
         queue.clear();
         n
     }
@@ -1007,7 +1092,7 @@ impl ConnectionId {
 }
 
 /// What a push to a parked connection did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Delivered {
     /// Written whole.
     Sent,
@@ -1038,8 +1123,9 @@ pub(crate) enum Delivered {
 /// written first when it wakes, to resume or to close (`message/wake.rs`),
 /// or by an awake slow consumer's close (`message/outbound.rs`). The push is counted once that
 /// tells whether it reached the peer whole: in `pushes` and `bytes_out`
-/// then, else in `queue_drops`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// then, else in `queue_drops`; its waiter, if it is a confirmed one, is
+/// resolved there too (`message::wake::count_unsent`).
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Unsent {
     /// The bytes still to write.
     pub tail: Bytes,
@@ -1048,6 +1134,8 @@ pub(crate) struct Unsent {
     /// the frame, not its TLS records), an awake one's rest (what its
     /// socket took was counted as it went).
     pub frame: usize,
+    /// The caller awaiting the push ([`Hub::send_confirmed`]), if any.
+    pub waiter: Option<Waiter>,
 }
 
 /// What a non-blocking write to a parked socket did.
@@ -1111,10 +1199,10 @@ mod tests {
         let inbox = Inbox::new(0);
         let message = |i: u8, len: usize| Bytes::from(vec![i; len]);
         for (i, len) in [(0, 10), (1, 20), (2, 30), (3, 100), (4, 5)] {
-            assert!(inbox.offer(message(i, len), 8));
+            assert!(inbox.offer(PushFrame::plain(message(i, len)), 8));
         }
-        let lens = |taken: Vec<Bytes>| -> Vec<(u8, usize)> {
-            taken.iter().map(|b| (b[0], b.len())).collect()
+        let lens = |taken: Vec<PushFrame>| -> Vec<(u8, usize)> {
+            taken.iter().map(|p| (p.bytes[0], p.bytes.len())).collect()
         };
         // Up to the bound, inclusive.
         assert_eq!(
@@ -1130,12 +1218,13 @@ mod tests {
         // The bound in messages: 3 fit, a fourth overflows; then taking
         // reports the overflow, not what waits.
         for i in 0..3 {
-            assert!(inbox.offer(message(i, 1 << 20), 3));
+            assert!(inbox.offer(PushFrame::plain(message(i, 1 << 20)), 3));
         }
         assert_eq!(inbox.take_up_to(TAKE_AT_ONCE).unwrap().len(), 1);
-        assert!(inbox.offer(message(3, 1 << 20), 3), "one taken left room");
-        assert!(!inbox.offer(message(4, 1 << 20), 3));
-        assert_eq!(inbox.take_up_to(TAKE_AT_ONCE), Err(Overflowed));
+        let fourth = PushFrame::plain(message(3, 1 << 20));
+        assert!(inbox.offer(fourth, 3), "one taken left room");
+        assert!(!inbox.offer(PushFrame::plain(message(4, 1 << 20)), 3));
+        assert!(matches!(inbox.take_up_to(TAKE_AT_ONCE), Err(Overflowed)));
     }
 
     /// A close from the hub comes after what was pushed before it: the
@@ -1146,7 +1235,7 @@ mod tests {
     async fn a_kick_waits_for_the_queue_before_it() {
         let inbox = Inbox::new(0);
         for i in 0..3u8 {
-            assert!(inbox.offer(Bytes::from(vec![i; 100]), 8));
+            assert!(inbox.offer(PushFrame::plain(Bytes::from(vec![i; 100])), 8));
         }
         inbox.kick(Kick {
             code: 1008,

@@ -78,6 +78,7 @@
 //! through their inbox, parked ones with one `send` of bytes framed once.
 
 pub(crate) mod budget;
+pub(crate) mod confirm;
 pub(crate) mod deadline;
 pub(crate) mod hub;
 pub(crate) mod io;
@@ -100,6 +101,7 @@ use crate::conn::io::WriteLimit;
 pub use budget::{
     PublishRate, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_FANOUT, DEFAULT_PUBLISH_RATE,
 };
+pub use confirm::{Delivery, Undelivered};
 pub use hub::{ConnectionId, Hub, HubError};
 pub use session::Session;
 pub use topics::{

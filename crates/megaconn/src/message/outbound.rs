@@ -29,6 +29,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 
+use crate::message::confirm::{self, Undelivered, Waiter};
 use crate::message::hub::Unsent;
 use crate::observe::lifecycle;
 use crate::observe::stats::{add, MessageCounters};
@@ -38,13 +39,35 @@ use crate::observe::stats::{add, MessageCounters};
 /// or more goes in one write; smaller ones take a write per 31 frames.
 const MAX_SLICES: usize = 32;
 
+/// One push framed for its connection, as its outbound queue holds it and
+/// its write takes it: the frame, and the waiter of a confirmed push
+/// ([`Hub::send_confirmed`](crate::Hub::send_confirmed); `None` for a plain
+/// one, which so costs nothing but this room). Let go of unwritten (a
+/// batch dropped at a close), its waiter hears so by its drop.
+#[derive(Debug)]
+pub(crate) struct PushFrame {
+    pub bytes: Bytes,
+    pub waiter: Option<Waiter>,
+}
+
+#[cfg(test)]
+impl PushFrame {
+    /// A push no one awaits.
+    pub(crate) fn plain(bytes: Bytes) -> PushFrame {
+        PushFrame {
+            bytes,
+            waiter: None,
+        }
+    }
+}
+
 /// The pushes an awake connection took from its queue and is writing:
 /// whole frames, in order, the first maybe begun.
 #[derive(Debug, Default)]
 pub(crate) struct Outbound {
     /// The batch. A frame written whole is replaced by an empty one (its
-    /// reference dropped at once).
-    frames: Vec<Bytes>,
+    /// reference dropped at once; its waiter kept until it is counted).
+    frames: Vec<PushFrame>,
     /// The first frame not written whole.
     next: usize,
     /// How much of `frames[next]` was written.
@@ -59,10 +82,12 @@ pub(crate) struct Outbound {
 impl Outbound {
     /// Adds `batch` (framed pushes, taken from the connection's queue) to
     /// what is to be written.
-    pub(crate) fn take(&mut self, batch: Vec<Bytes>) {
+    pub(crate) fn take(&mut self, batch: Vec<PushFrame>) {
         // (A frame is never empty: it has a header, or a line its ending.)
-        debug_assert!(batch.iter().all(|frame| !frame.is_empty()));
+        debug_assert!(batch.iter().all(|frame| !frame.bytes.is_empty()));
         if self.is_empty() {
+            // All went whole: their waiters hear so before they go.
+            self.settle_whole();
             self.frames = batch;
             (self.next, self.begun) = (0, 0);
         } else {
@@ -99,7 +124,7 @@ impl Outbound {
                 // One frame left and nothing before it (a push between the
                 // peer's messages, the usual case): a plain write of it.
                 io.as_mut()
-                    .poll_write(cx, &self.frames[self.next][self.begun..])
+                    .poll_write(cx, &self.frames[self.next].bytes[self.begun..])
             } else {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let mut n = 0;
@@ -112,7 +137,7 @@ impl Outbound {
                     if n == MAX_SLICES {
                         break;
                     }
-                    slices[n] = IoSlice::new(&frame[begun..]);
+                    slices[n] = IoSlice::new(&frame.bytes[begun..]);
                     (n, begun) = (n + 1, 0);
                 }
                 io.as_mut().poll_write_vectored(cx, &slices[..n])
@@ -136,33 +161,46 @@ impl Outbound {
             let Some(frame) = self.frames.get_mut(self.next) else {
                 break;
             };
-            let rest = frame.len() - self.begun;
+            let rest = frame.bytes.len() - self.begun;
             if took < rest {
                 self.begun += took;
                 return;
             }
             took -= rest;
             self.whole += 1;
-            self.whole_bytes += frame.len() as u64;
+            self.whole_bytes += frame.bytes.len() as u64;
             // Let go of it now: a slow reader holds only what it has yet
-            // to take.
-            *frame = Bytes::new();
+            // to take. (Its waiter hears at the count, once the write
+            // flushed: over TLS, once the session gave it to the socket.)
+            frame.bytes = Bytes::new();
             (self.next, self.begun) = (self.next + 1, 0);
         }
     }
 
     /// Counts the frames written whole since the last count (pushes, each
     /// a frame out, their bytes); once all went, the batch's list goes too.
+    /// Their waiters hear they went.
     pub(crate) fn count(&mut self, counters: &MessageCounters) {
         if self.whole > 0 {
             add(&counters.frames_out, self.whole);
             add(&counters.pushes, self.whole);
             add(&counters.bytes_out, self.whole_bytes);
+            self.settle_whole();
             (self.whole, self.whole_bytes) = (0, 0);
         }
         if self.is_empty() && !self.frames.is_empty() {
             self.frames = Vec::new();
             (self.next, self.begun) = (0, 0);
+        }
+    }
+
+    /// Resolves the waiters of the frames written whole, `Ok`: those
+    /// before `next` (one already resolved is left as it is).
+    fn settle_whole(&mut self) {
+        for frame in &mut self.frames[..self.next] {
+            if let Some(waiter) = frame.waiter.take() {
+                waiter.resolve(Ok(()));
+            }
         }
     }
 
@@ -172,22 +210,34 @@ impl Outbound {
     /// before its close), the rest of a frame begun is returned instead,
     /// to write and count ([`write_unsent`](crate::message::wake::write_unsent)).
     /// The bytes of a begun frame the socket took count in `bytes_out`.
+    ///
+    /// The waiters of the pushes dropped hear why: a slow consumer's
+    /// ([`Undelivered::SlowConsumer`], `finish`), or the close (their drop);
+    /// the rest's goes with it.
     pub(crate) fn give_up(&mut self, finish: bool, counters: &MessageCounters) -> Option<Unsent> {
         self.count(counters);
         let mut rest = None;
         if self.begun > 0 {
             add(&counters.bytes_out, self.begun as u64);
             if finish {
-                let tail = self.frames[self.next].slice(self.begun..);
+                let under_way = &mut self.frames[self.next];
+                let tail = under_way.bytes.slice(self.begun..);
                 rest = Some(Unsent {
                     frame: tail.len(),
                     tail,
+                    waiter: under_way.waiter.take(),
                 });
                 self.next += 1;
             }
         }
         let dropped = self.frames.len().saturating_sub(self.next);
         add(&counters.queue_drops, dropped as u64);
+        if finish {
+            for frame in self.frames.iter().skip(self.next) {
+                let slow = Err(Undelivered::SlowConsumer);
+                confirm::resolve(frame.waiter.as_ref(), slow);
+            }
+        }
         *self = Outbound {
             written: self.written,
             ..Outbound::default()
@@ -197,12 +247,13 @@ impl Outbound {
 
     /// What is left to write, from the rest of the frame under way on,
     /// for a close that writes from its own buffer (those written whole
-    /// are counted first); cleared. Each is a push.
-    pub(crate) fn drain(&mut self, counters: &MessageCounters) -> Vec<Bytes> {
+    /// are counted first); cleared. Each is a push, with its waiter (the
+    /// close resolves it).
+    pub(crate) fn drain(&mut self, counters: &MessageCounters) -> Vec<PushFrame> {
         self.count(counters);
-        let mut left: Vec<Bytes> = self.frames.drain(..).skip(self.next).collect();
+        let mut left: Vec<PushFrame> = self.frames.drain(..).skip(self.next).collect();
         if let Some(first) = left.first_mut() {
-            *first = first.slice(self.begun..);
+            first.bytes = first.bytes.slice(self.begun..);
         }
         *self = Outbound {
             written: self.written,
@@ -279,10 +330,17 @@ mod tests {
         }
     }
 
-    fn frames(lens: &[usize]) -> Vec<Bytes> {
+    fn frames(lens: &[usize]) -> Vec<PushFrame> {
         lens.iter()
             .enumerate()
-            .map(|(i, &len)| Bytes::from(vec![i as u8 + 1; len]))
+            .map(|(i, &len)| PushFrame::plain(Bytes::from(vec![i as u8 + 1; len])))
+            .collect()
+    }
+
+    fn bytes(frames: &[PushFrame]) -> Vec<u8> {
+        frames
+            .iter()
+            .flat_map(|f| f.bytes.iter().copied())
             .collect()
     }
 
@@ -299,7 +357,7 @@ mod tests {
     fn the_head_then_the_frames_in_order_counted_as_they_go() {
         let head = b"reply".to_vec();
         let lens = [3, 100, 1, 7000, 40];
-        let want: Vec<u8> = [head.clone(), frames(&lens).concat()].concat();
+        let want: Vec<u8> = [head.clone(), bytes(&frames(&lens))].concat();
         for vectored in [true, false] {
             for room in [1, 2, 5, 64, 1 << 20] {
                 let mut out = Outbound::default();
@@ -339,7 +397,7 @@ mod tests {
         for finish in [true, false] {
             let mut out = Outbound::default();
             let batch = frames(&lens);
-            let kept = batch[2].clone();
+            let kept = batch[2].bytes.clone();
             out.take(batch);
             // The head (4), the first two frames and 5 bytes of the third.
             let mut io = sink(7, 4 + 10 + 20 + 5, true);
@@ -376,6 +434,67 @@ mod tests {
         assert_eq!(counters.queue_drops.load(Relaxed), 3);
     }
 
+    /// Confirmed pushes hear as their frames are counted: one written
+    /// whole `Ok` (at the count, not before), the one under way goes with
+    /// the rest a slow consumer's close writes, those not begun hear
+    /// `SlowConsumer`; for another close (`finish` false), their drop says
+    /// the connection closed.
+    #[test]
+    fn waiters_hear_as_their_frames_are_counted() {
+        use crate::message::confirm::{Delivery, Undelivered};
+        use std::future::Future;
+        let poll = |d: &mut Delivery| {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            Pin::new(d).poll(&mut cx)
+        };
+        for finish in [true, false] {
+            let id = crate::message::hub::ConnectionId::new(0, 3, 1);
+            let mut deliveries = Vec::new();
+            let batch: Vec<PushFrame> = frames(&[10, 20, 30])
+                .into_iter()
+                .map(|mut frame| {
+                    let (waiter, delivery) = Delivery::new(id);
+                    frame.waiter = Some(waiter);
+                    deliveries.push(delivery);
+                    frame
+                })
+                .collect();
+            let mut out = Outbound::default();
+            out.take(batch);
+            let mut io = sink(usize::MAX, 10 + 5, true);
+            assert_eq!(poll_write(&mut out, &mut io), Poll::Pending);
+            assert_eq!(poll(&mut deliveries[0]), Poll::Pending, "not counted yet");
+            let counters = MessageCounters::default();
+            let rest = out.give_up(finish, &counters);
+            assert_eq!(poll(&mut deliveries[0]), Poll::Ready(Ok(())));
+            if finish {
+                let rest = rest.expect("the rest of the second");
+                assert_eq!(poll(&mut deliveries[1]), Poll::Pending, "its rest is owed");
+                crate::message::wake::count_unsent(&rest, true, &counters);
+                assert_eq!(poll(&mut deliveries[1]), Poll::Ready(Ok(())));
+                let slow = Err(Undelivered::SlowConsumer);
+                assert_eq!(poll(&mut deliveries[2]), Poll::Ready(slow));
+            } else {
+                let closed = Poll::Ready(Err(Undelivered::Closed));
+                assert_eq!(poll(&mut deliveries[1]), closed);
+                assert_eq!(poll(&mut deliveries[2]), closed);
+            }
+        }
+    }
+
+    /// A queued frame is a `Bytes` and 8 B of room for a waiter (40 B, not
+    /// 32): what a plain push pays, and only while an awake connection
+    /// holds it queued or in a batch (a parked connection holds none).
+    #[test]
+    fn a_queued_frame_is_forty_bytes() {
+        assert_eq!(std::mem::size_of::<Bytes>(), 32);
+        assert_eq!(std::mem::size_of::<PushFrame>(), 40);
+    }
+
+    fn poll_write(out: &mut Outbound, io: &mut Sink) -> Poll<()> {
+        poll(out, io, b"", &mut 0)
+    }
+
     /// What is left, drained as bytes: the rest of the frame under way,
     /// then the frames not begun.
     #[test]
@@ -389,7 +508,7 @@ mod tests {
         let left = out.drain(&counters);
         assert_eq!(counters.pushes.load(Relaxed), 1, "the first went whole");
         assert_eq!(left.len(), 2);
-        assert_eq!(left.concat(), [vec![2u8; 17], vec![1u8; 5]].concat());
+        assert_eq!(bytes(&left), [vec![2u8; 17], vec![1u8; 5]].concat());
         assert!(out.is_empty());
         assert_eq!(out.written(), 13);
     }

@@ -322,7 +322,7 @@ pub(crate) struct SideTable<S> {
     send: Option<SendParked>,
     /// The worker's counters, whose gauge of message connections counts
     /// the full slots (`None`: not counted, a table of a unit test).
-    counted: Option<Arc<WorkerStats>>,
+    counted: Option<(Arc<WorkerStats>, Option<usize>)>,
 }
 
 impl<S> SideTable<S> {
@@ -338,9 +338,14 @@ impl<S> SideTable<S> {
     }
 
     /// Counts the full slots in `stats`' gauge of message connections
-    /// (what a broadcast reaches, with the awake ones `worker.rs` counts).
-    pub(crate) fn counted(mut self, stats: Arc<WorkerStats>) -> SideTable<S> {
-        self.counted = Some(stats);
+    /// (what a broadcast reaches, with the awake ones `worker.rs` counts),
+    /// and in its gauge of `protocol`'s (`worker::protocol_index`).
+    pub(crate) fn counted(
+        mut self,
+        stats: Arc<WorkerStats>,
+        protocol: Option<usize>,
+    ) -> SideTable<S> {
+        self.counted = Some((stats, protocol));
         self
     }
 
@@ -348,8 +353,8 @@ impl<S> SideTable<S> {
     fn moved(&self, by: i64) {
         self.len
             .set(self.len.get().wrapping_add_signed(by as isize));
-        if let Some(stats) = &self.counted {
-            crate::message::topics::message_connections_moved(stats, by);
+        if let Some((stats, protocol)) = &self.counted {
+            crate::message::worker::connections_moved(stats, *protocol, by);
         }
     }
 
@@ -547,6 +552,7 @@ fn send_parked<S>(
     let unsent = unsent.map(|tail| Unsent {
         tail,
         frame: bytes.len(),
+        waiter: None,
     });
     Delivered::Overflowed(unsent, wire)
 }
@@ -614,7 +620,7 @@ mod tests {
     #[test]
     fn a_counted_table_moves_the_message_connections_gauge() {
         let stats = Arc::new(WorkerStats::default());
-        let table = SideTable::<()>::new(vec![0], None).counted(stats.clone());
+        let table = SideTable::<()>::new(vec![0], None).counted(stats.clone(), None);
         let gauge = || {
             stats
                 .messages

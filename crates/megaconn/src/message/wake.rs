@@ -141,6 +141,12 @@ pub(crate) async fn write_unsent(
 ) -> bool {
     let whole = write_rest(&unsent.tail, deadline, poll_write).await;
     count_unsent(unsent, whole, counters);
+    if !whole {
+        // A slow consumer's close, whatever made it one (its socket full
+        // while parked, a write bound passed): its waiter hears that.
+        let slow = Err(crate::Undelivered::SlowConsumer);
+        crate::message::confirm::resolve(unsent.waiter.as_ref(), slow);
+    }
     whole
 }
 
@@ -171,7 +177,9 @@ pub(crate) struct OwedCut {
 ///
 /// Counted once whole (`pushes`, `frames_out`, the frame's `bytes_out`),
 /// or dropped if it ended on anything but a slow consumer (whose close
-/// writes the rest: [`OwedCut::rest`]).
+/// writes the rest: [`OwedCut::rest`]); dropped too if this future is
+/// dropped before it ends (its connection's task cut off at the shutdown
+/// deadline: [`OwedGuard`]), where the push was counted nowhere.
 pub(crate) async fn write_owed_resuming(
     unsent: Unsent,
     (limit, fd): (impl FnOnce() -> WriteLimit, Option<std::os::fd::RawFd>),
@@ -179,7 +187,11 @@ pub(crate) async fn write_owed_resuming(
     counters: &MessageCounters,
     mut poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
 ) -> Result<(), OwedCut> {
-    let tail = &unsent.tail;
+    let mut guard = OwedGuard {
+        unsent: Some(unsent),
+        counters,
+    };
+    let tail = &guard.unsent.as_ref().expect("held until the end").tail;
     let mut at = 0;
     let mut limit = Some(limit);
     let mut bound: Option<WriteBound> = None;
@@ -220,6 +232,7 @@ pub(crate) async fn write_owed_resuming(
         Poll::Pending
     })
     .await;
+    let unsent = guard.unsent.take().expect("held until the end");
     match ended {
         Ok(()) => {
             count_unsent(&unsent, true, counters);
@@ -230,6 +243,7 @@ pub(crate) async fn write_owed_resuming(
             rest: Some(Unsent {
                 tail: unsent.tail.slice(at..),
                 frame: unsent.frame,
+                waiter: unsent.waiter,
             }),
         }),
         Err(reason) => {
@@ -239,16 +253,38 @@ pub(crate) async fn write_owed_resuming(
     }
 }
 
+/// The push [`write_owed_resuming`] is writing, until it ends: dropped
+/// with it (its connection's task dropped at the shutdown deadline, in the
+/// middle of the write), the push counts as dropped, and its waiter hears
+/// so ([`Undelivered::Shutdown`](crate::Undelivered::Shutdown) then, by
+/// its drop). Merge review D1, session 45: such a push was counted in
+/// neither `pushes` nor `queue_drops`.
+struct OwedGuard<'a> {
+    unsent: Option<Unsent>,
+    counters: &'a MessageCounters,
+}
+
+impl Drop for OwedGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(unsent) = self.unsent.take() {
+            incr(&self.counters.queue_drops);
+            drop(unsent);
+        }
+    }
+}
+
 /// Counts the push `unsent` is the rest of, once it is known whether that
 /// rest went whole: delivered (`pushes`, `frames_out`, the frame's
-/// `bytes_out`) or dropped (`queue_drops`). By [`write_unsent`], and by a
-/// parked connection's close that writes the rest at once
-/// (`proto::parked::let_go`).
+/// `bytes_out`) or dropped (`queue_drops`); its waiter, a confirmed
+/// push's, hears the same (dropped: its close, by its drop). By
+/// [`write_unsent`], and by a parked connection's close that writes the
+/// rest at once (`proto::parked::let_go`).
 pub(crate) fn count_unsent(unsent: &Unsent, whole: bool, counters: &MessageCounters) {
     if whole {
         incr(&counters.pushes);
         incr(&counters.frames_out);
         add(&counters.bytes_out, unsent.frame as u64);
+        crate::message::confirm::resolve(unsent.waiter.as_ref(), Ok(()));
     } else {
         incr(&counters.queue_drops);
     }

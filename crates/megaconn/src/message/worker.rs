@@ -25,10 +25,12 @@ use tokio::time::Instant;
 
 use crate::conn::context::WorkerContext;
 use crate::conn::ProtoTag;
+use crate::message::confirm::{self, Undelivered, Waiter};
 use crate::message::hub::{
     self, ConnectionId, Delivered, Generation, HubQueue, Inbox, Kick, Push, Unsent,
     GENERATION_BITS, GENERATION_MASK,
 };
+use crate::message::outbound::PushFrame;
 use crate::message::table::{ParkedSet, SendParked, SideTable};
 use crate::message::topics::{message_connections_moved, SubscribeError, Topics};
 use crate::message::wire::{Encoded, Wire, WireId};
@@ -60,6 +62,10 @@ pub(crate) struct Local {
     /// Topic subscriptions, both ways.
     topics: RefCell<Topics>,
     wires: RefCell<Vec<Rc<dyn Wire>>>,
+    /// The protocol of each of `wires` (`protocol_index`), for the gauges
+    /// of message connections by protocol: an awake connection is known
+    /// by its wire.
+    wire_protocols: RefCell<Vec<Option<usize>>>,
     /// Each protocol's side table.
     tables: RefCell<Vec<Table>>,
     /// Parked connections [`Hub::close`](crate::Hub::close) reached, until
@@ -275,6 +281,7 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                         .counted(ctx.stats.clone()),
                 ),
                 wires: RefCell::default(),
+                wire_protocols: RefCell::default(),
                 tables: RefCell::default(),
                 kicks: ForParked::default(),
                 unsent: ForParked::default(),
@@ -360,10 +367,12 @@ impl Local {
                 .map(|wire| {
                     let mut all = self.wires.borrow_mut();
                     all.push(wire);
+                    self.wire_protocols.borrow_mut().push(protocol_index(tag));
                     WireId::try_from(all.len() - 1).expect("fewer than 65,536 wire formats")
                 })
                 .collect();
-            let table = SideTable::<S>::new(ids, send()).counted(self.stats.clone());
+            let table =
+                SideTable::<S>::new(ids, send()).counted(self.stats.clone(), protocol_index(tag));
             let table = Rc::new(table);
             self.tables
                 .borrow_mut()
@@ -399,7 +408,7 @@ impl Local {
             .insert(id.fd(), (id.generation(), inbox.clone()));
         if stale.is_none() {
             // What a broadcast reaches (`ServerHandle::message_connections`).
-            message_connections_moved(&self.stats, 1);
+            connections_moved(&self.stats, self.protocol_of(wire), 1);
         }
         Some(Awake {
             local: self.clone(),
@@ -506,6 +515,12 @@ impl Local {
         self.resuming.holds(id)
     }
 
+    /// The protocol (`protocol_index`) whose table registered `wire`.
+    fn protocol_of(&self, wire: WireId) -> Option<usize> {
+        let protocols = self.wire_protocols.borrow();
+        protocols.get(usize::from(wire)).copied().flatten()
+    }
+
     /// Whether connection `id` is parked in one of the worker's side
     /// tables (no list is made: `Awake`'s drop asks at every park).
     fn is_parked(&self, id: ConnectionId) -> bool {
@@ -589,19 +604,28 @@ impl Local {
     /// connection whose client read at once.) Called right after the side
     /// table found it parked with that generation, on this thread: the
     /// socket is that connection's.
+    ///
+    /// A confirmed push's `waiter` goes with what it owes, or with the push
+    /// in the queue; dropped (none of it went, and it cannot resume), it
+    /// hears [`Undelivered::SlowConsumer`].
     fn overflowed(
         &self,
         id: ConnectionId,
         (unsent, wire): (Option<Unsent>, WireId),
         msg: &mut Encoded,
         wires: &[Rc<dyn Wire>],
+        mut waiter: Option<Waiter>,
     ) {
+        let unsent = unsent.map(|unsent| Unsent {
+            waiter: waiter.take(),
+            ..unsent
+        });
         if crate::conn::park::wake_owed(id.fd()) {
             let inbox = Rc::new(Inbox::new(wire));
             match unsent {
                 Some(unsent) => self.unsent.put(id, unsent),
                 None => {
-                    self.queue(&inbox, msg, wires);
+                    self.queue(&inbox, msg, wires, &mut waiter);
                 }
             }
             self.resuming.put(id, inbox);
@@ -609,7 +633,10 @@ impl Local {
         }
         match unsent {
             Some(unsent) => self.unsent.put(id, unsent),
-            None => incr(&self.stats.messages.queue_drops),
+            None => {
+                incr(&self.stats.messages.queue_drops);
+                confirm::resolve(waiter.as_ref(), Err(Undelivered::SlowConsumer));
+            }
         }
         ratelog::log(Flood::SlowConsumer, |suppressed| {
             tracing::info!(
@@ -676,8 +703,8 @@ impl Local {
                 };
                 (every, Encoded::new(payload, kind))
             }
-            Push::Close(..) | Push::Deadline(..) => {
-                unreachable!("`deliver` closes, it has no recipients")
+            Push::Close(..) | Push::Deadline(..) | Push::Confirmed(..) => {
+                unreachable!("`deliver` closes, or sends a confirmed one as `To`")
             }
         }
     }
@@ -719,9 +746,18 @@ impl Local {
     /// it is now (or not at all, closed). The next message waits until this
     /// one is delivered, so a connection gets its messages in order.
     async fn deliver(self: &Rc<Self>, push: Push) {
+        // A confirmed send is a send whose waiter goes with it, to whatever
+        // takes the push (a queue, the rest of a frame owed) or hears here
+        // what became of it.
+        let mut waiter = None;
         let push = match push {
             Push::Close(id, code, reason) => return self.kick(id, Kick { code, reason }),
             Push::Deadline(id, at) => return self.set_deadline(id, at),
+            Push::Confirmed(w, payload, kind) => {
+                let to = w.to();
+                waiter = Some(w);
+                Push::To(to, payload, kind)
+            }
             push => push,
         };
         let (mut recipients, mut msg) = self.recipients(push);
@@ -747,7 +783,7 @@ impl Local {
             };
             let wires = self.wires.borrow();
             let unframable = msg.unframable + msg.no_wire;
-            let delivered = self.deliver_one(fd, generation, &mut msg, &wires, &sets);
+            let delivered = self.deliver_one(fd, generation, &mut msg, &wires, &sets, &mut waiter);
             if delivered == Delivered::Replaced {
                 // A subscriber that closed without its close reaching its
                 // topics (`Topics`): it leaves them now, each stale entry
@@ -762,8 +798,20 @@ impl Local {
             // the id of a send, a topic's subscriber, a broadcast's
             // connection found closing. (One its wire could not frame is
             // counted as such.)
-            if !handed && msg.unframable + msg.no_wire == unframable {
+            let framable = msg.unframable + msg.no_wire == unframable;
+            if !handed && framable {
                 self.missed();
+            }
+            // Still here: written whole to a parked socket, or not handed
+            // to the connection (a queue or the rest of a frame owed took
+            // it otherwise, and resolves it).
+            if let Some(waiter) = waiter.take() {
+                waiter.resolve(match delivered {
+                    Delivered::Sent => Ok(()),
+                    _ if !framable => Err(Undelivered::Unframable),
+                    Delivered::Behind => Err(Undelivered::SlowConsumer),
+                    _ => Err(Undelivered::Closed),
+                });
             }
             if owed > 0 {
                 owed -= 1;
@@ -775,6 +823,9 @@ impl Local {
         // A broadcast's count was an estimate: what it did not reach is not
         // pending any more either.
         gauge_own(pending, -owed.max(0));
+        // A send whose connection was not found at all (no message
+        // connection holds its descriptor: it closed).
+        drop(waiter);
         // Told `Ok`, the sender learns of connections its message could
         // not be framed for only here (`Encoded::on` logged it).
         LimitHit::PushUnframable.count_n(&self.stats, msg.unframable);
@@ -802,6 +853,11 @@ impl Local {
     /// [`Delivered::Overflowed`] or [`Delivered::Lost`]: handed to it, and
     /// counted (in `pushes` or `queue_drops`, now or when it writes or
     /// closes); any other: not.
+    ///
+    /// `waiter` (a confirmed send's) is taken by what takes the push to
+    /// write later (the connection's queue, or the rest of a frame its
+    /// parked socket took part of), which resolves it; left, the caller
+    /// resolves it by what was done.
     fn deliver_one(
         &self,
         fd: RawFd,
@@ -809,6 +865,7 @@ impl Local {
         msg: &mut Encoded,
         wires: &[Rc<dyn Wire>],
         sets: &[Rc<dyn ParkedSet>],
+        waiter: &mut Option<Waiter>,
     ) -> Delivered {
         let inbox = match self.awake.borrow().get(&fd) {
             Some((g, inbox)) if *g == generation => Some(inbox.clone()),
@@ -816,7 +873,7 @@ impl Local {
             None => None,
         };
         if let Some(inbox) = inbox {
-            return self.queue(&inbox, msg, wires);
+            return self.queue(&inbox, msg, wires, waiter);
         }
         let id = self.id(fd, generation);
         // Closing for the hub: what comes after the close is not written.
@@ -825,13 +882,13 @@ impl Local {
         }
         // Behind on a push, waking to resume: queued behind what it owes.
         if let Some(inbox) = self.resuming.get(id) {
-            return self.queue(&inbox, msg, wires);
+            return self.queue(&inbox, msg, wires, waiter);
         }
         for table in sets {
             match table.deliver(fd, generation, msg, wires, &self.stats.messages) {
                 Delivered::NotParked => {}
                 Delivered::Overflowed(unsent, wire) => {
-                    self.overflowed(id, (unsent, wire), msg, wires);
+                    self.overflowed(id, (unsent, wire), msg, wires, waiter.take());
                     return Delivered::Overflowed(None, wire);
                 }
                 delivered => return delivered,
@@ -850,19 +907,33 @@ impl Local {
     /// Puts a message on an awake connection's outbound queue:
     /// [`Delivered::Sent`] when offered (or not framable for it, counted as
     /// such), [`Delivered::Closing`] when the connection closes for the hub.
-    fn queue(&self, inbox: &Inbox, msg: &mut Encoded, wires: &[Rc<dyn Wire>]) -> Delivered {
+    /// Offered, `waiter` goes with it (resolved as it is written or
+    /// dropped); not framable or refused by a full queue, it is resolved
+    /// here.
+    fn queue(
+        &self,
+        inbox: &Inbox,
+        msg: &mut Encoded,
+        wires: &[Rc<dyn Wire>],
+        waiter: &mut Option<Waiter>,
+    ) -> Delivered {
         // Closing for the hub: what comes after the close is not written.
         if inbox.is_kicked() {
             return Delivered::Closing;
         }
         let Some(framed) = msg.on(wires, inbox.wire) else {
+            confirm::resolve(waiter.take().as_ref(), Err(Undelivered::Unframable));
             return Delivered::Sent;
         };
         // Accepted, it counts in `pushes` once its connection's socket took
         // it whole (the protocol counts it, as it writes it), or in
         // `queue_drops` if its connection closes first, whatever the close
         // (`Awake`'s drop, or the protocol for one it held).
-        if !inbox.offer(framed, self.queue_limit) {
+        let pushed = PushFrame {
+            bytes: framed,
+            waiter: waiter.take(),
+        };
+        if !inbox.offer(pushed, self.queue_limit) {
             incr(&self.stats.messages.queue_drops);
         }
         Delivered::Sent
@@ -923,7 +994,8 @@ impl Drop for Awake {
             .is_some_and(|(g, _)| *g == self.id.generation())
         {
             awake.remove(&self.id.fd());
-            message_connections_moved(&self.local.stats, -1);
+            let protocol = self.local.protocol_of(self.inbox.wire);
+            connections_moved(&self.local.stats, protocol, -1);
             // A ramp leaves the map sized for every connection awake at once;
             // once most have parked, that room would stay (~17 bytes a slot,
             // per connection of the peak, for the life of the worker).
@@ -1076,10 +1148,35 @@ async fn paced(pace: Pace, mut step: impl FnMut() -> Step) {
 async fn pump(local: Weak<Local>, mut queue: HubQueue) {
     while let Some(push) = queue.next().await {
         let Some(local) = local.upgrade() else {
-            return queue.lost(&push);
+            return queue.lost(push);
         };
         incr(&local.stats.messages.hub_messages);
         local.deliver(push).await;
+    }
+}
+
+/// Where protocol `tag`'s connections count in
+/// `MessageCounters::connections_by_protocol` (the order of
+/// `metrics::MESSAGE_PROTOCOL_LABELS`), cleartext and TLS alike; `None`
+/// for a tag of no message protocol (a unit test's).
+pub(crate) fn protocol_index(tag: ProtoTag) -> Option<usize> {
+    use crate::proto::{FRAMED, FRAMED_TLS, SSE, SSE_TLS, WEBSOCKET, WEBSOCKET_TLS};
+    match tag {
+        t if t == FRAMED || t == FRAMED_TLS => Some(0),
+        t if t == WEBSOCKET || t == WEBSOCKET_TLS => Some(1),
+        t if t == SSE || t == SSE_TLS => Some(2),
+        _ => None,
+    }
+}
+
+/// A message connection joined (`by` 1) or left (-1) the worker's count of
+/// what a broadcast reaches, awake or parked, and its protocol's
+/// (`protocol_index`; `megaconn_message_connections{protocol}`), so the
+/// protocols' gauges sum to `ServerHandle::message_connections`.
+pub(crate) fn connections_moved(stats: &WorkerStats, protocol: Option<usize>, by: i64) {
+    message_connections_moved(stats, by);
+    if let Some(gauge) = protocol.and_then(|p| stats.messages.connections_by_protocol.get(p)) {
+        gauge_own(gauge, by);
     }
 }
 
@@ -1271,6 +1368,18 @@ mod tests {
         WorkerContext::new(0, Arc::new(config), stats, None)
     }
 
+    /// On descriptor `fd` (one no socket of the test process has): a
+    /// connection that closed (`old`), and the one open there now (`new`),
+    /// awake, on a test table's wire.
+    fn closed_then_reopened(local: &Rc<Local>, fd: RawFd) -> (ConnectionId, ConnectionId, Awake) {
+        let table = local.table::<()>(ProtoTag(1), || vec![Rc::new(Plain)]);
+        let old = local.new_id(fd);
+        local.closed(old);
+        let new = local.new_id(fd);
+        let awake = local.awake(new, table.wire(0)).unwrap();
+        (old, new, awake)
+    }
+
     /// A deadline or a cancel for a connection that closed, queued before
     /// its close and taken after, leaves the deadline of the connection now
     /// on its descriptor (it replaced or removed it: an unauthenticated
@@ -1281,12 +1390,7 @@ mod tests {
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
-            let table = local.table::<()>(ProtoTag(1), || vec![Rc::new(Plain)]);
-            let wire = table.wire(0);
-            let old = local.new_id(900_070);
-            local.closed(old);
-            let new = local.new_id(900_070);
-            let _awake = local.awake(new, wire).unwrap();
+            let (old, new, _awake) = closed_then_reopened(&local, 900_070);
             let at = Instant::now() + Duration::from_secs(3600);
             local.deliver(Push::Deadline(new, Some(at))).await;
             // The old connection's cancel, then its deadline, queued before
@@ -1297,6 +1401,65 @@ mod tests {
                 .await;
             let kept = local.deadlines.borrow().by_fd.get(&900_070).copied();
             assert_eq!(kept, Some((new.generation(), at)), "the new one's deadline");
+        })
+        .await;
+    }
+
+    /// A confirmed send on the pump: to a connection whose descriptor
+    /// another holds now (it closed) it resolves `Closed` at once; to an
+    /// awake one it goes into its queue with its waiter, which hears `Ok`
+    /// once written and counted, or its close when the queue is dropped;
+    /// to a full queue, `SlowConsumer`. The pump never leaves one waiting.
+    #[tokio::test]
+    async fn a_confirmed_send_resolves_wherever_the_pump_takes_it() {
+        use crate::message::confirm::Delivery;
+        use crate::message::outbound::Outbound;
+        use std::future::Future;
+        let poll = |d: &mut Delivery| {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            std::pin::Pin::new(d).poll(&mut cx)
+        };
+        let confirmed = |to: ConnectionId| {
+            let (waiter, delivery) = Delivery::new(to);
+            let push = Push::Confirmed(waiter, bytes::Bytes::from_static(b"cmd"), hub::Kind::Auto);
+            (push, delivery)
+        };
+        let ctx = worker_with_a_hub();
+        let set = tokio::task::LocalSet::new();
+        set.run_until(async {
+            let local = local(&ctx);
+            let (old, new, awake) = closed_then_reopened(&local, 900_080);
+            let (push, mut to_old) = confirmed(old);
+            local.deliver(push).await;
+            let closed = std::task::Poll::Ready(Err(Undelivered::Closed));
+            assert_eq!(poll(&mut to_old), closed);
+            // Queued; written and counted: `Ok`.
+            let (push, mut written) = confirmed(new);
+            local.deliver(push).await;
+            assert!(poll(&mut written).is_pending());
+            let mut out = Outbound::default();
+            out.take(awake.inbox.take_up_to(TAKE_AT_ONCE).unwrap());
+            let mut sink = Vec::new();
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let io = std::pin::Pin::new(&mut sink);
+            assert!(out.poll_write(io, &mut cx, b"", &mut 0).is_ready());
+            out.count(&local.stats.messages);
+            assert_eq!(poll(&mut written), std::task::Poll::Ready(Ok(())));
+            // Queued, then the connection closes with it queued.
+            let (push, mut dropped) = confirmed(new);
+            local.deliver(push).await;
+            awake.drop_behind();
+            assert_eq!(poll(&mut dropped), closed);
+            // A full queue: a slow consumer.
+            for _ in 0..local.queue_limit {
+                local
+                    .deliver(Push::To(new, "x".into(), hub::Kind::Auto))
+                    .await;
+            }
+            let (push, mut refused) = confirmed(new);
+            local.deliver(push).await;
+            let slow = std::task::Poll::Ready(Err(Undelivered::SlowConsumer));
+            assert_eq!(poll(&mut refused), slow);
         })
         .await;
     }

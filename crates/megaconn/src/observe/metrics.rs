@@ -69,6 +69,7 @@
 //! | `megaconn_message_hub_queued` | gauge | |
 //! | `megaconn_message_hub_queued_bytes` | gauge | |
 //! | `megaconn_message_subscriptions` | gauge | |
+//! | `megaconn_message_connections` | gauge | `protocol` (`framed`, `websocket`, `sse`: [`MESSAGE_PROTOCOL_LABELS`]) |
 //!
 //! The `message_` series count message protocols' connections (framed
 //! TCP, WebSocket and SSE): frames (messages) and their bytes with
@@ -86,7 +87,12 @@
 //! `hub_queued_bytes` what they hold (payloads and 56-byte entries, per
 //! worker queue), to read against `hub_queue_bytes` times the workers;
 //! `subscriptions` the topic subscriptions held, exact (a connection in
-//! two topics counts twice; per topic, `megaconn::subscribers`).
+//! two topics counts twice; per topic, `megaconn::subscribers`);
+//! `connections` the message connections open, awake or parked, by
+//! protocol: what a broadcast reaches, summed
+//! [`ServerHandle::message_connections`](crate::ServerHandle::message_connections)
+//! (an awake one counts while registered for pushes, which it is when the
+//! server has a hub).
 //!
 //! The body is OpenMetrics text (it ends with `# EOF`): serve it as
 //! [`OPENMETRICS_CONTENT_TYPE`]. Labelled `text/plain; version=0.0.4` it
@@ -131,6 +137,17 @@ pub const ACCEPT_ERRNO_LABELS: [&str; ACCEPT_ERRNOS] =
 /// For a reader that adds up several processes' counts (`megaconn serve
 /// --processes`' supervisor) and must name them as one process does.
 pub const LIMIT_HIT_LABELS: &[&str] = &crate::observe::limits::LimitHit::LABELS;
+
+/// How many message protocols
+/// [`MessageStats::connections_by_protocol`] tells apart.
+pub const MESSAGE_PROTOCOLS: usize = 3;
+
+/// Labels of `protocol` on `megaconn_message_connections`, in the order of
+/// [`MessageStats::connections_by_protocol`]: framed TCP, WebSocket and
+/// Server-Sent Events on the native engine (axum's WebSocket API,
+/// `megaconn::axum_ws`, is not among them, as it is not among what a
+/// broadcast reaches).
+pub const MESSAGE_PROTOCOL_LABELS: [&str; MESSAGE_PROTOCOLS] = ["framed", "websocket", "sse"];
 
 /// Labels of `limit` on `megaconn_connections_rejected_total`, in the order
 /// of [`ServerStats::rejected_accept_rate`] and
@@ -297,6 +314,14 @@ thread_local! {
 /// head that went out said (see [`RequestRecord`]'s drop).
 pub(crate) fn dropping_forced(drop_them: impl FnOnce()) {
     dropping_with(&FORCED, drop_them);
+}
+
+/// Whether this thread is dropping what a forced shutdown cut off
+/// ([`dropping_forced`]): a confirmed push's waiter dropped then says the
+/// shutdown, not a close (`message/confirm.rs`).
+pub(crate) fn is_dropping_forced() -> bool {
+    // `try_with`: a waiter may drop while the thread's locals go.
+    FORCED.try_with(|f| f.get()).unwrap_or(false)
 }
 
 /// Runs `drop_it` with this thread's `flag` set, and clears it after, also
@@ -1230,6 +1255,19 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
         "Topic subscriptions held by message connections (a connection in two topics counts twice), exact; about 270 B each.",
         i64::try_from(m.subscriptions).unwrap_or(i64::MAX),
     )?;
+    let mut family = e.encode_descriptor(
+        "message_connections",
+        "Message connections open (framed TCP, WebSocket, SSE on the native engine), awake or parked, by protocol: what a broadcast reaches (their sum is ServerHandle::message_connections).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (protocol, n) in MESSAGE_PROTOCOL_LABELS
+        .iter()
+        .zip(m.connections_by_protocol)
+    {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        ConstGauge::new(n).encode(family.encode_family(&[("protocol", *protocol)])?)?;
+    }
     Ok(())
 }
 

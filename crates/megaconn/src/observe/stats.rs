@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::observe::alerts::{self, AlertCounters};
 use crate::observe::limits::LimitHit;
-use crate::observe::metrics::{RequestCounters, RequestStats};
+use crate::observe::metrics::{RequestCounters, RequestStats, MESSAGE_PROTOCOLS};
 
 /// Counters of one worker. Gauges are signed so a transient underflow from
 /// racing readers cannot wrap.
@@ -147,6 +147,10 @@ pub(crate) struct MessageCounters {
     /// moved by the worker's thread only, `message/worker.rs` and
     /// `message/table.rs`).
     pub connections: AtomicI64,
+    /// [`connections`](MessageCounters::connections) by protocol, in the
+    /// order of `MESSAGE_PROTOCOL_LABELS` (gauges moved with it, by the
+    /// worker's thread only: `message/worker.rs`, `message/table.rs`).
+    pub connections_by_protocol: [AtomicI64; MESSAGE_PROTOCOLS],
     /// Subscriptions held on this worker: connections × their topics (a
     /// gauge, moved by the worker's thread only, `message/topics.rs`).
     pub subscriptions: AtomicI64,
@@ -200,6 +204,13 @@ pub struct MessageStats {
     /// server's memory; a topic's own audience is
     /// [`subscribers`](crate::subscribers), which may read a little high.
     pub subscriptions: u64,
+    /// Message connections open now, awake (registered for pushes: with a
+    /// hub) or parked, by protocol in the order of
+    /// [`MESSAGE_PROTOCOL_LABELS`](crate::metrics::MESSAGE_PROTOCOL_LABELS): framed TCP, WebSocket (native), SSE
+    /// (native), as `megaconn_message_connections{protocol}` shows them.
+    /// Their sum is
+    /// [`ServerHandle::message_connections`](crate::ServerHandle::message_connections).
+    pub connections_by_protocol: [u64; MESSAGE_PROTOCOLS],
 }
 
 impl MessageStats {
@@ -217,6 +228,13 @@ impl MessageStats {
         self.hub_queued += c.hub_queued.load(Relaxed).max(0) as u64;
         self.hub_queued_bytes += c.hub_queued_bytes.load(Relaxed).max(0) as u64;
         self.subscriptions += c.subscriptions.load(Relaxed).max(0) as u64;
+        for (sum, n) in self
+            .connections_by_protocol
+            .iter_mut()
+            .zip(&c.connections_by_protocol)
+        {
+            *sum += n.load(Relaxed).max(0) as u64;
+        }
     }
 }
 

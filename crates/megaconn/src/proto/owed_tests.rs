@@ -205,6 +205,7 @@ impl Owed {
         Unsent {
             tail: Bytes::copy_from_slice(&self.sealed[self.taken..]),
             frame: self.frame,
+            waiter: None,
         }
     }
 

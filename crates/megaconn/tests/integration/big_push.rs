@@ -39,10 +39,10 @@ use crate::tls_msg::Probe;
 use common::{closed_as, SAFETY};
 
 /// How long an idle connection waits before it parks.
-const PARK_IDLE_AFTER: Duration = Duration::from_millis(20);
+pub(crate) const PARK_IDLE_AFTER: Duration = Duration::from_millis(20);
 
 /// The big push: 4 MiB, 16 times the default message send buffer.
-const BIG: usize = 4 << 20;
+pub(crate) const BIG: usize = 4 << 20;
 
 /// A burst: this many pushes of [`BURST_EACH`] bytes, 4 MiB in all.
 const BURST: usize = 64;
@@ -55,11 +55,11 @@ const BURST_EACH: usize = 64 << 10;
 /// Over the close's 2 s bound, within which a slow consumer's close tries
 /// the rest of its frame: closed at once as before session 45, this one
 /// closed ~2 s after the push, before this bound.
-const STALL: Duration = Duration::from_secs(3);
+pub(crate) const STALL: Duration = Duration::from_secs(3);
 
 /// One of the three message protocols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proto {
+pub(crate) enum Proto {
     Ws,
     Framed,
     Sse,
@@ -67,20 +67,20 @@ enum Proto {
 
 /// The server: WebSocket at `/ws`, SSE at `/events` (no heartbeats), and a
 /// length-prefixed framed listener.
-struct Pushes {
+pub(crate) struct Pushes {
     http: SocketAddr,
     framed: SocketAddr,
-    handle: ServerHandle,
-    hub: Hub,
+    pub(crate) handle: ServerHandle,
+    pub(crate) hub: Hub,
     opens: mpsc::UnboundedReceiver<ConnectionId>,
-    closes: mpsc::UnboundedReceiver<(ConnectionId, CloseReason)>,
-    task: tokio::task::JoinHandle<ShutdownSummary>,
+    pub(crate) closes: mpsc::UnboundedReceiver<(ConnectionId, CloseReason)>,
+    pub(crate) task: tokio::task::JoinHandle<ShutdownSummary>,
 }
 
 impl Pushes {
     /// Serves with `shape`'s settings on top of parking after
     /// [`PARK_IDLE_AFTER`].
-    async fn start(shape: impl FnOnce(Builder) -> Builder) -> Pushes {
+    pub(crate) async fn start(shape: impl FnOnce(Builder) -> Builder) -> Pushes {
         let builder = Server::builder()
             .workers(1)
             .park_idle_after(Some(PARK_IDLE_AFTER));
@@ -126,7 +126,7 @@ impl Pushes {
 
     /// A client of `proto` (with a 4 KiB receive buffer if `small`), its
     /// protocol set up and its connection parked; and its id.
-    async fn connect(&mut self, proto: Proto, small: bool) -> (Client, ConnectionId) {
+    pub(crate) async fn connect(&mut self, proto: Proto, small: bool) -> (Client, ConnectionId) {
         let parked = self.handle.stats().connections_parked;
         let socket = TcpSocket::new_v4().unwrap();
         if small {
@@ -172,7 +172,7 @@ impl Pushes {
         (client, id)
     }
 
-    async fn wait_parked(&self, n: i64) {
+    pub(crate) async fn wait_parked(&self, n: i64) {
         common::wait_stats(&self.handle, "parked", |s| s.connections_parked == n).await;
     }
 
@@ -182,14 +182,14 @@ impl Pushes {
         assert_eq!(self.hub.send(id, payload), Ok(()));
     }
 
-    async fn next_close(&mut self) -> (ConnectionId, CloseReason) {
+    pub(crate) async fn next_close(&mut self) -> (ConnectionId, CloseReason) {
         tokio::time::timeout(SAFETY, self.closes.recv())
             .await
             .expect("on_close in time")
             .expect("on_close")
     }
 
-    async fn stop(self) -> ShutdownSummary {
+    pub(crate) async fn stop(self) -> ShutdownSummary {
         self.handle.shutdown();
         tokio::time::timeout(SAFETY, self.task)
             .await
@@ -199,7 +199,7 @@ impl Pushes {
 }
 
 /// A client of one protocol, reading whole messages.
-enum Client {
+pub(crate) enum Client {
     Ws(Box<WebSocketStream<TcpStream>>),
     Framed(TcpStream),
     Sse(BufReader<TcpStream>),
@@ -209,7 +209,7 @@ impl Client {
     /// The next message pushed, whole: a WebSocket's text message, a
     /// frame's body, an event's data. Panics on the end of the stream (the
     /// connection closed) or after [`SAFETY`].
-    async fn next(&mut self) -> Vec<u8> {
+    pub(crate) async fn next(&mut self) -> Vec<u8> {
         tokio::time::timeout(SAFETY, self.read())
             .await
             .expect("a push in time")
@@ -258,14 +258,14 @@ impl Client {
 /// Push `i`'s bytes, `len` of them: its number, then a letter of it, so
 /// that a push cut, joined to another or out of order shows. (No line
 /// ends: an SSE event's data is one line.)
-fn push(i: usize, len: usize) -> Vec<u8> {
+pub(crate) fn push(i: usize, len: usize) -> Vec<u8> {
     let mut bytes = format!("{i:08}:").into_bytes();
     bytes.resize(len, b'a' + (i % 26) as u8);
     bytes
 }
 
 /// Asserts `got` is push `i` of `len` bytes, saying where it differs.
-fn assert_push(got: &[u8], i: usize, len: usize) {
+pub(crate) fn assert_push(got: &[u8], i: usize, len: usize) {
     let want = push(i, len);
     if got != want {
         let at = got.iter().zip(&want).position(|(a, b)| a != b);

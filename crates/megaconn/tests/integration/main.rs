@@ -45,6 +45,7 @@ mod head_304;
 mod held_responses;
 mod http1;
 mod http1_body;
+mod hub_confirm;
 mod hub_drops;
 mod layers;
 mod lifecycle_events;

@@ -232,7 +232,11 @@ impl TlsMsg {
     /// A client of `proto` (with the smallest receive buffer if it is a
     /// `slow` one), its protocol set up and its connection parked; and its
     /// id.
-    async fn connect(&mut self, proto: Proto, slow: bool) -> (TlsStream<TcpStream>, ConnectionId) {
+    pub(crate) async fn connect(
+        &mut self,
+        proto: Proto,
+        slow: bool,
+    ) -> (TlsStream<TcpStream>, ConnectionId) {
         let parked = self.handle.stats().connections_parked;
         let socket = TcpSocket::new_v4().unwrap();
         if slow {

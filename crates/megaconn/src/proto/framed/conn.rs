@@ -71,7 +71,7 @@ use crate::message::deadline::MessageDeadline;
 use crate::message::hub::{Overflowed, TAKE_AT_ONCE};
 use crate::message::io::{prefetch_woken, MessageIo};
 use crate::message::live::Live;
-use crate::message::outbound::Outbound;
+use crate::message::outbound::{Outbound, PushFrame};
 use crate::message::session::Session;
 use crate::message::wake::{
     close_by, heartbeat_timed_out, linger_after_unsent, resume, write_rest, write_unsent,
@@ -106,7 +106,7 @@ pub(crate) enum Start {
 enum Read {
     Done(Result<io::Result<Option<usize>>, tokio::time::error::Elapsed>),
     Shutdown,
-    Pushed,
+    PushFrame,
 }
 
 /// What ended an idle wait.
@@ -115,7 +115,7 @@ enum Idle {
     Park,
     HeartbeatDue,
     SendHeartbeat,
-    Pushed,
+    PushFrame,
     Shutdown,
 }
 
@@ -387,7 +387,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 () = turn.wait() => Idle::Shutdown,
                 () = until(due) => Idle::HeartbeatDue,
                 () = until(send_at) => Idle::SendHeartbeat,
-                () = Awake::pushed(inbox.as_ref()) => Idle::Pushed,
+                () = Awake::pushed(inbox.as_ref()) => Idle::PushFrame,
                 () = until(park_at) => Idle::Park,
             };
             match idle {
@@ -414,7 +414,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                     )
                 }
                 // The top of the loop writes them.
-                Idle::Pushed => continue,
+                Idle::PushFrame => continue,
                 Idle::SendHeartbeat => {
                     if let Some((every, frame)) = &send_heartbeats {
                         incr(&counters.heartbeats_sent);
@@ -490,7 +490,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
             // Nothing was read: the pushes go out (the buffer goes back
             // unless it holds part of a frame).
-            Read::Pushed => {
+            Read::PushFrame => {
                 if buf.as_ref().is_some_and(BytesMut::is_empty) {
                     give_back(&ctx, &mut buf);
                 }
@@ -600,13 +600,13 @@ async fn wait_read(
             biased;
             read = reading => Read::Done(read),
             () = turn.wait() => Read::Shutdown,
-            () = Awake::pushed(inbox) => Read::Pushed,
+            () = Awake::pushed(inbox) => Read::PushFrame,
         }
     } else {
         tokio::select! {
             biased;
             read = reading => Read::Done(read),
-            () = Awake::pushed(inbox) => Read::Pushed,
+            () = Awake::pushed(inbox) => Read::PushFrame,
         }
     }
 }
@@ -702,7 +702,7 @@ async fn flush(
     io: &mut MessageIo,
     codec: &mut FrameCodec,
     session: &Session,
-    pushed: Vec<Bytes>,
+    pushed: Vec<PushFrame>,
     ctx: &WorkerContext,
     awake: Option<&Awake>,
 ) -> Result<(), CloseReason> {

@@ -47,7 +47,7 @@ use crate::conn::Wake;
 use crate::message::hub::{ConnectionId, Overflowed, TAKE_AT_ONCE};
 use crate::message::io::MessageIo;
 use crate::message::live::Live;
-use crate::message::outbound::Outbound;
+use crate::message::outbound::{Outbound, PushFrame};
 use crate::message::session::Session;
 use crate::message::wake::{close_by, linger_after_unsent, resume, write_unsent};
 use crate::message::worker::Awake;
@@ -90,7 +90,7 @@ enum Idle {
     Readable(io::Result<()>),
     Park,
     SendComment,
-    Pushed,
+    PushFrame,
     Shutdown,
 }
 
@@ -251,7 +251,7 @@ pub(crate) async fn serve(
                 ready = poll_fn(|cx| io.poll_read_ready(cx)) => Idle::Readable(ready),
                 () = turn.wait() => Idle::Shutdown,
                 () = until(send_at) => Idle::SendComment,
-                () = Awake::pushed(inbox.as_ref()) => Idle::Pushed,
+                () = Awake::pushed(inbox.as_ref()) => Idle::PushFrame,
                 () = until(park_at) => Idle::Park,
             };
             match idle {
@@ -264,7 +264,7 @@ pub(crate) async fn serve(
                     return closing(&mut io, live.close(reason)).await;
                 }
                 // The top of the loop says goodbye, or writes them.
-                Idle::Shutdown | Idle::Pushed => continue,
+                Idle::Shutdown | Idle::PushFrame => continue,
                 Idle::SendComment => {
                     incr(&counters.heartbeats_sent);
                     event::frame(COMMENT, chunked, &mut head);
@@ -349,7 +349,7 @@ async fn closing(io: &mut MessageIo, reason: CloseReason) -> Ended<SseParked> {
 async fn write(
     io: &mut MessageIo,
     head: &[u8],
-    pushed: Vec<Bytes>,
+    pushed: Vec<PushFrame>,
     ctx: &WorkerContext,
     awake: Option<&Awake>,
 ) -> Result<(), CloseReason> {

@@ -78,7 +78,7 @@ use crate::message::deadline::MessageDeadline;
 use crate::message::hub::{Overflowed, Unsent, TAKE_AT_ONCE};
 use crate::message::io::{prefetch_woken, MessageIo};
 use crate::message::live::Live;
-use crate::message::outbound::Outbound;
+use crate::message::outbound::{Outbound, PushFrame};
 use crate::message::session::Session;
 use crate::message::wake::{close_by, heartbeat_timed_out, write_unsent};
 use crate::message::worker::Awake;
@@ -107,7 +107,7 @@ enum Idle {
     Park,
     HeartbeatDue,
     SendPing,
-    Pushed,
+    PushFrame,
     Shutdown,
 }
 
@@ -116,7 +116,7 @@ enum Read {
     /// `Ok(None)`: between messages, part of a TLS record came, and nothing
     /// else (a message begun: see `between`).
     Done(Result<Option<std::io::Result<usize>>, tokio::time::error::Elapsed>),
-    Pushed,
+    PushFrame,
     Shutdown,
 }
 
@@ -332,12 +332,19 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         // socket took these (`Inbox::take_up_to`).
         if let Some(awake) = awake.as_ref() {
             match awake.inbox.take_up_to(TAKE_AT_ONCE) {
-                // Written from the hub's frames, not copied (`Outbound`).
-                Ok(pushed) if conn.io.is_write_vectored() => out.pushes.take(pushed),
+                // Written from the hub's frames, not copied (`Outbound`);
+                // so are confirmed pushes over any transport, whose waiters
+                // hear as their frames go (and what follows them, in order).
+                Ok(pushed) if conn.io.is_write_vectored() || out.takes_whole(&pushed) => {
+                    out.pushes.take(pushed)
+                }
                 // Over TLS (and a caller's transport that does not write
                 // vectored) one write a frame would seal a record each, and
                 // the session copies what it takes anyway.
-                Ok(pushed) => out.copy_pushes(&mut conn, pushed),
+                Ok(pushed) => {
+                    let waiters = out.copy_pushes(&mut conn, pushed);
+                    debug_assert!(waiters.is_empty(), "confirmed ones go whole");
+                }
                 Err(Overflowed) => break 'serve Next::Close(CloseReason::SlowConsumer, None),
             }
             // Closed for the hub, after what was pushed before (`kicked` is
@@ -406,7 +413,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 () = turn.wait() => Idle::Shutdown,
                 () = until(due) => Idle::HeartbeatDue,
                 () = until(send_at) => Idle::SendPing,
-                () = Awake::pushed(awake.as_ref()) => Idle::Pushed,
+                () = Awake::pushed(awake.as_ref()) => Idle::PushFrame,
                 () = until(park_at) => Idle::Park,
             };
             match idle {
@@ -424,7 +431,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     return park(&route, conn, live, &tables, deflate, (due, send_at), false)
                 }
                 // The top of the loop writes them.
-                Idle::Pushed => continue,
+                Idle::PushFrame => continue,
                 Idle::SendPing => {
                     incr(&counters.heartbeats_sent);
                     frame::encode(conn.wbuf(), Out::Ping, b"");
@@ -465,7 +472,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     biased;
                     read = reading => Read::Done(read),
                     () = turn.wait() => Read::Shutdown,
-                    () = Awake::pushed(awake.as_ref()) => Read::Pushed,
+                    () = Awake::pushed(awake.as_ref()) => Read::PushFrame,
                 }
             } else {
                 // Mid-message, pushes still go out (the shutdown waits for
@@ -473,14 +480,14 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 tokio::select! {
                     biased;
                     read = reading => Read::Done(read),
-                    () = Awake::pushed(awake.as_ref()) => Read::Pushed,
+                    () = Awake::pushed(awake.as_ref()) => Read::PushFrame,
                 }
             }
         };
         let read = match read {
             Read::Done(read) => read,
             Read::Shutdown => break 'serve going_away(settings),
-            Read::Pushed => continue,
+            Read::PushFrame => continue,
         };
         match read {
             // The top of the loop starts the message's time.
@@ -527,10 +534,12 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         return Ended::Close(live.close(reason));
     }
     // Pushes taken and not written (a kick's close follows them) go from
-    // the write buffer, which the close writes.
+    // the write buffer, which the close writes; confirmed ones hear
+    // whether it went.
+    let mut waiters = Vec::new();
     if !out.pushes.is_empty() {
         let left = out.pushes.drain(counters);
-        out.copy_pushes(&mut conn, left);
+        waiters = out.copy_pushes(&mut conn, left);
     }
     // Flushes what is left. After our close frame the close handshake has
     // read the peer's input up to its close frame (or close_timeout), which
@@ -566,6 +575,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     Box::pin(conn.close(io_reason)).await;
     let went = conn.wbuf_len() <= appended;
     out.unwritten.settle(owed, went, counters);
+    if went {
+        for waiter in waiters {
+            waiter.resolve(Ok(()));
+        }
+    }
     Ended::Close(live.close(reason))
 }
 
@@ -622,12 +636,28 @@ struct Writing {
 }
 
 impl Writing {
-    /// Copies `pushes` into the write buffer, after what it holds.
-    fn copy_pushes(&mut self, conn: &mut ConnIo<WsIo>, pushes: Vec<bytes::Bytes>) {
+    /// Copies `pushes` into the write buffer, after what it holds; the
+    /// waiters of confirmed ones are returned, to resolve once the buffer
+    /// went (none: no allocation).
+    fn copy_pushes(
+        &mut self,
+        conn: &mut ConnIo<WsIo>,
+        pushes: Vec<PushFrame>,
+    ) -> Vec<crate::message::confirm::Waiter> {
         self.unwritten.pushed(conn.wbuf_len(), pushes.len());
+        let mut waiters = Vec::new();
         for framed in pushes {
-            conn.wbuf().extend_from_slice(&framed);
+            conn.wbuf().extend_from_slice(&framed.bytes);
+            waiters.extend(framed.waiter);
         }
+        waiters
+    }
+
+    /// Whether `pushed` goes to [`Outbound`] whole rather than copied: it
+    /// holds a confirmed push, whose waiter hears when its own frame went,
+    /// or pushes are there already, which it must follow.
+    fn takes_whole(&self, pushed: &[PushFrame]) -> bool {
+        !self.pushes.is_empty() || pushed.iter().any(|p| p.waiter.is_some())
     }
 }
 
