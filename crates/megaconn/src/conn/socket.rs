@@ -322,7 +322,11 @@ fn set_connection_options(socket: &Socket, config: &Config) -> io::Result<()> {
 /// cleartext HTTP/1.1 connections move, and they upgrade in this process.
 /// A failure is logged at debug level and leaves the socket as it was
 /// (it still works).
-pub(crate) fn reconfigure_adopted(socket: &impl std::os::fd::AsFd, config: &Config, listener: bool) {
+pub(crate) fn reconfigure_adopted(
+    socket: &impl std::os::fd::AsFd,
+    config: &Config,
+    listener: bool,
+) {
     let socket = SockRef::from(socket);
     let mut set = set_connection_options(&socket, config);
     if let (Ok(()), true, Some(wait)) = (&set, listener, config.defer_accept) {
@@ -433,7 +437,10 @@ mod tests {
         assert!(resolve(secs(10), secs(2)) > Duration::from_secs(10));
         // Stall bound off: `write_timeout`'s; both off: the default's.
         assert_eq!(resolve(secs(10), None), Duration::from_secs(21));
-        assert_eq!(resolve(None, None), 2 * DEFAULT_WRITE_STALL_TIMEOUT + KERNEL_MARGIN);
+        assert_eq!(
+            resolve(None, None),
+            2 * DEFAULT_WRITE_STALL_TIMEOUT + KERNEL_MARGIN
+        );
         // A bound the kernel would refuse is capped, not overflowed.
         assert_eq!(resolve(secs(u64::MAX / 4), None), KERNEL_MAX);
         assert_eq!(resolve(secs(30 * 86_400), None), KERNEL_MAX);
@@ -467,7 +474,10 @@ mod tests {
     #[test]
     fn an_adopted_listener_takes_this_process_s_options() {
         let old = TcpListener::bind("127.0.0.1:0").unwrap();
-        assert!(!has_changed_options(&old), "the test's options are not the defaults");
+        assert!(
+            !has_changed_options(&old),
+            "the test's options are not the defaults"
+        );
         let addr = old.local_addr().unwrap();
         let config = Config {
             addrs: vec![addr],

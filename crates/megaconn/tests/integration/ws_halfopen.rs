@@ -23,6 +23,7 @@
 use crate::common;
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,10 +33,12 @@ use common::netns;
 use common::tls::{connect, Ca};
 use megaconn::axum_ws::{Message, WebSocket, WebSocketUpgrade};
 use megaconn::{
-    CloseReason, ConnectionId, TlsConfig, WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+    Builder, CloseReason, ConnectionId, Hub, ServerHandle, ShutdownSummary, TlsConfig,
+    WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
 };
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
 
 /// The opening handshake's request (RFC 6455 §1.3's key).
 const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
@@ -66,6 +69,46 @@ impl WebSocketHandler for Watch {
     }
 }
 
+/// A server with a native route at `/ws` whose heartbeat and pings are
+/// off, running, and what the tests use of it.
+struct Native {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    hub: Hub,
+    opens: mpsc::UnboundedReceiver<ConnectionId>,
+    closes: mpsc::UnboundedReceiver<CloseReason>,
+    task: JoinHandle<ShutdownSummary>,
+}
+
+impl Native {
+    /// Serves the route with `builder`'s server (one listener).
+    fn serve(builder: Builder) -> Native {
+        let mut server = builder.listen().expect("server binds");
+        let (addr, handle) = (server.local_addr(), server.handle());
+        let hub = server.hub();
+        let (opened, opens) = mpsc::unbounded_channel();
+        let (closed, closes) = mpsc::unbounded_channel();
+        let route = WebSocketRoute::new(Watch {
+            opens: opened,
+            closes: closed,
+        })
+        .ping_interval(None)
+        .heartbeat_timeout(None);
+        let app = axum::Router::new().route_service("/ws", route);
+        // Run here, not in the task: the hub takes messages once the
+        // server runs, which the push must not race.
+        let running = server.start(app).expect("server starts").run();
+        Native {
+            addr,
+            handle,
+            hub,
+            opens,
+            closes,
+            task: tokio::spawn(running),
+        }
+    }
+}
+
 /// A parked WebSocket of a route with its heartbeat off whose peer
 /// vanishes closes as `Io(TimedOut)` within [`netns::WAIT`] of a push.
 #[test]
@@ -92,40 +135,25 @@ async fn native(tls: bool) {
     } else {
         netns::builder().listen_on(addr)
     };
-    let mut server = builder.listen().expect("server binds");
-    let (addr, handle) = (server.local_addr(), server.handle());
-    let hub = server.hub();
-    let (opened, mut opens) = mpsc::unbounded_channel();
-    let (closed, mut closes) = mpsc::unbounded_channel();
-    let route = WebSocketRoute::new(Watch {
-        opens: opened,
-        closes: closed,
-    })
-    .ping_interval(None)
-    .heartbeat_timeout(None);
-    let app = axum::Router::new().route_service("/ws", route);
-    // Run here, not in the task: the hub takes messages once the server
-    // runs, which the push must not race.
-    let running = server.start(app).expect("server starts").run();
-    let task = tokio::spawn(running);
+    let mut server = Native::serve(builder);
 
     // Held (not read) until the end: the peer's side of the connection.
     let client: Box<dyn std::any::Any> = if tls {
-        let mut tls = connect(addr, ca.client(&[b"http/1.1"]), "localhost").await;
+        let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
         netns::request_head(&mut tls, UPGRADE, "HTTP/1.1 101").await;
         Box::new(tls)
     } else {
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
         netns::request_head(&mut tcp, UPGRADE, "HTTP/1.1 101").await;
         Box::new(tcp)
     };
-    let id = netns::opened_and_parked(&handle, &mut opens).await;
+    let id = netns::opened_and_parked(&server.handle, &mut server.opens).await;
 
-    let push = || assert_eq!(hub.send_binary(id, vec![7u8; PUSH]), Ok(()));
+    let push = || assert_eq!(server.hub.send_binary(id, vec![7u8; PUSH]), Ok(()));
     let what = format!("ws_halfopen (tls: {tls})");
-    netns::vanish_and_await_close(&handle, &what, push, closes.recv()).await;
+    netns::vanish_and_await_close(&server.handle, &what, push, server.closes.recv()).await;
     drop(client);
-    common::shut_down(&handle, task).await;
+    common::shut_down(&server.handle, server.task).await;
 }
 
 /// What the `axum_ws` handler shares with the test.
@@ -229,41 +257,27 @@ async fn axum_vanish_and_wait() {
 /// said, and the kernel closed the peer first.
 #[tokio::test]
 async fn a_peer_whose_window_stays_shut_is_closed_by_write_timeout_not_the_kernel() {
-    let (opened, mut opens) = mpsc::unbounded_channel();
-    let (closed, mut closes) = mpsc::unbounded_channel();
-    let route = WebSocketRoute::new(Watch {
-        opens: opened,
-        closes: closed,
-    })
-    .ping_interval(None)
-    .heartbeat_timeout(None);
-    let mut server = netns::builder()
+    let builder = netns::builder()
         .write_stall_timeout(Some(Duration::from_secs(1)))
         .write_timeout(Some(Duration::from_secs(4)))
         .message_send_buffer_size(Some(16 << 10))
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen()
-        .expect("server binds");
-    let (addr, handle) = (server.local_addr(), server.handle());
-    let hub = server.hub();
-    let app = axum::Router::new().route_service("/ws", route);
-    let running = server.start(app).expect("server starts").run();
-    let task = tokio::spawn(running);
+        .listen_on("127.0.0.1:0".parse().unwrap());
+    let mut server = Native::serve(builder);
 
     // The kernel's smallest receive buffer, never read past the `101`.
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(1).unwrap();
-    let mut client = socket.connect(addr).await.unwrap();
+    let mut client = socket.connect(server.addr).await.unwrap();
     netns::request_head(&mut client, UPGRADE, "HTTP/1.1 101").await;
-    let id = netns::opened_and_parked(&handle, &mut opens).await;
+    let id = netns::opened_and_parked(&server.handle, &mut server.opens).await;
 
     // Far more than both buffers take: the server's write waits.
-    assert_eq!(hub.send_binary(id, vec![7u8; 4 << 20]), Ok(()));
-    let reason = tokio::time::timeout(netns::WAIT, closes.recv())
+    assert_eq!(server.hub.send_binary(id, vec![7u8; 4 << 20]), Ok(()));
+    let reason = tokio::time::timeout(netns::WAIT, server.closes.recv())
         .await
         .expect("closed in time")
         .expect("on_close");
     assert_eq!(reason, CloseReason::SlowConsumer);
     drop(client);
-    common::shut_down(&handle, task).await;
+    common::shut_down(&server.handle, server.task).await;
 }
