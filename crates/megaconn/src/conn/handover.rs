@@ -124,6 +124,8 @@ pub(crate) fn adopt(
         }
         _ => None,
     };
+    // Its options are this process's from here on, as an accepted one's.
+    crate::conn::socket::reconfigure_adopted(&socket, &ctx.config, false);
     let conn = Connection::open(held, ctx.stats.clone(), track);
     incr(&ctx.stats.adopted);
     // Its age counts here from the adoption.

@@ -31,7 +31,9 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::conn::config::Config;
+use crate::conn::io::WriteLimit;
 use crate::error::Error;
+use crate::DEFAULT_WRITE_STALL_TIMEOUT;
 
 /// Gives message connection `fd` (a native WebSocket or an `axum_ws` socket
 /// at its upgrade, a framed one at accept) its `SO_SNDBUF`,
@@ -54,52 +56,88 @@ pub(crate) fn bound_message_send_buffer(fd: std::os::fd::RawFd, config: &Config)
 }
 
 /// How much longer than twice the server's own write bound the kernel
-/// waits for an acknowledgement ([`bound_unacknowledged`]).
+/// waits for an acknowledgement ([`kernel_bound`]).
 pub(crate) const KERNEL_MARGIN: Duration = Duration::from_secs(1);
 
-/// Bounds how long an event stream's written bytes may go unacknowledged
-/// by its peer (`TCP_USER_TIMEOUT`, `tcp(7)`), to twice `bound` and a
-/// second: past it the
-/// kernel drops the connection and its next read or write fails with
-/// `ETIMEDOUT` (a parked stream's socket polls `EPOLLERR | EPOLLHUP`, the
-/// lot wakes it, and it closes as `CloseReason::Io(TimedOut)`).
+/// The longest `TCP_USER_TIMEOUT` the kernel takes: it reads the option as
+/// an `int` of milliseconds and refuses a negative one (`EINVAL`), which a
+/// larger value (socket2 passes up to `c_uint::MAX`) would read as. About
+/// 24.8 days.
+const KERNEL_MAX: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// The `TCP_USER_TIMEOUT` ([`bound_unacknowledged`]) of a message
+/// connection whose writes the server bounds by `limit` (no heartbeat:
+/// `write_timeout`, else `write_stall_timeout`): twice that bound and
+/// [`KERNEL_MARGIN`], whichever of the two it is, so that where a write
+/// of ours waits the server's bound ends it first, with its own reason
+/// (`WriteTimeout`, `SlowConsumer`, a WebSocket's 1013), and the kernel's
+/// ends only what no waiting write of ours sees (a peer gone without a
+/// FIN, a window kept shut while a push sits in the kernel's buffer).
+///
+/// Why twice: both bounds start when a write of ours first has to wait,
+/// which may be up to a bound after the peer's last acknowledgement (the
+/// kernel's clock), and a stall bound restarts on progress, so it closes
+/// one to two bounds after that acknowledgement (`conn/io.rs`); the whole
+/// write's bound (`write_timeout`) closes one bound after its start. With
+/// the kernel's bound equal to the stall bound, the kernel's first
+/// zero-window probe past it and the server's timer raced (session 45);
+/// with it derived from `write_stall_timeout` alone, a `write_timeout`
+/// above 2 × `write_stall_timeout` + 1 s lost to the kernel, and a peer
+/// whose window stayed shut closed as `Io(TimedOut)` instead of a slow
+/// consumer (session 46).
+///
+/// Writes the server does not bound (`write_timeout` and
+/// `write_stall_timeout` both off) get the default stall bound's,
+/// 2 × [`DEFAULT_WRITE_STALL_TIMEOUT`] + 1 s (121 s), not the kernel's
+/// default: that is `tcp_retries2`'s ~16 minutes for a peer gone without a
+/// FIN, and no bound at all for one that answers the zero-window probes.
+/// Turning the server's write bounds off says a slow reader may take its
+/// time; a peer that takes none of our bytes for two minutes (gone, or
+/// its window shut) is not reading slowly. Such a peer is closed as
+/// `Io(TimedOut)`; a longer wait is a longer `write_timeout` (2 × it + 1 s
+/// here too). Capped at [`KERNEL_MAX`].
+pub(crate) fn kernel_bound(limit: WriteLimit) -> Duration {
+    let bound = limit.timeout.unwrap_or(DEFAULT_WRITE_STALL_TIMEOUT);
+    bound
+        .saturating_mul(2)
+        .saturating_add(KERNEL_MARGIN)
+        .min(KERNEL_MAX)
+}
+
+/// Bounds how long a message connection's written bytes may go
+/// unacknowledged by its peer (`TCP_USER_TIMEOUT`, `tcp(7)`), to
+/// [`kernel_bound`] of `limit`, its writes' bound: past it the kernel
+/// drops the connection and its next read or write fails with
+/// `ETIMEDOUT` (a parked connection's socket polls `EPOLLERR | EPOLLHUP`,
+/// the lot wakes it, and it closes as `CloseReason::Io(TimedOut)`).
 ///
 /// Why: a peer gone without a FIN (a phone off the network) never
-/// acknowledges the heartbeat, and without this the kernel retransmits
-/// for `tcp_retries2` (15 tries, about 15 minutes) before it gives up,
-/// while the stream stays parked and keeps taking events. The caller
-/// passes `write_stall_timeout`, the server's bound on a peer that takes
-/// none of our bytes: the kernel then applies it where no write of ours
-/// waits (bytes in flight, or a zero window since Linux 5.11, which
-/// aborts a peer that keeps its window shut that long even while it
-/// acknowledges the probes). `None` (the bound off), a transport without
-/// a socket of ours, or a failure leave the kernel's default; the
-/// failure is logged at debug level.
-///
-/// The kernel gets 2 × `bound` + [`KERNEL_MARGIN`]: where a write of ours
-/// does wait (an awake or resuming connection whose peer stopped
-/// reading), the server's own bound ends it first and says why
-/// (`WriteTimeout`, `SlowConsumer`, a WebSocket's 1013). That bound closes
-/// one to two bounds after the peer's last acknowledgement (it restarts
-/// on any progress: `conn/io.rs`), so the kernel waits past the latest.
-/// With the two equal, the kernel's first zero-window probe past the
-/// bound and the server's timer raced, and such a peer closed as
-/// `Io(TimedOut)`, without its 1013 (session 45's merge: `framed.rs`'
-/// never-read test, and the merge review's reading of a resuming peer
-/// that reads part of its owed push and stops). The cost: a peer gone
-/// without a FIN is found in about twice the bound (121 s by default)
-/// rather than once, against ~16 minutes without the option.
-pub(crate) fn bound_unacknowledged(fd: Option<std::os::fd::RawFd>, bound: Option<Duration>) {
-    let (Some(fd), Some(bound)) = (fd, bound) else {
+/// acknowledges a push or a heartbeat, and without this the kernel
+/// retransmits for `tcp_retries2` (15 tries, about 15 minutes) before it
+/// gives up, while the connection stays parked and keeps taking pushes
+/// (the kernel's send buffer takes them whole: no write of ours waits, so
+/// the server's own write bound never runs). The kernel applies it where
+/// no write of ours waits: bytes in flight, or a zero window since Linux
+/// 5.11, which aborts a peer that keeps its window shut that long even
+/// while it acknowledges the probes. Set on SSE streams, framed
+/// connections without a heartbeat timeout, native WebSocket routes with
+/// theirs off, and `axum_ws` sockets (a heartbeat timeout closes a silent
+/// peer itself). A transport without a socket of ours (`None`), or a
+/// failure, leaves the kernel's default; the failure is logged at debug
+/// level. The cost: a peer gone without a FIN is found in about twice the
+/// bound (121 s by default) rather than once, against ~16 minutes without
+/// the option.
+pub(crate) fn bound_unacknowledged(fd: Option<std::os::fd::RawFd>, limit: WriteLimit) {
+    let Some(fd) = fd else {
         return;
     };
-    let bound = bound * 2 + KERNEL_MARGIN;
+    let bound = kernel_bound(limit);
     // SAFETY: `fd` is the connection's socket, open while its caller holds
     // the connection; the borrow ends with this call.
     let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(e) = SockRef::from(&socket).set_tcp_user_timeout(Some(bound)) {
-        tracing::debug!(error = %e, "cannot set an event stream's TCP_USER_TIMEOUT");
+        tracing::debug!(error = %e, "cannot set a message connection's TCP_USER_TIMEOUT");
     }
     // Elsewhere the option does not exist: the kernel's retransmission
     // bounds a vanished peer alone.
@@ -135,12 +173,16 @@ pub(crate) fn bind_all(config: &Config) -> Result<Bound, Error> {
         let group: Vec<&TcpListener> = match config.inherited.iter().find(|(p, _)| *p == position) {
             Some((_, inherited)) => vec![&**inherited],
             // Sockets taken over from the process this one replaces: the
-            // same SO_REUSEPORT group, with its queued connections.
+            // same SO_REUSEPORT group, with its queued connections, given
+            // this process's options (systemd's keep its unit's).
             None => config
                 .adopted
                 .iter()
                 .filter(|l| l.local_addr().ok() == Some(requested))
-                .map(|l| &**l)
+                .map(|l| {
+                    reconfigure_adopted(&**l, config, true);
+                    &**l
+                })
                 .collect(),
         };
         if !group.is_empty() {
@@ -231,6 +273,24 @@ fn bind_one(addr: SocketAddr, config: &Config, listen: bool) -> io::Result<TcpLi
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    set_connection_options(&socket, config)?;
+    if let Some(wait) = config.defer_accept {
+        set_defer_accept(&socket, wait)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    if listen {
+        socket.listen(backlog(config))?;
+    }
+    Ok(socket.into())
+}
+
+/// The options of `config` a connection has from its start: set on a
+/// listener, every socket it accepts inherits them; set on a connection
+/// taken over from another process ([`reconfigure_adopted`]), they replace
+/// that process's. `TCP_NODELAY`, the buffer sizes and keepalive; a size
+/// or keepalive `config` leaves unset is left as it is.
+fn set_connection_options(socket: &Socket, config: &Config) -> io::Result<()> {
     socket.set_nodelay(config.nodelay)?;
     if let Some(size) = config.recv_buffer_size {
         socket.set_recv_buffer_size(size)?;
@@ -245,15 +305,36 @@ fn bind_one(addr: SocketAddr, config: &Config, listen: bool) -> io::Result<TcpLi
             .with_retries(ka.count);
         socket.set_tcp_keepalive(&params)?;
     }
-    if let Some(wait) = config.defer_accept {
-        set_defer_accept(&socket, wait)?;
+    Ok(())
+}
+
+/// Gives a socket taken over from the process this one replaces (a
+/// listener of its `SO_REUSEPORT` group, or a parked connection) this
+/// process's options instead of that one's: a process started with a
+/// changed configuration (`--send-buffer-size`, `--tcp-keepalive`, ...)
+/// has it apply to the connections it took over and to those its taken
+/// listeners accept, as to those it accepts on sockets of its own. A
+/// listener gets `TCP_DEFER_ACCEPT` too. Set, not undone: an option this
+/// configuration leaves unset (a buffer size, keepalive, `defer_accept`)
+/// keeps the old process's value (a buffer size once set cannot go back
+/// to the kernel's autotuning). The options a message connection gets at
+/// its upgrade (`SO_SNDBUF`, `TCP_USER_TIMEOUT`) need nothing here: only
+/// cleartext HTTP/1.1 connections move, and they upgrade in this process.
+/// A failure is logged at debug level and leaves the socket as it was
+/// (it still works).
+pub(crate) fn reconfigure_adopted(
+    socket: &impl std::os::fd::AsFd,
+    config: &Config,
+    listener: bool,
+) {
+    let socket = SockRef::from(socket);
+    let mut set = set_connection_options(&socket, config);
+    if let (Ok(()), true, Some(wait)) = (&set, listener, config.defer_accept) {
+        set = set_defer_accept(&socket, wait);
     }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    if listen {
-        socket.listen(backlog(config))?;
+    if let Err(e) = set {
+        tracing::debug!(error = %e, listener, "cannot give a socket taken over this process's options");
     }
-    Ok(socket.into())
 }
 
 fn backlog(config: &Config) -> i32 {
@@ -328,5 +409,102 @@ fn set_defer_accept(_socket: &Socket, _wait: std::time::Duration) -> io::Result<
 pub(crate) fn configure_accepted(socket: &impl std::os::fd::AsFd, config: &Config) {
     if config.nodelay {
         let _ = SockRef::from(socket).set_nodelay(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Option<Duration> {
+        Some(Duration::from_secs(s))
+    }
+
+    /// The kernel's bound is twice the server's write bound that applies
+    /// and a second: `write_timeout` when set (also above the stall
+    /// bound, which it replaces), else `write_stall_timeout`, else (both
+    /// off) the default stall bound's; capped at what the kernel takes.
+    #[test]
+    fn the_kernel_waits_twice_the_bound_that_applies_and_a_second() {
+        let resolve = |timeout, stall| kernel_bound(WriteLimit::resolve(timeout, None, stall));
+        // The stall bound alone (the default: 121 s).
+        assert_eq!(resolve(None, secs(60)), Duration::from_secs(121));
+        assert_eq!(resolve(None, secs(2)), Duration::from_secs(5));
+        // `write_timeout` bounds the writes instead, above the stall
+        // bound's 2 × 2 s + 1 s or below it: the kernel waits past it.
+        assert_eq!(resolve(secs(10), secs(2)), Duration::from_secs(21));
+        assert_eq!(resolve(secs(1), secs(60)), Duration::from_secs(3));
+        assert!(resolve(secs(10), secs(2)) > Duration::from_secs(10));
+        // Stall bound off: `write_timeout`'s; both off: the default's.
+        assert_eq!(resolve(secs(10), None), Duration::from_secs(21));
+        assert_eq!(
+            resolve(None, None),
+            2 * DEFAULT_WRITE_STALL_TIMEOUT + KERNEL_MARGIN
+        );
+        // A bound the kernel would refuse is capped, not overflowed.
+        assert_eq!(resolve(secs(u64::MAX / 4), None), KERNEL_MAX);
+        assert_eq!(resolve(secs(30 * 86_400), None), KERNEL_MAX);
+    }
+
+    /// The options under test: a send buffer other than the kernel's
+    /// default and keepalive, which a socket made without them lacks.
+    fn changed_config() -> Config {
+        Config {
+            send_buffer_size: Some(48 << 10),
+            tcp_keepalive: Some(crate::conn::config::KeepaliveConfig {
+                idle: Duration::from_secs(30),
+                interval: Duration::from_secs(5),
+                count: 3,
+            }),
+            ..Config::default()
+        }
+    }
+
+    /// Whether `socket` has [`changed_config`]'s options (Linux doubles a
+    /// buffer size it is given).
+    fn has_changed_options(socket: &impl std::os::fd::AsFd) -> bool {
+        let socket = SockRef::from(socket);
+        socket.send_buffer_size().unwrap() == 2 * (48 << 10) && socket.keepalive().unwrap()
+    }
+
+    /// A listener taken over from the process this one replaces (made
+    /// there without this configuration's options) serves with this
+    /// process's: the connections it accepts inherit them. Before, it kept
+    /// the old process's, and so did every connection it accepted.
+    #[test]
+    fn an_adopted_listener_takes_this_process_s_options() {
+        let old = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(
+            !has_changed_options(&old),
+            "the test's options are not the defaults"
+        );
+        let addr = old.local_addr().unwrap();
+        let config = Config {
+            addrs: vec![addr],
+            workers: 1,
+            adopted: vec![std::sync::Arc::new(old)],
+            ..changed_config()
+        };
+        let bound = bind_all(&config).unwrap();
+        let listener = &bound.per_worker[0][0];
+        assert_eq!(listener.local_addr().unwrap(), addr);
+        assert!(has_changed_options(listener));
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        // The workers' copies do not block; this test waits in `accept`.
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(has_changed_options(&accepted));
+    }
+
+    /// A connection taken over (a parked one, `conn/handover.rs`) gets this
+    /// process's options too.
+    #[test]
+    fn an_adopted_connection_takes_this_process_s_options() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (connection, _) = listener.accept().unwrap();
+        assert!(!has_changed_options(&connection));
+        reconfigure_adopted(&connection, &changed_config(), false);
+        assert!(has_changed_options(&connection));
     }
 }

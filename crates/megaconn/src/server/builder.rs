@@ -710,7 +710,11 @@ impl Builder {
     /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout).
     /// A `megaconn::axum_ws` socket's sends are bounded the same way (it
     /// has no heartbeat: this, else `write_stall_timeout`), where axum's
-    /// are not: past it the send fails and the socket closes.
+    /// are not: past it the send fails and the socket closes. Where this
+    /// bounds a message connection's writes, the kernel's bound on its
+    /// unacknowledged bytes (`TCP_USER_TIMEOUT`) is 2 × this + 1 s, so that
+    /// this ends a write first ([`write_stall_timeout`](Builder::write_stall_timeout)
+    /// says which connections get it).
     /// Default: none, because streaming responses (SSE, long-poll) are normal
     /// here. `None` (or zero) disables.
     pub fn write_timeout(mut self, t: Option<Duration>) -> Builder {

@@ -640,10 +640,7 @@ async fn hand_over_http1<T, S>(
             // An event stream (the SSE route's `200`): no upgrade, the
             // response's body goes on as messages.
             if proto::sse::claims(&to) {
-                socket::bound_unacknowledged(
-                    io.lot_fd(),
-                    MessageSettings::write_stall_timeout(&ctx.config),
-                );
+                bound_unacknowledged(io.lot_fd(), &ctx.config);
                 let sse = proto::sse::serve_handed_over(io, read_ahead, to, ctx.clone());
                 let sse_tag = if tag == proto::HTTP1_TLS {
                     proto::SSE_TLS
@@ -656,10 +653,7 @@ async fn hand_over_http1<T, S>(
             // A route with its heartbeat off has nothing else to close a
             // peer gone without a FIN (as a framed listener's).
             if proto::ws::heartbeat_timeout(&to).is_none() {
-                socket::bound_unacknowledged(
-                    io.lot_fd(),
-                    MessageSettings::write_stall_timeout(&ctx.config),
-                );
+                bound_unacknowledged(io.lot_fd(), &ctx.config);
             }
             let ws = proto::ws::serve_upgraded(io, read_ahead, to, ctx.clone());
             // Upgraded over TLS, it parks with its session.
@@ -674,12 +668,12 @@ async fn hand_over_http1<T, S>(
 }
 
 /// Bounds a framed connection's unacknowledged bytes
-/// ([`socket::bound_unacknowledged`]) to `write_stall_timeout`, when its
-/// listeners have no `heartbeat_timeout`.
+/// ([`bound_unacknowledged`]) when its listeners have no
+/// `heartbeat_timeout`.
 ///
 /// Why: a device gone without a FIN (off the network) sends nothing, and
 /// a push to it, parked, is taken whole by the kernel's send buffer: no
-/// write of ours waits, so `write_stall_timeout` never applied, and the
+/// write of ours waits, so the write bound never applied, and the
 /// connection stayed parked, its pushes counted as sent, until the
 /// kernel's retransmission gave up (~16 minutes). With a heartbeat
 /// timeout that closes the silent peer, and it (not `write_stall_timeout`)
@@ -689,7 +683,17 @@ fn bound_framed_unacknowledged(fd: std::os::fd::RawFd, config: &Config) {
     if proto::framed::settings(config).is_some_and(|s| s.heartbeat_timeout.is_some()) {
         return;
     }
-    socket::bound_unacknowledged(Some(fd), MessageSettings::write_stall_timeout(config));
+    bound_unacknowledged(Some(fd), config);
+}
+
+/// Gives a message connection without a heartbeat timeout (an SSE
+/// stream, a framed or WebSocket one with it off) the kernel's bound on
+/// unacknowledged bytes ([`socket::bound_unacknowledged`]), derived from
+/// the bound its writes get without a heartbeat (`write_timeout`, else
+/// `write_stall_timeout`), which an `axum_ws` socket's get too
+/// (`Upgraded::bound_unacknowledged`): the kernel's waits past it.
+fn bound_unacknowledged(fd: Option<std::os::fd::RawFd>, config: &Config) {
+    socket::bound_unacknowledged(fd, MessageSettings::write_limit_without_heartbeat(config));
 }
 
 /// Serves a caller's own transport (`Builder::serve_connection`): HTTP/1.1,

@@ -115,8 +115,10 @@ impl Builder {
     /// Default: none (a framed connection may stay silent until the peer
     /// closes it). Without it a device gone without a FIN (off the
     /// network) is closed only once bytes of ours go unacknowledged for
-    /// twice [`write_stall_timeout`](Builder::write_stall_timeout) and a
-    /// second (the socket's `TCP_USER_TIMEOUT`, as [`CloseReason::Io`](crate::CloseReason::Io)`(TimedOut)`):
+    /// twice the writes' bound and a second
+    /// ([`write_timeout`](Builder::write_timeout) when set, else
+    /// [`write_stall_timeout`](Builder::write_stall_timeout): 121 s by
+    /// default; the socket's `TCP_USER_TIMEOUT`, as [`CloseReason::Io`](crate::CloseReason::Io)`(TimedOut)`):
     /// after the first push to it, or [`send_heartbeat`](Builder::send_heartbeat);
     /// until then it stays (parked, costing little), and a push to it is
     /// taken by the kernel and counted as sent.

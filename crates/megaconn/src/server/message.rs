@@ -151,18 +151,25 @@ impl Builder {
     ///
     /// A peer gone without a FIN (a device or phone off the network) takes
     /// a parked connection's push into no write of ours that waits (the
-    /// kernel's send buffer takes it whole), so twice this bound and a
-    /// second is also given to the kernel as the socket's
-    /// `TCP_USER_TIMEOUT` (Linux; twice, because this bound closes a write
-    /// of ours one to two bounds after the peer's last acknowledgement and
-    /// should end it first, with its own reason): bytes unacknowledged that
-    /// long error the socket and the connection
-    /// closes as [`CloseReason::Io`](crate::CloseReason::Io)`(TimedOut)`,
-    /// not after the kernel's ~16 minutes of retransmission. So on SSE
-    /// streams, framed connections without a heartbeat timeout and
-    /// WebSocket routes with theirs off (a heartbeat timeout closes a
-    /// silent peer itself). It needs bytes in flight: a connection nothing
-    /// is sent to stays until its heartbeat, or its peer, closes it.
+    /// kernel's send buffer takes it whole), so the kernel is given a bound
+    /// too, the socket's `TCP_USER_TIMEOUT` (Linux): twice the bound that
+    /// applies to the connection's writes and a second, i.e. 2 × this + 1 s
+    /// (121 s by default), or 2 × [`write_timeout`](Builder::write_timeout) +
+    /// 1 s when that is set (it bounds the writes instead). Twice, so that
+    /// where a write of ours waits the server's bound, which closes one to
+    /// two bounds after the peer's last acknowledgement, ends it first with
+    /// its own reason (`WriteTimeout`, `SlowConsumer`, a WebSocket's 1013).
+    /// Bytes unacknowledged that long (or a receive window kept shut that
+    /// long, Linux 5.11 on) error the socket and the connection closes as
+    /// [`CloseReason::Io`](crate::CloseReason::Io)`(TimedOut)`, not after
+    /// the kernel's ~16 minutes of retransmission. So on SSE streams,
+    /// framed connections without a heartbeat timeout, WebSocket routes
+    /// with theirs off and `megaconn::axum_ws` sockets (a heartbeat timeout
+    /// closes a silent peer itself). It needs bytes in flight: a connection
+    /// nothing is sent to stays until its heartbeat, or its peer, closes it.
+    /// With this and `write_timeout` both off the kernel still gets 121 s
+    /// (the default's): a peer that takes none of our bytes for two minutes
+    /// is gone, not slow; give a longer `write_timeout` to wait longer.
     ///
     /// An HTTP/2 response (with `write_timeout` off) is bounded by it too,
     /// per stream: a wait for room in the client's flow-control windows

@@ -270,6 +270,22 @@ impl Upgraded {
         }
     }
 
+    /// Bounds how long the bytes of an `axum_ws` socket may go
+    /// unacknowledged by its peer (`TCP_USER_TIMEOUT`): twice its sends'
+    /// bound and a second (`conn::socket::bound_unacknowledged`), as a
+    /// native WebSocket route's with its heartbeat off gets at the upgrade.
+    /// An `axum_ws` socket has no heartbeat: without this, a peer gone
+    /// without a FIN took the handler's sends into the kernel's send
+    /// buffer (no send waited, so their bound never ran) and its `recv`
+    /// waited until the kernel's retransmission gave up, ~16 minutes.
+    /// Nothing on an HTTP/2 stream (its connection is shared) or a
+    /// caller's own transport.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn bound_unacknowledged(&self) {
+        let writes = &self.inner.io.writes;
+        crate::conn::socket::bound_unacknowledged(writes.socket, writes.limit);
+    }
+
     /// The write under way is done (or failed): its bound stops.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn write_done(&mut self) {

@@ -2,35 +2,25 @@
 //! device off the network), with the default `heartbeat_timeout` (none):
 //! the server closes it within a bound it set, not after the kernel's ~16
 //! minutes of retransmission, cleartext and over TLS. The accept gives the
-//! socket `TCP_USER_TIMEOUT` = `write_stall_timeout` (`conn/socket.rs`,
-//! `bound_unacknowledged`), so a push the peer never acknowledges errors
-//! the socket, the lot wakes the parked connection, and it closes as
-//! `Io(TimedOut)`. Before, the push was taken by the kernel's send buffer,
-//! no write of ours waited (so `write_stall_timeout` never applied), and
-//! the connection stayed parked and kept taking pushes.
+//! socket `TCP_USER_TIMEOUT` = 2 × `write_stall_timeout` + 1 s
+//! (`conn/socket.rs`, `bound_unacknowledged`), so a push the peer never
+//! acknowledges errors the socket, the lot wakes the parked connection,
+//! and it closes as `Io(TimedOut)`. Before, the push was taken by the
+//! kernel's send buffer, no write of ours waited (so `write_stall_timeout`
+//! never applied), and the connection stayed parked and kept taking
+//! pushes.
 //!
 //! How the device vanishes: the test runs in a network namespace of its
 //! own whose `lo` is taken down once the connection is parked
-//! (`common::netns`).
+//! (`common::netns`, which also has the server's bounds).
 
 use crate::common;
 
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
+use common::netns;
 use common::tls::{connect, Ca};
-use megaconn::{CloseReason, ConnectionId, FramedHandler, Framing, Server, Session, TlsConfig};
+use megaconn::{CloseReason, ConnectionId, FramedHandler, Framing, Session, TlsConfig};
 use tokio::sync::mpsc;
-
-/// `write_stall_timeout`, which the accept makes the socket's
-/// `TCP_USER_TIMEOUT`.
-const STALL: Duration = Duration::from_secs(2);
-
-/// How long the test waits for the close. Without the bound the kernel
-/// gives up after `tcp_retries2` (~16 minutes), so the test fails here;
-/// with it the close comes about `STALL` after the push, plus the lot's
-/// wake.
-const WAIT: Duration = Duration::from_secs(30);
 
 /// Reports each connection's opening and close; echoes nothing.
 struct Watch {
@@ -55,16 +45,16 @@ impl FramedHandler for Watch {
 }
 
 /// A parked cleartext framed connection whose device vanishes closes as
-/// `Io(TimedOut)` within [`WAIT`] of a push to it.
+/// `Io(TimedOut)` within [`netns::WAIT`] of a push to it.
 #[test]
 fn a_parked_framed_connection_whose_device_vanished_closes_within_the_stall_bound() {
-    common::netns::run_in_private_netns("framed_halfopen", || vanish_and_wait(false));
+    netns::run_in_private_netns("framed_halfopen", || vanish_and_wait(false));
 }
 
 /// The same over TLS (`listen_framed_tls_on`).
 #[test]
 fn a_parked_framed_tls_connection_whose_device_vanished_closes_within_the_stall_bound() {
-    common::netns::run_in_private_netns("framed_halfopen tls", || vanish_and_wait(true));
+    netns::run_in_private_netns("framed_halfopen tls", || vanish_and_wait(true));
 }
 
 /// Inside the namespace: a framed connection opened and parked, `lo` taken
@@ -72,10 +62,7 @@ fn a_parked_framed_tls_connection_whose_device_vanished_closes_within_the_stall_
 async fn vanish_and_wait(tls: bool) {
     let ca = Ca::new();
     let addr = "127.0.0.1:0".parse().unwrap();
-    let builder = Server::builder()
-        .workers(1)
-        .park_idle_after(Some(Duration::from_millis(50)))
-        .write_stall_timeout(Some(STALL));
+    let builder = netns::builder();
     let builder = if tls {
         let leaf = ca.leaf(&["localhost"]);
         let config =
@@ -106,30 +93,13 @@ async fn vanish_and_wait(tls: bool) {
     } else {
         Box::new(tokio::net::TcpStream::connect(addr).await.unwrap())
     };
-    let id = tokio::time::timeout(common::SAFETY, opens.recv())
-        .await
-        .expect("on_open in time")
-        .expect("on_open");
-    common::wait_stats(&handle, "parked", |s| s.connections_parked == 1).await;
+    let id = netns::opened_and_parked(&handle, &mut opens).await;
 
-    common::netns::set_lo(false).expect("lo down");
-    let vanished = Instant::now();
     // Taken at once (the kernel's send buffer has room): what the review
     // saw counted as sent while the device was gone.
-    assert_eq!(hub.send(id, vec![7u8; 1000]), Ok(()));
-    let reason = tokio::time::timeout(WAIT, closes.recv())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "the framed connection (tls: {tls}) whose device vanished was not closed \
-                 within {WAIT:?} of a push (parked: {})",
-                handle.stats().connections_parked
-            )
-        })
-        .expect("on_close");
-    let took = vanished.elapsed();
-    eprintln!("framed_halfopen (tls: {tls}): closed as {reason:?} {took:?} after lo went down");
-    common::netns::assert_timed_out_and_counted(&handle, &reason).await;
+    let push = || assert_eq!(hub.send(id, vec![7u8; 1000]), Ok(()));
+    let what = format!("framed_halfopen (tls: {tls})");
+    netns::vanish_and_await_close(&handle, &what, push, closes.recv()).await;
     drop(client);
     common::shut_down(&handle, task).await;
 }

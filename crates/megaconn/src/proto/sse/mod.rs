@@ -61,11 +61,12 @@
 //! heartbeat is asked of the client. A peer gone without a FIN never
 //! acknowledges them, and the write does not fail for ~15 minutes (the
 //! kernel's retransmission, `tcp_retries2`): so the hand-over sets the
-//! stream's socket's `TCP_USER_TIMEOUT` to twice `write_stall_timeout`
-//! and a second (`conn/socket.rs`, `bound_unacknowledged`), the kernel errors it once
-//! bytes go unacknowledged (or the window stays shut) that long, and the
-//! stream closes as `Io(TimedOut)`: within about `ping_interval` + 2 ×
-//! `write_stall_timeout` + 1 s (151 s by default). Writes that wait are bounded
+//! stream's socket's `TCP_USER_TIMEOUT` to twice its writes' bound
+//! (`write_timeout`, else `write_stall_timeout`, else the latter's
+//! default) and a second (`conn/socket.rs`, `kernel_bound`), the kernel
+//! errors it once bytes go unacknowledged (or the window stays shut) that
+//! long, and the stream closes as `Io(TimedOut)`: within about
+//! `ping_interval` + 2 × `write_stall_timeout` + 1 s (151 s by default). Writes that wait are bounded
 //! as HTTP/1.1's are (`write_timeout`, else `write_stall_timeout`), and a
 //! stream whose outbound queue overflows closes as a slow consumer
 //! ([`CloseReason::SlowConsumer`]), after the rest of the event under way.

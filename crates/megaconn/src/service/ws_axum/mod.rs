@@ -65,7 +65,17 @@
 //! (256 KiB by default, which Linux doubles) as its `SO_SNDBUF` at the
 //! upgrade, as the native route's does, where axum's keeps the kernel's
 //! autotuning (up to `tcp_wmem`'s 4 MiB for a peer that reads nothing);
-//! `message_send_buffer_size(None)` gives that back.
+//! `message_send_buffer_size(None)` gives that back. It also gets the
+//! kernel's bound on unacknowledged bytes (`TCP_USER_TIMEOUT`, 2 × its
+//! sends' bound + 1 s: 121 s by default), as a native route with its
+//! heartbeat off does: a socket has no heartbeat of the server's, so
+//! without it a peer gone without a FIN took the handler's sends into the
+//! kernel's buffer and its `recv` waited ~16 minutes; now it fails with
+//! an I/O error (`TimedOut`) about two bounds after the first send the
+//! peer did not acknowledge
+//! ([`Builder::write_stall_timeout`](crate::Builder::write_stall_timeout)).
+//! A handler that pings and closes on a missing pong finds such a peer
+//! sooner; one that sends nothing never finds it (nor does the kernel).
 //!
 //! `read_buffer_size` is accepted and ignored (reads take at most 8 KiB on
 //! the stack and keep nothing); rejections are this module's
@@ -336,6 +346,7 @@ impl<F> WebSocketUpgrade<F> {
             match on_upgrade.await {
                 Ok(io) => {
                     io.bound_message_send_buffer();
+                    io.bound_unacknowledged();
                     callback(WebSocket::new(io, limits, protocol)).await
                 }
                 Err(e) => on_failed_upgrade.call(axum::Error::new(e)),
