@@ -526,9 +526,10 @@ async fn publish(
     };
     match send(Topic::parse(&topic), payload) {
         Ok(answer) => text(StatusCode::OK, answer),
-        Err(e @ fanout::PublishError::TooLarge { .. }) => {
-            text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n"))
-        }
+        Err(
+            e @ (fanout::PublishError::TooLarge { .. }
+            | fanout::PublishError::NotQueued(megaconn::HubError::TooLarge { .. })),
+        ) => text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")),
         // Nothing wrong with the request: the server cannot take it now.
         Err(e @ (fanout::PublishError::NotQueued(_) | fanout::PublishError::NoProcess)) => {
             text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))

@@ -76,14 +76,17 @@
 //! a hang-up), the close waiting in its worker's state, not in its slot.
 //!
 //! A message a connection's wire cannot frame (over a framed listener's
-//! `Framing::max_frame_bytes`, which bounds what is pushed as well as what
-//! the peer sends: one number for both directions of a symmetric protocol;
-//! a line ending or bytes not UTF-8 on a lines listener) is dropped for that
-//! connection, counted (`megaconn_limit_hits_total{limit="push_unframable"}`,
-//! one per connection) and logged as a warning, rate-limited. The hub's call
-//! cannot refuse it: an id does not say which listener its connection came
-//! in on, a publish goes to connections of several framings, and the wires
-//! live on the workers (`wire.rs`), which frame when they deliver.
+//! `Framing::max_outbound_frame_bytes`, which `max_frame_bytes` sets with
+//! the inbound bound; a line ending or bytes not UTF-8 on a lines listener)
+//! is dropped for that connection, counted
+//! (`megaconn_limit_hits_total{limit="push_unframable"}`, one per
+//! connection) and logged as a warning, rate-limited. The hub's call
+//! refuses it only when no connection of the server could be sent it
+//! ([`HubError::TooLarge`]: every listener framed, and the message over the
+//! largest of their outbound bounds): an id does not say which listener its
+//! connection came in on, a publish goes to connections of several
+//! framings, and the wires live on the workers (`wire.rs`), which frame
+//! when they deliver.
 //!
 //! To a WebSocket, a message goes as text when its bytes are UTF-8 and as
 //! binary otherwise (`Kind::Auto`); the `*_binary` calls always send
@@ -326,6 +329,24 @@ pub enum HubError {
     /// `on_close_with_id` has run, or is about to.
     #[error("the connection has closed: its id names no one any more (drop it from your map of ids; the handler's on_close_with_id tells when each connection closes)")]
     Closed,
+    /// The message is larger than any connection of this server may be
+    /// sent ([`Hub::send`], [`Hub::publish`], [`Hub::broadcast`]): a
+    /// server whose listeners are all framed refuses, at the call, a
+    /// message over the largest of their
+    /// [`Framing::max_outbound_frame_bytes`](crate::Framing::max_outbound_frame_bytes)
+    /// (`limit`). Nothing is queued; counted in
+    /// `megaconn_limit_hits_total{limit="push_unframable"}`. (A server
+    /// with an HTTP listener may have WebSocket or SSE connections, whose
+    /// bounds it does not know: its connections that cannot carry a
+    /// message miss it when their worker delivers it, counted there per
+    /// connection.) Send it in smaller pieces, or raise the bound.
+    #[error("the message is {bytes} bytes, over the largest frame this server's listeners may send, {limit} (Framing::max_outbound_frame_bytes): send it in smaller pieces or raise that bound")]
+    TooLarge {
+        /// The message's size.
+        bytes: usize,
+        /// The largest message the server's connections may be sent.
+        limit: usize,
+    },
 }
 
 impl HubError {
@@ -339,7 +360,7 @@ impl HubError {
             HubError::QueueFull => 2,
             HubError::OtherServer => 3,
             // (Refused before any worker is tried: never ranked.)
-            HubError::CloseCode(_) | HubError::Closed => 4,
+            HubError::CloseCode(_) | HubError::Closed | HubError::TooLarge { .. } => 4,
         };
         if rank(other) > rank(self) {
             other
@@ -358,6 +379,9 @@ pub(crate) struct HubInner {
     limit: i64,
     /// The bound of each lane's queue, in bytes ([`Push::queued_bytes`]).
     limit_bytes: i64,
+    /// The largest message any connection may be sent, when the server
+    /// knows it ([`HubError::TooLarge`]; `usize::MAX`: not known).
+    max_message_bytes: usize,
 }
 
 /// The hub as the server's configuration holds it: its channels, and the
@@ -477,9 +501,20 @@ impl HubChannels {
                 lanes,
                 limit,
                 limit_bytes,
+                max_message_bytes: usize::MAX,
             }),
             ends,
         }
+    }
+
+    /// Messages over `bytes` are refused at the call
+    /// ([`HubError::TooLarge`]): no connection of the server could be sent
+    /// one (`proto::framed::largest_outbound`). Before any hub is handed out.
+    pub(crate) fn refusing_over(mut self, bytes: usize) -> HubChannels {
+        if let Some(hub) = Arc::get_mut(&mut self.hub) {
+            hub.max_message_bytes = bytes;
+        }
+        self
     }
 
     /// The hub on these channels.
@@ -619,9 +654,12 @@ impl Hub {
     /// a line ending or bytes not UTF-8 on a lines listener) is dropped when
     /// its worker gets to it, counted in
     /// `megaconn_limit_hits_total{limit="push_unframable"}` and logged
-    /// (a warning, rate-limited). The hub cannot refuse it here: an id does
-    /// not say which listener (or protocol) its connection came in on, and
-    /// the framings live on the workers.
+    /// (a warning, rate-limited). The hub refuses it here,
+    /// [`HubError::TooLarge`], only when no connection of the server could
+    /// be sent it (every listener framed, the message over the largest of
+    /// their [`Framing::max_outbound_frame_bytes`](crate::Framing::max_outbound_frame_bytes)):
+    /// an id does not say which listener (or protocol) its connection came
+    /// in on, and the framings live on the workers.
     pub fn send(&self, to: ConnectionId, message: impl Into<Bytes>) -> Result<(), HubError> {
         self.send_as(to, message.into(), Kind::Auto)
     }
@@ -633,6 +671,7 @@ impl Hub {
     }
 
     fn send_as(&self, to: ConnectionId, message: Bytes, kind: Kind) -> Result<(), HubError> {
+        self.fits(&message)?;
         self.to_worker_of(to, Push::To(to, message, kind))
     }
 
@@ -674,6 +713,9 @@ impl Hub {
     }
 
     fn send_confirmed_as(&self, to: ConnectionId, message: Bytes, kind: Kind) -> Delivery {
+        if let Err(e) = self.fits(&message) {
+            return Delivery::refused(e);
+        }
         let (waiter, delivery) = Delivery::new(to);
         match self.to_worker_of(to, Push::Confirmed(waiter, message, kind)) {
             Ok(()) => delivery,
@@ -681,6 +723,23 @@ impl Hub {
             // the caller hears the refusal itself.
             Err(e) => Delivery::refused(e),
         }
+    }
+
+    /// Refuses `message` if no connection of the server may be sent one
+    /// that large ([`HubError::TooLarge`]), counted once, on the first
+    /// worker's counters.
+    fn fits(&self, message: &Bytes) -> Result<(), HubError> {
+        let limit = self.inner.max_message_bytes;
+        if message.len() <= limit {
+            return Ok(());
+        }
+        if let Some(lane) = self.inner.lanes.first() {
+            LimitHit::PushUnframable.count(&lane.stats);
+        }
+        Err(HubError::TooLarge {
+            bytes: message.len(),
+            limit,
+        })
     }
 
     /// Closes connection `id` from outside its handler (a gateway revoking
@@ -706,6 +765,30 @@ impl Hub {
     /// `megaconn_message_queue_drops_total`.
     pub fn close(&self, id: ConnectionId) -> Result<(), HubError> {
         self.close_with(id, POLICY_VIOLATION, "")
+    }
+
+    /// Resets connection `id` from outside its handler (a gateway kicking
+    /// an abusive or duplicate device): the socket is closed with
+    /// `SO_LINGER` 0, so the peer reads a reset (`ECONNRESET`), no
+    /// `TIME_WAIT` is left, and no close waits on a peer that does not
+    /// read. Unlike [`close`](Hub::close) nothing goes before it: what
+    /// was pushed to it and not yet written is dropped (counted in
+    /// `megaconn_message_queue_drops_total`), a WebSocket gets no close
+    /// frame, a TLS connection no `close_notify`. Its handler's
+    /// `on_close_with_id` runs once, with
+    /// [`CloseReason::Reset`](crate::CloseReason::Reset) (counted as
+    /// `megaconn_connections_closed_total{reason="reset"}`). Parked or
+    /// awake alike (a parked one is woken to close, as for `close`); an
+    /// awake one in the middle of a write its peer does not take is reset
+    /// when that write ends (its write bound), a frame the peer is in the
+    /// middle of sending is not waited for. A reset after a `close` that
+    /// has not closed the connection yet takes its place.
+    ///
+    /// Returns at once, with the errors of [`send`](Hub::send); `Ok` says
+    /// the reset is queued (its worker takes it in order with the hub's
+    /// other messages to it).
+    pub fn reset(&self, id: ConnectionId) -> Result<(), HubError> {
+        self.to_worker_of(id, Push::Close(id, RESET, Bytes::new()))
     }
 
     /// [`close`](Hub::close) with the WebSocket close code and reason to
@@ -808,6 +891,7 @@ impl Hub {
     }
 
     fn publish_as(&self, topic: &str, message: Bytes, kind: Kind) -> Result<(), HubError> {
+        self.fits(&message)?;
         let topic: Arc<str> = topic.into();
         self.to_every_worker(|| Push::Topic(topic.clone(), message.clone(), kind))
     }
@@ -820,6 +904,7 @@ impl Hub {
     /// for [`publish`](Hub::publish).
     pub fn broadcast(&self, message: impl Into<Bytes>) -> Result<(), HubError> {
         let message: Bytes = message.into();
+        self.fits(&message)?;
         self.to_every_worker(|| Push::All(message.clone(), Kind::Auto))
     }
 
@@ -827,6 +912,7 @@ impl Hub {
     /// whatever the bytes.
     pub fn broadcast_binary(&self, message: impl Into<Bytes>) -> Result<(), HubError> {
         let message: Bytes = message.into();
+        self.fits(&message)?;
         self.to_every_worker(|| Push::All(message.clone(), Kind::Binary))
     }
 
@@ -876,8 +962,15 @@ pub(crate) fn close_reason(reason: &str) -> &str {
 /// more suitable": a revoked token, a ban).
 pub(crate) const POLICY_VIOLATION: u16 = 1008;
 
+/// The code of a [`Kick`] that is a [`Hub::reset`]: 1006, the code RFC
+/// 6455 §7.4.1 reserves for a connection closed without a close frame,
+/// which no close frame may carry (so no [`Hub::close_with`] can ask for
+/// it).
+pub(crate) const RESET: u16 = 1006;
+
 /// A close asked for through [`Hub::close`]: the WebSocket close code and
-/// reason (a framed connection closes without either).
+/// reason (a framed connection closes without either); or a
+/// [`Hub::reset`] ([`Kick::is_reset`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Kick {
     pub code: u16,
@@ -885,6 +978,12 @@ pub(crate) struct Kick {
 }
 
 impl Kick {
+    /// Whether this is a [`Hub::reset`]: closed at once with `SO_LINGER`
+    /// 0, what is queued dropped, no close frame.
+    pub(crate) fn is_reset(&self) -> bool {
+        self.code == RESET
+    }
+
     /// The reason as text (it was a `&str` when the hub took it).
     pub(crate) fn reason(&self) -> String {
         String::from_utf8_lossy(&self.reason).into_owned()
@@ -954,7 +1053,13 @@ impl Inbox {
     /// Closes the connection once what is queued now is written
     /// ([`Hub::close`]); wakes it.
     pub(crate) fn kick(&self, kick: Kick) {
-        self.kicked.borrow_mut().get_or_insert(kick);
+        let mut kicked = self.kicked.borrow_mut();
+        // A reset takes the place of a close still waiting for its queue.
+        if kick.is_reset() {
+            *kicked = Some(kick);
+        } else {
+            kicked.get_or_insert(kick);
+        }
         self.notify.notify_one();
     }
 
@@ -968,10 +1073,12 @@ impl Inbox {
     /// taken ([`Inbox::take_up_to`]): the connection closes with it. While
     /// messages pushed before it wait, `None`: they go first.
     pub(crate) fn kicked(&self) -> Option<Kick> {
-        if !self.queue.borrow().is_empty() {
+        let kicked = self.kicked.borrow();
+        // A reset does not wait for the queue (the connection drops it).
+        if !self.queue.borrow().is_empty() && !kicked.as_ref().is_some_and(Kick::is_reset) {
             return None;
         }
-        self.kicked.borrow().clone()
+        kicked.clone()
     }
 
     /// Queues framed bytes unless the queue holds `limit` already; false

@@ -69,6 +69,20 @@ impl MessageIo {
         }
     }
 
+    /// Makes the socket's close a reset ([`Hub::reset`](crate::Hub::reset)):
+    /// `SO_LINGER` 0, so the close sends RST (the peer reads
+    /// `ECONNRESET`), drops what its send buffer holds and leaves no
+    /// `TIME_WAIT`. Best effort: if the option cannot be set, the close is
+    /// an ordinary one.
+    pub(crate) fn reset_on_close(&self) {
+        // SAFETY: the connection owns its socket, open while `self` is.
+        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.raw_fd()) };
+        let linger = socket2::SockRef::from(&socket).set_linger(Some(std::time::Duration::ZERO));
+        if let Err(error) = linger {
+            tracing::debug!(%error, "SO_LINGER 0 was refused; the reset closes with a FIN");
+        }
+    }
+
     /// Whether it is TLS (its state parks in its protocol's TLS side table).
     pub(crate) fn is_tls(&self) -> bool {
         matches!(self, MessageIo::Tls(_))

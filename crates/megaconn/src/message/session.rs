@@ -49,7 +49,14 @@ impl Session {
     }
 
     /// Queues a frame to the peer (framed as the listener frames: a length
-    /// header or a line ending is added).
+    /// header or a line ending is added). On a framed listener, a frame
+    /// its framing cannot carry (over
+    /// [`Framing::max_reply_bytes`](crate::Framing::max_reply_bytes), set
+    /// by `max_outbound_frame_bytes`; a line ending or bytes not UTF-8 on
+    /// lines) is not sent: the connection closes as
+    /// [`CloseReason::ServerError`](crate::CloseReason::ServerError) once
+    /// the handler returns (its `on_close` hears it), counted in
+    /// `megaconn_limit_hits_total{limit="push_unframable"}` and logged.
     pub fn send(&self, frame: impl Into<Bytes>) {
         self.out.borrow_mut().push(frame.into());
     }

@@ -101,7 +101,7 @@ impl Encoded {
                                 %error,
                                 bytes = payload.len(),
                                 suppressed,
-                                "a hub message cannot be framed for some connections (over their listener's Framing::max_frame_bytes, or a line ending or bytes not UTF-8 on a lines listener); they do not get it: send what their framing carries, or raise max_frame_bytes"
+                                "a hub message cannot be framed for some connections (over their listener's Framing::max_outbound_frame_bytes, or a line ending or bytes not UTF-8 on a lines listener); they do not get it: send what their framing carries, or raise max_outbound_frame_bytes"
                             )
                         });
                         None

@@ -105,6 +105,12 @@ pub enum CloseReason {
     /// ban): after what was pushed to it before, a WebSocket with a close
     /// frame (1008 unless the caller chose another code).
     Kicked,
+    /// A message connection reset from outside its handler, by
+    /// [`Hub::reset`](crate::Hub::reset) (an abusive or duplicate device):
+    /// closed with `SO_LINGER` 0, so the peer reads a reset
+    /// (`ECONNRESET`), what was queued for it is dropped, and the socket
+    /// leaves no `TIME_WAIT` and waits on no peer.
+    Reset,
 }
 
 /// What a protocol said when it closed a connection for a protocol error.
@@ -237,7 +243,7 @@ impl CloseReason {
     }
 
     /// How many metric labels there are (see [`CloseReason::LABELS`]).
-    pub(crate) const COUNT: usize = 21;
+    pub(crate) const COUNT: usize = 22;
 
     /// Metric labels (`reason` of `megaconn_connections_closed_total`), by
     /// [`CloseReason::index`].
@@ -263,6 +269,7 @@ impl CloseReason {
         "message_timeout",
         "evicted",
         "kicked",
+        "reset",
     ];
 
     /// This reason's position in [`CloseReason::LABELS`] and in the worker's
@@ -290,6 +297,7 @@ impl CloseReason {
             CloseReason::MessageTimeout => 18,
             CloseReason::Evicted => 19,
             CloseReason::Kicked => 20,
+            CloseReason::Reset => 21,
         }
     }
 
@@ -343,7 +351,12 @@ impl CloseReason {
     /// ([`CloseReason::truncates`]), nor when the peer left or the socket
     /// failed (a peer's `close_notify` is answered when it is read).
     pub(crate) fn says_close_notify(self) -> bool {
-        !self.truncates() && !matches!(self, CloseReason::ClientClosed | CloseReason::Io(_))
+        // A reset says nothing more: its point is that nothing waits.
+        !self.truncates()
+            && !matches!(
+                self,
+                CloseReason::ClientClosed | CloseReason::Io(_) | CloseReason::Reset
+            )
     }
 }
 
@@ -376,6 +389,7 @@ impl fmt::Display for CloseReason {
             CloseReason::MessageTimeout => f.write_str("message timeout"),
             CloseReason::Evicted => f.write_str("evicted at max_connections"),
             CloseReason::Kicked => f.write_str("closed through the hub (Hub::close)"),
+            CloseReason::Reset => f.write_str("reset through the hub (Hub::reset)"),
             CloseReason::Protocol(ProtocolDetail::Framing(error)) => {
                 write!(f, "protocol error ({error})")
             }
@@ -420,6 +434,7 @@ mod tests {
             CloseReason::MessageTimeout,
             CloseReason::Evicted,
             CloseReason::Kicked,
+            CloseReason::Reset,
         ];
         let mut seen: Vec<usize> = all.iter().map(|r| r.index()).collect();
         seen.sort_unstable();

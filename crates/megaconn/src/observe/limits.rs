@@ -52,9 +52,10 @@ pub(crate) enum LimitHit {
     /// cut into tiny records.
     TlsHandshakeBuffer,
     /// A hub message a connection's wire cannot frame (over its listener's
-    /// `Framing::max_frame_bytes`, a line ending or bytes not UTF-8 on a
-    /// lines listener): that connection misses it, one hit each; it stays
-    /// open.
+    /// `Framing::max_outbound_frame_bytes`, a line ending or bytes not
+    /// UTF-8 on a lines listener): that connection misses it, one hit each;
+    /// it stays open. Also a framed handler's reply its listener cannot
+    /// frame: that connection closes as `server_error`.
     PushUnframable,
     /// HTTP/2 `431`, answered by h2 itself: a request's header list over
     /// `http2_max_header_list_size`.

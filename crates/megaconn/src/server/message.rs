@@ -201,11 +201,16 @@ impl Server {
     /// server is dropped without serving).
     pub fn hub(&mut self) -> Hub {
         let workers = self.handle().worker_stats().to_vec();
+        // A message larger than every connection may be sent is refused at
+        // the call (`HubError::TooLarge`), when the server knows that bound.
+        let largest = crate::proto::framed::largest_outbound(&self.config);
         let config = Arc::make_mut(&mut self.config);
         MessageSettings::update(config, |s| {
             let (limit, limit_bytes) = (s.hub_queue, s.hub_queue_bytes);
-            s.hub
-                .get_or_insert_with(|| Arc::new(HubChannels::new(&workers, limit, limit_bytes)));
+            s.hub.get_or_insert_with(|| {
+                let channels = HubChannels::new(&workers, limit, limit_bytes);
+                Arc::new(channels.refusing_over(largest))
+            });
         });
         MessageSettings::of(&self.config)
             .and_then(|s| s.hub.as_ref())

@@ -33,6 +33,7 @@ mod drain;
 mod drain_awake;
 mod framed;
 mod framed_halfopen;
+mod framed_limits;
 mod framed_tls;
 mod fuzz_framed;
 mod fuzz_http1;

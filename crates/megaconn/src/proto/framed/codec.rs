@@ -7,7 +7,9 @@
 //! decoded here ([`LengthDecoder`]): tokio-util's decoder reserves the whole
 //! frame a header announces as soon as it reads the header, so a peer that
 //! sent a header and a byte held `max_frame_bytes` of memory per connection
-//! until `message_timeout`. This module also maps the codecs' errors to a
+//! until `message_timeout`. The two directions have their own bounds
+//! ([`Framing::max_inbound_frame_bytes`], judged by the decoder, and
+//! [`Framing::max_outbound_frame_bytes`], by the encoder). This module also maps the codecs' errors to a
 //! [`FramingError`] close reason (and a limit's to what went over it, for
 //! the log line: [`FrameCodec::over_limit`]), and knows whether the codec is
 //! between frames, which decides whether a connection may park. That is not
@@ -44,9 +46,15 @@ const RESERVE_AT_LEAST: usize = 4 * 1024;
 ///     .little_endian()
 ///     .length_adjustment(-2)
 ///     .max_frame_bytes(4096);
+/// // Devices send frames of at most 1 KiB and are sent up to 512 KiB
+/// // (firmware chunks).
+/// let gateway = Framing::length_prefixed(4)
+///     .max_inbound_frame_bytes(1024)
+///     .max_outbound_frame_bytes(512 * 1024);
+/// assert_eq!(gateway.max_reply_bytes(), 512 * 1024);
 /// // Text lines ending in `\n` or `\r\n`; replies end in `\r\n`.
 /// let lines = Framing::lines().max_line_bytes(1024).crlf();
-/// # let _ = (framing, lines);
+/// # let _ = (framing, lines, gateway);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Framing {
@@ -59,10 +67,17 @@ enum Kind {
         header_bytes: usize,
         big_endian: bool,
         adjustment: isize,
-        max_frame_bytes: usize,
+        /// The largest frame the peer may send
+        /// ([`Framing::max_inbound_frame_bytes`]).
+        max_inbound: usize,
+        /// The largest frame the server sends
+        /// ([`Framing::max_outbound_frame_bytes`]).
+        max_outbound: usize,
     },
     Lines {
         max_line_bytes: usize,
+        /// The longest line the server sends, without its ending.
+        max_outbound: usize,
         crlf: bool,
     },
 }
@@ -85,7 +100,8 @@ impl Framing {
                 header_bytes,
                 big_endian: true,
                 adjustment: 0,
-                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+                max_inbound: DEFAULT_MAX_FRAME_BYTES,
+                max_outbound: DEFAULT_MAX_FRAME_BYTES,
             },
         }
     }
@@ -97,6 +113,7 @@ impl Framing {
         Framing {
             kind: Kind::Lines {
                 max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+                max_outbound: usize::MAX,
                 crlf: false,
             },
         }
@@ -119,16 +136,65 @@ impl Framing {
         self
     }
 
-    /// Length-prefixed: the largest header value accepted; a larger one
-    /// closes the connection with [`FramingError::FrameTooLarge`] before any
-    /// of the body is read. Clipped to what the header can express. No effect
+    /// Length-prefixed: the largest frame either way, what the peer sends
+    /// ([`max_inbound_frame_bytes`](Framing::max_inbound_frame_bytes)) and
+    /// what the server sends
+    /// ([`max_outbound_frame_bytes`](Framing::max_outbound_frame_bytes)),
+    /// for a symmetric protocol; the later call of the three wins for its
+    /// direction. Default [`DEFAULT_MAX_FRAME_BYTES`] both ways. No effect
     /// on lines.
-    pub fn max_frame_bytes(mut self, n: usize) -> Framing {
-        if let Kind::Length {
-            max_frame_bytes, ..
-        } = &mut self.kind
-        {
-            *max_frame_bytes = n;
+    pub fn max_frame_bytes(self, n: usize) -> Framing {
+        self.max_inbound_frame_bytes(n).max_outbound_frame_bytes(n)
+    }
+
+    /// Length-prefixed: the largest header value the peer may send; a
+    /// larger one closes the connection with
+    /// [`FramingError::FrameTooLarge`] before any of the body is read,
+    /// counted in `megaconn_limit_hits_total{limit="framed_max_frame_bytes"}`
+    /// and logged (a line per interval). Clipped to what the header can
+    /// express. What the server sends is bounded apart
+    /// ([`max_outbound_frame_bytes`](Framing::max_outbound_frame_bytes)):
+    /// devices that send telemetry of a few hundred bytes and receive
+    /// firmware in chunks of hundreds of KiB get a tight bound here and a
+    /// large one there. A frame still arriving holds what came of it, not
+    /// what its header announces, so the bound is what one peer can make
+    /// its connection hold. Default [`DEFAULT_MAX_FRAME_BYTES`]. No effect
+    /// on lines ([`max_line_bytes`](Framing::max_line_bytes)).
+    pub fn max_inbound_frame_bytes(mut self, n: usize) -> Framing {
+        if let Kind::Length { max_inbound, .. } = &mut self.kind {
+            *max_inbound = n;
+        }
+        self
+    }
+
+    /// The largest frame (length-prefixed: body; lines: line without its
+    /// ending) the server sends on this listener: a handler's reply or
+    /// [`Session::send`](crate::Session::send), a hub's push. Over it, the
+    /// frame is not sent, and the sender hears of it:
+    /// - [`Hub::send`](crate::Hub::send), `publish` and `broadcast` return
+    ///   [`HubError::TooLarge`](crate::HubError::TooLarge) at the call when
+    ///   no message connection of the server could carry it (a server
+    ///   whose listeners are all framed: over the largest of their
+    ///   outbound bounds); one that some connections can carry and this
+    ///   listener's cannot is dropped for this listener's connections when
+    ///   their worker delivers it, counted once per connection in
+    ///   `megaconn_limit_hits_total{limit="push_unframable"}` and logged
+    ///   (a warning, a line per interval);
+    /// - a reply or [`Session::send`](crate::Session::send) closes the
+    ///   connection as [`CloseReason::ServerError`](crate::CloseReason::ServerError)
+    ///   (the handler's `on_close` hears it), counted in the same
+    ///   `push_unframable` and logged: a handler that may send more checks
+    ///   [`max_reply_bytes`](Framing::max_reply_bytes) first.
+    ///
+    /// Clipped to what a length header can express after its adjustment.
+    /// Default: [`DEFAULT_MAX_FRAME_BYTES`] for length-prefixed framing
+    /// (as [`max_frame_bytes`](Framing::max_frame_bytes) sets it), none
+    /// for lines.
+    pub fn max_outbound_frame_bytes(mut self, n: usize) -> Framing {
+        match &mut self.kind {
+            Kind::Length { max_outbound, .. } | Kind::Lines { max_outbound, .. } => {
+                *max_outbound = n;
+            }
         }
         self
     }
@@ -152,19 +218,21 @@ impl Framing {
         self
     }
 
-    /// The largest reply a handler may send: length-prefixed,
-    /// [`max_frame_bytes`](Framing::max_frame_bytes) clipped to what the
-    /// header can say (a larger reply cannot be framed: the connection
-    /// closes as the handler's error); lines, no limit (`usize::MAX`).
+    /// The largest frame the server may send on this listener (a reply, a
+    /// push): [`max_outbound_frame_bytes`](Framing::max_outbound_frame_bytes),
+    /// clipped, length-prefixed, to what the header can say after its
+    /// adjustment (a larger frame cannot be framed: see
+    /// `max_outbound_frame_bytes` for what its sender hears); lines, no
+    /// limit (`usize::MAX`) unless `max_outbound_frame_bytes` set one.
     pub fn max_reply_bytes(&self) -> usize {
         match self.kind {
             Kind::Length {
                 header_bytes,
                 adjustment,
-                max_frame_bytes,
+                max_outbound,
                 ..
-            } => header_max(header_bytes, adjustment).min(max_frame_bytes as u64) as usize,
-            Kind::Lines { .. } => usize::MAX,
+            } => header_max(header_bytes, adjustment).min(max_outbound as u64) as usize,
+            Kind::Lines { max_outbound, .. } => max_outbound,
         }
     }
 
@@ -175,13 +243,16 @@ impl Framing {
                 header_bytes,
                 big_endian,
                 adjustment,
-                max_frame_bytes,
+                max_inbound,
+                max_outbound,
             } => {
+                // The encoder's limit is the outbound one (its decoder is
+                // not used: `LengthDecoder` judges the inbound limit).
                 let mut builder = LengthDelimitedCodec::builder();
                 builder
                     .length_field_length(header_bytes)
                     .length_adjustment(adjustment)
-                    .max_frame_length(max_frame_bytes);
+                    .max_frame_length(max_outbound);
                 if big_endian {
                     builder.big_endian();
                 } else {
@@ -189,11 +260,11 @@ impl Framing {
                 }
                 let header_max = header_max(header_bytes, adjustment);
                 // What a frame over `max` is over, for the log line: raising
-                // `max_frame_bytes` does nothing past the header's reach.
-                let setting = if header_max < max_frame_bytes as u64 {
+                // the inbound bound does nothing past the header's reach.
+                let setting = if header_max < max_inbound as u64 {
                     header_setting(header_bytes)
                 } else {
-                    "Framing::max_frame_bytes"
+                    INBOUND_SETTING
                 };
                 Inner::Length {
                     encoder: builder.new_codec(),
@@ -201,7 +272,7 @@ impl Framing {
                         header_bytes,
                         big_endian,
                         adjustment,
-                        max: header_max.min(max_frame_bytes as u64),
+                        max: header_max.min(max_inbound as u64),
                         setting,
                         body: None,
                     },
@@ -209,6 +280,7 @@ impl Framing {
             }
             Kind::Lines {
                 max_line_bytes,
+                max_outbound,
                 crlf,
             } => Inner::Lines {
                 // One byte more than the limit: `LinesCodec` counts a `\r`
@@ -217,6 +289,7 @@ impl Framing {
                 // the line without its ending.
                 codec: LinesCodec::new_with_max_length(max_line_bytes.saturating_add(1)),
                 max: max_line_bytes,
+                max_outbound,
                 crlf,
                 too_long: None,
             },
@@ -251,8 +324,10 @@ enum Inner {
     },
     Lines {
         codec: LinesCodec,
-        /// The longest line, without its ending.
+        /// The longest line the peer may send, without its ending.
         max: usize,
+        /// The longest line the server sends, without its ending.
+        max_outbound: usize,
         crlf: bool,
         /// The length of a whole line refused as over `max`, for the log
         /// line (one cut short by `codec` has none: it was thrown away).
@@ -318,14 +393,20 @@ impl FrameCodec {
     }
 
     /// Appends `frame`, framed, to `out`. Fails when the frame cannot be
-    /// expressed: too long for the header or `max_frame_bytes`, or a line
-    /// that is not UTF-8 or holds a newline (it would read as two frames).
+    /// expressed: too long for the header or `max_outbound_frame_bytes`, or
+    /// a line that is not UTF-8 or holds a newline (it would read as two
+    /// frames).
     pub(crate) fn encode(&mut self, frame: Bytes, out: &mut BytesMut) -> Result<(), FramingError> {
         match &mut self.inner {
             Inner::Length { encoder, .. } => {
                 encoder.encode(frame, out).map_err(|e| length_error(&e))
             }
-            Inner::Lines { crlf, .. } => {
+            Inner::Lines {
+                crlf, max_outbound, ..
+            } => {
+                if frame.len() > *max_outbound {
+                    return Err(FramingError::LineTooLong);
+                }
                 if std::str::from_utf8(&frame).is_err() {
                     return Err(FramingError::NotUtf8);
                 }
@@ -350,7 +431,7 @@ struct LengthDecoder {
     adjustment: isize,
     /// The largest header value accepted (before the adjustment).
     max: u64,
-    /// What limits `max`: `Framing::max_frame_bytes`, or the header's
+    /// What limits `max`: `Framing::max_inbound_frame_bytes`, or the header's
     /// width with the adjustment ([`header_setting`]) when that says less.
     setting: &'static str,
     /// The body length of the frame whose header was consumed, until the
@@ -400,9 +481,12 @@ impl LengthDecoder {
     }
 }
 
+/// The setting a frame over the inbound bound names in its log line.
+const INBOUND_SETTING: &str = "Framing::max_inbound_frame_bytes (or max_frame_bytes)";
+
 /// What limits a length header of `header_bytes` whose largest value,
-/// adjusted, is below `max_frame_bytes`, for the log line of a frame over
-/// it: the header's width and the adjustment, not `max_frame_bytes`.
+/// adjusted, is below `max_inbound_frame_bytes`, for the log line of a
+/// frame over it: the header's width and the adjustment, not that setting.
 fn header_setting(header_bytes: usize) -> &'static str {
     match header_bytes {
         1 => "what a 1-byte length header (Framing::length_prefixed(1)) can say after Framing::length_adjustment",
@@ -782,7 +866,7 @@ mod tests {
             (
                 Framing::length_prefixed(2).max_frame_bytes(10),
                 &[0u8, 11, 1][..],
-                frame("Framing::max_frame_bytes", 11, 10),
+                frame(INBOUND_SETTING, 11, 10),
             ),
             (
                 Framing::length_prefixed(1)
@@ -796,7 +880,7 @@ mod tests {
                     .length_adjustment(-2)
                     .max_frame_bytes(1000),
                 &[3, 233],
-                frame("Framing::max_frame_bytes", 1001, 1000),
+                frame(INBOUND_SETTING, 1001, 1000),
             ),
             (
                 Framing::lines().max_line_bytes(4),
@@ -855,6 +939,72 @@ mod tests {
         }
     }
 
+    /// Each direction has its own bound: a frame the server may send can
+    /// be one the peer may not, and the other way round; `max_frame_bytes`
+    /// sets both, and the later call wins for its direction.
+    #[test]
+    fn inbound_and_outbound_frames_have_their_own_bounds() {
+        let framing = Framing::length_prefixed(4)
+            .max_inbound_frame_bytes(1024)
+            .max_outbound_frame_bytes(300 * 1024);
+        assert_eq!(framing.max_reply_bytes(), 300 * 1024);
+        // Sending 300 KiB frames; refusing 1,025 bytes from the peer.
+        let big = vec![7u8; 300 * 1024];
+        let wire = encode_all(framing, &[&big]);
+        assert_eq!(wire.len(), 4 + big.len());
+        let mut out = BytesMut::new();
+        assert_eq!(
+            framing
+                .codec()
+                .encode(Bytes::from(vec![0; 300 * 1024 + 1]), &mut out),
+            Err(FramingError::FrameTooLarge)
+        );
+        assert_eq!(
+            decode_in_pieces(framing, &encode_all(framing, &[&[1; 1025]]), &[]),
+            Err(FramingError::FrameTooLarge)
+        );
+        assert_eq!(
+            decode_in_pieces(framing, &encode_all(framing, &[&[1; 1024]]), &[])
+                .unwrap()
+                .len(),
+            1
+        );
+        // The other way round: a peer may send what the server may not.
+        let framing = Framing::length_prefixed(2)
+            .max_inbound_frame_bytes(100)
+            .max_outbound_frame_bytes(10);
+        assert_eq!(framing.max_reply_bytes(), 10);
+        assert_eq!(
+            decode_in_pieces(framing, &[&[0u8, 100][..], &[1; 100]].concat(), &[])
+                .unwrap()
+                .len(),
+            1
+        );
+        // `max_frame_bytes` sets both; a later call of one wins.
+        let both = Framing::length_prefixed(4).max_frame_bytes(50);
+        assert_eq!(both.max_reply_bytes(), 50);
+        assert_eq!(
+            decode_in_pieces(both, &[0, 0, 0, 51], &[]),
+            Err(FramingError::FrameTooLarge)
+        );
+        let then = Framing::length_prefixed(4)
+            .max_outbound_frame_bytes(9)
+            .max_frame_bytes(50)
+            .max_outbound_frame_bytes(70);
+        assert_eq!(then.max_reply_bytes(), 70);
+        // Lines: the outbound bound, off by default, refuses a longer line.
+        assert_eq!(Framing::lines().max_reply_bytes(), usize::MAX);
+        let lines = Framing::lines().max_outbound_frame_bytes(3);
+        assert_eq!(lines.max_reply_bytes(), 3);
+        let mut out = BytesMut::new();
+        assert_eq!(
+            lines.codec().encode(Bytes::from("four"), &mut out),
+            Err(FramingError::LineTooLong)
+        );
+        assert_eq!(lines.codec().encode(Bytes::from("one"), &mut out), Ok(()));
+        assert_eq!(&out[..], b"one\n");
+    }
+
     /// A frame over a limit names `max_frame_bytes` when that is the limit,
     /// also when the header's reach is exactly as far; else the header, by
     /// its width.
@@ -869,7 +1019,7 @@ mod tests {
         let framing = Framing::length_prefixed(1)
             .length_adjustment(-1)
             .max_frame_bytes(254);
-        assert_eq!(setting(framing, &[255]), Some("Framing::max_frame_bytes"));
+        assert_eq!(setting(framing, &[255]), Some(INBOUND_SETTING));
         for (width, header) in [(1, &[255u8][..]), (2, &[255, 255]), (4, &[255; 4])] {
             let framing = Framing::length_prefixed(width)
                 .length_adjustment(-1)

@@ -330,6 +330,11 @@ pub(crate) async fn serve<H: FramedHandler>(
         // at a time: the loop comes back for the rest once the socket took
         // these (`Inbox::take_up_to`).
         if let Some(inbox) = &inbox {
+            // Reset for the hub: at once, before what waits for the peer.
+            if inbox.inbox.is_kicked() && inbox.inbox.kicked().is_some_and(|k| k.is_reset()) {
+                give_back(&ctx, &mut buf);
+                return reset(&mut io, live, inbox);
+            }
             let flushed = match inbox.inbox.take_up_to(TAKE_AT_ONCE) {
                 Ok(pushed) if pushed.is_empty() => Ok(()),
                 Ok(pushed) => flush(&mut io, &mut codec, &session, pushed, &ctx, Some(inbox)).await,
@@ -683,6 +688,20 @@ async fn say_goodbye<H: FramedHandler>(
     closing(io, live.close(CloseReason::Shutdown)).await
 }
 
+/// Resets the connection for the hub ([`Hub::reset`](crate::Hub::reset)):
+/// what its queue holds is dropped (counted in `queue_drops`), and its
+/// socket closes with `SO_LINGER` 0 when the dispatcher drops it, without
+/// a `close_notify` or a linger: the peer reads a reset.
+fn reset<H: FramedHandler>(
+    io: &mut MessageIo,
+    live: Live<'_, H, H::State>,
+    inbox: &Awake,
+) -> Ended<FramedParked> {
+    inbox.drop_behind();
+    io.reset_on_close();
+    Ended::Close(live.close(CloseReason::Reset))
+}
+
 /// The end of a connection closed for `reason`: `close_notify` over TLS
 /// for our own closes ([`MessageIo::close_notify`]); a cleartext connection
 /// is simply closed by the dispatcher.
@@ -724,12 +743,15 @@ async fn flush(
             // The handler's bug, not the peer's: the frame cannot be sent
             // as this listener frames. Held to a line per interval: a peer
             // may be able to make the handler do it at will (an echo of a
-            // frame at the limit).
+            // frame at the limit). Counted as a push its framing cannot
+            // carry is (the handler hears the close).
+            LimitHit::PushUnframable.count(&ctx.stats);
             ratelog::log(Flood::FramedReplyUnframable, |suppressed| {
                 tracing::warn!(
                     %error,
                     suppressed,
-                    "a framed reply cannot be framed (over Framing::max_reply_bytes); \
+                    "a framed reply cannot be framed (over Framing::max_reply_bytes: \
+                     raise Framing::max_outbound_frame_bytes, or send less); \
                      closing the connection"
                 );
             });

@@ -86,7 +86,7 @@ pub trait FramedHandler: Send + Sync + 'static {
 
     /// The peer broke the framing: a line over
     /// [`Framing::max_line_bytes`](crate::Framing::max_line_bytes), a frame
-    /// over [`max_frame_bytes`](crate::Framing::max_frame_bytes), a bad
+    /// over [`max_inbound_frame_bytes`](crate::Framing::max_inbound_frame_bytes), a bad
     /// length header or a line not UTF-8. The connection closes
     /// (`on_close` then hears `CloseReason::Protocol(ProtocolDetail::Framing(error))`)
     /// after writing the frame returned here, if any, as a last word the

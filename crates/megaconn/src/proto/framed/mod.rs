@@ -177,6 +177,23 @@ pub(crate) fn side_table<S: 'static>(
     (local, table)
 }
 
+/// The largest message the hub may be given for a server with `config`
+/// (`Hub::send` refuses a larger one at the call, `HubError::TooLarge`):
+/// when every listener is framed, the largest frame any of them may send
+/// ([`Framing::max_reply_bytes`]); else none (`usize::MAX`), as an HTTP
+/// listener may serve WebSocket and SSE routes, whose bounds the server's
+/// configuration does not know.
+pub(crate) fn largest_outbound(config: &Config) -> usize {
+    let Some(settings) = FramedSettings::of(config) else {
+        return usize::MAX;
+    };
+    if settings.listeners.len() < config.addrs.len() {
+        return usize::MAX;
+    }
+    let largest = settings.listeners.iter().map(|(_, f)| f.max_reply_bytes());
+    largest.max().unwrap_or(usize::MAX)
+}
+
 /// The goodbye frame, if the server has one, framed as `listener` frames:
 /// what a parked connection on it gets as the parking lot closes it for
 /// shutdown (`proto::parked::let_go` writes it).
@@ -329,7 +346,28 @@ pub(crate) fn parked_closed_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::hub::{Inbox, Kick, RESET};
     use crate::Server;
+
+    /// A reset (`Hub::reset`) does not wait for the queue before it, as a
+    /// close does, and takes the place of a close still waiting for its
+    /// queue; a close after a reset does not undo it.
+    #[test]
+    fn a_reset_does_not_wait_for_the_queue() {
+        let kick = |code| Kick {
+            code,
+            reason: Bytes::new(),
+        };
+        let inbox = Inbox::new(0);
+        assert!(inbox.offer(Bytes::from_static(b"unread"), 8));
+        inbox.kick(kick(1008));
+        assert_eq!(inbox.kicked(), None, "a close waits for the push");
+        inbox.kick(kick(RESET));
+        assert!(inbox.kicked().is_some_and(|k| k.is_reset()));
+        inbox.kick(kick(1008));
+        assert!(inbox.kicked().is_some_and(|k| k.is_reset()));
+        assert!(!kick(1008).is_reset());
+    }
 
     /// A framed connection's writes are bounded out of the box: 60 s
     /// without progress, or the heartbeat timeout when there is one;

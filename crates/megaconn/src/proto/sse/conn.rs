@@ -186,6 +186,15 @@ pub(crate) async fn serve(
             let text = String::from_utf8_lossy(&text);
             event::frame(&event::data_event(&text), chunked, &mut head);
         }
+        // Reset for the hub (`Hub::reset`): at once, what waits dropped,
+        // no last chunk; the close is a reset.
+        if let Some(a) = inbox.as_ref().filter(|a| a.inbox.is_kicked()) {
+            if a.inbox.kicked().is_some_and(|k| k.is_reset()) {
+                a.drop_behind();
+                io.reset_on_close();
+                return Ended::Close(live.close(CloseReason::Reset));
+            }
+        }
         let pushed = match inbox.as_ref().map(|a| a.inbox.take_up_to(TAKE_AT_ONCE)) {
             None => Vec::new(),
             Some(Ok(pushed)) => pushed,

@@ -331,6 +331,15 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         // A batch at a time: the loop comes back for the rest once the
         // socket took these (`Inbox::take_up_to`).
         if let Some(awake) = awake.as_ref() {
+            // Reset for the hub (`Hub::reset`): at once, no close frame,
+            // what waits dropped; the close is a reset.
+            if awake.inbox.is_kicked() && awake.inbox.kicked().is_some_and(|k| k.is_reset()) {
+                awake.drop_behind();
+                if let Either::Left(io) = &conn.io {
+                    io.reset_on_close();
+                }
+                break 'serve Next::Close(CloseReason::Reset, None);
+            }
             match awake.inbox.take_up_to(TAKE_AT_ONCE) {
                 // Written from the hub's frames, not copied (`Outbound`);
                 // so are confirmed pushes over any transport, whose waiters
