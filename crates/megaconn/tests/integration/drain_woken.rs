@@ -232,7 +232,18 @@ async fn a_message_that_wakes_a_parked_connection_in_a_paced_drain_gets_its_good
         echo.expect("the echo in time"),
         Got::Message(message.to_vec())
     );
-    // The echo came on the drain's first tick; its turn is a tick later.
+    // The drain's first tick woke it, and may have served it within the
+    // tick (a cold wake is served inline when it can be), before the tick
+    // wrote its count. A push goes through the worker's hub, which runs
+    // after the tick: the count read after it is the tick's. Its turn is
+    // a tick (1 s) later.
+    let fence = b"after the tick";
+    assert_eq!(server.hub.send(id, &fence[..]), Ok(()));
+    let pushed = tokio::time::timeout(SAFETY, client.read()).await;
+    assert_eq!(
+        pushed.expect("the push in time"),
+        Got::Message(fence.to_vec())
+    );
     assert_eq!(
         server.pending(),
         1,
