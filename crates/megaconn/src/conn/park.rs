@@ -1296,23 +1296,29 @@ impl ParkingLot {
     /// microseconds), as Go's `Shutdown` and nginx close idle keep-alive
     /// connections too.
     pub(crate) fn close_parked(&self, fd: RawFd) -> bool {
+        self.shut_parked(fd).is_some()
+    }
+
+    /// [`close_parked`](ParkingLot::close_parked), saying which it did:
+    /// `None` if `fd` was not parked. A paced drain counts a connection
+    /// woken here as still to go (a message connection stays awake until
+    /// its turn: `server/worker.rs`, `drain_paced`).
+    pub(crate) fn shut_parked(&self, fd: RawFd) -> Option<Shut> {
         let slot = self.claim.slots().get(fd as usize);
         if !slot.is_parked() || slot.owner() != self.claim.owner() {
-            return false;
+            return None;
         }
         // SAFETY: the lot owns `fd` while it is parked (checked above).
         let waiting = crate::conn::sys::input_waiting(unsafe { BorrowedFd::borrow_raw(fd) });
         let respawn = self.respawn.borrow().clone();
         match (waiting, respawn) {
-            (true, Some(respawn)) => match self.unpark(fd, AWAKE) {
-                Some((socket, slot)) => {
-                    self.churned();
-                    self.wake(socket, slot, Wake::Readable, &respawn);
-                    true
-                }
-                None => false,
-            },
-            _ => self.close_now(fd),
+            (true, Some(respawn)) => {
+                let (socket, slot) = self.unpark(fd, AWAKE)?;
+                self.churned();
+                self.wake(socket, slot, Wake::Readable, &respawn);
+                Some(Shut::Woken)
+            }
+            _ => self.close_now(fd).then_some(Shut::Closed),
         }
     }
 
@@ -1326,6 +1332,15 @@ impl ParkingLot {
             None => false,
         }
     }
+}
+
+/// What shutdown did with a parked socket ([`ParkingLot::shut_parked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shut {
+    /// Closed (its goodbye, if its protocol has one, written by the lot).
+    Closed,
+    /// Woken, bytes waiting in it: its task serves them, then closes.
+    Woken,
 }
 
 /// How a connection parks: what the protocol says when it hands an idle

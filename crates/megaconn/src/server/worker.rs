@@ -33,7 +33,7 @@ use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
 use crate::conn::handover::{self, ParkedConnection};
 use crate::conn::limit::ConnectionLimit;
-use crate::conn::park::{self, LotFds, ParkingLot, Respawn};
+use crate::conn::park::{self, LotFds, ParkingLot, Respawn, Shut};
 use crate::conn::shutdown::idle_grace;
 use crate::conn::woken::poll_once;
 use crate::conn::Incoming;
@@ -857,23 +857,36 @@ async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32, deadline: tokio::t
             if closed < per_tick {
                 closed += ctx.shutdown.wake_watchers(per_tick - closed);
             }
+            // A parked socket with bytes waiting is woken, not closed: it
+            // takes this tick's place (its task runs now), but is not
+            // counted off. A message connection then waits awake for its
+            // turn, given on a later tick (before session 46 it was counted
+            // off at its wake, and the count read 0 while it still waited
+            // for its goodbye); an HTTP/1.1 one answers and closes, and
+            // stays counted until the drain ends.
+            let mut woken = 0;
             if let Some(lot) = &ctx.park {
-                while closed < per_tick {
+                while closed + woken < per_tick {
                     let Some(fd) = parked.pop() else { break };
-                    if lot.close_parked(fd) {
-                        closed += 1;
+                    match lot.shut_parked(fd) {
+                        Some(Shut::Closed) => closed += 1,
+                        Some(Shut::Woken) => woken += 1,
+                        None => {}
                     }
                 }
             }
             // The count is approximate: one counted at the start may close
             // without a turn (its peer left, its heartbeat ran out), and one
             // not counted may join the lists meanwhile (a message under way
-            // at the start, an upgrade just done) and take one. No turn is
-            // lost: a native loop's `Turn` keeps its slot while it serves
-            // something else, and HTTP/2 polls its `wait` first.
+            // at the start, an upgrade just done, a push resumed) and take
+            // one. No turn is lost: a native loop's `Turn` keeps its slot
+            // while it serves something else, and HTTP/2 polls its `wait`
+            // first; a message connection woken during the drain stays
+            // awake until its turn (parked again, it would leave the drain
+            // for its deadline).
             left = left.saturating_sub(closed);
             ctx.stats.drain_pending.store(left as i64, Relaxed);
-            if closed == 0 {
+            if closed + woken == 0 {
                 // Awake connections busy meanwhile (a message in flight) say
                 // goodbye once done, without a turn.
                 ctx.shutdown.end_pacing();

@@ -1,29 +1,58 @@
-//! `shutdown_drain_rate` paces awake message connections too: WebSockets
-//! waiting between messages as tasks (not parked) get their `1001` a few
-//! at a time, counted in `megaconn_shutdown_drain_pending`, where they all
-//! got it at once (session 43's review: 577 of 1,200 in the same instant).
-//! Without a rate, nothing changes: all at once. A broadcast (and the
-//! peers' pings) during the drain is served and does not undo the pacing.
+//! `shutdown_drain_rate` paces awake message connections too: WebSockets,
+//! framed connections and event streams waiting between messages as tasks
+//! (not parked) get their goodbye (a `1001`, the goodbye frame, the goodbye
+//! event) a few at a time, counted in `megaconn_shutdown_drain_pending`,
+//! where they all got it at once (session 43's review: 577 of 1,200
+//! WebSockets in the same instant). Without a rate, nothing changes: all at
+//! once. A broadcast (and the peers' own traffic) during the drain is
+//! served and does not undo the pacing, in each protocol.
+//!
+//! The clients ([`Peer`]) serve `drain_woken.rs` too.
 
 use crate::common;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::SAFETY;
 use futures_util::{SinkExt, StreamExt};
-use megaconn::{Hub, Server, ServerHandle, WebSocketHandler, WebSocketRoute, WsMessage, WsSession};
+use megaconn::{
+    FramedHandler, Framing, Hub, Server, ServerHandle, Session, SseEvent, SseHandler, SseRoute,
+    WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
-/// Awake WebSockets.
+/// Awake connections.
 const N: usize = 200;
 /// Closes per second: N take 2 s.
 const RATE: u32 = 100;
 
-/// Echoes each message.
+/// The framed listeners' goodbye frame's body (`Builder::goodbye_frame`).
+pub(crate) const FRAMED_GOODBYE: &[u8] = b"bye";
+/// The event streams' goodbye event's data (`SseRoute::goodbye`).
+pub(crate) const SSE_GOODBYE: &str = "bye";
+
+/// One of the three message protocols, in cleartext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Proto {
+    /// WebSocket at `/ws`.
+    Ws,
+    /// Length-prefixed (4 bytes) framed TCP on a listener of its own.
+    Framed,
+    /// Server-Sent Events at `/events`, asked for in HTTP/1.0 (a
+    /// close-delimited body: each event as it is).
+    Sse,
+}
+
+/// Echoes each message (WebSocket, framed); serves event streams.
 struct Echo;
 
 impl WebSocketHandler for Echo {
@@ -34,93 +63,302 @@ impl WebSocketHandler for Echo {
     }
 }
 
+impl FramedHandler for Echo {
+    type State = ();
+
+    async fn on_message(&self, _: &mut (), frame: Bytes, _: &Session) -> Option<Bytes> {
+        Some(frame)
+    }
+}
+
+impl SseHandler for Echo {
+    /// Says hello: what the client reads first tells that the stream is
+    /// served (and subscribed to broadcasts).
+    fn on_open(&self, _: &http::request::Parts, session: &Session) {
+        session.send(HELLO);
+    }
+}
+
+/// The first event of every stream ([`Echo`]'s `on_open`).
+const HELLO: &str = "hi";
+
 /// The broadcast sent during the drain.
 const BROADCAST: &str = "to all, during the drain";
 
+/// What a client of the peer's traffic sends once it read the broadcast
+/// (a framed peer's; a WebSocket's is a ping).
+const ANSWER: &[u8] = b"p";
+
 /// A running server of [`start`].
 struct Running {
-    addr: std::net::SocketAddr,
+    http: SocketAddr,
+    framed: SocketAddr,
     handle: ServerHandle,
     hub: Hub,
     task: tokio::task::JoinHandle<Result<megaconn::ShutdownSummary, megaconn::Error>>,
 }
 
-/// A one-worker server that never parks (every WebSocket stays an awake
-/// task), with `rate`, serving [`Echo`] at `/ws`.
+/// A one-worker server that never parks (every connection stays an awake
+/// task), with `rate`, serving [`Echo`] at `/ws`, `/events` and on a
+/// framed listener.
 fn start(rate: Option<u32>, shutdown_timeout: Duration) -> Running {
     let app = axum::Router::new().route_service("/ws", WebSocketRoute::new(Echo));
     start_app(rate, shutdown_timeout, app)
 }
 
-/// [`start`] with `app`.
+/// [`start`] with `app` (and the event streams at `/events`).
 fn start_app(rate: Option<u32>, shutdown_timeout: Duration, app: axum::Router) -> Running {
     let mut server = Server::builder()
         .workers(1)
         .park_idle_after(None)
         .shutdown_drain_rate(rate)
         .shutdown_timeout(shutdown_timeout)
+        .goodbye_frame(Some(Bytes::from_static(FRAMED_GOODBYE)))
         .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::length_prefixed(4))
         .listen()
         .expect("server binds");
-    let (addr, handle, hub) = (server.local_addr(), server.handle(), server.hub());
-    let task = tokio::spawn(server.serve(app));
+    let (&http, &framed) = match server.local_addrs() {
+        [a, b] if server.is_framed(*b) => (a, b),
+        [a, b] => (b, a),
+        other => panic!("two listeners: {other:?}"),
+    };
+    let (handle, hub) = (server.handle(), server.hub());
+    let events = SseRoute::new(Echo)
+        .ping_interval(None)
+        .goodbye(SseEvent::data(SSE_GOODBYE));
+    let app = app.route_service("/events", events);
+    let task = tokio::spawn(server.framed(Echo).serve(app));
     Running {
-        addr,
+        http,
+        framed,
         handle,
         hub,
         task,
     }
 }
 
+/// What a [`Peer`] read.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Got {
+    /// A message: a WebSocket's text or binary message, a frame's body, an
+    /// event's data.
+    Message(Vec<u8>),
+    /// A WebSocket's pong.
+    Pong,
+    /// Its protocol's goodbye: a close frame `1001`, the goodbye frame
+    /// ([`FRAMED_GOODBYE`]), the goodbye event ([`SSE_GOODBYE`]).
+    Goodbye,
+}
+
+/// A client of one protocol, reading whole messages.
+pub(crate) enum Peer {
+    Ws(Box<WebSocketStream<TcpStream>>),
+    Framed(TcpStream),
+    Sse(BufReader<TcpStream>),
+}
+
+impl Peer {
+    /// A client of `proto` at `http` (WebSocket, SSE) or `framed`, its
+    /// protocol set up (the upgrade, the stream's head), with a receive
+    /// buffer of `recv_buffer` bytes if asked.
+    pub(crate) async fn connect(
+        proto: Proto,
+        (http, framed): (SocketAddr, SocketAddr),
+        recv_buffer: Option<u32>,
+    ) -> Peer {
+        let socket = TcpSocket::new_v4().unwrap();
+        if let Some(n) = recv_buffer {
+            socket.set_recv_buffer_size(n).unwrap();
+        }
+        let addr = if proto == Proto::Framed { framed } else { http };
+        let mut tcp = tokio::time::timeout(SAFETY, socket.connect(addr))
+            .await
+            .expect("connected in time")
+            .unwrap();
+        tcp.set_nodelay(true).unwrap();
+        match proto {
+            Proto::Framed => Peer::Framed(tcp),
+            Proto::Ws => {
+                let connected = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp);
+                let (ws, _) = tokio::time::timeout(SAFETY, connected)
+                    .await
+                    .expect("handshake in time")
+                    .expect("handshake");
+                Peer::Ws(Box::new(ws))
+            }
+            Proto::Sse => {
+                tcp.write_all(b"GET /events HTTP/1.0\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut io = BufReader::new(tcp);
+                let mut head = String::new();
+                while !head.ends_with("\r\n\r\n") {
+                    let read = tokio::time::timeout(SAFETY, io.read_line(&mut head));
+                    assert!(read.await.expect("head in time").unwrap() > 0, "{head}");
+                }
+                assert!(head.lines().next().unwrap().contains(" 200 "), "{head}");
+                Peer::Sse(io)
+            }
+        }
+    }
+
+    /// The client's socket.
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match self {
+            Peer::Ws(ws) => ws.get_ref(),
+            Peer::Framed(tcp) => tcp,
+            Peer::Sse(io) => io.get_ref(),
+        }
+    }
+
+    /// Sends `body` as a WebSocket text message or a frame (an event
+    /// stream's client sends nothing).
+    pub(crate) async fn send(&mut self, body: &[u8]) {
+        match self {
+            Peer::Ws(ws) => {
+                let text = String::from_utf8(body.to_vec()).unwrap();
+                ws.send(Message::text(text)).await.unwrap();
+            }
+            Peer::Framed(tcp) => {
+                let mut frame = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+                frame.extend_from_slice(body);
+                tcp.write_all(&frame).await.unwrap();
+            }
+            Peer::Sse(_) => panic!("an event stream's client sends nothing"),
+        }
+    }
+
+    /// Sends `body` and reads it echoed.
+    pub(crate) async fn echo(&mut self, body: &[u8]) {
+        self.send(body).await;
+        let echo = tokio::time::timeout(SAFETY, self.read()).await;
+        assert_eq!(echo.expect("the echo in time"), Got::Message(body.to_vec()));
+    }
+
+    /// The peer's own traffic: a WebSocket's ping, a framed client's
+    /// [`ANSWER`] (echoed); nothing from an event stream's client.
+    async fn answer(&mut self) {
+        match self {
+            Peer::Ws(ws) => ws.send(Message::Ping("p".into())).await.unwrap(),
+            Peer::Framed(_) => self.send(ANSWER).await,
+            Peer::Sse(_) => {}
+        }
+    }
+
+    /// The next thing read (not bounded: the caller bounds it). Panics at
+    /// the end of the stream, or on anything else.
+    pub(crate) async fn read(&mut self) -> Got {
+        match self {
+            Peer::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => return Got::Message(text.as_bytes().to_vec()),
+                    Some(Ok(Message::Binary(b))) => return Got::Message(b.to_vec()),
+                    Some(Ok(Message::Pong(_))) => return Got::Pong,
+                    Some(Ok(Message::Ping(_))) => {}
+                    Some(Ok(Message::Close(Some(frame)))) if frame.code == CloseCode::Away => {
+                        return Got::Goodbye
+                    }
+                    other => panic!(
+                        "a message or a close frame 1001, not {:?}",
+                        other.map(|m| m.map(|m| m.len()))
+                    ),
+                }
+            },
+            Peer::Framed(tcp) => {
+                let mut len = [0u8; 4];
+                tcp.read_exact(&mut len)
+                    .await
+                    .expect("a frame, not the end");
+                let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                tcp.read_exact(&mut body).await.expect("the frame whole");
+                if body == FRAMED_GOODBYE {
+                    return Got::Goodbye;
+                }
+                Got::Message(body)
+            }
+            Peer::Sse(io) => loop {
+                let mut line = Vec::new();
+                let n = io.read_until(b'\n', &mut line).await.unwrap();
+                assert!(n > 0, "an event, not the end of the stream");
+                if line.starts_with(b":") || line == b"\n" {
+                    continue;
+                }
+                let data = line
+                    .strip_prefix(b"data: ")
+                    .and_then(|l| l.strip_suffix(b"\n"))
+                    .unwrap_or_else(|| panic!("a data line: {:?}", &line[..line.len().min(64)]))
+                    .to_vec();
+                if data == SSE_GOODBYE.as_bytes() {
+                    return Got::Goodbye;
+                }
+                return Got::Message(data);
+            },
+        }
+    }
+
+    /// Reads on to the end of the stream (a WebSocket client answers the
+    /// close meanwhile), bounded by [`SAFETY`].
+    pub(crate) async fn read_to_end(self) {
+        let ended = tokio::time::timeout(SAFETY, async {
+            match self {
+                Peer::Ws(mut ws) => while let Some(Ok(_)) = ws.next().await {},
+                Peer::Framed(mut tcp) => {
+                    let _ = tcp.read_to_end(&mut Vec::new()).await;
+                }
+                Peer::Sse(mut io) => {
+                    let _ = io.read_to_end(&mut Vec::new()).await;
+                }
+            }
+        });
+        ended.await.expect("the end of the stream in time");
+    }
+}
+
 /// What the clients of [`awake_clients`] saw.
 #[derive(Default)]
 struct Seen {
-    /// `1001`s read.
+    /// Goodbyes read.
     going_away: AtomicUsize,
-    /// [`BROADCAST`]s read (each before its `1001`).
+    /// [`BROADCAST`]s read (each before its goodbye).
     broadcasts: AtomicUsize,
-    /// Pongs read, to the ping each sends once it read the broadcast.
+    /// Answers read (a pong, a framed [`ANSWER`] echoed) to what each
+    /// sends once it read the broadcast.
     pongs: AtomicUsize,
-    /// `1001`s read while the drain's count said fewer turns were given
+    /// Goodbyes read while the drain's count said fewer turns were given
     /// (less a slack of `N / 10`: what was not waiting when it began).
     early: AtomicUsize,
 }
 
-/// `n` WebSockets, each echoed once (upgraded and awake), each then read
-/// by a task of its own that counts in `seen` the `1001` it reads (and
-/// whether the drain's count had given that many turns: `handle`'s
-/// `shutdown_drain_pending`, read after, which only falls), a
-/// [`BROADCAST`] before it (answered with a ping, whose pong it counts),
-/// and reads on to the end (tungstenite answers the close meanwhile).
+/// `n` `proto` connections, each echoed once (WebSocket, framed) or
+/// greeted ([`HELLO`], an event stream), so served and awake, each then read by a task of its own that counts in `seen`
+/// the goodbye it reads (and whether the drain's count had given that
+/// many turns: `server`'s `shutdown_drain_pending`, read after, which
+/// only falls), a [`BROADCAST`] before it (answered, the answer's reply
+/// counted: [`Peer::answer`]), and reads on to the end.
 async fn awake_clients(
-    addr: std::net::SocketAddr,
-    handle: &ServerHandle,
+    proto: Proto,
+    server: &Running,
     seen: &Arc<Seen>,
     n: usize,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut readers = Vec::with_capacity(n);
     for _ in 0..n {
-        let (mut client, _) = tokio::time::timeout(
-            SAFETY,
-            tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
-        )
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
-        client.send(Message::text("hi")).await.unwrap();
-        let echo = tokio::time::timeout(SAFETY, client.next()).await;
-        assert!(
-            matches!(&echo, Ok(Some(Ok(m))) if *m == Message::text("hi")),
-            "{echo:?}"
-        );
-        let (seen, handle) = (seen.clone(), handle.clone());
+        let mut client = Peer::connect(proto, (server.http, server.framed), None).await;
+        if proto == Proto::Sse {
+            let hello = tokio::time::timeout(SAFETY, client.read()).await;
+            assert_eq!(hello.expect("hello in time"), Got::Message(HELLO.into()));
+        } else {
+            client.echo(b"hi").await;
+        }
+        let (seen, handle) = (seen.clone(), server.handle.clone());
         readers.push(tokio::spawn(async move {
             loop {
-                let next = tokio::time::timeout(SAFETY * 2, client.next())
+                let got = tokio::time::timeout(SAFETY * 2, client.read())
                     .await
-                    .expect("a close frame in time");
-                match next {
-                    Some(Ok(Message::Close(Some(frame)))) if frame.code == CloseCode::Away => {
+                    .expect("a goodbye in time");
+                match got {
+                    Got::Goodbye => {
                         let read = seen.going_away.fetch_add(1, SeqCst) + 1;
                         let pending =
                             usize::try_from(handle.stats().shutdown_drain_pending).unwrap();
@@ -129,18 +367,21 @@ async fn awake_clients(
                         }
                         break;
                     }
-                    Some(Ok(Message::Text(text))) if text.as_str() == BROADCAST => {
+                    Got::Message(m) if m == BROADCAST.as_bytes() => {
                         seen.broadcasts.fetch_add(1, SeqCst);
                         // The peer's own traffic during the drain, answered.
-                        client.send(Message::Ping("p".into())).await.unwrap();
+                        client.answer().await;
                     }
-                    Some(Ok(Message::Pong(_))) => {
+                    Got::Pong => {
                         seen.pongs.fetch_add(1, SeqCst);
                     }
-                    other => panic!("expected a close frame 1001, got {other:?}"),
+                    Got::Message(m) if m == ANSWER => {
+                        seen.pongs.fetch_add(1, SeqCst);
+                    }
+                    other => panic!("expected a goodbye, got {other:?}"),
                 }
             }
-            while let Ok(Some(Ok(_))) = tokio::time::timeout(SAFETY, client.next()).await {}
+            client.read_to_end().await;
         }));
     }
     readers
@@ -157,7 +398,7 @@ async fn awake_clients(
 async fn a_drain_rate_spreads_the_goodbyes_of_awake_websockets() {
     let server = start(Some(RATE), SAFETY);
     let handle = &server.handle;
-    let (seen, readers, started) = drain_begun(&server).await;
+    let (seen, readers, started) = drain_begun(Proto::Ws, &server).await;
     // Half left: fewer than half (and what was not waiting when the drain
     // began, a slack) have read their 1001.
     let deadline = Instant::now() + SAFETY;
@@ -180,24 +421,27 @@ async fn a_drain_rate_spreads_the_goodbyes_of_awake_websockets() {
     paced_to_the_end(server, seen, readers, started).await;
 }
 
-/// `N` clients of [`awake_clients`] on `server`, then its shutdown begun
-/// and its paced drain counting them: what they see, their readers, and
-/// when the shutdown began.
-async fn drain_begun(server: &Running) -> (Arc<Seen>, Vec<tokio::task::JoinHandle<()>>, Instant) {
+/// `N` `proto` clients of [`awake_clients`] on `server`, then its
+/// shutdown begun and its paced drain counting them: what they see, their
+/// readers, and when the shutdown began.
+async fn drain_begun(
+    proto: Proto,
+    server: &Running,
+) -> (Arc<Seen>, Vec<tokio::task::JoinHandle<()>>, Instant) {
     let handle = &server.handle;
     let seen = Arc::new(Seen::default());
-    let readers = awake_clients(server.addr, handle, &seen, N).await;
+    let readers = awake_clients(proto, server, &seen, N).await;
     let started = Instant::now();
     handle.shutdown();
-    common::wait_stats(handle, "the awake WebSockets counted in the drain", |s| {
+    common::wait_stats(handle, "the awake connections counted in the drain", |s| {
         s.shutdown_drain_pending > 0
     })
     .await;
     (seen, readers, started)
 }
 
-/// The rest of a paced drain of `N` WebSockets begun at `started`: every
-/// client read its `1001`, none ahead of the turns given (`Seen::early`),
+/// The rest of a paced drain of `N` connections begun at `started`: every
+/// client read its goodbye, none ahead of the turns given (`Seen::early`),
 /// the last at least most of N / RATE after the start (a lower bound, which
 /// a slow machine only makes larger), and none was forced.
 async fn paced_to_the_end(
@@ -207,19 +451,19 @@ async fn paced_to_the_end(
     started: Instant,
 ) {
     for reader in readers {
-        reader.await.expect("every WebSocket read its 1001");
+        reader.await.expect("every client read its goodbye");
     }
     let took = started.elapsed();
     assert_eq!(seen.going_away.load(SeqCst), N);
     assert_eq!(
         seen.early.load(SeqCst),
         0,
-        "WebSockets read their 1001 before the drain gave their turn"
+        "clients read their goodbye before the drain gave their turn"
     );
     let least = Duration::from_secs_f64((N - N / 10) as f64 / f64::from(RATE)) * 8 / 10;
     assert!(
         took >= least,
-        "all {N} got their 1001 in {took:?}, expected at least {least:?}"
+        "all {N} got their goodbye in {took:?}, expected at least {least:?}"
     );
     let summary = common::shut_down(&server.handle, server.task)
         .await
@@ -228,20 +472,22 @@ async fn paced_to_the_end(
 }
 
 /// A hub broadcast right after the paced drain began wakes every awake
-/// subscriber before its turn: each delivers it, answers the ping its
-/// client sends back, and waits on for its turn, so the `1001`s still
-/// come at the drain's pace (no client reads one ahead of the turns
-/// given, the last most of N / RATE after the start). On the code before,
-/// each one woken said goodbye at once: the broadcast undid the pacing
-/// (all 200 `1001`s within milliseconds of it, failing both checks).
+/// `proto` subscriber before its turn: each delivers it, serves its
+/// client's answer (a WebSocket's ping, a framed client's frame; an event
+/// stream's client sends nothing), and waits on for its turn, so the
+/// goodbyes still come at the drain's pace (no client reads one ahead of
+/// the turns given, the last most of N / RATE after the start). On the
+/// code before (session 44's loops, and each loop made to take a wake
+/// after the start for its turn), each one woken said goodbye at once:
+/// the broadcast undid the pacing (all 200 goodbyes within milliseconds
+/// of it, failing both checks).
 ///
 /// Every subscriber gets the broadcast, but those whose turn came before
 /// it reached them (the turns given before it was sent, and a slack of
 /// N / 20 for the worker's pump to deliver it: 10 turns, 100 ms).
-#[tokio::test]
-async fn a_broadcast_during_a_paced_drain_does_not_undo_its_pace() {
+async fn a_broadcast_during_a_paced_drain_keeps_its_pace(proto: Proto) {
     let server = start(Some(RATE), SAFETY);
-    let (seen, readers, started) = drain_begun(&server).await;
+    let (seen, readers, started) = drain_begun(proto, &server).await;
     let closed_before = seen.going_away.load(SeqCst);
     assert_eq!(server.hub.broadcast(BROADCAST), Ok(()));
     let broadcasts = seen.clone();
@@ -251,11 +497,28 @@ async fn a_broadcast_during_a_paced_drain_does_not_undo_its_pace() {
         got + closed_before + N / 20 >= N,
         "{got} of {N} got the broadcast ({closed_before} had closed before it was sent)"
     );
-    let pongs = broadcasts.pongs.load(SeqCst);
-    assert!(
-        pongs + N / 10 >= got,
-        "{pongs} pings answered of the {got} sent after the broadcast"
-    );
+    if proto != Proto::Sse {
+        let pongs = broadcasts.pongs.load(SeqCst);
+        assert!(
+            pongs + N / 10 >= got,
+            "{pongs} answers served of the {got} sent after the broadcast"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_broadcast_during_a_paced_drain_does_not_undo_its_pace() {
+    a_broadcast_during_a_paced_drain_keeps_its_pace(Proto::Ws).await;
+}
+
+#[tokio::test]
+async fn a_broadcast_during_a_paced_drain_does_not_undo_the_pace_of_framed_connections() {
+    a_broadcast_during_a_paced_drain_keeps_its_pace(Proto::Framed).await;
+}
+
+#[tokio::test]
+async fn a_broadcast_during_a_paced_drain_does_not_undo_the_pace_of_event_streams() {
+    a_broadcast_during_a_paced_drain_keeps_its_pace(Proto::Sse).await;
 }
 
 /// `axum_ws` sockets (an echo loop in `recv`) take turns too: their `1001`s
@@ -279,7 +542,7 @@ async fn a_drain_rate_spreads_the_goodbyes_of_axum_websockets() {
     }
     let app = axum::Router::new().route("/ws", axum::routing::get(echo));
     let server = start_app(Some(RATE), SAFETY, app);
-    let (seen, readers, started) = drain_begun(&server).await;
+    let (seen, readers, started) = drain_begun(Proto::Ws, &server).await;
     paced_to_the_end(server, seen, readers, started).await;
 }
 
@@ -290,7 +553,7 @@ async fn without_a_drain_rate_awake_websockets_get_their_1001_at_once() {
     let server = start(None, SAFETY);
     let handle = &server.handle;
     let seen = Arc::new(Seen::default());
-    let readers = awake_clients(server.addr, handle, &seen, N).await;
+    let readers = awake_clients(Proto::Ws, &server, &seen, N).await;
     handle.shutdown();
     for reader in readers {
         reader.await.expect("every WebSocket read its 1001");
@@ -313,7 +576,7 @@ async fn awake_websockets_a_drain_has_no_time_for_still_get_their_1001() {
     const MANY: usize = 60;
     let server = start(Some(4), Duration::from_secs(5));
     let seen = Arc::new(Seen::default());
-    let readers = awake_clients(server.addr, &server.handle, &seen, MANY).await;
+    let readers = awake_clients(Proto::Ws, &server, &seen, MANY).await;
     server.handle.shutdown();
     for reader in readers {
         reader.await.expect("every WebSocket read its 1001");

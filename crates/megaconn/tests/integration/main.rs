@@ -31,6 +31,7 @@ mod big_push;
 mod blocking;
 mod drain;
 mod drain_awake;
+mod drain_woken;
 mod framed;
 mod framed_halfopen;
 mod framed_limits;
