@@ -105,7 +105,8 @@
 //!                          session (HTTPS/1.1, wss://) waits in the worker's table
 //!             context.rs   what one worker's connections share; config.rs the
 //!                          settings; tls.rs certificates and the handshake;
-//!                          pool.rs buffers;
+//!                          client_auth.rs client certificates (mutual TLS:
+//!                          ClientAuth, PeerCertificates); pool.rs buffers;
 //!                          transport.rs, rewind.rs, shutdown.rs
 //!     |                                  observe/  close.rs   CloseReason
 //!  error.rs                                        stats.rs   per-worker counters
@@ -159,6 +160,7 @@ pub use conn::config::{
     DEFAULT_MESSAGE_SEND_BUFFER, DEFAULT_PARK_IDLE_AFTER, DEFAULT_READ_HEADER_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALL_THRESHOLD, FD_HEADROOM,
 };
+pub use conn::client_auth::{ClientAuth, ClientCa, PeerCertificates};
 pub use conn::handover::{ParkedConnection, ParkedState};
 pub use conn::tls::{
     KxGroup, TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_KX_GROUPS,
