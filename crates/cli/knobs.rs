@@ -359,7 +359,9 @@ fn parse_kx_groups(s: &str) -> Result<Vec<megaconn::KxGroup>, String> {
 fn client_auth_mode(s: &str) -> Result<Value, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         m @ ("required" | "optional") => Ok(Value::Text(m.to_string())),
-        _ => Err(format!("invalid client auth mode {s:?}: required or optional")),
+        _ => Err(format!(
+            "invalid client auth mode {s:?}: required or optional"
+        )),
     }
 }
 

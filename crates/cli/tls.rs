@@ -194,7 +194,10 @@ fn client_auth(
                 args.client_auth_optional.is_some(),
                 "--tls-client-auth (tls_client_auth)",
             ),
-            (args.client_crl.is_some(), "--tls-client-crl (tls_client_crl)"),
+            (
+                args.client_crl.is_some(),
+                "--tls-client-crl (tls_client_crl)",
+            ),
         ]
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))

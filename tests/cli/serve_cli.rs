@@ -489,14 +489,13 @@ fn tls_client_ca_requires_client_certificates_and_sighup_reads_it_again() {
         let mut roots = RootCertStore::empty();
         roots.add(files.ca.cert.der().clone()).unwrap();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-        let mut config = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![cert.der().clone()], key)
-        .unwrap();
+        let mut config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(vec![cert.der().clone()], key)
+                .unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         config.resumption = rustls::client::Resumption::disabled();
         Arc::new(config)

@@ -148,6 +148,7 @@ mod proto;
 mod server;
 mod service;
 
+pub use conn::client_auth::{ClientAuth, ClientCa, PeerCertificates};
 #[doc(hidden)]
 pub use conn::config::WorkerStartFailure;
 pub use conn::config::{
@@ -160,7 +161,6 @@ pub use conn::config::{
     DEFAULT_MESSAGE_SEND_BUFFER, DEFAULT_PARK_IDLE_AFTER, DEFAULT_READ_HEADER_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALL_THRESHOLD, FD_HEADROOM,
 };
-pub use conn::client_auth::{ClientAuth, ClientCa, PeerCertificates};
 pub use conn::handover::{ParkedConnection, ParkedState};
 pub use conn::tls::{
     KxGroup, TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_KX_GROUPS,

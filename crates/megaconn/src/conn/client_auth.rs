@@ -417,12 +417,15 @@ mod tests {
     /// everybody) in.
     #[test]
     fn an_empty_ca_or_crl_is_refused() {
-        let err = ClientAuth::Required(ClientCa::from_pem(b"")).load().unwrap_err();
-        assert!(err.to_string().contains("no CA certificate"), "{err}");
-        let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
-        let err = ClientAuth::Required(ClientCa::from_pem(ca.cert.pem().as_bytes()).with_crl_pem(b""))
+        let err = ClientAuth::Required(ClientCa::from_pem(b""))
             .load()
             .unwrap_err();
+        assert!(err.to_string().contains("no CA certificate"), "{err}");
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
+        let err =
+            ClientAuth::Required(ClientCa::from_pem(ca.cert.pem().as_bytes()).with_crl_pem(b""))
+                .load()
+                .unwrap_err();
         assert!(err.to_string().contains("no CRL"), "{err}");
         let err = ClientAuth::Optional(ClientCa::from_pem_file("/nonexistent/ca.pem"))
             .load()

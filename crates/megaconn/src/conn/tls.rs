@@ -1076,7 +1076,10 @@ pub(crate) async fn handshake(
             }
             Some(TlsFailure::Rejected(e)) if is_client_cert_refusal(e) => {
                 client_cert_refused.set(true);
-                (Flood::TlsClientCertRefused, "refused the client's certificate")
+                (
+                    Flood::TlsClientCertRefused,
+                    "refused the client's certificate",
+                )
             }
             _ => (Flood::TlsHandshakeFailed, "failed"),
         };

@@ -170,10 +170,10 @@ use http_body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
+use crate::conn::client_auth::PeerCertificates;
 use crate::conn::config::Http2Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::io::WriteBound;
-use crate::conn::client_auth::PeerCertificates;
 use crate::conn::ConnInfo;
 use crate::message::MessageSettings;
 use crate::observe::clock::LazyDeadline;

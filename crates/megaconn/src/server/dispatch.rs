@@ -38,8 +38,8 @@ use std::rc::Rc;
 use futures_util::future::{Either, FutureExt};
 use tokio::net::TcpStream;
 
-use crate::conn::client_auth::PeerCertificates;
 use crate::conn::admission::Answer;
+use crate::conn::client_auth::PeerCertificates;
 use crate::conn::config::Config;
 use crate::conn::connection::{Connection, SendConnection};
 use crate::conn::context::WorkerContext;

@@ -52,7 +52,9 @@ static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 fn device(ca: &Ca, cn: &str) -> Device {
     let mut params = CertificateParams::new(vec![format!("{cn}.devices.local")]).unwrap();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::OrganizationName, "Fleet");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Fleet");
     params.distinguished_name.push(DnType::CommonName, cn);
     let serial = SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     params.serial_number = Some(rcgen::SerialNumber::from(serial));
@@ -143,7 +145,10 @@ impl SseHandler for Who {
     /// extension says.
     fn on_open(&self, request: &http::request::Parts, session: &Session) {
         let from_request = who(request.extensions.get::<PeerCertificates>());
-        session.send(format!("{} | {from_request}", who(session.peer_certificates())));
+        session.send(format!(
+            "{} | {from_request}",
+            who(session.peer_certificates())
+        ));
     }
 }
 
@@ -456,7 +461,10 @@ async fn a_device_certificate_reaches_http1_and_http2_handlers() {
         .await
         .unwrap();
     let head = read_head(&mut sse).await;
-    assert!(head.starts_with("HTTP/1.0 200 ") || head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.0 200 ") || head.starts_with("HTTP/1.1 200 "),
+        "{head}"
+    );
     let expected = format!("data: {0} | {0}\n\n", says(&d7, "device-7"));
     let mut event = vec![0u8; expected.len()];
     tokio::time::timeout(SAFETY, sse.read_exact(&mut event))
@@ -487,7 +495,10 @@ async fn required_refuses_a_client_without_a_certificate_or_from_another_ca() {
     assert_eq!(gateway.handshakes("failed"), 0);
     let metrics = gateway.handle.render_metrics();
     let line = "megaconn_tls_handshakes_total{outcome=\"client_cert\"} 2";
-    assert!(metrics.lines().any(|l| l == line), "{line} not in {metrics}");
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "{line} not in {metrics}"
+    );
     // The framed listener refuses alike.
     let framed = gateway
         .connect(gateway.framed, "localhost", &[], None)
@@ -635,7 +646,11 @@ async fn a_reload_reads_the_client_ca_again_and_sni_keeps_client_auth() {
     let tls = gateway
         .tls
         .clone()
-        .with_sni_pem("api.localhost", api.cert_pem.as_bytes(), api.key_pem.as_bytes())
+        .with_sni_pem(
+            "api.localhost",
+            api.cert_pem.as_bytes(),
+            api.key_pem.as_bytes(),
+        )
         .unwrap();
     let (d_old, d_new) = (device(&old, "old-1"), device(&new, "new-1"));
     let mut tls_api = gateway
@@ -655,15 +670,27 @@ async fn a_reload_reads_the_client_ca_again_and_sni_keeps_client_auth() {
         Err(e) => e,
         Ok(mut tls) => get_whoami(&mut tls).await.expect_err("refused"),
     };
-    assert_eq!(alert_of(&e), Some(rustls::AlertDescription::CertificateRequired));
+    assert_eq!(
+        alert_of(&e),
+        Some(rustls::AlertDescription::CertificateRequired)
+    );
     gateway.wait_refusals(1).await;
-    assert_eq!(refused(&gateway, Some(&d_new)).await, rustls::AlertDescription::UnknownCA);
+    assert_eq!(
+        refused(&gateway, Some(&d_new)).await,
+        rustls::AlertDescription::UnknownCA
+    );
     gateway.wait_refusals(2).await;
 
     std::fs::write(&ca_file, new.cert.pem()).unwrap();
     tls.reload().unwrap();
-    assert_eq!(gateway.http1_whoami(Some(&d_new)).await, says(&d_new, "new-1"));
-    assert_eq!(refused(&gateway, Some(&d_old)).await, rustls::AlertDescription::UnknownCA);
+    assert_eq!(
+        gateway.http1_whoami(Some(&d_new)).await,
+        says(&d_new, "new-1")
+    );
+    assert_eq!(
+        refused(&gateway, Some(&d_old)).await,
+        rustls::AlertDescription::UnknownCA
+    );
     gateway.wait_refusals(3).await;
     // Open connections keep the certificate they were verified with.
     assert_eq!(
@@ -673,7 +700,10 @@ async fn a_reload_reads_the_client_ca_again_and_sni_keeps_client_auth() {
     // A CA file that no longer reads is an error, and nothing changes.
     std::fs::write(&ca_file, "not PEM").unwrap();
     assert!(tls.reload().is_err());
-    assert_eq!(gateway.http1_whoami(Some(&d_new)).await, says(&d_new, "new-1"));
+    assert_eq!(
+        gateway.http1_whoami(Some(&d_new)).await,
+        says(&d_new, "new-1")
+    );
     gateway.stop().await;
 }
 
@@ -711,6 +741,9 @@ async fn a_revoked_device_is_refused() {
         rustls::AlertDescription::CertificateRevoked
     );
     gateway.wait_refusals(1).await;
-    assert_eq!(gateway.http1_whoami(Some(&fine)).await, says(&fine, "fine-2"));
+    assert_eq!(
+        gateway.http1_whoami(Some(&fine)).await,
+        says(&fine, "fine-2")
+    );
     gateway.stop().await;
 }
