@@ -314,36 +314,6 @@ async fn get_whoami<S: AsyncRead + AsyncWrite + Unpin>(
     .expect("an answer or an error in time")
 }
 
-/// `GET /whoami` over HTTP/2 on `io`.
-async fn h2_whoami<S>(io: S) -> String
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    tokio::time::timeout(SAFETY, async {
-        let (client, conn) = h2::client::handshake(io).await.expect("h2 handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut client = client.ready().await.unwrap();
-        let request = http::Request::get("https://localhost/whoami")
-            .body(())
-            .unwrap();
-        let (response, _) = client.send_request(request, true).unwrap();
-        let response = response.await.unwrap();
-        assert_eq!(response.status(), 200);
-        let mut body = response.into_body();
-        let mut out = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.unwrap();
-            let _ = body.flow_control().release_capacity(chunk.len());
-            out.extend_from_slice(&chunk);
-        }
-        String::from_utf8(out).unwrap()
-    })
-    .await
-    .expect("HTTP/2 answer in time")
-}
-
 /// A 4-byte big-endian length-prefixed frame.
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::new();
@@ -449,7 +419,9 @@ async fn a_device_certificate_reaches_http1_and_http2_handlers() {
         .await
         .expect("handshake");
     assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    assert_eq!(h2_whoami(h2).await, says(&d7, "device-7"));
+    let (status, body) = crate::tls::h2_get(h2, "/whoami", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, says(&d7, "device-7"));
     // A Server-Sent Events stream: its session, and the request that
     // opened it (an HTTP/1.0 request: the body ends with the close, no
     // chunks around the event).
