@@ -113,6 +113,13 @@ pub struct Settings {
     pub tls_max_handshakes: Option<usize>,
     /// `--tls-handshake-rate-per-ip`; `None`: no limit.
     pub tls_handshake_rate_per_ip: Option<f64>,
+    /// `--tls-client-ca`: client certificates (mutual TLS) on.
+    pub tls_client_ca: Option<PathBuf>,
+    /// `--tls-client-auth optional` (`Some(true)`) or `required`; `None`:
+    /// not given (required, with `--tls-client-ca`).
+    pub tls_client_auth_optional: Option<bool>,
+    /// `--tls-client-crl`.
+    pub tls_client_crl: Option<PathBuf>,
     /// `--max-connections` (for the whole server: see `serve.rs`
     /// `process_share`).
     pub max_connections: Option<usize>,
@@ -346,6 +353,16 @@ fn parse_kx_groups(s: &str) -> Result<Vec<megaconn::KxGroup>, String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(groups)
+}
+
+/// `required` or `optional` (`--tls-client-auth`).
+fn client_auth_mode(s: &str) -> Result<Value, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        m @ ("required" | "optional") => Ok(Value::Text(m.to_string())),
+        _ => Err(format!(
+            "invalid client auth mode {s:?}: required or optional"
+        )),
+    }
 }
 
 fn path(s: &str) -> Result<Value, String> {
@@ -1121,6 +1138,48 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "tls-client-ca",
+        value_name: "FILE",
+        shape: Shape::One,
+        help: "CA certificates (PEM) that TLS clients' certificates must chain to: turns on client certificates (mutual TLS).",
+        details: "Every TLS listener then asks clients for a certificate, verified against these roots; a client without one that verifies fails the handshake (rustls' alert: certificate_required, unknown_ca, certificate_expired, ...), counted in megaconn_tls_handshakes_total{outcome=\"client_cert\"} and logged, unless --tls-client-auth optional. Handlers see the chain: the PeerCertificates request extension (HTTP/1.1, HTTP/2), Session::peer_certificates (framed TCP, SSE), WsSession::peer_certificates (WebSocket). SIGHUP reads the file again (and --tls-client-crl); session resumption starts afresh when they changed.",
+        default: "off (no client certificates)",
+        example: "/etc/megaconn/devices-ca.pem",
+        parse: path,
+        apply: |v, s| {
+            s.tls_client_ca = Some(v.path());
+            Ok(())
+        },
+    },
+    Knob {
+        name: "tls-client-auth",
+        value_name: "MODE",
+        shape: Shape::One,
+        help: "With --tls-client-ca: required (a client without a certificate that verifies is refused) or optional (one without any is let in; one that sends a bad one is still refused).",
+        details: "",
+        default: "required",
+        example: "optional",
+        parse: client_auth_mode,
+        apply: |v, s| {
+            s.tls_client_auth_optional = Some(v.text() == "optional");
+            Ok(())
+        },
+    },
+    Knob {
+        name: "tls-client-crl",
+        value_name: "FILE",
+        shape: Shape::One,
+        help: "Certificate revocation lists (PEM, X509 CRL blocks) client certificates are checked against; needs --tls-client-ca.",
+        details: "A client's own certificate is checked (not its intermediates'); one whose issuer has no CRL here is let in. SIGHUP reads the file again: revoke a device, replace the CRL, send SIGHUP (open connections stay open; new handshakes and resumptions are checked).",
+        default: "none",
+        example: "/etc/megaconn/devices.crl.pem",
+        parse: path,
+        apply: |v, s| {
+            s.tls_client_crl = Some(v.path());
+            Ok(())
+        },
+    },
+    Knob {
         name: "log-format",
         value_name: "FORMAT",
         shape: Shape::One,
@@ -1648,6 +1707,22 @@ mod tests {
                     )
                         .1
                 }
+                "tls-client-ca" => {
+                    (
+                        assert_eq!(text, "off (no client certificates)"),
+                        left("tls_client_ca: None,"),
+                    )
+                        .1
+                }
+                // Required unless said (resolved in `tls.rs`).
+                "tls-client-auth" => {
+                    (
+                        assert_eq!(text, "required"),
+                        left("tls_client_auth_optional: None,"),
+                    )
+                        .1
+                }
+                "tls-client-crl" => (assert_eq!(text, "none"), left("tls_client_crl: None,")).1,
                 "otel-endpoint" => (assert_eq!(text, "off"), left("endpoint: None,")).1,
                 // The message settings are unset (the library's defaults:
                 // no heartbeat timeout, no delivery rate) without either.

@@ -1,11 +1,13 @@
-//! `serve --tls-cert/--tls-key`, `--self-signed` and `--tls-listen`: the
-//! server's TLS settings, and what SIGHUP reloads.
+//! `serve --tls-cert/--tls-key`, `--self-signed`, `--tls-listen` and the
+//! client certificates' `--tls-client-ca/--tls-client-auth/--tls-client-crl`:
+//! the server's TLS settings, and what SIGHUP reloads.
 //!
 //! Which listeners speak TLS: with `--tls-listen` (config `tls_listen`), those
 //! addresses, next to the cleartext `--listen` ones; without it, a certificate
 //! turns every `--listen` address into TLS.
 //!
-//! SIGHUP reads the certificate and key files again, and the config file's
+//! SIGHUP reads the certificate and key files again (and the client CA and
+//! CRL files), and the config file's
 //! handshake knobs ([`RELOADED_KEYS`]: `tls_max_handshakes` and
 //! `tls_handshake_rate_per_ip`, so a bound can be changed under a flood
 //! without a restart, and `tls_kx_groups`); a flag
@@ -38,6 +40,8 @@ pub struct ServeTls {
     /// The certificate chain and key files, read again on SIGHUP; `None`: a
     /// `--self-signed` certificate in memory, with nothing to read.
     pub files: Option<(PathBuf, PathBuf)>,
+    /// `--tls-client-ca` (and `--tls-client-crl`), read again on SIGHUP.
+    pub client_files: Option<(PathBuf, Option<PathBuf>)>,
     /// Where SIGHUP reads the handshake knobs again; `None`: no config file,
     /// they stay as the flags set them.
     pub knobs: Option<Reread>,
@@ -78,6 +82,13 @@ pub struct TlsArgs<'a> {
     pub max_handshakes: Option<usize>,
     /// `--tls-handshake-rate-per-ip`; `None`: no limit.
     pub handshake_rate_per_ip: Option<f64>,
+    /// `--tls-client-ca`: client certificates verified against it.
+    pub client_ca: Option<&'a PathBuf>,
+    /// `--tls-client-auth`: `Some(true)` optional, `Some(false)` required;
+    /// `None`: not given (required).
+    pub client_auth_optional: Option<bool>,
+    /// `--tls-client-crl`.
+    pub client_crl: Option<&'a PathBuf>,
     /// Worker processes sharing the rate (1: this process alone).
     pub processes: usize,
     /// The config file and flags, for SIGHUP to read the knobs again.
@@ -102,6 +113,7 @@ pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>
                     args.handshake_rate_per_ip.is_some(),
                     "--tls-handshake-rate-per-ip (tls_handshake_rate_per_ip)",
                 ),
+                (args.client_ca.is_some(), "--tls-client-ca (tls_client_ca)"),
             ]
             .into_iter()
             .filter_map(|(set, name)| set.then_some(name))
@@ -142,6 +154,7 @@ pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>
         (None, Some(_), false) => return Err(UsageError("--tls-key needs --tls-cert".into())),
         (None, None, true) => (self_signed_config()?, None),
     };
+    let (tls, client_files) = client_auth(tls, &args)?;
     let processes = args.processes.max(1);
     let tls = handshake_knobs(
         tls,
@@ -156,6 +169,7 @@ pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>
     let serve_tls = ServeTls {
         config: tls.clone(),
         files,
+        client_files,
         knobs: args.knobs,
         processes,
     };
@@ -164,6 +178,50 @@ pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>
         b = b.listen_tls_on(addr);
     }
     Ok((b, Some(serve_tls)))
+}
+
+/// Turns on client certificates (`--tls-client-ca`, with `--tls-client-auth`
+/// and `--tls-client-crl`): the configuration, and the files SIGHUP reads
+/// again. The two others without a CA are refused, not dropped.
+#[allow(clippy::type_complexity)]
+fn client_auth(
+    tls: TlsConfig,
+    args: &TlsArgs<'_>,
+) -> Result<(TlsConfig, Option<(PathBuf, Option<PathBuf>)>), UsageError> {
+    let Some(ca) = args.client_ca else {
+        let orphan = [
+            (
+                args.client_auth_optional.is_some(),
+                "--tls-client-auth (tls_client_auth)",
+            ),
+            (
+                args.client_crl.is_some(),
+                "--tls-client-crl (tls_client_crl)",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect::<Vec<_>>();
+        if !orphan.is_empty() {
+            return Err(UsageError(format!(
+                "{} needs --tls-client-ca (tls_client_ca): the CA certificates client certificates must chain to",
+                orphan.join(" and ")
+            )));
+        }
+        return Ok((tls, None));
+    };
+    let mut roots = megaconn::ClientCa::from_pem_file(ca);
+    if let Some(crl) = args.client_crl {
+        roots = roots.with_crl_pem_file(crl);
+    }
+    let auth = match args.client_auth_optional {
+        Some(true) => megaconn::ClientAuth::Optional(roots),
+        _ => megaconn::ClientAuth::Required(roots),
+    };
+    let tls = tls
+        .client_auth(auth)
+        .map_err(|e| UsageError(format!("--tls-client-ca: {e}")))?;
+    Ok((tls, Some((ca.clone(), args.client_crl.cloned()))))
 }
 
 /// The knobs SIGHUP applies again; `None`: the library's default.
@@ -213,19 +271,31 @@ pub fn reload_on_sighup(tls: Option<&ServeTls>) {
         tracing::info!("SIGHUP: no TLS listener, nothing to reload");
         return;
     };
-    match &tls.files {
-        None => tracing::info!("SIGHUP: the --self-signed certificate has no files to reload"),
-        Some((cert, key)) => match tls.config.reload() {
-            Ok(()) => tracing::info!(
-                cert = %cert.display(),
-                key = %key.display(),
-                "SIGHUP: TLS certificate and key reloaded; new connections use them, open ones keep theirs"
-            ),
-            Err(e) => tracing::error!(
-                error = %e,
-                "SIGHUP: TLS reload failed, still serving the previous certificate; fix the files and send SIGHUP again"
-            ),
-        },
+    match (&tls.files, &tls.client_files) {
+        (None, None) => {
+            tracing::info!("SIGHUP: the --self-signed certificate has no files to reload")
+        }
+        (files, client_files) => {
+            let what = match (files, client_files) {
+                (Some(_), None) => "TLS certificate and key reloaded",
+                (Some(_), Some(_)) => "TLS certificate and key reloaded, and the client CA",
+                _ => "TLS client CA reloaded (the --self-signed certificate has no files)",
+            };
+            let name = |p: Option<&PathBuf>| p.map_or("-".into(), |p| p.display().to_string());
+            match tls.config.reload() {
+                Ok(()) => tracing::info!(
+                    cert = %name(files.as_ref().map(|(c, _)| c)),
+                    key = %name(files.as_ref().map(|(_, k)| k)),
+                    client_ca = %name(client_files.as_ref().map(|(c, _)| c)),
+                    client_crl = %name(client_files.as_ref().and_then(|(_, r)| r.as_ref())),
+                    "SIGHUP: {what}; new connections use them, open ones keep theirs"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: TLS reload failed, still serving the previous certificate and client CA; fix the files and send SIGHUP again"
+                ),
+            }
+        }
     }
     match &tls.knobs {
         None => tracing::debug!(
@@ -371,6 +441,49 @@ mod tests {
             err.0
         );
         assert!(knobs(true).is_ok());
+    }
+
+    /// `--tls-client-ca` needs TLS; `--tls-client-auth` and
+    /// `--tls-client-crl` need `--tls-client-ca`; an unreadable CA file is
+    /// an error naming the flag and the file.
+    #[test]
+    fn client_ca_flags_combine_or_are_refused() {
+        let ca = PathBuf::from("/nonexistent/devices-ca.pem");
+        let with = |self_signed, client_ca, optional: Option<bool>, crl| {
+            apply(
+                Builder::default(),
+                TlsArgs {
+                    self_signed,
+                    client_ca,
+                    client_auth_optional: optional,
+                    client_crl: crl,
+                    ..TlsArgs::default()
+                },
+            )
+        };
+        let err = with(false, Some(&ca), None, None).unwrap_err();
+        assert!(err.0.contains("--tls-client-ca"), "{}", err.0);
+        let err = with(true, None, Some(true), Some(&ca)).unwrap_err();
+        assert!(
+            err.0.contains("--tls-client-auth") && err.0.contains("--tls-client-crl"),
+            "{}",
+            err.0
+        );
+        let err = with(true, Some(&ca), None, None).unwrap_err();
+        assert!(
+            err.0.contains("--tls-client-ca") && err.0.contains("devices-ca.pem"),
+            "{}",
+            err.0
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let root = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
+        std::fs::write(&path, root.cert.pem()).unwrap();
+        let (b, tls) = with(true, Some(&path), Some(true), None).unwrap();
+        assert!(format!("{b:?}").contains("Optional"), "{b:?}");
+        assert_eq!(tls.unwrap().client_files, Some((path.clone(), None)));
+        let (b, _) = with(true, Some(&path), None, None).unwrap();
+        assert!(format!("{b:?}").contains("Required"), "{b:?}");
     }
 
     #[test]

@@ -451,6 +451,86 @@ fn tls_banner_says_https_and_sighup_reloads_the_certificate() {
     serving.stop();
 }
 
+/// `--tls-client-ca`: a client without a certificate from that CA is
+/// refused (rustls' alert, which the client reads after its handshake
+/// under TLS 1.3), one with is served; SIGHUP reads the CA file again.
+#[test]
+fn tls_client_ca_requires_client_certificates_and_sighup_reads_it_again() {
+    let files = TlsFiles::new();
+    let ca_file = files.dir.path().join("devices-ca.pem");
+    // CAs of their own names: a verifier does not take one's devices for
+    // the other's (two of the same name fail on a signature instead).
+    let named = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    };
+    let (old, new) = (named("Devices 1"), named("Devices 2"));
+    replace_file(&ca_file, &old.cert.pem());
+    let serving = Serving::serve(&[
+        "--tls-cert",
+        files.cert.to_str().unwrap(),
+        "--tls-key",
+        files.key.to_str().unwrap(),
+        "--tls-client-ca",
+        ca_file.to_str().unwrap(),
+    ]);
+    let addr = serving.addr("https");
+    // A device of `ca`: a client presenting a certificate it signed.
+    let device = |ca: &Ca| {
+        let params = CertificateParams::new(vec!["device-1".to_string()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(files.ca.cert.der().clone()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let mut config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(vec![cert.der().clone()], key)
+                .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
+        Arc::new(config)
+    };
+    // Refused: the error of the handshake or of the first read.
+    let refused = |config: &Arc<ClientConfig>| -> String {
+        let mut tls = match tls_connect(&addr, config) {
+            Err(e) => return e.to_string(),
+            Ok(tls) => tls,
+        };
+        let _ = write!(tls, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        let _ = tls.flush();
+        let mut byte = [0u8; 1];
+        match tls.read(&mut byte) {
+            Err(e) => e.to_string(),
+            Ok(n) => panic!("served ({n} bytes) without a certificate it trusts"),
+        }
+    };
+    let err = refused(&files.ca.client());
+    assert!(err.contains("CertificateRequired"), "{err}");
+    let mut ok = tls_connect(&addr, &device(&old)).unwrap();
+    assert!(get_keep_alive(&mut ok, "/").ends_with("Hello, World!"));
+    let err = refused(&device(&new));
+    assert!(err.contains("UnknownCA"), "{err}");
+
+    replace_file(&ca_file, &new.cert.pem());
+    serving.child.signal(libc::SIGHUP);
+    serving.wait_for_log("TLS certificate and key reloaded, and the client CA");
+    let mut ok = tls_connect(&addr, &device(&new)).unwrap();
+    assert!(get_keep_alive(&mut ok, "/").ends_with("Hello, World!"));
+    let err = refused(&device(&old));
+    assert!(err.contains("UnknownCA"), "{err}");
+    serving.stop();
+}
+
 #[test]
 fn a_config_file_mixes_tls_and_cleartext_listeners() {
     let dir = tempfile::tempdir().unwrap();

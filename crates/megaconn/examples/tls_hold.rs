@@ -5,7 +5,11 @@
 //! cargo run --release -p megaconn --example tls_hold -- \
 //!   --connect 127.0.0.1:8443 -n 15000 [--h2] [--concurrency 64]
 //!   [--path /] [--body-bytes 0] [--name localhost]
+//!   [--client-cert device.pem --client-key device-key.pem]
 //! ```
+//!
+//! With `--client-cert`/`--client-key` each connection presents that
+//! certificate (mutual TLS: a server with `TlsConfig::client_auth`).
 //!
 //! Each connection does a full TLS handshake (no resumption, so every server
 //! sees the same work), offers ALPN `http/1.1` (or `h2` with `--h2`), makes one
@@ -56,6 +60,8 @@ struct Args {
     path: String,
     body_bytes: usize,
     name: String,
+    /// `--client-cert` and `--client-key`: the identity to present.
+    client: Option<(String, String)>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -67,7 +73,10 @@ fn parse_args() -> Result<Args, String> {
         path: "/".into(),
         body_bytes: 0,
         name: "localhost".into(),
+        client: None,
     };
+    let mut client_cert = None;
+    let mut client_key = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |what: &str| it.next().ok_or(format!("{a} needs {what}"));
@@ -85,16 +94,24 @@ fn parse_args() -> Result<Args, String> {
                 args.body_bytes = value("N")?.parse().map_err(|e| format!("{e}"))?;
             }
             "--name" => args.name = value("NAME")?,
+            "--client-cert" => client_cert = Some(value("FILE")?),
+            "--client-key" => client_key = Some(value("FILE")?),
             "-h" | "--help" => {
                 return Err(
                     "usage: tls_hold --connect ADDR -n N [--h2] [--concurrency N] \
-                            [--path /] [--body-bytes N] [--name localhost]"
+                            [--path /] [--body-bytes N] [--name localhost] \
+                            [--client-cert FILE --client-key FILE]"
                         .into(),
                 )
             }
             other => return Err(format!("unknown argument {other}")),
         }
     }
+    args.client = match (client_cert, client_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("--client-cert and --client-key go together".into()),
+    };
     Ok(args)
 }
 
@@ -137,14 +154,27 @@ impl ServerCertVerifier for NoVerify {
     }
 }
 
-fn client_config(h2: bool) -> Arc<ClientConfig> {
+fn client_config(h2: bool, client: Option<&(String, String)>) -> Arc<ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)));
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .expect("--client-cert: a PEM certificate chain");
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                .expect("--client-key: a PEM private key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("a usable client certificate and key")
+        }
+    };
     config.alpn_protocols = vec![if h2 {
         b"h2".to_vec()
     } else {
@@ -258,7 +288,7 @@ fn main() {
         .expect("tokio runtime");
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let connector = TlsConnector::from(client_config(args.h2));
+        let connector = TlsConnector::from(client_config(args.h2, args.client.as_ref()));
         let mut held = Vec::with_capacity(args.n);
         let mut failed = 0usize;
         let mut opens = stream::iter(0..args.n)

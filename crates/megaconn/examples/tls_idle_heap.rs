@@ -6,10 +6,15 @@
 //! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
 //!   -keyout key.pem -out cert.pem -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1
 //! cargo run --release -p megaconn --example tls_idle_heap -- \
-//!   --listen 127.0.0.1:38444 --cert cert.pem --key key.pem
+//!   --listen 127.0.0.1:38444 --cert cert.pem --key key.pem [--client-ca ca.pem]
 //! cargo run --release -p megaconn --example tls_hold -- \
 //!   --connect 127.0.0.1:38444 -n 5000 [--h2]             # in another shell
+//!   [--client-cert device.pem --client-key device-key.pem]
 //! ```
+//!
+//! With `--client-ca` the server requires client certificates chaining to
+//! it (`ClientAuth::Required`): what a verified client's chain adds to an
+//! idle connection.
 //!
 //! The report (live heap per open connection, and the allocation sizes
 //! every connection holds) is `heap_count`'s. rustls' 4,101-byte deframer
@@ -32,7 +37,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listen = arg("--listen").unwrap_or_else(|| "127.0.0.1:38444".into());
     let cert = arg("--cert").ok_or("--cert FILE is required")?;
     let key = arg("--key").ok_or("--key FILE is required")?;
-    let tls = TlsConfig::from_pem_files(cert, key)?;
+    let mut tls = TlsConfig::from_pem_files(cert, key)?;
+    if let Some(ca) = arg("--client-ca") {
+        tls = tls.client_auth(megaconn::ClientAuth::Required(
+            megaconn::ClientCa::from_pem_file(ca),
+        ))?;
+    }
     let hello = tower::service_fn(|_req: http::Request<Body>| async {
         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(
             b"Hello, World!",

@@ -105,7 +105,8 @@
 //!                          session (HTTPS/1.1, wss://) waits in the worker's table
 //!             context.rs   what one worker's connections share; config.rs the
 //!                          settings; tls.rs certificates and the handshake;
-//!                          pool.rs buffers;
+//!                          client_auth.rs client certificates (mutual TLS:
+//!                          ClientAuth, PeerCertificates); pool.rs buffers;
 //!                          transport.rs, rewind.rs, shutdown.rs
 //!     |                                  observe/  close.rs   CloseReason
 //!  error.rs                                        stats.rs   per-worker counters
@@ -147,6 +148,7 @@ mod proto;
 mod server;
 mod service;
 
+pub use conn::client_auth::{ClientAuth, ClientCa, PeerCertificates};
 #[doc(hidden)]
 pub use conn::config::WorkerStartFailure;
 pub use conn::config::{

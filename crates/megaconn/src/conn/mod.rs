@@ -8,6 +8,7 @@
 pub(crate) mod accept;
 pub(crate) mod admission;
 pub(crate) mod blocks;
+pub(crate) mod client_auth;
 pub(crate) mod config;
 pub(crate) mod connection;
 pub(crate) mod context;

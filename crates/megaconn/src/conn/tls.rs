@@ -1,6 +1,8 @@
 //! TLS on rustls (the `ring` provider): certificates from PEM, SNI, ALPN
-//! (`h2`, `http/1.1`), session resumption, a handshake timeout, and certificate
-//! reload without a restart.
+//! (`h2`, `http/1.1`), session resumption, a handshake timeout, certificate
+//! reload without a restart, and client certificates (mutual TLS:
+//! [`ClientAuth`], verified by rustls' `WebPkiClientVerifier`; the chain a
+//! client presented reaches handlers as [`PeerCertificates`]).
 //!
 //! The dispatcher (`server/dispatch.rs`) runs [`handshake`] on connections
 //! of TLS listeners and picks the protocol by ALPN.
@@ -36,6 +38,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 
 use crate::conn::admission::{Admitted, OverIpRate, PerIpRate};
+use crate::conn::client_auth::{is_client_cert_refusal, ClientAuth, LoadedClientAuth};
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::tls_io::TlsIo;
@@ -123,6 +126,12 @@ impl std::str::FromStr for KxGroup {
 #[error("{0}")]
 pub struct TlsError(String);
 
+impl TlsError {
+    pub(crate) fn new(message: String) -> TlsError {
+        TlsError(message)
+    }
+}
+
 /// Where a certificate and its key come from.
 #[derive(Clone)]
 enum Source {
@@ -147,7 +156,7 @@ struct Entry {
     key: Arc<CertifiedKey>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Settings {
     entries: Vec<Entry>,
     alpn: Vec<Vec<u8>>,
@@ -155,10 +164,64 @@ struct Settings {
     tickets: bool,
     kx_groups: Vec<KxGroup>,
     max_handshakes_in_flight: Option<usize>,
+    /// Whether clients are asked for certificates ([`TlsConfig::client_auth`]).
+    client_auth: ClientAuth,
+    /// `client_auth` read and made into rustls' verifier (`None`: off).
+    client_verifier: Option<LoadedClientAuth>,
+    /// Where resumed sessions come from, started afresh when the client
+    /// CA roots change ([`Resumption`]).
+    resumption: Resumption,
     /// The handshake gates of the workers serving this configuration,
     /// which [`TlsConfig::max_handshakes_in_flight`] resizes live; a
     /// stopped server's are dropped and pruned here.
     gates: Vec<std::sync::Weak<GateInner>>,
+}
+
+/// Session resumption's state: the stateful cache and the ticket keys.
+///
+/// Kept across reloads of the server's certificates, but made afresh when
+/// the client CA roots (or CRLs, or the client-auth mode) change: rustls
+/// resumes a session whatever its verifier says now (a resumed session
+/// carries the client chain of the handshake it resumes, verified then),
+/// so a session made before a CA was dropped, a device revoked, or client
+/// auth turned on would otherwise still be resumed without a certificate
+/// that verifies now.
+#[derive(Clone)]
+struct Resumption {
+    session_cache: Arc<dyn StoresServerSessions>,
+    ticketer: Arc<dyn ProducesTickets>,
+}
+
+impl fmt::Debug for Resumption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resumption").finish_non_exhaustive()
+    }
+}
+
+impl Resumption {
+    fn new() -> Result<Resumption, TlsError> {
+        let ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| TlsError(format!("cannot create the session ticketer: {e}")))?;
+        Ok(Resumption {
+            session_cache: rustls::server::ServerSessionMemoryCache::new(TLS_SESSION_CACHE_SIZE),
+            ticketer,
+        })
+    }
+
+    /// The state to resume with once the client verifier is `next`, the
+    /// old one `old`: this one if they verify alike, else a fresh one.
+    fn after(
+        &self,
+        old: Option<&LoadedClientAuth>,
+        next: Option<&LoadedClientAuth>,
+    ) -> Result<Resumption, TlsError> {
+        let same = old.map(|l| &l.fingerprint) == next.map(|l| &l.fingerprint);
+        if same {
+            Ok(self.clone())
+        } else {
+            Resumption::new()
+        }
+    }
 }
 
 /// What a handshake needs, swapped whole on reload.
@@ -173,8 +236,6 @@ struct Shared {
     /// [`TlsConfig::handshake_rate_per_ip`]'s buckets, read on every TLS
     /// accept; replaced whole when the rate changes.
     ip_rate: RwLock<Option<Arc<PerIpRate>>>,
-    session_cache: Arc<dyn StoresServerSessions>,
-    ticketer: Arc<dyn ProducesTickets>,
     /// [`TlsConfig::reload`]s that worked, then those that failed
     /// (`TlsStats`).
     reloads: [AtomicU64; 2],
@@ -227,6 +288,7 @@ impl fmt::Debug for TlsConfig {
             .field("tickets", &s.tickets)
             .field("kx_groups", &s.kx_groups)
             .field("max_handshakes_in_flight", &s.max_handshakes_in_flight)
+            .field("client_auth", &s.client_auth)
             .finish()
     }
 }
@@ -255,8 +317,6 @@ impl TlsConfig {
 
     fn new(source: Source) -> Result<TlsConfig, TlsError> {
         let key = load(&source)?;
-        let ticketer = rustls::crypto::ring::Ticketer::new()
-            .map_err(|e| TlsError(format!("cannot create the session ticketer: {e}")))?;
         let settings = Settings {
             entries: vec![Entry {
                 name: None,
@@ -268,18 +328,17 @@ impl TlsConfig {
             tickets: true,
             kx_groups: DEFAULT_TLS_KX_GROUPS.to_vec(),
             max_handshakes_in_flight: Some(DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT),
+            client_auth: ClientAuth::Off,
+            client_verifier: None,
+            resumption: Resumption::new()?,
             gates: Vec::new(),
         };
-        let session_cache: Arc<dyn StoresServerSessions> =
-            rustls::server::ServerSessionMemoryCache::new(TLS_SESSION_CACHE_SIZE);
-        let live = build(&settings, &session_cache, &ticketer)?;
+        let live = build(&settings)?;
         Ok(TlsConfig {
             shared: Arc::new(Shared {
                 settings: Mutex::new(settings),
                 live: RwLock::new(Arc::new(live)),
                 ip_rate: RwLock::new(None),
-                session_cache,
-                ticketer,
                 reloads: Default::default(),
             }),
         })
@@ -500,17 +559,74 @@ impl TlsConfig {
                 entry.key = load(&entry.source)?;
             }
         }
-        let old = std::mem::replace(&mut settings.entries, entries);
-        match build(&settings, &self.shared.session_cache, &self.shared.ticketer) {
-            Ok(live) => {
-                *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
-                Ok(())
-            }
-            Err(e) => {
-                settings.entries = old;
-                Err(e)
-            }
-        }
+        // The client CA roots and CRLs too, when they are files: a renewed
+        // CA bundle or a new CRL (a device revoked) applies on SIGHUP.
+        let verifier = match settings.client_auth.has_files() {
+            true => settings.client_auth.load()?,
+            false => settings.client_verifier.clone(),
+        };
+        let resumption = settings
+            .resumption
+            .after(settings.client_verifier.as_ref(), verifier.as_ref())?;
+        let next = Settings {
+            entries,
+            client_verifier: verifier,
+            resumption,
+            ..settings.clone()
+        };
+        // Swapped in whole once it builds: on any error nothing changed.
+        let live = build(&next)?;
+        *settings = next;
+        *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+        Ok(())
+    }
+
+    /// Asks TLS clients for a certificate, verified against CA roots
+    /// (mutual TLS): [`ClientAuth::Required`] refuses a handshake without
+    /// one that verifies, [`ClientAuth::Optional`] lets a client without
+    /// one in; [`ClientAuth::Off`] (the default) asks for none. Reads the
+    /// roots (and CRLs) now: an unreadable file, a PEM without a
+    /// certificate, or a CA rustls cannot use is an error, and nothing
+    /// changes.
+    ///
+    /// The chain a client presented reaches its handlers as
+    /// [`PeerCertificates`](crate::PeerCertificates) (a request extension
+    /// on HTTP/1.1 and HTTP/2; `Session::peer_certificates` and
+    /// `WsSession::peer_certificates` on message connections). One
+    /// setting for the whole configuration: every listener it serves and
+    /// every SNI certificate (rustls verifies clients per configuration,
+    /// not per name).
+    ///
+    /// Live, as the other settings: on a running server's clone it applies
+    /// to the next handshake; open connections keep the certificate they
+    /// were verified with. [`reload`](TlsConfig::reload) reads the CA and
+    /// CRL files again. Session resumption (tickets and the session cache)
+    /// starts afresh whenever the roots, CRLs or mode change, so no session
+    /// verified under the old ones resumes under the new (rustls itself
+    /// would resume it: it checks the verifier at full handshakes only).
+    ///
+    /// Cost: nothing while off. On, each full handshake verifies the
+    /// client's chain (an ECDSA or RSA signature check per certificate,
+    /// about what the server's own signature costs), and the session keeps
+    /// the chain's DER while the connection lives, parked or not (~1 KB
+    /// for a one-certificate chain: see the README's TLS section).
+    pub fn client_auth(self, auth: ClientAuth) -> Result<TlsConfig, TlsError> {
+        let loaded = auth.load()?;
+        let mut settings = self.settings();
+        let resumption = settings
+            .resumption
+            .after(settings.client_verifier.as_ref(), loaded.as_ref())?;
+        let next = Settings {
+            client_auth: auth,
+            client_verifier: loaded,
+            resumption,
+            ..settings.clone()
+        };
+        let live = build(&next)?;
+        *settings = next;
+        *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+        drop(settings);
+        Ok(self)
     }
 
     /// The reloads so far and the live certificates' expiry (read off
@@ -557,7 +673,7 @@ impl TlsConfig {
     fn update(&self, change: impl FnOnce(&mut Settings)) -> Result<(), TlsError> {
         let mut settings = self.settings();
         change(&mut settings);
-        let live = build(&settings, &self.shared.session_cache, &self.shared.ticketer)?;
+        let live = build(&settings)?;
         *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
         Ok(())
     }
@@ -648,11 +764,7 @@ fn load(source: &Source) -> Result<Arc<CertifiedKey>, TlsError> {
     Ok(Arc::new(certified))
 }
 
-fn build(
-    settings: &Settings,
-    session_cache: &Arc<dyn StoresServerSessions>,
-    ticketer: &Arc<dyn ProducesTickets>,
-) -> Result<Live, TlsError> {
+fn build(settings: &Settings) -> Result<Live, TlsError> {
     let mut resolver = SniResolver::default();
     for entry in &settings.entries {
         match &entry.name {
@@ -665,15 +777,18 @@ fn build(
     let mut provider = rustls::crypto::ring::default_provider();
     provider.kx_groups = settings.kx_groups.iter().map(|g| g.ring()).collect();
     let provider = Arc::new(provider);
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let versions = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError(format!("TLS setup failed: {e}")))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|e| TlsError(format!("TLS setup failed: {e}")))?;
+    let mut config = match &settings.client_verifier {
+        None => versions.with_no_client_auth(),
+        Some(loaded) => versions.with_client_cert_verifier(loaded.verifier.clone()),
+    }
+    .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = settings.alpn.clone();
-    config.session_storage = session_cache.clone();
+    config.session_storage = settings.resumption.session_cache.clone();
     if settings.tickets {
-        config.ticketer = ticketer.clone();
+        config.ticketer = settings.resumption.ticketer.clone();
     }
     Ok(Live {
         config: Arc::new(config),
@@ -933,6 +1048,11 @@ pub(crate) async fn handshake(
     ctx: &WorkerContext,
     HandshakeStart { live, place }: HandshakeStart,
 ) -> Result<ServerTls, CloseReason> {
+    // The socket, for the address a refused client certificate's line
+    // names (asked only when the line goes out); open while `failed` can
+    // be called (the stream owns it until the handshake returns).
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let client_cert_refused = std::cell::Cell::new(false);
     let failed = |e: std::io::Error| {
         // The client left: a reset, a close before or during the handshake,
         // or a fatal alert of its own (which the stream counted by name and
@@ -943,7 +1063,9 @@ pub(crate) async fn handshake(
         incr(&ctx.stats.protocol_errors);
         // A ClientHello in tiny records, over what a stream buffers, has a
         // label and a log kind of its own: a flood of them must not hide
-        // other failures' lines, nor theirs it.
+        // other failures' lines, nor theirs it. So has a client
+        // certificate refused (`client_auth`): what an operator looks for
+        // when a device cannot connect.
         let (kind, what) = match TlsFailure::of(&e) {
             Some(TlsFailure::TooMuchBuffered { .. }) => {
                 LimitHit::TlsHandshakeBuffer.count(&ctx.stats);
@@ -952,12 +1074,35 @@ pub(crate) async fn handshake(
                     "over the TLS record buffer's limit",
                 )
             }
+            Some(TlsFailure::Rejected(e)) if is_client_cert_refusal(e) => {
+                client_cert_refused.set(true);
+                (
+                    Flood::TlsClientCertRefused,
+                    "refused the client's certificate",
+                )
+            }
             _ => (Flood::TlsHandshakeFailed, "failed"),
         };
-        ratelog::log(
-            kind,
-            |suppressed| tracing::info!(error = %e, suppressed, "TLS handshake {what}; closing the connection"),
-        );
+        ratelog::log(kind, |suppressed| {
+            // Which device it was, for a refused certificate only: its
+            // failure comes from the client's own messages, so the stream
+            // (and its socket) is alive; `TlsIo::new`'s failure comes
+            // after the socket went.
+            if client_cert_refused.get() {
+                // SAFETY: the handshake's stream owns `fd` until it
+                // returns, and it failed on the client's message.
+                let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                let peer = crate::conn::ConnInfo::of(&socket).map(|i| i.peer);
+                tracing::info!(
+                    error = %e,
+                    peer = %ratelog::peer_name(peer),
+                    suppressed,
+                    "TLS handshake {what} (ClientAuth: the client sent none, or one that does not verify against the client CA roots; it got rustls' alert saying why); closing the connection"
+                )
+            } else {
+                tracing::info!(error = %e, suppressed, "TLS handshake {what}; closing the connection")
+            }
+        });
         CloseReason::TlsHandshakeFailed
     };
     let ended = run_handshake(stream, ctx, live, place, failed).await;
@@ -965,6 +1110,7 @@ pub(crate) async fn handshake(
         Ok(_) => HandshakeOutcome::Completed,
         Err(CloseReason::ClientClosed) => HandshakeOutcome::Abandoned,
         Err(CloseReason::TlsHandshakeTimeout) => HandshakeOutcome::Timeout,
+        Err(_) if client_cert_refused.get() => HandshakeOutcome::ClientCert,
         Err(_) => HandshakeOutcome::Failed,
     };
     outcome.count(&ctx.stats);

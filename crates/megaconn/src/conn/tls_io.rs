@@ -1088,6 +1088,12 @@ impl<S: Parkable> Parkable for TlsIo<S> {
         self.sock.still_watched()
     }
 
+    /// The session's (rustls keeps the client's chain with client auth on,
+    /// parked or not; an empty `Option` otherwise).
+    fn peer_certificates(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
+        self.session.peer_certificates()
+    }
+
     /// Splits an idle stream for parking: the socket for the lot, the
     /// session for the worker's table. Fails (and the connection closes) if
     /// decrypted bytes wait, or ciphertext cannot be sent without waiting.

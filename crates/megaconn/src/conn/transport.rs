@@ -114,6 +114,15 @@ pub(crate) trait Parkable: Transport {
         false
     }
 
+    /// The certificate chain the peer presented in its TLS handshake,
+    /// verified (`TlsConfig::client_auth`): `None` on cleartext, with
+    /// client auth off, for a client that sent none, and for a custom
+    /// transport (the default). Read off the session, which keeps it
+    /// anyway: nothing is kept for it here.
+    fn peer_certificates(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
+        None
+    }
+
     /// Gives up the stream as a bare socket for parking.
     fn into_parked(self) -> io::Result<OwnedFd>
     where

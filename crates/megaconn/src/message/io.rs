@@ -367,6 +367,13 @@ impl Parkable for MessageIo {
         }
     }
 
+    fn peer_certificates(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
+        match self {
+            MessageIo::Tls(s) => s.peer_certificates(),
+            MessageIo::Tcp(_) | MessageIo::Plain(_) => None,
+        }
+    }
+
     fn still_watched(&self) -> bool {
         match self {
             MessageIo::Tcp(s) => s.still_watched(),

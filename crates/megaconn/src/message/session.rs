@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+use crate::conn::client_auth::PeerCertificates;
 use crate::message::hub::ConnectionId;
 use crate::message::topics::SubscribeError;
 use crate::message::worker::Local;
@@ -20,6 +21,10 @@ pub struct Session {
     local: Rc<Local>,
     out: RefCell<Vec<Bytes>>,
     closing: Cell<bool>,
+    /// The TLS client's verified chain (`ClientAuth`), copied from its
+    /// session for this wake-up; `None` without one (nothing kept while
+    /// parked: the parked TLS session has it).
+    peer: Option<PeerCertificates>,
 }
 
 impl std::fmt::Debug for Session {
@@ -33,13 +38,32 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn new(id: ConnectionId, local: Rc<Local>) -> Session {
+    /// The session of connection `id`, whose TLS client presented
+    /// `peer` (the stream's `Parkable::peer_certificates`; `None` on
+    /// cleartext or without client auth, where this costs one branch).
+    pub(crate) fn new(
+        id: ConnectionId,
+        local: Rc<Local>,
+        peer: Option<&[rustls_pki_types::CertificateDer<'static>]>,
+    ) -> Session {
         Session {
             id,
             local,
             out: RefCell::default(),
             closing: Cell::default(),
+            peer: PeerCertificates::of(peer),
         }
+    }
+
+    /// The certificate chain the peer presented in its TLS handshake,
+    /// verified against the client CA roots
+    /// ([`TlsConfig::client_auth`](crate::TlsConfig::client_auth)): a
+    /// framed TLS listener's or a Server-Sent Events stream's over TLS.
+    /// The same after the connection parked and woke (its TLS session
+    /// kept it). `None` on cleartext, with client auth off, and for a
+    /// client that sent none under [`ClientAuth::Optional`](crate::ClientAuth::Optional).
+    pub fn peer_certificates(&self) -> Option<&PeerCertificates> {
+        self.peer.as_ref()
     }
 
     /// This connection's id, for pushing to it later with a [`Hub`](crate::Hub)

@@ -48,7 +48,7 @@
 //! | `megaconn_accept_errors_total` | counter | `errno` |
 //! | `megaconn_connections_rejected_total` | counter | `limit` (`accept_rate`, `max_connections_per_ip`: [`REJECTED_LABELS`]) |
 //! | `megaconn_tls_alerts_received_total` | counter | `alert` (`unknown_ca`, `bad_certificate`, …, `other`) |
-//! | `megaconn_tls_handshakes_total` | counter | `outcome` (`completed`, `abandoned`, `failed`, `timeout`) |
+//! | `megaconn_tls_handshakes_total` | counter | `outcome` (`completed`, `abandoned`, `failed`, `timeout`, `client_cert`) |
 //! | `megaconn_tls_reloads_total` | counter | `outcome` (`ok`, `failed`) (only with TLS) |
 //! | `megaconn_tls_certificate_expiry_seconds` | gauge | `server_name` (`default`, or the SNI name a certificate is for) (only with TLS) |
 //! | `megaconn_worker_connections` | gauge | `worker` |

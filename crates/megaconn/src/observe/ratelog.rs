@@ -7,6 +7,7 @@
 //! queue, a subscription over a connection's bound, a framed or WebSocket (native or `axum_ws`) peer or an HTTP/1.1
 //! client that stopped reading, an HTTP/1.1 request head or request that
 //! did not come within its timeout, a TLS handshake that timed out or failed, a
+//! TLS client certificate refused, a
 //! TLS peer over the record buffer's limit or in breach of the protocol
 //! after its handshake, a response body that failed mid-stream, a panic
 //! caught, an HTTP/2 stream whose client gave it no room, a request body
@@ -417,6 +418,13 @@ pub(crate) enum Flood {
     /// PING flood (`HTTP2_PING_BUDGET`), its line naming the constant as
     /// the control-frame one does.
     Http2Pings,
+    /// A TLS handshake refused for the client's certificate
+    /// (`TlsConfig::client_auth`): none sent where one is required, or one
+    /// that does not verify. A kind apart from
+    /// [`TlsHandshakeFailed`](Flood::TlsHandshakeFailed): after a CA
+    /// rollout a fleet's refusals must not hide other failures' lines, nor
+    /// theirs it.
+    TlsClientCertRefused,
 }
 
 impl Flood {
@@ -493,6 +501,7 @@ impl Flood {
             | Flood::Http2TinyData
             | Flood::Http2WindowDrip
             | Flood::Http2Pings
+            | Flood::TlsClientCertRefused
             | Flood::PublishRate => Level::INFO,
         }
     }
@@ -511,11 +520,11 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 57;
+const KINDS: usize = 58;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Http2Pings as usize == KINDS - 1);
+const _: () = assert!(Flood::TlsClientCertRefused as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -81,14 +81,20 @@ pub(crate) enum HandshakeOutcome {
     Failed,
     /// Not done within `TlsConfig::handshake_timeout`.
     Timeout,
+    /// Refused for the client's certificate (`TlsConfig::client_auth`):
+    /// none where one is required, or one that does not verify against the
+    /// client CA roots. Closed as `tls_handshake_failed`; a label of its
+    /// own, so that a fleet's devices locked out show apart from broken
+    /// ClientHellos.
+    ClientCert,
 }
 
 impl HandshakeOutcome {
     /// How many outcomes there are.
-    pub(crate) const COUNT: usize = 4;
+    pub(crate) const COUNT: usize = 5;
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; HandshakeOutcome::COUNT] =
-        ["completed", "abandoned", "failed", "timeout"];
+        ["completed", "abandoned", "failed", "timeout", "client_cert"];
 
     /// Counts one in the worker's counters.
     pub(crate) fn count(self, stats: &WorkerStats) {
@@ -456,7 +462,7 @@ pub struct ServerStats {
     pub tls_alerts_received: Vec<(&'static str, u64)>,
     /// TLS handshakes by outcome (`completed`; `abandoned`: the client
     /// closed or reset before finishing, counted closed as `client_closed`;
-    /// `failed`; `timeout`; every label, zero or not), as
+    /// `failed`; `timeout`; `client_cert`: a client certificate refused; every label, zero or not), as
     /// `megaconn_tls_handshakes_total{outcome}` shows them.
     pub tls_handshakes: Vec<(&'static str, u64)>,
     /// Per-request metrics: requests by method and status class, durations,

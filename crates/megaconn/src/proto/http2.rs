@@ -170,6 +170,7 @@ use http_body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
+use crate::conn::client_auth::PeerCertificates;
 use crate::conn::config::Http2Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::io::WriteBound;
@@ -775,11 +776,15 @@ fn window_drip_slowed(stats: &WorkerStats) {
 /// A connection's addresses as far as megaconn kept them, and where to ask
 /// for its peer's otherwise: what requests carry (`connect_info`) and what
 /// the lines that name the peer say.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Addrs {
     /// Kept since the accept: always over TLS, on h2c with `connect_info`
     /// (HTTP/1.1 keeps them only then).
     info: Option<ConnInfo>,
+    /// The TLS client's verified certificate chain (`ClientAuth`), copied
+    /// once for the connection (HTTP/2 never parks) and shared by its
+    /// requests; `None` without one.
+    peer: Option<PeerCertificates>,
     /// The socket to ask for the peer's address when a line names it and
     /// nothing kept it: read then (one `getpeername`, for a line that goes
     /// out), not at every h2c hand-over for a line that may never come.
@@ -789,7 +794,16 @@ pub(crate) struct Addrs {
 impl Addrs {
     /// The addresses kept, if any, and no socket to ask.
     pub(crate) fn kept(info: Option<ConnInfo>) -> Addrs {
-        Addrs { info, socket: None }
+        Addrs {
+            info,
+            peer: None,
+            socket: None,
+        }
+    }
+
+    /// These addresses, on a connection whose TLS client presented `peer`.
+    pub(crate) fn with_peer(self, peer: Option<PeerCertificates>) -> Addrs {
+        Addrs { peer, ..self }
     }
 
     /// The addresses kept, if any, and `socket` to ask for the peer's.
@@ -800,7 +814,11 @@ impl Addrs {
     /// runs: the socket of the `io` it serves, which it owns until it
     /// returns (nothing keeps an `Addrs` past it).
     pub(crate) unsafe fn with_socket(info: Option<ConnInfo>, socket: Option<RawFd>) -> Addrs {
-        Addrs { info, socket }
+        Addrs {
+            info,
+            peer: None,
+            socket,
+        }
     }
 
     /// Both addresses, for a traced request's span: as kept, else asked of
@@ -1104,6 +1122,9 @@ fn prepare<F>(
     let mut request = Request::from_parts(parts, body);
     if let Some(info) = addrs.info.filter(|_| ctx.config.connect_info) {
         crate::service::insert_conn_info(request.extensions_mut(), info);
+    }
+    if let Some(peer) = &addrs.peer {
+        request.extensions_mut().insert(peer.clone());
     }
     // As an HTTP/1.1 upgrade request does, a CONNECT carries the handle
     // that receives the stream once the handler answers 2xx.

@@ -57,6 +57,7 @@ mod message_bounds;
 mod message_connections;
 mod metrics;
 mod modes;
+mod mtls;
 #[cfg(feature = "otel")]
 mod otel;
 mod park;

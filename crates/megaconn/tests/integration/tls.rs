@@ -56,7 +56,9 @@ async fn start(tls: TlsConfig) -> Running {
     Running { addr, handle, task }
 }
 
-async fn h2_get<S>(io: S, path: &str, body: Option<&'static [u8]>) -> (StatusCode, Bytes)
+/// One HTTP/2 request on `io` (a `POST` of `body` if any): its status
+/// and body. (`mtls.rs` asks with it too.)
+pub(crate) async fn h2_get<S>(io: S, path: &str, body: Option<&'static [u8]>) -> (StatusCode, Bytes)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -461,10 +461,20 @@ where
     // bench/CPU-PER-REQUEST.md, session 38).
     let mut upgrade = None;
     let info = conn.info.as_deref();
+    // A TLS client's verified chain (`ClientAuth`): a constant `None` on
+    // cleartext, one branch over TLS without client auth.
+    let peer = if T::SECURE {
+        conn.io.peer_certificates()
+    } else {
+        None
+    };
     let fill = |request: &mut Request<Body>| {
         place.move_into(request);
         if let Some(info) = info {
             crate::service::insert_conn_info(request.extensions_mut(), *info);
+        }
+        if let Some(peer) = crate::conn::client_auth::PeerCertificates::of(peer) {
+            request.extensions_mut().insert(peer);
         }
         if wants_upgrade {
             let (tx, on_upgrade) = upgrade::pending();

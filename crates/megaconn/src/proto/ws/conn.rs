@@ -181,7 +181,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 conn.rbuf_and_io().0.extend_from_slice(&read_ahead);
             }
             let id = tables.local.new_id(fd);
-            let session = WsSession::new(Session::new(id, tables.local.clone()));
+            let session = WsSession::new(Session::new(
+                id,
+                tables.local.clone(),
+                conn.io.peer_certificates(),
+            ));
             let mut live = Live::new(
                 &route.handler,
                 H::on_close_with_id,
@@ -205,7 +209,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             };
             let id = tables.local.id(fd, parked.generation);
             let timers = parked.timers(tables.local.is_resuming(id));
-            let session = WsSession::new(Session::new(id, tables.local.clone()));
+            let session = WsSession::new(Session::new(
+                id,
+                tables.local.clone(),
+                conn.io.peer_certificates(),
+            ));
             let live = Live::new(
                 &route.handler,
                 H::on_close_with_id,

@@ -197,6 +197,19 @@ impl WsSession {
         self.inner.peer_addr()
     }
 
+    /// The certificate chain the client presented in its TLS handshake
+    /// (`wss://` with [`TlsConfig::client_auth`](crate::TlsConfig::client_auth)),
+    /// verified against the client CA roots; the same after the
+    /// connection parked and woke. `None` on cleartext, with client auth
+    /// off, for a client that sent none under
+    /// [`ClientAuth::Optional`](crate::ClientAuth::Optional), and on a
+    /// transport of the caller's own. (The upgrade request carried it too,
+    /// as a [`PeerCertificates`](crate::PeerCertificates) extension, for
+    /// the route's upgrade hook.)
+    pub fn peer_certificates(&self) -> Option<&crate::PeerCertificates> {
+        self.inner.peer_certificates()
+    }
+
     /// The messages queued so far, taken.
     pub(crate) fn take_out(&self) -> Vec<WsMessage> {
         std::mem::take(&mut *self.out.borrow_mut())

@@ -198,6 +198,14 @@ impl Parkable for WsIo {
         matches!(self, Either::Left(s) if s.still_watched())
     }
 
+    /// Ours over TLS; a caller's own transport says none.
+    fn peer_certificates(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
+        match self {
+            Either::Left(s) => s.peer_certificates(),
+            Either::Right(_) => None,
+        }
+    }
+
     fn into_parked_parts(self) -> io::Result<WsParked> {
         match self {
             Either::Left(s) => s.into_parked_parts(),

@@ -1,0 +1,435 @@
+//! Client certificates (mutual TLS): which CA roots a TLS client's
+//! certificate must chain to ([`ClientCa`], [`ClientAuth`], set with
+//! `TlsConfig::client_auth`), the verifier rustls runs with them
+//! (`WebPkiClientVerifier`: no certificate checking of our own), and the
+//! chain a verified client presented as handlers see it
+//! ([`PeerCertificates`]).
+//!
+//! What it costs a connection: nothing with client auth off (rustls keeps
+//! an empty `Option` for the peer's chain in every session already). On,
+//! the session keeps the client's chain (its DER, ~0.5–1.5 KB a
+//! certificate) for the connection's life, parked or awake; a handler's
+//! [`PeerCertificates`] is a copy made when asked for (per request on
+//! HTTP/1.1, per connection on HTTP/2, per wake-up of a message
+//! connection), never kept while the connection is parked.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+
+use crate::conn::tls::TlsError;
+
+/// PEM text to read: a file (read again by `TlsConfig::reload`), or bytes.
+#[derive(Clone)]
+enum Pem {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+impl fmt::Debug for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pem::File(path) => write!(f, "{}", path.display()),
+            Pem::Bytes(_) => f.write_str("PEM in memory"),
+        }
+    }
+}
+
+impl Pem {
+    /// Where it comes from, for an error message.
+    fn what(&self) -> String {
+        match self {
+            Pem::File(path) => path.display().to_string(),
+            Pem::Bytes(_) => "the PEM given".to_owned(),
+        }
+    }
+}
+
+/// The certificate authorities a client certificate must chain to, and
+/// any certificate revocation lists (CRLs) to check it against: from PEM
+/// files (read again by [`TlsConfig::reload`](crate::TlsConfig::reload),
+/// so a renewed CA bundle or a new CRL applies on SIGHUP) or PEM text.
+///
+/// ```no_run
+/// # fn run() -> Result<(), megaconn::TlsError> {
+/// use megaconn::{ClientAuth, ClientCa, TlsConfig};
+/// let tls = TlsConfig::from_pem_files("cert.pem", "key.pem")?
+///     .client_auth(ClientAuth::Required(
+///         ClientCa::from_pem_file("devices-ca.pem").with_crl_pem_file("devices.crl.pem"),
+///     ))?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientCa {
+    roots: Pem,
+    crls: Vec<Pem>,
+}
+
+impl ClientCa {
+    /// CA certificates from a PEM file (one or more `CERTIFICATE` blocks).
+    /// Read when given to [`TlsConfig::client_auth`](crate::TlsConfig::client_auth)
+    /// (an unreadable file is an error there) and again at each reload.
+    pub fn from_pem_file(path: impl AsRef<Path>) -> ClientCa {
+        ClientCa {
+            roots: Pem::File(path.as_ref().to_path_buf()),
+            crls: Vec::new(),
+        }
+    }
+
+    /// CA certificates from PEM text.
+    pub fn from_pem(pem: &[u8]) -> ClientCa {
+        ClientCa {
+            roots: Pem::Bytes(pem.to_vec()),
+            crls: Vec::new(),
+        }
+    }
+
+    /// Adds certificate revocation lists from a PEM file (`X509 CRL`
+    /// blocks), read again at each reload. A client's own certificate is
+    /// checked against them (not its intermediates'); one whose issuer has
+    /// no CRL here is let in (its status is unknown, not revoked), and an
+    /// expired CRL still applies, as webpki does by default.
+    pub fn with_crl_pem_file(mut self, path: impl AsRef<Path>) -> ClientCa {
+        self.crls.push(Pem::File(path.as_ref().to_path_buf()));
+        self
+    }
+
+    /// Adds certificate revocation lists from PEM text (see
+    /// [`with_crl_pem_file`](ClientCa::with_crl_pem_file)).
+    pub fn with_crl_pem(mut self, pem: &[u8]) -> ClientCa {
+        self.crls.push(Pem::Bytes(pem.to_vec()));
+        self
+    }
+
+    /// Whether something here is read from a file (a reload reads it again).
+    pub(crate) fn has_files(&self) -> bool {
+        std::iter::once(&self.roots)
+            .chain(&self.crls)
+            .any(|p| matches!(p, Pem::File(_)))
+    }
+}
+
+/// Whether TLS clients are asked for a certificate
+/// ([`TlsConfig::client_auth`](crate::TlsConfig::client_auth)). The same
+/// for every listener and SNI name of a configuration (rustls has one
+/// verifier per configuration).
+#[derive(Clone, Debug, Default)]
+pub enum ClientAuth {
+    /// No certificate is asked for (the default).
+    #[default]
+    Off,
+    /// A certificate is asked for and, if the client sends one, it must
+    /// chain to these roots (else the handshake fails); a client that
+    /// sends none is let in, and its requests carry no
+    /// [`PeerCertificates`].
+    Optional(ClientCa),
+    /// Every client must present a certificate that chains to these roots:
+    /// one that sends none fails the handshake with rustls'
+    /// `certificate_required` alert (TLS 1.3; `handshake_failure` on 1.2),
+    /// one from another CA with `unknown_ca`, an expired one with
+    /// `certificate_expired`, a revoked one with `certificate_revoked`.
+    /// Each is counted in
+    /// `megaconn_tls_handshakes_total{outcome="client_cert"}` and logged
+    /// (rate-limited) with rustls' reason.
+    Required(ClientCa),
+}
+
+impl ClientAuth {
+    fn ca(&self) -> Option<&ClientCa> {
+        match self {
+            ClientAuth::Off => None,
+            ClientAuth::Optional(ca) | ClientAuth::Required(ca) => Some(ca),
+        }
+    }
+
+    /// Whether a reload has files of this to read again.
+    pub(crate) fn has_files(&self) -> bool {
+        self.ca().is_some_and(ClientCa::has_files)
+    }
+
+    /// Reads the roots and CRLs and builds rustls' verifier: `None` with
+    /// client auth off.
+    pub(crate) fn load(&self) -> Result<Option<LoadedClientAuth>, TlsError> {
+        let Some(ca) = self.ca() else {
+            return Ok(None);
+        };
+        let pem = read(&ca.roots)?;
+        let what = ca.roots.what();
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::new(format!("cannot read CA certificates from {what}: {e}")))?;
+        let mut roots = RootCertStore::empty();
+        for cert in &certs {
+            roots.add(cert.clone()).map_err(|e| {
+                TlsError::new(format!("a CA certificate in {what} is not usable: {e}"))
+            })?;
+        }
+        if roots.is_empty() {
+            return Err(TlsError::new(format!(
+                "no CA certificate found in {what} (client certificates need at least one root)"
+            )));
+        }
+        let mut crls = Vec::new();
+        for source in &ca.crls {
+            let pem = read(source)?;
+            let found = CertificateRevocationListDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    TlsError::new(format!("cannot read CRLs from {}: {e}", source.what()))
+                })?;
+            if found.is_empty() {
+                return Err(TlsError::new(format!(
+                    "no CRL (X509 CRL block) found in {}",
+                    source.what()
+                )));
+            }
+            crls.extend(found);
+        }
+        // What a change is judged by: a reload that reads the same roots
+        // and CRLs keeps resumption (`TlsConfig::reload`).
+        let mut fingerprint: Vec<Vec<u8>> = certs.iter().map(|c| c.to_vec()).collect();
+        fingerprint.extend(crls.iter().map(|c| c.to_vec()));
+        fingerprint.push(vec![u8::from(matches!(self, ClientAuth::Optional(_)))]);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        if !crls.is_empty() {
+            // The client's own certificate is what a fleet revokes; an
+            // issuer with no CRL given is not a reason to refuse (webpki's
+            // default would refuse every client of a CA without one).
+            builder = builder
+                .with_crls(crls)
+                .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status();
+        }
+        if matches!(self, ClientAuth::Optional(_)) {
+            builder = builder.allow_unauthenticated();
+        }
+        let verifier = builder
+            .build()
+            .map_err(|e| TlsError::new(format!("cannot verify client certificates: {e}")))?;
+        Ok(Some(LoadedClientAuth {
+            verifier,
+            fingerprint,
+        }))
+    }
+}
+
+/// PEM bytes from a file or memory.
+fn read(source: &Pem) -> Result<Vec<u8>, TlsError> {
+    match source {
+        Pem::Bytes(b) => Ok(b.clone()),
+        Pem::File(path) => std::fs::read(path)
+            .map_err(|e| TlsError::new(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+/// A [`ClientAuth`] read and made into rustls' verifier.
+#[derive(Clone)]
+pub(crate) struct LoadedClientAuth {
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The roots' and CRLs' DER and the mode: a change of any of them
+    /// starts resumption afresh (`tls.rs`, `Resumption`).
+    pub fingerprint: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for LoadedClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedClientAuth")
+            .field("items", &self.fingerprint.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a handshake failed on the client's certificate (`e`, rustls'
+/// error): none sent where one is required, or one that did not verify
+/// (unknown issuer, expired, revoked, a bad signature). A server verifies
+/// no other certificate, so these errors can only be about the client's.
+pub(crate) fn is_client_cert_refusal(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::NoCertificatesPresented
+            | rustls::Error::InvalidCertificate(_)
+            | rustls::Error::InvalidCertRevocationList(_)
+    )
+}
+
+/// The certificate chain a TLS client presented and the server verified
+/// against [`ClientAuth`]'s roots: the client's own certificate first,
+/// then any intermediates it sent. Cheap to clone (shared).
+///
+/// Where handlers find it:
+/// - HTTP/1.1 and HTTP/2: a request extension
+///   (`request.extensions().get::<PeerCertificates>()`; with axum,
+///   `Extension<PeerCertificates>` or `Option<Extension<PeerCertificates>>`),
+///   also on the request that opens an `axum_ws` socket or an
+///   [`SseRoute`](crate::SseRoute) stream (its handler's `on_open`);
+/// - framed TCP and Server-Sent Events: [`Session::peer_certificates`](crate::Session::peer_certificates);
+/// - native WebSocket: [`WsSession::peer_certificates`](crate::WsSession::peer_certificates).
+///
+/// Absent on cleartext connections, with client auth off, and for a client
+/// that sent none under [`ClientAuth::Optional`]. A resumed TLS session
+/// carries the chain of the handshake it resumes (rustls keeps it in the
+/// ticket or session cache).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerCertificates(Arc<Vec<CertificateDer<'static>>>);
+
+impl PeerCertificates {
+    /// The chain as a handler sees it; `None` for none (or an empty one).
+    #[inline]
+    pub(crate) fn of(chain: Option<&[CertificateDer<'static>]>) -> Option<PeerCertificates> {
+        let chain = chain.filter(|c| !c.is_empty())?;
+        Some(PeerCertificates(Arc::new(chain.to_vec())))
+    }
+
+    /// The client's own certificate (DER).
+    pub fn end_entity(&self) -> &CertificateDer<'static> {
+        &self.0[0]
+    }
+
+    /// The whole chain as the client sent it (DER), its own certificate first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.0
+    }
+
+    /// The client certificate's subject common name (`CN`), the name a
+    /// fleet usually gives each device; `None` if its subject has none
+    /// (or it is in a string type this does not read: UTF8String,
+    /// PrintableString, IA5String and BMPString are read, what CAs issue).
+    /// Parsed from the DER at each call.
+    pub fn common_name(&self) -> Option<String> {
+        subject_common_name(self.end_entity())
+    }
+}
+
+impl fmt::Debug for PeerCertificates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerCertificates")
+            .field("common_name", &self.common_name())
+            .field("chain_len", &self.0.len())
+            .finish()
+    }
+}
+
+/// A certificate's subject CN (RFC 5280, 4.1.2.6; OID 2.5.4.3), read with
+/// yasna as `tls.rs` reads `notAfter`.
+fn subject_common_name(der: &[u8]) -> Option<String> {
+    use yasna::models::ObjectIdentifier;
+    use yasna::{tags, BERReader, Tag};
+    let cn = ObjectIdentifier::from_slice(&[2, 5, 4, 3]);
+    fn string(r: BERReader<'_, '_>) -> yasna::ASN1Result<Option<String>> {
+        let tag = r.lookahead_tag()?;
+        Ok(Some(if tag == tags::TAG_UTF8STRING {
+            r.read_utf8string()?
+        } else if tag == tags::TAG_PRINTABLESTRING {
+            r.read_printable_string()?
+        } else if tag == tags::TAG_IA5STRING {
+            r.read_ia5_string()?
+        } else if tag == tags::TAG_BMPSTRING {
+            r.read_bmp_string()?
+        } else {
+            r.read_der()?;
+            return Ok(None);
+        }))
+    }
+    let read = yasna::parse_ber(der, |r| {
+        r.read_sequence(|cert| {
+            let name = cert.next().read_sequence(|tbs| {
+                tbs.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
+                // Serial, signature algorithm, issuer, validity.
+                for _ in 0..4 {
+                    tbs.next().read_der()?;
+                }
+                let mut found = None;
+                tbs.next().read_sequence_of(|rdn| {
+                    rdn.read_set_of(|atv| {
+                        atv.read_sequence(|atv| {
+                            let oid = atv.next().read_oid()?;
+                            let value = string(atv.next())?;
+                            if oid == cn && found.is_none() {
+                                found = value;
+                            }
+                            Ok(())
+                        })
+                    })
+                })?;
+                // Key and the optional rest, unread.
+                while tbs.read_optional(|r| r.read_der())?.is_some() {}
+                Ok(found)
+            })?;
+            cert.next().read_der()?;
+            cert.next().read_der()?;
+            Ok(name)
+        })
+    });
+    read.ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_with_cn(cn: &str) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["device.local".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Fleet");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    /// The subject's CN is read past the other attributes of the subject.
+    #[test]
+    fn the_common_name_is_read_off_the_subject() {
+        let chain = [cert_with_cn("device-42")];
+        let peer = PeerCertificates::of(Some(&chain)).unwrap();
+        assert_eq!(peer.common_name().as_deref(), Some("device-42"));
+        assert_eq!(peer.end_entity(), &chain[0]);
+        assert_eq!(PeerCertificates::of(Some(&[])), None);
+        assert_eq!(PeerCertificates::of(None), None);
+    }
+
+    /// A subject without a CN has none, and garbage is no panic.
+    #[test]
+    fn no_common_name_is_none() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["x.local".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Fleet");
+        let der = params.self_signed(&key).unwrap().der().clone();
+        assert_eq!(subject_common_name(&der), None);
+        assert_eq!(subject_common_name(b"\x30\x03\x02\x01\x01"), None);
+    }
+
+    /// A CA file with no certificate, or a CRL file with no CRL, is an
+    /// error when configured, not a verifier that lets nobody (or
+    /// everybody) in.
+    #[test]
+    fn an_empty_ca_or_crl_is_refused() {
+        let err = ClientAuth::Required(ClientCa::from_pem(b""))
+            .load()
+            .unwrap_err();
+        assert!(err.to_string().contains("no CA certificate"), "{err}");
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
+        let err =
+            ClientAuth::Required(ClientCa::from_pem(ca.cert.pem().as_bytes()).with_crl_pem(b""))
+                .load()
+                .unwrap_err();
+        assert!(err.to_string().contains("no CRL"), "{err}");
+        let err = ClientAuth::Optional(ClientCa::from_pem_file("/nonexistent/ca.pem"))
+            .load()
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+}
