@@ -9,6 +9,7 @@
 
 pub(crate) mod date;
 pub(crate) mod framed;
+pub(crate) mod handling;
 #[cfg(test)]
 mod fuzz_framed;
 #[cfg(test)]

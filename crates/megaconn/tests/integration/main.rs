@@ -77,6 +77,7 @@ mod tonic;
 mod ws;
 mod ws_api;
 mod ws_h2;
+mod ws_handler_wait;
 
 /// The system allocator, noting the largest allocation it was asked for.
 struct NotesLargest;
