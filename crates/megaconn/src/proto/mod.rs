@@ -9,11 +9,11 @@
 
 pub(crate) mod date;
 pub(crate) mod framed;
-pub(crate) mod handling;
 #[cfg(test)]
 mod fuzz_framed;
 #[cfg(test)]
 mod fuzz_ws;
+pub(crate) mod handling;
 pub(crate) mod http1;
 pub(crate) mod http2;
 #[cfg(test)]

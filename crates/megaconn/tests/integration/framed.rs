@@ -273,7 +273,7 @@ fn big_push(i: u8) -> Vec<u8> {
 }
 
 /// A 4-byte big-endian length-prefixed frame.
-fn frame(body: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::new();
     out.put_u32(body.len() as u32);
     out.put_slice(body);
@@ -281,7 +281,7 @@ fn frame(body: &[u8]) -> Vec<u8> {
 }
 
 /// Reads one 4-byte big-endian length-prefixed frame.
-async fn read_frame(s: &mut TcpStream) -> Vec<u8> {
+pub(crate) async fn read_frame(s: &mut TcpStream) -> Vec<u8> {
     let mut head = &read_exact(s, 4).await[..];
     let n = head.get_u32() as usize;
     read_exact(s, n).await
@@ -1193,7 +1193,10 @@ async fn a_busy_connection_that_reads_gets_more_pushes_than_its_queue_holds() {
     server.next_busy().await;
     for i in 0..4 {
         assert_eq!(server.hub.send(id, format!("push {i}")), Ok(()));
-        assert_eq!(read_exact(&mut s, 7).await, format!("push {i}\n").as_bytes());
+        assert_eq!(
+            read_exact(&mut s, 7).await,
+            format!("push {i}\n").as_bytes()
+        );
     }
     server.gate.add_permits(1);
     assert_eq!(read_exact(&mut s, 7).await, b"waited\n");

@@ -8,20 +8,21 @@
 //! the handler. Real sockets; every wait bounded and on a condition.
 
 use crate::common;
+use crate::framed::{frame, read_frame};
 use crate::ws::next_data;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use common::SAFETY;
 use futures_util::{FutureExt, SinkExt};
 use megaconn::{
-    Builder, CloseReason, ConnectionId, FramedHandler, Framing, Hub, Server, ServerHandle,
-    Session, WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+    Builder, CloseReason, ConnectionId, FramedHandler, Framing, Hub, Server, ServerHandle, Session,
+    WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
@@ -128,7 +129,11 @@ impl Waiting {
                 let app = axum::Router::new().route_service("/ws", WebSocketRoute::new(probe));
                 server.start(app).expect("server starts").run().boxed()
             }
-            Proto::Framed => server.start_framed(probe).expect("server starts").run().boxed(),
+            Proto::Framed => server
+                .start_framed(probe)
+                .expect("server starts")
+                .run()
+                .boxed(),
         };
         let task = tokio::spawn(running);
         Waiting {
@@ -182,8 +187,8 @@ async fn pushes_while_a_ws_handler_awaits_reach_a_reading_peer() {
 async fn over_tls_pushes_while_a_ws_handler_awaits_reach_a_reading_peer() {
     let ca = common::tls::Ca::new();
     let leaf = ca.leaf(&["localhost"]);
-    let tls = megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
-        .unwrap();
+    let tls =
+        megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
     let mut server = Waiting::start(Server::builder().tls(tls), Proto::Ws).await;
     let stream = TcpStream::connect(server.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -215,7 +220,10 @@ async fn reads_all_then_the_reply<S>(
     // until it returned; then the reply and a 1013).
     for i in 0..=QUEUE {
         server.push(id, i);
-        assert_eq!(next_data(&mut client).await, Message::text(format!("push {i}")));
+        assert_eq!(
+            next_data(&mut client).await,
+            Message::text(format!("push {i}"))
+        );
     }
     server.gate.add_permits(1);
     assert_eq!(next_data(&mut client).await, Message::text("waited"));
@@ -305,22 +313,4 @@ async fn a_peer_that_does_not_read_while_its_handler_awaits_is_a_slow_consumer()
         assert_eq!(reason, CloseReason::SlowConsumer, "{proto:?}");
         server.stop().await;
     }
-}
-
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    out.put_u32(body.len() as u32);
-    out.put_slice(body);
-    out.to_vec()
-}
-
-async fn read_frame(s: &mut TcpStream) -> Vec<u8> {
-    tokio::time::timeout(SAFETY, async {
-        let len = s.read_u32().await.expect("a frame's length");
-        let mut body = vec![0; len as usize];
-        s.read_exact(&mut body).await.expect("a frame's body");
-        body
-    })
-    .await
-    .expect("a frame in time")
 }

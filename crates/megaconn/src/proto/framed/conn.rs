@@ -24,7 +24,8 @@
 //! 8 KiB came meanwhile: `message/deadline.rs`), or the peer goes away.
 //!
 //! Pushes from the hub go out between the peer's frames (and in the middle
-//! of one), a batch of about 64 KiB of the connection's queue at a time
+//! of one, and while the handler awaits: `proto/handling.rs`, before its
+//! replies), a batch of about 64 KiB of the connection's queue at a time
 //! (`Inbox::take_up_to`), written vectored from the frames the hub shares,
 //! after the handler's replies (`message/outbound.rs`: a peer that stops
 //! reading holds references, not a copy of its batch). A peer whose queue
@@ -78,7 +79,6 @@ use crate::message::wake::{
 };
 use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, FramingError, ProtocolDetail};
-use crate::proto::handling::{while_handling, Draining};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood, OverLimit};
@@ -86,6 +86,7 @@ use crate::observe::stats::{add, incr, MessageCounters};
 use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler};
 use crate::proto::framed::{settings, side_table, write_limit, FramedParked};
+use crate::proto::handling::{while_handling, Draining};
 use crate::proto::parked::park;
 use crate::proto::{earliest, until, Ended};
 

@@ -87,7 +87,8 @@ pub(crate) async fn close_handshake<T: Transport>(
             // `close_timeout` there (5 s by default) for a client that
             // answered at once and then waited for our FIN, as python
             // `websockets` does (review, session 46, W8).
-            let closed = lone_close(rbuf) || scan.as_mut().is_some_and(|scan| scan.passed_close(rbuf));
+            let closed =
+                lone_close(rbuf) || scan.as_mut().is_some_and(|scan| scan.passed_close(rbuf));
             rbuf.clear();
             conn.buffers.release();
             if ready!(read)? == 0 || closed {

@@ -30,7 +30,8 @@
 //! once (then all of it), and the TCP close, its answer not awaited.
 //!
 //! Pushes from the hub go out between the peer's messages (and in the
-//! middle of one), a batch of about 64 KiB of the connection's queue at a
+//! middle of one, and while the handler awaits: `proto/handling.rs`,
+//! before its replies), a batch of about 64 KiB of the connection's queue at a
 //! time (`Inbox::take_up_to`), the next once the socket took it; on a
 //! plain socket written vectored from the frames the hub shares, after
 //! the connection's own buffered frames (`message/outbound.rs`: a peer
@@ -552,6 +553,10 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // the peer's close answered at once. Waiting the whole
             // `close_timeout` there kept mainstream clients (python
             // `websockets`, which waits for the server to close first) 5 s.
+            // After any violation a read that is one whole close frame
+            // alone (the client's answer to ours) still ends the wait: it
+            // is not processed as data, only taken as the peer being done
+            // (`closing.rs`, session 46).
             let find_close = !matches!(reason, CloseReason::Protocol(_)) || code == MESSAGE_TOO_BIG;
             let timeout = settings.close_timeout;
             let appended = Box::pin(close_handshake(
