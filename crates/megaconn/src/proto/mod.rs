@@ -13,6 +13,7 @@ pub(crate) mod framed;
 mod fuzz_framed;
 #[cfg(test)]
 mod fuzz_ws;
+pub(crate) mod handling;
 pub(crate) mod http1;
 pub(crate) mod http2;
 #[cfg(test)]

@@ -15,13 +15,21 @@ use crate::message::{Hub, MessageSettings};
 use crate::server::builder::{Builder, Server};
 
 impl Builder {
-    /// Message connections (framed): how many pushed messages may wait in an
-    /// awake connection's outbound queue (it is written between the peer's
-    /// frames). A push that finds it full closes the connection as
-    /// [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer) and
+    /// Message connections (WebSocket, Server-Sent Events, framed): how
+    /// many pushed messages may wait in an awake connection's outbound
+    /// queue. The connection takes them as they come (about 64 KiB at a
+    /// time), between the peer's messages, in the middle of one, and while
+    /// its handler awaits; so they wait there only while its socket does
+    /// not take what it is writing (a peer that does not read, or reads
+    /// slower than they come). A push that finds the queue full closes the
+    /// connection as
+    /// [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer)
+    /// (a WebSocket gets a close 1013 after the frame under way) and
     /// counts a queue drop. A parked connection has no queue: a push is one
-    /// `send`, and a socket buffer that cannot take it closes it the same
-    /// way. Default: [`DEFAULT_OUTBOUND_QUEUE`](crate::DEFAULT_OUTBOUND_QUEUE).
+    /// `send`; one its socket buffer cannot take whole wakes it to write the
+    /// rest and resume awake, a slow consumer only by this rule (or closed
+    /// as one at once if it cannot be woken). Default:
+    /// [`DEFAULT_OUTBOUND_QUEUE`](crate::DEFAULT_OUTBOUND_QUEUE).
     pub fn outbound_queue(mut self, messages: usize) -> Builder {
         MessageSettings::update(&mut self.config, |s| s.outbound_queue = messages.max(1));
         self

@@ -82,6 +82,7 @@ mod ws;
 mod ws_api;
 mod ws_h2;
 mod ws_halfopen;
+mod ws_handler_wait;
 
 /// The system allocator, noting the largest allocation it was asked for.
 struct NotesLargest;

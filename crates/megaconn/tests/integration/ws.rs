@@ -984,6 +984,37 @@ async fn an_unmasked_client_frame_closes_with_1002() {
     server.stop().await;
 }
 
+/// After a 1007 or a 1002 the client answers our close frame with its own
+/// at once, and the server then closes the TCP connection at once (RFC
+/// 6455 §7.1.1: both closes sent and received), well before a long
+/// `close_timeout` (30 s; bounded here by 10 s). It read on until the
+/// client hung up or `close_timeout` passed: python `websockets`, which
+/// waits for the server's FIN, lost 5 s (review, session 46, W8).
+#[tokio::test]
+async fn after_a_violation_the_clients_close_is_answered_at_once() {
+    let cases: [(&[u8], bool, u16); 2] = [(&[b'o', b'k', 0xff], true, 1007), (b"hi", false, 1002)];
+    for (payload, masked, code) in cases {
+        let mut server = Ws::start(Server::builder(), |r| {
+            r.close_timeout(Duration::from_secs(30))
+        })
+        .await;
+        let mut s = server.raw().await;
+        s.write_all(&client_frame(0x81, payload, masked))
+            .await
+            .unwrap();
+        // Read, and answered with the client's close frame.
+        assert_eq!(read_close_code(&mut s).await, code);
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+            .await
+            .unwrap_or_else(|_| panic!("after {code}: no TCP close within 10 s"))
+            .expect("a clean close");
+        assert!(rest.is_empty(), "{rest:?}");
+        server.next_close().await;
+        server.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn a_frame_sent_with_the_handshake_is_served() {
     let mut server = Ws::default().await;

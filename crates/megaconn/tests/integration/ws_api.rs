@@ -392,38 +392,6 @@ async fn a_framed_handlers_on_close_with_id_gets_the_connections_id() {
         .expect("server task");
 }
 
-/// A connection whose outbound queue overflows while its handler is busy is
-/// closed as a slow consumer with a close frame 1013 (try again later) when
-/// its socket takes one at once: it got the TCP close alone, which a client
-/// reports as 1006 (abnormal closure).
-#[tokio::test]
-async fn a_slow_consumer_gets_a_1013() {
-    let mut server =
-        ChatServer::start(Server::builder().park_idle_after(None).outbound_queue(3)).await;
-    let mut client = server.client("/chat/a?token=good").await;
-    let id = ChatServer::next(&mut server.opens, "on_open").await;
-    client.send(Message::text("wait")).await.unwrap();
-    ChatServer::next(&mut server.busy, "the handler busy").await;
-    // Three fit in the queue, the fourth does not.
-    for i in 0..4 {
-        assert_eq!(server.hub.send(id, format!("push {i}")), Ok(()));
-    }
-    common::wait_stats(&server.handle, "a queue drop", |s| {
-        s.messages.queue_drops == 1
-    })
-    .await;
-    server.gate.add_permits(1);
-    assert_eq!(next_data(&mut client).await, Message::text("waited"));
-    let Message::Close(Some(close)) = next_data(&mut client).await else {
-        panic!("a close frame");
-    };
-    assert_eq!(close.code, CloseCode::Again);
-    assert_eq!(close.reason.as_str(), "slow consumer");
-    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
-    assert_eq!(reason, CloseReason::SlowConsumer);
-    server.stop().await;
-}
-
 /// A slow consumer closed while a write to it is stuck gets its 1013
 /// right after the frame under way, not behind the frames queued after it
 /// (the backlog goes): here the peer reads the reply, the first push, then
@@ -782,17 +750,16 @@ async fn stuck<S>(server: &mut ChatServer, client: &mut WebSocketStream<S>, id: 
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    // Two large pushes wait in the queue while the handler is busy; its
-    // reply and the first go into one write (a batch: a push of more than
-    // `TAKE_AT_ONCE` goes alone), which the peer (not reading) stops.
-    client.send(Message::text("wait")).await.unwrap();
-    ChatServer::next(&mut server.busy, "the handler busy").await;
+    // Two large pushes: the first goes alone (a push of more than
+    // `TAKE_AT_ONCE` does), and the peer (not reading) stops its write;
+    // the second waits in the queue. (They were queued behind a busy
+    // handler, with its reply before them: since session 46 pushes go out
+    // while a handler awaits.)
     let (first, second) = (vec![1u8; 1 << 20], vec![2u8; 1 << 20]);
     assert_eq!(server.hub.send_binary(id, first.clone()), Ok(()));
     assert_eq!(server.hub.send_binary(id, second), Ok(()));
     delivered(&server.handle, 2).await;
-    server.gate.add_permits(1);
-    // The reply and the first push taken, and their write stuck.
+    // The first push taken, and its write stuck.
     stuck_writing(&server.handle).await;
     // Two more while the write is stuck: the second push still holds its
     // place in the queue (2), so the second of these overflows it.
@@ -804,7 +771,6 @@ where
         s.messages.queue_drops >= 1
     })
     .await;
-    assert_eq!(next_data(client).await, Message::text("waited"));
     assert_eq!(next_data(client).await, Message::binary(first));
 }
 
@@ -866,7 +832,8 @@ async fn hub_close_closes_a_websocket_parked_or_awake_after_its_pushes() {
     assert_eq!(close.code, CloseCode::Policy);
     let (closed, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
     assert_eq!((closed, reason), (a, CloseReason::Kicked));
-    // Awake (busy in its handler): the close waits for it, behind the push.
+    // Awake (busy in its handler): the push goes out while the handler
+    // awaits (since session 46), the close waits for its reply.
     let mut awake = server.client("/chat/b?token=good").await;
     let b = ChatServer::next(&mut server.opens, "on_open").await;
     awake.send(Message::text("wait")).await.unwrap();
@@ -878,8 +845,8 @@ async fn hub_close_closes_a_websocket_parked_or_awake_after_its_pushes() {
     })
     .await;
     server.gate.add_permits(1);
-    assert_eq!(next_data(&mut awake).await, Message::text("waited"));
     assert_eq!(next_data(&mut awake).await, Message::text("pushed"));
+    assert_eq!(next_data(&mut awake).await, Message::text("waited"));
     let Message::Close(Some(close)) = next_data(&mut awake).await else {
         panic!("a close frame");
     };

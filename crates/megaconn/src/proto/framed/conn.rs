@@ -24,7 +24,8 @@
 //! 8 KiB came meanwhile: `message/deadline.rs`), or the peer goes away.
 //!
 //! Pushes from the hub go out between the peer's frames (and in the middle
-//! of one), a batch of about 64 KiB of the connection's queue at a time
+//! of one, and while the handler awaits: `proto/handling.rs`, before its
+//! replies), a batch of about 64 KiB of the connection's queue at a time
 //! (`Inbox::take_up_to`), written vectored from the frames the hub shares,
 //! after the handler's replies (`message/outbound.rs`: a peer that stops
 //! reading holds references, not a copy of its batch). A peer whose queue
@@ -85,6 +86,7 @@ use crate::observe::stats::{add, incr, MessageCounters};
 use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler};
 use crate::proto::framed::{settings, side_table, write_limit, FramedParked};
+use crate::proto::handling::{while_handling, Draining};
 use crate::proto::parked::park;
 use crate::proto::{earliest, until, Ended};
 
@@ -270,10 +272,22 @@ pub(crate) async fn serve<H: FramedHandler>(
                     incr(&counters.frames_in);
                     lifecycle::set_state(ConnectionState::Handling);
                     // A panicking handler closes its connection, not the worker.
-                    let handled =
+                    let handling =
                         AssertUnwindSafe(handler.on_message(live.state(), frame, &session))
-                            .catch_unwind()
-                            .await;
+                            .catch_unwind();
+                    // Pushes that come while it awaits go out meanwhile
+                    // (`proto/handling.rs`): held, they overflowed the
+                    // queue of a peer that reads everything.
+                    let draining = Draining::default();
+                    let pushing =
+                        drain_pushes(&mut io, &mut codec, &ctx, inbox.as_ref(), &draining);
+                    let handled = match while_handling(handling, pushing, &draining).await {
+                        Ok(handled) => handled,
+                        Err(reason) => {
+                            give_back(&ctx, &mut buf);
+                            return closing(&mut io, live.close(reason)).await;
+                        }
+                    };
                     match handled {
                         Ok(Some(reply)) => session.send(reply),
                         Ok(None) => {}
@@ -726,6 +740,62 @@ async fn flush(
     awake: Option<&Awake>,
 ) -> Result<(), CloseReason> {
     let frames = session.take_out();
+    flush_frames(io, codec, frames, pushed, ctx, awake).await
+}
+
+/// While the handler awaits: each batch pushed to the connection is
+/// written as it comes ([`flush_frames`], bounded and ended by an
+/// overflow as every write), the handler's frames left for after it
+/// returns. Ends with `Ok` only after a write once the handler returned
+/// ([`Draining::stopped`]), or with the close a write ended in (a slow
+/// consumer's after the rest of the frame under way, as [`flush`]'s).
+async fn drain_pushes(
+    io: &mut MessageIo,
+    codec: &mut FrameCodec,
+    ctx: &WorkerContext,
+    awake: Option<&Awake>,
+    draining: &Draining,
+) -> Result<(), CloseReason> {
+    let Some(inbox) = awake else {
+        return std::future::pending().await;
+    };
+    loop {
+        Awake::pushed(awake).await;
+        let pushed = match inbox.inbox.take_up_to(TAKE_AT_ONCE) {
+            Ok(pushed) => pushed,
+            Err(Overflowed) => {
+                inbox.drop_behind();
+                linger_after_unsent(io, close_by()).await;
+                return Err(CloseReason::SlowConsumer);
+            }
+        };
+        if pushed.is_empty() {
+            // Closed for the hub: the loop closes it once the handler
+            // returned. Else a wake-up whose push was taken already.
+            if inbox.inbox.kicked().is_some() {
+                return std::future::pending().await;
+            }
+            continue;
+        }
+        draining.writing(true);
+        flush_frames(io, codec, Vec::new(), pushed, ctx, awake).await?;
+        lifecycle::set_state(ConnectionState::Handling);
+        draining.writing(false);
+        if draining.stopped() {
+            return Ok(());
+        }
+    }
+}
+
+/// [`flush`] of `frames` (the handler's, framed here) and `pushed`.
+async fn flush_frames(
+    io: &mut MessageIo,
+    codec: &mut FrameCodec,
+    frames: Vec<Bytes>,
+    pushed: Vec<Bytes>,
+    ctx: &WorkerContext,
+    awake: Option<&Awake>,
+) -> Result<(), CloseReason> {
     if frames.is_empty() && pushed.is_empty() {
         return Ok(());
     }

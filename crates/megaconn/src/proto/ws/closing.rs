@@ -49,9 +49,11 @@ const MAX_CLOSE_FRAME: usize = 2 + 4 + 125;
 /// ([`Scan`], from what was read before: a close frame already read
 /// counts), or a read that is a lone close frame ([`lone_close`]). Without
 /// it (after a violation: the peer's next bytes are the rest of what broke
-/// the protocol, not frames to trust), it only reads them away until the
-/// peer closes: the lingering close that keeps our close frame from being
-/// destroyed by a reset. Either way it holds no buffer while it waits.
+/// the protocol, not frames to trust), it reads them away until the peer
+/// closes or a read is a lone close frame (its answer to ours, which a
+/// client sends at once): the lingering close that keeps our close frame
+/// from being destroyed by a reset, ended as soon as the peer answered.
+/// Either way it holds no buffer while it waits.
 pub(crate) async fn close_handshake<T: Transport>(
     conn: &mut ConnIo<T>,
     (code, reason): (u16, &str),
@@ -79,9 +81,14 @@ pub(crate) async fn close_handshake<T: Transport>(
             ready!(conn.io.poll_read_ready(cx))?;
             let (rbuf, io) = conn.rbuf_and_io();
             let read = read_more(io, rbuf, cx);
-            let closed = scan
-                .as_mut()
-                .is_some_and(|scan| lone_close(rbuf) || scan.passed_close(rbuf));
+            // A lone close frame is the peer's close after a violation too:
+            // both closes sent and received, the server closes the TCP
+            // connection at once (RFC 6455 §7.1.1). It waited out
+            // `close_timeout` there (5 s by default) for a client that
+            // answered at once and then waited for our FIN, as python
+            // `websockets` does (review, session 46, W8).
+            let closed =
+                lone_close(rbuf) || scan.as_mut().is_some_and(|scan| scan.passed_close(rbuf));
             rbuf.clear();
             conn.buffers.release();
             if ready!(read)? == 0 || closed {

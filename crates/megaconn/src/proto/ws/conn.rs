@@ -30,7 +30,8 @@
 //! once (then all of it), and the TCP close, its answer not awaited.
 //!
 //! Pushes from the hub go out between the peer's messages (and in the
-//! middle of one), a batch of about 64 KiB of the connection's queue at a
+//! middle of one, and while the handler awaits: `proto/handling.rs`,
+//! before its replies), a batch of about 64 KiB of the connection's queue at a
 //! time (`Inbox::take_up_to`), the next once the socket took it; on a
 //! plain socket written vectored from the frames the hub shares, after
 //! the connection's own buffered frames (`message/outbound.rs`: a peer
@@ -62,6 +63,7 @@ use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
@@ -87,6 +89,7 @@ use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{add, incr, MessageCounters};
+use crate::proto::handling::{while_handling, Draining};
 use crate::proto::ws::closing::{close_handshake, last_word, FrameEnds};
 use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
@@ -313,8 +316,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             let acting = on_event(
                 &mut conn,
                 &mut live,
-                (&session, &mut out.unwritten),
-                codec,
+                (&session, &mut out),
+                (codec, awake.as_ref(), settings.heartbeat_timeout),
                 event,
             );
             match acting.await {
@@ -576,6 +579,10 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // the peer's close answered at once. Waiting the whole
             // `close_timeout` there kept mainstream clients (python
             // `websockets`, which waits for the server to close first) 5 s.
+            // After any violation a read that is one whole close frame
+            // alone (the client's answer to ours) still ends the wait: it
+            // is not processed as data, only taken as the peer being done
+            // (`closing.rs`, session 46).
             let find_close = !matches!(reason, CloseReason::Protocol(_)) || code == MESSAGE_TOO_BIG;
             let timeout = settings.close_timeout;
             let appended = Box::pin(close_handshake(
@@ -919,8 +926,8 @@ fn kept_grown(conn: &mut ConnIo<WsIo>) -> Option<BytesMut> {
 async fn on_event<H: WebSocketHandler>(
     conn: &mut ConnIo<WsIo>,
     live: &mut Live<'_, H, H::State>,
-    (session, unwritten): (&WsSession, &mut Unwritten),
-    codec: Option<(&Codec, Deflate)>,
+    (session, out): (&WsSession, &mut Writing),
+    (codec, awake, heartbeat): (Option<(&Codec, Deflate)>, Option<&Awake>, Option<Duration>),
     event: Event,
 ) -> Next {
     match event {
@@ -939,10 +946,20 @@ async fn on_event<H: WebSocketHandler>(
             incr(&conn.ctx.stats.messages.frames_in);
             lifecycle::set_state(ConnectionState::Handling);
             // A panicking handler closes its connection, not the worker.
-            let handled =
+            let handling =
                 AssertUnwindSafe(live.handler().on_message(live.state(), message, session))
-                    .catch_unwind()
-                    .await;
+                    .catch_unwind();
+            // Pushes that come while it awaits go out meanwhile
+            // (`proto/handling.rs`): held, they overflowed the queue of a
+            // peer that reads everything.
+            let draining = Draining::default();
+            let ctx = conn.ctx.clone();
+            let counters = &ctx.stats.messages;
+            let pushing = drain_pushes(conn, heartbeat, awake, (out, counters), &draining);
+            let handled = match while_handling(handling, pushing, &draining).await {
+                Ok(handled) => handled,
+                Err(close) => return close,
+            };
             match handled {
                 Ok(Some(reply)) => session.send(reply),
                 Ok(None) => {}
@@ -955,12 +972,62 @@ async fn on_event<H: WebSocketHandler>(
                     return Next::Close(CloseReason::Panic, Some((INTERNAL_ERROR, String::new())));
                 }
             }
-            if let Some(close) = queued(conn, session, unwritten, codec) {
+            if let Some(close) = queued(conn, session, &mut out.unwritten, codec) {
                 return close;
             }
         }
     }
     Next::Go
+}
+
+/// While the handler awaits: each batch pushed to the connection is
+/// written as it comes, bounded as every write ([`flush`]: a write bound,
+/// ended by an overflow of the queue), after what the write buffer holds
+/// (pongs and replies to the messages before, in order). Ends with
+/// `Ok` only after a write once the handler returned
+/// ([`Draining::stopped`]), or with the close a write ended in. Raw
+/// pushes between compressed replies need nothing of the compressor:
+/// without context takeover each compressed message stands alone
+/// (`deflate.rs`), and replies are encoded after the handler returns, so
+/// after every push it wrote.
+async fn drain_pushes(
+    conn: &mut ConnIo<WsIo>,
+    heartbeat: Option<Duration>,
+    awake: Option<&Awake>,
+    (out, counters): (&mut Writing, &MessageCounters),
+    draining: &Draining,
+) -> Result<(), Next> {
+    let Some(inbox) = awake.map(|a| &a.inbox) else {
+        return std::future::pending().await;
+    };
+    loop {
+        Awake::pushed(awake).await;
+        let pushed = match inbox.take_up_to(TAKE_AT_ONCE) {
+            Ok(pushed) => pushed,
+            Err(Overflowed) => return Err(Next::Close(CloseReason::SlowConsumer, None)),
+        };
+        if pushed.is_empty() {
+            // Closed for the hub: the loop closes it once the handler
+            // returned (its close frame after the replies). Else a
+            // wake-up whose push was taken already.
+            if inbox.kicked().is_some() {
+                return std::future::pending().await;
+            }
+            continue;
+        }
+        draining.writing(true);
+        if conn.io.is_write_vectored() {
+            out.pushes.take(pushed);
+        } else {
+            out.copy_pushes(conn, pushed);
+        }
+        flush(conn, heartbeat, awake, (&mut *out, counters)).await?;
+        lifecycle::set_state(ConnectionState::Handling);
+        draining.writing(false);
+        if draining.stopped() {
+            return Ok(());
+        }
+    }
 }
 
 /// Encodes what the handler queued (compressed, with permessage-deflate);

@@ -83,6 +83,19 @@ pub trait WebSocketHandler: Send + Sync + 'static {
     /// A whole message arrived (fragments gathered, text checked to be
     /// UTF-8). The returned message, if any, is sent after those sent with
     /// [`WsSession::send`]. Messages are handled one at a time, in order.
+    ///
+    /// While it awaits, pushes to the connection ([`Hub`](crate::Hub)) go
+    /// out as they come, before its replies: a peer that reads is not a
+    /// slow consumer however long it awaits, and they wait in the
+    /// connection's queue ([`Builder::outbound_queue`](crate::Builder::outbound_queue))
+    /// only while its socket does not take them. If its peer does not read
+    /// them (the queue overflows while a write is stuck, or the write bound
+    /// passes) the connection closes meanwhile, and this future is dropped
+    /// at its await (`on_close` still runs). (Until session 46 pushes
+    /// waited for it to return, and `outbound_queue` of them closed a
+    /// reading peer as a slow consumer.) Work that must not be cut short
+    /// by such a close can be spawned and answered with
+    /// [`Hub::send`](crate::Hub::send).
     fn on_message(
         &self,
         state: &mut Self::State,
