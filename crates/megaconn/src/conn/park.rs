@@ -1511,6 +1511,13 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                             let next = sweep_turn(lot, &ctx, draining);
                             sweep.as_mut().reset(next);
                         }
+                        // So would a wake the hub asked for (an owed push's
+                        // rest, `owed.rs`): served between full turns too,
+                        // or it waited for the flood's end while its queue
+                        // filled (merge review D3, session 45).
+                        if !lot.owed.borrow().is_empty() {
+                            crate::observe::clock::turn(|| lot.wake_owed_now());
+                        }
                     }
                     Err(e) => tracing::error!(error = %e, "parking lot epoll_wait failed"),
                 }
@@ -2291,9 +2298,11 @@ pub(super) mod tests {
     /// before looking at the sweep: idle deadlines (and timers) waited for
     /// the flood to end. Here every woken socket parks again at once with
     /// its byte unread, so the re-park re-polls it and it is ready again:
-    /// with more than `MAX_EVENTS` of them, no turn is ever short.
+    /// with more than `MAX_EVENTS` of them, no turn is ever short. The same
+    /// for a wake the hub asks for (`ask_wake_owed`): served between full
+    /// turns, not after the flood.
     #[tokio::test(start_paused = true)]
-    async fn full_turns_do_not_starve_the_sweep() {
+    async fn full_turns_do_not_starve_the_sweep_or_an_owed_wake() {
         let local = tokio::task::LocalSet::new();
         local.run_until(full_turns_sweep()).await;
     }
@@ -2308,9 +2317,19 @@ pub(super) mod tests {
             lot.park(socket, parking, conn);
         };
         let weak = Rc::downgrade(&ctx);
+        // The owed wake's connection parks as protocol 2; what woke it.
+        let owed_woke: Rc<Cell<Option<Wake>>> = Rc::default();
+        let woke = owed_woke.clone();
         lot.set_respawn(Some(Rc::new(move |incoming, conn: Connection| {
-            if let (Some(ctx), Incoming::Woken { socket, .. }) = (weak.upgrade(), incoming) {
-                park_in(ctx.park.as_ref().unwrap(), socket, conn, None);
+            match (weak.upgrade(), incoming) {
+                (Some(_), Incoming::Woken { proto, wake, .. }) if proto == ProtoTag(2) => {
+                    woke.set(Some(wake));
+                    drop(conn);
+                }
+                (Some(ctx), Incoming::Woken { socket, .. }) => {
+                    park_in(ctx.park.as_ref().unwrap(), socket, conn, None);
+                }
+                _ => {}
             }
         })));
         let mut clients = Vec::new();
@@ -2330,6 +2349,12 @@ pub(super) mod tests {
             conn,
             Some(Instant::now() + Duration::from_secs(1)),
         );
+        // A silent one a push will owe its rest to.
+        let (owing, _owing_client) = pair();
+        let owing_fd = owing.as_raw_fd();
+        let conn = Connection::open(limit.try_acquire().unwrap(), stats.clone(), None);
+        let parking = Parking::of(None, false, false, ProtoTag(2), AtDeadline::Close);
+        lot.park(owing, parking, conn);
         let running = tokio::task::spawn_local(run(ctx.clone()));
         // Each yield lets the lot take one turn: they stay full.
         for _ in 0..200 {
@@ -2340,6 +2365,14 @@ pub(super) mod tests {
         }
         let full = stats.wakes_cold.load(Relaxed) + stats.wakes_hot.load(Relaxed);
         assert!(full >= 4 * MAX_EVENTS as u64, "full turns: {full} wake-ups");
+        assert!(lot.ask_wake_owed(owing_fd), "parked here");
+        for _ in 0..200 {
+            if owed_woke.get().is_some() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(owed_woke.get(), Some(Wake::Owed), "owed wake served between full turns");
         tokio::time::advance(Duration::from_secs(3)).await;
         for _ in 0..200 {
             if stats.timeouts.load(Relaxed) > 0 {
