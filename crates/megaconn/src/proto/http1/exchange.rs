@@ -506,13 +506,12 @@ fn answer_error<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, status: StatusCode, r
 /// the demo's) was moved once more for it (bench/CPU-PER-REQUEST.md,
 /// session 38).
 ///
-/// A response is taken apart inside the catch, where the handler's poll
-/// returned it ([`take_apart`]): its body moved straight into its pinned
-/// place, its head written into a slot of this frame, read once after.
-/// Written whole into a slot first and taken apart from there, it was
-/// copied once more (a 256-byte `memcpy` for the demo's;
-/// bench/CPU-PER-REQUEST.md, session 46); returned through the catch, it
-/// was copied out of it too (session 43).
+/// The poll's answer is written in a slot here, and a response is taken
+/// apart where it lies ([`start_response`]): returned through the catch,
+/// it was copied whole out of it, into `start_response`'s binding, and
+/// again by `into_parts`, where the write into the slot is now the one
+/// copy (~60 user-space instructions a request fewer, with `write_head`
+/// inlined; bench/CPU-PER-REQUEST.md, session 43).
 fn poll_handler<T, F, B, E>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
     T: Parkable,
@@ -524,154 +523,94 @@ where
     let Some(handler) = this.handler.as_mut().as_pin_mut() else {
         return Ok(false);
     };
-    let request = (this.st.setup.is_head, this.st.setup.is_connect);
-    let place = this.body.as_mut();
-    let mut head = std::mem::MaybeUninit::<ResponseHead>::uninit();
-    let answered = std::panic::catch_unwind(AssertUnwindSafe(|| match handler.poll(cx) {
-        Poll::Pending => Answered::Pending,
-        Poll::Ready(Ok(response)) => Answered::Response(take_apart(response, request, place, &mut head)),
-        Poll::Ready(Err(e)) => Answered::Failed(e),
-    }));
-    match answered {
-        Ok(Answered::Pending) => Ok(false),
-        Ok(Answered::Response(shape)) => {
-            // Should the handler's future panic in its drop here, the head
-            // in `head` is dropped by this guard as the panic unwinds (it
-            // would leak: a `MaybeUninit` is never dropped; an extension
-            // holding a channel's end would keep its other side waiting;
-            // the body is in its place, dropped with the exchange). Read
-            // out before this drop instead, it would be kept across the
-            // call (+43 user-space instructions a request when the whole
-            // response was, bench/CPU-PER-REQUEST.md, session 43); the
-            // guard is forgotten on the way that does not panic.
-            let unwinding = DropOnUnwind(head.as_mut_ptr());
+    let mut polled = std::mem::MaybeUninit::<Poll<Result<Response<B>, E>>>::uninit();
+    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        polled.write(handler.poll(cx));
+    })) {
+        this.handler.set(None);
+        return Err(handler_panicked(this, &panic));
+    }
+    // SAFETY: the closure returned, so it wrote `polled`. What it holds is
+    // owned from here on by exactly one of the arms below; `polled` itself
+    // is never dropped (a `MaybeUninit`).
+    match unsafe { polled.assume_init_mut() } {
+        Poll::Pending => Ok(false),
+        Poll::Ready(Ok(response)) => {
+            // Should the handler's future panic in its drop here, the
+            // response in `polled` is dropped by this guard as the panic
+            // unwinds (it would leak: `polled` is never dropped; a leaked
+            // body holding a channel's end would keep its other side
+            // waiting). Taken apart before this drop instead, it cost 43
+            // user-space instructions a request more, as its parts were
+            // kept across the call (bench/CPU-PER-REQUEST.md, session 43);
+            // the guard is forgotten on the way that does not panic.
+            let unwinding = DropOnUnwind(std::ptr::from_mut(response));
             this.handler.set(None);
             std::mem::forget(unwinding);
-            // SAFETY: `take_apart` returned, so it wrote `head` (its last
-            // step, after anything of the handler's that may panic); read
-            // once, here, and `head` is neither dropped (a `MaybeUninit`)
-            // nor read again.
-            start_response(this, unsafe { head.assume_init_read() }, shape)
+            // SAFETY: `response` is in `polled`, which is neither dropped
+            // nor used after this call, which takes it apart.
+            unsafe { start_response(this, response) }
         }
-        Ok(Answered::Failed(e)) => {
+        Poll::Ready(Err(_)) => {
             this.handler.set(None);
+            // SAFETY: initialised (above), read once, and not used after.
+            let Poll::Ready(Err(e)) = (unsafe { polled.assume_init_read() }) else {
+                unreachable!("matched as an error just above")
+            };
             Err(service_failed(this, e.into()))
-        }
-        Err(panic) => {
-            // (A panic in `take_apart` comes before it writes `head`: the
-            // response, a local there, was dropped as it unwound.)
-            this.handler.set(None);
-            Err(handler_panicked(this, &panic))
         }
     }
 }
 
-/// What the handler's poll gave, as [`poll_handler`]'s catch hands it on.
-enum Answered<E> {
-    Pending,
-    /// A response, taken apart ([`take_apart`]).
-    Response(Shape),
-    /// The handler's error: no response.
-    Failed(E),
-}
-
-/// What decides where a response's body goes and how its head is framed,
-/// read from the response before it is taken apart ([`take_apart`]).
-#[derive(Clone, Copy)]
-struct Shape {
-    /// A `101`, or a `2xx` to `CONNECT`: the connection changes hands.
-    switching: bool,
-    /// A `200` a protocol of the server's own streams the body of.
-    native_stream: bool,
-    /// The body goes out (it is in the exchange's `body`).
-    has_body: bool,
-    /// The body's exact length, if known ahead.
-    body_length: Option<u64>,
-}
-
 /// Drops what it points to if it is dropped: made just before a call
 /// that may panic and forgotten after it, so that it runs only while that
-/// panic unwinds (`poll_handler`: the response's head in its slot, which
-/// is never dropped otherwise).
+/// panic unwinds (`poll_handler`: the response in its slot, which is never
+/// dropped otherwise).
 struct DropOnUnwind<R>(*mut R);
 
 impl<R> Drop for DropOnUnwind<R> {
     fn drop(&mut self) {
         // SAFETY: only reached while a panic unwinds out of the call the
         // guard spans (it is forgotten after it), when what it points to
-        // is initialised, not yet read out, and used by nothing after.
+        // is initialised, not yet taken apart, and used by nothing after.
         unsafe { std::ptr::drop_in_place(self.0) }
     }
 }
 
-/// A response's head: what `write_head` encodes, and all of the response
-/// but its body.
+/// A response's head, taken out of the handler's response where its poll
+/// left it ([`ResponseHead::take`]): what `write_head` encodes, and all
+/// of the response but its body. (`http::response::Parts` cannot be made
+/// from a `Response`'s fields without moving the whole response.)
 struct ResponseHead {
     status: StatusCode,
     headers: http::HeaderMap,
     extensions: http::Extensions,
 }
 
-/// Takes the handler's `response` apart, inside the catch around its poll
-/// (`poll_handler`), where the poll returned it: reads what decides where
-/// its body goes (`request`: the request was a `HEAD`, a `CONNECT`), moves
-/// the body once, straight into its pinned `place` (or drops it), and
-/// writes the head into `head`, last: nothing of the handler's runs after
-/// that write, so a panic (`size_hint`'s, the body's drop) leaves `head`
-/// unwritten and drops the rest of the response as it unwinds, where it
-/// is a local.
-///
-/// Inlined into the catch's closure, so that the response is read where
-/// the poll left it, not copied into this function's argument.
-#[inline(always)]
-fn take_apart<B: HttpBody>(
-    response: Response<B>,
-    request: (bool, bool),
-    mut place: Pin<&mut Option<B>>,
-    head: &mut std::mem::MaybeUninit<ResponseHead>,
-) -> Shape {
-    let (is_head, is_connect) = request;
-    let status = response.status();
-    let switching =
-        status == StatusCode::SWITCHING_PROTOCOLS || (is_connect && status.is_success());
-    // A `200` a protocol of the server's own streams the body of (the SSE
-    // route's): its head goes as a body of unknown length's (chunked, or
-    // close-delimited for HTTP/1.0), the body is that protocol's, which
-    // gets the socket as after a native `101` (`finished`).
-    let native_stream = !switching
-        && status == StatusCode::OK
-        && !is_head
-        && response.extensions().get::<NativeUpgrade>().is_some();
-    // (A switch without an upgrade to take, and a 1xx other than 101, are
-    // answered 500 after, and have no body either.)
-    let has_body = !(is_head
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || switching
-        || native_stream);
-    // (The handler's `Content-Length` takes precedence: `encode_head`.)
-    let body_length = response
-        .body()
-        .size_hint()
-        .exact()
-        .filter(|_| !native_stream);
-    let (parts, body) = response.into_parts();
-    if has_body {
-        place.set(Some(body));
-    } else {
-        drop(body);
-    }
-    head.write(ResponseHead {
-        status: parts.status,
-        headers: parts.headers,
-        extensions: parts.extensions,
-    });
-    Shape {
-        switching,
-        native_stream,
-        has_body,
-        body_length,
+impl ResponseHead {
+    /// Takes `response`'s head out of it: its headers and extensions each
+    /// moved once; its body is left where it is, for the caller to move
+    /// or drop in place (`start_response`).
+    ///
+    /// # Safety
+    /// `response`'s headers and extensions must not be used or dropped
+    /// after this call, nor the response as a whole (it lies in a
+    /// `MaybeUninit` or a `ManuallyDrop`): they are moved out of it
+    /// bitwise. What stays behind besides the body (the status and the
+    /// version, both `Copy`, and `Parts`' private unit field) needs no
+    /// drop; the test `response_head_takes_every_field_that_needs_a_drop`
+    /// fails if `http` adds a field that may.
+    #[inline(always)]
+    unsafe fn take<B>(response: &mut Response<B>) -> ResponseHead {
+        // SAFETY: each field is read once, and the caller neither uses nor
+        // drops them after (above), so none is dropped twice.
+        unsafe {
+            ResponseHead {
+                status: response.status(),
+                headers: std::ptr::read(response.headers()),
+                extensions: std::ptr::read(response.extensions()),
+            }
+        }
     }
 }
 
@@ -706,27 +645,68 @@ fn fail_before_response<T, F, B>(
     Outcome::Close(close)
 }
 
-/// Handles a response taken apart ([`take_apart`]): an upgrade's or a
-/// native stream's hand-over, a 1xx refused, and the head written (or held
-/// for `100 Continue`).
-///
-/// Inlined into its one caller, so that the head is not copied into this
-/// function's argument (bench/CPU-PER-REQUEST.md, session 38).
+// Inlined into its one caller, so that the response is taken apart where
+// the handler's poll left it, not copied first into this function's
+// argument (256 bytes for the demo's; bench/CPU-PER-REQUEST.md, session 38).
+//
+// # Safety
+// As [`ResponseHead::take`]'s: `response` is not used or dropped after.
 #[inline(always)]
-fn start_response<T, F, B>(
+unsafe fn start_response<T, F, B>(
     this: &mut Proj<'_, '_, T, F, B>,
-    mut head: ResponseHead,
-    shape: Shape,
+    response: &mut Response<B>,
 ) -> Step
 where
     T: Parkable,
+    B: HttpBody<Data = Bytes>,
 {
-    let Shape {
-        switching,
-        native_stream,
-        has_body,
-        body_length,
-    } = shape;
+    // What decides where the body goes is read from the response where
+    // it lies, and the body is then moved once, straight into its pinned
+    // place (or dropped where it is): taken out with the head first, it
+    // was copied to the stack and from there into its place, two 144-byte
+    // `memcpy` calls for the demo's (bench/CPU-PER-REQUEST.md, session 44).
+    let status = response.status();
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS
+        || (this.st.setup.is_connect && status.is_success());
+    // A `200` a protocol of the server's own streams the body of (the SSE
+    // route's): its head goes as a body of unknown length's (chunked, or
+    // close-delimited for HTTP/1.0), the body is that protocol's, which
+    // gets the socket as after a native `101` (`finished`).
+    let native_stream = !switching
+        && status == StatusCode::OK
+        && !this.st.setup.is_head
+        && response.extensions().get::<NativeUpgrade>().is_some();
+    // (A switch without an upgrade to take, and a 1xx other than 101, are
+    // answered 500 below, and have no body either.)
+    let has_body = !(this.st.setup.is_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || switching
+        || native_stream);
+    // (The handler's `Content-Length` takes precedence: `encode_head`.)
+    // `size_hint` is the handler's code: should it panic, the whole
+    // response is dropped as the panic unwinds, as when its parts were
+    // locals here (the guard is forgotten on the way that does not panic).
+    let unwinding = DropOnUnwind(std::ptr::from_mut(response));
+    let body_length = response
+        .body()
+        .size_hint()
+        .exact()
+        .filter(|_| !native_stream);
+    std::mem::forget(unwinding);
+    // SAFETY: passed on from this function's contract; the body is moved
+    // or dropped just below, once, and nothing of `response` is used after.
+    let mut head = unsafe { ResponseHead::take(response) };
+    if has_body {
+        // SAFETY: the body is read once, here, and never dropped in place.
+        this.body
+            .set(Some(unsafe { std::ptr::read(response.body()) }));
+    } else {
+        // SAFETY: the body is dropped once, here, and never read. (Should
+        // its drop panic, the head, a local by now, is dropped as before.)
+        unsafe { std::ptr::drop_in_place(response.body_mut()) };
+    }
     if native_stream {
         this.st.native = head.extensions.remove::<NativeUpgrade>();
     }
@@ -1474,56 +1454,61 @@ mod tests {
         }
     }
 
-    /// A response taken apart (`take_apart`) gives its head and its body
-    /// each once: the body into its place when it goes out, dropped there
-    /// when it does not (a `HEAD`'s), the head into its slot; dropped
-    /// after, each part is dropped exactly once.
+    /// `ResponseHead::take` leaves behind only what needs no drop: if
+    /// `http` adds a field to a response's head (`Parts` has a private one
+    /// for that), this fails, and `take` must move the new field out too.
     #[test]
-    fn a_response_taken_apart_drops_each_part_once() {
-        for is_head in [false, true] {
-            let (bodies, extensions) =
-                (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-            let mut response = Response::new(http_body_util::Full::new(Bytes::from_static(b"x")));
-            *response.status_mut() = StatusCode::CREATED;
-            response
-                .headers_mut()
-                .insert("x-a", http::HeaderValue::from_static("b"));
-            response
-                .extensions_mut()
-                .insert(Counted(extensions.clone()));
-            let response = response.map(|body| Counting(body, Counted(bodies.clone())));
-            let mut place = std::pin::pin!(None);
-            let mut head = std::mem::MaybeUninit::uninit();
-            let shape = take_apart(response, (is_head, false), place.as_mut(), &mut head);
-            // SAFETY: `take_apart` returned, so it wrote `head`; read once.
-            let head = unsafe { head.assume_init_read() };
-            assert_eq!((shape.has_body, shape.body_length), (!is_head, Some(1)));
-            assert_eq!(place.is_some(), !is_head);
-            assert_eq!(bodies.load(SeqCst), usize::from(is_head));
-            assert_eq!(head.status, StatusCode::CREATED);
-            assert_eq!(head.headers["x-a"], "b");
-            assert!(head.extensions.get::<Counted>().is_some());
-            assert_eq!(extensions.load(SeqCst), 0);
-            place.set(None);
-            drop(head);
-            assert_eq!((bodies.load(SeqCst), extensions.load(SeqCst)), (1, 1));
+    fn response_head_takes_every_field_that_needs_a_drop() {
+        #[allow(dead_code)]
+        struct Known {
+            status: StatusCode,
+            version: Version,
+            headers: http::HeaderMap,
+            extensions: http::Extensions,
         }
+        assert_eq!(
+            std::mem::size_of::<http::response::Parts>(),
+            std::mem::size_of::<Known>(),
+            "http::response::Parts has a field ResponseHead::take does not know"
+        );
+        // And `Response` itself is its head and its body, nothing beside.
+        assert_eq!(
+            std::mem::size_of::<Response<()>>(),
+            std::mem::size_of::<http::response::Parts>(),
+            "http::Response has a field beside its head and body that ResponseHead::take does not know"
+        );
+        assert!(!std::mem::needs_drop::<StatusCode>() && !std::mem::needs_drop::<Version>());
     }
 
-    /// A body that counts its drops.
-    struct Counting(http_body_util::Full<Bytes>, #[allow(dead_code)] Counted);
-
-    impl HttpBody for Counting {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-            Pin::new(&mut self.get_mut().0).poll_frame(cx)
-        }
-        fn size_hint(&self) -> http_body::SizeHint {
-            self.0.size_hint()
-        }
+    /// A response taken apart in place gives its status, headers,
+    /// extensions and body each once: dropped after, each is dropped
+    /// exactly once, and nothing of it twice.
+    #[test]
+    fn a_response_taken_apart_drops_each_part_once() {
+        let (bodies, extensions) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut response = Response::new(Counted(bodies.clone()));
+        *response.status_mut() = StatusCode::CREATED;
+        response
+            .headers_mut()
+            .insert("x-a", http::HeaderValue::from_static("b"));
+        response
+            .extensions_mut()
+            .insert(Counted(extensions.clone()));
+        let mut slot = std::mem::MaybeUninit::new(response);
+        // SAFETY: `slot` is a `MaybeUninit`, never dropped or used after.
+        let (head, body) = unsafe {
+            let response = slot.assume_init_mut();
+            (
+                ResponseHead::take(response),
+                std::ptr::read(response.body()),
+            )
+        };
+        assert_eq!(head.status, StatusCode::CREATED);
+        assert_eq!(head.headers["x-a"], "b");
+        assert!(head.extensions.get::<Counted>().is_some());
+        assert_eq!((bodies.load(SeqCst), extensions.load(SeqCst)), (0, 0));
+        drop(body);
+        drop(head);
+        assert_eq!((bodies.load(SeqCst), extensions.load(SeqCst)), (1, 1));
     }
 }
