@@ -293,12 +293,7 @@ where
             (Some(_), Some(t)) => Some(tokio::time::sleep(t)),
             _ => None,
         };
-        let record = RequestRecord::started(
-            conn.ctx.stats_source(),
-            setup.method,
-            span,
-            access,
-        );
+        let record = RequestRecord::started(conn.ctx.stats_source(), setup.method, span, access);
         Exchange {
             conn,
             handler,
