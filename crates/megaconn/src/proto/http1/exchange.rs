@@ -1270,13 +1270,6 @@ where
 }
 
 /// Pulls response frames into the write buffer, up to the high-water mark.
-///
-/// Each frame is encoded inside the catch around the body's poll, where
-/// the poll returned it: returned through the catch, a frame (72 bytes for
-/// the demo's) was copied out of it and again into the match, ~40
-/// user-space instructions a request (two polls; bench/CPU-PER-REQUEST.md,
-/// session 46). Only a head held for `100 Continue` takes the frame out
-/// (the head goes first, and writing it needs the whole exchange).
 fn poll_response_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
     T: Parkable,
@@ -1288,32 +1281,10 @@ where
         if this.conn.wbuf_len() >= WRITE_HIGH_WATER {
             break;
         }
-        let polled = if this.st.deferred_head.is_none() {
-            let (st, conn) = (&mut *this.st, &mut **this.conn);
-            std::panic::catch_unwind(AssertUnwindSafe(|| match body.poll_frame(cx) {
-                Poll::Pending => Ok(None),
-                Poll::Ready(frame) => encode_frame(st, conn.wbuf(), frame).map(Some),
-            }))
-        } else {
-            match std::panic::catch_unwind(AssertUnwindSafe(|| body.poll_frame(cx))) {
-                Ok(Poll::Pending) => Ok(Ok(None)),
-                Ok(Poll::Ready(frame)) => {
-                    if let Some((head, body_length)) = this.st.deferred_head.take() {
-                        write_held_head(this, head, body_length);
-                    }
-                    Ok(encode_frame(this.st, this.conn.wbuf(), frame).map(Some))
-                }
-                Err(panic) => Err(panic),
-            }
-        };
-        match polled {
-            Ok(Ok(None)) => break,
-            Ok(Ok(Some(ended))) => {
-                if ended {
-                    this.body.set(None);
-                }
-            }
-            Ok(Err(outcome)) => return Err(outcome),
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| body.poll_frame(cx)));
+        let frame = match polled {
+            Ok(Poll::Pending) => break,
+            Ok(Poll::Ready(frame)) => frame,
             Err(panic) => {
                 incr(&this.conn.ctx.stats.panics);
                 ratelog::panicked(
@@ -1322,58 +1293,51 @@ where
                 );
                 return Err(Outcome::Close(CloseReason::Panic));
             }
-        }
+        };
         progress = true;
+        if let Some((head, body_length)) = this.st.deferred_head.take() {
+            write_held_head(this, head, body_length);
+        }
+        let encoder = this.st.encoder.as_mut().expect("head written before body");
+        let wbuf = this.conn.wbuf();
+        let result = match frame {
+            None => {
+                this.body.set(None);
+                this.st.response_done = true;
+                encoder.finish(None, &[], wbuf)
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    this.st.record.response_bytes(data.remaining());
+                    let r = encoder.encode_data(&data, wbuf);
+                    data.advance(data.remaining());
+                    r
+                }
+                Err(frame) => {
+                    // Only to a client that said it takes them, and only
+                    // the fields the response declared, as hyper does (RFC
+                    // 9110 §6.5.1: a recipient may not take them).
+                    let declared = this.st.declared_trailers.take();
+                    let trailers = frame.into_trailers().ok().filter(|_| declared.is_some());
+                    this.body.set(None);
+                    this.st.response_done = true;
+                    encoder.finish(trailers.as_ref(), declared.as_deref().unwrap_or(&[]), wbuf)
+                }
+            },
+            Some(Err(e)) => {
+                let e: BoxError = e.into();
+                return Err(Outcome::Close(response_body_failed(
+                    &this.st.close_reason,
+                    &e,
+                )));
+            }
+        };
+        if let Err(e @ (EncodeError::TooLong | EncodeError::TooShort)) = result {
+            tracing::error!(error = %e, "closing");
+            return Err(Outcome::Close(CloseReason::ServerError));
+        }
     }
     Ok(progress)
-}
-
-/// Encodes one of the response body's frames (`None`: its end) into
-/// `wbuf`; whether the body ended (its end, or its trailers: the caller
-/// drops it), or the outcome that closes the connection.
-///
-/// Inlined into the catch around the body's poll (`poll_response_body`),
-/// so that the frame is read where the poll left it.
-#[inline(always)]
-fn encode_frame<E: Into<BoxError>>(
-    st: &mut State,
-    wbuf: &mut bytes::BytesMut,
-    frame: Option<Result<http_body::Frame<Bytes>, E>>,
-) -> Result<bool, Outcome> {
-    let encoder = st.encoder.as_mut().expect("head written before body");
-    let (result, ended) = match frame {
-        None => {
-            st.response_done = true;
-            (encoder.finish(None, &[], wbuf), true)
-        }
-        Some(Ok(frame)) => match frame.into_data() {
-            Ok(mut data) => {
-                st.record.response_bytes(data.remaining());
-                let r = encoder.encode_data(&data, wbuf);
-                data.advance(data.remaining());
-                (r, false)
-            }
-            Err(frame) => {
-                // Only to a client that said it takes them, and only
-                // the fields the response declared, as hyper does (RFC
-                // 9110 §6.5.1: a recipient may not take them).
-                let declared = st.declared_trailers.take();
-                let trailers = frame.into_trailers().ok().filter(|_| declared.is_some());
-                st.response_done = true;
-                let declared = declared.as_deref().unwrap_or(&[]);
-                (encoder.finish(trailers.as_ref(), declared, wbuf), true)
-            }
-        },
-        Some(Err(e)) => {
-            let e: BoxError = e.into();
-            return Err(Outcome::Close(response_body_failed(&st.close_reason, &e)));
-        }
-    };
-    if let Err(e @ (EncodeError::TooLong | EncodeError::TooShort)) = result {
-        tracing::error!(error = %e, "closing");
-        return Err(Outcome::Close(CloseReason::ServerError));
-    }
-    Ok(ended)
 }
 
 /// Pushes buffered response bytes to the socket while the exchange runs,
