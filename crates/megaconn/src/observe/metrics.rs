@@ -568,7 +568,7 @@ impl Drop for RequestRecord {
         }
         self.span.end(self.code);
         if let Some(access) = self.access.take() {
-            self.log(access);
+            self.log(&access);
         }
         #[cfg(feature = "metrics")]
         {
@@ -622,7 +622,7 @@ impl RequestRecord {
     /// Writes the request's access-log line (the log is on).
     #[cold]
     #[inline(never)]
-    fn log(&self, access: Box<AccessLine>) {
+    fn log(&self, access: &AccessLine) {
         let elapsed = self.stopwatch.map_or(0, Stopwatch::elapsed_nanos);
         let (conn, peer) = crate::observe::lifecycle::current_id_and_peer();
         tracing::info!(
