@@ -101,6 +101,7 @@
 
 use std::fmt;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -357,6 +358,12 @@ pub(crate) fn dropping_with(
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) struct RequestRecord {
     ctx: Rc<dyn StatsSource>,
+    /// `ctx.worker_stats().request_metrics`, read when the record is made:
+    /// read again through `ctx` when it drops, it was a call through the
+    /// `dyn` (12 user-space instructions a request; bench/CPU-PER-REQUEST.md,
+    /// session 46). Valid while `ctx` is held: see the drop's `SAFETY`.
+    #[cfg(feature = "metrics")]
+    metrics: std::ptr::NonNull<RequestCounters>,
     method: MethodLabel,
     status: u8,
     stopwatch: Option<Stopwatch>,
@@ -365,9 +372,11 @@ pub(crate) struct RequestRecord {
     /// The exact status sent (0: none), for the access log.
     code: u16,
     /// What the access-log line names, only when the access log is on.
-    access: Option<Box<AccessLine>>,
+    /// (`ManuallyDrop`, as `span`: the record's drop takes both, and the
+    /// drop of the fields after it tested them again.)
+    access: ManuallyDrop<Option<Box<AccessLine>>>,
     /// The request's span, when it is traced (ends when the record drops).
-    span: SpanSlot,
+    span: ManuallyDrop<SpanSlot>,
 }
 
 impl fmt::Debug for RequestRecord {
@@ -441,7 +450,7 @@ impl RequestRecord {
     /// off), written when the record drops, whatever answered the request.
     #[inline]
     pub(crate) fn logged(mut self, access: Option<Box<AccessLine>>) -> RequestRecord {
-        self.access = access;
+        *self.access = access;
         self
     }
 
@@ -485,24 +494,30 @@ impl RequestRecord {
         access: Option<Box<AccessLine>>,
     ) -> RequestRecord {
         #[cfg(feature = "metrics")]
-        add_signed(&ctx.worker_stats().request_metrics.in_flight, 1);
+        let metrics = {
+            let metrics = &ctx.worker_stats().request_metrics;
+            add_signed(&metrics.in_flight, 1);
+            std::ptr::NonNull::from(metrics)
+        };
         RequestRecord {
             ctx,
+            #[cfg(feature = "metrics")]
+            metrics,
             method,
             status: STATUS_NONE,
             stopwatch,
             request_bytes: 0,
             response_bytes: 0,
             code: 0,
-            access,
-            span,
+            access: ManuallyDrop::new(access),
+            span: ManuallyDrop::new(span),
         }
     }
 
     /// Gives the record the request's span, to end when the request ends.
     #[inline]
     pub(crate) fn traced(mut self, span: SpanSlot) -> RequestRecord {
-        self.span = span;
+        *self.span = span;
         self
     }
 
@@ -566,37 +581,31 @@ impl RequestRecord {
 }
 
 impl Drop for RequestRecord {
+    // The rare parts (a forced shutdown's, the span's end, the access-log
+    // line) are functions of their own, so that the usual drop saves few
+    // registers and needs no large frame (they made it save six and take
+    // 600 bytes of stack; bench/CPU-PER-REQUEST.md, session 46).
     #[inline]
     fn drop(&mut self) {
         let forced = FORCED.with(std::cell::Cell::get);
         if forced {
-            self.span.error(ErrorClass::Shutdown);
-            self.status = STATUS_NONE;
-            // Every record that can be dropped here is of a request counted
-            // in `requests` (handed to the service): a refused head's record
-            // is dropped where it is made.
-            crate::observe::stats::incr(&self.ctx.worker_stats().requests_forced);
+            self.forced();
         }
         self.span.end(self.code);
         if let Some(access) = self.access.take() {
-            let elapsed = self.stopwatch.map_or(0, Stopwatch::elapsed_nanos);
-            let (conn, peer) = crate::observe::lifecycle::current_id_and_peer();
-            tracing::info!(
-                target: "megaconn::access",
-                conn,
-                peer = %OrDash(peer.as_ref()),
-                method = %OrDash(access.method.as_ref()),
-                path = %OrDash(access.path.as_deref()),
-                status = self.code,
-                duration_us = elapsed / 1_000,
-                bytes_in = self.request_bytes,
-                bytes_out = self.response_bytes,
-                "request"
-            );
+            self.log(&access);
         }
         #[cfg(feature = "metrics")]
         {
-            let m = &self.ctx.worker_stats().request_metrics;
+            // SAFETY: `metrics` points into the `WorkerStats` that
+            // `ctx.worker_stats()` returned when the record was made
+            // (`made`), and `ctx` is this record's until after this drop
+            // (a field, dropped after it): a `StatsSource` hands out its
+            // counters, not a copy, for as long as it lives (the one there
+            // is, `WorkerContext`, its `stats`, an `Arc` it never replaces:
+            // it is shared behind `Rc`, that field without a `Cell`), and
+            // they are only ever shared (`&`, atomics).
+            let m = unsafe { self.metrics.as_ref() };
             add_signed(&m.in_flight, -1);
             add(
                 &m.by_class[usize::from(self.method.0)][usize::from(self.status)],
@@ -618,6 +627,41 @@ impl Drop for RequestRecord {
                 add(&m.response_body_bytes, self.response_bytes);
             }
         }
+    }
+}
+
+impl RequestRecord {
+    /// The record of a request a forced shutdown cut off (its drop within
+    /// [`dropping_forced`]): counted as not served.
+    #[cold]
+    #[inline(never)]
+    fn forced(&mut self) {
+        self.span.error(ErrorClass::Shutdown);
+        self.status = STATUS_NONE;
+        // Every record that can be dropped here is of a request counted
+        // in `requests` (handed to the service): a refused head's record
+        // is dropped where it is made.
+        crate::observe::stats::incr(&self.ctx.worker_stats().requests_forced);
+    }
+
+    /// Writes the request's access-log line (the log is on).
+    #[cold]
+    #[inline(never)]
+    fn log(&self, access: &AccessLine) {
+        let elapsed = self.stopwatch.map_or(0, Stopwatch::elapsed_nanos);
+        let (conn, peer) = crate::observe::lifecycle::current_id_and_peer();
+        tracing::info!(
+            target: "megaconn::access",
+            conn,
+            peer = %OrDash(peer.as_ref()),
+            method = %OrDash(access.method.as_ref()),
+            path = %OrDash(access.path.as_deref()),
+            status = self.code,
+            duration_us = elapsed / 1_000,
+            bytes_in = self.request_bytes,
+            bytes_out = self.response_bytes,
+            "request"
+        );
     }
 }
 

@@ -140,9 +140,19 @@ impl SpanSlot {
     pub(crate) fn end(&mut self, status: u16) {
         #[cfg(feature = "otel")]
         if let Some(span) = self.span.take() {
-            span.end(status);
+            end_span(span, status);
         }
         #[cfg(not(feature = "otel"))]
         let _ = status;
     }
+}
+
+/// [`SpanSlot::end`] of a traced request, out of line: inlined, it gave
+/// every request's record a large frame to drop in, traced or not
+/// (bench/CPU-PER-REQUEST.md, session 46).
+#[cfg(feature = "otel")]
+#[cold]
+#[inline(never)]
+fn end_span(span: Box<crate::observe::otel::span::RequestSpan>, status: u16) {
+    span.end(status);
 }

@@ -20,7 +20,7 @@ use http::{Method, Request, StatusCode};
 use tokio::time::{Instant, Sleep};
 
 use super::decode::Decoder;
-use super::exchange::{Continue, Exchange, ExchangeSetup, WRITES, WRITE_HIGH_WATER};
+use super::exchange::{Continue, Exchange, ExchangeSetup, Rare, WRITES, WRITE_HIGH_WATER};
 use super::head::{self, BodyFraming};
 use super::{encode, CloseReason, Outcome};
 use crate::conn::context::WorkerContext;
@@ -509,18 +509,16 @@ where
         is_connect: setup_head.2,
         keep_alive,
         decoder,
-        body_tx,
+        body_tx: Rare::new(body_tx),
         expect,
-        upgrade,
+        upgrade: Rare::new(upgrade),
         te_trailers,
-        access,
-        span,
     };
     // Pinned where it is built and awaited through the pin: awaited by
     // value, it was moved whole into the await's slot first (a copy of
     // some 600 bytes, ~50 user-space instructions a request; callgrind,
     // bench/CPU-PER-REQUEST.md, session 37).
-    let exchange = std::pin::pin!(Exchange::new(conn, handler, setup));
+    let exchange = std::pin::pin!(Exchange::new(conn, handler, setup, span, access));
     exchange.await
 }
 
