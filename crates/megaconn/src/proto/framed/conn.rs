@@ -792,7 +792,7 @@ async fn flush_frames(
     io: &mut MessageIo,
     codec: &mut FrameCodec,
     frames: Vec<Bytes>,
-    pushed: Vec<Bytes>,
+    pushed: Vec<PushFrame>,
     ctx: &WorkerContext,
     awake: Option<&Awake>,
 ) -> Result<(), CloseReason> {
