@@ -668,7 +668,13 @@ impl Local {
             .iter()
             .any(|set| set.generation(fd) == Some(generation))
         {
-            self.kicks.put(id, kick);
+            // As for an awake connection (`Inbox::kick`): the first close
+            // stands, but a reset takes the place of a close. A close after
+            // a reset replaced it here, and the parked connection woke to a
+            // graceful close (merge review, session 46).
+            if kick.is_reset() || !self.kicks.holds(id) {
+                self.kicks.put(id, kick);
+            }
             hub::wake_to_close(fd);
         }
     }

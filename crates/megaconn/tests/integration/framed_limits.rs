@@ -305,6 +305,9 @@ async fn hub_reset_resets_a_connection_parked_or_awake() {
                 .await;
         }
         assert_eq!(server.hub.reset(id), Ok(()));
+        // A close that follows does not undo the reset: parked, it replaced
+        // it (merge review, session 46).
+        assert_eq!(server.hub.close(id), Ok(()));
         assert_eq!(
             server.next_close().await,
             (id, CloseReason::Reset),

@@ -1295,3 +1295,37 @@ async fn pushes_accepted_while_a_slow_consumer_closes_are_each_counted_once() {
     );
     server.stop().await;
 }
+
+/// `Hub::reset` on a WebSocket whose peer is in the middle of a frame:
+/// the peer's next read is the reset, not a FIN first. Before, the close
+/// ran the graceful path (merge review, session 46): the write buffer
+/// flushed, and with partial input the socket was shut (a FIN; over TLS a
+/// `close_notify`) and read for up to 2 s before the RST.
+#[tokio::test]
+async fn hub_reset_of_a_websocket_mid_frame_is_a_reset_at_once() {
+    let mut server = ChatServer::start(Server::builder()).await;
+    let mut client = server.client("/chat/a?token=good").await;
+    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    let MaybeTlsStream::Plain(tcp) = client.get_mut() else {
+        panic!("a cleartext client");
+    };
+    // A masked text frame's first two bytes: 5 bytes said, none sent.
+    tcp.write_all(&[0x81, 0x85]).await.unwrap();
+    common::wait_stats(&server.handle, "the partial frame read", |s| {
+        s.messages.bytes_in >= 2
+    })
+    .await;
+    assert_eq!(server.hub.reset(id), Ok(()));
+    let (closed, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!((closed, reason), (id, CloseReason::Reset));
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(SAFETY, tcp.read(&mut buf))
+        .await
+        .expect("a read in time");
+    assert_eq!(
+        read.as_ref().map_err(std::io::Error::kind),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
+    server.stop().await;
+}

@@ -546,6 +546,19 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     let Next::Close(reason, ours) = next else {
         unreachable!("the loop ends with a close")
     };
+    // A reset (`Hub::reset`) writes nothing more: not what the write
+    // buffer holds, no close frame, no lingering read of the peer's input
+    // (and over TLS no `close_notify`). The socket's drop sends the RST
+    // (`reset_on_close` set `SO_LINGER` 0). Pushes taken and not yet gone
+    // count as dropped; confirmed ones hear `Closed` by their waiters'
+    // drop. Before, it ran the close below: a flush bounded by the close
+    // timeout and, with a peer mid-frame, a FIN and up to 2 s of reading
+    // (merge review, session 46).
+    if matches!(reason, CloseReason::Reset) {
+        drop(out.pushes.give_up(false, counters));
+        out.unwritten.settle(conn.wbuf_len(), false, counters);
+        return Ended::Close(live.close(reason));
+    }
     // A slow consumer whose socket took part of a push: the rest of it
     // goes (a frame cannot be cut into), then the 1013, as for a parked
     // one woken behind.
