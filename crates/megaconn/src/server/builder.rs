@@ -1085,6 +1085,15 @@ impl Builder {
     }
 
     /// TCP keepalive probes. Default: off (HTTP idle timeouts cover most cases).
+    ///
+    /// On a message connection without a heartbeat (framed, WebSocket or
+    /// SSE, `axum_ws` too) the socket also has `TCP_USER_TIMEOUT` (twice
+    /// its write bound and a second, 121 s by default), and Linux then ends
+    /// an idle connection whose probes go unanswered only once that much
+    /// time passed since the peer's last acknowledgement, whatever the
+    /// probe count says: a dead idle peer is found in about the larger of
+    /// the two. To find one sooner, give it a heartbeat (or a shorter
+    /// `write_stall_timeout`).
     pub fn tcp_keepalive(mut self, keepalive: Option<KeepaliveConfig>) -> Builder {
         self.config.tcp_keepalive = keepalive;
         self

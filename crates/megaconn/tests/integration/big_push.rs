@@ -49,9 +49,10 @@ const BURST: usize = 64;
 const BURST_EACH: usize = 64 << 10;
 
 /// The write bound of the never-reading client's server
-/// (`write_timeout`): a slow consumer once it passes. (Not a short
-/// `write_stall_timeout`: an SSE socket's `TCP_USER_TIMEOUT` is that, and
-/// the kernel gives up on a peer that opens no window first, `Io(TimedOut)`.)
+/// (`write_timeout`): a slow consumer once it passes. (The socket's
+/// `TCP_USER_TIMEOUT` is twice the bound that applies and a second, so the
+/// kernel does not give up on a peer that opens no window first, as
+/// `Io(TimedOut)`: `conn/socket.rs` `kernel_bound`.)
 /// Over the close's 2 s bound, within which a slow consumer's close tries
 /// the rest of its frame: closed at once as before session 45, this one
 /// closed ~2 s after the push, before this bound.

@@ -1000,9 +1000,10 @@ async fn pushes_reach_awake_and_parked_connections_by_id() {
 /// A parked peer that reads nothing gets a push no socket takes at once:
 /// woken to write the rest (since session 45 it resumes, `big_push.rs`),
 /// it is a slow consumer once its write bound (`write_timeout`) passes.
-/// (Not `write_stall_timeout`: without a heartbeat, a framed socket's
-/// `TCP_USER_TIMEOUT` is that bound too, and the kernel may close a peer
-/// whose window stays shut first, as `Io(TimedOut)`: `framed_halfopen.rs`.)
+/// (Without a heartbeat a framed socket's `TCP_USER_TIMEOUT` is twice the
+/// bound that applies and a second, so the kernel does not close a peer
+/// whose window stays shut first, as `Io(TimedOut)`: `conn/socket.rs`
+/// `kernel_bound`, `framed_halfopen.rs`.)
 #[tokio::test]
 async fn a_parked_peer_that_does_not_read_pushes_is_closed_as_a_slow_consumer() {
     let builder = Server::builder()

@@ -883,9 +883,20 @@ fn is_event_stream(headers: &http::HeaderMap) -> bool {
 /// an event stream's client seldom sends. On a socket that is no TCP
 /// socket of ours (a caller's transport) nothing is done; on HTTP/2 a
 /// stream shares its connection's buffer, which keeps the autotuning.
+///
+/// Its peer gone without a FIN (a phone off the network) is found as the
+/// native protocols' are, by `TCP_USER_TIMEOUT` at twice their write bound
+/// and a second (`socket::bound_unacknowledged`): an event stream's writes
+/// are small and the socket takes them, so no write of ours stalls to find
+/// it, and it lingered until the kernel's ~16 minutes of retransmissions
+/// (found by helper `halfopen`, session 46).
 fn bound_event_stream<T: Parkable>(conn: &ConnIo<T>) {
     if let Some(fd) = conn.io.lot_fd() {
         crate::conn::socket::bound_message_send_buffer(fd, &conn.ctx.config);
+        crate::conn::socket::bound_unacknowledged(
+            Some(fd),
+            crate::message::MessageSettings::write_limit_without_heartbeat(&conn.ctx.config),
+        );
     }
 }
 
