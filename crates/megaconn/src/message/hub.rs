@@ -781,8 +781,11 @@ impl Hub {
     /// awake alike (a parked one is woken to close, as for `close`); an
     /// awake one in the middle of a write its peer does not take is reset
     /// when that write ends (its write bound), a frame the peer is in the
-    /// middle of sending is not waited for. A reset after a `close` that
-    /// has not closed the connection yet takes its place.
+    /// middle of sending is not waited for; one whose handler is in the
+    /// middle of `on_message` is reset once it returns (a framed
+    /// connection's reply goes first). A reset after a `close` that has
+    /// not closed the connection yet takes its place, and a `close` after
+    /// a reset does not undo it.
     ///
     /// Returns at once, with the errors of [`send`](Hub::send); `Ok` says
     /// the reset is queued (its worker takes it in order with the hub's

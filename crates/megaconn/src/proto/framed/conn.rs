@@ -764,6 +764,12 @@ async fn drain_pushes(
         let pushed = match inbox.inbox.take_up_to(TAKE_AT_ONCE) {
             Ok(pushed) => pushed,
             Err(Overflowed) => {
+                // A write under way for `while_handling`: the handler's
+                // return must not drop the close half-way (its reply then
+                // went into a shut socket, `Io(BrokenPipe)` for
+                // `SlowConsumer`, or the linger ran twice: merge review,
+                // session 46).
+                draining.writing(true);
                 inbox.drop_behind();
                 linger_after_unsent(io, close_by()).await;
                 return Err(CloseReason::SlowConsumer);
@@ -771,7 +777,9 @@ async fn drain_pushes(
         };
         if pushed.is_empty() {
             // Closed for the hub: the loop closes it once the handler
-            // returned. Else a wake-up whose push was taken already.
+            // returned (a reset too: it waits for the handler in
+            // progress, as `Hub::reset` says). Else a wake-up whose push
+            // was taken already.
             if inbox.inbox.kicked().is_some() {
                 return std::future::pending().await;
             }

@@ -1029,10 +1029,15 @@ async fn drain_pushes(
             continue;
         }
         draining.writing(true);
-        if conn.io.is_write_vectored() {
+        // As the loop does: confirmed pushes go whole, so their waiters
+        // hear as their frames go. Copied, their waiters were dropped here
+        // and heard `Closed` for a push then written (merge review,
+        // session 46).
+        if conn.io.is_write_vectored() || out.takes_whole(&pushed) {
             out.pushes.take(pushed);
         } else {
-            out.copy_pushes(conn, pushed);
+            let waiters = out.copy_pushes(conn, pushed);
+            debug_assert!(waiters.is_empty(), "confirmed ones go whole");
         }
         flush(conn, heartbeat, awake, (&mut *out, counters)).await?;
         lifecycle::set_state(ConnectionState::Handling);
