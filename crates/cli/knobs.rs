@@ -1170,7 +1170,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "FILE",
         shape: Shape::One,
         help: "Certificate revocation lists (PEM, X509 CRL blocks) client certificates are checked against; needs --tls-client-ca.",
-        details: "A client's own certificate is checked (not its intermediates'); one whose issuer has no CRL here is let in. SIGHUP reads the file again: revoke a device, replace the CRL, send SIGHUP (open connections stay open; new handshakes and resumptions are checked).",
+        details: "A client's own certificate is checked (not its intermediates'); one whose issuer has no CRL here is let in. SIGHUP reads the file again: revoke a device, replace the CRL, send SIGHUP (open connections stay open; new handshakes are checked, and no session resumes past a changed CRL: its resumption is refused and the client makes a full handshake).",
         default: "none",
         example: "/etc/megaconn/devices.crl.pem",
         parse: path,

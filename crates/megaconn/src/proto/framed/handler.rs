@@ -85,7 +85,10 @@ pub trait FramedHandler: Send + Sync + 'static {
     /// only while its socket does not take them. If its peer does not read
     /// them (the queue overflows while a write is stuck, or the write bound
     /// passes) the connection closes meanwhile, and this future is dropped
-    /// at its await (`on_close` still runs). (Until session 46 pushes
+    /// at its await (`on_close` still runs, with the state as the handler
+    /// left it at that await; a push that finds the socket broken closes
+    /// it so too: whether the handler finishes then depends on pushes).
+    /// (Until session 46 pushes
     /// waited for it to return, and `outbound_queue` of them closed a
     /// reading peer as a slow consumer.) Work that must not be cut short
     /// by such a close can be spawned and answered with
