@@ -1288,7 +1288,22 @@ mod tests {
         let key = dir.path().join("key.pem");
         std::fs::write(&cert, generated.cert.pem()).unwrap();
         std::fs::write(&key, generated.key_pair.serialize_pem()).unwrap();
+        // The self-signed certificate serves as the client CA too, and
+        // signs the revocation list.
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&generated.cert, &generated.key_pair)
+        .unwrap();
+        let crl_file = dir.path().join("crl.pem");
+        std::fs::write(&crl_file, crl.pem().unwrap()).unwrap();
         let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let crl_file = crl_file.to_str().unwrap();
         for knob in knobs::KNOBS {
             let mut argv = vec![format!("--{}", knob.name)];
             match knob.name {
@@ -1307,6 +1322,21 @@ mod tests {
                 | "tls-max-handshakes"
                 | "tls-handshake-rate-per-ip" => {
                     argv.extend([knob.example.into(), "--self-signed".into()])
+                }
+                // Client-certificate knobs need TLS, and a CA file.
+                "tls-client-ca" => argv.extend([cert.into(), "--self-signed".into()]),
+                "tls-client-auth" | "tls-client-crl" => {
+                    let value = if knob.name == "tls-client-crl" {
+                        crl_file
+                    } else {
+                        knob.example
+                    };
+                    argv.extend([
+                        value.into(),
+                        "--tls-client-ca".into(),
+                        cert.into(),
+                        "--self-signed".into(),
+                    ])
                 }
                 "accept-burst" => {
                     argv.extend([knob.example.into(), "--accept-rate".into(), "10".into()])
