@@ -239,3 +239,68 @@ async fn a_confirmed_push_to_an_awake_websocket_over_tls_resolves_ok() {
     assert_eq!(outcome(behind).await, Ok(()));
     server.stop().await;
 }
+
+/// Over TLS a frame the session took is in the kernel only once the
+/// session's buffer was sent: a framed TLS client that reads nothing
+/// (until its connection closed) gets confirmed pushes until its outbound
+/// queue overflows and it is closed as a slow consumer; then it reads
+/// everything the kernel still holds for it. Every push that resolved `Ok`
+/// is among the frames it read. (Merge review of `hubwait`, session 46:
+/// the pushes sealed into the session's buffer, up to 64 KiB, resolved
+/// `Ok` at the close and were lost with the session.)
+#[tokio::test]
+async fn over_tls_a_confirmed_push_resolves_ok_only_once_it_left_the_session() {
+    use crate::tls_msg::{Proto as Tls, TlsMsg};
+    use tokio::io::AsyncReadExt;
+
+    const PUSHES: usize = 400;
+    const LEN: usize = 1000;
+    let mut server = TlsMsg::start(|b| {
+        b.write_timeout(Some(Duration::from_secs(60)))
+            .outbound_queue(8)
+    })
+    .await;
+    let (mut tls, id) = server.connect(Tls::FramedTls, true).await;
+    let deliveries: Vec<Delivery> = (0..PUSHES)
+        .map(|i| server.hub.send_confirmed(id, push(i, LEN)))
+        .collect();
+    let mut outcomes = Vec::new();
+    for delivery in deliveries {
+        outcomes.push(outcome(delivery).await);
+    }
+    assert_eq!(
+        server.close_of(id).await,
+        megaconn::CloseReason::SlowConsumer
+    );
+    // Everything the kernel still holds for the client, to its end (an
+    // error past the last whole record is the end too).
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(SAFETY, tls.read_to_end(&mut got))
+        .await
+        .expect("the end in time");
+    let mut read = vec![false; PUSHES];
+    let mut rest = &got[..];
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        let Some(body) = rest.get(4..4 + len) else {
+            break;
+        };
+        let i: usize = std::str::from_utf8(&body[..8]).unwrap().parse().unwrap();
+        assert_push(body, i, LEN);
+        read[i] = true;
+        rest = &rest[4 + len..];
+    }
+    let ok: Vec<usize> = (0..PUSHES).filter(|&i| outcomes[i].is_ok()).collect();
+    let lost: Vec<usize> = ok.iter().copied().filter(|&i| !read[i]).collect();
+    assert!(
+        lost.is_empty(),
+        "{} pushes resolved Ok and never arrived (first {:?}); {} Ok, {} read",
+        lost.len(),
+        lost.first(),
+        ok.len(),
+        read.iter().filter(|r| **r).count()
+    );
+    assert!(!ok.is_empty(), "none went: {:?}", outcomes[0]);
+    assert!(ok.len() < PUSHES, "the client was never behind");
+    server.stop().await;
+}
