@@ -615,7 +615,8 @@ async fn close_behind(
     let whole = match behind {
         Some((unsent, Raw::Sealed)) => {
             let io = &mut conn.io;
-            let poll_write = |cx: &mut std::task::Context<'_>, b: &[u8]| poll_write_unsent(io, cx, b);
+            let poll_write =
+                |cx: &mut std::task::Context<'_>, b: &[u8]| poll_write_unsent(io, cx, b);
             write_unsent(&unsent, deadline, counters, poll_write).await
         }
         // Flushed too: over TLS the rest is sealed, not yet sent.
