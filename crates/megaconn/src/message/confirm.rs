@@ -5,7 +5,9 @@
 //! not arrive ([`Undelivered`]).
 //!
 //! The waiter is resolved where the push is counted: `Ok` where it counts
-//! in `megaconn_message_pushes_total` (its socket took it whole), an
+//! in `megaconn_message_pushes_total` (its socket took it whole; over TLS,
+//! once the write flushed: a close before the flush counts the frames the
+//! session took in `pushes`, but their waiters hear they did not go), an
 //! [`Undelivered`] where it counts in `megaconn_message_queue_drops_total`
 //! or `megaconn_limit_hits_total{limit="push_unframable"}`. Every path that
 //! lets go of a push lets go of its waiter with it, and a waiter dropped
@@ -29,30 +31,39 @@ use crate::message::hub::{ConnectionId, HubError};
 /// Why a [`Hub::send_confirmed`](crate::Hub::send_confirmed) push did not
 /// reach its connection's socket whole. Each is also counted where a plain
 /// send's drop is: [`Refused`](Undelivered::Refused) nowhere but
-/// `limit_hits{limit="hub_queue"}` for a full hub queue,
+/// `limit_hits{limit="hub_queue"}` for a full hub queue and
+/// `limit_hits{limit="push_unframable"}` for [`HubError::TooLarge`],
 /// [`Unframable`](Undelivered::Unframable) in
 /// `megaconn_limit_hits_total{limit="push_unframable"}`, the others in
 /// `megaconn_message_queue_drops_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Undelivered {
-    /// The hub did not take it: the connection was known closed, the
-    /// server is not serving or has stopped, the worker's hub queue was
-    /// full: [`HubError`], as [`Hub::send`](crate::Hub::send) returns.
+    /// The hub did not take it: the connection was known closed
+    /// ([`HubError::Closed`]), the id is another server's
+    /// ([`HubError::OtherServer`]), the server is not serving or has
+    /// stopped, the worker's hub queue was full, or no listener of the
+    /// server may carry a message that large ([`HubError::TooLarge`]):
+    /// [`HubError`], as [`Hub::send`](crate::Hub::send) returns.
     #[error("the hub did not take the message: {0}")]
     Refused(HubError),
     /// The connection closed before its socket took the message whole:
-    /// its peer left or its socket broke, a write timeout,
+    /// its peer left or its socket broke, an awake write's timeout
+    /// ([`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout)),
     /// [`Hub::close`](crate::Hub::close), its close under way when the
     /// worker got to it, or it had closed by then (the id names no one).
     #[error("the connection closed before its socket took the message whole")]
     Closed,
-    /// The connection is a slow consumer: its outbound queue
-    /// ([`Builder::outbound_queue`](crate::Builder::outbound_queue)) was
-    /// full, or its peer took none of a write within its write bound. It
-    /// is closed as
-    /// [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer).
-    #[error("the connection is a slow consumer (its outbound queue was full, or its peer took nothing within its write bound): closed as slow_consumer")]
+    /// The connection is a slow consumer, closed as
+    /// [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer):
+    /// its outbound queue
+    /// ([`Builder::outbound_queue`](crate::Builder::outbound_queue))
+    /// overflowed while a write waited (this push dropped, or the one under
+    /// way whose rest its close could not finish), or its parked socket
+    /// could not take this push and its peer did not take it within the
+    /// write bound once woken. (An awake write that passes its bound
+    /// closes as `WriteTimeout`: [`Undelivered::Closed`].)
+    #[error("the connection is a slow consumer (its outbound queue overflowed, or it did not take a push its parked socket could not within its write bound): closed as slow_consumer")]
     SlowConsumer,
     /// The connection's framing cannot carry the message (over a framed
     /// listener's `max_frame_bytes`, a line ending or bytes not UTF-8 on
@@ -98,9 +109,13 @@ pub(crate) struct Waiter(Arc<Slot>);
 /// `Send` and `'static`: await it anywhere, or drop it (the push still
 /// goes; no one hears of it).
 ///
-/// `Ok` says what `megaconn_message_pushes_total` says: the connection's
-/// socket took the frame whole (over TLS, its TLS session took it and
-/// flushed). Whether the peer read it only the peer can tell.
+/// `Ok` says the connection's socket took the frame whole: it is in the
+/// kernel (over TLS, its session sealed it and the write flushed). That is
+/// what `megaconn_message_pushes_total` counts, but for one case: over
+/// TLS, a write ended by a close before its flush counts the frames its
+/// session took in `pushes`, while their waiters hear they did not go (the
+/// session's buffer is lost with the close). Whether the peer read it only
+/// the peer can tell.
 #[derive(Debug)]
 #[must_use = "a Delivery does nothing unless awaited (the push goes either way)"]
 pub struct Delivery(Inner);
@@ -190,9 +205,24 @@ pub(crate) fn resolve(waiter: Option<&Waiter>, outcome: Result<(), Undelivered>)
 /// shutdown deadline), so it did not go.
 impl Drop for Waiter {
     fn drop(&mut self) {
-        self.resolve(Err(dropped_reason()));
+        // Most were resolved where they counted: why one was dropped (a
+        // thread-local and the shutdown's state) is asked only if not.
+        let state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        let resolved = state.outcome.is_some();
+        drop(state);
+        if !resolved {
+            self.resolve(Err(dropped_reason()));
+        }
     }
 }
+
+/// A [`Delivery`] is awaited anywhere: `Send` and `'static`, as its doc
+/// says (a compile error here, not in a caller's spawned task, if a field
+/// ever makes it not so).
+const _: () = {
+    const fn send_and_static<T: Send + 'static>() {}
+    send_and_static::<Delivery>();
+};
 
 /// Compared by identity (a [`Waiter`] sits in structs compared in tests).
 impl PartialEq for Waiter {

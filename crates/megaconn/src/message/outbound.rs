@@ -21,6 +21,17 @@
 //! timeout, a peer gone), in `queue_drops` ([`Outbound::give_up`]), the
 //! bytes of it the socket took in `bytes_out`; a slow consumer's frame
 //! under way is finished by its close first ([`Unsent`], as a parked one's).
+//!
+//! A confirmed push's waiter hears `Ok` only once its frame is in the
+//! kernel: over a transport that buffers (one that does not write
+//! vectored: TLS, whose session holds what it sealed, up to 64 KiB, until
+//! a flush sends it), a frame written whole is in the kernel only once the
+//! write flushed. A write that ends before its flush so counts such a
+//! frame in `pushes` (its session took it, as the counters say for TLS)
+//! but its waiter hears it did not go ([`Outbound::give_up`]): where the
+//! two differ, the waiter is the conservative one. (Merge review of
+//! `hubwait`, session 46: such a push resolved `Ok` and was lost with the
+//! session at the close.)
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -77,6 +88,10 @@ pub(crate) struct Outbound {
     whole_bytes: u64,
     /// Bytes written so far, all batches (a write's progress).
     written: u64,
+    /// Whether the transport written to buffers what it takes until a
+    /// flush (it does not write vectored: TLS), so that a frame written
+    /// whole is not yet in the kernel. Noted at each write.
+    buffered: bool,
 }
 
 impl Outbound {
@@ -86,8 +101,9 @@ impl Outbound {
         // (A frame is never empty: it has a header, or a line its ending.)
         debug_assert!(batch.iter().all(|frame| !frame.bytes.is_empty()));
         if self.is_empty() {
-            // All went whole: their waiters hear so before they go.
-            self.settle_whole();
+            // All went whole and were counted (a write that ends counts
+            // or gives up), their waiters with them.
+            debug_assert!(self.whole == 0, "frames written whole and not counted");
             self.frames = batch;
             (self.next, self.begun) = (0, 0);
         } else {
@@ -116,6 +132,9 @@ impl Outbound {
         head: &[u8],
         at: &mut usize,
     ) -> Poll<io::Result<()>> {
+        // A plain socket writes vectored and holds nothing back; TLS (and
+        // a caller's own transport that does not) may.
+        self.buffered = !io.is_write_vectored();
         loop {
             if *at >= head.len() && self.is_empty() {
                 return Poll::Ready(Ok(()));
@@ -213,8 +232,21 @@ impl Outbound {
     ///
     /// The waiters of the pushes dropped hear why: a slow consumer's
     /// ([`Undelivered::SlowConsumer`], `finish`), or the close (their drop);
-    /// the rest's goes with it.
+    /// the rest's goes with it. Over a transport that buffers, so do the
+    /// waiters of the frames written whole since the last count: the
+    /// write did not flush, so they may never have left the session
+    /// (counted in `pushes` all the same, as the session took them).
     pub(crate) fn give_up(&mut self, finish: bool, counters: &MessageCounters) -> Option<Unsent> {
+        if self.buffered {
+            let reason = Undelivered::SlowConsumer;
+            for frame in &mut self.frames[..self.next] {
+                // Not flushed: not known to be in the kernel.
+                let waiter = frame.waiter.take();
+                if finish {
+                    confirm::resolve(waiter.as_ref(), Err(reason));
+                }
+            }
+        }
         self.count(counters);
         let mut rest = None;
         if self.begun > 0 {
@@ -479,6 +511,49 @@ mod tests {
                 assert_eq!(poll(&mut deliveries[1]), closed);
                 assert_eq!(poll(&mut deliveries[2]), closed);
             }
+        }
+    }
+
+    /// Over a transport that buffers what it takes until a flush (one
+    /// that does not write vectored: TLS), a frame written whole but not
+    /// flushed when the write ends is counted in `pushes` (its session
+    /// took it) but its waiter does not hear `Ok`: a slow consumer's close
+    /// says `SlowConsumer`, another close its drop (`Closed`). Written
+    /// whole and counted (the write flushed), it is `Ok`.
+    #[test]
+    fn over_a_buffering_transport_a_frame_not_flushed_is_not_delivered() {
+        use crate::message::confirm::{Delivery, Undelivered};
+        use std::future::Future;
+        let poll = |d: &mut Delivery| {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            Pin::new(d).poll(&mut cx)
+        };
+        for finish in [true, false] {
+            let id = crate::message::hub::ConnectionId::new(0, 3, 1);
+            let mut deliveries = Vec::new();
+            let batch: Vec<PushFrame> = frames(&[10, 20])
+                .into_iter()
+                .map(|mut frame| {
+                    let (waiter, delivery) = Delivery::new(id);
+                    frame.waiter = Some(waiter);
+                    deliveries.push(delivery);
+                    frame
+                })
+                .collect();
+            let mut out = Outbound::default();
+            out.take(batch);
+            // The first whole, the second not begun.
+            let mut io = sink(usize::MAX, 10, false);
+            assert_eq!(poll_write(&mut out, &mut io), Poll::Pending);
+            let counters = MessageCounters::default();
+            assert_eq!(out.give_up(finish, &counters), None);
+            assert_eq!(counters.pushes.load(Relaxed), 1, "the session took it");
+            let not = match finish {
+                true => Undelivered::SlowConsumer,
+                false => Undelivered::Closed,
+            };
+            assert_eq!(poll(&mut deliveries[0]), Poll::Ready(Err(not)));
+            assert_eq!(poll(&mut deliveries[1]), Poll::Ready(Err(not)));
         }
     }
 

@@ -139,15 +139,71 @@ pub(crate) async fn write_unsent(
     counters: &MessageCounters,
     poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
 ) -> bool {
-    let whole = write_rest(&unsent.tail, deadline, poll_write).await;
+    let rest = write_rest_ends(&unsent.tail, deadline, poll_write).await;
+    settle_unsent(unsent, rest, counters)
+}
+
+/// How writing the rest of a frame ended ([`write_rest_ends`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rest {
+    Whole,
+    /// The socket failed (or took nothing): the peer is gone.
+    Broken,
+    /// The close's bound passed first: the peer did not read it.
+    TimedOut,
+}
+
+/// Counts the push `unsent` is the rest of by how that rest ended, for a
+/// slow consumer's close; its waiter hears the same: a rest the peer did
+/// not take in time is the slow consumer's, one the socket failed on is
+/// the close's ([`Undelivered::Closed`](crate::Undelivered::Closed)).
+/// Whether it went whole.
+fn settle_unsent(unsent: &Unsent, rest: Rest, counters: &MessageCounters) -> bool {
+    let whole = rest == Rest::Whole;
     count_unsent(unsent, whole, counters);
-    if !whole {
-        // A slow consumer's close, whatever made it one (its socket full
-        // while parked, a write bound passed): its waiter hears that.
-        let slow = Err(crate::Undelivered::SlowConsumer);
-        crate::message::confirm::resolve(unsent.waiter.as_ref(), slow);
-    }
+    let reason = match rest {
+        Rest::Whole => return true,
+        Rest::Broken => crate::Undelivered::Closed,
+        Rest::TimedOut => crate::Undelivered::SlowConsumer,
+    };
+    crate::message::confirm::resolve(unsent.waiter.as_ref(), Err(reason));
     whole
+}
+
+/// [`write_unsent`] through a stream (an awake slow consumer's rest of
+/// the push under way, from its batch), then the stream's flush, within
+/// the same `deadline`: over TLS the session only sealed what it took,
+/// and the rest is in the kernel (delivered, its waiter `Ok`) only once
+/// the flush sent it. (Merge review of `hubwait`, session 46: the waiter
+/// heard `Ok` with the rest still in the session, lost at the close.) The
+/// bytes written count as the connection's (`lifecycle::count_out`).
+pub(crate) async fn write_unsent_through<W>(
+    unsent: &Unsent,
+    deadline: Instant,
+    counters: &MessageCounters,
+    io: &mut W,
+) -> bool
+where
+    W: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    use std::pin::Pin;
+    let mut rest = write_rest_ends(&unsent.tail, deadline, |cx, b| {
+        let wrote = Pin::new(&mut *io).poll_write(cx, b);
+        if let Poll::Ready(Ok(n)) = wrote {
+            crate::observe::lifecycle::count_out(n);
+        }
+        wrote
+    })
+    .await;
+    if rest == Rest::Whole {
+        let flush = poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx));
+        rest = match tokio::time::timeout_at(deadline, flush).await {
+            Ok(Ok(())) => Rest::Whole,
+            Ok(Err(_)) => Rest::Broken,
+            Err(_) => Rest::TimedOut,
+        };
+    }
+    settle_unsent(unsent, rest, counters)
 }
 
 /// How [`write_owed_resuming`] ended short: the reason to close for and,
@@ -304,21 +360,30 @@ pub(crate) fn close_by() -> Instant {
 pub(crate) async fn write_rest(
     rest: &[u8],
     deadline: Instant,
-    mut poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
+    poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
 ) -> bool {
+    write_rest_ends(rest, deadline, poll_write).await == Rest::Whole
+}
+
+/// [`write_rest`], saying how it ended.
+async fn write_rest_ends(
+    rest: &[u8],
+    deadline: Instant,
+    mut poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
+) -> Rest {
     let mut at = 0;
     let writing = poll_fn(|cx| {
         while at < rest.len() {
             match ready!(poll_write(cx, &rest[at..])) {
-                Ok(0) | Err(_) => return Poll::Ready(false),
+                Ok(0) | Err(_) => return Poll::Ready(Rest::Broken),
                 Ok(n) => at += n,
             }
         }
-        Poll::Ready(true)
+        Poll::Ready(Rest::Whole)
     });
     tokio::time::timeout_at(deadline, writing)
         .await
-        .unwrap_or(false)
+        .unwrap_or(Rest::TimedOut)
 }
 
 /// After [`write_unsent`] wrote a behind connection's tail whole (or an

@@ -406,9 +406,20 @@ impl Local {
             .awake
             .borrow_mut()
             .insert(id.fd(), (id.generation(), inbox.clone()));
-        if stale.is_none() {
+        match stale {
             // What a broadcast reaches (`ServerHandle::message_connections`).
-            connections_moved(&self.stats, self.protocol_of(wire), 1);
+            None => connections_moved(&self.stats, self.protocol_of(wire), 1),
+            // It replaced a stale entry on its descriptor, counted already
+            // (the total stays): under its own protocol, if another's.
+            // (Merge review of `hubwait`, session 46: the stale one's
+            // protocol kept it, and the new one's never counted it.)
+            Some((_, old)) => {
+                let (was, now) = (self.protocol_of(old.wire), self.protocol_of(wire));
+                if was != now {
+                    protocol_moved(&self.stats, was, -1);
+                    protocol_moved(&self.stats, now, 1);
+                }
+            }
         }
         Some(Awake {
             local: self.clone(),
@@ -1181,6 +1192,11 @@ pub(crate) fn protocol_index(tag: ProtoTag) -> Option<usize> {
 /// protocols' gauges sum to `ServerHandle::message_connections`.
 pub(crate) fn connections_moved(stats: &WorkerStats, protocol: Option<usize>, by: i64) {
     message_connections_moved(stats, by);
+    protocol_moved(stats, protocol, by);
+}
+
+/// `protocol`'s gauge alone moved by `by` (the total not).
+fn protocol_moved(stats: &WorkerStats, protocol: Option<usize>, by: i64) {
     if let Some(gauge) = protocol.and_then(|p| stats.messages.connections_by_protocol.get(p)) {
         gauge_own(gauge, by);
     }
@@ -1384,6 +1400,37 @@ mod tests {
         let new = local.new_id(fd);
         let awake = local.awake(new, table.wire(0)).unwrap();
         (old, new, awake)
+    }
+
+    /// An awake connection that replaces a stale entry on its descriptor
+    /// (another protocol's, whose guard did not remove it) moves the count
+    /// from that protocol's gauge to its own; the total stays one.
+    #[tokio::test]
+    async fn replacing_a_stale_entry_moves_the_gauge_to_the_new_protocol() {
+        let ctx = worker_with_a_hub();
+        let set = tokio::task::LocalSet::new();
+        set.run_until(async {
+            let local = local(&ctx);
+            let framed = local.table::<()>(crate::proto::FRAMED, || vec![Rc::new(Plain)]);
+            let ws = local.table::<()>(crate::proto::WEBSOCKET, || vec![Rc::new(Plain)]);
+            let gauges = || {
+                let by = &local.stats.messages.connections_by_protocol;
+                [0, 1, 2].map(|p| by[p].load(std::sync::atomic::Ordering::Relaxed))
+            };
+            let old = local.new_id(900_090);
+            let stale = local.awake(old, framed.wire(0)).unwrap();
+            assert_eq!(gauges(), [1, 0, 0]);
+            // Its guard kept (not dropped): its entry is stale once another
+            // connection holds the descriptor.
+            std::mem::forget(stale);
+            local.closed(old);
+            let new = local.new_id(900_090);
+            let awake = local.awake(new, ws.wire(0)).unwrap();
+            assert_eq!(gauges(), [0, 1, 0]);
+            drop(awake);
+            assert_eq!(gauges(), [0, 0, 0]);
+        })
+        .await;
     }
 
     /// A deadline or a cancel for a connection that closed, queued before

@@ -239,3 +239,92 @@ async fn a_confirmed_push_to_an_awake_websocket_over_tls_resolves_ok() {
     assert_eq!(outcome(behind).await, Ok(()));
     server.stop().await;
 }
+
+/// Over TLS a frame the session took is in the kernel only once the
+/// session's buffer was sent: a framed TLS client that reads nothing
+/// (until its connection closed), awake (woken to write the rest of a
+/// large push, which it read, with confirmed pushes queued behind it), gets
+/// more until its outbound queue
+/// overflows while a write waits and it is closed as a slow consumer; then
+/// it reads everything the kernel still holds for it. Every push that resolved `Ok`
+/// is among the frames it read. (Merge review of `hubwait`, session 46:
+/// the pushes sealed into the session's buffer, up to 64 KiB, resolved
+/// `Ok` at the close and were lost with the session.) Not seen to fail
+/// without the fix: on loopback the close's 2 s linger still sent what the
+/// session held; the unit test
+/// `outbound::tests::over_a_buffering_transport_a_frame_not_flushed_is_not_delivered`
+/// pins the fix.
+#[tokio::test]
+async fn over_tls_a_confirmed_push_resolves_ok_only_once_it_left_the_session() {
+    use crate::tls_msg::{Proto as Tls, TlsMsg};
+    use tokio::io::AsyncReadExt;
+
+    const PUSHES: usize = 600;
+    const LEN: usize = 1000;
+    // Queued behind the first while it resumes: ~200 KB, more than the
+    // kernel and the session (64 KiB) take of them.
+    const BEHIND: usize = 200;
+    let mut server = TlsMsg::start(|b| {
+        b.write_timeout(Some(Duration::from_secs(60)))
+            .outbound_queue(BEHIND + 4)
+            .park_idle_after(Some(Duration::from_millis(500)))
+    })
+    .await;
+    let (mut tls, id) = server.connect(Tls::FramedTls, true).await;
+    // Awake: its pushes are written from its queue through the session
+    // (`Outbound`), not by the parked socket's session. (A parked
+    // connection's wake-up to read reparks at once; one woken to write the
+    // rest of a push goes on awake.)
+    const FIRST: usize = 60 << 10; // (Under the 64 KiB frame bound.)
+    let first = server.hub.send_confirmed(id, push(PUSHES, FIRST));
+    let mut deliveries: Vec<Delivery> = (0..BEHIND)
+        .map(|i| server.hub.send_confirmed(id, push(i, LEN)))
+        .collect();
+    let mut whole = vec![0u8; 4 + FIRST];
+    tokio::time::timeout(SAFETY, tls.read_exact(&mut whole))
+        .await
+        .expect("the first push in time")
+        .unwrap();
+    assert_push(&whole[4..], PUSHES, FIRST);
+    assert_eq!(outcome(first).await, Ok(()));
+    // Then these overflow its queue.
+    deliveries.extend((BEHIND..PUSHES).map(|i| server.hub.send_confirmed(id, push(i, LEN))));
+    let mut outcomes = Vec::new();
+    for delivery in deliveries {
+        outcomes.push(outcome(delivery).await);
+    }
+    assert_eq!(
+        server.close_of(id).await,
+        megaconn::CloseReason::SlowConsumer
+    );
+    // Everything the kernel still holds for the client, to its end (an
+    // error past the last whole record is the end too).
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(SAFETY, tls.read_to_end(&mut got))
+        .await
+        .expect("the end in time");
+    let mut read = vec![false; PUSHES];
+    let mut rest = &got[..];
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        let Some(body) = rest.get(4..4 + len) else {
+            break;
+        };
+        rest = &rest[4 + len..];
+        let i: usize = std::str::from_utf8(&body[..8]).unwrap().parse().unwrap();
+        assert_push(body, i, LEN);
+        read[i] = true;
+    }
+    let ok: Vec<usize> = (0..PUSHES).filter(|&i| outcomes[i].is_ok()).collect();
+    let lost: Vec<usize> = ok.iter().copied().filter(|&i| !read[i]).collect();
+    assert!(
+        lost.is_empty(),
+        "{} pushes resolved Ok and never arrived (first {:?}); {} Ok, {} read",
+        lost.len(),
+        lost.first(),
+        ok.len(),
+        read.iter().filter(|r| **r).count()
+    );
+    assert!(ok.len() < PUSHES, "the client was never behind");
+    server.stop().await;
+}

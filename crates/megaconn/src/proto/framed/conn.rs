@@ -56,7 +56,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -75,7 +75,7 @@ use crate::message::live::Live;
 use crate::message::outbound::{Outbound, PushFrame};
 use crate::message::session::Session;
 use crate::message::wake::{
-    close_by, heartbeat_timed_out, linger_after_unsent, resume, write_rest, write_unsent,
+    close_by, heartbeat_timed_out, linger_after_unsent, resume, write_rest, write_unsent_through,
 };
 use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, FramingError, ProtocolDetail};
@@ -921,14 +921,7 @@ async fn behind(
     count_replies((out, written), ends, counters);
     // A push begun (all the replies went before it): its rest.
     if let Some(rest) = pushes.give_up(true, counters) {
-        let poll_write = |cx: &mut Context<'_>, b: &[u8]| {
-            let wrote = Pin::new(&mut *io).poll_write(cx, b);
-            if let Poll::Ready(Ok(n)) = wrote {
-                lifecycle::count_out(n);
-            }
-            wrote
-        };
-        whole = write_unsent(&rest, deadline, counters, poll_write).await;
+        whole = write_unsent_through(&rest, deadline, counters, io).await;
     }
     if whole {
         linger_after_unsent(io, deadline).await;

@@ -359,7 +359,10 @@ mod tests {
             reason: Bytes::new(),
         };
         let inbox = Inbox::new(0);
-        assert!(inbox.offer(crate::message::outbound::PushFrame::plain(Bytes::from_static(b"unread")), 8));
+        assert!(inbox.offer(
+            crate::message::outbound::PushFrame::plain(Bytes::from_static(b"unread")),
+            8
+        ));
         inbox.kick(kick(1008));
         assert_eq!(inbox.kicked(), None, "a close waits for the push");
         inbox.kick(kick(RESET));

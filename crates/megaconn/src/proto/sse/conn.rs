@@ -31,13 +31,13 @@
 
 use std::future::poll_fn;
 use std::io;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
-use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::conn::context::WorkerContext;
@@ -49,7 +49,7 @@ use crate::message::io::MessageIo;
 use crate::message::live::Live;
 use crate::message::outbound::{Outbound, PushFrame};
 use crate::message::session::Session;
-use crate::message::wake::{close_by, linger_after_unsent, resume, write_unsent};
+use crate::message::wake::{close_by, linger_after_unsent, resume, write_unsent_through};
 use crate::message::worker::Awake;
 use crate::message::MessageSettings;
 use crate::observe::close::{CloseReason, ProtocolDetail};
@@ -393,10 +393,7 @@ async fn write(
             let deadline = close_by();
             let mut whole = true;
             if let Some(rest) = pushes.give_up(true, counters) {
-                whole = write_unsent(&rest, deadline, counters, |cx, b| {
-                    Pin::new(&mut *io).poll_write(cx, b)
-                })
-                .await;
+                whole = write_unsent_through(&rest, deadline, counters, io).await;
             }
             if whole {
                 linger_after_unsent(io, deadline).await;

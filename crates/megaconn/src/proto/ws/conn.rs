@@ -82,7 +82,7 @@ use crate::message::io::{prefetch_woken, MessageIo};
 use crate::message::live::Live;
 use crate::message::outbound::{Outbound, PushFrame};
 use crate::message::session::Session;
-use crate::message::wake::{close_by, heartbeat_timed_out, write_unsent};
+use crate::message::wake::{close_by, heartbeat_timed_out, write_unsent, write_unsent_through};
 use crate::message::worker::Awake;
 use crate::message::MessageSettings;
 use crate::observe::close::{CloseReason, ProtocolDetail};
@@ -641,13 +641,15 @@ async fn close_behind(
 ) {
     let deadline = close_by();
     let whole = match behind {
-        Some((unsent, raw)) => {
+        Some((unsent, Raw::Sealed)) => {
             let io = &mut conn.io;
-            write_unsent(&unsent, deadline, counters, |cx, b| match raw {
-                Raw::Sealed => poll_write_unsent(io, cx, b),
-                Raw::Stream => Pin::new(&mut *io).poll_write(cx, b),
-            })
-            .await
+            let poll_write =
+                |cx: &mut std::task::Context<'_>, b: &[u8]| poll_write_unsent(io, cx, b);
+            write_unsent(&unsent, deadline, counters, poll_write).await
+        }
+        // Flushed too: over TLS the rest is sealed, not yet sent.
+        Some((unsent, Raw::Stream)) => {
+            write_unsent_through(&unsent, deadline, counters, &mut conn.io).await
         }
         None => true,
     };
