@@ -1090,7 +1090,7 @@ async fn a_framed_connection_past_its_limit_closes_and_logs_the_setting() {
             1004u32.to_be_bytes().to_vec(),
             FramingError::FrameTooLarge,
             "framed_max_frame_bytes",
-            "framed TCP frame over Framing::max_frame_bytes; closing size=1004 limit=1003 suppressed=0",
+            "framed TCP frame over Framing::max_inbound_frame_bytes (or max_frame_bytes); closing size=1004 limit=1003 suppressed=0",
         ),
         (
             Framing::lines().max_line_bytes(1005),

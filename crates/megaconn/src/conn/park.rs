@@ -2372,7 +2372,11 @@ pub(super) mod tests {
             }
             tokio::task::yield_now().await;
         }
-        assert_eq!(owed_woke.get(), Some(Wake::Owed), "owed wake served between full turns");
+        assert_eq!(
+            owed_woke.get(),
+            Some(Wake::Owed),
+            "owed wake served between full turns"
+        );
         tokio::time::advance(Duration::from_secs(3)).await;
         for _ in 0..200 {
             if stats.timeouts.load(Relaxed) > 0 {

@@ -339,7 +339,7 @@ impl<S> SideTable<S> {
 
     /// Counts the full slots in `stats`' gauge of message connections
     /// (what a broadcast reaches, with the awake ones `worker.rs` counts),
-    /// and in its gauge of `protocol`'s (`worker::protocol_index`).
+    /// and in its gauge of `protocol`'s (`worker::MessageProtocol`).
     pub(crate) fn counted(
         mut self,
         stats: Arc<WorkerStats>,

@@ -62,7 +62,7 @@ pub(crate) struct Local {
     /// Topic subscriptions, both ways.
     topics: RefCell<Topics>,
     wires: RefCell<Vec<Rc<dyn Wire>>>,
-    /// The protocol of each of `wires` (`protocol_index`), for the gauges
+    /// The protocol of each of `wires` (`MessageProtocol`), for the gauges
     /// of message connections by protocol: an awake connection is known
     /// by its wire.
     wire_protocols: RefCell<Vec<Option<usize>>>,
@@ -341,17 +341,17 @@ impl Local {
     /// (WebSocket routes do), and a typed table holds states inline.
     pub(crate) fn table<S: 'static>(
         &self,
-        tag: ProtoTag,
+        (tag, protocol): (ProtoTag, Option<MessageProtocol>),
         wires: impl FnOnce() -> Vec<Rc<dyn Wire>>,
     ) -> Rc<SideTable<S>> {
-        self.table_sending::<S>(tag, wires, || None)
+        self.table_sending::<S>((tag, protocol), wires, || None)
     }
 
     /// [`Local::table`], whose pushes to parked sockets are written by
     /// `send` (made on first use) instead of as they are.
     pub(crate) fn table_sending<S: 'static>(
         &self,
-        tag: ProtoTag,
+        (tag, protocol): (ProtoTag, Option<MessageProtocol>),
         wires: impl FnOnce() -> Vec<Rc<dyn Wire>>,
         send: impl FnOnce() -> Option<SendParked>,
     ) -> Rc<SideTable<S>> {
@@ -367,12 +367,14 @@ impl Local {
                 .map(|wire| {
                     let mut all = self.wires.borrow_mut();
                     all.push(wire);
-                    self.wire_protocols.borrow_mut().push(protocol_index(tag));
+                    self.wire_protocols
+                        .borrow_mut()
+                        .push(protocol.map(|p| p as usize));
                     WireId::try_from(all.len() - 1).expect("fewer than 65,536 wire formats")
                 })
                 .collect();
-            let table =
-                SideTable::<S>::new(ids, send()).counted(self.stats.clone(), protocol_index(tag));
+            let table = SideTable::<S>::new(ids, send())
+                .counted(self.stats.clone(), protocol.map(|p| p as usize));
             let table = Rc::new(table);
             self.tables
                 .borrow_mut()
@@ -526,7 +528,7 @@ impl Local {
         self.resuming.holds(id)
     }
 
-    /// The protocol (`protocol_index`) whose table registered `wire`.
+    /// The protocol (`MessageProtocol`) whose table registered `wire`.
     fn protocol_of(&self, wire: WireId) -> Option<usize> {
         let protocols = self.wire_protocols.borrow();
         protocols.get(usize::from(wire)).copied().flatten()
@@ -1172,23 +1174,25 @@ async fn pump(local: Weak<Local>, mut queue: HubQueue) {
     }
 }
 
-/// Where protocol `tag`'s connections count in
-/// `MessageCounters::connections_by_protocol` (the order of
-/// `metrics::MESSAGE_PROTOCOL_LABELS`), cleartext and TLS alike; `None`
-/// for a tag of no message protocol (a unit test's).
-pub(crate) fn protocol_index(tag: ProtoTag) -> Option<usize> {
-    use crate::proto::{FRAMED, FRAMED_TLS, SSE, SSE_TLS, WEBSOCKET, WEBSOCKET_TLS};
-    match tag {
-        t if t == FRAMED || t == FRAMED_TLS => Some(0),
-        t if t == WEBSOCKET || t == WEBSOCKET_TLS => Some(1),
-        t if t == SSE || t == SSE_TLS => Some(2),
-        _ => None,
-    }
+/// A message protocol, where its connections count in
+/// `MessageCounters::connections_by_protocol` (its value: the index, in
+/// the order of `metrics::MESSAGE_PROTOCOL_LABELS`), cleartext and TLS
+/// alike. Its protocol names it when it asks for its side table
+/// ([`Local::table`]): the message layer does not know the protocols'
+/// parking tags (a lower layer imports no upper one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MessageProtocol {
+    /// Framed TCP.
+    Framed = 0,
+    /// WebSocket.
+    WebSocket = 1,
+    /// Server-sent events.
+    Sse = 2,
 }
 
 /// A message connection joined (`by` 1) or left (-1) the worker's count of
 /// what a broadcast reaches, awake or parked, and its protocol's
-/// (`protocol_index`; `megaconn_message_connections{protocol}`), so the
+/// (`MessageProtocol`; `megaconn_message_connections{protocol}`), so the
 /// protocols' gauges sum to `ServerHandle::message_connections`.
 pub(crate) fn connections_moved(stats: &WorkerStats, protocol: Option<usize>, by: i64) {
     message_connections_moved(stats, by);
@@ -1394,7 +1398,7 @@ mod tests {
     /// connection that closed (`old`), and the one open there now (`new`),
     /// awake, on a test table's wire.
     fn closed_then_reopened(local: &Rc<Local>, fd: RawFd) -> (ConnectionId, ConnectionId, Awake) {
-        let table = local.table::<()>(ProtoTag(1), || vec![Rc::new(Plain)]);
+        let table = local.table::<()>((ProtoTag(1), None), || vec![Rc::new(Plain)]);
         let old = local.new_id(fd);
         local.closed(old);
         let new = local.new_id(fd);
@@ -1411,8 +1415,12 @@ mod tests {
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
-            let framed = local.table::<()>(crate::proto::FRAMED, || vec![Rc::new(Plain)]);
-            let ws = local.table::<()>(crate::proto::WEBSOCKET, || vec![Rc::new(Plain)]);
+            let framed = local.table::<()>((ProtoTag(2), Some(MessageProtocol::Framed)), || {
+                vec![Rc::new(Plain)]
+            });
+            let ws = local.table::<()>((ProtoTag(3), Some(MessageProtocol::WebSocket)), || {
+                vec![Rc::new(Plain)]
+            });
             let gauges = || {
                 let by = &local.stats.messages.connections_by_protocol;
                 [0, 1, 2].map(|p| by[p].load(std::sync::atomic::Ordering::Relaxed))
@@ -1528,7 +1536,7 @@ mod tests {
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
-            let table = local.table::<()>(ProtoTag(1), || vec![Rc::new(Plain)]);
+            let table = local.table::<()>((ProtoTag(1), None), || vec![Rc::new(Plain)]);
             let wire = table.wire(0);
             // Descriptors no socket of the test process has: ids issued with a
             // hub are recorded process-wide (`open.rs`).

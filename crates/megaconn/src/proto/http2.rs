@@ -2049,7 +2049,9 @@ mod size_guard {
     /// `write_stall_timeout` (the memory audit's H1). 1,640 with the
     /// handler's future boxed and what the head's steps borrowed scoped
     /// (most of the rest is `send_body`'s, 912); 1,664 with the features
-    /// the workspace's test build turns on.
+    /// the workspace's test build turns on; 1,688 since the stream's start
+    /// carries the TLS client's certificate chain (`Addrs::peer`, an `Arc`
+    /// shared with the connection's other streams: mutual TLS, session 46).
     #[test]
     fn the_http2_stream_future_stays_small() {
         type DemoBody = http_body_util::Either<http_body_util::Full<Bytes>, Body>;
@@ -2083,7 +2085,7 @@ mod size_guard {
         }
         let size = size_of_stream(stream);
         eprintln!("HTTP/2 stream future: {size} bytes");
-        assert!(size <= 1664, "the HTTP/2 stream future is {size} bytes");
+        assert!(size <= 1688, "the HTTP/2 stream future is {size} bytes");
     }
 }
 

@@ -47,6 +47,7 @@ use crate::message::io::{MessageIo, MessageParked};
 use crate::message::table::SideTable;
 use crate::message::wire::Wire;
 use crate::message::worker::Local;
+use crate::message::worker::MessageProtocol;
 use crate::message::MessageSettings;
 use crate::observe::close::{CloseReason, FramingError};
 use crate::proto::parked::{close_parked_tls, ParkedSocket};
@@ -168,11 +169,13 @@ pub(crate) fn side_table<S: 'static>(
     };
     let table = if tls {
         let sessions = ctx.tls_parked.clone();
-        local.table_sending::<S>(crate::proto::FRAMED_TLS, wires, || {
-            Some(crate::proto::sealed(sessions))
-        })
+        local.table_sending::<S>(
+            (crate::proto::FRAMED_TLS, Some(MessageProtocol::Framed)),
+            wires,
+            || Some(crate::proto::sealed(sessions)),
+        )
     } else {
-        local.table::<S>(crate::proto::FRAMED, wires)
+        local.table::<S>((crate::proto::FRAMED, Some(MessageProtocol::Framed)), wires)
     };
     (local, table)
 }

@@ -115,6 +115,7 @@ use crate::message::io::{parkable, MessageIo, MessageParked};
 use crate::message::table::{Parked, SideTable};
 use crate::message::wire::Wire;
 use crate::message::worker::Local;
+use crate::message::worker::MessageProtocol;
 use crate::observe::close::{CloseReason, FramingError};
 use crate::proto::parked::{close_parked_tls, let_go, ParkedSocket};
 use crate::proto::Ended;
@@ -196,11 +197,13 @@ pub(crate) fn side_table(
     };
     let table = if tls {
         let sessions = ctx.tls_parked.clone();
-        local.table_sending::<ErasedRoute>(crate::proto::SSE_TLS, wires, || {
-            Some(crate::proto::sealed(sessions))
-        })
+        local.table_sending::<ErasedRoute>(
+            (crate::proto::SSE_TLS, Some(MessageProtocol::Sse)),
+            wires,
+            || Some(crate::proto::sealed(sessions)),
+        )
     } else {
-        local.table::<ErasedRoute>(crate::proto::SSE, wires)
+        local.table::<ErasedRoute>((crate::proto::SSE, Some(MessageProtocol::Sse)), wires)
     };
     (local, table)
 }

@@ -74,6 +74,7 @@ use crate::message::io::{parkable, MessageIo, MessageParked};
 use crate::message::table::{Parked, SideTable};
 use crate::message::wire::Wire;
 use crate::message::worker::Local;
+use crate::message::worker::MessageProtocol;
 use crate::observe::close::{CloseReason, FramingError};
 use crate::proto::parked::{close_parked_tls, ParkedSocket};
 use crate::proto::Ended;
@@ -404,13 +405,18 @@ impl Tables {
     pub(crate) fn table<S: 'static>(&self) -> Rc<SideTable<S>> {
         let wires = || vec![Rc::new(PushWire) as Rc<dyn Wire>];
         match &self.tls {
-            None => self.local.table::<S>(crate::proto::WEBSOCKET, wires),
-            Some(sessions) => {
-                self.local
-                    .table_sending::<S>(crate::proto::WEBSOCKET_TLS, wires, || {
-                        Some(crate::proto::sealed(sessions.clone()))
-                    })
-            }
+            None => self.local.table::<S>(
+                (crate::proto::WEBSOCKET, Some(MessageProtocol::WebSocket)),
+                wires,
+            ),
+            Some(sessions) => self.local.table_sending::<S>(
+                (
+                    crate::proto::WEBSOCKET_TLS,
+                    Some(MessageProtocol::WebSocket),
+                ),
+                wires,
+                || Some(crate::proto::sealed(sessions.clone())),
+            ),
         }
     }
 
