@@ -778,14 +778,18 @@ impl Hub {
     /// `on_close_with_id` runs once, with
     /// [`CloseReason::Reset`](crate::CloseReason::Reset) (counted as
     /// `megaconn_connections_closed_total{reason="reset"}`). Parked or
-    /// awake alike (a parked one is woken to close, as for `close`); an
-    /// awake one in the middle of a write its peer does not take is reset
-    /// when that write ends (its write bound), a frame the peer is in the
-    /// middle of sending is not waited for; one whose handler is in the
-    /// middle of `on_message` is reset once it returns (a framed
-    /// connection's reply goes first). A reset after a `close` that has
-    /// not closed the connection yet takes its place, and a `close` after
-    /// a reset does not undo it.
+    /// awake alike (a parked one is woken to close, as for `close`); a
+    /// frame the peer is in the middle of sending is not waited for. Not
+    /// yet at once in two cases: an awake connection in the middle of a
+    /// write its peer does not take (or resuming a push it owes) ends that
+    /// write first, at its write bound, and then closes as that write's
+    /// end says (`WriteTimeout` or `SlowConsumer`, not a reset); and one
+    /// whose handlers are busy (`on_message` in progress, then any whole
+    /// messages already read) is reset once they return, the pushes
+    /// queued before the reset written meanwhile (a framed connection's
+    /// replies go first too). A reset after a `close` that has not closed
+    /// the connection yet takes its place, and a `close` after a reset
+    /// does not undo it.
     ///
     /// Returns at once, with the errors of [`send`](Hub::send); `Ok` says
     /// the reset is queued (its worker takes it in order with the hub's
