@@ -786,8 +786,8 @@ impl Hub {
     /// end says (`WriteTimeout` or `SlowConsumer`, not a reset); and one
     /// whose handlers are busy (`on_message` in progress, then any whole
     /// messages already read) is reset once they return, the pushes
-    /// queued before the reset written meanwhile (a framed connection's
-    /// replies go first too). A reset after a `close` that has not closed
+    /// queued before the reset not written (a framed connection's replies
+    /// go first). A reset after a `close` that has not closed
     /// the connection yet takes its place, and a `close` after a reset
     /// does not undo it.
     ///

@@ -761,6 +761,12 @@ async fn drain_pushes(
     };
     loop {
         Awake::pushed(awake).await;
+        // Reset for the hub: nothing more is written, the pushes queued
+        // before it included; the loop drops them once the handler
+        // returned (review, session 46: the drain wrote them).
+        if inbox.inbox.kicked().is_some_and(|k| k.is_reset()) {
+            return std::future::pending().await;
+        }
         let pushed = match inbox.inbox.take_up_to(TAKE_AT_ONCE) {
             Ok(pushed) => pushed,
             Err(Overflowed) => {
