@@ -2322,7 +2322,14 @@ pub(super) mod tests {
         let woke = owed_woke.clone();
         lot.set_respawn(Some(Rc::new(move |incoming, conn: Connection| {
             match (weak.upgrade(), incoming) {
-                (Some(_), Incoming::Woken { proto, wake, .. }) if proto == ProtoTag(2) => {
+                (
+                    Some(_),
+                    Incoming::Woken {
+                        proto: ProtoTag(2),
+                        wake,
+                        ..
+                    },
+                ) => {
                     woke.set(Some(wake));
                     drop(conn);
                 }
