@@ -27,9 +27,9 @@ use megaconn::{Builder, CloseReason, ConnectionId, Framing, Server, ShutdownSumm
 
 use crate::common;
 use common::closed_as;
-use common::msg::MsgServer;
+use common::msg::{MsgServer, Peer};
 
-pub(crate) use common::msg::{Peer as Client, Proto};
+pub(crate) use common::msg::Proto;
 
 /// How long an idle connection waits before it parks.
 pub(crate) const PARK_IDLE_AFTER: Duration = Duration::from_millis(20);
@@ -89,7 +89,7 @@ impl Pushes {
 
     /// A client of `proto` (with a [`SMALL`] receive buffer if `small`),
     /// its protocol set up and its connection parked; and its id.
-    pub(crate) async fn connect(&mut self, proto: Proto, small: bool) -> (Client, ConnectionId) {
+    pub(crate) async fn connect(&mut self, proto: Proto, small: bool) -> (Peer, ConnectionId) {
         self.0.connect(proto, small.then_some(SMALL), None).await
     }
 
