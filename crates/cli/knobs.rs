@@ -650,7 +650,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "DURATION",
         shape: Shape::One,
         help: "HTTP/1.1 responses (HTTP/2: per stream), and framed TCP and WebSockets without a heartbeat timeout: close a connection whose peer took none of our bytes for this long; off disables.",
-        details: "A peer that sends requests and never reads the replies (an HTTP/1.1 client that asks for a large response and never reads it) otherwise holds its connection (a task, its buffers and the kernel's send buffer) for good; nginx's send_timeout is the same bound. The clock starts again whenever a write of ours makes progress and, when it runs out, if the kernel says the peer acknowledged bytes meanwhile: a slow but steady reader is not cut off, and one that stops taking bytes is closed one to two bounds after its last. With --heartbeat-timeout (a WebSocket route's heartbeat timeout) that bounds the stall instead; --write-timeout bounds each whole write instead of either. Close reason write_timeout, counted in megaconn_timeouts_total. HTTP/2 (with --write-timeout off): a stream whose client gives its response no room in its flow-control windows for this long is reset (RST_STREAM CANCEL), also counted.",
+        details: "A peer that sends requests and never reads the replies (an HTTP/1.1 client that asks for a large response and never reads it) otherwise holds its connection (a task, its buffers and the kernel's send buffer) for good; nginx's send_timeout is the same bound. The clock starts again whenever a write of ours makes progress and, when it runs out, if the kernel says the peer acknowledged bytes meanwhile: a slow but steady reader is not cut off, and one that stops taking bytes is closed one to two bounds after its last. With --heartbeat-timeout (a WebSocket route's heartbeat timeout) that bounds the stall instead; --write-timeout bounds each whole write instead of either. Close reason write_timeout, counted in megaconn_timeouts_total. HTTP/2 (with --write-timeout off): a stream whose client gives its response no room in its flow-control windows for this long is reset (RST_STREAM CANCEL), also counted. Message connections without a heartbeat of the server's (SSE streams, an axum Sse response included, axum_ws sockets, framed TCP without --heartbeat-timeout, WebSocket routes with theirs off; not the demo's WebSockets, whose heartbeat timeout closes a silent peer) also get the kernel's bound on bytes their peer leaves unacknowledged, TCP_USER_TIMEOUT (Linux): 2 × this + 1 s (121 s at the default), or 2 × --write-timeout + 1 s when that is set, and 121 s with both off. A peer gone without a FIN (a phone off the network) is cut that long after the first bytes it did not acknowledge (a push, a keep-alive comment), as io_error, instead of after the kernel's ~16 minutes of retransmission. Twice the bound, so that where a write of ours waits, this bound ends it first with its own close reason.",
         default: "60s",
         example: "5m",
         parse: duration_or_off,
@@ -807,7 +807,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "DURATION",
         shape: Shape::One,
         help: "Time to write one response; off disables.",
-        details: "",
+        details: "Also bounds each write of a WebSocket or framed TCP message (and an axum_ws socket's sends), instead of --write-stall-timeout or a heartbeat timeout. Where it is set, message connections without a heartbeat of the server's (SSE streams, axum_ws sockets, framed TCP without --heartbeat-timeout, WebSocket routes with theirs off) get TCP_USER_TIMEOUT (Linux) = 2 × this + 1 s instead of 2 × --write-stall-timeout + 1 s: a peer gone without a FIN is cut that long after the first bytes it did not acknowledge, as io_error (with both off, 121 s).",
         default: "off",
         example: "30s",
         parse: duration_or_off,
@@ -1524,7 +1524,16 @@ mod tests {
                     assert_eq!(duration(text), megaconn::DEFAULT_READ_HEADER_TIMEOUT)
                 }
                 "write-stall-timeout" => {
-                    assert_eq!(duration(text), megaconn::DEFAULT_WRITE_STALL_TIMEOUT)
+                    let stall = megaconn::DEFAULT_WRITE_STALL_TIMEOUT;
+                    assert_eq!(duration(text), stall);
+                    // The kernel's bound it derives (`conn/socket.rs`,
+                    // `kernel_bound`): 2 × it + 1 s, 121 s at the default.
+                    let kernel = (stall * 2 + Duration::from_secs(1)).as_secs();
+                    assert!(knob.details.contains("2 × this + 1 s"));
+                    assert!(knob
+                        .details
+                        .contains(&format!("({kernel} s at the default)")));
+                    assert!(knob.details.contains(&format!("{kernel} s with both off")));
                 }
                 "message-timeout" => {
                     assert_eq!(duration(text), megaconn::DEFAULT_MESSAGE_TIMEOUT);

@@ -1,11 +1,15 @@
 //! Shared test fixtures: a test app with routes for every behaviour under test,
-//! a server started on 127.0.0.1:0, and a raw HTTP/1.1 response reader for tests
-//! that speak bytes over a `TcpStream`.
+//! a server started on 127.0.0.1:0, a raw HTTP/1.1 response reader for tests
+//! that speak bytes over a `TcpStream`, and the server's counters read as
+//! tests check them (closes by reason, limit hits, TLS handshakes). The
+//! message protocols' server, handler and clients are in [`msg`]; TLS's in
+//! [`tls`].
 
 #![allow(dead_code)]
 
 pub mod logs;
 pub mod modes;
+pub mod msg;
 pub mod netns;
 mod skip;
 pub mod tls;
@@ -287,6 +291,22 @@ pub fn closed_as(stats: &megaconn::ServerStats, reason: &str) -> u64 {
         .iter()
         .find(|(label, _)| *label == reason)
         .map_or(0, |(_, n)| *n)
+}
+
+/// The count of limit `label` in `stats` (`megaconn_limit_hits_total`).
+pub fn limit_hits(stats: &megaconn::ServerStats, label: &str) -> u64 {
+    let hit = stats.limit_hits.iter().find(|(l, _)| *l == label);
+    hit.unwrap_or_else(|| panic!("no limit {label} in {:?}", stats.limit_hits))
+        .1
+}
+
+/// The count of TLS handshakes that ended as `outcome`
+/// (`megaconn_tls_handshakes_total`).
+pub fn handshakes(stats: &megaconn::ServerStats, outcome: &str) -> u64 {
+    let found = stats.tls_handshakes.iter().find(|(o, _)| *o == outcome);
+    found
+        .unwrap_or_else(|| panic!("no {outcome} in {:?}", stats.tls_handshakes))
+        .1
 }
 
 /// A slow but steady reader's pace: [`STEADY_CHUNK`] every [`STEADY_EVERY`]

@@ -1,12 +1,14 @@
-//! TLS fixtures: a throwaway CA (rcgen) and the leaf certificates it signs,
-//! a rustls client trusting it, and an HTTP/1.1 GET over any stream.
+//! TLS fixtures: a throwaway CA (rcgen) and the leaf certificates it signs
+//! (and a server's configuration with one), a rustls client trusting it
+//! (with a certificate of its own for mutual TLS if asked), its handshake,
+//! and an HTTP/1.1 GET over any stream.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -63,6 +65,12 @@ impl Ca {
         }
     }
 
+    /// A server's TLS configuration: a leaf of this CA for `names`.
+    pub fn server(&self, names: &[&str]) -> megaconn::TlsConfig {
+        let leaf = self.leaf(names);
+        megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap()
+    }
+
     pub fn client(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
         self.client_versions(alpn, rustls::DEFAULT_VERSIONS)
     }
@@ -72,14 +80,36 @@ impl Ca {
         alpn: &[&[u8]],
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Arc<ClientConfig> {
+        self.client_config(alpn, versions, None)
+    }
+
+    /// A client trusting this CA, offering `alpn`, presenting `identity`
+    /// (a certificate chain and its key: mutual TLS) if given.
+    pub fn client_as(
+        &self,
+        alpn: &[&[u8]],
+        identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    ) -> Arc<ClientConfig> {
+        self.client_config(alpn, rustls::DEFAULT_VERSIONS, identity)
+    }
+
+    fn client_config(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    ) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.cert.der().clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+            None => builder.with_no_client_auth(),
+        };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
@@ -113,17 +143,29 @@ pub fn through_server_flight(
     (tcp, client)
 }
 
+/// A TLS connection to `addr` as `name` (SNI), its handshake done.
 pub async fn connect(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
     name: &str,
 ) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.unwrap();
+    handshake(tcp, config, name)
+        .await
+        .expect("handshake succeeds")
+}
+
+/// The client's TLS handshake on `tcp` as `name` (SNI), bounded by
+/// [`SAFETY`]: `Err` if it fails on the client's side.
+pub async fn handshake(
+    tcp: TcpStream,
+    config: Arc<ClientConfig>,
+    name: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let name = ServerName::try_from(name.to_string()).unwrap();
     tokio::time::timeout(SAFETY, TlsConnector::from(config).connect(name, tcp))
         .await
         .expect("handshake in time")
-        .expect("handshake succeeds")
 }
 
 /// Sets up HTTP/2 on `tls` (ALPN `h2`): the preface and an empty SETTINGS
@@ -144,35 +186,49 @@ pub async fn h2_settings_exchanged<S: AsyncRead + AsyncWrite + Unpin>(tls: &mut 
 
 /// One HTTP/1.1 GET on a kept-alive stream; returns status line and body.
 pub async fn http1_get<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) -> (String, String) {
-    io.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
+    http1_get_path(io, "/").await.expect("a response")
+}
+
+/// One HTTP/1.1 GET of `path` (a response with a Content-Length) on a
+/// kept-alive stream: status line and body, or the error reading it (a
+/// refused TLS client reads the server's alert; the end of the stream
+/// before the whole response is `UnexpectedEof`). Bounded by [`SAFETY`].
+pub async fn http1_get_path<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    path: &str,
+) -> std::io::Result<(String, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    io.write_all(request.as_bytes()).await?;
+    io.flush().await?;
     let mut buf = Vec::new();
     tokio::time::timeout(SAFETY, async {
         loop {
             let mut chunk = [0u8; 4096];
-            let n = io.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed early");
+            let n = io.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
             buf.extend_from_slice(&chunk[..n]);
             let text = String::from_utf8_lossy(&buf).to_string();
-            if let Some(head_end) = text.find("\r\n\r\n") {
-                let len: usize = text[..head_end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length: ")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .expect("content-length");
-                if buf.len() >= head_end + 4 + len {
-                    let status = text.lines().next().unwrap().to_string();
-                    return (status, text[head_end + 4..head_end + 4 + len].to_string());
-                }
+            let Some(head_end) = text.find("\r\n\r\n") else {
+                continue;
+            };
+            let len: usize = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("content-length");
+            if buf.len() >= head_end + 4 + len {
+                let status = text.lines().next().unwrap().to_string();
+                return Ok((status, text[head_end + 4..head_end + 4 + len].to_string()));
             }
         }
     })
     .await
-    .expect("response in time")
+    .expect("a response or an error in time")
 }
 
 pub fn write_pair(dir: &Path, leaf: &Leaf) -> (std::path::PathBuf, std::path::PathBuf) {

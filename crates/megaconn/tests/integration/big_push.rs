@@ -20,23 +20,16 @@
 //! send buffer (256 KiB, which the kernel doubles). Every wait is on an
 //! event or a counter, bounded by [`SAFETY`].
 
-use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use megaconn::{
-    Builder, CloseReason, ConnectionId, Framing, Hub, Server, ServerHandle, ShutdownSummary,
-    SseRoute, WebSocketRoute,
-};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use megaconn::{Builder, CloseReason, ConnectionId, Framing, Server, ShutdownSummary};
 
 use crate::common;
-use crate::tls_msg::Probe;
-use common::{closed_as, SAFETY};
+use common::closed_as;
+use common::msg::{MsgServer, Peer};
+
+pub(crate) use common::msg::Proto;
 
 /// How long an idle connection waits before it parks.
 pub(crate) const PARK_IDLE_AFTER: Duration = Duration::from_millis(20);
@@ -58,24 +51,26 @@ const BURST_EACH: usize = 64 << 10;
 /// closed ~2 s after the push, before this bound.
 pub(crate) const STALL: Duration = Duration::from_secs(3);
 
-/// One of the three message protocols.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Proto {
-    Ws,
-    Framed,
-    Sse,
+/// The receive buffer of a client that reads nothing (a `small` one).
+const SMALL: u32 = 4096;
+
+/// The server (`common::msg`'s: WebSocket at `/ws`, SSE at `/events`, no
+/// pings or heartbeats, no goodbyes, and a length-prefixed framed
+/// listener), its connections parking after [`PARK_IDLE_AFTER`].
+pub(crate) struct Pushes(MsgServer);
+
+impl Deref for Pushes {
+    type Target = MsgServer;
+
+    fn deref(&self) -> &MsgServer {
+        &self.0
+    }
 }
 
-/// The server: WebSocket at `/ws`, SSE at `/events` (no heartbeats), and a
-/// length-prefixed framed listener.
-pub(crate) struct Pushes {
-    http: SocketAddr,
-    framed: SocketAddr,
-    pub(crate) handle: ServerHandle,
-    pub(crate) hub: Hub,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    pub(crate) closes: mpsc::UnboundedReceiver<(ConnectionId, CloseReason)>,
-    pub(crate) task: tokio::task::JoinHandle<ShutdownSummary>,
+impl DerefMut for Pushes {
+    fn deref_mut(&mut self) -> &mut MsgServer {
+        &mut self.0
+    }
 }
 
 impl Pushes {
@@ -86,95 +81,16 @@ impl Pushes {
             .workers(1)
             .park_idle_after(Some(PARK_IDLE_AFTER));
         let framing = Framing::length_prefixed(4).max_frame_bytes(2 * BIG);
-        let mut server = shape(builder)
+        let builder = shape(builder)
             .listen_on("127.0.0.1:0".parse().unwrap())
-            .listen_framed_on("127.0.0.1:0".parse().unwrap(), framing)
-            .listen()
-            .expect("server binds");
-        let (&http, &framed) = match server.local_addrs() {
-            [a, b] if server.is_framed(*b) => (a, b),
-            [a, b] => (b, a),
-            other => panic!("two listeners: {other:?}"),
-        };
-        let (handle, hub) = (server.handle(), server.hub());
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
-        let probe = Probe {
-            opens: opened,
-            closes: closed,
-        };
-        let app = axum::Router::new()
-            .route_service(
-                "/ws",
-                WebSocketRoute::new(probe.clone())
-                    .ping_interval(None)
-                    .heartbeat_timeout(None),
-            )
-            .route_service("/events", SseRoute::new(probe.clone()).ping_interval(None));
-        // Run here: the hub takes messages once the server runs.
-        let running = server.framed(probe).start(app).expect("starts").run();
-        let task = tokio::spawn(running);
-        Pushes {
-            http,
-            framed,
-            handle,
-            hub,
-            opens,
-            closes,
-            task,
-        }
+            .listen_framed_on("127.0.0.1:0".parse().unwrap(), framing);
+        Pushes(MsgServer::start(builder, None))
     }
 
-    /// A client of `proto` (with a 4 KiB receive buffer if `small`), its
-    /// protocol set up and its connection parked; and its id.
-    pub(crate) async fn connect(&mut self, proto: Proto, small: bool) -> (Client, ConnectionId) {
-        let parked = self.handle.stats().connections_parked;
-        let socket = TcpSocket::new_v4().unwrap();
-        if small {
-            socket.set_recv_buffer_size(4096).unwrap();
-        }
-        let addr = match proto {
-            Proto::Framed => self.framed,
-            Proto::Ws | Proto::Sse => self.http,
-        };
-        let mut tcp = socket.connect(addr).await.unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let client = match proto {
-            Proto::Framed => Client::Framed(tcp),
-            Proto::Ws => {
-                let url = format!("ws://{addr}/ws");
-                let connected = tokio_tungstenite::client_async(url, tcp);
-                let (ws, _) = tokio::time::timeout(SAFETY, connected)
-                    .await
-                    .expect("handshake in time")
-                    .expect("handshake");
-                Client::Ws(Box::new(ws))
-            }
-            Proto::Sse => {
-                // HTTP/1.0: a close-delimited body, its events as they are.
-                tcp.write_all(b"GET /events HTTP/1.0\r\nHost: x\r\n\r\n")
-                    .await
-                    .unwrap();
-                let mut io = BufReader::new(tcp);
-                let mut head = String::new();
-                while !head.ends_with("\r\n\r\n") {
-                    let read = tokio::time::timeout(SAFETY, io.read_line(&mut head));
-                    assert!(read.await.expect("head in time").unwrap() > 0, "{head}");
-                }
-                assert!(head.lines().next().unwrap().contains(" 200 "), "{head}");
-                Client::Sse(io)
-            }
-        };
-        let id = tokio::time::timeout(SAFETY, self.opens.recv())
-            .await
-            .expect("on_open in time")
-            .expect("on_open");
-        self.wait_parked(parked + 1).await;
-        (client, id)
-    }
-
-    pub(crate) async fn wait_parked(&self, n: i64) {
-        common::wait_stats(&self.handle, "parked", |s| s.connections_parked == n).await;
+    /// A client of `proto` (with a [`SMALL`] receive buffer if `small`),
+    /// its protocol set up and its connection parked; and its id.
+    pub(crate) async fn connect(&mut self, proto: Proto, small: bool) -> (Peer, ConnectionId) {
+        self.0.connect(proto, small.then_some(SMALL), None).await
     }
 
     /// Sends `payload` to `id` (ASCII: a WebSocket's text message, an SSE
@@ -183,76 +99,8 @@ impl Pushes {
         assert_eq!(self.hub.send(id, payload), Ok(()));
     }
 
-    pub(crate) async fn next_close(&mut self) -> (ConnectionId, CloseReason) {
-        tokio::time::timeout(SAFETY, self.closes.recv())
-            .await
-            .expect("on_close in time")
-            .expect("on_close")
-    }
-
     pub(crate) async fn stop(self) -> ShutdownSummary {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
-            .await
-            .expect("server stops")
-            .expect("server task")
-    }
-}
-
-/// A client of one protocol, reading whole messages.
-pub(crate) enum Client {
-    Ws(Box<WebSocketStream<TcpStream>>),
-    Framed(TcpStream),
-    Sse(BufReader<TcpStream>),
-}
-
-impl Client {
-    /// The next message pushed, whole: a WebSocket's text message, a
-    /// frame's body, an event's data. Panics on the end of the stream (the
-    /// connection closed) or after [`SAFETY`].
-    pub(crate) async fn next(&mut self) -> Vec<u8> {
-        tokio::time::timeout(SAFETY, self.read())
-            .await
-            .expect("a push in time")
-    }
-
-    async fn read(&mut self) -> Vec<u8> {
-        match self {
-            Client::Ws(ws) => loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(text))) => return text.as_bytes().to_vec(),
-                    Some(Ok(m)) if m.is_ping() || m.is_pong() => {}
-                    Some(Ok(Message::Close(close))) => panic!("closed: {close:?}"),
-                    other => panic!(
-                        "a text message, not {:?}",
-                        other.map(|m| m.map(|m| m.len()))
-                    ),
-                }
-            },
-            Client::Framed(tcp) => {
-                let mut len = [0u8; 4];
-                tcp.read_exact(&mut len)
-                    .await
-                    .expect("a frame, not the end");
-                let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-                tcp.read_exact(&mut body).await.expect("the frame whole");
-                body
-            }
-            Client::Sse(io) => {
-                let mut line = Vec::new();
-                let n = io.read_until(b'\n', &mut line).await.unwrap();
-                assert!(n > 0, "an event, not the end of the stream");
-                let data = line
-                    .strip_prefix(b"data: ")
-                    .and_then(|l| l.strip_suffix(b"\n"))
-                    .unwrap_or_else(|| panic!("a data line: {:?}", &line[..line.len().min(64)]))
-                    .to_vec();
-                let mut end = Vec::new();
-                io.read_until(b'\n', &mut end).await.unwrap();
-                assert_eq!(end, b"\n", "the event ends");
-                data
-            }
-        }
+        self.0.stop().await
     }
 }
 

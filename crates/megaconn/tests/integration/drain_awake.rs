@@ -7,7 +7,7 @@
 //! once. A broadcast (and the peers' own traffic) during the drain is
 //! served and does not undo the pacing, in each protocol.
 //!
-//! The clients ([`Peer`]) serve `drain_woken.rs` too.
+//! The clients are `common::msg`'s ([`Peer`]), as `drain_woken.rs`'s.
 
 use crate::common;
 
@@ -17,40 +17,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::msg::{http_and_framed, Got, Peer, Proto, FRAMED_GOODBYE, SSE_GOODBYE};
 use common::SAFETY;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use megaconn::{
     FramedHandler, Framing, Hub, Server, ServerHandle, Session, SseEvent, SseHandler, SseRoute,
     WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 /// Awake connections.
 const N: usize = 200;
 /// Closes per second: N take 2 s.
 const RATE: u32 = 100;
-
-/// The framed listeners' goodbye frame's body (`Builder::goodbye_frame`).
-pub(crate) const FRAMED_GOODBYE: &[u8] = b"bye";
-/// The event streams' goodbye event's data (`SseRoute::goodbye`).
-pub(crate) const SSE_GOODBYE: &str = "bye";
-
-/// One of the three message protocols, in cleartext.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Proto {
-    /// WebSocket at `/ws`.
-    Ws,
-    /// Length-prefixed (4 bytes) framed TCP on a listener of its own.
-    Framed,
-    /// Server-Sent Events at `/events`, asked for in HTTP/1.0 (a
-    /// close-delimited body: each event as it is).
-    Sse,
-}
 
 /// Echoes each message (WebSocket, framed); serves event streams.
 struct Echo;
@@ -118,11 +98,7 @@ fn start_app(rate: Option<u32>, shutdown_timeout: Duration, app: axum::Router) -
         .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::length_prefixed(4))
         .listen()
         .expect("server binds");
-    let (&http, &framed) = match server.local_addrs() {
-        [a, b] if server.is_framed(*b) => (a, b),
-        [a, b] => (b, a),
-        other => panic!("two listeners: {other:?}"),
-    };
+    let (http, framed) = http_and_framed(&server);
     let (handle, hub) = (server.handle(), server.hub());
     let events = SseRoute::new(Echo)
         .ping_interval(None)
@@ -138,180 +114,13 @@ fn start_app(rate: Option<u32>, shutdown_timeout: Duration, app: axum::Router) -
     }
 }
 
-/// What a [`Peer`] read.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Got {
-    /// A message: a WebSocket's text or binary message, a frame's body, an
-    /// event's data.
-    Message(Vec<u8>),
-    /// A WebSocket's pong.
-    Pong,
-    /// Its protocol's goodbye: a close frame `1001`, the goodbye frame
-    /// ([`FRAMED_GOODBYE`]), the goodbye event ([`SSE_GOODBYE`]).
-    Goodbye,
-}
-
-/// A client of one protocol, reading whole messages.
-pub(crate) enum Peer {
-    Ws(Box<WebSocketStream<TcpStream>>),
-    Framed(TcpStream),
-    Sse(BufReader<TcpStream>),
-}
-
-impl Peer {
-    /// A client of `proto` at `http` (WebSocket, SSE) or `framed`, its
-    /// protocol set up (the upgrade, the stream's head), with a receive
-    /// buffer of `recv_buffer` bytes if asked.
-    pub(crate) async fn connect(
-        proto: Proto,
-        (http, framed): (SocketAddr, SocketAddr),
-        recv_buffer: Option<u32>,
-    ) -> Peer {
-        let socket = TcpSocket::new_v4().unwrap();
-        if let Some(n) = recv_buffer {
-            socket.set_recv_buffer_size(n).unwrap();
-        }
-        let addr = if proto == Proto::Framed { framed } else { http };
-        let mut tcp = tokio::time::timeout(SAFETY, socket.connect(addr))
-            .await
-            .expect("connected in time")
-            .unwrap();
-        tcp.set_nodelay(true).unwrap();
-        match proto {
-            Proto::Framed => Peer::Framed(tcp),
-            Proto::Ws => {
-                let connected = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp);
-                let (ws, _) = tokio::time::timeout(SAFETY, connected)
-                    .await
-                    .expect("handshake in time")
-                    .expect("handshake");
-                Peer::Ws(Box::new(ws))
-            }
-            Proto::Sse => {
-                tcp.write_all(b"GET /events HTTP/1.0\r\nHost: x\r\n\r\n")
-                    .await
-                    .unwrap();
-                let mut io = BufReader::new(tcp);
-                let mut head = String::new();
-                while !head.ends_with("\r\n\r\n") {
-                    let read = tokio::time::timeout(SAFETY, io.read_line(&mut head));
-                    assert!(read.await.expect("head in time").unwrap() > 0, "{head}");
-                }
-                assert!(head.lines().next().unwrap().contains(" 200 "), "{head}");
-                Peer::Sse(io)
-            }
-        }
-    }
-
-    /// The client's socket.
-    pub(crate) fn tcp(&self) -> &TcpStream {
-        match self {
-            Peer::Ws(ws) => ws.get_ref(),
-            Peer::Framed(tcp) => tcp,
-            Peer::Sse(io) => io.get_ref(),
-        }
-    }
-
-    /// Sends `body` as a WebSocket text message or a frame (an event
-    /// stream's client sends nothing).
-    pub(crate) async fn send(&mut self, body: &[u8]) {
-        match self {
-            Peer::Ws(ws) => {
-                let text = String::from_utf8(body.to_vec()).unwrap();
-                ws.send(Message::text(text)).await.unwrap();
-            }
-            Peer::Framed(tcp) => {
-                let mut frame = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
-                frame.extend_from_slice(body);
-                tcp.write_all(&frame).await.unwrap();
-            }
-            Peer::Sse(_) => panic!("an event stream's client sends nothing"),
-        }
-    }
-
-    /// Sends `body` and reads it echoed.
-    pub(crate) async fn echo(&mut self, body: &[u8]) {
-        self.send(body).await;
-        let echo = tokio::time::timeout(SAFETY, self.read()).await;
-        assert_eq!(echo.expect("the echo in time"), Got::Message(body.to_vec()));
-    }
-
-    /// The peer's own traffic: a WebSocket's ping, a framed client's
-    /// [`ANSWER`] (echoed); nothing from an event stream's client.
-    async fn answer(&mut self) {
-        match self {
-            Peer::Ws(ws) => ws.send(Message::Ping("p".into())).await.unwrap(),
-            Peer::Framed(_) => self.send(ANSWER).await,
-            Peer::Sse(_) => {}
-        }
-    }
-
-    /// The next thing read (not bounded: the caller bounds it). Panics at
-    /// the end of the stream, or on anything else.
-    pub(crate) async fn read(&mut self) -> Got {
-        match self {
-            Peer::Ws(ws) => loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(text))) => return Got::Message(text.as_bytes().to_vec()),
-                    Some(Ok(Message::Binary(b))) => return Got::Message(b.to_vec()),
-                    Some(Ok(Message::Pong(_))) => return Got::Pong,
-                    Some(Ok(Message::Ping(_))) => {}
-                    Some(Ok(Message::Close(Some(frame)))) if frame.code == CloseCode::Away => {
-                        return Got::Goodbye
-                    }
-                    other => panic!(
-                        "a message or a close frame 1001, not {:?}",
-                        other.map(|m| m.map(|m| m.len()))
-                    ),
-                }
-            },
-            Peer::Framed(tcp) => {
-                let mut len = [0u8; 4];
-                tcp.read_exact(&mut len)
-                    .await
-                    .expect("a frame, not the end");
-                let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-                tcp.read_exact(&mut body).await.expect("the frame whole");
-                if body == FRAMED_GOODBYE {
-                    return Got::Goodbye;
-                }
-                Got::Message(body)
-            }
-            Peer::Sse(io) => loop {
-                let mut line = Vec::new();
-                let n = io.read_until(b'\n', &mut line).await.unwrap();
-                assert!(n > 0, "an event, not the end of the stream");
-                if line.starts_with(b":") || line == b"\n" {
-                    continue;
-                }
-                let data = line
-                    .strip_prefix(b"data: ")
-                    .and_then(|l| l.strip_suffix(b"\n"))
-                    .unwrap_or_else(|| panic!("a data line: {:?}", &line[..line.len().min(64)]))
-                    .to_vec();
-                if data == SSE_GOODBYE.as_bytes() {
-                    return Got::Goodbye;
-                }
-                return Got::Message(data);
-            },
-        }
-    }
-
-    /// Reads on to the end of the stream (a WebSocket client answers the
-    /// close meanwhile), bounded by [`SAFETY`].
-    pub(crate) async fn read_to_end(self) {
-        let ended = tokio::time::timeout(SAFETY, async {
-            match self {
-                Peer::Ws(mut ws) => while let Some(Ok(_)) = ws.next().await {},
-                Peer::Framed(mut tcp) => {
-                    let _ = tcp.read_to_end(&mut Vec::new()).await;
-                }
-                Peer::Sse(mut io) => {
-                    let _ = io.read_to_end(&mut Vec::new()).await;
-                }
-            }
-        });
-        ended.await.expect("the end of the stream in time");
+/// The peer's own traffic: a WebSocket's ping, a framed client's
+/// [`ANSWER`] (echoed); nothing from an event stream's client.
+async fn answer(peer: &mut Peer) {
+    match peer {
+        Peer::Ws(ws) => ws.send(Message::Ping("p".into())).await.unwrap(),
+        Peer::Framed(_) => peer.send(ANSWER).await,
+        Peer::Sse(_) => {}
     }
 }
 
@@ -335,7 +144,7 @@ struct Seen {
 /// the goodbye it reads (and whether the drain's count had given that
 /// many turns: `server`'s `shutdown_drain_pending`, read after, which
 /// only falls), a [`BROADCAST`] before it (answered, the answer's reply
-/// counted: [`Peer::answer`]), and reads on to the end.
+/// counted: [`answer`]), and reads on to the end.
 async fn awake_clients(
     proto: Proto,
     server: &Running,
@@ -370,7 +179,7 @@ async fn awake_clients(
                     Got::Message(m) if m == BROADCAST.as_bytes() => {
                         seen.broadcasts.fetch_add(1, SeqCst);
                         // The peer's own traffic during the drain, answered.
-                        client.answer().await;
+                        answer(&mut client).await;
                     }
                     Got::Pong => {
                         seen.pongs.fetch_add(1, SeqCst);

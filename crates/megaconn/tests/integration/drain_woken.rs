@@ -21,20 +21,14 @@
 //! never a race with the lot. One worker, cleartext, 127.0.0.1:0, every
 //! wait on an event or a counter, bounded by [`SAFETY`].
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use megaconn::{
-    Builder, CloseReason, ConnectionId, Framing, Hub, Server, ServerHandle, ShutdownSummary,
-    SseEvent, SseRoute, WebSocketRoute,
-};
+use megaconn::{Builder, CloseReason, ConnectionId, Framing, Server};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use crate::common;
-use crate::drain_awake::{Got, Peer, Proto, FRAMED_GOODBYE, SSE_GOODBYE};
-use crate::tls_msg::Probe;
+use common::msg::{Got, MsgServer, Peer, Proto, FRAMED_GOODBYE, SSE_GOODBYE};
 use common::SAFETY;
 
 /// How long an idle connection waits before it parks.
@@ -57,126 +51,54 @@ const BIG: usize = 4 << 20;
 /// The receive buffer of a client that does not read at first.
 const RECV_BUFFER: u32 = 16 << 10;
 
-/// The server: WebSocket at `/ws`, SSE at `/events`, a length-prefixed
-/// framed listener, each with its goodbye, parking after
-/// [`PARK_IDLE_AFTER`], draining at [`RATE`].
-struct Drained {
-    addrs: (SocketAddr, SocketAddr),
-    handle: ServerHandle,
-    hub: Hub,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    closes: mpsc::UnboundedReceiver<(ConnectionId, CloseReason)>,
-    task: tokio::task::JoinHandle<ShutdownSummary>,
+/// The server (`common::msg`'s, each protocol with its goodbye), parking
+/// after [`PARK_IDLE_AFTER`], draining at [`RATE`], with `shape`'s
+/// settings on top.
+fn start(shape: impl FnOnce(Builder) -> Builder) -> MsgServer {
+    let builder = Server::builder()
+        .workers(1)
+        .park_idle_after(Some(PARK_IDLE_AFTER))
+        .shutdown_drain_rate(Some(RATE))
+        .shutdown_timeout(SHUTDOWN_TIMEOUT)
+        .goodbye_frame(Some(Bytes::from_static(FRAMED_GOODBYE)));
+    let framing = Framing::length_prefixed(4).max_frame_bytes(2 * BIG);
+    let builder = shape(builder)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen_framed_on("127.0.0.1:0".parse().unwrap(), framing);
+    MsgServer::start(builder, Some(SSE_GOODBYE))
 }
 
-impl Drained {
-    /// Serves with `shape`'s settings on top of those above.
-    fn start(shape: impl FnOnce(Builder) -> Builder) -> Drained {
-        let builder = Server::builder()
-            .workers(1)
-            .park_idle_after(Some(PARK_IDLE_AFTER))
-            .shutdown_drain_rate(Some(RATE))
-            .shutdown_timeout(SHUTDOWN_TIMEOUT)
-            .goodbye_frame(Some(Bytes::from_static(FRAMED_GOODBYE)));
-        let framing = Framing::length_prefixed(4).max_frame_bytes(2 * BIG);
-        let mut server = shape(builder)
-            .listen_on("127.0.0.1:0".parse().unwrap())
-            .listen_framed_on("127.0.0.1:0".parse().unwrap(), framing)
-            .listen()
-            .expect("server binds");
-        let (&http, &framed) = match server.local_addrs() {
-            [a, b] if server.is_framed(*b) => (a, b),
-            [a, b] => (b, a),
-            other => panic!("two listeners: {other:?}"),
-        };
-        let (handle, hub) = (server.handle(), server.hub());
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
-        let probe = Probe {
-            opens: opened,
-            closes: closed,
-        };
-        let app = axum::Router::new()
-            .route_service(
-                "/ws",
-                WebSocketRoute::new(probe.clone())
-                    .ping_interval(None)
-                    .heartbeat_timeout(None),
-            )
-            .route_service(
-                "/events",
-                SseRoute::new(probe.clone())
-                    .ping_interval(None)
-                    .goodbye(SseEvent::data(SSE_GOODBYE)),
-            );
-        // Run here: the hub takes messages once the server runs.
-        let running = server.framed(probe).start(app).expect("starts").run();
-        Drained {
-            addrs: (http, framed),
-            handle,
-            hub,
-            opens,
-            closes,
-            task: tokio::spawn(running),
+/// A client of `proto` (a [`RECV_BUFFER`] receive buffer if `small`),
+/// served once (an echo, but for an event stream) and its connection
+/// parked; and its id.
+async fn connect(server: &mut MsgServer, proto: Proto, small: bool) -> (Peer, ConnectionId) {
+    let hello = (proto != Proto::Sse).then_some(&b"hi"[..]);
+    server
+        .connect(proto, small.then_some(RECV_BUFFER), hello)
+        .await
+}
+
+/// Mutes the lot ([`MUTED`]): `client`'s (parked) connection is woken, an
+/// echo each time, parking again in between, until the lot served two
+/// wake-ups in a row. (A WebSocket's upgrade may have been the first: a
+/// socket served bare from its accept parks, and its request wakes it.)
+/// The lot mutes in the turn that serves a wake-up, before the woken task
+/// runs: after an echo it is muted, or the next message is heard.
+async fn mute_the_lot(server: &MsgServer, client: &mut Peer) {
+    let parked = server.handle.stats().connections_parked;
+    for round in 0..4 {
+        if server.handle.stats().parking_wake_batches >= 1 {
+            return;
         }
+        client.echo(format!("wake {round}").as_bytes()).await;
+        server.wait_parked(parked).await;
     }
+    panic!("the lot never muted: {:?}", server.handle.stats());
+}
 
-    /// A client of `proto` (a [`RECV_BUFFER`] receive buffer if `small`),
-    /// its connection parked; and its id.
-    async fn connect(&mut self, proto: Proto, small: bool) -> (Peer, ConnectionId) {
-        let parked = self.handle.stats().connections_parked;
-        let mut client = Peer::connect(proto, self.addrs, small.then_some(RECV_BUFFER)).await;
-        if proto != Proto::Sse {
-            client.echo(b"hi").await;
-        }
-        let id = tokio::time::timeout(SAFETY, self.opens.recv())
-            .await
-            .expect("on_open in time")
-            .expect("on_open");
-        self.wait_parked(parked + 1).await;
-        (client, id)
-    }
-
-    async fn wait_parked(&self, n: i64) {
-        common::wait_stats(&self.handle, "parked", |s| s.connections_parked == n).await;
-    }
-
-    /// Mutes the lot ([`MUTED`]): `client`'s (parked) connection is woken,
-    /// an echo each time, parking again in between, until the lot served
-    /// two wake-ups in a row. (A WebSocket's upgrade may have been the
-    /// first: a socket served bare from its accept parks, and its request
-    /// wakes it.) The lot mutes in the turn that serves a wake-up, before
-    /// the woken task runs: after an echo it is muted, or the next message
-    /// is heard.
-    async fn mute_the_lot(&self, client: &mut Peer) {
-        let parked = self.handle.stats().connections_parked;
-        for round in 0..4 {
-            if self.handle.stats().parking_wake_batches >= 1 {
-                return;
-            }
-            client.echo(format!("wake {round}").as_bytes()).await;
-            self.wait_parked(parked).await;
-        }
-        panic!("the lot never muted: {:?}", self.handle.stats());
-    }
-
-    /// The next `on_close`.
-    async fn next_close(&mut self) -> (ConnectionId, CloseReason) {
-        tokio::time::timeout(SAFETY, self.closes.recv())
-            .await
-            .expect("on_close in time")
-            .expect("on_close")
-    }
-
-    /// The shutdown's pending count (`megaconn_shutdown_drain_pending`).
-    fn pending(&self) -> i64 {
-        self.handle.stats().shutdown_drain_pending
-    }
-
-    /// Waits for the server to end (its shutdown begun): its summary.
-    async fn stop(self) -> ShutdownSummary {
-        common::shut_down(&self.handle, self.task).await
-    }
+/// The shutdown's pending count (`megaconn_shutdown_drain_pending`).
+fn pending(server: &MsgServer) -> i64 {
+    server.handle.stats().shutdown_drain_pending
 }
 
 /// Bytes waiting unread in the server's end of `client`'s connection.
@@ -213,9 +135,9 @@ async fn goodbye_in_time(mut client: Peer) {
 /// goodbye came at the deadline (60 s: not in time here); and the count
 /// read 0 from its wake on (before session 46: a wake counted as a close).
 async fn a_message_that_wakes_a_parked_connection_in_a_paced_drain_gets_its_goodbye(proto: Proto) {
-    let mut server = Drained::start(|b| b.park_wake_batch(MUTED));
-    let (mut client, id) = server.connect(proto, false).await;
-    server.mute_the_lot(&mut client).await;
+    let mut server = start(|b| b.park_wake_batch(MUTED));
+    let (mut client, id) = connect(&mut server, proto, false).await;
+    mute_the_lot(&server, &mut client).await;
     let message = b"during the drain";
     client.send(message).await;
     let deadline = tokio::time::Instant::now() + SAFETY;
@@ -245,7 +167,7 @@ async fn a_message_that_wakes_a_parked_connection_in_a_paced_drain_gets_its_good
         Got::Message(fence.to_vec())
     );
     assert_eq!(
-        server.pending(),
+        pending(&server),
         1,
         "the woken connection counted in the drain"
     );
@@ -285,12 +207,12 @@ const AHEAD: usize = 3;
 /// no list of the drain, which ended without it, and it got its goodbye at
 /// the deadline (not in time here).
 async fn owed_push_then_goodbye(proto: Proto) {
-    let mut server = Drained::start(|b| b);
+    let mut server = start(|b| b);
     let mut ahead = Vec::with_capacity(AHEAD);
     for _ in 0..AHEAD {
-        ahead.push(server.connect(proto, false).await.0);
+        ahead.push(connect(&mut server, proto, false).await.0);
     }
-    let (mut client, id) = server.connect(proto, true).await;
+    let (mut client, id) = connect(&mut server, proto, true).await;
     let push = vec![b'a' + proto as u8; BIG];
     assert_eq!(server.hub.send(id, push.clone()), Ok(()));
     // Woken to write the rest: out of the lot, writing.

@@ -6,16 +6,16 @@
 //! or awake. Every wait is bounded and waits on a condition (an event, a
 //! counter, a byte), never on time alone.
 
-use crate::common::{self, closed_as, SAFETY};
+use crate::common::{self, closed_as, limit_hits, SAFETY};
 
 use std::io::ErrorKind;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+use common::msg::{frame, read_frame};
 use megaconn::{
-    Builder, CloseReason, ConnectionId, FramedHandler, Framing, FramingError, Hub, HubError,
-    ProtocolDetail, Server, ServerHandle, ServerStats, Session, ShutdownSummary,
+    Builder, CloseReason, ConnectionId, FramedHandler, Framing, FramingError, HubError,
+    ProtocolDetail, Server, ServerStats, Session,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -64,103 +64,28 @@ impl FramedHandler for Gateway {
 }
 
 /// A gateway server on 127.0.0.1:0, one worker: its framed listeners (in
-/// the order added) and hub.
-struct Running {
-    addrs: Vec<SocketAddr>,
-    handle: ServerHandle,
-    hub: Hub,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    closes: mpsc::UnboundedReceiver<(ConnectionId, CloseReason)>,
-    task: tokio::task::JoinHandle<ShutdownSummary>,
+/// the order added), hub and the [`Gateway`]'s opens and closes.
+type Running = common::msg::Running<(ConnectionId, CloseReason)>;
+
+/// Serves [`Gateway`] with `builder`, on a listener for each of `framings`.
+fn start(builder: Builder, framings: &[Framing]) -> Running {
+    let builder = framings.iter().fold(builder.workers(1), |b, &framing| {
+        b.listen_framed_on("127.0.0.1:0".parse().unwrap(), framing)
+    });
+    let server = builder.listen().expect("server binds");
+    Running::serve(server, |server, opens, closes| {
+        let gateway = Gateway { opens, closes };
+        server.start_framed(gateway).expect("server starts")
+    })
 }
 
-impl Running {
-    /// Serves [`Gateway`] with `builder`, on a listener for each of
-    /// `framings`.
-    async fn start(builder: Builder, framings: &[Framing]) -> Running {
-        let builder = framings.iter().fold(builder.workers(1), |b, &framing| {
-            b.listen_framed_on("127.0.0.1:0".parse().unwrap(), framing)
-        });
-        let mut server = builder.listen().expect("server binds");
-        let addrs = server.local_addrs().to_vec();
-        let handle = server.handle();
-        let hub = server.hub();
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
-        let gateway = Gateway {
-            opens: opened,
-            closes: closed,
-        };
-        // Run here, not in the task: the hub takes messages once the
-        // server runs, which the first pushes must not race.
-        let running = server.start_framed(gateway).expect("server starts").run();
-        Running {
-            addrs,
-            handle,
-            hub,
-            opens,
-            closes,
-            task: tokio::spawn(running),
-        }
-    }
-
-    /// A device connected to listener `listener`, and its id.
-    async fn device(&mut self, listener: usize) -> (TcpStream, ConnectionId) {
-        let s = TcpStream::connect(self.addrs[listener])
-            .await
-            .expect("connect");
-        s.set_nodelay(true).unwrap();
-        let id = tokio::time::timeout(SAFETY, self.opens.recv())
-            .await
-            .expect("timed out waiting for on_open")
-            .expect("handler gone");
-        (s, id)
-    }
-
-    /// The next close the handler heard of.
-    async fn next_close(&mut self) -> (ConnectionId, CloseReason) {
-        tokio::time::timeout(SAFETY, self.closes.recv())
-            .await
-            .expect("timed out waiting for on_close")
-            .expect("handler gone")
-    }
-
-    async fn wait_stats(&self, what: &str, cond: impl Fn(&ServerStats) -> bool) {
-        common::wait_stats(&self.handle, what, cond).await;
-    }
-
-    async fn stop(self) {
-        common::shut_down(&self.handle, self.task).await;
-    }
-}
-
-/// The count of limit `label` in `stats`.
-fn limit_hits(stats: &ServerStats, label: &str) -> u64 {
-    let hit = stats.limit_hits.iter().find(|(l, _)| *l == label);
-    hit.expect("a limit of that label").1
-}
-
-/// A 4-byte big-endian length-prefixed frame.
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    out.put_u32(body.len() as u32);
-    out.put_slice(body);
-    out.to_vec()
-}
-
-/// Reads one 4-byte big-endian length-prefixed frame (bounded).
-async fn read_frame(s: &mut TcpStream) -> Vec<u8> {
-    let mut head = [0; 4];
-    let read = async {
-        s.read_exact(&mut head).await?;
-        let mut body = vec![0; (&head[..]).get_u32() as usize];
-        s.read_exact(&mut body).await?;
-        Ok::<_, std::io::Error>(body)
-    };
-    tokio::time::timeout(SAFETY, read)
+/// A device connected to `server`'s listener `listener`, and its id.
+async fn device(server: &mut Running, listener: usize) -> (TcpStream, ConnectionId) {
+    let s = TcpStream::connect(server.addrs[listener])
         .await
-        .expect("timed out reading a frame")
-        .expect("a whole frame")
+        .expect("connect");
+    s.set_nodelay(true).unwrap();
+    (s, server.next_open().await)
 }
 
 /// What the next read of `s` gets (bounded): bytes, the end of the
@@ -178,8 +103,8 @@ async fn next_read(s: &mut TcpStream) -> std::io::Result<usize> {
 /// device send 300 KiB frames to be able to send it one.
 #[tokio::test]
 async fn a_large_push_and_reply_pass_a_tight_inbound_bound() {
-    let mut server = Running::start(Server::builder(), &[gateway()]).await;
-    let (mut device, id) = server.device(0).await;
+    let mut server = start(Server::builder(), &[gateway()]);
+    let (mut device, id) = device(&mut server, 0).await;
     let chunk = vec![5u8; CHUNK];
     assert_eq!(server.hub.send(id, chunk.clone()), Ok(()));
     assert_eq!(read_frame(&mut device).await, chunk);
@@ -197,8 +122,8 @@ async fn a_large_push_and_reply_pass_a_tight_inbound_bound() {
 /// however large the outbound bound.
 #[tokio::test]
 async fn an_inbound_frame_over_its_bound_closes_with_the_metric() {
-    let mut server = Running::start(Server::builder(), &[gateway()]).await;
-    let (mut device, id) = server.device(0).await;
+    let mut server = start(Server::builder(), &[gateway()]);
+    let (mut device, id) = device(&mut server, 0).await;
     device.write_all(&frame(b"ping")).await.unwrap();
     assert_eq!(read_frame(&mut device).await, b"ping");
     // At the bound is fine.
@@ -228,8 +153,8 @@ async fn an_inbound_frame_over_its_bound_closes_with_the_metric() {
 /// push was dropped on the worker: the sender could not tell.)
 #[tokio::test]
 async fn an_outbound_frame_over_its_bound_is_refused_and_counted() {
-    let mut server = Running::start(Server::builder(), &[gateway()]).await;
-    let (mut device, id) = server.device(0).await;
+    let mut server = start(Server::builder(), &[gateway()]);
+    let (mut device, id) = device(&mut server, 0).await;
     let over = vec![3u8; OUTBOUND + 1];
     let refused = Err(HubError::TooLarge {
         bytes: OUTBOUND + 1,
@@ -260,9 +185,9 @@ async fn an_outbound_frame_over_its_bound_is_refused_and_counted() {
 #[tokio::test]
 async fn a_push_only_some_listeners_carry_is_dropped_for_the_others_and_counted() {
     let small = Framing::length_prefixed(4).max_frame_bytes(INBOUND);
-    let mut server = Running::start(Server::builder(), &[small, gateway()]).await;
-    let (mut on_small, small_id) = server.device(0).await;
-    let (mut on_large, large_id) = server.device(1).await;
+    let mut server = start(Server::builder(), &[small, gateway()]);
+    let (mut on_small, small_id) = device(&mut server, 0).await;
+    let (mut on_large, large_id) = device(&mut server, 1).await;
     let two_kib = vec![6u8; 2 * INBOUND];
     assert_eq!(server.hub.send(small_id, two_kib.clone()), Ok(()));
     assert_eq!(server.hub.send(large_id, two_kib.clone()), Ok(()));
@@ -295,8 +220,8 @@ async fn hub_reset_resets_a_connection_parked_or_awake() {
     for parks in [true, false] {
         let park_after = parks.then_some(Duration::from_millis(20));
         let builder = Server::builder().park_idle_after(park_after);
-        let mut server = Running::start(builder, &[gateway()]).await;
-        let (mut device, id) = server.device(0).await;
+        let mut server = start(builder, &[gateway()]);
+        let (mut device, id) = device(&mut server, 0).await;
         device.write_all(&frame(b"hello")).await.unwrap();
         assert_eq!(read_frame(&mut device).await, b"hello");
         if parks {

@@ -10,16 +10,18 @@
 
 use crate::common;
 
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use common::msg::{frame, read_frame, Running};
 use common::tls::{connect, Ca};
-use common::{closed_as, SAFETY};
+use common::{closed_as, handshakes, limit_hits, SAFETY};
 use megaconn::{
-    Builder, CloseReason, ConnectionId, FramedHandler, Framing, FramingError, Hub, ProtocolDetail,
-    Server, ServerHandle, ServerStats, Session, ShutdownSummary, TlsConfig,
+    Builder, CloseReason, ConnectionId, FramedHandler, Framing, FramingError, ProtocolDetail,
+    Server, Session, ShutdownSummary, TlsConfig,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// How long an idle connection waits before it parks, in the tests that park.
@@ -61,15 +63,26 @@ impl FramedHandler for Probe {
 }
 
 /// A framed TLS server on 127.0.0.1:0, one worker, running the [`Probe`],
-/// and the CA its certificate is from.
+/// and the CA its certificate is from. Its handle, hub and events are
+/// [`Running`]'s.
 struct FramedTls {
     addr: std::net::SocketAddr,
     ca: Ca,
-    handle: ServerHandle,
-    hub: Hub,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    closes: mpsc::UnboundedReceiver<(u64, CloseReason)>,
-    task: tokio::task::JoinHandle<ShutdownSummary>,
+    running: Running<(u64, CloseReason)>,
+}
+
+impl Deref for FramedTls {
+    type Target = Running<(u64, CloseReason)>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.running
+    }
+}
+
+impl DerefMut for FramedTls {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.running
+    }
 }
 
 impl FramedTls {
@@ -83,38 +96,20 @@ impl FramedTls {
         tls: impl FnOnce(TlsConfig) -> TlsConfig,
     ) -> FramedTls {
         let ca = Ca::new();
-        let leaf = ca.leaf(&["localhost"]);
-        let config =
-            TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
-        let mut server = builder
+        let server = builder
             .workers(1)
-            .tls(tls(config))
+            .tls(tls(ca.server(&["localhost"])))
             .listen_framed_tls_on("127.0.0.1:0".parse().unwrap(), framing)
             .listen()
             .expect("server binds");
         let addr = server.local_addr();
         assert!(server.is_tls(addr) && server.is_framed(addr));
-        let handle = server.handle();
-        let hub = server.hub();
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
-        let probe = Probe {
-            opens: opened,
-            closes: closed,
-        };
-        // Run here, not in the task: the hub takes messages once the server
-        // runs, which the tests' first pushes must not race.
-        let running = server.start_framed(probe).expect("server starts").run();
-        let task = tokio::spawn(running);
-        FramedTls {
-            addr,
-            ca,
-            handle,
-            hub,
-            opens,
-            closes,
-            task,
-        }
+        let running = Running::serve(server, |server, opens, closes| {
+            server
+                .start_framed(Probe { opens, closes })
+                .expect("server starts")
+        });
+        FramedTls { addr, ca, running }
     }
 
     /// A TLS client of this server's CA (no ALPN: a framed client offers none).
@@ -122,70 +117,15 @@ impl FramedTls {
         connect(self.addr, self.ca.client(&[]), "localhost").await
     }
 
-    async fn next_open(&mut self) -> ConnectionId {
-        tokio::time::timeout(SAFETY, self.opens.recv())
-            .await
-            .expect("timed out waiting for on_open")
-            .expect("handler gone")
-    }
-
-    async fn next_close(&mut self) -> (u64, CloseReason) {
-        tokio::time::timeout(SAFETY, self.closes.recv())
-            .await
-            .expect("timed out waiting for on_close")
-            .expect("handler gone")
-    }
-
-    async fn wait_stats(&self, what: &str, cond: impl Fn(&ServerStats) -> bool) {
-        common::wait_stats(&self.handle, what, cond).await;
-    }
-
     async fn stop(self) -> ShutdownSummary {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
-            .await
-            .expect("server stops")
-            .expect("server task")
+        self.running.stop().await
     }
-}
-
-/// A 4-byte big-endian length-prefixed frame.
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    out.put_u32(body.len() as u32);
-    out.put_slice(body);
-    out.to_vec()
-}
-
-/// Reads one 4-byte big-endian length-prefixed frame (bounded).
-async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
-    tokio::time::timeout(SAFETY, async {
-        let mut head = [0u8; 4];
-        s.read_exact(&mut head).await.expect("a frame's header");
-        let mut body = vec![0; (&head[..]).get_u32() as usize];
-        s.read_exact(&mut body).await.expect("a frame's body");
-        body
-    })
-    .await
-    .expect("timed out reading a frame")
 }
 
 /// Writes `bytes` and flushes them out of the TLS client.
 async fn send<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) {
     s.write_all(bytes).await.unwrap();
     s.flush().await.unwrap();
-}
-
-/// The count of TLS handshakes that ended as `outcome`.
-fn handshakes(stats: &ServerStats, outcome: &str) -> u64 {
-    let found = stats.tls_handshakes.iter().find(|(o, _)| *o == outcome);
-    found.expect("a handshake outcome of that label").1
-}
-
-/// The count of limit `label` in `stats`.
-fn limit_hits(stats: &ServerStats, label: &str) -> u64 {
-    let hit = stats.limit_hits.iter().find(|(l, _)| *l == label);
-    hit.expect("a limit of that label").1
 }
 
 #[tokio::test]
@@ -401,10 +341,8 @@ async fn shutdown_gives_a_parked_tls_connection_its_goodbye_and_close_notify() {
 /// and third framed client from one IP as a TLS flood).
 #[tokio::test]
 async fn a_cleartext_framed_listener_beside_https_is_never_taken_for_tls() {
-    let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let config = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
-        .unwrap()
+    let config = Ca::new()
+        .server(&["localhost"])
         .handshake_rate_per_ip(Some(0.01));
     let server = Server::builder()
         .workers(1)

@@ -15,23 +15,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use megaconn::{
     ClientAuth, ClientCa, ConnectionId, FramedHandler, Framing, Hub, PeerCertificates, Server,
-    ServerHandle, Session, ShutdownSummary, SseHandler, SseRoute, TlsConfig, WebSocketHandler,
-    WebSocketRoute, WsMessage, WsSession,
+    ServerHandle, Session, ShutdownSummary, SseHandler, TlsConfig, WebSocketHandler, WsMessage,
+    WsSession,
 };
 use rcgen::{CertificateParams, DnType, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 use crate::common;
-use common::tls::Ca;
+use common::msg::{frame, http_and_framed, message_routes, read_frame, read_head, WS_UPGRADE};
+use common::tls::{handshake, http1_get_path, Ca};
 use common::SAFETY;
 
 /// How long an idle connection waits before it parks.
@@ -70,21 +70,10 @@ fn device(ca: &Ca, cn: &str) -> Device {
 /// A client trusting `server_ca`, offering `alpn`, presenting `device`'s
 /// certificate if any.
 fn client(server_ca: &Ca, alpn: &[&[u8]], device: Option<&Device>) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    roots.add(server_ca.cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = match device {
-        Some(d) => builder
-            .with_client_auth_cert(vec![d.der.clone()], d.key.clone_key())
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
+    server_ca.client_as(
+        alpn,
+        device.map(|d| (vec![d.der.clone()], d.key.clone_key())),
+    )
 }
 
 /// What a handler says of its peer's certificate: its CN and its DER in
@@ -175,9 +164,7 @@ struct Gateway {
 impl Gateway {
     async fn start(auth: impl FnOnce(TlsConfig) -> TlsConfig) -> Gateway {
         let server_ca = Ca::named("Gateway CA");
-        let leaf = server_ca.leaf(&["localhost", "api.localhost"]);
-        let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
-        let tls = auth(tls);
+        let tls = auth(server_ca.server(&["localhost", "api.localhost"]));
         let mut server = Server::builder()
             .workers(1)
             .park_idle_after(Some(PARK_IDLE_AFTER))
@@ -186,23 +173,12 @@ impl Gateway {
             .listen_framed_tls_on("127.0.0.1:0".parse().unwrap(), Framing::length_prefixed(4))
             .listen()
             .expect("server binds");
-        let (&https, &framed) = match server.local_addrs() {
-            [a, b] if server.is_framed(*b) => (a, b),
-            [a, b] => (b, a),
-            other => panic!("two listeners: {other:?}"),
-        };
+        let (https, framed) = http_and_framed(&server);
         let (handle, hub) = (server.handle(), server.hub());
         let (opened, opens) = mpsc::unbounded_channel();
         let probe = Who { opens: opened };
-        let app = axum::Router::new()
-            .route("/whoami", axum::routing::get(whoami))
-            .route_service(
-                "/ws",
-                WebSocketRoute::new(probe.clone())
-                    .ping_interval(None)
-                    .heartbeat_timeout(None),
-            )
-            .route_service("/events", SseRoute::new(probe.clone()).ping_interval(None));
+        let app = message_routes(probe.clone(), |events| events)
+            .route("/whoami", axum::routing::get(whoami));
         let running = server.framed(probe).start(app).expect("starts").run();
         let task = tokio::spawn(running);
         Gateway {
@@ -227,11 +203,7 @@ impl Gateway {
         device: Option<&Device>,
     ) -> std::io::Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::try_from(name.to_string()).unwrap();
-        let connector = TlsConnector::from(client(&self.server_ca, alpn, device));
-        tokio::time::timeout(SAFETY, connector.connect(name, tcp))
-            .await
-            .expect("handshake in time")
+        handshake(tcp, client(&self.server_ca, alpn, device), name).await
     }
 
     /// `GET /whoami` over HTTP/1.1 as `device`: the answer.
@@ -247,13 +219,7 @@ impl Gateway {
 
     /// The handshakes counted as `outcome`.
     fn handshakes(&self, outcome: &str) -> u64 {
-        let stats = self.handle.stats();
-        stats
-            .tls_handshakes
-            .iter()
-            .find(|(o, _)| *o == outcome)
-            .unwrap_or_else(|| panic!("no {outcome} in {:?}", stats.tls_handshakes))
-            .1
+        common::handshakes(&self.handle.stats(), outcome)
     }
 
     /// Waits for `n` handshakes refused for the client's certificate.
@@ -267,11 +233,7 @@ impl Gateway {
     }
 
     async fn stop(self) {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
-            .await
-            .expect("stops in time")
-            .unwrap();
+        common::shut_down(&self.handle, self.task).await;
     }
 }
 
@@ -280,58 +242,7 @@ impl Gateway {
 async fn get_whoami<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
 ) -> std::io::Result<(String, String)> {
-    io.write_all(b"GET /whoami HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await?;
-    io.flush().await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(SAFETY, async {
-        loop {
-            let mut chunk = [0u8; 4096];
-            let n = io.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf).to_string();
-            let Some(end) = text.find("\r\n\r\n") else {
-                continue;
-            };
-            let len: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .expect("content-length");
-            if buf.len() >= end + 4 + len {
-                let status = text.lines().next().unwrap().to_string();
-                return Ok((status, text[end + 4..end + 4 + len].to_string()));
-            }
-        }
-    })
-    .await
-    .expect("an answer or an error in time")
-}
-
-/// A 4-byte big-endian length-prefixed frame.
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    out.put_u32(body.len() as u32);
-    out.put_slice(body);
-    out.to_vec()
-}
-
-/// Reads one length-prefixed frame.
-async fn read_frame<S: AsyncRead + Unpin>(io: &mut S) -> Vec<u8> {
-    tokio::time::timeout(SAFETY, async {
-        let len = io.read_u32().await.expect("a frame's length") as usize;
-        let mut body = vec![0u8; len];
-        io.read_exact(&mut body).await.expect("a frame's body");
-        body
-    })
-    .await
-    .expect("a frame in time")
+    http1_get_path(io, "/whoami").await
 }
 
 /// A masked client text frame (payload under 126 bytes).
@@ -359,19 +270,6 @@ async fn read_ws_text<S: AsyncRead + Unpin>(io: &mut S) -> String {
     })
     .await
     .expect("a frame in time")
-}
-
-/// Reads a response head (to its blank line).
-async fn read_head<S: AsyncRead + Unpin>(io: &mut S) -> String {
-    let mut head = Vec::new();
-    tokio::time::timeout(SAFETY, async {
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(io.read_u8().await.expect("the head"));
-        }
-    })
-    .await
-    .expect("the head in time");
-    String::from_utf8(head).unwrap()
 }
 
 /// Client auth required against `devices`' roots.
@@ -557,9 +455,7 @@ async fn a_parked_framed_or_wss_connection_still_knows_its_device_after_a_push_a
         .connect(gateway.https, "localhost", &[b"http/1.1"], Some(&d5))
         .await
         .expect("handshake");
-    wss.write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        .await
-        .unwrap();
+    wss.write_all(WS_UPGRADE).await.unwrap();
     let head = read_head(&mut wss).await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     wss.write_all(&ws_text("who")).await.unwrap();

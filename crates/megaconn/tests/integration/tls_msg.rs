@@ -18,25 +18,18 @@
 //! the worker delivers in order), never guessed from time.
 
 use std::io::Read;
-use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use http::request::Parts;
-use megaconn::{
-    Builder, CloseReason, ConnectionId, FramedHandler, Framing, Hub, Server, ServerHandle, Session,
-    ShutdownSummary, SseEvent, SseHandler, SseRoute, TlsConfig, WebSocketHandler, WebSocketRoute,
-    WsMessage, WsSession,
-};
-use rustls::pki_types::ServerName;
+use bytes::Bytes;
+use megaconn::{Builder, CloseReason, ConnectionId, Framing, Hub, Server, ShutdownSummary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 use crate::common;
-use common::tls::Ca;
+use common::msg::{frame, read_head, MsgServer, FRAMED_GOODBYE, SSE_GOODBYE, WS_UPGRADE};
+use common::tls::{handshake, Ca};
 use common::SAFETY;
 
 /// How long an idle connection waits before it parks.
@@ -44,9 +37,6 @@ pub(crate) const PARK_IDLE_AFTER: Duration = Duration::from_millis(20);
 
 /// The server's `message_send_buffer_size` (the kernel makes it 32 KiB).
 pub(crate) const SEND_BUFFER: usize = 16 << 10;
-
-/// The framed listener's goodbye frame's body.
-const FRAMED_GOODBYE: &[u8] = b"bye";
 
 /// One of the three message protocols over TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,72 +87,33 @@ impl Proto {
     }
 }
 
-/// The handler of all three protocols: echoes, and reports opens and
-/// closes (with the connection's id). `big_push.rs` serves it too.
-#[derive(Clone)]
-pub(crate) struct Probe {
-    pub(crate) opens: mpsc::UnboundedSender<ConnectionId>,
-    pub(crate) closes: mpsc::UnboundedSender<(ConnectionId, CloseReason)>,
-}
-
-impl FramedHandler for Probe {
-    type State = ();
-
-    fn on_open(&self, _: &mut (), session: &Session) {
-        let _ = self.opens.send(session.id());
-    }
-
-    async fn on_message(&self, _: &mut (), frame: Bytes, _: &Session) -> Option<Bytes> {
-        Some(frame)
-    }
-
-    fn on_close_with_id(&self, id: ConnectionId, _: (), reason: CloseReason) {
-        let _ = self.closes.send((id, reason));
-    }
-}
-
-impl WebSocketHandler for Probe {
-    type State = ();
-
-    fn on_open(&self, _: &mut (), session: &WsSession) {
-        let _ = self.opens.send(session.id());
-    }
-
-    async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
-        Some(message)
-    }
-
-    fn on_close_with_id(&self, id: ConnectionId, _: (), reason: CloseReason) {
-        let _ = self.closes.send((id, reason));
-    }
-}
-
-impl SseHandler for Probe {
-    fn on_open(&self, _: &Parts, session: &Session) {
-        let _ = self.opens.send(session.id());
-    }
-
-    fn on_close(&self, id: ConnectionId, reason: CloseReason) {
-        let _ = self.closes.send((id, reason));
-    }
-}
-
-/// The server, and a framed TLS client of it that reads (the fence of
-/// [`TlsMsg::push_until_behind`], parked like the others).
+/// The server (`common::msg`'s, over TLS), and a framed TLS client of it
+/// that reads (the fence of [`TlsMsg::push_until_behind`], parked like the
+/// others).
 pub(crate) struct TlsMsg {
-    https: SocketAddr,
-    framed: SocketAddr,
+    server: MsgServer,
     ca: Ca,
-    pub handle: ServerHandle,
-    pub hub: Hub,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    closes: mpsc::UnboundedReceiver<(ConnectionId, CloseReason)>,
     /// Closes heard while waiting for another connection's.
     heard: Vec<(ConnectionId, CloseReason)>,
     fence: Option<(TlsStream<TcpStream>, ConnectionId)>,
     /// Pushes sent to the fence so far (they count in `pushes` too).
     fences: u64,
-    task: tokio::task::JoinHandle<ShutdownSummary>,
+}
+
+/// The server's handle, hub and events are [`MsgServer`]'s; its clients
+/// are TLS clients of its own ([`TlsMsg::connect`]).
+impl Deref for TlsMsg {
+    type Target = MsgServer;
+
+    fn deref(&self) -> &MsgServer {
+        &self.server
+    }
+}
+
+impl DerefMut for TlsMsg {
+    fn deref_mut(&mut self) -> &mut MsgServer {
+        &mut self.server
+    }
 }
 
 impl TlsMsg {
@@ -170,60 +121,21 @@ impl TlsMsg {
     /// its fence client connected and parked.
     pub(crate) async fn start(shape: impl FnOnce(Builder) -> Builder) -> TlsMsg {
         let ca = Ca::new();
-        let leaf = ca.leaf(&["localhost"]);
-        let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
         let builder = Server::builder()
             .workers(1)
             .park_idle_after(Some(PARK_IDLE_AFTER))
             .message_send_buffer_size(Some(SEND_BUFFER))
             .goodbye_frame(Some(Bytes::from_static(FRAMED_GOODBYE)))
-            .tls(tls);
-        let mut server = shape(builder)
+            .tls(ca.server(&["localhost"]));
+        let builder = shape(builder)
             .listen_tls_on("127.0.0.1:0".parse().unwrap())
-            .listen_framed_tls_on("127.0.0.1:0".parse().unwrap(), Framing::length_prefixed(4))
-            .listen()
-            .expect("server binds");
-        let (&https, &framed) = match server.local_addrs() {
-            [a, b] if server.is_framed(*b) => (a, b),
-            [a, b] => (b, a),
-            other => panic!("two listeners: {other:?}"),
-        };
-        let (handle, hub) = (server.handle(), server.hub());
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
-        let probe = Probe {
-            opens: opened,
-            closes: closed,
-        };
-        let app = axum::Router::new()
-            .route_service(
-                "/ws",
-                WebSocketRoute::new(probe.clone())
-                    .ping_interval(None)
-                    .heartbeat_timeout(None),
-            )
-            .route_service(
-                "/events",
-                SseRoute::new(probe.clone())
-                    .ping_interval(None)
-                    .goodbye(SseEvent::data("bye")),
-            );
-        // Run here, not in the task: the hub takes messages once the server
-        // runs, which the tests' first pushes must not race.
-        let running = server.framed(probe).start(app).expect("starts").run();
-        let task = tokio::spawn(running);
+            .listen_framed_tls_on("127.0.0.1:0".parse().unwrap(), Framing::length_prefixed(4));
         let mut server = TlsMsg {
-            https,
-            framed,
+            server: MsgServer::start(builder, Some(SSE_GOODBYE)),
             ca,
-            handle,
-            hub,
-            opens,
-            closes,
             heard: Vec::new(),
             fence: None,
             fences: 0,
-            task,
         };
         server.fence = Some(server.connect(Proto::FramedTls, false).await);
         server
@@ -245,21 +157,18 @@ impl TlsMsg {
         let http: &[&[u8]] = &[b"http/1.1"];
         let (addr, alpn) = match proto {
             Proto::FramedTls => (self.framed, &[][..]),
-            Proto::Wss | Proto::SseTls => (self.https, http),
+            Proto::Wss | Proto::SseTls => (self.http, http),
         };
         let tcp = socket.connect(addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let connector = TlsConnector::from(self.ca.client(alpn));
-        let mut tls = tokio::time::timeout(SAFETY, connector.connect(name, tcp))
+        let mut tls = handshake(tcp, self.ca.client(alpn), "localhost")
             .await
-            .expect("handshake in time")
             .expect("handshake");
         // Each protocol's first exchange, which also has the client read
         // the session tickets that follow the handshake: the records read
         // raw from here on are the tests'.
         let request: &[u8] = match proto {
             Proto::FramedTls => b"\0\0\0\x02hi",
-            Proto::Wss => b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            Proto::Wss => WS_UPGRADE,
             Proto::SseTls => b"GET /events HTTP/1.0\r\nHost: localhost\r\n\r\n",
         };
         tls.write_all(request).await.unwrap();
@@ -280,14 +189,8 @@ impl TlsMsg {
             };
             assert!(head.lines().next().unwrap().contains(status), "{head}");
         }
-        let id = tokio::time::timeout(SAFETY, self.opens.recv())
-            .await
-            .expect("on_open in time")
-            .expect("on_open");
-        common::wait_stats(&self.handle, "the new connection parked", |s| {
-            s.connections_parked == parked + 1
-        })
-        .await;
+        let id = self.next_open().await;
+        self.wait_parked(parked + 1).await;
         (tls, id)
     }
 
@@ -341,10 +244,7 @@ impl TlsMsg {
                 .unwrap();
             assert_eq!(back, echo);
             if round == 0 {
-                common::wait_stats(&self.handle, "the fence parked again", |s| {
-                    s.connections_parked == parked
-                })
-                .await;
+                self.wait_parked(parked).await;
             }
         }
         common::wait_stats(&self.handle, "the lot's relay switched off", |s| {
@@ -426,7 +326,7 @@ impl TlsMsg {
     async fn fence(&mut self) {
         let body = Bytes::from_static(b"fence");
         let (fence, id) = self.fence.as_mut().expect("the fence");
-        assert_eq!(self.hub.send(*id, body.clone()), Ok(()));
+        assert_eq!(self.server.hub.send(*id, body.clone()), Ok(()));
         self.fences += 1;
         let mut got = [0u8; 9];
         tokio::time::timeout(SAFETY, fence.read_exact(&mut got))
@@ -442,40 +342,15 @@ impl TlsMsg {
             if let Some(at) = self.heard.iter().position(|(c, _)| *c == id) {
                 return self.heard.remove(at).1;
             }
-            let heard = tokio::time::timeout(SAFETY, self.closes.recv())
-                .await
-                .expect("on_close in time")
-                .expect("on_close");
+            let heard = self.next_close().await;
             self.heard.push(heard);
         }
     }
 
     /// Shuts the server down and waits for it: its summary.
     pub(crate) async fn stop(self) -> ShutdownSummary {
-        common::shut_down(&self.handle, self.task).await
+        self.server.stop().await
     }
-}
-
-/// Reads an HTTP head (to its blank line) a byte at a time, so that
-/// nothing after it is taken.
-async fn read_head(tls: &mut TlsStream<TcpStream>) -> String {
-    let mut head = Vec::new();
-    tokio::time::timeout(SAFETY, async {
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(tls.read_u8().await.expect("the head"));
-        }
-    })
-    .await
-    .expect("the head in time");
-    String::from_utf8(head).unwrap()
-}
-
-/// A 4-byte big-endian length-prefixed frame.
-pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    out.put_u32(body.len() as u32);
-    out.put_slice(body);
-    out.to_vec()
 }
 
 /// A slow consumer after its protocol's setup: its socket and its TLS
