@@ -30,6 +30,7 @@ mod axum;
 mod big_push;
 mod blocking;
 mod drain;
+mod dual_stack;
 mod drain_awake;
 mod drain_woken;
 mod framed;
