@@ -1413,16 +1413,48 @@ pub fn from_matches(m: &ArgMatches) -> Values {
 /// it came from, `--flag` or the file's key, as a value that does not
 /// parse is.
 pub fn apply(flags: &Values, file: &Values) -> Result<Settings, String> {
+    apply_from(flags, file, None)
+}
+
+/// [`apply`], with the config file's path (`path`) named in an error
+/// about one of its keys: an operator with several files (a unit's, a
+/// drop-in's) sees which one to fix.
+pub fn apply_from(
+    flags: &Values,
+    file: &Values,
+    path: Option<&std::path::Path>,
+) -> Result<Settings, String> {
     let mut settings = Settings::default();
     for knob in KNOBS {
-        let (v, from) = match (flags.get(knob.name), file.get(knob.name)) {
-            (Some(v), _) => (v, format!("--{}", knob.name)),
-            (None, Some(v)) => (v, format!("key `{}`", knob.key())),
-            (None, None) => continue,
+        let Some(v) = flags.get(knob.name).or_else(|| file.get(knob.name)) else {
+            continue;
         };
-        (knob.apply)(v.clone(), &mut settings).map_err(|e| format!("{from}: {e}"))?;
+        (knob.apply)(v.clone(), &mut settings)
+            .map_err(|e| format!("{}: {e}", origin(knob.name, flags, path)))?;
     }
     Ok(settings)
+}
+
+/// Where knob `name`'s value came from, as an error names it: `--name`
+/// when the flag gave it (or nothing did), else the config file's key,
+/// `` key `name` `` and, when known, `` in config file PATH ``.
+pub fn origin(name: &str, flags: &Values, path: Option<&std::path::Path>) -> String {
+    if flags.contains_key(name) {
+        return format!("--{name}");
+    }
+    let key = name.replace('-', "_");
+    match path {
+        Some(path) => format!("key `{key}` in config file {}", path.display()),
+        None => format!("key `{key}`"),
+    }
+}
+
+/// The log format the flags, else the file, chose; `None`: neither did.
+pub fn chosen_log_format(flags: &Values, file: &Values) -> Option<LogFormat> {
+    match flags.get("log-format").or_else(|| file.get("log-format")) {
+        Some(Value::LogFormat(f)) => Some(*f),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
