@@ -63,7 +63,8 @@ async fn ipv6_beside_ipv4_on_one_port_binds_both() {
     // elsewhere gets it meanwhile, and it blocks no bind of the server's
     // (which sets `SO_REUSEADDR` too). Port 0 would give the two
     // addresses two ports.
-    let reserved = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let reserved =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     reserved.set_reuse_address(true).unwrap();
     reserved
         .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
