@@ -49,7 +49,11 @@ Checks (each reads a kernel limit and compares it with what N connections need):
                connection per local port to one server address, so a load
                generator on this host needs N / ports source addresses (hold
                --source 127.0.0.2-127.0.0.40). A warning only: the server itself
-               uses no local ports.
+               uses no local ports. The printed drop-in leaves it out: widened
+               to 1024-65535 on the server's host, outgoing connections would
+               take the server's ports (8080, 9090) while it restarts; widen it
+               on a load generator's host, or reserve those ports first
+               (net.ipv4.ip_local_reserved_ports).
   tcp_mem      net.ipv4.tcp_mem (pages: low, pressure, high): socket buffer
                memory for all of TCP. Idle sockets hold none, but past `high`
                the kernel drops packets; N connections each with one page in
@@ -59,7 +63,10 @@ Checks (each reads a kernel limit and compares it with what N connections need):
                drops new connections (\"nf_conntrack: table full\").
   memory       MemAvailable from /proc/meminfo (in a container with a memory
                limit, the room left under it, if less) against N x (5 KiB of kernel
-               memory per socket + 100 B of megaconn per idle connection).
+               memory per socket + 100 B of megaconn per idle connection):
+               idle cleartext HTTP/1.1 or WebSocket connections. An idle TLS
+               connection keeps its TLS session, ~2.7-3.0 KB more each, and an
+               HTTP/2 one over TLS ~16 KB (README): count those apart.
                Loopback tests hold both ends on one host: twice the kernel part.
   migrate_req  net.ipv4.tcp_migrate_req (Linux 5.14+): with `serve --processes P`
                the workers share the port (SO_REUSEPORT); when one dies, the
@@ -361,11 +368,15 @@ pub fn checks(host: &Host, n: u64) -> Vec<Check> {
                             (sources + 1).min(254)
                         );
                         if ports < wide {
-                            fix.push_str(&format!("; widening the range (sysctl net.ipv4.ip_local_port_range=\"1024 65535\") cuts that to {fewer}"));
+                            fix.push_str(&format!("; widening the range (sysctl net.ipv4.ip_local_port_range=\"1024 65535\") cuts that to {fewer}, on a host that is not the server's (there, reserve its ports first: net.ipv4.ip_local_reserved_ports=8080,9090)"));
                         }
                         fix
                     }),
-                    (ports < wide).then(|| ("net.ipv4.ip_local_port_range", "1024 65535".into())),
+                    // Not in the printed drop-in: on the server's host a
+                    // range down to 1024 hands its ports (8080, 9090) to
+                    // outgoing connections, which then hold them while the
+                    // server restarts; it helps a load generator only.
+                    None,
                 )
             }
         }
@@ -453,7 +464,7 @@ pub fn checks(host: &Host, n: u64) -> Vec<Check> {
     };
     out.push(Check {
         id: "memory",
-        name: "memory (MemAvailable vs kernel 5 KiB + megaconn 100 B each)",
+        name: "memory (MemAvailable vs kernel 5 KiB + megaconn 100 B each; TLS ~3 KB more, h2 over TLS ~16 KB)",
         status,
         value: match (host.mem_available, host.mem_total) {
             (Some(a), Some(t)) => format!(
@@ -727,12 +738,13 @@ mod tests {
             "fs.nr_open = 1048576",
             "fs.file-max = 2097152",
             "net.core.somaxconn = 65535",
-            "net.ipv4.ip_local_port_range = 1024 65535",
             "net.ipv4.tcp_mem = 500000 750000 1000000",
             "net.netfilter.nf_conntrack_max = 1250000",
         ] {
             assert!(dropin.contains(line), "{line} missing from\n{dropin}");
         }
+        // A server's host: widened, the range would take its ports.
+        assert!(!dropin.contains("ip_local_port_range"), "{dropin}");
         let text = render(&c, n, false, Some(&dropin), Some("LimitNOFILE=1048576"));
         assert!(text.contains("LimitNOFILE=1048576"), "{text}");
         assert!(text.contains("cannot hold 1,000,000"), "{text}");
@@ -859,8 +871,8 @@ mod tests {
             .collect();
         assert_eq!(
             set,
-            ["net.core.somaxconn", "net.ipv4.ip_local_port_range"],
-            "a key whose default may be above the file's value is set"
+            ["net.core.somaxconn"],
+            "a key whose default may be above the file's value is set, or ip_local_port_range (on the server's host it takes the server's ports)"
         );
     }
 }

@@ -213,7 +213,16 @@ impl Knob {
             .help(format!("{} Default: {}.", self.help, self.default))
             .long_help(self.long_help());
         match self.shape {
-            Shape::Switch => arg.action(ArgAction::SetTrue),
+            // `--name` alone is true; `--name=false` turns off what a
+            // config file turned on (`=`: a switch takes no separate
+            // value, so `--name ADDR`-style arguments after it stay theirs).
+            Shape::Switch => arg
+                .value_name("BOOL")
+                .num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("true")
+                .action(ArgAction::Set)
+                .value_parser(move |s: &str| (self.parse)(s)),
             Shape::One | Shape::Repeated => arg
                 .value_name(self.value_name)
                 .action(if self.shape == Shape::One {
@@ -228,8 +237,7 @@ impl Knob {
     /// The value given on the command line, if any.
     fn given_in(&self, m: &ArgMatches) -> Option<Value> {
         match self.shape {
-            Shape::Switch => m.get_flag(self.name).then_some(Value::Switch(true)),
-            Shape::One => m.get_one::<Value>(self.name).cloned(),
+            Shape::Switch | Shape::One => m.get_one::<Value>(self.name).cloned(),
             Shape::Repeated => {
                 let values = m.get_many::<Value>(self.name)?;
                 Some(Value::Addrs(
@@ -1413,16 +1421,48 @@ pub fn from_matches(m: &ArgMatches) -> Values {
 /// it came from, `--flag` or the file's key, as a value that does not
 /// parse is.
 pub fn apply(flags: &Values, file: &Values) -> Result<Settings, String> {
+    apply_from(flags, file, None)
+}
+
+/// [`apply`], with the config file's path (`path`) named in an error
+/// about one of its keys: an operator with several files (a unit's, a
+/// drop-in's) sees which one to fix.
+pub fn apply_from(
+    flags: &Values,
+    file: &Values,
+    path: Option<&std::path::Path>,
+) -> Result<Settings, String> {
     let mut settings = Settings::default();
     for knob in KNOBS {
-        let (v, from) = match (flags.get(knob.name), file.get(knob.name)) {
-            (Some(v), _) => (v, format!("--{}", knob.name)),
-            (None, Some(v)) => (v, format!("key `{}`", knob.key())),
-            (None, None) => continue,
+        let Some(v) = flags.get(knob.name).or_else(|| file.get(knob.name)) else {
+            continue;
         };
-        (knob.apply)(v.clone(), &mut settings).map_err(|e| format!("{from}: {e}"))?;
+        (knob.apply)(v.clone(), &mut settings)
+            .map_err(|e| format!("{}: {e}", origin(knob.name, flags, path)))?;
     }
     Ok(settings)
+}
+
+/// Where knob `name`'s value came from, as an error names it: `--name`
+/// when the flag gave it (or nothing did), else the config file's key,
+/// `` key `name` `` and, when known, `` in config file PATH ``.
+pub fn origin(name: &str, flags: &Values, path: Option<&std::path::Path>) -> String {
+    if flags.contains_key(name) {
+        return format!("--{name}");
+    }
+    let key = name.replace('-', "_");
+    match path {
+        Some(path) => format!("key `{key}` in config file {}", path.display()),
+        None => format!("key `{key}`"),
+    }
+}
+
+/// The log format the flags, else the file, chose; `None`: neither did.
+pub fn chosen_log_format(flags: &Values, file: &Values) -> Option<LogFormat> {
+    match flags.get("log-format").or_else(|| file.get("log-format")) {
+        Some(Value::LogFormat(f)) => Some(*f),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -1904,5 +1944,36 @@ mod tests {
         assert!(e.contains("or off"), "{e}");
         let e = parse_file("publish_fanout = \"some\"").unwrap_err();
         assert!(e.contains("publish_fanout") && e.contains("or off"), "{e}");
+    }
+
+    /// Every switch takes `=false` on the command line, which turns off
+    /// what the config file turned on (`--access-log=false` was a clap
+    /// error, so a file's `access_log = true` could not be overridden);
+    /// alone it is `true`, as before.
+    #[test]
+    fn a_switch_is_turned_off_by_its_flag() {
+        for knob in KNOBS.iter().filter(|k| k.shape == Shape::Switch) {
+            let on = flags(&[&format!("--{}", knob.name)]).unwrap();
+            assert_eq!(
+                on.get(knob.name),
+                Some(&Value::Switch(true)),
+                "{}",
+                knob.name
+            );
+            let off = flags(&[&format!("--{}=false", knob.name)]).unwrap();
+            assert_eq!(
+                off.get(knob.name),
+                Some(&Value::Switch(false)),
+                "{}",
+                knob.name
+            );
+            let file = parse_file(&format!("{} = true", knob.key())).unwrap();
+            let by_file = format!("{:?}", apply(&Values::new(), &file).unwrap());
+            let overridden = format!("{:?}", apply(&off, &file).unwrap());
+            let default = format!("{:?}", apply(&Values::new(), &Values::new()).unwrap());
+            assert_eq!(overridden, default, "{}", knob.name);
+            assert_ne!(by_file, default, "{}", knob.name);
+            assert!(flags(&[&format!("--{}=maybe", knob.name)]).is_err());
+        }
     }
 }

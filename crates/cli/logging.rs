@@ -80,6 +80,14 @@ pub fn tag_worker_process(line: String) -> String {
     }
 }
 
+/// Chooses the format of the lines written outside the subscriber (the
+/// last words of a process that fails before [`init`]: a configuration
+/// error) before the subscriber is installed; [`init`] later installs the
+/// same one.
+pub fn choose(format: LogFormat) {
+    let _ = FORMAT.set(format);
+}
+
 /// Installs the global subscriber.
 pub fn init(format: LogFormat) {
     init_for(format, None);

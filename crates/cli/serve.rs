@@ -103,6 +103,10 @@ pub struct Resolved {
     pub builder: megaconn::Builder,
     /// The log format.
     pub log_format: LogFormat,
+    /// Addresses megaconn binds itself beside sockets systemd passed
+    /// (`tls_listen` with socket activation): refused during a restart,
+    /// where the passed ones queue ([`warn_bound_beside_passed`]).
+    pub bound_beside_passed: Vec<std::net::SocketAddr>,
     /// Worker processes (1: no supervisor).
     pub processes: usize,
     /// The admin listener; `None`: the default address.
@@ -211,7 +215,12 @@ fn resolve_with(
     args: &ServeArgs,
     inherited: Vec<crate::activation::Inherited>,
 ) -> Result<Resolved, UsageError> {
-    let file = match &args.config {
+    resolve_from(args, config_values(args)?, inherited)
+}
+
+/// The config file's values (none without `--config`).
+fn config_values(args: &ServeArgs) -> Result<knobs::Values, UsageError> {
+    Ok(match &args.config {
         // A worker process takes the file as its supervisor read it, not as
         // it is now (see `supervisor::ConfigSnapshot`).
         Some(path) => match args
@@ -222,8 +231,18 @@ fn resolve_with(
             None => load_config(path)?,
         },
         None => knobs::Values::new(),
-    };
-    let settings = knobs::apply(&args.flags, &file).map_err(UsageError)?;
+    })
+}
+
+/// [`resolve_with`] over the config file's values, `file`, read already.
+fn resolve_from(
+    args: &ServeArgs,
+    file: knobs::Values,
+    inherited: Vec<crate::activation::Inherited>,
+) -> Result<Resolved, UsageError> {
+    let path = args.config.as_deref();
+    let origin = |name: &str| knobs::origin(name, &args.flags, path);
+    let settings = knobs::apply_from(&args.flags, &file, path).map_err(UsageError)?;
     let knobs::Settings {
         builder: b,
         mut listen,
@@ -276,6 +295,17 @@ fn resolve_with(
     {
         listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
     }
+    let bound_beside_passed: Vec<std::net::SocketAddr> = if inherited.is_empty() {
+        Vec::new()
+    } else {
+        listen
+            .iter()
+            .chain(&tls_listen)
+            .chain(&tcp_listen)
+            .chain(&tcp_tls_listen)
+            .copied()
+            .collect()
+    };
     let (mut b, inherited_addrs) = add_inherited(
         b,
         &listen,
@@ -307,6 +337,22 @@ fn resolve_with(
             // would wrap to a small burst: it saturates instead.
             burst: u32::try_from(process_share(burst, share)).unwrap_or(u32::MAX),
         }));
+    }
+    if !self_signed && tls_cert.is_some() != tls_key.is_some() {
+        // Named where each came from: `--tls-cert needs --tls-key` sent
+        // an operator whose file set `tls_cert` looking for a flag.
+        let (given, missing) = if tls_cert.is_some() {
+            ("tls-cert", "tls-key")
+        } else {
+            ("tls-key", "tls-cert")
+        };
+        let given = origin(given);
+        let missing = if given.starts_with("--") {
+            format!("--{missing}")
+        } else {
+            format!("key `{}` (or --{missing})", missing.replace('-', "_"))
+        };
+        return Err(UsageError(format!("{given} needs {missing}")));
     }
     let (mut b, tls) = crate::tls::apply(
         b,
@@ -344,6 +390,7 @@ fn resolve_with(
         tls,
         builder: b,
         log_format: log_format.unwrap_or(LogFormat::Human),
+        bound_beside_passed,
         processes: processes.unwrap_or(1),
         addrs: listen
             .into_iter()
@@ -418,11 +465,40 @@ fn add_inherited(
     Ok((b, addrs))
 }
 
+/// Warns that `addrs`, bound by megaconn itself beside sockets systemd
+/// passed, refuse connections while the service restarts: only a passed
+/// socket outlives the process and queues them meanwhile. The fix is a
+/// socket unit for them too (`FileDescriptorName=tls` for TLS,
+/// deploy/README.md "Socket activation").
+fn warn_bound_beside_passed(addrs: &[std::net::SocketAddr]) {
+    if addrs.is_empty() {
+        return;
+    }
+    let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    tracing::warn!(
+        addrs = %addrs.join(","),
+        "these addresses are bound by megaconn itself beside the sockets systemd passed, and refuse connections while it restarts: pass them from a socket unit too (FileDescriptorName=tls for TLS) and drop them from listen/tls_listen/tcp_listen/tcp_tls_listen"
+    );
+}
+
 /// Runs `megaconn serve`: one server process, or a supervisor of several.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Errors from here on come out in the chosen log format (main's last
+    // words read it), not only those after the subscriber is up: a bad
+    // certificate, `workers = 0` or a file's bad key printed plain text in
+    // JSON mode. The flag's choice holds from the start; the file's once
+    // it is read (a file that does not parse cannot say).
+    let empty = knobs::Values::new();
+    if let Some(format) = knobs::chosen_log_format(&args.flags, &empty) {
+        logging::choose(format);
+    }
     let inherited = crate::activation::take_from_env().map_err(UsageError)?;
     let activated = !inherited.is_empty();
-    let mut resolved = resolve_with(&args, inherited)?;
+    let file = config_values(&args)?;
+    if let Some(format) = knobs::chosen_log_format(&args.flags, &file) {
+        logging::choose(format);
+    }
+    let mut resolved = resolve_from(&args, file, inherited)?;
     if activated && resolved.processes > 1 {
         return Err(UsageError(
             "sockets passed by systemd are served by one process: drop --processes (each worker thread accepts from them)".into(),
@@ -433,6 +509,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         return crate::supervisor::run(args, serve_argv(), resolved.processes);
     }
     logging::init_for(resolved.log_format, args.worker_process);
+    warn_bound_beside_passed(&resolved.bound_beside_passed);
     let shared = match args.worker_process {
         Some(index) => {
             // Before the first subscription: this process's topics count

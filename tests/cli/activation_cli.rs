@@ -211,3 +211,21 @@ fn under_systemd_socket_activate() {
     let response = get(addr);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
+
+/// A TLS address megaconn binds itself (`--tls-listen`) beside a socket
+/// systemd passed is refused during every restart, where the passed one
+/// queues: the server says so at start, naming the address (it said
+/// nothing, and deploy/README.md promised no refusals).
+#[test]
+fn an_address_bound_beside_passed_sockets_is_warned_about() {
+    let http = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cmd = serve_with_fds(
+        &[http.as_raw_fd()],
+        "http",
+        &["--self-signed", "--tls-listen", "127.0.0.1:0"],
+    );
+    let serving = common::Serving::spawn(&mut cmd);
+    let line = serving.wait_for_log("beside the sockets systemd passed");
+    assert!(line.contains("127.0.0.1:0"), "{line}");
+    serving.stop();
+}

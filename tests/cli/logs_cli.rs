@@ -437,3 +437,68 @@ fn a_worker_process_last_words_say_its_index() {
         assert_eq!(serving.child.wait().code(), Some(0));
     }
 }
+
+/// `megaconn serve --config FILE` with `text` in FILE, to its (failing)
+/// end: its exit code and stderr, and the file's path.
+fn serve_config(text: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let (status, stderr) = common::run_to_exit(
+        megaconn()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0", "--admin", "off"])
+            .args(["--upgrade-socket", "off"]),
+    );
+    (status.code(), stderr, path.display().to_string())
+}
+
+/// With `log_format = "json"`, an error found after the config file is
+/// read is a JSON line too: a value the knob refuses (`workers = 0`) and a
+/// certificate that cannot be read. Both were plain text, printed before
+/// the log format was applied.
+#[test]
+fn in_json_mode_a_start_error_is_json() {
+    for (setting, needle) in [
+        ("workers = 0", "workers"),
+        (
+            "tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"",
+            "/nonexistent/",
+        ),
+    ] {
+        let (code, stderr, _) = serve_config(&format!("log_format = \"json\"\n{setting}\n"));
+        assert_eq!(code, Some(2), "{setting}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{setting}: {stderr}");
+        let line = json(lines[0]);
+        assert_eq!(line["level"], "ERROR", "{setting}: {stderr}");
+        let message = line["fields"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{setting}: {message}");
+    }
+}
+
+/// A config file's bad value names the file and the key (`workers = 0`
+/// said ``key `workers`: must be at least 1`` without the file), and a
+/// `tls_cert` without `tls_key` in the file names the file's keys (it said
+/// `--tls-cert needs --tls-key`, flags the operator never gave).
+#[test]
+fn a_config_error_names_the_file_and_its_keys() {
+    let (code, stderr, path) = serve_config("workers = 0\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "key `workers` in config file {path}: must be at least 1"
+        )),
+        "{stderr}"
+    );
+    let (code, stderr, path) = serve_config("tls_cert = \"/nonexistent/cert.pem\"\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "key `tls_cert` in config file {path} needs key `tls_key`"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--tls-cert needs"), "{stderr}");
+}

@@ -198,7 +198,7 @@ pub(crate) fn bind_all(config: &Config) -> Result<Bound, Error> {
             continue;
         }
         if !config.reuse_port_shared && requested.port() != 0 {
-            probe_free(requested)?;
+            probe_free(requested, config)?;
         }
         // Port 0 resolves on the first bind; the other workers join that port.
         let mut addr = requested;
@@ -248,13 +248,15 @@ fn listen_error(addr: SocketAddr, source: io::Error) -> Error {
 
 /// `SO_REUSEPORT` would let us silently share a port with another program running
 /// as the same user. Binding once without it first turns that into an error.
-fn probe_free(addr: SocketAddr) -> Result<(), Error> {
+/// It is made as the listeners will be ([`needs_v6_only`]), so that a
+/// dual-stack `[::]:P` finds a program on `0.0.0.0:P` too.
+fn probe_free(addr: SocketAddr, config: &Config) -> Result<(), Error> {
     let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|source| listen_error(addr, source))?;
     probe
         .set_reuse_address(true)
         .map_err(|source| listen_error(addr, source))?;
-    if addr.is_ipv6() {
+    if needs_v6_only(addr, config) {
         probe
             .set_only_v6(true)
             .map_err(|source| listen_error(addr, source))?;
@@ -264,13 +266,32 @@ fn probe_free(addr: SocketAddr) -> Result<(), Error> {
         .map_err(|source| listen_error(addr, source))
 }
 
+/// Whether IPv6 address `addr` must be bound `IPV6_V6ONLY`: only when the
+/// same listen set has an IPv4 address on its port. An IPv6 socket
+/// otherwise keeps the system's default (`net.ipv6.bindv6only`, 0 on
+/// Linux: `[::]:P` takes IPv4 connections too, as `axum::serve`'s tokio
+/// listener, Go's `:P` and a plain socket do). Beside `0.0.0.0:P` (or
+/// `127.0.0.1:P`) a dual-stack `[::]:P` would claim the IPv4 port too:
+/// without `SO_REUSEPORT` the second bind fails with `EADDRINUSE`, with it
+/// (ours) both join one group and IPv4 connections would be spread over
+/// the two addresses' sockets. v6-only there gives each address its own
+/// family, as the user listed them.
+fn needs_v6_only(addr: SocketAddr, config: &Config) -> bool {
+    addr.is_ipv6()
+        && addr.port() != 0
+        && config
+            .addrs
+            .iter()
+            .any(|a| a.is_ipv4() && a.port() == addr.port())
+}
+
 /// Makes a socket for `addr` with every option of `config` and binds it;
 /// `listen`: listens on it too (otherwise [`listen_bound`] does, later).
 fn bind_one(addr: SocketAddr, config: &Config, listen: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
-    if addr.is_ipv6() {
+    if needs_v6_only(addr, config) {
         socket.set_only_v6(true)?;
     }
     set_connection_options(&socket, config)?;

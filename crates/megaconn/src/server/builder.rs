@@ -584,8 +584,10 @@ impl ServerHandle {
 
     /// The server's metrics as Prometheus text: a snapshot summed over workers,
     /// rendered by [`metrics::render`](crate::observe::metrics::render) (names and types
-    /// are listed there). Serve it at `/metrics`; cheap enough to scrape every
-    /// second.
+    /// are listed there). Serve it at `/metrics` with the content type
+    /// [`metrics::OPENMETRICS_CONTENT_TYPE`](crate::metrics::OPENMETRICS_CONTENT_TYPE)
+    /// (it is OpenMetrics text: labelled `text/plain; version=0.0.4` its
+    /// counters parse as untyped); cheap enough to scrape every second.
     pub fn render_metrics(&self) -> String {
         crate::observe::metrics::render(&self.stats())
     }

@@ -33,6 +33,7 @@ mod blocking;
 mod drain;
 mod drain_awake;
 mod drain_woken;
+mod dual_stack;
 mod framed;
 mod framed_halfopen;
 mod framed_limits;
