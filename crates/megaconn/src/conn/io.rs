@@ -318,7 +318,12 @@ impl<T: Transport> ConnIo<T> {
     /// dropped: the peer that did not take it in time would not take it
     /// now, and the flush would only hold the connection `CLOSE_TIMEOUT`
     /// longer.
-    pub(crate) async fn close(&mut self, reason: CloseReason) {
+    ///
+    /// Returns whether its flush went through: everything buffered, here
+    /// and in the stream (a TLS session's sealed records), was handed to
+    /// the kernel. A WebSocket's close tells its confirmed pushes by it
+    /// (over TLS, a buffer that left here may still sit in the session).
+    pub(crate) async fn close(&mut self, reason: CloseReason) -> bool {
         if reason == CloseReason::WriteTimeout {
             if let Some(wbuf) = self.buffers.wbuf.as_mut() {
                 wbuf.clear();
@@ -331,6 +336,7 @@ impl<T: Transport> ConnIo<T> {
         } else {
             CLOSE_TIMEOUT
         };
+        let mut flushed = false;
         let _ = tokio::time::timeout(bound, async {
             // The stream's own flush too, even with nothing buffered here:
             // a TLS stream may hold the sealed tail of what this buffer
@@ -339,6 +345,7 @@ impl<T: Transport> ConnIo<T> {
             // is what the peer did not take in time (see above).
             if reason != CloseReason::WriteTimeout {
                 poll_fn(|cx| self.poll_flush(cx)).await?;
+                flushed = true;
             }
             if linger && reason.truncates() {
                 poll_fn(|cx| self.io.poll_shutdown_truncated(cx)).await?;
@@ -351,6 +358,7 @@ impl<T: Transport> ConnIo<T> {
             Ok::<_, io::Error>(())
         })
         .await;
+        flushed
     }
 }
 
@@ -693,5 +701,41 @@ mod tests {
         // Not a TCP socket: no count, no progress but our writes'.
         let (unix, _other) = std::os::unix::net::UnixStream::pair().unwrap();
         assert_eq!(bytes_acked(std::os::fd::AsRawFd::as_raw_fd(&unix)), None);
+    }
+
+    /// `close` says whether its flush went through (a WebSocket's close
+    /// tells its confirmed pushes by it): not while the peer takes
+    /// nothing (bounded by the close's timeout, on paused time), yes once
+    /// it reads. It was discarded: over TLS a buffer handed to the session
+    /// but never sent told its pushes `Ok` (review, session 46).
+    #[tokio::test(start_paused = true)]
+    async fn close_says_whether_its_flush_went() {
+        use tokio::io::AsyncReadExt;
+        for reads in [false, true] {
+            let (ours, mut theirs) = tokio::io::duplex(64);
+            let stats = std::sync::Arc::new(WorkerStats::default());
+            let config = std::sync::Arc::new(Config::default());
+            let ctx = Rc::new(WorkerContext::new(0, config, stats, None));
+            let mut conn = ConnIo::new(ours, ctx);
+            conn.wbuf().extend_from_slice(&[7; 1024]);
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                if reads {
+                    let _ = theirs.read_to_end(&mut got).await;
+                } else {
+                    // Held open, read from no more.
+                    std::future::pending::<()>().await;
+                }
+                got.len()
+            });
+            let flushed = conn.close(CloseReason::ServerClosed).await;
+            assert_eq!(flushed, reads, "reads: {reads}");
+            drop(conn);
+            if reads {
+                assert_eq!(reader.await.unwrap(), 1024);
+            } else {
+                reader.abort();
+            }
+        }
     }
 }

@@ -68,7 +68,11 @@ pub enum Undelivered {
     /// The connection's framing cannot carry the message (over a framed
     /// listener's `max_frame_bytes`, a line ending or bytes not UTF-8 on
     /// a lines listener): counted in
-    /// `megaconn_limit_hits_total{limit="push_unframable"}`.
+    /// `megaconn_limit_hits_total{limit="push_unframable"}`. (Also, a bug
+    /// of the server's, logged as an error: a connection whose wire
+    /// format its worker does not have; counted in
+    /// `megaconn_message_queue_drops_total` then, as its framing is not
+    /// at fault.)
     #[error("the connection's framing cannot carry the message (push_unframable)")]
     Unframable,
     /// The server shut down before the message went: its worker stopped

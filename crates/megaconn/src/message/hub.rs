@@ -124,6 +124,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -779,15 +780,18 @@ impl Hub {
     /// [`CloseReason::Reset`](crate::CloseReason::Reset) (counted as
     /// `megaconn_connections_closed_total{reason="reset"}`). Parked or
     /// awake alike (a parked one is woken to close, as for `close`); a
-    /// frame the peer is in the middle of sending is not waited for. Not
-    /// yet at once in two cases: an awake connection in the middle of a
-    /// write its peer does not take (or resuming a push it owes) ends that
-    /// write first, at its write bound, and then closes as that write's
-    /// end says (`WriteTimeout` or `SlowConsumer`, not a reset); and one
-    /// whose handlers are busy (`on_message` in progress, then any whole
-    /// messages already read) is reset once they return, the pushes
-    /// queued before the reset not written (a framed connection's replies
-    /// go first). A reset after a `close` that has not closed
+    /// frame the peer is in the middle of sending is not waited for, nor
+    /// a write its peer does not take (a push, or the rest of one its
+    /// parked socket took part of): it ends there, the frame cut short
+    /// (until session 47 it ended at its write bound, and closed as
+    /// `WriteTimeout` or `SlowConsumer`, with a FIN). Not at once in one
+    /// case: a connection whose handlers are busy (`on_message` in
+    /// progress, then any whole messages already read) is reset once they
+    /// return, the pushes queued before the reset not written (a framed
+    /// connection's replies go first); if a write of pushes made while the
+    /// handler awaits is under way, it ends at once as above and the
+    /// handler's future is dropped, as for any close that ends that
+    /// write. A reset after a `close` that has not closed
     /// the connection yet takes its place, and a `close` after a reset
     /// does not undo it.
     ///
@@ -1025,6 +1029,9 @@ pub(crate) struct Inbox {
     /// [`Hub::close`] reached it: the connection closes once the queue
     /// before it is written; nothing is queued after it.
     kicked: RefCell<Option<Kick>>,
+    /// The task of a write under way, woken when [`Hub::reset`] reaches
+    /// the connection ([`Inbox::reset_asked`]).
+    reset_waker: RefCell<Option<Waker>>,
     /// Its connection's close was reported while this inbox was
     /// registered (framed TCP and SSE close holding it): its registration's
     /// drop does not take it for a connection leaving (`worker.rs`).
@@ -1043,6 +1050,7 @@ impl Inbox {
             notify: Notify::new(),
             overflowed: Cell::new(false),
             kicked: RefCell::default(),
+            reset_waker: RefCell::default(),
             ended: Cell::new(false),
         }
     }
@@ -1064,6 +1072,9 @@ impl Inbox {
         // A reset takes the place of a close still waiting for its queue.
         if kick.is_reset() {
             *kicked = Some(kick);
+            if let Some(writing) = self.reset_waker.take() {
+                writing.wake();
+            }
         } else {
             kicked.get_or_insert(kick);
         }
@@ -1183,6 +1194,26 @@ impl Inbox {
         while !self.overflowed.get() {
             self.notify.notified().await;
         }
+    }
+
+    /// Resolves once [`Hub::reset`] reached the connection (never
+    /// otherwise): polled beside [`Inbox::overflow`] by a write its peer
+    /// does not take, which then ends at once and resets, instead of at
+    /// its write bound. Its own waker, not the queue's `Notify`: two
+    /// waiters there take each other's `notify_one` (a push's wake-up
+    /// taken by this one left an overflow unseen).
+    pub(crate) async fn reset_asked(&self) {
+        std::future::poll_fn(|cx| {
+            if self.kicked.borrow().as_ref().is_some_and(Kick::is_reset) {
+                return Poll::Ready(());
+            }
+            let mut waker = self.reset_waker.borrow_mut();
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 

@@ -1,8 +1,8 @@
 //! [`MessageIo`]: the socket of an awake message connection (framed TCP,
 //! Server-Sent Events; a WebSocket's when it can park), and what every
 //! message protocol does with it the same way: write a batch bounded by a
-//! write limit and ended by an overflow of its push queue
-//! ([`MessageIo::write_out`]), write what a push left owed while it was
+//! write limit and ended by an overflow of its push queue or a
+//! `Hub::reset` ([`MessageIo::write_out`]), write what a push left owed while it was
 //! parked, to resume ([`MessageIo::resume_owed`]) or to close
 //! ([`MessageIo::write_owed`]), decrypt what woke it over TLS
 //! ([`prefetch_woken`]), and say `close_notify` at the end
@@ -134,6 +134,12 @@ impl MessageIo {
     /// first): what it owes (`Local::take_owed`) goes raw first, as an
     /// awake write bounded by `limit` and ended by an overflow of `awake`'s
     /// queue ([`write_owed_resuming`]); then the connection goes on awake.
+    /// A [`Hub::reset`](crate::Hub::reset) meanwhile ends it at once: the
+    /// push counts as dropped (its waiter hears `Closed`), the socket is
+    /// made to reset ([`MessageIo::reset_on_close`]) and the cut says
+    /// [`CloseReason::Reset`], with no rest to write. (It ended at the
+    /// write bound, as a slow consumer closed with a FIN: review, session
+    /// 46.)
     pub(crate) async fn resume_owed(
         &mut self,
         owed: Unsent,
@@ -142,10 +148,32 @@ impl MessageIo {
         counters: &MessageCounters,
     ) -> Result<(), OwedCut> {
         let fd = Some(self.raw_fd());
-        write_owed_resuming(owed, (limit, fd), awake, counters, |cx, b| {
-            self.poll_write_raw(cx, b)
+        let ended = {
+            // Dropped when the reset comes first: its guard counts the
+            // push dropped (`write_owed_resuming`).
+            let mut writing = pin!(write_owed_resuming(
+                owed,
+                (limit, fd),
+                awake,
+                counters,
+                |cx, b| self.poll_write_raw(cx, b)
+            ));
+            let mut reset = pin!(reset_asked(awake));
+            poll_fn(|cx| {
+                if reset.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                writing.as_mut().poll(cx).map(Some)
+            })
+            .await
+        };
+        ended.unwrap_or_else(|| {
+            self.reset_on_close();
+            Err(OwedCut {
+                reason: CloseReason::Reset,
+                rest: None,
+            })
         })
-        .await
     }
 
     /// The end of a connection closed for `reason`: over TLS, our own
@@ -170,7 +198,11 @@ impl MessageIo {
     /// counted in `stats` and logged as `flood` naming `peer`
     /// (`WriteTimeout`), and ended when `awake`'s push queue overflows
     /// meanwhile (`SlowConsumer`: the caller writes the rest of the frame
-    /// under way). `*at` says how much of `head` went, whatever the end.
+    /// under way) or [`Hub::reset`](crate::Hub::reset) reaches it
+    /// (`Reset`: the socket made to reset, [`MessageIo::reset_on_close`],
+    /// and nothing more is to be written; it ended at the write bound, and
+    /// closed with a FIN: review, session 46). `*at` says how much of
+    /// `head` went, whatever the end.
     pub(crate) async fn write_out(
         &mut self,
         (head, at): (&[u8], &mut usize),
@@ -188,11 +220,15 @@ impl MessageIo {
             Poll::Pending => {
                 let mut bound = WriteBound::new(limit(), Some(self.raw_fd()));
                 let mut overflowed = pin!(Awake::overflowed(awake));
-                poll_fn(|cx| {
+                let mut reset = pin!(reset_asked(awake));
+                let written = poll_fn(|cx| {
                     let before = (*at, pushes.written());
                     let written = self.poll_out(pushes, cx, head, at);
                     if let Poll::Ready(written) = written {
                         return Poll::Ready(written.map_err(io_error));
+                    }
+                    if reset.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(CloseReason::Reset));
                     }
                     if overflowed.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Err(CloseReason::SlowConsumer));
@@ -203,7 +239,11 @@ impl MessageIo {
                     }
                     Poll::Pending
                 })
-                .await
+                .await;
+                if written == Err(CloseReason::Reset) {
+                    self.reset_on_close();
+                }
+                written
             }
         }
     }
@@ -220,6 +260,17 @@ impl MessageIo {
     ) -> Poll<io::Result<()>> {
         std::task::ready!(pushes.poll_write(Pin::new(&mut *self), cx, head, at))?;
         Pin::new(self).poll_flush(cx)
+    }
+}
+
+/// Resolves once [`Hub::reset`](crate::Hub::reset) reached the connection
+/// of `awake` ([`Inbox::reset_asked`](crate::message::hub::Inbox::reset_asked));
+/// never without one (no hub). A write its peer does not take polls it
+/// beside [`Awake::overflowed`], to end at once on a reset.
+pub(crate) async fn reset_asked(awake: Option<&Awake>) {
+    match awake {
+        Some(awake) => awake.inbox.reset_asked().await,
+        None => std::future::pending().await,
     }
 }
 

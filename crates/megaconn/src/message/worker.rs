@@ -801,7 +801,7 @@ impl Local {
                 None => return Step::Skipped,
             };
             let wires = self.wires.borrow();
-            let unframable = msg.unframable + msg.no_wire;
+            let (unframable, no_wire) = (msg.unframable, msg.no_wire);
             let delivered = self.deliver_one(fd, generation, &mut msg, &wires, &sets, &mut waiter);
             if delivered == Delivered::Replaced {
                 // A subscriber that closed without its close reaching its
@@ -817,8 +817,12 @@ impl Local {
             // the id of a send, a topic's subscriber, a broadcast's
             // connection found closing. (One its wire could not frame is
             // counted as such.)
-            let framable = msg.unframable + msg.no_wire == unframable;
-            if !handed && framable {
+            let framable = (msg.unframable, msg.no_wire) == (unframable, no_wire);
+            // One on a wire its worker does not have (a bug of the
+            // server's, logged by `Encoded::on`) missed it too: a drop, not
+            // a push its framing cannot carry. (It was counted nowhere:
+            // review, session 46.)
+            if (!handed && framable) || msg.no_wire != no_wire {
                 self.missed();
             }
             // Still here: written whole to a parked socket, or not handed
@@ -1521,6 +1525,40 @@ mod tests {
             local.deliver(push).await;
             let slow = std::task::Poll::Ready(Err(Undelivered::SlowConsumer));
             assert_eq!(poll(&mut refused), slow);
+        })
+        .await;
+    }
+
+    /// A push to a connection whose wire its worker does not have (a bug
+    /// of the server's) is counted once, in `queue_drops` (not in
+    /// `push_unframable`: its framing is not at fault), and a confirmed
+    /// one resolves `Unframable`. It was counted nowhere (review,
+    /// session 46).
+    #[tokio::test]
+    async fn a_push_for_an_unknown_wire_counts_as_a_drop() {
+        use crate::message::confirm::Delivery;
+        use crate::observe::limits::LimitHit;
+        let ctx = worker_with_a_hub();
+        let set = tokio::task::LocalSet::new();
+        set.run_until(async {
+            let local = local(&ctx);
+            // Its table has one wire (id 0 of its own); the connection
+            // names another.
+            let table = local.table::<()>((ProtoTag(1), None), || vec![Rc::new(Plain)]);
+            let id = local.new_id(900_060);
+            let awake = local.awake(id, table.wire(0) + 7).unwrap();
+            local
+                .deliver(Push::To(id, "x".into(), hub::Kind::Auto))
+                .await;
+            let (waiter, delivery) = Delivery::new(id);
+            let confirmed = Push::Confirmed(waiter, "y".into(), hub::Kind::Auto);
+            local.deliver(confirmed).await;
+            assert_eq!(delivery.await, Err(Undelivered::Unframable));
+            let stats = &local.stats;
+            assert_eq!(stats.messages.queue_drops.load(Relaxed), 2);
+            let unframable = &stats.limit_hits[LimitHit::PushUnframable as usize];
+            assert_eq!(unframable.load(Relaxed), 0);
+            assert!(awake.inbox.take_up_to(TAKE_AT_ONCE).unwrap().is_empty());
         })
         .await;
     }

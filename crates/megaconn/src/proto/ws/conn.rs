@@ -78,7 +78,7 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
 use crate::message::deadline::MessageDeadline;
 use crate::message::hub::{Overflowed, Unsent, TAKE_AT_ONCE};
-use crate::message::io::{prefetch_woken, MessageIo};
+use crate::message::io::{prefetch_woken, reset_asked, MessageIo};
 use crate::message::live::Live;
 use crate::message::outbound::{Outbound, PushFrame};
 use crate::message::session::Session;
@@ -287,6 +287,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         let limit = || write_limit(&ctx.config, settings.heartbeat_timeout);
         if let Err(cut) = io.resume_owed(owed, awake.as_ref(), limit, counters).await {
             drop(awake);
+            // Reset for the hub while it wrote: nothing more, no close
+            // frame (`resume_owed` made the socket's close a reset).
+            if cut.reason == CloseReason::Reset {
+                return Ended::Close(live.close(cut.reason));
+            }
             let rest = cut.rest.map(|rest| (rest, Raw::Sealed));
             close_behind(&mut conn, rest, cut.reason, counters).await;
             return Ended::Close(live.close(cut.reason));
@@ -609,15 +614,28 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         }
         None => (reason, last_word(&mut conn, reason)),
     };
-    Box::pin(conn.close(io_reason)).await;
+    let flushed = Box::pin(conn.close(io_reason)).await;
     let went = conn.wbuf_len() <= appended;
     out.unwritten.settle(owed, went, counters);
-    if went {
+    // Confirmed pushes hear `Ok` once their bytes are in the kernel: on a
+    // bare socket, once they left the buffer; over TLS (or a caller's
+    // transport) they may wait in the stream after that, until a flush
+    // that the close's tells of. (Only the buffer was looked at: a TLS
+    // close whose flush timed out told them `Ok`; review, session 46.
+    // The counters keep the buffer's word: `Hub::send_confirmed`.)
+    if went && (flushed || !holds_after_write(&conn.io)) {
         for waiter in waiters {
             waiter.resolve(Ok(()));
         }
     }
     Ended::Close(live.close(reason))
+}
+
+/// Whether bytes written to `io` may wait in it, not yet in the kernel,
+/// until its flush: a TLS session's sealed records, or a caller's own
+/// transport (which may buffer). A bare socket holds none.
+fn holds_after_write(io: &WsIo) -> bool {
+    !matches!(io, Either::Left(MessageIo::Plain(_) | MessageIo::Tcp(_)))
 }
 
 /// How the rest of a slow consumer's push is written at its close.
@@ -884,7 +902,11 @@ fn write_limit(
 }
 
 /// [`flush`] once the socket did not take it all at once: bounded, and
-/// ended by an overflow of the push queue.
+/// ended by an overflow of the push queue or by a
+/// [`Hub::reset`](crate::Hub::reset), at once: the socket made to reset
+/// (`reset_on_close`), and the close writes nothing more. (A reset waited
+/// for the write bound, then closed as `WriteTimeout` with a FIN: review,
+/// session 46.)
 async fn flush_stuck(
     conn: &mut ConnIo<WsIo>,
     pushes: &mut Outbound,
@@ -898,10 +920,17 @@ async fn flush_stuck(
     let socket = Some(parked_fd(&conn.io)).filter(|fd| *fd >= 0);
     let mut bound = WriteBound::new(limit, socket);
     let mut overflowed = pin!(Awake::overflowed(awake));
+    let mut reset = pin!(reset_asked(awake));
     poll_fn(|cx| {
         let before = (conn.wbuf_len(), pushes.written());
         if let Poll::Ready(flushed) = poll_out(conn, pushes, cx) {
             return Poll::Ready(flushed.map_err(io_error));
+        }
+        if reset.as_mut().poll(cx).is_ready() {
+            if let Either::Left(io) = &conn.io {
+                io.reset_on_close();
+            }
+            return Poll::Ready(Err(Next::Close(CloseReason::Reset, None)));
         }
         if overflowed.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(Next::Close(CloseReason::SlowConsumer, None)));
