@@ -1317,7 +1317,6 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         ConstGauge::new(n).encode(family.encode_family(&[("protocol", *protocol)])?)?;
     }
-    drop(family);
     rooms(e, &m.rooms)
 }
 
