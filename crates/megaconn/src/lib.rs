@@ -191,7 +191,7 @@ pub use proto::http2::{
 };
 pub use proto::sse::{SseBody, SseEvent, SseHandler, SseRoute, DEFAULT_SSE_PING_INTERVAL};
 pub use proto::ws::{
-    WebSocketHandler, WebSocketRoute, WsMessage, WsSession, DEFAULT_WS_CLOSE_TIMEOUT,
+    WebSocketHandler, WebSocketRoute, WsClose, WsMessage, WsSession, DEFAULT_WS_CLOSE_TIMEOUT,
     DEFAULT_WS_HEARTBEAT_TIMEOUT, DEFAULT_WS_MAX_FRAME_BYTES, DEFAULT_WS_MAX_MESSAGE_BYTES,
     DEFAULT_WS_PING_INTERVAL, HEARTBEAT_TIMEOUT_PER_PING,
 };

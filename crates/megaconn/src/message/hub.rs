@@ -133,6 +133,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::conn::pool::MAX_POOLED_CAPACITY;
 use crate::message::confirm::{Delivery, Undelivered, Waiter};
 use crate::message::outbound::PushFrame;
+use crate::message::topics::Published;
 use crate::message::wire::WireId;
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
@@ -240,8 +241,9 @@ pub(crate) enum Push {
     /// ([`Hub::send_confirmed`]): the waiter holds the connection's id, so
     /// the entry is no larger than [`Push::To`]'s.
     Confirmed(Waiter, Bytes, Kind),
-    /// To the subscribers of a topic.
-    Topic(Arc<str>, Bytes, Kind),
+    /// To the subscribers of a topic (but one, with
+    /// [`Hub::publish_except`]).
+    Topic(Published, Bytes, Kind),
     /// To every message connection.
     All(Bytes, Kind),
     /// Close one connection ([`Hub::close`]): after what was pushed to it
@@ -250,6 +252,10 @@ pub(crate) enum Push {
     /// Close one connection at this time ([`Hub::close_after`]), or no
     /// more (`None`: [`Hub::cancel_close_after`]).
     Deadline(ConnectionId, Option<tokio::time::Instant>),
+    /// Close one connection at this time with this close
+    /// ([`Hub::close_after_with`]); boxed, so that a hub message stays 56
+    /// bytes.
+    DeadlineWith(ConnectionId, tokio::time::Instant, Box<Kick>),
 }
 
 /// How a pushed message goes to a WebSocket (other wires frame bytes as
@@ -273,8 +279,9 @@ impl Push {
             | Push::Confirmed(_, payload, _)
             | Push::All(payload, _)
             | Push::Close(_, _, payload) => payload.len(),
-            Push::Topic(topic, payload, _) => topic.len() + payload.len(),
+            Push::Topic(topic, payload, _) => topic.topic().len() + payload.len(),
             Push::Deadline(..) => 0,
+            Push::DeadlineWith(_, _, kick) => kick.reason.len(),
         };
         i64::try_from(std::mem::size_of::<Push>() + held).unwrap_or(i64::MAX)
     }
@@ -842,6 +849,34 @@ impl Hub {
         self.to_worker_of(id, Push::Deadline(id, Some(at)))
     }
 
+    /// [`close_after`](Hub::close_after) with the WebSocket close code and
+    /// reason to send when the time comes, as
+    /// [`close_with`](Hub::close_with) takes them (a code that may not be
+    /// sent is refused here, [`HubError::CloseCode`], and nothing is
+    /// queued): an authentication deadline that says so (4001,
+    /// "authentication timeout"), an idle kick with 1000. Replaces, and is
+    /// cancelled by, `close_after` and
+    /// [`cancel_close_after`](Hub::cancel_close_after) alike. Costs one
+    /// allocation per call (the close, boxed to keep hub messages at 56
+    /// bytes) and, while it waits, the close beside the deadline's entry
+    /// in its worker.
+    pub fn close_after_with(
+        &self,
+        id: ConnectionId,
+        after: Duration,
+        code: u16,
+        reason: &str,
+    ) -> Result<(), HubError> {
+        if !close_code_may_be_sent(code) {
+            return Err(HubError::CloseCode(code));
+        }
+        let reason = Bytes::copy_from_slice(close_reason(reason).as_bytes());
+        let now = tokio::time::Instant::now();
+        let at = now.checked_add(after.min(A_YEAR)).unwrap_or(now);
+        let kick = Box::new(Kick { code, reason });
+        self.to_worker_of(id, Push::DeadlineWith(id, at, kick))
+    }
+
     /// Cancels connection `id`'s [`close_after`](Hub::close_after) (none
     /// set: no change). Ordered with the hub's other calls for the
     /// connection, so a cancel made after a `close_after` cancels it, if
@@ -902,8 +937,45 @@ impl Hub {
     }
 
     fn publish_as(&self, topic: &str, message: Bytes, kind: Kind) -> Result<(), HubError> {
+        self.publish_to(Published::new(topic, None), message, kind)
+    }
+
+    /// [`publish`](Hub::publish) to every subscriber of `topic` but
+    /// `except` (a chat message to everyone in the room but its author,
+    /// who has it already). `except` need not be subscribed, nor open.
+    /// Costs what `publish` does: the skipped id travels in the publish's
+    /// one allocation (`message/topics.rs`'s `Published`), and each
+    /// worker drops it from the topic's members it lists anyway.
+    pub fn publish_except(
+        &self,
+        topic: &str,
+        message: impl Into<Bytes>,
+        except: ConnectionId,
+    ) -> Result<(), HubError> {
+        self.publish_to(
+            Published::new(topic, Some(except)),
+            message.into(),
+            Kind::Auto,
+        )
+    }
+
+    /// [`publish_except`](Hub::publish_except), as a binary message to
+    /// WebSockets whatever the bytes.
+    pub fn publish_binary_except(
+        &self,
+        topic: &str,
+        message: impl Into<Bytes>,
+        except: ConnectionId,
+    ) -> Result<(), HubError> {
+        self.publish_to(
+            Published::new(topic, Some(except)),
+            message.into(),
+            Kind::Binary,
+        )
+    }
+
+    fn publish_to(&self, topic: Published, message: Bytes, kind: Kind) -> Result<(), HubError> {
         self.fits(&message)?;
-        let topic: Arc<str> = topic.into();
         self.to_every_worker(|| Push::Topic(topic.clone(), message.clone(), kind))
     }
 

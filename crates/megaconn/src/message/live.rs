@@ -84,16 +84,32 @@ impl<'h, H, S> Live<'h, H, S> {
     /// Ends the connection: it leaves its topics, the handler hears why;
     /// returns the reason for the dispatcher to count.
     pub(crate) fn close(mut self, reason: CloseReason) -> CloseReason {
-        self.end(reason);
+        self.end(reason, self.on_close);
+        reason
+    }
+
+    /// [`Live::close`], the handler told by `on_close` instead of the
+    /// connection's callback: for a close that carries what that callback
+    /// cannot (a WebSocket peer's close frame, `proto/ws/conn.rs`).
+    pub(crate) fn close_by(
+        mut self,
+        reason: CloseReason,
+        on_close: impl FnOnce(&H, ConnectionId, S, CloseReason),
+    ) -> CloseReason {
+        self.end(reason, on_close);
         reason
     }
 
     /// A panic in `on_close` is caught (here it may run in a drop, during
     /// another unwinding, or on the parking lot's turn), counted and logged.
-    fn end(&mut self, reason: CloseReason) {
+    fn end(
+        &mut self,
+        reason: CloseReason,
+        on_close: impl FnOnce(&H, ConnectionId, S, CloseReason),
+    ) {
         if let Some(state) = self.state.take() {
             self.local.closed(self.id);
-            let (handler, on_close, id) = (self.handler, self.on_close, self.id);
+            let (handler, id) = (self.handler, self.id);
             let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 on_close(handler, id, state, reason)
             }));
@@ -107,6 +123,6 @@ impl<'h, H, S> Live<'h, H, S> {
 
 impl<H, S> Drop for Live<'_, H, S> {
     fn drop(&mut self) {
-        self.end(crate::conn::connection::dropped_reason());
+        self.end(crate::conn::connection::dropped_reason(), self.on_close);
     }
 }

@@ -374,6 +374,87 @@ pub enum SubscribeError {
     },
 }
 
+/// A publish's topic on its way to every worker: the name, when it was
+/// published (for `megaconn_publish_lag_seconds`) and the connection it
+/// skips ([`Hub::publish_except`](crate::Hub::publish_except): the
+/// author of a chat message), in one allocation shared by the workers, as
+/// the `Arc<str>` of the name alone was: a hub message stays 56 bytes
+/// (`hub.rs`'s `a_queued_message_is_56_bytes`) and a publish makes one
+/// allocation, excluding or not.
+///
+/// Laid out as [`PUBLISHED_HEADER`] bytes (the publish's time, in
+/// nanoseconds since the process's first publish; the skipped connection's
+/// descriptor and generation, generation 0 for none, as generations count
+/// from 1) and the name's bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct Published(Arc<[u8]>);
+
+/// The bytes before a [`Published`] topic's name: 8 of time, 4 of
+/// descriptor, 8 of generation.
+const PUBLISHED_HEADER: usize = 20;
+
+/// When the process first published: what a [`Published`] time counts from.
+fn publish_epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+impl Published {
+    /// `topic`, published now, to every subscriber but `except`.
+    pub(crate) fn new(topic: &str, except: Option<ConnectionId>) -> Published {
+        let at = publish_epoch().elapsed().as_nanos();
+        let at = u64::try_from(at).unwrap_or(u64::MAX);
+        let (fd, generation) = except.map_or((0, 0), |id| (id.fd(), id.generation()));
+        let mut header = [0u8; PUBLISHED_HEADER];
+        header[..8].copy_from_slice(&at.to_le_bytes());
+        header[8..12].copy_from_slice(&fd.to_le_bytes());
+        header[12..].copy_from_slice(&generation.to_le_bytes());
+        // One allocation: the iterator knows its length (`TrustedLen`).
+        Published(header.into_iter().chain(topic.bytes()).collect())
+    }
+
+    /// The topic's name.
+    pub(crate) fn topic(&self) -> &str {
+        std::str::from_utf8(&self.0[PUBLISHED_HEADER..]).expect("made from a str")
+    }
+
+    /// The connection the publish skips: its descriptor and generation.
+    fn except(&self) -> Option<(RawFd, Generation)> {
+        let fd = RawFd::from_le_bytes(self.0[8..12].try_into().expect("4 bytes"));
+        let generation = Generation::from_le_bytes(self.0[12..20].try_into().expect("8 bytes"));
+        (generation != 0).then_some((fd, generation))
+    }
+
+    /// How long ago it was published.
+    fn waited(&self) -> std::time::Duration {
+        let at = u64::from_le_bytes(self.0[..8].try_into().expect("8 bytes"));
+        let now = publish_epoch().elapsed();
+        now.saturating_sub(std::time::Duration::from_nanos(at))
+    }
+
+    /// A worker took the publish from its hub queue: the lag it waited
+    /// there is observed once (in `stats`, if counted), and its recipients
+    /// are the topic's members on this worker now, but the one it skips.
+    pub(crate) fn recipients(
+        &self,
+        topics: &Topics,
+        stats: &WorkerStats,
+    ) -> Vec<(RawFd, Generation)> {
+        stats.messages.rooms.publish_waited(self.waited());
+        let mut members = topics.members(self.topic());
+        if let Some(except) = self.except() {
+            members.retain(|member| *member != except);
+        }
+        members
+    }
+}
+
+impl From<&str> for Published {
+    fn from(topic: &str) -> Published {
+        Published::new(topic, None)
+    }
+}
+
 /// A topic's subscriber at a descriptor: which connection (its
 /// generation), and where the topic is in that connection's list (for an
 /// unsubscribe without a scan). The generation is kept as two `u32`s so

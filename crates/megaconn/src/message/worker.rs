@@ -109,6 +109,11 @@ pub(crate) struct Local {
 #[derive(Default)]
 struct Deadlines {
     by_fd: HashMap<RawFd, (Generation, Instant)>,
+    /// The close of a deadline set with its own code
+    /// ([`Hub::close_after_with`](crate::Hub::close_after_with)), by
+    /// descriptor, beside its entry in `by_fd`: empty unless one was (a
+    /// plain `close_after` closes with 1008 and keeps nothing here).
+    kicks: HashMap<RawFd, Kick>,
     due: BTreeSet<(Instant, RawFd, Generation)>,
     /// Wakes the timer task to look at the earliest deadline again; `None`
     /// while none runs.
@@ -127,6 +132,7 @@ impl Deadlines {
         let held = self.by_fd.get(&fd).copied();
         if let Some((g, at)) = held.filter(|(g, _)| generation.is_none_or(|want| *g == want)) {
             self.by_fd.remove(&fd);
+            self.kicks.remove(&fd);
             self.due.remove(&(at, fd, g));
             if self.by_fd.len() * 4 < self.by_fd.capacity() {
                 let room = self.by_fd.len() * 2;
@@ -548,6 +554,17 @@ impl Local {
     /// race with its close), or takes it away (`None`). Starts the timer
     /// task if none runs, else wakes it to look at the earliest again.
     fn set_deadline(self: &Rc<Self>, id: ConnectionId, at: Option<Instant>) {
+        self.set_deadline_with(id, at, None);
+    }
+
+    /// [`Local::set_deadline`], closing with `kick` (`None`: 1008, as
+    /// [`Hub::close`](crate::Hub::close)) when it comes.
+    fn set_deadline_with(
+        self: &Rc<Self>,
+        id: ConnectionId,
+        at: Option<Instant>,
+        kick: Option<Kick>,
+    ) {
         // Only for the connection open on its descriptor: a deadline or a
         // cancel for one that closed (queued before its close, taken after)
         // would otherwise replace or remove the deadline of the connection
@@ -559,6 +576,9 @@ impl Local {
         deadlines.remove(id.fd(), None);
         let Some(at) = at else { return };
         deadlines.by_fd.insert(id.fd(), (id.generation(), at));
+        if let Some(kick) = kick {
+            deadlines.kicks.insert(id.fd(), kick);
+        }
         deadlines.due.insert((at, id.fd(), id.generation()));
         match &deadlines.timer {
             Some(timer) => timer.notify_one(),
@@ -581,8 +601,9 @@ impl Local {
                 let mut deadlines = self.deadlines.borrow_mut();
                 match deadlines.due.first().copied() {
                     Some((at, fd, generation)) if at <= now => {
+                        let kick = deadlines.kicks.remove(&fd);
                         deadlines.remove(fd, Some(generation));
-                        self.id(fd, generation)
+                        (self.id(fd, generation), kick)
                     }
                     Some((at, _, _)) => return Some(at),
                     None => {
@@ -591,10 +612,11 @@ impl Local {
                     }
                 }
             };
-            let kick = Kick {
+            let (due, kick) = due;
+            let kick = kick.unwrap_or(Kick {
                 code: hub::POLICY_VIOLATION,
                 reason: bytes::Bytes::new(),
-            };
+            });
             self.kick(due, kick);
         }
     }
@@ -701,7 +723,7 @@ impl Local {
                 Encoded::new(payload, kind),
             ),
             Push::Topic(topic, payload, kind) => {
-                let members = self.topics.borrow().members(&topic);
+                let members = topic.recipients(&self.topics.borrow(), &self.stats);
                 (
                     Recipients::Listed(members.into_iter()),
                     Encoded::new(payload, kind),
@@ -722,7 +744,7 @@ impl Local {
                 };
                 (every, Encoded::new(payload, kind))
             }
-            Push::Close(..) | Push::Deadline(..) | Push::Confirmed(..) => {
+            Push::Close(..) | Push::Deadline(..) | Push::DeadlineWith(..) | Push::Confirmed(..) => {
                 unreachable!("`deliver` closes, or sends a confirmed one as `To`")
             }
         }
@@ -772,6 +794,9 @@ impl Local {
         let push = match push {
             Push::Close(id, code, reason) => return self.kick(id, Kick { code, reason }),
             Push::Deadline(id, at) => return self.set_deadline(id, at),
+            Push::DeadlineWith(id, at, kick) => {
+                return self.set_deadline_with(id, Some(at), Some(*kick))
+            }
             Push::Confirmed(w, payload, kind) => {
                 let to = w.to();
                 waiter = Some(w);

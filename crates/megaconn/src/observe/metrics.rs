@@ -70,6 +70,8 @@
 //! | `megaconn_message_hub_queued_bytes` | gauge | |
 //! | `megaconn_message_subscriptions` | gauge | |
 //! | `megaconn_message_connections` | gauge | `protocol` (`framed`, `websocket`, `sse`: [`MESSAGE_PROTOCOL_LABELS`]) |
+//! | `megaconn_ws_closes_total` | counter | `direction` (`sent`, `received`), `code` ([`WS_CLOSE_CODE_LABELS`]: `1000`, `1001`, `1006`, `4xxx`, `other`, …) |
+//! | `megaconn_publish_lag_seconds` | histogram | |
 //!
 //! The `message_` series count message protocols' connections (framed
 //! TCP, WebSocket and SSE): frames (messages) and their bytes with
@@ -116,6 +118,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::observe::close::CloseReason;
+pub use crate::observe::rooms::{
+    RoomStats, WS_CLOSE_CODES, WS_CLOSE_CODE_LABELS, WS_CLOSE_DIRECTION_LABELS,
+};
 use crate::observe::stats::{MessageStats, ServerStats, StatsSource, TlsStats, WorkerStats};
 use crate::observe::trace::{ErrorClass, SpanSlot};
 
@@ -1312,7 +1317,39 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         ConstGauge::new(n).encode(family.encode_family(&[("protocol", *protocol)])?)?;
     }
-    Ok(())
+    rooms(e, &m.rooms)
+}
+
+/// The rooms' series (`observe/rooms.rs`): WebSocket closes by code and
+/// publish lag.
+fn rooms(e: &mut DescriptorEncoder, r: &RoomStats) -> Result<(), fmt::Error> {
+    {
+        let mut family = e.encode_descriptor(
+            "ws_closes",
+            "Native WebSocket closes, by who began the close (sent: the server, received: the peer) and its close code (1006: without a close frame; 1005: a frame without a code; 3xxx, 4xxx: application codes; other: any other).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (direction, counts) in WS_CLOSE_DIRECTION_LABELS.iter().zip(&r.ws_closes) {
+            for (code, n) in WS_CLOSE_CODE_LABELS.iter().zip(counts) {
+                let labels = [("direction", *direction), ("code", *code)];
+                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
+    let mut m = e.encode_descriptor(
+        "publish_lag",
+        "How long a publish waited in a worker's hub queue before the worker began handing it to the topic's members: one observation per publish per worker.",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    let h = &r.publish_lag;
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        h.sum.as_secs_f64(),
+        h.count(),
+        &h.per_bucket(),
+        None,
+    )
 }
 
 fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), fmt::Error> {

@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod otel;
 pub(crate) mod ratelog;
 pub(crate) mod registry;
+pub(crate) mod rooms;
 pub(crate) mod stats;
 pub(crate) mod trace;

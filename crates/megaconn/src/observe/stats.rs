@@ -160,6 +160,8 @@ pub(crate) struct MessageCounters {
     /// Subscriptions held on this worker: connections × their topics (a
     /// gauge, moved by the worker's thread only, `message/topics.rs`).
     pub subscriptions: AtomicI64,
+    /// WebSocket closes by code, publish lag (`observe/rooms.rs`).
+    pub rooms: crate::observe::rooms::RoomCounters,
 }
 
 /// Message protocols' counters (framed TCP; WebSocket), summed over workers.
@@ -217,6 +219,10 @@ pub struct MessageStats {
     /// Their sum is
     /// [`ServerHandle::message_connections`](crate::ServerHandle::message_connections).
     pub connections_by_protocol: [u64; MESSAGE_PROTOCOLS],
+    /// Native WebSocket closes by code and who began them, and how long
+    /// publishes waited in the workers' hub queues
+    /// (`megaconn_ws_closes_total`, `megaconn_publish_lag_seconds`).
+    pub rooms: crate::observe::rooms::RoomStats,
 }
 
 impl MessageStats {
@@ -234,6 +240,7 @@ impl MessageStats {
         self.hub_queued += c.hub_queued.load(Relaxed).max(0) as u64;
         self.hub_queued_bytes += c.hub_queued_bytes.load(Relaxed).max(0) as u64;
         self.subscriptions += c.subscriptions.load(Relaxed).max(0) as u64;
+        self.rooms.add(&c.rooms);
         for (sum, n) in self
             .connections_by_protocol
             .iter_mut()

@@ -86,6 +86,7 @@ mod ws_api;
 mod ws_h2;
 mod ws_halfopen;
 mod ws_handler_wait;
+mod ws_rooms;
 
 /// The system allocator, noting the largest allocation it was asked for.
 struct NotesLargest;

@@ -302,10 +302,8 @@ fn lone_close(read: &[u8]) -> bool {
 /// Returns the close frame's length (0 when it sends none), for what was
 /// buffered before it to be counted if it went (`conn.rs`).
 pub(crate) fn last_word<T: Transport>(conn: &mut ConnIo<T>, reason: CloseReason) -> usize {
-    let (code, why) = match reason {
-        CloseReason::HeartbeatTimeout => (INTERNAL_ERROR, "heartbeat timeout"),
-        CloseReason::SlowConsumer => (TRY_AGAIN_LATER, "slow consumer"),
-        _ => return 0,
+    let Some((code, why)) = last_word_for(reason) else {
+        return 0;
     };
     let before = conn.wbuf_len();
     frame::encode_close(conn.wbuf(), code, why);
@@ -318,6 +316,24 @@ pub(crate) fn last_word<T: Transport>(conn: &mut ConnIo<T>, reason: CloseReason)
         }
     }
     queued - before
+}
+
+/// The close frame [`last_word`] tells a peer closed for `reason`, if any.
+fn last_word_for(reason: CloseReason) -> Option<(u16, &'static str)> {
+    match reason {
+        CloseReason::HeartbeatTimeout => Some((INTERNAL_ERROR, "heartbeat timeout")),
+        CloseReason::SlowConsumer => Some((TRY_AGAIN_LATER, "slow consumer")),
+        _ => None,
+    }
+}
+
+/// The code of the close frame [`last_word`] queued for `reason`, given
+/// what it returned (`said`: 0 when it queued none), for the close-code
+/// counter (`observe/rooms.rs`).
+pub(crate) fn last_word_code(reason: CloseReason, said: usize) -> Option<u16> {
+    last_word_for(reason)
+        .filter(|_| said > 0)
+        .map(|(code, _)| code)
 }
 
 #[cfg(test)]

@@ -88,12 +88,13 @@ use crate::message::MessageSettings;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::ratelog::{self, Flood};
+use crate::observe::rooms::{closer_without_peer_frame, Closer, NO_STATUS};
 use crate::observe::stats::{add, incr, MessageCounters};
 use crate::proto::handling::{while_handling, Draining};
-use crate::proto::ws::closing::{close_handshake, last_word, FrameEnds};
+use crate::proto::ws::closing::{close_handshake, last_word, last_word_code, FrameEnds};
 use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
-use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
+use crate::proto::ws::handler::{on_closed, ErasedRoute, WebSocketHandler, WsClose, WsSession};
 use crate::proto::ws::route::{Route, Settings};
 use crate::proto::ws::{
     parked_fd, poll_write_unsent, Start, Tables, WsIo, WsParked, INTERNAL_ERROR, MESSAGE_TOO_BIG,
@@ -191,7 +192,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             ));
             let mut live = Live::new(
                 &route.handler,
-                H::on_close_with_id,
+                on_closed::<H>,
                 // The upgrade hook's state (of this route: its type).
                 opened
                     .and_then(|state| state.downcast::<H::State>().ok())
@@ -200,6 +201,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 &tables.local,
             );
             if let Err(reason) = live.open(|h, state| h.on_open(state, &session)) {
+                ctx.stats.messages.rooms.ws_closed(Closer::Server, 1006);
                 return Ended::Close(live.close(reason));
             }
             (live, session)
@@ -219,7 +221,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             ));
             let live = Live::new(
                 &route.handler,
-                H::on_close_with_id,
+                on_closed::<H>,
                 parked.state,
                 id,
                 &tables.local,
@@ -303,6 +305,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // Its goodbye at shutdown waits for its turn in a paced drain; until
     // then it serves what wakes it (a push, the peer's ping).
     let mut turn = ctx.shutdown.turn();
+    let mut peer_close: Option<(u16, crate::Utf8Bytes)> = None;
     let next = 'serve: loop {
         // Every frame whole in the buffer, in order.
         while conn.rbuf_len() > 0 {
@@ -313,6 +316,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 Err(violation) => break 'serve violated(&ctx, violation),
             };
             only_pongs &= matches!(event, Event::Pong);
+            // The peer's close frame, for its handler's `on_close_with`
+            // (shared bytes: no copy) and the close-code counter.
+            if let Event::Close(frame) = &event {
+                peer_close = Some(frame.clone().unwrap_or((NO_STATUS, Default::default())));
+            }
             // A message (or a control frame outside one) ended: the next
             // one's time starts with its own first byte.
             if decoder.between_messages() {
@@ -559,7 +567,9 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // drop. Before, it ran the close below: a flush bounded by the close
     // timeout and, with a peer mid-frame, a FIN and up to 2 s of reading
     // (merge review, session 46).
+    let rooms = &counters.rooms;
     if matches!(reason, CloseReason::Reset) {
+        rooms.ws_closed(Closer::Server, crate::observe::rooms::ABNORMAL);
         drop(out.pushes.give_up(false, counters));
         out.unwritten.settle(conn.wbuf_len(), false, counters);
         return Ended::Close(live.close(reason));
@@ -584,6 +594,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // is what a lingering close would do: it is not done twice. What the
     // buffer held before our close frame (`owed`) counts if it all went.
     let owed = conn.wbuf_len();
+    let sent = ours.as_ref().map(|(code, _)| *code);
     let (io_reason, appended) = match ours {
         Some((code, why)) => {
             // After a violation the peer's next bytes are the rest of what
@@ -628,7 +639,20 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             waiter.resolve(Ok(()));
         }
     }
-    Ended::Close(live.close(reason))
+    // Counted by who began the close: the peer's frame, ours, our last
+    // word (if it went out), or none.
+    let (closer, code) = match (&peer_close, sent.or(last_word_code(reason, appended))) {
+        (Some((code, _)), _) => (Closer::Peer, *code),
+        (None, sent) => closer_without_peer_frame(reason, sent),
+    };
+    rooms.ws_closed(closer, code);
+    let Some((code, why)) = peer_close else {
+        return Ended::Close(live.close(reason));
+    };
+    let peer = Some((code, why.as_str()));
+    Ended::Close(live.close_by(reason, |handler, id, state, reason| {
+        handler.on_close_with(state, &WsClose::new(id, reason, peer))
+    }))
 }
 
 /// Whether bytes written to `io` may wait in it, not yet in the kernel,
@@ -671,9 +695,10 @@ async fn close_behind(
         }
         None => true,
     };
-    if whole {
-        last_word(conn, reason);
-    }
+    let said = if whole { last_word(conn, reason) } else { 0 };
+    let sent = last_word_code(reason, said);
+    let (closer, code) = closer_without_peer_frame(reason, sent);
+    counters.rooms.ws_closed(closer, code);
     let closing = Box::pin(conn.close(reason));
     let _ = tokio::time::timeout_at(deadline, closing).await;
 }

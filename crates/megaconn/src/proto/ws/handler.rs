@@ -23,6 +23,7 @@ use crate::message::session::Session;
 use crate::message::table::Parked;
 use crate::observe::close::CloseReason;
 use crate::observe::ratelog::{self, Flood};
+use crate::observe::rooms::closer_without_peer_frame;
 use crate::proto::parked::{let_go, ParkedSocket};
 use crate::proto::ws::frame::{self, WsMessage};
 use crate::proto::ws::{conn, Start, Tables, WsIo, WsParked};
@@ -109,7 +110,9 @@ pub trait WebSocketHandler: Send + Sync + 'static {
     /// The connection closed, for `reason`: the peer's close frame or
     /// hang-up ([`CloseReason::ClientClosed`]), a protocol error, the
     /// heartbeat timeout, shutdown, ... Called exactly once per connection
-    /// whose `on_open` ran, parked or not.
+    /// whose `on_open` ran, parked or not. The peer's close code and
+    /// reason, to tell a log-out from a lost network, come with
+    /// [`on_close_with`](WebSocketHandler::on_close_with).
     fn on_close(&self, state: Self::State, reason: CloseReason) {
         let _ = (state, reason);
     }
@@ -136,6 +139,106 @@ pub trait WebSocketHandler: Send + Sync + 'static {
         let _ = id;
         self.on_close(state, reason);
     }
+
+    /// [`on_close_with_id`](WebSocketHandler::on_close_with_id) with what
+    /// the peer said, if it began the close: its close frame's code and
+    /// reason ([`WsClose::peer_code`], [`WsClose::peer_reason`]), or 1006
+    /// when it sent none. What presence needs to tell "logged out" (1000
+    /// and a reason) from "lost the network" (1006). The server calls this
+    /// one; by default it calls `on_close_with_id`: implement one of the
+    /// three.
+    ///
+    /// The close frame is handed over here, at the close, and kept nowhere
+    /// before: a parked connection holds nothing more for it.
+    ///
+    /// ```
+    /// use megaconn::{WebSocketHandler, WsClose, WsMessage, WsSession};
+    ///
+    /// struct Presence;
+    ///
+    /// impl WebSocketHandler for Presence {
+    ///     type State = ();
+    ///
+    ///     async fn on_message(&self, _: &mut (), m: WsMessage, _: &WsSession) -> Option<WsMessage> {
+    ///         Some(m)
+    ///     }
+    ///
+    ///     fn on_close_with(&self, _: (), close: &WsClose<'_>) {
+    ///         match close.peer_code() {
+    ///             1000 => println!("{} logged out: {}", close.id(), close.peer_reason()),
+    ///             1006 => println!("{} lost ({})", close.id(), close.reason()),
+    ///             code => println!("{} left with {code}", close.id()),
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    fn on_close_with(&self, state: Self::State, close: &WsClose<'_>) {
+        self.on_close_with_id(close.id(), state, close.reason());
+    }
+}
+
+/// How a native WebSocket ended, as
+/// [`WebSocketHandler::on_close_with`] hears it: its id, the
+/// [`CloseReason`], and the close frame the peer began the close with, if
+/// it did. Borrowed for the call: nothing of it is kept per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsClose<'a> {
+    id: ConnectionId,
+    reason: CloseReason,
+    peer: Option<(u16, &'a str)>,
+}
+
+impl<'a> WsClose<'a> {
+    /// A close for `reason`; `peer`: the peer's close frame (code, reason),
+    /// if it began the close with one.
+    pub(crate) fn new(id: ConnectionId, reason: CloseReason, peer: Option<(u16, &'a str)>) -> Self {
+        WsClose { id, reason, peer }
+    }
+
+    /// The connection's id (the one [`WsSession::id`] gave).
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// Why the connection closed, as `on_close` hears it (a peer's close
+    /// frame is [`CloseReason::ClientClosed`]).
+    pub fn reason(&self) -> CloseReason {
+        self.reason
+    }
+
+    /// The code of the close frame the peer began the close with, as a
+    /// browser's `CloseEvent.code` reports one: 1005 when its frame carried
+    /// no code, 1006 when the peer sent no close frame first (it dropped
+    /// the TCP connection, reset it, went silent past the heartbeat), or
+    /// the server began the close (its own code is not the peer's: the
+    /// peer's answer to it is not read for a code).
+    pub fn peer_code(&self) -> u16 {
+        self.peer
+            .map_or(crate::observe::rooms::ABNORMAL, |(code, _)| code)
+    }
+
+    /// The reason text of the peer's close frame (empty without one).
+    pub fn peer_reason(&self) -> &'a str {
+        self.peer.map_or("", |(_, why)| why)
+    }
+
+    /// Whether the peer began the close with a close frame (a clean close
+    /// of its own: `CloseEvent.wasClean` on its side).
+    pub fn peer_closed(&self) -> bool {
+        self.peer.is_some()
+    }
+}
+
+/// The server's close callback for a route of `H`: `on_close_with`
+/// without a peer's close frame (every close but the one the peer began
+/// with one, which `conn.rs` hands over itself).
+pub(crate) fn on_closed<H: WebSocketHandler>(
+    handler: &H,
+    id: ConnectionId,
+    state: H::State,
+    reason: CloseReason,
+) {
+    handler.on_close_with(state, &WsClose::new(id, reason, None));
 }
 
 /// A WebSocket as its handler sees it while handling one message: its id
@@ -324,13 +427,24 @@ impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
         let Some(parked) = tables.take::<H::State>(fd) else {
             return;
         };
+        // Counted before the handler hears of it, as an awake close is:
+        // the goodbye's code if `let_go` sends it (a shutdown, not behind
+        // on a push), else a close without a frame from whoever's it was.
+        let (code, why) = &self.settings.goodbye;
+        let says_goodbye = reason == CloseReason::Shutdown && !parked.behind;
+        let (closer, counted) = closer_without_peer_frame(reason, says_goodbye.then_some(*code));
+        tables
+            .local
+            .stats()
+            .messages
+            .rooms
+            .ws_closed(closer, counted);
         let goodbye = |_: &Parked<H::State>| {
-            let (code, why) = &self.settings.goodbye;
             let mut goodbye = BytesMut::new();
             frame::encode_close(&mut goodbye, *code, why);
             Some(goodbye)
         };
-        let on_close = (&self.handler, H::on_close_with_id as OnClose<H, H::State>);
+        let on_close = (&self.handler, on_closed::<H> as OnClose<H, H::State>);
         let_go(
             (&tables.local, parked),
             (fd, reason),

@@ -81,7 +81,7 @@ use crate::proto::Ended;
 use crate::service::upgrade::NativeUpgrade;
 
 pub use frame::WsMessage;
-pub use handler::{WebSocketHandler, WsSession};
+pub use handler::{WebSocketHandler, WsClose, WsSession};
 pub use route::{
     WebSocketRoute, DEFAULT_WS_CLOSE_TIMEOUT, DEFAULT_WS_HEARTBEAT_TIMEOUT,
     DEFAULT_WS_MAX_FRAME_BYTES, DEFAULT_WS_MAX_MESSAGE_BYTES, DEFAULT_WS_PING_INTERVAL,
