@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 mod common;
 
 mod axum;
+mod backpressure;
 mod big_push;
 mod blocking;
 mod drain;
