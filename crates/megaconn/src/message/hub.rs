@@ -765,7 +765,11 @@ impl Hub {
     /// How far behind a connection is: [`Session::buffered`](crate::Session::buffered),
     /// [`WsSession::buffered`](crate::WsSession::buffered), or
     /// [`Hub::buffered`] on the connection's worker.
-    pub fn send_droppable(&self, to: ConnectionId, message: impl Into<Bytes>) -> Result<(), HubError> {
+    pub fn send_droppable(
+        &self,
+        to: ConnectionId,
+        message: impl Into<Bytes>,
+    ) -> Result<(), HubError> {
         self.send_with(to, message.into(), Kind::Auto, IfBehind::Drop)
     }
 
@@ -1049,7 +1053,11 @@ impl Hub {
     /// kept: each caller's messages reach each connection in the order
     /// that caller made them (one thread's publishes go to every worker's
     /// queue in its order), droppable or not.
-    pub fn publish_droppable(&self, topic: &str, message: impl Into<Bytes>) -> Result<(), HubError> {
+    pub fn publish_droppable(
+        &self,
+        topic: &str,
+        message: impl Into<Bytes>,
+    ) -> Result<(), HubError> {
         self.publish_with(topic, message.into(), Kind::Auto, IfBehind::Drop)
     }
 

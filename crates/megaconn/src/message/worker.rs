@@ -334,7 +334,10 @@ impl Local {
         if let Some(inbox) = self.resuming.get(id) {
             return Some(inbox.buffered());
         }
-        let parked = self.parked_sets().iter().any(|set| set.generation(id.fd()) == Some(id.generation()));
+        let parked = self
+            .parked_sets()
+            .iter()
+            .any(|set| set.generation(id.fd()) == Some(id.generation()));
         parked.then(Buffered::default)
     }
 

@@ -136,10 +136,11 @@ impl Fixture {
         socket.set_recv_buffer_size(4096).unwrap();
         let stream = socket.connect(self.addr).await.unwrap();
         let url = format!("ws://{}/w", self.addr);
-        let (client, _) = tokio::time::timeout(SAFETY, tokio_tungstenite::client_async(url, stream))
-            .await
-            .expect("handshake in time")
-            .expect("handshake");
+        let (client, _) =
+            tokio::time::timeout(SAFETY, tokio_tungstenite::client_async(url, stream))
+                .await
+                .expect("handshake in time")
+                .expect("handshake");
         (client, next(&mut self.opens, "on_open").await)
     }
 
@@ -290,7 +291,11 @@ async fn buffered_grows_while_the_peer_does_not_read_and_falls_when_it_does() {
     assert_eq!(behind.bytes, behind.messages * (PUSH + 10), "{behind:?}");
     assert_eq!(on_worker, Some(behind));
     for i in 0..sent {
-        assert_eq!(next_data(&mut client).await, Message::binary(push(i)), "{i}");
+        assert_eq!(
+            next_data(&mut client).await,
+            Message::binary(push(i)),
+            "{i}"
+        );
     }
     let (after, _) = server.look().await;
     assert_eq!(after, Buffered::default(), "all read");
