@@ -43,6 +43,10 @@ use crate::observe::stats::{gauge_own, incr, WorkerStats};
 /// target (for the pump).
 type Table = (ProtoTag, Rc<dyn Any>, Rc<dyn ParkedSet>);
 
+/// What a delivery writes with: the registered wires, and the side tables
+/// of parked connections.
+type Targets<'a> = (&'a [Rc<dyn Wire>], &'a [Rc<dyn ParkedSet>]);
+
 /// One worker's message state (in the worker context's protocol slot).
 pub(crate) struct Local {
     worker: usize,
@@ -307,7 +311,7 @@ thread_local! {
     /// The message state of the worker running on this thread (none on
     /// other threads), for [`buffered_here`]: a worker's queues are its
     /// own, readable only on its thread.
-    static HERE: RefCell<Weak<Local>> = RefCell::new(Weak::new());
+    static HERE: RefCell<Weak<Local>> = const { RefCell::new(Weak::new()) };
 }
 
 /// What waits in connection `id`'s outbound queue, asked on its worker's
@@ -933,7 +937,7 @@ impl Local {
         &self,
         (fd, generation): (RawFd, Generation),
         msg: &mut Encoded,
-        (wires, sets): (&[Rc<dyn Wire>], &[Rc<dyn ParkedSet>]),
+        (wires, sets): Targets<'_>,
         waiter: &mut Option<Waiter>,
         if_behind: IfBehind,
     ) -> Delivered {
