@@ -148,7 +148,7 @@ def main():
               f"(least {min(got)} B)")
         slow = m.get('megaconn_connections_closed_total{reason="slow_consumer"}', 0)
         print(f"pushes {m.get('megaconn_message_pushes_total', 0):.0f}, "
-              f"queue_drops {m.get('megaconn_message_queue_drops_total', 0):.0f}, "
+              f"queue_drops {sum(v for k, v in m.items() if k.startswith('megaconn_message_queue_drops_total')):.0f}, "
               f"slow_consumer closes {slow:.0f}")
     finally:
         os.killpg(server.pid, signal.SIGTERM)

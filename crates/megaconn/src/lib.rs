@@ -170,8 +170,8 @@ pub use conn::transport::Transport;
 pub use conn::ConnInfo;
 pub use error::{BodyError, Error};
 pub use message::{
-    message_connections_in_other_processes, share_audience, subscribers, ConnectionId, Delivery,
-    Hub, HubError, PublishRate, Session, ShareAudienceError, SubscribeError, Undelivered,
+    message_connections_in_other_processes, share_audience, subscribers, Buffered, ConnectionId,
+    Delivery, Hub, HubError, PublishRate, Session, ShareAudienceError, SubscribeError, Undelivered,
     AUDIENCE_COUNTERS, DEFAULT_HUB_QUEUE, DEFAULT_HUB_QUEUE_BYTES, DEFAULT_MAX_SUBSCRIPTIONS,
     DEFAULT_MAX_TOPIC_BYTES, DEFAULT_MESSAGE_TIMEOUT, DEFAULT_OUTBOUND_QUEUE,
     DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_FANOUT, DEFAULT_PUBLISH_RATE,

@@ -61,6 +61,23 @@
 //! counter.) A publish to a topic without subscribers reaches no one and
 //! counts nothing but `hub_messages`.
 //!
+//! What a push does to a connection that is behind (its outbound queue
+//! filling): an ordinary one ([`Hub::send`], `publish`, `broadcast`,
+//! `send_confirmed`) is queued up to the queue's bound, and the next one
+//! closes the connection as a slow consumer; a droppable one
+//! ([`Hub::send_droppable`], [`Hub::publish_droppable`]) is dropped once
+//! the queue holds half its bound ([`droppable_mark`]), the connection
+//! left open. Drops are counted by cause ([`DropCause`]:
+//! `megaconn_message_queue_drops_total{cause}`). Dropping a push never
+//! reorders the others. How far behind a connection is:
+//! [`Buffered`], from its session or, on its worker, [`Hub::buffered`].
+//!
+//! Order: each worker's pump delivers the hub's messages in the order it
+//! took them from its own queue, so each caller's pushes reach each
+//! connection in the order that caller made them; there is no single
+//! order of a topic's messages across workers (two publishes from two
+//! threads may reach subscribers on two workers in opposite orders).
+//!
 //! [`Hub::send_confirmed`] is a send whose caller awaits the outcome: its
 //! waiter (`confirm.rs`) travels with the push, through the worker's
 //! queue, the connection's outbound queue or its parked socket, and the
@@ -236,14 +253,14 @@ pub struct Hub {
 #[derive(Debug)]
 pub(crate) enum Push {
     /// To one connection.
-    To(ConnectionId, Bytes, Kind),
+    To(ConnectionId, Bytes, Kind, IfBehind),
     /// To one connection, whose caller awaits the outcome
     /// ([`Hub::send_confirmed`]): the waiter holds the connection's id, so
     /// the entry is no larger than [`Push::To`]'s.
     Confirmed(Waiter, Bytes, Kind),
     /// To the subscribers of a topic (but one, with
     /// [`Hub::publish_except`]).
-    Topic(Published, Bytes, Kind),
+    Topic(Published, Bytes, Kind, IfBehind),
     /// To every message connection.
     All(Bytes, Kind),
     /// Close one connection ([`Hub::close`]): after what was pushed to it
@@ -269,17 +286,52 @@ pub(crate) enum Kind {
     Binary,
 }
 
+/// What a push does to a connection that is behind (its outbound queue
+/// past a mark): closes it as a slow consumer when the queue is full
+/// ([`Hub::send`]), or is dropped for it while the queue holds half its
+/// bound or more, the connection left open ([`Hub::send_droppable`]).
+/// Beside [`Kind`] in [`Push`], it takes no room either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IfBehind {
+    /// Queued up to the queue's bound; one over it closes the connection
+    /// as a slow consumer.
+    Close,
+    /// Dropped (and counted, `cause="droppable"`) once the queue holds
+    /// [`droppable_mark`] messages; never closes the connection.
+    Drop,
+}
+
+/// How many messages an awake connection's queue may hold before a
+/// droppable push ([`IfBehind::Drop`]) is dropped for it: half the queue's
+/// bound (at least 1). Not the bound itself: droppable pushes up to the
+/// bound would leave no room for the next ordinary push, which would then
+/// close the connection as a slow consumer, the very thing the application
+/// chose droppable pushes to avoid; below half, the other half stays for
+/// ordinary pushes (128 of the default 256).
+pub(crate) fn droppable_mark(queue_limit: usize) -> usize {
+    (queue_limit / 2).max(1)
+}
+
 impl Push {
+    /// What it does to a connection that is behind (a close, a deadline
+    /// and a broadcast are never dropped for being behind).
+    pub(crate) fn if_behind(&self) -> IfBehind {
+        match self {
+            Push::To(.., if_behind) | Push::Topic(.., if_behind) => *if_behind,
+            _ => IfBehind::Close,
+        }
+    }
+
     /// What the message holds in a worker's queue, for its bound in bytes:
     /// its entry and its payload (and topic), counted whole in each queue
     /// it is in, though the workers a publish goes to share one copy.
     fn queued_bytes(&self) -> i64 {
         let held = match self {
-            Push::To(_, payload, _)
+            Push::To(_, payload, ..)
             | Push::Confirmed(_, payload, _)
             | Push::All(payload, _)
             | Push::Close(_, _, payload) => payload.len(),
-            Push::Topic(topic, payload, _) => topic.topic().len() + payload.len(),
+            Push::Topic(topic, payload, ..) => topic.topic().len() + payload.len(),
             Push::Deadline(..) => 0,
             Push::DeadlineWith(_, _, kick) => kick.reason.len(),
         };
@@ -443,9 +495,9 @@ impl HubQueue {
     /// closed when its state goes).
     pub(crate) fn lost(&self, push: Push) {
         match push {
-            Push::To(..) => crate::observe::stats::incr(&self.stats.messages.queue_drops),
+            Push::To(..) => DropCause::Shutdown.count(&self.stats.messages),
             Push::Confirmed(waiter, ..) => {
-                crate::observe::stats::incr(&self.stats.messages.queue_drops);
+                DropCause::Shutdown.count(&self.stats.messages);
                 waiter.resolve(Err(Undelivered::Shutdown));
             }
             _ => {}
@@ -678,9 +730,99 @@ impl Hub {
         self.send_as(to, message.into(), Kind::Binary)
     }
 
+    /// [`send`](Hub::send) of a message the peer may miss (a typing
+    /// indicator, a presence blip, a game state superseded by the next):
+    /// while the connection is behind, it is dropped for it instead of
+    /// closing it. Behind means its outbound queue
+    /// ([`Builder::outbound_queue`](crate::Builder::outbound_queue), 256
+    /// messages by default) holds half its bound or more: the other half
+    /// stays for ordinary pushes, which a queue filled by droppable ones
+    /// would otherwise turn into a slow consumer's close. A dropped one
+    /// counts in
+    /// `megaconn_message_queue_drops_total{cause="droppable"}` and its
+    /// connection stays open; one that goes counts in
+    /// `megaconn_message_pushes_total`, as any push.
+    ///
+    /// Order is kept: a droppable push is dropped or queued when its
+    /// worker delivers it, in the order of the hub's calls for that
+    /// connection, so those that are delivered arrive in order with every
+    /// other push (none is held back to go later). Returns at once, with
+    /// the errors of [`send`](Hub::send).
+    ///
+    /// What a peer that is behind gets, by push:
+    /// - [`send`](Hub::send), [`publish`](Hub::publish),
+    ///   [`broadcast`](Hub::broadcast): queued up to the queue's bound;
+    ///   the next one closes the connection as a slow consumer (a
+    ///   WebSocket gets 1013), and what it still held is dropped
+    ///   (`cause="slow_consumer"`);
+    /// - [`send_confirmed`](Hub::send_confirmed): the same, and its
+    ///   caller hears why;
+    /// - `send_droppable` and [`publish_droppable`](Hub::publish_droppable):
+    ///   dropped from half the queue on, the connection left open.
+    ///
+    /// A peer that reads nothing at all is still closed, by its write
+    /// bound: the heartbeat timeout, else
+    /// [`Builder::write_stall_timeout`](crate::Builder::write_stall_timeout)
+    /// (60 s), past which a write its socket took nothing of closes it as
+    /// a slow consumer, droppable pushes or not. A parked connection
+    /// has no queue: a droppable push is written to its socket as any
+    /// push; one its socket cannot take whole wakes it to resume with a
+    /// queue, as any push does, and the droppable ones after it are
+    /// dropped by that queue's mark.
+    ///
+    /// How far behind a connection is: [`Session::buffered`](crate::Session::buffered),
+    /// [`WsSession::buffered`](crate::WsSession::buffered), or
+    /// [`Hub::buffered`] on the connection's worker.
+    pub fn send_droppable(
+        &self,
+        to: ConnectionId,
+        message: impl Into<Bytes>,
+    ) -> Result<(), HubError> {
+        self.send_with(to, message.into(), Kind::Auto, IfBehind::Drop)
+    }
+
+    /// [`send_droppable`](Hub::send_droppable), as a binary message to a
+    /// WebSocket whatever the bytes.
+    pub fn send_binary_droppable(
+        &self,
+        to: ConnectionId,
+        message: impl Into<Bytes>,
+    ) -> Result<(), HubError> {
+        self.send_with(to, message.into(), Kind::Binary, IfBehind::Drop)
+    }
+
     fn send_as(&self, to: ConnectionId, message: Bytes, kind: Kind) -> Result<(), HubError> {
+        self.send_with(to, message, kind, IfBehind::Close)
+    }
+
+    fn send_with(
+        &self,
+        to: ConnectionId,
+        message: Bytes,
+        kind: Kind,
+        if_behind: IfBehind,
+    ) -> Result<(), HubError> {
         self.fits(&message)?;
-        self.to_worker_of(to, Push::To(to, message, kind))
+        self.to_worker_of(to, Push::To(to, message, kind, if_behind))
+    }
+
+    /// How far behind connection `id` is: what waits in its outbound
+    /// queue, not yet taken for writing ([`Buffered`]), when asked on the
+    /// connection's own worker thread (from a handler of any of that
+    /// worker's connections, or a task spawned there); `None` from any
+    /// other thread, and for a connection that has closed. A parked
+    /// connection has nothing queued (zero).
+    ///
+    /// Only on its worker because the queue is that worker's own: an
+    /// answer for every thread would need a counter every connection
+    /// shares with other threads, which parked connections (most of them)
+    /// would pay for in memory, or a round trip to the worker. A handler
+    /// that fans out to connections of its own worker (one worker, or
+    /// rooms placed by worker) can skip a peer that is behind; elsewhere,
+    /// [`send_droppable`](Hub::send_droppable) makes that choice where the
+    /// queue is.
+    pub fn buffered(&self, id: ConnectionId) -> Option<Buffered> {
+        super::worker::buffered_here(id)
     }
 
     /// [`send`](Hub::send), with the outcome to await: the returned
@@ -936,8 +1078,50 @@ impl Hub {
         self.publish_as(topic, message.into(), Kind::Binary)
     }
 
+    /// [`publish`](Hub::publish) of a message a subscriber may miss: for
+    /// each subscriber that is behind (its outbound queue holds half its
+    /// bound or more), dropped instead of closing it, counted in
+    /// `megaconn_message_queue_drops_total{cause="droppable"}`, as
+    /// [`send_droppable`](Hub::send_droppable) says; the others get it, in
+    /// order with everything else pushed to them.
+    ///
+    /// There is no single order of a topic's messages across workers:
+    /// each worker has its own queue of the hub's messages and delivers
+    /// them in the order it took them, so two publishes from two threads
+    /// may reach subscribers on two workers in opposite orders. What is
+    /// kept: each caller's messages reach each connection in the order
+    /// that caller made them (one thread's publishes go to every worker's
+    /// queue in its order), droppable or not.
+    pub fn publish_droppable(
+        &self,
+        topic: &str,
+        message: impl Into<Bytes>,
+    ) -> Result<(), HubError> {
+        self.publish_with(topic, message.into(), Kind::Auto, IfBehind::Drop)
+    }
+
+    /// [`publish_droppable`](Hub::publish_droppable), as a binary message
+    /// to WebSockets whatever the bytes.
+    pub fn publish_binary_droppable(
+        &self,
+        topic: &str,
+        message: impl Into<Bytes>,
+    ) -> Result<(), HubError> {
+        self.publish_with(topic, message.into(), Kind::Binary, IfBehind::Drop)
+    }
+
     fn publish_as(&self, topic: &str, message: Bytes, kind: Kind) -> Result<(), HubError> {
-        self.publish_to(Published::new(topic, None), message, kind)
+        self.publish_with(topic, message, kind, IfBehind::Close)
+    }
+
+    fn publish_with(
+        &self,
+        topic: &str,
+        message: Bytes,
+        kind: Kind,
+        if_behind: IfBehind,
+    ) -> Result<(), HubError> {
+        self.publish_to(Published::new(topic, None), message, kind, if_behind)
     }
 
     /// [`publish`](Hub::publish) to every subscriber of `topic` but
@@ -956,6 +1140,7 @@ impl Hub {
             Published::new(topic, Some(except)),
             message.into(),
             Kind::Auto,
+            IfBehind::Close,
         )
     }
 
@@ -971,12 +1156,19 @@ impl Hub {
             Published::new(topic, Some(except)),
             message.into(),
             Kind::Binary,
+            IfBehind::Close,
         )
     }
 
-    fn publish_to(&self, topic: Published, message: Bytes, kind: Kind) -> Result<(), HubError> {
+    fn publish_to(
+        &self,
+        topic: Published,
+        message: Bytes,
+        kind: Kind,
+        if_behind: IfBehind,
+    ) -> Result<(), HubError> {
         self.fits(&message)?;
-        self.to_every_worker(|| Push::Topic(topic.clone(), message.clone(), kind))
+        self.to_every_worker(|| Push::Topic(topic.clone(), message.clone(), kind, if_behind))
     }
 
     /// Sends `message` to every message connection of the server, parked or
@@ -1094,6 +1286,8 @@ pub(crate) struct Inbox {
     /// How this connection frames messages.
     pub wire: WireId,
     queue: RefCell<VecDeque<PushFrame>>,
+    /// The bytes of the frames in `queue` ([`Inbox::buffered`]).
+    bytes: Cell<usize>,
     notify: Notify,
     /// A push found the queue full: the connection is closed as a slow
     /// consumer at its next look.
@@ -1110,6 +1304,65 @@ pub(crate) struct Inbox {
     ended: Cell<bool>,
 }
 
+/// How far behind a connection is: what waits in its outbound queue, not
+/// yet taken for writing ([`Hub::buffered`],
+/// [`Session::buffered`](crate::Session::buffered),
+/// [`WsSession::buffered`](crate::WsSession::buffered)). Besides it, the
+/// connection may be writing one batch (about 64 KiB at most) and its
+/// socket's send buffer hold what the peer has not read yet: those are
+/// not counted. Zero while the connection keeps up (a push waits only
+/// until its connection's task next runs).
+///
+/// A droppable push ([`Hub::send_droppable`]) is dropped while
+/// `messages` is half of
+/// [`Builder::outbound_queue`](crate::Builder::outbound_queue) or more;
+/// an ordinary one past the whole bound closes the connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Buffered {
+    /// Pushes queued.
+    pub messages: usize,
+    /// Their bytes, framed (a WebSocket frame's header included).
+    pub bytes: usize,
+}
+
+/// Why a push handed to a connection did not reach its peer whole: the
+/// `cause` label of `megaconn_message_queue_drops_total`. Each cause has
+/// its own counter (`MessageCounters`), whose sum is the total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DropCause {
+    /// Refused by the connection's full outbound queue, or left in it (or
+    /// unwritten) when that overflow closed the connection as a slow
+    /// consumer; or found behind, parked, woken to close.
+    SlowConsumer,
+    /// A droppable push ([`Hub::send_droppable`]) the connection was too
+    /// far behind for; the connection stays open.
+    Droppable,
+    /// Left in its worker's hub queue when the worker stopped.
+    Shutdown,
+    /// Lost to any other close: the peer gone, a write timeout, shutdown's
+    /// close of the connection, [`Hub::close`], a stale id.
+    Closed,
+}
+
+impl DropCause {
+    /// Counts `n` pushes dropped for this cause.
+    pub(crate) fn count_n(self, counters: &crate::observe::stats::MessageCounters, n: u64) {
+        let counter = match self {
+            DropCause::SlowConsumer => &counters.queue_drops_slow_consumer,
+            DropCause::Droppable => &counters.queue_drops_droppable,
+            DropCause::Shutdown => &counters.queue_drops_shutdown,
+            DropCause::Closed => &counters.queue_drops,
+        };
+        crate::observe::stats::add(counter, n);
+    }
+
+    /// Counts one push dropped for this cause.
+    pub(crate) fn count(self, counters: &crate::observe::stats::MessageCounters) {
+        self.count_n(counters, 1);
+    }
+}
+
 /// The outbound queue overflowed: close the connection as a slow consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Overflowed;
@@ -1119,6 +1372,7 @@ impl Inbox {
         Inbox {
             wire,
             queue: RefCell::default(),
+            bytes: Cell::new(0),
             notify: Notify::new(),
             overflowed: Cell::new(false),
             kicked: RefCell::default(),
@@ -1173,30 +1427,45 @@ impl Inbox {
 
     /// Queues framed bytes unless the queue holds `limit` already; false
     /// (and the connection marked behind) when it is full: its waiter, if
-    /// any, hears [`Undelivered::SlowConsumer`].
+    /// any, hears [`Undelivered::SlowConsumer`]. (The caller logs the
+    /// first overflow: it knows the connection, `Local::queue`.)
     pub(crate) fn offer(&self, framed: PushFrame, limit: usize) -> bool {
         let mut queue = self.queue.borrow_mut();
         let accepted = !self.overflowed.get() && queue.len() < limit;
         if accepted {
+            self.bytes.set(self.bytes.get() + framed.bytes.len());
             queue.push_back(framed);
         } else {
             crate::message::confirm::resolve(
                 framed.waiter.as_ref(),
                 Err(Undelivered::SlowConsumer),
             );
-        }
-        if !accepted && !self.overflowed.replace(true) {
-            ratelog::log(Flood::SlowConsumer, |suppressed| {
-                tracing::info!(
-                    limit,
-                    suppressed,
-                    "a connection's outbound queue is full; closing it as a slow consumer (raise Builder::outbound_queue if its peer is only bursty)"
-                )
-            });
+            self.overflowed.set(true);
         }
         // Wake the connection either way: to write, or to close.
         self.notify.notify_one();
         accepted
+    }
+
+    /// Whether a push found the queue full (the connection closes as a
+    /// slow consumer at its next look).
+    pub(crate) fn has_overflowed(&self) -> bool {
+        self.overflowed.get()
+    }
+
+    /// How many messages wait in the queue (for the droppable mark,
+    /// `droppable_mark`).
+    pub(crate) fn len(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    /// What waits in the queue, not yet taken for writing
+    /// ([`Hub::buffered`]).
+    pub(crate) fn buffered(&self) -> Buffered {
+        Buffered {
+            messages: self.len(),
+            bytes: self.bytes.get(),
+        }
     }
 
     /// The queued messages from the oldest on, up to `bytes` of them, at
@@ -1219,7 +1488,10 @@ impl Inbox {
             }
             count += 1;
         }
-        Ok(queue.drain(..count).collect())
+        let taken: Vec<PushFrame> = queue.drain(..count).collect();
+        let bytes: usize = taken.iter().map(|p| p.bytes.len()).sum();
+        self.bytes.set(self.bytes.get().saturating_sub(bytes));
+        Ok(taken)
     }
 
     /// Drops the accepted messages left queued when the connection closes
@@ -1228,10 +1500,12 @@ impl Inbox {
     /// a slow consumer's were counted: a peer gone, a write timeout or
     /// shutdown lost them in neither `pushes` nor `queue_drops`.) Their
     /// waiters hear why: a slow consumer's, [`Undelivered::SlowConsumer`];
-    /// any other's, its close (the waiter's drop).
+    /// any other's, its close (the waiter's drop). Counted by the caller
+    /// under [`Inbox::drop_cause`].
     pub(crate) fn drop_behind(&self) -> usize {
         let mut queue = self.queue.borrow_mut();
         let n = queue.len();
+        self.bytes.set(0);
         if self.overflowed.get() {
             for pushed in queue.iter() {
                 let slow = Err(Undelivered::SlowConsumer);
@@ -1240,6 +1514,15 @@ impl Inbox {
         }
         queue.clear();
         n
+    }
+
+    /// Why what its queue holds is dropped at its close: a slow
+    /// consumer's overflow, or the close.
+    pub(crate) fn drop_cause(&self) -> DropCause {
+        match self.overflowed.get() {
+            true => DropCause::SlowConsumer,
+            false => DropCause::Closed,
+        }
     }
 
     /// True when nothing waits (and there is no overflow or close to act
@@ -1305,6 +1588,11 @@ impl ConnectionId {
 
     pub(crate) fn fd(self) -> RawFd {
         self.fd
+    }
+
+    /// The index of the worker the connection is on.
+    pub(crate) fn worker(self) -> usize {
+        self.worker as usize
     }
 }
 

@@ -102,7 +102,7 @@ pub use budget::{
     PublishRate, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_FANOUT, DEFAULT_PUBLISH_RATE,
 };
 pub use confirm::{Delivery, Undelivered};
-pub use hub::{ConnectionId, Hub, HubError};
+pub use hub::{Buffered, ConnectionId, Hub, HubError};
 pub use session::Session;
 pub use topics::{
     message_connections_in_other_processes, share_audience, subscribers, ShareAudienceError,

@@ -41,7 +41,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWrite;
 
 use crate::message::confirm::{self, Undelivered, Waiter};
-use crate::message::hub::Unsent;
+use crate::message::hub::{DropCause, Unsent};
 use crate::observe::lifecycle;
 use crate::observe::stats::{add, MessageCounters};
 
@@ -224,7 +224,8 @@ impl Outbound {
     }
 
     /// The write ends before all went: counts what did ([`Outbound::count`])
-    /// and drops the rest, each push in `queue_drops`; with `finish` (a
+    /// and drops the rest, each push in `queue_drops` (by cause: a slow
+    /// consumer's with `finish`, else the close's); with `finish` (a
     /// slow consumer's close, which gets the rest of the frame under way
     /// before its close), the rest of a frame begun is returned instead,
     /// to write and count ([`write_unsent`](crate::message::wake::write_unsent)).
@@ -263,7 +264,11 @@ impl Outbound {
             }
         }
         let dropped = self.frames.len().saturating_sub(self.next);
-        add(&counters.queue_drops, dropped as u64);
+        let cause = match finish {
+            true => DropCause::SlowConsumer,
+            false => DropCause::Closed,
+        };
+        cause.count_n(counters, dropped as u64);
         if finish {
             for frame in self.frames.iter().skip(self.next) {
                 let slow = Err(Undelivered::SlowConsumer);
@@ -446,7 +451,8 @@ mod tests {
                     let rest = rest.expect("the rest of the third");
                     assert_eq!(rest.tail, kept.slice(5..));
                     assert_eq!(rest.frame, 25, "its bytes still to count");
-                    assert_eq!(load(&counters.queue_drops), 1);
+                    assert_eq!(load(&counters.queue_drops_slow_consumer), 1);
+                    assert_eq!(load(&counters.queue_drops), 0);
                 }
                 false => {
                     assert_eq!(rest, None);
@@ -463,7 +469,7 @@ mod tests {
         let counters = MessageCounters::default();
         assert_eq!(out.give_up(true, &counters), None);
         assert_eq!(counters.pushes.load(Relaxed), 1);
-        assert_eq!(counters.queue_drops.load(Relaxed), 3);
+        assert_eq!(counters.queue_drops_slow_consumer.load(Relaxed), 3);
     }
 
     /// Confirmed pushes hear as their frames are counted: one written

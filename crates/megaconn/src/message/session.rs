@@ -9,7 +9,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::conn::client_auth::PeerCertificates;
-use crate::message::hub::ConnectionId;
+use crate::message::hub::{Buffered, ConnectionId};
 use crate::message::topics::SubscribeError;
 use crate::message::worker::Local;
 
@@ -117,16 +117,25 @@ impl Session {
     /// transport of the caller's own), or once the peer has reset the
     /// connection.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        // No socket (-1: a caller's own transport never parks, and its id
-        // only has to be unique).
-        if self.id.fd() < 0 {
-            return None;
-        }
-        // SAFETY: a session lives while its handler is called on the awake
+        // A session lives while its handler is called on the awake
         // connection, whose task owns the socket `id` names: it is open.
-        let socket = unsafe { BorrowedFd::borrow_raw(self.id.fd()) };
-        let peer = socket2::SockRef::from(&socket).peer_addr().ok()?;
-        peer.as_socket()
+        peer_of(self.id.fd())
+    }
+
+    /// How far behind this connection is: what waits in its outbound
+    /// queue, pushed by the hub and not yet taken for writing
+    /// ([`Buffered`]: messages and bytes; zero while it keeps up). Its
+    /// peer is slow when this grows: a
+    /// [`Hub::send_droppable`](crate::Hub::send_droppable) is dropped for
+    /// it from half of
+    /// [`Builder::outbound_queue`](crate::Builder::outbound_queue) on, and
+    /// an ordinary push past the whole bound closes it as a slow consumer.
+    /// On the connection's worker, so cheap: a lookup in the worker's map
+    /// of awake connections, nothing kept per connection for it. The
+    /// replies this handler queued ([`Session::send`]) are not in it: they
+    /// are written when it returns, before the pushes behind them.
+    pub fn buffered(&self) -> Buffered {
+        self.local.buffered(self.id).unwrap_or_default()
     }
 
     /// Closes the connection once the queued frames are written (reported as
@@ -144,4 +153,20 @@ impl Session {
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.get()
     }
+}
+
+/// The peer's address of socket `fd`, read from it (one `getpeername`);
+/// `None` for no socket (-1: a caller's own transport) or once the peer
+/// has reset it. The caller knows `fd` is open: a session's connection,
+/// or one its worker found awake or parked on its own thread.
+pub(crate) fn peer_of(fd: std::os::fd::RawFd) -> Option<SocketAddr> {
+    // No socket (-1: a caller's own transport never parks, and its id
+    // only has to be unique).
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: open, as the caller knows (above); borrowed for this call.
+    let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+    let peer = socket2::SockRef::from(&socket).peer_addr().ok()?;
+    peer.as_socket()
 }

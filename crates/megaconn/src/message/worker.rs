@@ -27,8 +27,8 @@ use crate::conn::context::WorkerContext;
 use crate::conn::ProtoTag;
 use crate::message::confirm::{self, Undelivered, Waiter};
 use crate::message::hub::{
-    self, ConnectionId, Delivered, Generation, HubQueue, Inbox, Kick, Push, Unsent,
-    GENERATION_BITS, GENERATION_MASK,
+    self, droppable_mark, Buffered, ConnectionId, Delivered, DropCause, Generation, HubQueue,
+    IfBehind, Inbox, Kick, Push, Unsent, GENERATION_BITS, GENERATION_MASK,
 };
 use crate::message::outbound::PushFrame;
 use crate::message::table::{ParkedSet, SendParked, SideTable};
@@ -37,11 +37,15 @@ use crate::message::wire::{Encoded, Wire, WireId};
 use crate::message::MessageSettings;
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood, OverLimit};
-use crate::observe::stats::{add, gauge_own, incr, WorkerStats};
+use crate::observe::stats::{gauge_own, incr, WorkerStats};
 
 /// A protocol's side table: typed (for the protocol) and as a delivery
 /// target (for the pump).
 type Table = (ProtoTag, Rc<dyn Any>, Rc<dyn ParkedSet>);
+
+/// What a delivery writes with: the registered wires, and the side tables
+/// of parked connections.
+type Targets<'a> = (&'a [Rc<dyn Wire>], &'a [Rc<dyn ParkedSet>]);
 
 /// One worker's message state (in the worker context's protocol slot).
 pub(crate) struct Local {
@@ -295,6 +299,7 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 leaving: ForParked::default(),
                 deadlines: RefCell::default(),
             });
+            HERE.with(|here| *here.borrow_mut() = Rc::downgrade(&local));
             if let Some(queue) = settings.hub.and_then(|hub| hub.take_end(ctx.index)) {
                 // A pump dropped before its first poll (the worker stopped
                 // at once) still lets what it never took leave the gauge:
@@ -308,7 +313,44 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
         .unwrap_or_else(|_| unreachable!("the protocol slot holds the message layer's state"))
 }
 
+thread_local! {
+    /// The message state of the worker running on this thread (none on
+    /// other threads), for [`buffered_here`]: a worker's queues are its
+    /// own, readable only on its thread.
+    static HERE: RefCell<Weak<Local>> = const { RefCell::new(Weak::new()) };
+}
+
+/// What waits in connection `id`'s outbound queue, asked on its worker's
+/// thread ([`Hub::buffered`](crate::Hub::buffered)): `None` on another
+/// thread, or for a connection that has closed. Parked, it has nothing
+/// queued, unless a push found its socket full and it is waking to
+/// resume with a queue. Two lookups in the worker's maps, no lock.
+pub(crate) fn buffered_here(id: ConnectionId) -> Option<Buffered> {
+    let local = HERE.with(|here| here.borrow().upgrade())?;
+    (local.worker == id.worker()).then(|| local.buffered(id))?
+}
+
 impl Local {
+    /// What waits in the outbound queue of this worker's connection `id`
+    /// (see [`buffered_here`]).
+    pub(crate) fn buffered(&self, id: ConnectionId) -> Option<Buffered> {
+        let awake = match self.awake.borrow().get(&id.fd()) {
+            Some((g, inbox)) if *g == id.generation() => Some(inbox.buffered()),
+            _ => None,
+        };
+        if awake.is_some() {
+            return awake;
+        }
+        if let Some(inbox) = self.resuming.get(id) {
+            return Some(inbox.buffered());
+        }
+        let parked = self
+            .parked_sets()
+            .iter()
+            .any(|set| set.generation(id.fd()) == Some(id.generation()));
+        parked.then(Buffered::default)
+    }
+
     /// The worker's counters.
     pub(crate) fn stats(&self) -> &WorkerStats {
         &self.stats
@@ -488,7 +530,8 @@ impl Local {
     /// for it behind the one it owed are dropped, counted in `queue_drops`.
     fn drop_resuming(&self, id: ConnectionId) {
         if let Some(inbox) = self.resuming.take(id) {
-            add(&self.stats.messages.queue_drops, inbox.drop_behind() as u64);
+            let cause = inbox.drop_cause();
+            cause.count_n(&self.stats.messages, inbox.drop_behind() as u64);
         }
     }
 
@@ -659,8 +702,10 @@ impl Local {
             let inbox = Rc::new(Inbox::new(wire));
             match unsent {
                 Some(unsent) => self.unsent.put(id, unsent),
+                // The first push of a fresh queue, under any mark:
+                // queued whatever it does to a connection behind.
                 None => {
-                    self.queue(&inbox, msg, wires, &mut waiter);
+                    self.queue(id, &inbox, msg, wires, &mut waiter, IfBehind::Close);
                 }
             }
             self.resuming.put(id, inbox);
@@ -669,12 +714,14 @@ impl Local {
         match unsent {
             Some(unsent) => self.unsent.put(id, unsent),
             None => {
-                incr(&self.stats.messages.queue_drops);
+                DropCause::SlowConsumer.count(&self.stats.messages);
                 confirm::resolve(waiter.as_ref(), Err(Undelivered::SlowConsumer));
             }
         }
         ratelog::log(Flood::SlowConsumer, |suppressed| {
             tracing::info!(
+                connection = %id,
+                peer = ?super::session::peer_of(id.fd()),
                 suppressed,
                 "a parked connection's socket buffer is full and it cannot be woken to resume; closing it as a slow consumer (raise Builder::message_send_buffer_size if its peer is only bursty)"
             )
@@ -718,11 +765,11 @@ impl Local {
     /// it, with its payload.
     fn recipients(&self, push: Push) -> (Recipients, Encoded) {
         match push {
-            Push::To(to, payload, kind) => (
+            Push::To(to, payload, kind, _) => (
                 Recipients::Listed(vec![(to.fd(), to.generation())].into_iter()),
                 Encoded::new(payload, kind),
             ),
-            Push::Topic(topic, payload, kind) => {
+            Push::Topic(topic, payload, kind, _) => {
                 let members = topic.recipients(&self.topics.borrow(), &self.stats);
                 (
                     Recipients::Listed(members.into_iter()),
@@ -800,10 +847,11 @@ impl Local {
             Push::Confirmed(w, payload, kind) => {
                 let to = w.to();
                 waiter = Some(w);
-                Push::To(to, payload, kind)
+                Push::To(to, payload, kind, IfBehind::Close)
             }
             push => push,
         };
+        let if_behind = push.if_behind();
         let (mut recipients, mut msg) = self.recipients(push);
         // A protocol's table exists before any of its connections does.
         let sets = self.parked_sets();
@@ -819,7 +867,7 @@ impl Local {
                 Some(At::Open(generation)) => generation,
                 // A broadcast's recipient in its close: dropped for it.
                 Some(At::Leaving(_)) => {
-                    self.missed();
+                    self.missed(DropCause::Closed);
                     return Step::Skipped;
                 }
                 // No message connection owed it at that descriptor.
@@ -827,7 +875,8 @@ impl Local {
             };
             let wires = self.wires.borrow();
             let (unframable, no_wire) = (msg.unframable, msg.no_wire);
-            let delivered = self.deliver_one(fd, generation, &mut msg, &wires, &sets, &mut waiter);
+            let to = (fd, generation);
+            let delivered = self.deliver_one(to, &mut msg, (&wires, &sets), &mut waiter, if_behind);
             if delivered == Delivered::Replaced {
                 // A subscriber that closed without its close reaching its
                 // topics (`Topics`): it leaves them now, each stale entry
@@ -843,12 +892,18 @@ impl Local {
             // connection found closing. (One its wire could not frame is
             // counted as such.)
             let framable = (msg.unframable, msg.no_wire) == (unframable, no_wire);
-            // One on a wire its worker does not have (a bug of the
-            // server's, logged by `Encoded::on`) missed it too: a drop, not
-            // a push its framing cannot carry. (It was counted nowhere:
-            // review, session 46.)
-            if (!handed && framable) || msg.no_wire != no_wire {
-                self.missed();
+            if !handed && framable {
+                // Found behind, parked, woken to close: a slow consumer.
+                self.missed(match delivered {
+                    Delivered::Behind => DropCause::SlowConsumer,
+                    _ => DropCause::Closed,
+                });
+            } else if msg.no_wire != no_wire {
+                // One on a wire its worker does not have (a bug of the
+                // server's, logged by `Encoded::on`) missed it too: a drop,
+                // not a push its framing cannot carry. (It was counted
+                // nowhere: review, session 46.)
+                self.missed(DropCause::Closed);
             }
             // Still here: written whole to a parked socket, or not handed
             // to the connection (a queue or the rest of a frame owed took
@@ -891,8 +946,8 @@ impl Local {
     /// 3,000 sends accepted while a slow consumer's close ran, 744 read,
     /// `queue_drops` +0; session 43 counted sends, session 44 publishes
     /// and broadcasts: they were in neither counter.)
-    fn missed(&self) {
-        incr(&self.stats.messages.queue_drops);
+    fn missed(&self, cause: DropCause) {
+        cause.count(&self.stats.messages);
     }
 
     /// Delivers to one connection, awake or parked, if it is still open;
@@ -905,32 +960,34 @@ impl Local {
     /// `waiter` (a confirmed send's) is taken by what takes the push to
     /// write later (the connection's queue, or the rest of a frame its
     /// parked socket took part of), which resolves it; left, the caller
-    /// resolves it by what was done.
+    /// resolves it by what was done. `if_behind`: what it does to an awake
+    /// connection (or one resuming) whose queue is behind
+    /// ([`Local::queue`]); to a parked one, nothing of its own (a parked
+    /// connection has no queue).
     fn deliver_one(
         &self,
-        fd: RawFd,
-        generation: Generation,
+        (fd, generation): (RawFd, Generation),
         msg: &mut Encoded,
-        wires: &[Rc<dyn Wire>],
-        sets: &[Rc<dyn ParkedSet>],
+        (wires, sets): Targets<'_>,
         waiter: &mut Option<Waiter>,
+        if_behind: IfBehind,
     ) -> Delivered {
         let inbox = match self.awake.borrow().get(&fd) {
             Some((g, inbox)) if *g == generation => Some(inbox.clone()),
             Some(_) => return Delivered::Replaced,
             None => None,
         };
-        if let Some(inbox) = inbox {
-            return self.queue(&inbox, msg, wires, waiter);
-        }
         let id = self.id(fd, generation);
+        if let Some(inbox) = inbox {
+            return self.queue(id, &inbox, msg, wires, waiter, if_behind);
+        }
         // Closing for the hub: what comes after the close is not written.
         if self.is_kicked(id) {
             return Delivered::Closing;
         }
         // Behind on a push, waking to resume: queued behind what it owes.
         if let Some(inbox) = self.resuming.get(id) {
-            return self.queue(&inbox, msg, wires, waiter);
+            return self.queue(id, &inbox, msg, wires, waiter, if_behind);
         }
         for table in sets {
             match table.deliver(fd, generation, msg, wires, &self.stats.messages) {
@@ -952,18 +1009,27 @@ impl Local {
         tables.iter().map(|(_, _, t)| t.clone()).collect()
     }
 
-    /// Puts a message on an awake connection's outbound queue:
+    /// Puts a message on connection `id`'s outbound queue:
     /// [`Delivered::Sent`] when offered (or not framable for it, counted as
-    /// such), [`Delivered::Closing`] when the connection closes for the hub.
-    /// Offered, `waiter` goes with it (resolved as it is written or
-    /// dropped); not framable or refused by a full queue, it is resolved
-    /// here.
+    /// such, or dropped as droppable), [`Delivered::Closing`] when the
+    /// connection closes for the hub. Offered, `waiter` goes with it
+    /// (resolved as it is written or dropped); not framable or refused by a
+    /// full queue, it is resolved here.
+    ///
+    /// A droppable push ([`IfBehind::Drop`]) is dropped while the queue
+    /// holds [`droppable_mark`] messages or more, counted as such; the
+    /// connection stays open, and the pushes it does queue keep their
+    /// order (nothing is held back). Any other push that finds the queue
+    /// full closes the connection as a slow consumer (logged with its id
+    /// and peer, rate-limited).
     fn queue(
         &self,
+        id: ConnectionId,
         inbox: &Inbox,
         msg: &mut Encoded,
         wires: &[Rc<dyn Wire>],
         waiter: &mut Option<Waiter>,
+        if_behind: IfBehind,
     ) -> Delivered {
         // Closing for the hub: what comes after the close is not written.
         if inbox.is_kicked() {
@@ -977,12 +1043,34 @@ impl Local {
         // it whole (the protocol counts it, as it writes it), or in
         // `queue_drops` if its connection closes first, whatever the close
         // (`Awake`'s drop, or the protocol for one it held).
+        if if_behind == IfBehind::Drop
+            && !inbox.has_overflowed()
+            && inbox.len() >= droppable_mark(self.queue_limit)
+        {
+            // (A droppable push never carries a waiter.)
+            confirm::resolve(waiter.take().as_ref(), Err(Undelivered::SlowConsumer));
+            DropCause::Droppable.count(&self.stats.messages);
+            return Delivered::Sent;
+        }
         let pushed = PushFrame {
             bytes: framed,
             waiter: waiter.take(),
         };
+        let first_overflow = !inbox.has_overflowed();
         if !inbox.offer(pushed, self.queue_limit) {
-            incr(&self.stats.messages.queue_drops);
+            DropCause::SlowConsumer.count(&self.stats.messages);
+            if first_overflow {
+                let limit = self.queue_limit;
+                ratelog::log(Flood::SlowConsumer, |suppressed| {
+                    tracing::info!(
+                        connection = %id,
+                        peer = ?super::session::peer_of(id.fd()),
+                        limit,
+                        suppressed,
+                        "a connection's outbound queue is full; closing it as a slow consumer (raise Builder::outbound_queue if its peer is only bursty, or send what it may miss with Hub::send_droppable)"
+                    )
+                });
+            }
         }
         Delivered::Sent
     }
@@ -1012,8 +1100,9 @@ impl Awake {
     /// its handler hears of the close; any other's when it unregisters, and
     /// again, for none, for a slow consumer).
     pub(crate) fn drop_behind(&self) {
+        let cause = self.inbox.drop_cause();
         let dropped = self.inbox.drop_behind();
-        add(&self.local.stats.messages.queue_drops, dropped as u64);
+        cause.count_n(&self.local.stats.messages, dropped as u64);
     }
 
     /// Resolves when this connection's outbound queue overflowed; never
@@ -1543,7 +1632,7 @@ mod tests {
             // A full queue: a slow consumer.
             for _ in 0..local.queue_limit {
                 local
-                    .deliver(Push::To(new, "x".into(), hub::Kind::Auto))
+                    .deliver(Push::To(new, "x".into(), hub::Kind::Auto, IfBehind::Close))
                     .await;
             }
             let (push, mut refused) = confirmed(new);
@@ -1573,7 +1662,7 @@ mod tests {
             let id = local.new_id(900_060);
             let awake = local.awake(id, table.wire(0) + 7).unwrap();
             local
-                .deliver(Push::To(id, "x".into(), hub::Kind::Auto))
+                .deliver(Push::To(id, "x".into(), hub::Kind::Auto, IfBehind::Close))
                 .await;
             let (waiter, delivery) = Delivery::new(id);
             let confirmed = Push::Confirmed(waiter, "y".into(), hub::Kind::Auto);
@@ -1617,6 +1706,7 @@ mod tests {
                     "news".into(),
                     "hi".into(),
                     crate::message::hub::Kind::Auto,
+                    IfBehind::Close,
                 ))
                 .await;
             assert_eq!(other_awake.inbox.take_up_to(TAKE_AT_ONCE).unwrap().len(), 1);

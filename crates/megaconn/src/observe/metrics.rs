@@ -61,7 +61,7 @@
 //! | `megaconn_message_frames_total` | counter | `direction` (`in`, `out`) |
 //! | `megaconn_message_bytes_total` | counter | `direction` (`in`, `out`) |
 //! | `megaconn_message_pushes_total` | counter | |
-//! | `megaconn_message_queue_drops_total` | counter | |
+//! | `megaconn_message_queue_drops_total` | counter | `cause` (`slow_consumer`, `droppable`, `shutdown`, `closed`) |
 //! | `megaconn_message_heartbeats_sent_total` | counter | |
 //! | `megaconn_message_heartbeat_timeouts_total` | counter | |
 //! | `megaconn_message_hub_messages_total` | counter | |
@@ -76,9 +76,12 @@
 //! The `message_` series count message protocols' connections (framed
 //! TCP, WebSocket and SSE): frames (messages) and their bytes with
 //! headers, hub deliveries, pushes that did not reach the peer whole
-//! (`queue_drops`: refused by a full outbound queue or socket buffer,
-//! which closes the connection as `slow_consumer`, or lost when it
-//! closed, whatever the close: left queued, or not written whole), server
+//! (`queue_drops`, by `cause`: `slow_consumer`, refused by a full
+//! outbound queue, which closes the connection, or left unwritten by
+//! that close; `droppable`, a droppable push a connection was too far
+//! behind for, which leaves it open; `shutdown`, left in a stopped
+//! worker's hub queue; `closed`, lost when the connection closed for any
+//! other reason: left queued, or not written whole), server
 //! heartbeats sent and peers closed for silence;
 //! `deliveries_pending` is how many connections a broadcast or publish under
 //! way has yet to reach (it is delivered a slice at a time, so the workers
@@ -1262,12 +1265,20 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
         "Messages the workers took from the hub (a broadcast or publish counts once per worker).",
         m.hub_messages,
     )?;
-    counter(
-        e,
+    let mut drops = e.encode_descriptor(
         "message_queue_drops",
-        "Pushes that did not reach their connection's peer whole: refused by its full outbound queue or socket buffer (which closes it as slow_consumer), or lost when it closed, whatever the close (left queued, or not written whole). With message_pushes: every push handed to a connection.",
-        m.queue_drops,
+        "Pushes that did not reach their connection's peer whole, by cause: slow_consumer (refused by its full outbound queue, or left unwritten by that overflow's close), droppable (a droppable push the connection was too far behind for; it stays open), shutdown (left in a stopped worker's hub queue), closed (lost to any other close: left queued, or not written whole). With message_pushes: every push handed to a connection.",
+        None,
+        MetricType::Counter,
     )?;
+    for (cause, n) in [
+        ("slow_consumer", m.queue_drops_slow_consumer),
+        ("droppable", m.queue_drops_droppable),
+        ("shutdown", m.queue_drops_shutdown),
+        ("closed", m.queue_drops_closed),
+    ] {
+        ConstCounter::new(n).encode(drops.encode_family(&[("cause", cause)])?)?;
+    }
     counter(
         e,
         "message_heartbeats_sent",

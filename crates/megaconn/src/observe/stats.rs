@@ -134,7 +134,19 @@ pub(crate) struct MessageCounters {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub pushes: AtomicU64,
+    /// Pushes dropped by a close other than a slow consumer's
+    /// (`DropCause::Closed`, `message/hub.rs`); with the three below, every
+    /// push dropped, each cause counted apart so a scrape's sum is
+    /// consistent.
     pub queue_drops: AtomicU64,
+    /// Pushes dropped for a slow consumer (`DropCause::SlowConsumer`).
+    pub queue_drops_slow_consumer: AtomicU64,
+    /// Droppable pushes dropped for a connection behind
+    /// (`DropCause::Droppable`).
+    pub queue_drops_droppable: AtomicU64,
+    /// Pushes left in the hub queue of a worker that stopped
+    /// (`DropCause::Shutdown`).
+    pub queue_drops_shutdown: AtomicU64,
     pub heartbeats_sent: AtomicU64,
     pub heartbeat_timeouts: AtomicU64,
     pub hub_messages: AtomicU64,
@@ -186,7 +198,24 @@ pub struct MessageStats {
     /// whatever the close (still queued, or not written whole). With
     /// [`pushes`](MessageStats::pushes), every push the workers handed to
     /// a connection. (Until session 41 only a slow consumer's were counted.)
+    /// The sum of the four `queue_drops_*` by cause.
     pub queue_drops: u64,
+    /// Of [`queue_drops`](MessageStats::queue_drops): refused by a full
+    /// outbound queue, or left queued or unwritten when that overflow
+    /// closed the connection as a slow consumer
+    /// (`megaconn_message_queue_drops_total{cause="slow_consumer"}`).
+    pub queue_drops_slow_consumer: u64,
+    /// Of [`queue_drops`](MessageStats::queue_drops): droppable pushes
+    /// ([`Hub::send_droppable`](crate::Hub::send_droppable)) dropped for a
+    /// connection behind, which stayed open (`cause="droppable"`).
+    pub queue_drops_droppable: u64,
+    /// Of [`queue_drops`](MessageStats::queue_drops): left in a worker's
+    /// hub queue when it stopped (`cause="shutdown"`).
+    pub queue_drops_shutdown: u64,
+    /// Of [`queue_drops`](MessageStats::queue_drops): lost to any other
+    /// close (the peer gone, a write timeout, shutdown's close,
+    /// `Hub::close`, a stale id; `cause="closed"`).
+    pub queue_drops_closed: u64,
     /// Server heartbeat frames sent.
     pub heartbeats_sent: u64,
     /// Connections closed because the peer sent nothing within the
@@ -232,7 +261,17 @@ impl MessageStats {
         self.bytes_in += c.bytes_in.load(Relaxed);
         self.bytes_out += c.bytes_out.load(Relaxed);
         self.pushes += c.pushes.load(Relaxed);
-        self.queue_drops += c.queue_drops.load(Relaxed);
+        let by_cause = [
+            c.queue_drops.load(Relaxed),
+            c.queue_drops_slow_consumer.load(Relaxed),
+            c.queue_drops_droppable.load(Relaxed),
+            c.queue_drops_shutdown.load(Relaxed),
+        ];
+        self.queue_drops_closed += by_cause[0];
+        self.queue_drops_slow_consumer += by_cause[1];
+        self.queue_drops_droppable += by_cause[2];
+        self.queue_drops_shutdown += by_cause[3];
+        self.queue_drops += by_cause.iter().sum::<u64>();
         self.heartbeats_sent += c.heartbeats_sent.load(Relaxed);
         self.heartbeat_timeouts += c.heartbeat_timeouts.load(Relaxed);
         self.hub_messages += c.hub_messages.load(Relaxed);

@@ -1653,7 +1653,8 @@ async fn message_metrics_count_frames_bytes_and_pushes() {
         "megaconn_message_bytes_total{direction=\"in\"} 8",
         "megaconn_message_bytes_total{direction=\"out\"} 15",
         "megaconn_message_pushes_total 1",
-        "megaconn_message_queue_drops_total 0",
+        "megaconn_message_queue_drops_total{cause=\"closed\"} 0",
+        "megaconn_message_queue_drops_total{cause=\"slow_consumer\"} 0",
     ] {
         assert!(text.contains(line), "{line} in\n{text}");
     }

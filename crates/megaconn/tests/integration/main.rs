@@ -28,6 +28,7 @@ mod common;
 
 mod axum;
 mod axum_sse_halfopen;
+mod backpressure;
 mod big_push;
 mod blocking;
 mod drain;

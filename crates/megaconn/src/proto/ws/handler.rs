@@ -267,6 +267,13 @@ impl WsSession {
         self.inner.id()
     }
 
+    /// How far behind this connection is: the hub's pushes waiting in its
+    /// outbound queue ([`Session::buffered`]; uWebSockets'
+    /// `getBufferedAmount`, in messages and bytes).
+    pub fn buffered(&self) -> crate::Buffered {
+        self.inner.buffered()
+    }
+
     /// Queues a message to the peer.
     pub fn send(&self, message: impl Into<WsMessage>) {
         self.out.borrow_mut().push(message.into());
