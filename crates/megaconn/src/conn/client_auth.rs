@@ -98,15 +98,37 @@ impl ClientCa {
     /// Adds certificate revocation lists from a PEM file (`X509 CRL`
     /// blocks), read again at each reload. A client's own certificate is
     /// checked against them (not its intermediates'); one whose issuer has
-    /// no CRL here is let in (its status is unknown, not revoked), and an
-    /// expired CRL still applies, as webpki does by default.
+    /// no CRL here is let in (its status is unknown, not revoked).
+    ///
+    /// Each CRL is checked when read ([`TlsConfig::client_auth`](crate::TlsConfig::client_auth)
+    /// and each reload): one that does not read, whose `nextUpdate` is
+    /// past, or that names a root here as its issuer but is not signed by
+    /// it is an error ([`TlsError::is_bad_crl`](crate::TlsError::is_bad_crl))
+    /// and nothing changes (a reload keeps the lists that worked). A CRL
+    /// that expires while the server runs still applies, as webpki does by
+    /// default. A CRL of an intermediate CA (not among the roots) is
+    /// checked at the handshakes that need it; found bad there, the
+    /// handshake fails as
+    /// `megaconn_tls_handshakes_total{outcome="crl"}`, logged naming the
+    /// file.
+    ///
+    /// **Open connections are not checked again.** A device revoked by a
+    /// new CRL (then [`TlsConfig::reload`](crate::TlsConfig::reload), or
+    /// SIGHUP to `megaconn serve`) keeps the connections it has open,
+    /// parked or awake, until they close (`max_connection_age` bounds how
+    /// long); its next handshake is refused (a full one: resumption starts
+    /// afresh when the CRLs change). To cut it off at once, close them from
+    /// the application: its handlers see its certificate
+    /// ([`PeerCertificates`]), and a message connection's id can be closed
+    /// with [`Hub::close`](crate::Hub::close).
     pub fn with_crl_pem_file(mut self, path: impl AsRef<Path>) -> ClientCa {
         self.crls.push(Pem::File(path.as_ref().to_path_buf()));
         self
     }
 
-    /// Adds certificate revocation lists from PEM text (see
-    /// [`with_crl_pem_file`](ClientCa::with_crl_pem_file)).
+    /// Adds certificate revocation lists from PEM text, checked as
+    /// [`with_crl_pem_file`](ClientCa::with_crl_pem_file)'s are (and, as
+    /// there, a revoked device's open connections stay open).
     pub fn with_crl_pem(mut self, pem: &[u8]) -> ClientCa {
         self.crls.push(Pem::Bytes(pem.to_vec()));
         self
@@ -140,8 +162,10 @@ pub enum ClientAuth {
     /// one from another CA with `unknown_ca`, an expired one with
     /// `certificate_expired`, a revoked one with `certificate_revoked`.
     /// Each is counted in
-    /// `megaconn_tls_handshakes_total{outcome="client_cert"}` and logged
-    /// (rate-limited) with rustls' reason.
+    /// `megaconn_tls_handshakes_total{outcome="client_cert"}` and by why in
+    /// `megaconn_tls_client_cert_refusals_total{reason}` (`missing`,
+    /// `unknown_ca`, `revoked`, `expired`, `not_yet_valid`, `bad`), and
+    /// logged (rate-limited) with that reason and rustls' error.
     Required(ClientCa),
 }
 

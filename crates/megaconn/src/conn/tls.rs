@@ -1107,9 +1107,10 @@ pub(crate) async fn handshake(
         let failure = match TlsFailure::of(&e) {
             Some(TlsFailure::TooMuchBuffered { .. }) => {
                 LimitHit::TlsHandshakeBuffer.count(&ctx.stats);
-                ratelog::log(Flood::TlsTooMuchBuffered, |suppressed| {
-                    tracing::info!(error = %e, suppressed, "TLS handshake over the TLS record buffer's limit; closing the connection")
-                });
+                ratelog::log(
+                    Flood::TlsTooMuchBuffered,
+                    |suppressed| tracing::info!(error = %e, suppressed, "TLS handshake over the TLS record buffer's limit; closing the connection"),
+                );
                 return CloseReason::TlsHandshakeFailed;
             }
             Some(TlsFailure::Rejected(e)) => ClientAuthFailure::of(e),
@@ -1148,9 +1149,10 @@ pub(crate) async fn handshake(
                     )
                 });
             }
-            None => ratelog::log(Flood::TlsHandshakeFailed, |suppressed| {
-                tracing::info!(error = %e, suppressed, "TLS handshake failed; closing the connection")
-            }),
+            None => ratelog::log(
+                Flood::TlsHandshakeFailed,
+                |suppressed| tracing::info!(error = %e, suppressed, "TLS handshake failed; closing the connection"),
+            ),
         }
         CloseReason::TlsHandshakeFailed
     };

@@ -420,7 +420,7 @@ pub(crate) enum Flood {
     Http2Pings,
     /// A TLS handshake refused for the client's certificate
     /// (`TlsConfig::client_auth`): none sent where one is required, or one
-    /// that does not verify. A kind apart from
+    /// that does not verify; its line names the reason (`CertRefusal`). A kind apart from
     /// [`TlsHandshakeFailed`](Flood::TlsHandshakeFailed): after a CA
     /// rollout a fleet's refusals must not hide other failures' lines, nor
     /// theirs it.

@@ -55,7 +55,11 @@ pub(crate) fn device(ca: &Ca, cn: &str) -> Device {
 
 /// [`device`], its certificate's parameters changed by `change` first (a
 /// validity period in the past, say).
-pub(crate) fn device_with(ca: &Ca, cn: &str, change: impl FnOnce(&mut CertificateParams)) -> Device {
+pub(crate) fn device_with(
+    ca: &Ca,
+    cn: &str,
+    change: impl FnOnce(&mut CertificateParams),
+) -> Device {
     let mut params = CertificateParams::new(vec![format!("{cn}.devices.local")]).unwrap();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
@@ -76,11 +80,7 @@ pub(crate) fn device_with(ca: &Ca, cn: &str, change: impl FnOnce(&mut Certificat
 
 /// A client trusting `server_ca`, offering `alpn`, presenting `device`'s
 /// certificate if any.
-pub(crate) fn client(
-    server_ca: &Ca,
-    alpn: &[&[u8]],
-    device: Option<&Device>,
-) -> Arc<ClientConfig> {
+pub(crate) fn client(server_ca: &Ca, alpn: &[&[u8]], device: Option<&Device>) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(server_ca.cert.der().clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -419,7 +419,10 @@ pub(crate) fn alert_of(e: &std::io::Error) -> Option<rustls::AlertDescription> {
 
 /// A client refused by the server: the alert it read, from the handshake
 /// or (TLS 1.3) its first read.
-pub(crate) async fn refused(gateway: &Gateway, device: Option<&Device>) -> rustls::AlertDescription {
+pub(crate) async fn refused(
+    gateway: &Gateway,
+    device: Option<&Device>,
+) -> rustls::AlertDescription {
     let e = match gateway
         .connect(gateway.https, "localhost", &[b"http/1.1"], device)
         .await

@@ -17,7 +17,7 @@ use megaconn::{ClientAuth, ClientCa, TlsConfig};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -29,7 +29,11 @@ use crate::mtls::{
 
 /// A CRL of `ca` revoking `serials`, valid until `next_update` (year,
 /// month, day).
-fn crl_of(ca: &Ca, serials: &[u64], next_update: (i32, u8, u8)) -> rcgen::CertificateRevocationList {
+fn crl_of(
+    ca: &Ca,
+    serials: &[u64],
+    next_update: (i32, u8, u8),
+) -> rcgen::CertificateRevocationList {
     let (y, m, d) = next_update;
     rcgen::CertificateRevocationListParams {
         this_update: rcgen::date_time_ymd(2020, 1, 1),
@@ -56,7 +60,9 @@ const FAR_FUTURE: (i32, u8, u8) = (2099, 1, 1);
 
 /// `ca`'s roots with `crl_pem`, required.
 fn with_crl(ca: &Ca, crl_pem: &str) -> ClientAuth {
-    ClientAuth::Required(ClientCa::from_pem(ca.cert.pem().as_bytes()).with_crl_pem(crl_pem.as_bytes()))
+    ClientAuth::Required(
+        ClientCa::from_pem(ca.cert.pem().as_bytes()).with_crl_pem(crl_pem.as_bytes()),
+    )
 }
 
 /// The refusals counted for `reason`.
@@ -108,7 +114,10 @@ async fn each_refusal_is_counted_by_its_reason() {
     let metrics = gateway.handle.render_metrics();
     for (_, _, reason) in cases {
         let line = format!("megaconn_tls_client_cert_refusals_total{{reason=\"{reason}\"}} 1");
-        assert!(metrics.lines().any(|l| l == line), "{line} not in {metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in {metrics}"
+        );
     }
     // A device of the fleet still gets in, and is counted nowhere here.
     let fine = device(&devices, "fine-1");
@@ -136,7 +145,10 @@ fn a_bad_crl_is_an_error_when_configured() {
     // Expired: its nextUpdate is past.
     let old = crl_of(&devices, &[], (2021, 1, 1));
     let text = bad(with_crl(&devices, &old.pem().unwrap()));
-    assert!(text.contains("expired at") && text.contains("fetch"), "{text}");
+    assert!(
+        text.contains("expired at") && text.contains("fetch"),
+        "{text}"
+    );
     // Another CA's of the same name (the issuer a root's, the signature not).
     let impostor = Ca::named("Devices CA");
     let forged = crl_of(&impostor, &[], FAR_FUTURE);
@@ -255,37 +267,15 @@ async fn an_intermediates_bad_crl_found_at_a_handshake_is_not_the_clients_refusa
     gateway.stop().await;
 }
 
-/// Reads `n` HTTP/1.1 responses (each with a `content-length`) off `io`:
+/// Reads `n` HTTP/1.1 responses off `io` (`buf`: bytes read ahead):
 /// their bodies.
-async fn read_bodies<S: AsyncRead + Unpin>(io: &mut S, n: usize) -> Vec<String> {
-    let mut buf = Vec::new();
+async fn read_bodies<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>, n: usize) -> Vec<String> {
     let mut bodies = Vec::new();
-    tokio::time::timeout(SAFETY, async {
-        while bodies.len() < n {
-            let text = String::from_utf8_lossy(&buf).to_string();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let len: usize = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length: ")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .expect("content-length");
-                if buf.len() >= end + 4 + len {
-                    bodies.push(text[end + 4..end + 4 + len].to_string());
-                    buf.drain(..end + 4 + len);
-                    continue;
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            let got = io.read(&mut chunk).await.expect("a response");
-            assert_ne!(got, 0, "the connection ended");
-            buf.extend_from_slice(&chunk[..got]);
-        }
-    })
-    .await
-    .expect("the responses in time");
+    for _ in 0..n {
+        let response = common::read_response_buffered(io, buf, false).await;
+        assert_eq!(response.status, 200);
+        bodies.push(String::from_utf8(response.body).unwrap());
+    }
     bodies
 }
 
@@ -304,14 +294,15 @@ async fn the_requests_of_one_connection_share_one_copy_of_the_chain() {
         .expect("handshake");
     let get = b"GET /chain HTTP/1.1\r\nHost: localhost\r\n\r\n";
     tls.write_all(&[&get[..], &get[..]].concat()).await.unwrap();
-    let both = read_bodies(&mut tls, 2).await;
+    let mut buf = Vec::new();
+    let both = read_bodies(&mut tls, &mut buf, 2).await;
     assert_eq!(both[0], both[1], "one copy for both requests");
     common::wait_stats(&gateway.handle, "the connection parked", |s| {
         s.connections_parked == 1
     })
     .await;
     tls.write_all(get).await.unwrap();
-    let after = read_bodies(&mut tls, 1).await;
+    let after = read_bodies(&mut tls, &mut buf, 1).await;
     assert_ne!(after[0], both[0], "a copy made after the wake");
     gateway.stop().await;
 }
