@@ -1140,7 +1140,7 @@ pub(crate) async fn handshake(
             }
             // The server's own list: a line at warn, naming the files.
             Some(ClientAuthFailure::Crl) => {
-                ratelog::log(Flood::TlsHandshakeFailed, |suppressed| {
+                ratelog::log(Flood::TlsServerCrl, |suppressed| {
                     tracing::warn!(
                         error = %e,
                         crl = crl_sources.as_deref().unwrap_or("?"),
