@@ -1178,7 +1178,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "FILE",
         shape: Shape::One,
         help: "Certificate revocation lists (PEM, X509 CRL blocks) client certificates are checked against; needs --tls-client-ca.",
-        details: "A client's own certificate is checked (not its intermediates'); one whose issuer has no CRL here is let in. SIGHUP reads the file again: revoke a device, replace the CRL, send SIGHUP (open connections stay open; new handshakes are checked, and no session resumes past a changed CRL: its resumption is refused and the client makes a full handshake).",
+        details: "A client's own certificate is checked (not its intermediates'); one whose issuer has no CRL here is let in; refusals are counted by reason in megaconn_tls_client_cert_refusals_total{reason}. A CRL that does not read, whose nextUpdate is past, or that names a root of --tls-client-ca as its issuer but is not signed by it is refused at startup and at SIGHUP (the error names the file; on SIGHUP the lists that worked stay). SIGHUP reads the file again: revoke a device, replace the CRL, send SIGHUP (the device's open connections stay open until they close or reach --max-connection-age; new handshakes are checked, and no session resumes past a changed CRL: its resumption is refused and the client makes a full handshake).",
         default: "none",
         example: "/etc/megaconn/devices.crl.pem",
         parse: path,

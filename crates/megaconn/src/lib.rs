@@ -106,7 +106,8 @@
 //!             context.rs   what one worker's connections share; config.rs the
 //!                          settings; tls.rs certificates and the handshake;
 //!                          client_auth.rs client certificates (mutual TLS:
-//!                          ClientAuth, PeerCertificates); pool.rs buffers;
+//!                          ClientAuth, PeerCertificates; client_auth/crl.rs
+//!                          checks a CRL when loaded); pool.rs buffers;
 //!                          transport.rs, rewind.rs, shutdown.rs
 //!     |                                  observe/  close.rs   CloseReason
 //!  error.rs                                        stats.rs   per-worker counters

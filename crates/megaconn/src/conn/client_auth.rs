@@ -9,9 +9,12 @@
 //! an empty `Option` for the peer's chain in every session already). On,
 //! the session keeps the client's chain (its DER, ~0.5–1.5 KB a
 //! certificate) for the connection's life, parked or awake; a handler's
-//! [`PeerCertificates`] is a copy made when asked for (per request on
-//! HTTP/1.1, per connection on HTTP/2, per wake-up of a message
-//! connection), never kept while the connection is parked.
+//! [`PeerCertificates`] is one copy of it shared by refcount: made at the
+//! first request after the handshake or a wake-up on HTTP/1.1 (the TLS
+//! stream keeps it while awake, `TlsIo::shared_peer_certificates`), per
+//! connection on HTTP/2, per wake-up of a message connection. It is never
+//! kept while the connection is parked: that would add the chain's DER
+//! again to every parked connection, which the session has already.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,6 +27,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 
 use crate::conn::tls::TlsError;
+
+mod crl;
 
 /// PEM text to read: a file (read again by `TlsConfig::reload`), or bytes.
 #[derive(Clone)]
@@ -93,15 +98,37 @@ impl ClientCa {
     /// Adds certificate revocation lists from a PEM file (`X509 CRL`
     /// blocks), read again at each reload. A client's own certificate is
     /// checked against them (not its intermediates'); one whose issuer has
-    /// no CRL here is let in (its status is unknown, not revoked), and an
-    /// expired CRL still applies, as webpki does by default.
+    /// no CRL here is let in (its status is unknown, not revoked).
+    ///
+    /// Each CRL is checked when read ([`TlsConfig::client_auth`](crate::TlsConfig::client_auth)
+    /// and each reload): one that does not read, whose `nextUpdate` is
+    /// past, or that names a root here as its issuer but is not signed by
+    /// it is an error ([`TlsError::is_bad_crl`](crate::TlsError::is_bad_crl))
+    /// and nothing changes (a reload keeps the lists that worked). A CRL
+    /// that expires while the server runs still applies, as webpki does by
+    /// default. A CRL of an intermediate CA (not among the roots) is
+    /// checked at the handshakes that need it; found bad there, the
+    /// handshake fails as
+    /// `megaconn_tls_handshakes_total{outcome="crl"}`, logged naming the
+    /// file.
+    ///
+    /// **Open connections are not checked again.** A device revoked by a
+    /// new CRL (then [`TlsConfig::reload`](crate::TlsConfig::reload), or
+    /// SIGHUP to `megaconn serve`) keeps the connections it has open,
+    /// parked or awake, until they close (`max_connection_age` bounds how
+    /// long); its next handshake is refused (a full one: resumption starts
+    /// afresh when the CRLs change). To cut it off at once, close them from
+    /// the application: its handlers see its certificate
+    /// ([`PeerCertificates`]), and a message connection's id can be closed
+    /// with [`Hub::close`](crate::Hub::close).
     pub fn with_crl_pem_file(mut self, path: impl AsRef<Path>) -> ClientCa {
         self.crls.push(Pem::File(path.as_ref().to_path_buf()));
         self
     }
 
-    /// Adds certificate revocation lists from PEM text (see
-    /// [`with_crl_pem_file`](ClientCa::with_crl_pem_file)).
+    /// Adds certificate revocation lists from PEM text, checked as
+    /// [`with_crl_pem_file`](ClientCa::with_crl_pem_file)'s are (and, as
+    /// there, a revoked device's open connections stay open).
     pub fn with_crl_pem(mut self, pem: &[u8]) -> ClientCa {
         self.crls.push(Pem::Bytes(pem.to_vec()));
         self
@@ -135,8 +162,10 @@ pub enum ClientAuth {
     /// one from another CA with `unknown_ca`, an expired one with
     /// `certificate_expired`, a revoked one with `certificate_revoked`.
     /// Each is counted in
-    /// `megaconn_tls_handshakes_total{outcome="client_cert"}` and logged
-    /// (rate-limited) with rustls' reason.
+    /// `megaconn_tls_handshakes_total{outcome="client_cert"}` and by why in
+    /// `megaconn_tls_client_cert_refusals_total{reason}` (`missing`,
+    /// `unknown_ca`, `revoked`, `expired`, `not_yet_valid`, `bad`), and
+    /// logged (rate-limited) with that reason and rustls' error.
     Required(ClientCa),
 }
 
@@ -176,21 +205,31 @@ impl ClientAuth {
             )));
         }
         let mut crls = Vec::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         for source in &ca.crls {
             let pem = read(source)?;
+            let what = source.what();
             let found = CertificateRevocationListDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| {
-                    TlsError::new(format!("cannot read CRLs from {}: {e}", source.what()))
-                })?;
+                .map_err(|e| TlsError::bad_crl(format!("cannot read CRLs from {what}: {e}")))?;
             if found.is_empty() {
-                return Err(TlsError::new(format!(
-                    "no CRL (X509 CRL block) found in {}",
-                    source.what()
+                return Err(TlsError::bad_crl(format!(
+                    "no CRL (X509 CRL block) found in {what}"
                 )));
+            }
+            for crl in &found {
+                crl::check(crl, &certs, now, &what)?;
             }
             crls.extend(found);
         }
+        // What a handshake's line names if webpki still finds a CRL bad
+        // (one of an intermediate CA, which `crl::check` cannot verify).
+        let crl_sources = (!ca.crls.is_empty()).then(|| {
+            let names: Vec<String> = ca.crls.iter().map(Pem::what).collect();
+            Arc::<str>::from(names.join(", "))
+        });
         // What a change is judged by: a reload that reads the same roots
         // and CRLs keeps resumption (`TlsConfig::reload`).
         let mut fingerprint: Vec<Vec<u8>> = certs.iter().map(|c| c.to_vec()).collect();
@@ -210,12 +249,17 @@ impl ClientAuth {
         if matches!(self, ClientAuth::Optional(_)) {
             builder = builder.allow_unauthenticated();
         }
-        let verifier = builder
-            .build()
-            .map_err(|e| TlsError::new(format!("cannot verify client certificates: {e}")))?;
+        let verifier = builder.build().map_err(|e| match e {
+            rustls::server::VerifierBuilderError::InvalidCrl(e) => TlsError::bad_crl(format!(
+                "a CRL in {} does not read: {e:?}",
+                crl_sources.as_deref().unwrap_or_default()
+            )),
+            e => TlsError::new(format!("cannot verify client certificates: {e}")),
+        })?;
         Ok(Some(LoadedClientAuth {
             verifier,
             fingerprint,
+            crl_sources,
         }))
     }
 }
@@ -236,6 +280,9 @@ pub(crate) struct LoadedClientAuth {
     /// The roots' and CRLs' DER and the mode: a change of any of them
     /// starts resumption afresh (`tls.rs`, `Resumption`).
     pub fingerprint: Vec<Vec<u8>>,
+    /// Where the CRLs came from (files or "the PEM given"), for the line
+    /// a handshake logs if webpki finds one bad; `None` without CRLs.
+    pub crl_sources: Option<Arc<str>>,
 }
 
 impl fmt::Debug for LoadedClientAuth {
@@ -246,17 +293,85 @@ impl fmt::Debug for LoadedClientAuth {
     }
 }
 
-/// Whether a handshake failed on the client's certificate (`e`, rustls'
-/// error): none sent where one is required, or one that did not verify
-/// (unknown issuer, expired, revoked, a bad signature). A server verifies
-/// no other certificate, so these errors can only be about the client's.
-pub(crate) fn is_client_cert_refusal(e: &rustls::Error) -> bool {
-    matches!(
-        e,
-        rustls::Error::NoCertificatesPresented
-            | rustls::Error::InvalidCertificate(_)
-            | rustls::Error::InvalidCertRevocationList(_)
-    )
+/// Why a client's certificate was refused: the `reason` label of
+/// `megaconn_tls_client_cert_refusals_total` and the word its log line
+/// says. Bounded: rustls' many error kinds fold into these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CertRefusal {
+    /// None sent where one is required (`certificate_required`).
+    Missing,
+    /// Not issued by a client CA root (`unknown_ca`): another fleet's, or
+    /// the roots were rotated before the devices.
+    UnknownCa,
+    /// Revoked by a CRL given (`certificate_revoked`).
+    Revoked,
+    /// Past its `notAfter` (`certificate_expired`).
+    Expired,
+    /// Before its `notBefore`: a clock off on the server, or on the CA
+    /// that issued it.
+    NotYetValid,
+    /// Anything else about it: a bad signature or encoding, the wrong key
+    /// usage, an unsupported algorithm.
+    Bad,
+}
+
+impl CertRefusal {
+    /// How many reasons there are.
+    pub(crate) const COUNT: usize = 6;
+    /// Metric labels, by discriminant.
+    pub(crate) const LABELS: [&'static str; CertRefusal::COUNT] = [
+        "missing",
+        "unknown_ca",
+        "revoked",
+        "expired",
+        "not_yet_valid",
+        "bad",
+    ];
+
+    /// The metric label (and the word the log line says).
+    pub(crate) fn label(self) -> &'static str {
+        CertRefusal::LABELS[self as usize]
+    }
+}
+
+/// What a handshake's failure (`e`, rustls' error) says of client auth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientAuthFailure {
+    /// The client's certificate refused: none sent where one is required,
+    /// or one that did not verify. A server verifies no other
+    /// certificate, so these errors can only be about the client's.
+    Refused(CertRefusal),
+    /// A CRL of the server's own failed to check (webpki found its
+    /// signature bad, its issuer unfit to sign CRLs, or its encoding
+    /// unsupported): the server's fault, not the client's. `ClientCa`'s
+    /// checks at load refuse most such CRLs; what is left is a CRL of an
+    /// intermediate CA, which only a client's chain names.
+    Crl,
+}
+
+impl ClientAuthFailure {
+    /// `e`'s kind, if it is about client auth.
+    pub(crate) fn of(e: &rustls::Error) -> Option<ClientAuthFailure> {
+        use rustls::CertificateError as C;
+        let refused = match e {
+            rustls::Error::NoCertificatesPresented => CertRefusal::Missing,
+            rustls::Error::InvalidCertRevocationList(_) => return Some(ClientAuthFailure::Crl),
+            rustls::Error::InvalidCertificate(e) => match e {
+                C::UnknownIssuer => CertRefusal::UnknownCa,
+                C::Revoked => CertRefusal::Revoked,
+                C::Expired | C::ExpiredContext { .. } => CertRefusal::Expired,
+                C::NotValidYet | C::NotValidYetContext { .. } => CertRefusal::NotYetValid,
+                // Only with `enforce_revocation_expiration`, which is not
+                // set; the server's CRL if it ever comes.
+                C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => {
+                    return Some(ClientAuthFailure::Crl)
+                }
+                _ => CertRefusal::Bad,
+            },
+            _ => return None,
+        };
+        Some(ClientAuthFailure::Refused(refused))
+    }
 }
 
 /// The certificate chain a TLS client presented and the server verified
@@ -277,14 +392,16 @@ pub(crate) fn is_client_cert_refusal(e: &rustls::Error) -> bool {
 /// carries the chain of the handshake it resumes (rustls keeps it in the
 /// ticket or session cache).
 #[derive(Clone, PartialEq, Eq)]
-pub struct PeerCertificates(Arc<Vec<CertificateDer<'static>>>);
+pub struct PeerCertificates(Arc<[CertificateDer<'static>]>);
 
 impl PeerCertificates {
-    /// The chain as a handler sees it; `None` for none (or an empty one).
+    /// A copy of the chain as a handler sees it (one allocation for the
+    /// shared slice, one per certificate's DER); `None` for none (or an
+    /// empty one).
     #[inline]
     pub(crate) fn of(chain: Option<&[CertificateDer<'static>]>) -> Option<PeerCertificates> {
         let chain = chain.filter(|c| !c.is_empty())?;
-        Some(PeerCertificates(Arc::new(chain.to_vec())))
+        Some(PeerCertificates(Arc::from(chain)))
     }
 
     /// The client's own certificate (DER).

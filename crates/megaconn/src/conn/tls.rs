@@ -38,7 +38,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 
 use crate::conn::admission::{Admitted, OverIpRate, PerIpRate};
-use crate::conn::client_auth::{is_client_cert_refusal, ClientAuth, LoadedClientAuth};
+use crate::conn::client_auth::{ClientAuth, ClientAuthFailure, LoadedClientAuth};
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::tls_io::TlsIo;
@@ -114,21 +114,47 @@ impl std::str::FromStr for KxGroup {
             "x25519" => Ok(KxGroup::X25519),
             "p256" | "p-256" | "secp256r1" => Ok(KxGroup::P256),
             "p384" | "p-384" | "secp384r1" => Ok(KxGroup::P384),
-            _ => Err(TlsError(format!(
+            _ => Err(TlsError::new(format!(
                 "unknown key-exchange group {s:?} (known: x25519, p256, p384)"
             ))),
         }
     }
 }
 
-/// Why a TLS configuration could not be built.
+/// Why a TLS configuration could not be built (or reloaded: then nothing
+/// changed). Its text says what was wrong and where; [`is_bad_crl`](TlsError::is_bad_crl)
+/// tells a client CA's revocation list refused apart.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TlsError(String);
+#[error("{message}")]
+pub struct TlsError {
+    message: String,
+    bad_crl: bool,
+}
 
 impl TlsError {
     pub(crate) fn new(message: String) -> TlsError {
-        TlsError(message)
+        TlsError {
+            message,
+            bad_crl: false,
+        }
+    }
+
+    /// An error about a certificate revocation list given to
+    /// [`ClientCa::with_crl_pem_file`](crate::ClientCa::with_crl_pem_file)
+    /// (or `with_crl_pem`): one that does not read as a CRL, has expired
+    /// (its `nextUpdate` is past), or names a client CA root as its issuer
+    /// but is not signed by it. The server's own list, not a client's
+    /// fault: refused when configured or reloaded, never found out
+    /// handshake by handshake. The fix is a fresh CRL from the CA.
+    pub fn is_bad_crl(&self) -> bool {
+        self.bad_crl
+    }
+
+    pub(crate) fn bad_crl(message: String) -> TlsError {
+        TlsError {
+            message,
+            bad_crl: true,
+        }
     }
 }
 
@@ -201,7 +227,7 @@ impl fmt::Debug for Resumption {
 impl Resumption {
     fn new() -> Result<Resumption, TlsError> {
         let ticketer = rustls::crypto::ring::Ticketer::new()
-            .map_err(|e| TlsError(format!("cannot create the session ticketer: {e}")))?;
+            .map_err(|e| TlsError::new(format!("cannot create the session ticketer: {e}")))?;
         Ok(Resumption {
             session_cache: rustls::server::ServerSessionMemoryCache::new(TLS_SESSION_CACHE_SIZE),
             ticketer,
@@ -228,6 +254,9 @@ impl Resumption {
 pub(crate) struct Live {
     pub config: Arc<ServerConfig>,
     pub handshake_timeout: Option<Duration>,
+    /// Where the client CA's CRLs came from, for the line a handshake
+    /// logs if webpki finds one bad (`LoadedClientAuth::crl_sources`).
+    pub crl_sources: Option<Arc<str>>,
 }
 
 struct Shared {
@@ -427,7 +456,7 @@ impl TlsConfig {
     /// empty list is refused.
     pub fn kx_groups(self, groups: &[KxGroup]) -> Result<TlsConfig, TlsError> {
         if groups.is_empty() {
-            return Err(TlsError("no key-exchange group given".into()));
+            return Err(TlsError::new("no key-exchange group given".into()));
         }
         let mut unique = Vec::with_capacity(groups.len());
         for &g in groups {
@@ -728,13 +757,13 @@ fn load(source: &Source) -> Result<Arc<CertifiedKey>, TlsError> {
             let certs = CertificateDer::pem_file_iter(cert)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| {
-                    TlsError(format!(
+                    TlsError::new(format!(
                         "cannot read certificates from {}: {e}",
                         cert.display()
                     ))
                 })?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                TlsError(format!(
+                TlsError::new(format!(
                     "cannot read a private key from {}: {e}",
                     key.display()
                 ))
@@ -744,20 +773,20 @@ fn load(source: &Source) -> Result<Arc<CertifiedKey>, TlsError> {
         Source::Pem { cert, key } => {
             let certs = CertificateDer::pem_slice_iter(cert)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| TlsError(format!("cannot parse the certificate PEM: {e}")))?;
+                .map_err(|e| TlsError::new(format!("cannot parse the certificate PEM: {e}")))?;
             let key = PrivateKeyDer::from_pem_slice(key)
-                .map_err(|e| TlsError(format!("cannot parse the private key PEM: {e}")))?;
+                .map_err(|e| TlsError::new(format!("cannot parse the private key PEM: {e}")))?;
             (certs, key, "the certificate PEM".to_string())
         }
     };
     if certs.is_empty() {
-        return Err(TlsError(format!("no certificate found in {what}")));
+        return Err(TlsError::new(format!("no certificate found in {what}")));
     }
     let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| TlsError(format!("unsupported private key for {what}: {e}")))?;
+        .map_err(|e| TlsError::new(format!("unsupported private key for {what}: {e}")))?;
     let certified = CertifiedKey::new(certs, signer);
     certified.keys_match().map_err(|e| {
-        TlsError(format!(
+        TlsError::new(format!(
             "the private key does not match the certificate in {what}: {e}"
         ))
     })?;
@@ -779,7 +808,7 @@ fn build(settings: &Settings) -> Result<Live, TlsError> {
     let provider = Arc::new(provider);
     let versions = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError(format!("TLS setup failed: {e}")))?;
+        .map_err(|e| TlsError::new(format!("TLS setup failed: {e}")))?;
     let mut config = match &settings.client_verifier {
         None => versions.with_no_client_auth(),
         Some(loaded) => versions.with_client_cert_verifier(loaded.verifier.clone()),
@@ -793,6 +822,10 @@ fn build(settings: &Settings) -> Result<Live, TlsError> {
     Ok(Live {
         config: Arc::new(config),
         handshake_timeout: settings.handshake_timeout,
+        crl_sources: settings
+            .client_verifier
+            .as_ref()
+            .and_then(|loaded| loaded.crl_sources.clone()),
     })
 }
 
@@ -1052,7 +1085,12 @@ pub(crate) async fn handshake(
     // names (asked only when the line goes out); open while `failed` can
     // be called (the stream owns it until the handshake returns).
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-    let client_cert_refused = std::cell::Cell::new(false);
+    // What a failure said of client auth (`ClientAuthFailure`), for the
+    // outcome counted below.
+    let client_auth_failed = std::cell::Cell::new(None);
+    // Cloned for its line only with CRLs (an `Arc`'s count otherwise
+    // untouched): `live` goes to the handshake.
+    let crl_sources = live.crl_sources.clone();
     let failed = |e: std::io::Error| {
         // The client left: a reset, a close before or during the handshake,
         // or a fatal alert of its own (which the stream counted by name and
@@ -1066,43 +1104,56 @@ pub(crate) async fn handshake(
         // other failures' lines, nor theirs it. So has a client
         // certificate refused (`client_auth`): what an operator looks for
         // when a device cannot connect.
-        let (kind, what) = match TlsFailure::of(&e) {
+        let failure = match TlsFailure::of(&e) {
             Some(TlsFailure::TooMuchBuffered { .. }) => {
                 LimitHit::TlsHandshakeBuffer.count(&ctx.stats);
-                (
+                ratelog::log(
                     Flood::TlsTooMuchBuffered,
-                    "over the TLS record buffer's limit",
-                )
+                    |suppressed| tracing::info!(error = %e, suppressed, "TLS handshake over the TLS record buffer's limit; closing the connection"),
+                );
+                return CloseReason::TlsHandshakeFailed;
             }
-            Some(TlsFailure::Rejected(e)) if is_client_cert_refusal(e) => {
-                client_cert_refused.set(true);
-                (
-                    Flood::TlsClientCertRefused,
-                    "refused the client's certificate",
-                )
-            }
-            _ => (Flood::TlsHandshakeFailed, "failed"),
+            Some(TlsFailure::Rejected(e)) => ClientAuthFailure::of(e),
+            _ => None,
         };
-        ratelog::log(kind, |suppressed| {
-            // Which device it was, for a refused certificate only: its
-            // failure comes from the client's own messages, so the stream
-            // (and its socket) is alive; `TlsIo::new`'s failure comes
-            // after the socket went.
-            if client_cert_refused.get() {
-                // SAFETY: the handshake's stream owns `fd` until it
-                // returns, and it failed on the client's message.
-                let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                let peer = crate::conn::ConnInfo::of(&socket).map(|i| i.peer);
-                tracing::info!(
-                    error = %e,
-                    peer = %ratelog::peer_name(peer),
-                    suppressed,
-                    "TLS handshake {what} (ClientAuth: the client sent none, or one that does not verify against the client CA roots; it got rustls' alert saying why); closing the connection"
-                )
-            } else {
-                tracing::info!(error = %e, suppressed, "TLS handshake {what}; closing the connection")
+        client_auth_failed.set(failure);
+        match failure {
+            Some(ClientAuthFailure::Refused(reason)) => {
+                incr(&ctx.stats.tls_client_cert_refusals[reason as usize]);
+                ratelog::log(Flood::TlsClientCertRefused, |suppressed| {
+                    // Which device it was: its failure comes from the
+                    // client's own messages, so the stream (and its
+                    // socket) is alive.
+                    // SAFETY: the handshake's stream owns `fd` until it
+                    // returns, and it failed on the client's message.
+                    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                    let peer = crate::conn::ConnInfo::of(&socket).map(|i| i.peer);
+                    tracing::info!(
+                        reason = reason.label(),
+                        error = %e,
+                        peer = %ratelog::peer_name(peer),
+                        suppressed,
+                        "TLS handshake refused the client's certificate: {} (ClientAuth; it got rustls' alert saying why); closing the connection",
+                        reason.label()
+                    )
+                });
             }
-        });
+            // The server's own list: a line at warn, naming the files.
+            Some(ClientAuthFailure::Crl) => {
+                ratelog::log(Flood::TlsServerCrl, |suppressed| {
+                    tracing::warn!(
+                        error = %e,
+                        crl = crl_sources.as_deref().unwrap_or("?"),
+                        suppressed,
+                        "TLS handshake failed on the server's own CRL, not on the client: replace the CRL file named (a fresh one from the CA that issued the client's certificate), then reload; closing the connection"
+                    )
+                });
+            }
+            None => ratelog::log(
+                Flood::TlsHandshakeFailed,
+                |suppressed| tracing::info!(error = %e, suppressed, "TLS handshake failed; closing the connection"),
+            ),
+        }
         CloseReason::TlsHandshakeFailed
     };
     let ended = run_handshake(stream, ctx, live, place, failed).await;
@@ -1110,8 +1161,11 @@ pub(crate) async fn handshake(
         Ok(_) => HandshakeOutcome::Completed,
         Err(CloseReason::ClientClosed) => HandshakeOutcome::Abandoned,
         Err(CloseReason::TlsHandshakeTimeout) => HandshakeOutcome::Timeout,
-        Err(_) if client_cert_refused.get() => HandshakeOutcome::ClientCert,
-        Err(_) => HandshakeOutcome::Failed,
+        Err(_) => match client_auth_failed.get() {
+            Some(ClientAuthFailure::Refused(_)) => HandshakeOutcome::ClientCert,
+            Some(ClientAuthFailure::Crl) => HandshakeOutcome::Crl,
+            None => HandshakeOutcome::Failed,
+        },
     };
     outcome.count(&ctx.stats);
     ended

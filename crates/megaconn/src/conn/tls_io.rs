@@ -69,6 +69,7 @@ use rustls::unbuffered::{
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::conn::client_auth::PeerCertificates;
 use crate::conn::pool::{give_local, take_local, this_worker, BUFFER_CAPACITY};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::WokenSocket;
@@ -132,6 +133,13 @@ pub(crate) struct TlsIo<S> {
     /// stream encrypts may follow them (not `close_notify`: see the module
     /// doc).
     owes_sealed: bool,
+    /// The client's verified chain (`ClientAuth`) as handlers get it,
+    /// copied off the session at its first request after the handshake or
+    /// a wake-up and shared by every request after it
+    /// ([`Parkable::shared_peer_certificates`]). Not kept while parked: the
+    /// session has the chain, and a second copy would add its DER (~0.5 KB
+    /// a certificate) to every parked connection.
+    peer: std::cell::OnceCell<PeerCertificates>,
 }
 
 impl<S> std::fmt::Debug for TlsIo<S> {
@@ -500,6 +508,7 @@ impl<S> TlsIo<S> {
             failed: false,
             began: false,
             owes_sealed: false,
+            peer: std::cell::OnceCell::new(),
         }
     }
 
@@ -527,6 +536,7 @@ impl<S> TlsIo<S> {
             failed,
             began,
             owes_sealed,
+            peer,
         } = self;
         TlsIo {
             sock: f(sock),
@@ -538,6 +548,7 @@ impl<S> TlsIo<S> {
             failed,
             began,
             owes_sealed,
+            peer,
         }
     }
 
@@ -1092,6 +1103,16 @@ impl<S: Parkable> Parkable for TlsIo<S> {
     /// parked or not; an empty `Option` otherwise).
     fn peer_certificates(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
         self.session.peer_certificates()
+    }
+
+    /// Copied once per handshake or wake-up, then shared by refcount
+    /// (HTTP/1.1 asks at every request).
+    fn shared_peer_certificates(&self) -> Option<PeerCertificates> {
+        if let Some(peer) = self.peer.get() {
+            return Some(peer.clone());
+        }
+        let peer = PeerCertificates::of(self.session.peer_certificates())?;
+        Some(self.peer.get_or_init(|| peer).clone())
     }
 
     /// Splits an idle stream for parking: the socket for the lot, the

@@ -123,6 +123,14 @@ pub(crate) trait Parkable: Transport {
         None
     }
 
+    /// [`peer_certificates`](Parkable::peer_certificates) as handlers get
+    /// it. Default: a copy at each call; a TLS stream copies once per
+    /// handshake or wake-up and shares that copy by refcount, for HTTP/1.1,
+    /// which asks at every request.
+    fn shared_peer_certificates(&self) -> Option<crate::conn::client_auth::PeerCertificates> {
+        crate::conn::client_auth::PeerCertificates::of(self.peer_certificates())
+    }
+
     /// Gives up the stream as a bare socket for parking.
     fn into_parked(self) -> io::Result<OwnedFd>
     where

@@ -48,7 +48,8 @@
 //! | `megaconn_accept_errors_total` | counter | `errno` |
 //! | `megaconn_connections_rejected_total` | counter | `limit` (`accept_rate`, `max_connections_per_ip`: [`REJECTED_LABELS`]) |
 //! | `megaconn_tls_alerts_received_total` | counter | `alert` (`unknown_ca`, `bad_certificate`, …, `other`) |
-//! | `megaconn_tls_handshakes_total` | counter | `outcome` (`completed`, `abandoned`, `failed`, `timeout`, `client_cert`) |
+//! | `megaconn_tls_handshakes_total` | counter | `outcome` (`completed`, `abandoned`, `failed`, `timeout`, `client_cert`, `crl`) |
+//! | `megaconn_tls_client_cert_refusals_total` | counter | `reason` (`missing`, `unknown_ca`, `revoked`, `expired`, `not_yet_valid`, `bad`) |
 //! | `megaconn_tls_reloads_total` | counter | `outcome` (`ok`, `failed`) (only with TLS) |
 //! | `megaconn_tls_certificate_expiry_seconds` | gauge | `server_name` (`default`, or the SNI name a certificate is for) (only with TLS) |
 //! | `megaconn_worker_connections` | gauge | `worker` |
@@ -1067,9 +1068,16 @@ impl Collector for Snapshot {
         labelled(
             &mut e,
             "tls_handshakes",
-            "TLS handshakes by outcome: completed; abandoned (the client closed or reset before finishing, closed{client_closed}: many of them with few completed is a flood of ClientHellos that never wait for the answer); failed (closed{tls_handshake_failed}); timeout (closed{tls_handshake_timeout}).",
+            "TLS handshakes by outcome: completed; abandoned (the client closed or reset before finishing, closed{client_closed}: many of them with few completed is a flood of ClientHellos that never wait for the answer); failed (closed{tls_handshake_failed}); timeout (closed{tls_handshake_timeout}); client_cert (the client's certificate refused: why in tls_client_cert_refusals); crl (a CRL of the server's own found bad while checking a client's certificate: fix the CRL file the log names).",
             "outcome",
             s.tls_handshakes.iter().copied(),
+        )?;
+        labelled(
+            &mut e,
+            "tls_client_cert_refusals",
+            "Client certificates refused at the TLS handshake (tls_handshakes{outcome=client_cert}), by reason: missing (none sent where one is required), unknown_ca (not issued by a client CA root), revoked (in a CRL given), expired, not_yet_valid, bad (anything else: a bad signature, the wrong key usage).",
+            "reason",
+            s.tls_client_cert_refusals.iter().copied(),
         )?;
         if let Some(tls) = &s.tls {
             tls_certificates(&mut e, tls)?;

@@ -420,11 +420,16 @@ pub(crate) enum Flood {
     Http2Pings,
     /// A TLS handshake refused for the client's certificate
     /// (`TlsConfig::client_auth`): none sent where one is required, or one
-    /// that does not verify. A kind apart from
+    /// that does not verify; its line names the reason (`CertRefusal`). A kind apart from
     /// [`TlsHandshakeFailed`](Flood::TlsHandshakeFailed): after a CA
     /// rollout a fleet's refusals must not hide other failures' lines, nor
     /// theirs it.
     TlsClientCertRefused,
+    /// A TLS handshake failed on a CRL of the server's own
+    /// (`ClientCa::with_crl_*`: an intermediate CA's, which only a
+    /// handshake can check) that webpki found bad: the server's to fix, at
+    /// WARN, apart from the clients' failures.
+    TlsServerCrl,
 }
 
 impl Flood {
@@ -462,7 +467,8 @@ impl Flood {
             | Flood::PushUnframable
             | Flood::ResponseBodyFailed
             | Flood::FramedReplyUnframable
-            | Flood::BadCloseCode => Level::WARN,
+            | Flood::BadCloseCode
+            | Flood::TlsServerCrl => Level::WARN,
             // A peer's doing, one connection or request at a time.
             Flood::BodyTooLarge
             | Flood::MalformedBody
@@ -520,11 +526,11 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 58;
+const KINDS: usize = 59;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::TlsClientCertRefused as usize == KINDS - 1);
+const _: () = assert!(Flood::TlsServerCrl as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

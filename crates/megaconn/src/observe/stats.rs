@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use crate::conn::client_auth::CertRefusal;
 use crate::observe::alerts::{self, AlertCounters};
 use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{RequestCounters, RequestStats, MESSAGE_PROTOCOLS};
@@ -60,6 +61,8 @@ pub(crate) struct WorkerStats {
     pub tls_alerts: AlertCounters,
     /// TLS handshakes by how they ended (indexed by [`HandshakeOutcome`]).
     pub tls_handshakes: [AtomicU64; HandshakeOutcome::COUNT],
+    /// Client certificates refused, by why (indexed by [`CertRefusal`]).
+    pub tls_client_cert_refusals: [AtomicU64; CertRefusal::COUNT],
     /// Per-request metrics (method, status, duration, bytes, close reasons).
     pub request_metrics: RequestCounters,
     /// Message protocols' counters (framed TCP, WebSocket).
@@ -85,16 +88,27 @@ pub(crate) enum HandshakeOutcome {
     /// none where one is required, or one that does not verify against the
     /// client CA roots. Closed as `tls_handshake_failed`; a label of its
     /// own, so that a fleet's devices locked out show apart from broken
-    /// ClientHellos.
+    /// ClientHellos; why, in `megaconn_tls_client_cert_refusals_total`.
     ClientCert,
+    /// Failed on a CRL of the server's own (`ClientCa::with_crl_*`) that
+    /// webpki found bad while checking a client's certificate against it:
+    /// the server's fault, not the client's. Closed as
+    /// `tls_handshake_failed`; logged naming the CRL files.
+    Crl,
 }
 
 impl HandshakeOutcome {
     /// How many outcomes there are.
-    pub(crate) const COUNT: usize = 5;
+    pub(crate) const COUNT: usize = 6;
     /// Metric labels, by discriminant.
-    pub(crate) const LABELS: [&'static str; HandshakeOutcome::COUNT] =
-        ["completed", "abandoned", "failed", "timeout", "client_cert"];
+    pub(crate) const LABELS: [&'static str; HandshakeOutcome::COUNT] = [
+        "completed",
+        "abandoned",
+        "failed",
+        "timeout",
+        "client_cert",
+        "crl",
+    ];
 
     /// Counts one in the worker's counters.
     pub(crate) fn count(self, stats: &WorkerStats) {
@@ -508,9 +522,16 @@ pub struct ServerStats {
     pub tls_alerts_received: Vec<(&'static str, u64)>,
     /// TLS handshakes by outcome (`completed`; `abandoned`: the client
     /// closed or reset before finishing, counted closed as `client_closed`;
-    /// `failed`; `timeout`; `client_cert`: a client certificate refused; every label, zero or not), as
+    /// `failed`; `timeout`; `client_cert`: a client certificate refused;
+    /// `crl`: a CRL of the server's own found bad at a handshake; every label, zero or not), as
     /// `megaconn_tls_handshakes_total{outcome}` shows them.
     pub tls_handshakes: Vec<(&'static str, u64)>,
+    /// Client certificates refused (`tls_handshakes`' `client_cert`), by
+    /// why: `missing` (none sent where required), `unknown_ca`, `revoked`,
+    /// `expired`, `not_yet_valid`, `bad` (anything else: a bad signature,
+    /// the wrong key usage); every label, zero or not, as
+    /// `megaconn_tls_client_cert_refusals_total{reason}` shows them.
+    pub tls_client_cert_refusals: Vec<(&'static str, u64)>,
     /// Per-request metrics: requests by method and status class, durations,
     /// body bytes, close reasons, accept errors by errno, per-worker figures.
     pub request_metrics: RequestStats,
@@ -594,6 +615,7 @@ impl ServerStats {
         let mut limit_hits = [0u64; LimitHit::COUNT];
         let mut tls_alerts = [0u64; alerts::COUNT];
         let mut tls_handshakes = [0u64; HandshakeOutcome::COUNT];
+        let mut tls_client_cert_refusals = [0u64; CertRefusal::COUNT];
         for w in workers {
             let open = w.connections_open.load(Relaxed);
             s.connections_open += open;
@@ -629,6 +651,7 @@ impl ServerStats {
             add_up(&mut limit_hits, &w.limit_hits);
             add_up(&mut tls_alerts, &w.tls_alerts);
             add_up(&mut tls_handshakes, &w.tls_handshakes);
+            add_up(&mut tls_client_cert_refusals, &w.tls_client_cert_refusals);
         }
         s.requests_refused = REQUEST_REFUSALS
             .iter()
@@ -640,6 +663,11 @@ impl ServerStats {
             .iter()
             .copied()
             .zip(tls_handshakes)
+            .collect();
+        s.tls_client_cert_refusals = CertRefusal::LABELS
+            .iter()
+            .copied()
+            .zip(tls_client_cert_refusals)
             .collect();
         s.request_metrics = RequestStats::sum(workers);
         s

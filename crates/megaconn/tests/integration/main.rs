@@ -62,6 +62,7 @@ mod message_connections;
 mod metrics;
 mod modes;
 mod mtls;
+mod mtls_refusals;
 #[cfg(feature = "otel")]
 mod otel;
 mod park;

@@ -39,17 +39,27 @@ const PARK_IDLE_AFTER: Duration = Duration::from_millis(20);
 
 /// A device's identity: its certificate (signed by a devices CA), its
 /// serial number (what a CRL names) and key.
-struct Device {
-    der: CertificateDer<'static>,
-    serial: u64,
-    key: PrivateKeyDer<'static>,
+pub(crate) struct Device {
+    pub(crate) der: CertificateDer<'static>,
+    pub(crate) serial: u64,
+    pub(crate) key: PrivateKeyDer<'static>,
 }
 
 /// Serial numbers, each device its own.
 static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1000);
 
 /// A certificate for device `cn` (its subject's CN), signed by `ca`.
-fn device(ca: &Ca, cn: &str) -> Device {
+pub(crate) fn device(ca: &Ca, cn: &str) -> Device {
+    device_with(ca, cn, |_| {})
+}
+
+/// [`device`], its certificate's parameters changed by `change` first (a
+/// validity period in the past, say).
+pub(crate) fn device_with(
+    ca: &Ca,
+    cn: &str,
+    change: impl FnOnce(&mut CertificateParams),
+) -> Device {
     let mut params = CertificateParams::new(vec![format!("{cn}.devices.local")]).unwrap();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
@@ -58,6 +68,7 @@ fn device(ca: &Ca, cn: &str) -> Device {
     params.distinguished_name.push(DnType::CommonName, cn);
     let serial = SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     params.serial_number = Some(rcgen::SerialNumber::from(serial));
+    change(&mut params);
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
     Device {
@@ -69,7 +80,7 @@ fn device(ca: &Ca, cn: &str) -> Device {
 
 /// A client trusting `server_ca`, offering `alpn`, presenting `device`'s
 /// certificate if any.
-fn client(server_ca: &Ca, alpn: &[&[u8]], device: Option<&Device>) -> Arc<ClientConfig> {
+pub(crate) fn client(server_ca: &Ca, alpn: &[&[u8]], device: Option<&Device>) -> Arc<ClientConfig> {
     server_ca.client_as(
         alpn,
         device.map(|d| (vec![d.der.clone()], d.key.clone_key())),
@@ -90,7 +101,7 @@ fn who(peer: Option<&PeerCertificates>) -> String {
 }
 
 /// `device`'s answer from [`who`].
-fn says(device: &Device, cn: &str) -> String {
+pub(crate) fn says(device: &Device, cn: &str) -> String {
     format!("{cn} {}", hex(&device.der))
 }
 
@@ -146,23 +157,34 @@ async fn whoami(peer: Option<axum::Extension<PeerCertificates>>) -> String {
     who(peer.as_ref().map(|axum::Extension(p)| p))
 }
 
+/// The address of the chain a request's `PeerCertificates` holds (the
+/// same for every request that shares one copy), which stays allocated:
+/// each request's is kept to the test's end, so a copy made afresh for a
+/// later request cannot land where an earlier one was.
+async fn chain(peer: axum::Extension<PeerCertificates>) -> String {
+    static KEPT: std::sync::Mutex<Vec<PeerCertificates>> = std::sync::Mutex::new(Vec::new());
+    let address = format!("{:p}", peer.chain().as_ptr());
+    KEPT.lock().unwrap().push(peer.0);
+    address
+}
+
 /// A server with HTTPS (`/whoami`, `/ws`) and a framed TLS listener
 /// (length-prefixed), one worker, its connections parking after
 /// [`PARK_IDLE_AFTER`]; its certificate from `server_ca`, client auth as
 /// `tls` sets it.
-struct Gateway {
-    https: SocketAddr,
+pub(crate) struct Gateway {
+    pub(crate) https: SocketAddr,
     framed: SocketAddr,
-    server_ca: Ca,
-    tls: TlsConfig,
-    handle: ServerHandle,
+    pub(crate) server_ca: Ca,
+    pub(crate) tls: TlsConfig,
+    pub(crate) handle: ServerHandle,
     hub: Hub,
     opens: mpsc::UnboundedReceiver<ConnectionId>,
     task: tokio::task::JoinHandle<ShutdownSummary>,
 }
 
 impl Gateway {
-    async fn start(auth: impl FnOnce(TlsConfig) -> TlsConfig) -> Gateway {
+    pub(crate) async fn start(auth: impl FnOnce(TlsConfig) -> TlsConfig) -> Gateway {
         let server_ca = Ca::named("Gateway CA");
         let tls = auth(server_ca.server(&["localhost", "api.localhost"]));
         let mut server = Server::builder()
@@ -178,7 +200,8 @@ impl Gateway {
         let (opened, opens) = mpsc::unbounded_channel();
         let probe = Who { opens: opened };
         let app = message_routes(probe.clone(), |events| events)
-            .route("/whoami", axum::routing::get(whoami));
+            .route("/whoami", axum::routing::get(whoami))
+            .route("/chain", axum::routing::get(chain));
         let running = server.framed(probe).start(app).expect("starts").run();
         let task = tokio::spawn(running);
         Gateway {
@@ -195,7 +218,7 @@ impl Gateway {
 
     /// A TLS connection to `addr` as `name` (SNI), offering `alpn`, as
     /// `device`; `Err` if the handshake fails on the client's side.
-    async fn connect(
+    pub(crate) async fn connect(
         &self,
         addr: SocketAddr,
         name: &str,
@@ -207,7 +230,7 @@ impl Gateway {
     }
 
     /// `GET /whoami` over HTTP/1.1 as `device`: the answer.
-    async fn http1_whoami(&self, device: Option<&Device>) -> String {
+    pub(crate) async fn http1_whoami(&self, device: Option<&Device>) -> String {
         let mut tls = self
             .connect(self.https, "localhost", &[b"http/1.1"], device)
             .await
@@ -218,12 +241,12 @@ impl Gateway {
     }
 
     /// The handshakes counted as `outcome`.
-    fn handshakes(&self, outcome: &str) -> u64 {
+    pub(crate) fn handshakes(&self, outcome: &str) -> u64 {
         common::handshakes(&self.handle.stats(), outcome)
     }
 
     /// Waits for `n` handshakes refused for the client's certificate.
-    async fn wait_refusals(&self, n: u64) {
+    pub(crate) async fn wait_refusals(&self, n: u64) {
         common::wait_stats(&self.handle, "the refusals counted", |s| {
             s.tls_handshakes
                 .iter()
@@ -232,14 +255,14 @@ impl Gateway {
         .await;
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         common::shut_down(&self.handle, self.task).await;
     }
 }
 
 /// `GET /whoami` over HTTP/1.1 on `io`: status line and body, or the
 /// error reading it (a refused client reads the server's alert).
-async fn get_whoami<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn get_whoami<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
 ) -> std::io::Result<(String, String)> {
     http1_get_path(io, "/whoami").await
@@ -273,7 +296,7 @@ async fn read_ws_text<S: AsyncRead + Unpin>(io: &mut S) -> String {
 }
 
 /// Client auth required against `devices`' roots.
-fn required(devices: &Ca) -> impl FnOnce(TlsConfig) -> TlsConfig + '_ {
+pub(crate) fn required(devices: &Ca) -> impl FnOnce(TlsConfig) -> TlsConfig + '_ {
     |tls| {
         tls.client_auth(ClientAuth::Required(ClientCa::from_pem(
             devices.cert.pem().as_bytes(),
@@ -285,7 +308,7 @@ fn required(devices: &Ca) -> impl FnOnce(TlsConfig) -> TlsConfig + '_ {
 /// The rustls error a refused client reads (its handshake may look done
 /// on its side under TLS 1.3: the server's alert comes with its next
 /// read), if it is one.
-fn alert_of(e: &std::io::Error) -> Option<rustls::AlertDescription> {
+pub(crate) fn alert_of(e: &std::io::Error) -> Option<rustls::AlertDescription> {
     match e.get_ref()?.downcast_ref::<rustls::Error>()? {
         rustls::Error::AlertReceived(alert) => Some(*alert),
         _ => None,
@@ -294,7 +317,10 @@ fn alert_of(e: &std::io::Error) -> Option<rustls::AlertDescription> {
 
 /// A client refused by the server: the alert it read, from the handshake
 /// or (TLS 1.3) its first read.
-async fn refused(gateway: &Gateway, device: Option<&Device>) -> rustls::AlertDescription {
+pub(crate) async fn refused(
+    gateway: &Gateway,
+    device: Option<&Device>,
+) -> rustls::AlertDescription {
     let e = match gateway
         .connect(gateway.https, "localhost", &[b"http/1.1"], device)
         .await

@@ -464,7 +464,7 @@ where
     // A TLS client's verified chain (`ClientAuth`): a constant `None` on
     // cleartext, one branch over TLS without client auth.
     let peer = if T::SECURE {
-        conn.io.peer_certificates()
+        conn.io.shared_peer_certificates()
     } else {
         None
     };
@@ -473,7 +473,7 @@ where
         if let Some(info) = info {
             crate::service::insert_conn_info(request.extensions_mut(), *info);
         }
-        if let Some(peer) = crate::conn::client_auth::PeerCertificates::of(peer) {
+        if let Some(peer) = peer {
             request.extensions_mut().insert(peer);
         }
         if wants_upgrade {

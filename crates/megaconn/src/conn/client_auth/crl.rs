@@ -1,0 +1,199 @@
+//! A client CA's certificate revocation list, checked when it is loaded
+//! (`ClientCa::with_crl_*`, at `TlsConfig::client_auth` and each reload):
+//! it reads as an X.509 CRL, its `nextUpdate` has not passed, and, when
+//! its issuer is one of the client CA roots, that root's key verifies its
+//! signature. webpki checks none of this before a client's certificate
+//! needs the CRL, and then fails that client's handshake: the server's own
+//! bad list looked like a device refused, handshake after handshake. Here
+//! it is a [`TlsError`] whose text says which file and what to do, and a
+//! reload that reads one keeps the lists that worked.
+//!
+//! Read with yasna, as `tls.rs` reads a certificate's `notAfter` (rustls
+//! and webpki parse a CRL but give none of this out); the signature is
+//! checked with the ring provider's algorithms, the ones rustls verifies
+//! client certificates with.
+
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use yasna::{tags::TAG_UTCTIME, BERReader, Tag};
+
+use crate::conn::tls::TlsError;
+
+/// What the checks need of a CRL (RFC 5280, 5.1).
+struct Crl {
+    /// `tbsCertList`, whole: what the signature covers.
+    tbs: Vec<u8>,
+    /// The issuer's name (DER), as a certificate's subject is written.
+    issuer: Vec<u8>,
+    /// Seconds since the Unix epoch; `None` if the CRL has none.
+    next_update: Option<i64>,
+    /// `signatureAlgorithm`'s contents (no outer `SEQUENCE`), as rustls'
+    /// algorithms name theirs.
+    algorithm: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+/// What the checks need of a root: its subject and public key.
+struct Root {
+    subject: Vec<u8>,
+    /// The key's `AlgorithmIdentifier` contents.
+    key_algorithm: Vec<u8>,
+    key: Vec<u8>,
+}
+
+/// Checks `crl` (from `what`, a file's path or "the PEM given") against
+/// the client CA `roots` at `now` (seconds since the Unix epoch).
+///
+/// A CRL whose issuer is none of the roots may be an intermediate CA's
+/// (devices send their intermediate, the server is not given it): its
+/// signature cannot be checked here, and webpki checks it at each
+/// handshake that needs it (counted `outcome="crl"`, logged naming the
+/// file). A warning says so now.
+pub(super) fn check(
+    crl: &CertificateRevocationListDer<'_>,
+    roots: &[CertificateDer<'_>],
+    now: i64,
+    what: &str,
+) -> Result<(), TlsError> {
+    let Some(crl) = parse_crl(crl) else {
+        return Err(TlsError::bad_crl(format!(
+            "a CRL in {what} does not read as an X.509 CRL: give the client CA's CRL, PEM-encoded (`-----BEGIN X509 CRL-----`)"
+        )));
+    };
+    if let Some(next) = crl.next_update.filter(|&next| next <= now) {
+        return Err(TlsError::bad_crl(format!(
+            "the CRL in {what} expired at {} (its nextUpdate): it may miss devices revoked since; fetch the CA's current CRL, then reload (or leave the CRL out)",
+            date(next)
+        )));
+    }
+    let issuers: Vec<Root> = roots
+        .iter()
+        .filter_map(|c| parse_root(c))
+        .filter(|root| root.subject == crl.issuer)
+        .collect();
+    if issuers.is_empty() {
+        tracing::warn!(
+            crl = what,
+            "the CRL's issuer is none of the client CA roots: it applies only to devices whose certificate that CA (an intermediate the devices send) issued, and its signature is checked at their handshakes, not now"
+        );
+        return Ok(());
+    }
+    let algorithms = rustls::crypto::ring::default_provider()
+        .signature_verification_algorithms
+        .all;
+    let mut supported = false;
+    for root in &issuers {
+        for alg in algorithms.iter().filter(|alg| {
+            alg.public_key_alg_id().as_ref() == root.key_algorithm
+                && alg.signature_alg_id().as_ref() == crl.algorithm
+        }) {
+            supported = true;
+            if alg
+                .verify_signature(&root.key, &crl.tbs, &crl.signature)
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+    Err(TlsError::bad_crl(match supported {
+        true => format!(
+            "the CRL in {what} names a client CA root as its issuer, but that root's key does not verify its signature: it is another CA's of the same name, or was altered; fetch the CA's CRL again"
+        ),
+        false => format!(
+            "the CRL in {what} is signed with an algorithm its issuer's key cannot verify here (rustls' ring provider): have the CA sign it with ECDSA, RSA or Ed25519"
+        ),
+    }))
+}
+
+/// `at` (seconds since the Unix epoch) as an HTTP date, for a message.
+fn date(at: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(at.max(0) as u64);
+    httpdate::fmt_http_date(at)
+}
+
+/// A `Time` (UTCTime or GeneralizedTime) in seconds since the Unix epoch.
+fn time(r: BERReader<'_, '_>) -> yasna::ASN1Result<i64> {
+    Ok(match r.lookahead_tag()? == TAG_UTCTIME {
+        true => r.read_utctime()?.datetime().unix_timestamp(),
+        false => r.read_generalized_time()?.datetime().unix_timestamp(),
+    })
+}
+
+/// The contents of a DER element (`tlv` whole), without its tag and length.
+fn contents(tlv: &[u8]) -> Option<&[u8]> {
+    let first = *tlv.get(1)?;
+    let header = match first {
+        0..0x80 => 2,
+        _ => 2 + usize::from(first & 0x7f),
+    };
+    tlv.get(header..)
+}
+
+fn parse_crl(der: &[u8]) -> Option<Crl> {
+    let (tbs, algorithm, signature) = yasna::parse_ber(der, |r| {
+        r.read_sequence(|list| {
+            let tbs = list.next().read_der()?;
+            let algorithm = list.next().read_der()?;
+            let (signature, _bits) = list.next().read_bitvec_bytes()?;
+            Ok((tbs, algorithm, signature))
+        })
+    })
+    .ok()?;
+    let (issuer, next_update) = yasna::parse_ber(&tbs, |r| {
+        r.read_sequence(|tbs| {
+            // Version (v2) if present, then `signature` (the same
+            // algorithm as outside).
+            tbs.read_optional(|r| r.read_i64())?;
+            tbs.next().read_der()?;
+            let issuer = tbs.next().read_der()?;
+            time(tbs.next())?;
+            let next_update = tbs.read_optional(time)?;
+            // Revoked certificates and extensions, unread.
+            while tbs.read_optional(|r| r.read_der())?.is_some() {}
+            Ok((issuer, next_update))
+        })
+    })
+    .ok()?;
+    Some(Crl {
+        algorithm: contents(&algorithm)?.to_vec(),
+        tbs,
+        issuer,
+        next_update,
+        signature,
+    })
+}
+
+fn parse_root(der: &[u8]) -> Option<Root> {
+    let (subject, spki) = yasna::parse_ber(der, |r| {
+        r.read_sequence(|cert| {
+            let found = cert.next().read_sequence(|tbs| {
+                tbs.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
+                // Serial, signature algorithm, issuer, validity.
+                for _ in 0..4 {
+                    tbs.next().read_der()?;
+                }
+                let subject = tbs.next().read_der()?;
+                let spki = tbs.next().read_der()?;
+                while tbs.read_optional(|r| r.read_der())?.is_some() {}
+                Ok((subject, spki))
+            })?;
+            cert.next().read_der()?;
+            cert.next().read_der()?;
+            Ok(found)
+        })
+    })
+    .ok()?;
+    let (key_algorithm, key) = yasna::parse_ber(&spki, |r| {
+        r.read_sequence(|spki| {
+            let algorithm = spki.next().read_der()?;
+            let (key, _bits) = spki.next().read_bitvec_bytes()?;
+            Ok((algorithm, key))
+        })
+    })
+    .ok()?;
+    Some(Root {
+        subject,
+        key_algorithm: contents(&key_algorithm)?.to_vec(),
+        key,
+    })
+}
