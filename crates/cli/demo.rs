@@ -142,19 +142,19 @@ impl tower::Service<Request<Body>> for Demo {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let now = |r| Either::Left(ready(Ok(r)));
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/") => {
-                now(text_in(req, StatusCode::OK, "Hello, World!"))
+                now(text_in(&mut req, StatusCode::OK, "Hello, World!"))
             }
-            (&Method::GET, "/healthz") => now(text_in(req, StatusCode::OK, "ok")),
+            (&Method::GET, "/healthz") => now(text_in(&mut req, StatusCode::OK, "ok")),
             (&Method::GET, "/readyz") if self.handle.is_shutting_down() => now(text_in(
-                req,
+                &mut req,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting down",
             )),
-            (&Method::GET, "/readyz") => now(text_in(req, StatusCode::OK, "ready")),
+            (&Method::GET, "/readyz") => now(text_in(&mut req, StatusCode::OK, "ready")),
             (&Method::POST, "/echo") => now(echo(req)),
             // The route answers a non-handshake itself (426/400, with why).
             (_, "/ws") => now(route(&mut self.ws, req)),
@@ -171,11 +171,11 @@ impl tower::Service<Request<Body>> for Demo {
                 }))
             }
             (_, "/" | "/healthz" | "/readyz" | "/echo" | "/sleep") => now(text_in(
-                req,
+                &mut req,
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed",
             )),
-            _ => now(text_in(req, StatusCode::NOT_FOUND, "not found")),
+            _ => now(text_in(&mut req, StatusCode::NOT_FOUND, "not found")),
         }
     }
 }
@@ -204,25 +204,27 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<DemoBody> {
     res
 }
 
-/// [`text`], its headers held in `req`'s header map, emptied first.
+/// [`text`], its headers held in `req`'s header map, emptied first (`req`
+/// keeps the response's new, unallocated map).
 ///
 /// Why: `GET /` is what benchmarks of the engine ask for. Built afresh, the
 /// response's map took two allocations and the request's map, dropped with
 /// the request, two frees: 371 and 274 user-space instructions a request of
-/// the ~5,630 `megaconn serve` took (callgrind, bench/CPU-PER-REQUEST.md,
+/// the ~5,640 `megaconn serve` took (callgrind, bench/CPU-PER-REQUEST.md,
 /// session 47). An emptied map keeps its allocations, and the server keeps
-/// a written response's map for a later request's headers.
-fn text_in(mut req: Request<Body>, status: StatusCode, body: &'static str) -> Response<DemoBody> {
-    let mut headers = std::mem::take(req.headers_mut());
-    drop(req);
-    // Nothing of the request's may reach the response.
-    headers.clear();
-    headers.insert(header::CONTENT_TYPE, TEXT_PLAIN);
+/// a written response's map for a later request's headers. `req` is
+/// borrowed, not moved: moved, it was copied whole on its way in (a call
+/// to `memcpy`).
+fn text_in(req: &mut Request<Body>, status: StatusCode, body: &'static str) -> Response<DemoBody> {
     let mut res = Response::new(EitherBody::Left(Full::new(Bytes::from_static(
         body.as_bytes(),
     ))));
     *res.status_mut() = status;
-    *res.headers_mut() = headers;
+    let headers = res.headers_mut();
+    std::mem::swap(headers, req.headers_mut());
+    // Nothing of the request's may reach the response.
+    headers.clear();
+    headers.insert(header::CONTENT_TYPE, TEXT_PLAIN);
     res
 }
 
@@ -505,7 +507,7 @@ mod tests {
             req.headers_mut()
                 .append("x-many", header::HeaderValue::from(i));
         }
-        let res = text_in(req, StatusCode::OK, "Hello, World!");
+        let res = text_in(&mut req, StatusCode::OK, "Hello, World!");
         let fresh = text(StatusCode::OK, "Hello, World!");
         assert_eq!(res.status(), fresh.status());
         assert_eq!(res.headers(), fresh.headers());
