@@ -303,6 +303,68 @@ async fn header_values_kept_by_a_handler_stay_intact_across_later_requests() {
     task.await.unwrap().unwrap();
 }
 
+/// A request's header map is a written response's, reused
+/// (`proto/http1/header_maps.rs`): each request on a keep-alive connection
+/// must see its own headers and nothing of the responses before it (each
+/// with six headers no request sends), one request at a time and
+/// pipelined, on one worker (one pool of maps).
+#[tokio::test]
+async fn a_request_sees_only_its_own_headers_when_its_map_is_reused() {
+    use bytes::Bytes;
+    use http::{HeaderValue, Request, Response};
+
+    let service = tower::service_fn(move |req: Request<megaconn::Body>| {
+        let mut seen: Vec<String> = req
+            .headers()
+            .iter()
+            .map(|(name, value)| format!("{name}={}", value.to_str().unwrap()))
+            .collect();
+        seen.sort();
+        async move {
+            let mut response =
+                Response::new(http_body_util::Full::new(Bytes::from(seen.join(","))));
+            // Headers no request sends: a reused map that kept them would
+            // show them to the next request.
+            for i in 0..6 {
+                response.headers_mut().insert(
+                    http::HeaderName::from_bytes(format!("x-resp-{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("from-a-response"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let server = megaconn::Server::bind("127.0.0.1:0".parse().unwrap())
+        .workers(1)
+        .listen()
+        .unwrap();
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let task = tokio::spawn(server.serve(service));
+
+    let request = |i: usize| format!("GET /{i} HTTP/1.1\r\nHost: t\r\nX-Req: {i}\r\n\r\n");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let mut i = 0;
+    while i < 40 {
+        // One request at a time, then a pipelined batch of 2 to 4.
+        let batch = if i % 2 == 0 { 1 } else { 2 + i % 3 };
+        let raw: String = (i..i + batch).map(request).collect();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        for j in i..i + batch {
+            let r = read_response_buffered(&mut s, &mut buf, false).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(
+                String::from_utf8_lossy(&r.body),
+                format!("host=t,x-req={j}"),
+                "the headers request {j} saw"
+            );
+        }
+        i += batch;
+    }
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+}
+
 /// A server for the tests below, whose handlers do what the test app's
 /// cannot: set their own `Connection`, answer `CONNECT`, send trailers,
 /// name a request's (`/request-trailers`: the body's trailer fields, sorted).
