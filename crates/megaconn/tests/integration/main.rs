@@ -33,6 +33,7 @@ mod drain;
 mod drain_awake;
 mod drain_woken;
 mod framed;
+mod framed_handover;
 mod framed_halfopen;
 mod framed_limits;
 mod framed_tls;
