@@ -612,7 +612,10 @@ impl Peer {
             bail!("upgrade control message lost descriptors (MSG_CTRUNC)");
         }
         if msg.flags.contains(MsgFlags::MSG_TRUNC) {
-            bail!("upgrade control message over {} bytes (MSG_TRUNC)", 1 + MAX_PARKED_PAYLOAD);
+            bail!(
+                "upgrade control message over {} bytes (MSG_TRUNC)",
+                1 + MAX_PARKED_PAYLOAD
+            );
         }
         if n == 0 {
             bail!("the other process closed the upgrade control socket");

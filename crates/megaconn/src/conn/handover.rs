@@ -165,12 +165,16 @@ impl ParkedState {
             None => return Err(short(need)),
         }
         let header = bytes.get(..need).ok_or_else(|| short(need))?;
-        let word = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+        let word = |at: usize| {
+            u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+        };
         let len = word(6) as usize;
         if len > ParkedState::MAX_PAYLOAD_BYTES {
             return Err(ParkedStateError::TooLarge(len));
         }
-        let payload = bytes.get(need..need + len).ok_or_else(|| short(need + len))?;
+        let payload = bytes
+            .get(need..need + len)
+            .ok_or_else(|| short(need + len))?;
         let state = ParkedState {
             tag: header[1],
             idle_left_ms: word(2),
@@ -328,7 +332,10 @@ mod tests {
         let s = ParkedState::new(ProtoTag(2), None, vec![1, 2, 3]).to_bytes();
         for cut in 0..s.len() {
             assert!(
-                matches!(ParkedState::from_bytes(&s[..cut]), Err(ParkedStateError::Short { .. })),
+                matches!(
+                    ParkedState::from_bytes(&s[..cut]),
+                    Err(ParkedStateError::Short { .. })
+                ),
                 "{cut}"
             );
         }

@@ -2772,7 +2772,10 @@ pub(super) mod tests {
         let mut expected = [
             (idle, ParkedState::new(ProtoTag(1), minute_left, vec![])),
             (forever, ParkedState::new(ProtoTag(1), None, vec![])),
-            (framed, ParkedState::new(ProtoTag(3), minute_left, vec![9, 9])),
+            (
+                framed,
+                ParkedState::new(ProtoTag(3), minute_left, vec![9, 9]),
+            ),
         ];
         expected.sort_by_key(|t| t.0);
         assert_eq!(states, expected);

@@ -319,7 +319,11 @@ pub(crate) fn serve_at_once(incoming: &Incoming, ctx: &WorkerContext) -> bool {
 /// side table, with its topics and timers). Not over TLS (rustls cannot
 /// rebuild a session from its secrets), nor WebSocket or SSE (no export
 /// yet): those stay and close as at shutdown.
-pub(crate) fn export(ctx: &WorkerContext, fd: std::os::fd::RawFd, tag: ProtoTag) -> Option<Vec<u8>> {
+pub(crate) fn export(
+    ctx: &WorkerContext,
+    fd: std::os::fd::RawFd,
+    tag: ProtoTag,
+) -> Option<Vec<u8>> {
     match tag {
         proto::HTTP1 => Some(Vec::new()),
         proto::FRAMED => proto::framed::adopt::export(ctx, fd),

@@ -657,12 +657,9 @@ where
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
         }
-        let batch = ctx
-            .park
-            .as_ref()
-            .map_or_else(Vec::new, |lot| {
-                lot.take_portable(|fd, tag| dispatch::export(&ctx, fd, tag))
-            });
+        let batch = ctx.park.as_ref().map_or_else(Vec::new, |lot| {
+            lot.take_portable(|fd, tag| dispatch::export(&ctx, fd, tag))
+        });
         // Tests have a worker panic at this line, by its text (a log layer:
         // crates/cli/upgrade.rs `WorkerPanic`, tests/lifecycle.rs).
         tracing::info!(

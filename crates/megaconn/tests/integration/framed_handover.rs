@@ -137,7 +137,12 @@ impl Side {
 
     /// A's side of the upgrade: hands its parked connections over and
     /// shuts down; what it handed over, once it stopped.
-    async fn hand_over(self) -> (Vec<ParkedConnection>, mpsc::UnboundedReceiver<(u64, CloseReason)>) {
+    async fn hand_over(
+        self,
+    ) -> (
+        Vec<ParkedConnection>,
+        mpsc::UnboundedReceiver<(u64, CloseReason)>,
+    ) {
         let handed = self.handle.hand_over_parked();
         self.handle.shutdown();
         let batches = tokio::task::spawn_blocking(move || handed.flatten().collect::<Vec<_>>());
@@ -296,7 +301,10 @@ async fn a_corrupt_state_is_refused_and_counted() {
     common::wait_stats(&b.handle, "the refusal", |s| s.handover_refused == 1).await;
     assert_eq!(read_line(&mut device).await, "", "closed");
     assert_eq!(b.handle.stats().adopted, 0);
-    assert!(b.adopts.try_recv().is_err(), "its handler never heard of it");
+    assert!(
+        b.adopts.try_recv().is_err(),
+        "its handler never heard of it"
+    );
     // B serves on.
     let s = TcpStream::connect(b.addr).await.unwrap();
     let mut fresh = BufReader::new(s);

@@ -86,7 +86,10 @@ pub(crate) fn import(
     let handler = FramedSettings::of(&ctx.config)?.handler.clone()?;
     // Which listener by its local address, as for an accepted connection:
     // the new process may list its listeners in another order.
-    let local = socket2::SockRef::from(socket).local_addr().ok()?.as_socket()?;
+    let local = socket2::SockRef::from(socket)
+        .local_addr()
+        .ok()?
+        .as_socket()?;
     let listener = accepted_on(&ctx.config, local)?;
     if is_tls(&ctx.config, listener) {
         return None;
@@ -146,7 +149,8 @@ pub(crate) fn export_parked<H: FramedHandler>(
         return None;
     };
     // It leaves this process: its topics here, and the handler hears it.
-    Live::new(handler, H::on_close_with_id, parked.state, id, &local).close(CloseReason::HandedOver);
+    Live::new(handler, H::on_close_with_id, parked.state, id, &local)
+        .close(CloseReason::HandedOver);
     Some(payload)
 }
 
@@ -291,7 +295,11 @@ fn encode(
     // A topic's name is at most `max_topic_bytes` (255 by default), and a
     // connection holds at most `max_subscriptions` (128): both fit; one
     // that would not is left behind rather than cut.
-    let topics: Vec<&Rc<str>> = topics.iter().filter(|t| t.len() <= 0xffff).take(0xffff).collect();
+    let topics: Vec<&Rc<str>> = topics
+        .iter()
+        .filter(|t| t.len() <= 0xffff)
+        .take(0xffff)
+        .collect();
     out.extend_from_slice(&(topics.len() as u16).to_be_bytes());
     for topic in topics {
         out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
@@ -357,7 +365,8 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        self.take(4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 }
 
