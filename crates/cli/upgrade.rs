@@ -69,6 +69,31 @@ use crate::announce::{handed_over_line, partly_done_line, Draining, Moved};
 /// Most descriptors one `SCM_RIGHTS` message may carry (Linux's `SCM_MAX_FD`).
 const MAX_FDS: usize = 253;
 
+/// Most payload bytes of one message of parked connections' states (a
+/// record is at most 64 KiB, `ParkedState::MAX_PAYLOAD_BYTES` and its
+/// header): the receiver reads each message into a buffer this large.
+const MAX_PARKED_PAYLOAD: usize = 64 * 1024;
+
+/// `batch` cut into messages: at most [`MAX_FDS`] sockets and
+/// [`MAX_PARKED_PAYLOAD`] bytes of states each (a framed connection's state
+/// may be kilobytes; HTTP/1.1's are 10 bytes).
+fn parked_messages(batch: &[ParkedConnection]) -> Vec<&[ParkedConnection]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, c) in batch.iter().enumerate() {
+        let len = c.state.wire_len();
+        if i > start && (i - start == MAX_FDS || bytes + len > MAX_PARKED_PAYLOAD) {
+            out.push(&batch[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += len;
+    }
+    if start < batch.len() {
+        out.push(&batch[start..]);
+    }
+    out
+}
+
 /// How long either side waits for the other's next message.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -560,7 +585,8 @@ impl Peer {
 
     /// The next message: its kind, payload and descriptors.
     fn recv(&self) -> anyhow::Result<(u8, Vec<u8>, Vec<OwnedFd>)> {
-        let mut buf = vec![0u8; 8192];
+        // The kind byte and the largest payload sent ([`MAX_PARKED_PAYLOAD`]).
+        let mut buf = vec![0u8; 1 + MAX_PARKED_PAYLOAD];
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = sock::recvmsg::<()>(
@@ -584,6 +610,12 @@ impl Peer {
         let n = msg.bytes;
         if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
             bail!("upgrade control message lost descriptors (MSG_CTRUNC)");
+        }
+        if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+            bail!(
+                "upgrade control message over {} bytes (MSG_TRUNC)",
+                1 + MAX_PARKED_PAYLOAD
+            );
         }
         if n == 0 {
             bail!("the other process closed the upgrade control socket");
@@ -1114,10 +1146,10 @@ impl Upgrades {
         let mut sent = 0usize;
         let sending = (|| -> anyhow::Result<()> {
             for batch in batches {
-                for chunk in batch.chunks(MAX_FDS) {
-                    let mut payload = Vec::with_capacity(chunk.len() * ParkedState::WIRE_BYTES);
+                for chunk in parked_messages(&batch) {
+                    let mut payload = Vec::new();
                     for c in chunk {
-                        payload.extend_from_slice(&c.state.to_bytes());
+                        c.state.write_to(&mut payload);
                     }
                     let fds: Vec<RawFd> = chunk.iter().map(|c| c.socket.as_raw_fd()).collect();
                     peer.send(PARKED, &payload, &fds)?;
@@ -1582,7 +1614,18 @@ fn receive_parked(peer: &Peer, handle: &ServerHandle) -> anyhow::Result<usize> {
         let (kind, payload, fds) = peer.recv()?;
         match kind {
             PARKED => {
-                let states = payload.chunks_exact(ParkedState::WIRE_BYTES);
+                // Records of variable length (a framed connection's state
+                // rides in its own), each saying its length; another
+                // version's (an old process's 5-byte form) is refused here,
+                // and its sockets close with the error.
+                let mut states = Vec::with_capacity(fds.len());
+                let mut rest = &payload[..];
+                while !rest.is_empty() {
+                    let (state, used) = ParkedState::from_bytes(rest)
+                        .context("upgrade: a parked connection's state is unreadable")?;
+                    states.push(state);
+                    rest = &rest[used..];
+                }
                 if states.len() != fds.len() {
                     bail!(
                         "upgrade: {} parked states for {} sockets",
@@ -1593,10 +1636,7 @@ fn receive_parked(peer: &Peer, handle: &ServerHandle) -> anyhow::Result<usize> {
                 let batch: Vec<ParkedConnection> = fds
                     .into_iter()
                     .zip(states)
-                    .map(|(socket, s)| ParkedConnection {
-                        socket,
-                        state: ParkedState::from_bytes(s.try_into().expect("chunk of WIRE_BYTES")),
-                    })
+                    .map(|(socket, state)| ParkedConnection { socket, state })
                     .collect();
                 received += batch.len();
                 handle.adopt_parked(batch);

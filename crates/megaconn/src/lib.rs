@@ -162,7 +162,7 @@ pub use conn::config::{
     DEFAULT_MESSAGE_SEND_BUFFER, DEFAULT_PARK_IDLE_AFTER, DEFAULT_READ_HEADER_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALL_THRESHOLD, FD_HEADROOM,
 };
-pub use conn::handover::{ParkedConnection, ParkedState};
+pub use conn::handover::{ParkedConnection, ParkedState, ParkedStateError};
 pub use conn::tls::{
     KxGroup, TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_KX_GROUPS,
     DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT, TLS_SESSION_CACHE_SIZE,
@@ -185,7 +185,10 @@ pub use observe::metrics;
 pub use observe::otel;
 pub use observe::ratelog::install_panic_hook;
 pub use observe::stats::{MessageStats, OtelStats, ServerStats, TlsStats};
-pub use proto::framed::{FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
+pub use proto::framed::{
+    FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES,
+    MAX_EXPORTED_STATE_BYTES,
+};
 pub use proto::http2::{
     HTTP2_CONTROL_BUDGET, HTTP2_PING_BUDGET, HTTP2_TINY_DATA_BUDGET, HTTP2_WINDOW_DRIP_BUDGET,
     RAPID_RESET_LIMIT,

@@ -1152,22 +1152,28 @@ impl ParkingLot {
         .await
     }
 
-    /// Takes every parked connection whose protocol `portable` accepts out
-    /// of the lot, for another process (an upgrade, `handover.rs`): each
-    /// leaves the private epoll set (the socket outlives this process's
-    /// descriptor there) and counts as closed here, `handed_over`.
+    /// Takes every parked connection that `export` lets go out of the lot,
+    /// for another process (an upgrade, `handover.rs`): asked each parked
+    /// descriptor and its protocol, `export` gives the protocol's payload
+    /// for the next process (empty for HTTP/1.1; a framed connection's
+    /// state, taken from its side table) or `None` for one that stays (and
+    /// closes as at shutdown). Each taken one leaves the private epoll set
+    /// (the socket outlives this process's descriptor there) and counts as
+    /// closed here, `handed_over`.
     pub(crate) fn take_portable(
         &self,
-        portable: fn(ProtoTag) -> bool,
+        mut export: impl FnMut(RawFd, ProtoTag) -> Option<Vec<u8>>,
     ) -> Vec<crate::conn::handover::ParkedConnection> {
         let now = self.tick_of(Instant::now());
         let chosen: Vec<(RawFd, u32, u8)> = self
             .own_parked()
-            .filter(|(_, s)| s.proto() & WAKE_AT_DEADLINE == 0 && portable(s.tag()))
             .map(|(fd, s)| (fd, s.deadline, s.tag().0))
             .collect();
         let mut out = Vec::with_capacity(chosen.len());
         for (fd, deadline, tag) in chosen {
+            let Some(payload) = export(fd, ProtoTag(tag)) else {
+                continue;
+            };
             let _ = self.ctl(libc::EPOLL_CTL_DEL, fd);
             let Some((socket, _)) = self.unpark(fd, ABSENT) else {
                 continue;
@@ -1179,7 +1185,7 @@ impl ParkingLot {
             crate::conn::handover::handed_over(self.connection(&socket));
             out.push(crate::conn::handover::ParkedConnection {
                 socket,
-                state: crate::conn::handover::ParkedState::new(ProtoTag(tag), left),
+                state: crate::conn::handover::ParkedState::new(ProtoTag(tag), left, payload),
             });
         }
         out
@@ -2727,14 +2733,15 @@ pub(super) mod tests {
         assert!(f.limit.admit_ip(&mut other, ip), "its place given back");
     }
 
-    /// An upgrade takes the parked connections of the protocols the new
-    /// process can resume, not those with a timer (which only this one
-    /// keeps), each with the idle time it had left; they leave the lot's
-    /// set (bytes for them wake it no more) and count as closed here.
+    /// An upgrade takes the parked connections the protocols let go (here:
+    /// protocol 1's but the one with a timer, and protocol 3's with its
+    /// payload), each with the idle time it had left and what its protocol
+    /// exported; they leave the lot's set (bytes for them wake it no more)
+    /// and count as closed here. The others stay.
     #[tokio::test(start_paused = true)]
     async fn take_portable_takes_the_portable_ones_with_their_time_left() {
         use crate::conn::handover::ParkedState;
-        let f = fixture();
+        let f = fixture_of(ConnectionLimit::new(8, None));
         let park_for = |proto, deadline, at_deadline| {
             let (socket, client) = pair();
             let fd = socket.as_raw_fd();
@@ -2748,20 +2755,27 @@ pub(super) mod tests {
         let (forever, _c) = park_for(1, None, AtDeadline::Close);
         let (timer, _c) = park_for(1, Some(minute), AtDeadline::Wake);
         let (other, _c) = park_for(2, Some(minute), AtDeadline::Close);
+        let (framed, _c) = park_for(3, Some(minute), AtDeadline::Wake);
         let mut taken: Vec<_> = f
             .lot
-            .take_portable(|tag| tag == ProtoTag(1))
+            .take_portable(|fd, tag| match tag.0 {
+                1 => (fd != timer).then(Vec::new),
+                3 => Some(vec![9, 9]),
+                _ => None,
+            })
             .into_iter()
             .map(|p| (p.socket.as_raw_fd(), p.state, p.socket))
             .collect();
         taken.sort_by_key(|t| t.0);
-        let states: Vec<_> = taken.iter().map(|t| (t.0, t.1)).collect();
+        let states: Vec<_> = taken.iter().map(|t| (t.0, t.1.clone())).collect();
+        let minute_left = Some(Duration::from_secs(60));
         let mut expected = [
+            (idle, ParkedState::new(ProtoTag(1), minute_left, vec![])),
+            (forever, ParkedState::new(ProtoTag(1), None, vec![])),
             (
-                idle,
-                ParkedState::new(ProtoTag(1), Some(Duration::from_secs(60))),
+                framed,
+                ParkedState::new(ProtoTag(3), minute_left, vec![9, 9]),
             ),
-            (forever, ParkedState::new(ProtoTag(1), None)),
         ];
         expected.sort_by_key(|t| t.0);
         assert_eq!(states, expected);
@@ -2770,7 +2784,7 @@ pub(super) mod tests {
         let mut kept = [timer, other];
         kept.sort_unstable();
         assert_eq!((left, f.lot.len()), (kept.to_vec(), 2));
-        assert_eq!(f.stats.closed.load(Relaxed), 2, "handed over");
+        assert_eq!(f.stats.closed.load(Relaxed), 3, "handed over");
         idle_client.write_all(b"late").unwrap();
         assert_eq!(f.lot.wake_ready().unwrap(), 0, "out of the lot's set");
     }

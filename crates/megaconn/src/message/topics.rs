@@ -645,6 +645,16 @@ impl Topics {
         }
     }
 
+    /// The topics connection `id` holds, in the order it took them (a
+    /// framed connection handed to the next process takes their names
+    /// along: `proto/framed/adopt.rs`).
+    pub(crate) fn of(&self, id: ConnectionId) -> Vec<Rc<str>> {
+        match self.connections.get(&id.fd()) {
+            Some(mine) if mine.generation == id.generation() => mine.topics.clone(),
+            _ => Vec::new(),
+        }
+    }
+
     /// `topic`'s subscribers now, by descriptor and generation.
     pub(crate) fn members(&self, topic: &str) -> Vec<(RawFd, Generation)> {
         match self.members.get(topic) {

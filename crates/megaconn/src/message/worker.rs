@@ -492,6 +492,12 @@ impl Local {
         subscribed
     }
 
+    /// The topics connection `id` holds (for a hand-over to the next
+    /// process, `proto/framed/adopt.rs`).
+    pub(crate) fn topics_of(&self, id: ConnectionId) -> Vec<Rc<str>> {
+        self.topics.borrow().of(id)
+    }
+
     /// Unsubscribes connection `id` from `topic` (not subscribed: no change).
     pub(crate) fn unsubscribe(&self, id: ConnectionId, topic: &str) {
         self.topics.borrow_mut().unsubscribe(id, topic);

@@ -33,6 +33,7 @@
 //! | `megaconn_accept_waits_at_limit_total` | counter | |
 //! | `megaconn_worker_stalls_total` | counter | |
 //! | `megaconn_connections_adopted_total` | counter | |
+//! | `megaconn_connections_handover_refused_total` | counter | |
 //! | `megaconn_connections_aged_out_total` | counter | |
 //! | `megaconn_shutdown_drain_pending` | gauge | |
 //! | `megaconn_requests_total` | counter | `method`, `status_class` |
@@ -1017,6 +1018,12 @@ impl Collector for Snapshot {
             "connections_adopted",
             "Parked connections taken over from the process this one replaced (zero-downtime upgrade).",
             s.adopted,
+        )?;
+        counter(
+            &mut e,
+            "connections_handover_refused",
+            "Parked connections an upgrade could not move (a state refused or corrupt, over a limit), closed instead.",
+            s.handover_refused,
         )?;
         counter(
             &mut e,

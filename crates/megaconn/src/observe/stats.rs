@@ -45,6 +45,9 @@ pub(crate) struct WorkerStats {
     pub accept_waits_at_limit: AtomicU64,
     /// Parked connections taken over from the process this one replaced.
     pub adopted: AtomicU64,
+    /// Parked connections an upgrade could not move: refused here at the
+    /// adoption, or by the old process at the hand-over (`handover.rs`).
+    pub handover_refused: AtomicU64,
     /// Connections closed at an idle point for being older than
     /// `max_connection_age`.
     pub aged_out: AtomicU64,
@@ -504,6 +507,13 @@ pub struct ServerStats {
     /// zero-downtime upgrade); the old process counts them closed as
     /// `handed_over`.
     pub adopted: u64,
+    /// Parked connections an upgrade could not move, closed instead: in
+    /// the new process, refused at the adoption (a protocol it does not
+    /// resume, a framed state its handler's `import` refused or that is
+    /// corrupt, over a connection limit); in the old one, a framed state
+    /// its handler exported over `FramedHandler::MAX_EXPORTED_STATE_BYTES`
+    /// (closed as at shutdown).
+    pub handover_refused: u64,
     /// Connections closed at an idle point for being older than
     /// `max_connection_age` (`Connection: close`, `GOAWAY`).
     pub aged_out: u64,
@@ -646,6 +656,7 @@ impl ServerStats {
             s.worker_stalls += w.stalls.load(Relaxed);
             s.messages.add(&w.messages);
             s.adopted += w.adopted.load(Relaxed);
+            s.handover_refused += w.handover_refused.load(Relaxed);
             s.aged_out += w.aged_out.load(Relaxed);
             s.shutdown_drain_pending += w.drain_pending.load(Relaxed);
             add_up(&mut limit_hits, &w.limit_hits);

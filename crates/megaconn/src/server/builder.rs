@@ -480,11 +480,21 @@ impl ServerHandle {
 
     /// Makes the shutdown that follows hand this server's parked (idle)
     /// connections over instead of closing them: each worker, once it has
-    /// stopped accepting, takes the connections of protocols that keep no
-    /// other state (cleartext HTTP/1.1) out of its parking lot and sends
-    /// them here, one batch per worker; they count as closed here
-    /// (`handed_over`). The others close as in any graceful shutdown. Pass
-    /// them to the next process's [`adopt_parked`](ServerHandle::adopt_parked).
+    /// stopped accepting, takes the connections that can move out of its
+    /// parking lot and sends them here, one batch per worker; they count as
+    /// closed here (`handed_over`). What moves: cleartext HTTP/1.1 (idle
+    /// keep-alive connections, which keep no other state), and cleartext
+    /// framed connections whose handler exports its state
+    /// ([`FramedHandler::export`](crate::FramedHandler::export): the state's
+    /// bytes, topic names and heartbeat timers ride in the
+    /// [`ParkedState`](crate::ParkedState); the handler hears `on_close`
+    /// with [`CloseReason::HandedOver`](crate::CloseReason::HandedOver)).
+    /// The others close as in any graceful shutdown: anything over TLS
+    /// (its session cannot be rebuilt elsewhere), HTTP/2, WebSocket and
+    /// SSE, framed connections whose handler does not export (or whose
+    /// state is over [`MAX_EXPORTED_STATE_BYTES`](crate::MAX_EXPORTED_STATE_BYTES)),
+    /// and framed connections awake at that moment. Pass them to the next
+    /// process's [`adopt_parked`](ServerHandle::adopt_parked).
     pub fn hand_over_parked(&self) -> ParkedHandOver {
         let (tx, rx) = std::sync::mpsc::channel();
         *lock(&self.hand_over) = Some(tx);
@@ -497,8 +507,12 @@ impl ServerHandle {
     /// Parks connections handed over by the server this one replaces
     /// ([`hand_over_parked`](ServerHandle::hand_over_parked)), spread over the
     /// workers, under this server's connection limits: one that does not fit,
-    /// or of a protocol this server cannot resume, is closed. Counted in
-    /// [`ServerStats::adopted`].
+    /// of a protocol this server cannot resume, or a framed one whose state
+    /// is corrupt or its handler's [`import`](crate::FramedHandler::import)
+    /// refuses, is closed, counted in [`ServerStats::handover_refused`].
+    /// Adopted ones are counted in [`ServerStats::adopted`]; a framed one
+    /// gets a new [`ConnectionId`](crate::ConnectionId) here, its handler's
+    /// [`on_adopt`](crate::FramedHandler::on_adopt) told.
     ///
     /// Called between [`Server::start`] and [`Started::run`], the
     /// connections wait in a channel and are adopted once the workers may

@@ -43,6 +43,7 @@ use crate::conn::client_auth::PeerCertificates;
 use crate::conn::config::Config;
 use crate::conn::connection::{Connection, SendConnection};
 use crate::conn::context::WorkerContext;
+use crate::conn::handover::{ParkedState, Resumed};
 use crate::conn::park::{AtDeadline, OnParkedClose, Parking};
 use crate::conn::rewind::Rewind;
 use crate::conn::socket;
@@ -309,12 +310,53 @@ pub(crate) fn serve_at_once(incoming: &Incoming, ctx: &WorkerContext) -> bool {
     }
 }
 
-/// Whether a parked connection of protocol `tag` can move to another
-/// process (an upgrade) with nothing but its socket and its lot entry:
-/// cleartext HTTP/1.1 keeps no other state while parked. Framed keeps its
-/// handler's session in a side table and stays (closed as at shutdown).
-pub(crate) fn portable(tag: ProtoTag) -> bool {
-    tag == proto::HTTP1
+/// What a parked connection of protocol `tag` at `fd` takes to another
+/// process (an upgrade), if it can move: its protocol's payload, asked of
+/// each parked connection by `ParkingLot::take_portable`. Cleartext
+/// HTTP/1.1 keeps no state but its lot entry: it moves with none. A
+/// cleartext framed connection moves when its handler exports its state
+/// (`FramedHandler::export`; `proto/framed/adopt.rs` takes it out of the
+/// side table, with its topics and timers). Not over TLS (rustls cannot
+/// rebuild a session from its secrets), nor WebSocket or SSE (no export
+/// yet): those stay and close as at shutdown.
+pub(crate) fn export(
+    ctx: &WorkerContext,
+    fd: std::os::fd::RawFd,
+    tag: ProtoTag,
+) -> Option<Vec<u8>> {
+    match tag {
+        proto::HTTP1 => Some(Vec::new()),
+        proto::FRAMED => proto::framed::adopt::export(ctx, fd),
+        _ => None,
+    }
+}
+
+/// Resumes a connection another process handed over ([`export`]'s other
+/// end, `handover::adopt`): HTTP/1.1 with the idle time it had left,
+/// closed at its end; framed with its state imported into its side table
+/// (`FramedHandler::import`), woken at its heartbeat timers. Any other
+/// protocol, or a state refused: `None`, and it closes.
+pub(crate) fn resume(
+    ctx: &Rc<WorkerContext>,
+    socket: &std::os::fd::OwnedFd,
+    state: &ParkedState,
+) -> Option<Resumed> {
+    match state.tag() {
+        proto::HTTP1 if state.payload().is_empty() => Some(Resumed {
+            deadline: state
+                .idle_left()
+                .map(|left| tokio::time::Instant::now() + left),
+            at_deadline: AtDeadline::Close,
+        }),
+        proto::FRAMED => {
+            let deadline = proto::framed::adopt::import(ctx, socket, state.payload())?;
+            Some(Resumed {
+                deadline,
+                at_deadline: AtDeadline::Wake,
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Whether a parked connection of protocol `tag` may be closed to make room

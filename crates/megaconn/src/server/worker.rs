@@ -569,7 +569,7 @@ where
             while let Some(batch) = adopt.recv().await {
                 let (n, mut closed) = (batch.len(), 0);
                 for parked in batch {
-                    if !handover::adopt(&ctx, &limit, parked, dispatch::portable) {
+                    if !handover::adopt(&ctx, &limit, parked, dispatch::resume) {
                         closed += 1;
                     }
                 }
@@ -657,10 +657,9 @@ where
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
         }
-        let batch = ctx
-            .park
-            .as_ref()
-            .map_or_else(Vec::new, |lot| lot.take_portable(dispatch::portable));
+        let batch = ctx.park.as_ref().map_or_else(Vec::new, |lot| {
+            lot.take_portable(|fd, tag| dispatch::export(&ctx, fd, tag))
+        });
         // Tests have a worker panic at this line, by its text (a log layer:
         // crates/cli/upgrade.rs `WorkerPanic`, tests/lifecycle.rs).
         tracing::info!(

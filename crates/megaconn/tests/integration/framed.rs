@@ -1211,9 +1211,10 @@ async fn shutdown_says_goodbye_to_parked_and_awake_connections() {
     says_goodbye_at_shutdown(false).await;
 }
 
-/// An upgrade's drain says goodbye as a stop does: framed connections
-/// cannot move to the next process (`hand_over_parked` takes cleartext
-/// HTTP/1.1 only), and a parked or awake one gets the goodbye frame before
+/// An upgrade's drain says goodbye as a stop does: framed connections whose
+/// handler does not export its state (the `Probe` does not:
+/// `framed_handover.rs` tests those that do) cannot move to the next
+/// process, and a parked or awake one gets the goodbye frame before
 /// its close, as at a `SIGTERM`. (An SRE review saw a bare FIN at an
 /// upgrade: the `megaconn serve` demo sets no goodbye frame, at a stop
 /// either.)

@@ -37,6 +37,7 @@ mod drain_woken;
 mod dual_stack;
 mod framed;
 mod framed_halfopen;
+mod framed_handover;
 mod framed_limits;
 mod framed_tls;
 mod fuzz_framed;

@@ -22,6 +22,7 @@ use crate::message::live::OnClose;
 use crate::message::session::Session;
 use crate::message::table::Parked;
 use crate::observe::close::{CloseReason, FramingError};
+use crate::proto::framed::adopt;
 use crate::proto::framed::codec::Framing;
 use crate::proto::framed::conn::{self, Start};
 use crate::proto::framed::{goodbye_frame, side_table, FramedParked};
@@ -141,6 +142,75 @@ pub trait FramedHandler: Send + Sync + 'static {
         let _ = id;
         self.on_close(state, reason);
     }
+
+    /// Opts this handler's connections in to moving to the next process at
+    /// a zero-downtime upgrade ([`ServerHandle::hand_over_parked`](crate::ServerHandle::hand_over_parked),
+    /// `megaconn serve --upgrade`): `state` as bytes, which the next
+    /// process's [`import`](FramedHandler::import) reads back. `None`
+    /// (the default): the connection closes as at shutdown (goodbye frame,
+    /// `on_close` with [`CloseReason::Shutdown`]), as before session 47.
+    ///
+    /// Asked at the hand-over for each connection **parked** on a
+    /// **cleartext** framed listener. Awake connections (a handler
+    /// running, a frame half read, a push being written) close as at
+    /// shutdown; so do connections over TLS, whatever this returns
+    /// (rustls cannot rebuild a session from its secrets, so no process
+    /// but this one can go on with its stream).
+    ///
+    /// What moves with the state: the socket (the device sees nothing: no
+    /// close, and its next frame is answered by the new process), its topic
+    /// names (subscribed again there), and the time left to its heartbeat
+    /// timeout and to the server's next heartbeat. What does not: a
+    /// [`Hub::close_after`](crate::Hub::close_after) deadline (set it again
+    /// in [`on_adopt`](FramedHandler::on_adopt)), and a connection that
+    /// owes part of a push (it closes as at shutdown).
+    ///
+    /// At most [`MAX_EXPORTED_STATE_BYTES`](crate::MAX_EXPORTED_STATE_BYTES)
+    /// (16 KiB): a longer state is refused, the connection closes as at
+    /// shutdown, counted in `megaconn_connections_handover_refused_total`.
+    /// Once exported, the connection has left this process: `on_close`
+    /// (and [`on_close_with_id`](FramedHandler::on_close_with_id)) hears
+    /// [`CloseReason::HandedOver`] with the state, here, so that maps of
+    /// ids can drop it. A panic here is caught and counted; the
+    /// connection stays.
+    fn export(&self, state: &Self::State) -> Option<Vec<u8>> {
+        let _ = state;
+        None
+    }
+
+    /// The next process's side of [`export`](FramedHandler::export): the
+    /// state back from its bytes, or `None` to refuse it (the connection
+    /// closes, counted in `megaconn_connections_handover_refused_total`;
+    /// the default refuses every one). Bytes of another version of the
+    /// application are the application's to tell apart (a version byte of
+    /// its own); corrupt framing around them never reaches here. A panic
+    /// is caught and counted, and closes the connection.
+    fn import(&self, bytes: &[u8]) -> Option<Self::State> {
+        let _ = bytes;
+        None
+    }
+
+    /// A connection handed over by the previous process was adopted here,
+    /// with the state [`import`](FramedHandler::import) gave: what
+    /// [`on_open`](FramedHandler::on_open) is to an accepted connection,
+    /// but on a connection that is parked and whose peer sent nothing.
+    ///
+    /// **Its id is new.** [`Session::id`] is this process's id for it (a
+    /// [`ConnectionId`] names a descriptor of a worker of one process, and
+    /// both differ here), so an application's own map (device → id) must
+    /// be rebuilt from here, as `on_open` builds it; the previous process's
+    /// map is gone with it (there `on_close` heard
+    /// [`CloseReason::HandedOver`]). Its topics are subscribed again
+    /// before this is called (a topic this process's limits refuse is
+    /// counted and dropped). Frames sent through `session` are written at
+    /// once in one non-blocking send (a socket that does not take them
+    /// whole closes the connection); [`Session::close`] closes it.
+    /// Adoptions are counted in `megaconn_connections_adopted_total`
+    /// ([`ServerStats::adopted`](crate::ServerStats::adopted)). A panic
+    /// here is caught and counted, and closes the connection.
+    fn on_adopt(&self, state: &mut Self::State, session: &Session) {
+        let _ = (state, session);
+    }
 }
 
 /// A boxed connection future: framed connections are boxed so the
@@ -176,6 +246,21 @@ pub(crate) trait ErasedHandler: Send + Sync {
     /// Where a woken connection's state is: its listener's position, if the
     /// connection is known (`tls`: one over TLS).
     fn parked_listener(&self, ctx: &WorkerContext, fd: RawFd, tls: bool) -> Option<usize>;
+
+    /// An upgrade takes parked cleartext connection `fd` to the next
+    /// process: its payload, if the handler exports it (`adopt.rs`).
+    fn export_parked(&self, ctx: &WorkerContext, fd: RawFd) -> Option<Vec<u8>>;
+
+    /// The previous process handed over connection `fd`, parked, on framed
+    /// listener `listener`: resumed from `payload`, its lot deadline; or
+    /// `None`, refused (`adopt.rs`).
+    fn adopt_parked(
+        &self,
+        ctx: &WorkerContext,
+        fd: RawFd,
+        listener: usize,
+        payload: &[u8],
+    ) -> Option<Option<tokio::time::Instant>>;
 }
 
 /// Erases a handler's types.
@@ -210,5 +295,19 @@ impl<H: FramedHandler> ErasedHandler for Erased<H> {
 
     fn parked_listener(&self, ctx: &WorkerContext, fd: RawFd, tls: bool) -> Option<usize> {
         side_table::<H::State>(ctx, tls).1.variant(fd)
+    }
+
+    fn export_parked(&self, ctx: &WorkerContext, fd: RawFd) -> Option<Vec<u8>> {
+        adopt::export_parked(&self.0, ctx, fd)
+    }
+
+    fn adopt_parked(
+        &self,
+        ctx: &WorkerContext,
+        fd: RawFd,
+        listener: usize,
+        payload: &[u8],
+    ) -> Option<Option<tokio::time::Instant>> {
+        adopt::adopt_parked(&self.0, ctx, fd, listener, payload)
     }
 }

@@ -22,7 +22,9 @@
 //! - `codec.rs`   [`Framing`]: the wire format, tokio-util's codecs
 //! - `handler.rs` [`FramedHandler`]: the public message API
 //! - `conn.rs`    one awake connection's loop
+//! - `adopt.rs`   a parked connection moving to the next process (upgrade)
 
+pub(crate) mod adopt;
 pub(crate) mod codec;
 pub(crate) mod conn;
 pub(crate) mod handler;
@@ -53,6 +55,7 @@ use crate::observe::close::{CloseReason, FramingError};
 use crate::proto::parked::{close_parked_tls, ParkedSocket};
 use crate::proto::Ended;
 
+pub use adopt::MAX_EXPORTED_STATE_BYTES;
 pub use codec::{Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
 pub use handler::FramedHandler;
 
