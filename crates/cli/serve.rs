@@ -477,7 +477,7 @@ fn warn_bound_beside_passed(addrs: &[std::net::SocketAddr]) {
     let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     tracing::warn!(
         addrs = %addrs.join(","),
-        "these addresses are bound by megaconn itself beside the sockets systemd passed, and refuse connections while it restarts: pass them from a socket unit too (FileDescriptorName=tls for TLS) and drop them from listen/tls_listen/tcp_listen/tcp_tls_listen"
+        "these addresses are bound by megaconn itself beside the sockets systemd passed, and refuse connections while it restarts: pass listen/tls_listen addresses from a socket unit too (FileDescriptorName=tls for TLS) and drop them from the config; tcp_listen/tcp_tls_listen (framed TCP) cannot be passed yet, a passed socket is served as HTTP, so keep those in the config"
     );
 }
 
