@@ -126,7 +126,9 @@ fn refused_by_flag_and_key(flag: &str, value: &str, error: &str) {
     let path = dir.path().join("megaconn.toml");
     std::fs::write(&path, format!("{key} = {value}\n")).unwrap();
     let err = refused(&["--config", path.to_str().unwrap()]);
-    assert!(err.contains(&format!("key `{key}`: {error}")), "{err}");
+    // "key `KEY` in config file PATH: ERROR" (the file named since session 47).
+    let named = format!("key `{key}` in config file {}: {error}", path.display());
+    assert!(err.contains(&named), "{err}");
 }
 
 /// `--max-connections-per-ip 0` (and `max_connections_per_ip = 0`) is

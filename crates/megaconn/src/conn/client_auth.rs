@@ -293,46 +293,9 @@ impl fmt::Debug for LoadedClientAuth {
     }
 }
 
-/// Why a client's certificate was refused: the `reason` label of
-/// `megaconn_tls_client_cert_refusals_total` and the word its log line
-/// says. Bounded: rustls' many error kinds fold into these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CertRefusal {
-    /// None sent where one is required (`certificate_required`).
-    Missing,
-    /// Not issued by a client CA root (`unknown_ca`): another fleet's, or
-    /// the roots were rotated before the devices.
-    UnknownCa,
-    /// Revoked by a CRL given (`certificate_revoked`).
-    Revoked,
-    /// Past its `notAfter` (`certificate_expired`).
-    Expired,
-    /// Before its `notBefore`: a clock off on the server, or on the CA
-    /// that issued it.
-    NotYetValid,
-    /// Anything else about it: a bad signature or encoding, the wrong key
-    /// usage, an unsupported algorithm.
-    Bad,
-}
-
-impl CertRefusal {
-    /// How many reasons there are.
-    pub(crate) const COUNT: usize = 6;
-    /// Metric labels, by discriminant.
-    pub(crate) const LABELS: [&'static str; CertRefusal::COUNT] = [
-        "missing",
-        "unknown_ca",
-        "revoked",
-        "expired",
-        "not_yet_valid",
-        "bad",
-    ];
-
-    /// The metric label (and the word the log line says).
-    pub(crate) fn label(self) -> &'static str {
-        CertRefusal::LABELS[self as usize]
-    }
-}
+// `CertRefusal` lives with the counter it indexes (`observe/stats.rs`): the
+// observe layer sits below this one and may not import it.
+pub(crate) use crate::observe::stats::CertRefusal;
 
 /// What a handshake's failure (`e`, rustls' error) says of client auth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

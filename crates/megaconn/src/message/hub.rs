@@ -296,8 +296,11 @@ pub(crate) enum IfBehind {
     /// Queued up to the queue's bound; one over it closes the connection
     /// as a slow consumer.
     Close,
-    /// Dropped (and counted, `cause="droppable"`) once the queue holds
-    /// [`droppable_mark`] messages; never closes the connection.
+    /// Dropped (and counted, `cause="droppable"`) once an awake
+    /// connection's queue holds [`droppable_mark`] messages. A parked
+    /// connection has no queue: one whose socket takes none of it is woken
+    /// to write it, as for any push (and closed as a slow consumer if it
+    /// cannot be woken), so "never closes" holds for awake connections.
     Drop,
 }
 
@@ -998,10 +1001,10 @@ impl Hub {
     /// queued): an authentication deadline that says so (4001,
     /// "authentication timeout"), an idle kick with 1000. Replaces, and is
     /// cancelled by, `close_after` and
-    /// [`cancel_close_after`](Hub::cancel_close_after) alike. Costs one
-    /// allocation per call (the close, boxed to keep hub messages at 56
-    /// bytes) and, while it waits, the close beside the deadline's entry
-    /// in its worker.
+    /// [`cancel_close_after`](Hub::cancel_close_after) alike. Costs two
+    /// allocations per call (the close, boxed to keep hub messages at 56
+    /// bytes, and its reason's copy; none for an empty reason) and, while
+    /// it waits, the close beside the deadline's entry in its worker.
     pub fn close_after_with(
         &self,
         id: ConnectionId,

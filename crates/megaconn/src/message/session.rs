@@ -131,7 +131,8 @@ impl Session {
     /// [`Builder::outbound_queue`](crate::Builder::outbound_queue) on, and
     /// an ordinary push past the whole bound closes it as a slow consumer.
     /// On the connection's worker, so cheap: a lookup in the worker's map
-    /// of awake connections, nothing kept per connection for it. The
+    /// of awake connections and the byte count its queue keeps (8 B per
+    /// awake connection; nothing for parked ones). The
     /// replies this handler queued ([`Session::send`]) are not in it: they
     /// are written when it returns, before the pushes behind them.
     pub fn buffered(&self) -> Buffered {

@@ -142,6 +142,13 @@ impl Deadlines {
                 let room = self.by_fd.len() * 2;
                 self.by_fd.shrink_to(room);
             }
+            // The same for the closes with their own code: a storm of
+            // `close_after_with` deadlines left its room too (review,
+            // session 47).
+            if self.kicks.len() * 4 < self.kicks.capacity() {
+                let room = self.kicks.len() * 2;
+                self.kicks.shrink_to(room);
+            }
         }
     }
 }

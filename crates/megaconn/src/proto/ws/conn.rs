@@ -88,7 +88,7 @@ use crate::message::MessageSettings;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::ratelog::{self, Flood};
-use crate::observe::rooms::{closer_without_peer_frame, Closer, NO_STATUS};
+use crate::observe::rooms::{closer_without_peer_frame, Closer, ABNORMAL, NO_STATUS};
 use crate::observe::stats::{add, incr, MessageCounters};
 use crate::proto::handling::{while_handling, Draining};
 use crate::proto::ws::closing::{close_handshake, last_word, last_word_code, FrameEnds};
@@ -210,6 +210,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // `serve_woken` found it in this table (by its variant).
             let Some(parked) = tables.take::<H::State>(fd) else {
                 tracing::error!("a woken WebSocket had no state; closing it");
+                // Every native WebSocket close counts once (`RoomStats`).
+                ctx.stats.messages.rooms.ws_closed(Closer::Server, ABNORMAL);
                 return Ended::Close(CloseReason::ServerError);
             };
             let id = tables.local.id(fd, parked.generation);
@@ -271,7 +273,13 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             {
                 match prefetch_woken(tls) {
                     Ok(read) => unread_wake = read,
-                    Err(reason) => return Ended::Close(live.close(reason)),
+                    Err(reason) => {
+                        // The peer's reset or end found by the prefetch: its
+                        // close without a frame, as the awake read path
+                        // counts it (review, session 47).
+                        ctx.stats.messages.rooms.ws_closed(Closer::Peer, ABNORMAL);
+                        return Ended::Close(live.close(reason));
+                    }
                 }
             }
             (live, session)
@@ -292,6 +300,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // Reset for the hub while it wrote: nothing more, no close
             // frame (`resume_owed` made the socket's close a reset).
             if cut.reason == CloseReason::Reset {
+                ctx.stats.messages.rooms.ws_closed(Closer::Server, ABNORMAL);
                 return Ended::Close(live.close(cut.reason));
             }
             let rest = cut.rest.map(|rest| (rest, Raw::Sealed));
@@ -569,7 +578,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // (merge review, session 46).
     let rooms = &counters.rooms;
     if matches!(reason, CloseReason::Reset) {
-        rooms.ws_closed(Closer::Server, crate::observe::rooms::ABNORMAL);
+        rooms.ws_closed(Closer::Server, ABNORMAL);
         drop(out.pushes.give_up(false, counters));
         out.unwritten.settle(conn.wbuf_len(), false, counters);
         return Ended::Close(live.close(reason));
