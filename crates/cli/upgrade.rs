@@ -4,7 +4,8 @@
 //! ```text
 //!  new process                                old process (serving)
 //!   connect(control socket)  ----------------> accept; same user? (SO_PEERCRED)
-//!   'H' hello + pid          ---------------->
+//!   'H' hello + pid, wire    ---------------->
+//!       version of states
 //!                            <---------------- 'L' listening sockets (SCM_RIGHTS,
 //!                                              ≤ 253 a message; the last flagged)
 //!   bind nothing: build its servers             (still the only one accepting)
@@ -14,8 +15,12 @@
 //!   start accepting (what came                  HTTP/1.1 connections out of
 //!   meanwhile waits in the kernel's queue)      its lots
 //!                            <---------------- 'P' parked sockets, ≤ 253 a message,
-//!   park them in its own lots                   with 5 bytes of state each
-//!                                               (tag, idle time left)
+//!   park them in its own lots                   with a state record each
+//!                                               (`ParkedState`: tag, idle time
+//!                                               left, a framed one's payload;
+//!                                               to a pre-47 process, which sends
+//!                                               no wire version, HTTP/1.1 only in
+//!                                               the 5-byte form)
 //!                            <---------------- 'E' end: counts
 //!   bind the control socket for                 drain the rest as in graceful
 //!   the next upgrade; print                     shutdown, exit
