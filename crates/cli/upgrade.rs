@@ -4,7 +4,8 @@
 //! ```text
 //!  new process                                old process (serving)
 //!   connect(control socket)  ----------------> accept; same user? (SO_PEERCRED)
-//!   'H' hello + pid          ---------------->
+//!   'H' hello + pid, wire    ---------------->
+//!       version of states
 //!                            <---------------- 'L' listening sockets (SCM_RIGHTS,
 //!                                              ≤ 253 a message; the last flagged)
 //!   bind nothing: build its servers             (still the only one accepting)
@@ -14,8 +15,12 @@
 //!   start accepting (what came                  HTTP/1.1 connections out of
 //!   meanwhile waits in the kernel's queue)      its lots
 //!                            <---------------- 'P' parked sockets, ≤ 253 a message,
-//!   park them in its own lots                   with 5 bytes of state each
-//!                                               (tag, idle time left)
+//!   park them in its own lots                   with a state record each
+//!                                               (`ParkedState`: tag, idle time
+//!                                               left, a framed one's payload;
+//!                                               to a pre-47 process, which sends
+//!                                               no wire version, HTTP/1.1 only in
+//!                                               the 5-byte form)
 //!                            <---------------- 'E' end: counts
 //!   bind the control socket for                 drain the rest as in graceful
 //!   the next upgrade; print                     shutdown, exit
@@ -74,15 +79,29 @@ const MAX_FDS: usize = 253;
 /// header): the receiver reads each message into a buffer this large.
 const MAX_PARKED_PAYLOAD: usize = 64 * 1024;
 
+/// Most payload bytes of a message of several parked connections' states;
+/// a larger record goes alone. A `SOCK_SEQPACKET` message must fit in the
+/// sender's `SO_SNDBUF` whole (`EMSGSIZE` otherwise, which would end the
+/// hand-over), and a small one (a lowered `net.core.wmem_default`) may be
+/// under 64 KiB: 16 KiB fits all but the smallest.
+const PARKED_MESSAGE_TARGET: usize = 16 * 1024;
+
+/// The wire version of the parked connections' states the new process
+/// reads, sent after its pid in its hello: 1, `ParkedState`'s version 1
+/// form (and version 0's). A process of a session before 47 sends no such
+/// byte, and reads version 0 only: the old process then sends that form
+/// (HTTP/1.1 only, see [`parked_wire`]).
+const PARKED_WIRE_VERSION: u8 = 1;
+
 /// `batch` cut into messages: at most [`MAX_FDS`] sockets and
-/// [`MAX_PARKED_PAYLOAD`] bytes of states each (a framed connection's state
-/// may be kilobytes; HTTP/1.1's are 10 bytes).
+/// [`PARKED_MESSAGE_TARGET`] bytes of states each, a larger record alone
+/// (a framed connection's state may be kilobytes; HTTP/1.1's are 10 bytes).
 fn parked_messages(batch: &[ParkedConnection]) -> Vec<&[ParkedConnection]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, c) in batch.iter().enumerate() {
         let len = c.state.wire_len();
-        if i > start && (i - start == MAX_FDS || bytes + len > MAX_PARKED_PAYLOAD) {
+        if i > start && (i - start == MAX_FDS || bytes + len > PARKED_MESSAGE_TARGET) {
             out.push(&batch[start..i]);
             (start, bytes) = (i, 0);
         }
@@ -92,6 +111,41 @@ fn parked_messages(batch: &[ParkedConnection]) -> Vec<&[ParkedConnection]> {
         out.push(&batch[start..]);
     }
     out
+}
+
+/// The parked-connection messages for `batch`: each one's payload and
+/// sockets. `v0`: the new process is of a session before 47 (its hello
+/// had no [`PARKED_WIRE_VERSION`]) and reads only version 0's 5-byte
+/// records: only the cleartext HTTP/1.1 connections are sent, in that
+/// form; the rest (framed) are not, and close here as at shutdown (their
+/// handlers heard `HandedOver` already, see `FramedHandler::export`).
+fn parked_wire(batch: &[ParkedConnection], v0: bool) -> Vec<(Vec<u8>, Vec<RawFd>)> {
+    if v0 {
+        let old: Vec<_> = batch
+            .iter()
+            .filter_map(|c| Some((c.state.to_v0_bytes()?, c.socket.as_raw_fd())))
+            .collect();
+        return old
+            .chunks(MAX_FDS)
+            .map(|chunk| {
+                let payload = chunk.iter().flat_map(|(b, _)| *b).collect();
+                (payload, chunk.iter().map(|(_, fd)| *fd).collect())
+            })
+            .collect();
+    }
+    parked_messages(batch)
+        .into_iter()
+        .map(|chunk| {
+            let mut payload = Vec::new();
+            for c in chunk {
+                c.state.write_to(&mut payload);
+            }
+            (
+                payload,
+                chunk.iter().map(|c| c.socket.as_raw_fd()).collect(),
+            )
+        })
+        .collect()
 }
 
 /// How long either side waits for the other's next message.
@@ -1023,6 +1077,9 @@ impl Upgrades {
         }
         let (hello, _) = peer.expect(HELLO)?;
         let new_pid = u32::from_be_bytes(hello.get(..4).context("short hello")?.try_into()?);
+        // No wire version after the pid: a process of a session before 47,
+        // which reads only version 0's records (see [`parked_wire`]).
+        let v0 = hello.get(4).is_none();
         let more = self
             .more
             .lock()
@@ -1085,7 +1142,7 @@ impl Upgrades {
         // must not bind one again, renaming it over the new process's (the
         // next upgrade would come here).
         lost.disarm();
-        self.leave(peer, &more, new_pid, raw.len());
+        self.leave(peer, &more, new_pid, raw.len(), v0);
         Ok(true)
     }
 
@@ -1093,7 +1150,7 @@ impl Upgrades {
     /// leaves, whatever happens here, as its [`Leaving`] is dropped (at the
     /// end, or by a panic midway), so nothing fails out of it. Only the
     /// hand-over's own steps are here; the way out is `Leaving`'s alone.
-    fn leave(&self, peer: &Peer, more: &[ServerHandle], new_pid: u32, listeners: usize) {
+    fn leave(&self, peer: &Peer, more: &[ServerHandle], new_pid: u32, listeners: usize, v0: bool) {
         let mut leaving = Leaving {
             upgrades: self,
             more,
@@ -1146,14 +1203,9 @@ impl Upgrades {
         let mut sent = 0usize;
         let sending = (|| -> anyhow::Result<()> {
             for batch in batches {
-                for chunk in parked_messages(&batch) {
-                    let mut payload = Vec::new();
-                    for c in chunk {
-                        c.state.write_to(&mut payload);
-                    }
-                    let fds: Vec<RawFd> = chunk.iter().map(|c| c.socket.as_raw_fd()).collect();
+                for (payload, fds) in parked_wire(&batch, v0) {
                     peer.send(PARKED, &payload, &fds)?;
-                    sent += chunk.len();
+                    sent += fds.len();
                 }
                 // Dropping the batch closes this process's descriptors; the
                 // sockets live on in the new process.
@@ -1377,7 +1429,11 @@ pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
     }
     let peer = Peer(fd);
     peer.set_timeout()?;
-    peer.send(HELLO, &std::process::id().to_be_bytes(), &[])?;
+    // The pid, then the wire version of the parked states this process
+    // reads (an old process reads the pid only).
+    let mut hello = std::process::id().to_be_bytes().to_vec();
+    hello.push(PARKED_WIRE_VERSION);
+    peer.send(HELLO, &hello, &[])?;
     let mut listeners = Vec::new();
     let mut slot = None;
     let mut main = None;
@@ -1608,31 +1664,59 @@ fn spawn_unless_told(
         .map(drop)
 }
 
+/// The states of one message of parked connections, `fds` sockets: all
+/// version 1 records (variable length, a framed connection's state rides
+/// in its own, each saying its length), or all version 0's 5-byte records
+/// (an old process's, HTTP/1.1 only), told by the first byte (a tag is
+/// below 0x40, never the version byte) and the length. Anything else is
+/// refused, never misread.
+fn parked_states(payload: &[u8], fds: usize) -> anyhow::Result<Vec<ParkedState>> {
+    if payload.first() != Some(&ParkedState::VERSION)
+        && fds > 0
+        && payload.len() == ParkedState::V0_BYTES * fds
+    {
+        return Ok(payload
+            .chunks_exact(ParkedState::V0_BYTES)
+            .map(|b| ParkedState::from_v0_bytes(b.try_into().expect("5 bytes")))
+            .collect());
+    }
+    let mut states = Vec::with_capacity(fds);
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let (state, used) = ParkedState::from_bytes(rest)
+            .context("upgrade: a parked connection's state is unreadable")?;
+        states.push(state);
+        rest = &rest[used..];
+    }
+    if states.len() != fds {
+        bail!(
+            "upgrade: {} parked states for {} sockets",
+            states.len(),
+            fds
+        );
+    }
+    Ok(states)
+}
+
 fn receive_parked(peer: &Peer, handle: &ServerHandle) -> anyhow::Result<usize> {
     let mut received = 0usize;
     loop {
         let (kind, payload, fds) = peer.recv()?;
         match kind {
             PARKED => {
-                // Records of variable length (a framed connection's state
-                // rides in its own), each saying its length; another
-                // version's (an old process's 5-byte form) is refused here,
-                // and its sockets close with the error.
-                let mut states = Vec::with_capacity(fds.len());
-                let mut rest = &payload[..];
-                while !rest.is_empty() {
-                    let (state, used) = ParkedState::from_bytes(rest)
-                        .context("upgrade: a parked connection's state is unreadable")?;
-                    states.push(state);
-                    rest = &rest[used..];
-                }
-                if states.len() != fds.len() {
-                    bail!(
-                        "upgrade: {} parked states for {} sockets",
-                        states.len(),
-                        fds.len()
-                    );
-                }
+                // A message refused loses its own sockets only (they close
+                // here): the next ones may be fine.
+                let states = match parked_states(&payload, fds.len()) {
+                    Ok(states) => states,
+                    Err(e) => {
+                        tracing::warn!(
+                            closed = fds.len(),
+                            error = format!("{e:#}"),
+                            "upgrade: a message of parked connections was unreadable; its connections closed"
+                        );
+                        continue;
+                    }
+                };
                 let batch: Vec<ParkedConnection> = fds
                     .into_iter()
                     .zip(states)
@@ -1662,6 +1746,134 @@ mod tests {
     pub(super) fn panic_after_ready(path: &Path) {
         if path.file_name() == Some(PANIC_AFTER_READY.as_ref()) {
             panic!("a hand-over panics after the new process said it serves");
+        }
+    }
+
+    /// A server serving the demo on this test's runtime, its idle HTTP/1.1
+    /// connections parked at once (they stop with the runtime).
+    fn served() -> (ServerHandle, std::net::SocketAddr) {
+        let mut server = megaconn::Server::bind(([127, 0, 0, 1], 0).into())
+            .workers(1)
+            .park_idle_after(Some(Duration::from_millis(1)))
+            .listen()
+            .unwrap();
+        let (handle, addr) = (server.handle(), server.local_addr());
+        let publisher = crate::fanout::Publisher::local(server.hub());
+        let app = crate::demo::Demo::new(handle.clone(), publisher, Default::default());
+        tokio::spawn(server.start(app).unwrap().run());
+        (handle, addr)
+    }
+
+    /// One request on `client`: the start of its answer (empty: closed).
+    fn ask(client: &mut std::net::TcpStream) -> String {
+        use std::io::{Read as _, Write as _};
+        client.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+        // A closed connection may refuse the write: the read says so.
+        let _ = client.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        let mut buf = [0u8; 64];
+        let n = client.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// A process of a session before 47 sends its parked HTTP/1.1
+    /// connections in version 0's 5-byte records: they are adopted (they
+    /// were all refused and closed, the hand-over failing at the first
+    /// message), and an unreadable message closes its own sockets only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parked_connections_of_an_old_process_are_adopted() {
+        let (handle, _) = served();
+        let (a, b) = sock::socketpair(
+            sock::AddressFamily::Unix,
+            sock::SockType::SeqPacket,
+            None,
+            sock::SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        // SAFETY: fresh descriptors nobody else owns.
+        let (old, new) = unsafe { (Peer(OwnedFd::from_raw_fd(a)), Peer(OwnedFd::from_raw_fd(b))) };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (mut clients, mut accepted) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            clients.push(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+            let (s, _) = listener.accept().unwrap();
+            s.set_nonblocking(true).unwrap();
+            accepted.push(s);
+        }
+        let fd = |i: usize| accepted[i].as_raw_fd();
+        // A version 1 record cut short: refused, its socket closed.
+        old.send(PARKED, &[ParkedState::VERSION, 1, 0], &[fd(0)])
+            .unwrap();
+        let record = [1u8, 0, 0, 0xea, 0x60]; // HTTP/1.1, 60 s idle left
+        old.send(PARKED, &[record, record].concat(), &[fd(1), fd(2)])
+            .unwrap();
+        old.send(END, &2u64.to_be_bytes(), &[]).unwrap();
+        drop(accepted);
+        let received = tokio::task::spawn_blocking(move || receive_parked(&new, &handle))
+            .await
+            .unwrap();
+        assert_eq!(received.unwrap(), 2);
+        let answers =
+            tokio::task::spawn_blocking(move || clients.iter_mut().map(ask).collect::<Vec<_>>())
+                .await
+                .unwrap();
+        assert_eq!(answers[0], "", "the refused message's connection closed");
+        for a in &answers[1..] {
+            assert!(
+                a.starts_with("HTTP/1.1 "),
+                "not served after the move: {a:?}"
+            );
+        }
+    }
+
+    /// The old process sends its parked HTTP/1.1 connections in version
+    /// 0's 5-byte records to a new process whose hello has no wire version
+    /// (a rollback to a process of a session before 47, which reads only
+    /// those), and in version 1's 10-byte ones to a new process that says
+    /// it reads them. It sent version 1 to all, which an old process
+    /// refused (closing them all).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_old_new_process_gets_the_old_form() {
+        for (version, record) in [
+            (None, ParkedState::V0_BYTES),
+            (Some(PARKED_WIRE_VERSION), 10),
+        ] {
+            let (handle, addr) = served();
+            let mut client = std::net::TcpStream::connect(addr).unwrap();
+            let answer = tokio::task::spawn_blocking(move || (ask(&mut client), client))
+                .await
+                .unwrap();
+            assert!(answer.0.starts_with("HTTP/1.1 "), "{:?}", answer.0);
+            let deadline = Instant::now() + STEP_TIMEOUT;
+            while handle.stats().connections_parked != 1 {
+                assert!(Instant::now() < deadline, "the connection never parked");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("control.sock");
+            let control = ControlSocket::bind(&path).unwrap();
+            let thread = control.spawn(handle.clone()).unwrap();
+            let parked = tokio::task::spawn_blocking(move || {
+                let fd = seqpacket().unwrap();
+                sock::connect(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+                let peer = Peer(fd);
+                let mut hello = std::process::id().to_be_bytes().to_vec();
+                hello.extend(version);
+                peer.send(HELLO, &hello, &[]).unwrap();
+                while peer.expect(LISTENERS).unwrap().0.first() != Some(&1) {}
+                peer.send(READY, &[], &[]).unwrap();
+                let (payload, fds) = peer.expect(PARKED).unwrap();
+                peer.expect(END).unwrap();
+                (payload, fds.len())
+            })
+            .await
+            .unwrap();
+            tokio::task::spawn_blocking(move || thread.join().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(parked.1, 1, "{version:?}");
+            assert_eq!(parked.0.len(), record, "{version:?}: {:?}", parked.0);
+            assert_eq!(parked.0[0] == ParkedState::VERSION, version.is_some());
+            drop(answer);
         }
     }
 

@@ -29,10 +29,12 @@
 //! ```
 //!
 //! Version 0 (sessions before 47: the tag and the time left, 5 bytes, no
-//! length) is refused by [`ParkedState::from_bytes`], never misread; an old
-//! process reading version 1 in 5-byte chunks finds the count of states
-//! and sockets apart (each record is at least 10 bytes) and refuses the
-//! batch.
+//! length) is refused by [`ParkedState::from_bytes`], never misread; it is
+//! read by [`ParkedState::from_v0_bytes`] and written by
+//! [`ParkedState::to_v0_bytes`] (HTTP/1.1 only), so that an upgrade from or
+//! back to an older process still moves its HTTP/1.1 connections: the
+//! caller (`crates/cli/upgrade.rs`) picks the form per message, and tells
+//! the old sender its own (a wire-version byte in its hello).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
@@ -98,7 +100,7 @@ pub enum ParkedStateError {
 
 impl ParkedState {
     /// The wire form's version byte (see the module doc).
-    const VERSION: u8 = 0xC1;
+    pub const VERSION: u8 = 0xC1;
 
     /// Bytes of a record's header, before its payload.
     pub const HEADER_BYTES: usize = 10;
@@ -181,6 +183,33 @@ impl ParkedState {
             payload: payload.into(),
         };
         Ok((state, need + len))
+    }
+
+    /// Bytes of a version 0 record (a process of a session before 47: the
+    /// tag and the idle time left, no version byte, no length).
+    pub const V0_BYTES: usize = 5;
+
+    /// Reads a version 0 record (see [`V0_BYTES`](ParkedState::V0_BYTES)):
+    /// an HTTP/1.1 connection handed over by an older process, no payload.
+    /// Its first byte is a tag (below 0x40), never the version byte 0xC1, so
+    /// a message's form is told by its first byte and its length.
+    pub fn from_v0_bytes(b: [u8; ParkedState::V0_BYTES]) -> ParkedState {
+        ParkedState {
+            tag: b[0],
+            idle_left_ms: u32::from_be_bytes([b[1], b[2], b[3], b[4]]),
+            payload: Box::default(),
+        }
+    }
+
+    /// The version 0 form, for a process of a session before 47 (it reads
+    /// nothing else): only a cleartext HTTP/1.1 connection has one (no
+    /// payload); `None` for any other, which that process could not adopt.
+    pub fn to_v0_bytes(&self) -> Option<[u8; ParkedState::V0_BYTES]> {
+        if ProtoTag(self.tag) != crate::proto::HTTP1 || !self.payload.is_empty() {
+            return None;
+        }
+        let ms = self.idle_left_ms.to_be_bytes();
+        Some([self.tag, ms[0], ms[1], ms[2], ms[3]])
     }
 
     pub(crate) fn tag(&self) -> ProtoTag {
@@ -345,5 +374,23 @@ mod tests {
             ParkedState::from_bytes(&huge),
             Err(ParkedStateError::TooLarge(_))
         ));
+    }
+
+    /// Version 0 (a pre-47 process's 5-byte form) round-trips for HTTP/1.1,
+    /// and is never written for a connection an old process cannot adopt.
+    #[test]
+    fn version_0_round_trips_for_http1_only() {
+        let old = [1u8, 0, 0, 0xea, 0x60];
+        let s = ParkedState::from_v0_bytes(old);
+        assert_eq!(s.tag(), crate::proto::HTTP1);
+        assert_eq!(s.idle_left(), Some(Duration::from_secs(60)));
+        assert!(s.payload().is_empty());
+        assert_eq!(s.to_v0_bytes(), Some(old));
+        let none = ParkedState::new(crate::proto::HTTP1, None, vec![]);
+        assert_eq!(none.to_v0_bytes(), Some([1, 0xff, 0xff, 0xff, 0xff]));
+        let framed = ParkedState::new(crate::proto::FRAMED, None, vec![]);
+        assert_eq!(framed.to_v0_bytes(), None);
+        let with_payload = ParkedState::new(crate::proto::HTTP1, None, vec![1]);
+        assert_eq!(with_payload.to_v0_bytes(), None);
     }
 }

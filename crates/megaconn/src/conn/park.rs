@@ -1154,7 +1154,7 @@ impl ParkingLot {
 
     /// Takes every parked connection that `export` lets go out of the lot,
     /// for another process (an upgrade, `handover.rs`): asked each parked
-    /// descriptor and its protocol, `export` gives the protocol's payload
+    /// descriptor, its protocol and what its deadline does, `export` gives the protocol's payload
     /// for the next process (empty for HTTP/1.1; a framed connection's
     /// state, taken from its side table) or `None` for one that stays (and
     /// closes as at shutdown). Each taken one leaves the private epoll set
@@ -1162,16 +1162,22 @@ impl ParkingLot {
     /// closed here, `handed_over`.
     pub(crate) fn take_portable(
         &self,
-        mut export: impl FnMut(RawFd, ProtoTag) -> Option<Vec<u8>>,
+        mut export: impl FnMut(RawFd, ProtoTag, AtDeadline) -> Option<Vec<u8>>,
     ) -> Vec<crate::conn::handover::ParkedConnection> {
         let now = self.tick_of(Instant::now());
         let chosen: Vec<(RawFd, u32, u8)> = self
             .own_parked()
-            .map(|(fd, s)| (fd, s.deadline, s.tag().0))
+            .map(|(fd, s)| (fd, s.deadline, s.proto()))
             .collect();
         let mut out = Vec::with_capacity(chosen.len());
-        for (fd, deadline, tag) in chosen {
-            let Some(payload) = export(fd, ProtoTag(tag)) else {
+        for (fd, deadline, proto) in chosen {
+            let at = if proto & WAKE_AT_DEADLINE != 0 {
+                AtDeadline::Wake
+            } else {
+                AtDeadline::Close
+            };
+            let tag = ProtoTag(proto & !FLAGS);
+            let Some(payload) = export(fd, tag, at) else {
                 continue;
             };
             let _ = self.ctl(libc::EPOLL_CTL_DEL, fd);
@@ -1185,7 +1191,7 @@ impl ParkingLot {
             crate::conn::handover::handed_over(self.connection(&socket));
             out.push(crate::conn::handover::ParkedConnection {
                 socket,
-                state: crate::conn::handover::ParkedState::new(ProtoTag(tag), left, payload),
+                state: crate::conn::handover::ParkedState::new(tag, left, payload),
             });
         }
         out
@@ -2758,8 +2764,8 @@ pub(super) mod tests {
         let (framed, _c) = park_for(3, Some(minute), AtDeadline::Wake);
         let mut taken: Vec<_> = f
             .lot
-            .take_portable(|fd, tag| match tag.0 {
-                1 => (fd != timer).then(Vec::new),
+            .take_portable(|_, tag, at| match tag.0 {
+                1 => (at == AtDeadline::Close).then(Vec::new),
                 3 => Some(vec![9, 9]),
                 _ => None,
             })

@@ -88,6 +88,14 @@ pub enum CloseReason {
     SlowConsumer,
     /// Parked and idle, handed to the process that replaced this one (a
     /// zero-downtime upgrade): the connection stays open over there.
+    ///
+    /// Told when the connection leaves this process's parking lot, before
+    /// its record is sent: it does not prove the new process took it. The
+    /// send may fail (the new process gone), the new process may refuse it
+    /// (over a limit, its `import` refusing, counted there in
+    /// `handover_refused`), and a new process of a session before 47 gets
+    /// only HTTP/1.1 connections: in those cases the connection is closed
+    /// without another `on_close`.
     HandedOver,
     /// A message connection's peer (framed, WebSocket) began a message and
     /// did not complete it within `message_timeout` (a WebSocket is closed

@@ -318,14 +318,19 @@ pub(crate) fn serve_at_once(incoming: &Incoming, ctx: &WorkerContext) -> bool {
 /// (`FramedHandler::export`; `proto/framed/adopt.rs` takes it out of the
 /// side table, with its topics and timers). Not over TLS (rustls cannot
 /// rebuild a session from its secrets), nor WebSocket or SSE (no export
-/// yet): those stay and close as at shutdown.
+/// yet): those stay and close as at shutdown. An HTTP/1.1 connection
+/// parked with a timer (`at_deadline` [`AtDeadline::Wake`]) stays too: its
+/// record carries only the time left, which the next process takes for an
+/// idle timeout, closing it where it should have been woken (the filter of
+/// sessions before 47).
 pub(crate) fn export(
     ctx: &WorkerContext,
     fd: std::os::fd::RawFd,
     tag: ProtoTag,
+    at_deadline: AtDeadline,
 ) -> Option<Vec<u8>> {
     match tag {
-        proto::HTTP1 => Some(Vec::new()),
+        proto::HTTP1 if at_deadline == AtDeadline::Close => Some(Vec::new()),
         proto::FRAMED => proto::framed::adopt::export(ctx, fd),
         _ => None,
     }

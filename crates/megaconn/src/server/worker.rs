@@ -658,7 +658,7 @@ where
             }
         }
         let batch = ctx.park.as_ref().map_or_else(Vec::new, |lot| {
-            lot.take_portable(|fd, tag| dispatch::export(&ctx, fd, tag))
+            lot.take_portable(|fd, tag, at| dispatch::export(&ctx, fd, tag, at))
         });
         // Tests have a worker panic at this line, by its text (a log layer:
         // crates/cli/upgrade.rs `WorkerPanic`, tests/lifecycle.rs).

@@ -171,8 +171,12 @@ pub trait FramedHandler: Send + Sync + 'static {
     /// Once exported, the connection has left this process: `on_close`
     /// (and [`on_close_with_id`](FramedHandler::on_close_with_id)) hears
     /// [`CloseReason::HandedOver`] with the state, here, so that maps of
-    /// ids can drop it. A panic here is caught and counted; the
-    /// connection stays.
+    /// ids can drop it. That is told before the state is sent, so it does
+    /// not prove the next process took the connection: should the send
+    /// fail, the next process refuse it, or be of a session before 47
+    /// (which takes no framed connection), it closes without a goodbye
+    /// frame or another `on_close`. A panic here is caught and counted;
+    /// the connection stays.
     fn export(&self, state: &Self::State) -> Option<Vec<u8>> {
         let _ = state;
         None
