@@ -101,12 +101,13 @@ impl ClientCa {
     /// no CRL here is let in (its status is unknown, not revoked).
     ///
     /// Each CRL is checked when read ([`TlsConfig::client_auth`](crate::TlsConfig::client_auth)
-    /// and each reload): one that does not read, whose `nextUpdate` is
-    /// past, or that names a root here as its issuer but is not signed by
-    /// it is an error ([`TlsError::is_bad_crl`](crate::TlsError::is_bad_crl))
-    /// and nothing changes (a reload keeps the lists that worked). A CRL
-    /// that expires while the server runs still applies, as webpki does by
-    /// default. A CRL of an intermediate CA (not among the roots) is
+    /// and each reload): one that does not read, that names a root here as
+    /// its issuer but is not signed by it, or whose root has a `KeyUsage`
+    /// without `cRLSign` is an error
+    /// ([`TlsError::is_bad_crl`](crate::TlsError::is_bad_crl)) and nothing
+    /// changes (a reload keeps the lists that worked). An expired CRL (its
+    /// `nextUpdate` past) still applies, at load with a warning naming the
+    /// file, and while the server runs, as webpki does by default. A CRL of an intermediate CA (not among the roots) is
     /// checked at the handshakes that need it; found bad there, the
     /// handshake fails as
     /// `megaconn_tls_handshakes_total{outcome="crl"}`, logged naming the

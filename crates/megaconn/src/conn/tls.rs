@@ -141,11 +141,11 @@ impl TlsError {
 
     /// An error about a certificate revocation list given to
     /// [`ClientCa::with_crl_pem_file`](crate::ClientCa::with_crl_pem_file)
-    /// (or `with_crl_pem`): one that does not read as a CRL, has expired
-    /// (its `nextUpdate` is past), or names a client CA root as its issuer
-    /// but is not signed by it. The server's own list, not a client's
+    /// (or `with_crl_pem`): one that does not read as a CRL, names a client
+    /// CA root as its issuer but is not signed by it, or whose root has a
+    /// `KeyUsage` without `cRLSign` (an expired one is only a warning). The server's own list, not a client's
     /// fault: refused when configured or reloaded, never found out
-    /// handshake by handshake. The fix is a fresh CRL from the CA.
+    /// handshake by handshake. The error says what to do.
     pub fn is_bad_crl(&self) -> bool {
         self.bad_crl
     }

@@ -2,10 +2,12 @@
 //! (mutual TLS, `TlsConfig::client_auth`; the fixtures are `mtls.rs`'s):
 //! each refusal counted by why in
 //! `megaconn_tls_client_cert_refusals_total{reason}` (none sent, another
-//! CA's, revoked, expired, not valid yet); a CRL that has expired, is
-//! another CA's of the same name or does not read is an error when
-//! configured or reloaded (`TlsError::is_bad_crl`), and a reload that
-//! reads one keeps the lists that worked; an intermediate CA's CRL that
+//! CA's, revoked, expired, not valid yet); a CRL that is another CA's of
+//! the same name, whose root may not sign CRLs (`KeyUsage` without
+//! `cRLSign`) or does not read is an error when configured or reloaded
+//! (`TlsError::is_bad_crl`), and a reload that reads one keeps the lists
+//! that worked, while an expired one is taken with a warning; an
+//! intermediate CA's CRL that
 //! only a handshake can check, found bad there, is counted as
 //! `outcome="crl"`, not as the client's refusal; and the requests of one
 //! HTTP/1.1 connection share one copy of its chain. Every wait is bounded
@@ -128,6 +130,16 @@ async fn each_refusal_is_counted_by_its_reason() {
     gateway.stop().await;
 }
 
+/// A self-signed CA named `cn` with `key`, whose `KeyUsage` is `usages`.
+fn root_with_usages(cn: &str, usages: &[KeyUsagePurpose], key: KeyPair) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = usages.to_vec();
+    let cert = params.self_signed(&key).unwrap();
+    Ca { cert, key }
+}
+
 /// A server certificate to build configurations with.
 fn server_tls() -> TlsConfig {
     let leaf = Ca::named("Gateway CA").leaf(&["localhost"]);
@@ -142,11 +154,29 @@ fn a_bad_crl_is_an_error_when_configured() {
         assert!(err.is_bad_crl(), "{err}");
         err.to_string()
     };
-    // Expired: its nextUpdate is past.
+    // Expired (its nextUpdate is past): taken, with a warning, as webpki
+    // takes it at handshakes; a CA late with its next list must not stop
+    // a restart.
     let old = crl_of(&devices, &[], (2021, 1, 1));
-    let text = bad(with_crl(&devices, &old.pem().unwrap()));
+    assert!(server_tls()
+        .client_auth(with_crl(&devices, &old.pem().unwrap()))
+        .is_ok());
+    // Signed by a root whose KeyUsage lacks cRLSign: webpki would refuse
+    // it at every handshake of that root's devices.
+    // (rcgen signs CRLs only as a CA with CrlSign: the same name and key
+    // with it signs, as such a CA's tooling would.)
+    let key = KeyPair::generate().unwrap();
+    let same_key = KeyPair::from_pem(&key.serialize_pem()).unwrap();
+    let no_crl_sign = root_with_usages("Devices CA", &[KeyUsagePurpose::KeyCertSign], key);
+    let signer = root_with_usages(
+        "Devices CA",
+        &[KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign],
+        same_key,
+    );
+    let crl = crl_of(&signer, &[], FAR_FUTURE);
+    let text = bad(with_crl(&no_crl_sign, &crl.pem().unwrap()));
     assert!(
-        text.contains("expired at") && text.contains("fetch"),
+        text.contains("lacks cRLSign") && text.contains("reissue"),
         "{text}"
     );
     // Another CA's of the same name (the issuer a root's, the signature not).
@@ -183,8 +213,9 @@ async fn a_reload_that_reads_a_bad_crl_keeps_the_old_one() {
         .unwrap()
     })
     .await;
-    let stale = crl_of(&devices, &[], (2021, 1, 1));
-    std::fs::write(&crl_file, stale.pem().unwrap()).unwrap();
+    // Another CA's of the same name: its signature does not verify.
+    let forged = crl_of(&Ca::named("Devices CA"), &[], FAR_FUTURE);
+    std::fs::write(&crl_file, forged.pem().unwrap()).unwrap();
     let err = gateway.tls.reload().unwrap_err();
     assert!(err.is_bad_crl(), "{err}");
     assert!(

@@ -1,12 +1,16 @@
 //! A client CA's certificate revocation list, checked when it is loaded
 //! (`ClientCa::with_crl_*`, at `TlsConfig::client_auth` and each reload):
-//! it reads as an X.509 CRL, its `nextUpdate` has not passed, and, when
-//! its issuer is one of the client CA roots, that root's key verifies its
-//! signature. webpki checks none of this before a client's certificate
+//! it reads as an X.509 CRL and, when its issuer is one of the client CA
+//! roots, that root's key verifies its signature and the root may sign
+//! CRLs (no `KeyUsage`, or one with `cRLSign`). webpki checks none of this
+//! before a client's certificate
 //! needs the CRL, and then fails that client's handshake: the server's own
 //! bad list looked like a device refused, handshake after handshake. Here
 //! it is a [`TlsError`] whose text says which file and what to do, and a
-//! reload that reads one keeps the lists that worked.
+//! reload that reads one keeps the lists that worked. A CRL whose
+//! `nextUpdate` has passed is only a warning: it still applies (webpki's
+//! default, and what it does once running), so a CA that is late with its
+//! next list does not stop the server from starting.
 //!
 //! Read with yasna, as `tls.rs` reads a certificate's `notAfter` (rustls
 //! and webpki parse a CRL but give none of this out); the signature is
@@ -38,6 +42,9 @@ struct Root {
     /// The key's `AlgorithmIdentifier` contents.
     key_algorithm: Vec<u8>,
     key: Vec<u8>,
+    /// May sign CRLs: it has no `KeyUsage` extension, or one with
+    /// `cRLSign` (bit 6), as webpki requires of a CRL's issuer.
+    crl_sign: bool,
 }
 
 /// Checks `crl` (from `what`, a file's path or "the PEM given") against
@@ -60,10 +67,14 @@ pub(super) fn check(
         )));
     };
     if let Some(next) = crl.next_update.filter(|&next| next <= now) {
-        return Err(TlsError::bad_crl(format!(
-            "the CRL in {what} expired at {} (its nextUpdate): it may miss devices revoked since; fetch the CA's current CRL, then reload (or leave the CRL out)",
-            date(next)
-        )));
+        // Still used, as webpki uses it at handshakes (it does not enforce
+        // nextUpdate): refusing it would stop every restart while the CA
+        // is late, and the list still revokes what it names.
+        tracing::warn!(
+            crl = what,
+            next_update = %date(next),
+            "the CRL expired (its nextUpdate passed) and is still used: it may miss devices revoked since; fetch the CA's current CRL, then reload"
+        );
     }
     let issuers: Vec<Root> = roots
         .iter()
@@ -91,7 +102,14 @@ pub(super) fn check(
                 .verify_signature(&root.key, &crl.tbs, &crl.signature)
                 .is_ok()
             {
-                return Ok(());
+                // webpki refuses a CRL whose issuer may not sign CRLs, at
+                // each handshake of that root's devices (`outcome="crl"`).
+                return match root.crl_sign {
+                    true => Ok(()),
+                    false => Err(TlsError::bad_crl(format!(
+                        "the CRL in {what} is signed by a client CA root whose KeyUsage lacks cRLSign, so every handshake of its devices would fail on it: have the CA reissue the root with the same key and the cRLSign key usage (its devices' certificates still chain to it) and give that root, or leave the CRL out"
+                    ))),
+                };
             }
         }
     }
@@ -164,7 +182,7 @@ fn parse_crl(der: &[u8]) -> Option<Crl> {
 }
 
 fn parse_root(der: &[u8]) -> Option<Root> {
-    let (subject, spki) = yasna::parse_ber(der, |r| {
+    let (subject, spki, extensions) = yasna::parse_ber(der, |r| {
         r.read_sequence(|cert| {
             let found = cert.next().read_sequence(|tbs| {
                 tbs.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
@@ -174,8 +192,14 @@ fn parse_root(der: &[u8]) -> Option<Root> {
                 }
                 let subject = tbs.next().read_der()?;
                 let spki = tbs.next().read_der()?;
-                while tbs.read_optional(|r| r.read_der())?.is_some() {}
-                Ok((subject, spki))
+                // Unique IDs ([1], [2]) if any, then extensions ([3]).
+                let mut extensions = None;
+                while let Some(item) = tbs.read_optional(|r| r.read_der())? {
+                    if item.first() == Some(&0xa3) {
+                        extensions = Some(item);
+                    }
+                }
+                Ok((subject, spki, extensions))
             })?;
             cert.next().read_der()?;
             cert.next().read_der()?;
@@ -191,9 +215,41 @@ fn parse_root(der: &[u8]) -> Option<Root> {
         })
     })
     .ok()?;
+    let crl_sign = match extensions {
+        None => true,
+        Some(extensions) => crl_sign(contents(&extensions)?)?,
+    };
     Some(Root {
         subject,
         key_algorithm: contents(&key_algorithm)?.to_vec(),
         key,
+        crl_sign,
     })
+}
+
+/// Whether `extensions` (a certificate's `Extensions`, DER) allow signing
+/// CRLs: no `KeyUsage` (2.5.29.15), or one with `cRLSign` (bit 6).
+fn crl_sign(extensions: &[u8]) -> Option<bool> {
+    let key_usage = yasna::models::ObjectIdentifier::from_slice(&[2, 5, 29, 15]);
+    let mut found = None;
+    yasna::parse_ber(extensions, |r| {
+        r.read_sequence_of(|r| {
+            r.read_sequence(|ext| {
+                let id = ext.next().read_oid()?;
+                ext.read_optional(|r| r.read_bool())?;
+                let value = ext.next().read_bytes()?;
+                if id == key_usage {
+                    found = Some(value);
+                }
+                Ok(())
+            })
+        })
+    })
+    .ok()?;
+    let Some(value) = found else {
+        return Some(true);
+    };
+    let (bits, len) = yasna::parse_ber(&value, |r| r.read_bitvec_bytes()).ok()?;
+    // Bit 0 is the first byte's high bit; bit 6 is 0x02 of it.
+    Some(len > 6 && bits.first().is_some_and(|b| b & 0x02 != 0))
 }
