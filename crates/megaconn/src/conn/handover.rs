@@ -51,6 +51,12 @@ use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::ConnTrack;
 use crate::observe::stats::incr;
 
+/// Cleartext HTTP/1.1's protocol tag, the one protocol a process before
+/// session 47 adopts (version 0 records). Named here, not taken from
+/// `proto` (a lower layer never imports an upper one); `proto/mod.rs`
+/// checks at compile time that its `HTTP1` tag is this one.
+pub(crate) const V0_HTTP1: u8 = 1;
+
 /// A parked (idle) connection leaving one server for another: the socket and
 /// its [`ParkedState`]. Made by [`ServerHandle::hand_over_parked`](crate::ServerHandle::hand_over_parked),
 /// taken by [`ServerHandle::adopt_parked`](crate::ServerHandle::adopt_parked).
@@ -205,7 +211,7 @@ impl ParkedState {
     /// nothing else): only a cleartext HTTP/1.1 connection has one (no
     /// payload); `None` for any other, which that process could not adopt.
     pub fn to_v0_bytes(&self) -> Option<[u8; ParkedState::V0_BYTES]> {
-        if ProtoTag(self.tag) != crate::proto::HTTP1 || !self.payload.is_empty() {
+        if self.tag != V0_HTTP1 || !self.payload.is_empty() {
             return None;
         }
         let ms = self.idle_left_ms.to_be_bytes();
@@ -382,15 +388,16 @@ mod tests {
     fn version_0_round_trips_for_http1_only() {
         let old = [1u8, 0, 0, 0xea, 0x60];
         let s = ParkedState::from_v0_bytes(old);
-        assert_eq!(s.tag(), crate::proto::HTTP1);
+        assert_eq!(s.tag(), ProtoTag(V0_HTTP1));
         assert_eq!(s.idle_left(), Some(Duration::from_secs(60)));
         assert!(s.payload().is_empty());
         assert_eq!(s.to_v0_bytes(), Some(old));
-        let none = ParkedState::new(crate::proto::HTTP1, None, vec![]);
+        let none = ParkedState::new(ProtoTag(V0_HTTP1), None, vec![]);
         assert_eq!(none.to_v0_bytes(), Some([1, 0xff, 0xff, 0xff, 0xff]));
-        let framed = ParkedState::new(crate::proto::FRAMED, None, vec![]);
+        // Framed cleartext's tag (2): no version 0 form.
+        let framed = ParkedState::new(ProtoTag(V0_HTTP1 + 1), None, vec![]);
         assert_eq!(framed.to_v0_bytes(), None);
-        let with_payload = ParkedState::new(crate::proto::HTTP1, None, vec![1]);
+        let with_payload = ParkedState::new(ProtoTag(V0_HTTP1), None, vec![1]);
         assert_eq!(with_payload.to_v0_bytes(), None);
     }
 }

@@ -37,6 +37,9 @@ use crate::service::upgrade::{NativeUpgrade, UpgradeSender};
 
 /// The parking lot's tag for a connection that resumes as HTTP/1.1.
 pub(crate) const HTTP1: ProtoTag = ProtoTag(1);
+// A process before session 47 adopts only this tag's records
+// (`conn/handover.rs`): it may never change.
+const _: () = assert!(HTTP1.0 == crate::conn::handover::V0_HTTP1);
 
 /// The parking lot's tag for a framed connection (its state waits in the
 /// framed protocol's side table).
