@@ -530,6 +530,32 @@ steal_secs() { awk -v hz="$CLK_TCK" '$1 == "cpu" { printf "%.2f\n", $9 / hz; exi
 # stat, pgrep): the measurement's own cost, at nice -10 while heartbeats flow.
 self_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$$/stat"; }
 
+# Every process's CPU ticks, one "PID COMM TICKS" line each (utime+stime of
+# all its threads; spaces in COMM become _), read through cat so a process
+# that ends between the glob and the read is skipped (mawk stops at an
+# unreadable file). With busiest_others: who else took the two cores. On
+# this machine the sandbox's own init (PID 1, `process_api`, at nice -10)
+# took 15-25 % of a core during the 2026-12-06 15:23 run and ~1 % at rest:
+# a run it crowds out says so.
+all_ticks() {
+  cat /proc/[0-9]*/stat 2>/dev/null | awk '{ c = $0; sub(/^[^(]*\(/, "", c); sub(/\) [A-Za-z] .*$/, "", c); gsub(/ /, "_", c); r = $0; sub(/^.*\) /, "", r); split(r, f, " "); printf "%s %s %d\n", $1, c, f[12] + f[13] }'
+}
+# The three busiest processes between two all_ticks snapshots that are not
+# the server's, hold's or this script's: "COMM (PID) P %, …" in % of one
+# core over SECS. $1 $2 snapshot files, $3 seconds, $4 PIDs to leave out.
+busiest_others() {
+  awk -v hz="$CLK_TCK" -v secs="$3" -v skip="$4" '
+    BEGIN { n = split(skip, s, " "); for (i = 1; i <= n; i++) out[s[i]] = 1 }
+    FNR == NR { t0[$1] = $3; next }
+    ($1 in t0) && !($1 in out) { d = $3 - t0[$1]; if (d > 0) printf "%.1f %s %s\n", d / hz / secs * 100, $2, $1 }
+  ' "$1" "$2" | sort -rn | head -3 | awk '{ printf "%s%s (%s) %s %%", (NR > 1 ? ", " : ""), $2, $3, $1 }'
+}
+# The PIDs busiest_others leaves out: the server's processes, hold and its
+# children, this script and its subshells.
+own_pids() {
+  echo "$(server_pids) $HOLD_PID $(pgrep -P "$HOLD_PID" 2>/dev/null | tr '\n' ' ') $$ $BASHPID $(pgrep -P $$ 2>/dev/null | tr '\n' ' ')"
+}
+
 # CPU ticks of the kernel's page reclaim threads (kswapd0, one per NUMA
 # node): a run that drives free memory to the watermark pays for reclaim on
 # the same two cores as the server and hold.
@@ -735,6 +761,8 @@ run_server() {
     --source "$SOURCE" --interval "${INTERVAL}s" -d "${hold}s" ${TIMEOUT:+--timeout "$TIMEOUT"} \
     ${HOLD_ARGS:-} --json "$hjson" >"$hlog" 2>&1 &
   HOLD_PID=$!
+  all_ticks >"$RES_DIR/$name.ticks.ramp0"
+  local ramp_t0=$EPOCHREALTIME ramp_t1=""
   expect_ramp=$((target / ramp))
   # hold's connect timeout in whole seconds (its default 5 s when TIMEOUT is empty).
   local tmo=5
@@ -779,6 +807,8 @@ run_server() {
       if [[ -n "$full_t" ]] || ((S_T >= expect_ramp + tmo + 6)); then
         ramp_done=1
         ramp_done_t=$S_T
+        all_ticks >"$RES_DIR/$name.ticks.ramp1"
+        ramp_t1=$EPOCHREALTIME
         lo=$expect_ramp
         if [[ -n "$full_t" ]]; then
           lo="$(awk -v f="$full_t" -v t="$tmo" -v e="$expect_ramp" 'BEGIN { x = int(f) - t; print (x > e ? x : e) }')"
@@ -796,6 +826,7 @@ run_server() {
     if ((ramp_done && cpu_t0 == 0 && S_T >= ramp_done_t + settle)); then
       cpu_t0=$S_T cpu_ticks0=$S_TICKS cpu_uticks0=$S_UTICKS cpu_hticks0=$S_HTICKS busy_cpu0="$(machine_idle_snapshot)"
       ksw0="$(kswapd_ticks)" sirq0="$(softirq_secs)" self0="$(self_ticks)" steal0="$(steal_secs)"
+      all_ticks >"$RES_DIR/$name.ticks.hold0"
       if [[ "$PERF" == 1 ]]; then
         # The whole machine, call graphs, for PERF_SECS s of the hold.
         perf record -q -a -g -F "$PERF_FREQ" -o "$RES_DIR/$name.perf.data" -- sleep "$PERF_SECS" >/dev/null 2>&1 &
@@ -813,6 +844,13 @@ run_server() {
   done
   busy1="$(machine_idle_snapshot)"
   ksw1="$(kswapd_ticks)" sirq1="$(softirq_secs)" self1="$(self_ticks)" steal1="$(steal_secs)"
+  all_ticks >"$RES_DIR/$name.ticks.hold1"
+  # Who else took the cores while ramping and while holding (the windows
+  # of "machine busy"), the server, hold and this script left out.
+  local others_ramp="" others_hold="" skip
+  skip="$(own_pids)"
+  [[ -n "$ramp_t1" ]] && others_ramp="$(busiest_others "$RES_DIR/$name.ticks.ramp0" "$RES_DIR/$name.ticks.ramp1" "$(awk -v a="$ramp_t0" -v b="$ramp_t1" 'BEGIN { print b - a }')" "$skip")"
+  [[ -s "$RES_DIR/$name.ticks.hold0" ]] && others_hold="$(busiest_others "$RES_DIR/$name.ticks.hold0" "$RES_DIR/$name.ticks.hold1" "$(awk -v a="$busy_cpu0" -v c="$busy1" 'BEGIN { split(a, x, " "); split(c, y, " "); print y[1] - x[1] }')" "$skip")"
   if [[ -n "$perf_pid" ]]; then
     wait "$perf_pid" 2>/dev/null || true
     perf_reports "$RES_DIR/$name.perf.data"
@@ -902,6 +940,7 @@ run_server() {
     --argjson k0 "$k0" --argjson k "$F_K" --argjson sk0 "$sk0" --argjson sk "$F_SK" \
     --argjson cpu_pct "$cpu_pct" --argjson busy_pct "$other_pct" --argjson kswapd_pct "$kswapd_pct" \
     --argjson softirq_pct "$softirq_pct" --argjson sampler_pct "$sampler_pct" --argjson steal_pct "$steal_pct" \
+    --arg others_ramp "$others_ramp" --arg others_hold "$others_hold" \
     --argjson cpu_window "$((F_T - cpu_t0))" --argjson softnet_drops "$((sn1 - sn0))" \
     --argjson listen_overflows "$((lo1 - lo0))" --argjson syn_retrans "$((sr1 - sr0))" \
     --argjson rto_timeouts "$((rto1 - rto0))" --argjson rcv_drops "$((rqd1 - rqd0))" \
@@ -924,7 +963,7 @@ run_server() {
       sock_kernel_per_conn: (if $conns > 0 then ($sk - $sk0) / $conns else null end),
       kernel_baseline: $k0, kernel: $k,
       cpu_pct_holding: $cpu_pct, cpu_window_secs: $cpu_window, machine_busy_pct: $busy_pct, machine_cpus: $machine_cpus, machine_cpu_model: $cpu_model, kswapd_cpu_pct: $kswapd_pct,
-      softirq_cpu_pct: $softirq_pct, sampler_cpu_pct: $sampler_pct, steal_cpu_pct: $steal_pct,
+      softirq_cpu_pct: $softirq_pct, sampler_cpu_pct: $sampler_pct, steal_cpu_pct: $steal_pct, others_ramp: $others_ramp, others_holding: $others_hold,
       softnet_drops: $softnet_drops, listen_overflows: $listen_overflows, syn_retransmits: $syn_retrans,
       rto_timeouts: $rto_timeouts, tcp_receive_drops: $rcv_drops,
       all_open_at_secs: $all_open_t, cpu_settle_secs: $cpu_settle,
@@ -1073,7 +1112,7 @@ fi
   echo
   for server in "${servers[@]}"; do
     [[ -s "$(src_dir "$server")/$server.json" ]] || continue
-    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs, heartbeats held back by a full send buffer \(.hold.beats_held_back // "—"), wall-clock steps \(.hold.wall_clock_steps // "—"); socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others), of which kswapd \(.kswapd_cpu_pct // "—") %, softirq and irq \(.softirq_cpu_pct // "—") % (mostly also inside the server'"'"'s and hold'"'"'s own CPU), this script'"'"'s samplers \(.sampler_cpu_pct // "—") %, steal (the host'"'"'s) \(.steal_cpu_pct // "—") %; loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits), retransmission timeouts +\(.rto_timeouts // "—"), receive drops (memory, backlog, window) +\(.tcp_receive_drops // "—") (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s\(if .machine_busy_pct != null and .machine_cpus != null and .machine_busy_pct > .machine_cpus * 100 - 8 then "; **saturated**: under 8 % of a core was free while holding, so the heartbeat tail is mostly waiting for a CPU, not the server (in every million run since 2026-12-01 that left 8 % free, p99 after the ramp was within 50 ms: bench/MILLION.md, 2026-12-03)" else "" end)"' "$(src_dir "$server")/$server.json"
+    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs, heartbeats held back by a full send buffer \(.hold.beats_held_back // "—"), wall-clock steps \(.hold.wall_clock_steps // "—"); socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others), of which kswapd \(.kswapd_cpu_pct // "—") %, softirq and irq \(.softirq_cpu_pct // "—") % (mostly also inside the server'"'"'s and hold'"'"'s own CPU), this script'"'"'s samplers \(.sampler_cpu_pct // "—") %, steal (the host'"'"'s) \(.steal_cpu_pct // "—") %; the busiest other processes while holding: \(if (.others_holding // "") == "" then "—" else .others_holding end), while ramping: \(if (.others_ramp // "") == "" then "—" else .others_ramp end); loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits), retransmission timeouts +\(.rto_timeouts // "—"), receive drops (memory, backlog, window) +\(.tcp_receive_drops // "—") (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s\(if .machine_busy_pct != null and .machine_cpus != null and .machine_busy_pct > .machine_cpus * 100 - 8 then "; **saturated**: under 8 % of a core was free while holding, so the heartbeat tail is mostly waiting for a CPU, not the server (in every million run since 2026-12-01 that left 8 % free, p99 after the ramp was within 50 ms: bench/MILLION.md, 2026-12-03)" else "" end)"' "$(src_dir "$server")/$server.json"
   done
   echo
   echo "_million.sh: PROTO=$PROTO BROADCAST=$BROADCAST TLS=$TLS N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE DROP_CACHES=$DROP_CACHES NETNS_EHASH=${NETNS_EHASH:-0}${MEGACONN_SERVE_ARGS:+ MEGACONN_SERVE_ARGS=\"$MEGACONN_SERVE_ARGS\"}${HOLD_ARGS:+ HOLD_ARGS=\"$HOLD_ARGS\"}; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
