@@ -54,6 +54,10 @@ pub(crate) struct ChildReport {
     /// Latencies of heartbeats sent after the ramp (ns), the same encoding.
     #[serde(default)]
     pub holding_histogram: String,
+    /// Latencies of heartbeats sent one interval after the ramp (ns), the
+    /// same encoding.
+    #[serde(default)]
+    pub steady_histogram: String,
 }
 
 impl ChildReport {
@@ -67,6 +71,7 @@ impl ChildReport {
             histogram: encode(&o.latencies.heartbeats),
             push_histogram: encode(&o.latencies.pushes),
             holding_histogram: encode(&o.latencies.holding),
+            steady_histogram: encode(&o.latencies.steady),
         }
     }
 }
@@ -109,6 +114,7 @@ pub(crate) fn merge_reports(reports: &[ChildReport]) -> Result<WorkerOutcome, St
         for (dst, src) in [
             (&mut l.pushes, &r.push_histogram),
             (&mut l.holding, &r.holding_histogram),
+            (&mut l.steady, &r.steady_histogram),
         ] {
             if !src.is_empty() {
                 merge(dst, &decode(src)?);
@@ -356,12 +362,16 @@ mod tests {
         latencies_us: std::ops::Range<u64>,
         ramp: f64,
     ) -> WorkerOutcome {
-        // The ones from 500 µs up stand for the heartbeats sent after the ramp.
+        // The ones from 500 µs up stand for the heartbeats sent after the
+        // ramp, from 800 µs up for those sent one interval after it.
         let mut latencies = Latencies::new();
         for us in latencies_us {
             record_ns(&mut latencies.heartbeats, us * 1000);
             if us >= 500 {
                 record_ns(&mut latencies.holding, us * 1000);
+            }
+            if us >= 800 {
+                record_ns(&mut latencies.steady, us * 1000);
             }
         }
         WorkerOutcome {
@@ -413,6 +423,8 @@ mod tests {
         );
         assert_eq!(m.holding.len(), 501);
         assert_eq!(Percentiles::of(&m.holding), Percentiles::of(&s.holding));
+        assert_eq!(m.steady.len(), 201);
+        assert_eq!(Percentiles::of(&m.steady), Percentiles::of(&s.steady));
     }
 
     #[test]

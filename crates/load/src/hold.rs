@@ -499,6 +499,7 @@ pub(crate) fn hold_report(
         heartbeats_pending_at_end: outcome.counters.heartbeats_pending,
         heartbeat_latency_us: Percentiles::of(&outcome.latencies.heartbeats),
         heartbeat_latency_holding_us: Percentiles::of(&outcome.latencies.holding),
+        heartbeat_latency_steady_us: Percentiles::of(&outcome.latencies.steady),
         pushes_received: outcome.counters.pushes_received,
         push_latency_us: Percentiles::of(&outcome.latencies.pushes),
         connections_parked: outcome.counters.parked,

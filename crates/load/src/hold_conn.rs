@@ -373,6 +373,14 @@ pub(crate) struct Latencies {
     pub heartbeats: Histogram<u64>,
     /// Those sent after the ramp ended (see [`HoldCounters::ramp_over_ns`]).
     pub holding: Histogram<u64>,
+    /// Those sent one heartbeat interval or more after the ramp ended: the
+    /// steady state. A ramp the machine could not keep up with leaves a
+    /// backlog of late heartbeats that `hold` sends as soon as it can (an
+    /// open-loop client does not skip them), and their wait is in
+    /// `holding`'s first seconds; by one interval later every connection
+    /// has had a beat on schedule again (the 2026-12-06 million runs:
+    /// bench/MILLION.md).
+    pub steady: Histogram<u64>,
     /// Push deliveries (`--receive`).
     pub pushes: Histogram<u64>,
 }
@@ -383,6 +391,7 @@ impl Latencies {
         Latencies {
             heartbeats: new_histogram(),
             holding: new_histogram(),
+            steady: new_histogram(),
             pushes: new_histogram(),
         }
     }
@@ -391,6 +400,7 @@ impl Latencies {
     pub(crate) fn add(&mut self, o: &Latencies) {
         merge(&mut self.heartbeats, &o.heartbeats);
         merge(&mut self.holding, &o.holding);
+        merge(&mut self.steady, &o.steady);
         merge(&mut self.pushes, &o.pushes);
     }
 }
@@ -419,10 +429,14 @@ impl ThreadCtx {
         let l = &mut *self.latencies.borrow_mut();
         record_ns(&mut l.heartbeats, latency);
         let ramp_over = self.counters.ramp_over_ns.load(Relaxed);
-        if ramp_over != 0
-            && sent.saturating_duration_since(self.shared.start).as_nanos() >= ramp_over as u128
-        {
-            record_ns(&mut l.holding, latency);
+        if ramp_over != 0 {
+            let sent_ns = sent.saturating_duration_since(self.shared.start).as_nanos();
+            if sent_ns >= ramp_over as u128 {
+                record_ns(&mut l.holding, latency);
+                if sent_ns >= ramp_over as u128 + self.shared.interval.as_nanos() {
+                    record_ns(&mut l.steady, latency);
+                }
+            }
         }
         now
     }
@@ -1052,6 +1066,38 @@ mod tests {
             "a held connection's future grew to {size} bytes, paid by each of a \
              million connections: box the part only a handshake or a reply needs"
         );
+    }
+
+    /// A heartbeat counts "after the ramp" once it was sent after this
+    /// process's ramp ended, and "steady" once sent one interval after
+    /// that: a ramp's backlog of late beats is sent within that interval.
+    #[test]
+    fn heartbeats_are_timed_apart_after_the_ramp_and_one_interval_later() {
+        let mut shared = HoldShared::for_test();
+        shared.interval = Duration::from_secs(30);
+        let start = shared.start;
+        let ctx = ThreadCtx::for_test(shared);
+        let s = Duration::from_secs;
+        // During the ramp: neither.
+        ctx.answered(start + s(5), Some(start + s(6)));
+        ctx.counters
+            .ramp_over_ns
+            .store(s(10).as_nanos() as u64, Relaxed);
+        // Sent before the ramp ended, answered after: still the ramp's.
+        ctx.answered(start + s(9), Some(start + s(11)));
+        // After the ramp, within one interval of its end: after the ramp only.
+        ctx.answered(start + s(10), Some(start + s(12)));
+        ctx.answered(start + s(39), Some(start + s(40)));
+        // One interval after: both.
+        ctx.answered(
+            start + s(40),
+            Some(start + s(40) + Duration::from_millis(3)),
+        );
+        let l = ctx.latencies.borrow();
+        assert_eq!(l.heartbeats.len(), 5);
+        assert_eq!(l.holding.len(), 3);
+        assert_eq!(l.steady.len(), 1);
+        assert!(l.steady.max() < 4_000_000, "{}", l.steady.max());
     }
 
     #[test]

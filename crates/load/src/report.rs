@@ -425,6 +425,11 @@ pub struct HoldReport {
     /// the connects that share the CPUs during the ramp.
     #[serde(default)]
     pub heartbeat_latency_holding_us: Percentiles,
+    /// The same for the heartbeats sent one interval or more after the ramp
+    /// (in each process): the steady state, without the backlog of
+    /// heartbeats a ramp the machine could not keep up with left behind.
+    #[serde(default)]
+    pub heartbeat_latency_steady_us: Percentiles,
     /// Pushed frames received (`--receive`).
     #[serde(default)]
     pub pushes_received: u64,
@@ -505,6 +510,13 @@ impl HoldReport {
         let _ = writeln!(s, "  latency us   {}", l.spread());
         let h = &self.heartbeat_latency_holding_us;
         let _ = writeln!(s, "  after ramp   {} ({} heartbeats)", h.spread(), h.count);
+        let h = &self.heartbeat_latency_steady_us;
+        let _ = writeln!(
+            s,
+            "  steady       {} ({} heartbeats sent one interval or more after the ramp)",
+            h.spread(),
+            h.count
+        );
         if self.wall_clock_steps > 0 {
             let _ = writeln!(
                 s,
