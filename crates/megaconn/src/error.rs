@@ -10,10 +10,15 @@ use std::net::SocketAddr;
 #[non_exhaustive]
 pub enum Error {
     /// The address is already in use by another socket.
-    #[error("cannot listen on {addr}: the address is already in use (stop the other program or pick another port)")]
+    #[error("cannot listen on {addr}: {}", in_use(.addr, .ipv4_taken))]
     AddrInUse {
         /// The address that was asked for.
         addr: SocketAddr,
+        /// `addr` is `[::]:P` bound dual-stack (it takes IPv4 connections
+        /// too: `net.ipv6.bindv6only = 0`, and no IPv4 address of the
+        /// server's on port P), and the socket in its way is on IPv4 port
+        /// P: IPv6 port P is free. The text says so, and what to do.
+        ipv4_taken: bool,
     },
     /// Creating, configuring or binding a listening socket failed.
     #[error("cannot listen on {addr}: {source}")]
@@ -97,6 +102,25 @@ pub enum Error {
     },
 }
 
+/// [`Error::AddrInUse`]'s text after the address: which family's port is
+/// taken when it is not the one asked for, and what to do. (`ss` shows the
+/// other program on `0.0.0.0:P` or `127.0.0.1:P`, not on `[::]:P`, so the
+/// plain text sent an operator looking for the wrong socket.)
+fn in_use(addr: &SocketAddr, ipv4_taken: &bool) -> String {
+    if !*ipv4_taken {
+        return "the address is already in use (stop the other program or pick another port)"
+            .to_owned();
+    }
+    let port = addr.port();
+    format!(
+        "IPv4 port {port} is in use by another socket (IPv6 port {port} is free), and {addr} is \
+         dual-stack: it takes IPv4 connections too (net.ipv6.bindv6only = 0). Stop the other \
+         program (`ss -ltnp 'sport = :{port}'` names it) or pick another port; or list an \
+         IPv4 address beside it (--listen {addr} --listen <a free IPv4 address>:{port}), \
+         which binds {addr} IPv6-only"
+    )
+}
+
 /// Why reading a request body failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -144,6 +168,11 @@ pub(crate) enum TlsFailure {
         /// The limit.
         limit: usize,
     },
+    /// The client's first bytes were a plain HTTP request, not a TLS
+    /// record: an `http://` URL for an `https://` port. It was answered
+    /// `400` in plain text (`tls_io::PLAIN_HTTP_ANSWER`).
+    #[error("TLS: the client sent a plain HTTP request to a TLS port (answered 400)")]
+    PlainHttp,
 }
 
 impl TlsFailure {

@@ -12,6 +12,8 @@ mod common;
 
 #[path = "lifecycle/access_log.rs"]
 mod access_log;
+#[path = "lifecycle/tls_lines.rs"]
+mod tls_lines;
 
 use std::sync::{Mutex, Once};
 use std::time::Duration;

@@ -206,6 +206,8 @@ impl ClientAuth {
             )));
         }
         let mut crls = Vec::new();
+        // The CRLs' `nextUpdate`s still ahead, watched (`crl::Watched`).
+        let mut expiries = Vec::new();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -221,7 +223,9 @@ impl ClientAuth {
                 )));
             }
             for crl in &found {
-                crl::check(crl, &certs, now, &what)?;
+                if let Some(next) = crl::check(crl, &certs, now, &what)? {
+                    expiries.push((next, Box::from(what.as_str())));
+                }
             }
             crls.extend(found);
         }
@@ -257,6 +261,7 @@ impl ClientAuth {
             )),
             e => TlsError::new(format!("cannot verify client certificates: {e}")),
         })?;
+        let verifier = crl::Watched::wrap(verifier, expiries);
         Ok(Some(LoadedClientAuth {
             verifier,
             fingerprint,
@@ -512,5 +517,85 @@ mod tests {
             .load()
             .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    /// A CRL current when loaded whose `nextUpdate` passes while the
+    /// server runs is warned of once, at the first client certificate
+    /// verified after it (with the time rustls verifies at), and not at
+    /// the verifications before nor after.
+    #[test]
+    fn a_crl_expiring_while_running_is_warned_of_once() {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt as _;
+        struct Warnings(Arc<Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                struct Fields(String);
+                impl tracing::field::Visit for Fields {
+                    fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn fmt::Debug) {
+                        self.0 += &format!(" {}={v:?}", f.name());
+                    }
+                }
+                if *event.metadata().level() == tracing::Level::WARN {
+                    let mut fields = Fields(String::new());
+                    event.record(&mut fields);
+                    self.0.lock().unwrap().push(fields.0);
+                }
+            }
+        }
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let device_key = rcgen::KeyPair::generate().unwrap();
+        let device = rcgen::CertificateParams::new(vec!["device.local".into()])
+            .unwrap()
+            .signed_by(&device_key, &ca, &ca_key)
+            .unwrap();
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca, &ca_key)
+        .unwrap();
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Warnings(said.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let loaded = ClientAuth::Required(
+                ClientCa::from_pem(ca.pem().as_bytes()).with_crl_pem(crl.pem().unwrap().as_bytes()),
+            )
+            .load()
+            .unwrap()
+            .unwrap();
+            // 2099-01-01 00:00:00 UTC.
+            let next_update = 4_070_908_800;
+            let at = |secs: u64| {
+                let when = rustls_pki_types::UnixTime::since_unix_epoch(
+                    std::time::Duration::from_secs(secs),
+                );
+                let _ = loaded.verifier.verify_client_cert(device.der(), &[], when);
+            };
+            at(next_update - 1);
+            assert_eq!(said.lock().unwrap().len(), 0, "{said:?}");
+            at(next_update);
+            at(next_update + 1);
+            at(next_update + 86_400);
+            let said = said.lock().unwrap();
+            assert_eq!(said.len(), 1, "{said:?}");
+            assert!(
+                said[0].contains("crl=\"the PEM given\"")
+                    && said[0].contains("expired while the server runs")
+                    && said[0].contains("Thu, 01 Jan 2099 00:00:00 GMT"),
+                "{said:?}"
+            );
+        });
     }
 }

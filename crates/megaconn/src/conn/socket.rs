@@ -204,8 +204,8 @@ pub(crate) fn bind_all(config: &Config) -> Result<Bound, Error> {
         let mut addr = requested;
         let listen_now = !config.reuse_port_shared;
         for listeners in per_worker.iter_mut() {
-            let listener =
-                bind_one(addr, config, listen_now).map_err(|source| listen_error(addr, source))?;
+            let listener = bind_one(addr, config, listen_now)
+                .map_err(|source| bind_error(addr, config, source))?;
             addr = listener
                 .local_addr()
                 .map_err(|source| listen_error(addr, source))?;
@@ -240,10 +240,46 @@ fn share(group: &[&TcpListener], per_worker: &mut [Vec<TcpListener>]) -> io::Res
 
 fn listen_error(addr: SocketAddr, source: io::Error) -> Error {
     if source.kind() == io::ErrorKind::AddrInUse {
-        Error::AddrInUse { addr }
+        Error::AddrInUse {
+            addr,
+            ipv4_taken: false,
+        }
     } else {
         Error::Listen { addr, source }
     }
+}
+
+/// [`listen_error`] for a bind of `addr` as `config` makes it, saying
+/// when a dual-stack `[::]:P` failed for its IPv4 side alone
+/// ([`Error::AddrInUse`]'s `ipv4_taken`).
+fn bind_error(addr: SocketAddr, config: &Config, source: io::Error) -> Error {
+    if source.kind() == io::ErrorKind::AddrInUse && taken_on_ipv4_only(addr, config) {
+        return Error::AddrInUse {
+            addr,
+            ipv4_taken: true,
+        };
+    }
+    listen_error(addr, source)
+}
+
+/// Whether `addr`, whose bind failed as in use, is a dual-stack `[::]:P`
+/// (unspecified, not [`needs_v6_only`]) that binds v6-only: then its IPv6
+/// port is free and the socket in the way is on IPv4 port P. Where IPv6
+/// sockets are v6-only already (`net.ipv6.bindv6only = 1`) the v6-only
+/// bind fails as the first did. Asked only after a bind failed.
+fn taken_on_ipv4_only(addr: SocketAddr, config: &Config) -> bool {
+    let SocketAddr::V6(v6) = addr else {
+        return false;
+    };
+    if !v6.ip().is_unspecified() || needs_v6_only(addr, config) {
+        return false;
+    }
+    let Ok(probe) = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP)) else {
+        return false;
+    };
+    probe.set_reuse_address(true).is_ok()
+        && probe.set_only_v6(true).is_ok()
+        && probe.bind(&addr.into()).is_ok()
 }
 
 /// `SO_REUSEPORT` would let us silently share a port with another program running
@@ -263,7 +299,7 @@ fn probe_free(addr: SocketAddr, config: &Config) -> Result<(), Error> {
     }
     probe
         .bind(&addr.into())
-        .map_err(|source| listen_error(addr, source))
+        .map_err(|source| bind_error(addr, config, source))
 }
 
 /// Whether IPv6 address `addr` must be bound `IPV6_V6ONLY`: only when the
@@ -465,6 +501,55 @@ mod tests {
         // A bound the kernel would refuse is capped, not overflowed.
         assert_eq!(resolve(secs(u64::MAX / 4), None), KERNEL_MAX);
         assert_eq!(resolve(secs(30 * 86_400), None), KERNEL_MAX);
+    }
+
+    /// A dual-stack `[::]:P` whose IPv4 port P is another socket's says
+    /// so, and what to do: the operator's `ss` shows that socket on
+    /// `127.0.0.1:P`, not on `[::]:P`. With IPv6 port P taken, the plain
+    /// text.
+    #[test]
+    fn a_dual_stack_address_taken_on_ipv4_says_so() {
+        let dual_stack = std::net::TcpListener::bind("[::1]:0").is_ok()
+            && std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only")
+                .is_ok_and(|v| v.trim() == "0");
+        if !dual_stack {
+            eprintln!("skipped: no IPv6 loopback, or IPv6 sockets v6-only by default");
+            return;
+        }
+        let bind = |port| {
+            let config = Config {
+                addrs: vec![SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))],
+                workers: 1,
+                ..Config::default()
+            };
+            match bind_all(&config) {
+                Ok(_) => panic!("[::]:{port} bound beside another socket"),
+                Err(e) => e,
+            }
+        };
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        // `Some(ipv4_taken)` of an address in use.
+        let ipv4_taken = |err: &Error| match err {
+            Error::AddrInUse { ipv4_taken, .. } => Some(*ipv4_taken),
+            _ => None,
+        };
+        let err = bind(port);
+        assert_eq!(ipv4_taken(&err), Some(true), "{err}");
+        let text = err.to_string();
+        for said in [
+            format!("IPv4 port {port} is in use"),
+            "dual-stack".to_owned(),
+            format!("ss -ltnp 'sport = :{port}'"),
+        ] {
+            assert!(text.contains(&said), "{said:?} not in {text}");
+        }
+        // IPv6 port P taken: the address asked for is the one in use.
+        let taken = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let err = bind(port);
+        assert_eq!(ipv4_taken(&err), Some(false), "{err}");
+        assert!(!err.to_string().contains("IPv4"), "{err}");
     }
 
     /// The options under test: a send buffer other than the kernel's

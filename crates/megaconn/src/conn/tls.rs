@@ -1085,9 +1085,9 @@ pub(crate) async fn handshake(
     // names (asked only when the line goes out); open while `failed` can
     // be called (the stream owns it until the handshake returns).
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-    // What a failure said of client auth (`ClientAuthFailure`), for the
-    // outcome counted below.
-    let client_auth_failed = std::cell::Cell::new(None);
+    // The outcome a failure is counted under (below), when it says more
+    // than `failed`: client auth's (`ClientAuthFailure`), plain HTTP's.
+    let failed_as = std::cell::Cell::new(HandshakeOutcome::Failed);
     // Cloned for its line only with CRLs (an `Arc`'s count otherwise
     // untouched): `live` goes to the handshake.
     let crl_sources = live.crl_sources.clone();
@@ -1099,6 +1099,15 @@ pub(crate) async fn handshake(
             return CloseReason::ClientClosed;
         }
         incr(&ctx.stats.protocol_errors);
+        // Which client it was, for the lines that name it: they are of
+        // failures on the client's own bytes, so the stream (and its
+        // socket) is alive.
+        let peer = || {
+            // SAFETY: the handshake's stream owns `fd` until it returns,
+            // and it failed on the client's bytes.
+            let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            ratelog::peer_name(crate::conn::ConnInfo::of(&socket).map(|i| i.peer))
+        };
         // A ClientHello in tiny records, over what a stream buffers, has a
         // label and a log kind of its own: a flood of them must not hide
         // other failures' lines, nor theirs it. So has a client
@@ -1113,25 +1122,32 @@ pub(crate) async fn handshake(
                 );
                 return CloseReason::TlsHandshakeFailed;
             }
+            // A client that speaks HTTP where TLS is due: a URL or a
+            // health check with `http://` for this `https://` port. Its
+            // own line and label, naming the peer to go and fix.
+            Some(TlsFailure::PlainHttp) => {
+                failed_as.set(HandshakeOutcome::PlainHttp);
+                ratelog::log(Flood::TlsPlainHttp, |suppressed| {
+                    tracing::info!(
+                        peer = %peer(),
+                        suppressed,
+                        "plain HTTP request sent to a TLS port: answered 400 \"Client sent an HTTP request to an HTTPS server.\" and closed: the client uses http:// where https:// is needed (or wants a cleartext address: Builder::listen_on beside listen_tls_on, serve --listen beside --tls-listen)"
+                    )
+                });
+                return CloseReason::TlsHandshakeFailed;
+            }
             Some(TlsFailure::Rejected(e)) => ClientAuthFailure::of(e),
-            _ => None,
+            None => None,
         };
-        client_auth_failed.set(failure);
         match failure {
             Some(ClientAuthFailure::Refused(reason)) => {
+                failed_as.set(HandshakeOutcome::ClientCert);
                 incr(&ctx.stats.tls_client_cert_refusals[reason as usize]);
                 ratelog::log(Flood::TlsClientCertRefused, |suppressed| {
-                    // Which device it was: its failure comes from the
-                    // client's own messages, so the stream (and its
-                    // socket) is alive.
-                    // SAFETY: the handshake's stream owns `fd` until it
-                    // returns, and it failed on the client's message.
-                    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                    let peer = crate::conn::ConnInfo::of(&socket).map(|i| i.peer);
                     tracing::info!(
                         reason = reason.label(),
                         error = %e,
-                        peer = %ratelog::peer_name(peer),
+                        peer = %peer(),
                         suppressed,
                         "TLS handshake refused the client's certificate: {} (ClientAuth; it got rustls' alert saying why); closing the connection",
                         reason.label()
@@ -1140,6 +1156,7 @@ pub(crate) async fn handshake(
             }
             // The server's own list: a line at warn, naming the files.
             Some(ClientAuthFailure::Crl) => {
+                failed_as.set(HandshakeOutcome::Crl);
                 ratelog::log(Flood::TlsServerCrl, |suppressed| {
                     tracing::warn!(
                         error = %e,
@@ -1161,11 +1178,7 @@ pub(crate) async fn handshake(
         Ok(_) => HandshakeOutcome::Completed,
         Err(CloseReason::ClientClosed) => HandshakeOutcome::Abandoned,
         Err(CloseReason::TlsHandshakeTimeout) => HandshakeOutcome::Timeout,
-        Err(_) => match client_auth_failed.get() {
-            Some(ClientAuthFailure::Refused(_)) => HandshakeOutcome::ClientCert,
-            Some(ClientAuthFailure::Crl) => HandshakeOutcome::Crl,
-            None => HandshakeOutcome::Failed,
-        },
+        Err(_) => failed_as.get(),
     };
     outcome.count(&ctx.stats);
     ended

@@ -105,6 +105,35 @@ pub(crate) const MAX_BUFFERED: usize = 64 * 1024;
 /// ([`TlsIo::overrun`]).
 const NO_RECORD: u8 = 0xff;
 
+/// What a client whose first bytes were a plain HTTP request is sent before
+/// the close: Go's answer (`net/http`, `Server.Serve` over TLS), which
+/// curl, a browser and a load balancer's health check show as they are;
+/// nginx answers `400` too ("The plain HTTP request was sent to HTTPS
+/// port"). `HTTP/1.0` and `Connection: close`: nothing follows it.
+pub(crate) const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.0 400 Bad Request\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Connection: close\r\n\
+Content-Length: 48\r\n\
+\r\n\
+Client sent an HTTP request to an HTTPS server.\n";
+
+/// Whether `opening`, the first bytes a client sent to a TLS port, begins
+/// a plain HTTP request rather than a TLS record: upper-case letters (a
+/// method: `GET`, `POST`, `PRI` ...) up to a space or to the end of what
+/// came. No TLS record begins so: its first byte is its content type,
+/// 20–24 (a ClientHello's 22, `0x16`), or has its high bit set (an SSLv2
+/// ClientHello), never a letter. So nothing waits for more bytes than the
+/// handshake read anyway, and a ClientHello cut into 1-byte segments is
+/// told apart from its first byte. The space keeps other cleartext
+/// protocols (`SSH-2.0-...`) out of the count.
+pub(crate) fn opens_plain_http(opening: &[u8]) -> bool {
+    let method = opening
+        .iter()
+        .take_while(|b| b.is_ascii_uppercase())
+        .count();
+    method > 0 && opening.get(method).is_none_or(|&b| b == b' ')
+}
+
 /// A TLS connection's session, boxed (it is about 1 KB, and moves between
 /// the stream, the parked table and the handshake).
 pub(crate) type Session = Box<UnbufferedServerConnection>;
@@ -367,6 +396,8 @@ fn peer_failed(e: TlsFailure, handshaking: bool) -> io::Error {
         let kind = match e {
             TlsFailure::TooMuchBuffered { .. } => Flood::TlsTooMuchBuffered,
             TlsFailure::Rejected(_) => Flood::TlsProtocolError,
+            // Only ever the handshake's (`TlsIo::refuse_plain_http`).
+            TlsFailure::PlainHttp => Flood::TlsPlainHttp,
         };
         ratelog::log(
             kind,
@@ -908,10 +939,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
                         },
                     )))
                 }
-                Poll::Ready(_) => self.began = true,
+                Poll::Ready(_) if !self.began => {
+                    self.began = true;
+                    if self.bufs.incoming.as_deref().is_some_and(opens_plain_http) {
+                        return Poll::Ready(Err(self.refuse_plain_http(cx)));
+                    }
+                }
+                Poll::Ready(_) => {}
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    /// The client's first bytes were a plain HTTP request
+    /// ([`opens_plain_http`]): before rustls sees them (it would answer
+    /// with a TLS alert, which curl shows as a "wrong version number"),
+    /// [`PLAIN_HTTP_ANSWER`] goes out, once and best effort, as an alert
+    /// does ([`TlsIo::overrun`]): a fresh socket's send buffer takes its
+    /// 156 bytes whole. The stream fails; its close is the caller's
+    /// (a FIN after the answer: the request's bytes were read, as the
+    /// first read takes up to 8 KiB).
+    fn refuse_plain_http(&mut self, cx: &mut Context<'_>) -> io::Error {
+        self.closing = true;
+        self.failed = true;
+        let incoming = self.bufs.incoming.take().expect("the opening was read");
+        give_local(incoming);
+        // Nothing of rustls' waits: it answers nothing before a ClientHello.
+        debug_assert!(self.bufs.outgoing.is_none(), "TLS records queued");
+        let mut out = take_local();
+        out.extend_from_slice(PLAIN_HTTP_ANSWER);
+        self.bufs.outgoing = Some(out);
+        let _ = self.poll_send(cx);
+        TlsFailure::PlainHttp.into()
     }
 
     /// Reads and decrypts until there are decrypted bytes for the reader
@@ -1368,5 +1427,67 @@ pub(crate) mod tests {
         let mut buf = [0u8; 64];
         let read = server.read(&mut buf).await;
         assert!(read.is_err(), "{read:?}");
+    }
+
+    /// What opens a plain HTTP request, and what does not: a TLS record's
+    /// first byte, another cleartext protocol, an empty read.
+    #[test]
+    fn a_method_and_a_space_open_plain_http_and_no_tls_record_does() {
+        for opening in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /x",
+            b"PRI * HTTP/2.0",
+            b"G",
+            b"OPTIONS",
+        ] {
+            assert!(opens_plain_http(opening), "{opening:?}");
+        }
+        for opening in [
+            &b"\x16\x03\x01\x02\x00"[..],
+            b"\x16",
+            b"\x80\x2e\x01",
+            b"SSH-2.0-OpenSSH",
+            b"get / HTTP/1.1",
+            b" GET",
+            b"",
+        ] {
+            assert!(!opens_plain_http(opening), "{opening:?}");
+        }
+        let (head, body) = PLAIN_HTTP_ANSWER.split_at(
+            PLAIN_HTTP_ANSWER
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap()
+                + 4,
+        );
+        let head = std::str::from_utf8(head).unwrap();
+        assert!(
+            head.contains(&format!("Content-Length: {}\r\n", body.len())),
+            "{head}"
+        );
+    }
+
+    /// A plain HTTP request where a ClientHello belongs is answered `400`
+    /// in plain text (no TLS alert), and the handshake fails as
+    /// `TlsFailure::PlainHttp`, holding no buffer.
+    #[tokio::test]
+    async fn a_plain_http_request_is_answered_400_in_plain_text() {
+        let (server_config, _) = configs();
+        let (server_half, mut client) = tokio::io::duplex(64 * 1024);
+        let mut server = TlsIo::new(server_half, server_config).unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let failed = poll_fn(|cx| server.poll_handshake(cx)).await.unwrap_err();
+        assert!(
+            matches!(TlsFailure::of(&failed), Some(TlsFailure::PlainHttp)),
+            "{failed:?}"
+        );
+        assert!(server.bufs.incoming.is_none() && server.bufs.outgoing.is_none());
+        drop(server);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, PLAIN_HTTP_ANSWER);
     }
 }

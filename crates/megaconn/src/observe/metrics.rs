@@ -1075,7 +1075,7 @@ impl Collector for Snapshot {
         labelled(
             &mut e,
             "tls_handshakes",
-            "TLS handshakes by outcome: completed; abandoned (the client closed or reset before finishing, closed{client_closed}: many of them with few completed is a flood of ClientHellos that never wait for the answer); failed (closed{tls_handshake_failed}); timeout (closed{tls_handshake_timeout}); client_cert (the client's certificate refused: why in tls_client_cert_refusals); crl (a CRL of the server's own found bad while checking a client's certificate: fix the CRL file the log names).",
+            "TLS handshakes by outcome: completed; abandoned (the client closed or reset before finishing, closed{client_closed}: many of them with few completed is a flood of ClientHellos that never wait for the answer); failed (closed{tls_handshake_failed}); timeout (closed{tls_handshake_timeout}); client_cert (the client's certificate refused: why in tls_client_cert_refusals); crl (a CRL of the server's own found bad while checking a client's certificate: fix the CRL file the log names); plain_http (a plain HTTP request sent to a TLS port, answered 400: a client using http:// for https://; closed{tls_handshake_failed}).",
             "outcome",
             s.tls_handshakes.iter().copied(),
         )?;

@@ -291,7 +291,7 @@ pub(crate) enum Flood {
     /// A TLS handshake not done within `TlsConfig::handshake_timeout`.
     TlsHandshakeTimeout,
     /// A TLS handshake that failed (a bad ClientHello, no shared cipher
-    /// suite, plain HTTP sent to a TLS port, ...).
+    /// suite, plaintext other than HTTP sent to a TLS port, ...).
     TlsHandshakeFailed,
     /// A TLS peer whose records held more than the stream buffers
     /// (`tls_io::MAX_BUFFERED`) without completing a message.
@@ -430,6 +430,11 @@ pub(crate) enum Flood {
     /// handshake can check) that webpki found bad: the server's to fix, at
     /// WARN, apart from the clients' failures.
     TlsServerCrl,
+    /// A plain HTTP request sent to a TLS port (answered `400`): a client
+    /// configured with `http://` for an `https://` address. A kind apart
+    /// from [`TlsHandshakeFailed`](Flood::TlsHandshakeFailed): a fleet so
+    /// misconfigured must not hide other failures' lines, nor theirs it.
+    TlsPlainHttp,
 }
 
 impl Flood {
@@ -508,6 +513,7 @@ impl Flood {
             | Flood::Http2WindowDrip
             | Flood::Http2Pings
             | Flood::TlsClientCertRefused
+            | Flood::TlsPlainHttp
             | Flood::PublishRate => Level::INFO,
         }
     }
@@ -526,11 +532,11 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 59;
+const KINDS: usize = 60;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::TlsServerCrl as usize == KINDS - 1);
+const _: () = assert!(Flood::TlsPlainHttp as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -81,7 +81,7 @@ pub(crate) enum HandshakeOutcome {
     /// that never wait for the answer. Closed as `client_closed`.
     Abandoned,
     /// Failed: a bad ClientHello, nothing in common (no shared group or
-    /// cipher suite), plaintext on a TLS port. Closed as
+    /// cipher suite), plaintext other than HTTP on a TLS port. Closed as
     /// `tls_handshake_failed`.
     Failed,
     /// Not done within `TlsConfig::handshake_timeout`.
@@ -97,11 +97,16 @@ pub(crate) enum HandshakeOutcome {
     /// the server's fault, not the client's. Closed as
     /// `tls_handshake_failed`; logged naming the CRL files.
     Crl,
+    /// The client's first bytes were a plain HTTP request (an `http://`
+    /// URL for an `https://` port): answered `400` in plain text, as Go
+    /// and nginx answer, and closed as `tls_handshake_failed`. A label of
+    /// its own: a misconfigured client, not a broken or hostile one.
+    PlainHttp,
 }
 
 impl HandshakeOutcome {
     /// How many outcomes there are.
-    pub(crate) const COUNT: usize = 6;
+    pub(crate) const COUNT: usize = 7;
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; HandshakeOutcome::COUNT] = [
         "completed",
@@ -110,6 +115,7 @@ impl HandshakeOutcome {
         "timeout",
         "client_cert",
         "crl",
+        "plain_http",
     ];
 
     /// Counts one in the worker's counters.

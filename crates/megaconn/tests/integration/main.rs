@@ -82,6 +82,7 @@ mod tls_listeners;
 mod tls_msg;
 mod tls_park;
 mod tls_parked_close;
+mod tls_plain;
 mod tls_sealed_close;
 mod tonic;
 mod ws;

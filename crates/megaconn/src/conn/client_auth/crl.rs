@@ -12,12 +12,23 @@
 //! default, and what it does once running), so a CA that is late with its
 //! next list does not stop the server from starting.
 //!
+//! A `nextUpdate` that passes while the server runs is warned of too, once
+//! per CRL, at the first client certificate verified after it
+//! ([`Watched`]: a clock comparison per verification, nothing per
+//! connection).
+//!
 //! Read with yasna, as `tls.rs` reads a certificate's `notAfter` (rustls
 //! and webpki parse a CRL but give none of this out); the signature is
 //! checked with the ring provider's algorithms, the ones rustls verifies
 //! client certificates with.
 
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use yasna::{tags::TAG_UTCTIME, BERReader, Tag};
 
 use crate::conn::tls::TlsError;
@@ -48,7 +59,8 @@ struct Root {
 }
 
 /// Checks `crl` (from `what`, a file's path or "the PEM given") against
-/// the client CA `roots` at `now` (seconds since the Unix epoch).
+/// the client CA `roots` at `now` (seconds since the Unix epoch); `Ok`
+/// with its `nextUpdate` if that is still ahead (for [`Watched`]).
 ///
 /// A CRL whose issuer is none of the roots may be an intermediate CA's
 /// (devices send their intermediate, the server is not given it): its
@@ -60,12 +72,13 @@ pub(super) fn check(
     roots: &[CertificateDer<'_>],
     now: i64,
     what: &str,
-) -> Result<(), TlsError> {
+) -> Result<Option<i64>, TlsError> {
     let Some(crl) = parse_crl(crl) else {
         return Err(TlsError::bad_crl(format!(
             "a CRL in {what} does not read as an X.509 CRL: give the client CA's CRL, PEM-encoded (`-----BEGIN X509 CRL-----`)"
         )));
     };
+    let ahead = crl.next_update.filter(|&next| next > now);
     if let Some(next) = crl.next_update.filter(|&next| next <= now) {
         // Still used, as webpki uses it at handshakes (it does not enforce
         // nextUpdate): refusing it would stop every restart while the CA
@@ -86,7 +99,7 @@ pub(super) fn check(
             crl = what,
             "the CRL's issuer is none of the client CA roots: it applies only to devices whose certificate that CA (an intermediate the devices send) issued, and its signature is checked at their handshakes, not now"
         );
-        return Ok(());
+        return Ok(ahead);
     }
     let algorithms = rustls::crypto::ring::default_provider()
         .signature_verification_algorithms
@@ -105,7 +118,7 @@ pub(super) fn check(
                 // webpki refuses a CRL whose issuer may not sign CRLs, at
                 // each handshake of that root's devices (`outcome="crl"`).
                 return match root.crl_sign {
-                    true => Ok(()),
+                    true => Ok(ahead),
                     false => Err(TlsError::bad_crl(format!(
                         "the CRL in {what} is signed by a client CA root whose KeyUsage lacks cRLSign, so every handshake of its devices would fail on it: have the CA reissue the root with the same key and the cRLSign key usage (its devices' certificates still chain to it) and give that root, or leave the CRL out"
                     ))),
@@ -121,6 +134,129 @@ pub(super) fn check(
             "the CRL in {what} is signed with an algorithm its issuer's key cannot verify here (rustls' ring provider): have the CA sign it with ECDSA, RSA or Ed25519"
         ),
     }))
+}
+
+/// rustls' client certificate verifier, watching the `nextUpdate`s of
+/// CRLs that were still current when loaded: the first verification at or
+/// after one logs a warning (once per CRL and load; an expired CRL still
+/// applies, as at load). A CA late with its next list then shows in the
+/// log while the server runs, not only at the next restart or reload.
+///
+/// Checked where rustls verifies a client's certificate, with the time
+/// rustls verifies it at: only handshakes that use the CRLs pay, an atomic
+/// load and a comparison each; no timer, nothing per connection.
+pub(super) struct Watched {
+    inner: Arc<dyn ClientCertVerifier>,
+    /// `nextUpdate` (seconds since the Unix epoch) and where the CRL came
+    /// from, earliest first.
+    expiries: Box<[(i64, Box<str>)]>,
+    /// How many of `expiries` were warned of.
+    warned: AtomicUsize,
+}
+
+impl std::fmt::Debug for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watched")
+            .field("expiries", &self.expiries)
+            .field("warned", &self.warned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watched {
+    /// `inner`, watching `expiries` (`nextUpdate`, source); `inner` alone
+    /// if there are none.
+    pub(super) fn wrap(
+        inner: Arc<dyn ClientCertVerifier>,
+        mut expiries: Vec<(i64, Box<str>)>,
+    ) -> Arc<dyn ClientCertVerifier> {
+        if expiries.is_empty() {
+            return inner;
+        }
+        expiries.sort_unstable_by_key(|(next, _)| *next);
+        Arc::new(Watched {
+            inner,
+            expiries: expiries.into_boxed_slice(),
+            warned: AtomicUsize::new(0),
+        })
+    }
+
+    /// Warns of each CRL whose `nextUpdate` passed by `now` and was not
+    /// warned of yet (the verification that takes its place says it).
+    fn warn_expired(&self, now: UnixTime) {
+        let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        loop {
+            let i = self.warned.load(Relaxed);
+            let Some((next, what)) = self.expiries.get(i) else {
+                return;
+            };
+            if now < *next {
+                return;
+            }
+            if self
+                .warned
+                .compare_exchange(i, i + 1, Relaxed, Relaxed)
+                .is_ok()
+            {
+                tracing::warn!(
+                    crl = &**what,
+                    next_update = %date(*next),
+                    "a client CA's CRL expired while the server runs (its nextUpdate passed) and is still used: it may miss devices revoked since; fetch the CA's current CRL, then reload (SIGHUP)"
+                );
+            }
+        }
+    }
+}
+
+impl ClientCertVerifier for Watched {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.warn_expired(now);
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
 }
 
 /// `at` (seconds since the Unix epoch) as an HTTP date, for a message.
