@@ -414,10 +414,7 @@ impl SharedStats {
     /// from the supervisor's side).
     #[cfg(test)]
     pub fn render_prometheus(&self, fanout: FanoutCounts) -> String {
-        self.render_prometheus_with(
-            fanout,
-            megaconn::metrics::ProcessCollector::this_process(),
-        )
+        self.render_prometheus_with(fanout, megaconn::metrics::ProcessCollector::this_process())
     }
 
     /// [`render_prometheus`](SharedStats::render_prometheus) with

@@ -58,17 +58,30 @@ fn check_fails_as_a_start_would() {
     let config_arg = config.to_str().unwrap();
     let cases = [
         ("workers = 0\n", "key `workers` in config file"),
-        ("max_headers = 600\n", "max_headers must be between 1 and 512"),
+        (
+            "max_headers = 600\n",
+            "max_headers must be between 1 and 512",
+        ),
         (
             "tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n",
             "/nonexistent/cert.pem",
         ),
-        ("workers = 2\npid_file = \"/nonexistent/dir/m.pid\"\n", "/nonexistent/dir"),
+        (
+            "workers = 2\npid_file = \"/nonexistent/dir/m.pid\"\n",
+            "/nonexistent/dir",
+        ),
         ("idle_timeout = \"soon\"\n", "idle_timeout"),
     ];
     for (text, needle) in cases {
         std::fs::write(&config, text).unwrap();
-        let args = ["--config", config_arg, "--listen", "127.0.0.1:0", "--admin", "off"];
+        let args = [
+            "--config",
+            config_arg,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+        ];
         let (code, stdout, stderr) = check(&args);
         assert_eq!(code, Some(1), "{text}: {stdout}{stderr}");
         assert!(stderr.contains(needle), "{text}: {stderr}");
@@ -82,9 +95,13 @@ fn check_fails_as_a_start_would() {
     std::fs::write(&config, "workers = 0\n").unwrap();
     let (code, _, stderr) = check(&["--config", config_arg, "--log-format", "json"]);
     assert_eq!(code, Some(1));
-    let line: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let line: serde_json::Value =
+        serde_json::from_str(stderr.trim()).unwrap_or_else(|e| panic!("{e}: {stderr}"));
     let message = line["fields"]["message"].as_str().unwrap();
-    assert!(message.contains("key `workers` in config file"), "{message}");
+    assert!(
+        message.contains("key `workers` in config file"),
+        "{message}"
+    );
     // A flag is named as a flag.
     let (code, _, stderr) = check(&["--max-headers", "0"]);
     assert_eq!(code, Some(1), "{stderr}");
@@ -140,10 +157,16 @@ fn systemd_hears_ready_reloading_and_stopping() {
     let server = Serving::spawn(cmd.env("NOTIFY_SOCKET", &notify.path));
     let ready = notify.next();
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
-    assert!(ready.contains("STATUS=megaconn serving on https://"), "{ready:?}");
+    assert!(
+        ready.contains("STATUS=megaconn serving on https://"),
+        "{ready:?}"
+    );
     server.child.signal(libc::SIGHUP);
     let reloading = notify.next();
-    assert!(reloading.lines().any(|l| l == "RELOADING=1"), "{reloading:?}");
+    assert!(
+        reloading.lines().any(|l| l == "RELOADING=1"),
+        "{reloading:?}"
+    );
     let usec = reloading
         .lines()
         .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
@@ -168,7 +191,15 @@ fn with_processes_only_the_supervisor_notifies() {
     let port = ReservedPort::new();
     let mut child = ChildGuard::spawn(
         Command::new(BIN)
-            .args(["serve", "--processes", "2", "--workers", "1", "--admin", "off"])
+            .args([
+                "serve",
+                "--processes",
+                "2",
+                "--workers",
+                "1",
+                "--admin",
+                "off",
+            ])
             .args(["--listen", &port.addr, "--upgrade-socket", "off"])
             .env("NOTIFY_SOCKET", &notify.path)
             .stdout(Stdio::piped())
@@ -181,7 +212,11 @@ fn with_processes_only_the_supervisor_notifies() {
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
     child.signal(libc::SIGTERM);
     assert_eq!(child.wait().code(), Some(0));
-    let rest: Vec<String> = notify.rest().iter().map(|m| m.trim_end().to_string()).collect();
+    let rest: Vec<String> = notify
+        .rest()
+        .iter()
+        .map(|m| m.trim_end().to_string())
+        .collect();
     assert_eq!(rest, ["STOPPING=1"], "after the supervisor's READY=1");
 }
 
@@ -210,13 +245,21 @@ fn an_upgrade_in_place_rewrites_the_pid_file() {
     let socket = dir.path().join("upgrade.sock");
     let generation = |listen: &str, upgrade: bool| {
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", listen, "--workers", "1", "--admin", "off"])
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .arg("--upgrade-socket")
-            .arg(&socket)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.args([
+            "serve",
+            "--listen",
+            listen,
+            "--workers",
+            "1",
+            "--admin",
+            "off",
+        ])
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg("--upgrade-socket")
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
         if upgrade {
             cmd.arg("--upgrade");
         }
@@ -243,7 +286,11 @@ fn an_upgrade_in_place_rewrites_the_pid_file() {
     assert_eq!(pid(&pid_file), format!("{}\n", new.id()));
     let _ = old_lines.rest();
     assert!(old.wait().success());
-    assert_eq!(pid(&pid_file), format!("{}\n", new.id()), "the old process left it");
+    assert_eq!(
+        pid(&pid_file),
+        format!("{}\n", new.id()),
+        "the old process left it"
+    );
     new.signal(libc::SIGTERM);
     assert!(new.wait().success());
     assert!(!pid_file.exists());
@@ -270,7 +317,11 @@ fn the_last_of_a_flag_given_twice_wins() {
 fn get(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
@@ -314,8 +365,14 @@ fn metrics_carry_build_info_and_the_process() {
         .unwrap()
         .as_secs_f64();
     let started = sample(&text, "process_start_time_seconds");
-    assert!(started <= now + 1.0 && started > now - 60.0, "{started} {now}");
-    assert!(text.contains("# TYPE process_cpu_seconds counter"), "{text}");
+    assert!(
+        started <= now + 1.0 && started > now - 60.0,
+        "{started} {now}"
+    );
+    assert!(
+        text.contains("# TYPE process_cpu_seconds counter"),
+        "{text}"
+    );
     server.stop();
 
     // A supervisor and two worker processes, each with FILES. Its admin
@@ -338,7 +395,11 @@ fn metrics_carry_build_info_and_the_process() {
     assert!(banner.contains("2 worker processes"), "{banner}");
     let text = get(admin, "/metrics");
     assert!(text.contains("megaconn_build_info{version="), "{text}");
-    assert_eq!(sample(&text, "process_max_fds"), 3.0 * FILES as f64, "{text}");
+    assert_eq!(
+        sample(&text, "process_max_fds"),
+        3.0 * FILES as f64,
+        "{text}"
+    );
     child.signal(libc::SIGTERM);
     assert_eq!(child.wait().code(), Some(0));
 }
@@ -358,12 +419,17 @@ fn a_sighup_error_is_worded_as_a_starts() {
     std::fs::write(&config, "tls_max_handshakes = 8\nmax_connections = 0\n").unwrap();
     server.child.signal(libc::SIGHUP);
     let line = server.wait_for_log("SIGHUP: the config file was not applied");
-    let (status, start) = common::run_to_exit(
-        Serving::serve_command("off", &args).stdout(Stdio::null()),
-    );
+    let (status, start) =
+        common::run_to_exit(Serving::serve_command("off", &args).stdout(Stdio::null()));
     assert_eq!(status.code(), Some(2), "{start}");
     let start = start.trim().strip_prefix("megaconn: ").unwrap();
-    assert!(start.starts_with("key `max_connections` in config file"), "{start}");
-    assert!(line.contains(start), "SIGHUP said {line:?}, a start {start:?}");
+    assert!(
+        start.starts_with("key `max_connections` in config file"),
+        "{start}"
+    );
+    assert!(
+        line.contains(start),
+        "SIGHUP said {line:?}, a start {start:?}"
+    );
     server.stop();
 }
