@@ -100,8 +100,12 @@ pub enum Source {
     /// The server of this process, and how to publish to its connections.
     Server(ServerHandle, Publisher),
     /// A supervisor's worker processes, through the shared counter block
-    /// and their publish channels.
-    Processes(Arc<SharedStats>, Arc<Fanout>),
+    /// and their publish channels, and their pids (for `process_*`).
+    Processes(
+        Arc<SharedStats>,
+        Arc<Fanout>,
+        Arc<crate::supervisor::WorkerPids>,
+    ),
 }
 
 /// Starts the admin server for `source` on the current runtime and prints its
@@ -205,9 +209,14 @@ impl Bound {
                 },
                 own,
             ))?,
-            Source::Processes(shared, fanout) => {
-                server.start(SameSite::new(ProcessesAdmin { shared, fanout }, own))?
-            }
+            Source::Processes(shared, fanout, pids) => server.start(SameSite::new(
+                ProcessesAdmin {
+                    shared,
+                    fanout,
+                    pids,
+                },
+                own,
+            ))?,
         };
         Ok(Started(started))
     }
@@ -242,6 +251,9 @@ impl Started {
 struct ProcessesAdmin {
     shared: Arc<SharedStats>,
     fanout: Arc<Fanout>,
+    /// Its worker processes now: `process_*` is summed over them and the
+    /// supervisor, read at the scrape.
+    pids: Arc<crate::supervisor::WorkerPids>,
 }
 
 impl tower::Service<Request<Body>> for ProcessesAdmin {
@@ -282,7 +294,10 @@ impl ProcessesAdmin {
                 "megaconn admin (supervisor: totals of every worker process)\n\n/healthz\n/metrics\n/debug/runtime\nPOST /publish?topic=T (topic=*: everyone)\nPOST /broadcast\n",
             ),
             "/healthz" => healthz(),
-            "/metrics" => metrics(self.shared.render_prometheus(self.fanout.counts())),
+            "/metrics" => metrics(self.shared.render_prometheus_with(
+                self.fanout.counts(),
+                megaconn::metrics::ProcessCollector::summed(self.pids.all()),
+            )),
             "/debug/runtime" => {
                 let t = self.shared.total();
                 let body = serde_json::json!({
@@ -734,6 +749,7 @@ mod tests {
         let mut admin = ProcessesAdmin {
             shared: Arc::new(SharedStats::create(2).unwrap()),
             fanout: Fanout::new(2),
+            pids: Arc::default(),
         };
         let req = Request::post("/broadcast").body(Body::empty()).unwrap();
         let answer = tower::Service::call(&mut admin, req).await.unwrap();

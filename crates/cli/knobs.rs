@@ -137,6 +137,8 @@ pub struct Settings {
     pub otel: OtelKnobs,
     /// `--upgrade-socket`; `None`: [`default_upgrade_socket`].
     pub upgrade_socket: Option<PathBuf>,
+    /// `--pid-file`; `None`: none written.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// Where a server listens for `serve --upgrade` when `--upgrade-socket` is
@@ -212,6 +214,14 @@ impl Knob {
             .long(self.name)
             .help(format!("{} Default: {}.", self.help, self.default))
             .long_help(self.long_help());
+        // Given twice, the last wins (Go's flag package, nginx's `-g`, a
+        // systemd drop-in appending `--access-log=false` to a unit's
+        // `--access-log`), where clap refused the second. A repeatable
+        // knob's values add up instead.
+        let arg = match self.shape {
+            Shape::Switch | Shape::One => arg.overrides_with(self.name),
+            Shape::Repeated => arg,
+        };
         match self.shape {
             // `--name` alone is true; `--name=false` turns off what a
             // config file turned on (`=`: a switch takes no separate
@@ -1264,6 +1274,20 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "pid-file",
+        value_name: "PATH",
+        shape: Shape::One,
+        help: "Write the server's process id to this file once it listens, and remove it at a clean exit.",
+        details: "As nginx's `pid`: a file left by a process that was killed is overwritten. With --processes, the supervisor's id (its worker processes write none). An upgrade in place (`serve --upgrade` with the same flag) writes the new process's id once it serves, and the old process leaves the file to it. Its directory must exist (checked before anything listens, and by `serve --check`). Under systemd, Type=notify tells the service manager the same (deploy/README.md).",
+        default: "none",
+        example: "/run/megaconn/megaconn.pid",
+        parse: path,
+        apply: |v, s| {
+            s.pid_file = Some(v.path());
+            Ok(())
+        },
+    },
+    Knob {
         name: "processes",
         value_name: "P",
         shape: Shape::One,
@@ -1420,6 +1444,7 @@ pub fn from_matches(m: &ArgMatches) -> Values {
 /// here (`0`, a count too large for its setting) is an error naming where
 /// it came from, `--flag` or the file's key, as a value that does not
 /// parse is.
+#[cfg(test)]
 pub fn apply(flags: &Values, file: &Values) -> Result<Settings, String> {
     apply_from(flags, file, None)
 }
@@ -1734,6 +1759,7 @@ mod tests {
                 "tcp-listen" => (assert_eq!(text, "none"), left("tcp_listen: [],")).1,
                 "tcp-tls-listen" => (assert_eq!(text, "none"), left("tcp_tls_listen: [],")).1,
                 "tls-cert" => (assert_eq!(text, "cleartext"), left("tls_cert: None,")).1,
+                "pid-file" => (assert_eq!(text, "none"), left("pid_file: None,")).1,
                 "tls-key" => (assert_eq!(text, "none"), left("tls_key: None,")).1,
                 "self-signed" => (assert_eq!(text, "off"), left("self_signed: false,")).1,
                 "tls-kx-groups" => {
@@ -1975,5 +2001,27 @@ mod tests {
             assert_ne!(by_file, default, "{}", knob.name);
             assert!(flags(&[&format!("--{}=maybe", knob.name)]).is_err());
         }
+    }
+
+    /// A knob given twice takes the last value, as Go's flags and nginx
+    /// do (clap refused the second: "cannot be used multiple times"); a
+    /// repeatable one keeps them all.
+    #[test]
+    fn the_last_of_a_knob_given_twice_wins() {
+        for knob in KNOBS {
+            let name = knob.name;
+            let (first, last) = match knob.shape {
+                Shape::Switch => (format!("--{name}"), format!("--{name}=false")),
+                _ => continue,
+            };
+            let v = flags(&[&first, &last]).unwrap_or_else(|e| panic!("--{name}: {e}"));
+            assert_eq!(v.get(name), Some(&Value::Switch(false)), "--{name}");
+            let v = flags(&[&last, &first]).unwrap();
+            assert_eq!(v.get(name), Some(&Value::Switch(true)), "--{name}");
+        }
+        let v = flags(&["--workers", "2", "--idle-timeout", "5s", "--workers", "3"]).unwrap();
+        assert_eq!(v["workers"], Value::Count(3));
+        let v = flags(&["--listen", "127.0.0.1:1", "--listen", "127.0.0.1:2"]).unwrap();
+        assert!(matches!(&v["listen"], Value::Addrs(a) if a.len() == 2));
     }
 }

@@ -56,13 +56,13 @@ pub enum LogFormat {
 /// brings h2's lines back).
 pub const DEFAULT_FILTER: &str = "info,h2=error";
 
-/// The format [`init`] installed.
+/// The format [`init_for`] installed.
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
 /// The index [`init_for`] was given: this is that worker process.
 static WORKER_PROCESS: OnceLock<usize> = OnceLock::new();
 
-/// The log format of this process: what [`init`] installed, human before.
+/// The log format of this process: what [`init_for`] installed, human before.
 pub fn format() -> LogFormat {
     FORMAT.get().copied().unwrap_or(LogFormat::Human)
 }
@@ -81,16 +81,11 @@ pub fn tag_worker_process(line: String) -> String {
 }
 
 /// Chooses the format of the lines written outside the subscriber (the
-/// last words of a process that fails before [`init`]: a configuration
-/// error) before the subscriber is installed; [`init`] later installs the
-/// same one.
+/// last words of a process that fails before [`init_for`]: a configuration
+/// error) before the subscriber is installed; [`init_for`] later installs
+/// the same one.
 pub fn choose(format: LogFormat) {
     let _ = FORMAT.set(format);
-}
-
-/// Installs the global subscriber.
-pub fn init(format: LogFormat) {
-    init_for(format, None);
 }
 
 /// Installs the global subscriber; `worker_process`: this process is the

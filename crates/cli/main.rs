@@ -14,6 +14,8 @@ mod doctor;
 mod fanout;
 mod knobs;
 mod logging;
+mod pid_file;
+mod readiness;
 mod serve;
 mod shared_audience;
 mod shared_stats;

@@ -34,6 +34,8 @@ pub struct ServeArgs {
     pub worker_process: Option<usize>,
     /// `--upgrade`: take over from the server on the upgrade socket.
     pub upgrade: bool,
+    /// `--check`: validate the configuration, bind nothing, exit.
+    pub check: bool,
 }
 
 impl clap::FromArgMatches for ServeArgs {
@@ -43,6 +45,7 @@ impl clap::FromArgMatches for ServeArgs {
             config: m.get_one::<PathBuf>("config").cloned(),
             worker_process: m.get_one::<usize>("worker-process").copied(),
             upgrade: m.get_flag("upgrade"),
+            check: m.get_flag("check"),
         })
     }
 
@@ -73,6 +76,13 @@ impl clap::Args for ServeArgs {
                 .help("Take over from the server running on --upgrade-socket: its listening sockets and idle cleartext HTTP/1.1 connections; it then drains the rest (WebSockets, framed, TLS, HTTP/2 close and reconnect) and exits.")
                 .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one builds its servers on them and says it is ready, then the old one stops accepting and this one starts; the old one hands over its parked (idle) cleartext HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused and idle cleartext HTTP/1.1 clients do not reconnect; every other connection closes in the old process's drain and its client reconnects: every WebSocket (ws and wss: 1001), framed TCP (its goodbye frame, if any), TLS and HTTP/2 (the old process's `megaconn handed over` line counts them and, from 1,000 on without --shutdown-drain-rate, warns that they will reconnect together). A new process that fails before it says it is ready has taken no connection on the sockets it took over (the old one serves on; an address the old one did not have, another --admin say, it binds afresh before). It says it is ready only once everything that can fail is done (its runtimes, parking lots and worker threads made, its listening sockets registered with them): from then on it serves, whatever happens. Prints `megaconn upgrade done: ...` once it is ready for the next upgrade: that line, not `megaconn serving on` (printed before it is ready, while it serves nothing yet), is the signal that it serves. With --processes, each worker process takes over from the old one of the same index, and the supervisor prints `megaconn upgrade done: ...` once they all have."),
         )
+        .arg(
+            clap::Arg::new("check")
+                .long("check")
+                .action(clap::ArgAction::SetTrue)
+                .help("Check the configuration (flags and --config file, certificates, keys, CRLs, every knob) without binding anything; print `configuration OK` and exit 0, or the errors and exit 1 (as `nginx -t`).")
+                .long_help("Check the configuration as a start would, and stop before anything binds or listens: the flags and the --config file are read and every knob is validated, the TLS certificate, key, client CA and CRL files are loaded, and the server's settings are checked as the library checks them before it listens. Prints `configuration OK; would listen on ...` on stdout and exits 0, or the error a start would print (naming the flag, or the config file and its key) on stderr and exits 1 (JSON lines with --log-format json). Nothing is bound: an address in use, an admin address taken, sockets systemd would pass and an OpenTelemetry collector that does not answer are found only at start. Use it before `systemctl reload` or a restart (deploy/README.md)."),
+        )
         .args(knobs::KNOBS.iter().map(knobs::Knob::arg))
         .arg(
             clap::Arg::new("worker-process")
@@ -90,10 +100,16 @@ impl clap::Args for ServeArgs {
 
 /// Reads a config file; errors name the file and the bad key.
 pub fn load_config(path: &std::path::Path) -> Result<knobs::Values, UsageError> {
+    read_config(path).map(|(_, values)| values)
+}
+
+/// [`load_config`], with the file's text.
+pub fn read_config(path: &std::path::Path) -> Result<(String, knobs::Values), UsageError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| UsageError(format!("cannot read config file {}: {e}", path.display())))?;
-    knobs::parse_file(&text)
-        .map_err(|e| UsageError(format!("invalid config file {}: {e}", path.display())))
+    let values = knobs::parse_file(&text)
+        .map_err(|e| UsageError(format!("invalid config file {}: {e}", path.display())))?;
+    Ok((text, values))
 }
 
 /// Settings resolved from flags over file over defaults.
@@ -101,8 +117,6 @@ pub fn load_config(path: &std::path::Path) -> Result<knobs::Values, UsageError> 
 pub struct Resolved {
     /// The builder with every knob applied.
     pub builder: megaconn::Builder,
-    /// The log format.
-    pub log_format: LogFormat,
     /// Addresses megaconn binds itself beside sockets systemd passed
     /// (`tls_listen` with socket activation): refused during a restart,
     /// where the passed ones queue ([`warn_bound_beside_passed`]).
@@ -127,6 +141,8 @@ pub struct Resolved {
     /// The largest reply the framed listeners' framing can carry, so that
     /// the framed demo answers `error:` instead of an echo it cannot frame.
     pub framed_max_reply: usize,
+    /// `--pid-file`; `None`: none.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// `--upgrade-socket off`: no control socket, and no upgrade in place, for
@@ -204,6 +220,7 @@ fn process_share(n: u64, processes: usize) -> u64 {
 }
 
 /// Merges flags over the config file over the defaults.
+#[cfg(test)]
 pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
     resolve_with(args, Vec::new())
 }
@@ -211,6 +228,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
 /// [`resolve`], serving the listening sockets systemd passed too, over TLS
 /// or not as their names say (`activation.rs` has the rule). With sockets
 /// passed, no default address is bound.
+#[cfg(test)]
 fn resolve_with(
     args: &ServeArgs,
     inherited: Vec<crate::activation::Inherited>,
@@ -234,7 +252,9 @@ fn config_values(args: &ServeArgs) -> Result<knobs::Values, UsageError> {
     })
 }
 
-/// [`resolve_with`] over the config file's values, `file`, read already.
+/// The settings from the flags over the config file's values, `file`,
+/// read already, and the sockets systemd passed (`inherited`), served
+/// over TLS or not as their names say (`activation.rs` has the rule).
 fn resolve_from(
     args: &ServeArgs,
     file: knobs::Values,
@@ -263,11 +283,13 @@ fn resolve_from(
         max_connections,
         accept_rate,
         accept_burst,
-        log_format,
+        // Chosen before (`prepare`: logging starts before the files load).
+        log_format: _,
         processes,
         admin,
         otel,
         upgrade_socket,
+        pid_file,
     } = settings;
     let otel = otel_config(otel, |name| std::env::var(name).ok())?;
     let upgrades = upgrade_socket
@@ -382,6 +404,7 @@ fn resolve_from(
     }
     Ok(Resolved {
         otel,
+        pid_file,
         upgrade_socket,
         upgrades,
         demo_ws,
@@ -389,7 +412,6 @@ fn resolve_from(
         admin,
         tls,
         builder: b,
-        log_format: log_format.unwrap_or(LogFormat::Human),
         bound_beside_passed,
         processes: processes.unwrap_or(1),
         addrs: listen
@@ -481,8 +503,19 @@ fn warn_bound_beside_passed(addrs: &[std::net::SocketAddr]) {
     );
 }
 
-/// Runs `megaconn serve`: one server process, or a supervisor of several.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// Everything a start checks before it binds anything, shared by the start
+/// and `serve --check` (one code path, so that a check passes exactly
+/// when a start gets past its configuration): the config file read, the
+/// log format chosen and logging started (so that the warnings of loading
+/// certificates and CRLs are seen), every knob resolved with its files
+/// loaded, the combinations that only a whole configuration shows, and the
+/// library's own checks of its settings ([`megaconn::Builder::validate`]).
+/// `inherited`: the sockets systemd passed (none for a check, which takes
+/// nothing).
+fn prepare(
+    args: &ServeArgs,
+    inherited: Vec<crate::activation::Inherited>,
+) -> Result<Resolved, UsageError> {
     // Errors from here on come out in the chosen log format (main's last
     // words read it), not only those after the subscriber is up: a bad
     // certificate, `workers = 0` or a file's bad key printed plain text in
@@ -492,23 +525,86 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(format) = knobs::chosen_log_format(&args.flags, &empty) {
         logging::choose(format);
     }
-    let inherited = crate::activation::take_from_env().map_err(UsageError)?;
     let activated = !inherited.is_empty();
-    let file = config_values(&args)?;
-    if let Some(format) = knobs::chosen_log_format(&args.flags, &file) {
-        logging::choose(format);
-    }
-    let mut resolved = resolve_from(&args, file, inherited)?;
+    let file = config_values(args)?;
+    let format = knobs::chosen_log_format(&args.flags, &file).unwrap_or(LogFormat::Human);
+    logging::init_for(format, args.worker_process);
+    let resolved = resolve_from(args, file, inherited)?;
+    let supervisor = resolved.processes > 1 && args.worker_process.is_none();
     if activated && resolved.processes > 1 {
         return Err(UsageError(
             "sockets passed by systemd are served by one process: drop --processes (each worker thread accepts from them)".into(),
-        )
-        .into());
+        ));
     }
+    if supervisor && resolved.addrs.iter().any(|a| a.port() == 0) {
+        return Err(UsageError(
+            "--processes needs explicit ports (port 0 would differ per process)".into(),
+        ));
+    }
+    if let Some(path) = &resolved.pid_file {
+        crate::pid_file::check_dir(path).map_err(|e| {
+            UsageError(format!(
+                "{}: {e}",
+                knobs::origin("pid-file", &args.flags, args.config.as_deref())
+            ))
+        })?;
+    }
+    // A supervisor's connection limit is each worker process's share,
+    // checked there (the whole one may be past one process's open files).
+    let builder = match supervisor {
+        true => resolved.builder.clone().max_connections(1),
+        false => resolved.builder.clone(),
+    };
+    match builder.validate() {
+        Ok(()) => Ok(resolved),
+        Err(megaconn::Error::Config(e)) => Err(UsageError(e)),
+        Err(e) => Err(UsageError(e.to_string())),
+    }
+}
+
+/// `serve --check`: [`prepare`] without binding or taking anything, then
+/// `configuration OK` and what a start would listen on.
+fn check(args: &ServeArgs) -> Result<(), UsageError> {
+    let resolved = prepare(args, Vec::new())?;
+    let b = &resolved.builder;
+    let urls: Vec<String> = resolved
+        .addrs
+        .iter()
+        .map(|&a| crate::announce::listen_url(a, b.is_framed(a), b.is_tls(a)))
+        .collect();
+    let file = match &args.config {
+        Some(path) => format!("; config file {}", path.display()),
+        None => String::new(),
+    };
+    crate::say!(
+        "configuration OK; would listen on {}{file}",
+        urls.join(", ")
+    );
+    Ok(())
+}
+
+/// `serve --check` found the configuration invalid: exit 1, as `nginx -t`
+/// (a start exits 2 for the same error, `UsageError`). The message is the
+/// start's.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckFailed(pub UsageError);
+
+/// Runs `megaconn serve`: one server process, or a supervisor of several;
+/// with `--check`, only [`check`].
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.check {
+        return check(&args).map_err(|e| CheckFailed(e).into());
+    }
+    // In the flags' log format, an error taking systemd's sockets too.
+    if let Some(format) = knobs::chosen_log_format(&args.flags, &knobs::Values::new()) {
+        logging::choose(format);
+    }
+    let inherited = crate::activation::take_from_env().map_err(UsageError)?;
+    let mut resolved = prepare(&args, inherited)?;
     if resolved.processes > 1 && args.worker_process.is_none() {
-        return crate::supervisor::run(args, serve_argv(), resolved.processes);
+        return crate::supervisor::run(args, serve_argv(), resolved);
     }
-    logging::init_for(resolved.log_format, args.worker_process);
     warn_bound_beside_passed(&resolved.bound_beside_passed);
     let shared = match args.worker_process {
         Some(index) => {
@@ -643,6 +739,7 @@ async fn serve(
         upgrades,
         demo_ws,
         framed_max_reply,
+        pid_file,
         ..
     } = resolved;
     let tracing = match otel {
@@ -759,7 +856,18 @@ async fn serve(
     if let (Some(control), Some((admin_handle, _))) = (&control, &admin_bound) {
         control.also(admin_handle.clone());
     }
+    // The pid file names this process once it listens, before it says so
+    // (a script that waited for the line finds the file); a worker process
+    // writes none (its supervisor does). Taking over, once the old process
+    // was told (below). Removed, if still this process's, when this
+    // function returns.
+    let pid_file = pid_file.filter(|_| worker_process.is_none());
+    let mut _pid_file = match (&pid_file, &take_over) {
+        (Some(path), None) => write_pid_file(path, false)?,
+        _ => None,
+    };
     crate::say!("{serving}");
+    let status = serving;
     if let Some((_, addr)) = admin_bound {
         crate::admin::say_address(addr);
     }
@@ -773,6 +881,10 @@ async fn serve(
         }
         None => None,
     };
+    if let (Some(path), Some(_)) = (&pid_file, &upgraded) {
+        _pid_file = write_pid_file(path, true)?;
+    }
+    crate::readiness::ready(&status);
     // From here nothing fails: both servers accept.
     let _admin = admin.map(crate::admin::Started::run);
     let serving = started.run();
@@ -787,7 +899,11 @@ async fn serve(
     let summary = loop {
         tokio::select! {
             summary = &mut serving => break summary,
-            _ = hangups.recv() => crate::tls::reload_on_sighup(tls.as_ref()),
+            _ = hangups.recv() => {
+                crate::readiness::reloading();
+                crate::tls::reload_on_sighup(tls.as_ref());
+                crate::readiness::ready(&status);
+            }
             ready = async { control_ready.as_mut().expect("guarded").await }, if control_ready.is_some() => {
                 control_ready = None;
                 match ready {
@@ -894,6 +1010,7 @@ async fn serve(
                 if let Some(warning) = draining.storm_warning() {
                     tracing::warn!(signal = name, "shutting down: {warning}");
                 }
+                crate::readiness::stopping();
                 handle.shutdown();
             }
         }
@@ -918,6 +1035,27 @@ async fn serve(
         summary.forced
     );
     Ok(())
+}
+
+/// Writes the pid file at `path` once the server listens. A fresh start
+/// that cannot is a failed start (it has served nothing yet); `taken_over`:
+/// this process took over from an older one, which it has told already,
+/// and serves whatever happens: the failure is logged.
+pub fn write_pid_file(
+    path: &std::path::Path,
+    taken_over: bool,
+) -> anyhow::Result<Option<crate::pid_file::PidFile>> {
+    match crate::pid_file::PidFile::write(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if !taken_over => {
+            Err(anyhow::Error::new(e)
+                .context(format!("cannot write the pid file {}", path.display())))
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the pid file; serving without it");
+            Ok(None)
+        }
+    }
 }
 
 /// How often a draining process says how far it got ([`drain_progress`]).

@@ -412,13 +412,29 @@ impl SharedStats {
     /// status labels), plus `megaconn_process_connections` per worker process
     /// and the publish counters of the channels between processes (`fanout`
     /// from the supervisor's side).
+    #[cfg(test)]
     pub fn render_prometheus(&self, fanout: FanoutCounts) -> String {
-        let mut registry = Registry::with_prefix("megaconn");
-        registry.register_collector(Box::new(Totals {
-            stats: self.total(),
-            fanout,
-            channel: self.channel_totals(),
-        }));
+        self.render_prometheus_with(fanout, megaconn::metrics::ProcessCollector::this_process())
+    }
+
+    /// [`render_prometheus`](SharedStats::render_prometheus) with
+    /// `megaconn_build_info` and `process_*` from `process` (the
+    /// supervisor's: summed over it and its worker processes).
+    pub fn render_prometheus_with(
+        &self,
+        fanout: FanoutCounts,
+        process: megaconn::metrics::ProcessCollector,
+    ) -> String {
+        // `process_*` have no prefix (the client libraries' names).
+        let mut registry = Registry::default();
+        registry
+            .sub_registry_with_prefix("megaconn")
+            .register_collector(Box::new(Totals {
+                stats: self.total(),
+                fanout,
+                channel: self.channel_totals(),
+            }));
+        registry.register_collector(Box::new(process));
         let mut out = String::with_capacity(2048);
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String cannot fail");

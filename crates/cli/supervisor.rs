@@ -164,12 +164,9 @@ fn read_valid_config(
     path: &std::path::Path,
     flags: &crate::knobs::Values,
 ) -> Result<String, UsageError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError(format!("cannot read config file {}: {e}", path.display())))?;
-    let file = crate::knobs::parse_file(&text)
-        .map_err(|e| UsageError(format!("invalid config file {}: {e}", path.display())))?;
-    crate::knobs::apply(flags, &file)
-        .map_err(|e| UsageError(format!("invalid config file {}: {e}", path.display())))?;
+    // Read and checked as a start reads it, so an error is worded alike.
+    let (text, file) = serve::read_config(path)?;
+    crate::knobs::apply_from(flags, &file, Some(path)).map_err(UsageError)?;
     Ok(text)
 }
 
@@ -198,6 +195,28 @@ pub fn worker_config(path: &std::path::Path) -> Option<Result<crate::knobs::Valu
         }
         Ok(values)
     }))
+}
+
+/// The pids of the worker processes running now, by index, for the admin
+/// listener's `process_*` series (read from `/proc` at each scrape).
+#[derive(Debug, Default)]
+pub struct WorkerPids(std::sync::Mutex<Vec<Option<u32>>>);
+
+impl WorkerPids {
+    /// Worker process `index` runs as `pid` now (`None`: it exited).
+    fn set(&self, index: usize, pid: Option<u32>) {
+        let mut pids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if pids.len() <= index {
+            pids.resize(index + 1, None);
+        }
+        pids[index] = pid;
+    }
+
+    /// Every worker process running now.
+    pub fn all(&self) -> Vec<u32> {
+        let pids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        pids.iter().flatten().copied().collect()
+    }
 }
 
 /// First restart delay of a worker that died.
@@ -567,18 +586,13 @@ impl Announce {
     }
 }
 
-/// Runs the supervisor. `argv` are the arguments after `serve`, passed on to
-/// every worker process unchanged.
-pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Result<()> {
-    let resolved = serve::resolve(&args)?;
+/// Runs the supervisor of `resolved.processes` worker processes, the
+/// configuration checked and logging started (`serve::prepare`). `argv`
+/// are the arguments after `serve`, passed on to every worker process
+/// unchanged.
+pub fn run(args: ServeArgs, argv: Vec<OsString>, resolved: serve::Resolved) -> anyhow::Result<()> {
+    let processes = resolved.processes;
     let config = ConfigSnapshot::read(&args)?;
-    crate::logging::init(resolved.log_format);
-    if resolved.addrs.iter().any(|a| a.port() == 0) {
-        return Err(UsageError(
-            "--processes needs explicit ports (port 0 would differ per process)".into(),
-        )
-        .into());
-    }
     // Fail now, in one place, if an address is taken or a knob is wrong
     // (taking over, the old worker processes hold the addresses).
     if !args.upgrade {
@@ -618,7 +632,8 @@ pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Re
     runtime.block_on(async {
         // Stops when dropped, after the worker processes.
         let fanout = Fanout::new(processes);
-        let source = admin::Source::Processes(shared.clone(), fanout.clone());
+        let pids = Arc::new(WorkerPids::default());
+        let source = admin::Source::Processes(shared.clone(), fanout.clone(), pids.clone());
         let _admin = match admin_of_old_supervisor(args.upgrade, resolved.admin) {
             Some(addr) => {
                 tokio::spawn(admin_once_free(addr, source));
@@ -627,7 +642,17 @@ pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Re
             None => admin::start(resolved.admin, source)?,
         };
         supervise(
-            argv, processes, &shared, &audience, &fanout, announce, config,
+            argv,
+            processes,
+            Context {
+                shared: &shared,
+                audience: &audience,
+                fanout: &fanout,
+                pids: &pids,
+            },
+            announce,
+            config,
+            resolved.pid_file,
         )
         .await
     })
@@ -687,15 +712,32 @@ async fn admin_once_free(addr: std::net::SocketAddr, source: admin::Source) {
 /// How often a supervisor taking over tries the old one's admin address.
 const ADMIN_RETRY: Duration = Duration::from_millis(200);
 
+/// What the supervisor shares with its worker processes and its admin
+/// listener.
+struct Context<'a> {
+    shared: &'a SharedStats,
+    audience: &'a SharedAudience,
+    fanout: &'a Arc<Fanout>,
+    pids: &'a WorkerPids,
+}
+
 async fn supervise(
     argv: Vec<OsString>,
     processes: usize,
-    shared: &SharedStats,
-    audience: &SharedAudience,
-    fanout: &Arc<Fanout>,
+    cx: Context<'_>,
     announce: Announce,
     mut config: ConfigSnapshot,
+    pid_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
+    let Context {
+        shared,
+        audience,
+        fanout,
+        pids,
+    } = cx;
+    // Removed (if still this process's) when the supervisor returns.
+    let mut _pid_file = None;
+    let status = format!("serving with {processes} worker processes");
     let mut signals = Signals::new().context("cannot install signal handlers")?;
     let mut hangups = serve::hangups().context("cannot install the SIGHUP handler")?;
     // Held open until the supervisor exits (see `SelfExe`).
@@ -718,7 +760,10 @@ async fn supervise(
             &config,
         );
         match launched {
-            Ok(process) => workers[i].launched(process),
+            Ok(process) => {
+                pids.set(i, Some(process.pid));
+                workers[i].launched(process);
+            }
             Err(e) => {
                 stop_all(&workers, libc::SIGKILL);
                 return Err(e);
@@ -756,7 +801,17 @@ async fn supervise(
         {
             announced = true;
             committed = true;
+            if let Some(path) = &pid_file {
+                match serve::write_pid_file(path, upgrade) {
+                    Ok(file) => _pid_file = file,
+                    Err(e) => {
+                        stop_all(&workers, libc::SIGKILL);
+                        return Err(e);
+                    }
+                }
+            }
             announce.say(&workers, upgrade);
+            crate::readiness::ready(&status);
         }
         if stopping && workers.iter().all(|w| !w.running) {
             break;
@@ -801,6 +856,7 @@ async fn supervise(
                     let code = exit.code();
                     let w = &mut workers[i];
                     w.exited();
+                    pids.set(i, None);
                     shared.retire(i);
                     // Before the slot's next process: a killed one left
                     // its subscriptions counted there.
@@ -865,6 +921,7 @@ async fn supervise(
                         w.restart_at = None;
                         match start(&exe, &argv, i, processes, shared, audience, fanout, tx.clone(), w.take_over, &config) {
                             Ok(process) => {
+                                pids.set(i, Some(process.pid));
                                 w.launched(process);
                                 w.restarts += 1;
                             }
@@ -880,8 +937,12 @@ async fn supervise(
                 // Each worker process reloads its own certificate (one still
                 // starting ignores it: see `worker_pre_exec`).
                 tracing::info!("SIGHUP: passing it to every worker process");
+                // Each worker process reloads on its own, unheard by the
+                // supervisor: READY=1 says it was passed on to all.
+                crate::readiness::reloading();
                 config.hangup();
                 stop_all(&workers, libc::SIGHUP);
+                crate::readiness::ready(&status);
             }
             (name, ask) = signals.next() => {
                 if !announced {
@@ -901,6 +962,7 @@ async fn supervise(
                     Ask::Drain => {}
                 }
                 tracing::info!(signal = name, "draining every worker process (send it again, a second or more later, to stop at once)");
+                crate::readiness::stopping();
                 stopping = true;
                 workers.iter_mut().for_each(|w| w.restart_at = None);
                 stop_all(&workers, libc::SIGTERM);
@@ -1056,6 +1118,7 @@ fn start(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     config.pass(&mut cmd);
+    crate::readiness::hide_from(&mut cmd);
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start worker process {index}"))?;

@@ -322,9 +322,11 @@ fn reread_knobs(
     reread: &Reread,
     processes: usize,
 ) -> Result<String, UsageError> {
+    // Read and applied as at start, so an error is worded alike ("key `k`
+    // in config file PATH: ...").
     let file = crate::serve::load_config(&reread.file)?;
-    let settings = knobs::apply(&reread.flags, &file)
-        .map_err(|e| UsageError(format!("{}: {e}", reread.file.display())))?;
+    let settings =
+        knobs::apply_from(&reread.flags, &file, Some(&reread.file)).map_err(UsageError)?;
     handshake_knobs(
         config.clone(),
         HandshakeKnobs {

@@ -18,6 +18,7 @@ mod flags_cli;
 mod hold_cli;
 mod limits_cli;
 mod logs_cli;
+mod ops48_cli;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod park_cli;
 mod processes;

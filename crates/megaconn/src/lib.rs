@@ -112,6 +112,8 @@
 //!     |                                  observe/  close.rs   CloseReason
 //!  error.rs                                        stats.rs   per-worker counters
 //!                                                  metrics.rs Prometheus
+//!                                                  process.rs process_*,
+//!                                                     build_info (/proc)
 //!                                                  lifecycle.rs events, states
 //!                                                  registry.rs the live list
 //!                                                     (/debug/connections);

@@ -74,6 +74,18 @@
 //! | `megaconn_message_connections` | gauge | `protocol` (`framed`, `websocket`, `sse`: [`MESSAGE_PROTOCOL_LABELS`]) |
 //! | `megaconn_ws_closes_total` | counter | `direction` (`sent`, `received`), `code` ([`WS_CLOSE_CODE_LABELS`]: `1000`, `1001`, `1006`, `4xxx`, `other`, …) |
 //! | `megaconn_publish_lag_seconds` | histogram | |
+//! | `megaconn_build_info` | gauge, always 1 | `version` |
+//! | `process_cpu_seconds_total` | counter | |
+//! | `process_resident_memory_bytes` | gauge | |
+//! | `process_open_fds` | gauge | |
+//! | `process_max_fds` | gauge | |
+//! | `process_start_time_seconds` | gauge | |
+//!
+//! The last six are the process's, not the server's traffic: read from
+//! `/proc` at scrape time by [`ProcessCollector`] (the Prometheus client
+//! libraries' `process_*` conventions), nothing counted per connection;
+//! [`render_with`] and `ServerHandle::render_metrics` write them after the
+//! snapshot, [`render`] does not.
 //!
 //! The `message_` series count message protocols' connections (framed
 //! TCP, WebSocket and SSE): frames (messages) and their bytes with
@@ -123,6 +135,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::observe::close::CloseReason;
+pub use crate::observe::process::{ProcessCollector, ProcessError, ProcessStats, VERSION};
 pub use crate::observe::rooms::{
     RoomStats, WS_CLOSE_CODES, WS_CLOSE_CODE_LABELS, WS_CLOSE_DIRECTION_LABELS,
 };
@@ -914,8 +927,35 @@ impl RequestStats {
 /// assert!(text.ends_with("# EOF\n"));
 /// ```
 pub fn render(stats: &ServerStats) -> String {
-    let mut registry = Registry::with_prefix("megaconn");
-    registry.register_collector(Box::new(Snapshot(stats.clone())));
+    render_registry(stats, None)
+}
+
+/// [`render`], followed by `megaconn_build_info` and the `process_*`
+/// series of `process` (read from `/proc` now). What
+/// [`ServerHandle::render_metrics`](crate::ServerHandle::render_metrics)
+/// serves, with [`ProcessCollector::this_process`]; `render` alone writes
+/// the snapshot only, the same text for the same `stats`.
+///
+/// ```
+/// use megaconn::metrics::{render_with, ProcessCollector};
+/// let text = render_with(&megaconn::ServerStats::default(), ProcessCollector::this_process());
+/// assert!(text.contains("megaconn_build_info{version="));
+/// assert!(text.contains("# TYPE process_open_fds gauge"));
+/// ```
+pub fn render_with(stats: &ServerStats, process: ProcessCollector) -> String {
+    render_registry(stats, Some(process))
+}
+
+fn render_registry(stats: &ServerStats, process: Option<ProcessCollector>) -> String {
+    // The root has no prefix: `process_*` are the client libraries' names
+    // (ProcessCollector writes `megaconn_build_info` whole).
+    let mut registry = Registry::default();
+    registry
+        .sub_registry_with_prefix("megaconn")
+        .register_collector(Box::new(Snapshot(stats.clone())));
+    if let Some(process) = process {
+        registry.register_collector(Box::new(process));
+    }
     let mut out = String::with_capacity(8 * 1024);
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");

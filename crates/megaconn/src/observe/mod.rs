@@ -13,6 +13,7 @@ pub(crate) mod limits;
 pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
+pub(crate) mod process;
 pub(crate) mod ratelog;
 pub(crate) mod registry;
 pub(crate) mod rooms;

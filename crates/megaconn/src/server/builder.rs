@@ -597,13 +597,17 @@ impl ServerHandle {
     }
 
     /// The server's metrics as Prometheus text: a snapshot summed over workers,
-    /// rendered by [`metrics::render`](crate::observe::metrics::render) (names and types
-    /// are listed there). Serve it at `/metrics` with the content type
+    /// rendered by [`metrics::render_with`](crate::observe::metrics::render_with) (names and types
+    /// are listed there) with this process's `megaconn_build_info` and
+    /// `process_*` series, read from `/proc` at the call. Serve it at `/metrics` with the content type
     /// [`metrics::OPENMETRICS_CONTENT_TYPE`](crate::metrics::OPENMETRICS_CONTENT_TYPE)
     /// (it is OpenMetrics text: labelled `text/plain; version=0.0.4` its
     /// counters parse as untyped); cheap enough to scrape every second.
     pub fn render_metrics(&self) -> String {
-        crate::observe::metrics::render(&self.stats())
+        crate::observe::metrics::render_with(
+            &self.stats(),
+            crate::observe::metrics::ProcessCollector::this_process(),
+        )
     }
 
     /// The live connections, sorted by id, from `offset`, at most `limit` of
@@ -1181,7 +1185,11 @@ impl Builder {
         self
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    /// Checks the settings as [`listen`](Builder::listen) does first,
+    /// binding nothing: the errors `listen` would return for a bad knob
+    /// (`Error::Config`), for a configuration check (the CLI's `serve
+    /// --check`) to report without touching a socket.
+    pub fn validate(&self) -> Result<(), Error> {
         let c = &self.config;
         if c.workers == 0 {
             return Err(Error::Config("workers must be at least 1".into()));
