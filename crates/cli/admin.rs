@@ -251,8 +251,9 @@ impl Started {
 struct ProcessesAdmin {
     shared: Arc<SharedStats>,
     fanout: Arc<Fanout>,
-    /// Its worker processes now: `process_*` is summed over them and the
-    /// supervisor, read at the scrape.
+    /// Its worker processes now: `process_*` CPU and memory are summed over
+    /// them and the supervisor, read at the scrape (descriptors: the
+    /// supervisor's own, `ProcessCollector::summed`).
     pids: Arc<crate::supervisor::WorkerPids>,
 }
 

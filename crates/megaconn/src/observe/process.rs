@@ -8,7 +8,7 @@
 //! | `megaconn_build_info{version}` | gauge, always 1 | this crate's version |
 //! | `process_cpu_seconds_total` | counter | `/proc/PID/stat` utime + stime |
 //! | `process_resident_memory_bytes` | gauge | `/proc/PID/stat` rss × page size |
-//! | `process_open_fds` | gauge | `poll(2)` over this process's descriptor table; another's: entries of `/proc/PID/fd` |
+//! | `process_open_fds` | gauge | `poll(2)` over this process's descriptor table (another process's are not counted: see [`ProcessStats::read`]) |
 //! | `process_max_fds` | gauge | `/proc/PID/limits`, "Max open files" (soft) |
 //! | `process_start_time_seconds` | gauge | `/proc/PID/stat` starttime + `/proc/stat` btime |
 //!
@@ -71,11 +71,13 @@ impl ProcessStats {
     /// Reads the figures of process `pid` (`None`: this process) from
     /// `/proc`, and this process's open descriptors with `poll(2)`
     /// ([`open_fds_of_this_process`]). Another process's descriptors are
-    /// counted by listing `/proc/PID/fd`, as the Go and Python clients do,
-    /// which costs the kernel an inode and a dentry (~0.9 KB of slab) per
-    /// descriptor, kept while that process lives, and ~2-5 us each per
-    /// listing (19,007 descriptors: 40-236 ms, debug build, busy 2-core
-    /// machine, 2026-12-06).
+    /// not counted (`open_fds` and `max_fds` are 0 for it): the only way is
+    /// listing `/proc/PID/fd`, as the Go and Python clients do, which costs
+    /// the kernel an inode and a dentry (~0.9 KB of slab) per descriptor,
+    /// kept while that process lives, and ~2-5 us each per listing (19,007
+    /// descriptors: 40-236 ms, debug build, busy 2-core machine,
+    /// 2026-12-06): ~0.9 GB and seconds a scrape for a million connections
+    /// over worker processes.
     pub fn read(pid: Option<u32>) -> Result<ProcessStats, ProcessError> {
         let dir = match pid {
             Some(pid) => PathBuf::from(format!("/proc/{pid}")),
@@ -93,17 +95,9 @@ impl ProcessStats {
             path: limits_path,
             what: "a \"Max open files\" line",
         })?;
-        let open_fds = match pid {
-            None => open_fds_of_this_process()?,
-            Some(_) => {
-                let fd_dir = dir.join("fd");
-                std::fs::read_dir(&fd_dir)
-                    .map_err(|source| ProcessError::Read {
-                        path: fd_dir.clone(),
-                        source,
-                    })?
-                    .count() as u64
-            }
+        let (open_fds, max_fds) = match pid {
+            None => (open_fds_of_this_process()?, max_fds),
+            Some(_) => (0, 0),
         };
         Ok(ProcessStats {
             cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
@@ -262,14 +256,14 @@ fn page_size() -> u64 {
 /// includes it for this process.
 ///
 /// With several processes serving one server (the CLI's `serve
-/// --processes`), [`ProcessCollector::summed`] adds the figures of each up
-/// (another process's descriptors counted by listing `/proc/PID/fd`, see
-/// [`ProcessStats::read`] for its cost),
-/// as the server's other totals are added: CPU, memory and descriptors are
-/// then the whole server's, `process_max_fds` the sum of their limits (so
-/// `process_open_fds / process_max_fds` is the server's share in use; one
-/// process may still be nearer its own limit), and
-/// `process_start_time_seconds` the first process's.
+/// --processes`), [`ProcessCollector::summed`] adds the CPU and memory of
+/// each up, as the server's other totals are added, and
+/// `process_start_time_seconds` is the first process's. `process_open_fds`
+/// and `process_max_fds` stay this process's own: another's descriptors
+/// could only be counted by listing `/proc/PID/fd`, whose cost
+/// ([`ProcessStats::read`]) a million connections would make ~0.9 GB of
+/// kernel memory; each worker's connections are in
+/// `megaconn_connections_open`.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessCollector {
     /// Other processes whose figures are added to this one's.
@@ -298,8 +292,6 @@ impl ProcessCollector {
             if let Ok(s) = ProcessStats::read(Some(pid)) {
                 total.cpu_seconds += s.cpu_seconds;
                 total.resident_memory_bytes += s.resident_memory_bytes;
-                total.open_fds += s.open_fds;
-                total.max_fds = total.max_fds.saturating_add(s.max_fds);
             }
         }
         Some(total)
@@ -438,8 +430,9 @@ mod tests {
         drop(more);
     }
 
-    /// Summed over another process, the figures add up; one that cannot be
-    /// read (no such pid) is left out.
+    /// Summed over another process, CPU and memory add up and descriptors
+    /// stay this process's own (another's are never listed); one that
+    /// cannot be read (no such pid) is left out.
     #[test]
     fn summed_adds_the_others_and_skips_the_gone() {
         let mut child = std::process::Command::new("sleep")
@@ -452,11 +445,9 @@ mod tests {
         let own = ProcessStats::read(None).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(
-            summed.max_fds >= alone.max_fds.min(own.max_fds),
-            "{summed:?}"
-        );
-        assert!(summed.open_fds >= alone.open_fds, "{summed:?} {alone:?}");
+        assert_eq!(alone.open_fds, 0, "another's descriptors listed: {alone:?}");
+        assert_eq!(summed.max_fds, own.max_fds, "{summed:?}");
         assert!(summed.resident_memory_bytes > alone.resident_memory_bytes);
+        assert!(summed.resident_memory_bytes > own.resident_memory_bytes);
     }
 }
