@@ -229,8 +229,9 @@ fn put_status_line(dst: &mut BytesMut, status: StatusCode) {
 ///
 /// The digits are counted by comparisons up to four of them (`ilog10`
 /// took ~19 instructions) and written two at a time from [`DIGIT_PAIRS`]
-/// (a division by 100 where there were two by 10): ~30 user-space
-/// instructions fewer for a usual body's length (bench/CPU-PER-REQUEST.md,
+/// (a division by 100 where there were two by 10): ~20 user-space
+/// instructions fewer for a two-digit length, though LLVM no longer
+/// inlines it into `encode_head` (callgrind, bench/CPU-PER-REQUEST.md,
 /// session 48).
 fn put_content_length(dst: &mut BytesMut, n: u64) {
     const NAME: &[u8; 16] = b"content-length: ";

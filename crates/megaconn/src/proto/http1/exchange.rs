@@ -1286,8 +1286,8 @@ where
 /// (`is_end_stream`: a `Full`'s once its data is out, which is most sized
 /// answers, axum's included) is finished then, as hyper finishes it,
 /// rather than polled once more for its `None`: that poll, its catch and
-/// its match took ~NN user-space instructions a request
-/// (bench/CPU-PER-REQUEST.md, session 48).
+/// its match took ~43 user-space instructions a request more than the
+/// check (callgrind, bench/CPU-PER-REQUEST.md, session 48).
 fn poll_response_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
     T: Parkable,
