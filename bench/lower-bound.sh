@@ -40,7 +40,12 @@
 #   counts per instruction too, to read against `objdump -d`; the totals
 #   are the same), MEGACONN_ARGS
 #   (more `megaconn serve` flags, e.g. "--idle-timeout off --park-after off"
-#   to see what its timers cost).
+#   to see what its timers cost), AXUM_EXAMPLE (unset: left out; the path
+#   of a release build of examples/axum.rs, `cargo build --release --example
+#   axum`: one more row, megaconn serving that axum `Router`'s `GET /`, what
+#   a drop-in user's request costs; it listens on its own fixed
+#   127.0.0.1:3000, which must be free, with one worker under `taskset`, as
+#   it takes as many as the CPUs it may run on).
 # Output: bench/out/lower-bound-<stamp>/ (callgrind files, table.md); the
 #   table on stdout.
 # The warm-up (paced runs): the start of a paced run is not the same from
@@ -147,7 +152,8 @@ served() {
   local name=$1 n=$2 fn=$3 out i port load_pid
   shift 3
   out="$RES_DIR/$name-$n.callgrind"
-  port="$(unused_port "$PORT_BASE")"
+  # (A server with a fixed address names it: AXUM_EXAMPLE's.)
+  port="${SERVED_PORT:-$(unused_port "$PORT_BASE")}"
   # nginx takes its port from its configuration file.
   [[ "$name" == nginx ]] && sed "s|{PORT}|$port|" "$ngx_dir/nginx.conf.in" >"$ngx_dir/nginx.conf"
   taskset -c "$SERVER_CPU" valgrind --tool=callgrind --dump-instr="$DUMP_INSTR" "${sim[@]}" \
@@ -224,13 +230,20 @@ for level in $LEVELS; do
     "$(per_request "$(served "tokio-$level" "$N1" "" "$TOKIO_FLOOR" serve "127.0.0.1:{PORT}" "$level")" \
       "$(served "tokio-$level" "$N2" "" "$TOKIO_FLOOR" serve "127.0.0.1:{PORT}" "$level")")"
 done
+# Called once per request by megaconn (the head's parse).
+mc_fn="megaconn::proto::http1::head::parse_from"
 if [[ "$MEGACONN_SERVE_OK" == 1 && "${SKIP_MEGACONN:-0}" != 1 ]]; then
-  # Called once per request (the head's parse).
-  mc_fn="megaconn::proto::http1::head::parse_from"
   # shellcheck disable=SC2206  # MEGACONN_ARGS: words, as on a command line
   mc=("$MEGACONN" serve --listen "127.0.0.1:{PORT}" --workers 1 --admin off ${MEGACONN_ARGS:-})
   row "megaconn ($(cat "$MEGACONN.version" 2>/dev/null || echo "$MEGACONN"))" \
     "$(per_request "$(served megaconn "$N1" "$mc_fn" "${mc[@]}")" "$(served megaconn "$N2" "$mc_fn" "${mc[@]}")")"
+fi
+if [[ -n "${AXUM_EXAMPLE:-}" ]]; then
+  [[ -z "$(ss -Htan "( sport = :3000 )" 2>/dev/null)" ]] || die "AXUM_EXAMPLE listens on 3000, which is in use"
+  # Called once per request, as for `megaconn serve`.
+  row "megaconn + axum Router (examples/axum.rs, \`GET /\`)" \
+    "$(per_request "$(SERVED_PORT=3000 served axum "$N1" "$mc_fn" "$AXUM_EXAMPLE")" \
+      "$(SERVED_PORT=3000 served axum "$N2" "$mc_fn" "$AXUM_EXAMPLE")")"
 fi
 if [[ "$NGINX" == 1 ]]; then
   # One process, so that callgrind counts the worker that serves: with a

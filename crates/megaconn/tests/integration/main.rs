@@ -68,6 +68,7 @@ mod mtls_refusals;
 mod otel;
 mod park;
 mod park_evict;
+mod perf25;
 mod scripted;
 mod signal;
 mod sse;

@@ -1281,6 +1281,13 @@ where
 }
 
 /// Pulls response frames into the write buffer, up to the high-water mark.
+///
+/// A body that says, after a data frame, that it has no more
+/// (`is_end_stream`: a `Full`'s once its data is out, which is most sized
+/// answers, axum's included) is finished then, as hyper finishes it,
+/// rather than polled once more for its `None`: that poll, its catch and
+/// its match took ~43 user-space instructions a request more than the
+/// check (callgrind, bench/CPU-PER-REQUEST.md, session 48).
 fn poll_response_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
     T: Parkable,
@@ -1296,14 +1303,7 @@ where
         let frame = match polled {
             Ok(Poll::Pending) => break,
             Ok(Poll::Ready(frame)) => frame,
-            Err(panic) => {
-                incr(&this.conn.ctx.stats.panics);
-                ratelog::panicked(
-                    "response body panicked; closing",
-                    Some(panic_message(&panic)),
-                );
-                return Err(Outcome::Close(CloseReason::Panic));
-            }
+            Err(panic) => return Err(body_panicked(this, &panic)),
         };
         progress = true;
         if let Some((head, body_length)) = this.st.deferred_head.take() {
@@ -1311,6 +1311,7 @@ where
         }
         let encoder = this.st.encoder.as_mut().expect("head written before body");
         let wbuf = this.conn.wbuf();
+        let mut data_sent = false;
         let result = match frame {
             None => {
                 this.body.set(None);
@@ -1322,6 +1323,7 @@ where
                     this.st.record.response_bytes(data.remaining());
                     let r = encoder.encode_data(&data, wbuf);
                     data.advance(data.remaining());
+                    data_sent = true;
                     r
                 }
                 Err(frame) => {
@@ -1343,12 +1345,56 @@ where
                 )));
             }
         };
-        if let Err(e @ (EncodeError::TooLong | EncodeError::TooShort)) = result {
-            tracing::error!(error = %e, "closing");
-            return Err(Outcome::Close(CloseReason::ServerError));
+        encoded(result)?;
+        if data_sent {
+            // `is_end_stream` is the body's code: a panic in it is the
+            // body's, as one in its poll.
+            let ended = match this.body.as_ref().as_pin_ref() {
+                Some(body) => std::panic::catch_unwind(AssertUnwindSafe(|| body.is_end_stream())),
+                None => Ok(false),
+            };
+            match ended {
+                Ok(false) => {}
+                Ok(true) => {
+                    this.body.set(None);
+                    this.st.response_done = true;
+                    let encoder = this.st.encoder.as_mut().expect("head written before body");
+                    encoded(encoder.finish(None, &[], this.conn.wbuf()))?;
+                }
+                Err(panic) => return Err(body_panicked(this, &panic)),
+            }
         }
     }
     Ok(progress)
+}
+
+/// A response body that broke its own framing (`result`) closes the
+/// connection: what was sent cannot be taken back.
+#[inline(always)]
+fn encoded(result: Result<(), EncodeError>) -> Result<(), Outcome> {
+    result.map_err(encode_failed)
+}
+
+/// [`encoded`]'s error, out of line.
+#[cold]
+fn encode_failed(e: EncodeError) -> Outcome {
+    tracing::error!(error = %e, "closing");
+    Outcome::Close(CloseReason::ServerError)
+}
+
+/// The response body panicked (its poll, or its `is_end_stream`):
+/// counted, logged; the connection closes.
+#[cold]
+fn body_panicked<T, F, B>(
+    this: &mut Proj<'_, '_, T, F, B>,
+    panic: &Box<dyn std::any::Any + Send>,
+) -> Outcome {
+    incr(&this.conn.ctx.stats.panics);
+    ratelog::panicked(
+        "response body panicked; closing",
+        Some(panic_message(panic)),
+    );
+    Outcome::Close(CloseReason::Panic)
 }
 
 /// Pushes buffered response bytes to the socket while the exchange runs,
