@@ -68,7 +68,7 @@ mod mtls_refusals;
 mod otel;
 mod park;
 mod park_evict;
-mod perf25;
+mod body_end_stream;
 mod scripted;
 mod signal;
 mod sse;
