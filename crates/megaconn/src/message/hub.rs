@@ -1917,7 +1917,11 @@ mod tests {
             (hub.publish_except("t", "m", id), auto, closes),
             (hub.publish_binary_except("t", "m", id), binary, closes),
             (hub.publish_except_droppable("t", "m", id), auto, drops),
-            (hub.publish_binary_except_droppable("t", "m", id), binary, drops),
+            (
+                hub.publish_binary_except_droppable("t", "m", id),
+                binary,
+                drops,
+            ),
             (hub.broadcast("m"), auto, closes),
             (hub.broadcast_binary("m"), binary, closes),
             (hub.broadcast_droppable("m"), auto, drops),

@@ -830,7 +830,10 @@ mod tests {
 
     /// A socket whose send buffer is full (its peer, returned, reads
     /// nothing): a non-blocking stream pair, written to until `EAGAIN`.
-    fn full_socket() -> (std::os::unix::net::UnixStream, std::os::unix::net::UnixStream) {
+    fn full_socket() -> (
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    ) {
         use std::io::Write;
         let (ours, peer) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
         ours.set_nonblocking(true).expect("non-blocking");

@@ -6,9 +6,6 @@
 //!   `cause="droppable"`, and the connection stays parked: not woken, not
 //!   closed (it was woken to write the push, and closed as a slow consumer
 //!   when it could not be);
-//! - `broadcast_droppable` and `publish_except_droppable` are dropped for
-//!   an awake connection that is behind, as `send_droppable` is, and leave
-//!   it open;
 //! - `Hub::buffered` answers on a worker's thread for that worker's
 //!   connections after a `Builder::serve_connection` served a WebSocket
 //!   on that thread (its message state took the thread's one slot, and
@@ -254,7 +251,10 @@ async fn droppable_pushes_to_a_parked_connection_behind_are_dropped_and_it_stays
     .await;
     let after = rooms.handle.stats();
     let counted = &after.messages;
-    assert!(counted.queue_drops_droppable >= 1, "some dropped: {counted:?}");
+    assert!(
+        counted.queue_drops_droppable >= 1,
+        "some dropped: {counted:?}"
+    );
     assert_eq!(
         counted.queue_drops, counted.queue_drops_droppable,
         "dropped as droppable only: {counted:?}"
@@ -278,72 +278,6 @@ async fn droppable_pushes_to_a_parked_connection_behind_are_dropped_and_it_stays
     client.send(Message::text("still here")).await.unwrap();
     assert_eq!(next_data(&mut client).await, Message::text("still here"));
     assert!(rooms.closes.try_recv().is_err(), "not closed");
-    rooms.stop().await;
-}
-
-/// The outbound queue's bound in the awake test: droppable pushes are
-/// dropped from half of it (8) on.
-const QUEUE: usize = 16;
-
-/// Pushes of 64 KiB, each a batch of its own: 64 of them, 4 MiB, far more
-/// than the server's socket buffer, one batch and the queue hold while
-/// the client reads nothing.
-const PUSH: usize = 64 << 10;
-const PUSHES: usize = 64;
-
-/// An awake subscriber whose client stopped reading gets 64 large pushes,
-/// `broadcast_binary_droppable` and `publish_binary_except_droppable` in
-/// turn: those it is too far behind for are dropped, counted as
-/// droppable, and it stays open; once the client reads it gets the
-/// others in order, then an ordinary push sent after them. (The same as
-/// ordinary broadcasts closes it as a slow consumer: `backpressure.rs`.)
-#[tokio::test]
-async fn droppable_broadcasts_and_publishes_except_leave_an_awake_connection_behind_open() {
-    let builder = Server::builder()
-        .park_idle_after(None)
-        .outbound_queue(QUEUE);
-    let mut rooms = Rooms::start(builder);
-    let gone = rooms.closed_id().await;
-    let (mut client, id) = rooms.client("/room").await;
-    for i in 0..PUSHES {
-        let push = vec![i as u8; PUSH];
-        let sent = match i % 2 {
-            0 => rooms.hub.broadcast_binary_droppable(push),
-            _ => rooms.hub.publish_binary_except_droppable(TOPIC, push, gone),
-        };
-        assert_eq!(sent, Ok(()), "push {i}");
-    }
-    common::wait_stats(&rooms.handle, "droppable ones dropped", |s| {
-        s.messages.queue_drops_droppable >= 1
-            && s.messages.hub_queued == 0
-            && s.messages.deliveries_pending == 0
-    })
-    .await;
-    assert_eq!(rooms.hub.send(id, "end"), Ok(()));
-    let mut got = Vec::new();
-    loop {
-        match next_data(&mut client).await {
-            Message::Binary(b) => {
-                assert_eq!(b.len(), PUSH);
-                got.push(b[0] as usize);
-            }
-            Message::Text(t) if t.as_str() == "end" => break,
-            other => panic!("not a push: {other:?}"),
-        }
-    }
-    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
-    assert!(got.len() < PUSHES, "some dropped: {}", got.len());
-    client.send(Message::text("echo")).await.unwrap();
-    assert_eq!(next_data(&mut client).await, Message::text("echo"));
-    assert!(rooms.closes.try_recv().is_err(), "not closed");
-    let counted = rooms.handle.stats().messages;
-    assert_eq!(counted.pushes, got.len() as u64 + 1, "{counted:?}");
-    assert_eq!(
-        counted.queue_drops_droppable,
-        (PUSHES - got.len()) as u64,
-        "{counted:?}"
-    );
-    assert_eq!(counted.queue_drops, counted.queue_drops_droppable);
     rooms.stop().await;
 }
 

@@ -829,7 +829,12 @@ impl Unwritten {
     /// The close is over: what the buffer held before it (`owed` bytes)
     /// went, all of it, or not (then the pushes in it are dropped, for
     /// `cause`).
-    fn settle(&mut self, owed: usize, went: bool, (counters, cause): (&MessageCounters, DropCause)) {
+    fn settle(
+        &mut self,
+        owed: usize,
+        went: bool,
+        (counters, cause): (&MessageCounters, DropCause),
+    ) {
         if owed == 0 {
             return;
         }
