@@ -62,12 +62,18 @@
 //! counts nothing but `hub_messages`.
 //!
 //! What a push does to a connection that is behind (its outbound queue
-//! filling): an ordinary one ([`Hub::send`], `publish`, `broadcast`,
-//! `send_confirmed`) is queued up to the queue's bound, and the next one
-//! closes the connection as a slow consumer; a droppable one
-//! ([`Hub::send_droppable`], [`Hub::publish_droppable`]) is dropped once
-//! the queue holds half its bound ([`droppable_mark`]), the connection
-//! left open. Drops are counted by cause ([`DropCause`]:
+//! filling): an ordinary one ([`Hub::send`], `publish`, `publish_except`,
+//! `broadcast`, `send_confirmed`) is queued up to the queue's bound, and
+//! the next one closes the connection as a slow consumer; a droppable one
+//! ([`Hub::send_droppable`], [`Hub::publish_droppable`],
+//! [`Hub::publish_except_droppable`], [`Hub::broadcast_droppable`], each
+//! with a `_binary_` form) is dropped once the queue holds half its bound
+//! ([`droppable_mark`]), the connection left open. A parked connection has
+//! no queue: it is behind when its socket is not writable (asked before
+//! the push is written) or refuses the push (`EAGAIN`), and a droppable
+//! push is then dropped and the connection left parked (`table.rs`); one
+//! its socket took part of wakes it to write the rest, as any push does.
+//! Drops are counted by cause ([`DropCause`]:
 //! `megaconn_message_queue_drops_total{cause}`). Dropping a push never
 //! reorders the others. How far behind a connection is:
 //! [`Buffered`], from its session or, on its worker, [`Hub::buffered`].
@@ -262,7 +268,7 @@ pub(crate) enum Push {
     /// [`Hub::publish_except`]).
     Topic(Published, Bytes, Kind, IfBehind),
     /// To every message connection.
-    All(Bytes, Kind),
+    All(Bytes, Kind, IfBehind),
     /// Close one connection ([`Hub::close`]): after what was pushed to it
     /// before, with this WebSocket close code and reason.
     Close(ConnectionId, u16, Bytes),
@@ -286,21 +292,23 @@ pub(crate) enum Kind {
     Binary,
 }
 
-/// What a push does to a connection that is behind (its outbound queue
-/// past a mark): closes it as a slow consumer when the queue is full
-/// ([`Hub::send`]), or is dropped for it while the queue holds half its
-/// bound or more, the connection left open ([`Hub::send_droppable`]).
-/// Beside [`Kind`] in [`Push`], it takes no room either.
+/// What a push does to a connection that is behind (awake: its outbound
+/// queue past a mark; parked: its socket refused the push): closes it as a
+/// slow consumer when the queue is full ([`Hub::send`]), or is dropped for
+/// it, the connection left open ([`Hub::send_droppable`]). Beside [`Kind`]
+/// in [`Push`], it takes no room either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum IfBehind {
     /// Queued up to the queue's bound; one over it closes the connection
     /// as a slow consumer.
     Close,
     /// Dropped (and counted, `cause="droppable"`) once an awake
-    /// connection's queue holds [`droppable_mark`] messages. A parked
-    /// connection has no queue: one whose socket takes none of it is woken
-    /// to write it, as for any push (and closed as a slow consumer if it
-    /// cannot be woken), so "never closes" holds for awake connections.
+    /// connection's queue holds [`droppable_mark`] messages, or when a
+    /// parked connection's socket is not writable or takes none of it
+    /// (`table.rs`, `send_parked`): a parked connection has no queue, so
+    /// behind is what its socket says, and it stays parked, neither woken
+    /// nor closed. (Until session 48 such a push woke it to write the
+    /// push, and closed it as a slow consumer if it could not be woken.)
     Drop,
 }
 
@@ -315,12 +323,22 @@ pub(crate) fn droppable_mark(queue_limit: usize) -> usize {
     (queue_limit / 2).max(1)
 }
 
+/// The four ways a push of the hub's calls is sent, each call naming one:
+/// text or binary to a WebSocket ([`Kind`]), and what it does to a
+/// connection that is behind ([`IfBehind`]).
+const ORDINARY: (Kind, IfBehind) = (Kind::Auto, IfBehind::Close);
+const BINARY: (Kind, IfBehind) = (Kind::Binary, IfBehind::Close);
+const DROPPABLE: (Kind, IfBehind) = (Kind::Auto, IfBehind::Drop);
+const BINARY_DROPPABLE: (Kind, IfBehind) = (Kind::Binary, IfBehind::Drop);
+
 impl Push {
     /// What it does to a connection that is behind (a close, a deadline
-    /// and a broadcast are never dropped for being behind).
+    /// and a confirmed send are never dropped for being behind).
     pub(crate) fn if_behind(&self) -> IfBehind {
         match self {
-            Push::To(.., if_behind) | Push::Topic(.., if_behind) => *if_behind,
+            Push::To(.., if_behind) | Push::Topic(.., if_behind) | Push::All(.., if_behind) => {
+                *if_behind
+            }
             _ => IfBehind::Close,
         }
     }
@@ -332,7 +350,7 @@ impl Push {
         let held = match self {
             Push::To(_, payload, ..)
             | Push::Confirmed(_, payload, _)
-            | Push::All(payload, _)
+            | Push::All(payload, ..)
             | Push::Close(_, _, payload) => payload.len(),
             Push::Topic(topic, payload, ..) => topic.topic().len() + payload.len(),
             Push::Deadline(..) => 0,
@@ -491,19 +509,25 @@ impl HubQueue {
 
 impl HubQueue {
     /// The pump stopped with `push` taken and not delivered (its worker's
-    /// state is gone). A send was told `Ok`: it counts in `queue_drops`,
-    /// as one its connection's close drops does, and a confirmed one's
-    /// caller hears [`Undelivered::Shutdown`]. A publish or broadcast
-    /// has no recipient left to count for (the worker's connections are
-    /// closed when its state goes).
+    /// state is gone), or the worker stopped with it still queued: it
+    /// counts in `queue_drops{cause="shutdown"}`, and a confirmed one's
+    /// caller hears [`Undelivered::Shutdown`]. A send counts once, for its
+    /// connection. A publish or broadcast counts once for this worker, not
+    /// once per recipient: who they would have been is not known any more
+    /// (the worker's connections close before its queue goes, and its
+    /// topics with them). (Until session 48 those counted nowhere: a
+    /// publish left in a stopped worker's queue vanished from every
+    /// counter.) A close or a deadline is no push: nothing to count.
     pub(crate) fn lost(&self, push: Push) {
         match push {
-            Push::To(..) => DropCause::Shutdown.count(&self.stats.messages),
+            Push::To(..) | Push::Topic(..) | Push::All(..) => {
+                DropCause::Shutdown.count(&self.stats.messages)
+            }
             Push::Confirmed(waiter, ..) => {
                 DropCause::Shutdown.count(&self.stats.messages);
                 waiter.resolve(Err(Undelivered::Shutdown));
             }
-            _ => {}
+            Push::Close(..) | Push::Deadline(..) | Push::DeadlineWith(..) => {}
         }
     }
 }
@@ -724,13 +748,13 @@ impl Hub {
     /// an id does not say which listener (or protocol) its connection came
     /// in on, and the framings live on the workers.
     pub fn send(&self, to: ConnectionId, message: impl Into<Bytes>) -> Result<(), HubError> {
-        self.send_as(to, message.into(), Kind::Auto)
+        self.send_with(to, message.into(), ORDINARY)
     }
 
     /// [`send`](Hub::send), as a binary message to a WebSocket whatever the
     /// bytes (to a framed connection, the same as `send`).
     pub fn send_binary(&self, to: ConnectionId, message: impl Into<Bytes>) -> Result<(), HubError> {
-        self.send_as(to, message.into(), Kind::Binary)
+        self.send_with(to, message.into(), BINARY)
     }
 
     /// [`send`](Hub::send) of a message the peer may miss (a typing
@@ -760,18 +784,32 @@ impl Hub {
     ///   (`cause="slow_consumer"`);
     /// - [`send_confirmed`](Hub::send_confirmed): the same, and its
     ///   caller hears why;
-    /// - `send_droppable` and [`publish_droppable`](Hub::publish_droppable):
-    ///   dropped from half the queue on, the connection left open.
+    /// - `send_droppable`, [`publish_droppable`](Hub::publish_droppable),
+    ///   [`publish_except_droppable`](Hub::publish_except_droppable) and
+    ///   [`broadcast_droppable`](Hub::broadcast_droppable): dropped from
+    ///   half the queue on, the connection left open.
     ///
     /// A peer that reads nothing at all is still closed, by its write
     /// bound: the heartbeat timeout, else
     /// [`Builder::write_stall_timeout`](crate::Builder::write_stall_timeout)
     /// (60 s), past which a write its socket took nothing of closes it as
-    /// a slow consumer, droppable pushes or not. A parked connection
-    /// has no queue: a droppable push is written to its socket as any
-    /// push; one its socket cannot take whole wakes it to resume with a
-    /// queue, as any push does, and the droppable ones after it are
-    /// dropped by that queue's mark.
+    /// a slow consumer, droppable pushes or not.
+    ///
+    /// A parked connection has no queue: behind means its socket is not
+    /// writable (`poll` for `POLLOUT`, asked before the push is written:
+    /// on Linux, over two thirds of its send buffer queued) or refuses
+    /// the push (`EAGAIN`). A droppable push to a parked connection that
+    /// is behind is dropped, counted as above, and the connection stays
+    /// parked, neither woken nor closed; else it is written to its socket
+    /// as any push. Asked first because a frame the socket took part of (a
+    /// short write, how a socket usually fills) has begun and must end
+    /// before anything else goes: the connection is then woken to write
+    /// the rest, as for any push, and resumes awake with a queue, whose
+    /// mark drops the droppable ones after it. After a yes, only a push
+    /// over a third of the send buffer can be taken in part. Over TLS,
+    /// asking first also spares sealing a push that would be dropped
+    /// (sealed records must all go). The cost: one `poll` per droppable
+    /// push to a parked connection.
     ///
     /// How far behind a connection is: [`Session::buffered`](crate::Session::buffered),
     /// [`WsSession::buffered`](crate::WsSession::buffered), or
@@ -781,7 +819,7 @@ impl Hub {
         to: ConnectionId,
         message: impl Into<Bytes>,
     ) -> Result<(), HubError> {
-        self.send_with(to, message.into(), Kind::Auto, IfBehind::Drop)
+        self.send_with(to, message.into(), DROPPABLE)
     }
 
     /// [`send_droppable`](Hub::send_droppable), as a binary message to a
@@ -791,19 +829,15 @@ impl Hub {
         to: ConnectionId,
         message: impl Into<Bytes>,
     ) -> Result<(), HubError> {
-        self.send_with(to, message.into(), Kind::Binary, IfBehind::Drop)
+        self.send_with(to, message.into(), BINARY_DROPPABLE)
     }
 
-    fn send_as(&self, to: ConnectionId, message: Bytes, kind: Kind) -> Result<(), HubError> {
-        self.send_with(to, message, kind, IfBehind::Close)
-    }
-
+    /// The one path of every send but a confirmed one.
     fn send_with(
         &self,
         to: ConnectionId,
         message: Bytes,
-        kind: Kind,
-        if_behind: IfBehind,
+        (kind, if_behind): (Kind, IfBehind),
     ) -> Result<(), HubError> {
         self.fits(&message)?;
         self.to_worker_of(to, Push::To(to, message, kind, if_behind))
@@ -1072,18 +1106,19 @@ impl Hub {
     /// framing cannot carry: as for [`send`](Hub::send) (those connections
     /// miss it, counted per connection; the others get it).
     pub fn publish(&self, topic: &str, message: impl Into<Bytes>) -> Result<(), HubError> {
-        self.publish_as(topic, message.into(), Kind::Auto)
+        self.publish_to((topic, None), message.into(), ORDINARY)
     }
 
     /// [`publish`](Hub::publish), as a binary message to WebSockets whatever
     /// the bytes.
     pub fn publish_binary(&self, topic: &str, message: impl Into<Bytes>) -> Result<(), HubError> {
-        self.publish_as(topic, message.into(), Kind::Binary)
+        self.publish_to((topic, None), message.into(), BINARY)
     }
 
     /// [`publish`](Hub::publish) of a message a subscriber may miss: for
     /// each subscriber that is behind (its outbound queue holds half its
-    /// bound or more), dropped instead of closing it, counted in
+    /// bound or more; parked, its socket refuses it), dropped instead of
+    /// closing it, counted in
     /// `megaconn_message_queue_drops_total{cause="droppable"}`, as
     /// [`send_droppable`](Hub::send_droppable) says; the others get it, in
     /// order with everything else pushed to them.
@@ -1100,7 +1135,7 @@ impl Hub {
         topic: &str,
         message: impl Into<Bytes>,
     ) -> Result<(), HubError> {
-        self.publish_with(topic, message.into(), Kind::Auto, IfBehind::Drop)
+        self.publish_to((topic, None), message.into(), DROPPABLE)
     }
 
     /// [`publish_droppable`](Hub::publish_droppable), as a binary message
@@ -1110,21 +1145,7 @@ impl Hub {
         topic: &str,
         message: impl Into<Bytes>,
     ) -> Result<(), HubError> {
-        self.publish_with(topic, message.into(), Kind::Binary, IfBehind::Drop)
-    }
-
-    fn publish_as(&self, topic: &str, message: Bytes, kind: Kind) -> Result<(), HubError> {
-        self.publish_with(topic, message, kind, IfBehind::Close)
-    }
-
-    fn publish_with(
-        &self,
-        topic: &str,
-        message: Bytes,
-        kind: Kind,
-        if_behind: IfBehind,
-    ) -> Result<(), HubError> {
-        self.publish_to(Published::new(topic, None), message, kind, if_behind)
+        self.publish_to((topic, None), message.into(), BINARY_DROPPABLE)
     }
 
     /// [`publish`](Hub::publish) to every subscriber of `topic` but
@@ -1139,12 +1160,7 @@ impl Hub {
         message: impl Into<Bytes>,
         except: ConnectionId,
     ) -> Result<(), HubError> {
-        self.publish_to(
-            Published::new(topic, Some(except)),
-            message.into(),
-            Kind::Auto,
-            IfBehind::Close,
-        )
+        self.publish_to((topic, Some(except)), message.into(), ORDINARY)
     }
 
     /// [`publish_except`](Hub::publish_except), as a binary message to
@@ -1155,22 +1171,43 @@ impl Hub {
         message: impl Into<Bytes>,
         except: ConnectionId,
     ) -> Result<(), HubError> {
-        self.publish_to(
-            Published::new(topic, Some(except)),
-            message.into(),
-            Kind::Binary,
-            IfBehind::Close,
-        )
+        self.publish_to((topic, Some(except)), message.into(), BINARY)
     }
 
+    /// [`publish_except`](Hub::publish_except) of a message a subscriber
+    /// may miss: dropped for each subscriber that is behind, as
+    /// [`publish_droppable`](Hub::publish_droppable) does (a room's typing
+    /// indicator to everyone but the one typing).
+    pub fn publish_except_droppable(
+        &self,
+        topic: &str,
+        message: impl Into<Bytes>,
+        except: ConnectionId,
+    ) -> Result<(), HubError> {
+        self.publish_to((topic, Some(except)), message.into(), DROPPABLE)
+    }
+
+    /// [`publish_except_droppable`](Hub::publish_except_droppable), as a
+    /// binary message to WebSockets whatever the bytes.
+    pub fn publish_binary_except_droppable(
+        &self,
+        topic: &str,
+        message: impl Into<Bytes>,
+        except: ConnectionId,
+    ) -> Result<(), HubError> {
+        self.publish_to((topic, Some(except)), message.into(), BINARY_DROPPABLE)
+    }
+
+    /// The one path of every publish: to `topic`'s subscribers (but
+    /// `except`), as text or binary and droppable or not.
     fn publish_to(
         &self,
-        topic: Published,
+        (topic, except): (&str, Option<ConnectionId>),
         message: Bytes,
-        kind: Kind,
-        if_behind: IfBehind,
+        (kind, if_behind): (Kind, IfBehind),
     ) -> Result<(), HubError> {
         self.fits(&message)?;
+        let topic = Published::new(topic, except);
         self.to_every_worker(|| Push::Topic(topic.clone(), message.clone(), kind, if_behind))
     }
 
@@ -1181,17 +1218,40 @@ impl Hub {
     /// counting per connection, text or binary and unframable messages as
     /// for [`publish`](Hub::publish).
     pub fn broadcast(&self, message: impl Into<Bytes>) -> Result<(), HubError> {
-        let message: Bytes = message.into();
-        self.fits(&message)?;
-        self.to_every_worker(|| Push::All(message.clone(), Kind::Auto))
+        self.broadcast_as(message.into(), ORDINARY)
     }
 
     /// [`broadcast`](Hub::broadcast), as a binary message to WebSockets
     /// whatever the bytes.
     pub fn broadcast_binary(&self, message: impl Into<Bytes>) -> Result<(), HubError> {
-        let message: Bytes = message.into();
+        self.broadcast_as(message.into(), BINARY)
+    }
+
+    /// [`broadcast`](Hub::broadcast) of a message a connection may miss
+    /// (a server-wide presence count, a clock tick): dropped for each
+    /// connection that is behind, which stays open, as
+    /// [`send_droppable`](Hub::send_droppable) says (awake: its queue holds
+    /// half its bound or more; parked: its socket refuses it), counted in
+    /// `megaconn_message_queue_drops_total{cause="droppable"}`; the others
+    /// get it, in order with everything else pushed to them.
+    pub fn broadcast_droppable(&self, message: impl Into<Bytes>) -> Result<(), HubError> {
+        self.broadcast_as(message.into(), DROPPABLE)
+    }
+
+    /// [`broadcast_droppable`](Hub::broadcast_droppable), as a binary
+    /// message to WebSockets whatever the bytes.
+    pub fn broadcast_binary_droppable(&self, message: impl Into<Bytes>) -> Result<(), HubError> {
+        self.broadcast_as(message.into(), BINARY_DROPPABLE)
+    }
+
+    /// The one path of every broadcast.
+    fn broadcast_as(
+        &self,
+        message: Bytes,
+        (kind, if_behind): (Kind, IfBehind),
+    ) -> Result<(), HubError> {
         self.fits(&message)?;
-        self.to_every_worker(|| Push::All(message.clone(), Kind::Binary))
+        self.to_every_worker(|| Push::All(message.clone(), kind, if_behind))
     }
 
     fn to_every_worker(&self, push: impl Fn() -> Push) -> Result<(), HubError> {
@@ -1339,9 +1399,12 @@ pub(crate) enum DropCause {
     /// consumer; or found behind, parked, woken to close.
     SlowConsumer,
     /// A droppable push ([`Hub::send_droppable`]) the connection was too
-    /// far behind for; the connection stays open.
+    /// far behind for (awake, its queue at the mark; parked, its socket
+    /// refused it); the connection stays open.
     Droppable,
-    /// Left in its worker's hub queue when the worker stopped.
+    /// Left in its worker's hub queue when the worker stopped: once per
+    /// send, and once per worker for a publish or broadcast
+    /// ([`HubQueue::lost`]).
     Shutdown,
     /// Lost to any other close: the peer gone, a write timeout, shutdown's
     /// close of the connection, [`Hub::close`], a stale id.
@@ -1349,6 +1412,15 @@ pub(crate) enum DropCause {
 }
 
 impl DropCause {
+    /// The cause of pushes a connection's close for `reason` loses: a
+    /// slow consumer's, or any other close's.
+    pub(crate) fn of_close(reason: &crate::CloseReason) -> DropCause {
+        match reason {
+            crate::CloseReason::SlowConsumer => DropCause::SlowConsumer,
+            _ => DropCause::Closed,
+        }
+    }
+
     /// Counts `n` pushes dropped for this cause.
     pub(crate) fn count_n(self, counters: &crate::observe::stats::MessageCounters, n: u64) {
         let counter = match self {
@@ -1619,6 +1691,10 @@ pub(crate) enum Delivered {
     /// Its socket was found broken: nothing went, counted in `queue_drops`
     /// (its hang-up wakes it to close).
     Lost,
+    /// A droppable push its socket refused (not writable, or took none of
+    /// it): dropped, counted as such
+    /// ([`DropCause::Droppable`]), the connection left parked.
+    Dropped,
     /// Not a parked connection of that generation (or not framable for it).
     NotParked,
     /// Another connection holds the descriptor now: the one sought has
@@ -1675,6 +1751,24 @@ pub(crate) fn send_all_now(fd: RawFd, bytes: &[u8]) -> SendNow {
         },
         Err(_) => SendNow::Broken,
     }
+}
+
+/// Whether a parked socket is writable now (`poll` for `POLLOUT`, not
+/// waiting): what a droppable push to a parked connection asks before it
+/// is written (`table.rs`'s `send_parked`). Linux says writable while at
+/// least a third of the socket's send buffer is free
+/// (`sk_stream_is_writeable`); an error says writable, so that the `send`
+/// after finds it out.
+pub(crate) fn writable_now(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: as in `send_all_now`; `poll` reads and writes the one
+    // `pollfd` it is given, which lives across the call.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready != 0 && (ready < 0 || poll.revents != 0)
 }
 
 /// Wakes a parked socket to close ([`Hub::close`], or a push that found it
@@ -1780,6 +1874,72 @@ mod tests {
         let id = ConnectionId::new(0, 900_007, 1);
         crate::message::open::opened(id);
         id
+    }
+
+    /// What a worker's stop leaves in its hub queue counts once per push
+    /// in `queue_drops{cause="shutdown"}`: a send for its connection, a
+    /// publish and a broadcast (droppable or not) each once for the
+    /// worker; a close or a deadline is no push. (Publishes and
+    /// broadcasts counted nowhere: session 48.)
+    #[test]
+    fn pushes_left_in_a_stopped_workers_queue_count_as_shutdown() {
+        let (hub, stats, channels) = serving();
+        let id = open_id();
+        assert_eq!(hub.send(id, "a"), Ok(()));
+        assert_eq!(hub.publish("news", "b"), Ok(()));
+        assert_eq!(hub.publish_except_droppable("news", "c", id), Ok(()));
+        assert_eq!(hub.broadcast("d"), Ok(()));
+        assert_eq!(hub.broadcast_binary_droppable("e"), Ok(()));
+        assert_eq!(hub.close(id), Ok(()));
+        assert_eq!(hub.close_after(id, Duration::from_secs(1)), Ok(()));
+        assert_eq!(stats.messages.hub_queued.load(Relaxed), 7);
+        drop(channels.take_end(0).expect("the worker's end"));
+        assert_eq!(stats.messages.hub_queued.load(Relaxed), 0);
+        let counted = &stats.messages;
+        assert_eq!(counted.queue_drops_shutdown.load(Relaxed), 5);
+        assert_eq!(counted.queue_drops.load(Relaxed), 0);
+    }
+
+    /// Each droppable call queues its push droppable, text or binary as
+    /// named; the ordinary ones not.
+    #[test]
+    fn each_call_queues_its_kind_of_push() {
+        let (hub, _stats, channels) = serving();
+        let id = open_id();
+        let mut end = channels.take_end(0).expect("the worker's end");
+        let (auto, binary) = (Kind::Auto, Kind::Binary);
+        let (closes, drops) = (IfBehind::Close, IfBehind::Drop);
+        let calls: [(Result<(), HubError>, Kind, IfBehind); 12] = [
+            (hub.send(id, "m"), auto, closes),
+            (hub.send_binary_droppable(id, "m"), binary, drops),
+            (hub.publish("t", "m"), auto, closes),
+            (hub.publish_binary_droppable("t", "m"), binary, drops),
+            (hub.publish_except("t", "m", id), auto, closes),
+            (hub.publish_binary_except("t", "m", id), binary, closes),
+            (hub.publish_except_droppable("t", "m", id), auto, drops),
+            (
+                hub.publish_binary_except_droppable("t", "m", id),
+                binary,
+                drops,
+            ),
+            (hub.broadcast("m"), auto, closes),
+            (hub.broadcast_binary("m"), binary, closes),
+            (hub.broadcast_droppable("m"), auto, drops),
+            (hub.broadcast_binary_droppable("m"), binary, drops),
+        ];
+        for (i, (sent, kind, if_behind)) in calls.into_iter().enumerate() {
+            assert_eq!(sent, Ok(()), "call {i}");
+            let push = end.rx.try_recv().expect("queued");
+            let got = match &push {
+                Push::To(_, _, k, _) | Push::Topic(_, _, k, _) | Push::All(_, k, _) => *k,
+                other => panic!("call {i}: {other:?}"),
+            };
+            assert_eq!((got, push.if_behind()), (kind, if_behind), "call {i}");
+            if let Push::Topic(topic, ..) = &push {
+                assert_eq!(topic.topic(), "t");
+            }
+            end.taken(&push);
+        }
     }
 
     /// `close_with` refuses a code no close frame may carry, at the call:

@@ -508,7 +508,7 @@ mod tests {
             if finish {
                 let rest = rest.expect("the rest of the second");
                 assert_eq!(poll(&mut deliveries[1]), Poll::Pending, "its rest is owed");
-                crate::message::wake::count_unsent(&rest, true, &counters);
+                crate::message::wake::count_unsent(&rest, Ok(()), &counters);
                 assert_eq!(poll(&mut deliveries[1]), Poll::Ready(Ok(())));
                 let slow = Err(Undelivered::SlowConsumer);
                 assert_eq!(poll(&mut deliveries[2]), Poll::Ready(slow));

@@ -51,7 +51,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::message::hub::{self, Delivered, Generation, SendNow, Unsent, GENERATION_BITS};
+use crate::message::hub::{
+    self, Delivered, DropCause, Generation, IfBehind, SendNow, Unsent, GENERATION_BITS,
+};
 use crate::message::wire::{Encoded, Wire, WireId};
 use crate::observe::stats::{add, incr, MessageCounters, WorkerStats};
 
@@ -449,14 +451,15 @@ impl<S> SideTable<S> {
 /// Delivery to parked connections, whatever their state type: what the
 /// worker's pump sees of each protocol's side table.
 pub(crate) trait ParkedSet {
-    /// Writes `msg` to parked connection `fd` of `generation`.
+    /// Writes `msg` to the connection parked at `to` (descriptor and
+    /// generation), counted in `counted`'s counters; its `IfBehind`: what
+    /// it does if the socket refuses it ([`send_parked`]).
     fn deliver(
         &self,
-        fd: RawFd,
-        generation: Generation,
+        to: (RawFd, Generation),
         msg: &mut Encoded,
         wires: &[Rc<dyn Wire>],
-        counters: &MessageCounters,
+        counted: (&MessageCounters, IfBehind),
     ) -> Delivered;
 
     /// The generation of the connection parked at `fd`, if one is.
@@ -472,11 +475,10 @@ pub(crate) trait ParkedSet {
 impl<S> ParkedSet for SideTable<S> {
     fn deliver(
         &self,
-        fd: RawFd,
-        generation: Generation,
+        (fd, generation): (RawFd, Generation),
         msg: &mut Encoded,
         wires: &[Rc<dyn Wire>],
-        counters: &MessageCounters,
+        counted: (&MessageCounters, IfBehind),
     ) -> Delivered {
         let mut parked = self.parked.borrow_mut();
         match parked.get_mut(fd) {
@@ -484,9 +486,8 @@ impl<S> ParkedSet for SideTable<S> {
                 fd,
                 stored,
                 (self.wire(usize::from(stored.variant)), self.send.as_deref()),
-                msg,
-                wires,
-                counters,
+                (msg, wires),
+                counted,
             ),
             Some(_) => Delivered::Replaced,
             None => Delivered::NotParked,
@@ -513,13 +514,30 @@ impl<S> ParkedSet for SideTable<S> {
 /// wire, for the pushes after it: `Local::overflowed`). (Bytes pushed to a
 /// parked connection are not in its lifecycle counts: it has no current
 /// track while parked.)
+///
+/// A droppable push ([`IfBehind::Drop`]) is dropped instead while the
+/// connection is behind, and the connection stays parked, not marked:
+/// parked, it has no queue to measure, so behind is what its socket says:
+/// not writable ([`hub::writable_now`], asked first: over two thirds of
+/// its send buffer queued), or a `send` that took none of the push
+/// (`EAGAIN`). Nothing of it went, nothing is owed, nothing to wake for.
+/// Asked first, not only told by the `send`: a socket fills by short
+/// writes (the kernel appends to its last segment without looking at the
+/// buffer's bound, then refuses a new one), and a frame the socket took
+/// part of cannot be dropped: its rest must go before anything else, so
+/// the connection wakes to write it (as for any push; under a flood that
+/// is the likely end, the last segment's room seldom a whole number of
+/// frames). Over TLS the push is
+/// sealed before it is written and sealed records must all go: asked
+/// first, it is dropped unsealed. Asking costs one `poll` per droppable
+/// push to a parked connection; a push over a third of the send buffer
+/// may still be taken in part after a yes, and wakes it.
 fn send_parked<S>(
     fd: RawFd,
     stored: &mut Stored<S>,
     (wire, send): (WireId, Option<&SendFn>),
-    msg: &mut Encoded,
-    wires: &[Rc<dyn Wire>],
-    counters: &MessageCounters,
+    (msg, wires): (&mut Encoded, &[Rc<dyn Wire>]),
+    (counters, if_behind): (&MessageCounters, IfBehind),
 ) -> Delivered {
     if stored.behind() {
         return Delivered::Behind;
@@ -527,7 +545,9 @@ fn send_parked<S>(
     let Some(bytes) = msg.on(wires, wire) else {
         return Delivered::NotParked;
     };
+    let droppable = if_behind == IfBehind::Drop;
     let sent = match send {
+        _ if droppable && !hub::writable_now(fd) => Pushed::Behind(None),
         Some(send) => send(fd, &bytes),
         None => Pushed::of(hub::send_all_now(fd, &bytes), &bytes),
     };
@@ -543,6 +563,11 @@ fn send_parked<S>(
         Pushed::Broken => {
             incr(&counters.queue_drops);
             return Delivered::Lost;
+        }
+        // Nothing of it went, nothing is owed: dropped, left parked.
+        Pushed::Behind(None) if droppable => {
+            DropCause::Droppable.count(counters);
+            return Delivered::Dropped;
         }
         Pushed::Behind(unsent) => unsent,
     };
@@ -787,6 +812,107 @@ mod tests {
             let end = model.keys().max().map_or(0, |&fd| fd as usize + 1);
             assert_eq!(ParkedSet::slots(&table), end);
         }
+    }
+
+    /// Frames a pushed message as it is.
+    struct Plain;
+
+    impl Wire for Plain {
+        fn encode(
+            &self,
+            payload: &Bytes,
+            out: &mut bytes::BytesMut,
+        ) -> Result<(), crate::observe::close::FramingError> {
+            out.extend_from_slice(payload);
+            Ok(())
+        }
+    }
+
+    /// A socket whose send buffer is full (its peer, returned, reads
+    /// nothing): a non-blocking stream pair, written to until `EAGAIN`.
+    fn full_socket() -> (
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    ) {
+        use std::io::Write;
+        let (ours, peer) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        let chunk = [0u8; 4096];
+        while (&ours).write(&chunk).is_ok() {}
+        (ours, peer)
+    }
+
+    /// Pushes `payload` to the connection parked at `fd` in `table`, as
+    /// `if_behind` says, counted in `counters`.
+    fn push_to<S>(
+        table: &SideTable<S>,
+        fd: RawFd,
+        if_behind: IfBehind,
+        counters: &MessageCounters,
+    ) -> Delivered {
+        let wires: Vec<Rc<dyn Wire>> = vec![Rc::new(Plain)];
+        let mut msg = Encoded::new(Bytes::from_static(b"typing"), hub::Kind::Auto);
+        table.deliver((fd, 1), &mut msg, &wires, (counters, if_behind))
+    }
+
+    /// A droppable push to a parked connection whose socket takes none of
+    /// it is dropped, counted as droppable, and the connection stays
+    /// parked, not marked behind (nothing owed, nothing to wake for);
+    /// over TLS it is not even sealed (the socket is asked first). An
+    /// ordinary push to the same socket marks it behind, to wake. (A
+    /// droppable one marked it behind too, and woke it: session 48.)
+    #[test]
+    fn a_droppable_push_to_a_full_parked_socket_is_dropped_and_it_stays_parked() {
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::Ordering::Relaxed;
+        let (ours, _peer) = full_socket();
+        let fd = ours.as_raw_fd();
+        let sealed = Rc::new(Cell::new(0));
+        let seals = sealed.clone();
+        let tls: SendParked = Rc::new(move |fd, bytes: &Bytes| {
+            seals.set(seals.get() + 1);
+            Pushed::of(hub::send_all_now(fd, bytes), bytes)
+        });
+        for send in [None, Some(tls)] {
+            let over_tls = send.is_some();
+            let table = SideTable::<()>::new(vec![0], send);
+            table.put(fd, parked((), 1));
+            let counters = MessageCounters::default();
+            for _ in 0..3 {
+                let delivered = push_to(&table, fd, IfBehind::Drop, &counters);
+                assert_eq!(delivered, Delivered::Dropped, "over TLS: {over_tls}");
+            }
+            assert_eq!(counters.queue_drops_droppable.load(Relaxed), 3);
+            assert_eq!(counters.queue_drops.load(Relaxed), 0);
+            assert_eq!(counters.queue_drops_slow_consumer.load(Relaxed), 0);
+            assert_eq!(sealed.get(), 0, "nothing sealed for a full socket");
+            let still = table.take(fd).expect("still parked");
+            assert!(!still.behind, "not marked behind: nothing to wake for");
+            table.put(fd, parked((), 1));
+            let ordinary = push_to(&table, fd, IfBehind::Close, &counters);
+            assert!(
+                matches!(ordinary, Delivered::Overflowed(..)),
+                "{ordinary:?}"
+            );
+            assert!(table.take(fd).expect("parked").behind);
+            sealed.set(0);
+        }
+    }
+
+    /// A droppable push a parked socket has room for goes, as any push.
+    #[test]
+    fn a_droppable_push_a_parked_socket_takes_goes() {
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::Ordering::Relaxed;
+        let (ours, _peer) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        let table = SideTable::<()>::new(vec![0], None);
+        table.put(ours.as_raw_fd(), parked((), 1));
+        let counters = MessageCounters::default();
+        let delivered = push_to(&table, ours.as_raw_fd(), IfBehind::Drop, &counters);
+        assert_eq!(delivered, Delivered::Sent);
+        assert_eq!(counters.pushes.load(Relaxed), 1);
+        assert_eq!(counters.queue_drops_droppable.load(Relaxed), 0);
     }
 
     #[tokio::test(start_paused = true)]

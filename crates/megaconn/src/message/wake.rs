@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::conn::io::{WriteBound, WriteLimit, CLOSE_TIMEOUT};
 use crate::conn::Wake;
-use crate::message::hub::Unsent;
+use crate::message::hub::{DropCause, Unsent};
 use crate::message::table::Parked;
 use crate::message::worker::Awake;
 use crate::observe::close::CloseReason;
@@ -131,8 +131,9 @@ pub(crate) fn resume(
 ///
 /// The push is counted here, once it is known whether it reached the peer
 /// whole: delivered (`pushes`, `frames_out`, the frame's `bytes_out`), or
-/// dropped (`queue_drops`). (It counted as dropped when the socket took
-/// part of it, even when the peer then read it whole.)
+/// dropped (`queue_drops`: a slow consumer's when the bound passed first,
+/// the close's when the socket failed). (It counted as dropped when the
+/// socket took part of it, even when the peer then read it whole.)
 pub(crate) async fn write_unsent(
     unsent: &Unsent,
     deadline: Instant,
@@ -159,15 +160,17 @@ enum Rest {
 /// the close's ([`Undelivered::Closed`](crate::Undelivered::Closed)).
 /// Whether it went whole.
 fn settle_unsent(unsent: &Unsent, rest: Rest, counters: &MessageCounters) -> bool {
-    let whole = rest == Rest::Whole;
-    count_unsent(unsent, whole, counters);
-    let reason = match rest {
-        Rest::Whole => return true,
-        Rest::Broken => crate::Undelivered::Closed,
-        Rest::TimedOut => crate::Undelivered::SlowConsumer,
+    let (cause, reason) = match rest {
+        Rest::Whole => {
+            count_unsent(unsent, Ok(()), counters);
+            return true;
+        }
+        Rest::Broken => (DropCause::Closed, crate::Undelivered::Closed),
+        Rest::TimedOut => (DropCause::SlowConsumer, crate::Undelivered::SlowConsumer),
     };
+    count_unsent(unsent, Err(cause), counters);
     crate::message::confirm::resolve(unsent.waiter.as_ref(), Err(reason));
-    whole
+    false
 }
 
 /// [`write_unsent`] through a stream (an awake slow consumer's rest of
@@ -291,7 +294,7 @@ pub(crate) async fn write_owed_resuming(
     let unsent = guard.unsent.take().expect("held until the end");
     match ended {
         Ok(()) => {
-            count_unsent(&unsent, true, counters);
+            count_unsent(&unsent, Ok(()), counters);
             Ok(())
         }
         Err(CloseReason::SlowConsumer) => Err(OwedCut {
@@ -303,7 +306,7 @@ pub(crate) async fn write_owed_resuming(
             }),
         }),
         Err(reason) => {
-            count_unsent(&unsent, false, counters);
+            count_unsent(&unsent, Err(DropCause::Closed), counters);
             Err(OwedCut { reason, rest: None })
         }
     }
@@ -323,26 +326,34 @@ struct OwedGuard<'a> {
 impl Drop for OwedGuard<'_> {
     fn drop(&mut self) {
         if let Some(unsent) = self.unsent.take() {
-            incr(&self.counters.queue_drops);
+            DropCause::Closed.count(self.counters);
             drop(unsent);
         }
     }
 }
 
 /// Counts the push `unsent` is the rest of, once it is known whether that
-/// rest went whole: delivered (`pushes`, `frames_out`, the frame's
-/// `bytes_out`) or dropped (`queue_drops`); its waiter, a confirmed
-/// push's, hears the same (dropped: its close, by its drop). By
-/// [`write_unsent`], and by a parked connection's close that writes the
+/// rest went whole (`went`): delivered (`pushes`, `frames_out`, the
+/// frame's `bytes_out`) or dropped for the cause given (`queue_drops`: a
+/// slow consumer's when its peer did not take the rest in time, the
+/// close's when the socket failed or the close did not wait; all counted
+/// `closed` until session 48); its waiter, a confirmed push's, hears the
+/// same (dropped: its close, by its drop, unless the caller resolved it).
+/// By [`write_unsent`], and by a parked connection's close that writes the
 /// rest at once (`proto::parked::let_go`).
-pub(crate) fn count_unsent(unsent: &Unsent, whole: bool, counters: &MessageCounters) {
-    if whole {
-        incr(&counters.pushes);
-        incr(&counters.frames_out);
-        add(&counters.bytes_out, unsent.frame as u64);
-        crate::message::confirm::resolve(unsent.waiter.as_ref(), Ok(()));
-    } else {
-        incr(&counters.queue_drops);
+pub(crate) fn count_unsent(
+    unsent: &Unsent,
+    went: Result<(), DropCause>,
+    counters: &MessageCounters,
+) {
+    match went {
+        Ok(()) => {
+            incr(&counters.pushes);
+            incr(&counters.frames_out);
+            add(&counters.bytes_out, unsent.frame as u64);
+            crate::message::confirm::resolve(unsent.waiter.as_ref(), Ok(()));
+        }
+        Err(cause) => cause.count(counters),
     }
 }
 
@@ -474,6 +485,48 @@ mod tests {
         linger_after_unsent(&mut ours, deadline).await;
         assert_eq!(started.elapsed(), CLOSE_TIMEOUT);
         let _peer = reader.await.unwrap();
+    }
+
+    /// The rest of a push its peer does not take within the close's bound
+    /// is a slow consumer's drop; one whose socket fails is the close's;
+    /// one that goes is a push. (The first counted `closed`: session 48.)
+    #[tokio::test(start_paused = true)]
+    async fn a_rest_the_peer_did_not_take_in_time_is_a_slow_consumers_drop() {
+        use std::pin::Pin;
+        use tokio::io::AsyncWrite;
+        let counters = MessageCounters::default();
+        let unsent = || Unsent {
+            tail: bytes::Bytes::from(vec![7u8; 4096]),
+            frame: 4096,
+            waiter: None,
+        };
+        // Room for 1 KiB, never read: the bound passes.
+        let (mut ours, _peer) = tokio::io::duplex(1024);
+        let whole = write_unsent(&unsent(), close_by(), &counters, |cx, b| {
+            Pin::new(&mut ours).poll_write(cx, b)
+        })
+        .await;
+        assert!(!whole);
+        assert_eq!(counters.queue_drops_slow_consumer.load(Relaxed), 1);
+        assert_eq!(counters.queue_drops.load(Relaxed), 0);
+        // The peer gone: the close's.
+        let (mut ours, peer) = tokio::io::duplex(1024);
+        drop(peer);
+        let whole = write_unsent(&unsent(), close_by(), &counters, |cx, b| {
+            Pin::new(&mut ours).poll_write(cx, b)
+        })
+        .await;
+        assert!(!whole);
+        assert_eq!(counters.queue_drops.load(Relaxed), 1);
+        // Room for all of it: a push.
+        let (mut ours, _peer) = tokio::io::duplex(8192);
+        let whole = write_unsent(&unsent(), close_by(), &counters, |cx, b| {
+            Pin::new(&mut ours).poll_write(cx, b)
+        })
+        .await;
+        assert!(whole);
+        assert_eq!(counters.pushes.load(Relaxed), 1);
+        assert_eq!(counters.queue_drops_slow_consumer.load(Relaxed), 1);
     }
 
     #[tokio::test(start_paused = true)]

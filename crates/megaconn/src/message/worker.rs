@@ -306,7 +306,7 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 leaving: ForParked::default(),
                 deadlines: RefCell::default(),
             });
-            HERE.with(|here| *here.borrow_mut() = Rc::downgrade(&local));
+            here(&local);
             if let Some(queue) = settings.hub.and_then(|hub| hub.take_end(ctx.index)) {
                 // A pump dropped before its first poll (the worker stopped
                 // at once) still lets what it never took leave the gauge:
@@ -321,20 +321,45 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
 }
 
 thread_local! {
-    /// The message state of the worker running on this thread (none on
-    /// other threads), for [`buffered_here`]: a worker's queues are its
-    /// own, readable only on its thread.
-    static HERE: RefCell<Weak<Local>> = const { RefCell::new(Weak::new()) };
+    /// The message states on this thread (none on other threads), for
+    /// [`buffered_here`]: a worker's queues are its own, readable only on
+    /// its thread. A list, not one: a worker's thread may hold more than
+    /// its own, each `WorkerContext` making one, such as that of a
+    /// `Builder::serve_connection` run there, whose upgraded connection
+    /// made it. (It was one slot, which that state took over: the worker's
+    /// `Hub::buffered` answered `None` for all its connections from then
+    /// on. Session 48.)
+    static HERE: RefCell<Vec<Weak<Local>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Lists `local` among this thread's message states, forgetting those that
+/// are gone (a `serve_connection`'s, once its connection ended), so the
+/// list stays as long as the states alive on the thread.
+fn here(local: &Rc<Local>) {
+    HERE.with(|here| {
+        let mut here = here.borrow_mut();
+        here.retain(|l| l.strong_count() > 0);
+        here.push(Rc::downgrade(local));
+    });
 }
 
 /// What waits in connection `id`'s outbound queue, asked on its worker's
 /// thread ([`Hub::buffered`](crate::Hub::buffered)): `None` on another
 /// thread, or for a connection that has closed. Parked, it has nothing
 /// queued, unless a push found its socket full and it is waking to
-/// resume with a queue. Two lookups in the worker's maps, no lock.
+/// resume with a queue. Two lookups in the worker's maps per state on the
+/// thread (one, but for a `serve_connection` run there), no lock. The
+/// state that knows the connection answers: ids are the process's own
+/// (generations are never issued twice), so no other state has one of
+/// the same descriptor and generation.
 pub(crate) fn buffered_here(id: ConnectionId) -> Option<Buffered> {
-    let local = HERE.with(|here| here.borrow().upgrade())?;
-    (local.worker == id.worker()).then(|| local.buffered(id))?
+    HERE.with(|here| {
+        here.borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|local| local.worker == id.worker())
+            .find_map(|local| local.buffered(id))
+    })
 }
 
 impl Local {
@@ -532,11 +557,30 @@ impl Local {
             .remove(id.fd(), Some(id.generation()));
         // Closed before it woke to write the rest of its push: the push
         // never reached the peer whole, nor did those queued behind it.
-        if self.unsent.take(id).is_some() {
-            incr(&self.stats.messages.queue_drops);
+        let cause = self.behind_cause(id);
+        if let Some(unsent) = self.unsent.take(id) {
+            cause.count(&self.stats.messages);
+            if cause == DropCause::SlowConsumer {
+                let slow = Err(Undelivered::SlowConsumer);
+                confirm::resolve(unsent.waiter.as_ref(), slow);
+            }
         }
         self.drop_resuming(id);
         super::budget::forget(id);
+    }
+
+    /// Why the push parked connection `id` fell behind on is lost if what
+    /// its socket did not take of it never goes: woken to resume, to the
+    /// close that came first (`closed`); woken to close (the lot could not
+    /// wake it to resume), to its peer's full socket, a slow consumer's, as
+    /// the pushes that find it so are (`Delivered::Behind`). (Both counted
+    /// `closed` until session 48.) Asked before [`Local::take_unsent`],
+    /// which forgets that it was resuming.
+    pub(crate) fn behind_cause(&self, id: ConnectionId) -> DropCause {
+        match self.resuming.holds(id) {
+            true => DropCause::Closed,
+            false => DropCause::SlowConsumer,
+        }
     }
 
     /// Connection `id` closes without waking to resume: the pushes queued
@@ -789,7 +833,7 @@ impl Local {
                     Encoded::new(payload, kind),
                 )
             }
-            Push::All(payload, kind) => {
+            Push::All(payload, kind, _) => {
                 let awake_end = self.awake.borrow().keys().max().map_or(0, |&fd| fd + 1);
                 let end = self
                     .parked_sets()
@@ -898,7 +942,7 @@ impl Local {
             }
             let handed = matches!(
                 delivered,
-                Delivered::Sent | Delivered::Overflowed(..) | Delivered::Lost
+                Delivered::Sent | Delivered::Overflowed(..) | Delivered::Lost | Delivered::Dropped
             );
             // A recipient it did not reach counts once, whoever named it:
             // the id of a send, a topic's subscriber, a broadcast's
@@ -975,8 +1019,9 @@ impl Local {
     /// parked socket took part of), which resolves it; left, the caller
     /// resolves it by what was done. `if_behind`: what it does to an awake
     /// connection (or one resuming) whose queue is behind
-    /// ([`Local::queue`]); to a parked one, nothing of its own (a parked
-    /// connection has no queue).
+    /// ([`Local::queue`]), or to a parked one whose socket refuses it
+    /// (`table.rs`'s `send_parked`: a droppable push is dropped there, the
+    /// connection left parked).
     fn deliver_one(
         &self,
         (fd, generation): (RawFd, Generation),
@@ -1003,7 +1048,8 @@ impl Local {
             return self.queue(id, &inbox, msg, wires, waiter, if_behind);
         }
         for table in sets {
-            match table.deliver(fd, generation, msg, wires, &self.stats.messages) {
+            let counted = (&self.stats.messages, if_behind);
+            match table.deliver((fd, generation), msg, wires, counted) {
                 Delivered::NotParked => {}
                 Delivered::Overflowed(unsent, wire) => {
                     self.overflowed(id, (unsent, wire), msg, wires, waiter.take());
@@ -1593,6 +1639,72 @@ mod tests {
                 .await;
             let kept = local.deadlines.borrow().by_fd.get(&900_070).copied();
             assert_eq!(kept, Some((new.generation(), at)), "the new one's deadline");
+        })
+        .await;
+    }
+
+    /// A parked connection that closes before it woke to write the rest of
+    /// the push it fell behind on loses that push: to a slow consumer's
+    /// full socket when it was woken to close (the lot could not wake it
+    /// to resume), to the close when it was to resume. (Both counted
+    /// `closed`: session 48.)
+    #[tokio::test]
+    async fn the_rest_a_closed_connection_owed_counts_by_why_it_was_woken() {
+        let ctx = worker_with_a_hub();
+        let set = tokio::task::LocalSet::new();
+        set.run_until(async {
+            let local = local(&ctx);
+            let owed = || Unsent {
+                tail: bytes::Bytes::from_static(b"rest"),
+                frame: 10,
+                waiter: None,
+            };
+            let counted = &local.stats.messages;
+            let woken_to_close = local.new_id(900_080);
+            local.unsent.put(woken_to_close, owed());
+            local.closed(woken_to_close);
+            assert_eq!(counted.queue_drops_slow_consumer.load(Relaxed), 1);
+            assert_eq!(counted.queue_drops.load(Relaxed), 0);
+            let resuming = local.new_id(900_081);
+            local.unsent.put(resuming, owed());
+            local.resuming.put(resuming, Rc::new(Inbox::new(0)));
+            local.closed(resuming);
+            assert_eq!(counted.queue_drops_slow_consumer.load(Relaxed), 1);
+            assert_eq!(counted.queue_drops.load(Relaxed), 1);
+        })
+        .await;
+    }
+
+    /// `Hub::buffered` answers on a worker's thread for that worker's
+    /// connections whatever other message state the thread made since (a
+    /// `Builder::serve_connection` run there makes its own, which took
+    /// the thread's one slot: `None` from then on, and after it ended).
+    #[tokio::test]
+    async fn buffered_answers_for_the_workers_connections_beside_another_state() {
+        let ctx = worker_with_a_hub();
+        let set = tokio::task::LocalSet::new();
+        set.run_until(async {
+            let local = local(&ctx);
+            let table = local.table::<()>((ProtoTag(1), None), || vec![Rc::new(Plain)]);
+            let id = local.new_id(900_090);
+            let _awake = local.awake(id, table.wire(0)).unwrap();
+            assert_eq!(buffered_here(id), Some(Buffered::default()));
+            let other = WorkerContext::new(
+                0,
+                Arc::new(crate::conn::config::Config::default()),
+                Arc::new(WorkerStats::default()),
+                None,
+            );
+            let theirs = super::local(&other);
+            assert_eq!(buffered_here(id), Some(Buffered::default()), "beside it");
+            drop(theirs);
+            drop(other);
+            assert_eq!(buffered_here(id), Some(Buffered::default()), "after it");
+            // Gone states are forgotten as the next one comes.
+            let next = worker_with_a_hub();
+            let _next = super::local(&next);
+            let all_live = HERE.with(|here| here.borrow().iter().all(|l| l.strong_count() > 0));
+            assert!(all_live, "the gone state forgotten");
         })
         .await;
     }

@@ -153,9 +153,11 @@ pub(crate) fn let_go<H, S>(
 ) {
     let id = local.id(fd, parked.generation);
     if let (true, ParkedSocket::Tls(Some(session))) = (parked.behind, &mut socket) {
+        let cause = local.behind_cause(id);
         if let Some(unsent) = local.take_unsent(id) {
             let whole = session.send_sealed(fd, &unsent.tail);
-            message::wake::count_unsent(&unsent, whole, &local.stats().messages);
+            let went = if whole { Ok(()) } else { Err(cause) };
+            message::wake::count_unsent(&unsent, went, &local.stats().messages);
         }
     }
     // Framed before the state goes to `on_close` (an event stream's

@@ -53,6 +53,7 @@ mod http1;
 mod http1_body;
 mod hub_confirm;
 mod hub_drops;
+mod hub_drops2;
 mod hub_reset;
 mod layers;
 mod lifecycle_events;

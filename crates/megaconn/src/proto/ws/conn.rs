@@ -77,7 +77,7 @@ use crate::conn::pool::{BUFFER_CAPACITY, MAX_POOLED_CAPACITY};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
 use crate::message::deadline::MessageDeadline;
-use crate::message::hub::{Overflowed, Unsent, TAKE_AT_ONCE};
+use crate::message::hub::{DropCause, Overflowed, Unsent, TAKE_AT_ONCE};
 use crate::message::io::{prefetch_woken, reset_asked, MessageIo};
 use crate::message::live::Live;
 use crate::message::outbound::{Outbound, PushFrame};
@@ -580,7 +580,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     if matches!(reason, CloseReason::Reset) {
         rooms.ws_closed(Closer::Server, ABNORMAL);
         drop(out.pushes.give_up(false, counters));
-        out.unwritten.settle(conn.wbuf_len(), false, counters);
+        out.unwritten
+            .settle(conn.wbuf_len(), false, (counters, DropCause::Closed));
         return Ended::Close(live.close(reason));
     }
     // A slow consumer whose socket took part of a push: the rest of it
@@ -636,7 +637,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     };
     let flushed = Box::pin(conn.close(io_reason)).await;
     let went = conn.wbuf_len() <= appended;
-    out.unwritten.settle(owed, went, counters);
+    let cause = DropCause::of_close(&reason);
+    out.unwritten.settle(owed, went, (counters, cause));
     // Confirmed pushes hear `Ok` once their bytes are in the kernel: on a
     // bare socket, once they left the buffer; over TLS (or a caller's
     // transport) they may wait in the stream after that, until a flush
@@ -800,12 +802,14 @@ impl Unwritten {
     /// the frames they hold whole are counted; of the rest, `kept` bytes
     /// stay in the buffer (the rest of the frame under way, which a slow
     /// consumer's close still writes), whose frame stays owed, and the
-    /// others are dropped: the pushes among them count in `queue_drops`.
+    /// others are dropped: the pushes among them count in `queue_drops`,
+    /// for `cause` (a slow consumer's, or the close's; all `closed` until
+    /// session 48).
     fn cut(
         &mut self,
         (written, kept): (usize, usize),
         ends: &FrameEnds,
-        counters: &MessageCounters,
+        (counters, cause): (&MessageCounters, DropCause),
     ) {
         let (frames, pushes) = ends.data_within((0, written), self.pushes_from);
         add(&counters.frames_out, frames);
@@ -814,7 +818,7 @@ impl Unwritten {
         let under_way = (written, written + kept);
         let (owed, owed_pushes) = ends.data_within(under_way, self.pushes_from);
         let dropped = self.pushes.saturating_sub(pushes + owed_pushes);
-        add(&counters.queue_drops, dropped);
+        cause.count_n(counters, dropped);
         *self = Unwritten {
             frames: owed,
             pushes: owed_pushes,
@@ -823,15 +827,21 @@ impl Unwritten {
     }
 
     /// The close is over: what the buffer held before it (`owed` bytes)
-    /// went, all of it, or not (then the pushes in it are dropped).
-    fn settle(&mut self, owed: usize, went: bool, counters: &MessageCounters) {
+    /// went, all of it, or not (then the pushes in it are dropped, for
+    /// `cause`).
+    fn settle(
+        &mut self,
+        owed: usize,
+        went: bool,
+        (counters, cause): (&MessageCounters, DropCause),
+    ) {
         if owed == 0 {
             return;
         }
         if went {
             self.went(owed, counters);
         } else {
-            add(&counters.queue_drops, self.pushes);
+            cause.count_n(counters, self.pushes);
         }
     }
 }
@@ -884,13 +894,14 @@ async fn flush(
             if let Some(wbuf) = conn.buffers.wbuf.as_mut() {
                 wbuf.truncate(rest);
             }
-            out.unwritten
-                .cut((started - left, rest), &out.ends, counters);
+            let slow = (counters, DropCause::SlowConsumer);
+            out.unwritten.cut((started - left, rest), &out.ends, slow);
             out.rest = out.pushes.give_up(true, counters);
         }
         Err(_) => {
             // Nothing more goes (a write timeout or a broken socket).
-            out.unwritten.cut((started - left, 0), &out.ends, counters);
+            let closed = (counters, DropCause::Closed);
+            out.unwritten.cut((started - left, 0), &out.ends, closed);
             if let Some(wbuf) = conn.buffers.wbuf.as_mut() {
                 wbuf.clear();
             }
@@ -1196,4 +1207,44 @@ fn park<H: WebSocketHandler>(
         timers,
         at_once,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+
+    /// A slow consumer's flush cut short: of four pushes in the write
+    /// buffer, the one the socket took whole is a push, the one under way
+    /// stays owed, and the two behind it are the slow consumer's drops
+    /// (`cause="slow_consumer"`); any other close's are the close's.
+    /// (Both counted `closed`: session 48.)
+    #[test]
+    fn pushes_a_cut_drops_count_by_the_cut_s_cause() {
+        for cause in [DropCause::SlowConsumer, DropCause::Closed] {
+            let frame = |i: u8| [&[0x82, 100][..], &[i; 100]].concat();
+            let wbuf: Vec<u8> = (0..4).flat_map(frame).collect();
+            let mut ends = FrameEnds::default();
+            ends.note(&wbuf);
+            let mut unwritten = Unwritten::default();
+            unwritten.pushed(0, 4);
+            let counters = MessageCounters::default();
+            // One frame whole and half the next: 51 bytes of it left.
+            let written = 102 + 51;
+            let kept = ends.rest_of_frame(wbuf.len() - written);
+            assert_eq!(kept, 51);
+            unwritten.cut((written, kept), &ends, (&counters, cause));
+            assert_eq!(counters.pushes.load(Relaxed), 1);
+            let (slow, closed) = (
+                counters.queue_drops_slow_consumer.load(Relaxed),
+                counters.queue_drops.load(Relaxed),
+            );
+            match cause {
+                DropCause::SlowConsumer => assert_eq!((slow, closed), (2, 0)),
+                _ => assert_eq!((slow, closed), (0, 2)),
+            }
+            assert_eq!(unwritten.pushes, 1, "the one under way stays owed");
+        }
+    }
 }
