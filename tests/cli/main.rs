@@ -23,3 +23,4 @@ mod park_cli;
 mod processes;
 mod serve_cli;
 mod upgrade_cli;
+mod upgrade_framed_cli;
