@@ -519,23 +519,13 @@ pub(crate) async fn serve<H: FramedHandler>(
                 .await
             }
         };
+        // `Err`: the wait ended with nothing read, at a timer (`Some`) or
+        // because an upgrade asked idle connections to park (`None`: the
+        // wait could park, between frames with `park_at` set): either
+        // parks below, unless a timer that passed says otherwise.
         let read = match read {
-            Read::Done(read) => read,
-            // An upgrade asked idle connections to park (the wait could
-            // park: between frames, `park_at` set).
-            Read::HandOver => {
-                give_back(&ctx, &mut buf);
-                if inbox.as_ref().is_some_and(|i| !i.inbox.is_empty()) {
-                    continue;
-                }
-                return park(
-                    io,
-                    live,
-                    (&*table, || Some(listener)),
-                    (due, send_at),
-                    false,
-                );
-            }
+            Read::Done(read) => read.map_err(Some),
+            Read::HandOver => Err(None),
             Read::Shutdown => {
                 give_back(&ctx, &mut buf);
                 return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref())
