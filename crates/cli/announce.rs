@@ -171,9 +171,10 @@ pub const RECONNECT_STORM_AT: usize = 1_000;
 /// What the storm warning says after the counts.
 const STORM: &str = "will be closed at once; clients reconnect together: set --shutdown-drain-rate";
 
-/// What a drain is left with as it begins: the connections that could not
-/// move to the new process at an upgrade (only idle cleartext HTTP/1.1
-/// ones move), or all of them at a stop.
+/// What a drain is left with as it begins: the connections that did not
+/// move to the new process at an upgrade (idle cleartext HTTP/1.1 ones
+/// and idle cleartext framed ones whose handler exports move), or all of
+/// them at a stop.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Draining {
     /// Connections left to the drain.
@@ -187,6 +188,24 @@ pub struct Draining {
 }
 
 impl Draining {
+    /// What an upgrade's drain is left with: the connections `open` (of
+    /// them `messages` WebSocket/framed/SSE) as the hand-over began, less
+    /// those `taken` out of the parking lots for the new process (of them
+    /// `taken_messages` framed), whether sent or closed at the hand-over.
+    /// Framed connections that moved used to stay counted among the
+    /// message connections, so the line said they could not move.
+    pub fn after_hand_over(
+        (open, messages): (usize, usize),
+        (taken, taken_messages): (usize, usize),
+        drain_rate: Option<u32>,
+    ) -> Draining {
+        Draining {
+            left: open.saturating_sub(taken),
+            messages: messages.saturating_sub(taken_messages),
+            drain_rate,
+        }
+    }
+
     /// What the drain is left with: `4 connections (3 WebSocket/framed/SSE)`.
     pub fn counts(self) -> String {
         format!(
@@ -206,7 +225,8 @@ impl Draining {
 
 /// The old process's line once it handed over: what moved, and what is
 /// left to its drain (`draining`), which cannot move: WebSockets, framed
-/// connections, TLS and HTTP/2 connections, and requests in flight.
+/// connections busy or not opted in, TLS and HTTP/2 connections, and
+/// requests in flight.
 pub fn handed_over_line(new_pid: u32, listeners: usize, sent: usize, draining: Draining) -> String {
     // The counts are said once; the warning's own, for the log, repeats them.
     let storm = match draining.storm_warning() {
@@ -335,6 +355,28 @@ mod tests {
             ..many
         };
         assert_eq!(just_under.storm_warning(), None);
+    }
+
+    /// What stays for an upgrade's drain leaves out the connections taken
+    /// out of the lots, framed ones among the message connections too:
+    /// with 1 framed of 3 message connections moved (and 1 HTTP/1.1), 3
+    /// are left, 2 of them message connections. The line said 3 message
+    /// connections could not move, the moved one among them.
+    #[test]
+    fn what_is_left_to_an_upgrades_drain_leaves_out_what_moved() {
+        let left = Draining::after_hand_over((5, 3), (2, 1), None);
+        assert_eq!(
+            left,
+            Draining {
+                left: 3,
+                messages: 2,
+                drain_rate: None
+            }
+        );
+        assert!(handed_over_line(7, 1, 2, left)
+            .contains("draining 3 connections (2 WebSocket/framed/SSE)"));
+        // Counts taken before a connection closed by itself never wrap.
+        assert_eq!(Draining::after_hand_over((1, 0), (2, 1), None).left, 0);
     }
 
     /// A JSON line says the plain line as its message, which a supervisor

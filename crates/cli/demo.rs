@@ -267,6 +267,10 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
 ///
 /// Publishes reach every connection of the server: with `--processes N`,
 /// those of the other worker processes too (through the supervisor).
+///
+/// At `serve --upgrade` an idle connection moves to the new process with
+/// its subscriptions (the state it has): the device sees no close, and
+/// `PID` then names the new process.
 #[derive(Debug, Clone)]
 pub struct FramedDemo {
     /// How `PUB` publishes.
@@ -341,6 +345,21 @@ impl megaconn::FramedHandler for FramedDemo {
     /// otherwise shows the connection ending and nothing more.
     fn on_framing_error(&self, _: &mut (), error: megaconn::FramingError) -> Option<Bytes> {
         Some(format!("error: {error}; closing").into())
+    }
+
+    /// Opted in to moving at `megaconn serve --upgrade`, so that the
+    /// binary's own upgrade moves idle framed connections (and its tests
+    /// prove it end to end, `tests/cli/upgrade_framed_cli.rs`): a device
+    /// stays connected, and its topics (`SUB`), which are all it has here,
+    /// move with it. The state itself is empty.
+    fn export(&self, _: &()) -> Option<Vec<u8>> {
+        Some(Vec::new())
+    }
+
+    /// An empty state, as [`export`](Self::export) gives; anything else is
+    /// another application's, refused.
+    fn import(&self, bytes: &[u8]) -> Option<()> {
+        bytes.is_empty().then_some(())
     }
 }
 

@@ -11,16 +11,20 @@
 //!   bind nothing: build its servers             (still the only one accepting)
 //!   on those sockets and start them
 //!   (runtimes, threads), not accepting yet
-//!   'R' ready                ---------------->  stop accepting, take parked
-//!   start accepting (what came                  HTTP/1.1 connections out of
-//!   meanwhile waits in the kernel's queue)      its lots
+//!   'R' ready                ---------------->  stop accepting, park the idle
+//!   start accepting (what came                  ones, take the portable ones
+//!   meanwhile waits in the kernel's queue)      (HTTP/1.1, framed whose handler
+//!                                               exports) out of its lots
 //!                            <---------------- 'P' parked sockets, ≤ 253 a message,
 //!   park them in its own lots                   with a state record each
 //!                                               (`ParkedState`: tag, idle time
 //!                                               left, a framed one's payload;
 //!                                               to a pre-47 process, which sends
 //!                                               no wire version, HTTP/1.1 only in
-//!                                               the 5-byte form)
+//!                                               the 5-byte form, framed ones left
+//!                                               to the drain); a message too large
+//!                                               or cut short loses its own only
+//!                                               (`upgrade_parked.rs`)
 //!                            <---------------- 'E' end: counts
 //!   bind the control socket for                 drain the rest as in graceful
 //!   the next upgrade; print                     shutdown, exit
@@ -66,87 +70,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use megaconn::{ParkedConnection, ParkedState, ServerHandle};
+use megaconn::{HandOverKinds, ServerHandle};
 use nix::sys::socket::{self as sock, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 
 use crate::announce::{handed_over_line, partly_done_line, Draining, Moved};
 
+#[path = "upgrade_parked.rs"]
+mod parked;
+
+use parked::{
+    fit_send_buffer, receive_parked, send_parked, Handed, MAX_PARKED_PAYLOAD, PARKED_WIRE_VERSION,
+};
+
 /// Most descriptors one `SCM_RIGHTS` message may carry (Linux's `SCM_MAX_FD`).
 const MAX_FDS: usize = 253;
-
-/// Most payload bytes of one message of parked connections' states (a
-/// record is at most 64 KiB, `ParkedState::MAX_PAYLOAD_BYTES` and its
-/// header): the receiver reads each message into a buffer this large.
-const MAX_PARKED_PAYLOAD: usize = 64 * 1024;
-
-/// Most payload bytes of a message of several parked connections' states;
-/// a larger record goes alone. A `SOCK_SEQPACKET` message must fit in the
-/// sender's `SO_SNDBUF` whole (`EMSGSIZE` otherwise, which would end the
-/// hand-over), and a small one (a lowered `net.core.wmem_default`) may be
-/// under 64 KiB: 16 KiB fits all but the smallest.
-const PARKED_MESSAGE_TARGET: usize = 16 * 1024;
-
-/// The wire version of the parked connections' states the new process
-/// reads, sent after its pid in its hello: 1, `ParkedState`'s version 1
-/// form (and version 0's). A process of a session before 47 sends no such
-/// byte, and reads version 0 only: the old process then sends that form
-/// (HTTP/1.1 only, see [`parked_wire`]).
-const PARKED_WIRE_VERSION: u8 = 1;
-
-/// `batch` cut into messages: at most [`MAX_FDS`] sockets and
-/// [`PARKED_MESSAGE_TARGET`] bytes of states each, a larger record alone
-/// (a framed connection's state may be kilobytes; HTTP/1.1's are 10 bytes).
-fn parked_messages(batch: &[ParkedConnection]) -> Vec<&[ParkedConnection]> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, c) in batch.iter().enumerate() {
-        let len = c.state.wire_len();
-        if i > start && (i - start == MAX_FDS || bytes + len > PARKED_MESSAGE_TARGET) {
-            out.push(&batch[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes += len;
-    }
-    if start < batch.len() {
-        out.push(&batch[start..]);
-    }
-    out
-}
-
-/// The parked-connection messages for `batch`: each one's payload and
-/// sockets. `v0`: the new process is of a session before 47 (its hello
-/// had no [`PARKED_WIRE_VERSION`]) and reads only version 0's 5-byte
-/// records: only the cleartext HTTP/1.1 connections are sent, in that
-/// form; the rest (framed) are not, and close here as at shutdown (their
-/// handlers heard `HandedOver` already, see `FramedHandler::export`).
-fn parked_wire(batch: &[ParkedConnection], v0: bool) -> Vec<(Vec<u8>, Vec<RawFd>)> {
-    if v0 {
-        let old: Vec<_> = batch
-            .iter()
-            .filter_map(|c| Some((c.state.to_v0_bytes()?, c.socket.as_raw_fd())))
-            .collect();
-        return old
-            .chunks(MAX_FDS)
-            .map(|chunk| {
-                let payload = chunk.iter().flat_map(|(b, _)| *b).collect();
-                (payload, chunk.iter().map(|(_, fd)| *fd).collect())
-            })
-            .collect();
-    }
-    parked_messages(batch)
-        .into_iter()
-        .map(|chunk| {
-            let mut payload = Vec::new();
-            for c in chunk {
-                c.state.write_to(&mut payload);
-            }
-            (
-                payload,
-                chunk.iter().map(|c| c.socket.as_raw_fd()).collect(),
-            )
-        })
-        .collect()
-}
 
 /// How long either side waits for the other's next message.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -626,19 +563,44 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WorkerPanic {
 /// One end of a control connection.
 struct Peer(OwnedFd);
 
+/// A message as it arrived on the control socket.
+struct Message {
+    kind: u8,
+    payload: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    /// Why it is not whole (`MSG_TRUNC`, `MSG_CTRUNC`), if it is not.
+    cut: Option<String>,
+}
+
 impl Peer {
     fn send(&self, kind: u8, payload: &[u8], fds: &[RawFd]) -> anyhow::Result<()> {
+        self.send_raw(kind, payload, fds)
+            .context("cannot write to the upgrade control socket")
+    }
+
+    /// [`send`](Peer::send), its error as the kernel said it (`EMSGSIZE`:
+    /// over the socket's send buffer).
+    fn send_raw(&self, kind: u8, payload: &[u8], fds: &[RawFd]) -> nix::Result<()> {
         let head = [kind];
         let iov = [IoSlice::new(&head), IoSlice::new(payload)];
         let rights = [ControlMessage::ScmRights(fds)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-        sock::sendmsg::<()>(self.0.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)
-            .context("cannot write to the upgrade control socket")?;
-        Ok(())
+        sock::sendmsg::<()>(self.0.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).map(drop)
     }
 
-    /// The next message: its kind, payload and descriptors.
+    /// The next message: its kind, payload and descriptors; one not whole
+    /// is an error.
     fn recv(&self) -> anyhow::Result<(u8, Vec<u8>, Vec<OwnedFd>)> {
+        let message = self.recv_any()?;
+        if let Some(why) = message.cut {
+            bail!("{why}");
+        }
+        Ok((message.kind, message.payload, message.fds))
+    }
+
+    /// The next message, whole or not ([`Message::cut`]): a message of
+    /// parked connections cut short loses its own connections only.
+    fn recv_any(&self) -> anyhow::Result<Message> {
         // The kind byte and the largest payload sent ([`MAX_PARKED_PAYLOAD`]).
         let mut buf = vec![0u8; 1 + MAX_PARKED_PAYLOAD];
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
@@ -662,19 +624,25 @@ impl Peer {
             }
         }
         let n = msg.bytes;
-        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-            bail!("upgrade control message lost descriptors (MSG_CTRUNC)");
-        }
-        if msg.flags.contains(MsgFlags::MSG_TRUNC) {
-            bail!(
+        let cut = if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+            Some("upgrade control message lost descriptors (MSG_CTRUNC)".to_string())
+        } else if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+            Some(format!(
                 "upgrade control message over {} bytes (MSG_TRUNC)",
                 1 + MAX_PARKED_PAYLOAD
-            );
-        }
+            ))
+        } else {
+            None
+        };
         if n == 0 {
             bail!("the other process closed the upgrade control socket");
         }
-        Ok((buf[0], buf[1..n].to_vec(), fds))
+        Ok(Message {
+            kind: buf[0],
+            payload: buf[1..n].to_vec(),
+            fds,
+            cut,
+        })
     }
 
     fn expect(&self, kind: u8) -> anyhow::Result<(Vec<u8>, Vec<OwnedFd>)> {
@@ -1078,7 +1046,7 @@ impl Upgrades {
         let (hello, _) = peer.expect(HELLO)?;
         let new_pid = u32::from_be_bytes(hello.get(..4).context("short hello")?.try_into()?);
         // No wire version after the pid: a process of a session before 47,
-        // which reads only version 0's records (see [`parked_wire`]).
+        // which reads only version 0's records, HTTP/1.1 only.
         let v0 = hello.get(4).is_none();
         let more = self
             .more
@@ -1179,7 +1147,15 @@ impl Upgrades {
         leaving.busy = Some(self.lock_busy());
         // The new process accepts from now on: stop accepting and hand the
         // parked connections over; the rest drain as in a graceful shutdown.
-        let batches = self.handle.hand_over_parked();
+        // A new process of a session before 47 adopts HTTP/1.1 only: framed
+        // handlers are then not asked to export (they would hear
+        // `HandedOver`, lose their state and be closed here without a
+        // goodbye), and their connections drain as before 47.
+        let kinds = match v0 {
+            true => HandOverKinds::Http1Only,
+            false => HandOverKinds::All,
+        };
+        let batches = self.handle.hand_over_parked_of(kinds);
         self.handle.shutdown();
         // The admin listener(s) too: the new process serves them now, and an
         // old process answering /metrics (or taking /publish) while it drains
@@ -1200,22 +1176,21 @@ impl Upgrades {
             .collect();
         // An error only loses the parked connections not sent yet (they
         // close here).
-        let mut sent = 0usize;
+        let mut handed = Handed::default();
+        fit_send_buffer(peer);
         let sending = (|| -> anyhow::Result<()> {
             for batch in batches {
-                for (payload, fds) in parked_wire(&batch, v0) {
-                    peer.send(PARKED, &payload, &fds)?;
-                    sent += fds.len();
-                }
+                send_parked(peer, &batch, v0, &mut handed)?;
                 // Dropping the batch closes this process's descriptors; the
-                // sockets live on in the new process.
+                // sockets live on in the new process (those not sent close).
             }
             others.into_iter().flatten().for_each(drop);
             if panic_at == PanicAt::BeforeEnd {
                 panic!("the hand-over panics before its end message (told by a test)");
             }
-            peer.send(END, &(sent as u64).to_be_bytes(), &[])
+            peer.send(END, &(handed.sent as u64).to_be_bytes(), &[])
         })();
+        let sent = handed.sent;
         if let Err(e) = sending {
             tracing::error!(
                 new_pid,
@@ -1223,24 +1198,36 @@ impl Upgrades {
                 error = format!("{e:#}"),
                 "upgrade: the new process went away during the hand-over; the parked connections not sent were closed"
             );
+        } else if handed.closed() > 0 {
+            tracing::warn!(
+                new_pid,
+                sent,
+                closed = handed.closed(),
+                "upgrade: parked connections that could not be sent were closed"
+            );
         }
-        let draining = Draining {
-            left: open.saturating_sub(sent),
-            messages,
-            drain_rate: self.handle.shutdown_drain_rate(),
-        };
+        // What stays is what was open less what left the lots, sent or
+        // closed here: framed connections that moved are no longer among
+        // the message connections left to the drain (they were counted
+        // there, as if they could not move).
+        let draining = Draining::after_hand_over(
+            (open, messages),
+            (handed.taken, handed.messages),
+            self.handle.shutdown_drain_rate(),
+        );
         tracing::info!(
             new_pid,
             parked = sent,
+            closed = handed.closed(),
             left = draining.left,
-            message_connections = messages,
+            message_connections = draining.messages,
             ms = started.elapsed().as_millis() as u64,
             "upgrade: handed over; draining the remaining connections"
         );
         if let Some(warning) = draining.storm_warning() {
             tracing::warn!(
                 left = draining.left,
-                message_connections = messages,
+                message_connections = draining.messages,
                 "upgrade: {warning}"
             );
         }
@@ -1664,76 +1651,10 @@ fn spawn_unless_told(
         .map(drop)
 }
 
-/// The states of one message of parked connections, `fds` sockets: all
-/// version 1 records (variable length, a framed connection's state rides
-/// in its own, each saying its length), or all version 0's 5-byte records
-/// (an old process's, HTTP/1.1 only), told by the first byte (a tag is
-/// below 0x40, never the version byte) and the length. Anything else is
-/// refused, never misread.
-fn parked_states(payload: &[u8], fds: usize) -> anyhow::Result<Vec<ParkedState>> {
-    if payload.first() != Some(&ParkedState::VERSION)
-        && fds > 0
-        && payload.len() == ParkedState::V0_BYTES * fds
-    {
-        return Ok(payload
-            .chunks_exact(ParkedState::V0_BYTES)
-            .map(|b| ParkedState::from_v0_bytes(b.try_into().expect("5 bytes")))
-            .collect());
-    }
-    let mut states = Vec::with_capacity(fds);
-    let mut rest = payload;
-    while !rest.is_empty() {
-        let (state, used) = ParkedState::from_bytes(rest)
-            .context("upgrade: a parked connection's state is unreadable")?;
-        states.push(state);
-        rest = &rest[used..];
-    }
-    if states.len() != fds {
-        bail!(
-            "upgrade: {} parked states for {} sockets",
-            states.len(),
-            fds
-        );
-    }
-    Ok(states)
-}
-
-fn receive_parked(peer: &Peer, handle: &ServerHandle) -> anyhow::Result<usize> {
-    let mut received = 0usize;
-    loop {
-        let (kind, payload, fds) = peer.recv()?;
-        match kind {
-            PARKED => {
-                // A message refused loses its own sockets only (they close
-                // here): the next ones may be fine.
-                let states = match parked_states(&payload, fds.len()) {
-                    Ok(states) => states,
-                    Err(e) => {
-                        tracing::warn!(
-                            closed = fds.len(),
-                            error = format!("{e:#}"),
-                            "upgrade: a message of parked connections was unreadable; its connections closed"
-                        );
-                        continue;
-                    }
-                };
-                let batch: Vec<ParkedConnection> = fds
-                    .into_iter()
-                    .zip(states)
-                    .map(|(socket, state)| ParkedConnection { socket, state })
-                    .collect();
-                received += batch.len();
-                handle.adopt_parked(batch);
-            }
-            END => return Ok(received),
-            k => bail!("unexpected upgrade message {:?}", k as char),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use megaconn::ParkedState;
 
     /// The control socket name at which a hand-over panics once the new
     /// process said it serves ([`panic_after_ready`]).
@@ -1751,7 +1672,7 @@ mod tests {
 
     /// A server serving the demo on this test's runtime, its idle HTTP/1.1
     /// connections parked at once (they stop with the runtime).
-    fn served() -> (ServerHandle, std::net::SocketAddr) {
+    pub(super) fn served() -> (ServerHandle, std::net::SocketAddr) {
         let mut server = megaconn::Server::bind(([127, 0, 0, 1], 0).into())
             .workers(1)
             .park_idle_after(Some(Duration::from_millis(1)))
@@ -1765,7 +1686,7 @@ mod tests {
     }
 
     /// One request on `client`: the start of its answer (empty: closed).
-    fn ask(client: &mut std::net::TcpStream) -> String {
+    pub(super) fn ask(client: &mut std::net::TcpStream) -> String {
         use std::io::{Read as _, Write as _};
         client.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
         // A closed connection may refuse the write: the read says so.
@@ -1875,6 +1796,107 @@ mod tests {
             assert_eq!(parked.0[0] == ParkedState::VERSION, version.is_some());
             drop(answer);
         }
+    }
+
+    /// A framed handler that opts in to moving, and says how its
+    /// connections closed.
+    struct Portable(std::sync::mpsc::Sender<megaconn::CloseReason>);
+
+    impl megaconn::FramedHandler for Portable {
+        type State = ();
+
+        async fn on_message(
+            &self,
+            _: &mut (),
+            frame: bytes::Bytes,
+            _: &megaconn::Session,
+        ) -> Option<bytes::Bytes> {
+            Some(frame)
+        }
+
+        fn on_close(&self, _: (), reason: megaconn::CloseReason) {
+            let _ = self.0.send(reason);
+        }
+
+        fn export(&self, _: &()) -> Option<Vec<u8>> {
+            Some(Vec::new())
+        }
+
+        fn import(&self, _: &[u8]) -> Option<()> {
+            Some(())
+        }
+    }
+
+    /// A rollback to a process of a session before 47 (its hello has no
+    /// wire version; it adopts HTTP/1.1 only): a parked framed connection
+    /// whose handler opts in is not asked to export, and drains as before
+    /// 47: its handler hears `Shutdown`, its device reads the goodbye
+    /// frame. It was exported (the handler heard `HandedOver` and lost its
+    /// state), then closed here without a goodbye.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rollback_to_a_pre_47_process_drains_framed_connections() {
+        use std::io::{BufRead as _, Write as _};
+        let (closes, closed) = std::sync::mpsc::channel();
+        let server = megaconn::Server::builder()
+            .workers(1)
+            .park_idle_after(Some(Duration::from_millis(1)))
+            .listen_framed_on(([127, 0, 0, 1], 0).into(), megaconn::Framing::lines())
+            .goodbye_frame(Some(bytes::Bytes::from_static(b"bye")))
+            .listen()
+            .unwrap();
+        let (handle, addr) = (server.handle(), server.local_addr());
+        tokio::spawn(server.start_framed(Portable(closes)).unwrap().run());
+        let device = std::net::TcpStream::connect(addr).unwrap();
+        device.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+        let mut device = std::io::BufReader::new(device);
+        device.get_mut().write_all(b"hi\n").unwrap();
+        let mut line = String::new();
+        device.read_line(&mut line).unwrap();
+        assert_eq!(line, "hi\n");
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while handle.stats().connections_parked != 1 {
+            assert!(Instant::now() < deadline, "the device never parked");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let control = ControlSocket::bind(&path).unwrap();
+        let thread = control.spawn(handle.clone()).unwrap();
+        let parked = tokio::task::spawn_blocking(move || {
+            let fd = seqpacket().unwrap();
+            sock::connect(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+            let peer = Peer(fd);
+            // The pid only: a process of a session before 47.
+            peer.send(HELLO, &std::process::id().to_be_bytes(), &[])
+                .unwrap();
+            while peer.expect(LISTENERS).unwrap().0.first() != Some(&1) {}
+            peer.send(READY, &[], &[]).unwrap();
+            let (kind, payload, fds) = peer.recv().unwrap();
+            (kind, payload, fds.len())
+        })
+        .await
+        .unwrap();
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            parked,
+            (END, 0u64.to_be_bytes().to_vec(), 0),
+            "nothing sent"
+        );
+        let reason = tokio::task::spawn_blocking(move || closed.recv_timeout(STEP_TIMEOUT))
+            .await
+            .unwrap();
+        assert_eq!(reason, Ok(megaconn::CloseReason::Shutdown));
+        let rest = tokio::task::spawn_blocking(move || {
+            let mut rest = String::new();
+            let _ = std::io::Read::read_to_string(&mut device, &mut rest);
+            rest
+        })
+        .await
+        .unwrap();
+        assert_eq!(rest, "bye\n", "the goodbye, then the close");
+        assert_eq!(handle.stats().handover_refused, 0);
     }
 
     /// A failure that repeats is admitted first, then once per interval,

@@ -24,3 +24,4 @@ mod park_cli;
 mod processes;
 mod serve_cli;
 mod upgrade_cli;
+mod upgrade_framed_cli;

@@ -9,9 +9,12 @@
 //! handler opts in ([`FramedHandler::export`](crate::FramedHandler::export)):
 //! its protocol's payload (the handler's state as bytes, its topics, its
 //! heartbeat timers: `proto/framed/adopt.rs`) rides along in the same
-//! record. TLS connections (rustls cannot rebuild a session from its
-//! secrets), awake ones and framed ones whose handler does not opt in are
-//! not portable and close as in a graceful shutdown.
+//! record. Idle connections still awake park for the hand-over first
+//! (HTTP/1.1 tasks; framed ones between frames, `proto/framed/conn.rs`).
+//! TLS connections (rustls cannot rebuild a session from its secrets),
+//! busy ones and framed ones whose handler does not opt in are not
+//! portable and close as in a graceful shutdown; so are all framed ones
+//! when the next process adopts HTTP/1.1 only ([`HandOverKinds`]).
 //!
 //! Here: the wire form of that state, and adopting a connection into a lot.
 //! Which tags are portable, and what each protocol exports and resumes, is
@@ -56,6 +59,33 @@ use crate::observe::stats::incr;
 /// `proto` (a lower layer never imports an upper one); `proto/mod.rs`
 /// checks at compile time that its `HTTP1` tag is this one.
 pub(crate) const V0_HTTP1: u8 = 1;
+
+/// Which parked connections a hand-over moves
+/// ([`ServerHandle::hand_over_parked_of`](crate::ServerHandle::hand_over_parked_of)):
+/// what the next process can adopt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandOverKinds {
+    /// Every kind that can move: idle cleartext HTTP/1.1, and parked (or
+    /// idle awake, which park for it) cleartext framed connections whose
+    /// handler exports its state. The default.
+    #[default]
+    All,
+    /// Idle cleartext HTTP/1.1 only: the next process adopts nothing else
+    /// (a megaconn of a session before 47, which reads version 0 records).
+    /// Framed handlers are not asked to export: their connections stay
+    /// and close as at shutdown (their goodbye frame, `on_close` with
+    /// `Shutdown`), where exported they heard `HandedOver`, lost their
+    /// state and were closed without a goodbye.
+    Http1Only,
+}
+
+impl HandOverKinds {
+    /// Whether framed connections are asked to move.
+    pub(crate) fn moves_framed(self) -> bool {
+        self == HandOverKinds::All
+    }
+}
 
 /// A parked (idle) connection leaving one server for another: the socket and
 /// its [`ParkedState`]. Made by [`ServerHandle::hand_over_parked`](crate::ServerHandle::hand_over_parked),
@@ -216,6 +246,12 @@ impl ParkedState {
         }
         let ms = self.idle_left_ms.to_be_bytes();
         Some([self.tag, ms[0], ms[1], ms[2], ms[3]])
+    }
+
+    /// Whether it is a cleartext HTTP/1.1 connection (else a message
+    /// connection: framed, the one other protocol that moves).
+    pub fn is_http1(&self) -> bool {
+        self.tag == V0_HTTP1
     }
 
     pub(crate) fn tag(&self) -> ProtoTag {

@@ -76,6 +76,9 @@ pub(crate) struct LocalShutdown {
     /// Every idle connection that can park should (an upgrade hands the
     /// parking lot to the next process).
     park_all: Cell<bool>,
+    /// So should awake framed connections between frames (the next
+    /// process adopts framed connections too).
+    park_all_framed: Cell<bool>,
     notify: Notify,
     /// Wakers of watching connections, by slot; `free` lists the vacant slots.
     watchers: RefCell<Watchers>,
@@ -112,15 +115,33 @@ impl LocalShutdown {
         self.wake_watchers(usize::MAX);
     }
 
-    /// Asks every idle (watching) connection to park now, if it can.
-    pub(crate) fn park_all_idle(&self) {
+    /// Asks every idle (watching) connection to park now, if it can, and,
+    /// with `framed`, every awake framed connection between frames
+    /// ([`parking_all_framed`](LocalShutdown::parking_all_framed)). Those
+    /// wait in the awake list (their [`Turn`]): each is woken with its
+    /// waker left in its slot, so that no turn is taken for given (a
+    /// connection in the middle of a frame, which does not look, keeps
+    /// its place). Returns how many awake connections were woken.
+    pub(crate) fn park_all_idle(&self, framed: bool) -> usize {
         self.park_all.set(true);
+        self.park_all_framed.set(framed);
         self.wake_watchers(usize::MAX);
+        if framed {
+            Watchers::nudge(&self.awake)
+        } else {
+            0
+        }
     }
 
     /// True once [`park_all_idle`](LocalShutdown::park_all_idle) was asked.
     pub(crate) fn parking_all(&self) -> bool {
         self.park_all.get()
+    }
+
+    /// True once [`park_all_idle`](LocalShutdown::park_all_idle) was
+    /// asked of framed connections too.
+    pub(crate) fn parking_all_framed(&self) -> bool {
+        self.park_all_framed.get()
     }
 
     /// Marks shutdown as begun and wakes the [`begun`](LocalShutdown::begun)
@@ -281,6 +302,18 @@ impl Watchers {
     fn wake(list: &RefCell<Watchers>, n: usize) -> usize {
         // Taken out first: a woken task may run (and unwatch) at once.
         let wakers = list.borrow_mut().take(n);
+        let woken = wakers.len();
+        for waker in wakers {
+            waker.wake();
+        }
+        woken
+    }
+
+    /// Wakes every waker of `list` and leaves each in its slot (a wake
+    /// that is not a turn); returns how many.
+    fn nudge(list: &RefCell<Watchers>) -> usize {
+        // Cloned out first: a woken task may run (and unwatch) at once.
+        let wakers: Vec<Waker> = list.borrow().wakers.iter().flatten().cloned().collect();
         let woken = wakers.len();
         for waker in wakers {
             waker.wake();

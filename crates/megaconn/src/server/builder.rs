@@ -16,7 +16,7 @@ use crate::conn::config::{
     self, zero_is_off, AcceptRate, Config, KeepaliveConfig, MAX_HEADERS_CEILING,
 };
 use crate::conn::context::WorkerContext;
-use crate::conn::handover::ParkedConnection;
+use crate::conn::handover::{HandOverKinds, ParkedConnection};
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::tls::TlsConfig;
 use crate::conn::transport::Transport;
@@ -433,10 +433,16 @@ pub struct ServerHandle {
     drain_rate: Option<u32>,
 }
 
-/// Where workers hand their parked connections at shutdown; `None`: they
-/// close them.
-pub(crate) type HandOverSlot =
-    Arc<std::sync::Mutex<Option<std::sync::mpsc::Sender<Vec<ParkedConnection>>>>>;
+/// Where workers hand their parked connections at shutdown, and which
+/// kinds; `None`: they close them.
+pub(crate) type HandOverSlot = Arc<
+    std::sync::Mutex<
+        Option<(
+            std::sync::mpsc::Sender<Vec<ParkedConnection>>,
+            HandOverKinds,
+        )>,
+    >,
+>;
 
 /// Locks a mutex nobody panics under (a poisoned one is still consistent).
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -493,11 +499,26 @@ impl ServerHandle {
     /// (its session cannot be rebuilt elsewhere), HTTP/2, WebSocket and
     /// SSE, framed connections whose handler does not export (or whose
     /// state is over [`MAX_EXPORTED_STATE_BYTES`](crate::MAX_EXPORTED_STATE_BYTES)),
-    /// and framed connections awake at that moment. Pass them to the next
+    /// and framed connections busy at that moment (a frame half read, a
+    /// handler running, a push being written). Pass them to the next
     /// process's [`adopt_parked`](ServerHandle::adopt_parked).
+    ///
+    /// Framed connections awake and idle at that moment (between frames,
+    /// nothing owed) park for it and move too, as idle HTTP/1.1 tasks do.
+    /// [`hand_over_parked_of`](ServerHandle::hand_over_parked_of) narrows
+    /// it to what an older next process can adopt.
     pub fn hand_over_parked(&self) -> ParkedHandOver {
+        self.hand_over_parked_of(HandOverKinds::All)
+    }
+
+    /// [`hand_over_parked`](ServerHandle::hand_over_parked), moving only
+    /// the `kinds` the next process adopts: with
+    /// [`HandOverKinds::Http1Only`] (a next process of a session before
+    /// 47) framed handlers are never asked to export, and their
+    /// connections close as at shutdown.
+    pub fn hand_over_parked_of(&self, kinds: HandOverKinds) -> ParkedHandOver {
         let (tx, rx) = std::sync::mpsc::channel();
-        *lock(&self.hand_over) = Some(tx);
+        *lock(&self.hand_over) = Some((tx, kinds));
         ParkedHandOver {
             rx,
             left: self.workers.len(),

@@ -43,7 +43,7 @@ use crate::conn::client_auth::PeerCertificates;
 use crate::conn::config::Config;
 use crate::conn::connection::{Connection, SendConnection};
 use crate::conn::context::WorkerContext;
-use crate::conn::handover::{ParkedState, Resumed};
+use crate::conn::handover::{HandOverKinds, ParkedState, Resumed};
 use crate::conn::park::{AtDeadline, OnParkedClose, Parking};
 use crate::conn::rewind::Rewind;
 use crate::conn::socket;
@@ -322,16 +322,19 @@ pub(crate) fn serve_at_once(incoming: &Incoming, ctx: &WorkerContext) -> bool {
 /// parked with a timer (`at_deadline` [`AtDeadline::Wake`]) stays too: its
 /// record carries only the time left, which the next process takes for an
 /// idle timeout, closing it where it should have been woken (the filter of
-/// sessions before 47).
+/// sessions before 47). `kinds`: what the next process adopts; a framed
+/// handler is asked only when it adopts framed connections (asked, it
+/// lets its state go: `on_close(HandedOver)`).
 pub(crate) fn export(
     ctx: &WorkerContext,
     fd: std::os::fd::RawFd,
     tag: ProtoTag,
     at_deadline: AtDeadline,
+    kinds: HandOverKinds,
 ) -> Option<Vec<u8>> {
     match tag {
         proto::HTTP1 if at_deadline == AtDeadline::Close => Some(Vec::new()),
-        proto::FRAMED => proto::framed::adopt::export(ctx, fd),
+        proto::FRAMED if kinds.moves_framed() => proto::framed::adopt::export(ctx, fd),
         _ => None,
     }
 }

@@ -46,6 +46,13 @@ use crate::server::builder::HandOverSlot;
 use crate::server::dispatch;
 use crate::service::HttpService;
 
+/// Turns of the worker's loop at least, at an upgrade, after awake framed
+/// connections were asked to park (`LocalShutdown::park_all_idle`): one
+/// lets every one of them run its poll first (they were queued before
+/// this task); the rest are margin. No gauge counts them, as
+/// `connections_idle` counts idle HTTP/1.1 tasks.
+const NUDGED_TURNS: usize = 3;
+
 /// How one worker's drain went.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct WorkerSummary {
@@ -632,14 +639,17 @@ where
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    if let Some(tx) = sender {
+    if let Some((tx, kinds)) = sender {
         // Idle connections still waiting as tasks park first, so that they
         // move too: woken, each parks on its next poll; a few turns of the
         // loop let them all run. HTTP/2 (over TLS or not) cannot park and
         // stays an idle task; so does HTTPS/1.1, whose session cannot move
         // with the socket (parked, it would be closed at once below, not
-        // given shutdown's idle grace). Both close below.
-        ctx.shutdown.park_all_idle();
+        // given shutdown's idle grace). Both close below. Awake cleartext
+        // framed connections between frames park too (when framed ones
+        // move): each parks on the poll the wake brings, and this task,
+        // woken behind them in the `LocalSet`'s queue, runs after them.
+        let nudged = ctx.shutdown.park_all_idle(kinds.moves_framed());
         // Bounded (~200 ms): idle connections that cannot park never leave.
         for turn in 0..200 {
             let s = &ctx.stats;
@@ -648,7 +658,7 @@ where
                 .load(std::sync::atomic::Ordering::Relaxed)
                 - s.connections_parked
                     .load(std::sync::atomic::Ordering::Relaxed);
-            if idle_tasks <= 0 {
+            if idle_tasks <= 0 && (nudged == 0 || turn >= NUDGED_TURNS) {
                 break;
             }
             if turn < 16 {
@@ -658,7 +668,7 @@ where
             }
         }
         let batch = ctx.park.as_ref().map_or_else(Vec::new, |lot| {
-            lot.take_portable(|fd, tag, at| dispatch::export(&ctx, fd, tag, at))
+            lot.take_portable(|fd, tag, at| dispatch::export(&ctx, fd, tag, at, kinds))
         });
         // Tests have a worker panic at this line, by its text (a log layer:
         // crates/cli/upgrade.rs `WorkerPanic`, tests/lifecycle.rs).

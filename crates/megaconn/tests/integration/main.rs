@@ -38,6 +38,7 @@ mod dual_stack;
 mod framed;
 mod framed_halfopen;
 mod framed_handover;
+mod framed_handover2;
 mod framed_limits;
 mod framed_tls;
 mod fuzz_framed;

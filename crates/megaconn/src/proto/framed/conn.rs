@@ -12,6 +12,7 @@
 //!   |                                   v
 //!   +--- bytes arrive <---- wait, bounded by park_idle_after and the heartbeat
 //!                             |  park_idle_after: state into the side table, Park
+//!                             |  upgrade (hand-over of framed, cleartext): Park at once
 //!                             |  heartbeat due:   Close(HeartbeatTimeout)
 //!                             |  shutdown:        Close(Shutdown)
 //! ```
@@ -50,7 +51,7 @@
 //! close, a write timeout, a peer gone: not begun, cut, or still queued),
 //! in `queue_drops`.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
@@ -109,6 +110,9 @@ enum Read {
     Done(Result<io::Result<Option<usize>>, tokio::time::error::Elapsed>),
     Shutdown,
     PushFrame,
+    /// An upgrade asked idle connections to park (between frames, when it
+    /// may park).
+    HandOver,
 }
 
 /// What ended an idle wait.
@@ -390,6 +394,18 @@ pub(crate) async fn serve<H: FramedHandler>(
             if can_park && !unread_wake && io.repark_when_idle() {
                 return park(io, live, (&*table, || Some(listener)), (due, send_at), true);
             }
+            // An upgrade asked idle connections to park, to move with the
+            // lot (as `proto/http1/conn.rs` does): awake, it would close
+            // as at shutdown.
+            if can_park && !unread_wake && !io.is_tls() && ctx.shutdown.parking_all_framed() {
+                return park(
+                    io,
+                    live,
+                    (&*table, || Some(listener)),
+                    (due, send_at),
+                    false,
+                );
+            }
             park_at = ctx
                 .config
                 .park_idle_after
@@ -400,6 +416,7 @@ pub(crate) async fn serve<H: FramedHandler>(
         // idle wait would only find it ready (`woken.rs`), after setting up
         // its timers for nothing.
         if between_frames && !unread_wake {
+            let may_hand_over = park_at.is_some() && !io.is_tls();
             let idle = tokio::select! {
                 biased;
                 ready = poll_fn(|cx| io.poll_read_ready(cx)) => Idle::Readable(ready),
@@ -408,6 +425,8 @@ pub(crate) async fn serve<H: FramedHandler>(
                 () = until(send_at) => Idle::SendHeartbeat,
                 () = Awake::pushed(inbox.as_ref()) => Idle::PushFrame,
                 () = until(park_at) => Idle::Park,
+                // Asked while it waits (the upgrade wakes it, `turn` kept).
+                () = asked_to_hand_over(&ctx, may_hand_over) => Idle::Park,
             };
             match idle {
                 Idle::Readable(Ok(())) => {}
@@ -484,7 +503,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                     between_frames,
                     timers,
                     &mut turn,
-                    inbox.as_ref(),
+                    (inbox.as_ref(), &ctx),
                 )
                 .await
             }
@@ -495,13 +514,18 @@ pub(crate) async fn serve<H: FramedHandler>(
                     between_frames,
                     timers,
                     &mut turn,
-                    inbox.as_ref(),
+                    (inbox.as_ref(), &ctx),
                 )
                 .await
             }
         };
+        // `Err`: the wait ended with nothing read, at a timer (`Some`) or
+        // because an upgrade asked idle connections to park (`None`: the
+        // wait could park, between frames with `park_at` set): either
+        // parks below, unless a timer that passed says otherwise.
         let read = match read {
-            Read::Done(read) => read,
+            Read::Done(read) => read.map_err(Some),
+            Read::HandOver => Err(None),
             Read::Shutdown => {
                 give_back(&ctx, &mut buf);
                 return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref())
@@ -590,13 +614,16 @@ async fn wait_read(
     between_frames: bool,
     timers: Timers,
     turn: &mut Turn<'_>,
-    inbox: Option<&Awake>,
+    (inbox, ctx): (Option<&Awake>, &WorkerContext),
 ) -> Read {
     let wake_at = if between_frames {
         earliest(timers.due, earliest(timers.park_at, timers.send_at))
     } else {
         earliest(timers.due, timers.message)
     };
+    // Only a wait that could park (between frames, `park_at` set) parks
+    // for an upgrade, and not over TLS (its session cannot move).
+    let may_hand_over = between_frames && timers.park_at.is_some() && !io.is_tls();
     // Without a buffer (`b` is `None`), only until the socket is readable.
     let read_or_ready = async {
         match b {
@@ -620,6 +647,7 @@ async fn wait_read(
             read = reading => Read::Done(read),
             () = turn.wait() => Read::Shutdown,
             () = Awake::pushed(inbox) => Read::PushFrame,
+            () = asked_to_hand_over(ctx, may_hand_over) => Read::HandOver,
         }
     } else {
         tokio::select! {
@@ -628,6 +656,19 @@ async fn wait_read(
             () = Awake::pushed(inbox) => Read::PushFrame,
         }
     }
+}
+
+/// Resolves once an upgrade asked awake framed connections to park, to
+/// move with the lot (`LocalShutdown::park_all_idle`), if `may` (the
+/// connection is idle, may park, and is not over TLS); never otherwise.
+/// Registers no waker: the upgrade wakes the connection through its
+/// [`Turn`]'s slot, which every wait between frames holds, and the wait
+/// looks again.
+fn asked_to_hand_over(ctx: &WorkerContext, may: bool) -> impl Future<Output = ()> + '_ {
+    poll_fn(move |_| match may && ctx.shutdown.parking_all_framed() {
+        true => Poll::Ready(()),
+        false => Poll::Pending,
+    })
 }
 
 /// Logs a framing error: a frame or line over its limit at info, naming the

@@ -150,12 +150,16 @@ pub trait FramedHandler: Send + Sync + 'static {
     /// (the default): the connection closes as at shutdown (goodbye frame,
     /// `on_close` with [`CloseReason::Shutdown`]), as before session 47.
     ///
-    /// Asked at the hand-over for each connection **parked** on a
-    /// **cleartext** framed listener. Awake connections (a handler
-    /// running, a frame half read, a push being written) close as at
-    /// shutdown; so do connections over TLS, whatever this returns
-    /// (rustls cannot rebuild a session from its secrets, so no process
-    /// but this one can go on with its stream).
+    /// Asked at the hand-over for each **idle** connection on a
+    /// **cleartext** framed listener: parked ones, and awake ones between
+    /// frames, which park for it. Busy connections (a handler running, a
+    /// frame half read, a push being written) close as at shutdown; so do
+    /// connections over TLS, whatever this returns (rustls cannot rebuild
+    /// a session from its secrets, so no process but this one can go on
+    /// with its stream). Never asked when the next process adopts
+    /// HTTP/1.1 only (one of a session before 47, a rollback:
+    /// [`HandOverKinds::Http1Only`](crate::HandOverKinds::Http1Only)):
+    /// then every framed connection closes as at shutdown.
     ///
     /// What moves with the state: the socket (the device sees nothing: no
     /// close, and its next frame is answered by the new process), its topic
@@ -173,10 +177,10 @@ pub trait FramedHandler: Send + Sync + 'static {
     /// [`CloseReason::HandedOver`] with the state, here, so that maps of
     /// ids can drop it. That is told before the state is sent, so it does
     /// not prove the next process took the connection: should the send
-    /// fail, the next process refuse it, or be of a session before 47
-    /// (which takes no framed connection), it closes without a goodbye
-    /// frame or another `on_close`. A panic here is caught and counted;
-    /// the connection stays.
+    /// fail (or the state be too large for the control socket), or the
+    /// next process refuse it, it closes without a goodbye frame or
+    /// another `on_close`. A panic here is caught and counted; the
+    /// connection stays.
     fn export(&self, state: &Self::State) -> Option<Vec<u8>> {
         let _ = state;
         None
