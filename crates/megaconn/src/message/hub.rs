@@ -789,11 +789,16 @@ impl Hub {
     ///   [`broadcast_droppable`](Hub::broadcast_droppable): dropped from
     ///   half the queue on, the connection left open.
     ///
-    /// A peer that reads nothing at all is still closed, by its write
-    /// bound: the heartbeat timeout, else
+    /// An awake peer that reads nothing at all is still closed, by its
+    /// write bound: the heartbeat timeout, else
     /// [`Builder::write_stall_timeout`](crate::Builder::write_stall_timeout)
     /// (60 s), past which a write its socket took nothing of closes it as
-    /// a slow consumer, droppable pushes or not.
+    /// a slow consumer, droppable pushes or not. A *parked* one that only
+    /// droppable pushes reach is not (below): it stays open, its socket's
+    /// send buffer full, until an ordinary push (which wakes it, and the
+    /// bound then runs), its heartbeat deadline (framed connections have
+    /// none by default: set one where peers may stop reading) or the peer
+    /// goes.
     ///
     /// A parked connection has no queue: behind means its socket is not
     /// writable (`poll` for `POLLOUT`, asked before the push is written:
