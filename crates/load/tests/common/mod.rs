@@ -3,8 +3,10 @@
 //! sent (methods, headers, source addresses), and can misbehave on purpose.
 #![allow(dead_code, missing_docs)]
 
+mod args;
 mod on_thread;
-pub use on_thread::serve_on_thread;
+pub use args::{hold_argv, load_args, load_argv};
+pub use on_thread::{run_on_thread, serve_on_thread};
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

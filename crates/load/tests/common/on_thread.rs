@@ -1,6 +1,7 @@
-//! A test server's accept loop on a thread of its own, in a current-thread
-//! tokio runtime, so that it serves whatever the test does meanwhile (block
-//! on a child process, run `load` in its own runtime). The load generator's
+//! A test server's accept loop (or a megaconn server's `serve`) on a
+//! thread of its own, in a current-thread tokio runtime, so that it serves
+//! whatever the test does meanwhile (block on a child process, run `load`
+//! in its own runtime). The load generator's
 //! test servers run on it, and so do the command-line tests' (their
 //! `tests/common` includes this file).
 
@@ -18,19 +19,31 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     listener.set_nonblocking(true).unwrap();
+    run_on_thread(move || async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        loop {
+            let Ok((sock, peer)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(serve(sock, peer));
+        }
+    });
+}
+
+/// Runs the future `make` makes (made on the new thread: it need not be
+/// `Send`, as a megaconn server's `serve` is not) on a thread of its own,
+/// in a current-thread tokio runtime, until it ends or the test process
+/// does: a server that serves whatever the test does meanwhile.
+pub fn run_on_thread<F, Fut>(make: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future,
+{
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((sock, peer)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(serve(sock, peer));
-            }
-        });
+        rt.block_on(make());
     });
 }

@@ -5,15 +5,8 @@ use crate::common;
 
 use std::sync::atomic::Ordering::SeqCst;
 
-use clap::Parser;
 use common::{Mode, Server};
 use megaconn_load::{run_hold, HoldArgs, LoadError};
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: HoldArgs,
-}
 
 fn args(target: &str, extra: &[&str]) -> HoldArgs {
     let mut v = vec![
@@ -28,7 +21,7 @@ fn args(target: &str, extra: &[&str]) -> HoldArgs {
         "2s",
     ];
     v.extend_from_slice(extra);
-    Cli::parse_from(v).args
+    common::hold_argv(v)
 }
 
 fn http(server: &Server) -> String {
@@ -195,7 +188,10 @@ fn unanswered_tcp_heartbeats_fail_after_the_timeout() {
     let server = common::start(Mode::Deaf);
     let target = format!("tcp://{}", server.addr);
     let argv = ["hold", &target, "--tcp-framing", "u16"];
-    let r = run_hold(Cli::parse_from(argv.into_iter().chain(common::UNANSWERED)).args).unwrap();
+    let r = run_hold(common::hold_argv(
+        argv.into_iter().chain(common::UNANSWERED),
+    ))
+    .unwrap();
     assert_eq!((r.heartbeats_ok, r.heartbeat_errors), (0, 3), "{r:?}");
     assert_eq!((r.connections_open_at_end, r.drops), (0, 0), "{r:?}");
     assert_eq!(r.connections_parked, 3, "{r:?}");
@@ -225,8 +221,10 @@ fn parked_http_heartbeats_end_as_the_server_says() {
     // Unanswered heartbeats fail after --timeout (opening requests answered).
     let server = common::start(Mode::AnswerFirst);
     let target = http(&server);
-    let r = run_hold(Cli::parse_from(["hold", &target].into_iter().chain(common::UNANSWERED)).args)
-        .unwrap();
+    let r = run_hold(common::hold_argv(
+        ["hold", &target].into_iter().chain(common::UNANSWERED),
+    ))
+    .unwrap();
     assert_eq!(
         (r.opens_ok, r.heartbeats_ok, r.heartbeat_errors),
         (3, 0, 3),
@@ -269,7 +267,7 @@ fn heartbeats_waiting_at_the_end_are_reported() {
     let argv = ["hold", &target, "-q", "-c", "3", "--interval", "20ms"];
     // Replies could take a minute; the hold ends after 300 ms.
     let argv = argv.into_iter().chain(["--timeout", "60s", "-d", "300ms"]);
-    let r = run_hold(Cli::parse_from(argv).args).unwrap();
+    let r = run_hold(common::hold_argv(argv)).unwrap();
     assert_eq!(
         (
             r.heartbeats_ok,

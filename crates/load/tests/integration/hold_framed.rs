@@ -6,15 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use clap::Parser;
 use megaconn::{FramedHandler, Framing, Hub, Session};
-use megaconn_load::{run_hold, HoldArgs};
+use megaconn_load::run_hold;
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: HoldArgs,
-}
+use crate::common;
 
 /// Answers every frame `PONG`; once `expected` connections have each sent
 /// a heartbeat, broadcasts one message stamped with its send time.
@@ -63,15 +58,9 @@ fn length_prefixed_heartbeats_and_received_pushes() {
         expected: N,
     };
     // The server lives until the test process ends.
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _ = rt.block_on(server.serve_framed(pusher));
-    });
+    common::run_on_thread(move || server.serve_framed(pusher));
     let target = format!("tcp://{addr}");
-    let args = Cli::parse_from([
+    let args = common::hold_argv([
         "hold",
         &target,
         "-q",
@@ -90,8 +79,7 @@ fn length_prefixed_heartbeats_and_received_pushes() {
         "--expect",
         "PONG",
         "--receive",
-    ])
-    .args;
+    ]);
     let r = run_hold(args).unwrap();
     assert_eq!(r.connections_open_at_end, N, "{r:?}");
     assert_eq!(r.heartbeat_errors, 0, "{r:?}");

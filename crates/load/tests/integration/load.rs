@@ -3,21 +3,12 @@
 
 use crate::common;
 
-use clap::Parser;
 use common::{Mode, Server};
 use megaconn_load::{run_load, LoadArgs, LoadError};
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: LoadArgs,
-}
-
+/// `megaconn load URL -q EXTRA…` of `server`'s URL.
 fn args(server: &Server, extra: &[&str]) -> LoadArgs {
-    let url = server.url();
-    let mut v = vec!["load", url.as_str(), "-q"];
-    v.extend_from_slice(extra);
-    Cli::parse_from(v).args
+    common::load_args(&server.url(), extra)
 }
 
 #[test]
@@ -247,7 +238,7 @@ fn refuses_unbounded_and_unreachable_runs() {
         Err(LoadError::Unbounded)
     ));
     let url = format!("http://{}/", common::closed_port());
-    let a = Cli::parse_from(["load", url.as_str(), "-n", "10", "-q"]).args;
+    let a = common::load_argv(["load", url.as_str(), "-n", "10", "-q"]);
     let err = run_load(a).unwrap_err();
     assert!(matches!(err, LoadError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("is the server running"));
@@ -328,7 +319,7 @@ fn pipelined_requests_lost_with_the_connection_are_each_counted() {
             "--pipeline",
             "16",
         ];
-        let r = run_load(Cli::parse_from(argv).args).unwrap();
+        let r = run_load(common::load_argv(argv)).unwrap();
         server.join().unwrap();
         assert_eq!(
             (r.requests, r.errors.closed, r.errors_total),

@@ -10,17 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use clap::Parser;
 use http::{Request, Response, Version};
 use http_body_util::Full;
 use megaconn::{Body, TlsConfig};
 use megaconn_load::{run_load, LoadArgs, LoadError};
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: LoadArgs,
-}
+use crate::common;
 
 /// Requests the server answered, by HTTP version.
 #[derive(Debug, Default)]
@@ -101,13 +96,7 @@ pub(crate) fn start_with(
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"Hello"))))
         }
     });
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _ = rt.block_on(server.serve(service));
-    });
+    common::run_on_thread(move || server.serve(service));
     Server {
         addr,
         seen,
@@ -117,9 +106,7 @@ pub(crate) fn start_with(
 
 /// `megaconn load URL -q EXTRA…` parsed as the CLI does.
 pub(crate) fn args(url: &str, extra: &[&str]) -> LoadArgs {
-    let mut v = vec!["load", url, "-q"];
-    v.extend_from_slice(extra);
-    Cli::parse_from(v).args
+    common::load_args(url, extra)
 }
 
 #[test]
@@ -388,12 +375,6 @@ fn protocol_flags_must_fit_together() {
     assert_eq!(server.http1() + server.http2(), 0);
 }
 
-#[derive(Parser)]
-struct HoldCli {
-    #[command(flatten)]
-    args: megaconn_load::HoldArgs,
-}
-
 #[test]
 fn hold_https_keeps_tls_connections_and_their_heartbeats() {
     let server = start(Some(self_signed()));
@@ -410,7 +391,7 @@ fn hold_https_keeps_tls_connections_and_their_heartbeats() {
         ];
         v.extend_from_slice(extra);
         v.push(Box::leak(server.url().into_boxed_str()));
-        HoldCli::parse_from(v).args
+        common::hold_argv(v)
     };
     let r = megaconn_load::run_hold(hold(&["-k", "--interval", "50ms", "-d", "400ms"])).unwrap();
     assert_eq!(

@@ -13,21 +13,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::routing::get;
-use clap::Parser;
 use megaconn::axum_ws::{Message, WebSocketUpgrade};
-use megaconn_load::{run_hold, run_load, HoldArgs, LoadArgs};
-
-#[derive(Parser)]
-struct HoldCli {
-    #[command(flatten)]
-    args: HoldArgs,
-}
-
-#[derive(Parser)]
-struct LoadCli {
-    #[command(flatten)]
-    args: LoadArgs,
-}
+use megaconn_load::{run_hold, run_load, HoldArgs};
 
 /// How often `/push` sends.
 const PUSH_EVERY: Duration = Duration::from_millis(5);
@@ -71,20 +58,8 @@ fn start() -> SocketAddr {
         .listen()
         .expect("binds");
     let addr = server.local_addr();
-    serve_in_background(server, app);
+    common::run_on_thread(move || server.serve(app));
     addr
-}
-
-/// Serves `app` on `server` on a thread of its own, until the test process
-/// ends.
-fn serve_in_background(server: megaconn::Server, app: axum::Router) {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _ = rt.block_on(server.serve(app));
-    });
 }
 
 fn hold_args(target: &str, extra: &[&str]) -> HoldArgs {
@@ -100,13 +75,7 @@ fn hold_args(target: &str, extra: &[&str]) -> HoldArgs {
         "5s",
     ];
     v.extend_from_slice(extra);
-    HoldCli::parse_from(v).args
-}
-
-fn load_args(url: &str, extra: &[&str]) -> LoadArgs {
-    let mut v = vec!["load", url, "-q"];
-    v.extend_from_slice(extra);
-    LoadCli::parse_from(v).args
+    common::hold_argv(v)
 }
 
 #[test]
@@ -180,7 +149,7 @@ fn start_wss() -> (SocketAddr, megaconn::ServerHandle) {
         .expect("binds");
     let (addr, handle) = (server.local_addr(), server.handle());
     let app = axum::Router::new().route_service("/ws", megaconn::WebSocketRoute::new(Echo));
-    serve_in_background(server, app);
+    common::run_on_thread(move || server.serve(app));
     (addr, handle)
 }
 
@@ -245,7 +214,7 @@ fn hold_ws_refuses_a_plain_http_server() {
 #[test]
 fn load_ws_counts_round_trips() {
     let addr = start();
-    let r = run_load(load_args(
+    let r = run_load(common::load_args(
         &format!("ws://{addr}/echo"),
         &["-c", "4", "-t", "2", "-d", "400ms", "--body", "ping me"],
     ))
@@ -261,7 +230,7 @@ fn load_ws_counts_round_trips() {
 #[test]
 fn load_ws_receive_measures_delivery() {
     let addr = start();
-    let r = run_load(load_args(
+    let r = run_load(common::load_args(
         &format!("ws://{addr}/push"),
         &["-c", "3", "-d", "400ms", "--receive"],
     ))
@@ -453,7 +422,7 @@ fn parked_ws_without_a_pong_fail() {
         let addr = raw_ws(mode);
         let target = format!("ws://{addr}/");
         let argv = ["hold", &target].into_iter().chain(common::UNANSWERED);
-        let r = run_hold(HoldCli::parse_from(argv).args).unwrap();
+        let r = run_hold(common::hold_argv(argv)).unwrap();
         // The upgrades were answered; every first ping failed.
         assert_eq!(
             (r.opens_ok, r.heartbeats_ok, r.heartbeat_errors),

@@ -261,6 +261,16 @@ pub fn assert_ws_limit_hits(handle: &ServerHandle, setting: &str, counted: [u64;
     }
 }
 
+/// The next thing `rx` gets (bounded by [`SAFETY`]; `what` names it in
+/// the failure): a handler's report (an open, a close, a busy handler)
+/// awaited as the signal it is.
+pub async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
+    tokio::time::timeout(SAFETY, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap_or_else(|| panic!("{what}: its sender is gone"))
+}
+
 /// Waits (bounded by [`SAFETY`]) until `handle`'s counters satisfy `cond`:
 /// a poll of a condition, never a fixed sleep standing in for one.
 pub async fn wait_stats(

@@ -1,17 +1,23 @@
 //! Message-protocol fixtures shared by the tests of WebSocket, framed TCP
 //! and Server-Sent Events: a handler of all three that echoes and reports
 //! opens and closes ([`Probe`]); a running server whose handler reports
-//! them ([`Running`]); the routes and the listeners' addresses of a server
-//! that serves the three at once ([`message_routes`], [`http_and_framed`])
-//! and that server, running ([`MsgServer`]); a
-//! cleartext client of each protocol that reads whole messages ([`Peer`]);
-//! and the bytes on the wire: a length-prefixed frame ([`frame`],
-//! [`read_frame`]), a response head ([`read_head`]), a WebSocket upgrade
-//! request ([`WS_UPGRADE`]). The TLS tests' clients are their own (they
-//! read raw records); they share the server, the frames and the heads.
+//! them ([`Running`]; a test's fixture that adds what its own handler
+//! shares derefs to it, [`deref_to_running`]); where a handler waits for
+//! the test ([`Gate`]); the routes and the listeners' addresses of a
+//! server that serves the three at once ([`message_routes`],
+//! [`http_and_framed`]) and that server, running ([`MsgServer`]); a
+//! cleartext client of each protocol that reads whole messages ([`Peer`]),
+//! each protocol's first exchange by hand ([`set_up`]), a connection
+//! ([`tcp_to`]) and tungstenite's client on it ([`ws_client`]); and the
+//! bytes on the wire: a length-prefixed frame ([`frame`], [`read_frame`]),
+//! a WebSocket client's frame and a server's ([`ws_client_frame`],
+//! [`read_ws_frame`]), a response head ([`read_head`]), a WebSocket
+//! upgrade request ([`WS_UPGRADE`], [`ws_upgrade`]), an event stream's
+//! ([`SSE_REQUEST`]). The TLS tests' clients are their own (they read raw
+//! records); they share the server, the frames and the heads.
 
 use std::net::SocketAddr;
-use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -21,9 +27,9 @@ use megaconn::{
     Session, ShutdownSummary, SseEvent, SseHandler, SseRoute, Started, WebSocketHandler,
     WebSocketRoute, WsMessage, WsSession,
 };
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -31,8 +37,26 @@ use tokio_tungstenite::WebSocketStream;
 use super::SAFETY;
 
 /// A WebSocket opening handshake's request for `/ws` (RFC 6455 §1.3's
-/// key), for a client that speaks the protocol by hand.
+/// key), for a client that speaks the protocol by hand: [`ws_upgrade`]
+/// of `/ws` with nothing more.
 pub const WS_UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A WebSocket opening handshake's request for `path` (with its query),
+/// with `extra` header lines (each ending in CRLF) after the ones a
+/// handshake needs: a route of another name, an extension offered, a
+/// header a test breaks on purpose (a second version, an origin, a body
+/// declared).
+pub fn ws_upgrade(path: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+/// An event stream's request, for `/events` in HTTP/1.0: its body is
+/// delimited by the close, each event as it is.
+pub const SSE_REQUEST: &[u8] = b"GET /events HTTP/1.0\r\nHost: localhost\r\n\r\n";
 
 /// The framed listeners' goodbye frame's body (`Builder::goodbye_frame`)
 /// where a test sets one.
@@ -102,6 +126,54 @@ impl SseHandler for Probe {
 
     fn on_close(&self, id: ConnectionId, reason: CloseReason) {
         let _ = self.closes.send((id, reason));
+    }
+}
+
+/// Where a test's handler waits while the test does something meanwhile
+/// (pushes to its connection, a close, a count): [`Gate::wait`] says the
+/// handler is busy, then awaits a permit the test gives. Clones share the
+/// gate.
+#[derive(Clone)]
+pub struct Gate {
+    busy: mpsc::UnboundedSender<()>,
+    permits: Arc<Semaphore>,
+}
+
+/// The test's side of a [`Gate`]: hears a handler is busy, lets one go.
+pub struct Gated {
+    busy: mpsc::UnboundedReceiver<()>,
+    permits: Arc<Semaphore>,
+}
+
+impl Gate {
+    /// A closed gate, and the test's side of it.
+    pub fn new() -> (Gate, Gated) {
+        let (busy, heard) = mpsc::unbounded_channel();
+        let permits = Arc::new(Semaphore::new(0));
+        let gated = Gated {
+            busy: heard,
+            permits: permits.clone(),
+        };
+        (Gate { busy, permits }, gated)
+    }
+
+    /// Says the handler is busy, then waits for a permit (each taken for
+    /// good: one per wait).
+    pub async fn wait(&self) {
+        let _ = self.busy.send(());
+        self.permits.acquire().await.expect("gate open").forget();
+    }
+}
+
+impl Gated {
+    /// Waits (bounded by [`SAFETY`]) until a handler waits at the gate.
+    pub async fn next_busy(&mut self) {
+        super::next(&mut self.busy, "a busy handler").await;
+    }
+
+    /// Lets `n` waits through.
+    pub fn add_permits(&self, n: usize) {
+        self.permits.add_permits(n);
     }
 }
 
@@ -208,6 +280,34 @@ impl<C> Running<C> {
     }
 }
 
+/// Makes a test's server fixture, a struct that keeps its [`Running`]
+/// server in a field `running` beside what else its handler shares with
+/// the test (a gate, a channel more), deref to that [`Running`] (`$close`:
+/// what its handler reports of a close), so the test reads
+/// `server.handle`, `server.hub` or `server.next_open()` as on
+/// [`Running`] itself.
+macro_rules! deref_to_running {
+    ($fixture:ty, $close:ty) => {
+        impl std::ops::Deref for $fixture {
+            type Target = $crate::common::msg::Running<$close>;
+
+            fn deref(&self) -> &Self::Target {
+                &self.running
+            }
+        }
+
+        impl std::ops::DerefMut for $fixture {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.running
+            }
+        }
+    };
+}
+// Not every test target has a fixture of its own (as `dead_code` in
+// `mod.rs`).
+#[allow(unused_imports)]
+pub(crate) use deref_to_running;
+
 /// A running server of the three message protocols, serving a [`Probe`]:
 /// WebSocket at `/ws` and Server-Sent Events at `/events` on its HTTP (or
 /// HTTPS) listener ([`message_routes`]), framed TCP on its framed one. Its
@@ -218,19 +318,7 @@ pub struct MsgServer {
     running: Running<(ConnectionId, CloseReason)>,
 }
 
-impl Deref for MsgServer {
-    type Target = Running<(ConnectionId, CloseReason)>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.running
-    }
-}
-
-impl DerefMut for MsgServer {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.running
-    }
-}
+deref_to_running!(MsgServer, (ConnectionId, CloseReason));
 
 impl MsgServer {
     /// Binds `builder` (one HTTP or HTTPS address and one framed, named by
@@ -320,38 +408,14 @@ impl Peer {
         (http, framed): (SocketAddr, SocketAddr),
         recv_buffer: Option<u32>,
     ) -> Peer {
-        let socket = TcpSocket::new_v4().unwrap();
-        if let Some(n) = recv_buffer {
-            socket.set_recv_buffer_size(n).unwrap();
-        }
         let addr = if proto == Proto::Framed { framed } else { http };
-        let mut tcp = tokio::time::timeout(SAFETY, socket.connect(addr))
-            .await
-            .expect("connected in time")
-            .unwrap();
-        tcp.set_nodelay(true).unwrap();
+        let mut tcp = tcp_to(addr, recv_buffer).await;
         match proto {
             Proto::Framed => Peer::Framed(tcp),
-            Proto::Ws => {
-                let connected = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp);
-                let (ws, _) = tokio::time::timeout(SAFETY, connected)
-                    .await
-                    .expect("handshake in time")
-                    .expect("handshake");
-                Peer::Ws(Box::new(ws))
-            }
+            Proto::Ws => Peer::Ws(Box::new(ws_handshake(tcp, "/ws").await)),
             Proto::Sse => {
-                tcp.write_all(b"GET /events HTTP/1.0\r\nHost: x\r\n\r\n")
-                    .await
-                    .unwrap();
-                let mut io = BufReader::new(tcp);
-                let mut head = String::new();
-                while !head.ends_with("\r\n\r\n") {
-                    let read = tokio::time::timeout(SAFETY, io.read_line(&mut head));
-                    assert!(read.await.expect("head in time").unwrap() > 0, "{head}");
-                }
-                assert!(head.lines().next().unwrap().contains(" 200 "), "{head}");
-                Peer::Sse(io)
+                set_up(proto, &mut tcp).await;
+                Peer::Sse(BufReader::new(tcp))
             }
         }
     }
@@ -469,6 +533,109 @@ impl Peer {
         });
         ended.await.expect("the end of the stream in time");
     }
+}
+
+/// Each protocol's first exchange on `io`, by hand (bounded by
+/// [`SAFETY`]): a frame `hi` echoed, a WebSocket's upgrade ([`WS_UPGRADE`])
+/// answered `101`, an event stream's request ([`SSE_REQUEST`]) answered
+/// `200`, the heads read a byte at a time so that nothing after them is
+/// taken. Over TLS it also has the client read the session tickets that
+/// follow the handshake: the records read raw after it are the test's.
+pub async fn set_up<S: AsyncRead + AsyncWrite + Unpin>(proto: Proto, io: &mut S) {
+    let request = match proto {
+        Proto::Framed => frame(b"hi"),
+        Proto::Ws => WS_UPGRADE.to_vec(),
+        Proto::Sse => SSE_REQUEST.to_vec(),
+    };
+    io.write_all(&request).await.unwrap();
+    io.flush().await.unwrap();
+    if proto == Proto::Framed {
+        assert_eq!(read_frame(io).await, b"hi", "the echo");
+        return;
+    }
+    let head = read_head(io).await;
+    let status = if proto == Proto::Ws { " 101 " } else { " 200 " };
+    assert!(head.lines().next().unwrap().contains(status), "{head}");
+}
+
+/// A connection to `addr` (bounded by [`SAFETY`]), without Nagle's delay,
+/// with a receive buffer of `recv_buffer` bytes if asked (a slow reader:
+/// its socket takes little while it reads nothing).
+pub async fn tcp_to(addr: SocketAddr, recv_buffer: Option<u32>) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    if let Some(n) = recv_buffer {
+        socket.set_recv_buffer_size(n).unwrap();
+    }
+    let tcp = tokio::time::timeout(SAFETY, socket.connect(addr))
+        .await
+        .expect("connected in time")
+        .unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp
+}
+
+/// tungstenite's client on `tcp`, its handshake for `path` (with its
+/// query) done (bounded by [`SAFETY`]).
+pub async fn ws_handshake(tcp: TcpStream, path: &str) -> WebSocketStream<TcpStream> {
+    let url = format!("ws://{}{path}", tcp.peer_addr().unwrap());
+    let (ws, _) = tokio::time::timeout(SAFETY, tokio_tungstenite::client_async(url, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    ws
+}
+
+/// tungstenite's client of the route at `path` on `addr` ([`tcp_to`],
+/// [`ws_handshake`]).
+pub async fn ws_client(
+    addr: SocketAddr,
+    path: &str,
+    recv_buffer: Option<u32>,
+) -> WebSocketStream<TcpStream> {
+    ws_handshake(tcp_to(addr, recv_buffer).await, path).await
+}
+
+/// A WebSocket client's frame, by hand: `first` (FIN, opcode), `payload`
+/// (under 64 KiB), masked (as a client must) or not (as a test's
+/// misbehaving one does).
+pub fn ws_client_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask = [9, 8, 7, 6];
+    let bit = if masked { 0x80 } else { 0 };
+    let mut out = match payload.len() {
+        n @ 0..126 => vec![first, n as u8 | bit],
+        n => [
+            &[first, 126 | bit][..],
+            &u16::try_from(n).unwrap().to_be_bytes(),
+        ]
+        .concat(),
+    };
+    if masked {
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Reads one WebSocket server frame, whole (bounded by [`SAFETY`]): its
+/// first byte (FIN, opcode) and payload. Server frames are unmasked.
+pub async fn read_ws_frame<S: AsyncRead + Unpin>(io: &mut S) -> (u8, Vec<u8>) {
+    tokio::time::timeout(SAFETY, async {
+        let mut head = [0u8; 2];
+        io.read_exact(&mut head).await.expect("a frame header");
+        assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+        let len = match head[1] & 0x7f {
+            126 => io.read_u16().await.unwrap() as usize,
+            127 => io.read_u64().await.unwrap() as usize,
+            n => n as usize,
+        };
+        let mut payload = vec![0; len];
+        io.read_exact(&mut payload).await.unwrap();
+        (head[0], payload)
+    })
+    .await
+    .expect("a frame in time")
 }
 
 /// A 4-byte big-endian length-prefixed frame.

@@ -7,17 +7,17 @@
 //! grow while the peer reads nothing and fall once it reads. Every wait
 //! is bounded and waits on a condition.
 
-use crate::common;
+use crate::common::{self, msg::deref_to_running, next};
 use crate::ws::next_data;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::SAFETY;
+use common::msg::{ws_client, Running};
 use futures_util::SinkExt;
 use megaconn::{
-    Buffered, CloseReason, ConnectionId, Hub, Server, ServerHandle, ShutdownSummary,
-    WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+    Buffered, CloseReason, ConnectionId, Hub, Server, WebSocketHandler, WebSocketRoute, WsMessage,
+    WsSession,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
@@ -81,67 +81,56 @@ impl WebSocketHandler for Watcher {
     }
 }
 
+/// A server serving [`Watcher`], running, and what the watcher shares
+/// with the test beside its opens and closes: what it sees, and its ticks.
 struct Fixture {
     addr: SocketAddr,
-    handle: ServerHandle,
-    hub: Hub,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    closes: mpsc::UnboundedReceiver<(ConnectionId, CloseReason)>,
     seen: mpsc::UnboundedReceiver<(Buffered, Option<Buffered>)>,
     ticks: Arc<Semaphore>,
-    task: tokio::task::JoinHandle<ShutdownSummary>,
+    running: Running<(ConnectionId, CloseReason)>,
 }
+
+deref_to_running!(Fixture, (ConnectionId, CloseReason));
 
 impl Fixture {
     /// One worker, connections kept awake (no parking), an outbound queue
     /// of [`QUEUE`], [`Watcher`] at `/w`.
     fn start() -> Fixture {
-        let mut server = Server::builder()
+        let server = Server::builder()
             .workers(1)
             .park_idle_after(None)
             .outbound_queue(QUEUE)
             .listen_on("127.0.0.1:0".parse().unwrap())
             .listen()
             .expect("server binds");
-        let (addr, handle, hub) = (server.local_addr(), server.handle(), server.hub());
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
+        let addr = server.local_addr();
         let (saw, seen) = mpsc::unbounded_channel();
         let ticks = Arc::new(Semaphore::new(0));
-        let watcher = Watcher {
-            hub: hub.clone(),
-            opens: opened,
-            closes: closed,
-            seen: saw,
-            ticks: ticks.clone(),
-        };
-        let app = axum::Router::new().route_service("/w", WebSocketRoute::new(watcher));
-        let task = tokio::spawn(server.start(app).expect("server starts").run());
+        let watchers_ticks = ticks.clone();
+        let running = Running::serve(server, move |mut server, opens, closes| {
+            let watcher = Watcher {
+                hub: server.hub(),
+                opens,
+                closes,
+                seen: saw,
+                ticks: watchers_ticks,
+            };
+            let app = axum::Router::new().route_service("/w", WebSocketRoute::new(watcher));
+            server.start(app).expect("server starts")
+        });
         Fixture {
             addr,
-            handle,
-            hub,
-            opens,
-            closes,
             seen,
             ticks,
-            task,
+            running,
         }
     }
 
     /// A client whose receive buffer is 4 KiB (its socket takes little
     /// while it reads nothing), and its connection's id.
     async fn slow_reader(&mut self) -> (WebSocketStream<TcpStream>, ConnectionId) {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let stream = socket.connect(self.addr).await.unwrap();
-        let url = format!("ws://{}/w", self.addr);
-        let (client, _) =
-            tokio::time::timeout(SAFETY, tokio_tungstenite::client_async(url, stream))
-                .await
-                .expect("handshake in time")
-                .expect("handshake");
-        (client, next(&mut self.opens, "on_open").await)
+        let client = ws_client(self.addr, "/w", Some(4096)).await;
+        (client, self.next_open().await)
     }
 
     /// What the watching handler sees now.
@@ -149,24 +138,13 @@ impl Fixture {
         self.ticks.add_permits(1);
         tokio::select! {
             seen = next(&mut self.seen, "a look") => seen,
-            closed = next(&mut self.closes, "a close") => panic!("closed instead: {closed:?}"),
+            closed = next(&mut self.running.closes, "a close") => panic!("closed instead: {closed:?}"),
         }
     }
 
     async fn stop(self) {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
-            .await
-            .expect("server stops")
-            .expect("server task");
+        self.running.stop().await;
     }
-}
-
-async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
-    tokio::time::timeout(SAFETY, rx.recv())
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-        .expect("handler gone")
 }
 
 /// A client that stops reading while 64 droppable pushes of 64 KiB come:
@@ -226,6 +204,8 @@ async fn droppable_pushes_to_a_reader_that_stopped_are_dropped_and_it_stays_open
     );
     assert!(text.contains(&line), "{line} in\n{text}");
     assert!(text.contains("megaconn_message_queue_drops_total{cause=\"slow_consumer\"} 0"));
+    // (Gone before the shutdown, which would wait for its close.)
+    drop(client);
     server.stop().await;
 }
 
@@ -303,5 +283,7 @@ async fn buffered_grows_while_the_peer_does_not_read_and_falls_when_it_does() {
     assert_eq!(next_data(&mut client).await, Message::text("watched"));
     let counted = server.handle.stats().messages;
     assert_eq!((counted.pushes, counted.queue_drops), (sent as u64, 0));
+    // (Gone before the shutdown, which would wait for its close.)
+    drop(client);
     server.stop().await;
 }

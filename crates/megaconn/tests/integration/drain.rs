@@ -782,10 +782,7 @@ async fn busy_clients_lose_no_request(tls: Option<common::tls::Ca>, hand_over: b
     const CLIENTS: usize = 20;
     let mut builder = with_shutdown_timeout(common::SAFETY / 2);
     if let Some(ca) = &tls {
-        let leaf = ca.leaf(&["localhost"]);
-        let config =
-            megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
-                .unwrap();
+        let config = ca.server(&["localhost"]);
         builder = builder.tls(config);
     }
     let server = TestServer::start(builder).await;

@@ -5,20 +5,20 @@
 //! connections, and the per-IP limit. Every wait is bounded and waits on a
 //! condition (an event, a counter, a byte), never on time alone.
 
-use crate::common;
+use crate::common::{self, msg::deref_to_running};
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::{closed_as, reset, SAFETY};
+use bytes::Bytes;
+use common::msg::{frame, read_frame, tcp_to, Gate, Gated, Running};
+use common::{closed_as, limit_hits, read_to_close, reset, SAFETY};
 use megaconn::{
-    Builder, CloseReason, ConnectionEvent, ConnectionId, FramedHandler, Framing, FramingError, Hub,
-    HubError, ProtocolDetail, Server, ServerHandle, ServerStats, Session, ShutdownSummary,
+    Builder, CloseReason, ConnectionEvent, ConnectionId, FramedHandler, Framing, FramingError,
+    HubError, ProtocolDetail, Server, ServerStats, Session, ShutdownSummary,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 /// The test handler. Per connection it counts messages (its state). A frame
 /// `count` is answered with the count so far, `bye` with `bye` and a close;
@@ -29,8 +29,7 @@ use tokio::sync::{mpsc, Semaphore};
 struct Probe {
     closes: mpsc::UnboundedSender<(u64, CloseReason)>,
     opens: Option<mpsc::UnboundedSender<ConnectionId>>,
-    busy: mpsc::UnboundedSender<()>,
-    gate: Arc<Semaphore>,
+    gate: Gate,
 }
 
 impl FramedHandler for Probe {
@@ -59,8 +58,7 @@ impl FramedHandler for Probe {
                 Some(Bytes::from("yielded"))
             }
             b"wait" => {
-                let _ = self.busy.send(());
-                self.gate.acquire().await.expect("gate open").forget();
+                self.gate.wait().await;
                 Some(Bytes::from("waited"))
             }
             f if f.starts_with(b"sub ") => {
@@ -88,57 +86,42 @@ impl Probe {
         Probe {
             closes: mpsc::unbounded_channel().0,
             opens: None,
-            busy: mpsc::unbounded_channel().0,
-            gate: Arc::new(Semaphore::new(0)),
+            gate: Gate::new().0,
         }
     }
 }
 
-/// A framed server on 127.0.0.1:0, one worker, running the [`Probe`].
+/// A framed server on 127.0.0.1:0, one worker, running the [`Probe`]:
+/// its address, the probes' gate, and the server, running.
 struct Framed {
     addr: std::net::SocketAddr,
-    handle: ServerHandle,
-    closes: mpsc::UnboundedReceiver<(u64, CloseReason)>,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    busy: mpsc::UnboundedReceiver<()>,
-    gate: Arc<Semaphore>,
-    hub: Hub,
-    task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
+    gate: Gated,
+    running: Running<(u64, CloseReason)>,
 }
+
+deref_to_running!(Framed, (u64, CloseReason));
 
 impl Framed {
     async fn start(builder: Builder, framing: Framing) -> Framed {
-        let mut server = builder
+        let server = builder
             .workers(1)
             .listen_framed_on("127.0.0.1:0".parse().unwrap(), framing)
             .listen()
             .expect("server binds");
         let addr = server.local_addr();
-        let handle = server.handle();
-        let hub = server.hub();
-        let (tx, closes) = mpsc::unbounded_channel();
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (busied, busy) = mpsc::unbounded_channel();
-        let gate = Arc::new(Semaphore::new(0));
-        let probe = Probe {
-            closes: tx,
-            opens: Some(opened),
-            busy: busied,
-            gate: gate.clone(),
-        };
-        // Run here, not in the task: the hub takes messages once the server
-        // runs, which the tests' first pushes must not race.
-        let running = server.start_framed(probe).expect("server starts").run();
-        let task = tokio::spawn(async move { Ok(running.await) });
+        let (probes_gate, gate) = Gate::new();
+        let running = Running::serve(server, |server, opens, closes| {
+            let probe = Probe {
+                closes,
+                opens: Some(opens),
+                gate: probes_gate,
+            };
+            server.start_framed(probe).expect("server starts")
+        });
         Framed {
             addr,
-            handle,
-            closes,
-            opens,
-            busy,
             gate,
-            hub,
-            task,
+            running,
         }
     }
 
@@ -158,19 +141,13 @@ impl Framed {
     }
 
     async fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(self.addr).await.expect("connect");
-        s.set_nodelay(true).unwrap();
-        s
+        tcp_to(self.addr, None).await
     }
 
     /// A client whose receive buffer is 4 KiB: a slow reader, whose socket
     /// takes little of what is written to it while it reads nothing.
     async fn connect_small(&self) -> TcpStream {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let s = socket.connect(self.addr).await.expect("connect");
-        s.set_nodelay(true).unwrap();
-        s
+        tcp_to(self.addr, Some(4096)).await
     }
 
     /// Sends `push` to connection `id` and waits (bounded) until its first
@@ -201,32 +178,9 @@ impl Framed {
         (s, id)
     }
 
-    /// The id of the next connection the handler saw open.
-    async fn next_open(&mut self) -> ConnectionId {
-        tokio::time::timeout(SAFETY, self.opens.recv())
-            .await
-            .expect("timed out waiting for on_open")
-            .expect("handler gone")
-    }
-
-    /// The next close the handler heard of: (messages seen, reason).
-    async fn next_close(&mut self) -> (u64, CloseReason) {
-        tokio::time::timeout(SAFETY, self.closes.recv())
-            .await
-            .expect("timed out waiting for on_close")
-            .expect("handler gone")
-    }
-
     /// Waits until a handler is in `wait`.
     async fn next_busy(&mut self) {
-        tokio::time::timeout(SAFETY, self.busy.recv())
-            .await
-            .expect("timed out waiting for a busy handler")
-            .expect("handler gone");
-    }
-
-    async fn wait_stats(&self, what: &str, cond: impl Fn(&ServerStats) -> bool) {
-        common::wait_stats(&self.handle, what, cond).await;
+        self.gate.next_busy().await;
     }
 
     fn closed_with(&self, label: &str) -> u64 {
@@ -234,16 +188,8 @@ impl Framed {
     }
 
     async fn stop(self) -> ShutdownSummary {
-        common::shut_down(&self.handle, self.task)
-            .await
-            .expect("serve result")
+        self.running.stop().await
     }
-}
-
-/// The count of limit `label` in `stats`.
-fn limit_hits(stats: &ServerStats, label: &str) -> u64 {
-    let hit = stats.limit_hits.iter().find(|(l, _)| *l == label);
-    hit.expect("a limit of that label").1
 }
 
 /// Reads until `want` bytes arrived (bounded).
@@ -256,35 +202,11 @@ async fn read_exact(s: &mut TcpStream, want: usize) -> Vec<u8> {
     buf
 }
 
-/// Reads until the server closes (bounded); a reset counts as closed.
-async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(SAFETY, s.read_to_end(&mut out))
-        .await
-        .expect("timed out waiting for the server to close");
-    out
-}
-
 /// Push `i` of [`Framed::big_pushes_behind_a_busy_handler`]: 2 MiB of
 /// `i`, more than a slow reader's socket buffers take while it reads
 /// nothing (and each a batch of its own).
 fn big_push(i: u8) -> Vec<u8> {
     vec![i; 2 << 20]
-}
-
-/// A 4-byte big-endian length-prefixed frame.
-pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    out.put_u32(body.len() as u32);
-    out.put_slice(body);
-    out.to_vec()
-}
-
-/// Reads one 4-byte big-endian length-prefixed frame.
-pub(crate) async fn read_frame(s: &mut TcpStream) -> Vec<u8> {
-    let mut head = &read_exact(s, 4).await[..];
-    let n = head.get_u32() as usize;
-    read_exact(s, n).await
 }
 
 #[tokio::test]
@@ -922,8 +844,7 @@ async fn http_and_framed_listeners_side_by_side() {
     let probe = Probe {
         closes: tx,
         opens: None,
-        busy: mpsc::unbounded_channel().0,
-        gate: Arc::new(Semaphore::new(0)),
+        gate: Gate::new().0,
     };
     let task = tokio::spawn(server.framed(probe).serve(app));
 
@@ -1791,7 +1712,13 @@ async fn a_framed_peer_that_reads_slowly_but_steadily_is_not_cut_off() {
         std::future::pending::<()>().await;
     });
     let lasting = 3 * BOUND;
-    common::read_steadily_while_open(&mut read, lasting, &mut server.closes, &server.handle).await;
+    common::read_steadily_while_open(
+        &mut read,
+        lasting,
+        &mut server.running.closes,
+        &server.running.handle,
+    )
+    .await;
     writer.abort();
     server.stop().await;
 }

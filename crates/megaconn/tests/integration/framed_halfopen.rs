@@ -19,7 +19,7 @@ use crate::common;
 use bytes::Bytes;
 use common::netns;
 use common::tls::{connect, Ca};
-use megaconn::{CloseReason, ConnectionId, FramedHandler, Framing, Session, TlsConfig};
+use megaconn::{CloseReason, ConnectionId, FramedHandler, Framing, Session};
 use tokio::sync::mpsc;
 
 /// Reports each connection's opening and close; echoes nothing.
@@ -64,9 +64,7 @@ async fn vanish_and_wait(tls: bool) {
     let addr = "127.0.0.1:0".parse().unwrap();
     let builder = netns::builder();
     let builder = if tls {
-        let leaf = ca.leaf(&["localhost"]);
-        let config =
-            TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+        let config = ca.server(&["localhost"]);
         builder
             .tls(config)
             .listen_framed_tls_on(addr, Framing::length_prefixed(4))

@@ -8,15 +8,16 @@
 //! nothing; one whose handler does not opt in, or whose state is too large,
 //! closes as at shutdown; a corrupt state is refused and counted.
 
-use crate::common;
+use crate::common::{self, msg::deref_to_running, next};
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::msg::Running;
 use common::SAFETY;
 use megaconn::{
-    CloseReason, ConnectionId, FramedHandler, Framing, Hub, ParkedConnection, ParkedState, Server,
-    ServerHandle, Session, ShutdownSummary, MAX_EXPORTED_STATE_BYTES,
+    CloseReason, ConnectionId, FramedHandler, Framing, ParkedConnection, ParkedState, Server,
+    Session, MAX_EXPORTED_STATE_BYTES,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -89,16 +90,15 @@ impl FramedHandler for Device {
     }
 }
 
-/// One server of the upgrade, running a [`Device`] handler.
+/// One server of the upgrade, running a [`Device`] handler: its address,
+/// the adoptions its handler reports, and the server.
 struct Side {
     addr: std::net::SocketAddr,
-    handle: ServerHandle,
-    hub: Hub,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
     adopts: mpsc::UnboundedReceiver<(ConnectionId, u64)>,
-    closes: mpsc::UnboundedReceiver<(u64, CloseReason)>,
-    task: tokio::task::JoinHandle<ShutdownSummary>,
+    running: Running<(u64, CloseReason)>,
 }
+
+deref_to_running!(Side, (u64, CloseReason));
 
 impl Side {
     /// Server A: a lines listener on 127.0.0.1:0. Server B: on A's address
@@ -112,26 +112,22 @@ impl Side {
         if let Some(a) = from {
             builder = builder.adopt_listeners(a.handle.listening_sockets().unwrap());
         }
-        let mut server = builder.listen().expect("server binds");
-        let (addr, handle, hub) = (server.local_addr(), server.handle(), server.hub());
-        let (opened, opens) = mpsc::unbounded_channel();
+        let server = builder.listen().expect("server binds");
+        let addr = server.local_addr();
         let (adopted, adopts) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
-        let device = Device {
-            export,
-            opens: opened,
-            adopts: adopted,
-            closes: closed,
-        };
-        let running = server.start_framed(device).expect("server starts").run();
+        let running = Running::serve(server, |server, opens, closes| {
+            let device = Device {
+                export,
+                opens,
+                adopts: adopted,
+                closes,
+            };
+            server.start_framed(device).expect("server starts")
+        });
         Side {
             addr,
-            handle,
-            hub,
-            opens,
             adopts,
-            closes,
-            task: tokio::spawn(running),
+            running,
         }
     }
 
@@ -150,12 +146,12 @@ impl Side {
             .await
             .expect("batches in time")
             .unwrap();
-        let summary = tokio::time::timeout(SAFETY, self.task)
+        let summary = tokio::time::timeout(SAFETY, self.running.task)
             .await
             .expect("A stops")
             .unwrap();
         assert_eq!(summary.forced, 0, "{summary:?}");
-        (moved, self.closes)
+        (moved, self.running.closes)
     }
 }
 
@@ -164,7 +160,7 @@ impl Side {
 async fn parked_device(a: &mut Side) -> (BufReader<TcpStream>, ConnectionId) {
     let s = TcpStream::connect(a.addr).await.unwrap();
     let mut s = BufReader::new(s);
-    let id = next(&mut a.opens).await;
+    let id = a.next_open().await;
     assert_eq!(ask(&mut s, "sub news").await, "ok");
     assert_eq!(ask(&mut s, "hi").await, "hi");
     common::wait_stats(&a.handle, "the device parked", |s| {
@@ -192,14 +188,6 @@ async fn read_line(s: &mut BufReader<TcpStream>) -> String {
         .expect("a line in time")
         .unwrap_or(0);
     line.trim_end().to_string()
-}
-
-/// The next event of a channel (bounded).
-async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
-    tokio::time::timeout(SAFETY, rx.recv())
-        .await
-        .expect("an event in time")
-        .expect("the handler is alive")
 }
 
 /// Each state through its wire form, as `megaconn serve --upgrade` sends
@@ -235,9 +223,12 @@ async fn a_parked_framed_device_moves_with_its_state_and_topics() {
     let mut b = Side::start(Export::Count, Some(&a));
     let (moved, mut a_closes) = a.hand_over().await;
     assert_eq!(moved.len(), 1, "the parked device moves");
-    assert_eq!(next(&mut a_closes).await, (2, CloseReason::HandedOver));
+    assert_eq!(
+        next(&mut a_closes, "A's close").await,
+        (2, CloseReason::HandedOver)
+    );
     b.handle.adopt_parked(over_the_wire(moved));
-    let (new_id, seen) = next(&mut b.adopts).await;
+    let (new_id, seen) = next(&mut b.adopts, "on_adopt").await;
     assert_eq!(seen, 2, "the state came along");
     assert_ne!(new_id, old_id);
     // Counted once it is parked, just after `on_adopt`.
@@ -253,9 +244,10 @@ async fn a_parked_framed_device_moves_with_its_state_and_topics() {
     assert_eq!(b.hub.send(new_id, "direct"), Ok(()));
     assert_eq!(read_line(&mut device).await, "direct");
     assert_eq!(ask(&mut device, "count").await, "4");
-    let summary = common::shut_down(&b.handle, b.task).await;
+    let summary = common::shut_down(&b.running.handle, b.running.task).await;
     assert_eq!(summary.forced, 0);
-    assert_eq!(next(&mut b.closes).await, (4, CloseReason::Shutdown));
+    let closed = next(&mut b.running.closes, "B's close").await;
+    assert_eq!(closed, (4, CloseReason::Shutdown));
 }
 
 /// A handler without the opt-in (the trait's defaults), or whose state is
@@ -270,7 +262,10 @@ async fn a_device_whose_state_cannot_move_closes_as_at_shutdown() {
         let handle = a.handle.clone();
         let (moved, mut a_closes) = a.hand_over().await;
         assert_eq!(moved.len(), 0, "nothing moves");
-        assert_eq!(next(&mut a_closes).await, (2, CloseReason::Shutdown));
+        assert_eq!(
+            next(&mut a_closes, "A's close").await,
+            (2, CloseReason::Shutdown)
+        );
         assert_eq!(read_line(&mut device).await, "", "closed");
         let stats = handle.stats();
         assert_eq!(stats.handover_refused, refused, "{stats:?}");
@@ -310,6 +305,6 @@ async fn a_corrupt_state_is_refused_and_counted() {
     let s = TcpStream::connect(b.addr).await.unwrap();
     let mut fresh = BufReader::new(s);
     assert_eq!(ask(&mut fresh, "count").await, "1");
-    let summary = common::shut_down(&b.handle, b.task).await;
+    let summary = b.running.stop().await;
     assert_eq!(summary.forced, 0);
 }

@@ -17,6 +17,7 @@
 //!    prefix of those tungstenite echoes. (Not for `deflate-` files:
 //!    tungstenite has no permessage-deflate.)
 
+use crate::common::msg::{read_head, tcp_to, ws_upgrade};
 use crate::common::SAFETY;
 
 use std::net::SocketAddr;
@@ -122,30 +123,20 @@ enum Answer {
     Garbled,
 }
 
-fn handshake(path: &str, deflate: bool) -> Vec<u8> {
-    let extension = if deflate {
-        "Sec-WebSocket-Extensions: permessage-deflate\r\n"
-    } else {
-        ""
-    };
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extension}\r\n"
-    )
-    .into_bytes()
-}
-
 /// Handshakes, sends `bytes` cut at `cuts`, half-closes, reads to the end.
 async fn exchange(addr: SocketAddr, deflate: bool, bytes: &[u8], cuts: &[usize]) -> Vec<Answer> {
-    let path = if deflate { "/deflate" } else { "/ws" };
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.set_nodelay(true).unwrap();
-    s.write_all(&handshake(path, deflate)).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(s.read_u8().await.expect("a response head"));
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101 "), "{head:?}");
+    let handshake = if deflate {
+        ws_upgrade(
+            "/deflate",
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+        )
+    } else {
+        ws_upgrade("/ws", "")
+    };
+    let mut s = tcp_to(addr, None).await;
+    s.write_all(&handshake).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head:?}");
     let (mut rd, mut wr) = s.split();
     let write = async {
         let mut last = 0;

@@ -19,7 +19,7 @@ use common::tls::{self, Ca};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use megaconn::{
-    Body, Builder, CloseReason, ConnectionEvent, ProtocolDetail, TlsConfig, HTTP2_CONTROL_BUDGET,
+    Body, Builder, CloseReason, ConnectionEvent, ProtocolDetail, HTTP2_CONTROL_BUDGET,
     HTTP2_PING_BUDGET, HTTP2_TINY_DATA_BUDGET, HTTP2_WINDOW_DRIP_BUDGET,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -71,9 +71,8 @@ const CONTROL_FLOOD: &str = "http2_control_flood";
 async fn control_flood_over(tls: Option<&Ca>, each: &[u8], limit: &str) -> Vec<RawFrame> {
     let mut builder = megaconn::Server::builder();
     if let Some(ca) = tls {
-        let leaf = ca.leaf(&["localhost"]);
-        let config = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes());
-        builder = builder.tls(config.unwrap());
+        let config = ca.server(&["localhost"]);
+        builder = builder.tls(config);
     }
     let (builder, mut events) = event_log(builder);
     let server = start(builder).await;

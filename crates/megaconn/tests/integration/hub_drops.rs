@@ -12,18 +12,19 @@
 //! the lot can look at the socket. Every wait is on a metric or an event,
 //! bounded by [`SAFETY`].
 
-use crate::common;
+use crate::common::{self, msg::deref_to_running, next};
 use crate::ws::next_data;
 
 use std::net::SocketAddr;
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use common::msg::{ws_client, Running};
 use common::SAFETY;
 use futures_util::SinkExt;
 use megaconn::{
-    CloseReason, ConnectionId, Hub, Server, ServerHandle, ShutdownSummary, WebSocketHandler,
-    WebSocketRoute, WsMessage, WsSession,
+    CloseReason, ConnectionId, Server, ShutdownSummary, WebSocketHandler, WebSocketRoute,
+    WsMessage, WsSession,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
@@ -86,75 +87,63 @@ impl WebSocketHandler for Room {
     }
 }
 
-/// A server of one worker with [`Room`] at `/room` and `/quiet`, and what
-/// its handlers report.
+/// A server of one worker with [`Room`] at `/room` and `/quiet`, running,
+/// and what its handlers share with the test beside their opens and
+/// closes.
 struct Rooms {
     addr: SocketAddr,
-    handle: ServerHandle,
-    hub: Hub,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    closes: mpsc::UnboundedReceiver<(ConnectionId, CloseReason)>,
     busy: mpsc::UnboundedReceiver<()>,
     gate: Arc<Semaphore>,
     release: std_mpsc::Sender<()>,
-    task: tokio::task::JoinHandle<ShutdownSummary>,
+    running: Running<(ConnectionId, CloseReason)>,
 }
+
+deref_to_running!(Rooms, (ConnectionId, CloseReason));
 
 impl Rooms {
     /// Serves with `builder` (one worker, 127.0.0.1:0); the routes wait
     /// `close_timeout` for a peer's answer to their close frame.
     async fn start(builder: megaconn::Builder, close_timeout: Duration) -> Rooms {
-        let mut server = builder
+        let server = builder
             .workers(1)
             .listen_on("127.0.0.1:0".parse().unwrap())
             .listen()
             .expect("server binds");
-        let (addr, handle, hub) = (server.local_addr(), server.handle(), server.hub());
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
+        let addr = server.local_addr();
         let (was_busy, busy) = mpsc::unbounded_channel();
         let gate = Arc::new(Semaphore::new(0));
         let (release, released) = std_mpsc::channel();
         let released = Arc::new(Mutex::new(released));
-        let room = |topic| Room {
-            topic,
-            opens: opened.clone(),
-            closes: closed.clone(),
-            busy: was_busy.clone(),
-            gate: gate.clone(),
-            release: released.clone(),
-        };
-        let route = |topic| WebSocketRoute::new(room(topic)).close_timeout(close_timeout);
-        let app = axum::Router::new()
-            .route_service("/room", route(Some(TOPIC)))
-            .route_service("/quiet", route(None));
-        let task = tokio::spawn(server.start(app).expect("server starts").run());
+        let rooms_gate = gate.clone();
+        let running = Running::serve(server, move |server, opens, closes| {
+            let room = |topic| Room {
+                topic,
+                opens: opens.clone(),
+                closes: closes.clone(),
+                busy: was_busy.clone(),
+                gate: rooms_gate.clone(),
+                release: released.clone(),
+            };
+            let route = |topic| WebSocketRoute::new(room(topic)).close_timeout(close_timeout);
+            let app = axum::Router::new()
+                .route_service("/room", route(Some(TOPIC)))
+                .route_service("/quiet", route(None));
+            server.start(app).expect("server starts")
+        });
         Rooms {
             addr,
-            handle,
-            hub,
-            opens,
-            closes,
             busy,
             gate,
             release,
-            task,
+            running,
         }
     }
 
     /// A client at `path` whose receive buffer is 4 KiB (it reads nothing
     /// unless the test reads), and its connection's id.
     async fn client(&mut self, path: &str) -> (WebSocketStream<TcpStream>, ConnectionId) {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let stream = socket.connect(self.addr).await.unwrap();
-        let url = format!("ws://{}{path}", self.addr);
-        let connected = tokio_tungstenite::client_async(url, stream);
-        let (client, _) = tokio::time::timeout(SAFETY, connected)
-            .await
-            .expect("handshake in time")
-            .expect("handshake");
-        (client, next(&mut self.opens, "on_open").await)
+        let client = ws_client(self.addr, path, Some(4096)).await;
+        (client, self.next_open().await)
     }
 
     /// Publishes and broadcasts [`N`] each; all taken by a worker.
@@ -216,19 +205,8 @@ impl Rooms {
     }
 
     async fn stop(self) -> ShutdownSummary {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
-            .await
-            .expect("server stops")
-            .expect("server task")
+        self.running.stop().await
     }
-}
-
-async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
-    tokio::time::timeout(SAFETY, rx.recv())
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-        .expect("handler gone")
 }
 
 /// A WebSocket closing for the hub, awake: publishes and broadcasts that

@@ -11,27 +11,27 @@
 //! byte): a reset is waited for [`AT_ONCE`] (10 s), far below the write
 //! bound, so one that waited for that bound cannot pass.
 
-use crate::common::{self, closed_as, SAFETY};
+use crate::common::msg::{
+    deref_to_running, frame, http_and_framed, message_routes, set_up, tcp_to, ws_client_frame,
+    Proto, Running,
+};
+use crate::common::tls::{handshake, Ca};
+use crate::common::{closed_as, SAFETY};
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::request::Parts;
 use megaconn::{
-    CloseReason, ConnectionId, FramedHandler, Framing, Hub, Server, ServerHandle, ServerStats,
-    Session, ShutdownSummary, SseHandler, SseRoute, TlsConfig, WebSocketHandler, WebSocketRoute,
-    WsMessage, WsSession,
+    CloseReason, ConnectionId, FramedHandler, Framing, Hub, Server, Session, SseHandler,
+    WebSocketHandler, WsMessage, WsSession,
 };
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
-use tokio_rustls::TlsConnector;
-
-use common::tls::Ca;
 
 /// How long a reset may take to reach the peer: generous for a loaded CI
 /// machine, far below [`WRITE_BOUND`].
@@ -51,18 +51,6 @@ const SEND_BUFFER: usize = 16 << 10;
 
 /// The body of the push a waiting handler queues before its reset.
 const QUEUED: &[u8] = b"queued";
-
-/// One of the three message protocols.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proto {
-    /// Length-prefixed framed TCP on its own listener.
-    Framed,
-    /// WebSocket (`/ws`).
-    Ws,
-    /// Server-Sent Events (`/events`, asked for in HTTP/1.0: the body is
-    /// delimited by the close).
-    Sse,
-}
 
 /// The handler of all three protocols: reports opens and closes (with the
 /// connection's id) and echoes, but for a message `wait`: it pushes
@@ -142,25 +130,24 @@ impl SseHandler for Gate {
 
 /// A server of the three protocols on 127.0.0.1:0, one worker, cleartext
 /// or TLS, its writes bounded by [`WRITE_BOUND`], parking idle
-/// connections or not.
-struct Running {
+/// connections or not, serving a [`Gate`] ([`message_routes`]: no pings),
+/// running.
+struct Resets {
     http: SocketAddr,
     framed: SocketAddr,
     /// The CA of its certificate, when it serves TLS.
     ca: Option<Ca>,
     /// Whether it parks idle connections.
     parks: bool,
-    handle: ServerHandle,
-    hub: Hub,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    closes: mpsc::UnboundedReceiver<(ConnectionId, CloseReason)>,
     awaiting: mpsc::UnboundedReceiver<ConnectionId>,
     release: Arc<Notify>,
-    task: tokio::task::JoinHandle<ShutdownSummary>,
+    running: Running<(ConnectionId, CloseReason)>,
 }
 
-impl Running {
-    async fn start(tls: bool, parks: bool) -> Running {
+deref_to_running!(Resets, (ConnectionId, CloseReason));
+
+impl Resets {
+    fn start(tls: bool, parks: bool) -> Resets {
         let any = "127.0.0.1:0".parse().unwrap();
         let framing = Framing::length_prefixed(4).max_outbound_frame_bytes(2 * BIG);
         let builder = Server::builder()
@@ -170,11 +157,8 @@ impl Running {
             .park_idle_after(parks.then_some(Duration::from_millis(20)));
         let (builder, ca) = if tls {
             let ca = Ca::new();
-            let leaf = ca.leaf(&["localhost"]);
-            let config =
-                TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
             let builder = builder
-                .tls(config)
+                .tls(ca.server(&["localhost"]))
                 .listen_tls_on(any)
                 .listen_framed_tls_on(any, framing);
             (builder, Some(ca))
@@ -182,42 +166,30 @@ impl Running {
             let builder = builder.listen_on(any).listen_framed_on(any, framing);
             (builder, None)
         };
-        let mut server = builder.listen().expect("server binds");
-        let (&http, &framed) = match server.local_addrs() {
-            [a, b] if server.is_framed(*b) => (a, b),
-            [a, b] => (b, a),
-            other => panic!("two listeners: {other:?}"),
-        };
-        let (handle, hub) = (server.handle(), server.hub());
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
+        let server = builder.listen().expect("server binds");
+        let (http, framed) = http_and_framed(&server);
         let (waits, awaiting) = mpsc::unbounded_channel();
         let release = Arc::new(Notify::new());
-        let gate = Gate {
-            hub: hub.clone(),
-            opens: opened,
-            closes: closed,
-            awaiting: waits,
-            release: release.clone(),
-        };
-        let app = axum::Router::new()
-            .route_service("/ws", WebSocketRoute::new(gate.clone()))
-            .route_service("/events", SseRoute::new(gate.clone()).ping_interval(None));
-        // Run here, not in the task: the hub takes messages once the
-        // server runs, which the first pushes must not race.
-        let running = server.framed(gate).start(app).expect("starts").run();
-        Running {
+        let gates_release = release.clone();
+        let running = Running::serve(server, move |mut server, opens, closes| {
+            let gate = Gate {
+                hub: server.hub(),
+                opens,
+                closes,
+                awaiting: waits,
+                release: gates_release,
+            };
+            let app = message_routes(gate.clone(), |events| events);
+            server.framed(gate).start(app).expect("starts")
+        });
+        Resets {
             http,
             framed,
             ca,
             parks,
-            handle,
-            hub,
-            opens,
-            closes,
             awaiting,
             release,
-            task: tokio::spawn(running),
+            running,
         }
     }
 
@@ -227,17 +199,13 @@ impl Running {
     /// read undecrypted), and its id.
     async fn client(&mut self, proto: Proto) -> (TcpStream, ConnectionId) {
         let parked = self.handle.stats().connections_parked;
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(1).unwrap();
         let addr = match proto {
             Proto::Framed => self.framed,
             Proto::Ws | Proto::Sse => self.http,
         };
-        let tcp = socket.connect(addr).await.unwrap();
-        tcp.set_nodelay(true).unwrap();
+        let mut tcp = tcp_to(addr, Some(1)).await;
         let tcp = match &self.ca {
             None => {
-                let mut tcp = tcp;
                 set_up(proto, &mut tcp).await;
                 tcp
             }
@@ -246,25 +214,16 @@ impl Running {
                     Proto::Framed => &[],
                     Proto::Ws | Proto::Sse => &[b"http/1.1"],
                 };
-                let name = ServerName::try_from("localhost").unwrap();
-                let connector = TlsConnector::from(ca.client(alpn));
-                let mut tls = tokio::time::timeout(SAFETY, connector.connect(name, tcp))
+                let mut tls = handshake(tcp, ca.client(alpn), "localhost")
                     .await
-                    .expect("handshake in time")
                     .expect("handshake");
                 set_up(proto, &mut tls).await;
                 tls.into_inner().0
             }
         };
-        let id = tokio::time::timeout(SAFETY, self.opens.recv())
-            .await
-            .expect("on_open in time")
-            .expect("on_open");
+        let id = self.next_open().await;
         if self.parks {
-            common::wait_stats(&self.handle, "the client parked", |s| {
-                s.connections_parked == parked + 1
-            })
-            .await;
+            self.wait_parked(parked + 1).await;
         }
         (tcp, id)
     }
@@ -276,51 +235,13 @@ impl Running {
             .unwrap_or_else(|_| panic!("{what}: no close within {AT_ONCE:?} of the reset"))
             .expect("on_close");
         assert_eq!(heard, (id, CloseReason::Reset), "{what}");
-        common::wait_stats(&self.handle, "the reset counted", |s| {
-            closed_as(s, "reset") == 1
-        })
-        .await;
-    }
-
-    async fn wait_stats(&self, what: &str, cond: impl Fn(&ServerStats) -> bool) {
-        common::wait_stats(&self.handle, what, cond).await;
+        self.wait_stats("the reset counted", |s| closed_as(s, "reset") == 1)
+            .await;
     }
 
     async fn stop(self) {
-        common::shut_down(&self.handle, self.task).await;
+        self.running.stop().await;
     }
-}
-
-/// Each protocol's first exchange on `io`: a framed echo, a WebSocket's
-/// upgrade, an event stream's `200` (read a byte at a time, so nothing
-/// after it is taken). Over TLS it also has the client read the session
-/// tickets that follow the handshake.
-async fn set_up<S: AsyncRead + AsyncWrite + Unpin>(proto: Proto, io: &mut S) {
-    let request: &[u8] = match proto {
-        Proto::Framed => b"\0\0\0\x02hi",
-        Proto::Ws => b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        Proto::Sse => b"GET /events HTTP/1.0\r\nHost: localhost\r\n\r\n",
-    };
-    io.write_all(request).await.unwrap();
-    io.flush().await.unwrap();
-    let read = async {
-        if proto == Proto::Framed {
-            let mut echo = [0u8; 6];
-            io.read_exact(&mut echo).await.unwrap();
-            assert_eq!(&echo, request);
-            return;
-        }
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(io.read_u8().await.expect("the head"));
-        }
-        let status = if proto == Proto::Ws { " 101 " } else { " 200 " };
-        let head = String::from_utf8(head).unwrap();
-        assert!(head.lines().next().unwrap().contains(status), "{head}");
-    };
-    tokio::time::timeout(SAFETY, read)
-        .await
-        .expect("the set-up in time");
 }
 
 /// Reads `s` to its end (bounded by [`AT_ONCE`]): the bytes, and whether
@@ -344,22 +265,6 @@ async fn read_to_reset(s: &mut TcpStream) -> (Vec<u8>, bool) {
     (got, reset)
 }
 
-/// A 4-byte big-endian length-prefixed frame.
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    out.put_u32(body.len() as u32);
-    out.put_slice(body);
-    out.to_vec()
-}
-
-/// A client's masked WebSocket text frame (a zero mask: the payload as
-/// it is), of at most 125 bytes.
-fn ws_text(body: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x81, 0x80 | body.len() as u8, 0, 0, 0, 0];
-    out.extend_from_slice(body);
-    out
-}
-
 /// A connection whose peer reads nothing, reset while a [`BIG`] push is
 /// under way, in `proto`, cleartext and over TLS: awake, the push's
 /// write (`MessageIo::write_out`, a WebSocket's `flush_stuck`); parked,
@@ -372,7 +277,7 @@ async fn a_reset_ends_a_write_its_peer_does_not_take(proto: Proto) {
     for tls in [false, true] {
         for parks in [false, true] {
             let what = format!("{proto:?}, tls: {tls}, parks: {parks}");
-            let mut server = Running::start(tls, parks).await;
+            let mut server = Resets::start(tls, parks);
             let (mut client, id) = server.client(proto).await;
             let wakes = server.handle.stats().wakes_cold + server.handle.stats().wakes_hot;
             assert_eq!(server.hub.send(id, vec![b'x'; BIG]), Ok(()));
@@ -429,7 +334,7 @@ async fn an_idle_websocket_or_event_stream_over_tls_is_reset_with_nothing_writte
     for proto in [Proto::Ws, Proto::Sse] {
         for parks in [true, false] {
             let what = format!("{proto:?} over TLS, parks: {parks}");
-            let mut server = Running::start(true, parks).await;
+            let mut server = Resets::start(true, parks);
             let (mut client, id) = server.client(proto).await;
             assert_eq!(server.hub.reset(id), Ok(()));
             server.reset_heard(id, &what).await;
@@ -457,12 +362,12 @@ async fn an_idle_websocket_or_event_stream_over_tls_is_reset_with_nothing_writte
 /// task with the push and the reset in its queue (its tasks run in the
 /// order woken).
 async fn a_reset_while_the_handler_awaits_writes_no_push_queued_before_it(proto: Proto) {
-    let mut server = Running::start(false, false).await;
+    let mut server = Resets::start(false, false);
     let (mut client, id) = server.client(proto).await;
     let (mut fence, fence_id) = server.client(Proto::Framed).await;
     let wait = match proto {
         Proto::Framed => frame(b"wait"),
-        Proto::Ws => ws_text(b"wait"),
+        Proto::Ws => ws_client_frame(0x81, b"wait", true),
         Proto::Sse => unreachable!("an event stream's client sends no messages"),
     };
     client.write_all(&wait).await.unwrap();

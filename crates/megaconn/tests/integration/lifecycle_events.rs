@@ -628,9 +628,7 @@ async fn a_panic_outside_the_handler_guards_closes_as_panic() {
 async fn a_panic_on_a_tls_connection_closes_as_panic() {
     use tokio::io::AsyncReadExt;
     let ca = common::tls::Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let tls =
-        megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+    let tls = ca.server(&["localhost"]);
     let (builder, mut events) = hooked(no_timeouts().tls(tls));
     let app = tower::service_fn(|req: http::Request<megaconn::Body>| async move {
         let body = PanickySizeHint(req.uri().path() != "/");

@@ -30,7 +30,10 @@ use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
 
 use crate::common;
-use common::msg::{frame, http_and_framed, message_routes, read_frame, read_head, WS_UPGRADE};
+use common::msg::{
+    frame, http_and_framed, message_routes, read_frame, read_head, read_ws_frame, ws_client_frame,
+    WS_UPGRADE,
+};
 use common::tls::{handshake, http1_get_path, Ca};
 use common::SAFETY;
 
@@ -268,31 +271,11 @@ pub(crate) async fn get_whoami<S: AsyncRead + AsyncWrite + Unpin>(
     http1_get_path(io, "/whoami").await
 }
 
-/// A masked client text frame (payload under 126 bytes).
-fn ws_text(text: &str) -> Vec<u8> {
-    let mask = [1u8, 2, 3, 4];
-    let mut out = vec![0x81, 0x80 | text.len() as u8];
-    out.extend_from_slice(&mask);
-    out.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
-
-/// Reads one unmasked server text frame's payload (any length).
+/// Reads one server text frame's payload.
 async fn read_ws_text<S: AsyncRead + Unpin>(io: &mut S) -> String {
-    tokio::time::timeout(SAFETY, async {
-        let head = io.read_u16().await.expect("a frame's header");
-        assert_eq!(head >> 8, 0x81, "a text frame");
-        let len = match head & 0x7f {
-            126 => io.read_u16().await.unwrap() as usize,
-            127 => io.read_u64().await.unwrap() as usize,
-            n => n as usize,
-        };
-        let mut payload = vec![0u8; len];
-        io.read_exact(&mut payload).await.unwrap();
-        String::from_utf8(payload).unwrap()
-    })
-    .await
-    .expect("a frame in time")
+    let (first, payload) = read_ws_frame(io).await;
+    assert_eq!(first, 0x81, "a text frame");
+    String::from_utf8(payload).unwrap()
 }
 
 /// Client auth required against `devices`' roots.
@@ -484,7 +467,9 @@ async fn a_parked_framed_or_wss_connection_still_knows_its_device_after_a_push_a
     wss.write_all(WS_UPGRADE).await.unwrap();
     let head = read_head(&mut wss).await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-    wss.write_all(&ws_text("who")).await.unwrap();
+    wss.write_all(&ws_client_frame(0x81, b"who", true))
+        .await
+        .unwrap();
     assert_eq!(read_ws_text(&mut wss).await, expected);
     let id = tokio::time::timeout(SAFETY, gateway.opens.recv())
         .await
@@ -493,7 +478,9 @@ async fn a_parked_framed_or_wss_connection_still_knows_its_device_after_a_push_a
     parked_then_pushed(&gateway, id, 2).await;
     assert_eq!(read_ws_text(&mut wss).await, "pushed");
     let before = wakes(&gateway.handle);
-    wss.write_all(&ws_text("who")).await.unwrap();
+    wss.write_all(&ws_client_frame(0x81, b"who", true))
+        .await
+        .unwrap();
     assert_eq!(read_ws_text(&mut wss).await, expected);
     assert!(wakes(&gateway.handle) > before, "the message woke it");
     gateway.stop().await;

@@ -17,14 +17,12 @@ use std::sync::Arc;
 
 use megaconn::{ClientAuth, ClientCa, TlsConfig};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
-use crate::common::tls::Ca;
-use crate::common::{self, SAFETY};
+use crate::common;
+use crate::common::tls::{handshake, Ca};
 use crate::mtls::{
     alert_of, device, device_with, get_whoami, refused, required, says, Device, Gateway,
 };
@@ -142,8 +140,7 @@ fn root_with_usages(cn: &str, usages: &[KeyUsagePurpose], key: KeyPair) -> Ca {
 
 /// A server certificate to build configurations with.
 fn server_tls() -> TlsConfig {
-    let leaf = Ca::named("Gateway CA").leaf(&["localhost"]);
-    TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap()
+    Ca::named("Gateway CA").server(&["localhost"])
 }
 
 #[test]
@@ -272,13 +269,7 @@ async fn an_intermediates_bad_crl_found_at_a_handshake_is_not_the_clients_refusa
         )
         .unwrap();
     let tcp = TcpStream::connect(gateway.https).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let connected = tokio::time::timeout(
-        SAFETY,
-        TlsConnector::from(Arc::new(config)).connect(name, tcp),
-    )
-    .await
-    .expect("handshake in time");
+    let connected = handshake(tcp, Arc::new(config), "localhost").await;
     let e = match connected {
         Err(e) => e,
         Ok(mut tls) => get_whoami(&mut tls).await.expect_err("refused"),

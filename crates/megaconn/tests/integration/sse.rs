@@ -9,28 +9,30 @@
 //! close-delimited body, other methods 405, and HTTPS/1.1 parks with its
 //! session.
 
-use crate::common;
+use crate::common::{self, msg::deref_to_running};
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::msg::Running;
 use common::SAFETY;
 use futures_util::StreamExt;
 use http::request::Parts;
 use megaconn::{
-    Builder, CloseReason, ConnectionId, Hub, ProtocolDetail, Server, ServerHandle, Session,
-    ShutdownSummary, SseEvent, SseHandler, SseRoute,
+    Builder, CloseReason, ConnectionId, ProtocolDetail, Server, Session, ShutdownSummary, SseEvent,
+    SseHandler, SseRoute,
 };
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// Reports each stream's opening (its id and `Last-Event-ID`) and close;
-/// greets a stream whose client sent a `Last-Event-ID`, subscribes each to
-/// `news`.
+/// Reports each stream's opening (its id, and its `Last-Event-ID` on
+/// `lasts`) and close; greets a stream whose client sent a
+/// `Last-Event-ID`, subscribes each to `news`.
 struct Feed {
-    opens: mpsc::UnboundedSender<(ConnectionId, Option<String>)>,
+    opens: mpsc::UnboundedSender<ConnectionId>,
+    lasts: mpsc::UnboundedSender<Option<String>>,
     closes: mpsc::UnboundedSender<(ConnectionId, CloseReason)>,
 }
 
@@ -44,7 +46,8 @@ impl SseHandler for Feed {
             session.send(format!("resuming after {last}"));
         }
         session.subscribe("news").unwrap();
-        let _ = self.opens.send((session.id(), last));
+        let _ = self.lasts.send(last);
+        let _ = self.opens.send(session.id());
     }
 
     fn on_close(&self, id: ConnectionId, reason: CloseReason) {
@@ -52,15 +55,15 @@ impl SseHandler for Feed {
     }
 }
 
-/// A server on 127.0.0.1:0, one worker, [`Feed`] at `/events`.
+/// A server on 127.0.0.1:0, one worker, [`Feed`] at `/events`, running:
+/// its address, and the `Last-Event-ID`s its streams opened with.
 struct SseServer {
     addr: SocketAddr,
-    handle: ServerHandle,
-    hub: Hub,
-    opens: mpsc::UnboundedReceiver<(ConnectionId, Option<String>)>,
-    closes: mpsc::UnboundedReceiver<(ConnectionId, CloseReason)>,
-    task: tokio::task::JoinHandle<ShutdownSummary>,
+    lasts: mpsc::UnboundedReceiver<Option<String>>,
+    running: Running<(ConnectionId, CloseReason)>,
 }
+
+deref_to_running!(SseServer, (ConnectionId, CloseReason));
 
 /// Parks after 50 ms idle; no heartbeat unless the route says.
 fn parking() -> Builder {
@@ -77,28 +80,27 @@ fn parking_if(park: bool) -> Builder {
 
 impl SseServer {
     async fn start(builder: Builder, shape: impl FnOnce(SseRoute<Feed>) -> SseRoute<Feed>) -> Self {
-        let mut server = builder
+        let server = builder
             .workers(1)
             .listen_on("127.0.0.1:0".parse().unwrap())
             .listen()
             .expect("server binds");
-        let (addr, handle, hub) = (server.local_addr(), server.handle(), server.hub());
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
-        let feed = Feed {
-            opens: opened,
-            closes: closed,
-        };
-        let route = shape(SseRoute::new(feed).ping_interval(None));
-        let app = axum::Router::new().route_service("/events", route);
-        let task = tokio::spawn(server.start(app).expect("server starts").run());
+        let addr = server.local_addr();
+        let (last, lasts) = mpsc::unbounded_channel();
+        let running = Running::serve(server, |server, opens, closes| {
+            let feed = Feed {
+                opens,
+                lasts: last,
+                closes,
+            };
+            let route = shape(SseRoute::new(feed).ping_interval(None));
+            let app = axum::Router::new().route_service("/events", route);
+            server.start(app).expect("server starts")
+        });
         SseServer {
             addr,
-            handle,
-            hub,
-            opens,
-            closes,
-            task,
+            lasts,
+            running,
         }
     }
 
@@ -117,22 +119,10 @@ impl SseServer {
         (stream, id)
     }
 
+    /// The next stream's id and the `Last-Event-ID` it opened with.
     async fn next_open(&mut self) -> (ConnectionId, Option<String>) {
-        tokio::time::timeout(SAFETY, self.opens.recv())
-            .await
-            .expect("on_open in time")
-            .expect("on_open")
-    }
-
-    async fn next_close(&mut self) -> (ConnectionId, CloseReason) {
-        tokio::time::timeout(SAFETY, self.closes.recv())
-            .await
-            .expect("on_close in time")
-            .expect("on_close")
-    }
-
-    async fn wait_parked(&self, n: i64) {
-        common::wait_stats(&self.handle, "parked", |s| s.connections_parked == n).await;
+        let id = self.running.next_open().await;
+        (id, common::next(&mut self.lasts, "its Last-Event-ID").await)
     }
 
     fn wakes(&self) -> u64 {
@@ -141,7 +131,7 @@ impl SseServer {
     }
 
     async fn stop(self) -> ShutdownSummary {
-        common::shut_down(&self.handle, self.task).await
+        self.running.stop().await
     }
 }
 
@@ -509,9 +499,8 @@ async fn reqwest_reads_the_events() {
 async fn over_tls_a_parked_stream_gets_sealed_events_and_its_last_chunk() {
     use common::tls::{connect, Ca};
     let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let tls = megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes());
-    let mut server = SseServer::start(parking().tls(tls.unwrap()), |r| r).await;
+    let tls = ca.server(&["localhost"]);
+    let mut server = SseServer::start(parking().tls(tls), |r| r).await;
     let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
     tls.write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await

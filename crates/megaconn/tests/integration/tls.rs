@@ -95,10 +95,7 @@ where
 #[tokio::test]
 async fn alpn_selects_http1_or_http2() {
     let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let server =
-        start(TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap())
-            .await;
+    let server = start(ca.server(&["localhost"])).await;
 
     // http/1.1 by ALPN, two requests on one connection.
     let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
@@ -130,10 +127,7 @@ async fn alpn_selects_http1_or_http2() {
 #[tokio::test]
 async fn sessions_resume_with_tls13_tickets_and_tls12() {
     let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let server =
-        start(TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap())
-            .await;
+    let server = start(ca.server(&["localhost"])).await;
     for versions in [
         &[&rustls::version::TLS13][..],
         &[&rustls::version::TLS12][..],
@@ -306,9 +300,8 @@ async fn reloads_and_certificate_expiry_are_metrics() {
 #[tokio::test]
 async fn a_silent_client_is_cut_at_the_handshake_timeout() {
     let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
-        .unwrap()
+    let tls = ca
+        .server(&["localhost"])
         .handshake_timeout(Some(Duration::from_millis(300)));
     let server = start(tls).await;
     let started = tokio::time::Instant::now();
@@ -413,10 +406,7 @@ async fn http1_echo<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, body: &[u8]) 
 #[tokio::test]
 async fn idle_tls_connections_hold_no_pooled_buffers() {
     let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let server =
-        start(TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap())
-            .await;
+    let server = start(ca.server(&["localhost"])).await;
     // HTTPS/1.1, one after a 4 KiB body each way: the buffers went back.
     let mut conns = Vec::new();
     for _ in 0..3 {
@@ -456,10 +446,7 @@ async fn idle_tls_connections_hold_no_pooled_buffers() {
 #[tokio::test]
 async fn a_key_update_from_an_idle_client_is_not_mistaken_for_eof() {
     let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let server =
-        start(TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap())
-            .await;
+    let server = start(ca.server(&["localhost"])).await;
     let client = ca.client_versions(&[b"http/1.1"], &[&rustls::version::TLS13]);
     let mut tls = connect(server.addr, client, "localhost").await;
     assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
@@ -500,10 +487,7 @@ async fn a_key_update_from_an_idle_client_is_not_mistaken_for_eof() {
 #[tokio::test]
 async fn the_http2_preface_is_refused_over_tls_unless_alpn_chose_h2() {
     let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let server =
-        start(TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap())
-            .await;
+    let server = start(ca.server(&["localhost"])).await;
     for alpn in [&[&b"http/1.1"[..]][..], &[]] {
         let mut tls = connect(server.addr, ca.client(alpn), "localhost").await;
         // The preface and an empty SETTINGS frame, as an h2c client sends.

@@ -14,7 +14,7 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use megaconn::{CloseReason, ProtocolDetail, TlsConfig};
+use megaconn::{CloseReason, ProtocolDetail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -37,10 +37,7 @@ const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 50];
 /// buffered on would hold the client until the test's `SAFETY` bound, not
 /// close it at the default 10 s as if the limit had.
 async fn tls_server(ca: &Ca) -> (TestServer, Events) {
-    let leaf = ca.leaf(&["localhost"]);
-    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
-        .unwrap()
-        .handshake_timeout(None);
+    let tls = ca.server(&["localhost"]).handshake_timeout(None);
     let (builder, events) = hooked(megaconn::Server::builder().workers(1).tls(tls));
     (TestServer::start(builder).await, events)
 }

@@ -10,10 +10,8 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use megaconn::{CloseReason, TlsConfig};
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use crate::common;
 
@@ -188,11 +186,8 @@ async fn a_client_that_distrusts_our_certificate_is_a_client_close_counted_by_it
     for (n, version) in (1..).zip(versions) {
         let config = stranger.client_versions(&[b"http/1.1"], &[version]);
         let tcp = TcpStream::connect(server.addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let handshake = TlsConnector::from(config).connect(name, tcp);
-        let error = tokio::time::timeout(SAFETY, handshake)
+        let error = common::tls::handshake(tcp, config, "localhost")
             .await
-            .expect("the client decides in time")
             .expect_err("the client does not trust our certificate");
         let why = error
             .get_ref()

@@ -73,8 +73,7 @@ fn handshakes(stats: &megaconn::ServerStats, outcome: &str) -> u64 {
 async fn p384_only_clients_are_refused_by_default_and_outcomes_are_counted() {
     use rustls::crypto::ring::kx_group::{SECP384R1, X25519};
     let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+    let tls = ca.server(&["localhost"]);
     let server =
         common::TestServer::start(megaconn::Server::builder().workers(1).tls(tls.clone())).await;
 
@@ -133,9 +132,8 @@ fn blocking_server(
     tokio::sync::mpsc::UnboundedReceiver<()>,
     TlsConfig,
 ) {
-    let leaf = ca.leaf(&["localhost"]);
-    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
-        .unwrap()
+    let tls = ca
+        .server(&["localhost"])
         .handshake_timeout(None)
         .max_handshakes_in_flight(cap);
     let (release, released) = std::sync::mpsc::channel::<()>();
@@ -298,9 +296,7 @@ async fn connect_from(
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     let tcp = socket.connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
+    common::tls::handshake(tcp, config, "localhost")
         .await
         .expect("handshake succeeds")
 }
@@ -309,10 +305,7 @@ async fn connect_from(
 /// (`TlsConfig::handshake_rate_per_ip`): the second comes long before a
 /// refill.
 fn one_handshake_per_ip(ca: &Ca) -> TlsConfig {
-    let leaf = ca.leaf(&["localhost"]);
-    TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
-        .unwrap()
-        .handshake_rate_per_ip(Some(0.01))
+    ca.server(&["localhost"]).handshake_rate_per_ip(Some(0.01))
 }
 
 /// A request from `source`'s IP to `addr` over TLS, answered; closed.
@@ -450,8 +443,7 @@ async fn a_tls_clienthello_refused_at_accept_gets_a_fin_never_a_reset() {
         })
     };
 
-    let leaf = ca.leaf(&["localhost"]);
-    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+    let tls = ca.server(&["localhost"]);
     let per_ip = common::TestServer::start(
         megaconn::Server::builder()
             .workers(1)

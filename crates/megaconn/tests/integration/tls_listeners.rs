@@ -9,14 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{read_response, SAFETY};
+use common::read_response;
 use megaconn::TlsConfig;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 /// A CA-signed certificate for localhost: (server config, client config).
 fn certificates() -> (TlsConfig, Arc<ClientConfig>) {
@@ -79,12 +77,7 @@ async fn tls_and_cleartext_listeners_serve_side_by_side() {
     assert_eq!(read_response(&mut s).await.body, b"Hello, World!");
 
     // TLS on the other listener.
-    let tcp = TcpStream::connect(secure).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio::time::timeout(SAFETY, TlsConnector::from(client).connect(name, tcp))
-        .await
-        .expect("handshake in time")
-        .expect("TLS handshake");
+    let mut tls = common::tls::connect(secure, client, "localhost").await;
     tls.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();

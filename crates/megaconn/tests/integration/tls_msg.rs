@@ -24,11 +24,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use megaconn::{Builder, CloseReason, ConnectionId, Framing, Hub, Server, ShutdownSummary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::common;
-use common::msg::{frame, read_head, MsgServer, FRAMED_GOODBYE, SSE_GOODBYE, WS_UPGRADE};
+use common::msg::{self, frame, set_up, tcp_to, MsgServer, FRAMED_GOODBYE, SSE_GOODBYE};
 use common::tls::{handshake, Ca};
 use common::SAFETY;
 
@@ -52,6 +52,15 @@ pub(crate) enum Proto {
 }
 
 impl Proto {
+    /// The protocol under the TLS.
+    fn plain(self) -> msg::Proto {
+        match self {
+            Proto::Wss => msg::Proto::Ws,
+            Proto::FramedTls => msg::Proto::Framed,
+            Proto::SseTls => msg::Proto::Sse,
+        }
+    }
+
     /// What the client reads of its route's goodbye at shutdown, to the
     /// end of the stream: WebSocket's close frame 1001 (no reason), the
     /// framed goodbye frame, the SSE goodbye event (the body is
@@ -150,45 +159,16 @@ impl TlsMsg {
         slow: bool,
     ) -> (TlsStream<TcpStream>, ConnectionId) {
         let parked = self.handle.stats().connections_parked;
-        let socket = TcpSocket::new_v4().unwrap();
-        if slow {
-            socket.set_recv_buffer_size(1).unwrap();
-        }
         let http: &[&[u8]] = &[b"http/1.1"];
         let (addr, alpn) = match proto {
             Proto::FramedTls => (self.framed, &[][..]),
             Proto::Wss | Proto::SseTls => (self.http, http),
         };
-        let tcp = socket.connect(addr).await.unwrap();
+        let tcp = tcp_to(addr, slow.then_some(1)).await;
         let mut tls = handshake(tcp, self.ca.client(alpn), "localhost")
             .await
             .expect("handshake");
-        // Each protocol's first exchange, which also has the client read
-        // the session tickets that follow the handshake: the records read
-        // raw from here on are the tests'.
-        let request: &[u8] = match proto {
-            Proto::FramedTls => b"\0\0\0\x02hi",
-            Proto::Wss => WS_UPGRADE,
-            Proto::SseTls => b"GET /events HTTP/1.0\r\nHost: localhost\r\n\r\n",
-        };
-        tls.write_all(request).await.unwrap();
-        tls.flush().await.unwrap();
-        if proto == Proto::FramedTls {
-            let mut echo = [0u8; 6];
-            tokio::time::timeout(SAFETY, tls.read_exact(&mut echo))
-                .await
-                .expect("the echo in time")
-                .unwrap();
-            assert_eq!(&echo, request);
-        } else {
-            let head = read_head(&mut tls).await;
-            let status = if proto == Proto::Wss {
-                " 101 "
-            } else {
-                " 200 "
-            };
-            assert!(head.lines().next().unwrap().contains(status), "{head}");
-        }
+        set_up(proto.plain(), &mut tls).await;
         let id = self.next_open().await;
         self.wait_parked(parked + 1).await;
         (tls, id)

@@ -12,16 +12,17 @@
 //! shutdown's 1001 and the heartbeat timeout. Every wait is bounded and
 //! waits on a condition, never on time alone.
 
-use crate::common;
+use crate::common::{self, msg::deref_to_running};
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::msg::{read_head, read_ws_frame, ws_client_frame, ws_upgrade, Running, WS_UPGRADE};
 use common::{reset, SAFETY};
 use futures_util::{SinkExt, StreamExt};
 use megaconn::{
-    Builder, CloseReason, ConnectionId, Hub, ProtocolDetail, Server, ServerHandle, ServerStats,
-    ShutdownSummary, WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+    Builder, CloseReason, ConnectionId, ProtocolDetail, Server, ServerStats, ShutdownSummary,
+    WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -83,15 +84,14 @@ impl WebSocketHandler for Probe {
     }
 }
 
-/// A server on 127.0.0.1:0, one worker, serving the [`Probe`] at `/ws`.
+/// A server on 127.0.0.1:0, one worker, serving the [`Probe`] at `/ws`
+/// (and `Hello` at `/`), running, and its address.
 struct Ws {
     addr: std::net::SocketAddr,
-    handle: ServerHandle,
-    closes: mpsc::UnboundedReceiver<(u64, CloseReason)>,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    hub: Hub,
-    task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
+    running: Running<(u64, CloseReason)>,
 }
+
+deref_to_running!(Ws, (u64, CloseReason));
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -100,35 +100,20 @@ impl Ws {
         builder: Builder,
         route: impl FnOnce(WebSocketRoute<Probe>) -> WebSocketRoute<Probe>,
     ) -> Ws {
-        let mut server = builder
+        let server = builder
             .workers(1)
             .listen_on("127.0.0.1:0".parse().unwrap())
             .listen()
             .expect("server binds");
         let addr = server.local_addr();
-        let handle = server.handle();
-        let hub = server.hub();
-        let (tx, closes) = mpsc::unbounded_channel();
-        let (opened, opens) = mpsc::unbounded_channel();
-        let ws = route(WebSocketRoute::new(Probe {
-            closes: tx,
-            opens: opened,
-        }));
-        let app = axum::Router::new()
-            .route_service("/ws", ws)
-            .route("/", axum::routing::get(|| async { "Hello" }));
-        // Run here, not in the task: the hub takes messages once the server
-        // runs, which the tests' first pushes must not race.
-        let running = server.start(app).expect("server starts").run();
-        let task = tokio::spawn(async move { Ok(running.await) });
-        Ws {
-            addr,
-            handle,
-            closes,
-            opens,
-            hub,
-            task,
-        }
+        let running = Running::serve(server, |server, opens, closes| {
+            let ws = route(WebSocketRoute::new(Probe { closes, opens }));
+            let app = axum::Router::new()
+                .route_service("/ws", ws)
+                .route("/", axum::routing::get(|| async { "Hello" }));
+            server.start(app).expect("server starts")
+        });
+        Ws { addr, running }
     }
 
     async fn default() -> Ws {
@@ -149,106 +134,25 @@ impl Ws {
     /// A raw TCP connection that has done the handshake.
     async fn raw(&self) -> TcpStream {
         let mut s = TcpStream::connect(self.addr).await.unwrap();
-        s.write_all(&handshake("")).await.unwrap();
+        s.write_all(WS_UPGRADE).await.unwrap();
         assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
         s
     }
 
-    /// The id of the next WebSocket the handler saw open.
-    async fn next_open(&mut self) -> ConnectionId {
-        tokio::time::timeout(SAFETY, self.opens.recv())
-            .await
-            .expect("timed out waiting for on_open")
-            .expect("handler gone")
-    }
-
-    async fn next_close(&mut self) -> (u64, CloseReason) {
-        tokio::time::timeout(SAFETY, self.closes.recv())
-            .await
-            .expect("timed out waiting for on_close")
-            .expect("handler gone")
-    }
-
-    async fn wait_stats(&self, what: &str, cond: impl Fn(&ServerStats) -> bool) {
-        common::wait_stats(&self.handle, what, cond).await;
-    }
-
     async fn stop(self) -> ShutdownSummary {
-        common::shut_down(&self.handle, self.task)
-            .await
-            .expect("serve result")
+        self.running.stop().await
     }
-}
-
-/// A handshake request with `extra` header lines.
-fn handshake(extra: &str) -> Vec<u8> {
-    format!(
-        "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
-    )
-    .into_bytes()
-}
-
-/// Reads a response head and not a byte more (frames may follow at once).
-async fn read_head(s: &mut TcpStream) -> String {
-    tokio::time::timeout(SAFETY, async {
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(s.read_u8().await.expect("a response head"));
-        }
-        String::from_utf8(head).unwrap()
-    })
-    .await
-    .expect("a response head in time")
-}
-
-/// A masked client frame, by hand (a payload under 64 KiB).
-fn client_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mask = [9, 8, 7, 6];
-    let bit = if masked { 0x80 } else { 0 };
-    let mut out = match payload.len() {
-        n @ 0..126 => vec![first, n as u8 | bit],
-        n => [
-            &[first, 126 | bit][..],
-            &u16::try_from(n).unwrap().to_be_bytes(),
-        ]
-        .concat(),
-    };
-    if masked {
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    } else {
-        out.extend_from_slice(payload);
-    }
-    out
-}
-
-/// Reads one server frame: (first byte, payload). Server frames are unmasked.
-async fn read_frame<R: tokio::io::AsyncRead + Unpin>(s: &mut R) -> (u8, Vec<u8>) {
-    tokio::time::timeout(SAFETY, async {
-        let mut head = [0u8; 2];
-        s.read_exact(&mut head).await.expect("a frame header");
-        assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
-        let len = match head[1] & 0x7f {
-            126 => s.read_u16().await.unwrap() as usize,
-            127 => s.read_u64().await.unwrap() as usize,
-            n => n as usize,
-        };
-        let mut payload = vec![0; len];
-        s.read_exact(&mut payload).await.unwrap();
-        (head[0], payload)
-    })
-    .await
-    .expect("a frame in time")
 }
 
 /// Reads frames until the close frame; answers it as a client does (a
 /// masked close frame echoing the code); returns its code.
 async fn read_close_code(s: &mut TcpStream) -> u16 {
     loop {
-        let (first, payload) = read_frame(s).await;
+        let (first, payload) = read_ws_frame(s).await;
         if first & 0x0f == 0x8 {
-            let _ = s.write_all(&client_frame(0x88, &payload[..2], true)).await;
+            let _ = s
+                .write_all(&ws_client_frame(0x88, &payload[..2], true))
+                .await;
             return u16::from_be_bytes([payload[0], payload[1]]);
         }
     }
@@ -296,6 +200,21 @@ where
             return message;
         }
     }
+}
+
+/// Reads on to the end of the stream (bounded), as a client that goes on
+/// reading does: tungstenite answers a close frame it read, so the
+/// server's close handshake ends then, not at the route's close timeout
+/// (5 s by default) that a test would otherwise wait out.
+pub(crate) async fn read_to_end<S>(client: &mut WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::time::timeout(SAFETY, async {
+        while let Some(Ok(_)) = client.next().await {}
+    })
+    .await
+    .expect("the end of the stream in time");
 }
 
 #[tokio::test]
@@ -390,13 +309,13 @@ async fn a_close_frame_already_read_answers_our_close() {
     let mut server = Ws::start(Server::builder(), |r| r.close_timeout(SAFETY * 3)).await;
     let mut s = server.raw().await;
     let both = [
-        client_frame(0x81, b"bye", true),
-        client_frame(0x88, &1000u16.to_be_bytes(), true),
+        ws_client_frame(0x81, b"bye", true),
+        ws_client_frame(0x88, &1000u16.to_be_bytes(), true),
     ]
     .concat();
     s.write_all(&both).await.unwrap();
-    assert_eq!(read_frame(&mut s).await, (0x81, b"bye".to_vec()));
-    let (first, payload) = read_frame(&mut s).await;
+    assert_eq!(read_ws_frame(&mut s).await, (0x81, b"bye".to_vec()));
+    let (first, payload) = read_ws_frame(&mut s).await;
     assert_eq!((first, &payload[..2]), (0x88, &4000u16.to_be_bytes()[..]));
     // Without waiting for close_timeout.
     hangs_up(&mut s).await;
@@ -457,17 +376,17 @@ async fn a_close_code_that_may_not_be_sent_goes_out_as_1011() {
     ] {
         let mut s = server.raw().await;
         let message = format!("close {asked}");
-        s.write_all(&client_frame(0x81, message.as_bytes(), true))
+        s.write_all(&ws_client_frame(0x81, message.as_bytes(), true))
             .await
             .unwrap();
-        let (first, payload) = read_frame(&mut s).await;
+        let (first, payload) = read_ws_frame(&mut s).await;
         assert_eq!(
             (first, &payload[..2]),
             (0x88, &sent.to_be_bytes()[..]),
             "{asked}"
         );
         // Our answer ends the close handshake.
-        s.write_all(&client_frame(0x88, &payload[..2], true))
+        s.write_all(&ws_client_frame(0x88, &payload[..2], true))
             .await
             .unwrap();
         assert_eq!(server.next_close().await, (1, CloseReason::ServerClosed));
@@ -491,9 +410,9 @@ async fn a_push_goes_out_while_the_peer_is_mid_message() {
         .wait_stats("the part read", |s| s.messages.bytes_in >= 16)
         .await;
     assert_eq!(server.hub.send(id, "p"), Ok(()));
-    assert_eq!(read_frame(&mut s).await, (0x81, b"p".to_vec()));
+    assert_eq!(read_ws_frame(&mut s).await, (0x81, b"p".to_vec()));
     s.write_all(&whole[16..]).await.unwrap();
-    assert_eq!(read_frame(&mut s).await, (0x82, vec![0u8; 100]));
+    assert_eq!(read_ws_frame(&mut s).await, (0x82, vec![0u8; 100]));
     drop(s);
     assert_eq!(server.next_close().await, (1, CloseReason::ClientClosed));
     server.stop().await;
@@ -506,11 +425,11 @@ async fn a_peer_that_never_answers_our_close_is_hung_up_after_close_timeout() {
     })
     .await;
     let mut s = server.raw().await;
-    s.write_all(&client_frame(0x81, b"bye", true))
+    s.write_all(&ws_client_frame(0x81, b"bye", true))
         .await
         .unwrap();
-    assert_eq!(read_frame(&mut s).await, (0x81, b"bye".to_vec()));
-    let (first, payload) = read_frame(&mut s).await;
+    assert_eq!(read_ws_frame(&mut s).await, (0x81, b"bye".to_vec()));
+    let (first, payload) = read_ws_frame(&mut s).await;
     assert_eq!((first, &payload[..2]), (0x88, &4000u16.to_be_bytes()[..]));
     // No answer: the server closes the TCP connection by itself.
     hangs_up(&mut s).await;
@@ -533,11 +452,11 @@ async fn a_message_trickled_a_byte_at_a_time_is_closed_at_the_message_timeout() 
     let mut s = server.raw().await;
     // A binary frame of 1,000 bytes: its header and a few of them, then the
     // rest a byte at a time (never all of it).
-    let frame = client_frame(0x82, &[7; 1000], true);
+    let frame = ws_client_frame(0x82, &[7; 1000], true);
     s.write_all(&frame[..20]).await.unwrap();
     let (mut from, mut to) = s.split();
     let rest = &frame[20..frame.len() - 1];
-    let (first, payload) = common::trickle_until(&mut to, rest, read_frame(&mut from)).await;
+    let (first, payload) = common::trickle_until(&mut to, rest, read_ws_frame(&mut from)).await;
     assert_eq!(first, 0x88);
     closed_at_the_message_timeout(server, &payload, 0).await;
 }
@@ -567,7 +486,7 @@ async fn message_timeout_server() -> Ws {
 async fn stalled_in_a_frame(len: usize) -> (Ws, TcpStream, Vec<u8>) {
     let server = message_timeout_server_closing_in(SAFETY * 3).await;
     let mut s = server.raw().await;
-    let frame = client_frame(0x82, &vec![7; len], true);
+    let frame = ws_client_frame(0x82, &vec![7; len], true);
     s.write_all(&frame[..20]).await.unwrap();
     (server, s, frame)
 }
@@ -605,14 +524,14 @@ async fn a_close_answered_in_the_middle_of_a_frame_ends_the_handshake_at_once() 
 #[tokio::test]
 async fn waiting_for_the_close_after_a_cut_frame_holds_no_buffer() {
     let (mut server, mut s, frame) = stalled_in_a_frame(60_000).await;
-    let (first, payload) = read_frame(&mut s).await;
+    let (first, payload) = read_ws_frame(&mut s).await;
     assert_eq!((first, &payload[..2]), (0x88, &1008u16.to_be_bytes()[..]));
     server
         .wait_stats("waiting for our close, holding no buffer", |s| {
             s.connections_open == 1 && s.buffers_checked_out == 0
         })
         .await;
-    let answer = client_frame(0x88, &payload[..2], true);
+    let answer = ws_client_frame(0x88, &payload[..2], true);
     s.write_all(&[&frame[20..], &answer[..]].concat())
         .await
         .unwrap();
@@ -663,11 +582,11 @@ async fn a_slow_sender_is_served_while_each_message_is_whole_in_time() {
     let mut server = slow_sender_server(bound).await;
     let mut s = server.raw().await;
     // 1,006 bytes a pause: 20 KB within each bound.
-    let message = client_frame(0x82, &[7; 1000], true);
+    let message = ws_client_frame(0x82, &[7; 1000], true);
     let mut bytes = [
-        client_frame(0x01, b"cou", true),
-        client_frame(0x89, b"mid", true),
-        client_frame(0x80, b"nt", true),
+        ws_client_frame(0x01, b"cou", true),
+        ws_client_frame(0x89, b"mid", true),
+        ws_client_frame(0x80, b"nt", true),
     ]
     .concat();
     let mut cuts = vec![3, 9 + 3, 9 + 9 + 3];
@@ -675,10 +594,10 @@ async fn a_slow_sender_is_served_while_each_message_is_whole_in_time() {
     let rounds = 2 * (bound.as_millis() / pause.as_millis()) as usize;
     common::each_cut_in_two(&mut bytes, &mut cuts, &message, rounds);
     common::write_in_pieces_outlasting(&mut s, &bytes, &cuts, pause, bound).await;
-    assert_eq!(read_frame(&mut s).await, (0x8a, b"mid".to_vec()));
-    assert_eq!(read_frame(&mut s).await, (0x81, b"1".to_vec()));
+    assert_eq!(read_ws_frame(&mut s).await, (0x8a, b"mid".to_vec()));
+    assert_eq!(read_ws_frame(&mut s).await, (0x81, b"1".to_vec()));
     for _ in 0..rounds {
-        assert_eq!(read_frame(&mut s).await, (0x82, vec![7; 1000]));
+        assert_eq!(read_ws_frame(&mut s).await, (0x82, vec![7; 1000]));
     }
     drop(s);
     let closed = server.next_close().await;
@@ -698,13 +617,13 @@ async fn a_slow_sender_of_small_messages_is_served_at_a_short_message_timeout() 
     let mut server = slow_sender_server(bound).await;
     let mut s = server.raw().await;
     // 60 bytes a pause.
-    let message = client_frame(0x82, &[7; 54], true);
+    let message = ws_client_frame(0x82, &[7; 54], true);
     let rounds = 3 * (bound.as_millis() / pause.as_millis()) as usize;
     let (mut bytes, mut cuts) = (Vec::new(), Vec::new());
     common::each_cut_in_two(&mut bytes, &mut cuts, &message, rounds);
     common::write_in_pieces_outlasting(&mut s, &bytes, &cuts, pause, 2 * bound).await;
     for _ in 0..rounds {
-        assert_eq!(read_frame(&mut s).await, (0x82, vec![7; 54]));
+        assert_eq!(read_ws_frame(&mut s).await, (0x82, vec![7; 54]));
     }
     drop(s);
     let closed = server.next_close().await;
@@ -726,7 +645,7 @@ async fn a_peer_that_never_gets_back_between_messages_is_closed_at_the_message_t
     let (mut from, mut to) = s.split();
     let closed = async {
         loop {
-            match read_frame(&mut from).await {
+            match read_ws_frame(&mut from).await {
                 (0x88, payload) => return payload,
                 // The empty text echoed, the pongs.
                 (0x81 | 0x8a, payload) => assert!(payload.is_empty()),
@@ -750,7 +669,7 @@ async fn in_the_middle_of_a_message_a_websocket_holds_one_buffer() {
     let mut s = server.raw().await;
     // A ping, and the first byte of the next.
     s.write_all(b"\x89\x80\0\0\0\0\x89").await.unwrap();
-    assert_eq!(read_frame(&mut s).await, (0x8a, vec![]));
+    assert_eq!(read_ws_frame(&mut s).await, (0x8a, vec![]));
     server
         .wait_stats("one buffer", |s| s.buffers_checked_out == 1)
         .await;
@@ -796,7 +715,7 @@ async fn a_message_of_large_fragments_grows_its_buffers_amortised() {
         .listen_on("127.0.0.1:0".parse().unwrap());
     let server = common::AppServer::start(builder, axum::Router::new().route_service("/ws", route));
     let mut s = TcpStream::connect(server.addrs[0]).await.unwrap();
-    s.write_all(&handshake("")).await.unwrap();
+    s.write_all(WS_UPGRADE).await.unwrap();
     assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
     let fragment = vec![7u8; FRAGMENT];
     for i in 0..FRAGMENTS {
@@ -809,11 +728,13 @@ async fn a_message_of_large_fragments_grows_its_buffers_amortised() {
             .await
             .unwrap();
         if i + 1 < FRAGMENTS {
-            s.write_all(&client_frame(0x89, b"", true)).await.unwrap();
-            assert_eq!(read_frame(&mut s).await, (0x8a, vec![]));
+            s.write_all(&ws_client_frame(0x89, b"", true))
+                .await
+                .unwrap();
+            assert_eq!(read_ws_frame(&mut s).await, (0x8a, vec![]));
         }
     }
-    let (first, made) = read_frame(&mut s).await;
+    let (first, made) = read_ws_frame(&mut s).await;
     assert_eq!(first, 0x81);
     let made: u64 = std::str::from_utf8(&made).unwrap().parse().unwrap();
     // The read buffer's doublings from 8 KiB to 1 MiB, once, and the
@@ -848,7 +769,7 @@ async fn a_default_route_takes_a_1_mib_message_and_refuses_one_byte_more_from_it
     s.write_all(&big_client_frame(0x82, &message))
         .await
         .unwrap();
-    assert_eq!(read_frame(&mut s).await, (0x82, message));
+    assert_eq!(read_ws_frame(&mut s).await, (0x82, message));
     let over = big_client_frame(0x82, &[]);
     let over = [&over[..2], &(MAX as u64 + 1).to_be_bytes(), &over[10..]].concat();
     s.write_all(&over).await.unwrap();
@@ -885,10 +806,10 @@ async fn a_websocket_gets_the_message_send_buffer_at_its_upgrade() {
         assert_eq!(common::read_response(&mut http).await.status, 200);
         let mut ws = server.raw().await;
         // Echoed: served as a WebSocket, past its upgrade.
-        ws.write_all(&client_frame(0x81, b"hi", true))
+        ws.write_all(&ws_client_frame(0x81, b"hi", true))
             .await
             .unwrap();
-        assert_eq!(read_frame(&mut ws).await, (0x81, b"hi".to_vec()));
+        assert_eq!(read_ws_frame(&mut ws).await, (0x81, b"hi".to_vec()));
         assert_eq!(common::server_send_buffer(&ws) == bounded, set, "{set}");
         assert_ne!(common::server_send_buffer(&http), bounded);
         server.stop().await;
@@ -956,7 +877,7 @@ async fn after_a_1009_the_clients_close_is_answered_at_once() {
 async fn bad_utf8_closes_with_1007() {
     let mut server = Ws::default().await;
     let mut s = server.raw().await;
-    s.write_all(&client_frame(0x81, &[b'o', b'k', 0xff], true))
+    s.write_all(&ws_client_frame(0x81, &[b'o', b'k', 0xff], true))
         .await
         .unwrap();
     assert_eq!(read_close_code(&mut s).await, 1007);
@@ -972,7 +893,7 @@ async fn bad_utf8_closes_with_1007() {
 async fn an_unmasked_client_frame_closes_with_1002() {
     let mut server = Ws::default().await;
     let mut s = server.raw().await;
-    s.write_all(&client_frame(0x81, b"hi", false))
+    s.write_all(&ws_client_frame(0x81, b"hi", false))
         .await
         .unwrap();
     assert_eq!(read_close_code(&mut s).await, 1002);
@@ -999,7 +920,7 @@ async fn after_a_violation_the_clients_close_is_answered_at_once() {
         })
         .await;
         let mut s = server.raw().await;
-        s.write_all(&client_frame(0x81, payload, masked))
+        s.write_all(&ws_client_frame(0x81, payload, masked))
             .await
             .unwrap();
         // Read, and answered with the client's close frame.
@@ -1021,12 +942,12 @@ async fn a_frame_sent_with_the_handshake_is_served() {
     let mut s = TcpStream::connect(server.addr).await.unwrap();
     // The handshake and the first frame in one write: the HTTP/1.1 engine
     // reads both, and hands the frame over with the socket.
-    let mut bytes = handshake("");
-    bytes.extend(client_frame(0x81, b"early", true));
+    let mut bytes = WS_UPGRADE.to_vec();
+    bytes.extend(ws_client_frame(0x81, b"early", true));
     s.write_all(&bytes).await.unwrap();
     assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
-    assert_eq!(read_frame(&mut s).await, (0x81, b"early".to_vec()));
-    s.write_all(&client_frame(0x88, &1000u16.to_be_bytes(), true))
+    assert_eq!(read_ws_frame(&mut s).await, (0x81, b"early".to_vec()));
+    s.write_all(&ws_client_frame(0x88, &1000u16.to_be_bytes(), true))
         .await
         .unwrap();
     assert_eq!(read_close_code(&mut s).await, 1000);
@@ -1114,8 +1035,10 @@ async fn a_ping_to_a_parked_websocket_wakes_it_once_and_it_parks_again_at_once()
         // The client's heartbeat: read and answered in one cold wake, then
         // straight back to the lot (not re-parked unread, woken again "hot"
         // and kept as a task holding a read buffer until park_idle_after).
-        s.write_all(&client_frame(0x89, b"hb", true)).await.unwrap();
-        assert_eq!(read_frame(&mut s).await, (0x8A, b"hb".to_vec()));
+        s.write_all(&ws_client_frame(0x89, b"hb", true))
+            .await
+            .unwrap();
+        assert_eq!(read_ws_frame(&mut s).await, (0x8A, b"hb".to_vec()));
         // (The count follows the re-park: wait for both.)
         server
             .wait_stats("parked again, with no task", |s| {
@@ -1162,7 +1085,7 @@ async fn a_silent_peer_gets_a_1011_then_the_close_at_the_heartbeat_timeout() {
             // miss.
             server.wait_stats("parked", |s| s.parks >= 1).await;
         }
-        let (first, payload) = read_frame(&mut s).await;
+        let (first, payload) = read_ws_frame(&mut s).await;
         assert_eq!(first, 0x88, "{park:?}");
         assert_eq!(payload[..2], 1011u16.to_be_bytes(), "{park:?}");
         assert_eq!(&payload[2..], b"heartbeat timeout");
@@ -1265,7 +1188,7 @@ async fn never_reads(server: &Ws) -> tokio::task::JoinHandle<()> {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut s = socket.connect(server.addr).await.unwrap();
-    s.write_all(&handshake("")).await.unwrap();
+    s.write_all(WS_UPGRADE).await.unwrap();
     assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
     let (unread, mut write) = s.into_split();
     tokio::spawn(async move {
@@ -1310,7 +1233,7 @@ async fn a_peer_that_reads_slowly_but_steadily_is_not_cut_off_by_the_write_stall
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 << 10).unwrap();
     let mut s = socket.connect(server.addr).await.unwrap();
-    s.write_all(&handshake("")).await.unwrap();
+    s.write_all(WS_UPGRADE).await.unwrap();
     assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
     let (mut read, mut write) = s.into_split();
     // One message, unmasked by a zero mask, from a task of its own (the
@@ -1325,7 +1248,13 @@ async fn a_peer_that_reads_slowly_but_steadily_is_not_cut_off_by_the_write_stall
         std::future::pending::<()>().await;
     });
     let lasting = 3 * BOUND;
-    common::read_steadily_while_open(&mut read, lasting, &mut server.closes, &server.handle).await;
+    common::read_steadily_while_open(
+        &mut read,
+        lasting,
+        &mut server.running.closes,
+        &server.running.handle,
+    )
+    .await;
     writer.abort();
     server.stop().await;
 }
@@ -1369,7 +1298,7 @@ async fn a_slow_peer_that_keeps_reading_gets_the_whole_backlog() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(BUFFER as u32).unwrap();
     let mut s = socket.connect(server.addr).await.unwrap();
-    s.write_all(&handshake("")).await.unwrap();
+    s.write_all(WS_UPGRADE).await.unwrap();
     assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
     // One message, unmasked by a zero mask: its echo is one write.
     let mut frame = vec![0x82, 0x80 | 127];
@@ -1529,7 +1458,7 @@ async fn malformed_handshakes_get_their_status_and_reason() {
     let cases: [(&[u8], u16, &str); 5] = [
         (b"GET /ws HTTP/1.1\r\nHost: t\r\n\r\n", 426, "Upgrade: websocket"),
         (
-            &handshake("Sec-WebSocket-Version: 8\r\n")[..],
+            &ws_upgrade("/ws", "Sec-WebSocket-Version: 8\r\n")[..],
             426,
             "Sec-WebSocket-Version: 13",
         ),
@@ -1544,7 +1473,7 @@ async fn malformed_handshakes_get_their_status_and_reason() {
             "GET",
         ),
         (
-            &handshake("Origin: https://evil.example\r\n")[..],
+            &ws_upgrade("/ws", "Origin: https://evil.example\r\n")[..],
             403,
             "Origin",
         ),
@@ -1559,19 +1488,19 @@ async fn malformed_handshakes_get_their_status_and_reason() {
     }
     // A version other than 13 alone: the client is told which one works.
     let mut s = TcpStream::connect(server.addr).await.unwrap();
-    s.write_all(&handshake("Sec-WebSocket-Version: 8\r\n"))
+    s.write_all(&ws_upgrade("/ws", "Sec-WebSocket-Version: 8\r\n"))
         .await
         .unwrap();
     let response = common::read_response(&mut s).await;
     assert_eq!(response.header("sec-websocket-version"), Some("13"));
     // An allowed origin still opens.
     let mut s = TcpStream::connect(server.addr).await.unwrap();
-    s.write_all(&handshake("Origin: https://good.example\r\n"))
+    s.write_all(&ws_upgrade("/ws", "Origin: https://good.example\r\n"))
         .await
         .unwrap();
     assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
     // Its close frame, answered, ends it before the server stops.
-    s.write_all(&client_frame(0x88, &1000u16.to_be_bytes(), true))
+    s.write_all(&ws_client_frame(0x88, &1000u16.to_be_bytes(), true))
         .await
         .unwrap();
     assert_eq!(read_close_code(&mut s).await, 1000);
@@ -1586,7 +1515,7 @@ async fn a_handshake_that_declares_a_body_is_refused_and_closed() {
     let server = Ws::start(Server::builder(), |r| r).await;
     for declares in ["Content-Length: 100\r\n", "Transfer-Encoding: chunked\r\n"] {
         let mut s = TcpStream::connect(server.addr).await.unwrap();
-        s.write_all(&handshake(declares)).await.unwrap();
+        s.write_all(&ws_upgrade("/ws", declares)).await.unwrap();
         let response = common::read_response(&mut s).await;
         let body = String::from_utf8_lossy(&response.body);
         assert_eq!(response.status, 400, "{declares}: {body}");
@@ -1755,9 +1684,7 @@ impl Ws {
         route: impl FnOnce(WebSocketRoute<Probe>) -> WebSocketRoute<Probe>,
     ) -> (Ws, common::tls::Ca) {
         let ca = common::tls::Ca::new();
-        let leaf = ca.leaf(&["localhost"]);
-        let tls = megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
-            .unwrap();
+        let tls = ca.server(&["localhost"]);
         let builder = Server::builder()
             .tls(tls)
             .park_idle_after(Some(PARK_IDLE_AFTER));
@@ -1794,7 +1721,7 @@ async fn trickle_a_record_until<T>(
 ) -> T {
     use std::io::Write;
     let (tcp, session) = client.get_mut().get_mut();
-    let message = client_frame(0x81, &[b'x'; 100], true);
+    let message = ws_client_frame(0x81, &[b'x'; 100], true);
     session.writer().write_all(&message).unwrap();
     let mut record = Vec::new();
     session.write_tls(&mut record).unwrap();
@@ -2112,7 +2039,8 @@ async fn permessage_deflate_is_agreed_and_messages_go_both_ways_compressed_acros
     )
     .await;
     let mut s = TcpStream::connect(server.addr).await.unwrap();
-    s.write_all(&handshake(
+    s.write_all(&ws_upgrade(
+        "/ws",
         "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
     ))
     .await
@@ -2130,10 +2058,14 @@ async fn permessage_deflate_is_agreed_and_messages_go_both_ways_compressed_acros
     for round in 1..=2 {
         // A compressed text message (RSV1 on a final text frame), echoed
         // compressed; the second time from the parked state.
-        s.write_all(&client_frame(0xC1, &deflate_message(text.as_bytes()), true))
-            .await
-            .unwrap();
-        let (first, payload) = read_frame(&mut s).await;
+        s.write_all(&ws_client_frame(
+            0xC1,
+            &deflate_message(text.as_bytes()),
+            true,
+        ))
+        .await
+        .unwrap();
+        let (first, payload) = read_ws_frame(&mut s).await;
         assert_eq!(first, 0xC1, "a final, compressed text frame");
         assert_eq!(inflate_message(&payload), text.as_bytes());
         if round == 1 {
@@ -2143,13 +2075,15 @@ async fn permessage_deflate_is_agreed_and_messages_go_both_ways_compressed_acros
         }
     }
     // An uncompressed message is fine too; RSV1 on a ping is not.
-    s.write_all(&client_frame(0x81, b"count", true))
+    s.write_all(&ws_client_frame(0x81, b"count", true))
         .await
         .unwrap();
-    let (first, payload) = read_frame(&mut s).await;
+    let (first, payload) = read_ws_frame(&mut s).await;
     assert_eq!(first, 0xC1);
     assert_eq!(inflate_message(&payload), b"3");
-    s.write_all(&client_frame(0xC9, b"", true)).await.unwrap();
+    s.write_all(&ws_client_frame(0xC9, b"", true))
+        .await
+        .unwrap();
     assert_eq!(read_close_code(&mut s).await, 1002);
     assert_eq!(
         server.next_close().await,
@@ -2169,7 +2103,8 @@ async fn a_tiny_message_limit_with_deflate_echoes_small_and_refuses_large_with_1
     })
     .await;
     let mut s = TcpStream::connect(server.addr).await.unwrap();
-    s.write_all(&handshake(
+    s.write_all(&ws_upgrade(
+        "/ws",
         "Sec-WebSocket-Extensions: permessage-deflate\r\n",
     ))
     .await
@@ -2177,13 +2112,13 @@ async fn a_tiny_message_limit_with_deflate_echoes_small_and_refuses_large_with_1
     let head = read_head(&mut s).await.to_ascii_lowercase();
     assert!(head.contains("permessage-deflate"), "{head}");
     let small = b"0123456789";
-    s.write_all(&client_frame(0xC2, &deflate_message(small), true))
+    s.write_all(&ws_client_frame(0xC2, &deflate_message(small), true))
         .await
         .unwrap();
-    let (first, payload) = read_frame(&mut s).await;
+    let (first, payload) = read_ws_frame(&mut s).await;
     assert_eq!(first, 0xC2, "a final, compressed binary frame");
     assert_eq!(inflate_message(&payload), small);
-    s.write_all(&client_frame(0xC2, &deflate_message(&[7u8; 100]), true))
+    s.write_all(&ws_client_frame(0xC2, &deflate_message(&[7u8; 100]), true))
         .await
         .unwrap();
     assert_eq!(read_close_code(&mut s).await, 1009);
@@ -2399,15 +2334,15 @@ async fn routes_built_per_request_go_when_their_parked_websockets_do() {
 async fn a_reset_between_messages_is_a_client_close_and_midway_an_io_error() {
     let mut server = Ws::start(Server::builder().park_idle_after(None), |r| r).await;
     let mut s = server.raw().await;
-    s.write_all(&client_frame(0x81, b"count", true))
+    s.write_all(&ws_client_frame(0x81, b"count", true))
         .await
         .unwrap();
-    assert_eq!(read_frame(&mut s).await, (0x81, b"1".to_vec()));
+    assert_eq!(read_ws_frame(&mut s).await, (0x81, b"1".to_vec()));
     reset(s);
     assert_eq!(server.next_close().await, (1, CloseReason::ClientClosed));
     let mut s = server.raw().await;
     let before = server.handle.stats().messages.bytes_in;
-    let first = client_frame(0x01, b"half", true);
+    let first = ws_client_frame(0x01, b"half", true);
     s.write_all(&first).await.unwrap();
     server
         .wait_stats("the first fragment read", |st| {
@@ -2444,10 +2379,10 @@ async fn a_reset_of_a_parked_websocket_is_a_client_close() {
             .await;
         if hot {
             let parks = server.handle.stats().parks;
-            s.write_all(&client_frame(0x81, b"count", true))
+            s.write_all(&ws_client_frame(0x81, b"count", true))
                 .await
                 .unwrap();
-            assert_eq!(read_frame(&mut s).await, (0x81, b"1".to_vec()));
+            assert_eq!(read_ws_frame(&mut s).await, (0x81, b"1".to_vec()));
             server
                 .wait_stats("parked again", |st| {
                     st.connections_parked == 1 && st.parks > parks
@@ -2646,7 +2581,7 @@ async fn at_the_limit_held_websockets_can_have_a_newcomer_refused_with_a_503() {
         .wait_stats("both parked", |s| s.connections_parked == 2)
         .await;
     let mut newcomer = TcpStream::connect(server.addr).await.unwrap();
-    newcomer.write_all(&handshake("")).await.unwrap();
+    newcomer.write_all(WS_UPGRADE).await.unwrap();
     let head = read_head(&mut newcomer).await;
     assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
     let secs: u64 = head
@@ -2665,10 +2600,10 @@ async fn at_the_limit_held_websockets_can_have_a_newcomer_refused_with_a_503() {
         })
         .await;
     for s in &mut held {
-        s.write_all(&client_frame(0x81, b"still here", true))
+        s.write_all(&ws_client_frame(0x81, b"still here", true))
             .await
             .unwrap();
-        assert_eq!(read_frame(s).await, (0x81, b"still here".to_vec()));
+        assert_eq!(read_ws_frame(s).await, (0x81, b"still here".to_vec()));
     }
     assert_eq!(closed_as(&server, "evicted"), 0);
     server.stop().await;

@@ -6,29 +6,28 @@
 //! frame a slow consumer gets; a [`ConnectionId`] kept as a number and
 //! back. Every wait is bounded and waits on a condition.
 
-use crate::common;
+use crate::common::{self, msg::deref_to_running};
 use crate::framed::{push_of_many_sizes, MANY_PUSHES};
-use crate::ws::next_data;
+use crate::ws::{next_data, read_to_end};
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Path;
 use axum::RequestPartsExt;
 use bytes::Bytes;
+use common::msg::{tcp_to, ws_client, ws_upgrade, Gate, Gated, Running};
 use common::SAFETY;
 use futures_util::SinkExt;
 use http::request::Parts;
 use http::{Response, StatusCode};
 use megaconn::{
-    Builder, CloseReason, ConnInfo, ConnectionId, ConnectionState, FramedHandler, Framing, Hub,
-    Server, ServerHandle, Session, ShutdownSummary, WebSocketHandler, WebSocketRoute, WsMessage,
-    WsSession,
+    Builder, CloseReason, ConnInfo, ConnectionId, ConnectionState, FramedHandler, Framing, Server,
+    ServerHandle, Session, ShutdownSummary, WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -44,8 +43,7 @@ type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 struct Chat {
     opens: mpsc::UnboundedSender<ConnectionId>,
     closes: mpsc::UnboundedSender<(ConnectionId, String, CloseReason)>,
-    busy: mpsc::UnboundedSender<()>,
-    gate: Arc<Semaphore>,
+    gate: Gate,
 }
 
 impl WebSocketHandler for Chat {
@@ -65,8 +63,7 @@ impl WebSocketHandler for Chat {
             b"who" => Some(state.clone().into()),
             b"peer" => Some(format!("{:?}", session.peer_addr()).into()),
             b"wait" => {
-                let _ = self.busy.send(());
-                self.gate.acquire().await.expect("gate open").forget();
+                self.gate.wait().await;
                 Some("waited".into())
             }
             _ => Some(message),
@@ -103,17 +100,15 @@ async fn admit(mut head: Parts) -> Result<String, Response<String>> {
 }
 
 /// A server on 127.0.0.1:0, one worker, serving [`Chat`] at `/chat/{room}`
-/// with the [`admit`] hook.
+/// with the [`admit`] hook: its address, the [`Chat`]s' gate, and the
+/// server, running.
 struct ChatServer {
     addr: SocketAddr,
-    handle: ServerHandle,
-    hub: Hub,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    closes: mpsc::UnboundedReceiver<(ConnectionId, String, CloseReason)>,
-    busy: mpsc::UnboundedReceiver<()>,
-    gate: Arc<Semaphore>,
-    task: tokio::task::JoinHandle<ShutdownSummary>,
+    gate: Gated,
+    running: Running<(ConnectionId, String, CloseReason)>,
 }
+
+deref_to_running!(ChatServer, (ConnectionId, String, CloseReason));
 
 impl ChatServer {
     async fn start(builder: Builder) -> ChatServer {
@@ -125,36 +120,28 @@ impl ChatServer {
         builder: Builder,
         shape: impl FnOnce(WebSocketRoute<Chat>) -> WebSocketRoute<Chat>,
     ) -> ChatServer {
-        let mut server = builder
+        let server = builder
             .connect_info(true)
             .workers(1)
             .listen_on("127.0.0.1:0".parse().unwrap())
             .listen()
             .expect("server binds");
-        let (addr, handle, hub) = (server.local_addr(), server.handle(), server.hub());
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
-        let (was_busy, busy) = mpsc::unbounded_channel();
-        let gate = Arc::new(Semaphore::new(0));
-        let chat = Chat {
-            opens: opened,
-            closes: closed,
-            busy: was_busy,
-            gate: gate.clone(),
-        };
-        let route = shape(WebSocketRoute::new(chat).on_upgrade(admit));
-        let app = axum::Router::new().route_service("/chat/{room}", route);
-        let running = server.start(app).expect("server starts").run();
-        let task = tokio::spawn(running);
+        let addr = server.local_addr();
+        let (chats_gate, gate) = Gate::new();
+        let running = Running::serve(server, move |server, opens, closes| {
+            let chat = Chat {
+                opens,
+                closes,
+                gate: chats_gate,
+            };
+            let route = shape(WebSocketRoute::new(chat).on_upgrade(admit));
+            let app = axum::Router::new().route_service("/chat/{room}", route);
+            server.start(app).expect("server starts")
+        });
         ChatServer {
             addr,
-            handle,
-            hub,
-            opens,
-            closes,
-            busy,
             gate,
-            task,
+            running,
         }
     }
 
@@ -185,31 +172,12 @@ impl ChatServer {
     /// reader: its socket takes little while it reads nothing), and its
     /// connection's id.
     async fn slow_reader(&mut self) -> (WebSocketStream<TcpStream>, ConnectionId) {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let stream = socket.connect(self.addr).await.unwrap();
-        let url = format!("ws://{}/chat/a?token=good", self.addr);
-        let connected = tokio_tungstenite::client_async(url, stream);
-        let (client, _) = tokio::time::timeout(SAFETY, connected)
-            .await
-            .expect("handshake in time")
-            .expect("handshake");
-        (client, ChatServer::next(&mut self.opens, "on_open").await)
-    }
-
-    async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
-        tokio::time::timeout(SAFETY, rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-            .expect("handler gone")
+        let client = ws_client(self.addr, "/chat/a?token=good", Some(4096)).await;
+        (client, self.next_open().await)
     }
 
     async fn stop(self) -> ShutdownSummary {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
-            .await
-            .expect("server stops")
-            .expect("server task")
+        self.running.stop().await
     }
 }
 
@@ -230,7 +198,7 @@ async fn the_upgrade_hook_gives_each_connection_its_state_from_the_request() {
         );
     }
     red.close(None).await.unwrap();
-    let (_, state, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    let (_, state, reason) = server.next_close().await;
     assert_eq!(
         (state.as_str(), reason),
         ("red from 127.0.0.1", CloseReason::ClientClosed)
@@ -244,13 +212,9 @@ async fn the_upgrade_hook_gives_each_connection_its_state_from_the_request() {
 async fn a_handshake_the_hook_refuses_gets_its_answer_and_no_101() {
     let mut server = ChatServer::start(Server::builder()).await;
     let mut s = TcpStream::connect(server.addr).await.unwrap();
-    s.write_all(
-        b"GET /chat/red?token=bad HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
-          Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    s.write_all(&ws_upgrade("/chat/red?token=bad", ""))
+        .await
+        .unwrap();
     let mut head = vec![0; 12];
     tokio::time::timeout(SAFETY, s.read_exact(&mut head))
         .await
@@ -261,10 +225,10 @@ async fn a_handshake_the_hook_refuses_gets_its_answer_and_no_101() {
     assert_eq!(server.refused("/chat/red").await, 401);
     // A good one opens: the first open is it, so the refused ones opened none.
     let good = server.client("/chat/red?token=good").await;
-    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    let id = server.next_open().await;
     assert!(server.opens.try_recv().is_err());
     drop(good);
-    let (closed, _, _) = ChatServer::next(&mut server.closes, "on_close").await;
+    let (closed, _, _) = server.next_close().await;
     assert_eq!(closed, id);
     server.stop().await;
 }
@@ -279,18 +243,16 @@ async fn a_handshake_the_hook_refuses_gets_its_answer_and_no_101() {
 async fn a_hook_refusing_with_a_101_gets_the_client_a_500() {
     let mut server = ChatServer::start(Server::builder()).await;
     let mut s = TcpStream::connect(server.addr).await.unwrap();
-    let handshake = b"GET /chat/red?token=interim HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
-          Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let handshake = ws_upgrade("/chat/red?token=interim", "");
     for _ in 0..2 {
-        s.write_all(handshake).await.unwrap();
+        s.write_all(&handshake).await.unwrap();
         let answer = common::read_response(&mut s).await;
         assert_eq!((answer.status, answer.body.as_slice()), (500, &b""[..]));
     }
     // tungstenite's client sees the 500 too.
     assert_eq!(server.refused("/chat/red?token=interim").await, 500);
     let good = server.client("/chat/red?token=good").await;
-    ChatServer::next(&mut server.opens, "on_open").await;
+    server.next_open().await;
     assert!(server.opens.try_recv().is_err(), "the refused ones opened");
     drop(good);
     server.stop().await;
@@ -302,15 +264,15 @@ async fn a_hook_refusing_with_a_101_gets_the_client_a_500() {
 async fn on_close_with_id_gets_the_connections_id() {
     let mut server = ChatServer::start(Server::builder()).await;
     let mut first = server.client("/chat/a?token=good").await;
-    let a = ChatServer::next(&mut server.opens, "on_open").await;
+    let a = server.next_open().await;
     let second = server.client("/chat/b?token=good").await;
-    let b = ChatServer::next(&mut server.opens, "on_open").await;
+    let b = server.next_open().await;
     assert_ne!(a, b);
     drop(second);
-    let (closed, state, _) = ChatServer::next(&mut server.closes, "on_close").await;
+    let (closed, state, _) = server.next_close().await;
     assert_eq!((closed, state.as_str()), (b, "b from 127.0.0.1"));
     first.close(None).await.unwrap();
-    let (closed, _, _) = ChatServer::next(&mut server.closes, "on_close").await;
+    let (closed, _, _) = server.next_close().await;
     assert_eq!(closed, a);
     server.stop().await;
 }
@@ -319,13 +281,13 @@ async fn on_close_with_id_gets_the_connections_id() {
 /// is rebuilt from the side table's generation, not kept.
 #[tokio::test]
 async fn on_close_with_id_gets_a_parked_connections_id() {
-    let builder = Server::builder().park_idle_after(Some(Duration::from_millis(50)));
+    let builder = parking();
     let mut server = ChatServer::start(builder).await;
     let _client = server.client("/chat/a?token=good").await;
-    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    let id = server.next_open().await;
     common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
     server.handle.shutdown();
-    let (closed, state, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    let (closed, state, reason) = server.next_close().await;
     assert_eq!((closed, state.as_str()), (id, "a from 127.0.0.1"));
     assert_eq!(reason, CloseReason::Shutdown);
     server.stop().await;
@@ -363,33 +325,16 @@ impl FramedHandler for FramedIds {
 /// id, the one its `on_open` saw.
 #[tokio::test]
 async fn a_framed_handlers_on_close_with_id_gets_the_connections_id() {
-    let server = Server::builder()
-        .workers(1)
-        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
-        .listen()
-        .expect("server binds");
-    let (addr, handle) = (server.local_addr(), server.handle());
-    let (opened, mut opens) = mpsc::unbounded_channel();
-    let (closed, mut closes) = mpsc::unbounded_channel();
-    let handler = FramedIds {
-        opens: opened,
-        closes: closed,
-    };
-    let running = server.start_framed(handler).expect("server starts").run();
-    let task = tokio::spawn(running);
-    let first = TcpStream::connect(addr).await.unwrap();
-    let a = ChatServer::next(&mut opens, "on_open").await;
-    let second = TcpStream::connect(addr).await.unwrap();
-    let b = ChatServer::next(&mut opens, "on_open").await;
+    let mut server = framed_ids(Server::builder());
+    let first = TcpStream::connect(server.addrs[0]).await.unwrap();
+    let a = server.next_open().await;
+    let second = TcpStream::connect(server.addrs[0]).await.unwrap();
+    let b = server.next_open().await;
     drop(second);
-    assert_eq!(ChatServer::next(&mut closes, "on_close").await.0, b);
+    assert_eq!(server.next_close().await.0, b);
     drop(first);
-    assert_eq!(ChatServer::next(&mut closes, "on_close").await.0, a);
-    handle.shutdown();
-    tokio::time::timeout(SAFETY, task)
-        .await
-        .expect("server stops")
-        .expect("server task");
+    assert_eq!(server.next_close().await.0, a);
+    server.stop().await;
 }
 
 /// A slow consumer closed while a write to it is stuck gets its 1013
@@ -457,16 +402,10 @@ async fn slow_consumer_gets_its_1013(tls: Option<common::tls::Ca>, slow: Slow) {
             .outbound_queue(OVERFLOWING - 1),
     };
     if let Some(ca) = &tls {
-        let leaf = ca.leaf(&["localhost"]);
-        builder = builder.tls(
-            megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
-                .unwrap(),
-        );
+        builder = builder.tls(ca.server(&["localhost"]));
     }
     let mut server = ChatServer::start(builder).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
+    let stream = tcp_to(server.addr, Some(4096)).await;
     match tls {
         None => {
             let url = format!("ws://{}/chat/a?token=good", server.addr);
@@ -474,9 +413,7 @@ async fn slow_consumer_gets_its_1013(tls: Option<common::tls::Ca>, slow: Slow) {
         }
         Some(ca) => {
             let config = ca.client(&[b"http/1.1"]);
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, stream)
+            let stream = common::tls::handshake(stream, config, "localhost")
                 .await
                 .expect("TLS handshake");
             let url = "wss://localhost/chat/a?token=good";
@@ -498,7 +435,7 @@ where
             .await
             .expect("handshake in time")
             .expect("handshake");
-    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    let id = server.next_open().await;
     match slow {
         Slow::Stuck => stuck(server, &mut client, id).await,
         Slow::Parked => parked_behind(server, &mut client, id).await,
@@ -507,7 +444,7 @@ where
         panic!("a close frame");
     };
     assert_eq!(close.code, CloseCode::Again);
-    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    let (_, _, reason) = server.next_close().await;
     assert_eq!(reason, CloseReason::SlowConsumer);
     let counted = server.handle.stats().messages;
     match slow {
@@ -580,7 +517,7 @@ async fn stuck_on_a_batch(
     let mut server = ChatServer::start(builder).await;
     let (mut client, id) = server.slow_reader().await;
     client.send(Message::text("wait")).await.unwrap();
-    ChatServer::next(&mut server.busy, "the handler busy").await;
+    server.gate.next_busy().await;
     for i in 0..BATCH {
         assert_eq!(server.hub.send_binary(id, vec![i as u8; SIZE]), Ok(()));
     }
@@ -625,7 +562,7 @@ async fn a_slow_consumers_counters_say_what_it_read() {
         }
     }
     assert!(pushes < BATCH as u64, "the write was stuck: {pushes} read");
-    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    let (_, _, reason) = server.next_close().await;
     assert_eq!(reason, CloseReason::SlowConsumer);
     let counted = server.handle.stats().messages;
     assert_eq!(
@@ -664,6 +601,8 @@ async fn a_stuck_subscriber_holds_no_copy_of_its_pushes() {
         s.messages.pushes == 3
     })
     .await;
+    // (Gone before the shutdown, which would wait for its close.)
+    drop(client);
     server.stop().await;
 }
 
@@ -685,7 +624,7 @@ async fn pushes_lost_at_any_close_count_as_dropped() {
     // The peer goes, with a reset: the stuck write fails.
     client.get_ref().set_zero_linger().unwrap();
     drop(client);
-    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    let (_, _, reason) = server.next_close().await;
     assert_ne!(reason, CloseReason::SlowConsumer);
     let counted = server.handle.stats().messages;
     assert!(
@@ -781,12 +720,14 @@ where
 async fn a_connection_id_round_trips_through_u128() {
     let mut server = ChatServer::start(Server::builder()).await;
     let mut client = server.client("/chat/a?token=good").await;
-    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    let id = server.next_open().await;
     let n = id.as_u128();
     let back = ConnectionId::from_u128(n).expect("this process's number");
     assert_eq!(back, id);
     assert_eq!(server.hub.send(back, "by number"), Ok(()));
     assert_eq!(next_data(&mut client).await, Message::text("by number"));
+    // (Gone before the shutdown, which would wait for its close.)
+    drop(client);
     let shown = id.to_string();
     let parts: Vec<&str> = shown.split(':').collect();
     assert_eq!(parts.len(), 3, "{shown}");
@@ -807,11 +748,11 @@ async fn a_connection_id_round_trips_through_u128() {
 /// `kicked`. Before it only the handler's own `WsSession::close` could.
 #[tokio::test]
 async fn hub_close_closes_a_websocket_parked_or_awake_after_its_pushes() {
-    let builder = Server::builder().park_idle_after(Some(Duration::from_millis(50)));
+    let builder = parking();
     let mut server = ChatServer::start(builder).await;
     // Parked.
     let mut parked = server.client("/chat/a?token=good").await;
-    let a = ChatServer::next(&mut server.opens, "on_open").await;
+    let a = server.next_open().await;
     common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
     assert_eq!(server.hub.send(a, "before the close"), Ok(()));
     assert_eq!(server.hub.close(a), Ok(()));
@@ -830,14 +771,15 @@ async fn hub_close_closes_a_websocket_parked_or_awake_after_its_pushes() {
         panic!("a close frame");
     };
     assert_eq!(close.code, CloseCode::Policy);
-    let (closed, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    read_to_end(&mut parked).await;
+    let (closed, _, reason) = server.next_close().await;
     assert_eq!((closed, reason), (a, CloseReason::Kicked));
     // Awake (busy in its handler): the push goes out while the handler
     // awaits (since session 46), the close waits for its reply.
     let mut awake = server.client("/chat/b?token=good").await;
-    let b = ChatServer::next(&mut server.opens, "on_open").await;
+    let b = server.next_open().await;
     awake.send(Message::text("wait")).await.unwrap();
-    ChatServer::next(&mut server.busy, "the handler busy").await;
+    server.gate.next_busy().await;
     assert_eq!(server.hub.send(b, "pushed"), Ok(()));
     assert_eq!(server.hub.close_with(b, 4003, "banned"), Ok(()));
     common::wait_stats(&server.handle, "the close taken", |s| {
@@ -854,7 +796,8 @@ async fn hub_close_closes_a_websocket_parked_or_awake_after_its_pushes() {
         (u16::from(close.code), close.reason.as_str()),
         (4003, "banned")
     );
-    let (closed, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    read_to_end(&mut awake).await;
+    let (closed, _, reason) = server.next_close().await;
     assert_eq!((closed, reason), (b, CloseReason::Kicked));
     common::wait_stats(&server.handle, "two kicked", |s| {
         common::closed_as(s, "kicked") == 2
@@ -882,7 +825,7 @@ async fn hub_close_closes_a_websocket_parked_or_awake_after_its_pushes() {
 async fn hub_close_with_refuses_a_bad_code_and_cuts_a_long_reason() {
     let mut server = ChatServer::start(Server::builder().park_idle_after(None)).await;
     let mut client = server.client("/chat/a?token=good").await;
-    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    let id = server.next_open().await;
     assert_eq!(
         server.hub.close_with(id, 1005, "no status"),
         Err(megaconn::HubError::CloseCode(1005))
@@ -900,7 +843,8 @@ async fn hub_close_with_refuses_a_bad_code_and_cuts_a_long_reason() {
     };
     assert_eq!(u16::from(close.code), 4001);
     assert_eq!(close.reason.as_str(), "é".repeat(61));
-    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    read_to_end(&mut client).await;
+    let (_, _, reason) = server.next_close().await;
     assert_eq!(reason, CloseReason::Kicked);
     server.stop().await;
 }
@@ -911,7 +855,7 @@ async fn hub_close_with_refuses_a_bad_code_and_cuts_a_long_reason() {
 /// way to learn it but the upgrade request's `ConnInfo`.
 #[tokio::test]
 async fn a_session_knows_its_peer_address_after_a_park() {
-    let builder = Server::builder().park_idle_after(Some(Duration::from_millis(50)));
+    let builder = parking();
     let server = ChatServer::start(builder).await;
     let mut client = server.client("/chat/a?token=good").await;
     let MaybeTlsStream::Plain(tcp) = client.get_ref() else {
@@ -927,51 +871,23 @@ async fn a_session_knows_its_peer_address_after_a_park() {
     server.stop().await;
 }
 
-/// A framed server on 127.0.0.1:0 (lines, one worker, parking after 50 ms)
-/// serving [`FramedIds`]: its handle, hub, address, the ids opened and the
-/// closes, and its task.
-struct FramedIdServer {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    hub: Hub,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    closes: mpsc::UnboundedReceiver<(ConnectionId, CloseReason)>,
-    task: tokio::task::JoinHandle<ShutdownSummary>,
+/// A builder whose server parks an idle connection after 50 ms.
+fn parking() -> Builder {
+    Server::builder().park_idle_after(Some(Duration::from_millis(50)))
 }
 
-impl FramedIdServer {
-    fn start() -> FramedIdServer {
-        let mut server = Server::builder()
-            .workers(1)
-            .park_idle_after(Some(Duration::from_millis(50)))
-            .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
-            .listen()
-            .expect("server binds");
-        let (addr, handle, hub) = (server.local_addr(), server.handle(), server.hub());
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
-        let handler = FramedIds {
-            opens: opened,
-            closes: closed,
-        };
-        let running = server.start_framed(handler).expect("server starts").run();
-        FramedIdServer {
-            addr,
-            handle,
-            hub,
-            opens,
-            closes,
-            task: tokio::spawn(running),
-        }
-    }
-
-    async fn stop(self) {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
-            .await
-            .expect("server stops")
-            .expect("server task");
-    }
+/// A framed server of `builder` on 127.0.0.1:0 (lines, one worker)
+/// serving [`FramedIds`], running.
+fn framed_ids(builder: Builder) -> Running<(ConnectionId, CloseReason)> {
+    let server = builder
+        .workers(1)
+        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
+        .listen()
+        .expect("server binds");
+    Running::serve(server, |server, opens, closes| {
+        let handler = FramedIds { opens, closes };
+        server.start_framed(handler).expect("server starts")
+    })
 }
 
 /// `Hub::close` closes a parked framed connection: it wakes, what was
@@ -979,9 +895,9 @@ impl FramedIdServer {
 /// `Kicked` once; a push after the close is not written.
 #[tokio::test]
 async fn hub_close_closes_a_parked_framed_connection_after_its_pushes() {
-    let mut server = FramedIdServer::start();
-    let mut client = TcpStream::connect(server.addr).await.unwrap();
-    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    let mut server = framed_ids(parking());
+    let mut client = TcpStream::connect(server.addrs[0]).await.unwrap();
+    let id = server.next_open().await;
     common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
     assert_eq!(server.hub.send(id, "before the close"), Ok(()));
     assert_eq!(server.hub.close(id), Ok(()));
@@ -998,7 +914,7 @@ async fn hub_close_closes_a_parked_framed_connection_after_its_pushes() {
         .expect("closed in time")
         .expect("a clean close");
     assert_eq!(got, b"before the close\n");
-    let closed = ChatServer::next(&mut server.closes, "on_close").await;
+    let closed = server.next_close().await;
     assert_eq!(closed, (id, CloseReason::Kicked));
     common::wait_stats(&server.handle, "kicked", |s| {
         common::closed_as(s, "kicked") == 1
@@ -1012,8 +928,8 @@ async fn hub_close_closes_a_parked_framed_connection_after_its_pushes() {
 /// A framed session's peer address, after a park.
 #[tokio::test]
 async fn a_framed_session_knows_its_peer_address() {
-    let server = FramedIdServer::start();
-    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    let server = framed_ids(parking());
+    let mut client = TcpStream::connect(server.addrs[0]).await.unwrap();
     let ours = client.local_addr().unwrap();
     common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
     client.write_all(b"peer\n").await.unwrap();
@@ -1086,6 +1002,8 @@ async fn a_slow_reader_gets_many_large_pushes_whole_and_in_order() {
         next_data(&mut client).await,
         Message::text("a from 127.0.0.1")
     );
+    // (Gone before the shutdown, which would wait for its close.)
+    drop(client);
     server.stop().await;
 }
 
@@ -1099,15 +1017,15 @@ async fn a_slow_reader_gets_many_large_pushes_whole_and_in_order() {
 #[tokio::test]
 async fn a_send_to_a_closed_connection_is_refused() {
     use megaconn::HubError;
-    let builder = Server::builder().park_idle_after(Some(Duration::from_millis(50)));
+    let builder = parking();
     let mut server = ChatServer::start(builder).await;
     // Its peer closes it.
     let mut first = server.client("/chat/a?token=good").await;
-    let a = ChatServer::next(&mut server.opens, "on_open").await;
+    let a = server.next_open().await;
     assert_eq!(server.hub.send(a, "open"), Ok(()));
     assert_eq!(next_data(&mut first).await, Message::text("open"));
     first.close(None).await.unwrap();
-    let (closed, _, _) = ChatServer::next(&mut server.closes, "on_close").await;
+    let (closed, _, _) = server.next_close().await;
     assert_eq!(closed, a);
     assert_eq!(server.hub.send(a, "gone"), Err(HubError::Closed));
     assert_eq!(server.hub.send_binary(a, "gone"), Err(HubError::Closed));
@@ -1116,7 +1034,7 @@ async fn a_send_to_a_closed_connection_is_refused() {
     // The next connection (the kernel hands out the lowest free
     // descriptor: most likely the one `a` had) is open; `a` stays closed.
     let mut second = server.client("/chat/b?token=good").await;
-    let b = ChatServer::next(&mut server.opens, "on_open").await;
+    let b = server.next_open().await;
     assert_eq!(server.hub.send(b, "hi"), Ok(()));
     assert_eq!(next_data(&mut second).await, Message::text("hi"));
     assert_eq!(server.hub.send(a, "gone"), Err(HubError::Closed));
@@ -1126,7 +1044,7 @@ async fn a_send_to_a_closed_connection_is_refused() {
     assert_eq!(server.hub.send(b, "parked"), Ok(()));
     assert_eq!(next_data(&mut second).await, Message::text("parked"));
     drop(second);
-    let (closed, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    let (closed, _, reason) = server.next_close().await;
     assert_eq!((closed, reason), (b, CloseReason::ClientClosed));
     assert_eq!(server.hub.send(b, "gone"), Err(HubError::Closed));
     // A topic's or everyone's audience is not an id: as before.
@@ -1148,7 +1066,7 @@ async fn shutdown_sends_the_routes_goodbye_parked_or_awake() {
         let mut server =
             ChatServer::start_route(builder, |route| route.goodbye(1012, REASON)).await;
         let mut client = server.client("/chat/a?token=good").await;
-        ChatServer::next(&mut server.opens, "on_open").await;
+        server.next_open().await;
         client.send(Message::text("who")).await.unwrap();
         assert_eq!(
             next_data(&mut client).await,
@@ -1168,7 +1086,8 @@ async fn shutdown_sends_the_routes_goodbye_parked_or_awake() {
             (1012, REASON),
             "{park:?}"
         );
-        let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+        read_to_end(&mut client).await;
+        let (_, _, reason) = server.next_close().await;
         assert_eq!(reason, CloseReason::Shutdown, "{park:?}");
         server.stop().await;
     }
@@ -1186,9 +1105,9 @@ async fn close_after_closes_at_its_time_unless_cancelled() {
         let builder = Server::builder().park_idle_after(park);
         let mut server = ChatServer::start(builder).await;
         let mut late = server.client("/chat/a?token=good").await;
-        let a = ChatServer::next(&mut server.opens, "on_open").await;
+        let a = server.next_open().await;
         let mut kept = server.client("/chat/b?token=good").await;
-        let b = ChatServer::next(&mut server.opens, "on_open").await;
+        let b = server.next_open().await;
         let parked = if park.is_some() { 2 } else { 0 };
         common::wait_stats(&server.handle, "parked or not", |s| {
             s.connections_parked == parked
@@ -1207,7 +1126,8 @@ async fn close_after_closes_at_its_time_unless_cancelled() {
             panic!("a close frame ({park:?})");
         };
         assert_eq!(close.code, CloseCode::Policy, "{park:?}");
-        let (closed, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+        read_to_end(&mut late).await;
+        let (closed, _, reason) = server.next_close().await;
         assert_eq!((closed, reason), (a, CloseReason::Kicked), "{park:?}");
         // `b` is open: a push reaches it, nothing closed it.
         assert_eq!(server.hub.send(b, "still here"), Ok(()));
@@ -1218,6 +1138,8 @@ async fn close_after_closes_at_its_time_unless_cancelled() {
             server.hub.close_after(a, Duration::from_millis(1)),
             Err(megaconn::HubError::Closed)
         );
+        // (Gone before the shutdown, which would wait for its close.)
+        drop(kept);
         server.stop().await;
     }
 }
@@ -1275,7 +1197,7 @@ async fn pushes_accepted_while_a_slow_consumer_closes_are_each_counted_once() {
             other => panic!("{other:?}"),
         }
     }
-    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    let (_, _, reason) = server.next_close().await;
     assert_eq!(reason, CloseReason::SlowConsumer);
     let (ok, full) = tokio::task::spawn_blocking(move || sender.join().expect("sender"))
         .await
@@ -1305,7 +1227,7 @@ async fn pushes_accepted_while_a_slow_consumer_closes_are_each_counted_once() {
 async fn hub_reset_of_a_websocket_mid_frame_is_a_reset_at_once() {
     let mut server = ChatServer::start(Server::builder()).await;
     let mut client = server.client("/chat/a?token=good").await;
-    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    let id = server.next_open().await;
     let MaybeTlsStream::Plain(tcp) = client.get_mut() else {
         panic!("a cleartext client");
     };
@@ -1316,7 +1238,7 @@ async fn hub_reset_of_a_websocket_mid_frame_is_a_reset_at_once() {
     })
     .await;
     assert_eq!(server.hub.reset(id), Ok(()));
-    let (closed, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    let (closed, _, reason) = server.next_close().await;
     assert_eq!((closed, reason), (id, CloseReason::Reset));
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(SAFETY, tcp.read(&mut buf))

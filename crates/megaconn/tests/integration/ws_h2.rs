@@ -304,9 +304,7 @@ async fn a_websocket_over_h2c_echoes_pings_and_closes() {
 #[tokio::test]
 async fn a_websocket_over_tls_with_alpn_h2_echoes_pings_and_closes() {
     let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let tls = megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
-        .expect("TLS config");
+    let tls = ca.server(&["localhost"]);
     let server = serve(Server::builder().tls(tls));
     let stream = tls_connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));

@@ -23,25 +23,20 @@
 use crate::common;
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::Response;
+use common::msg::{tcp_to, Running, WS_UPGRADE};
 use common::netns;
 use common::tls::{connect, Ca};
 use megaconn::axum_ws::{Message, WebSocket, WebSocketUpgrade};
 use megaconn::{
-    Builder, CloseReason, ConnectionId, Hub, ServerHandle, ShutdownSummary, TlsConfig,
-    WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+    Builder, CloseReason, ConnectionId, WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
 };
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
-
-/// The opening handshake's request (RFC 6455 §1.3's key).
-const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 /// The message pushed to the vanished peer: taken whole by the kernel's
 /// send buffer, which is what the review saw counted as sent.
@@ -69,44 +64,17 @@ impl WebSocketHandler for Watch {
     }
 }
 
-/// A server with a native route at `/ws` whose heartbeat and pings are
-/// off, running, and what the tests use of it.
-struct Native {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    hub: Hub,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    closes: mpsc::UnboundedReceiver<CloseReason>,
-    task: JoinHandle<ShutdownSummary>,
-}
-
-impl Native {
-    /// Serves the route with `builder`'s server (one listener).
-    fn serve(builder: Builder) -> Native {
-        let mut server = builder.listen().expect("server binds");
-        let (addr, handle) = (server.local_addr(), server.handle());
-        let hub = server.hub();
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
-        let route = WebSocketRoute::new(Watch {
-            opens: opened,
-            closes: closed,
-        })
-        .ping_interval(None)
-        .heartbeat_timeout(None);
+/// `builder`'s server (one listener) with a native route at `/ws` whose
+/// heartbeat and pings are off, running.
+fn native_server(builder: Builder) -> Running<CloseReason> {
+    let server = builder.listen().expect("server binds");
+    Running::serve(server, |server, opens, closes| {
+        let route = WebSocketRoute::new(Watch { opens, closes })
+            .ping_interval(None)
+            .heartbeat_timeout(None);
         let app = axum::Router::new().route_service("/ws", route);
-        // Run here, not in the task: the hub takes messages once the
-        // server runs, which the push must not race.
-        let running = server.start(app).expect("server starts").run();
-        Native {
-            addr,
-            handle,
-            hub,
-            opens,
-            closes,
-            task: tokio::spawn(running),
-        }
-    }
+        server.start(app).expect("server starts")
+    })
 }
 
 /// A parked WebSocket of a route with its heartbeat off whose peer
@@ -128,23 +96,23 @@ async fn native(tls: bool) {
     let ca = Ca::new();
     let addr = "127.0.0.1:0".parse().unwrap();
     let builder = if tls {
-        let leaf = ca.leaf(&["localhost"]);
-        let config =
-            TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
-        netns::builder().tls(config).listen_tls_on(addr)
+        netns::builder()
+            .tls(ca.server(&["localhost"]))
+            .listen_tls_on(addr)
     } else {
         netns::builder().listen_on(addr)
     };
-    let mut server = Native::serve(builder);
+    let mut server = native_server(builder);
+    let addr = server.addrs[0];
 
     // Held (not read) until the end: the peer's side of the connection.
     let client: Box<dyn std::any::Any> = if tls {
-        let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
-        netns::request_head(&mut tls, UPGRADE, "HTTP/1.1 101").await;
+        let mut tls = connect(addr, ca.client(&[b"http/1.1"]), "localhost").await;
+        netns::request_head(&mut tls, WS_UPGRADE, "HTTP/1.1 101").await;
         Box::new(tls)
     } else {
-        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-        netns::request_head(&mut tcp, UPGRADE, "HTTP/1.1 101").await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        netns::request_head(&mut tcp, WS_UPGRADE, "HTTP/1.1 101").await;
         Box::new(tcp)
     };
     let id = netns::opened_and_parked(&server.handle, &mut server.opens).await;
@@ -236,7 +204,7 @@ async fn axum_vanish_and_wait() {
 
     // Held (not read) until the end: the peer's side of the connection.
     let mut client = TcpStream::connect(addr).await.unwrap();
-    netns::request_head(&mut client, UPGRADE, "HTTP/1.1 101").await;
+    netns::request_head(&mut client, WS_UPGRADE, "HTTP/1.1 101").await;
     tokio::time::timeout(common::SAFETY, opens.recv())
         .await
         .expect("upgraded in time")
@@ -262,13 +230,11 @@ async fn a_peer_whose_window_stays_shut_is_closed_by_write_timeout_not_the_kerne
         .write_timeout(Some(Duration::from_secs(4)))
         .message_send_buffer_size(Some(16 << 10))
         .listen_on("127.0.0.1:0".parse().unwrap());
-    let mut server = Native::serve(builder);
+    let mut server = native_server(builder);
 
     // The kernel's smallest receive buffer, never read past the `101`.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(1).unwrap();
-    let mut client = socket.connect(server.addr).await.unwrap();
-    netns::request_head(&mut client, UPGRADE, "HTTP/1.1 101").await;
+    let mut client = tcp_to(server.addrs[0], Some(1)).await;
+    netns::request_head(&mut client, WS_UPGRADE, "HTTP/1.1 101").await;
     let id = netns::opened_and_parked(&server.handle, &mut server.opens).await;
 
     // Far more than both buffers take: the server's write waits.

@@ -7,24 +7,23 @@
 //! handler awaits is still closed as a slow consumer, without waiting for
 //! the handler. Real sockets; every wait bounded and on a condition.
 
-use crate::common;
-use crate::framed::{frame, read_frame};
+use crate::common::{self, msg::deref_to_running};
 use crate::ws::next_data;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::msg::{frame, read_frame, tcp_to, ws_client, ws_handshake, Gate, Gated, Running};
 use common::SAFETY;
-use futures_util::{FutureExt, SinkExt};
+use futures_util::SinkExt;
 use megaconn::{
-    Builder, CloseReason, ConnectionId, FramedHandler, Framing, Hub, Server, ServerHandle, Session,
-    WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+    Builder, CloseReason, ConnectionId, FramedHandler, Framing, Server, Session, WebSocketHandler,
+    WebSocketRoute, WsMessage, WsSession,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The outbound queue of these servers: one push more than it holds comes
@@ -36,15 +35,13 @@ const QUEUE: usize = 8;
 struct Probe {
     opens: mpsc::UnboundedSender<ConnectionId>,
     closes: mpsc::UnboundedSender<CloseReason>,
-    busy: mpsc::UnboundedSender<()>,
-    gate: Arc<Semaphore>,
+    gate: Gate,
 }
 
 impl Probe {
-    /// `wait`: reports it awaits, awaits a permit, answers `waited`.
+    /// `wait`: waits at the gate, answers `waited`.
     async fn wait(&self) -> &'static str {
-        let _ = self.busy.send(());
-        self.gate.acquire().await.expect("gate open").forget();
+        self.gate.wait().await;
         "waited"
     }
 }
@@ -89,70 +86,48 @@ enum Proto {
 }
 
 /// A server on 127.0.0.1:0, one worker, never parking, its queue
-/// [`QUEUE`].
+/// [`QUEUE`], running: its address and its handlers' gate.
 struct Waiting {
     addr: SocketAddr,
-    handle: ServerHandle,
-    hub: Hub,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    closes: mpsc::UnboundedReceiver<CloseReason>,
-    busy: mpsc::UnboundedReceiver<()>,
-    gate: Arc<Semaphore>,
-    task: tokio::task::JoinHandle<megaconn::ShutdownSummary>,
+    gate: Gated,
+    running: Running<CloseReason>,
 }
 
+deref_to_running!(Waiting, CloseReason);
+
 impl Waiting {
-    async fn start(builder: Builder, proto: Proto) -> Waiting {
+    fn start(builder: Builder, proto: Proto) -> Waiting {
         let builder = builder
             .workers(1)
             .park_idle_after(None)
             .outbound_queue(QUEUE);
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
-        let (was_busy, busy) = mpsc::unbounded_channel();
-        let gate = Arc::new(Semaphore::new(0));
-        let probe = Probe {
-            opens: opened,
-            closes: closed,
-            busy: was_busy,
-            gate: gate.clone(),
-        };
         let addr = "127.0.0.1:0".parse().unwrap();
         let listening = match proto {
             Proto::Ws => builder.listen_on(addr),
             Proto::Framed => builder.listen_framed_on(addr, Framing::length_prefixed(4)),
         };
-        let mut server = listening.listen().expect("server binds");
-        let (addr, handle, hub) = (server.local_addr(), server.handle(), server.hub());
-        let running = match proto {
-            Proto::Ws => {
-                let app = axum::Router::new().route_service("/ws", WebSocketRoute::new(probe));
-                server.start(app).expect("server starts").run().boxed()
+        let server = listening.listen().expect("server binds");
+        let addr = server.local_addr();
+        let (probes_gate, gate) = Gate::new();
+        let running = Running::serve(server, |server, opens, closes| {
+            let probe = Probe {
+                opens,
+                closes,
+                gate: probes_gate,
+            };
+            match proto {
+                Proto::Ws => {
+                    let app = axum::Router::new().route_service("/ws", WebSocketRoute::new(probe));
+                    server.start(app).expect("server starts")
+                }
+                Proto::Framed => server.start_framed(probe).expect("server starts"),
             }
-            Proto::Framed => server
-                .start_framed(probe)
-                .expect("server starts")
-                .run()
-                .boxed(),
-        };
-        let task = tokio::spawn(running);
+        });
         Waiting {
             addr,
-            handle,
-            hub,
-            opens,
-            closes,
-            busy,
             gate,
-            task,
+            running,
         }
-    }
-
-    async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
-        tokio::time::timeout(SAFETY, rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-            .expect("handler gone")
     }
 
     /// Sends push `i` (`push i`) to `id`.
@@ -161,7 +136,7 @@ impl Waiting {
     }
 
     async fn stop(self) {
-        common::shut_down(&self.handle, self.task).await;
+        self.running.stop().await;
     }
 }
 
@@ -171,12 +146,8 @@ impl Waiting {
 /// lost.)
 #[tokio::test]
 async fn pushes_while_a_ws_handler_awaits_reach_a_reading_peer() {
-    let mut server = Waiting::start(Server::builder(), Proto::Ws).await;
-    let url = format!("ws://{}/ws", server.addr);
-    let (client, _) = tokio::time::timeout(SAFETY, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
+    let mut server = Waiting::start(Server::builder(), Proto::Ws);
+    let client = ws_client(server.addr, "/ws", None).await;
     reads_all_then_the_reply(&mut server, client).await;
     server.stop().await;
 }
@@ -186,16 +157,10 @@ async fn pushes_while_a_ws_handler_awaits_reach_a_reading_peer() {
 #[tokio::test]
 async fn over_tls_pushes_while_a_ws_handler_awaits_reach_a_reading_peer() {
     let ca = common::tls::Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let tls =
-        megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
-    let mut server = Waiting::start(Server::builder().tls(tls), Proto::Ws).await;
-    let stream = TcpStream::connect(server.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(ca.client(&[b"http/1.1"]))
-        .connect(name, stream)
-        .await
-        .expect("TLS handshake");
+    let builder = Server::builder().tls(ca.server(&["localhost"]));
+    let mut server = Waiting::start(builder, Proto::Ws);
+    let config = ca.client(&[b"http/1.1"]);
+    let stream = common::tls::connect(server.addr, config, "localhost").await;
     let (client, _) = tokio::time::timeout(
         SAFETY,
         tokio_tungstenite::client_async("wss://localhost/ws", stream),
@@ -213,9 +178,9 @@ async fn reads_all_then_the_reply<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let id = Waiting::next(&mut server.opens, "on_open").await;
+    let id = server.next_open().await;
     client.send(Message::text("wait")).await.unwrap();
-    Waiting::next(&mut server.busy, "the handler awaiting").await;
+    server.gate.next_busy().await;
     // Each read as it comes, while the handler awaits (before: none came
     // until it returned; then the reply and a 1013).
     for i in 0..=QUEUE {
@@ -229,7 +194,7 @@ async fn reads_all_then_the_reply<S>(
     assert_eq!(next_data(&mut client).await, Message::text("waited"));
     // Still open: it answers the next message.
     client.send(Message::text("again")).await.unwrap();
-    Waiting::next(&mut server.busy, "the second message").await;
+    server.gate.next_busy().await;
     server.gate.add_permits(1);
     assert_eq!(next_data(&mut client).await, Message::text("waited"));
     let stats = server.handle.stats().messages;
@@ -244,11 +209,11 @@ async fn reads_all_then_the_reply<S>(
 /// The same for a framed connection (length-prefixed, cleartext).
 #[tokio::test]
 async fn pushes_while_a_framed_handler_awaits_reach_a_reading_peer() {
-    let mut server = Waiting::start(Server::builder(), Proto::Framed).await;
+    let mut server = Waiting::start(Server::builder(), Proto::Framed);
     let mut s = TcpStream::connect(server.addr).await.unwrap();
-    let id = Waiting::next(&mut server.opens, "on_open").await;
+    let id = server.next_open().await;
     s.write_all(&frame(b"wait")).await.unwrap();
-    Waiting::next(&mut server.busy, "the handler awaiting").await;
+    server.gate.next_busy().await;
     for i in 0..=QUEUE {
         server.push(id, i);
         assert_eq!(read_frame(&mut s).await, format!("push {i}").as_bytes());
@@ -278,19 +243,12 @@ async fn a_peer_that_does_not_read_while_its_handler_awaits_is_a_slow_consumer()
             .message_send_buffer_size(Some(4096))
             .write_timeout(Some(Duration::from_secs(30)))
             .track_connections(true);
-        let mut server = Waiting::start(builder, proto).await;
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut s = socket.connect(server.addr).await.unwrap();
+        let mut server = Waiting::start(builder, proto);
+        let mut s = tcp_to(server.addr, Some(4096)).await;
         // Held, never read, until the end of the test.
         let _held = match proto {
             Proto::Ws => {
-                let url = format!("ws://{}/ws", server.addr);
-                let connected = tokio_tungstenite::client_async(url, s);
-                let (mut client, _) = tokio::time::timeout(SAFETY, connected)
-                    .await
-                    .expect("handshake in time")
-                    .expect("handshake");
+                let mut client = ws_handshake(s, "/ws").await;
                 client.send(Message::text("wait")).await.unwrap();
                 (Some(client), None)
             }
@@ -299,8 +257,8 @@ async fn a_peer_that_does_not_read_while_its_handler_awaits_is_a_slow_consumer()
                 (None, Some(s))
             }
         };
-        let id = Waiting::next(&mut server.opens, "on_open").await;
-        Waiting::next(&mut server.busy, "the handler awaiting").await;
+        let id = server.next_open().await;
+        server.gate.next_busy().await;
         // (Under a framed listener's default frame limit, 64 KiB.)
         for _ in 0..3 {
             assert_eq!(server.hub.send(id, vec![7u8; 60_000]), Ok(()));
@@ -309,7 +267,7 @@ async fn a_peer_that_does_not_read_while_its_handler_awaits_is_a_slow_consumer()
         for i in 0..=QUEUE {
             assert_eq!(server.hub.send(id, format!("push {i}")), Ok(()));
         }
-        let reason = Waiting::next(&mut server.closes, "on_close").await;
+        let reason = server.next_close().await;
         assert_eq!(reason, CloseReason::SlowConsumer, "{proto:?}");
         server.stop().await;
     }
