@@ -663,9 +663,12 @@ async fn wait_read(
 /// connection is idle, may park, and is not over TLS); never otherwise.
 /// Registers no waker: the upgrade wakes the connection through its
 /// [`Turn`]'s slot, which every wait between frames holds, and the wait
-/// looks again.
+/// looks again. Never once shutdown has begun: a wait first polled after
+/// `begin` must not park a connection a paced drain counts on (today the
+/// nudged tasks run before `begin`, by the local queue's order; this does
+/// not lean on it).
 fn asked_to_hand_over(ctx: &WorkerContext, may: bool) -> impl Future<Output = ()> + '_ {
-    poll_fn(move |_| match may && ctx.shutdown.parking_all_framed() {
+    poll_fn(move |_| match may && ctx.shutdown.parking_all_framed() && !ctx.shutdown.is_started() {
         true => Poll::Ready(()),
         false => Poll::Pending,
     })
