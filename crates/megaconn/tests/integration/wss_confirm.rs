@@ -11,14 +11,22 @@
 //!   smallest and the server's send buffer small, cannot take a 1 MiB push
 //!   before its close (the close handshake's `close_timeout`, or the write
 //!   bound if the push was being written when the close came): it
-//!   resolves `Closed` and counts in `queue_drops`, never `Ok`.
+//!   resolves `Closed` and counts in `queue_drops`, never `Ok`; and so
+//!   when the push and the close are sure to reach the connection together
+//!   (its worker held meanwhile by another connection's handler), so that
+//!   the close handshake writes the push and gives up at `close_timeout`.
 
 use std::net::SocketAddr;
+use std::sync::{mpsc as std_mpsc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use megaconn::{CloseReason, ConnectionId, Delivery, Server, Undelivered, WebSocketRoute};
+use megaconn::{
+    CloseReason, ConnectionId, Delivery, Server, Undelivered, WebSocketHandler, WebSocketRoute,
+    WsMessage, WsSession,
+};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -47,6 +55,19 @@ const SEND_BUFFER: usize = 16 << 10;
 /// A one-worker WSS server (`/ws`, the [`Probe`] echo, no pings) that
 /// parks idle WebSockets after `park` (`None`: never).
 fn start(ca: &Ca, park: Option<Duration>) -> Running<(ConnectionId, CloseReason)> {
+    serve(ca, park, |opens, closes| Probe { opens, closes })
+}
+
+/// [`start`] with the handler `handler` makes of the open and close
+/// reporters.
+fn serve<H: WebSocketHandler>(
+    ca: &Ca,
+    park: Option<Duration>,
+    handler: impl FnOnce(
+        mpsc::UnboundedSender<ConnectionId>,
+        mpsc::UnboundedSender<(ConnectionId, CloseReason)>,
+    ) -> H,
+) -> Running<(ConnectionId, CloseReason)> {
     let server = Server::builder()
         .workers(1)
         .park_idle_after(park)
@@ -57,7 +78,7 @@ fn start(ca: &Ca, park: Option<Duration>) -> Running<(ConnectionId, CloseReason)
         .listen()
         .expect("server binds");
     Running::serve(server, |server, opens, closes| {
-        let ws = WebSocketRoute::new(Probe { opens, closes })
+        let ws = WebSocketRoute::new(handler(opens, closes))
             .ping_interval(None)
             .heartbeat_timeout(None)
             .close_timeout(BOUND);
@@ -163,6 +184,77 @@ async fn a_confirmed_push_a_client_never_takes_before_its_close_resolves_closed(
     );
     let messages = server.handle.stats().messages;
     assert_eq!((messages.pushes, messages.queue_drops), (0, 1));
+    drop(ws);
+    common::shut_down(&server.handle, server.task).await;
+}
+
+/// Reports opens and closes as [`Probe`] does; a `hold` message holds its
+/// worker's thread (a handler that blocks, on purpose) until the test lets
+/// it go, having said so on `held`.
+struct Holder {
+    opens: mpsc::UnboundedSender<ConnectionId>,
+    closes: mpsc::UnboundedSender<(ConnectionId, CloseReason)>,
+    held: mpsc::UnboundedSender<()>,
+    release: Mutex<std_mpsc::Receiver<()>>,
+}
+
+impl WebSocketHandler for Holder {
+    type State = ();
+
+    fn on_open(&self, _: &mut (), session: &WsSession) {
+        let _ = self.opens.send(session.id());
+    }
+
+    async fn on_message(&self, _: &mut (), m: WsMessage, _: &WsSession) -> Option<WsMessage> {
+        if m.as_bytes() == b"hold" {
+            let _ = self.held.send(());
+            let _ = self.release.lock().unwrap().recv_timeout(SAFETY);
+        }
+        Some(m)
+    }
+
+    fn on_close_with_id(&self, id: ConnectionId, _: (), reason: CloseReason) {
+        let _ = self.closes.send((id, reason));
+    }
+}
+
+/// The confirmed push of [`BIG`] bytes and the hub's close reach an awake
+/// client that reads nothing together: its worker, held by another
+/// connection's handler while the test sends both, takes them from its hub
+/// queue in one go, so the connection takes the push and its close at once.
+/// The close writes the push before its close frame and gives up at
+/// `close_timeout`: `Closed`, counted in `queue_drops`, the close the hub's.
+/// (A close whose buffer did not go whole must not tell the push `Ok`.)
+#[tokio::test]
+async fn a_confirmed_push_the_close_handshake_gives_up_on_resolves_closed() {
+    use futures_util::SinkExt;
+
+    let ca = Ca::new();
+    let (held, mut holding) = mpsc::unbounded_channel();
+    let (release, released) = std_mpsc::channel();
+    let mut server = serve(&ca, None, |opens, closes| Holder {
+        opens,
+        closes,
+        held,
+        release: Mutex::new(released),
+    });
+    let ws = connect(server.addrs[0], &ca, true).await;
+    let id = server.next_open().await;
+    let mut holder = connect(server.addrs[0], &ca, false).await;
+    server.next_open().await;
+    holder.send(Message::text("hold")).await.unwrap();
+    tokio::time::timeout(SAFETY, holding.recv())
+        .await
+        .expect("held in time")
+        .expect("the handler");
+    let delivery = server.hub.send_confirmed(id, "x".repeat(BIG));
+    assert_eq!(server.hub.close(id), Ok(()));
+    release.send(()).unwrap();
+    assert_eq!(outcome(delivery).await, Err(Undelivered::Closed));
+    assert_eq!(server.next_close().await, (id, CloseReason::Kicked));
+    let messages = server.handle.stats().messages;
+    assert_eq!((messages.pushes, messages.queue_drops), (0, 1));
+    assert_eq!(next(&mut holder).await, Message::text("hold"));
     drop(ws);
     common::shut_down(&server.handle, server.task).await;
 }
