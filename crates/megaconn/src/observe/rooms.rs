@@ -31,7 +31,9 @@ pub const WS_CLOSE_CODES: usize = 17;
 
 /// Labels of `direction` on `megaconn_ws_closes_total`: `sent`, the server
 /// began the close (its close frame's code, or 1006 when it closed without
-/// one: a write timeout, [`Hub::reset`](crate::Hub::reset)); `received`,
+/// one: a write timeout, [`Hub::reset`](crate::Hub::reset), a connection
+/// cut off at `shutdown_timeout` before its goodbye; one cut off in its
+/// close handshake counts its goodbye's code, 1001 by default); `received`,
 /// the peer did (its close frame's code, or 1006 when it dropped the TCP
 /// connection without one).
 pub const WS_CLOSE_DIRECTION_LABELS: [&str; 2] = ["sent", "received"];
@@ -123,7 +125,8 @@ pub struct RoomStats {
     /// Native WebSocket closes: `[sent, received]` (see
     /// [`WS_CLOSE_DIRECTION_LABELS`]), each by code in the order of
     /// [`WS_CLOSE_CODE_LABELS`]. One per closed connection: their sum is
-    /// the native WebSockets closed (but those a forced shutdown dropped).
+    /// the native WebSockets closed, those a forced shutdown cut off
+    /// included (until session 48 they counted nowhere).
     pub ws_closes: [[u64; WS_CLOSE_CODES]; 2],
     /// How long publishes waited in the workers' hub queues before each
     /// worker began handing them to the topic's members: one observation

@@ -94,6 +94,7 @@ mod ws_h2;
 mod ws_halfopen;
 mod ws_handler_wait;
 mod ws_rooms;
+mod wss_confirm;
 
 /// The system allocator, noting the largest allocation it was asked for.
 struct NotesLargest;

@@ -2,8 +2,11 @@
 //! topics needs beyond one message, over real sockets with tungstenite's
 //! client: the peer's close code and reason at the close (a log-out from a
 //! lost network), closes counted by code, a publish that skips its
-//! author, the lag of publishes in the workers' queues, and a timed close
-//! with its own code. Every wait is bounded and waits on a condition.
+//! author, the lag of publishes in the workers' queues, a timed close
+//! with its own code, and the closes a forced shutdown cuts off counted
+//! with what their peers got. Every wait is bounded and waits on a
+//! condition; every close the server begins is answered as a browser
+//! answers it, at once ([`close_from_server`]).
 
 use crate::common;
 use crate::ws::next_data;
@@ -12,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::SAFETY;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use megaconn::{
     Builder, CloseReason, ConnectionId, Hub, HubError, Server, ServerHandle, ShutdownSummary,
     WebSocketHandler, WebSocketRoute, WsClose, WsMessage, WsSession,
@@ -31,8 +34,9 @@ type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Heard = (ConnectionId, CloseReason, u16, String);
 
 /// A room member: `join:T` subscribes to topic `T` (answered `joined`),
-/// `say:T:text` publishes `text` to `T` but its author (answered `said`);
-/// anything else is echoed.
+/// `say:T:text` publishes `text` to `T` but its author (answered `said`),
+/// `hang` is never answered (its handler awaits for good); anything else
+/// is echoed.
 struct Room {
     hub: Hub,
     opens: mpsc::UnboundedSender<ConnectionId>,
@@ -56,6 +60,9 @@ impl WebSocketHandler for Room {
             let published = self.hub.publish_except(topic, said.to_owned(), s.id());
             assert_eq!(published, Ok(()));
             return Some("said".into());
+        }
+        if text == "hang" {
+            std::future::pending::<()>().await;
         }
         Some(m)
     }
@@ -122,11 +129,36 @@ impl RoomServer {
         next(&mut self.closes, "on_close_with").await
     }
 
-    async fn stop(self) {
+    /// Shuts the server down; each of `clients` gets the route's goodbye
+    /// (1001) and answers it.
+    async fn stop(self, clients: Vec<Client>) {
         self.handle.shutdown();
+        for mut client in clients {
+            assert_eq!(close_from_server(&mut client).await.code, CloseCode::Away);
+        }
         let stopped = tokio::time::timeout(SAFETY, self.task).await;
         stopped.expect("server stops").expect("server task");
     }
+}
+
+/// The close frame the server sent `client`, which answers it (as a
+/// browser does, at once) and reads on to the end of the stream, which the
+/// server's TCP close ends. tungstenite only queues its answer to a close
+/// and writes it when polled again: read once and left, as these tests
+/// did, the client never answered, and the server waited out its
+/// `close_timeout` (5 s) for it at each close it began, hearing of the
+/// close only after: the tests took 12–15 s.
+async fn close_from_server(client: &mut Client) -> CloseFrame {
+    let Message::Close(Some(close)) = next_data(client).await else {
+        panic!("a close frame");
+    };
+    let end = tokio::time::timeout(SAFETY, client.next()).await;
+    let end = end.expect("the server closes once its close is answered");
+    assert!(
+        matches!(end, None | Some(Err(_))),
+        "nothing after the close: {end:?}"
+    );
+    close
 }
 
 async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
@@ -190,9 +222,7 @@ async fn on_close_hears_the_peers_close_code_and_closes_count_by_code() {
             (c, CloseReason::ClientClosed, 4002, String::new())
         );
         assert_eq!(server.hub.close(d), Ok(()));
-        let Message::Close(Some(close)) = next_data(&mut kicked).await else {
-            panic!("a close frame");
-        };
+        let close = close_from_server(&mut kicked).await;
         assert_eq!(close.code, CloseCode::Policy);
         // Our close, not the peer's: its answer is not a close it began.
         assert_eq!(
@@ -217,7 +247,7 @@ async fn on_close_hears_the_peers_close_code_and_closes_count_by_code() {
         let scrape = server.handle.render_metrics();
         let line = r#"megaconn_ws_closes_total{direction="received",code="1000"}"#;
         assert_eq!(series(&scrape, line), Some(1.0), "{scrape}");
-        server.stop().await;
+        server.stop(Vec::new()).await;
     }
 }
 
@@ -251,7 +281,7 @@ async fn publish_except_skips_its_author_and_reaches_the_others() {
                 "{i} {workers}"
             );
         }
-        server.stop().await;
+        server.stop(members).await;
     }
 }
 
@@ -275,7 +305,7 @@ async fn the_publish_lag_histogram_counts_each_publish_per_worker() {
         Some(6.0),
         "{scrape}"
     );
-    server.stop().await;
+    server.stop(Vec::new()).await;
 }
 
 /// `close_after_with` closes at its time with its own code and reason
@@ -292,15 +322,63 @@ async fn close_after_with_sends_its_code() {
         let after = Duration::from_millis(100);
         let timed = server.hub.close_after_with(a, after, 4001, "auth timeout");
         assert_eq!(timed, Ok(()));
-        let Message::Close(Some(close)) = next_data(&mut late).await else {
-            panic!("a close frame ({park:?})");
-        };
+        let close = close_from_server(&mut late).await;
         let got = (u16::from(close.code), close.reason.as_str());
         assert_eq!(got, (4001, "auth timeout"), "{park:?}");
         let (closed, reason, ..) = server.closed().await;
         assert_eq!((closed, reason), (a, CloseReason::Kicked));
         let rooms = server.handle.stats().messages.rooms;
         assert_eq!(rooms.ws_closes("sent", "4xxx"), 1, "{park:?}");
-        server.stop().await;
+        server.stop(Vec::new()).await;
     }
+}
+
+/// A forced shutdown's closes count in `megaconn_ws_closes_total` as
+/// `sent`, with what each peer got on the wire: a connection whose
+/// handler still awaited at `shutdown_timeout` no close frame (1006: its
+/// stream ends without one), one whose peer had not answered its goodbye
+/// yet that goodbye (1001). Both handlers hear `Shutdown`. Before, neither
+/// counted: the connection's future was dropped before its close counted.
+#[tokio::test]
+async fn closes_a_forced_shutdown_cuts_off_count_as_what_their_peers_got() {
+    let builder = Server::builder()
+        .workers(1)
+        .park_idle_after(None)
+        .shutdown_timeout(Duration::from_millis(300));
+    let mut server = RoomServer::start(builder).await;
+    let (mut busy, a) = server.client().await;
+    let (mut silent, b) = server.client().await;
+    busy.send(Message::text("hang")).await.unwrap();
+    // Counted as its handler is called, in the same turn of the worker.
+    common::wait_stats(&server.handle, "hang taken", |s| s.messages.frames_in == 1).await;
+    server.handle.shutdown();
+    // The goodbye, left unanswered: the server waits for the answer
+    // (`close_timeout`, 5 s) past `shutdown_timeout`.
+    let Message::Close(Some(goodbye)) = next_data(&mut silent).await else {
+        panic!("a goodbye");
+    };
+    assert_eq!(goodbye.code, CloseCode::Away);
+    let stopped = tokio::time::timeout(SAFETY, server.task).await;
+    let summary = stopped.expect("server stops").expect("server task");
+    assert_eq!(summary.forced, 2);
+    let end = tokio::time::timeout(SAFETY, busy.next()).await;
+    let end = end.expect("the end in time");
+    assert!(
+        matches!(end, None | Some(Err(_))),
+        "no close frame on the wire: {end:?}"
+    );
+    // (The task taken, the server is read field by field.)
+    let closes = &mut server.closes;
+    let mut heard = vec![
+        next(closes, "on_close_with").await,
+        next(closes, "on_close_with").await,
+    ];
+    heard.sort_by_key(|(id, ..)| *id == b);
+    let shut = |id| (id, CloseReason::Shutdown, 1006, String::new());
+    assert_eq!(heard, [shut(a), shut(b)]);
+    let rooms = server.handle.stats().messages.rooms;
+    assert_eq!(rooms.ws_closes("sent", "1006"), 1, "{rooms:?}");
+    assert_eq!(rooms.ws_closes("sent", "1001"), 1, "{rooms:?}");
+    let all: u64 = rooms.ws_closes.iter().flatten().sum();
+    assert_eq!(all, 2, "{rooms:?}");
 }

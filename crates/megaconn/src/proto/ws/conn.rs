@@ -88,7 +88,7 @@ use crate::message::MessageSettings;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::ratelog::{self, Flood};
-use crate::observe::rooms::{closer_without_peer_frame, Closer, ABNORMAL, NO_STATUS};
+use crate::observe::rooms::{closer_without_peer_frame, Closer, RoomCounters, ABNORMAL, NO_STATUS};
 use crate::observe::stats::{add, incr, MessageCounters};
 use crate::proto::handling::{while_handling, Draining};
 use crate::proto::ws::closing::{close_handshake, last_word, last_word_code, FrameEnds};
@@ -129,6 +129,13 @@ enum Next {
     Go,
     /// Close: the peer's close was echoed (`None`), or send ours.
     Close(CloseReason, Option<(u16, String)>),
+    /// The peer began the close with this close frame (code and reason;
+    /// `None`: it carried no code), which was echoed: the close is
+    /// [`CloseReason::ClientClosed`], and its handler's `on_close_with`
+    /// hears the frame. Carried here, out of the loop, it is in the
+    /// connection's future only while it closes: a variable of the loop's
+    /// made every awake WebSocket's future 40 B larger (session 47).
+    PeerClosed(Option<(u16, crate::Utf8Bytes)>),
 }
 
 /// The close sent on shutdown: the route's goodbye
@@ -150,6 +157,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // Over TLS, its own side tables (and its session parks beside them).
     let tables = Tables::of_io(&ctx, &io);
     let counters = &ctx.stats.messages;
+    let mut count = CloseCount(Some(&counters.rooms));
     let fd = parked_fd(&io);
     let now = Instant::now();
     // When the peer must have sent something by, and when our next ping goes.
@@ -201,7 +209,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 &tables.local,
             );
             if let Err(reason) = live.open(|h, state| h.on_open(state, &session)) {
-                ctx.stats.messages.rooms.ws_closed(Closer::Server, 1006);
+                count.count(Closer::Server, ABNORMAL);
                 return Ended::Close(live.close(reason));
             }
             (live, session)
@@ -211,7 +219,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             let Some(parked) = tables.take::<H::State>(fd) else {
                 tracing::error!("a woken WebSocket had no state; closing it");
                 // Every native WebSocket close counts once (`RoomStats`).
-                ctx.stats.messages.rooms.ws_closed(Closer::Server, ABNORMAL);
+                count.count(Closer::Server, ABNORMAL);
                 return Ended::Close(CloseReason::ServerError);
             };
             let id = tables.local.id(fd, parked.generation);
@@ -249,7 +257,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     // already), then the 1013.
                     let unsent = tables.local.take_unsent(id);
                     let behind = unsent.map(|unsent| (unsent, Raw::Sealed));
-                    close_behind(&mut conn, behind, reason, counters).await;
+                    close_behind(&mut conn, behind, reason, (counters, &mut count)).await;
                     return Ended::Close(live.close(reason));
                 }
             }
@@ -277,7 +285,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                         // The peer's reset or end found by the prefetch: its
                         // close without a frame, as the awake read path
                         // counts it (review, session 47).
-                        ctx.stats.messages.rooms.ws_closed(Closer::Peer, ABNORMAL);
+                        count.count(Closer::Peer, ABNORMAL);
                         return Ended::Close(live.close(reason));
                     }
                 }
@@ -300,11 +308,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // Reset for the hub while it wrote: nothing more, no close
             // frame (`resume_owed` made the socket's close a reset).
             if cut.reason == CloseReason::Reset {
-                ctx.stats.messages.rooms.ws_closed(Closer::Server, ABNORMAL);
+                count.count(Closer::Server, ABNORMAL);
                 return Ended::Close(live.close(cut.reason));
             }
             let rest = cut.rest.map(|rest| (rest, Raw::Sealed));
-            close_behind(&mut conn, rest, cut.reason, counters).await;
+            close_behind(&mut conn, rest, cut.reason, (counters, &mut count)).await;
             return Ended::Close(live.close(cut.reason));
         }
     }
@@ -314,7 +322,6 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // Its goodbye at shutdown waits for its turn in a paced drain; until
     // then it serves what wakes it (a push, the peer's ping).
     let mut turn = ctx.shutdown.turn();
-    let mut peer_close: Option<(u16, crate::Utf8Bytes)> = None;
     let next = 'serve: loop {
         // Every frame whole in the buffer, in order.
         while conn.rbuf_len() > 0 {
@@ -325,11 +332,6 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 Err(violation) => break 'serve violated(&ctx, violation),
             };
             only_pongs &= matches!(event, Event::Pong);
-            // The peer's close frame, for its handler's `on_close_with`
-            // (shared bytes: no copy) and the close-code counter.
-            if let Event::Close(frame) = &event {
-                peer_close = Some(frame.clone().unwrap_or((NO_STATUS, Default::default())));
-            }
             // A message (or a control frame outside one) ended: the next
             // one's time starts with its own first byte.
             if decoder.between_messages() {
@@ -442,7 +444,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 // is the first park of a connection upgraded on a socket
                 // served bare from its accept (it answered no wake).
                 let chatty = !(pinged || only_pongs) && conn.io.reparks_a_wake();
-                return park(&route, conn, live, &tables, deflate, (due, send_at), chatty);
+                let parked = park(&route, conn, live, &tables, deflate, (due, send_at), chatty);
+                return count.parked(parked);
             }
             park_at = ctx
                 .config
@@ -470,7 +473,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     break 'serve Next::Close(reason, None);
                 }
                 Idle::Park => {
-                    return park(&route, conn, live, &tables, deflate, (due, send_at), false)
+                    let parked = park(&route, conn, live, &tables, deflate, (due, send_at), false);
+                    return count.parked(parked);
                 }
                 // The top of the loop writes them.
                 Idle::PushFrame => continue,
@@ -565,8 +569,15 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         }
     };
     drop((awake, turn));
-    let Next::Close(reason, ours) = next else {
-        unreachable!("the loop ends with a close")
+    // The peer's close frame, for its handler's `on_close_with` (shared
+    // bytes: no copy) and the close-code counter.
+    let (reason, ours, peer_close) = match next {
+        Next::Close(reason, ours) => (reason, ours, None),
+        Next::PeerClosed(frame) => {
+            let frame = frame.unwrap_or((NO_STATUS, Default::default()));
+            (CloseReason::ClientClosed, None, Some(frame))
+        }
+        Next::Go => unreachable!("the loop ends with a close"),
     };
     // A reset (`Hub::reset`) writes nothing more: not what the write
     // buffer holds, no close frame, no lingering read of the peer's input
@@ -576,9 +587,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // drop. Before, it ran the close below: a flush bounded by the close
     // timeout and, with a peer mid-frame, a FIN and up to 2 s of reading
     // (merge review, session 46).
-    let rooms = &counters.rooms;
     if matches!(reason, CloseReason::Reset) {
-        rooms.ws_closed(Closer::Server, ABNORMAL);
+        count.count(Closer::Server, ABNORMAL);
         drop(out.pushes.give_up(false, counters));
         out.unwritten
             .settle(conn.wbuf_len(), false, (counters, DropCause::Closed));
@@ -588,7 +598,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // goes (a frame cannot be cut into), then the 1013, as for a parked
     // one woken behind.
     if let Some(rest) = out.rest.take() {
-        close_behind(&mut conn, Some((rest, Raw::Stream)), reason, counters).await;
+        let behind = Some((rest, Raw::Stream));
+        close_behind(&mut conn, behind, reason, (counters, &mut count)).await;
         return Ended::Close(live.close(reason));
     }
     // Pushes taken and not written (a kick's close follows them) go from
@@ -604,7 +615,21 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // is what a lingering close would do: it is not done twice. What the
     // buffer held before our close frame (`owed`) counts if it all went.
     let owed = conn.wbuf_len();
+    // Without a close frame of ours, the last word for `reason`, if any.
+    let said = match &ours {
+        Some(_) => 0,
+        None => last_word(&mut conn, reason),
+    };
+    // Counted by who began the close: the peer's frame, ours, our last
+    // word (if it went out), or none. Counted now, as the close is decided:
+    // a connection dropped while it closes (a forced shutdown in the close
+    // handshake) counted what its peer got.
     let sent = ours.as_ref().map(|(code, _)| *code);
+    let (closer, code) = match (&peer_close, sent.or(last_word_code(reason, said))) {
+        (Some((code, _)), _) => (Closer::Peer, *code),
+        (None, sent) => closer_without_peer_frame(reason, sent),
+    };
+    count.count(closer, code);
     let (io_reason, appended) = match ours {
         Some((code, why)) => {
             // After a violation the peer's next bytes are the rest of what
@@ -633,7 +658,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             .await;
             (CloseReason::ServerClosed, appended)
         }
-        None => (reason, last_word(&mut conn, reason)),
+        None => (reason, said),
     };
     let flushed = Box::pin(conn.close(io_reason)).await;
     let went = conn.wbuf_len() <= appended;
@@ -650,13 +675,6 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             waiter.resolve(Ok(()));
         }
     }
-    // Counted by who began the close: the peer's frame, ours, our last
-    // word (if it went out), or none.
-    let (closer, code) = match (&peer_close, sent.or(last_word_code(reason, appended))) {
-        (Some((code, _)), _) => (Closer::Peer, *code),
-        (None, sent) => closer_without_peer_frame(reason, sent),
-    };
-    rooms.ws_closed(closer, code);
     let Some((code, why)) = peer_close else {
         return Ended::Close(live.close(reason));
     };
@@ -664,6 +682,47 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     Ended::Close(live.close_by(reason, |handler, id, state, reason| {
         handler.on_close_with(state, &WsClose::new(id, reason, peer))
     }))
+}
+
+/// A native WebSocket's count in `megaconn_ws_closes_total`, owed from
+/// the start of its serving: counted once, by the close path as it decides
+/// the close (before it writes or waits for anything), or else by this
+/// guard's drop, when the connection's future is dropped before it closed
+/// (a forced shutdown at `shutdown_timeout`, a panic unwinding through
+/// it): as the server's close without a close frame (1006), which is what
+/// its peer gets then, the socket closed with nothing more written. A
+/// connection that parks owes nothing (the lot counts its close). Before
+/// session 48 the dropped ones counted nowhere, and the counter's sum fell
+/// short of the WebSockets closed. (`None`: counted, or parked; 8 bytes.)
+struct CloseCount<'a>(Option<&'a RoomCounters>);
+
+impl CloseCount<'_> {
+    /// The close: `closer` began it, with `code`; counted if not yet.
+    fn count(&mut self, closer: Closer, code: u16) {
+        if let Some(rooms) = self.0.take() {
+            rooms.ws_closed(closer, code);
+        }
+    }
+
+    /// What [`park`] ended in: parked, nothing is owed; closed instead (its
+    /// kind could not be claimed, its socket could not be taken back), no
+    /// close frame went, from whoever's close it was.
+    fn parked(mut self, ended: Ended<WsParked>) -> Ended<WsParked> {
+        match &ended {
+            Ended::Close(reason) => {
+                let (closer, code) = closer_without_peer_frame(*reason, None);
+                self.count(closer, code);
+            }
+            _ => self.0 = None,
+        }
+        ended
+    }
+}
+
+impl Drop for CloseCount<'_> {
+    fn drop(&mut self) {
+        self.count(Closer::Server, ABNORMAL);
+    }
 }
 
 /// Whether bytes written to `io` may wait in it, not yet in the kernel,
@@ -690,7 +749,7 @@ async fn close_behind(
     conn: &mut ConnIo<WsIo>,
     behind: Option<(Unsent, Raw)>,
     reason: CloseReason,
-    counters: &MessageCounters,
+    (counters, count): (&MessageCounters, &mut CloseCount<'_>),
 ) {
     let deadline = close_by();
     let whole = match behind {
@@ -709,7 +768,7 @@ async fn close_behind(
     let said = if whole { last_word(conn, reason) } else { 0 };
     let sent = last_word_code(reason, said);
     let (closer, code) = closer_without_peer_frame(reason, sent);
-    counters.rooms.ws_closed(closer, code);
+    count.count(closer, code);
     let closing = Box::pin(conn.close(reason));
     let _ = tokio::time::timeout_at(deadline, closing).await;
 }
@@ -1022,13 +1081,13 @@ async fn on_event<H: WebSocketHandler>(
     match event {
         Event::Ping(payload) => frame::encode(conn.wbuf(), Out::Pong, &payload),
         Event::Pong => {}
-        Event::Close(code) => {
+        Event::Close(peer) => {
             // Echo the peer's code (§5.5.1); the TCP close follows.
-            match code {
-                Some((code, _)) => frame::encode_close(conn.wbuf(), code, ""),
+            match &peer {
+                Some((code, _)) => frame::encode_close(conn.wbuf(), *code, ""),
                 None => frame::encode(conn.wbuf(), Out::Close, b""),
             }
-            return Next::Close(CloseReason::ClientClosed, None);
+            return Next::PeerClosed(peer);
         }
         Event::Message(message) => {
             lifecycle::count_request();

@@ -909,6 +909,55 @@ mod tests {
         );
     }
 
+    /// What RFC 6455 says a close frame must not be fails the connection
+    /// with its code: a one-byte payload (§5.5.1: a code is two bytes) or
+    /// a payload over 125 bytes (§5.5, every control frame) with 1002; a
+    /// reason not UTF-8 (§5.5.1, §8.1) with 1007; a code no close frame
+    /// may carry (§7.4.1, §7.4.2: 1004-1006 and 1015 are never sent, 0-999
+    /// are not used, 1016-2999 are the protocol's, and 5000 and up are not
+    /// defined) with 1002. Every code a peer may send is taken (the
+    /// registered ones, 1014 among them, and 3000-4999), an empty reason
+    /// and one of 123 bytes alike.
+    #[test]
+    fn a_close_frame_that_breaks_a_must_fails_with_its_code() {
+        let with = |code: u16, reason: &[u8]| [&code.to_be_bytes()[..], reason].concat();
+        let failed = |payload: &[u8]| {
+            let violation = decode_all(&client(0x88, payload)).unwrap_err();
+            violation.code()
+        };
+        assert_eq!(failed(b"\x03"), 1002, "one byte");
+        assert_eq!(failed(&with(1000, &[b'a'; 124])), 1002, "126 bytes");
+        assert_eq!(failed(&with(1000, b"ok \xff")), 1007, "bad UTF-8");
+        assert_eq!(failed(&with(1000, "é".as_bytes()[..1].as_ref())), 1007);
+        let refused = [
+            0,
+            999,
+            1004,
+            1005,
+            1006,
+            1015,
+            1016,
+            1100,
+            2000,
+            2999,
+            5000,
+            u16::MAX,
+        ];
+        for code in refused {
+            assert_eq!(failed(&with(code, b"")), 1002, "{code}");
+        }
+        let taken = (1000..=1003)
+            .chain(1007..=1014)
+            .chain([3000, 3999, 4000, 4999]);
+        for code in taken {
+            for reason in ["", &"a".repeat(123)] {
+                let payload = with(code, reason.as_bytes());
+                let close = Event::Close(Some((code, Utf8Bytes::from(reason))));
+                assert_eq!(decode_all(&client(0x88, &payload)), Ok(vec![close]));
+            }
+        }
+    }
+
     /// The decoder is between messages until a fragmented message starts,
     /// and again once it ends (only then may the connection park).
     #[test]

@@ -572,6 +572,30 @@ mod tests {
         }
     }
 
+    /// A regression guard for what every awake native WebSocket carries in
+    /// its task (an echo's; a handler's own `on_message` future comes on
+    /// top, inline): the loop's state across its awaits, the pending
+    /// write's and read's futures, the close's (boxed: its handshake and
+    /// TCP close). Measured when written (session 48, debug build):
+    /// 3,600 bytes with the peer's close frame kept across the loop for
+    /// `on_close_with` (session 47: ~40 bytes more than before it), 3,560
+    /// once that frame travels only in the close (`Next::PeerClosed`) and
+    /// a dropped connection's close is counted (`CloseCount`). If it
+    /// fails, something large went inline across an await: box it, or
+    /// keep it in the close path only.
+    #[test]
+    fn the_awake_websocket_future_stays_small() {
+        fn size_of_future<F, A, B, C, D, Fut>(_: F) -> usize
+        where
+            F: Fn(A, B, C, D) -> Fut,
+        {
+            std::mem::size_of::<Fut>()
+        }
+        let size = size_of_future(conn::serve::<Echo>);
+        eprintln!("awake WebSocket future: {size} bytes");
+        assert!(size <= 3560, "the awake WebSocket future is {size} bytes");
+    }
+
     fn a_route() -> Arc<dyn ErasedRoute> {
         WebSocketRoute::new(Echo).erased()
     }
