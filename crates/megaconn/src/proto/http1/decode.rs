@@ -278,7 +278,9 @@ fn check_extensions(mut rest: &[u8]) -> Result<(), DecodeError> {
         let before = rest.len();
         rest = skip_bws(rest);
         match rest.split_first() {
-            None if rest.len() != before => return Err("whitespace at the end of a chunk-size line"),
+            None if rest.len() != before => {
+                return Err("whitespace at the end of a chunk-size line")
+            }
             None => return Ok(()),
             Some((b';', after)) => rest = skip_bws(after),
             Some(_) if first => return Err("invalid chunk size"),
