@@ -194,7 +194,8 @@ fn say_held_back(kind: Flood, suppressed: u64) {
             tracing::$level!(
                 kind = ?kind,
                 suppressed,
-                "{suppressed} more {kind:?} events held back since the last line of the kind (one line per {LOG_INTERVAL:?} per worker; megaconn_limit_hits_total counts every one)"
+                "{suppressed} more {kind:?} events held back since the last line of the kind (one line per {LOG_INTERVAL:?} per worker; {} counts every one)",
+                kind.counter()
             )
         };
     }
@@ -438,6 +439,25 @@ pub(crate) enum Flood {
 }
 
 impl Flood {
+    /// The metric that counts every event of the kind, which the line
+    /// saying a count held back names: `megaconn_limit_hits_total` for
+    /// most, not for the timeouts, TLS handshakes and panics, which have
+    /// their own (the line named `limit_hits` for all of them until
+    /// session 48's review).
+    pub(crate) fn counter(self) -> &'static str {
+        match self {
+            Flood::Http1HeaderTimeout => {
+                "megaconn_timeouts_total (and megaconn_closed_total{reason=\"header_timeout\"})"
+            }
+            Flood::TlsHandshakeTimeout => "megaconn_tls_handshakes_total{outcome=\"timeout\"}",
+            Flood::TlsHandshakeFailed => "megaconn_tls_handshakes_total{outcome=\"failed\"}",
+            Flood::TlsClientCertRefused => "megaconn_tls_handshakes_total{outcome=\"client_cert\"}",
+            Flood::TlsServerCrl => "megaconn_tls_handshakes_total{outcome=\"crl\"}",
+            Flood::Panic | Flood::PanicReport => "megaconn_panics_total",
+            _ => "megaconn_limit_hits_total",
+        }
+    }
+
     /// The level its lines are logged at, which the line saying a count
     /// held back ([`say_held_back`]) takes too: a flood of a kind logged at
     /// INFO (a peer's doing, e.g. a body over its limit) said at WARN once

@@ -942,6 +942,10 @@ enum Start<F> {
     /// dropping it first would reset it with `CANCEL` and the client would
     /// never see the status.
     Failed(StatusCode, RequestRecord, Option<RecvStream>),
+    /// A malformed request (RFC 9113 §8.1.1: a field value with leading or
+    /// trailing whitespace, §8.2.1): no request, no answer; the stream is
+    /// reset with `PROTOCOL_ERROR`. Counted and logged in [`prepare`].
+    Malformed,
 }
 
 /// A request built from a new stream, not yet handed to the service.
@@ -1073,6 +1077,20 @@ fn prepare<F>(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    if crate::service::has_padded_value(&parts.headers) {
+        // Counted as HTTP/1.1 counts a malformed head (`protocol_errors`,
+        // `limit_hits{malformed_request}`) and logged as it logs one.
+        incr(&ctx.stats.protocol_errors);
+        LimitHit::MalformedRequest.count(&ctx.stats);
+        ratelog::log(Flood::RefusedHead, |suppressed| {
+            let peer = ratelog::peer_name(addrs.peer());
+            tracing::info!(
+                suppressed,
+                "malformed HTTP/2 request from {peer}: a field value with leading or trailing whitespace; stream reset (PROTOCOL_ERROR)"
+            );
+        });
+        return Err(Start::Malformed);
+    }
     if let Some(refused) = refusal(&parts.headers, content_length, ctx) {
         incr(&ctx.stats.protocol_errors);
         refused.limit.count(&ctx.stats);
@@ -1268,6 +1286,10 @@ where
                 let drained = Box::pin(drain(&mut body, ctx.config.max_drain_bytes)).await;
                 record.request_bytes(drained as usize);
             }
+            return StreamEnd::Done;
+        }
+        Start::Malformed => {
+            respond.send_reset(Reason::PROTOCOL_ERROR);
             return StreamEnd::Done;
         }
     };
@@ -1760,7 +1782,10 @@ where
                     }
                     // Nothing is reserved here either (see above), and
                     // `send_trailers` gives back what would be.
-                    if let Ok(trailers) = frame.into_trailers() {
+                    if let Ok(mut trailers) = frame.into_trailers() {
+                        // As HTTP/1.1 sends them: no framing, routing or
+                        // authentication field (RFC 9110 §6.5.1).
+                        crate::service::drop_not_trailers(&mut trailers);
                         let _ = send.send_trailers(trailers);
                     } else {
                         let _ = send.send_data(Bytes::new(), true);

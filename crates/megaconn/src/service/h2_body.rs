@@ -337,10 +337,37 @@ impl RecvBody {
             }
         }
         match std::task::ready!(self.stream.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(Some(mut trailers)) => {
+                if crate::service::has_padded_value(&trailers) {
+                    // Malformed (RFC 9113 §8.2.1), as in a request head
+                    // (`proto/http2.rs`): counted as HTTP/1.1 counts a
+                    // malformed body; the handler's read fails and the
+                    // stream is reset when it drops the body.
+                    ratelog::log(Flood::MalformedBody, |suppressed| {
+                        tracing::info!(
+                            suppressed,
+                            "malformed HTTP/2 request trailers (a value with leading or trailing whitespace); failing the body"
+                        )
+                    });
+                    incr(&self.conn_bytes.stats.protocol_errors);
+                    LimitHit::MalformedRequest.count(&self.conn_bytes.stats);
+                    return self.fail(BodyError::Malformed("whitespace around a trailer value"));
+                }
+                // As HTTP/1.1 decodes them: no framing, routing or
+                // authentication field (RFC 9110 §6.5.1).
+                crate::service::drop_not_trailers(&mut trailers);
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
             Ok(None) => Poll::Ready(None),
             Err(e) => {
                 tracing::debug!(error = %e, "HTTP/2 request trailers failed");
+                if e.is_library() && e.reason() == Some(h2::Reason::PROTOCOL_ERROR) {
+                    // h2 reset the stream over a malformed trailer block (a
+                    // pseudo-header, patches/h2; a body shorter than its
+                    // content-length): counted as HTTP/1.1 counts one.
+                    incr(&self.conn_bytes.stats.protocol_errors);
+                    LimitHit::MalformedRequest.count(&self.conn_bytes.stats);
+                }
                 Poll::Ready(Some(Err(BodyError::Incomplete)))
             }
         }

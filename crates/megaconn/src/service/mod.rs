@@ -5,6 +5,7 @@ use std::future::Future;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response};
 use http_body::Body as HttpBody;
 use tower_service::Service;
@@ -24,6 +25,49 @@ pub(crate) mod h2_stream;
 pub(crate) mod upgrade;
 #[cfg(feature = "axum")]
 pub mod ws_axum;
+
+/// Fields a trailer must not carry (RFC 9110 §6.5.1: framing, routing,
+/// authentication, how to process the content; hyper's list, and the
+/// connection's own fields): left out of the trailers sent and of those
+/// received, on HTTP/1.1 (`proto/http1/encode.rs`, `decode.rs`) and HTTP/2
+/// ([`drop_not_trailers`]).
+pub(crate) const NOT_TRAILERS: [HeaderName; 15] = [
+    header::AUTHORIZATION,
+    header::CACHE_CONTROL,
+    header::CONNECTION,
+    header::CONTENT_ENCODING,
+    header::CONTENT_LENGTH,
+    header::CONTENT_RANGE,
+    header::CONTENT_TYPE,
+    header::HOST,
+    header::MAX_FORWARDS,
+    header::PROXY_AUTHORIZATION,
+    header::SET_COOKIE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes from `trailers` every field a trailer must not carry
+/// ([`NOT_TRAILERS`]): HTTP/2's trailers, sent and received, which HTTP/1.1
+/// filters as it encodes and decodes them.
+pub(crate) fn drop_not_trailers(trailers: &mut HeaderMap) {
+    for name in &NOT_TRAILERS {
+        trailers.remove(name);
+    }
+}
+
+/// Whether a field value in `fields` starts or ends with SP or HTAB, which
+/// makes an HTTP/2 request malformed (RFC 9113 §8.2.1): HTTP/1.1's parser
+/// trims that whitespace as optional, h2 hands it over as part of the value,
+/// and an intermediary passing it on may split or join fields differently.
+pub(crate) fn has_padded_value(fields: &HeaderMap) -> bool {
+    fields.values().any(|v| {
+        let v = v.as_bytes();
+        matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
+    })
+}
 
 /// What tokio's panic says when a handler calls `block_in_place` on a
 /// current-thread runtime, which every megaconn worker is.

@@ -47,6 +47,7 @@ mod fuzz_ws;
 mod h2;
 mod h2_flood;
 mod h2_limits;
+mod h2_strict;
 mod h2_tiny_data;
 mod head_304;
 mod held_responses;

@@ -267,14 +267,20 @@ fn parse_size_line(line: &[u8]) -> Result<(u64, usize), DecodeError> {
 
 /// `chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )`
 /// with `chunk-ext-name = token`, `chunk-ext-val = token / quoted-string`
-/// (RFC 9112 §7.1.1); whitespace after the size alone is tolerated, as hyper
-/// and most servers do. Anything else is refused: an unclosed quote or a stray
-/// word is where two parsers start reading different chunk boundaries.
+/// (RFC 9112 §7.1.1). Whitespace is allowed only before a `;` (BWS), not
+/// at the end of the line: `3 \r\n` is refused (it was tolerated, as hyper
+/// does, until session 48's review). Anything else is refused too: an
+/// unclosed quote or a stray word is where two parsers start reading
+/// different chunk boundaries.
 fn check_extensions(mut rest: &[u8]) -> Result<(), DecodeError> {
     let mut first = true;
     loop {
+        let before = rest.len();
         rest = skip_bws(rest);
         match rest.split_first() {
+            None if rest.len() != before => {
+                return Err("whitespace at the end of a chunk-size line")
+            }
             None => return Ok(()),
             Some((b';', after)) => rest = skip_bws(after),
             Some(_) if first => return Err("invalid chunk size"),
@@ -596,7 +602,7 @@ mod tests {
     /// must be the expected one, not "incomplete").
     #[test]
     fn chunked_errors() {
-        let cases: [(&[u8], &[u8], DecodeError); 17] = [
+        let cases: [(&[u8], &[u8], DecodeError); 19] = [
             (
                 b"zz\r\nabc\r\n0\r\n\r\n",
                 b"3\r\nabc\r\n0\r\n\r\n",
@@ -635,7 +641,7 @@ mod tests {
             ),
             (
                 b"3\x0c\r\nabc\r\n0\r\n\r\n",
-                b"3 \r\nabc\r\n0\r\n\r\n",
+                b"3 ;a\r\nabc\r\n0\r\n\r\n",
                 "control character in chunk extension",
             ),
             (
@@ -652,6 +658,17 @@ mod tests {
                 b"5;\r\nhello\r\n0\r\n\r\n",
                 b"5;a\r\nhello\r\n0\r\n\r\n",
                 "invalid chunk extension name",
+            ),
+            // BWS only before a `;` (RFC 9112 §7.1): not at the line's end.
+            (
+                b"3 \r\nabc\r\n0\r\n\r\n",
+                b"3\r\nabc\r\n0\r\n\r\n",
+                "whitespace at the end of a chunk-size line",
+            ),
+            (
+                b"5;a=b\t\r\nhello\r\n0\r\n\r\n",
+                b"5;a=b\r\nhello\r\n0\r\n\r\n",
+                "whitespace at the end of a chunk-size line",
             ),
             (
                 b"5;a=\r\nhello\r\n0\r\n\r\n",
@@ -711,7 +728,6 @@ mod tests {
             b"5\t;\ta\t=\t\"q \\\" x;y\"\r\nhello\r\n0\r\n\r\n",
             b"5;a=\"\"\r\nhello\r\n0\r\n\r\n",
             b"5;a=\"\xff\"\r\nhello\r\n0;last\r\n\r\n",
-            b"5 \r\nhello\r\n0\r\n\r\n",
             // A tab in a quoted string, and a tab and a space quoted.
             b"5;a=\"x\ty\\\t\\ \"\r\nhello\r\n0\r\n\r\n",
         ] {

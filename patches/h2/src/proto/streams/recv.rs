@@ -432,6 +432,13 @@ impl Recv {
             return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR));
         }
 
+        // megaconn: pseudo-header fields are not allowed in trailers; such a
+        // block is malformed (RFC 9113 §8.1). Upstream dropped them silently.
+        if *frame.pseudo() != frame::Pseudo::default() {
+            proto_err!(stream: "recv_trailers: pseudo-header in trailers; stream={:?};", stream.id);
+            return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR));
+        }
+
         let trailers = frame.into_fields();
 
         // Push the frame onto the stream's recv buffer
