@@ -668,10 +668,12 @@ async fn wait_read(
 /// nudged tasks run before `begin`, by the local queue's order; this does
 /// not lean on it).
 fn asked_to_hand_over(ctx: &WorkerContext, may: bool) -> impl Future<Output = ()> + '_ {
-    poll_fn(move |_| match may && ctx.shutdown.parking_all_framed() && !ctx.shutdown.is_started() {
-        true => Poll::Ready(()),
-        false => Poll::Pending,
-    })
+    poll_fn(
+        move |_| match may && ctx.shutdown.parking_all_framed() && !ctx.shutdown.is_started() {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        },
+    )
 }
 
 /// Logs a framing error: a frame or line over its limit at info, naming the
