@@ -558,14 +558,18 @@ fn a_config_file_mixes_tls_and_cleartext_listeners() {
     let mut s = tls_connect(&tls, &ca.client()).unwrap();
     assert_eq!(served_cert(&s), der);
     assert!(get_keep_alive(&mut s, "/").ends_with("Hello, World!"));
-    // And the TLS listener does not speak cleartext: a plain request gets a
-    // TLS alert or nothing, never an HTTP response.
+    // And the TLS listener does not serve cleartext: a plain request gets
+    // Go's 400 ("an HTTP request to an HTTPS server") and a close, never
+    // the page.
     let mut raw = TcpStream::connect(&tls).unwrap();
     raw.set_read_timeout(Some(SAFETY)).unwrap();
     raw.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let mut answer = Vec::new();
     let _ = raw.read_to_end(&mut answer);
-    assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.0 400 "), "{answer:?}");
+    assert!(answer.contains("HTTPS server"), "{answer:?}");
+    assert!(!answer.contains("Hello, World!"), "{answer:?}");
     drop(s);
     serving.stop();
 }

@@ -1206,9 +1206,13 @@ async fn tls_timeouts_failures_and_protocol_errors_log_one_line_each() {
     let mut silent = server.connect().await;
     assert_eq!(read_to_close(&mut silent).await, b"");
     wait_for_warning(lines[0]).await;
-    // Plain HTTP to the TLS port.
+    // Bytes that are neither a TLS record nor plain HTTP (plain HTTP gets
+    // its own 400 and line: tests/lifecycle/tls_lines.rs).
     let mut plain = server.connect().await;
-    plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    plain
+        .write_all(b"\x01\x02\x03 not TLS\r\n\r\n")
+        .await
+        .unwrap();
     read_to_close(&mut plain).await;
     wait_for_warning(lines[1]).await;
     // 64 KiB of 1-byte records.
