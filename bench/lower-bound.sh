@@ -45,7 +45,11 @@
 #   axum`: one more row, megaconn serving that axum `Router`'s `GET /`, what
 #   a drop-in user's request costs; it listens on its own fixed
 #   127.0.0.1:3000, which must be free, with one worker under `taskset`, as
-#   it takes as many as the CPUs it may run on).
+#   it takes as many as the CPUs it may run on; first counted in session
+#   49: 9,667 a request on main e296dc8, bench/CPU-PER-REQUEST.md),
+#   SKIP_MEGACONN (0; 1 leaves the `megaconn serve` row out, so that two
+#   builds of the example can be counted in turn, MEGACONN still giving
+#   the `load`).
 # Output: bench/out/lower-bound-<stamp>/ (callgrind files, table.md); the
 #   table on stdout.
 # The warm-up (paced runs): the start of a paced run is not the same from

@@ -139,3 +139,47 @@ fn host_names_past_the_fast_scan() {
         assert_eq!(status(ok), Ok(true), "{ok:?}");
     }
 }
+
+/// A `Host` the thread remembers as valid (`valid_host_seen`, which spares
+/// the scan for a value byte for byte the last valid one) lets only itself
+/// through: a value one byte apart, or a byte longer, is checked afresh
+/// and refused, and the remembered one still passes after it.
+#[test]
+fn a_remembered_host_lets_only_itself_through() {
+    let host_ok = |host: &[u8]| {
+        let mut raw = b"GET / HTTP/1.1\r\nHost: ".to_vec();
+        raw.extend_from_slice(host);
+        raw.extend_from_slice(b"\r\n\r\n");
+        match parse(&raw, &LIMITS) {
+            Ok(Some(_)) => true,
+            Err(rejection) if rejection.status == StatusCode::BAD_REQUEST => false,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(host)),
+        }
+    };
+    let long = "h".repeat(32);
+    for good in [
+        "127.0.0.1:39700",
+        "a",
+        "localhost",
+        "www.example-host.com:38900",
+        long.as_str(),
+    ] {
+        let good = good.as_bytes();
+        assert!(host_ok(good) && host_ok(good), "{good:?}");
+        for at in 0..good.len() {
+            for bad in [b'/', b'@', b'"', b'<', b'\\', b'^', b'{'] {
+                let mut v = good.to_vec();
+                v[at] = bad;
+                assert!(!host_ok(&v), "{:?}", String::from_utf8_lossy(&v));
+                assert!(host_ok(good), "{good:?} after a refused one");
+            }
+        }
+        let mut longer = good.to_vec();
+        longer.push(b'/');
+        assert!(!host_ok(&longer), "{:?}", String::from_utf8_lossy(&longer));
+        // A valid value of the same length is valid too.
+        let mut other = good.to_vec();
+        other[0] = if good[0] == b'z' { b'y' } else { b'z' };
+        assert!(host_ok(&other) && host_ok(good), "{other:?}");
+    }
+}
