@@ -10,108 +10,45 @@
 
 use crate::common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::msg::{Probe, Running};
 use common::SAFETY;
-use megaconn::{
-    CloseReason, ConnectionId, Hub, Server, ServerHandle, ShutdownSummary, WebSocketHandler,
-    WebSocketRoute, WsMessage, WsSession,
-};
+use megaconn::{CloseReason, ConnectionId, HubError, Server, WebSocketRoute};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 
-/// Reports its connections' opens and closes; echoes.
-struct Reporter {
-    opens: mpsc::UnboundedSender<ConnectionId>,
-    closes: mpsc::UnboundedSender<(ConnectionId, CloseReason)>,
+/// One worker serving a [`Probe`] at `/ws`, its route as `route` makes it.
+fn start(
+    builder: megaconn::Builder,
+    route: impl FnOnce(Probe) -> WebSocketRoute<Probe>,
+) -> Running<(ConnectionId, CloseReason)> {
+    let server = builder
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .expect("server binds");
+    Running::serve(server, |server, opens, closes| {
+        let app = axum::Router::new().route_service("/ws", route(Probe { opens, closes }));
+        server.start(app).expect("server starts")
+    })
 }
 
-impl WebSocketHandler for Reporter {
-    type State = ();
-
-    fn on_open(&self, _: &mut (), session: &WsSession) {
-        let _ = self.opens.send(session.id());
-    }
-
-    async fn on_message(&self, _: &mut (), m: WsMessage, _: &WsSession) -> Option<WsMessage> {
-        Some(m)
-    }
-
-    fn on_close_with_id(&self, id: ConnectionId, _: (), reason: CloseReason) {
-        let _ = self.closes.send((id, reason));
-    }
-}
-
-/// One worker serving [`Reporter`] at `/ws`.
-struct WsServer {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    hub: Hub,
-    opens: mpsc::UnboundedReceiver<ConnectionId>,
-    closes: mpsc::UnboundedReceiver<(ConnectionId, CloseReason)>,
-    task: tokio::task::JoinHandle<ShutdownSummary>,
-}
-
-impl WsServer {
-    fn start(
-        builder: megaconn::Builder,
-        route: impl Fn(Reporter) -> WebSocketRoute<Reporter>,
-    ) -> WsServer {
-        let mut server = builder
-            .workers(1)
-            .listen_on("127.0.0.1:0".parse().unwrap())
-            .listen()
-            .expect("server binds");
-        let (addr, handle, hub) = (server.local_addr(), server.handle(), server.hub());
-        let (opened, opens) = mpsc::unbounded_channel();
-        let (closed, closes) = mpsc::unbounded_channel();
-        let reporter = Reporter {
-            opens: opened,
-            closes: closed,
-        };
-        let app = axum::Router::new().route_service("/ws", route(reporter));
-        let task = tokio::spawn(server.start(app).expect("server starts").run());
-        WsServer {
-            addr,
-            handle,
-            hub,
-            opens,
-            closes,
-            task,
-        }
-    }
-
-    /// A client whose receive buffer is 4 KiB (it reads nothing unless
-    /// the test reads), and its connection's id.
-    async fn client(&mut self) -> (WebSocketStream<TcpStream>, ConnectionId) {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let stream = socket.connect(self.addr).await.unwrap();
-        let url = format!("ws://{}/ws", self.addr);
-        let connected = tokio_tungstenite::client_async(url, stream);
-        let (client, _) = tokio::time::timeout(SAFETY, connected)
-            .await
-            .expect("handshake in time")
-            .expect("handshake");
-        (client, next(&mut self.opens, "on_open").await)
-    }
-
-    async fn stop(self) -> ShutdownSummary {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
-            .await
-            .expect("server stops")
-            .expect("server task")
-    }
-}
-
-async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
-    tokio::time::timeout(SAFETY, rx.recv())
+/// A client whose receive buffer is 4 KiB (it reads nothing unless the
+/// test reads), and its connection's id.
+async fn client(
+    server: &mut Running<(ConnectionId, CloseReason)>,
+) -> (WebSocketStream<TcpStream>, ConnectionId) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addrs[0]).await.unwrap();
+    let url = format!("ws://{}/ws", server.addrs[0]);
+    let connected = tokio_tungstenite::client_async(url, stream);
+    let (client, _) = tokio::time::timeout(SAFETY, connected)
         .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-        .expect("handler gone")
+        .expect("handshake in time")
+        .expect("handshake");
+    (client, server.next_open().await)
 }
 
 /// A parked WebSocket with a heartbeat timeout (longer than the test: it
@@ -126,20 +63,20 @@ async fn a_parked_peer_reached_only_by_droppable_pushes_is_closed_at_its_write_b
         .park_idle_after(Some(Duration::from_millis(50)))
         .message_send_buffer_size(Some(4096))
         .write_stall_timeout(Some(Duration::from_secs(1)));
-    let mut server = WsServer::start(builder, |reporter| {
-        WebSocketRoute::new(reporter)
+    let mut server = start(builder, |probe| {
+        WebSocketRoute::new(probe)
             .ping_interval(None)
             .heartbeat_timeout(Some(Duration::from_secs(600)))
     });
-    let (_client, id) = server.client().await;
-    common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
+    let (_client, id) = client(&mut server).await;
+    server.wait_parked(1).await;
     let payload = "x".repeat(1024);
     let deadline = tokio::time::Instant::now() + SAFETY;
     let (closed, reason) = loop {
         match server.hub.send_droppable(id, payload.clone()) {
             Ok(()) => {}
             // Closed, and the hub knew before the handler's report came.
-            Err(e) => assert_eq!(e, megaconn::HubError::Closed, "{e}"),
+            Err(e) => assert_eq!(e, HubError::Closed, "{e}"),
         }
         if let Ok(closed) = server.closes.try_recv() {
             break closed;
