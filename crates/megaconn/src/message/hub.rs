@@ -794,11 +794,13 @@ impl Hub {
     /// [`Builder::write_stall_timeout`](crate::Builder::write_stall_timeout)
     /// (60 s), past which a write its socket took nothing of closes it as
     /// a slow consumer, droppable pushes or not. A *parked* one that only
-    /// droppable pushes reach is not (below): it stays open, its socket's
-    /// send buffer full, until an ordinary push (which wakes it, and the
-    /// bound then runs), its heartbeat deadline (framed connections have
-    /// none by default: set one where peers may stop reading) or the peer
-    /// goes.
+    /// droppable pushes reach has no write of ours waiting (below): it is
+    /// closed as a slow consumer by the first droppable push dropped for it
+    /// once its socket has taken none of our bytes for `write_timeout`,
+    /// else `write_stall_timeout` (its bytes unacknowledged did not fall
+    /// meanwhile, and no push went whole), whatever its heartbeat timeout;
+    /// logged with its id, peer and how long it was behind. (Until session
+    /// 49 it stayed open: with a heartbeat timeout, for good.)
     ///
     /// A parked connection has no queue: behind means its socket is not
     /// writable (`poll` for `POLLOUT`, asked before the push is written:

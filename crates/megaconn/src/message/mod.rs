@@ -21,6 +21,8 @@
 //!   written vectored from the frames the hub shares, not copied
 //! - `session.rs` [`Session`]: a connection as its handler sees it (replies,
 //!   topics, close)
+//! - `stuck.rs`   `Stuck`: parked connections droppable pushes find behind,
+//!   closed as slow consumers once behind for the write bound
 //! - `topics.rs`  `Topics`: each topic's subscribers and each connection's
 //!   topics, at most `max_subscriptions` a connection, of names of at most
 //!   `max_topic_bytes` ([`SubscribeError`]); [`subscribers`], a topic's
@@ -86,6 +88,7 @@ pub(crate) mod live;
 pub(crate) mod open;
 pub(crate) mod outbound;
 pub(crate) mod session;
+pub(crate) mod stuck;
 pub(crate) mod table;
 pub(crate) mod topics;
 pub(crate) mod wake;

@@ -465,6 +465,12 @@ pub(crate) trait ParkedSet {
     /// The generation of the connection parked at `fd`, if one is.
     fn generation(&self, fd: RawFd) -> Option<Generation>;
 
+    /// Marks the connection parked at `fd` of `generation` behind, so that
+    /// it closes as a slow consumer when it wakes (`wake::resume`) and the
+    /// pushes that find it meanwhile are a slow consumer's: whether it is
+    /// parked here.
+    fn mark_behind(&self, fd: RawFd, generation: Generation) -> bool;
+
     /// How many connections are parked here.
     fn len(&self) -> usize;
 
@@ -496,6 +502,17 @@ impl<S> ParkedSet for SideTable<S> {
 
     fn generation(&self, fd: RawFd) -> Option<Generation> {
         self.parked.borrow().get(fd).map(Stored::generation)
+    }
+
+    fn mark_behind(&self, fd: RawFd, generation: Generation) -> bool {
+        let mut parked = self.parked.borrow_mut();
+        match parked.get_mut(fd) {
+            Some(stored) if stored.generation() == generation => {
+                stored.set_behind();
+                true
+            }
+            _ => false,
+        }
     }
 
     fn len(&self) -> usize {

@@ -31,6 +31,7 @@ use crate::message::hub::{
     IfBehind, Inbox, Kick, Push, Unsent, GENERATION_BITS, GENERATION_MASK,
 };
 use crate::message::outbound::PushFrame;
+use crate::message::stuck::Stuck;
 use crate::message::table::{ParkedSet, SendParked, SideTable};
 use crate::message::topics::{message_connections_moved, SubscribeError, Topics};
 use crate::message::wire::{Encoded, Wire, WireId};
@@ -49,6 +50,11 @@ type Targets<'a> = (&'a [Rc<dyn Wire>], &'a [Rc<dyn ParkedSet>]);
 
 /// One worker's message state (in the worker context's protocol slot).
 pub(crate) struct Local {
+    /// Itself, for this thread's lists of states ([`buffered_here`]).
+    me: Weak<Local>,
+    /// Whether it is in this thread's list of workers' states ([`HERE`]):
+    /// from its first connection on a socket of its own.
+    listed: Cell<bool>,
     worker: usize,
     stats: Arc<WorkerStats>,
     /// The bound of each awake connection's outbound queue, in messages.
@@ -99,6 +105,10 @@ pub(crate) struct Local {
     /// this a broadcast could not tell such a connection from a descriptor
     /// holding none. Empty but while closes run.
     leaving: ForParked<()>,
+    /// Parked connections droppable pushes found behind, since when, and
+    /// the bound past which one closes as a slow consumer (`stuck.rs`):
+    /// empty while every parked peer keeps up.
+    stuck: Stuck,
     /// Connections to close at a time of their own
     /// ([`Hub::close_after`](crate::Hub::close_after)), until it comes,
     /// is cancelled or they close: empty, and no timer task, unless one
@@ -284,7 +294,9 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
             let settings = MessageSettings::of(&ctx.config)
                 .cloned()
                 .unwrap_or_default();
-            let local = Rc::new(Local {
+            let local = Rc::new_cyclic(|me| Local {
+                me: me.clone(),
+                listed: Cell::new(false),
                 worker: ctx.index,
                 stats: ctx.stats.clone(),
                 queue_limit: settings.outbound_queue.max(1),
@@ -304,9 +316,9 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 unsent: ForParked::default(),
                 resuming: ForParked::default(),
                 leaving: ForParked::default(),
+                stuck: Stuck::new(MessageSettings::write_limit_without_heartbeat(&ctx.config)),
                 deadlines: RefCell::default(),
             });
-            here(&local);
             if let Some(queue) = settings.hub.and_then(|hub| hub.take_end(ctx.index)) {
                 // A pump dropped before its first poll (the worker stopped
                 // at once) still lets what it never took leave the gauge:
@@ -321,25 +333,61 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
 }
 
 thread_local! {
-    /// The message states on this thread (none on other threads), for
-    /// [`buffered_here`]: a worker's queues are its own, readable only on
-    /// its thread. A list, not one: a worker's thread may hold more than
-    /// its own, each `WorkerContext` making one, such as that of a
-    /// `Builder::serve_connection` run there, whose upgraded connection
-    /// made it. (It was one slot, which that state took over: the worker's
-    /// `Hub::buffered` answered `None` for all its connections from then
-    /// on. Session 48.)
+    /// The message states on this thread whose connections have sockets
+    /// (none on other threads), for [`buffered_here`]: a worker's queues
+    /// are its own, readable only on its thread. One on a worker's thread
+    /// (one per worker of each server whose worker runs there, in tests).
+    /// (It was one slot, which a `Builder::serve_connection`'s state took
+    /// over: the worker's `Hub::buffered` answered `None` for all its
+    /// connections from then on. Session 48 made it a list of every state,
+    /// each `serve_connection` run's too, which each new state walked to
+    /// forget the gone ones and each `Hub::buffered` walked to find its
+    /// connection: O(runs alive on the thread) each. Session 49 keeps
+    /// those apart, [`FOREIGN`].)
     static HERE: RefCell<Vec<Weak<Local>>> = const { RefCell::new(Vec::new()) };
+
+    /// The connections on this thread served on a transport of the
+    /// caller's own (`Builder::serve_connection`: no socket, descriptor
+    /// -1), each by the state its run made, by generation (unique in the
+    /// process): one hash look-up finds it, however many runs the thread
+    /// holds. In from its id's issue (`Local::new_id`), out at its close
+    /// (`Local::closed`).
+    static FOREIGN: RefCell<HashMap<Generation, Weak<Local>>> = RefCell::new(HashMap::new());
 }
 
-/// Lists `local` among this thread's message states, forgetting those that
-/// are gone (a `serve_connection`'s, once its connection ended), so the
-/// list stays as long as the states alive on the thread.
-fn here(local: &Rc<Local>) {
+/// Lists `local` among this thread's workers' states, forgetting those
+/// that are gone (a worker's of a server that stopped), so the list stays
+/// as long as the states alive on the thread.
+fn here(local: &Weak<Local>) {
     HERE.with(|here| {
         let mut here = here.borrow_mut();
         here.retain(|l| l.strong_count() > 0);
-        here.push(Rc::downgrade(local));
+        here.push(local.clone());
+    });
+}
+
+/// Notes connection `id`, of no socket, as `local`'s ([`FOREIGN`]). Those
+/// of states gone without reporting their close are forgotten as the map
+/// doubles, so it stays within twice the connections alive.
+fn foreign(id: ConnectionId, local: &Weak<Local>) {
+    FOREIGN.with(|foreign| {
+        let mut foreign = foreign.borrow_mut();
+        if foreign.len() >= 64 && foreign.len().is_power_of_two() {
+            foreign.retain(|_, l| l.strong_count() > 0);
+        }
+        foreign.insert(id.generation(), local.clone());
+    });
+}
+
+/// Connection `id`, of no socket, closed: forgotten ([`FOREIGN`]).
+fn foreign_closed(id: ConnectionId) {
+    FOREIGN.with(|foreign| {
+        let mut foreign = foreign.borrow_mut();
+        foreign.remove(&id.generation());
+        if foreign.len() * 4 < foreign.capacity() {
+            let room = foreign.len() * 2;
+            foreign.shrink_to(room);
+        }
     });
 }
 
@@ -347,12 +395,18 @@ fn here(local: &Rc<Local>) {
 /// thread ([`Hub::buffered`](crate::Hub::buffered)): `None` on another
 /// thread, or for a connection that has closed. Parked, it has nothing
 /// queued, unless a push found its socket full and it is waking to
-/// resume with a queue. Two lookups in the worker's maps per state on the
-/// thread (one, but for a `serve_connection` run there), no lock. The
-/// state that knows the connection answers: ids are the process's own
-/// (generations are never issued twice), so no other state has one of
-/// the same descriptor and generation.
+/// resume with a queue. A connection with a socket: two lookups in the
+/// worker's maps per worker state on the thread (one); one of a
+/// `serve_connection` run: a hash look-up of its generation, then the
+/// same in its run's state. No lock, and no walk of the runs alive on the
+/// thread. The state that knows the connection answers: ids are the
+/// process's own (generations are never issued twice), so no other state
+/// has one of the same descriptor and generation.
 pub(crate) fn buffered_here(id: ConnectionId) -> Option<Buffered> {
+    if id.fd() < 0 {
+        let local = FOREIGN.with(|foreign| foreign.borrow().get(&id.generation()).cloned());
+        return local?.upgrade()?.buffered(id);
+    }
     HERE.with(|here| {
         here.borrow()
             .iter()
@@ -406,6 +460,12 @@ impl Local {
         // Only a hub reads it (`Hub::send` of a closed connection's id).
         if self.has_hub {
             super::open::opened(id);
+        }
+        // Where `Hub::buffered` finds it on this thread.
+        if fd < 0 {
+            foreign(id, &self.me);
+        } else if !self.listed.replace(true) {
+            here(&self.me);
         }
         id
     }
@@ -479,6 +539,8 @@ impl Local {
             .resuming
             .take(id)
             .unwrap_or_else(|| Rc::new(Inbox::new(wire)));
+        // Awake, its writes have their own bound.
+        self.stuck.forget(id);
         // Woken to close (`Local::kick`): the close waits in its inbox, as
         // an awake connection's does.
         if let Some(kick) = self.kicks.take(id) {
@@ -542,6 +604,9 @@ impl Local {
         if self.has_hub {
             super::open::closed(id);
         }
+        if id.fd() < 0 {
+            foreign_closed(id);
+        }
         self.leaving.take(id);
         // Reported before its registration for pushes drops (framed TCP and
         // SSE close with it held): its drop must not take it for leaving.
@@ -552,6 +617,7 @@ impl Local {
         }
         self.topics.borrow_mut().closed(id);
         self.kicks.take(id);
+        self.stuck.forget(id);
         self.deadlines
             .borrow_mut()
             .remove(id.fd(), Some(id.generation()));
@@ -559,14 +625,47 @@ impl Local {
         // never reached the peer whole, nor did those queued behind it.
         let cause = self.behind_cause(id);
         if let Some(unsent) = self.unsent.take(id) {
-            cause.count(&self.stats.messages);
-            if cause == DropCause::SlowConsumer {
-                let slow = Err(Undelivered::SlowConsumer);
-                confirm::resolve(unsent.waiter.as_ref(), slow);
-            }
+            self.unsent_lost(&unsent, cause);
         }
         self.drop_resuming(id);
         super::budget::forget(id);
+    }
+
+    /// The rest of a push a parked connection owed never went whole, lost
+    /// for `cause` ([`Local::behind_cause`]): counted so, and a confirmed
+    /// push's waiter told [`Undelivered::SlowConsumer`] for a slow
+    /// consumer's (else its drop says `Closed`, or `Shutdown` while the
+    /// worker shuts down). The one rule for a close before it woke
+    /// ([`Local::closed`]) and the lot's own close of it
+    /// ([`Local::let_go_unsent`]), cleartext or TLS.
+    fn unsent_lost(&self, unsent: &Unsent, cause: DropCause) {
+        cause.count(&self.stats.messages);
+        if cause == DropCause::SlowConsumer {
+            confirm::resolve(unsent.waiter.as_ref(), Err(Undelivered::SlowConsumer));
+        }
+    }
+
+    /// The lot closes parked connection `id` itself (shutdown, its idle
+    /// deadline: `proto::parked::let_go`) while it owes the rest of a push
+    /// it fell behind on: that rest is taken and written at once with
+    /// `write` (one non-blocking `send` in the clear, the sealed records
+    /// over TLS: whether it went whole). Whole, the push counts delivered
+    /// and a confirmed one's waiter hears `Ok`; else it is lost as
+    /// [`Local::closed`] loses it ([`Local::unsent_lost`]). (Session 48
+    /// wrote it only over TLS, and a rest that did not go was counted
+    /// there without a word to its waiter, which heard `Closed` where the
+    /// cleartext path, `closed`, said `SlowConsumer`; a cleartext one that
+    /// had room was not written, its waiter told it was lost.)
+    pub(crate) fn let_go_unsent(&self, id: ConnectionId, write: impl FnOnce(&[u8]) -> bool) {
+        let cause = self.behind_cause(id);
+        let Some(unsent) = self.take_unsent(id) else {
+            return;
+        };
+        if write(&unsent.tail) {
+            super::wake::count_unsent(&unsent, Ok(()), &self.stats.messages);
+        } else {
+            self.unsent_lost(&unsent, cause);
+        }
     }
 
     /// Why the push parked connection `id` fell behind on is lost if what
@@ -1055,10 +1154,52 @@ impl Local {
                     self.overflowed(id, (unsent, wire), msg, wires, waiter.take());
                     return Delivered::Overflowed(None, wire);
                 }
+                // Its socket took one whole: it keeps up.
+                Delivered::Sent => {
+                    self.stuck.forget(id);
+                    return Delivered::Sent;
+                }
+                Delivered::Dropped => {
+                    self.dropped_behind(id, sets);
+                    return Delivered::Dropped;
+                }
                 delivered => return delivered,
             }
         }
         Delivered::NotParked
+    }
+
+    /// A droppable push was dropped for parked connection `id`, its socket
+    /// behind: once it has been behind for the write bound with no
+    /// progress (`stuck.rs`), it is closed as a slow consumer, as one that
+    /// a push found behind and the lot could not wake to resume is: marked
+    /// behind in its side table (the pushes after this one count as a
+    /// slow consumer's, `Delivered::Behind`) and woken to close by its
+    /// read side shut (`wake::resume` says why). Logged, rate-limited,
+    /// with its id, peer and how long it was behind; the close counts in
+    /// `megaconn_connections_closed_total{reason="slow_consumer"}`.
+    fn dropped_behind(&self, id: ConnectionId, sets: &[Rc<dyn ParkedSet>]) {
+        let Some(behind_for) = self.stuck.dropped(id, Instant::now()) else {
+            return;
+        };
+        if !sets
+            .iter()
+            .any(|set| set.mark_behind(id.fd(), id.generation()))
+        {
+            return;
+        }
+        let setting = self.stuck.setting();
+        ratelog::log(Flood::SlowConsumer, |suppressed| {
+            tracing::info!(
+                connection = %id,
+                peer = ?super::session::peer_of(id.fd()),
+                behind_ms = behind_for.as_millis() as u64,
+                bound = setting,
+                suppressed,
+                "a parked connection's socket took none of its pushes for its write bound (its droppable pushes dropped meanwhile); closing it as a slow consumer"
+            )
+        });
+        hub::wake_to_close(id.fd());
     }
 
     /// Every protocol's side table, as delivery targets (a copy of the list,
@@ -1675,6 +1816,56 @@ mod tests {
         .await;
     }
 
+    /// The lot's own close of a parked connection behind on a confirmed
+    /// push tells its waiter what a close before it woke tells it
+    /// (`closed`), whatever the socket: `Ok` when the rest went whole,
+    /// `SlowConsumer` when it was woken to close and the rest did not go,
+    /// and the push counted the same way. (Over TLS a rest that did not go
+    /// left its waiter to its drop: `Closed`, where cleartext said
+    /// `SlowConsumer`.)
+    #[tokio::test]
+    async fn the_lots_close_tells_a_confirmed_push_what_a_close_tells_it() {
+        let ctx = worker_with_a_hub();
+        let set = tokio::task::LocalSet::new();
+        set.run_until(async {
+            let local = local(&ctx);
+            let counted = &local.stats.messages;
+            let owing = |fd| {
+                let id = local.new_id(fd);
+                let (waiter, delivery) = confirm::Delivery::new(id);
+                let unsent = Unsent {
+                    tail: bytes::Bytes::from_static(b"rest"),
+                    frame: 10,
+                    waiter: Some(waiter),
+                };
+                local.unsent.put(id, unsent);
+                (id, delivery)
+            };
+            // Closed before it woke (the cleartext path): the reference.
+            let (closing, closed) = owing(900_100);
+            local.closed(closing);
+            assert_eq!(closed.await, Err(Undelivered::SlowConsumer));
+            // The lot's close, the rest not taken.
+            let (cut, delivery) = owing(900_101);
+            local.let_go_unsent(cut, |_| false);
+            local.closed(cut);
+            assert_eq!(delivery.await, Err(Undelivered::SlowConsumer));
+            assert_eq!(counted.queue_drops_slow_consumer.load(Relaxed), 2);
+            // The lot's close, the rest taken whole.
+            let (whole, delivery) = owing(900_102);
+            let mut wrote = Vec::new();
+            local.let_go_unsent(whole, |rest| {
+                wrote.extend_from_slice(rest);
+                true
+            });
+            local.closed(whole);
+            assert_eq!((delivery.await, &wrote[..]), (Ok(()), &b"rest"[..]));
+            assert_eq!(counted.pushes.load(Relaxed), 1);
+            assert_eq!(counted.queue_drops_slow_consumer.load(Relaxed), 2);
+        })
+        .await;
+    }
+
     /// `Hub::buffered` answers on a worker's thread for that worker's
     /// connections whatever other message state the thread made since (a
     /// `Builder::serve_connection` run there makes its own, which took
@@ -1705,6 +1896,53 @@ mod tests {
             let _next = super::local(&next);
             let all_live = HERE.with(|here| here.borrow().iter().all(|l| l.strong_count() > 0));
             assert!(all_live, "the gone state forgotten");
+        })
+        .await;
+    }
+
+    /// `Hub::buffered` finds a connection without walking the states of
+    /// the `serve_connection` runs alive on its thread: the list it walks
+    /// holds the worker's state alone, however many runs there are, and a
+    /// run's connection (no socket, descriptor -1) is found by its
+    /// generation, until its close. (Before: every run's state was in the
+    /// list, 201 here, walked by each new state and by each look-up.)
+    #[tokio::test]
+    async fn buffered_walks_no_list_of_serve_connection_runs() {
+        let ctx = worker_with_a_hub();
+        let set = tokio::task::LocalSet::new();
+        set.run_until(async {
+            let local = local(&ctx);
+            let table = local.table::<()>((ProtoTag(1), None), || vec![Rc::new(Plain)]);
+            let id = local.new_id(900_090);
+            let _awake = local.awake(id, table.wire(0)).unwrap();
+            let runs: Vec<_> = (0..200)
+                .map(|_| {
+                    let run = WorkerContext::new(
+                        0,
+                        Arc::new(crate::conn::config::Config::default()),
+                        Arc::new(WorkerStats::default()),
+                        None,
+                    );
+                    let state = super::local(&run);
+                    let theirs = state.new_id(-1);
+                    let _ = state.table::<()>((ProtoTag(1), None), || vec![Rc::new(Plain)]);
+                    (run, state, theirs)
+                })
+                .collect();
+            assert_eq!(HERE.with(|here| here.borrow().len()), 1, "the worker's");
+            assert_eq!(buffered_here(id), Some(Buffered::default()));
+            // Each run's connection, by its generation, with its state.
+            let (_, state, theirs) = &runs[123];
+            let found = FOREIGN.with(|f| f.borrow().get(&theirs.generation()).cloned());
+            assert!(found
+                .and_then(|l| l.upgrade())
+                .is_some_and(|l| Rc::ptr_eq(&l, state)));
+            assert_eq!(FOREIGN.with(|f| f.borrow().len()), 200);
+            for (_, state, theirs) in &runs {
+                state.closed(*theirs);
+            }
+            assert_eq!(FOREIGN.with(|f| f.borrow().len()), 0, "forgotten at close");
+            assert_eq!(buffered_here(runs[7].2), None);
         })
         .await;
     }

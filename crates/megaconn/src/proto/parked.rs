@@ -9,8 +9,8 @@
 //!   [`ClosingTls`] for the close's last records and, for our own closes,
 //!   `close_notify` after them;
 //! - [`let_go`]: the entry taken out of the side table, what a push left
-//!   owed written now if the socket takes it (over TLS; a cleartext one
-//!   owes nothing the lot can still write whole), the handler told through
+//!   owed written now if the socket takes it (cleartext or TLS: its
+//!   confirmed push told the same either way), the handler told through
 //!   `Live`, as an awake connection's close tells it (it leaves its topics;
 //!   a panic in `on_close` is caught, counted and logged instead of
 //!   unwinding through the lot's turn), then the protocol's goodbye at
@@ -137,11 +137,11 @@ pub(crate) fn close_parked_tls(
 }
 
 /// Lets go of parked connection `fd` (its entry `parked`, taken out of its
-/// side table) that the lot closes for `reason`: over TLS, what a push it
-/// fell behind on left owed goes now if the socket takes it without
-/// waiting, counted as a woken connection's is (`wake::count_unsent`), or
-/// the session says nothing more (taken here, before the close, which
-/// would drop it: `Local::closed`); the handler hears why (`on_close`
+/// side table) that the lot closes for `reason`: what a push it fell
+/// behind on left owed goes now if the socket takes it without waiting,
+/// counted as a woken connection's is, or it is lost as a close loses it
+/// (`Local::let_go_unsent`; over TLS the session says nothing more); the
+/// handler hears why (`on_close`
 /// through `Live`); then at shutdown, unless it was behind, the
 /// protocol's `goodbye` for it, if any, goes in one non-blocking `send`.
 pub(crate) fn let_go<H, S>(
@@ -152,12 +152,19 @@ pub(crate) fn let_go<H, S>(
     (handler, on_close): (&H, OnClose<H, S>),
 ) {
     let id = local.id(fd, parked.generation);
-    if let (true, ParkedSocket::Tls(Some(session))) = (parked.behind, &mut socket) {
-        let cause = local.behind_cause(id);
-        if let Some(unsent) = local.take_unsent(id) {
-            let whole = session.send_sealed(fd, &unsent.tail);
-            let went = if whole { Ok(()) } else { Err(cause) };
-            message::wake::count_unsent(&unsent, went, &local.stats().messages);
+    // Cleartext or TLS alike (`Local::let_go_unsent`): the rest goes now if
+    // the socket takes it whole, and its waiter hears what a close before
+    // it woke would tell it otherwise. A TLS socket without its session
+    // writes nothing: its close counts the rest lost (`Local::closed`).
+    if parked.behind {
+        match &mut socket {
+            ParkedSocket::Plain => local.let_go_unsent(id, |rest| {
+                message::hub::send_all_now(fd, rest) == message::hub::SendNow::Sent
+            }),
+            ParkedSocket::Tls(Some(session)) => {
+                local.let_go_unsent(id, |rest| session.send_sealed(fd, rest));
+            }
+            ParkedSocket::Tls(None) => {}
         }
     }
     // Framed before the state goes to `on_close` (an event stream's

@@ -157,6 +157,13 @@ impl Builder {
     /// each whole write instead of either (an HTTP/1.1 response's from its
     /// head).
     ///
+    /// A parked message connection has no write of ours waiting: one whose
+    /// socket droppable pushes find full ([`Hub::send_droppable`](crate::Hub::send_droppable))
+    /// is closed as a slow consumer by the first of them dropped once it
+    /// has taken none of our bytes for this long (`write_timeout` when
+    /// set), heartbeat timeout or not: a peer that keeps sending its
+    /// heartbeats and stops reading is caught too.
+    ///
     /// A peer gone without a FIN (a device or phone off the network) takes
     /// a parked connection's push into no write of ours that waits (the
     /// kernel's send buffer takes it whole), so the kernel is given a bound

@@ -54,6 +54,7 @@ mod head_304;
 mod held_responses;
 mod http1;
 mod http1_body;
+mod hub49;
 mod hub_confirm;
 mod hub_drops;
 mod hub_drops2;

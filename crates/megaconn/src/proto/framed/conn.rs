@@ -69,8 +69,9 @@ use crate::conn::shutdown::Turn;
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
 use crate::conn::Wake;
+use crate::message::confirm::{self, Undelivered};
 use crate::message::deadline::MessageDeadline;
-use crate::message::hub::{Overflowed, TAKE_AT_ONCE};
+use crate::message::hub::{DropCause, Overflowed, TAKE_AT_ONCE};
 use crate::message::io::{prefetch_woken, MessageIo};
 use crate::message::live::Live;
 use crate::message::outbound::{Outbound, PushFrame};
@@ -886,8 +887,17 @@ async fn flush_frames(
                 );
             });
             ctx.pool.give(out);
-            add(&counters.queue_drops, pushed.len() as u64);
-            return Err(CloseReason::ServerError);
+            // The hub's pushes taken with it are lost to the close it
+            // makes: counted by that close's cause, their waiters told so
+            // now (left to their drop, they heard `Shutdown` once the
+            // worker was shutting down, though the handler's frame lost
+            // them).
+            let reason = CloseReason::ServerError;
+            DropCause::of_close(&reason).count_n(counters, pushed.len() as u64);
+            for push in &pushed {
+                confirm::resolve(push.waiter.as_ref(), Err(Undelivered::Closed));
+            }
+            return Err(reason);
         }
         if replies > 1 {
             ends.push(out.len());

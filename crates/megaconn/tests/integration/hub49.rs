@@ -1,0 +1,100 @@
+//! The hub's and framed connections' leftovers of session 48, over real
+//! sockets on one worker:
+//! - a parked WebSocket whose client never reads, reached only by
+//!   droppable pushes, is closed as a slow consumer once its socket took
+//!   none of them for the write bound (`message/stuck.rs`); it stayed open
+//!   for good with a heartbeat timeout set (no `TCP_USER_TIMEOUT` then),
+//!   every push to it dropped.
+//!
+//! Every wait is on an event or a metric, bounded by [`SAFETY`].
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::msg::{Probe, Running};
+use common::SAFETY;
+use megaconn::{CloseReason, ConnectionId, HubError, Server, WebSocketRoute};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+
+/// One worker serving a [`Probe`] at `/ws`, its route as `route` makes it.
+fn start(
+    builder: megaconn::Builder,
+    route: impl FnOnce(Probe) -> WebSocketRoute<Probe>,
+) -> Running<(ConnectionId, CloseReason)> {
+    let server = builder
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .expect("server binds");
+    Running::serve(server, |server, opens, closes| {
+        let app = axum::Router::new().route_service("/ws", route(Probe { opens, closes }));
+        server.start(app).expect("server starts")
+    })
+}
+
+/// A client whose receive buffer is 4 KiB (it reads nothing unless the
+/// test reads), and its connection's id.
+async fn client(
+    server: &mut Running<(ConnectionId, CloseReason)>,
+) -> (WebSocketStream<TcpStream>, ConnectionId) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addrs[0]).await.unwrap();
+    let url = format!("ws://{}/ws", server.addrs[0]);
+    let connected = tokio_tungstenite::client_async(url, stream);
+    let (client, _) = tokio::time::timeout(SAFETY, connected)
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    (client, server.next_open().await)
+}
+
+/// A parked WebSocket with a heartbeat timeout (longer than the test: it
+/// plays no part) whose client reads nothing gets droppable pushes until
+/// it closes: once its socket is behind they are dropped, and once it has
+/// taken none of them for `write_stall_timeout` (1 s) it is closed as a
+/// slow consumer, counted so, and the pushes dropped before count as
+/// droppable. (Before: never closed; the wait for its close timed out.)
+#[tokio::test]
+async fn a_parked_peer_reached_only_by_droppable_pushes_is_closed_at_its_write_bound() {
+    let builder = Server::builder()
+        .park_idle_after(Some(Duration::from_millis(50)))
+        .message_send_buffer_size(Some(4096))
+        .write_stall_timeout(Some(Duration::from_secs(1)));
+    let mut server = start(builder, |probe| {
+        WebSocketRoute::new(probe)
+            .ping_interval(None)
+            .heartbeat_timeout(Some(Duration::from_secs(600)))
+    });
+    let (_client, id) = client(&mut server).await;
+    server.wait_parked(1).await;
+    let payload = "x".repeat(1024);
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    let (closed, reason) = loop {
+        match server.hub.send_droppable(id, payload.clone()) {
+            Ok(()) => {}
+            // Closed, and the hub knew before the handler's report came.
+            Err(e) => assert_eq!(e, HubError::Closed, "{e}"),
+        }
+        if let Ok(closed) = server.closes.try_recv() {
+            break closed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not closed: {:?}",
+            server.handle.stats().messages
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!((closed, reason), (id, CloseReason::SlowConsumer));
+    let stats = server.handle.stats();
+    assert_eq!(common::closed_as(&stats, "slow_consumer"), 1, "{stats:?}");
+    assert!(
+        stats.messages.queue_drops_droppable >= 1,
+        "{:?}",
+        stats.messages
+    );
+    server.stop().await;
+}
