@@ -884,7 +884,12 @@ async fn serve(
     if let (Some(path), Some(_)) = (&pid_file, &upgraded) {
         _pid_file = write_pid_file(path, true)?;
     }
-    crate::readiness::ready(&status);
+    // Taking over, `MAINPID=` and `READY=1` come with `megaconn upgrade
+    // done` (`readiness::took_over`): until then the old process is the
+    // service's main one, and this one serves nothing yet.
+    if upgraded.is_none() {
+        crate::readiness::ready(&status);
+    }
     // From here nothing fails: both servers accept.
     let _admin = admin.map(crate::admin::Started::run);
     let serving = started.run();

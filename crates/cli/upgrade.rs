@@ -58,7 +58,10 @@
 //! alone. A new process prints `megaconn serving on` (and `megaconn admin
 //! on`) before 'R', while it serves nothing yet: the signal that it serves
 //! is `megaconn upgrade done` (what `bench/upgrade.sh`, the supervisor and
-//! the tests wait for). The messages are
+//! the tests wait for). Under systemd the old process says `MAINPID=`
+//! the new one's pid once it heard 'R', and the new one `MAINPID=` its own
+//! with `READY=1` once done, so that the unit follows it (`readiness.rs`).
+//! The messages are
 //! `SOCK_SEQPACKET`, so each arrives whole with its descriptors. std has no
 //! stable API for ancillary data (`SocketAncillary` is unstable), so `nix`
 //! does `sendmsg`/`recvmsg`.
@@ -1110,6 +1113,9 @@ impl Upgrades {
         // must not bind one again, renaming it over the new process's (the
         // next upgrade would come here).
         lost.disarm();
+        // Under systemd the new process is the service's main one from now
+        // on (`readiness.rs`): this one's exit must not stop the unit.
+        crate::readiness::handed_over_to(new_pid);
         self.leave(peer, &more, new_pid, raw.len(), v0);
         Ok(true)
     }
@@ -1601,6 +1607,7 @@ impl TakeOver {
                 )),
             };
             crate::say!("{line}");
+            crate::readiness::took_over(&line);
             let _ = ready.send(control);
         })
         .context("upgrade: cannot start a thread to take over the parked connections (the old process serves on)")?;
