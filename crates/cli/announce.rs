@@ -188,20 +188,16 @@ pub struct Draining {
 }
 
 impl Draining {
-    /// What an upgrade's drain is left with: the connections `open` (of
-    /// them `messages` WebSocket/framed/SSE) as the hand-over began, less
-    /// those `taken` out of the parking lots for the new process (of them
-    /// `taken_messages` framed), whether sent or closed at the hand-over.
-    /// Framed connections that moved used to stay counted among the
-    /// message connections, so the line said they could not move.
-    pub fn after_hand_over(
-        (open, messages): (usize, usize),
-        (taken, taken_messages): (usize, usize),
-        drain_rate: Option<u32>,
-    ) -> Draining {
+    /// What an upgrade's drain is left with, as the old server's workers
+    /// counted it at the hand-over (`ParkedHandOver::left_to_drain`). It
+    /// was the connections open before the hand-over less those taken out
+    /// of the lots: a batch dropped unsent after a failed send stayed
+    /// counted, and without a hub the awake message connections that
+    /// parked to move were taken out of a count they were never in.
+    pub fn left(left: megaconn::LeftToDrain, drain_rate: Option<u32>) -> Draining {
         Draining {
-            left: open.saturating_sub(taken),
-            messages: messages.saturating_sub(taken_messages),
+            left: left.connections,
+            messages: left.message_connections,
             drain_rate,
         }
     }
@@ -355,28 +351,6 @@ mod tests {
             ..many
         };
         assert_eq!(just_under.storm_warning(), None);
-    }
-
-    /// What stays for an upgrade's drain leaves out the connections taken
-    /// out of the lots, framed ones among the message connections too:
-    /// with 1 framed of 3 message connections moved (and 1 HTTP/1.1), 3
-    /// are left, 2 of them message connections. The line said 3 message
-    /// connections could not move, the moved one among them.
-    #[test]
-    fn what_is_left_to_an_upgrades_drain_leaves_out_what_moved() {
-        let left = Draining::after_hand_over((5, 3), (2, 1), None);
-        assert_eq!(
-            left,
-            Draining {
-                left: 3,
-                messages: 2,
-                drain_rate: None
-            }
-        );
-        assert!(handed_over_line(7, 1, 2, left)
-            .contains("draining 3 connections (2 WebSocket/framed/SSE)"));
-        // Counts taken before a connection closed by itself never wrap.
-        assert_eq!(Draining::after_hand_over((1, 0), (2, 1), None).left, 0);
     }
 
     /// A JSON line says the plain line as its message, which a supervisor

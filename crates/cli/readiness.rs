@@ -15,6 +15,22 @@
 //! processes without `NOTIFY_SOCKET` ([`hide_from`]), as under systemd's
 //! default `NotifyAccess=main` only the main process is heard, and the
 //! supervisor is the one that knows when all of them serve.
+//!
+//! An upgrade in place (`serve --upgrade`) moves the service to a process
+//! systemd did not start: the old process, systemd's main one, tells it
+//! `MAINPID=` the new one's pid once the new one said it serves
+//! ([`handed_over_to`]), and the new one says `MAINPID=` its own pid with
+//! `READY=1` once it is done ([`took_over`]). Without it systemd took the
+//! old process's exit for the service's, stopped the unit and killed the
+//! new process with the rest of its cgroup. systemd's rules: it hears a
+//! process other than the main one only with `NotifyAccess=all` (or
+//! `exec`, for a process an `Exec*=` line started), and takes a `MAINPID=`
+//! only for a process of the unit's cgroup (from an unprivileged sender).
+//! The old process's message is the main process's, so the new one is
+//! heard under the default `NotifyAccess=main` too, as the main process by
+//! then; a new supervisor (`--processes`) is not named by the old one (it
+//! does not know its pid), and needs `NotifyAccess=all`, which
+//! `deploy/systemd/megaconn.service` sets.
 
 use sd_notify::NotifyState;
 
@@ -43,6 +59,26 @@ pub fn reloading() {
     send(&[
         NotifyState::Reloading,
         NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
+    ]);
+}
+
+/// An upgrade: the process `pid` took over from this one, which leaves
+/// (`MAINPID=`; nothing else: `STOPPING=1` would stop the unit, the new
+/// process with it).
+pub fn handed_over_to(pid: u32) {
+    send(&[
+        NotifyState::MainPid(pid),
+        NotifyState::Status("megaconn handed over; draining"),
+    ]);
+}
+
+/// This process took over from the one the service manager knew (an
+/// upgrade, done): `MAINPID=` its pid, `READY=1`, and `status`.
+pub fn took_over(status: &str) {
+    send(&[
+        NotifyState::MainPid(std::process::id()),
+        NotifyState::Ready,
+        NotifyState::Status(status),
     ]);
 }
 

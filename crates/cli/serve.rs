@@ -81,7 +81,7 @@ impl clap::Args for ServeArgs {
                 .long("check")
                 .action(clap::ArgAction::SetTrue)
                 .help("Check the configuration (flags and --config file, certificates, keys, CRLs, every knob) without binding anything; print `configuration OK` and exit 0, or the errors and exit 1 (as `nginx -t`).")
-                .long_help("Check the configuration as a start would, and stop before anything binds or listens: the flags and the --config file are read and every knob is validated, the TLS certificate, key, client CA and CRL files are loaded, and the server's settings are checked as the library checks them before it listens. Prints `configuration OK; would listen on ...` on stdout and exits 0, or the error a start would print (naming the flag, or the config file and its key) on stderr and exits 1 (JSON lines with --log-format json). Nothing is bound: an address in use, an admin address taken, sockets systemd would pass and an OpenTelemetry collector that does not answer are found only at start. Use it before `systemctl reload` or a restart (deploy/README.md)."),
+                .long_help("Check the configuration as a start would, and stop before anything binds or listens: the flags and the --config file are read and every knob is validated, the TLS certificate, key, client CA and CRL files are loaded, the OpenTelemetry exporter is built as a start builds it (its endpoint parsed, from the flag or OTEL_EXPORTER_OTLP_ENDPOINT; connected to nothing), and the server's settings are checked as the library checks them before it listens. Prints `configuration OK; would listen on ...` on stdout and exits 0, or the error a start would print (naming the flag, or the config file and its key) on stderr and exits 1 (JSON lines with --log-format json). Nothing is bound: an address in use, an admin address taken, sockets systemd would pass and an OpenTelemetry collector that does not answer are found only at start. Use it before `systemctl reload` or a restart (deploy/README.md)."),
         )
         .args(knobs::KNOBS.iter().map(knobs::Knob::arg))
         .arg(
@@ -566,6 +566,16 @@ fn prepare(
 /// `configuration OK` and what a start would listen on.
 fn check(args: &ServeArgs) -> Result<(), UsageError> {
     let resolved = prepare(args, Vec::new())?;
+    // The OpenTelemetry exporter, built as a start builds it (the
+    // endpoint's URL, the protocol's client) and stopped: it connects to
+    // nothing until a span is exported. A malformed endpoint from
+    // `OTEL_EXPORTER_OTLP_ENDPOINT` (the flag's is checked as it is read)
+    // used to pass the check and fail the start.
+    if let Some(config) = &resolved.otel {
+        let tracing = megaconn::otel::Tracing::otlp(config.clone())
+            .map_err(|e| UsageError(format!("cannot set up OpenTelemetry tracing: {e}")))?;
+        tracing.shutdown();
+    }
     let b = &resolved.builder;
     let urls: Vec<String> = resolved
         .addrs
@@ -884,7 +894,12 @@ async fn serve(
     if let (Some(path), Some(_)) = (&pid_file, &upgraded) {
         _pid_file = write_pid_file(path, true)?;
     }
-    crate::readiness::ready(&status);
+    // Taking over, `MAINPID=` and `READY=1` come with `megaconn upgrade
+    // done` (`readiness::took_over`): until then the old process is the
+    // service's main one, and this one serves nothing yet.
+    if upgraded.is_none() {
+        crate::readiness::ready(&status);
+    }
     // From here nothing fails: both servers accept.
     let _admin = admin.map(crate::admin::Started::run);
     let serving = started.run();

@@ -811,7 +811,12 @@ async fn supervise(
                 }
             }
             announce.say(&workers, upgrade);
-            crate::readiness::ready(&status);
+            // A new supervisor is the service's main process from now on
+            // (it needs `NotifyAccess=all`: `readiness.rs`).
+            match upgrade {
+                true => crate::readiness::took_over(&status),
+                false => crate::readiness::ready(&status),
+            }
         }
         if stopping && workers.iter().all(|w| !w.running) {
             break;

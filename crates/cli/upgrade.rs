@@ -58,7 +58,10 @@
 //! alone. A new process prints `megaconn serving on` (and `megaconn admin
 //! on`) before 'R', while it serves nothing yet: the signal that it serves
 //! is `megaconn upgrade done` (what `bench/upgrade.sh`, the supervisor and
-//! the tests wait for). The messages are
+//! the tests wait for). Under systemd the old process says `MAINPID=`
+//! the new one's pid once it heard 'R', and the new one `MAINPID=` its own
+//! with `READY=1` once done, so that the unit follows it (`readiness.rs`).
+//! The messages are
 //! `SOCK_SEQPACKET`, so each arrives whole with its descriptors. std has no
 //! stable API for ancillary data (`SocketAncillary` is unstable), so `nix`
 //! does `sendmsg`/`recvmsg`.
@@ -79,7 +82,7 @@ use crate::announce::{handed_over_line, partly_done_line, Draining, Moved};
 mod parked;
 
 use parked::{
-    fit_send_buffer, receive_parked, send_parked, Handed, MAX_PARKED_PAYLOAD, PARKED_WIRE_VERSION,
+    fit_send_buffer, receive_parked, send_batches, Handed, MAX_PARKED_PAYLOAD, PARKED_WIRE_VERSION,
 };
 
 /// Most descriptors one `SCM_RIGHTS` message may carry (Linux's `SCM_MAX_FD`).
@@ -1110,6 +1113,9 @@ impl Upgrades {
         // must not bind one again, renaming it over the new process's (the
         // next upgrade would come here).
         lost.disarm();
+        // Under systemd the new process is the service's main one from now
+        // on (`readiness.rs`): this one's exit must not stop the unit.
+        crate::readiness::handed_over_to(new_pid);
         self.leave(peer, &more, new_pid, raw.len(), v0);
         Ok(true)
     }
@@ -1132,13 +1138,6 @@ impl Upgrades {
             panic!("the hand-over panics after the new process said it serves (told by a test)");
         }
         let started = Instant::now();
-        // Counted before anything moves: what does not move is left to the
-        // drain (WebSockets, framed, TLS, HTTP/2, requests in flight), and
-        // the hand-over line says so (it said only what moved).
-        let (open, messages) = (
-            self.handle.connections_open(),
-            self.handle.message_connections(),
-        );
         // The new process serves the slot now: its copy of the lock is the
         // lock. (Had it gone away before this, this one would still hold it.)
         self.release_slot();
@@ -1155,7 +1154,7 @@ impl Upgrades {
             true => HandOverKinds::Http1Only,
             false => HandOverKinds::All,
         };
-        let batches = self.handle.hand_over_parked_of(kinds);
+        let mut batches = self.handle.hand_over_parked_of(kinds);
         self.handle.shutdown();
         // The admin listener(s) too: the new process serves them now, and an
         // old process answering /metrics (or taking /publish) while it drains
@@ -1179,11 +1178,7 @@ impl Upgrades {
         let mut handed = Handed::default();
         fit_send_buffer(peer);
         let sending = (|| -> anyhow::Result<()> {
-            for batch in batches {
-                send_parked(peer, &batch, v0, &mut handed)?;
-                // Dropping the batch closes this process's descriptors; the
-                // sockets live on in the new process (those not sent close).
-            }
+            send_batches(peer, &mut batches, v0, &mut handed)?;
             others.into_iter().flatten().for_each(drop);
             if panic_at == PanicAt::BeforeEnd {
                 panic!("the hand-over panics before its end message (told by a test)");
@@ -1206,18 +1201,15 @@ impl Upgrades {
                 "upgrade: parked connections that could not be sent were closed"
             );
         }
-        // What stays is what was open less what left the lots, sent or
-        // closed here: framed connections that moved are no longer among
-        // the message connections left to the drain (they were counted
-        // there, as if they could not move).
-        let draining = Draining::after_hand_over(
-            (open, messages),
-            (handed.taken, handed.messages),
-            self.handle.shutdown_drain_rate(),
-        );
+        // What stays, as each worker counted it once what moves had left
+        // its lots and before its drain began (WebSockets, framed ones that
+        // do not move, TLS, HTTP/2, requests in flight); the hand-over
+        // line says so (it said only what moved).
+        let draining = Draining::left(batches.left_to_drain(), self.handle.shutdown_drain_rate());
         tracing::info!(
             new_pid,
             parked = sent,
+            framed = handed.messages,
             closed = handed.closed(),
             left = draining.left,
             message_connections = draining.messages,
@@ -1615,6 +1607,7 @@ impl TakeOver {
                 )),
             };
             crate::say!("{line}");
+            crate::readiness::took_over(&line);
             let _ = ready.send(control);
         })
         .context("upgrade: cannot start a thread to take over the parked connections (the old process serves on)")?;

@@ -57,17 +57,29 @@ impl Handed {
     pub fn closed(&self) -> usize {
         self.taken - self.sent
     }
+
+    /// `batch` was taken out of the lots but is not sent (the send failed
+    /// before it): its connections close here with it.
+    pub fn dropped(&mut self, batch: Vec<ParkedConnection>) {
+        self.count_taken(&batch);
+    }
+
+    /// `batch` left the lots: counted as taken.
+    fn count_taken(&mut self, batch: &[ParkedConnection]) {
+        self.taken += batch.len();
+        self.messages += batch.iter().filter(|c| !c.state.is_http1()).count();
+    }
 }
 
-/// `batch` cut into messages: at most [`MAX_FDS`] sockets and
-/// [`PARKED_MESSAGE_TARGET`] bytes of states each, a larger record alone
-/// (a framed connection's state may be kilobytes; HTTP/1.1's are 10 bytes).
-fn parked_messages(batch: &[ParkedConnection]) -> Vec<&[ParkedConnection]> {
+/// `batch` cut into messages: at most [`MAX_FDS`] sockets and `target`
+/// bytes of states each, a larger record alone (a framed connection's
+/// state may be kilobytes; HTTP/1.1's are 10 bytes).
+fn parked_messages(batch: &[ParkedConnection], target: usize) -> Vec<&[ParkedConnection]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, c) in batch.iter().enumerate() {
         let len = c.state.wire_len();
-        if i > start && (i - start == MAX_FDS || bytes + len > PARKED_MESSAGE_TARGET) {
+        if i > start && (i - start == MAX_FDS || bytes + len > target) {
             out.push(&batch[start..i]);
             (start, bytes) = (i, 0);
         }
@@ -105,19 +117,21 @@ impl Wire {
     }
 }
 
-/// The parked-connection messages for `batch`. `v0`: the new process is
+/// The parked-connection messages for `batch`, of at most `target` bytes
+/// of states each but for a larger record alone. `v0`: the new process is
 /// of a session before 47 (its hello had no [`PARKED_WIRE_VERSION`]) and
 /// reads only version 0's 5-byte records: the batch holds HTTP/1.1
 /// connections only (`HandOverKinds::Http1Only`), sent in that form; any
 /// other (none) would not be sent, and closes here.
-fn parked_wire(batch: &[ParkedConnection], v0: bool) -> Vec<Wire> {
+fn parked_wire(batch: &[ParkedConnection], v0: bool, target: usize) -> Vec<Wire> {
     if v0 {
         let old: Vec<_> = batch
             .iter()
             .filter_map(|c| Some((c.state.to_v0_bytes()?, c.socket.as_raw_fd())))
             .collect();
+        let per_message = (target / ParkedState::V0_BYTES).clamp(1, MAX_FDS);
         return old
-            .chunks(MAX_FDS)
+            .chunks(per_message)
             .map(|chunk| {
                 let mut wire = Wire::default();
                 for (record, fd) in chunk {
@@ -127,7 +141,7 @@ fn parked_wire(batch: &[ParkedConnection], v0: bool) -> Vec<Wire> {
             })
             .collect();
     }
-    parked_messages(batch)
+    parked_messages(batch, target)
         .into_iter()
         .map(|chunk| {
             let mut wire = Wire::default();
@@ -144,52 +158,89 @@ fn parked_wire(batch: &[ParkedConnection], v0: bool) -> Vec<Wire> {
 /// reads one.
 const SEND_BUFFER_SLACK: usize = 4096;
 
+/// What Linux keeps of a unix socket's send buffer from a datagram's
+/// length: it refuses (`EMSGSIZE`) a `SOCK_SEQPACKET` message longer than
+/// the buffer `getsockopt(SO_SNDBUF)` reads back less this
+/// (`unix_dgram_sendmsg` in `net/unix/af_unix.c`: `len > sk_sndbuf - 32`).
+const SEND_BUFFER_RESERVED: usize = 32;
+
+/// The longest message the control socket takes now, its kind byte
+/// included, from the send buffer the kernel holds (what it gave, not
+/// what was asked); `None` if it cannot be read.
+fn largest_message(peer: &Peer) -> Option<usize> {
+    let have = sock::getsockopt(peer.0.as_raw_fd(), sock::sockopt::SndBuf).ok()?;
+    Some(have.saturating_sub(SEND_BUFFER_RESERVED))
+}
+
 /// Raises the control socket's `SO_SNDBUF`, where it is lower, to take
 /// the largest message of parked connections (1 + [`MAX_PARKED_PAYLOAD`]
 /// bytes; the kernel refuses a message over its buffer with `EMSGSIZE`).
-/// Bounded by `net.core.wmem_max` without privileges: a message still
-/// over it is cut up, or its record skipped ([`send_parked`]).
-pub(super) fn fit_send_buffer(peer: &Peer) {
+/// [`fit_send_buffer_to`] with that.
+pub(super) fn fit_send_buffer(peer: &Peer) -> Option<usize> {
+    fit_send_buffer_to(peer, 1 + MAX_PARKED_PAYLOAD + SEND_BUFFER_SLACK)
+}
+
+/// Raises the control socket's send buffer, where it is lower, to take a
+/// message of `want` bytes and reads back what the kernel gave: the
+/// longest message it takes now ([`largest_message`]). Without
+/// privileges the kernel clamps the buffer to `net.core.wmem_max`
+/// silently (and doubles it): once clamped under `want` it says so, and
+/// [`send_parked`] cuts its messages to what was given, skipping a record
+/// over it. It used to take the buffer for raised.
+pub(super) fn fit_send_buffer_to(peer: &Peer, want: usize) -> Option<usize> {
     let fd = peer.0.as_raw_fd();
-    let want = 1 + MAX_PARKED_PAYLOAD + SEND_BUFFER_SLACK;
-    // What `getsockopt` says is what the kernel holds, twice what was set.
-    if sock::getsockopt(fd, sock::sockopt::SndBuf).is_ok_and(|have| have >= 2 * want) {
-        return;
+    if largest_message(peer).is_some_and(|room| room >= want) {
+        return largest_message(peer);
     }
+    // The kernel holds twice what is set: room for a second message
+    // while the new process reads one.
     if let Err(e) = sock::setsockopt(fd, sock::sockopt::SndBuf, &want) {
         tracing::debug!(error = %e, "upgrade: cannot raise the control socket's send buffer");
     }
+    let room = largest_message(peer);
+    if let Some(room) = room.filter(|&room| room < want) {
+        tracing::warn!(
+            wanted = want,
+            given = room,
+            "upgrade: the kernel gave the control socket a smaller send buffer than asked (net.core.wmem_max): parked connections go in smaller messages, and one whose state is over it closes instead of moving"
+        );
+    }
+    room
 }
 
 /// Sends `batch`'s parked connections to the new process (as
-/// [`parked_wire`] cuts them), counting into `handed`. A message the
-/// socket refuses as too large (`EMSGSIZE`: over its send buffer, which
-/// [`fit_send_buffer`] could not raise enough) goes again one record a
-/// message; a record refused even alone is not sent, and its socket
-/// closes here with the batch (a framed connection's handler heard
-/// `HandedOver` already), counted in [`Handed::closed`]. Any other error
-/// ends the hand-over (the new process went away).
+/// [`parked_wire`] cuts them, in messages the socket's send buffer takes,
+/// as the kernel reads it back), counting into `handed`. A record over
+/// that buffer is not sent, and its socket closes here with the batch (a
+/// framed connection's handler heard `HandedOver` already), counted in
+/// [`Handed::closed`]; so is one the socket refuses as too large even
+/// alone (`EMSGSIZE`), after a message it refused went again one record a
+/// message. Any other error ends the hand-over (the new process went
+/// away).
 pub(super) fn send_parked(
     peer: &Peer,
     batch: &[ParkedConnection],
     v0: bool,
     handed: &mut Handed,
 ) -> anyhow::Result<()> {
-    handed.taken += batch.len();
-    handed.messages += batch.iter().filter(|c| !c.state.is_http1()).count();
-    for wire in parked_wire(batch, v0) {
+    handed.count_taken(batch);
+    // The kind byte goes before the states.
+    let room = largest_message(peer).map_or(PARKED_MESSAGE_TARGET, |l| l.saturating_sub(1));
+    let target = PARKED_MESSAGE_TARGET.min(room);
+    for wire in parked_wire(batch, v0, target) {
+        if wire.payload.len() > room {
+            // One record alone (`parked_messages` cuts the rest to fit):
+            // the socket would refuse it.
+            over_send_buffer(wire.payload.len());
+            continue;
+        }
         match peer.send_raw(PARKED, &wire.payload, &wire.fds) {
             Ok(()) => handed.sent += wire.fds.len(),
             Err(nix::Error::EMSGSIZE) => {
                 for (record, fd) in wire.records() {
                     match peer.send_raw(PARKED, record, &[fd]) {
                         Ok(()) => handed.sent += 1,
-                        Err(nix::Error::EMSGSIZE) => {
-                            tracing::warn!(
-                                bytes = record.len(),
-                                "upgrade: a parked connection's state is over the control socket's send buffer (raise net.core.wmem_max); that connection closes"
-                            );
-                        }
+                        Err(nix::Error::EMSGSIZE) => over_send_buffer(record.len()),
                         Err(e) => {
                             return Err(e).context("cannot write to the upgrade control socket")
                         }
@@ -200,6 +251,39 @@ pub(super) fn send_parked(
         }
     }
     Ok(())
+}
+
+/// Sends the workers' `batches` to the new process ([`send_parked`] each),
+/// counting into `handed`, until a send fails: the batches after it are
+/// taken all the same and closed here, counted in [`Handed::closed`]
+/// (their connections left the lots; dropping the rest unread hid them
+/// from the count, and kept what each worker left to its drain, which
+/// comes with its batch, from the caller). The first error, if any.
+pub(super) fn send_batches(
+    peer: &Peer,
+    batches: &mut dyn Iterator<Item = Vec<ParkedConnection>>,
+    v0: bool,
+    handed: &mut Handed,
+) -> anyhow::Result<()> {
+    let mut sending = Ok(());
+    for batch in batches {
+        match sending {
+            Ok(()) => sending = send_parked(peer, &batch, v0, handed),
+            Err(_) => handed.dropped(batch),
+        }
+        // Dropping the batch closes this process's descriptors; the
+        // sockets live on in the new process (those not sent close).
+    }
+    sending
+}
+
+/// A parked connection's state of `bytes` is over the control socket's
+/// send buffer: not sent, it closes.
+fn over_send_buffer(bytes: usize) {
+    tracing::warn!(
+        bytes,
+        "upgrade: a parked connection's state is over the control socket's send buffer (raise net.core.wmem_max); that connection closes"
+    );
 }
 
 /// The states of one message of parked connections, `fds` sockets: all
@@ -357,10 +441,10 @@ mod tests {
     }
 
     /// Over a send buffer of 8 KiB (a lowered `net.core.wmem_default`),
-    /// a message of three records (12 KiB) goes again one record a
-    /// message, and a 20 KiB record, refused even alone, is skipped: its
-    /// socket closes, counted, and the records after it go on. The first
-    /// `EMSGSIZE` ended the whole hand-over, closing every one not sent.
+    /// three records (12 KiB) go in messages the buffer takes, and a
+    /// 20 KiB record, over it even alone, is skipped: its socket closes,
+    /// counted, and the records after it go on. The first `EMSGSIZE` ended
+    /// the whole hand-over, closing every one not sent.
     #[test]
     fn a_message_over_the_send_buffer_is_split_and_a_record_over_it_skipped() {
         let (old, new) = control_pair();
@@ -402,6 +486,81 @@ mod tests {
         assert_eq!(handed.sent, 1, "{handed:?}");
         drop((old, batch));
         assert_eq!(reading.join().unwrap(), [60 * 1024]);
+    }
+
+    /// Every message the new process's end reads until the old one's
+    /// closes: how many records each held.
+    fn count_messages(new: Peer) -> std::thread::JoinHandle<Vec<usize>> {
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while let Ok((kind, payload, fds)) = new.recv() {
+                assert_eq!(kind, PARKED);
+                got.push(parked_states(&payload, fds.len()).unwrap().len());
+            }
+            got
+        })
+    }
+
+    /// Records are cut into messages by the send buffer the kernel holds
+    /// (read back), not the one asked for: over a buffer that takes 8 KiB
+    /// messages, three 3 KB records go as two messages (two records, then
+    /// one), none refused. Sized for 16 KiB, the first message was refused
+    /// (`EMSGSIZE`) and all three went again one a message. And
+    /// `fit_send_buffer_to` says what the kernel gave: over
+    /// `net.core.wmem_max`, less than asked.
+    #[test]
+    fn records_are_cut_to_the_send_buffer_the_kernel_gave() {
+        let (old, new) = control_pair();
+        lower_send_buffer(&old, 4096);
+        let given = largest_message(&old).unwrap();
+        assert_eq!(given, 2 * 4096 - SEND_BUFFER_RESERVED);
+        let counting = count_messages(new);
+        let (batch, _theirs) = batch(&[3000, 3000, 3000]);
+        let mut handed = Handed::default();
+        send_parked(&old, &batch, false, &mut handed).unwrap();
+        assert_eq!(handed.sent, 3, "{handed:?}");
+        drop((old, batch));
+        assert_eq!(counting.join().unwrap(), [2, 1]);
+
+        let (old, _new) = control_pair();
+        let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Privileged (root), a process may set more than wmem_max only
+        // with SO_SNDBUFFORCE: SO_SNDBUF clamps for every process.
+        let want = 2 * wmem_max + 64 * 1024;
+        let room = fit_send_buffer_to(&old, want).unwrap();
+        assert!(room < want, "clamped: {room} of {want}");
+        assert_eq!(Some(room), largest_message(&old));
+        assert_eq!(room, 2 * wmem_max - SEND_BUFFER_RESERVED);
+    }
+
+    /// A send that fails (the new process went away) ends the sending, but
+    /// the batches after it are taken and counted all the same: 3 taken,
+    /// none sent, 3 closed here. The rest were dropped unread, and the
+    /// hand-over's counts missed them.
+    #[test]
+    fn the_batches_after_a_failed_send_are_counted_closed() {
+        let (old, new) = control_pair();
+        drop(new);
+        let (first, _a) = batch(&[0]);
+        let (second, _b) = batch(&[0, 10]);
+        let mut batches = vec![first, second].into_iter();
+        let mut handed = Handed::default();
+        let sent = send_batches(&old, &mut batches, false, &mut handed);
+        assert!(sent.is_err(), "the new process is gone");
+        assert_eq!(
+            handed,
+            Handed {
+                taken: 3,
+                messages: 1,
+                sent: 0
+            }
+        );
+        assert_eq!(handed.closed(), 3);
+        assert_eq!(batches.next().map(|b| b.len()), None, "all taken");
     }
 
     /// A message of parked connections over the receiver's buffer arrives

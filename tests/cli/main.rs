@@ -19,6 +19,7 @@ mod hold_cli;
 mod limits_cli;
 mod logs_cli;
 mod ops48_cli;
+mod ops49_cli;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod park_cli;
 mod processes;

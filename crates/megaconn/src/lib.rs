@@ -164,7 +164,9 @@ pub use conn::config::{
     DEFAULT_MESSAGE_SEND_BUFFER, DEFAULT_PARK_IDLE_AFTER, DEFAULT_READ_HEADER_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALL_THRESHOLD, FD_HEADROOM,
 };
-pub use conn::handover::{HandOverKinds, ParkedConnection, ParkedState, ParkedStateError};
+pub use conn::handover::{
+    HandOverKinds, LeftToDrain, ParkedConnection, ParkedState, ParkedStateError,
+};
 pub use conn::tls::{
     KxGroup, TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_KX_GROUPS,
     DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT, TLS_SESSION_CACHE_SIZE,

@@ -87,6 +87,44 @@ impl HandOverKinds {
     }
 }
 
+/// What a hand-over leaves to the old server's drain: the connections
+/// still open once its workers stopped accepting and took out the ones
+/// that move, counted by each worker at that moment (after the take,
+/// before its drain begins), summed over those that handed over so far
+/// ([`ParkedHandOver::left_to_drain`](crate::ParkedHandOver::left_to_drain)).
+/// Counted there rather than as open connections less those handed over:
+/// connections opened or closed in between, a hub-less server's awake
+/// message connections ([`ServerHandle::message_connections`](crate::ServerHandle::message_connections)
+/// counts awake ones only with a hub) and batches a caller dropped unsent
+/// made that difference wrong.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeftToDrain {
+    /// Connections left open, of every protocol.
+    pub connections: usize,
+    /// Of them, message connections (WebSocket, framed TCP, server-sent
+    /// events on the native engine), awake or parked: their peers hear a
+    /// goodbye and reconnect.
+    pub message_connections: usize,
+}
+
+impl LeftToDrain {
+    /// `connections` left, `message_connections` of them message ones.
+    pub(crate) fn new(connections: i64, message_connections: usize) -> LeftToDrain {
+        LeftToDrain {
+            connections: usize::try_from(connections).unwrap_or(0),
+            message_connections,
+        }
+    }
+}
+
+impl std::ops::AddAssign for LeftToDrain {
+    fn add_assign(&mut self, other: LeftToDrain) {
+        self.connections += other.connections;
+        self.message_connections += other.message_connections;
+    }
+}
+
 /// A parked (idle) connection leaving one server for another: the socket and
 /// its [`ParkedState`]. Made by [`ServerHandle::hand_over_parked`](crate::ServerHandle::hand_over_parked),
 /// taken by [`ServerHandle::adopt_parked`](crate::ServerHandle::adopt_parked).

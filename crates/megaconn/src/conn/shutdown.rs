@@ -91,6 +91,11 @@ pub(crate) struct LocalShutdown {
     /// by slot. A slot whose waker was taken while its owner still holds it
     /// is a turn given ([`release_awake`](LocalShutdown::release_awake)).
     awake: RefCell<Watchers>,
+    /// [`Turn`]s alive: the awake message connections of the worker
+    /// (WebSocket, framed, server-sent events), each holding one for its
+    /// loop's whole life, with a hub or without (the message layer counts
+    /// awake ones only while registered for pushes, which is with a hub).
+    turns: Cell<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -235,6 +240,7 @@ impl LocalShutdown {
     /// An awake message connection's place among the paced drain's turns,
     /// kept for as long as its loop runs: see [`Turn`].
     pub(crate) fn turn(&self) -> Turn<'_> {
+        self.turns.set(self.turns.get() + 1);
         Turn {
             shutdown: self,
             place: Place::Out,
@@ -254,6 +260,14 @@ impl LocalShutdown {
     /// Gives the caller's slot back.
     pub(crate) fn unwatch(&self, slot: &mut Option<u32>) {
         self.watchers.borrow_mut().unwatch(slot);
+    }
+
+    /// The awake message connections (WebSocket, framed, server-sent
+    /// events on the native engine) of this worker now: the [`Turn`]s
+    /// alive. An upgrade counts what its drain is left with by it
+    /// (`server/worker.rs`), hub or not.
+    pub(crate) fn awake_message_connections(&self) -> usize {
+        self.turns.get()
     }
 
     /// The signal upgraded connections watch, which may live on any task.
@@ -457,6 +471,8 @@ impl<'a> Turn<'a> {
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
+        let turns = &self.shutdown.turns;
+        turns.set(turns.get() - 1);
         if let Place::In(i) = self.place {
             self.shutdown.awake.borrow_mut().unwatch(&mut Some(i));
         }
@@ -817,6 +833,25 @@ mod tests {
         let mut again = s.turn();
         s.begin(false);
         assert!(again.came(), "unpaced: at the start");
+    }
+
+    /// Every turn alive counts as an awake message connection, waiting or
+    /// not, its turn come or not, until it is dropped: what an upgrade's
+    /// drain is left with (a server without a hub counted none of them).
+    #[test]
+    fn each_turn_alive_is_an_awake_message_connection() {
+        let s = LocalShutdown::default();
+        let mut waiting = s.turn();
+        let serving = s.turn();
+        assert!(!resolves(std::pin::pin!(waiting.wait()), Waker::noop()));
+        assert_eq!(s.awake_message_connections(), 2);
+        s.begin(false);
+        assert!(waiting.came());
+        assert_eq!(s.awake_message_connections(), 2, "until it closes");
+        drop(serving);
+        assert_eq!(s.awake_message_connections(), 1);
+        drop(waiting);
+        assert_eq!(s.awake_message_connections(), 0);
     }
 
     /// Polls `wait` once with `waker`: true when it resolved.

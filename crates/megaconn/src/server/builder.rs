@@ -16,7 +16,7 @@ use crate::conn::config::{
     self, zero_is_off, AcceptRate, Config, KeepaliveConfig, MAX_HEADERS_CEILING,
 };
 use crate::conn::context::WorkerContext;
-use crate::conn::handover::{HandOverKinds, ParkedConnection};
+use crate::conn::handover::{HandOverKinds, LeftToDrain, ParkedConnection};
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::tls::TlsConfig;
 use crate::conn::transport::Transport;
@@ -433,12 +433,12 @@ pub struct ServerHandle {
     drain_rate: Option<u32>,
 }
 
-/// Where workers hand their parked connections at shutdown, and which
-/// kinds; `None`: they close them.
+/// Where workers hand their parked connections at shutdown (with what
+/// each left to its drain), and which kinds; `None`: they close them.
 pub(crate) type HandOverSlot = Arc<
     std::sync::Mutex<
         Option<(
-            std::sync::mpsc::Sender<Vec<ParkedConnection>>,
+            std::sync::mpsc::Sender<(Vec<ParkedConnection>, LeftToDrain)>,
             HandOverKinds,
         )>,
     >,
@@ -455,19 +455,34 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// batch; it ends after the last worker's.
 #[derive(Debug)]
 pub struct ParkedHandOver {
-    rx: std::sync::mpsc::Receiver<Vec<ParkedConnection>>,
-    left: usize,
+    rx: std::sync::mpsc::Receiver<(Vec<ParkedConnection>, LeftToDrain)>,
+    /// Workers whose batch has not come yet.
+    workers_left: usize,
+    /// What the workers whose batch came left to their drains.
+    left_to_drain: LeftToDrain,
+}
+
+impl ParkedHandOver {
+    /// What the server's drain is left with, summed over the workers whose
+    /// batch came so far: once the iteration ended, the whole server's
+    /// (see [`LeftToDrain`]). A batch dropped unsent is not among it (its
+    /// connections left the server as it was taken).
+    pub fn left_to_drain(&self) -> LeftToDrain {
+        self.left_to_drain
+    }
 }
 
 impl Iterator for ParkedHandOver {
     type Item = Vec<ParkedConnection>;
 
     fn next(&mut self) -> Option<Vec<ParkedConnection>> {
-        if self.left == 0 {
+        if self.workers_left == 0 {
             return None;
         }
-        self.left -= 1;
-        self.rx.recv().ok()
+        self.workers_left -= 1;
+        let (batch, left) = self.rx.recv().ok()?;
+        self.left_to_drain += left;
+        Some(batch)
     }
 }
 
@@ -521,7 +536,8 @@ impl ServerHandle {
         *lock(&self.hand_over) = Some((tx, kinds));
         ParkedHandOver {
             rx,
-            left: self.workers.len(),
+            workers_left: self.workers.len(),
+            left_to_drain: LeftToDrain::default(),
         }
     }
 

@@ -538,7 +538,7 @@ where
     // on the first message connection instead, it found every broadcast
     // since the server started queued (unbounded) and delivered them all to
     // that connection.
-    if crate::message::MessageSettings::of(&ctx.config).is_some_and(|s| s.hub.is_some()) {
+    if has_hub(&ctx) {
         crate::message::worker::local(&ctx);
     }
     // Says the log counts held back once their interval is over
@@ -678,7 +678,28 @@ where
             connections = batch.len(),
             "handing parked connections over"
         );
-        let _ = tx.send(batch);
+        // What stays, counted now: nothing is accepted any more, what
+        // moves has left (counted closed), and the drain has not begun.
+        // Awake message connections count in the gauge only while
+        // registered for pushes, which is with a hub; without one, their
+        // turns count them.
+        let awake_unregistered = match has_hub(&ctx) {
+            true => 0,
+            false => ctx.shutdown.awake_message_connections(),
+        };
+        let s = &ctx.stats;
+        let left = handover::LeftToDrain::new(
+            s.connections_open
+                .load(std::sync::atomic::Ordering::Relaxed),
+            usize::try_from(
+                s.messages
+                    .connections
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .unwrap_or(0)
+                + awake_unregistered,
+        );
+        let _ = tx.send((batch, left));
     }
     let parked = ctx.park.as_ref().map_or(0, ParkingLot::len);
     let open = tracker.len();
@@ -736,6 +757,12 @@ where
         parked,
         tracker,
     }
+}
+
+/// Whether the server has a hub (its awake message connections are then
+/// registered for pushes, and counted as message connections).
+fn has_hub(ctx: &WorkerContext) -> bool {
+    crate::message::MessageSettings::of(&ctx.config).is_some_and(|s| s.hub.is_some())
 }
 
 /// A worker's drain as its loop leaves it, counted by [`Drained::summary`]

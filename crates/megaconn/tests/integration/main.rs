@@ -50,6 +50,7 @@ mod h2_flood;
 mod h2_limits;
 mod h2_strict;
 mod h2_tiny_data;
+mod handover49;
 mod head_304;
 mod held_responses;
 mod http1;

@@ -132,19 +132,7 @@ pub(crate) fn export_parked<H: FramedHandler>(
         .then(|| encode(timers, &topics, &state))
         .filter(|p| p.len() <= ParkedState::MAX_PAYLOAD_BYTES);
     let Some(payload) = payload else {
-        incr(&ctx.stats.handover_refused);
-        let bytes = state.len();
-        if WARNED_OVERSIZED.swap(true, Ordering::Relaxed) {
-            tracing::debug!(bytes, "a framed state too large to hand over; it closes");
-        } else {
-            tracing::warn!(
-                bytes,
-                max = MAX_EXPORTED_STATE_BYTES,
-                "a framed handler exported a state over MAX_EXPORTED_STATE_BYTES (or with its \
-                 topics over ParkedState::MAX_PAYLOAD_BYTES): it closes as at shutdown \
-                 instead of moving (later ones at debug)"
-            );
-        }
+        oversized(ctx, state.len());
         table.put(fd, parked);
         return None;
     };
@@ -152,6 +140,54 @@ pub(crate) fn export_parked<H: FramedHandler>(
     Live::new(handler, H::on_close_with_id, parked.state, id, &local)
         .close(CloseReason::HandedOver);
     Some(payload)
+}
+
+/// A state over [`MAX_EXPORTED_STATE_BYTES`] (`bytes` long) does not move:
+/// counted in `handover_refused`, the first logged at warn.
+fn oversized(ctx: &WorkerContext, bytes: usize) {
+    incr(&ctx.stats.handover_refused);
+    if WARNED_OVERSIZED.swap(true, Ordering::Relaxed) {
+        tracing::debug!(bytes, "a framed state too large to hand over; it closes");
+    } else {
+        tracing::warn!(
+            bytes,
+            max = MAX_EXPORTED_STATE_BYTES,
+            "a framed handler exported a state over MAX_EXPORTED_STATE_BYTES (or with its \
+             topics over ParkedState::MAX_PAYLOAD_BYTES): it closes as at shutdown \
+             instead of moving (later ones at debug)"
+        );
+    }
+}
+
+/// Whether an awake framed connection asked to park for an upgrade
+/// (`conn.rs`) would move: its handler exports `state`, within
+/// [`MAX_EXPORTED_STATE_BYTES`]. Only then does it park for the hand-over;
+/// one that would not stays awake and hears the drain's goodbye (and
+/// `on_close` with `Shutdown`) as the drain begins. Parked all the same, it
+/// stayed in the lot, which gave it the idle grace of a connection that
+/// just parked (up to 500 ms) before it closed it. The bytes are thrown
+/// away: [`export_parked`] asks again as the connection leaves, so a
+/// handler exporting an awake connection is asked twice. A panic is caught
+/// and counted, and the connection stays.
+pub(crate) fn would_move<H: FramedHandler>(
+    handler: &H,
+    state: &H::State,
+    ctx: &WorkerContext,
+) -> bool {
+    let exported = std::panic::catch_unwind(AssertUnwindSafe(|| handler.export(state)));
+    match exported {
+        Ok(Some(bytes)) if bytes.len() <= MAX_EXPORTED_STATE_BYTES => true,
+        Ok(Some(bytes)) => {
+            oversized(ctx, bytes.len());
+            false
+        }
+        Ok(None) => false,
+        Err(_panic) => {
+            incr(&ctx.stats.panics);
+            tracing::error!("a framed handler's export panicked; the connection stays");
+            false
+        }
+    }
 }
 
 /// [`import`] for handler `H`, the connection at `fd` on framed listener

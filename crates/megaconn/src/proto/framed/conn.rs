@@ -85,6 +85,7 @@ use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood, OverLimit};
 use crate::observe::stats::{add, incr, MessageCounters};
+use crate::proto::framed::adopt::would_move;
 use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler};
 use crate::proto::framed::{settings, side_table, write_limit, FramedParked};
@@ -124,6 +125,9 @@ enum Idle {
     SendHeartbeat,
     PushFrame,
     Shutdown,
+    /// An upgrade asked idle connections to park: the top of the loop asks
+    /// whether this one moves.
+    HandOver,
 }
 
 /// Serves a framed connection until it closes (`on_close` has run) or
@@ -235,6 +239,12 @@ pub(crate) async fn serve<H: FramedHandler>(
     // and then wait as a task (a second wake, a registration and a timer
     // per heartbeat).
     let mut unread_wake = matches!(start, Start::Woken(wake) if wake.readable());
+    // An upgrade asked idle connections to park, and this one's handler
+    // does not export its state (`adopt::would_move`): it stays awake, and
+    // hears the drain's goodbye as soon as the drain begins. Parked, it
+    // stayed in the lot, where the drain gave it the idle grace of a
+    // connection that just parked (up to 500 ms) before closing it.
+    let mut stays = false;
     // Over TLS, bytes that woke it are decrypted first, as a WebSocket's
     // over TLS are: TLS housekeeping alone (a KeyUpdate) is answered and
     // counts as read, so it parks again at once; part of a record counts
@@ -397,15 +407,19 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
             // An upgrade asked idle connections to park, to move with the
             // lot (as `proto/http1/conn.rs` does): awake, it would close
-            // as at shutdown.
-            if can_park && !unread_wake && !io.is_tls() && ctx.shutdown.parking_all_framed() {
-                return park(
-                    io,
-                    live,
-                    (&*table, || Some(listener)),
-                    (due, send_at),
-                    false,
-                );
+            // as at shutdown. Only one that moves parks for it.
+            let asked = !stays && ctx.shutdown.parking_all_framed();
+            if can_park && !unread_wake && !io.is_tls() && asked {
+                if would_move(handler, live.state(), &ctx) {
+                    return park(
+                        io,
+                        live,
+                        (&*table, || Some(listener)),
+                        (due, send_at),
+                        false,
+                    );
+                }
+                stays = true;
             }
             park_at = ctx
                 .config
@@ -417,7 +431,7 @@ pub(crate) async fn serve<H: FramedHandler>(
         // idle wait would only find it ready (`woken.rs`), after setting up
         // its timers for nothing.
         if between_frames && !unread_wake {
-            let may_hand_over = park_at.is_some() && !io.is_tls();
+            let may_hand_over = park_at.is_some() && !io.is_tls() && !stays;
             let idle = tokio::select! {
                 biased;
                 ready = poll_fn(|cx| io.poll_read_ready(cx)) => Idle::Readable(ready),
@@ -427,7 +441,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 () = Awake::pushed(inbox.as_ref()) => Idle::PushFrame,
                 () = until(park_at) => Idle::Park,
                 // Asked while it waits (the upgrade wakes it, `turn` kept).
-                () = asked_to_hand_over(&ctx, may_hand_over) => Idle::Park,
+                () = asked_to_hand_over(&ctx, may_hand_over) => Idle::HandOver,
             };
             match idle {
                 Idle::Readable(Ok(())) => {}
@@ -452,8 +466,9 @@ pub(crate) async fn serve<H: FramedHandler>(
                         false,
                     )
                 }
-                // The top of the loop writes them.
-                Idle::PushFrame => continue,
+                // The top of the loop writes them, or parks it for the
+                // hand-over if it moves.
+                Idle::PushFrame | Idle::HandOver => continue,
                 Idle::SendHeartbeat => {
                     if let Some((every, frame)) = &send_heartbeats {
                         incr(&counters.heartbeats_sent);
@@ -501,7 +516,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 wait_read(
                     &mut io,
                     None,
-                    between_frames,
+                    (between_frames, !stays),
                     timers,
                     &mut turn,
                     (inbox.as_ref(), &ctx),
@@ -512,7 +527,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 wait_read(
                     &mut io,
                     Some(b),
-                    between_frames,
+                    (between_frames, !stays),
                     timers,
                     &mut turn,
                     (inbox.as_ref(), &ctx),
@@ -520,13 +535,20 @@ pub(crate) async fn serve<H: FramedHandler>(
                 .await
             }
         };
-        // `Err`: the wait ended with nothing read, at a timer (`Some`) or
-        // because an upgrade asked idle connections to park (`None`: the
-        // wait could park, between frames with `park_at` set): either
-        // parks below, unless a timer that passed says otherwise.
+        // `Err`: the wait ended with nothing read, at a timer: it parks
+        // below, unless a timer that passed says otherwise.
         let read = match read {
-            Read::Done(read) => read.map_err(Some),
-            Read::HandOver => Err(None),
+            Read::Done(read) => read,
+            // An upgrade asked idle connections to park (the wait could
+            // park, between frames with `park_at` set), and found nothing
+            // to read: the top of the loop parks it if it moves.
+            Read::HandOver => {
+                unread_wake = false;
+                if buf.as_ref().is_some_and(BytesMut::is_empty) {
+                    give_back(&ctx, &mut buf);
+                }
+                continue;
+            }
             Read::Shutdown => {
                 give_back(&ctx, &mut buf);
                 return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref())
@@ -612,7 +634,7 @@ struct Timers {
 async fn wait_read(
     io: &mut MessageIo,
     b: Option<&mut BytesMut>,
-    between_frames: bool,
+    (between_frames, may_move): (bool, bool),
     timers: Timers,
     turn: &mut Turn<'_>,
     (inbox, ctx): (Option<&Awake>, &WorkerContext),
@@ -623,8 +645,9 @@ async fn wait_read(
         earliest(timers.due, timers.message)
     };
     // Only a wait that could park (between frames, `park_at` set) parks
-    // for an upgrade, and not over TLS (its session cannot move).
-    let may_hand_over = between_frames && timers.park_at.is_some() && !io.is_tls();
+    // for an upgrade, and not over TLS (its session cannot move), nor one
+    // whose handler keeps it (`may_move` false).
+    let may_hand_over = may_move && between_frames && timers.park_at.is_some() && !io.is_tls();
     // Without a buffer (`b` is `None`), only until the socket is readable.
     let read_or_ready = async {
         match b {

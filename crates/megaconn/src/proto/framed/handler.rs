@@ -152,7 +152,10 @@ pub trait FramedHandler: Send + Sync + 'static {
     ///
     /// Asked at the hand-over for each **idle** connection on a
     /// **cleartext** framed listener: parked ones, and awake ones between
-    /// frames, which park for it. Busy connections (a handler running, a
+    /// frames, which park for it if this gives their state (so an awake
+    /// one is asked twice: before it parks, and as it leaves; one that
+    /// gets `None` stays awake and hears the goodbye as the drain begins).
+    /// Busy connections (a handler running, a
     /// frame half read, a push being written) close as at shutdown; so do
     /// connections over TLS, whatever this returns (rustls cannot rebuild
     /// a session from its secrets, so no process but this one can go on
