@@ -142,15 +142,7 @@ impl Wire {
             if !waiting {
                 return None; // bytes no heartbeat asked for are ignored
             }
-            // The usual reply, whole in one read, is judged without the
-            // general parser (`plain_reply`); anything else goes to it.
-            let plain = !sh.head_request && parser.idle();
-            let verdict = settle(&mut self.spill, read, |data| {
-                match plain.then(|| plain_reply(data)).flatten() {
-                    Some(reply) => reply,
-                    None => http_reply(parser, data),
-                }
-            });
+            let verdict = settle(&mut self.spill, read, |data| http_reply(parser, data));
             if verdict.is_some() {
                 parser.reset();
             }
@@ -317,86 +309,6 @@ fn settle(spill: &mut Vec<u8>, read: &[u8], judge: impl FnOnce(&[u8]) -> Reply) 
     Some(verdict)
 }
 
-/// The verdict on `data` when it is one whole plain response, which is
-/// how nearly every heartbeat's reply comes (`HTTP/1.1`, a status from
-/// 200 to 399 but 204 and 304, a `Content-Length` body, no
-/// `Transfer-Encoding` or `Connection` header, at most 64 headers):
-/// `Ok` (keep-alive), as [`http_reply`] would give it; `None` for anything
-/// else, incomplete, malformed or unusual, which [`http_reply`] then judges
-/// (the only one that says `Bad` or `Incomplete`). Checks what httparse
-/// checks (the reason's and values' bytes, token names, CRLF line ends)
-/// in one pass with no header array: httparse and the parser's header loop
-/// were 1,382 of hold's 3,316 user-space instructions a heartbeat
-/// (callgrind, `bench/MILLION.md`, session 49).
-fn plain_reply(data: &[u8]) -> Option<Reply> {
-    let rest = data.strip_prefix(b"HTTP/1.1 ")?;
-    let (code, rest) = rest.split_first_chunk::<3>()?;
-    if !code.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let status = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
-    if !(200..400).contains(&status) || status == 204 || status == 304 {
-        return None;
-    }
-    let rest = rest.strip_prefix(b" ")?;
-    let eol = rest.iter().position(|&b| b == b'\r')?;
-    if !rest[..eol].iter().all(|&b| is_value_byte(b)) {
-        return None;
-    }
-    let mut rest = rest[eol..].strip_prefix(b"\r\n")?;
-    let mut length = None;
-    let mut headers = 0;
-    loop {
-        if let Some(body) = rest.strip_prefix(b"\r\n") {
-            let length = length?;
-            return (body.len() as u64 >= length).then_some(Reply::Ok { close: false });
-        }
-        headers += 1;
-        if headers > 64 {
-            return None;
-        }
-        let colon = rest.iter().position(|&b| b == b':')?;
-        let name = &rest[..colon];
-        if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
-            return None;
-        }
-        let line = &rest[colon + 1..];
-        let eol = line.iter().position(|&b| b == b'\r')?;
-        let value = &line[..eol];
-        if !value.iter().all(|&b| is_value_byte(b)) {
-            return None;
-        }
-        rest = line[eol..].strip_prefix(b"\r\n")?;
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let digits = value.trim_ascii();
-            if length.is_some()
-                || digits.is_empty()
-                || digits.len() > 18
-                || !digits.iter().all(u8::is_ascii_digit)
-            {
-                return None;
-            }
-            length = Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"connection")
-        {
-            return None;
-        }
-    }
-}
-
-/// A byte of a reason phrase or header value the quick path takes: a tab,
-/// a space or visible ASCII. (httparse takes bytes above 0x7f too; a reply
-/// with one goes to it.)
-fn is_value_byte(b: u8) -> bool {
-    b == b'\t' || (b' '..=b'~').contains(&b)
-}
-
-/// A byte of an HTTP token (a header name), RFC 9110 §5.6.2.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 /// An HTTP heartbeat reply: a complete response below 400, or more to read.
 pub(crate) fn http_reply(parser: &mut ResponseParser, data: &[u8]) -> Reply {
     match parser.parse(data) {
@@ -469,53 +381,6 @@ mod tests {
         let closing = b"HTTP/1.1 204 No\r\nConnection: close\r\n\r\n";
         let answered = Some(Verdict::Answered { close: true });
         assert_eq!(take(&mut wire, &sh, true, closing).0, answered);
-    }
-
-    /// The quick path takes the usual reply (the demo's, with its date),
-    /// and wherever it answers, it answers what the parser would; every
-    /// other reply, and every cut of one, it leaves to the parser.
-    #[test]
-    fn the_quick_path_takes_the_usual_reply_and_agrees_with_the_parser() {
-        let usual: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\n\
-            content-length: 13\r\ndate: Sun, 06 Dec 2026 18:22:58 GMT\r\n\r\nHello, World!";
-        assert_eq!(plain_reply(usual), Some(Reply::Ok { close: false }));
-        let replies: &[&[u8]] = &[
-            usual,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-            b"HTTP/1.1 301 Moved\r\nLocation: /x\r\nContent-Length: 2\r\n\r\nhi+extra",
-            b"HTTP/1.1 200 \r\nContent-Length:\t2 \r\n\r\nhi",
-            // Left to the parser: each differs from the plain shape.
-            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
-            b"HTTP/1.1 304 Not Modified\r\n\r\n",
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
-            b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
-            b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nhi",
-            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nBad Name: 1\r\nContent-Length: 0\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nX: a\x01b\r\nContent-Length: 0\r\n\r\n",
-            b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
-            b"HTTP/1.1 200 OK\r\n\r\nuntil the end",
-            b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
-            b"garbage\r\n\r\n",
-        ];
-        let mut quick = 0;
-        for reply in replies {
-            for cut in 0..=reply.len() {
-                let data = &reply[..cut];
-                let parsed = http_reply(&mut ResponseParser::new(false), data);
-                if let Some(fast) = plain_reply(data) {
-                    quick += 1;
-                    let shown = String::from_utf8_lossy(data);
-                    assert_eq!(fast, parsed, "{shown:?}");
-                }
-            }
-        }
-        // The four plain replies, whole (and the extra bytes after one).
-        assert_eq!(quick, 4 + 6, "replies the quick path took");
     }
 
     #[test]
