@@ -203,7 +203,14 @@ impl Lot {
             Epoll::Ticked(_) => libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET,
             Epoll::Woken(_) => libc::EPOLLIN | libc::EPOLLRDHUP,
         };
-        ctl(self.epoll.raw(), libc::EPOLL_CTL_ADD, &stream, slot, tenant, events)?;
+        ctl(
+            self.epoll.raw(),
+            libc::EPOLL_CTL_ADD,
+            &stream,
+            slot,
+            tenant,
+            events,
+        )?;
         if st.free.pop().is_none() {
             st.slots.push(None);
         }
@@ -744,7 +751,9 @@ mod tests {
             let (client, _server) = socket_pair();
             let (ctx, _rt, lot) = ws_lot(wake_per_reply, Instant::now());
             let wire = Wire::new(&ctx.shared);
-            let _ended = lot.park(&ctx, client, Instant::now(), Rng::new(1), wire).unwrap();
+            let _ended = lot
+                .park(&ctx, client, Instant::now(), Rng::new(1), wire)
+                .unwrap();
             let fdinfo = format!("/proc/self/fdinfo/{}", lot.epoll.raw());
             let info = std::fs::read_to_string(&fdinfo).unwrap();
             let events: Vec<u32> = info
