@@ -8,8 +8,9 @@
 //! thread that owns, per connection, its socket, its beat schedule and its
 //! reading side (`hold_wire.rs`: replies, pushes, a WebSocket server's pings
 //! to answer), plus:
-//! - an epoll instance of its own (level-triggered, each socket registered
-//!   once for its whole life);
+//! - an epoll instance of its own (each socket registered once for its
+//!   whole life; edge-triggered when read on the tick, and each edge read
+//!   until the socket is drained);
 //! - a second one, registered with the thread's runtime, that holds only
 //!   the sockets whose send buffer was full (the rest of a large beat, pongs
 //!   waiting) until what waits has gone: the thread wakes when one becomes
@@ -192,8 +193,24 @@ impl Lot {
         if matches!(self.epoll, Epoll::Ticked(_)) {
             stamp_arrivals(&stream)?;
         }
-        let (epoll, events) = (self.epoll.raw(), libc::EPOLLIN | libc::EPOLLRDHUP);
-        ctl(epoll, libc::EPOLL_CTL_ADD, &stream, slot, tenant, events)?;
+        let events = match self.epoll {
+            // Edge-triggered: a level-triggered socket went back on the
+            // set's ready list each time it was reported, and the next
+            // tick's look polled it again (`tcp_poll`) to find its reply
+            // read: a poll per heartbeat, ~3 % of `hold`'s samples (`perf`,
+            // `bench/MILLION.md`, session 49). An edge is reported once, so
+            // each one is read until the socket is drained (`take_events`).
+            Epoll::Ticked(_) => libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET,
+            Epoll::Woken(_) => libc::EPOLLIN | libc::EPOLLRDHUP,
+        };
+        ctl(
+            self.epoll.raw(),
+            libc::EPOLL_CTL_ADD,
+            &stream,
+            slot,
+            tenant,
+            events,
+        )?;
         if st.free.pop().is_none() {
             st.slots.push(None);
         }
@@ -314,9 +331,20 @@ impl Lot {
         events: &mut [libc::epoll_event],
         clocks: Option<Clocks>,
     ) {
+        let edges = matches!(self.epoll, Epoll::Ticked(_));
         drain_epoll(self.epoll.raw(), events, |data, flags| {
             let (slot, tenant) = (data as u32, (data >> 32) as u32);
-            self.on_event(ctx, slot, tenant, hung_up(flags), clocks)
+            let mut more = self.on_event(ctx, slot, tenant, hung_up(flags), clocks);
+            if !edges {
+                return more; // level-triggered: the set reports it again
+            }
+            // Edge-triggered (`park`): no later look reports what this
+            // edge left, so the socket is read here until it is drained
+            // (a short read, `WouldBlock`, or its end).
+            while more {
+                more = self.on_event(ctx, slot, tenant, hung_up(flags), clocks);
+            }
+            false
         });
     }
 
@@ -712,6 +740,111 @@ mod tests {
                 whole.duration_since(ran)
             );
         }
+    }
+
+    /// Replies read on the tick come from an edge-triggered set: a
+    /// level-triggered one put each reported socket back on its ready list,
+    /// for the next look to poll again (a `tcp_poll` per heartbeat).
+    #[test]
+    fn sockets_read_on_the_tick_are_edge_triggered() {
+        for wake_per_reply in [false, true] {
+            let (client, _server) = socket_pair();
+            let (ctx, _rt, lot) = ws_lot(wake_per_reply, Instant::now());
+            let wire = Wire::new(&ctx.shared);
+            let _ended = lot
+                .park(&ctx, client, Instant::now(), Rng::new(1), wire)
+                .unwrap();
+            let fdinfo = format!("/proc/self/fdinfo/{}", lot.epoll.raw());
+            let info = std::fs::read_to_string(&fdinfo).unwrap();
+            let events: Vec<u32> = info
+                .lines()
+                .filter_map(|l| l.strip_prefix("tfd:"))
+                .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "events:").nth(1))
+                .map(|hex| u32::from_str_radix(hex, 16).unwrap())
+                .collect();
+            let edge = libc::EPOLLET as u32;
+            let want = if wake_per_reply { 0 } else { edge };
+            assert!(
+                events.len() == 1 && events[0] & edge == want,
+                "wake_per_reply {wake_per_reply}: the lot's set holds {events:x?} \
+                 (EPOLLET {edge:x} expected {want:x}), {fdinfo}:\n{info}"
+            );
+        }
+    }
+
+    /// A reply larger than the read buffer, all of it in the socket before
+    /// the tick that reads it: the tick reads it to its end and the
+    /// heartbeat is answered. (Edge-triggered, a read that filled the
+    /// buffer and a look at the set for more found no new edge: the rest
+    /// waited for bytes that never came, until the reply's deadline.)
+    #[test]
+    fn a_reply_larger_than_the_read_buffer_is_read_whole_on_its_tick() {
+        let (client, mut server) = socket_pair();
+        let mut shared = HoldShared::for_test();
+        shared.heartbeat = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        shared.interval = Duration::from_secs(3600);
+        shared.timeout = Duration::from_secs(60);
+        shared.tick = TICK;
+        // As in `held_back_beat`: the beat, due at the start, goes out on
+        // the beat pass for now, and the ticker's first tick is at once.
+        shared.start = Instant::now() - TICK;
+        let start = shared.start;
+        let ctx = ThreadCtx::for_test(shared);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let lot = {
+            let _runtime = rt.enter();
+            Lot::new(false).unwrap()
+        };
+        let client_fd = client.as_raw_fd();
+        let wire = Wire::new(&ctx.shared);
+        let _ended = lot.park(&ctx, client, start, Rng::new(1), wire).unwrap();
+        lot.beat(&ctx, Instant::now());
+        let beat = &ctx.shared.heartbeat;
+        let mut got = vec![0u8; beat.len()];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(&got, beat, "the server did not read the heartbeat");
+        let body = vec![b'x'; ctx.buf.borrow().len() + 4096];
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        let total = head.len() + body.len();
+        server.write_all(head.as_bytes()).unwrap();
+        server.write_all(&body).unwrap();
+        // The whole reply in the client's socket before the lot looks.
+        let waited = Instant::now();
+        loop {
+            let mut queued: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one c_int.
+            let r = unsafe { libc::ioctl(client_fd, libc::FIONREAD, &mut queued) };
+            assert_eq!(r, 0, "FIONREAD failed");
+            if queued as usize == total {
+                break;
+            }
+            assert!(
+                waited.elapsed() < CLOSE_WAIT,
+                "only {queued} of the reply's {total} bytes reached the client"
+            );
+            std::thread::yield_now();
+        }
+        let answered = || ctx.counters.heartbeats_ok.load(Relaxed);
+        rt.block_on(async {
+            tokio::select! {
+                () = lot.run(&ctx) => unreachable!("the lot runs until dropped"),
+                () = async {
+                    while answered() == 0 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                } => {}
+                () = tokio::time::sleep(CLOSE_WAIT) => {}
+            }
+        });
+        assert_eq!(
+            (answered(), ctx.counters.heartbeat_errors.load(Relaxed)),
+            (1, 0),
+            "(heartbeats answered, failed) {CLOSE_WAIT:?} after the lot started, the \
+             {total}-byte reply in the socket"
+        );
     }
 
     /// A server's last words and its FIN read in one look: a WebSocket

@@ -16,8 +16,9 @@
 //!
 //! Idle timeouts of parked sockets are not timers: a sweep walks the deadline
 //! array (a few hundred microseconds per million entries) and closes the
-//! expired ones. It runs once a second after a burst of parkings and
-//! wake-ups (until the heap is trimmed), and otherwise when the earliest
+//! expired ones. It runs once a second after a burst of parkings or
+//! closes (until the heap is trimmed; a heartbeat's wake and re-park are no
+//! churn), and otherwise when the earliest
 //! deadline is due, or every ten seconds: a quiet lot costs an idle worker
 //! almost no wake-ups.
 //!
@@ -710,7 +711,19 @@ impl ParkingLot {
         // The lot owns the descriptor from here on.
         let _ = socket.into_raw_fd();
         self.parked.set(self.parked.get() + 1);
-        self.churned();
+        // A heartbeat (woken, served without waiting, parked again at
+        // once) frees in its turn what it took, from caches mostly: its
+        // cycle leaves the heap as it found it, and counted as churn it
+        // made every lot of a steady load sweep each second, walking the
+        // whole slot array (~410,000 instructions a sweep at 18,500
+        // connections) and trimming a heap with nothing new to give back
+        // (~50 `madvise` calls a trim), ~10 % of the server's instructions
+        // a heartbeat (`bench/MILLION.md`, session 49). Its wake-up is not
+        // counted either (`wake_ready`): a wake that waits as a task counts
+        // when it parks again, or closes.
+        if !at_once {
+            self.churned();
+        }
         gauge(&self.stats.connections_parked, 1);
         gauge(&self.stats.connections_idle, 1);
         incr(&self.stats.parks);
@@ -960,7 +973,9 @@ impl ParkingLot {
                 self.unwatch_awake(fd);
                 continue;
             };
-            self.churned();
+            // Not counted toward a trim (see `park`): the task memory of a
+            // wake that has to wait is counted when it parks again, or by
+            // its close (the sweep counts the worker's closes).
             match &respawn {
                 Some(respawn) => {
                     let hung_up = event.events
@@ -1100,7 +1115,8 @@ impl ParkingLot {
             .then(|| self.epoch + Duration::from_secs(u64::from(tick.saturating_sub(1))))
     }
 
-    /// Counts a parking or a wake-up toward the next heap trim. The one that
+    /// Counts a parking toward the next heap trim (not a heartbeat's: see
+    /// [`ParkingLot::park`]). The one that
     /// makes a trim pending moves the run loop's sweep up to a second from
     /// now ([`ParkingLot::next_sweep`]): planned while none was pending, it
     /// may be [`QUIET_SWEEP`] away, and a burst's freed memory would stay
@@ -2118,7 +2134,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn a_sweep_trims_once_after_a_burst_goes_quiet() {
         let f = fixture();
-        // A burst's churn (as parkings and wake-ups count it), then sweeps.
+        // A burst's churn (as parkings count it), then sweeps.
         f.lot.churn_since_trim.set(TRIM_AFTER_BURST + 10);
         f.lot.sweep();
         assert_eq!(f.lot.trims.get(), 0, "the burst may still be going on");
@@ -2157,9 +2173,9 @@ pub(super) mod tests {
         );
     }
 
-    /// The parking or wake-up that makes a trim pending moves a sweep
+    /// The parking that makes a trim pending moves a sweep
     /// planned [`QUIET_SWEEP`] away to a second from now, once per burst
-    /// (that parkings and wake-ups count: the test above).
+    /// (that parkings count: the test above).
     #[tokio::test(start_paused = true)]
     async fn a_burst_moves_a_quiet_sweep_up() {
         let f = fixture();
@@ -2181,6 +2197,45 @@ pub(super) mod tests {
         f.lot.sweep();
         f.lot.sweep();
         assert_eq!(f.lot.trims.get(), 1, "trimmed once it went quiet");
+    }
+
+    /// A heartbeat's cycle (woken, then parked again at once) counts
+    /// nothing toward a heap trim, so a steady heartbeat load leaves the
+    /// lot's sweep at its earliest deadline (or [`QUIET_SWEEP`]); a
+    /// parking after idling as a task still counts. Before, the wake and
+    /// the re-park counted two, and every lot of a steady load swept and
+    /// trimmed each second.
+    #[tokio::test]
+    async fn a_heartbeats_wake_and_repark_count_nothing_toward_a_trim() {
+        let f = fixture();
+        let (server, mut client) = pair();
+        park(&f, server, 1, AtDeadline::Close);
+        let churn = f.lot.churn_since_trim.get();
+        for beat in 0..3 {
+            client.write_all(b"ping").unwrap();
+            assert_eq!(f.wake_ready().await, 1, "beat {beat}: one wake-up");
+            let socket = f.take_woken();
+            assert_eq!(drain(&socket), b"ping");
+            let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), None);
+            let deadline = Some(Instant::now() + Duration::from_secs(60));
+            let parking = Parking::of(deadline, true, true, ProtoTag(1), AtDeadline::Close);
+            f.lot.park(socket, parking, conn);
+            assert_eq!(
+                f.lot.churn_since_trim.get(),
+                churn,
+                "beat {beat}: the wake and re-park counted toward a trim"
+            );
+        }
+        // Parked after idling (not at once): counted.
+        client.write_all(b"ping").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        let socket = f.take_woken();
+        drain(&socket);
+        let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), None);
+        let deadline = Some(Instant::now() + Duration::from_secs(60));
+        let parking = Parking::of(deadline, false, true, ProtoTag(1), AtDeadline::Close);
+        f.lot.park(socket, parking, conn);
+        assert_eq!(f.lot.churn_since_trim.get(), churn + 1);
     }
 
     /// A retire time noted at an accept (`max_connection_age`) is kept to
