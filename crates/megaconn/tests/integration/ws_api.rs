@@ -444,6 +444,10 @@ where
         panic!("a close frame");
     };
     assert_eq!(close.code, CloseCode::Again);
+    // Gone once it read the close: the server's close ends at its EOF
+    // rather than at the close's bound (`CLOSE_TIMEOUT`, 2 s), which
+    // only this client's silence would wait for.
+    drop(client);
     let (_, _, reason) = server.next_close().await;
     assert_eq!(reason, CloseReason::SlowConsumer);
     let counted = server.handle.stats().messages;
@@ -562,6 +566,9 @@ async fn a_slow_consumers_counters_say_what_it_read() {
         }
     }
     assert!(pushes < BATCH as u64, "the write was stuck: {pushes} read");
+    // Gone once it read the close (its EOF ends the server's close at
+    // once, not at the close's 2 s bound).
+    drop(client);
     let (_, _, reason) = server.next_close().await;
     assert_eq!(reason, CloseReason::SlowConsumer);
     let counted = server.handle.stats().messages;
@@ -968,6 +975,8 @@ async fn a_chatty_parked_slow_consumer_gets_its_1013() {
         panic!("a close frame");
     };
     assert_eq!(close.code, CloseCode::Again);
+    // (Gone before the shutdown, which would wait for its close.)
+    drop(client);
     server.stop().await;
 }
 
