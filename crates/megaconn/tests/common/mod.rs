@@ -473,9 +473,7 @@ impl AppServer {
         S::ResBody: 'static,
     {
         AppServer::start(
-            builder
-                .workers(1)
-                .listen_on("127.0.0.1:0".parse().unwrap()),
+            builder.workers(1).listen_on("127.0.0.1:0".parse().unwrap()),
             app,
         )
     }

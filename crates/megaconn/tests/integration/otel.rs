@@ -97,8 +97,10 @@ async fn receiver(protocol: Protocol) -> Receiver {
     let (tx, spans) = mpsc::unbounded_channel();
     let (server, endpoint) = match protocol {
         Protocol::Grpc => {
-            let server =
-                common::AppServer::one_worker(Builder::default(), TraceServiceServer::new(Grpc(tx)));
+            let server = common::AppServer::one_worker(
+                Builder::default(),
+                TraceServiceServer::new(Grpc(tx)),
+            );
             let endpoint = format!("http://{}", server.addr());
             (server, endpoint)
         }

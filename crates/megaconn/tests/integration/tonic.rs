@@ -25,7 +25,6 @@ use tonic_prost::ProstCodec;
 use crate::common::tls::Ca;
 use crate::common::{AppServer, SAFETY};
 
-
 const SAY_HELLO: &str = "/test.Greeter/SayHello";
 const COUNT: &str = "/test.Greeter/Count";
 const SUM: &str = "/test.Greeter/Sum";
