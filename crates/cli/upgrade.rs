@@ -1678,6 +1678,19 @@ mod tests {
         (handle, addr)
     }
 
+    /// A connected pair of control socket ends (old process, new process).
+    pub(super) fn control_pair() -> (Peer, Peer) {
+        let (a, b) = sock::socketpair(
+            sock::AddressFamily::Unix,
+            sock::SockType::SeqPacket,
+            None,
+            sock::SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        // SAFETY: fresh descriptors nobody else owns.
+        unsafe { (Peer(OwnedFd::from_raw_fd(a)), Peer(OwnedFd::from_raw_fd(b))) }
+    }
+
     /// One request on `client`: the start of its answer (empty: closed).
     pub(super) fn ask(client: &mut std::net::TcpStream) -> String {
         use std::io::{Read as _, Write as _};
@@ -1696,15 +1709,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn parked_connections_of_an_old_process_are_adopted() {
         let (handle, _) = served();
-        let (a, b) = sock::socketpair(
-            sock::AddressFamily::Unix,
-            sock::SockType::SeqPacket,
-            None,
-            sock::SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
-        // SAFETY: fresh descriptors nobody else owns.
-        let (old, new) = unsafe { (Peer(OwnedFd::from_raw_fd(a)), Peer(OwnedFd::from_raw_fd(b))) };
+        let (old, new) = control_pair();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let (mut clients, mut accepted) = (Vec::new(), Vec::new());
         for _ in 0..3 {
@@ -1739,6 +1744,45 @@ mod tests {
         }
     }
 
+    /// Waits (bounded) until `handle`'s server has one connection parked.
+    async fn one_parked(handle: &ServerHandle) {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while handle.stats().connections_parked != 1 {
+            assert!(Instant::now() < deadline, "the connection never parked");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Hands `handle`'s server over through a fresh control socket to a
+    /// new process played here: it says `hello`, waits for the one
+    /// listener, says it serves, then `rest` reads what the old process
+    /// sends; returns what `rest` made of it once the old side is done.
+    async fn handed_over_to<T: Send + 'static>(
+        handle: &ServerHandle,
+        hello: Vec<u8>,
+        rest: impl FnOnce(&Peer) -> T + Send + 'static,
+    ) -> T {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let control = ControlSocket::bind(&path).unwrap();
+        let thread = control.spawn(handle.clone()).unwrap();
+        let got = tokio::task::spawn_blocking(move || {
+            let fd = seqpacket().unwrap();
+            sock::connect(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+            let peer = Peer(fd);
+            peer.send(HELLO, &hello, &[]).unwrap();
+            while peer.expect(LISTENERS).unwrap().0.first() != Some(&1) {}
+            peer.send(READY, &[], &[]).unwrap();
+            rest(&peer)
+        })
+        .await
+        .unwrap();
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+        got
+    }
+
     /// The old process sends its parked HTTP/1.1 connections in version
     /// 0's 5-byte records to a new process whose hello has no wire version
     /// (a rollback to a process of a session before 47, which reads only
@@ -1757,33 +1801,15 @@ mod tests {
                 .await
                 .unwrap();
             assert!(answer.0.starts_with("HTTP/1.1 "), "{:?}", answer.0);
-            let deadline = Instant::now() + STEP_TIMEOUT;
-            while handle.stats().connections_parked != 1 {
-                assert!(Instant::now() < deadline, "the connection never parked");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("control.sock");
-            let control = ControlSocket::bind(&path).unwrap();
-            let thread = control.spawn(handle.clone()).unwrap();
-            let parked = tokio::task::spawn_blocking(move || {
-                let fd = seqpacket().unwrap();
-                sock::connect(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
-                let peer = Peer(fd);
-                let mut hello = std::process::id().to_be_bytes().to_vec();
-                hello.extend(version);
-                peer.send(HELLO, &hello, &[]).unwrap();
-                while peer.expect(LISTENERS).unwrap().0.first() != Some(&1) {}
-                peer.send(READY, &[], &[]).unwrap();
+            one_parked(&handle).await;
+            let mut hello = std::process::id().to_be_bytes().to_vec();
+            hello.extend(version);
+            let parked = handed_over_to(&handle, hello, |peer| {
                 let (payload, fds) = peer.expect(PARKED).unwrap();
                 peer.expect(END).unwrap();
                 (payload, fds.len())
             })
-            .await
-            .unwrap();
-            tokio::task::spawn_blocking(move || thread.join().unwrap())
-                .await
-                .unwrap();
+            .await;
             assert_eq!(parked.1, 1, "{version:?}");
             assert_eq!(parked.0.len(), record, "{version:?}: {:?}", parked.0);
             assert_eq!(parked.0[0] == ParkedState::VERSION, version.is_some());
@@ -1846,32 +1872,14 @@ mod tests {
         let mut line = String::new();
         device.read_line(&mut line).unwrap();
         assert_eq!(line, "hi\n");
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        while handle.stats().connections_parked != 1 {
-            assert!(Instant::now() < deadline, "the device never parked");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("control.sock");
-        let control = ControlSocket::bind(&path).unwrap();
-        let thread = control.spawn(handle.clone()).unwrap();
-        let parked = tokio::task::spawn_blocking(move || {
-            let fd = seqpacket().unwrap();
-            sock::connect(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
-            let peer = Peer(fd);
-            // The pid only: a process of a session before 47.
-            peer.send(HELLO, &std::process::id().to_be_bytes(), &[])
-                .unwrap();
-            while peer.expect(LISTENERS).unwrap().0.first() != Some(&1) {}
-            peer.send(READY, &[], &[]).unwrap();
+        one_parked(&handle).await;
+        // The pid only: a process of a session before 47.
+        let hello = std::process::id().to_be_bytes().to_vec();
+        let parked = handed_over_to(&handle, hello, |peer| {
             let (kind, payload, fds) = peer.recv().unwrap();
             (kind, payload, fds.len())
         })
-        .await
-        .unwrap();
-        tokio::task::spawn_blocking(move || thread.join().unwrap())
-            .await
-            .unwrap();
+        .await;
         assert_eq!(
             parked,
             (END, 0u64.to_be_bytes().to_vec(), 0),

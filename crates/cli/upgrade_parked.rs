@@ -373,23 +373,9 @@ fn closed(fds: Vec<OwnedFd>, why: &anyhow::Error) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{ask, served};
+    use super::super::tests::{ask, control_pair, served};
     use super::*;
-    use std::os::fd::FromRawFd as _;
     use std::os::unix::net::UnixStream;
-
-    /// A connected pair of control socket ends (old process, new process).
-    fn control_pair() -> (Peer, Peer) {
-        let (a, b) = sock::socketpair(
-            sock::AddressFamily::Unix,
-            sock::SockType::SeqPacket,
-            None,
-            sock::SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
-        // SAFETY: fresh descriptors nobody else owns.
-        unsafe { (Peer(OwnedFd::from_raw_fd(a)), Peer(OwnedFd::from_raw_fd(b))) }
-    }
 
     /// A version 1 state of protocol `tag` with a `payload`-byte payload.
     fn state(tag: u8, payload: usize) -> ParkedState {

@@ -464,10 +464,37 @@ impl AppServer {
         }
     }
 
+    /// Serves `app` on one worker on 127.0.0.1:0, `builder`'s other
+    /// settings kept: the setup most tests share.
+    pub fn one_worker<S>(builder: Builder, app: S) -> AppServer
+    where
+        S: megaconn::HttpService + Clone + Send + 'static,
+        S::Future: 'static,
+        S::ResBody: 'static,
+    {
+        AppServer::start(
+            builder.workers(1).listen_on("127.0.0.1:0".parse().unwrap()),
+            app,
+        )
+    }
+
+    /// The (first) address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
     /// Shuts down; true if it stopped in time.
     pub async fn stop(self) -> bool {
         self.handle.shutdown();
         tokio::time::timeout(SAFETY, self.task).await.is_ok()
+    }
+
+    /// Shuts down and returns what the drain did; panics unless it
+    /// stopped within [`SAFETY`] and served without an error.
+    pub async fn summary(self) -> ShutdownSummary {
+        shut_down(&self.handle, self.task)
+            .await
+            .expect("serve result")
     }
 }
 

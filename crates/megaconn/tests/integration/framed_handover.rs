@@ -16,8 +16,8 @@ use bytes::Bytes;
 use common::msg::Running;
 use common::SAFETY;
 use megaconn::{
-    CloseReason, ConnectionId, FramedHandler, Framing, ParkedConnection, ParkedState, Server,
-    Session, MAX_EXPORTED_STATE_BYTES,
+    CloseReason, ConnectionId, FramedHandler, Framing, HandOverKinds, ParkedConnection,
+    ParkedState, Server, ServerHandle, Session, ShutdownSummary, MAX_EXPORTED_STATE_BYTES,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -139,20 +139,32 @@ impl Side {
         Vec<ParkedConnection>,
         mpsc::UnboundedReceiver<(u64, CloseReason)>,
     ) {
-        let handed = self.handle.hand_over_parked();
-        self.handle.shutdown();
-        let batches = tokio::task::spawn_blocking(move || handed.flatten().collect::<Vec<_>>());
-        let moved = tokio::time::timeout(SAFETY, batches)
-            .await
-            .expect("batches in time")
-            .unwrap();
-        let summary = tokio::time::timeout(SAFETY, self.running.task)
-            .await
-            .expect("A stops")
-            .unwrap();
-        assert_eq!(summary.forced, 0, "{summary:?}");
+        let moved =
+            hand_over_and_stop(&self.running.handle, HandOverKinds::All, self.running.task).await;
         (moved, self.running.closes)
     }
+}
+
+/// Hands the parked connections of `kinds` of `handle`'s server over and
+/// shuts it down: what moved, once its `task` stopped with nothing forced.
+pub(super) async fn hand_over_and_stop(
+    handle: &ServerHandle,
+    kinds: HandOverKinds,
+    task: tokio::task::JoinHandle<ShutdownSummary>,
+) -> Vec<ParkedConnection> {
+    let handed = handle.hand_over_parked_of(kinds);
+    handle.shutdown();
+    let batches = tokio::task::spawn_blocking(move || handed.flatten().collect::<Vec<_>>());
+    let moved = tokio::time::timeout(SAFETY, batches)
+        .await
+        .expect("batches in time")
+        .unwrap();
+    let summary = tokio::time::timeout(SAFETY, task)
+        .await
+        .expect("the server stops")
+        .unwrap();
+    assert_eq!(summary.forced, 0, "{summary:?}");
+    moved
 }
 
 /// A device on server A, parked, having sent `sub news` and `hi` (its count
@@ -171,7 +183,7 @@ async fn parked_device(a: &mut Side) -> (BufReader<TcpStream>, ConnectionId) {
 }
 
 /// Sends line `line` and reads the answer line.
-async fn ask(s: &mut BufReader<TcpStream>, line: &str) -> String {
+pub(super) async fn ask(s: &mut BufReader<TcpStream>, line: &str) -> String {
     s.get_mut()
         .write_all(format!("{line}\n").as_bytes())
         .await
@@ -181,7 +193,7 @@ async fn ask(s: &mut BufReader<TcpStream>, line: &str) -> String {
 
 /// The next line from the server (bounded), without its ending; empty at
 /// the end of the stream.
-async fn read_line(s: &mut BufReader<TcpStream>) -> String {
+pub(super) async fn read_line(s: &mut BufReader<TcpStream>) -> String {
     let mut line = String::new();
     tokio::time::timeout(SAFETY, s.read_line(&mut line))
         .await

@@ -9,6 +9,8 @@
 
 use crate::common;
 
+use super::framed_handover::{ask, hand_over_and_stop, read_line};
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +19,7 @@ use megaconn::{
     CloseReason, FramedHandler, Framing, HandOverKinds, ParkedConnection, Server, ServerHandle,
     Session, ShutdownSummary,
 };
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -105,18 +107,7 @@ impl Running {
         self,
         kinds: HandOverKinds,
     ) -> (Vec<ParkedConnection>, mpsc::UnboundedReceiver<Event>) {
-        let handed = self.handle.hand_over_parked_of(kinds);
-        self.handle.shutdown();
-        let batches = tokio::task::spawn_blocking(move || handed.flatten().collect::<Vec<_>>());
-        let moved = tokio::time::timeout(SAFETY, batches)
-            .await
-            .expect("batches in time")
-            .unwrap();
-        let summary = tokio::time::timeout(SAFETY, self.task)
-            .await
-            .expect("it stops")
-            .unwrap();
-        assert_eq!(summary.forced, 0, "{summary:?}");
+        let moved = hand_over_and_stop(&self.handle, kinds, self.task).await;
         (moved, self.events)
     }
 
@@ -126,25 +117,6 @@ impl Running {
         assert_eq!(next(&mut self.events).await, Event::Opened);
         s
     }
-}
-
-/// Sends `line`; the answer line.
-async fn ask(s: &mut BufReader<TcpStream>, line: &str) -> String {
-    s.get_mut()
-        .write_all(format!("{line}\n").as_bytes())
-        .await
-        .unwrap();
-    read_line(s).await
-}
-
-/// The next line (bounded), without its ending; empty at the end.
-async fn read_line(s: &mut BufReader<TcpStream>) -> String {
-    let mut line = String::new();
-    tokio::time::timeout(SAFETY, s.read_line(&mut line))
-        .await
-        .expect("a line in time")
-        .unwrap_or(0);
-    line.trim_end().to_string()
 }
 
 /// The next event (bounded).

@@ -224,9 +224,13 @@ pub(super) async fn start(builder: Builder) -> Running {
         let shared = for_app.clone();
         async move { Ok::<_, Infallible>(app(req, shared).await) }
     });
-    let (addr, handle, task) = start_with(builder, service).await;
+    let common::AppServer {
+        addrs,
+        handle,
+        task,
+    } = common::AppServer::one_worker(builder, service);
     Running {
-        addr,
+        addr: addrs[0],
         shared,
         handle,
         task,
@@ -235,29 +239,9 @@ pub(super) async fn start(builder: Builder) -> Running {
 
 type ServeTask = tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>;
 
-/// Serves `service` on one worker on 127.0.0.1; [`start`] with `app`.
-async fn start_with<S>(builder: Builder, service: S) -> (SocketAddr, ServerHandle, ServeTask)
-where
-    S: megaconn::HttpService + Clone + Send + 'static,
-{
-    let server = builder
-        .workers(1)
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen()
-        .expect("binds");
-    let addr = server.local_addr();
-    let handle = server.handle();
-    (addr, handle, tokio::spawn(server.serve(service)))
-}
-
 impl Running {
     pub(super) async fn stop(self) -> ShutdownSummary {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap()
+        common::shut_down(&self.handle, self.task).await.unwrap()
     }
 }
 
@@ -1647,7 +1631,8 @@ async fn a_service_not_ready_does_not_stall_the_streams_that_free_it() {
     let service = tower::ServiceBuilder::new()
         .concurrency_limit(1)
         .service(app);
-    let (addr, handle, _task) = start_with(megaconn::Server::builder(), service).await;
+    let server = common::AppServer::one_worker(megaconn::Server::builder(), service);
+    let (addr, handle) = (server.addr(), &server.handle);
     let client = h2c(addr).await;
     let both = async {
         let (mut a, mut b) = (client.clone(), client.clone());
@@ -1898,7 +1883,13 @@ async fn a_reset_between_streams_is_a_client_close_and_midway_an_io_error() {
         0x82, 0x86, 0x04, 5, b'/', b'h', b'a', b'n', b'g', 0x01, 1, b'a',
     ];
     let client = RawH2::connect(server.addr, &frame(HEADERS, END_STREAM | 0x4, 1, &hang)).await;
-    let busy = |s: &megaconn::ServerStats| s.connections_open == 1 && s.connections_idle == 0;
+    // Open once its request reached the handler (`requests` counts it
+    // then): a fresh connection is not idle before its first stream
+    // either, and a reset that came before the HEADERS were read was a
+    // `ClientClosed` under load.
+    let busy = |s: &megaconn::ServerStats| {
+        s.requests == 2 && s.connections_open == 1 && s.connections_idle == 0
+    };
     common::wait_stats(&server.handle, "a stream open", busy).await;
     client.tcp.set_zero_linger().unwrap();
     drop(client);
@@ -2155,7 +2146,8 @@ async fn bodies_dropped_on_another_task_give_the_connection_window_back() {
             Ok(app(endless, shared).await)
         }
     });
-    let (addr, handle, _task) = start_with(megaconn::Server::builder(), service).await;
+    let server = common::AppServer::one_worker(megaconn::Server::builder(), service);
+    let (addr, handle) = (server.addr(), &server.handle);
     let client = h2c(addr).await;
     let mut held = Vec::new();
     for _ in 0..4 {

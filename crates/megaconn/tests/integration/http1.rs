@@ -264,12 +264,8 @@ async fn header_values_kept_by_a_handler_stay_intact_across_later_requests() {
             }
         })
     };
-    let server = megaconn::Server::bind("127.0.0.1:0".parse().unwrap())
-        .workers(1)
-        .listen()
-        .unwrap();
-    let (addr, handle) = (server.local_addr(), server.handle());
-    let task = tokio::spawn(server.serve(service));
+    let server = common::AppServer::one_worker(megaconn::Server::builder(), service);
+    let addr = server.addr();
 
     let tag = |i: usize| format!("tag-{i}-{}", "x".repeat(i % 97 * 3));
     let request = |i: usize| {
@@ -299,8 +295,7 @@ async fn header_values_kept_by_a_handler_stay_intact_across_later_requests() {
         assert_eq!(uri, format!("/p/{j}?q={j}").as_str(), "kept target {j}");
         assert_eq!(value, tag(j).as_str(), "kept header value {j}");
     }
-    handle.shutdown();
-    task.await.unwrap().unwrap();
+    server.summary().await;
 }
 
 /// A request's header map is a written response's, reused
@@ -334,12 +329,8 @@ async fn a_request_sees_only_its_own_headers_when_its_map_is_reused() {
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    let server = megaconn::Server::bind("127.0.0.1:0".parse().unwrap())
-        .workers(1)
-        .listen()
-        .unwrap();
-    let (addr, handle) = (server.local_addr(), server.handle());
-    let task = tokio::spawn(server.serve(service));
+    let server = common::AppServer::one_worker(megaconn::Server::builder(), service);
+    let addr = server.addr();
 
     let request = |i: usize| format!("GET /{i} HTTP/1.1\r\nHost: t\r\nX-Req: {i}\r\n\r\n");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -361,8 +352,7 @@ async fn a_request_sees_only_its_own_headers_when_its_map_is_reused() {
         }
         i += batch;
     }
-    handle.shutdown();
-    task.await.unwrap().unwrap();
+    server.summary().await;
 }
 
 /// A server for the tests below, whose handlers do what the test app's
@@ -379,10 +369,16 @@ async fn a_request_sees_only_its_own_headers_when_its_map_is_reused() {
 /// `CONNECT` (200 and an echo tunnel; a body of unknown length to
 /// `chunked.example`).
 struct Review {
-    addr: std::net::SocketAddr,
-    handle: megaconn::ServerHandle,
+    server: common::AppServer,
     release: std::sync::Arc<tokio::sync::Notify>,
-    task: tokio::task::JoinHandle<Result<megaconn::ShutdownSummary, megaconn::Error>>,
+}
+
+impl std::ops::Deref for Review {
+    type Target = common::AppServer;
+
+    fn deref(&self) -> &common::AppServer {
+        &self.server
+    }
 }
 
 /// How long `/slow-after-body` takes after reading the body.
@@ -554,23 +550,14 @@ impl Review {
                 fut
             })
         };
-        let server = builder
-            .workers(1)
-            .listen_on("127.0.0.1:0".parse().unwrap())
-            .listen()
-            .expect("server binds");
-        let (addr, handle) = (server.local_addr(), server.handle());
-        let task = tokio::spawn(server.serve(service));
         Review {
-            addr,
-            handle,
+            server: common::AppServer::one_worker(builder, service),
             release,
-            task,
         }
     }
 
     async fn connect(&self) -> tokio::net::TcpStream {
-        tokio::net::TcpStream::connect(self.addr).await.unwrap()
+        tokio::net::TcpStream::connect(self.addr()).await.unwrap()
     }
 
     /// A fresh connection that has sent `bytes` ([`common::sent`]).
@@ -581,12 +568,7 @@ impl Review {
     async fn stop(self) {
         // A handler still waiting would hold up the graceful shutdown.
         self.release.notify_waiters();
-        self.handle.shutdown();
-        tokio::time::timeout(common::SAFETY, self.task)
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap();
+        self.server.summary().await;
     }
 }
 

@@ -29,7 +29,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use megaconn::otel::opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
 use megaconn::otel::{opentelemetry, OtlpConfig, Protocol, Tracing};
-use megaconn::{Body, Builder, ServerHandle, ShutdownSummary};
+use megaconn::{Body, Builder};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -61,7 +61,7 @@ struct Receiver {
     spans: mpsc::UnboundedReceiver<(Span, Vec<KeyValue>)>,
     /// The resource attributes of the last span [`Receiver::next`] gave.
     resource: Vec<KeyValue>,
-    handle: ServerHandle,
+    server: common::AppServer,
 }
 
 type SpanSender = mpsc::UnboundedSender<(Span, Vec<KeyValue>)>;
@@ -95,17 +95,14 @@ impl TraceService for Grpc {
 
 async fn receiver(protocol: Protocol) -> Receiver {
     let (tx, spans) = mpsc::unbounded_channel();
-    let server = Builder::default()
-        .workers(1)
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen()
-        .expect("the receiver binds");
-    let addr = server.local_addr();
-    let handle = server.handle();
-    let endpoint = match protocol {
+    let (server, endpoint) = match protocol {
         Protocol::Grpc => {
-            tokio::spawn(server.serve(TraceServiceServer::new(Grpc(tx))));
-            format!("http://{addr}")
+            let server = common::AppServer::one_worker(
+                Builder::default(),
+                TraceServiceServer::new(Grpc(tx)),
+            );
+            let endpoint = format!("http://{}", server.addr());
+            (server, endpoint)
         }
         _ => {
             let service = tower::service_fn(move |req: Request<Body>| {
@@ -125,15 +122,16 @@ async fn receiver(protocol: Protocol) -> Receiver {
                     )
                 }
             });
-            tokio::spawn(server.serve(service));
-            format!("http://{addr}/v1/traces")
+            let server = common::AppServer::one_worker(Builder::default(), service);
+            let endpoint = format!("http://{}/v1/traces", server.addr());
+            (server, endpoint)
         }
     };
     Receiver {
         endpoint,
         spans,
         resource: Vec::new(),
-        handle,
+        server,
     }
 }
 
@@ -299,32 +297,30 @@ fn app(state: AppState) -> Router {
 }
 
 struct Traced {
-    addr: SocketAddr,
-    handle: ServerHandle,
+    server: common::AppServer,
     tracing: Tracing,
     started: mpsc::UnboundedReceiver<()>,
-    task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
+}
+
+impl std::ops::Deref for Traced {
+    type Target = common::AppServer;
+
+    fn deref(&self) -> &common::AppServer {
+        &self.server
+    }
 }
 
 async fn traced(config: OtlpConfig, builder: Builder) -> Traced {
     let tracing = Tracing::otlp(config.batch_delay(Duration::from_millis(5))).expect("tracing");
-    let server = builder
-        .workers(1)
-        .tracing(tracing.clone())
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen()
-        .expect("binds");
     let (started_tx, started) = mpsc::unbounded_channel();
     let router = app(AppState {
         tracing: tracing.clone(),
         started: started_tx,
     });
     Traced {
-        addr: server.local_addr(),
-        handle: server.handle(),
+        server: common::AppServer::one_worker(builder.tracing(tracing.clone()), router),
         tracing,
         started,
-        task: tokio::spawn(server.serve(router)),
     }
 }
 
@@ -337,7 +333,7 @@ impl Traced {
     }
 
     async fn stop(self) {
-        common::shut_down(&self.handle, self.task).await.unwrap();
+        self.server.summary().await;
         let tracing = self.tracing;
         tokio::task::spawn_blocking(move || tracing.shutdown())
             .await
@@ -397,7 +393,7 @@ async fn spans_reach_a_grpc_collector_from_h1_and_h2_with_their_error_classes() 
         Builder::default(),
     )
     .await;
-    let addr = server.addr;
+    let addr = server.addr();
 
     // HTTP/1.1 with a sampled parent: the span is its child, keeps its
     // tracestate, and the handler's own span is the request span's child.
@@ -515,7 +511,7 @@ async fn spans_reach_a_grpc_collector_from_h1_and_h2_with_their_error_classes() 
         .contains("megaconn_otel_spans_exported_total"));
     drop(client);
     server.stop().await;
-    rx.handle.shutdown();
+    rx.server.handle.shutdown();
 }
 
 /// An OTLP/HTTP endpoint given without a path (`http://collector:4318`, as
@@ -532,7 +528,7 @@ async fn an_http_endpoint_without_a_path_posts_to_v1_traces() {
         Builder::default(),
     )
     .await;
-    assert_eq!(h1(server.addr, &get_h1("/users/1", "")).await, 200);
+    assert_eq!(h1(server.addr(), &get_h1("/users/1", "")).await, 200);
     let (span, _) = rx.request_span("/users/1").await;
     assert_request(&span, 200, "1.1", None);
     server.stop().await;
@@ -550,7 +546,7 @@ async fn spans_reach_an_http_collector_sampled_by_their_parent_and_timeouts_are_
         Builder::default().read_timeout(Some(Duration::from_millis(200))),
     )
     .await;
-    let addr = server.addr;
+    let addr = server.addr();
     let sampled = format!("traceparent: 00-{PARENT_TRACE}-{PARENT_SPAN}-01\r\n");
     let unsampled = format!("traceparent: 00-{PARENT_TRACE}-{PARENT_SPAN}-00\r\n");
 
@@ -599,7 +595,7 @@ async fn spans_reach_an_http_collector_sampled_by_their_parent_and_timeouts_are_
         panic!("an unsampled request was traced: {span:?}");
     }
     server.stop().await;
-    rx.handle.shutdown();
+    rx.server.handle.shutdown();
 }
 
 #[tokio::test]
@@ -621,7 +617,7 @@ async fn a_dead_collector_never_blocks_a_request_and_drops_are_counted() {
     const REQUESTS: u64 = 40;
     for i in 0..REQUESTS {
         assert_eq!(
-            h1(server.addr, &get_h1(&format!("/users/{i}"), "")).await,
+            h1(server.addr(), &get_h1(&format!("/users/{i}"), "")).await,
             200
         );
     }
@@ -739,7 +735,7 @@ async fn resource_of_this_process() {
             Builder::default(),
         )
         .await;
-        assert_eq!(h1(server.addr, &get_h1(path, "")).await, 200);
+        assert_eq!(h1(server.addr(), &get_h1(path, "")).await, 200);
         rx.request_span(path).await;
         resources.push(std::mem::take(&mut rx.resource));
         server.stop().await;
@@ -752,7 +748,7 @@ async fn resource_of_this_process() {
             println!("{RESOURCE_LINE}{}={v}", kv.key);
         }
     }
-    rx.handle.shutdown();
+    rx.server.handle.shutdown();
 }
 
 /// A request span says who asked and where, as the HTTP server span
@@ -771,7 +767,7 @@ async fn spans_name_the_client_the_server_port_and_the_user_agent() {
             Builder::default().connect_info(connect_info),
         )
         .await;
-        let addr = server.addr;
+        let addr = server.addr();
         let agent = "User-Agent: curl/8.5.0 (megaconn test)\r\n";
         assert_eq!(h1(addr, &get_h1("/users/1", agent)).await, 200);
         let (span, _) = rx.request_span("/users/1").await;
@@ -824,7 +820,7 @@ async fn a_request_cut_at_shutdown_timeout_is_a_shutdown_error() {
         Builder::default().shutdown_timeout(Duration::from_millis(200)),
     )
     .await;
-    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut tcp = TcpStream::connect(server.addr()).await.unwrap();
     tcp.write_all(get_h1("/slow", "").as_bytes()).await.unwrap();
     server.started().await;
     server.stop().await;

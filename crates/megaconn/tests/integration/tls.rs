@@ -4,13 +4,12 @@
 //! a silent client is cut at the handshake timeout.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
-use megaconn::{Body, BoxError, ServerHandle, ShutdownSummary, TlsConfig};
+use megaconn::{Body, BoxError, TlsConfig};
 use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,31 +17,13 @@ use tokio::net::TcpStream;
 use crate::common;
 
 use common::tls::{connect, http1_get, write_pair, Ca};
-use common::SAFETY;
+use common::{AppServer, SAFETY};
 
 type TestBody = UnsyncBoxBody<Bytes, BoxError>;
 
-struct Running {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
-}
-
-impl Running {
-    async fn stop(self) -> ShutdownSummary {
-        common::shut_down(&self.handle, self.task).await.unwrap()
-    }
-}
-
-async fn start(tls: TlsConfig) -> Running {
-    let server = megaconn::Server::builder()
-        .workers(1)
-        .tls(tls)
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen()
-        .expect("binds");
-    let addr = server.local_addr();
-    let handle = server.handle();
+/// A server on one worker that answers `/echo` with the request's body and
+/// anything else with the HTTP version it was asked over.
+fn start(tls: TlsConfig) -> AppServer {
     let service = tower::service_fn(|req: Request<Body>| async move {
         let body = match req.uri().path() {
             "/echo" => req.into_body().map_err(BoxError::from).boxed_unsync(),
@@ -52,8 +33,7 @@ async fn start(tls: TlsConfig) -> Running {
         };
         Ok::<Response<TestBody>, Infallible>(Response::new(body))
     });
-    let task = tokio::spawn(server.serve(service));
-    Running { addr, handle, task }
+    AppServer::one_worker(megaconn::Server::builder().tls(tls), service)
 }
 
 /// One HTTP/2 request on `io` (a `POST` of `body` if any): its status
@@ -95,10 +75,10 @@ where
 #[tokio::test]
 async fn alpn_selects_http1_or_http2() {
     let ca = Ca::new();
-    let server = start(ca.server(&["localhost"])).await;
+    let server = start(ca.server(&["localhost"]));
 
     // http/1.1 by ALPN, two requests on one connection.
-    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    let mut tls = connect(server.addr(), ca.client(&[b"http/1.1"]), "localhost").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     for _ in 0..2 {
         let (status, body) = http1_get(&mut tls).await;
@@ -107,40 +87,40 @@ async fn alpn_selects_http1_or_http2() {
     }
 
     // No ALPN at all: HTTP/1.1.
-    let mut tls = connect(server.addr, ca.client(&[]), "localhost").await;
+    let mut tls = connect(server.addr(), ca.client(&[]), "localhost").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
     assert_eq!(http1_get(&mut tls).await.1, "Hello over HTTP/1.1");
 
     // h2 by ALPN (a client offering both gets h2, the server's preference).
-    let tls = connect(server.addr, ca.client(&[b"h2", b"http/1.1"]), "localhost").await;
+    let tls = connect(server.addr(), ca.client(&[b"h2", b"http/1.1"]), "localhost").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (status, body) = h2_get(tls, "/", None).await;
     assert_eq!(status, 200);
     assert_eq!(body, "Hello over HTTP/2.0");
-    let tls = connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
+    let tls = connect(server.addr(), ca.client(&[b"h2"]), "localhost").await;
     let (status, body) = h2_get(tls, "/echo", Some(b"echo me over h2 and tls")).await;
     assert_eq!(status, 200);
     assert_eq!(body, "echo me over h2 and tls");
-    server.stop().await;
+    server.summary().await;
 }
 
 #[tokio::test]
 async fn sessions_resume_with_tls13_tickets_and_tls12() {
     let ca = Ca::new();
-    let server = start(ca.server(&["localhost"])).await;
+    let server = start(ca.server(&["localhost"]));
     for versions in [
         &[&rustls::version::TLS13][..],
         &[&rustls::version::TLS12][..],
     ] {
         let client = ca.client_versions(&[b"http/1.1"], versions);
-        let mut first = connect(server.addr, client.clone(), "localhost").await;
+        let mut first = connect(server.addr(), client.clone(), "localhost").await;
         assert_eq!(
             first.get_ref().1.handshake_kind(),
             Some(HandshakeKind::Full)
         );
         // A full exchange, so TLS 1.3 tickets (sent after the handshake) are read.
         http1_get(&mut first).await;
-        let mut second = connect(server.addr, client.clone(), "localhost").await;
+        let mut second = connect(server.addr(), client.clone(), "localhost").await;
         assert_eq!(
             second.get_ref().1.handshake_kind(),
             Some(HandshakeKind::Resumed),
@@ -149,7 +129,7 @@ async fn sessions_resume_with_tls13_tickets_and_tls12() {
         );
         assert_eq!(http1_get(&mut second).await.0, "HTTP/1.1 200 OK");
     }
-    server.stop().await;
+    server.summary().await;
 }
 
 #[tokio::test]
@@ -168,18 +148,18 @@ async fn sni_picks_the_certificate() {
             wild.key_pem.as_bytes(),
         )
         .unwrap();
-    let server = start(tls).await;
+    let server = start(tls);
     let client = ca.client(&[b"http/1.1"]);
     for (name, expected) in [
         ("localhost", &default),
         ("api.test", &api),
         ("one.apps.test", &wild),
     ] {
-        let tls = connect(server.addr, client.clone(), name).await;
+        let tls = connect(server.addr(), client.clone(), name).await;
         let seen = &tls.get_ref().1.peer_certificates().unwrap()[0];
         assert_eq!(seen, &expected.der, "certificate for {name}");
     }
-    server.stop().await;
+    server.summary().await;
 }
 
 #[tokio::test]
@@ -190,16 +170,16 @@ async fn reload_serves_the_new_certificate_to_new_connections_only() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = write_pair(dir.path(), &old);
     let tls = TlsConfig::from_pem_files(&cert, &key).unwrap();
-    let server = start(tls.clone()).await;
+    let server = start(tls.clone());
     // Fresh client configs: no resumption, so each handshake shows its certificate.
-    let mut before = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    let mut before = connect(server.addr(), ca.client(&[b"http/1.1"]), "localhost").await;
     assert_eq!(before.get_ref().1.peer_certificates().unwrap()[0], old.der);
     http1_get(&mut before).await;
 
     // A bad file is refused and changes nothing.
     std::fs::write(&key, "not a key").unwrap();
     assert!(tls.reload().is_err());
-    let check = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    let check = connect(server.addr(), ca.client(&[b"http/1.1"]), "localhost").await;
     assert_eq!(check.get_ref().1.peer_certificates().unwrap()[0], old.der);
     // Closed now: a connection that never sent a request is spared by
     // shutdown until its read_header_timeout (10 s), as Go spares new ones,
@@ -211,10 +191,10 @@ async fn reload_serves_the_new_certificate_to_new_connections_only() {
     // The open connection keeps working.
     assert_eq!(http1_get(&mut before).await.0, "HTTP/1.1 200 OK");
     // A new one sees the new certificate.
-    let mut after = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    let mut after = connect(server.addr(), ca.client(&[b"http/1.1"]), "localhost").await;
     assert_eq!(after.get_ref().1.peer_certificates().unwrap()[0], new.der);
     assert_eq!(http1_get(&mut after).await.0, "HTTP/1.1 200 OK");
-    server.stop().await;
+    server.summary().await;
 }
 
 /// A leaf of `ca` for `name` that expires on `(year, month, day)`,
@@ -250,10 +230,10 @@ async fn reloads_and_certificate_expiry_are_metrics() {
         .unwrap()
         .with_sni_pem("api.test", sni.cert_pem.as_bytes(), sni.key_pem.as_bytes())
         .unwrap();
-    let server = start(tls.clone()).await;
+    let server = start(tls.clone());
     // Served, so that the stop below finds the server running (a stop
     // before its workers took their listeners fails its start).
-    let mut client = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    let mut client = connect(server.addr(), ca.client(&[b"http/1.1"]), "localhost").await;
     assert_eq!(http1_get(&mut client).await.0, "HTTP/1.1 200 OK");
     drop(client);
     let metrics = || server.handle.render_metrics();
@@ -294,7 +274,7 @@ async fn reloads_and_certificate_expiry_are_metrics() {
     );
     let stats = server.handle.stats().tls.expect("a TLS server's stats");
     assert_eq!((stats.reloads_ok, stats.reloads_failed), (1, 1));
-    server.stop().await;
+    server.summary().await;
 }
 
 #[tokio::test]
@@ -303,9 +283,9 @@ async fn a_silent_client_is_cut_at_the_handshake_timeout() {
     let tls = ca
         .server(&["localhost"])
         .handshake_timeout(Some(Duration::from_millis(300)));
-    let server = start(tls).await;
+    let server = start(tls);
     let started = tokio::time::Instant::now();
-    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut tcp = TcpStream::connect(server.addr()).await.unwrap();
     let mut buf = [0u8; 16];
     // Say nothing; the server closes at the timeout.
     let n = tokio::time::timeout(SAFETY, tcp.read(&mut buf))
@@ -325,9 +305,9 @@ async fn a_silent_client_is_cut_at_the_handshake_timeout() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // And a real client is still served.
-    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    let mut tls = connect(server.addr(), ca.client(&[b"http/1.1"]), "localhost").await;
     assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
-    server.stop().await;
+    server.summary().await;
 }
 
 #[test]
@@ -346,7 +326,7 @@ fn bad_pem_is_refused_with_a_message() {
 
 /// Polls the server's counters until `ready` holds (bounded by `SAFETY`).
 async fn wait_stats(
-    server: &Running,
+    server: &AppServer,
     what: &str,
     ready: impl Fn(&megaconn::ServerStats) -> bool,
 ) -> megaconn::ServerStats {
@@ -406,11 +386,11 @@ async fn http1_echo<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, body: &[u8]) 
 #[tokio::test]
 async fn idle_tls_connections_hold_no_pooled_buffers() {
     let ca = Ca::new();
-    let server = start(ca.server(&["localhost"])).await;
+    let server = start(ca.server(&["localhost"]));
     // HTTPS/1.1, one after a 4 KiB body each way: the buffers went back.
     let mut conns = Vec::new();
     for _ in 0..3 {
-        let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+        let mut tls = connect(server.addr(), ca.client(&[b"http/1.1"]), "localhost").await;
         assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
         assert_eq!(http1_echo(&mut tls, &[b'x'; 4096]).await.len(), 4096);
         conns.push(tls);
@@ -425,7 +405,7 @@ async fn idle_tls_connections_hold_no_pooled_buffers() {
     // HTTP/2 over TLS gives its record buffers back too once it is idle
     // (h2 has buffers of its own). Waited for: the worker may be reading
     // the client's last frames when the response arrives.
-    let h2 = connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
+    let h2 = connect(server.addr(), ca.client(&[b"h2"]), "localhost").await;
     let (client, conn) = h2::client::handshake(h2).await.unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
@@ -440,15 +420,15 @@ async fn idle_tls_connections_hold_no_pooled_buffers() {
     .await;
     drop(client);
     drop(conns);
-    server.stop().await;
+    server.summary().await;
 }
 
 #[tokio::test]
 async fn a_key_update_from_an_idle_client_is_not_mistaken_for_eof() {
     let ca = Ca::new();
-    let server = start(ca.server(&["localhost"])).await;
+    let server = start(ca.server(&["localhost"]));
     let client = ca.client_versions(&[b"http/1.1"], &[&rustls::version::TLS13]);
-    let mut tls = connect(server.addr, client, "localhost").await;
+    let mut tls = connect(server.addr(), client, "localhost").await;
     assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
     wait_stats(&server, "idle", |s| s.connections_idle == 1).await;
     // A KeyUpdate (update requested) while the server waits: a readable
@@ -475,7 +455,7 @@ async fn a_key_update_from_an_idle_client_is_not_mistaken_for_eof() {
         .await
         .expect("the server closes after close_notify");
     wait_stats(&server, "closed", |s| s.connections_open == 0).await;
-    server.stop().await;
+    server.summary().await;
 }
 
 /// Over TLS, HTTP/2 is what ALPN chooses: a client that agreed on http/1.1
@@ -487,9 +467,9 @@ async fn a_key_update_from_an_idle_client_is_not_mistaken_for_eof() {
 #[tokio::test]
 async fn the_http2_preface_is_refused_over_tls_unless_alpn_chose_h2() {
     let ca = Ca::new();
-    let server = start(ca.server(&["localhost"])).await;
+    let server = start(ca.server(&["localhost"]));
     for alpn in [&[&b"http/1.1"[..]][..], &[]] {
-        let mut tls = connect(server.addr, ca.client(alpn), "localhost").await;
+        let mut tls = connect(server.addr(), ca.client(alpn), "localhost").await;
         // The preface and an empty SETTINGS frame, as an h2c client sends.
         tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
             .await
@@ -503,5 +483,5 @@ async fn the_http2_preface_is_refused_over_tls_unless_alpn_chose_h2() {
             .unwrap();
         assert_eq!(&got, b"HTTP/1.1 505", "ALPN {alpn:?}");
     }
-    server.stop().await;
+    server.summary().await;
 }

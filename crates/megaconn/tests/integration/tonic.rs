@@ -13,20 +13,17 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use megaconn::{Body, ServerHandle, ShutdownSummary, TlsConfig};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use megaconn::Body;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
 
-/// Upper bound for any single wait: reached only when a test fails.
-const SAFETY: Duration = Duration::from_secs(20);
+use crate::common::tls::Ca;
+use crate::common::{AppServer, SAFETY};
 
 const SAY_HELLO: &str = "/test.Greeter/SayHello";
 const COUNT: &str = "/test.Greeter/Count";
@@ -137,32 +134,6 @@ async fn sum(
         total += number.n;
     }
     Ok(tonic::Response::new(Number { n: total }))
-}
-
-struct Running {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
-}
-
-async fn start(builder: megaconn::Builder) -> Running {
-    let server = builder
-        .workers(1)
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen()
-        .expect("binds");
-    let addr = server.local_addr();
-    let handle = server.handle();
-    let task = tokio::spawn(server.serve(Greeter));
-    Running { addr, handle, task }
-}
-
-impl Running {
-    async fn stop(self) -> ShutdownSummary {
-        crate::common::shut_down(&self.handle, self.task)
-            .await
-            .unwrap()
-    }
 }
 
 /// A generic tonic client over `channel`.
@@ -276,10 +247,10 @@ async fn exercise(client: &mut Client) {
 
 #[tokio::test]
 async fn tonic_round_trip_over_h2c() {
-    let server = start(megaconn::Server::builder()).await;
+    let server = AppServer::one_worker(megaconn::Server::builder(), Greeter);
     let channel = tokio::time::timeout(
         SAFETY,
-        Endpoint::from_shared(format!("http://{}", server.addr))
+        Endpoint::from_shared(format!("http://{}", server.addr()))
             .unwrap()
             .connect(),
     )
@@ -294,22 +265,21 @@ async fn tonic_round_trip_over_h2c() {
     assert_eq!(stats.accepted, 1, "every call on one HTTP/2 connection");
     assert_eq!(stats.requests, 8);
     drop(client);
-    let summary = server.stop().await;
+    let summary = server.summary().await;
     assert_eq!(summary.forced, 0);
 }
 
 #[tokio::test]
 async fn tonic_round_trip_over_tls_alpn_h2() {
     let ca = Ca::new();
-    let (cert_pem, key_pem) = ca.leaf("localhost");
-    let tls = TlsConfig::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
-    let server = start(megaconn::Server::builder().tls(tls)).await;
+    let tls = ca.server(&["localhost"]);
+    let server = AppServer::one_worker(megaconn::Server::builder().tls(tls), Greeter);
     let client_tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca.cert.pem()))
         .domain_name("localhost");
     let channel = tokio::time::timeout(
         SAFETY,
-        Endpoint::from_shared(format!("https://{}", server.addr))
+        Endpoint::from_shared(format!("https://{}", server.addr()))
             .unwrap()
             .tls_config(client_tls)
             .unwrap()
@@ -324,29 +294,5 @@ async fn tonic_round_trip_over_tls_alpn_h2() {
         .expect("calls finish in time");
     assert_eq!(server.handle.stats().accepted, 1);
     drop(client);
-    server.stop().await;
-}
-
-/// A test CA and the leaf certificates it signs.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// A certificate for `name`: (chain PEM, key PEM).
-    fn leaf(&self, name: &str) -> (String, String) {
-        let params = CertificateParams::new(vec![name.to_string()]).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
+    server.summary().await;
 }
