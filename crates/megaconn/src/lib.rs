@@ -143,6 +143,13 @@
 //! wake it where it left off. HTTP/2 connections and connections handed to
 //! a service by an upgrade keep their task (with no buffers while idle).
 
+// The rustls and h2 of `patches/` (the README's `[patch.crates-io]`):
+// named before any code uses what they add, so that an app's build without
+// the patch fails first here (an unresolved name comes before the missing
+// methods' E0599s), on a name that says the fix.
+const _: () = rustls::MEGACONN_NEEDS_ITS_PATCHED_RUSTLS_ADD_THE_PATCH_CRATES_IO_SECTION_OF_MEGACONNS_README_TO_YOUR_CARGO_TOML;
+const _: () = h2::MEGACONN_NEEDS_ITS_PATCHED_H2_ADD_THE_PATCH_CRATES_IO_SECTION_OF_MEGACONNS_README_TO_YOUR_CARGO_TOML;
+
 mod conn;
 mod error;
 mod message;

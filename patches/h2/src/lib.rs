@@ -162,3 +162,11 @@ impl<T, F: FnMut(&mut Context<'_>) -> Poll<T>> Future for PollFn<F> {
         (self.0)(cx)
     }
 }
+
+/// Present only in the h2 that megaconn carries in `patches/h2`: megaconn
+/// names it first, so that a build with crates.io's h2 (the
+/// `[patch.crates-io]` section of megaconn's README left out of the app's
+/// `Cargo.toml`) fails first on this name, which says the fix, rather than
+/// on `refused_streams` missing.
+#[doc(hidden)]
+pub const MEGACONN_NEEDS_ITS_PATCHED_H2_ADD_THE_PATCH_CRATES_IO_SECTION_OF_MEGACONNS_README_TO_YOUR_CARGO_TOML: () = ();

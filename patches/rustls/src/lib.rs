@@ -716,3 +716,11 @@ mod hash_map {
     #[cfg(all(not(feature = "std"), feature = "hashbrown"))]
     pub(crate) use hashbrown::hash_map::Entry;
 }
+
+/// Present only in the rustls that megaconn carries in `patches/rustls`:
+/// megaconn names it first, so that a build with crates.io's rustls (the
+/// `[patch.crates-io]` section of megaconn's README left out of the app's
+/// `Cargo.toml`) fails first on this name, which says the fix, rather than
+/// on `shrink_to_fit` missing from `UnbufferedServerConnection`.
+#[doc(hidden)]
+pub const MEGACONN_NEEDS_ITS_PATCHED_RUSTLS_ADD_THE_PATCH_CRATES_IO_SECTION_OF_MEGACONNS_README_TO_YOUR_CARGO_TOML: () = ();

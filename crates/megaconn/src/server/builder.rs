@@ -213,6 +213,7 @@ impl Server {
                 shutdown: handle.shutdown_tx.subscribe(),
                 go: go_rx.clone(),
                 registry: handle.registries.get(index).cloned(),
+                drains: handle.drains.clone(),
             };
             let worker = worker::spawn(setup)?;
             // Joined from now on, whatever happens next.
@@ -431,6 +432,8 @@ pub struct ServerHandle {
     wakes: Option<crate::server::stall::WakeSignal>,
     /// [`Builder::shutdown_drain_rate`], for what a drain will be.
     drain_rate: Option<u32>,
+    /// Workers whose drain has not ended ([`ServerHandle::workers_draining`]).
+    drains: worker::Drains,
 }
 
 /// Where workers hand their parked connections at shutdown (with what
@@ -681,6 +684,17 @@ impl ServerHandle {
         let mut rx = self.shutdown_tx.subscribe();
         // The sender lives as long as `self`: no error while we wait.
         let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    /// Workers of this server whose drain has not ended: all of them
+    /// while it serves, fewer as each one's drain ends at shutdown, 0 once
+    /// every worker has drained (or before it started). Each worker keeps
+    /// its runtime, and so the tasks handlers spawned on it and the
+    /// sockets registered with it, until this is 0: a request still
+    /// finishing on one worker can use an actor or a pooled connection
+    /// another worker made.
+    pub fn workers_draining(&self) -> usize {
+        self.drains.left()
     }
 
     /// The server's [`Builder::shutdown_drain_rate`]: idle connections
@@ -1318,6 +1332,7 @@ impl Builder {
                 adopt: adopt_tx.into(),
                 wakes,
                 drain_rate,
+                drains: worker::Drains::default(),
             },
         })
     }

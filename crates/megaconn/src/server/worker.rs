@@ -82,6 +82,78 @@ pub(crate) struct WorkerSetup<S> {
     pub hand_over: HandOverSlot,
     /// The stall detector's, when it is on: the runtime reports its waits.
     pub stall_alarm: Option<Arc<crate::server::stall::Alarm>>,
+    /// The server's count of workers not drained yet; this worker's
+    /// runtime lives until it is 0.
+    pub drains: Drains,
+}
+
+/// How many of a server's workers have not ended their drain, shared by
+/// them (and read by [`ServerHandle::workers_draining`](crate::ServerHandle::workers_draining)).
+///
+/// Why: a handler's `tokio::spawn` runs on the runtime of the worker it
+/// was called on, and a socket it opens is registered with that worker's
+/// reactor; a lazily started actor, a cache refresher, a client pool's
+/// connections serve requests on every worker. A worker that dropped its
+/// runtime as soon as its own drain ended took them away from requests
+/// other workers were still finishing: the actor's channel closed (500s),
+/// the pooled socket failed "A Tokio 1.x context was found, but it is
+/// being shutdown" (502s), where `axum::serve` (one runtime) served them.
+/// So each worker, its drain done, drops its connections' tasks and then
+/// drives its runtime on until every worker's drain has ended (bounded:
+/// its own drain's deadline plus another `shutdown_timeout`, for a worker
+/// whose thread a blocking handler held past the start of the drain),
+/// and only then drops it. Separate processes (`--processes`) share
+/// nothing: each counts its own workers.
+#[derive(Debug, Clone)]
+pub(crate) struct Drains(Arc<watch::Sender<usize>>);
+
+impl Default for Drains {
+    fn default() -> Drains {
+        Drains(Arc::new(watch::Sender::new(0)))
+    }
+}
+
+impl Drains {
+    /// Counts one more worker draining until the ticket is
+    /// [`done`](DrainTicket::done) or dropped.
+    fn ticket(&self) -> DrainTicket {
+        self.0.send_modify(|left| *left += 1);
+        DrainTicket(Some(self.clone()))
+    }
+
+    /// Workers not drained yet.
+    pub(crate) fn left(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Waits until every worker's drain has ended.
+    async fn all_ended(&self) {
+        let mut left = self.0.subscribe();
+        // The sender lives as long as `self`: no error while this waits.
+        let _ = left.wait_for(|left| *left == 0).await;
+    }
+}
+
+/// One worker's place in [`Drains`]: counted off once, when its drain
+/// ends or, should the worker fail or panic before, when it is dropped.
+struct DrainTicket(Option<Drains>);
+
+impl DrainTicket {
+    /// This worker's drain has ended: counts it off, and gives the count
+    /// to wait on.
+    fn done(&mut self) -> Drains {
+        let drains = self.0.take().expect("counted off once");
+        drains.0.send_modify(|left| *left -= 1);
+        drains
+    }
+}
+
+impl Drop for DrainTicket {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            self.done();
+        }
+    }
 }
 
 /// A worker started by [`spawn`]: its thread, and where its listening
@@ -144,6 +216,10 @@ where
             }
             false => (None, None),
         };
+    // Taken before the thread exists: a start that fails from here on
+    // drops it (with the closure, or as the thread unwinds), which counts
+    // this worker drained, so no other worker waits for it.
+    let mut ticket = setup.drains.ticket();
     let thread = std::thread::Builder::new()
         .name(format!(
             "{}{worker}",
@@ -157,14 +233,18 @@ where
             }
             let local = tokio::task::LocalSet::new();
             let drained = local.block_on(runtime.get(), own_task(run(setup, lot, listeners)));
+            let keep_until = drained.deadline + drained.shutdown_timeout;
             // Counted only now that nothing is polled any more (see `Drained`).
             let summary = drained.summary();
-            // Its tasks first, then the runtime (see `WorkerRuntime`); the
-            // requests they were serving were cut off, not served.
-            crate::observe::metrics::dropping_forced(|| {
-                drop(local);
-                drop(runtime);
+            // Its connections' tasks now: the requests they were serving
+            // (if any: forced at the deadline) were cut off, not served.
+            crate::observe::metrics::dropping_forced(|| drop(local));
+            // The runtime waits for the others' drains (see `Drains`).
+            let drains = ticket.done();
+            runtime.get().block_on(async {
+                let _ = tokio::time::timeout_at(keep_until, drains.all_ended()).await;
             });
+            crate::observe::metrics::dropping_forced(|| drop(runtime));
             summary
         })
         .map_err(|source| Error::Worker { worker, source })?;
@@ -516,6 +596,7 @@ where
         mut adopt,
         hand_over,
         stall_alarm,
+        drains: _,
     } = setup;
     // A connection woken less than `park_idle_after` after it was parked is
     // busy again: it waits as a task before it is parked once more.
@@ -756,6 +837,8 @@ where
         open,
         parked,
         tracker,
+        deadline,
+        shutdown_timeout: config.shutdown_timeout,
     }
 }
 
@@ -788,6 +871,11 @@ struct Drained {
     parked: usize,
     /// The worker's connection tasks (and upgraded connections' drains).
     tracker: TaskTracker,
+    /// When the drain forced what was left.
+    deadline: tokio::time::Instant,
+    /// The server's `shutdown_timeout`: the runtime waits for the other
+    /// workers' drains that much past `deadline` at most (see [`Drains`]).
+    shutdown_timeout: std::time::Duration,
 }
 
 impl Drained {

@@ -75,6 +75,7 @@ mod otel;
 mod park;
 mod park_evict;
 mod scripted;
+mod shutdown_crossworker;
 mod signal;
 mod sse;
 mod sse_halfopen;

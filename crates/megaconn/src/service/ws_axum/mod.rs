@@ -79,7 +79,8 @@
 //!
 //! `read_buffer_size` is accepted and ignored (reads take at most 8 KiB on
 //! the stack and keep nothing); rejections are this module's
-//! [`WebSocketUpgradeRejection`] with the same statuses as axum's, except
+//! [`WebSocketUpgradeRejection`] ([`rejection`]: axum's types, statuses and
+//! texts, variants carrying data as axum's do), except
 //! that an extended CONNECT naming another protocol than `websocket` gets
 //! `501` (RFC 9220 §3) where axum answers `400`; each is logged (debug,
 //! "WebSocket handshake refused") as the native route logs its own.
@@ -140,7 +141,7 @@
 use std::future::Future;
 
 use axum::extract::FromRequestParts;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, StatusCode, Version};
@@ -148,9 +149,11 @@ use http::{Method, StatusCode, Version};
 use crate::service::upgrade::OnUpgrade;
 
 mod io;
+pub mod rejection;
 mod socket;
 
 pub use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes};
+pub use rejection::WebSocketUpgradeRejection;
 pub use socket::WebSocket;
 
 /// What megaconn logs when a handler answers `426` to an upgrade request:
@@ -378,63 +381,6 @@ impl OnFailedUpgrade for DefaultOnFailedUpgrade {
     }
 }
 
-/// Why a request could not be upgraded; answered with the status axum's
-/// extractor uses and a body that says what to fix.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum WebSocketUpgradeRejection {
-    /// Not a `GET` (HTTP/1.1 upgrades must be): 405.
-    #[error("a WebSocket upgrade must be a GET request")]
-    MethodNotGet,
-    /// Over HTTP/2, not a `CONNECT` (RFC 8441 §4): 405.
-    #[error("a WebSocket over HTTP/2 must be an extended CONNECT request (RFC 8441)")]
-    MethodNotConnect,
-    /// Neither HTTP/1.1 nor HTTP/2: 400.
-    #[error("WebSocket upgrades are served over HTTP/1.1 (Upgrade) and HTTP/2 (extended CONNECT)")]
-    NotHttp11,
-    /// An HTTP/2 `CONNECT` without `:protocol` (a plain tunnel request): 400.
-    #[error("the :protocol pseudo-header must be 'websocket' (RFC 8441 extended CONNECT)")]
-    InvalidProtocolPseudoheader,
-    /// An HTTP/2 extended `CONNECT` for another protocol than `websocket`:
-    /// 501 (RFC 9220 §3).
-    #[error("this endpoint speaks the :protocol 'websocket' only (RFC 8441); the one asked for is not implemented")]
-    UnsupportedProtocol,
-    /// `Connection` lacks the `upgrade` token: 400.
-    #[error("the Connection header must contain the token 'upgrade'")]
-    InvalidConnectionHeader,
-    /// `Upgrade` is not `websocket`: 400.
-    #[error("the Upgrade header must be 'websocket'")]
-    InvalidUpgradeHeader,
-    /// `Sec-WebSocket-Version` is not 13: 400.
-    #[error("the Sec-WebSocket-Version header must be 13")]
-    InvalidWebSocketVersionHeader,
-    /// No `Sec-WebSocket-Key`: 400.
-    #[error("the Sec-WebSocket-Key header is missing")]
-    WebSocketKeyHeaderMissing,
-    /// The request carries no megaconn upgrade handle (not served by
-    /// megaconn, or the handle was taken already): 426.
-    #[error("WebSocket request couldn't be upgraded: no megaconn upgrade handle on the request (is it served by megaconn?)")]
-    ConnectionNotUpgradable,
-}
-
-impl WebSocketUpgradeRejection {
-    /// The HTTP status this rejection answers with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::MethodNotGet | Self::MethodNotConnect => StatusCode::METHOD_NOT_ALLOWED,
-            Self::UnsupportedProtocol => StatusCode::NOT_IMPLEMENTED,
-            Self::ConnectionNotUpgradable => StatusCode::UPGRADE_REQUIRED,
-            _ => StatusCode::BAD_REQUEST,
-        }
-    }
-}
-
-impl IntoResponse for WebSocketUpgradeRejection {
-    fn into_response(self) -> Response {
-        (self.status(), self.to_string()).into_response()
-    }
-}
-
 impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade<DefaultOnFailedUpgrade> {
     type Rejection = WebSocketUpgradeRejection;
 
@@ -453,14 +399,14 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade<DefaultOnFailedUpg
 /// [`WebSocketUpgrade`]'s checks: HTTP/1.1's upgrade (RFC 6455 §4.2.1) or
 /// HTTP/2's extended CONNECT (RFC 8441 §4–5).
 fn extract(parts: &mut Parts) -> Result<WebSocketUpgrade, WebSocketUpgradeRejection> {
-    use WebSocketUpgradeRejection as R;
+    use rejection as R;
     let key = match parts.version {
         Version::HTTP_11 => Some(check_http11(parts)?),
         Version::HTTP_2 => {
             check_http2(parts)?;
             None
         }
-        _ => return Err(R::NotHttp11),
+        _ => return Err(R::NotHttp11.into()),
     };
     if parts
         .headers
@@ -468,7 +414,7 @@ fn extract(parts: &mut Parts) -> Result<WebSocketUpgrade, WebSocketUpgradeReject
         .map(HeaderValue::as_bytes)
         != Some(b"13")
     {
-        return Err(R::InvalidWebSocketVersionHeader);
+        return Err(R::InvalidWebSocketVersionHeader.into());
     }
     let on_upgrade = parts
         .extensions
@@ -495,21 +441,21 @@ fn extract(parts: &mut Parts) -> Result<WebSocketUpgrade, WebSocketUpgradeReject
 
 /// An HTTP/1.1 upgrade's method and headers; its `Sec-WebSocket-Key`.
 fn check_http11(parts: &Parts) -> Result<HeaderValue, WebSocketUpgradeRejection> {
-    use WebSocketUpgradeRejection as R;
+    use rejection as R;
     if parts.method != Method::GET {
-        return Err(R::MethodNotGet);
+        return Err(R::MethodNotGet.into());
     }
     if !has_token(&parts.headers, header::CONNECTION, "upgrade") {
-        return Err(R::InvalidConnectionHeader);
+        return Err(R::InvalidConnectionHeader.into());
     }
     if !has_token(&parts.headers, header::UPGRADE, "websocket") {
-        return Err(R::InvalidUpgradeHeader);
+        return Err(R::InvalidUpgradeHeader.into());
     }
     parts
         .headers
         .get(header::SEC_WEBSOCKET_KEY)
         .cloned()
-        .ok_or(R::WebSocketKeyHeaderMissing)
+        .ok_or(R::WebSocketKeyHeaderMissing.into())
 }
 
 /// An HTTP/2 extended CONNECT (RFC 8441 §4): `CONNECT` with `:protocol
@@ -517,14 +463,14 @@ fn check_http11(parts: &Parts) -> Result<HeaderValue, WebSocketUpgradeRejection>
 /// we do not speak is `501`, as RFC 9220 §3 asks of a server that
 /// advertises extended CONNECT.
 fn check_http2(parts: &Parts) -> Result<(), WebSocketUpgradeRejection> {
-    use WebSocketUpgradeRejection as R;
+    use rejection as R;
     if parts.method != Method::CONNECT {
-        return Err(R::MethodNotConnect);
+        return Err(R::MethodNotConnect.into());
     }
     match parts.extensions.get::<h2::ext::Protocol>() {
-        None => Err(R::InvalidProtocolPseudoheader),
+        None => Err(R::InvalidProtocolPseudoheader.into()),
         Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => Ok(()),
-        Some(_) => Err(R::UnsupportedProtocol),
+        Some(_) => Err(R::UnsupportedProtocol.into()),
     }
 }
 
