@@ -2155,7 +2155,10 @@ async fn bodies_dropped_on_another_task_give_the_connection_window_back() {
             Ok(app(endless, shared).await)
         }
     });
-    let (addr, handle, _task) = start_with(megaconn::Server::builder(), service).await;
+    // The four bodies fill a 1 MiB window, which the unread budget (128
+    // KiB by default since session 49) would otherwise cap.
+    let builder = megaconn::Server::builder().http2_max_unread_body_bytes(1 << 20);
+    let (addr, handle, _task) = start_with(builder, service).await;
     let client = h2c(addr).await;
     let mut held = Vec::new();
     for _ in 0..4 {
