@@ -689,6 +689,20 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "http2-max-unread-body-bytes",
+        value_name: "SIZE",
+        shape: Shape::One,
+        help: "HTTP/2: the most request body a client may send on one connection ahead of its handlers reading it, all its streams together (its flow-control windows are capped at it); at least 65535 bytes, the window every connection starts with.",
+        details: "A client that sends request bodies no handler reads made the server hold up to the connection window, 1 MiB (~1.1 MiB a connection with buffers: 400 connections took the server from 12 to 456 MB, bench/ATTACK-MEMORY.md). Past this, the client waits for a handler to read: nothing is reset or closed. Counted in megaconn_limit_hits_total{limit=\"http2_max_unread_body_bytes\"} once a connection, the first time its unread DATA reaches it, and logged. Each stream's window is capped at half of it, so one body left unread leaves the other half to the connection's other uploads. The price: an upload to a handler that reads moves at most half of it per round trip (at 128KiB: ~6.5 MB/s over a 10 ms path); raise it for large uploads over long paths.",
+        default: "128KiB",
+        example: "1MiB",
+        parse: size,
+        apply: |v, s| {
+            let n = u32::try_from(v.bytes()).map_err(|_| "too large".to_string())?;
+            s.builder(|b| b.http2_max_unread_body_bytes(n))
+        },
+    },
+    Knob {
         name: "message-timeout",
         value_name: "DURATION",
         shape: Shape::One,
@@ -1657,6 +1671,11 @@ mod tests {
                 }
                 "message-send-buffer" => {
                     assert_eq!(size(text), megaconn::DEFAULT_MESSAGE_SEND_BUFFER as u64)
+                }
+                "http2-max-unread-body-bytes" => {
+                    let n = megaconn::DEFAULT_HTTP2_MAX_UNREAD_BODY_BYTES;
+                    assert_eq!(size(text), u64::from(n));
+                    left(&format!("max_unread_body: {n},"));
                 }
                 "http2-max-stalled-streams" => {
                     let n = megaconn::DEFAULT_HTTP2_MAX_STALLED_STREAMS;

@@ -580,6 +580,15 @@ where
         self.connection.oversized_header_lists()
     }
 
+    /// Returns how many bytes of DATA this connection has received that
+    /// were not released yet (`FlowControl::release_capacity`, or freed
+    /// with their stream): what the client's connection-level window is
+    /// short of [`Builder::initial_connection_window_size`] for unread
+    /// request bodies. Takes the streams' lock.
+    pub fn unreleased_recv_data(&self) -> u32 {
+        self.connection.unreleased_recv_data()
+    }
+
     /// Returns the maximum number of concurrent streams that may be initiated
     /// by the server on this connection.
     ///

@@ -124,12 +124,26 @@ pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
 /// wait for that window, not fail.
 pub const DEFAULT_HTTP2_MAX_STALLED_STREAMS: u32 = 32;
 
+/// Default for how much request body an HTTP/2 client may send on one
+/// connection ahead of its handlers reading it, all its streams together
+/// (`Builder::http2_max_unread_body_bytes`): the receive windows are
+/// capped at it, so past it the client waits for a handler to read.
+/// 128 KiB, nginx's order (it held ~83 KiB a connection of uploads nobody
+/// read, `bench/ATTACK-MEMORY.md`); the 1 MiB connection window let 400
+/// connections make the server hold 444 MB (session 48). An upload to a
+/// handler that reads gets a stream window, half of it, per round trip:
+/// ~650 MB/s at 0.1 ms, ~6.5 MB/s at 10 ms, ~1.3 MB/s at 50 ms; raise it
+/// for large uploads over long paths.
+pub const DEFAULT_HTTP2_MAX_UNREAD_BODY_BYTES: u32 = 128 * 1024;
+
 /// Default per-stream receive window: how much request body a client may send
-/// ahead of the handler reading it (256 KiB).
+/// ahead of the handler reading it (256 KiB, capped at half of
+/// [`DEFAULT_HTTP2_MAX_UNREAD_BODY_BYTES`]: 64 KiB in effect).
 pub const DEFAULT_HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
 
-/// Default connection receive window: how much request body, over all streams,
-/// may wait unread (1 MiB). This bounds what one connection can make us buffer.
+/// Default connection receive window (1 MiB), capped by
+/// [`DEFAULT_HTTP2_MAX_UNREAD_BODY_BYTES`]: the smaller of the two is the
+/// window a client gets, and bounds what one connection can make us buffer.
 pub const DEFAULT_HTTP2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// Default largest frame payload we accept (the protocol's minimum, 16 KiB).
@@ -406,6 +420,9 @@ pub(crate) struct Http2Config {
     pub max_stalled_streams: Option<u32>,
     pub stream_window: u32,
     pub connection_window: u32,
+    /// Request body a client may send ahead of its handlers, all of a
+    /// connection's streams together: both windows are capped at it.
+    pub max_unread_body: u32,
     pub max_frame_size: u32,
     pub max_header_list_size: u32,
     pub keep_alive_interval: Option<Duration>,
@@ -423,6 +440,7 @@ impl Default for Http2Config {
             max_stalled_streams: Some(DEFAULT_HTTP2_MAX_STALLED_STREAMS),
             stream_window: DEFAULT_HTTP2_STREAM_WINDOW,
             connection_window: DEFAULT_HTTP2_CONNECTION_WINDOW,
+            max_unread_body: DEFAULT_HTTP2_MAX_UNREAD_BODY_BYTES,
             max_frame_size: DEFAULT_HTTP2_MAX_FRAME_SIZE,
             max_header_list_size: DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE,
             keep_alive_interval: None,

@@ -126,11 +126,16 @@ pub(crate) enum LimitHit {
     /// with nothing sent to it in between past `HTTP2_PING_BUDGET` beyond
     /// what time gave back (a PING flood; not also `h2_enhance_your_calm`).
     Http2PingFlood,
+    /// An HTTP/2 connection's DATA that no handler has read reached
+    /// `http2_max_unread_body_bytes` (its client's windows are shut until
+    /// a handler reads: it waits, nothing is reset); counted once a
+    /// connection. See `proto/http2/unread.rs`.
+    Http2MaxUnreadBody,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::Http2PingFlood as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::Http2MaxUnreadBody as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -165,6 +170,7 @@ impl LimitHit {
         "max_connections",
         "park_slots",
         "http2_ping_flood",
+        "http2_max_unread_body_bytes",
     ];
 
     /// Counts one hit in the worker's counters.

@@ -195,12 +195,14 @@ use crate::BoxError;
 
 mod flood;
 mod stall;
+mod unread;
 
 use flood::{FloodBudget, Flooded, MeteredIo, REQUEST_CREDIT};
 pub use flood::{
     HTTP2_CONTROL_BUDGET, HTTP2_PING_BUDGET, HTTP2_TINY_DATA_BUDGET, HTTP2_WINDOW_DRIP_BUDGET,
 };
 use stall::StallGate;
+use unread::UnreadBudget;
 
 /// Streams reset by the client before we accepted them that a connection may
 /// hold; past it h2 sends `GOAWAY(ENHANCE_YOUR_CALM)` (rapid reset).
@@ -218,6 +220,20 @@ pub const RAPID_RESET_LIMIT: u64 = 100;
 /// Response bytes buffered per stream before the body is polled again.
 const MAX_SEND_BUFFER: usize = 256 * 1024;
 
+/// h2's budget for small DATA frames (under 256 bytes) buffered unread
+/// on a connection, in units of 256 bytes less each frame's payload:
+/// ~2,050 frames of 1 byte. h2 makes it half the connection window unless
+/// told (`DataFrameBudget::Auto`), so capping the window at
+/// `http2_max_unread_body_bytes` (128 KiB) would have cut it to ~257
+/// frames: h2 then closed honest bursts of small gRPC messages with
+/// `GOAWAY(ENHANCE_YOUR_CALM)` (`too_many_data_frames`) before any handler
+/// could read them, and before our own tiny-DATA budget, which counts and
+/// logs, could see them (five of the six tests that failed when the
+/// windows were first lowered, session 48). Fixed at what the 1 MiB
+/// window gave: the frames it admits are bounded in bytes by the window
+/// anyway, and in number by `HTTP2_TINY_DATA_BUDGET` at the wire.
+const H2_DATA_FRAME_BUDGET: usize = 512 * 1024;
+
 /// How long a connection told to go away may take to finish (idle timeout),
 /// or stay open with no stream open (shutdown, `max_connection_age`).
 const GOAWAY_GRACE: Duration = Duration::from_secs(5);
@@ -225,13 +241,14 @@ const GOAWAY_GRACE: Duration = Duration::from_secs(5);
 fn h2_builder(cfg: &Http2Config) -> h2::server::Builder {
     let mut b = h2::server::Builder::new();
     b.max_concurrent_streams(cfg.max_concurrent_streams)
-        .initial_window_size(cfg.stream_window)
-        .initial_connection_window_size(cfg.connection_window)
+        .initial_window_size(unread::stream_window(cfg))
+        .initial_connection_window_size(unread::connection_window(cfg))
         .max_frame_size(cfg.max_frame_size.clamp(16_384, 16_777_215))
         .max_header_list_size(cfg.max_header_list_size)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-        .max_send_buffer_size(MAX_SEND_BUFFER);
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .data_frame_budget(H2_DATA_FRAME_BUDGET);
     if cfg.enable_connect_protocol {
         b.enable_connect_protocol();
     }
@@ -299,6 +316,7 @@ where
     // Its bodies' reads give tiny frames back to the budget (`flood.rs`).
     let conn_bytes = Arc::new(ConnBodyBytes::new(ctx.stats.clone(), control.clone()));
     let mut refusals = H2Refusals::default();
+    let mut unread = UnreadBudget::default();
     let mut reason = CloseReason::ClientClosed;
     // The control-frame flood guard tripped and was acted on.
     let mut flooded = false;
@@ -344,6 +362,7 @@ where
             turn = poll_fn(|cx| {
                 let turn = poll_turn(&mut conn, service, waiting.is_some(), streams_open, &mut h2_busy, &ctx, &conn_bytes, &gate, &addrs, cx);
                 refusals.count(&conn, &ctx, &addrs);
+                unread.look(&conn, &cfg, &control, &ctx.stats, &addrs);
                 turn
             }) => {
                 let start = match turn {
@@ -1034,13 +1053,68 @@ const TOO_MANY_HEADERS: Refusal = Refusal {
     limit: LimitHit::MaxHeaders,
 };
 
-/// What refuses a request with `headers` (a body of `content_length`
-/// declared), if anything does.
+/// A `host` field naming another authority than `:authority` (RFC 9113
+/// §8.3.1: a server SHOULD treat the request as malformed), or more than
+/// one `host` field: refused `400`, as HTTP/1.1 refuses a duplicate or
+/// invalid `Host` (`http1/head.rs`), and as nginx's HTTP/2 module has
+/// (its `ngx_http_v2_parse_authority` made `:authority` a `Host` field,
+/// so a `host` beside it was a "client sent duplicate host header", 400;
+/// read in its source, not run). h2 checks only that `:authority` parses.
+/// Before, the handler got both, and a
+/// router or proxy reading `host` could be sent elsewhere than the
+/// authority the request was made for (the desync of proxies that route
+/// on one and forward the other). Not a stream reset (`PROTOCOL_ERROR`,
+/// the other form §8.1.1 allows): a client sees a status it reports as
+/// the request's fault, the server's line says why, and the counts are
+/// those of HTTP/1.1's refused heads (`malformed_request`).
+const HOST_NOT_AUTHORITY: Refusal = Refusal {
+    status: StatusCode::BAD_REQUEST,
+    reason: "host header names another authority than :authority",
+    limit: LimitHit::MalformedRequest,
+};
+
+/// More than one `host` field (HTTP/1.1's "duplicate Host header").
+const DUPLICATE_HOST: Refusal = Refusal {
+    status: StatusCode::BAD_REQUEST,
+    reason: "duplicate host header",
+    limit: LimitHit::MalformedRequest,
+};
+
+/// Whether a request's `host` fields agree with its `:authority` (`uri`'s,
+/// when it has one): one field at most, naming the same host (ASCII case
+/// ignored) and port (a missing one the scheme's default), userinfo
+/// aside. Without `:authority` (a client may send `host` alone, §8.3.1)
+/// any one `host` is accepted, as HTTP/1.1 accepts it.
+fn host_refusal(headers: &HeaderMap, uri: &http::Uri) -> Option<Refusal> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next()?;
+    if hosts.next().is_some() {
+        return Some(DUPLICATE_HOST);
+    }
+    let authority = uri.authority()?;
+    let same = http::uri::Authority::try_from(host.as_bytes()).is_ok_and(|host| {
+        let default = match uri.scheme_str() {
+            Some("http") => Some(80),
+            Some("https") => Some(443),
+            _ => None,
+        };
+        host.host().eq_ignore_ascii_case(authority.host())
+            && host.port_u16().or(default) == authority.port_u16().or(default)
+    });
+    (!same).then_some(HOST_NOT_AUTHORITY)
+}
+
+/// What refuses a request with `headers` for `uri` (a body of
+/// `content_length` declared), if anything does.
 fn refusal(
     headers: &HeaderMap,
+    uri: &http::Uri,
     content_length: Option<u64>,
     ctx: &WorkerContext,
 ) -> Option<Refusal> {
+    if let Some(refused) = host_refusal(headers, uri) {
+        return Some(refused);
+    }
     // Cookies count as one field, as the one `Cookie` line HTTP/1.1 sends:
     // HTTP/2 clients may split it into one field per cookie (RFC 9113
     // §8.2.3), and h2 does not join them back.
@@ -1091,7 +1165,7 @@ fn prepare<F>(
         });
         return Err(Start::Malformed);
     }
-    if let Some(refused) = refusal(&parts.headers, content_length, ctx) {
+    if let Some(refused) = refusal(&parts.headers, &parts.uri, content_length, ctx) {
         incr(&ctx.stats.protocol_errors);
         refused.limit.count(&ctx.stats);
         // Logged as HTTP/1.1 logs a refused head (at INFO, limited): it

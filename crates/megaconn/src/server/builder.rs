@@ -1422,15 +1422,48 @@ impl Builder {
         self
     }
 
+    /// Request body an HTTP/2 client may send on one connection ahead of
+    /// its handlers reading it, all its streams together, in bytes.
+    /// Default: 128 KiB ([`DEFAULT_HTTP2_MAX_UNREAD_BODY_BYTES`](crate::DEFAULT_HTTP2_MAX_UNREAD_BODY_BYTES)).
+    /// At least 65,535 (the connection window every HTTP/2 connection
+    /// starts with, which no SETTINGS lowers), at most 2^31 - 1; there is
+    /// no "off" (raise it to the windows'
+    /// sizes for the windows alone).
+    ///
+    /// Enforced by flow control: the connection window a client is given
+    /// is capped at it, and each stream's window at half of it (so one
+    /// body left unread leaves the other half to the connection's other
+    /// uploads)
+    /// ([`http2_initial_stream_window_size`](Builder::http2_initial_stream_window_size),
+    /// [`http2_initial_connection_window_size`](Builder::http2_initial_connection_window_size)),
+    /// and room comes back as handlers read. A well-behaved client waits;
+    /// nothing is reset. What a connection can make the server hold for
+    /// bodies nobody reads is this, not the 1 MiB connection window
+    /// (~1.1 MiB a connection before, `bench/ATTACK-MEMORY.md`). Counted
+    /// once a connection, the first time its unread DATA reaches it, in
+    /// `megaconn_limit_hits_total{limit="http2_max_unread_body_bytes"}`,
+    /// and logged at INFO (at most one line per 5 s per worker). The price:
+    /// an upload to a reading handler moves at most half this much per
+    /// round trip (~6.5 MB/s over a 10 ms path at the default), the
+    /// connection's uploads together this much.
+    pub fn http2_max_unread_body_bytes(mut self, n: u32) -> Builder {
+        self.config.http2.max_unread_body = n.clamp(65_535, config::MAX_WINDOW);
+        self
+    }
+
     /// Per-stream receive window in bytes: request body a client may send
-    /// before the handler reads it. Default: 256 KiB. At most 2^31 - 1.
+    /// before the handler reads it. Default: 256 KiB. At most 2^31 - 1, and
+    /// capped at half of [`http2_max_unread_body_bytes`](Builder::http2_max_unread_body_bytes)
+    /// (64 KiB by default).
     pub fn http2_initial_stream_window_size(mut self, n: u32) -> Builder {
         self.config.http2.stream_window = n.min(config::MAX_WINDOW);
         self
     }
 
     /// Connection receive window in bytes: unread request body over all of a
-    /// connection's streams. Default: 1 MiB. At most 2^31 - 1.
+    /// connection's streams. Default: 1 MiB. At most 2^31 - 1, and capped by
+    /// [`http2_max_unread_body_bytes`](Builder::http2_max_unread_body_bytes)
+    /// (128 KiB by default: raise both for large uploads over long paths).
     pub fn http2_initial_connection_window_size(mut self, n: u32) -> Builder {
         self.config.http2.connection_window = n.min(config::MAX_WINDOW);
         self

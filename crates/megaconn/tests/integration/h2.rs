@@ -2146,7 +2146,10 @@ async fn bodies_dropped_on_another_task_give_the_connection_window_back() {
             Ok(app(endless, shared).await)
         }
     });
-    let server = common::AppServer::one_worker(megaconn::Server::builder(), service);
+    // The four bodies fill a 1 MiB window, which the unread budget (128
+    // KiB by default since session 49) would otherwise cap.
+    let builder = megaconn::Server::builder().http2_max_unread_body_bytes(1 << 20);
+    let server = common::AppServer::one_worker(builder, service);
     let (addr, handle) = (server.addr(), &server.handle);
     let client = h2c(addr).await;
     let mut held = Vec::new();

@@ -46,6 +46,7 @@ mod fuzz_framed;
 mod fuzz_http1;
 mod fuzz_ws;
 mod h2;
+mod h2_budget;
 mod h2_flood;
 mod h2_limits;
 mod h2_strict;

@@ -704,6 +704,10 @@ where
         self.inner.oversized_header_lists
     }
 
+    pub fn unreleased_recv_data(&self) -> WindowSize {
+        self.inner.streams.unreleased_recv_data()
+    }
+
     // Graceful shutdown only makes sense for server peers.
     pub fn go_away_gracefully(&mut self) {
         if self.inner.go_away.is_going_away() {

@@ -446,6 +446,11 @@ pub(crate) struct FloodBudget {
     data_out: AtomicU64,
     /// Which budget ran out ([`Flooded::code`]), 0 while none did.
     tripped: AtomicU8,
+    /// Bytes of DATA received over the connection's life, padding
+    /// included (what flow control counts): whether a poll brought any,
+    /// for `http2_max_unread_body_bytes`' look (`unread.rs`). Written by
+    /// the connection's task alone (its reads).
+    data_in: AtomicU64,
 }
 
 impl FloodBudget {
@@ -462,6 +467,7 @@ impl FloodBudget {
             data_bytes: AtomicU64::new(0),
             data_out: AtomicU64::new(0),
             tripped: AtomicU8::new(0),
+            data_in: AtomicU64::new(0),
         }
     }
 
@@ -517,6 +523,11 @@ impl FloodBudget {
     #[inline]
     fn receive(&self, h: Head) -> Option<Flooded> {
         let born = self.born;
+        if h.kind == DATA {
+            // One writer (the connection's reads): a load and a store.
+            let data_in = self.data_in.load(Relaxed);
+            self.data_in.store(data_in + u64::from(h.len), Relaxed);
+        }
         let within = match h.kind {
             // Requests: their own cost, bounded elsewhere (module doc).
             HEADERS | CONTINUATION => true,
@@ -549,6 +560,12 @@ impl FloodBudget {
                 .charge(FRAME_HEADER_LEN + u64::from(h.len), born),
         };
         (!within).then_some(Flooded::Control)
+    }
+
+    /// Bytes of DATA received so far, padding included.
+    #[inline]
+    pub(crate) fn data_received(&self) -> u64 {
+        self.data_in.load(Relaxed)
     }
 
     /// Whether a budget ran out (the connection reads no more).

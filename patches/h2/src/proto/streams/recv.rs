@@ -450,6 +450,11 @@ impl Recv {
         Ok(())
     }
 
+    /// Connection-level DATA received and not released yet.
+    pub fn in_flight_data(&self) -> WindowSize {
+        self.in_flight_data
+    }
+
     /// Releases capacity of the connection
     pub fn release_connection_capacity(&mut self, capacity: WindowSize, task: &mut Option<Waker>) {
         tracing::trace!(

@@ -1161,6 +1161,11 @@ where
         me.counts.has_streams()
     }
 
+    pub fn unreleased_recv_data(&self) -> WindowSize {
+        let me = self.inner.lock().unwrap();
+        me.actions.recv.in_flight_data()
+    }
+
     pub fn has_streams_or_other_references(&self) -> bool {
         let me = self.inner.lock().unwrap();
         me.counts.has_streams() || me.refs > 1
