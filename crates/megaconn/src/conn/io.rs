@@ -187,7 +187,7 @@ fn peer_took_some(socket: Option<RawFd>, acked: &mut Option<u64>) -> bool {
 
 /// How many bytes the peer of TCP socket `fd` has acknowledged, by the
 /// kernel (`None`: not a TCP socket, or a kernel older than 4.1).
-fn bytes_acked(fd: RawFd) -> Option<u64> {
+pub(crate) fn bytes_acked(fd: RawFd) -> Option<u64> {
     tcp_info(fd, std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked)).map(|i| i.tcpi_bytes_acked)
 }
 

@@ -797,8 +797,9 @@ impl Hub {
     /// droppable pushes reach has no write of ours waiting (below): it is
     /// closed as a slow consumer by the first droppable push dropped for it
     /// once its socket has taken none of our bytes for `write_timeout`,
-    /// else `write_stall_timeout` (its bytes unacknowledged did not fall
-    /// meanwhile, and no push went whole), whatever its heartbeat timeout;
+    /// else `write_stall_timeout` (its peer acknowledged none meanwhile,
+    /// and no push went whole), whatever its heartbeat timeout and however
+    /// often its peer's frames wake it;
     /// logged with its id, peer and how long it was behind. (Until session
     /// 49 it stayed open: with a heartbeat timeout, for good.)
     ///

@@ -18,13 +18,20 @@
 //!
 //! What a production server should do is what it does to an awake peer
 //! that reads nothing: close it as a slow consumer once it has been behind,
-//! taking none of our bytes, for the write bound. So each droppable push
-//! dropped for a parked connection records when it was first found behind
-//! and how many bytes its socket held unacknowledged then (`SIOCOUTQ`); a
-//! later drop that finds fewer saw progress (the peer read and the kernel
-//! sent on: a slow reader, not a stuck one) and starts again, and a push
-//! its socket took whole forgets it (it caught up). A drop that finds it
-//! behind for the bound or longer with no progress closes it:
+//! taking none of our bytes, for the write bound. So the first droppable
+//! push dropped for a parked connection records when it was found behind
+//! and how many bytes its peer had acknowledged then (`TCP_INFO`'s
+//! `tcpi_bytes_acked`, as an awake write's stall bound asks, `conn/io.rs`);
+//! the first drop once the bound has passed asks again: a count that grew
+//! saw progress (the peer read and its TCP took more: a slow reader, not a
+//! stuck one) and starts the wait again; one that did not closes it. A push
+//! its socket took whole forgets it (it caught up), and so does its close;
+//! a wake does not (merge review, session 49: a peer that sent a frame now
+//! and then, woken by each and parked again, started a fresh wait at each
+//! and was never closed; the acknowledged count only grows, so the bytes
+//! an awake turn wrote cannot pass for the peer's reading unless it read
+//! them). A drop that finds it behind for the bound or longer with no
+//! progress closes it:
 //! `CloseReason::SlowConsumer`, counted with the closes, logged with its
 //! id, peer and how long it was behind (`Local::dropped_behind`), and the
 //! pushes after it count as a slow consumer's (it is woken to close as one
@@ -33,10 +40,14 @@
 //! At its next turn, not by a sweep of the lot: a connection that nothing
 //! is pushed to costs what any parked one costs, whether its peer reads or
 //! not, and the kernel's bound (or its heartbeat) ends it if its peer is
-//! gone; it is the pushes dropped for it that are lost. Checking at each
-//! drop costs one `ioctl` and one look-up in a map that holds only the
-//! parked connections found behind (empty while every peer keeps up), so
-//! a parked connection's slot stays 16 bytes.
+//! gone; it is the pushes dropped for it that are lost. A drop costs one
+//! look-up in a map that holds only the parked connections found behind
+//! (empty while every peer keeps up), and one `getsockopt` when found
+//! behind and one each time the bound passes (not one per drop: a
+//! broadcast flood to peers behind asks the kernel about each once a
+//! bound), so a parked connection's slot stays 16 bytes. A peer is closed
+//! one to two bounds after it last took a byte. A socket that is no TCP
+//! one (no count) is closed at the bound unless a push goes whole.
 //!
 //! The bound is the one a write without a heartbeat gets
 //! (`write_timeout`, else `write_stall_timeout`): the heartbeat timeout
@@ -51,7 +62,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::conn::io::WriteLimit;
+use crate::conn::io::{bytes_acked, WriteLimit};
 use crate::message::hub::{ConnectionId, Generation};
 
 /// The parked connections a droppable push found behind, by descriptor,
@@ -66,11 +77,12 @@ pub(crate) struct Stuck {
     behind: RefCell<HashMap<RawFd, (Generation, Since)>>,
 }
 
-/// When a parked connection was found behind, and what its socket held.
+/// When a parked connection was found behind (or last seen progress), and
+/// how many bytes its peer had acknowledged then (`None`: no TCP socket).
 #[derive(Debug, Clone, Copy)]
 struct Since {
     at: Instant,
-    unacknowledged: u32,
+    acked: Option<u64>,
 }
 
 impl Stuck {
@@ -94,36 +106,38 @@ impl Stuck {
     /// and is forgotten here); `None` while it is not.
     pub(crate) fn dropped(&self, id: ConnectionId, now: Instant) -> Option<Duration> {
         let bound = self.bound?;
-        let unacknowledged = unacknowledged(id.fd());
         let mut behind = self.behind.borrow_mut();
-        let fresh = Since {
-            at: now,
-            unacknowledged,
-        };
         let since = match behind.get_mut(&id.fd()) {
             Some((generation, since)) if *generation == id.generation() => since,
             // First found behind (or its descriptor's last connection was).
             _ => {
+                let fresh = Since {
+                    at: now,
+                    acked: bytes_acked(id.fd()),
+                };
                 behind.insert(id.fd(), (id.generation(), fresh));
                 return None;
             }
         };
-        // The peer took some of what was queued: a slow reader.
-        if unacknowledged < since.unacknowledged {
-            *since = fresh;
-            return None;
-        }
         let behind_for = now.saturating_duration_since(since.at);
         if behind_for < bound {
             return None;
+        }
+        // The bound passed: did the peer take any of our bytes since?
+        let acked = bytes_acked(id.fd());
+        if let (Some(before), Some(after)) = (since.acked, acked) {
+            if after > before {
+                *since = Since { at: now, acked };
+                return None;
+            }
         }
         drop(behind);
         self.forget(id);
         Some(behind_for)
     }
 
-    /// Connection `id` caught up (its socket took a push whole), woke or
-    /// closed: forgotten. The map gives its room back once a quarter full,
+    /// Connection `id` caught up (its socket took a push whole) or closed:
+    /// forgotten (not when it merely woke: see the module doc). The map gives its room back once a quarter full,
     /// as the worker's other maps of parked connections do. Costs a branch
     /// while no connection is behind.
     pub(crate) fn forget(&self, id: ConnectionId) {
@@ -148,25 +162,6 @@ impl Stuck {
     pub(crate) fn len(&self) -> usize {
         self.behind.borrow().len()
     }
-}
-
-/// The bytes socket `fd` holds unsent or unacknowledged (`SIOCOUTQ`): they
-/// leave as the peer reads. 0 where it cannot be asked (then only a push
-/// that goes tells progress).
-fn unacknowledged(fd: RawFd) -> u32 {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        let mut queued: libc::c_int = 0;
-        // SAFETY: `fd` is a parked connection's socket, open while the
-        // worker's pump delivers to it on this thread; the call writes one
-        // int.
-        let got = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
-        if got == 0 {
-            return u32::try_from(queued).unwrap_or(0);
-        }
-    }
-    let _ = fd;
-    0
 }
 
 #[cfg(test)]
@@ -234,17 +229,22 @@ mod tests {
         ours.set_nonblocking(true).unwrap();
         // Fill until the socket refuses more: bytes held unacknowledged.
         let chunk = [7u8; 64 * 1024];
-        while ours.write(&chunk).is_ok() {}
+        let mut written = 0u64;
+        while let Ok(n) = ours.write(&chunk) {
+            written += n as u64;
+        }
         let fd = ours.as_raw_fd();
-        assert!(unacknowledged(fd) > 0);
+        assert!(bytes_acked(fd).unwrap() < written);
         let stuck = stuck(1000);
         let t0 = Instant::now();
         assert_eq!(stuck.dropped(id(fd, 1), t0), None);
-        // The peer reads it all; the kernel sends the rest on.
+        // The peer reads it all; the kernel sends the rest on, until every
+        // byte is acknowledged (then the count holds still).
         peer.set_nonblocking(true).unwrap();
         let mut sink = vec![0u8; 1 << 20];
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while unacknowledged(fd) > 0 && std::time::Instant::now() < deadline {
+        while bytes_acked(fd).unwrap() < written {
+            assert!(std::time::Instant::now() < deadline, "never acknowledged");
             let _ = std::io::Read::read(&mut peer, &mut sink);
         }
         let late = t0 + Duration::from_millis(1500);

@@ -539,8 +539,8 @@ impl Local {
             .resuming
             .take(id)
             .unwrap_or_else(|| Rc::new(Inbox::new(wire)));
-        // Awake, its writes have their own bound.
-        self.stuck.forget(id);
+        // Not forgotten by `stuck` (a wake is no progress: its module doc);
+        // awake, its writes have their own bound meanwhile.
         // Woken to close (`Local::kick`): the close waits in its inbox, as
         // an awake connection's does.
         if let Some(kick) = self.kicks.take(id) {

@@ -14,7 +14,11 @@ use std::time::Duration;
 
 use common::msg::{Probe, Running};
 use common::SAFETY;
-use megaconn::{CloseReason, ConnectionId, HubError, Server, WebSocketRoute};
+use futures_util::SinkExt;
+use megaconn::{
+    CloseReason, ConnectionId, HubError, Server, WebSocketHandler, WebSocketRoute, WsMessage,
+    WsSession,
+};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 
@@ -96,5 +100,79 @@ async fn a_parked_peer_reached_only_by_droppable_pushes_is_closed_at_its_write_b
         "{:?}",
         stats.messages
     );
+    server.stop().await;
+}
+
+/// A [`Probe`] that answers nothing: a client's frames wake its
+/// connection, and nothing of ours is written for them.
+struct Silent(Probe);
+
+impl WebSocketHandler for Silent {
+    type State = ();
+
+    fn on_open(&self, _: &mut (), session: &WsSession) {
+        let _ = self.0.opens.send(session.id());
+    }
+
+    async fn on_message(&self, _: &mut (), _: WsMessage, _: &WsSession) -> Option<WsMessage> {
+        None
+    }
+
+    fn on_close_with_id(&self, id: ConnectionId, _: (), reason: CloseReason) {
+        let _ = self.0.closes.send((id, reason));
+    }
+}
+
+/// The same peer, reading nothing, but sending a frame every 200 ms that
+/// wakes its connection (which answers nothing and parks again): still
+/// closed as a slow consumer. (Merge review, session 49: each wake
+/// forgot when it was found behind, so the 1 s bound never passed and it
+/// stayed open for good.)
+#[tokio::test]
+async fn a_parked_peer_behind_that_keeps_sending_is_closed_all_the_same() {
+    let builder = Server::builder()
+        .park_idle_after(Some(Duration::from_millis(50)))
+        .message_send_buffer_size(Some(4096))
+        .write_stall_timeout(Some(Duration::from_secs(1)));
+    let server = builder
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .expect("server binds");
+    let mut server = Running::serve(server, |server, opens, closes| {
+        let route = WebSocketRoute::new(Silent(Probe { opens, closes }))
+            .ping_interval(None)
+            .heartbeat_timeout(Some(Duration::from_secs(600)));
+        let app = axum::Router::new().route_service("/ws", route);
+        server.start(app).expect("server starts")
+    });
+    let (mut client, id) = client(&mut server).await;
+    server.wait_parked(1).await;
+    let payload = "x".repeat(1024);
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    let mut turn = 0u32;
+    let (closed, reason) = loop {
+        match server.hub.send_droppable(id, payload.clone()) {
+            Ok(()) => {}
+            Err(e) => assert_eq!(e, HubError::Closed, "{e}"),
+        }
+        if let Ok(closed) = server.closes.try_recv() {
+            break closed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not closed: {:?}",
+            server.handle.stats().messages
+        );
+        turn += 1;
+        if turn % 40 == 0 {
+            // Its frames keep coming (the server may have closed meanwhile).
+            let _ = client
+                .send(tokio_tungstenite::tungstenite::Message::text("here"))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!((closed, reason), (id, CloseReason::SlowConsumer));
     server.stop().await;
 }
