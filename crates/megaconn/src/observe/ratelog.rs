@@ -436,6 +436,9 @@ pub(crate) enum Flood {
     /// from [`TlsHandshakeFailed`](Flood::TlsHandshakeFailed): a fleet so
     /// misconfigured must not hide other failures' lines, nor theirs it.
     TlsPlainHttp,
+    /// An HTTP/1.1 request body whose client sent slower than
+    /// `min_request_body_rate` while it was awaited: the connection closed.
+    BodyTooSlow,
 }
 
 impl Flood {
@@ -534,6 +537,7 @@ impl Flood {
             | Flood::Http2Pings
             | Flood::TlsClientCertRefused
             | Flood::TlsPlainHttp
+            | Flood::BodyTooSlow
             | Flood::PublishRate => Level::INFO,
         }
     }
@@ -552,11 +556,11 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 60;
+const KINDS: usize = 61;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::TlsPlainHttp as usize == KINDS - 1);
+const _: () = assert!(Flood::BodyTooSlow as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
