@@ -77,7 +77,7 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 /// How much of an unread request body the server reads and discards after the
 /// handler answered, to keep the connection usable. Past it the connection
 /// closes, and a body known (its `Content-Length`) to be longer is not read
-/// at all: the response says `Connection: close`. 256 KiB, Go's figure
+/// at all. 256 KiB, Go's figure
 /// (`maxPostHandlerReadBytes`): a reused connection saves a handshake and a
 /// round trip, worth a few hundred KiB on a fast link, never megabytes.
 pub const DEFAULT_MAX_DRAIN_BYTES: u64 = 256 * 1024;

@@ -908,8 +908,9 @@ impl Builder {
     /// How much unread request body the server discards after a response to keep
     /// the connection usable; past it the connection closes. HTTP/1.1: a
     /// body whose `Content-Length` says it has more left than this when
-    /// its handler drops it unread is not read at all, and a response not
-    /// yet begun says `Connection: close`; either way counted as
+    /// its handler drops it unread is not read at all (the connection
+    /// closes after the response, whose head is the handler's, as under
+    /// `axum::serve`); either way counted as
     /// `megaconn_limit_hits_total{limit="max_drain_bytes"}`. Default:
     /// 256 KiB, as Go's `net/http`; 0 closes after every unread body.
     pub fn max_drain_bytes(mut self, n: u64) -> Builder {

@@ -929,13 +929,6 @@ fn write_head<T, F, B>(
         keep_alive = false;
         this.st.close_reason = Some(CloseReason::UnreadBody);
     }
-    if keep_alive && this.st.setup.decoder.is_some() && unread_past_drain(this) {
-        // Said now, in this head: the client learns that the connection
-        // ends here, rather than from a close after it.
-        drain_refused(this);
-        keep_alive = false;
-    }
-    let ctx = &this.conn.ctx;
     let server_header = ctx.config.server_header.clone();
     this.st.record.response(head.status, &head.extensions);
     let head_ctx = HeadContext {
@@ -1405,10 +1398,16 @@ fn unread_past_drain<T, F, B>(this: &Proj<'_, '_, T, F, B>) -> bool {
 
 /// A body the handler left unread is longer than `max_drain_bytes`, known
 /// by its length or found by draining it: nothing more of it is read, and
-/// the connection closes after the response (its head says so when it
-/// has not gone out yet); counted. Reading megabytes nobody wants to save
-/// a handshake is a bad trade, and a client can send them at will; Go
-/// stops at the same 256 KiB (`maxPostHandlerReadBytes`).
+/// the connection closes after the response; counted. Reading megabytes
+/// nobody wants to save a handshake is a bad trade, and a client can send
+/// them at will; Go stops at the same 256 KiB (`maxPostHandlerReadBytes`).
+///
+/// The response's head is not changed for it (Go's says `Connection:
+/// close`): hyper, under `axum::serve`, sends its head as it is and closes
+/// after it, and a drop-in's answers are the same bytes
+/// (`tests/dropin/files.rs` compares them). The close tells the client,
+/// and the lingering close reads what it is still sending for a moment,
+/// so that it sees the answer, not a reset.
 #[cold]
 fn drain_refused<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
     let limit = this.conn.ctx.config.max_drain_bytes;
