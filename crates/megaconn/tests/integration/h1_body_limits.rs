@@ -167,9 +167,7 @@ fn serve_rated<S: megaconn::HttpService + 'static>(app: S, rate: u32) -> DuplexS
 /// An app that answers `200` with the body's length, reading it a chunk
 /// at a time with `pause` after each (a handler that processes as it
 /// reads), or the read's error.
-fn slow_reader(
-    pause: Duration,
-) -> impl megaconn::HttpService<ResBody = Full<Bytes>> + Clone + 'static {
+fn slow_reader(pause: Duration) -> impl megaconn::HttpService + Clone + 'static {
     tower::service_fn(move |req: http::Request<megaconn::Body>| async move {
         let mut body = req.into_body();
         let mut n = 0;
