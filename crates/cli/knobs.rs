@@ -857,6 +857,20 @@ pub static KNOBS: &[Knob] = &[
         apply: |v, s| s.builder(|b| b.idle_timeout(v.duration())),
     },
     Knob {
+        name: "min-request-body-rate",
+        value_name: "BYTES_PER_SECOND",
+        shape: Shape::One,
+        help: "HTTP/1.1: the slowest a client may send a request body while its handler waits for it, in bytes a second; off disables.",
+        details: "Each byte earns the client 1/rate s of the handler's waiting; it starts with 5 s (Builder::min_request_body_rate_grace) and banks at most 60 s. A wait that spends what is left fails the handler's body read: 408 if the response has not begun (else a close), the connection closed (read_timeout), counted in megaconn_timeouts_total and megaconn_limit_hits_total{limit=\"min_request_body_rate\"}, logged with the peer. Only the handler's waits count: a handler that reads slowly costs its client nothing. --idle-timeout bounds one silence; without a rate a client sending a byte every 20 s held its connection for good. A client that waits for the server's answer before it sends more (a duplex stream over one request) is cut by it: off for such a service. Kestrel's default.",
+        default: "240",
+        example: "1000",
+        parse: count_or_off,
+        apply: |v, s| {
+            let n = v.count::<u32>()?;
+            s.builder(|b| b.min_request_body_rate(Some(n)))
+        },
+    },
+    Knob {
         name: "park-after",
         value_name: "DURATION",
         shape: Shape::One,
@@ -1641,6 +1655,12 @@ mod tests {
                 }
                 "max-headers" => assert_eq!(size(text), megaconn::DEFAULT_MAX_HEADERS as u64),
                 "max-body-bytes" => assert_eq!(size(text), megaconn::DEFAULT_MAX_BODY_BYTES),
+                "min-request-body-rate" => {
+                    let rate = megaconn::DEFAULT_MIN_REQUEST_BODY_RATE;
+                    assert_eq!(size(text), u64::from(rate));
+                    // On when the knob is left out.
+                    left("min_request_body_rate: Some(");
+                }
                 "backlog" => assert_eq!(size(text), u64::from(megaconn::DEFAULT_BACKLOG)),
                 "hub-queue" => assert_eq!(size(text), megaconn::DEFAULT_HUB_QUEUE as u64),
                 "hub-queue-bytes" => {

@@ -75,8 +75,26 @@ pub const MAX_HEADERS_CEILING: usize = 512;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How much of an unread request body the server reads and discards after the
-/// handler answered, to keep the connection usable. Past it the connection closes.
+/// handler answered, to keep the connection usable. Past it the connection
+/// closes, and a body known (its `Content-Length`) to be longer is not read
+/// at all. 256 KiB, Go's figure
+/// (`maxPostHandlerReadBytes`): a reused connection saves a handshake and a
+/// round trip, worth a few hundred KiB on a fast link, never megabytes.
 pub const DEFAULT_MAX_DRAIN_BYTES: u64 = 256 * 1024;
+
+/// Default minimum rate, in bytes a second, at which an HTTP/1.1 client
+/// must send a request body while its handler waits for it
+/// ([`Builder::min_request_body_rate`](crate::Builder::min_request_body_rate)).
+/// Kestrel's figure: 240 B/s is a 2 kbit/s link, under any real network
+/// an upload crosses, and ~480 KB/s of upload for whoever would hold
+/// 2,000 connections with bodies (one byte every 20 s held them for good).
+pub const DEFAULT_MIN_REQUEST_BODY_RATE: u32 = 240;
+
+/// Default grace of [`DEFAULT_MIN_REQUEST_BODY_RATE`]: the waiting a
+/// body's client may spend before its bytes have earned any (5 s,
+/// Kestrel's: TCP slow start, a 100-continue round trip, a phone's radio
+/// waking).
+pub const DEFAULT_MIN_REQUEST_BODY_RATE_GRACE: Duration = Duration::from_secs(5);
 
 /// Default for how long a keep-alive connection idles as a task before it is
 /// parked (see `park.rs`). Two seconds: busy connections (a request every few
@@ -214,6 +232,13 @@ pub(crate) struct Config {
     pub max_headers: usize,
     pub max_body_bytes: u64,
     pub max_drain_bytes: u64,
+    /// HTTP/1.1: the request body rate below which a handler's wait for
+    /// body bytes fails, in bytes a second (`proto/http1/exchange.rs`,
+    /// `BodyRate`); `None`: no bound but the stall's.
+    pub min_request_body_rate: Option<u32>,
+    /// The waiting `min_request_body_rate` allows a body before its bytes
+    /// earned any.
+    pub min_request_body_rate_grace: Duration,
     pub max_connections: Option<usize>,
     /// At `max_connections` with nothing idle to close: refuse the next
     /// connection (`503`) instead of leaving it in the backlog.
@@ -301,6 +326,8 @@ impl Default for Config {
             max_headers: DEFAULT_MAX_HEADERS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_drain_bytes: DEFAULT_MAX_DRAIN_BYTES,
+            min_request_body_rate: Some(DEFAULT_MIN_REQUEST_BODY_RATE),
+            min_request_body_rate_grace: DEFAULT_MIN_REQUEST_BODY_RATE_GRACE,
             max_connections: None,
             refuse_at_max_connections: false,
             accept_rate: None,

@@ -4,6 +4,8 @@
 //! `protocol_error` for the ones that close. Counted on the rejection path
 //! only, one relaxed increment in the worker's array.
 
+use std::sync::atomic::AtomicU64;
+
 use crate::observe::stats::{add, incr, WorkerStats};
 
 /// A limit (or a check a request failed) that refused a request, closed
@@ -131,11 +133,39 @@ pub(crate) enum LimitHit {
     /// a handler reads: it waits, nothing is reset); counted once a
     /// connection. See `proto/http2/unread.rs`.
     Http2MaxUnreadBody,
+    /// HTTP/1.1: a request body's client sent slower than
+    /// `Builder::min_request_body_rate` while its handler waited (or while
+    /// the connection drained it unread): the read failed, `408` if the
+    /// response had not begun, and the connection closed.
+    MinRequestBodyRate,
+    /// HTTP/1.1: a request body its handler left unread was, or was known
+    /// by its `Content-Length` to be, over `Builder::max_drain_bytes`: not
+    /// drained past it, the connection closes after the response.
+    MaxDrainBytes,
+}
+
+/// A worker's count of each [`LimitHit`], indexed by it. A type of its
+/// own because `Default` is derived for arrays of at most 32 elements,
+/// and there are more labels.
+#[derive(Debug)]
+pub(crate) struct LimitCounters([AtomicU64; LimitHit::COUNT]);
+
+impl Default for LimitCounters {
+    fn default() -> Self {
+        LimitCounters(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl std::ops::Deref for LimitCounters {
+    type Target = [AtomicU64];
+    fn deref(&self) -> &[AtomicU64] {
+        &self.0
+    }
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::Http2MaxUnreadBody as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::MaxDrainBytes as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -171,6 +201,8 @@ impl LimitHit {
         "park_slots",
         "http2_ping_flood",
         "http2_max_unread_body_bytes",
+        "min_request_body_rate",
+        "max_drain_bytes",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -207,9 +239,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::Http2PingFlood.count(&stats);
+        LimitHit::MaxDrainBytes.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::Http2PingFlood as usize, LimitHit::COUNT - 1);
+        assert_eq!(LimitHit::MaxDrainBytes as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

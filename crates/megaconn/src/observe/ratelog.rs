@@ -439,6 +439,9 @@ pub(crate) enum Flood {
     /// An HTTP/2 connection whose unread request DATA reached
     /// `http2_max_unread_body_bytes` (its client waits for its handlers).
     Http2UnreadBody,
+    /// An HTTP/1.1 request body whose client sent slower than
+    /// `min_request_body_rate` while it was awaited: the connection closed.
+    BodyTooSlow,
 }
 
 impl Flood {
@@ -538,6 +541,7 @@ impl Flood {
             | Flood::TlsClientCertRefused
             | Flood::TlsPlainHttp
             | Flood::Http2UnreadBody
+            | Flood::BodyTooSlow
             | Flood::PublishRate => Level::INFO,
         }
     }
@@ -556,11 +560,11 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 61;
+const KINDS: usize = 62;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Http2UnreadBody as usize == KINDS - 1);
+const _: () = assert!(Flood::BodyTooSlow as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

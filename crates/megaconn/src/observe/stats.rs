@@ -57,7 +57,7 @@ pub(crate) struct WorkerStats {
     pub stalls: AtomicU64,
     /// Requests refused, connections closed and hub messages dropped, by
     /// the limit that did it (indexed by [`LimitHit`]).
-    pub limit_hits: [AtomicU64; LimitHit::COUNT],
+    pub limit_hits: crate::observe::limits::LimitCounters,
     /// TLS alerts peers ended connections with, by description (indexed as
     /// `alerts::labels`).
     pub tls_alerts: AlertCounters,

@@ -936,9 +936,55 @@ impl Builder {
     }
 
     /// How much unread request body the server discards after a response to keep
-    /// the connection usable; past it the connection closes. Default: 256 KiB.
+    /// the connection usable; past it the connection closes. HTTP/1.1: a
+    /// body whose `Content-Length` says it has more left than this when
+    /// its handler drops it unread is not read at all (the connection
+    /// closes after the response, whose head is the handler's, as under
+    /// `axum::serve`); either way counted as
+    /// `megaconn_limit_hits_total{limit="max_drain_bytes"}`. Default:
+    /// 256 KiB, as Go's `net/http`; 0 closes after every unread body.
     pub fn max_drain_bytes(mut self, n: u64) -> Builder {
         self.config.max_drain_bytes = n;
+        self
+    }
+
+    /// HTTP/1.1: the slowest a client may send a request body while its
+    /// handler waits for it, in bytes a second. A client earns `1 / rate`
+    /// seconds of waiting per byte (its chunked framing included), starts
+    /// with [`min_request_body_rate_grace`](Builder::min_request_body_rate_grace)
+    /// (5 s) of it and may bank at most 60 s; when a wait of the handler's
+    /// spends what is left, the handler's body read fails with
+    /// [`BodyError::TimedOut`](crate::BodyError::TimedOut), the request is
+    /// answered `408` if its response has not begun (else the connection
+    /// just closes), and the connection closes as
+    /// [`CloseReason::ReadTimeout`](crate::CloseReason::ReadTimeout);
+    /// counted in `megaconn_timeouts_total` and
+    /// `megaconn_limit_hits_total{limit="min_request_body_rate"}`, and
+    /// logged (at most once per 5 s per worker) with the peer. An unread
+    /// body drained after its response is held to the same rate.
+    ///
+    /// Only the handler's waits count (Kestrel's `MinRequestBodyDataRate`
+    /// does the same): a handler that reads slowly, or not for a while,
+    /// costs its client nothing. `idle_timeout` bounds one silence (60 s
+    /// between two bytes, as nginx's `client_body_timeout`); that alone let
+    /// a client send a byte every 20 s and hold its connection for good.
+    /// A client that waits for the server's answer before it sends more
+    /// (a duplex stream over one request) is cut by it: turn it off for
+    /// such a service. Default: 240 B/s, as Kestrel; `None` (or 0)
+    /// disables, leaving `idle_timeout`'s bound (or
+    /// [`read_timeout`](Builder::read_timeout)'s, on the whole body, where
+    /// it is set; this one applies with it too).
+    pub fn min_request_body_rate(mut self, bytes_per_second: Option<u32>) -> Builder {
+        self.config.min_request_body_rate = bytes_per_second.filter(|&r| r > 0);
+        self
+    }
+
+    /// The waiting [`min_request_body_rate`](Builder::min_request_body_rate)
+    /// allows a request body before its bytes have earned any: for TCP slow
+    /// start, a `100 Continue` round trip, a phone's radio waking. Capped
+    /// at the 60 s a client may bank. Default: 5 s, as Kestrel.
+    pub fn min_request_body_rate_grace(mut self, grace: Duration) -> Builder {
+        self.config.min_request_body_rate_grace = grace.min(config::LONGEST);
         self
     }
 

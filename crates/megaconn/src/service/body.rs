@@ -265,6 +265,12 @@ impl BodySender {
         Poll::Pending
     }
 
+    /// Whether the handler dropped the body: it will read no more of it
+    /// (what is left is drained, or the connection closes).
+    pub(crate) fn is_dropped(&self) -> bool {
+        self.shared.lock().receiver_gone
+    }
+
     /// Whether the handler waits for the body now: its last poll found the
     /// slot empty and nothing was handed to it since. Not waiting, it has
     /// stopped reading for now (it polls again when it wants more); its

@@ -21,7 +21,11 @@ const BOUND: Duration = Duration::from_secs(10);
 /// bounded by [`BOUND`]; returns the client end.
 fn serve<S: megaconn::HttpService + 'static>(app: S) -> DuplexStream {
     let (client, server_end) = tokio::io::duplex(64 * 1024);
-    let builder = megaconn::Server::builder().idle_timeout(Some(BOUND));
+    // (No rate: these bodies are slower than any, on purpose; the rate's
+    // tests are in `h1_body_limits.rs`.)
+    let builder = megaconn::Server::builder()
+        .idle_timeout(Some(BOUND))
+        .min_request_body_rate(None);
     tokio::task::spawn_local(async move { builder.serve_connection(server_end, app).await });
     client
 }

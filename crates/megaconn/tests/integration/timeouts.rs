@@ -125,7 +125,7 @@ async fn idle_timeout_none_keeps_the_connection() {
         .await;
 }
 
-/// A zero timeout is off, as `None` is (and as zero is in Go and the CLI):
+/// A zero timeout (and a zero body rate) is off, as `None` is (and as zero is in Go and the CLI):
 /// a slow head, a slow body and an hour's idle are all served. Zero used to
 /// fire at once (a `408` to the first partial head).
 #[tokio::test(start_paused = true)]
@@ -138,7 +138,8 @@ async fn zero_timeouts_are_off() {
                     .read_header_timeout(zero)
                     .read_timeout(zero)
                     .write_timeout(zero)
-                    .idle_timeout(zero),
+                    .idle_timeout(zero)
+                    .min_request_body_rate(Some(0)),
             );
             let hour = Duration::from_secs(3600);
             c.write_all(b"POST /collect HTTP/1.1\r\nHost: t")

@@ -85,6 +85,15 @@ impl Decoder {
         }
     }
 
+    /// Bytes of the body still to come, where its length is known
+    /// (`Content-Length`); `None` for a chunked body.
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        match self {
+            Decoder::Length { remaining } => Some(*remaining),
+            Decoder::Chunked { .. } => None,
+        }
+    }
+
     /// Takes the next event out of `buf`, copying at most `max_chunk` data bytes.
     pub(crate) fn decode(
         &mut self,

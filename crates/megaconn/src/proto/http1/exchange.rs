@@ -29,11 +29,12 @@ use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{Response, StatusCode, Version};
 use http_body::Body as HttpBody;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::decode::{Decoded, Decoder};
 use super::encode::{self, EncodeError, Encoder, HeadContext};
@@ -42,7 +43,7 @@ use crate::conn::io::{read_more, ConnIo, WriteBound, Writes};
 use crate::conn::transport::{Parkable, Transport};
 use crate::error::BodyError;
 use crate::message::MessageSettings;
-use crate::observe::clock::LazyDeadline;
+use crate::observe::clock::{self, LazyDeadline};
 use crate::observe::human::Timeout;
 use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
@@ -95,6 +96,7 @@ enum DeadlineKind {
     Read,
     Write,
     BodyStall,
+    BodyRate,
 }
 
 /// A handler's wait for request body bytes that the socket does not have,
@@ -138,6 +140,95 @@ struct BodyStall {
     /// to see whether it still waits ([`BodySender::ask_again`]); its
     /// answer, a poll of the body, is awaited for one more bound.
     asked: bool,
+}
+
+/// The most waiting a request body's client may bank ([`BodyRate`]): as
+/// long as `idle_timeout`'s default lets it be silent, so that a client
+/// past a fast stretch is held to the rate again a minute later at most.
+const BODY_RATE_BANK: Duration = Duration::from_secs(60);
+
+/// A request body's client held to `min_request_body_rate`
+/// ([`body_too_slow`]).
+///
+/// Why a rate, not only a bound between reads: [`BodyStall`]'s bound
+/// (`idle_timeout`, 60 s, as nginx's `client_body_timeout`) restarts at
+/// each byte, so a client that sent one byte every 20 s held its
+/// connection, its task and the handler's state for good (2,000 of them,
+/// ~3.2 KB each, in session 48's review), for 0.05 B/s of upload. A
+/// shorter bound between reads would only change the drip's pace and cut
+/// honest clients whose network pauses. A rate makes holding a connection
+/// cost bandwidth: 240 B/s each, ~480 KB/s for those 2,000.
+///
+/// Why this rate: Kestrel's `MinRequestBodyDataRate` (240 B/s after a 5 s
+/// grace), measured, as there, over the handler's waits only: a handler
+/// that reads slowly, or stops reading for a while, costs its client
+/// nothing, since the client cannot send faster than the handler takes
+/// (the kernel's buffer fills). As a bucket of waiting time rather than
+/// Kestrel's average since the body began: each byte read earns `1 /
+/// rate` s, the client starts with the grace, and banks at most
+/// [`BODY_RATE_BANK`]; a wait that spends what is left is cut. An average
+/// let a client that sent 16 MiB fast then drip for its 19 hours' worth
+/// (16 MiB / 240 B/s); the bank holds that to a minute. Bytes, not data:
+/// a chunked body's framing is the client's sending too (as for
+/// [`BodyStall`], whose argument bounds how much framing there can be).
+///
+/// Nothing is done per read but an addition while a wait is open, and
+/// nothing at all for a body whose bytes are there when read (no wait,
+/// no `BodyRate`). One timer, made at the first wait: it is moved only
+/// when it passes, as a wait's deadline (its start plus the credit left)
+/// never comes before the last one set (a later wait starts after the
+/// earlier one's time is spent, with at least its credit less that time).
+#[derive(Debug)]
+struct BodyRate {
+    /// Waiting the client may still spend, as of the open wait's start.
+    credit: Duration,
+    /// When the open wait began (the handler waiting, the socket empty);
+    /// `None`: no wait is open.
+    since: Option<Instant>,
+    /// When `credit` runs out, or earlier (see the struct).
+    bound: LazyDeadline,
+    /// The credit ran out and the handler's wait was woken to see whether
+    /// it still waits ([`BodySender::ask_again`]); no bytes came since.
+    asked: bool,
+}
+
+impl BodyRate {
+    /// A body's first wait, beginning `now`, with `grace` to spend and
+    /// what the body's `bytes` so far earned at `rate`.
+    fn new(grace: Duration, bytes: u64, rate: u32, now: Instant) -> BodyRate {
+        let credit = (grace + earning(bytes, rate)).min(BODY_RATE_BANK);
+        BodyRate {
+            credit,
+            since: Some(now),
+            bound: LazyDeadline::after(Some(credit)),
+            asked: false,
+        }
+    }
+
+    /// The open wait, if any, ends `now`: its time is spent.
+    fn close_wait(&mut self, now: Instant) {
+        if let Some(since) = self.since.take() {
+            self.credit = self
+                .credit
+                .saturating_sub(now.saturating_duration_since(since));
+        }
+    }
+
+    /// `n` bytes of the body were read: a wait open ends, and they earn
+    /// `n / rate` seconds, up to the bank.
+    fn earned(&mut self, n: usize, rate: u32) {
+        if self.since.is_some() {
+            self.close_wait(clock::now());
+        }
+        self.asked = false;
+        self.credit = (self.credit + earning(n as u64, rate)).min(BODY_RATE_BANK);
+    }
+}
+
+/// The waiting `bytes` earn at `rate` bytes a second.
+fn earning(bytes: u64, rate: u32) -> Duration {
+    let nanos = u128::from(bytes) * 1_000_000_000 / u128::from(rate.max(1));
+    Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64)
 }
 
 /// The per-request facts the exchange needs from the request head.
@@ -251,6 +342,9 @@ struct State {
     // The bound of the handler's wait for body bytes (`BodyStall`),
     // made only then: one word while it does not wait.
     body_stall: Option<Box<BodyStall>>,
+    // The body's client held to `min_request_body_rate` (`BodyRate`),
+    // made at the handler's first wait: one word until then.
+    body_rate: Option<Box<BodyRate>>,
     setup: ExchangeSetup,
     body_bytes: u64,
     drained: u64,
@@ -303,6 +397,7 @@ where
                 deadline_kind: DeadlineKind::Read,
                 write_bound: None,
                 body_stall: None,
+                body_rate: None,
                 setup,
                 body_bytes: 0,
                 drained: 0,
@@ -452,6 +547,11 @@ fn timed_out<T: Parkable, F, B>(this: &mut Proj<'_, '_, T, F, B>, kind: Deadline
             "idle_timeout",
             "the request body sent nothing within idle_timeout",
         ),
+        DeadlineKind::BodyRate => (
+            CloseReason::ReadTimeout,
+            "min_request_body_rate",
+            "the request body came slower than min_request_body_rate",
+        ),
     };
     if let Some(tx) = this.st.setup.body_tx.take() {
         tx.fail(BodyError::TimedOut);
@@ -466,6 +566,21 @@ fn timed_out<T: Parkable, F, B>(this: &mut Proj<'_, '_, T, F, B>, kind: Deadline
                  awaited; closing the connection"
             )
         }),
+        // And a drip (a byte every few seconds): the line names the peer,
+        // which an operator needs to block it.
+        DeadlineKind::BodyRate => {
+            LimitHit::MinRequestBodyRate.count(stats);
+            ratelog::log(Flood::BodyTooSlow, |suppressed| {
+                tracing::info!(
+                    min_request_body_rate = this.conn.ctx.config.min_request_body_rate,
+                    suppressed,
+                    "an HTTP/1.1 request body from {} came slower than \
+                     min_request_body_rate (bytes a second) while it was awaited; \
+                     closing the connection",
+                    super::conn::peer_name(this.conn)
+                )
+            })
+        }
         // So is a slow request (a slowloris): at debug only, an operator
         // saw `closed{read_timeout}` counted but not from whom.
         DeadlineKind::Read => ratelog::log(Flood::Http1ReadTimeout, |suppressed| {
@@ -916,6 +1031,12 @@ where
                 // What is left is drained, under a bound of its own.
                 *this.st.setup.body_tx = None;
                 this.st.body_stall = None;
+                if let Some(rate) = this.st.body_rate.as_deref_mut() {
+                    // (The drain's waits are the client's again once the
+                    // response is done: `body_too_slow`.)
+                    rate.close_wait(clock::now());
+                    rate.asked = false;
+                }
                 return Ok(true);
             }
             Poll::Ready(Demand::Ready) => {}
@@ -976,13 +1097,16 @@ where
                 None if body_stalled(this, cx) => {
                     return Err(timed_out(this, DeadlineKind::BodyStall));
                 }
+                None if body_too_slow(this, cx) => {
+                    return Err(timed_out(this, DeadlineKind::BodyRate));
+                }
                 None => return Ok(false),
                 Some(0) => {
                     give_up_body(this, BodyError::Incomplete);
                     this.st.close_reason = Some(CloseReason::ClientClosed);
                     return Ok(true);
                 }
-                Some(_) => body_progressed(this),
+                Some(n) => body_progressed(this, n),
             },
             Err(why) => {
                 body_malformed(this, why);
@@ -1115,12 +1239,84 @@ fn body_stalled<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>)
     false
 }
 
-/// Bytes of the body came: a bound of the handler's wait, if one runs,
-/// starts again when it would pass ([`BodyStall`]).
-fn body_progressed<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
+/// `n` bytes of the body came: a bound of the handler's wait, if one
+/// runs, starts again when it would pass ([`BodyStall`]), and they earn
+/// their client waiting time ([`BodyRate`]).
+fn body_progressed<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, n: usize) {
     if let Some(stall) = this.st.body_stall.as_deref_mut() {
         stall.progressed = true;
     }
+    if let (Some(rate), Some(per_second)) = (
+        this.st.body_rate.as_deref_mut(),
+        this.conn.ctx.config.min_request_body_rate,
+    ) {
+        rate.earned(n, per_second);
+    }
+}
+
+/// Whether the client of a body the handler waits for (or the exchange
+/// drains, its response done) has spent the waiting its bytes earned
+/// ([`BodyRate`], `min_request_body_rate`); else the task is woken when
+/// it would have. Called where [`body_stalled`] is: the handler's wait
+/// found the socket empty.
+///
+/// A wait that spends the credit is cut at once while the exchange
+/// drains. A handler's is first woken ([`BodySender::ask_again`]), as the
+/// stall's bound does, and cut when it polls again with nothing come
+/// since: one that polled once and then gave up that wait, keeping the
+/// body, is not cut for a silence it does not wait on (its time is not
+/// spent meanwhile: no wait is open until it polls again, and then, the
+/// credit spent, it is cut unless bytes came).
+fn body_too_slow<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> bool {
+    let config = &this.conn.ctx.config;
+    let Some(per_second) = config.min_request_body_rate else {
+        return false;
+    };
+    let grace = config.min_request_body_rate_grace;
+    let waiting = match this.st.setup.body_tx.as_mut() {
+        Some(tx) => tx.poll_awaited(cx),
+        None => this.handler.is_none() && this.st.response_done,
+    };
+    let now = clock::now();
+    let rate = match this.st.body_rate.as_deref_mut() {
+        Some(rate) => rate,
+        None if !waiting => return false,
+        None => {
+            // What came before the first wait counts (a client that sent
+            // 64 KiB at once, then paused, is not cut at the grace).
+            let bytes = this.st.body_bytes + this.st.drained;
+            let rate = BodyRate::new(grace, bytes, per_second, now);
+            this.st.body_rate.insert(Box::new(rate))
+        }
+    };
+    if !waiting {
+        // Its wait was woken (by this or by the stall's bound) and not
+        // taken up again yet: not the client's time.
+        rate.close_wait(now);
+        return false;
+    }
+    if rate.asked {
+        // Woken with its credit spent, it waits again, and nothing came.
+        return true;
+    }
+    let since = *rate.since.get_or_insert(now);
+    if !rate.bound.poll_passed(cx) {
+        return false;
+    }
+    let spent = now.saturating_duration_since(since);
+    if let Some(left) = rate.credit.checked_sub(spent).filter(|l| !l.is_zero()) {
+        // Early (see `BodyRate`): to where this wait's credit ends.
+        rate.bound.restart(left);
+        let _ = rate.bound.poll_passed(cx);
+        return false;
+    }
+    let Some(tx) = this.st.setup.body_tx.as_mut() else {
+        return true;
+    };
+    rate.close_wait(now);
+    rate.asked = true;
+    tx.ask_again(cx);
+    false
 }
 
 /// Nothing more of the request is read: `read_timeout`, which bounds only
@@ -1132,6 +1328,7 @@ fn body_done<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
         this.deadline.set(None);
     }
     this.st.body_stall = None;
+    this.st.body_rate = None;
 }
 
 /// Stops reading the body: the handler sees `error`, the connection closes.
@@ -1174,6 +1371,54 @@ fn give_up_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, error: BodyError) {
     }
 }
 
+/// Whether the handler dropped the request body with more of it left, by
+/// its `Content-Length`, than `max_drain_bytes` lets the exchange read
+/// away ([`drain_refused`]). A chunked body's length is not known: it is
+/// drained up to the bound.
+#[inline(never)]
+fn unread_past_drain<T, F, B>(this: &Proj<'_, '_, T, F, B>) -> bool {
+    let Some(left) = this.st.setup.decoder.as_ref().and_then(Decoder::remaining) else {
+        return false;
+    };
+    let dropped = this
+        .st
+        .setup
+        .body_tx
+        .as_ref()
+        .is_none_or(BodySender::is_dropped);
+    dropped
+        && left
+            > this
+                .conn
+                .ctx
+                .config
+                .max_drain_bytes
+                .saturating_sub(this.st.drained)
+}
+
+/// A body the handler left unread is longer than `max_drain_bytes`, known
+/// by its length or found by draining it: nothing more of it is read, and
+/// the connection closes after the response; counted. Reading megabytes
+/// nobody wants to save a handshake is a bad trade, and a client can send
+/// them at will; Go stops at the same 256 KiB (`maxPostHandlerReadBytes`).
+///
+/// The response's head is not changed for it (Go's says `Connection:
+/// close`): hyper, under `axum::serve`, sends its head as it is and closes
+/// after it, and a drop-in's answers are the same bytes
+/// (`tests/dropin/files.rs` compares them). The close tells the client,
+/// and the lingering close reads what it is still sending for a moment,
+/// so that it sees the answer, not a reset.
+#[cold]
+fn drain_refused<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
+    let limit = this.conn.ctx.config.max_drain_bytes;
+    LimitHit::MaxDrainBytes.count(&this.conn.ctx.stats);
+    tracing::debug!(
+        limit,
+        "unread request body over max_drain_bytes; closing after the response"
+    );
+    give_up_body(this, BodyError::Incomplete);
+}
+
 /// Reads and discards a body the handler did not read, up to `max_drain_bytes`,
 /// so the next request on the connection starts in the right place.
 fn drain_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
@@ -1192,6 +1437,10 @@ where
         this.st.close_reason.get_or_insert(CloseReason::UnreadBody);
         return Ok(true);
     }
+    if unread_past_drain(this) {
+        drain_refused(this);
+        return Ok(true);
+    }
     let max_drain = this.conn.ctx.config.max_drain_bytes;
     let mut progress = false;
     loop {
@@ -1203,11 +1452,7 @@ where
                 this.st.record.request_bytes(data.len());
                 progress = true;
                 if this.st.drained > max_drain {
-                    tracing::debug!(
-                        limit = max_drain,
-                        "unread request body too large to drain; closing"
-                    );
-                    give_up_body(this, BodyError::Incomplete);
+                    drain_refused(this);
                     return Ok(true);
                 }
             }
@@ -1219,14 +1464,17 @@ where
                 None if body_stalled(this, cx) => {
                     return Err(timed_out(this, DeadlineKind::BodyStall));
                 }
+                None if body_too_slow(this, cx) => {
+                    return Err(timed_out(this, DeadlineKind::BodyRate));
+                }
                 None => return Ok(progress),
                 Some(0) => {
                     give_up_body(this, BodyError::Incomplete);
                     this.st.close_reason = Some(CloseReason::ClientClosed);
                     return Ok(true);
                 }
-                Some(_) => {
-                    body_progressed(this);
+                Some(n) => {
+                    body_progressed(this, n);
                     progress = true;
                 }
             },

@@ -479,7 +479,7 @@ fn parse_in(
                 }
             };
         }
-        Err(e) => return Err(parse_error(e)),
+        Err(e) => return Err(parse_error(e, buf)),
     };
     *len = match status {
         httparse::Status::Complete(len) => len,
@@ -592,16 +592,33 @@ fn other_version(buf: &[u8], limits: &HeadLimits) -> Result<Option<usize>, Rejec
     }
 }
 
-fn parse_error(e: httparse::Error) -> Rejection {
+/// The answer to a head httparse refused with `e`, `buf` being the head.
+fn parse_error(e: httparse::Error, buf: &[u8]) -> Rejection {
     match e {
         httparse::Error::TooManyHeaders => TOO_MANY_HEADERS,
         httparse::Error::Version => reject(BAD, "malformed HTTP version"),
         httparse::Error::HeaderName => reject(BAD, "invalid header name"),
         httparse::Error::HeaderValue => reject(BAD, "invalid header value"),
         httparse::Error::NewLine => reject(BAD, "invalid line ending"),
-        httparse::Error::Token => reject(BAD, "invalid method or token"),
+        // httparse says `Token` for a bad byte in the method or in the
+        // request target: which one, the line says (a client told "method
+        // or token" for a space in its path looked at the wrong part).
+        httparse::Error::Token if method_is_token(buf) => reject(BAD, "invalid request target"),
+        httparse::Error::Token => reject(BAD, "invalid method"),
         httparse::Error::Status => reject(BAD, "invalid request line"),
     }
+}
+
+/// Whether the request line in `buf` begins with a whole method, a token
+/// (RFC 9110 §9.1) followed by its space: then what httparse refused as
+/// no token is the request target.
+fn method_is_token(buf: &[u8]) -> bool {
+    let line = &buf[request_line_start(buf)..];
+    let method_len = line
+        .iter()
+        .take_while(|&&b| super::quick_head::is_tchar(b))
+        .count();
+    method_len > 0 && line.get(method_len) == Some(&b' ')
 }
 
 /// The head `req` says, put in `place` (built there: see [`HeadPlace`]).
