@@ -239,11 +239,18 @@ where
             // Its connections' tasks now: the requests they were serving
             // (if any: forced at the deadline) were cut off, not served.
             crate::observe::metrics::dropping_forced(|| drop(local));
-            // The runtime waits for the others' drains (see `Drains`).
+            // The runtime waits for the others' drains (see `Drains`), if
+            // this one's ended in time. A forced one's upgraded connections
+            // (tasks on the runtime, not the `LocalSet`) were just counted
+            // forced: they must not run on, trade bytes and close as if
+            // served (merge review, session 49), so its runtime goes now,
+            // as before; the others' deadlines are at most as far off.
             let drains = ticket.done();
-            runtime.get().block_on(async {
-                let _ = tokio::time::timeout_at(keep_until, drains.all_ended()).await;
-            });
+            if summary.forced == 0 {
+                runtime.get().block_on(async {
+                    let _ = tokio::time::timeout_at(keep_until, drains.all_ended()).await;
+                });
+            }
             crate::observe::metrics::dropping_forced(|| drop(runtime));
             summary
         })
@@ -862,7 +869,10 @@ fn has_hub(ctx: &WorkerContext) -> bool {
 /// returned nothing is polled again (the `LocalSet`'s tasks are dropped
 /// unpolled), so what is open then is exactly what was forced. (Stopping
 /// the connections instead would take a check at each poll of every
-/// connection; this costs nothing until shutdown.)
+/// connection; this costs nothing until shutdown.) The runtime itself is
+/// driven on after that, waiting for the other workers' drains, only when
+/// nothing was forced: an upgraded connection's task lives on the runtime,
+/// and a forced one must not run on once counted.
 struct Drained {
     worker: usize,
     /// Connection tasks open when the drain began.
