@@ -22,10 +22,11 @@ use megaconn::{
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 
-/// One worker serving a [`Probe`] at `/ws`, its route as `route` makes it.
-fn start(
+/// One worker serving a [`Probe`] (or a handler made of one) at `/ws`, its
+/// route as `route` makes it.
+fn start<H: WebSocketHandler>(
     builder: megaconn::Builder,
-    route: impl FnOnce(Probe) -> WebSocketRoute<Probe>,
+    route: impl FnOnce(Probe) -> WebSocketRoute<H>,
 ) -> Running<(ConnectionId, CloseReason)> {
     let server = builder
         .workers(1)
@@ -55,6 +56,57 @@ async fn client(
     (client, server.next_open().await)
 }
 
+/// Parks after 50 ms idle, a 4 KiB message send buffer, a 1 s write bound.
+fn bounded() -> megaconn::Builder {
+    Server::builder()
+        .park_idle_after(Some(Duration::from_millis(50)))
+        .message_send_buffer_size(Some(4096))
+        .write_stall_timeout(Some(Duration::from_secs(1)))
+}
+
+/// No pings of ours, and a heartbeat timeout longer than any test.
+fn quiet<H: WebSocketHandler>(route: WebSocketRoute<H>) -> WebSocketRoute<H> {
+    route
+        .ping_interval(None)
+        .heartbeat_timeout(Some(Duration::from_secs(600)))
+}
+
+/// Once `id` is parked, droppable pushes to it every 5 ms until its close
+/// is reported (bounded by [`SAFETY`]); `chatty`, a client that sends a
+/// frame every 40 pushes (200 ms), waking its connection.
+async fn push_until_closed(
+    server: &mut Running<(ConnectionId, CloseReason)>,
+    id: ConnectionId,
+    mut chatty: Option<&mut WebSocketStream<TcpStream>>,
+) -> (ConnectionId, CloseReason) {
+    server.wait_parked(1).await;
+    let payload = "x".repeat(1024);
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    for turn in 1u32.. {
+        match server.hub.send_droppable(id, payload.clone()) {
+            Ok(()) => {}
+            // Closed, and the hub knew before the handler's report came.
+            Err(e) => assert_eq!(e, HubError::Closed, "{e}"),
+        }
+        if let Ok(closed) = server.closes.try_recv() {
+            return closed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not closed: {:?}",
+            server.handle.stats().messages
+        );
+        if let Some(client) = chatty.as_deref_mut().filter(|_| turn % 40 == 0) {
+            // Its frames keep coming (the server may have closed meanwhile).
+            let _ = client
+                .send(tokio_tungstenite::tungstenite::Message::text("here"))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    unreachable!("the deadline ends the loop")
+}
+
 /// A parked WebSocket with a heartbeat timeout (longer than the test: it
 /// plays no part) whose client reads nothing gets droppable pushes until
 /// it closes: once its socket is behind they are dropped, and once it has
@@ -63,35 +115,9 @@ async fn client(
 /// droppable. (Before: never closed; the wait for its close timed out.)
 #[tokio::test]
 async fn a_parked_peer_reached_only_by_droppable_pushes_is_closed_at_its_write_bound() {
-    let builder = Server::builder()
-        .park_idle_after(Some(Duration::from_millis(50)))
-        .message_send_buffer_size(Some(4096))
-        .write_stall_timeout(Some(Duration::from_secs(1)));
-    let mut server = start(builder, |probe| {
-        WebSocketRoute::new(probe)
-            .ping_interval(None)
-            .heartbeat_timeout(Some(Duration::from_secs(600)))
-    });
+    let mut server = start(bounded(), |probe| quiet(WebSocketRoute::new(probe)));
     let (_client, id) = client(&mut server).await;
-    server.wait_parked(1).await;
-    let payload = "x".repeat(1024);
-    let deadline = tokio::time::Instant::now() + SAFETY;
-    let (closed, reason) = loop {
-        match server.hub.send_droppable(id, payload.clone()) {
-            Ok(()) => {}
-            // Closed, and the hub knew before the handler's report came.
-            Err(e) => assert_eq!(e, HubError::Closed, "{e}"),
-        }
-        if let Ok(closed) = server.closes.try_recv() {
-            break closed;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not closed: {:?}",
-            server.handle.stats().messages
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let (closed, reason) = push_until_closed(&mut server, id, None).await;
     assert_eq!((closed, reason), (id, CloseReason::SlowConsumer));
     let stats = server.handle.stats();
     assert_eq!(common::closed_as(&stats, "slow_consumer"), 1, "{stats:?}");
@@ -130,49 +156,9 @@ impl WebSocketHandler for Silent {
 /// stayed open for good.)
 #[tokio::test]
 async fn a_parked_peer_behind_that_keeps_sending_is_closed_all_the_same() {
-    let builder = Server::builder()
-        .park_idle_after(Some(Duration::from_millis(50)))
-        .message_send_buffer_size(Some(4096))
-        .write_stall_timeout(Some(Duration::from_secs(1)));
-    let server = builder
-        .workers(1)
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen()
-        .expect("server binds");
-    let mut server = Running::serve(server, |server, opens, closes| {
-        let route = WebSocketRoute::new(Silent(Probe { opens, closes }))
-            .ping_interval(None)
-            .heartbeat_timeout(Some(Duration::from_secs(600)));
-        let app = axum::Router::new().route_service("/ws", route);
-        server.start(app).expect("server starts")
-    });
+    let mut server = start(bounded(), |probe| quiet(WebSocketRoute::new(Silent(probe))));
     let (mut client, id) = client(&mut server).await;
-    server.wait_parked(1).await;
-    let payload = "x".repeat(1024);
-    let deadline = tokio::time::Instant::now() + SAFETY;
-    let mut turn = 0u32;
-    let (closed, reason) = loop {
-        match server.hub.send_droppable(id, payload.clone()) {
-            Ok(()) => {}
-            Err(e) => assert_eq!(e, HubError::Closed, "{e}"),
-        }
-        if let Ok(closed) = server.closes.try_recv() {
-            break closed;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not closed: {:?}",
-            server.handle.stats().messages
-        );
-        turn += 1;
-        if turn % 40 == 0 {
-            // Its frames keep coming (the server may have closed meanwhile).
-            let _ = client
-                .send(tokio_tungstenite::tungstenite::Message::text("here"))
-                .await;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let (closed, reason) = push_until_closed(&mut server, id, Some(&mut client)).await;
     assert_eq!((closed, reason), (id, CloseReason::SlowConsumer));
     server.stop().await;
 }
