@@ -117,6 +117,35 @@ fn upload(mut send: h2::SendStream<Bytes>, want: usize, sent: Arc<AtomicUsize>) 
     });
 }
 
+/// `n` uploads of 256 KiB each to a handler that never reads, on
+/// `client`'s connection, until the server counts the budget reached (then
+/// one PING round trip: what it let through by then has arrived); the
+/// bytes they got through.
+async fn unread_uploads(
+    handle: &ServerHandle,
+    client: &h2::client::SendRequest<Bytes>,
+    pings: &mut h2::PingPong,
+    n: usize,
+) -> Arc<AtomicUsize> {
+    let sent = Arc::new(AtomicUsize::new(0));
+    for _ in 0..n {
+        let mut ready = client.clone().ready().await.unwrap();
+        let req = Request::post("http://t/hang").body(()).unwrap();
+        let (_answer, send) = ready.send_request(req, false).unwrap();
+        upload(send, 256 * 1024, sent.clone());
+    }
+    let counted = async {
+        while limit_hits(&handle.stats(), "http2_max_unread_body_bytes") == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(SAFETY, counted)
+        .await
+        .unwrap_or_else(|_| panic!("never counted; {} bytes sent", sent.load(Relaxed)));
+    round_trip(pings).await;
+    sent
+}
+
 /// Four uploads to a handler that never reads, each wanting 256 KiB (the
 /// per-stream window before session 49; four of them the 1 MiB connection
 /// window): together they get exactly the budget, 128 KiB, and no more
@@ -128,22 +157,7 @@ fn upload(mut send: h2::SendStream<Bytes>, want: usize, sent: Arc<AtomicUsize>) 
 async fn unread_uploads_stop_at_the_budget_and_are_counted_once() {
     let server = start(Builder::default());
     let (client, mut pings) = client(server.addr).await;
-    let sent = Arc::new(AtomicUsize::new(0));
-    for _ in 0..4 {
-        let mut ready = client.clone().ready().await.unwrap();
-        let req = Request::post("http://t/hang").body(()).unwrap();
-        let (_answer, send) = ready.send_request(req, false).unwrap();
-        upload(send, 256 * 1024, sent.clone());
-    }
-    let counted = async {
-        while limit_hits(&server.handle.stats(), "http2_max_unread_body_bytes") == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(SAFETY, counted)
-        .await
-        .unwrap_or_else(|_| panic!("never counted; {} bytes sent", sent.load(Relaxed)));
-    round_trip(&mut pings).await;
+    let sent = unread_uploads(&server.handle, &client, &mut pings, 4).await;
     let budget = DEFAULT_HTTP2_MAX_UNREAD_BODY_BYTES as usize;
     assert_eq!(sent.load(Relaxed), budget, "sent when counted");
     round_trip(&mut pings).await;
@@ -171,22 +185,7 @@ async fn the_budget_is_the_builders() {
     let budget = 256 * 1024;
     let server = start(Builder::default().http2_max_unread_body_bytes(budget as u32));
     let (client, mut pings) = client(server.addr).await;
-    let sent = Arc::new(AtomicUsize::new(0));
-    for _ in 0..2 {
-        let mut ready = client.clone().ready().await.unwrap();
-        let req = Request::post("http://t/hang").body(()).unwrap();
-        let (_answer, send) = ready.send_request(req, false).unwrap();
-        upload(send, 256 * 1024, sent.clone());
-    }
-    let counted = async {
-        while limit_hits(&server.handle.stats(), "http2_max_unread_body_bytes") == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(SAFETY, counted)
-        .await
-        .unwrap_or_else(|_| panic!("never counted; {} bytes sent", sent.load(Relaxed)));
-    round_trip(&mut pings).await;
+    let sent = unread_uploads(&server.handle, &client, &mut pings, 2).await;
     assert_eq!(sent.load(Relaxed), budget);
 }
 
