@@ -907,6 +907,20 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "linger-timeout",
+        value_name: "DURATION",
+        shape: Shape::One,
+        help: "How long a connection the server closes may take to write its last bytes and linger before it is closed anyway; off (or 0) does not wait.",
+        details: "One bound for a close's steps together: the last response (Connection: close, 408, 413), a slow consumer's last frame and its close 1013, TLS close_notify, then reading and discarding what the peer still sends until it closes its end (at most 256 KiB), so that the close is not a reset that destroys the answer (nginx's lingering close). A close it cuts is counted in megaconn_limit_hits_total{limit=\"linger_timeout\"} and logged. A peer that never reads or never closes holds its connection this long; raise it for slow readers that must get a slow consumer's last frame whole over a long path. Not the 500 ms linger of idle closes at shutdown. Apache httpd lingers 2 s, Go 500 ms after its last response, nginx up to 30 s (lingering_time).",
+        default: "2s",
+        example: "10s",
+        parse: duration_or_off,
+        apply: |v, s| {
+            let t = v.duration().unwrap_or(Duration::ZERO);
+            s.builder(|b| b.linger_timeout(t))
+        },
+    },
+    Knob {
         name: "shutdown-drain-rate",
         value_name: "PER_SECOND",
         shape: Shape::One,
@@ -1635,6 +1649,10 @@ mod tests {
                 "shutdown-timeout" => {
                     assert_eq!(duration(text), megaconn::DEFAULT_SHUTDOWN_TIMEOUT);
                     left(&format!("shutdown_timeout: {text},"));
+                }
+                "linger-timeout" => {
+                    assert_eq!(duration(text), megaconn::DEFAULT_LINGER_TIMEOUT);
+                    left(&format!("linger_timeout: {text},"));
                 }
                 "ws-ping-interval" => {
                     let every = megaconn::DEFAULT_WS_PING_INTERVAL;

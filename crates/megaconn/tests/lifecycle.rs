@@ -938,9 +938,14 @@ async fn an_http2_ping_flood_is_logged_naming_the_budget() {
 /// the stream midway and the rest no longer counted), 500 a stream, each
 /// stream then reset, as `integration/h2.rs`'s paced flood does: h2's own
 /// bound on small frames buffered unread is not reached first, which on a
-/// busy machine it was (time gives ours back 1,000 a second), closing the
-/// connection with a line of its own: 7 failures in 10 pinned to a core
-/// with two busy loops of higher priority, 2 in 10 now. Three budgets'
+/// busy machine it was, closing the connection with a line of its own: 7
+/// failures in 10 pinned to a core with two busy loops of higher priority,
+/// 2 in 10 with the streams reset. The cause: ours gave back 1,000 a
+/// second from the connection's start, also for the time it was full, so
+/// a server starved before it read the flood credited that wait as if the
+/// frames had come over it, and went on past h2's bound (~2,050 frames
+/// held by streams whose handlers had not yet run). Time spent full now
+/// gives nothing back (`proto/http2/flood.rs`, `Bucket`). Three budgets'
 /// worth: ours runs out unless reading them took 4 s.
 #[tokio::test]
 async fn an_http2_tiny_data_flood_is_logged_naming_the_budget() {

@@ -37,6 +37,21 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default for how long graceful shutdown waits for in-flight requests.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default [`Builder::linger_timeout`](crate::Builder::linger_timeout):
+/// how long a connection the server closes may take, from when its close
+/// begins, to write its last bytes (a last response, the rest of a slow
+/// consumer's frame and its close 1013, a TLS `close_notify`) and to
+/// linger, reading and discarding what its peer still sends so that the
+/// close is not a reset that destroys that answer, before its socket is
+/// closed anyway. Two seconds, as Apache httpd lingers
+/// (`SECONDS_TO_LINGER`); Go waits 500 ms after shutting its write side
+/// (`rstAvoidanceDelay`, not a setting), nginx reads for up to 30 s
+/// (`lingering_time`) in waits of up to 5 s each (`lingering_timeout`),
+/// hyper does not linger. Time enough for a last answer and the peer's own
+/// close to cross any real path; a peer that never reads, or never closes
+/// its end, holds its connection (a task, a descriptor) for no longer.
+pub const DEFAULT_LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Default [`WebSocketRoute::close_timeout`](crate::WebSocketRoute::close_timeout):
 /// how long the server waits for the peer's close frame after sending its
 /// own. Here, below both, because the native route and `axum_ws` (whose
@@ -228,6 +243,9 @@ pub(crate) struct Config {
     /// The parking lot's wake-up batching window (park.rs `run`); zero: off.
     pub park_wake_batch: Duration,
     pub shutdown_timeout: Duration,
+    /// How long a close may take to write its last bytes and linger
+    /// (`conn/io.rs`, `CloseBy`); zero: what the socket takes at once.
+    pub linger_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: u64,
@@ -322,6 +340,7 @@ impl Default for Config {
             park_idle_after: Some(DEFAULT_PARK_IDLE_AFTER),
             park_wake_batch: Duration::ZERO,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            linger_timeout: DEFAULT_LINGER_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,

@@ -4,15 +4,18 @@
 //! its own reading on top (HTTP/1.1's head reader is in `proto/http1/conn.rs`,
 //! an `impl` of this type there).
 
+use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::time::Instant;
 
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
@@ -22,20 +25,91 @@ use crate::observe::clock::LazyDeadline;
 use crate::observe::close::CloseReason;
 use crate::observe::human::Timeout;
 use crate::observe::lifecycle;
+use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, WorkerStats};
 
-/// How long closing may take to flush a last response and linger (also
-/// how long a message connection woken to close as a slow consumer may
-/// take to write the rest of a push, `message/wake.rs`).
-pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A close's one bound ([`Builder::linger_timeout`](crate::Builder::linger_timeout),
+/// 2 s by default): when a connection we close must be done writing its
+/// last bytes (a last response, the rest of a slow consumer's frame and its
+/// 1013, TLS's `close_notify`) and lingering, all its steps together, from
+/// when its close began; and the counters a close it cuts is counted in.
+/// Every protocol's close takes one ([`ConnIo::close`], the message
+/// layer's `message/wake.rs`). (It was a constant, 2 s, no one could
+/// change; on a starved machine a client reading a slow consumer's backlog
+/// after its close began could not always read it within that.)
+#[derive(Debug)]
+pub(crate) struct CloseBy {
+    at: Instant,
+    /// The bound as set, for the log line.
+    bound: Duration,
+    /// The connection's worker's counters (none for a connection served
+    /// without a worker, and in unit tests).
+    stats: Option<Arc<WorkerStats>>,
+    /// Counted already: a close counts once, however many of its steps
+    /// the bound cut (the rest of a frame, then the linger it skips).
+    counted: Cell<bool>,
+}
+
+impl CloseBy {
+    /// A close of one of `ctx`'s connections, begun now.
+    pub(crate) fn new(ctx: &WorkerContext) -> CloseBy {
+        CloseBy::after(ctx.config.linger_timeout, Some(ctx.stats.clone()))
+    }
+
+    /// A close begun now, bounded by `bound`, counted in `stats` if cut.
+    pub(crate) fn after(bound: Duration, stats: Option<Arc<WorkerStats>>) -> CloseBy {
+        CloseBy {
+            at: Instant::now() + bound,
+            bound,
+            stats,
+            counted: Cell::new(false),
+        }
+    }
+
+    /// Runs `step` of the close until it ends or the bound passes: then
+    /// `None`, the close counted and logged as cut ([`cut`](Self::cut)).
+    /// A step polled first with the bound past still gets its one try:
+    /// what the socket takes at once goes (a bound of zero writes that
+    /// much, and does not linger).
+    pub(crate) async fn within<F: Future>(&self, step: F) -> Option<F::Output> {
+        match tokio::time::timeout_at(self.at, step).await {
+            Ok(out) => Some(out),
+            Err(_) => {
+                self.cut();
+                None
+            }
+        }
+    }
+
+    /// The bound cut the close short: counted once a close
+    /// (`megaconn_limit_hits_total{limit="linger_timeout"}`) and logged
+    /// (at most once per `ratelog::LOG_INTERVAL` per worker).
+    pub(crate) fn cut(&self) {
+        if self.counted.replace(true) {
+            return;
+        }
+        if let Some(stats) = &self.stats {
+            LimitHit::LingerTimeout.count(stats);
+        }
+        let bound = Timeout(Some(self.bound));
+        ratelog::log(Flood::LingerTimeout, |suppressed| {
+            tracing::info!(
+                timeout = %bound,
+                suppressed,
+                "a connection we closed did not take its last bytes, or did not close its end, within linger_timeout; closed it anyway (Builder::linger_timeout, --linger-timeout)"
+            )
+        });
+    }
+}
 
 /// How long a close at graceful shutdown may linger (of an idle
 /// connection, whose client may be sending as we close): a request it sent
 /// before our FIN reached it comes within about a round trip. Go's server
 /// waits as long after its last response (`rstAvoidanceDelay`). Shorter
-/// than [`CLOSE_TIMEOUT`]: a client that keeps its end open holds the
-/// drain for no longer than this.
+/// than the close's bound ([`CloseBy`]): a client that keeps its end open
+/// holds the drain for no longer than this. Not counted when it passes:
+/// the drain's bound, not the setting's.
 const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
 
 /// How much a lingering close reads and discards before giving up.
@@ -316,14 +390,36 @@ impl<T: Transport> ConnIo<T> {
     /// is shut without one). Cleartext shuts its socket only to linger.
     /// After [`CloseReason::WriteTimeout`] what is left unwritten is
     /// dropped: the peer that did not take it in time would not take it
-    /// now, and the flush would only hold the connection `CLOSE_TIMEOUT`
-    /// longer.
+    /// now, and the flush would only hold the connection the close's bound
+    /// longer. All of it within the close's bound ([`CloseBy`]:
+    /// `linger_timeout`, counted if it cuts the close), but at shutdown
+    /// ([`SHUTDOWN_LINGER`]).
     ///
     /// Returns whether its flush went through: everything buffered, here
     /// and in the stream (a TLS session's sealed records), was handed to
     /// the kernel. A WebSocket's close tells its confirmed pushes by it
     /// (over TLS, a buffer that left here may still sit in the session).
     pub(crate) async fn close(&mut self, reason: CloseReason) -> bool {
+        if reason == CloseReason::Shutdown {
+            let mut flushed = false;
+            let _ = tokio::time::timeout(SHUTDOWN_LINGER, self.closing(reason, &mut flushed)).await;
+            return flushed;
+        }
+        let by = CloseBy::new(&self.ctx);
+        self.close_within(reason, &by).await
+    }
+
+    /// [`close`](Self::close) within `by`, a bound a close began earlier
+    /// (a slow consumer's, whose rest of a frame and 1013 went first).
+    pub(crate) async fn close_within(&mut self, reason: CloseReason, by: &CloseBy) -> bool {
+        let mut flushed = false;
+        by.within(self.closing(reason, &mut flushed)).await;
+        flushed
+    }
+
+    /// The steps of [`close`](Self::close), unbounded: `flushed` says
+    /// whether its flush went through, also when the bound cuts the rest.
+    async fn closing(&mut self, reason: CloseReason, flushed: &mut bool) -> io::Result<()> {
         if reason == CloseReason::WriteTimeout {
             if let Some(wbuf) = self.buffers.wbuf.as_mut() {
                 wbuf.clear();
@@ -331,34 +427,24 @@ impl<T: Transport> ConnIo<T> {
         }
         let linger = reason.needs_linger() || self.rbuf_len() > 0;
         let notify = T::SECURE && reason.says_close_notify();
-        let bound = if reason == CloseReason::Shutdown {
-            SHUTDOWN_LINGER
-        } else {
-            CLOSE_TIMEOUT
-        };
-        let mut flushed = false;
-        let _ = tokio::time::timeout(bound, async {
-            // The stream's own flush too, even with nothing buffered here:
-            // a TLS stream may hold the sealed tail of what this buffer
-            // already gave it (a WebSocket's last frame and close), which
-            // only its flush writes. Not after a write timeout: that tail
-            // is what the peer did not take in time (see above).
-            if reason != CloseReason::WriteTimeout {
-                poll_fn(|cx| self.poll_flush(cx)).await?;
-                flushed = true;
-            }
-            if linger && reason.truncates() {
-                poll_fn(|cx| self.io.poll_shutdown_truncated(cx)).await?;
-            } else if linger || notify {
-                poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await?;
-            }
-            if linger {
-                self.discard_input().await?;
-            }
-            Ok::<_, io::Error>(())
-        })
-        .await;
-        flushed
+        // The stream's own flush too, even with nothing buffered here:
+        // a TLS stream may hold the sealed tail of what this buffer
+        // already gave it (a WebSocket's last frame and close), which
+        // only its flush writes. Not after a write timeout: that tail
+        // is what the peer did not take in time (see above).
+        if reason != CloseReason::WriteTimeout {
+            poll_fn(|cx| self.poll_flush(cx)).await?;
+            *flushed = true;
+        }
+        if linger && reason.truncates() {
+            poll_fn(|cx| self.io.poll_shutdown_truncated(cx)).await?;
+        } else if linger || notify {
+            poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await?;
+        }
+        if linger {
+            self.discard_input().await?;
+        }
+        Ok(())
     }
 }
 
@@ -590,6 +676,24 @@ pub(crate) fn read_more<T: Transport>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A close's steps share its bound: one that ends in time counts
+    /// nothing; the bound cutting two steps of one close (the rest of a
+    /// frame, then the linger after it) counts the close once.
+    #[tokio::test(start_paused = true)]
+    async fn a_close_the_bound_cuts_counts_once() {
+        let stats = Arc::new(WorkerStats::default());
+        let by = CloseBy::after(Duration::from_secs(2), Some(stats.clone()));
+        assert_eq!(by.within(async { 7 }).await, Some(7));
+        let cuts = || {
+            stats.limit_hits[LimitHit::LingerTimeout as usize]
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!(cuts(), 0);
+        assert_eq!(by.within(std::future::pending::<()>()).await, None);
+        assert_eq!(by.within(std::future::pending::<()>()).await, None);
+        assert_eq!(cuts(), 1);
+    }
 
     /// Polls `bound` once, reporting `progressed`.
     fn passed(bound: &mut WriteBound, progressed: bool) -> bool {

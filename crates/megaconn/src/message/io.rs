@@ -26,15 +26,13 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::conn::io::{WriteBound, WriteLimit};
+use crate::conn::io::{CloseBy, WriteBound, WriteLimit};
 use crate::conn::tls_io::{ParkedTls, TlsIo};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::{poll_once, WokenSocket};
 use crate::message::hub::Unsent;
 use crate::message::outbound::Outbound;
-use crate::message::wake::{
-    close_by, linger_after_unsent, write_owed_resuming, write_unsent, OwedCut,
-};
+use crate::message::wake::{linger_after_unsent, write_owed_resuming, write_unsent, OwedCut};
 use crate::message::worker::Awake;
 use crate::observe::close::{client_left, CloseReason};
 use crate::observe::ratelog::Flood;
@@ -116,17 +114,18 @@ impl MessageIo {
     /// ([`OwedCut::rest`]): the rest of that push (`unsent`,
     /// `Local::take_unsent`'s) goes raw first, so the peer's last frame is
     /// whole, then the close lingers; the two share the close's bound
-    /// (`close_by`). Counted delivered or dropped by whether it went
+    /// (`by`, begun now). Counted delivered or dropped by whether it went
     /// (`write_unsent`).
-    pub(crate) async fn write_owed(&mut self, unsent: Option<Unsent>, counters: &MessageCounters) {
+    pub(crate) async fn write_owed(
+        &mut self,
+        unsent: Option<Unsent>,
+        by: &CloseBy,
+        counters: &MessageCounters,
+    ) {
         let Some(unsent) = unsent else { return };
-        let deadline = close_by();
-        let whole = write_unsent(&unsent, deadline, counters, |cx, b| {
-            self.poll_write_raw(cx, b)
-        })
-        .await;
+        let whole = write_unsent(&unsent, by, counters, |cx, b| self.poll_write_raw(cx, b)).await;
         if whole {
-            linger_after_unsent(self, deadline).await;
+            linger_after_unsent(self, by).await;
         }
     }
 
@@ -179,13 +178,13 @@ impl MessageIo {
     /// The end of a connection closed for `reason`: over TLS, our own
     /// closes say `close_notify` ([`CloseReason::says_close_notify`]: not
     /// after a reply cut short, nor when the peer left or the socket
-    /// failed), as HTTPS/1.1's do, within the close's bound (2 s); a peer's
+    /// failed), as HTTPS/1.1's do, within the close's bound (`by`); a peer's
     /// own `close_notify` was answered as it was read. A cleartext
     /// connection is simply closed by the dispatcher.
-    pub(crate) async fn close_notify(&mut self, reason: CloseReason) {
+    pub(crate) async fn close_notify(&mut self, reason: CloseReason, by: &CloseBy) {
         if let (MessageIo::Tls(tls), true) = (self, reason.says_close_notify()) {
             let shutdown = poll_fn(|cx| Pin::new(&mut *tls).poll_shutdown(cx));
-            let _ = tokio::time::timeout_at(close_by(), shutdown).await;
+            let _ = by.within(shutdown).await;
         }
     }
 

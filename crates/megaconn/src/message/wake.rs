@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::conn::io::{WriteBound, WriteLimit, CLOSE_TIMEOUT};
+use crate::conn::io::{CloseBy, WriteBound, WriteLimit};
 use crate::conn::Wake;
 use crate::message::hub::{DropCause, Unsent};
 use crate::message::table::Parked;
@@ -121,9 +121,9 @@ pub(crate) fn resume(
 /// Writes what the socket of a parked connection did not take of the push
 /// that found it full (`Local::take_unsent`) with `poll_write`, raw on the
 /// socket (under any TLS stream: it is the rest of a frame, or records
-/// sealed already), by `deadline` (a close's bound, [`CLOSE_TIMEOUT`] from
-/// when the close began, which the linger after it shares: [`close_by`]):
-/// whether all of it went. A slow consumer that still reads gets
+/// sealed already), within `by` (the close's bound, `linger_timeout` from
+/// when the close began, which the linger after it shares; counted there
+/// if it passes): whether all of it went. A slow consumer that still reads gets
 /// the frame whole, and then its close (a WebSocket's 1013); one that does
 /// not is closed when the bound passes, its frame cut, as an awake one's
 /// would be after its close's bound. (Its socket was shut at once instead:
@@ -136,11 +136,11 @@ pub(crate) fn resume(
 /// socket took part of it, even when the peer then read it whole.)
 pub(crate) async fn write_unsent(
     unsent: &Unsent,
-    deadline: Instant,
+    by: &CloseBy,
     counters: &MessageCounters,
     poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
 ) -> bool {
-    let rest = write_rest_ends(&unsent.tail, deadline, poll_write).await;
+    let rest = write_rest_ends(&unsent.tail, by, poll_write).await;
     settle_unsent(unsent, rest, counters)
 }
 
@@ -175,14 +175,14 @@ fn settle_unsent(unsent: &Unsent, rest: Rest, counters: &MessageCounters) -> boo
 
 /// [`write_unsent`] through a stream (an awake slow consumer's rest of
 /// the push under way, from its batch), then the stream's flush, within
-/// the same `deadline`: over TLS the session only sealed what it took,
+/// the same bound `by`: over TLS the session only sealed what it took,
 /// and the rest is in the kernel (delivered, its waiter `Ok`) only once
 /// the flush sent it. (Merge review of `hubwait`, session 46: the waiter
 /// heard `Ok` with the rest still in the session, lost at the close.) The
 /// bytes written count as the connection's (`lifecycle::count_out`).
 pub(crate) async fn write_unsent_through<W>(
     unsent: &Unsent,
-    deadline: Instant,
+    by: &CloseBy,
     counters: &MessageCounters,
     io: &mut W,
 ) -> bool
@@ -190,7 +190,7 @@ where
     W: tokio::io::AsyncWrite + Unpin + ?Sized,
 {
     use std::pin::Pin;
-    let mut rest = write_rest_ends(&unsent.tail, deadline, |cx, b| {
+    let mut rest = write_rest_ends(&unsent.tail, by, |cx, b| {
         let wrote = Pin::new(&mut *io).poll_write(cx, b);
         if let Poll::Ready(Ok(n)) = wrote {
             crate::observe::lifecycle::count_out(n);
@@ -200,10 +200,10 @@ where
     .await;
     if rest == Rest::Whole {
         let flush = poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx));
-        rest = match tokio::time::timeout_at(deadline, flush).await {
-            Ok(Ok(())) => Rest::Whole,
-            Ok(Err(_)) => Rest::Broken,
-            Err(_) => Rest::TimedOut,
+        rest = match by.within(flush).await {
+            Some(Ok(())) => Rest::Whole,
+            Some(Err(_)) => Rest::Broken,
+            None => Rest::TimedOut,
         };
     }
     settle_unsent(unsent, rest, counters)
@@ -357,29 +357,24 @@ pub(crate) fn count_unsent(
     }
 }
 
-/// When a slow consumer's close, begun now, must be over: writing the rest
-/// of its frame and lingering after it share this one bound. (Each had a
-/// [`CLOSE_TIMEOUT`] of its own: a peer that took the rest just in time and
-/// then kept its end open held the close for twice the bound, ~4 s.)
-pub(crate) fn close_by() -> Instant {
-    Instant::now() + CLOSE_TIMEOUT
-}
-
 /// Writes `rest` (the rest of a frame a slow consumer's socket took part
-/// of) with `poll_write` by `deadline` ([`close_by`]): whether all of it
-/// went.
+/// of) with `poll_write` within `by`, the bound its close began (writing
+/// the rest of its frame and lingering after it share it: each had a bound
+/// of its own, and a peer that took the rest just in time and then kept
+/// its end open held the close for twice the bound, ~4 s): whether all of
+/// it went.
 pub(crate) async fn write_rest(
     rest: &[u8],
-    deadline: Instant,
+    by: &CloseBy,
     poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
 ) -> bool {
-    write_rest_ends(rest, deadline, poll_write).await == Rest::Whole
+    write_rest_ends(rest, by, poll_write).await == Rest::Whole
 }
 
 /// [`write_rest`], saying how it ended.
 async fn write_rest_ends(
     rest: &[u8],
-    deadline: Instant,
+    by: &CloseBy,
     mut poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
 ) -> Rest {
     let mut at = 0;
@@ -392,38 +387,37 @@ async fn write_rest_ends(
         }
         Poll::Ready(Rest::Whole)
     });
-    tokio::time::timeout_at(deadline, writing)
-        .await
-        .unwrap_or(Rest::TimedOut)
+    by.within(writing).await.unwrap_or(Rest::TimedOut)
 }
 
 /// After [`write_unsent`] wrote a behind connection's tail whole (or an
 /// awake one's, `proto/framed/conn.rs`): half-closes
 /// and reads and drops what the peer sends until its end of stream (at most
-/// 256 KiB, by `deadline`, the close's bound that writing the tail began:
-/// [`close_by`]). A peer still talking (an app
+/// 256 KiB, within `by`, the close's bound that writing the tail began). A
+/// peer still talking (an app
 /// heartbeat) has bytes queued since its socket was shut for reading, and a
 /// close with them unread is a reset, which destroys the tail still in the
 /// kernel's buffers on both sides: the lingering close HTTP makes for the
 /// same reason.
-pub(crate) async fn linger_after_unsent<T>(io: &mut T, deadline: Instant)
+pub(crate) async fn linger_after_unsent<T>(io: &mut T, by: &CloseBy)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = tokio::time::timeout_at(deadline, async {
-        io.shutdown().await?;
-        let mut scratch = [0u8; 2048];
-        let mut left: usize = 256 * 1024;
-        while left > 0 {
-            match io.read(&mut scratch).await? {
-                0 => break,
-                n => left = left.saturating_sub(n),
+    let _ = by
+        .within(async {
+            io.shutdown().await?;
+            let mut scratch = [0u8; 2048];
+            let mut left: usize = 256 * 1024;
+            while left > 0 {
+                match io.read(&mut scratch).await? {
+                    0 => break,
+                    n => left = left.saturating_sub(n),
+                }
             }
-        }
-        Ok::<_, io::Error>(())
-    })
-    .await;
+            Ok::<_, io::Error>(())
+        })
+        .await;
 }
 
 /// Counts a peer that sent nothing within its heartbeat timeout, logs which
@@ -466,24 +460,22 @@ mod tests {
         use std::pin::Pin;
         use tokio::io::{AsyncReadExt, AsyncWrite};
 
+        let bound = crate::conn::config::DEFAULT_LINGER_TIMEOUT;
         let (mut ours, mut peer) = tokio::io::duplex(1024);
         let rest = vec![7u8; 8192];
         let reader = tokio::spawn(async move {
-            tokio::time::sleep(CLOSE_TIMEOUT - Duration::from_millis(100)).await;
+            tokio::time::sleep(bound - Duration::from_millis(100)).await;
             let mut got = vec![0; 8192];
             peer.read_exact(&mut got).await.unwrap();
             // Kept open: returned, not dropped.
             peer
         });
         let started = Instant::now();
-        let deadline = close_by();
-        let whole = write_rest(&rest, deadline, |cx, b| {
-            Pin::new(&mut ours).poll_write(cx, b)
-        })
-        .await;
+        let by = CloseBy::after(bound, None);
+        let whole = write_rest(&rest, &by, |cx, b| Pin::new(&mut ours).poll_write(cx, b)).await;
         assert!(whole, "the rest went, just in time");
-        linger_after_unsent(&mut ours, deadline).await;
-        assert_eq!(started.elapsed(), CLOSE_TIMEOUT);
+        linger_after_unsent(&mut ours, &by).await;
+        assert_eq!(started.elapsed(), bound);
         let _peer = reader.await.unwrap();
     }
 
@@ -495,6 +487,7 @@ mod tests {
         use std::pin::Pin;
         use tokio::io::AsyncWrite;
         let counters = MessageCounters::default();
+        let by = || CloseBy::after(crate::conn::config::DEFAULT_LINGER_TIMEOUT, None);
         let unsent = || Unsent {
             tail: bytes::Bytes::from(vec![7u8; 4096]),
             frame: 4096,
@@ -502,7 +495,7 @@ mod tests {
         };
         // Room for 1 KiB, never read: the bound passes.
         let (mut ours, _peer) = tokio::io::duplex(1024);
-        let whole = write_unsent(&unsent(), close_by(), &counters, |cx, b| {
+        let whole = write_unsent(&unsent(), &by(), &counters, |cx, b| {
             Pin::new(&mut ours).poll_write(cx, b)
         })
         .await;
@@ -512,7 +505,7 @@ mod tests {
         // The peer gone: the close's.
         let (mut ours, peer) = tokio::io::duplex(1024);
         drop(peer);
-        let whole = write_unsent(&unsent(), close_by(), &counters, |cx, b| {
+        let whole = write_unsent(&unsent(), &by(), &counters, |cx, b| {
             Pin::new(&mut ours).poll_write(cx, b)
         })
         .await;
@@ -520,7 +513,7 @@ mod tests {
         assert_eq!(counters.queue_drops.load(Relaxed), 1);
         // Room for all of it: a push.
         let (mut ours, _peer) = tokio::io::duplex(8192);
-        let whole = write_unsent(&unsent(), close_by(), &counters, |cx, b| {
+        let whole = write_unsent(&unsent(), &by(), &counters, |cx, b| {
             Pin::new(&mut ours).poll_write(cx, b)
         })
         .await;

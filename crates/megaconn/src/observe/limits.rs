@@ -142,6 +142,12 @@ pub(crate) enum LimitHit {
     /// by its `Content-Length` to be, over `Builder::max_drain_bytes`: not
     /// drained past it, the connection closes after the response.
     MaxDrainBytes,
+    /// A connection the server closed did not finish its close within
+    /// `Builder::linger_timeout`: its peer did not take the last bytes
+    /// (a last response, the rest of a slow consumer's frame, its 1013),
+    /// or did not close its end while the close lingered; closed anyway.
+    /// Once a connection (`conn/io.rs`, `CloseBy`).
+    LingerTimeout,
 }
 
 /// A worker's count of each [`LimitHit`], indexed by it. A type of its
@@ -165,7 +171,7 @@ impl std::ops::Deref for LimitCounters {
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::MaxDrainBytes as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::LingerTimeout as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -203,6 +209,7 @@ impl LimitHit {
         "http2_max_unread_body_bytes",
         "min_request_body_rate",
         "max_drain_bytes",
+        "linger_timeout",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -239,9 +246,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::MaxDrainBytes.count(&stats);
+        LimitHit::LingerTimeout.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::MaxDrainBytes as usize, LimitHit::COUNT - 1);
+        assert_eq!(LimitHit::LingerTimeout as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

@@ -442,6 +442,9 @@ pub(crate) enum Flood {
     /// An HTTP/1.1 request body whose client sent slower than
     /// `min_request_body_rate` while it was awaited: the connection closed.
     BodyTooSlow,
+    /// A close cut short by `Builder::linger_timeout`: its peer did not
+    /// take our last bytes, or did not close its end, in time.
+    LingerTimeout,
 }
 
 impl Flood {
@@ -542,6 +545,7 @@ impl Flood {
             | Flood::TlsPlainHttp
             | Flood::Http2UnreadBody
             | Flood::BodyTooSlow
+            | Flood::LingerTimeout
             | Flood::PublishRate => Level::INFO,
         }
     }
@@ -560,11 +564,11 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 62;
+const KINDS: usize = 63;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::BodyTooSlow as usize == KINDS - 1);
+const _: () = assert!(Flood::LingerTimeout as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -60,7 +60,7 @@ use tokio_util::either::Either;
 
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
-use crate::conn::io::ConnIo;
+use crate::conn::io::{CloseBy, ConnIo};
 use crate::conn::tls_io::tests::configs;
 use crate::conn::tls_io::{ParkedTls, TlsIo};
 use crate::conn::transport::Parkable;
@@ -68,7 +68,7 @@ use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
 use crate::message::hub::{send_all_now, wake_to_close, SendNow, Unsent};
 use crate::message::io::MessageIo;
-use crate::message::wake::{close_by, write_unsent};
+use crate::message::wake::write_unsent;
 use crate::observe::close::CloseReason;
 use crate::observe::stats::{MessageCounters, WorkerStats};
 use crate::proto::parked::{close_parked_tls, ParkedSocket};
@@ -362,13 +362,18 @@ fn read(reader: JoinHandle<io::Result<Vec<u8>>>) -> Vec<u8> {
 }
 
 /// Runs `f` on paused time: a write to a client that reads nothing gives
-/// up at its bound (`close_by`, 2 s) as soon as nothing else can happen,
+/// up at its bound (`CloseBy`, 2 s) as soon as nothing else can happen,
 /// without waiting it out.
 async fn on_paused_time<F: Future>(f: F) -> F::Output {
     tokio::time::pause();
     let out = f.await;
     tokio::time::resume();
     out
+}
+
+/// A close's bound as a worker's connection has it by default, begun now.
+fn by() -> CloseBy {
+    CloseBy::after(crate::conn::config::DEFAULT_LINGER_TIMEOUT, None)
 }
 
 /// A parked connection that fell behind, woken to close as the hub wakes
@@ -390,9 +395,9 @@ async fn a_woken_framed_or_sse_close_writes_nothing_after_a_torn_record() {
     let owed = push_until_owed(fd.as_raw_fd(), &mut parked);
     let mut io = MessageIo::Tls(woken(fd, parked));
     let counters = MessageCounters::default();
-    on_paused_time(io.write_owed(Some(owed.unsent()), &counters)).await;
+    on_paused_time(io.write_owed(Some(owed.unsent()), &by(), &counters)).await;
     let reader = reading(tcp);
-    io.close_notify(CloseReason::SlowConsumer).await;
+    io.close_notify(CloseReason::SlowConsumer, &by()).await;
     drop(io);
     owed.assert_torn(&read(reader), &mut tls);
 }
@@ -406,8 +411,8 @@ async fn a_woken_framed_or_sse_close_says_close_notify_after_the_owed_records() 
     let mut io = MessageIo::Tls(woken(fd, parked));
     let counters = MessageCounters::default();
     let reader = reading(tcp);
-    io.write_owed(Some(owed.unsent()), &counters).await;
-    io.close_notify(CloseReason::SlowConsumer).await;
+    io.write_owed(Some(owed.unsent()), &by(), &counters).await;
+    io.close_notify(CloseReason::SlowConsumer, &by()).await;
     drop(io);
     owed.assert_whole(&read(reader), &mut tls, b"");
 }
@@ -433,8 +438,7 @@ async fn close_behind(
 ) -> bool {
     let counters = MessageCounters::default();
     let rest = async {
-        let deadline = close_by();
-        write_unsent(&unsent, deadline, &counters, |cx, b| {
+        write_unsent(&unsent, &by(), &counters, |cx, b| {
             ws::poll_write_unsent(&mut conn.io, cx, b)
         })
         .await

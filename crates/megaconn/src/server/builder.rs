@@ -907,6 +907,35 @@ impl Builder {
         self
     }
 
+    /// How long a connection the server closes may take, from when its
+    /// close begins, to write its last bytes and to linger before its
+    /// socket is closed anyway. The last bytes: an HTTP/1.1 response that
+    /// ends with the connection (a `Connection: close`, a `408`, a `413`),
+    /// a slow consumer's last frame (the rest of the one under way, never
+    /// cut into) and its close `1013`, a framed or SSE peer's last frame or
+    /// event, TLS's `close_notify`. Lingering: reading and discarding what
+    /// the peer still sends until it closes its end (at most 256 KiB), for
+    /// a close with unread input is a reset, and a reset destroys the
+    /// answer still on its way (nginx's `lingering_close`). One bound for
+    /// all of a close's steps together. A close it cuts short is counted
+    /// in `megaconn_limit_hits_total{limit="linger_timeout"}` (once a
+    /// connection) and logged (at most once per 5 s per worker).
+    ///
+    /// A peer that never reads or never closes its end holds its
+    /// connection this long. Raise it for slow readers on long paths that
+    /// must get a large last frame whole (a slow consumer reads what its
+    /// sockets hold, up to about a MiB, after its close began); lower it
+    /// to free connections sooner; zero writes what the sockets take at
+    /// once and closes without lingering (nginx's `lingering_close off`).
+    /// Not the drain at shutdown, whose idle closes linger 500 ms (a
+    /// request crossing our `FIN`), nor a WebSocket's wait for its peer's
+    /// close frame ([`WebSocketRoute::close_timeout`](crate::WebSocketRoute::close_timeout)).
+    /// Default: [`DEFAULT_LINGER_TIMEOUT`](crate::DEFAULT_LINGER_TIMEOUT), 2 s.
+    pub fn linger_timeout(mut self, t: Duration) -> Builder {
+        self.config.linger_timeout = t.min(config::LONGEST);
+        self
+    }
+
     /// Largest request line plus headers, in bytes; larger gets `431`, or `414`
     /// when the request line itself has not ended by then. Default:
     /// 64 KiB.

@@ -1055,9 +1055,14 @@ async fn a_chatty_parked_slow_consumer_reads_whole_frames_to_the_close() {
 /// the small ones dropped.
 async fn parked_slow_consumer(chatty: bool) {
     const OVERFLOWING: usize = 3;
+    // The close's bound generous: the client reads what the sockets hold
+    // after the close began at its own pace (at the default 2 s a starved
+    // machine's client read 3.7 of 4 MiB; the bound itself:
+    // `linger_timeout.rs`). Its EOF ends the close.
     let builder = Server::builder()
         .park_idle_after(Some(PARK_IDLE_AFTER))
-        .outbound_queue(OVERFLOWING - 1);
+        .outbound_queue(OVERFLOWING - 1)
+        .linger_timeout(Duration::from_secs(60));
     let framing = Framing::length_prefixed(4).max_frame_bytes(8 << 20);
     let mut server = Framed::start(builder, framing).await;
     let mut s = server.connect_small().await;

@@ -33,9 +33,9 @@
 //! overflows is a slow consumer:
 //! the frame under way is finished first and the close lingers, so what the
 //! peer reads ends on a whole frame (a framed protocol has no close frame to
-//! say why it ends). The two share one bound, the close's 2 s
-//! (`message::wake::close_by`), as an HTTP close's last write and linger
-//! do: each had its own `CLOSE_TIMEOUT`, so a peer that took the rest just
+//! say why it ends). The two share one bound, the close's (`conn::io::CloseBy`,
+//! `Builder::linger_timeout`), as an HTTP close's last write and linger
+//! do: each had a bound of its own, so a peer that took the rest just
 //! before the first passed and then kept its end open held the close ~4 s.
 //! (The write stall bound is not one of them: it bounds a write before the
 //! overflow, which ends that write at once.) A parked one a push found
@@ -65,6 +65,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::conn::context::WorkerContext;
+use crate::conn::io::CloseBy;
 use crate::conn::shutdown::Turn;
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
@@ -77,7 +78,7 @@ use crate::message::live::Live;
 use crate::message::outbound::{Outbound, PushFrame};
 use crate::message::session::Session;
 use crate::message::wake::{
-    close_by, heartbeat_timed_out, linger_after_unsent, resume, write_rest, write_unsent_through,
+    heartbeat_timed_out, linger_after_unsent, resume, write_rest, write_unsent_through,
 };
 use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, FramingError, ProtocolDetail};
@@ -164,7 +165,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 &local,
             );
             if let Err(reason) = live.open(|h, state| h.on_open(state, &session)) {
-                return closing(&mut io, live.close(reason)).await;
+                return closing(&mut io, &ctx, live.close(reason)).await;
             }
             (live, session)
         }
@@ -191,8 +192,9 @@ pub(crate) async fn serve<H: FramedHandler>(
                     // framed protocol has no close frame to send after it).
                     // The rest and the linger share the close's bound.
                     // Raw: over TLS it is records sealed already.
-                    io.write_owed(local.take_unsent(id), counters).await;
-                    return closing(&mut io, live.close(reason)).await;
+                    io.write_owed(local.take_unsent(id), &CloseBy::new(&ctx), counters)
+                        .await;
+                    return closing(&mut io, &ctx, live.close(reason)).await;
                 }
             }
             (live, session)
@@ -210,8 +212,8 @@ pub(crate) async fn serve<H: FramedHandler>(
             if let Some(inbox) = &inbox {
                 inbox.drop_behind();
             }
-            io.write_owed(cut.rest, counters).await;
-            return closing(&mut io, live.close(cut.reason)).await;
+            io.write_owed(cut.rest, &CloseBy::new(&ctx), counters).await;
+            return closing(&mut io, &ctx, live.close(cut.reason)).await;
         }
     }
     let mut codec = framing.codec();
@@ -225,10 +227,10 @@ pub(crate) async fn serve<H: FramedHandler>(
     )
     .await
     {
-        return closing(&mut io, live.close(reason)).await;
+        return closing(&mut io, &ctx, live.close(reason)).await;
     }
     if session.is_closing() {
-        return closing(&mut io, live.close(CloseReason::ServerClosed)).await;
+        return closing(&mut io, &ctx, live.close(CloseReason::ServerClosed)).await;
     }
     let mut buf: Option<BytesMut> = None;
     // Its goodbye at shutdown waits for its turn in a paced drain; until
@@ -256,7 +258,7 @@ pub(crate) async fn serve<H: FramedHandler>(
     if let (true, MessageIo::Tls(tls)) = (unread_wake && !local.is_kicked(session.id()), &mut io) {
         match prefetch_woken(tls) {
             Ok(read) => unread_wake = read,
-            Err(reason) => return closing(&mut io, live.close(reason)).await,
+            Err(reason) => return closing(&mut io, &ctx, live.close(reason)).await,
         }
     }
     loop {
@@ -300,7 +302,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                         Ok(handled) => handled,
                         Err(reason) => {
                             give_back(&ctx, &mut buf);
-                            return closing(&mut io, live.close(reason)).await;
+                            return closing(&mut io, &ctx, live.close(reason)).await;
                         }
                     };
                     match handled {
@@ -313,7 +315,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                                 "a framed handler panicked; closing its connection",
                                 None,
                             );
-                            return closing(&mut io, live.close(CloseReason::Panic)).await;
+                            return closing(&mut io, &ctx, live.close(CloseReason::Panic)).await;
                         }
                     }
                 }
@@ -328,15 +330,15 @@ pub(crate) async fn serve<H: FramedHandler>(
                 .await;
                 if let Some(reason) = broke {
                     give_back(&ctx, &mut buf);
-                    return closing(&mut io, live.close(reason)).await;
+                    return closing(&mut io, &ctx, live.close(reason)).await;
                 }
                 if let Err(reason) = flushed {
                     give_back(&ctx, &mut buf);
-                    return closing(&mut io, live.close(reason)).await;
+                    return closing(&mut io, &ctx, live.close(reason)).await;
                 }
                 if session.is_closing() {
                     give_back(&ctx, &mut buf);
-                    return closing(&mut io, live.close(CloseReason::ServerClosed)).await;
+                    return closing(&mut io, &ctx, live.close(CloseReason::ServerClosed)).await;
                 }
             }
             if b.is_empty() {
@@ -371,19 +373,19 @@ pub(crate) async fn serve<H: FramedHandler>(
                     inbox.drop_behind();
                     // What was written before is whole frames: it stays
                     // readable (`linger_after_unsent`).
-                    linger_after_unsent(&mut io, close_by()).await;
+                    linger_after_unsent(&mut io, &CloseBy::new(&ctx)).await;
                     Err(CloseReason::SlowConsumer)
                 }
             };
             if let Err(reason) = flushed {
                 give_back(&ctx, &mut buf);
-                return closing(&mut io, live.close(reason)).await;
+                return closing(&mut io, &ctx, live.close(reason)).await;
             }
             // Closed for the hub, once what was pushed before is written
             // (`kicked` is `None` until all of it is taken).
             if inbox.inbox.kicked().is_some() {
                 give_back(&ctx, &mut buf);
-                return closing(&mut io, live.close(CloseReason::Kicked)).await;
+                return closing(&mut io, &ctx, live.close(CloseReason::Kicked)).await;
             }
         }
         // When to park if nothing comes (between frames only).
@@ -447,7 +449,8 @@ pub(crate) async fn serve<H: FramedHandler>(
                 Idle::Readable(Ok(())) => {}
                 // A reset between frames is the client leaving.
                 Idle::Readable(Err(e)) => {
-                    return closing(&mut io, live.close(CloseReason::io_between(&e, true))).await
+                    return closing(&mut io, &ctx, live.close(CloseReason::io_between(&e, true)))
+                        .await
                 }
                 Idle::Shutdown => {
                     return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref())
@@ -455,7 +458,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 }
                 Idle::HeartbeatDue => {
                     let reason = heartbeat_timed_out(counters, FRAMED_HEARTBEAT);
-                    return closing(&mut io, live.close(reason)).await;
+                    return closing(&mut io, &ctx, live.close(reason)).await;
                 }
                 Idle::Park => {
                     return park(
@@ -485,7 +488,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                     )
                     .await
                     {
-                        return closing(&mut io, live.close(reason)).await;
+                        return closing(&mut io, &ctx, live.close(reason)).await;
                     }
                     continue;
                 }
@@ -609,7 +612,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
         };
         give_back(&ctx, &mut buf);
-        return closing(&mut io, live.close(reason)).await;
+        return closing(&mut io, &ctx, live.close(reason)).await;
     }
 }
 
@@ -769,7 +772,7 @@ async fn say_goodbye<H: FramedHandler>(
             let _ = flush(io, codec, session, Vec::new(), ctx, None).await;
         }
     }
-    closing(io, live.close(CloseReason::Shutdown)).await
+    closing(io, ctx, live.close(CloseReason::Shutdown)).await
 }
 
 /// Resets the connection for the hub ([`Hub::reset`](crate::Hub::reset)):
@@ -789,8 +792,12 @@ fn reset<H: FramedHandler>(
 /// The end of a connection closed for `reason`: `close_notify` over TLS
 /// for our own closes ([`MessageIo::close_notify`]); a cleartext connection
 /// is simply closed by the dispatcher.
-async fn closing(io: &mut MessageIo, reason: CloseReason) -> Ended<FramedParked> {
-    io.close_notify(reason).await;
+async fn closing(
+    io: &mut MessageIo,
+    ctx: &WorkerContext,
+    reason: CloseReason,
+) -> Ended<FramedParked> {
+    io.close_notify(reason, &CloseBy::new(ctx)).await;
     Ended::Close(reason)
 }
 
@@ -847,7 +854,7 @@ async fn drain_pushes(
                 // session 46).
                 draining.writing(true);
                 inbox.drop_behind();
-                linger_after_unsent(io, close_by()).await;
+                linger_after_unsent(io, &CloseBy::new(ctx)).await;
                 return Err(CloseReason::SlowConsumer);
             }
         };
@@ -952,7 +959,7 @@ async fn flush_frames(
             if let Some(awake) = awake {
                 awake.drop_behind();
             }
-            behind(io, (&out, at), &ends, &mut pushes, counters).await;
+            behind(io, ctx, (&out, at), &ends, &mut pushes, counters).await;
         }
         // Nothing more goes (a write timeout or a broken socket).
         Err(_) => {
@@ -988,28 +995,29 @@ fn count_replies((out, at): (&[u8], usize), ends: &[usize], counters: &MessageCo
 /// server, which it could take for a frame of the wrong length or a line
 /// that ends wrong. What went is counted: its frames and bytes, the pushes
 /// among them in `pushes`, the others in `queue_drops`. The rest of the
-/// frame and the linger share one bound (`close_by`: 2 s from here), as a
-/// close's last writes and linger do (`ConnIo::close`).
+/// frame and the linger share one bound (`CloseBy`: `linger_timeout` from
+/// here), as a close's last writes and linger do (`ConnIo::close`).
 async fn behind(
     io: &mut MessageIo,
+    ctx: &WorkerContext,
     (out, at): (&[u8], usize),
     ends: &[usize],
     pushes: &mut Outbound,
     counters: &MessageCounters,
 ) {
-    let deadline = close_by();
+    let by = CloseBy::new(ctx);
     let end = end_of_frame_under_way(ends, at, out.len());
     let rest = &out[at..end];
-    let mut whole = write_rest(rest, deadline, |cx, b| Pin::new(&mut *io).poll_write(cx, b)).await;
+    let mut whole = write_rest(rest, &by, |cx, b| Pin::new(&mut *io).poll_write(cx, b)).await;
     let written = if whole { end } else { at };
     lifecycle::count_out(written - at);
     count_replies((out, written), ends, counters);
     // A push begun (all the replies went before it): its rest.
     if let Some(rest) = pushes.give_up(true, counters) {
-        whole = write_unsent_through(&rest, deadline, counters, io).await;
+        whole = write_unsent_through(&rest, &by, counters, io).await;
     }
     if whole {
-        linger_after_unsent(io, deadline).await;
+        linger_after_unsent(io, &by).await;
     }
 }
 

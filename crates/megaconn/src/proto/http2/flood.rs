@@ -331,7 +331,16 @@ impl Flooded {
 
 /// A budget that work and time give back, up to `FULL`; time at
 /// `PER_SECOND` units a second, credited only when the budget runs out
-/// (the clock is read then, not per frame).
+/// (the clock is read then, and when a charge finds the budget full, not
+/// per frame). Time the budget spent full gives nothing back: its clock
+/// starts again at a charge that finds it full. (It counted from the
+/// connection's start, or the last refill: a connection idle for 2 s, or
+/// a server too busy to read for that long, then had up to twice the
+/// budget for a burst, and a flood read late after a starved wait went on
+/// past h2's own bound on small frames, which then closed the connection
+/// with its line instead of ours: `lifecycle.rs`,
+/// `an_http2_tiny_data_flood_is_logged_naming_the_budget`, 2 failures in
+/// 10 under two busy loops.)
 ///
 /// Atomics, read and written apart (`Relaxed` loads and stores, plain
 /// moves on x86, as a `Cell`'s): the budget is shared with the
@@ -388,7 +397,11 @@ impl<const FULL: u64, const PER_SECOND: u64> Bucket<FULL, PER_SECOND> {
     /// since the last refill; `born`: the budgets' start).
     #[inline]
     fn charge(&self, n: u64, born: Instant) -> bool {
-        let left = self.left() - n as i64;
+        let before = self.left();
+        if before >= FULL as i64 {
+            self.full_until_now(born);
+        }
+        let left = before - n as i64;
         self.left.store(left, Relaxed);
         left >= 0 || self.refill(clock::now(), born)
     }
@@ -398,8 +411,21 @@ impl<const FULL: u64, const PER_SECOND: u64> Bucket<FULL, PER_SECOND> {
     #[inline]
     fn charge_shared(&self, n: u64, born: Instant) -> bool {
         let n = n as i64;
-        let left = self.left.fetch_sub(n, Relaxed) - n;
+        let before = self.left.fetch_sub(n, Relaxed);
+        if before >= FULL as i64 {
+            self.full_until_now(born);
+        }
+        let left = before - n;
         left >= 0 || self.refill(clock::now(), born)
+    }
+
+    /// The budget was full until now: the time since the last refill gave
+    /// nothing back, and the next refill counts from here.
+    #[inline(never)]
+    fn full_until_now(&self, born: Instant) {
+        let now = clock::now().saturating_duration_since(born).as_nanos();
+        self.refilled_at
+            .store(u64::try_from(now).unwrap_or(u64::MAX), Relaxed);
     }
 
     /// Credits the time since the last refill at `PER_SECOND`; true if the
@@ -1150,6 +1176,29 @@ mod tests {
             "two seconds: two back, one spent"
         );
         assert_eq!(budget.receive(ping), Some(Flooded::Pings));
+    }
+
+    /// A burst after the connection was idle (or its server too busy to
+    /// read) finds the budget full, no fuller: the time it stayed full
+    /// gives nothing back. It counted from the connection's start, so 2 s
+    /// of quiet let a burst of twice the budget through (and a flood read
+    /// late went on past h2's own bound on small frames, which closed the
+    /// connection first, with its line).
+    #[tokio::test(start_paused = true)]
+    async fn time_spent_full_gives_nothing_back() {
+        let budget = FloodBudget::new();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let tiny = head(DATA, 0, TINY_DATA_FRAME - 1);
+        for n in 0..HTTP2_TINY_DATA_BUDGET {
+            assert_eq!(budget.receive(tiny), None, "{n}");
+        }
+        assert_eq!(budget.receive(tiny), Some(Flooded::TinyData));
+        // Time while it is below full still gives back.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        for n in 0..9 {
+            assert_eq!(budget.receive(tiny), None, "{n}: 10 ms, 10 back, 1 owed");
+        }
+        assert_eq!(budget.receive(tiny), Some(Flooded::TinyData));
     }
 
     /// Time gives back [`REFILL_PER_SECOND`], fractions of a byte kept for

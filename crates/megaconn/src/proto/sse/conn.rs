@@ -25,7 +25,7 @@
 //! no heartbeat from the peer to bound them by): `write_timeout`, else
 //! `write_stall_timeout`; a queue that overflows meanwhile closes the
 //! stream as a slow consumer after the rest of the event under way, within
-//! the close's one bound (2 s, its linger included). Counted as the socket
+//! the close's one bound (`linger_timeout`, its linger included). Counted as the socket
 //! takes them: `pushes`, `frames_out` and `bytes_out` the pushes written
 //! whole; the others, whatever closes the stream, in `queue_drops`.
 
@@ -41,6 +41,7 @@ use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::conn::context::WorkerContext;
+use crate::conn::io::CloseBy;
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
 use crate::conn::Wake;
@@ -49,7 +50,7 @@ use crate::message::io::MessageIo;
 use crate::message::live::Live;
 use crate::message::outbound::{Outbound, PushFrame};
 use crate::message::session::Session;
-use crate::message::wake::{close_by, linger_after_unsent, resume, write_unsent_through};
+use crate::message::wake::{linger_after_unsent, resume, write_unsent_through};
 use crate::message::worker::Awake;
 use crate::message::MessageSettings;
 use crate::observe::close::{CloseReason, ProtocolDetail};
@@ -129,7 +130,7 @@ pub(crate) async fn serve(
             let opened = live.open(|_, route| route.handler.on_open(&request, &session));
             drop(request);
             if let Err(reason) = opened {
-                return closing(&mut io, live.close(reason)).await;
+                return closing(&mut io, &ctx, live.close(reason)).await;
             }
             (live, session, chunked, send_at, false)
         }
@@ -155,8 +156,9 @@ pub(crate) async fn serve(
                     // Behind: the rest of the event its socket took part
                     // of goes first, then the close (no last chunk: the
                     // client reconnects either way, and its socket is full).
-                    io.write_owed(local.take_unsent(id), counters).await;
-                    return closing(&mut io, live.close(reason)).await;
+                    io.write_owed(local.take_unsent(id), &CloseBy::new(&ctx), counters)
+                        .await;
+                    return closing(&mut io, &ctx, live.close(reason)).await;
                 }
             }
         }
@@ -174,8 +176,8 @@ pub(crate) async fn serve(
             if let Some(inbox) = &inbox {
                 inbox.drop_behind();
             }
-            io.write_owed(cut.rest, counters).await;
-            return closing(&mut io, live.close(cut.reason)).await;
+            io.write_owed(cut.rest, &CloseBy::new(&ctx), counters).await;
+            return closing(&mut io, &ctx, live.close(cut.reason)).await;
         }
     }
     // Its farewell at shutdown waits for its turn in a paced drain; until
@@ -203,28 +205,36 @@ pub(crate) async fn serve(
                     inbox.drop_behind();
                 }
                 // What went before is whole events: it stays readable.
-                linger_after_unsent(&mut io, close_by()).await;
-                return closing(&mut io, live.close(CloseReason::SlowConsumer)).await;
+                linger_after_unsent(&mut io, &CloseBy::new(&ctx)).await;
+                return closing(&mut io, &ctx, live.close(CloseReason::SlowConsumer)).await;
             }
         };
         if !head.is_empty() || !pushed.is_empty() {
             let written = write(&mut io, &head, pushed, &ctx, inbox.as_ref()).await;
             head.clear();
             if let Err(reason) = written {
-                return closing(&mut io, live.close(reason)).await;
+                return closing(&mut io, &ctx, live.close(reason)).await;
             }
         }
         // Closed for the hub, once what was pushed before is written
         // (`kicked` is `None` until all of it is taken).
         if inbox.as_ref().is_some_and(|a| a.inbox.kicked().is_some()) {
-            return end(&mut io, live, chunked, None, CloseReason::Kicked).await;
+            return end(&mut io, &ctx, live, chunked, None, CloseReason::Kicked).await;
         }
         if session.is_closing() {
-            return end(&mut io, live, chunked, None, CloseReason::ServerClosed).await;
+            return end(
+                &mut io,
+                &ctx,
+                live,
+                chunked,
+                None,
+                CloseReason::ServerClosed,
+            )
+            .await;
         }
         if turn.came() {
             let goodbye = live.state().settings.goodbye.clone();
-            return end(&mut io, live, chunked, goodbye, CloseReason::Shutdown).await;
+            return end(&mut io, &ctx, live, chunked, goodbye, CloseReason::Shutdown).await;
         }
         // A push that came while the last ones were written goes first
         // (parking now would drop it with the inbox).
@@ -236,7 +246,7 @@ pub(crate) async fn serve(
         if unread_wake {
             unread_wake = false;
             match client_input(&mut io, &ctx) {
-                Some(reason) => return closing(&mut io, live.close(reason)).await,
+                Some(reason) => return closing(&mut io, &ctx, live.close(reason)).await,
                 None => continue,
             }
         }
@@ -265,12 +275,12 @@ pub(crate) async fn serve(
             };
             match idle {
                 Idle::Readable(Ok(())) => match client_input(&mut io, &ctx) {
-                    Some(reason) => return closing(&mut io, live.close(reason)).await,
+                    Some(reason) => return closing(&mut io, &ctx, live.close(reason)).await,
                     None => continue,
                 },
                 Idle::Readable(Err(e)) => {
                     let reason = CloseReason::io_between(&e, true);
-                    return closing(&mut io, live.close(reason)).await;
+                    return closing(&mut io, &ctx, live.close(reason)).await;
                 }
                 // The top of the loop says goodbye, or writes them.
                 Idle::Shutdown | Idle::PushFrame => continue,
@@ -315,9 +325,10 @@ fn client_input(io: &mut MessageIo, ctx: &WorkerContext) -> Option<CloseReason> 
 
 /// Ends the stream for `reason`: the `goodbye` event if any, then (chunked)
 /// the last chunk, so the client sees a response that completed; best
-/// effort within the close's bound (2 s).
+/// effort within the close's bound (`linger_timeout`).
 async fn end(
     io: &mut MessageIo,
+    ctx: &WorkerContext,
     live: LiveStream<'_>,
     chunked: bool,
     goodbye: Option<Bytes>,
@@ -334,16 +345,16 @@ async fn end(
         let mut at = 0;
         let mut none = Outbound::default();
         let writing = poll_fn(|cx| io.poll_out(&mut none, cx, &last, &mut at));
-        let _ = tokio::time::timeout_at(close_by(), writing).await;
+        let _ = CloseBy::new(ctx).within(writing).await;
     }
-    closing(io, live.close(reason)).await
+    closing(io, ctx, live.close(reason)).await
 }
 
 /// The end of a stream closed for `reason`: `close_notify` over TLS for
 /// our own closes ([`MessageIo::close_notify`]); a cleartext one is simply
 /// closed by the dispatcher.
-async fn closing(io: &mut MessageIo, reason: CloseReason) -> Ended<SseParked> {
-    io.close_notify(reason).await;
+async fn closing(io: &mut MessageIo, ctx: &WorkerContext, reason: CloseReason) -> Ended<SseParked> {
+    io.close_notify(reason, &CloseBy::new(ctx)).await;
     Ended::Close(reason)
 }
 
@@ -390,13 +401,13 @@ async fn write(
             // (within one bound), so what the client read ends on a whole
             // event. (A comment or the handler's events cut short are let
             // go: the client drops an event cut by the close.)
-            let deadline = close_by();
+            let by = CloseBy::new(ctx);
             let mut whole = true;
             if let Some(rest) = pushes.give_up(true, counters) {
-                whole = write_unsent_through(&rest, deadline, counters, io).await;
+                whole = write_unsent_through(&rest, &by, counters, io).await;
             }
             if whole {
-                linger_after_unsent(io, deadline).await;
+                linger_after_unsent(io, &by).await;
             }
         }
         Err(_) => {

@@ -292,7 +292,7 @@ fn lone_close(read: &[u8]) -> bool {
 /// when it is closed, so the frame would never go at once. Its 1013 goes
 /// right after the frame under way (a frame cannot be cut into): a write
 /// that was stuck dropped the frames not begun ([`FrameEnds`]), and the
-/// connection's close writes the rest and the 1013 within its bound (2 s),
+/// connection's close writes the rest and the 1013 within its bound (`linger_timeout`),
 /// as it writes any last answer. Appended behind the whole backlog, the
 /// 1013 reached the peer only if the peer read it all within that bound,
 /// and not at all when the socket took nothing at once (then the backlog

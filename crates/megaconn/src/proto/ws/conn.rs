@@ -38,7 +38,7 @@
 //! that stops reading holds references, not a copy of its batch), over
 //! TLS copied into the write buffer (the session copies what it seals
 //! anyway). A peer whose queue overflows gets the rest of the frame under
-//! way and a 1013, both written by the close within its one bound (2 s,
+//! way and a 1013, both written by the close within its one bound (`linger_timeout`,
 //! the linger included; a parked one woken behind shares that bound
 //! between the rest of its push and the close, as an awake one whose
 //! socket took part of a push does).
@@ -72,7 +72,7 @@ use tokio::time::Instant;
 use tokio_util::either::Either;
 
 use crate::conn::context::WorkerContext;
-use crate::conn::io::{read_more, ConnIo, WriteBound, WriteLimit};
+use crate::conn::io::{read_more, CloseBy, ConnIo, WriteBound, WriteLimit};
 use crate::conn::pool::{BUFFER_CAPACITY, MAX_POOLED_CAPACITY};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
@@ -82,7 +82,7 @@ use crate::message::io::{prefetch_woken, reset_asked, MessageIo};
 use crate::message::live::Live;
 use crate::message::outbound::{Outbound, PushFrame};
 use crate::message::session::Session;
-use crate::message::wake::{close_by, heartbeat_timed_out, write_unsent, write_unsent_through};
+use crate::message::wake::{heartbeat_timed_out, write_unsent, write_unsent_through};
 use crate::message::worker::Awake;
 use crate::message::MessageSettings;
 use crate::observe::close::{CloseReason, ProtocolDetail};
@@ -743,25 +743,26 @@ enum Raw {
 
 /// Closes a slow consumer: the rest of the push its socket took part of
 /// (`behind`, if any) goes first, then the 1013 (if the rest went), then
-/// the TCP close, all within the close's one bound (`close_by`: the rest,
-/// the 1013 and the linger share it), awake or woken behind alike.
+/// the TCP close, all within the close's one bound (`CloseBy`,
+/// `linger_timeout`: the rest, the 1013 and the linger share it), awake or
+/// woken behind alike.
 async fn close_behind(
     conn: &mut ConnIo<WsIo>,
     behind: Option<(Unsent, Raw)>,
     reason: CloseReason,
     (counters, count): (&MessageCounters, &mut CloseCount<'_>),
 ) {
-    let deadline = close_by();
+    let by = CloseBy::new(&conn.ctx);
     let whole = match behind {
         Some((unsent, Raw::Sealed)) => {
             let io = &mut conn.io;
             let poll_write =
                 |cx: &mut std::task::Context<'_>, b: &[u8]| poll_write_unsent(io, cx, b);
-            write_unsent(&unsent, deadline, counters, poll_write).await
+            write_unsent(&unsent, &by, counters, poll_write).await
         }
         // Flushed too: over TLS the rest is sealed, not yet sent.
         Some((unsent, Raw::Stream)) => {
-            write_unsent_through(&unsent, deadline, counters, &mut conn.io).await
+            write_unsent_through(&unsent, &by, counters, &mut conn.io).await
         }
         None => true,
     };
@@ -769,8 +770,7 @@ async fn close_behind(
     let sent = last_word_code(reason, said);
     let (closer, code) = closer_without_peer_frame(reason, sent);
     count.count(closer, code);
-    let closing = Box::pin(conn.close(reason));
-    let _ = tokio::time::timeout_at(deadline, closing).await;
+    Box::pin(conn.close_within(reason, &by)).await;
 }
 
 /// What the connection writes and has not counted yet.
