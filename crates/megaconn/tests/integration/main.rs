@@ -72,6 +72,7 @@ mod metrics;
 mod modes;
 mod mtls;
 mod mtls_refusals;
+mod mtls_wake;
 #[cfg(feature = "otel")]
 mod otel;
 mod park;
