@@ -81,6 +81,16 @@ pub fn parse_admin(s: &str) -> Result<AdminAddr, String> {
         .map_err(|_| format!("invalid admin address {s:?} (want IP:PORT or off)"))
 }
 
+/// The address the admin listener binds for `setting`: [`DEFAULT_ADMIN`]
+/// when none is set; `None` when it is off.
+pub fn address(setting: Option<AdminAddr>) -> Option<SocketAddr> {
+    match setting {
+        Some(AdminAddr::Off) => None,
+        Some(AdminAddr::At(addr)) => Some(addr),
+        None => Some(DEFAULT_ADMIN.parse().expect("valid default address")),
+    }
+}
+
 /// A running admin server; dropping it shuts the admin server down.
 #[derive(Debug)]
 pub struct Admin {
@@ -136,10 +146,8 @@ pub fn bind(
     adopt: Vec<std::net::TcpListener>,
 ) -> anyhow::Result<Option<Bound>> {
     let explicit = setting.is_some();
-    let addr = match setting {
-        Some(AdminAddr::Off) => return Ok(None),
-        Some(AdminAddr::At(addr)) => addr,
-        None => DEFAULT_ADMIN.parse().expect("valid default address"),
+    let Some(addr) = address(setting) else {
+        return Ok(None);
     };
     let bound = megaconn::Server::bind(addr)
         .adopt_listeners(adopt)

@@ -60,7 +60,12 @@ Checks (each reads a kernel limit and compares it with what N connections need):
                flight need high >= N pages.
   conntrack    net.netfilter.nf_conntrack_max, when the nf_conntrack module is
                loaded: every tracked connection takes an entry, and a full table
-               drops new connections (\"nf_conntrack: table full\").
+               drops new connections (\"nf_conntrack: table full\"). Loaded, it
+               tracks nothing in a network namespace until a rule there needs
+               it (NAT, `-m conntrack`, a stateful nft rule; Linux 4.10+):
+               doctor opens a loopback connection and reads
+               nf_conntrack_count, and a table too small that tracks nothing
+               here is a warning, not a failure.
   memory       MemAvailable from /proc/meminfo (in a container with a memory
                limit, the room left under it, if less) against N x (5 KiB of kernel
                memory per socket + 100 B of megaconn per idle connection):
@@ -142,6 +147,9 @@ pub struct Host {
     pub tcp_mem: Option<[u64; 3]>,
     /// net.netfilter.nf_conntrack_max; `None`: module not loaded.
     pub conntrack_max: Option<u64>,
+    /// Whether conntrack tracks connections in this network namespace
+    /// ([`conntrack_tracks`]); `None`: not known.
+    pub conntrack_tracks: Option<bool>,
     /// MemAvailable, bytes; inside a cgroup with a memory limit (a
     /// container), the smaller of it and the room left under the limit,
     /// which /proc/meminfo does not show (it reports the host's).
@@ -197,6 +205,7 @@ impl Host {
             ),
             tcp_mem: numbers("/proc/sys/net/ipv4/tcp_mem").and_then(|v| v.try_into().ok()),
             conntrack_max: one("/proc/sys/net/netfilter/nf_conntrack_max"),
+            conntrack_tracks: conntrack_tracks(),
             mem_available: match (mem("MemAvailable:"), own_cgroup_room()) {
                 (Some(host), Some(cgroup)) => Some(host.min(cgroup)),
                 (host, cgroup) => host.or(cgroup),
@@ -206,6 +215,33 @@ impl Host {
             page_size,
         }
     }
+}
+
+/// Whether conntrack tracks connections in this network namespace: its
+/// count is above 0, or a loopback connection of doctor's own raises it.
+/// The module loaded (its sysctls there) is not enough: since Linux 4.10 it
+/// registers its hooks in a namespace only once a rule there needs them
+/// (NAT, `-m conntrack`, a stateful nft rule), and until then a million
+/// connections take no entry (a host holding them with
+/// `nf_conntrack_max = 262144` was told it could not). `None`: the module
+/// is not loaded, or the loopback connection could not be made.
+fn conntrack_tracks() -> Option<bool> {
+    let count = || -> Option<u64> {
+        fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    if count()? > 0 {
+        return Some(true);
+    }
+    // Tracked, the connection's entry is confirmed by the time the
+    // handshake is done (the SYN-ACK went through the hooks).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+    let _client = std::net::TcpStream::connect(listener.local_addr().ok()?).ok()?;
+    let _accepted = listener.accept().ok()?;
+    Some(count()? > 0)
 }
 
 /// The memory left under this process's cgroup v2 limit (`memory.max` minus
@@ -262,7 +298,7 @@ pub fn checks(host: &Host, n: u64) -> Vec<Check> {
         need: format!("hard >= {need_fds}"),
         fix: (hard < need_fds).then(|| {
             format!(
-                "LimitNOFILE={limit} in the systemd unit, or `ulimit -n {limit}` before starting; or split over processes: `megaconn serve --processes {}`",
+                "LimitNOFILE={limit} in the systemd unit, or `ulimit -n {limit}` before starting (as root: another user can raise the soft limit only up to the hard one, {hard}); or split over processes: `megaconn serve --processes {}`",
                 need_fds.div_ceil(hard.saturating_sub(FD_HEADROOM).max(1))
             )
         }),
@@ -427,16 +463,27 @@ pub fn checks(host: &Host, n: u64) -> Vec<Check> {
     });
 
     let want = n.saturating_add(n / 4);
-    let (status, value, fix, sysctl) = match host.conntrack_max {
-        None => (Status::Skip, "nf_conntrack not loaded: no table to fill".to_string(), None, None),
-        Some(v) if v >= n => (Status::Ok, v.to_string(), None, None),
-        Some(v) => (
+    let raise = format!(
+        "sysctl net.netfilter.nf_conntrack_max={want} (and the nf_conntrack hashsize module parameter to {}), or exempt the port with a NOTRACK rule",
+        want / 4
+    );
+    let (status, value, fix, sysctl) = match (host.conntrack_max, host.conntrack_tracks) {
+        (None, _) => (Status::Skip, "nf_conntrack not loaded: no table to fill".to_string(), None, None),
+        (Some(v), _) if v >= n => (Status::Ok, v.to_string(), None, None),
+        // Loaded, and tracking nothing here: no entry is taken until a
+        // rule needs one, and then every connection takes one.
+        (Some(v), Some(false)) => (
+            Status::Warn,
+            format!("{v} (tracking nothing in this network namespace)"),
+            Some(format!(
+                "no rule here makes conntrack track connections (a loopback connection took no entry), so none fills the table now; a NAT or stateful firewall rule (Docker's, kube-proxy's, `-m conntrack`) would make every connection take one: then {raise}"
+            )),
+            Some(("net.netfilter.nf_conntrack_max", want.to_string())),
+        ),
+        (Some(v), _) => (
             Status::Fail,
             v.to_string(),
-            Some(format!(
-                "sysctl net.netfilter.nf_conntrack_max={want} (and the nf_conntrack hashsize module parameter to {}), or exempt the port with a NOTRACK rule",
-                want / 4
-            )),
+            Some(raise),
             Some(("net.netfilter.nf_conntrack_max", want.to_string())),
         ),
     };
@@ -693,6 +740,7 @@ mod tests {
             port_range: Some((1024, 65535)),
             tcp_mem: Some([1 << 20, 1 << 21, 1 << 22]),
             conntrack_max: None,
+            conntrack_tracks: None,
             mem_available: Some(24 << 30),
             mem_total: Some(32 << 30),
             migrate_req: Some(1),
@@ -748,6 +796,38 @@ mod tests {
         let text = render(&c, n, false, Some(&dropin), Some("LimitNOFILE=1048576"));
         assert!(text.contains("LimitNOFILE=1048576"), "{text}");
         assert!(text.contains("cannot hold 1,000,000"), "{text}");
+    }
+
+    /// A conntrack table smaller than N that tracks nothing in this network
+    /// namespace (no rule needs it: a loopback connection took no entry)
+    /// is a warning that says when it would fill, its sysctl in the
+    /// drop-in; tracking, or not known, a failure. It failed whenever the
+    /// module was loaded: a host holding a million connections with
+    /// `nf_conntrack_max = 262144`, none of them tracked, was told it could
+    /// not hold them.
+    #[test]
+    fn a_conntrack_table_that_tracks_nothing_here_only_warns() {
+        let small = |tracks| Host {
+            conntrack_max: Some(262_144),
+            conntrack_tracks: tracks,
+            ..roomy()
+        };
+        let n = 1_000_000;
+        let c = checks(&small(Some(false)), n);
+        assert_eq!(status(&c, "conntrack"), Status::Warn);
+        assert!(c.iter().all(|c| c.status != Status::Fail), "{c:#?}");
+        let check = c.iter().find(|c| c.id == "conntrack").unwrap();
+        assert!(check.value.contains("tracking nothing"), "{check:?}");
+        let fix = check.fix.as_deref().unwrap();
+        for said in ["NAT", "nf_conntrack_max=1250000"] {
+            assert!(fix.contains(said), "{said:?} not in {fix}");
+        }
+        let dropin = sysctl_dropin(&c, n).unwrap();
+        assert!(dropin.contains("net.netfilter.nf_conntrack_max = 1250000"));
+        for tracks in [Some(true), None] {
+            let c = checks(&small(tracks), n);
+            assert_eq!(status(&c, "conntrack"), Status::Fail, "{tracks:?}");
+        }
     }
 
     /// With `--processes`, a dead worker's queued connections are reset

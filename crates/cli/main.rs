@@ -12,6 +12,7 @@ mod announce;
 mod demo;
 mod doctor;
 mod fanout;
+mod in_use;
 mod knobs;
 mod logging;
 mod pid_file;

@@ -34,7 +34,7 @@ pub struct ServeArgs {
     pub worker_process: Option<usize>,
     /// `--upgrade`: take over from the server on the upgrade socket.
     pub upgrade: bool,
-    /// `--check`: validate the configuration, bind nothing, exit.
+    /// `--check`: validate the configuration, probe its addresses, serve nothing, exit.
     pub check: bool,
 }
 
@@ -80,8 +80,8 @@ impl clap::Args for ServeArgs {
             clap::Arg::new("check")
                 .long("check")
                 .action(clap::ArgAction::SetTrue)
-                .help("Check the configuration (flags and --config file, certificates, keys, CRLs, every knob) without binding anything; print `configuration OK` and exit 0, or the errors and exit 1 (as `nginx -t`).")
-                .long_help("Check the configuration as a start would, and stop before anything binds or listens: the flags and the --config file are read and every knob is validated, the TLS certificate, key, client CA and CRL files are loaded, the OpenTelemetry exporter is built as a start builds it (its endpoint parsed, from the flag or OTEL_EXPORTER_OTLP_ENDPOINT; connected to nothing), and the server's settings are checked as the library checks them before it listens. Prints `configuration OK; would listen on ...` on stdout and exits 0, or the error a start would print (naming the flag, or the config file and its key) on stderr and exits 1 (JSON lines with --log-format json). Nothing is bound: an address in use, an admin address taken, sockets systemd would pass and an OpenTelemetry collector that does not answer are found only at start. Use it before `systemctl reload` or a restart (deploy/README.md)."),
+                .help("Check the configuration (flags and --config file, certificates, keys, CRLs, every knob, addresses in use) without serving; print `configuration OK` and exit 0, or the errors and exit 1 (as `nginx -t`).")
+                .long_help("Check the configuration as a start would, and stop before anything binds or listens: the flags and the --config file are read and every knob is validated, the TLS certificate, key, client CA and CRL files are loaded, the OpenTelemetry exporter is built as a start builds it (its endpoint parsed, from the flag or OTEL_EXPORTER_OTLP_ENDPOINT; connected to nothing), and the server's settings are checked as the library checks them before it listens (an admin address that is also a listen address is refused, as a start refuses it). Every address a start binds (listen and admin) is bound as a start binds it and closed at once, never listening: one in use by another program, or one this machine does not have, fails the check as it would fail a start; one held by a listener of this user that shares its port (SO_REUSEPORT), as a running megaconn's do, is expected (the server a reload keeps, an upgrade takes over) and noted; one held by another user's listener is warned about (a megaconn of another user cannot be told from another program: run the check as the service's user). Prints `configuration OK; would listen on ...` on stdout and exits 0, or the error a start would print (naming the flag, or the config file and its key) on stderr and exits 1 (JSON lines with --log-format json). Sockets systemd would pass and an OpenTelemetry collector that does not answer are found only at start. Use it before `systemctl reload` or a restart (deploy/README.md)."),
         )
         .args(knobs::KNOBS.iter().map(knobs::Knob::arg))
         .arg(
@@ -529,7 +529,8 @@ fn prepare(
     let file = config_values(args)?;
     let format = knobs::chosen_log_format(&args.flags, &file).unwrap_or(LogFormat::Human);
     logging::init_for(format, args.worker_process);
-    let resolved = resolve_from(args, file, inherited)?;
+    let mut resolved = resolve_from(args, file, inherited)?;
+    refuse_admin_on_a_listen_address(&mut resolved, args)?;
     let supervisor = resolved.processes > 1 && args.worker_process.is_none();
     if activated && resolved.processes > 1 {
         return Err(UsageError(
@@ -562,8 +563,127 @@ fn prepare(
     }
 }
 
-/// `serve --check`: [`prepare`] without binding or taking anything, then
-/// `configuration OK` and what a start would listen on.
+/// The listen address (of `addrs`) that the admin address of `setting`
+/// would meet at its bind ([`crate::in_use::overlap`]), if any; the admin
+/// address with it.
+fn admin_clash(
+    setting: Option<AdminAddr>,
+    addrs: &[SocketAddr],
+) -> Option<(SocketAddr, SocketAddr)> {
+    let admin = crate::admin::address(setting)?;
+    let clash = addrs.iter().find(|&&a| crate::in_use::overlap(a, admin))?;
+    Some((admin, *clash))
+}
+
+/// Refuses an admin address that is also a listen address (or one a
+/// wildcard listen address covers): a single process's admin listener
+/// failed to bind it after the main listeners had (`cannot start the
+/// admin listener`, exit 1), and under `--processes` the supervisor's
+/// admin listener bound it first and the worker processes' `SO_REUSEPORT`
+/// listeners joined its port, the kernel then spreading the listen
+/// address's connections over the workers and the admin server (which
+/// answers them as admin requests: 404s, and `/metrics` to anyone on the
+/// public port). The default admin address (none set) is dropped instead,
+/// with a warning, as a single process already went on without it.
+fn refuse_admin_on_a_listen_address(
+    resolved: &mut Resolved,
+    args: &ServeArgs,
+) -> Result<(), UsageError> {
+    let Some((admin, clash)) = admin_clash(resolved.admin, &resolved.addrs) else {
+        return Ok(());
+    };
+    let b = &resolved.builder;
+    let url = crate::announce::listen_url(clash, b.is_framed(clash), b.is_tls(clash));
+    if resolved.admin.is_none() {
+        tracing::warn!(%admin, listen = %url, "the default admin address is one this server listens on: no admin listener (give --admin ADDR for one, or --admin off)");
+        resolved.admin = Some(AdminAddr::Off);
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "the admin address {admin} ({}) is one this server listens on ({url}): the admin listener needs an address of its own (a start fails to bind it, or with --processes takes a share of the listener's connections); give it another port (e.g. 127.0.0.1:9090), or `off`",
+        knobs::origin("admin", &args.flags, args.config.as_deref())
+    )))
+}
+
+/// What a start's binds would meet, found by binding every address it
+/// binds (listen and admin) as it does and closing at once
+/// ([`crate::in_use`]): an error for what makes a start fail, a warning
+/// where the check cannot tell, a note for a running megaconn of this
+/// user (`systemctl reload` runs the check beside it, `serve --upgrade`
+/// takes it over).
+fn check_addresses(resolved: &Resolved, args: &ServeArgs) -> Result<(), UsageError> {
+    use crate::in_use::Holder;
+    let admin = crate::admin::address(resolved.admin);
+    let listen = resolved.addrs.iter().map(|&a| (a, false));
+    let mut seen = Vec::new();
+    let mut errors = Vec::new();
+    for (addr, is_admin) in listen.chain(admin.map(|a| (a, true))) {
+        if addr.port() == 0 || seen.contains(&addr) {
+            continue;
+        }
+        seen.push(addr);
+        let v6_only = !is_admin && crate::in_use::needs_v6_only(addr, &resolved.addrs);
+        let what = match is_admin {
+            true if resolved.admin.is_none() => "the default admin address".to_owned(),
+            true => format!(
+                "the admin address ({})",
+                knobs::origin("admin", &args.flags, args.config.as_deref())
+            ),
+            false => "a listen address".to_owned(),
+        };
+        // A taken default admin address is not a failure: a start serves
+        // on without the admin listener, and says so.
+        let optional = is_admin && resolved.admin.is_none();
+        let fails = match optional {
+            true => "a start serves without the admin listener",
+            false => "a start fails",
+        };
+        let fix = format!(
+            "`ss -ltnp 'sport = :{}'` names it: stop it, or choose another port",
+            addr.port()
+        );
+        let euid = crate::in_use::euid();
+        let problem = match crate::in_use::probe(addr, v6_only) {
+            Holder::Free => None,
+            Holder::Sharing => {
+                tracing::info!(%addr, "{addr}, {what}, is held by a listener of this user that shares its port (SO_REUSEPORT), as megaconn's do: the running megaconn, which a reload (SIGHUP) keeps serving and `serve --upgrade` takes over from; a start beside it fails (address in use) until it stops");
+                None
+            }
+            Holder::Other { uid: Some(uid) } if uid == euid => Some(format!(
+                "{addr}, {what}, is in use by another program of this user, one that does not share its port as megaconn's listeners do: {fails} (address in use); {fix}"
+            )),
+            Holder::Other { uid: Some(uid) } => {
+                // Perhaps the megaconn about to be reloaded or replaced:
+                // warned, not refused.
+                tracing::warn!(%addr, "{addr}, {what}, is in use by a listener of uid {uid}, not this user's (uid {euid}): {fails} (address in use) as this user. A megaconn of another user (the unit's DynamicUser) cannot be told from another program here: run the check as the service's user to know (`systemctl reload` does). If it is not that megaconn, {fix}");
+                None
+            }
+            Holder::Other { uid: None } => Some(format!(
+                "{addr}, {what}, is in use by a socket that does not listen (a connection's local port, or one bound without listening): {fails} (address in use); {fix}"
+            )),
+            Holder::Unbindable(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                tracing::warn!(%addr, "{addr}, {what}: binding it needs a privilege this check lacks ({e}; a port below 1024 needs CAP_NET_BIND_SERVICE, which the systemd unit gives): {fails} as this user");
+                None
+            }
+            Holder::Unbindable(e) => Some(format!(
+                "{addr}, {what}, cannot be bound ({e}: an address this machine does not have?): {fails}"
+            )),
+        };
+        match problem {
+            Some(message) if optional => tracing::warn!(%addr, "{message}"),
+            Some(message) => errors.push(message),
+            None => {}
+        }
+    }
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(UsageError(errors.join("; "))),
+    }
+}
+
+/// `serve --check`: [`prepare`] without keeping anything bound or taking
+/// anything, the addresses a start binds probed ([`check_addresses`]),
+/// then `configuration OK` and what a start would listen on.
 fn check(args: &ServeArgs) -> Result<(), UsageError> {
     let resolved = prepare(args, Vec::new())?;
     // The OpenTelemetry exporter, built as a start builds it (the
@@ -576,6 +696,7 @@ fn check(args: &ServeArgs) -> Result<(), UsageError> {
             .map_err(|e| UsageError(format!("cannot set up OpenTelemetry tracing: {e}")))?;
         tracing.shutdown();
     }
+    check_addresses(&resolved, args)?;
     let b = &resolved.builder;
     let urls: Vec<String> = resolved
         .addrs
@@ -656,11 +777,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // The admin listener's socket to the admin listener, the others to
         // the server; the old admin listener's, bound to an address this one
         // does not have, is closed (see `TakeOver::sort`).
-        let admin_addr = match resolved.admin {
-            Some(crate::admin::AdminAddr::At(a)) => Some(a),
-            Some(crate::admin::AdminAddr::Off) => None,
-            None => crate::admin::DEFAULT_ADMIN.parse().ok(),
-        };
+        let admin_addr = crate::admin::address(resolved.admin);
         // A main one this process would not serve refuses the take-over
         // (exit 2), before the old process is told anything.
         let (admin, main) = take_over.sort(listeners, &resolved.addrs, admin_addr)?;

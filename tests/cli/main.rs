@@ -20,6 +20,7 @@ mod limits_cli;
 mod logs_cli;
 mod ops48_cli;
 mod ops49_cli;
+mod ops50_cli;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod park_cli;
 mod processes;

@@ -17,7 +17,7 @@ use common::{ChildGuard, Lines, ReservedPort, Serving, CHILD_SAFETY};
 const BIN: &str = env!("CARGO_BIN_EXE_megaconn");
 
 /// `megaconn serve ARGS… --check`, run to its end: exit code, stdout, stderr.
-fn check(args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) fn check(args: &[&str]) -> (Option<i32>, String, String) {
     let out = common::output(Command::new(BIN).arg("serve").args(args).arg("--check"));
     (
         out.status.code(),
@@ -26,24 +26,29 @@ fn check(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-/// `--check` reads and validates, binds nothing: it passes on addresses
-/// that are taken (a start would fail on them), says what a start would
-/// listen on, exits 0.
+/// `--check` reads and validates and keeps nothing bound: it says what a
+/// start would listen on, exits 0, and leaves the addresses free (each
+/// held for the test by a socket that does not listen, which a start binds
+/// beside). (It passed the admin address as the listen address, both
+/// taken: `--check` now refuses both, as a start fails on them; ops50_cli.)
 #[test]
 fn check_passes_without_binding() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
+    let (listen, admin) = (ReservedPort::new(), ReservedPort::new());
+    let addr = listen.addr.clone();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("megaconn.toml");
     std::fs::write(&config, format!("listen = [\"{addr}\"]\nworkers = 2\n")).unwrap();
     let config = config.to_str().unwrap();
-    let (code, stdout, stderr) = check(&["--config", config, "--admin", &addr, "--self-signed"]);
+    let (code, stdout, stderr) =
+        check(&["--config", config, "--admin", &admin.addr, "--self-signed"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.starts_with("configuration OK"), "{stdout}");
     assert!(stdout.contains(&format!("https://{addr}")), "{stdout}");
     assert!(stdout.contains(config), "{stdout}");
-    // The address is still the test's alone.
-    assert!(TcpListener::bind(&addr).is_err());
+    // Nothing of the check's listens there: both addresses are free.
+    for addr in [&addr, &admin.addr] {
+        TcpListener::bind(addr).unwrap();
+    }
 }
 
 /// A configuration a start refuses, `--check` refuses with the start's
@@ -314,7 +319,7 @@ fn the_last_of_a_flag_given_twice_wins() {
 }
 
 /// One GET on a fresh connection; the body.
-fn get(addr: &str, path: &str) -> String {
+pub(crate) fn get(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
     write!(

@@ -885,6 +885,24 @@ impl<Data> UnbufferedConnectionCommon<Data> {
         common.received_plaintext.shrink_to_fit();
         common.sendable_tls.shrink_to_fit();
     }
+
+    /// Takes the peer's certificate chain out of the connection: what
+    /// `peer_certificates` returned, which returns `None` from then on.
+    ///
+    /// For callers that keep the chain themselves for the connection's
+    /// life, shared (a server that hands it to every request): the chain
+    /// is moved, not copied, and only one copy of its DER is kept, theirs.
+    /// Take it once the handshake is done: the session tickets the
+    /// handshake issued were made from it already.
+    pub fn take_peer_certificates(
+        &mut self,
+    ) -> Option<alloc::vec::Vec<pki_types::CertificateDer<'static>>> {
+        self.core
+            .common_state
+            .peer_certificates
+            .take()
+            .map(|chain| chain.0)
+    }
 }
 
 impl<T> Deref for UnbufferedConnectionCommon<T> {

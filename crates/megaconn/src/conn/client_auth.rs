@@ -7,14 +7,19 @@
 //!
 //! What it costs a connection: nothing with client auth off (rustls keeps
 //! an empty `Option` for the peer's chain in every session already). On,
-//! the session keeps the client's chain (its DER, ~0.5–1.5 KB a
-//! certificate) for the connection's life, parked or awake; a handler's
-//! [`PeerCertificates`] is one copy of it shared by refcount: made at the
-//! first request after the handshake or a wake-up on HTTP/1.1 (the TLS
-//! stream keeps it while awake, `TlsIo::shared_peer_certificates`), per
-//! connection on HTTP/2, per wake-up of a message connection. It is never
-//! kept while the connection is parked: that would add the chain's DER
-//! again to every parked connection, which the session has already.
+//! the connection keeps the client's chain (its DER, ~0.5–1.5 KB a
+//! certificate) for its life, parked or awake, once: the TLS stream takes
+//! it out of the rustls session when the handshake completes (the patched
+//! rustls' `take_peer_certificates`, patches/README.md) as one
+//! [`PeerCertificates`], which parks with the session (`ParkedTls`) and
+//! which every HTTP/1.1 request's extension shares by refcount, across
+//! wake-ups (`TlsIo::shared_peer_certificates`): no copy. Before, the
+//! session kept its chain and a copy was made at the first request after
+//! the handshake and after every wake-up (a second copy kept while parked
+//! would have doubled the chain's DER on every parked connection). HTTP/2
+//! still makes one copy per connection, and a message connection one per
+//! wake-up (their `Session` is built from the chain's slice,
+//! `Parkable::peer_certificates`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -369,6 +374,15 @@ impl PeerCertificates {
     /// empty one).
     #[inline]
     pub(crate) fn of(chain: Option<&[CertificateDer<'static>]>) -> Option<PeerCertificates> {
+        let chain = chain.filter(|c| !c.is_empty())?;
+        Some(PeerCertificates(Arc::from(chain)))
+    }
+
+    /// The chain taken out of a TLS session at its handshake (the patched
+    /// rustls' `take_peer_certificates`, patches/README.md), moved into
+    /// the shared slice: the certificates' DER is not copied. `None` for
+    /// none (or an empty one).
+    pub(crate) fn taken(chain: Option<Vec<CertificateDer<'static>>>) -> Option<PeerCertificates> {
         let chain = chain.filter(|c| !c.is_empty())?;
         Some(PeerCertificates(Arc::from(chain)))
     }

@@ -636,9 +636,11 @@ impl TlsConfig {
     ///
     /// Cost: nothing while off. On, each full handshake verifies the
     /// client's chain (an ECDSA or RSA signature check per certificate,
-    /// about what the server's own signature costs), and the session keeps
-    /// the chain's DER while the connection lives, parked or not (~1 KB
-    /// for a one-certificate chain: see the README's TLS section).
+    /// about what the server's own signature costs), and the connection
+    /// keeps one copy of the chain's DER while it lives, parked or not
+    /// (~1 KB for a one-certificate chain: see the README's TLS section),
+    /// which its HTTP/1.1 requests share (taken out of the rustls session
+    /// at the handshake, never copied again).
     pub fn client_auth(self, auth: ClientAuth) -> Result<TlsConfig, TlsError> {
         let loaded = auth.load()?;
         let mut settings = self.settings();

@@ -162,13 +162,13 @@ pub(crate) struct TlsIo<S> {
     /// stream encrypts may follow them (not `close_notify`: see the module
     /// doc).
     owes_sealed: bool,
-    /// The client's verified chain (`ClientAuth`) as handlers get it,
-    /// copied off the session at its first request after the handshake or
-    /// a wake-up and shared by every request after it
-    /// ([`Parkable::shared_peer_certificates`]). Not kept while parked: the
-    /// session has the chain, and a second copy would add its DER (~0.5 KB
-    /// a certificate) to every parked connection.
-    peer: std::cell::OnceCell<PeerCertificates>,
+    /// The client's verified chain (`ClientAuth`) as handlers get it:
+    /// taken out of the session when the handshake completes (the patched
+    /// rustls' `take_peer_certificates`: the session keeps no copy), parked
+    /// with it ([`ParkedTls`]) and shared by every request of the
+    /// connection, across wake-ups ([`Parkable::shared_peer_certificates`]).
+    /// `None`: client auth off, or no certificate sent.
+    peer: Option<PeerCertificates>,
 }
 
 impl<S> std::fmt::Debug for TlsIo<S> {
@@ -211,8 +211,20 @@ impl Drop for Records {
 /// What a parked TLS connection keeps in user space besides its socket.
 pub(crate) struct ParkedTls {
     session: Session,
+    /// What few parked sessions have, boxed so that the others pay one
+    /// pointer for it (and the worker's table, [`ParkedSessions`], eight
+    /// bytes less an entry than with `tail` inline).
+    rare: Option<Box<ParkedRare>>,
+}
+
+/// The rarer parts of a [`ParkedTls`]: one allocation, made only for a
+/// session that has one of them.
+struct ParkedRare {
     /// The head of a record whose rest had not arrived (rare).
     tail: Option<Box<[u8]>>,
+    /// The client's chain, with client auth ([`TlsIo`]'s `peer`): it
+    /// parks with the session, which no longer has it.
+    peer: Option<PeerCertificates>,
 }
 
 /// One worker's sessions of parked TLS connections, by socket descriptor.
@@ -539,14 +551,18 @@ impl<S> TlsIo<S> {
             failed: false,
             began: false,
             owes_sealed: false,
-            peer: std::cell::OnceCell::new(),
+            peer: None,
         }
     }
 
     /// A parked connection's stream again, on its woken socket.
     pub(crate) fn resume(sock: S, parked: ParkedTls) -> TlsIo<S> {
         let mut io = TlsIo::with_session(sock, parked.session);
-        if let Some(tail) = parked.tail {
+        let Some(rare) = parked.rare else {
+            return io;
+        };
+        io.peer = rare.peer;
+        if let Some(tail) = rare.tail {
             let mut incoming = take_local();
             incoming.extend_from_slice(&tail);
             io.bufs.incoming = Some(incoming);
@@ -923,6 +939,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
                 // rustls kept of them (its patched `shrink_to_fit`,
                 // patches/README.md), for connections that never park (h2).
                 self.session.shrink_to_fit();
+                // The client's chain, moved out of the session: the one
+                // copy the connection keeps (see `peer`).
+                self.peer = PeerCertificates::taken(self.session.take_peer_certificates());
                 return Poll::Ready(Ok(()));
             }
             if step == Step::Closed || self.peer_closed {
@@ -1158,20 +1177,16 @@ impl<S: Parkable> Parkable for TlsIo<S> {
         self.sock.still_watched()
     }
 
-    /// The session's (rustls keeps the client's chain with client auth on,
-    /// parked or not; an empty `Option` otherwise).
+    /// The chain taken out of the session at the handshake (`peer`; the
+    /// session has none left).
     fn peer_certificates(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
-        self.session.peer_certificates()
+        self.peer.as_ref().map(PeerCertificates::chain)
     }
 
-    /// Copied once per handshake or wake-up, then shared by refcount
-    /// (HTTP/1.1 asks at every request).
+    /// The one copy, taken at the handshake, shared by refcount (HTTP/1.1
+    /// asks at every request): never copied, also across wake-ups.
     fn shared_peer_certificates(&self) -> Option<PeerCertificates> {
-        if let Some(peer) = self.peer.get() {
-            return Some(peer.clone());
-        }
-        let peer = PeerCertificates::of(self.session.peer_certificates())?;
-        Some(self.peer.get_or_init(|| peer).clone())
+        self.peer.clone()
     }
 
     /// Splits an idle stream for parking: the socket for the lot, the
@@ -1196,12 +1211,16 @@ impl<S: Parkable> Parkable for TlsIo<S> {
             tail
         });
         let TlsIo {
-            sock, mut session, ..
+            sock,
+            mut session,
+            peer,
+            ..
         } = self;
         // What a wake-up allocated in rustls (a KeyUpdate's message index,
         // a record queue) is not kept while parked.
         session.shrink_to_fit();
-        Ok((sock.into_parked()?, Some(ParkedTls { session, tail })))
+        let rare = (tail.is_some() || peer.is_some()).then(|| Box::new(ParkedRare { tail, peer }));
+        Ok((sock.into_parked()?, Some(ParkedTls { session, rare })))
     }
 }
 

@@ -73,6 +73,7 @@ mod metrics;
 mod modes;
 mod mtls;
 mod mtls_refusals;
+mod mtls_wake;
 #[cfg(feature = "otel")]
 mod otel;
 mod park;
