@@ -23,9 +23,24 @@
 # With MEGACONN_B=/path/to/other/megaconn that build's server is counted
 # too, in the same run (for before/after figures).
 #
+# WINDOW=S counts a steady window instead (no ramp, no opening requests, no
+# hang-ups at the end, whose count differs from run to run and moved the
+# two-run difference by ~5 %): one run per binary and round (ROUNDS,
+# interleaved), callgrind started with `--instr-atstart=no` and switched on
+# (`callgrind_control -i on`) SETTLE_S s after hold starts, off S s later;
+#   instructions per heartbeat = Ir / responses in the window
+# (callgrind's own count of `encode_head` calls: one response a heartbeat),
+# beside the lot's turns (tokio's `epoll_wait` calls, each a turn of the
+# lot here) and heartbeats per turn. The turns vary from run to run with
+# the machine's timing (3–7 heartbeats a turn at the defaults) and each
+# costs ~3,000 instructions of tokio's and the lot's, so compare rows at
+# like heartbeats per turn, or solve two rows of one binary for the cost per
+# response and per turn (bench/MILLION.md, session 50).
+#
 # Needs: valgrind and strace (installed if missing), jq, curl, a built megaconn (release).
 # Env: N (1000), INTERVAL (3s), PARK_AFTER (500ms), SHORT (5), LONG (20),
-#   STRACE (1), STRACE_SECS (10), PORT, BENCH_SKIP_BUILD=1, MEGACONN.
+#   STRACE (1), STRACE_SECS (10), PORT, BENCH_SKIP_BUILD=1, MEGACONN;
+#   WINDOW (unset: the two-run difference), SETTLE_S (8), ROUNDS (2).
 # Output: the table on stdout; callgrind files in bench/out/park-instructions-<stamp>/
 # (`callgrind_annotate --inclusive=yes FILE` shows where the instructions go).
 set -euo pipefail
@@ -41,6 +56,9 @@ LONG="${LONG:-20}"
 STRACE="${STRACE:-1}"
 STRACE_SECS="${STRACE_SECS:-10}"
 MEGACONN_B="${MEGACONN_B:-}"
+WINDOW="${WINDOW:-}"
+SETTLE_S="${SETTLE_S:-8}"
+ROUNDS="${ROUNDS:-2}"
 
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
@@ -120,6 +138,56 @@ syscalls() {
       printf "| %s | %d | %.3f | %d |\n", name, calls, calls / n, err }' "$base.txt" | sort -t'|' -k4 -nr
   echo
 }
+
+# calls FILE FUNCTION: callgrind's count of calls of FUNCTION (a name ending
+# the `file:function` of `callgrind_annotate`'s call lines), summed over callers.
+calls() {
+  callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null \
+    | awk -v f="$2" 'index($0, "=> ") && index($0, f " (") {
+        s = $0; sub(/.*\(/, "", s); sub(/x\).*/, "", s); gsub(",", "", s); n += s } END { print n + 0 }'
+}
+
+# windowed NAME LABEL BINARY ROUND: one steady window (WINDOW), one table row.
+windowed() {
+  local name=$1 label=$2 bin=$3 round=$4 base="$RES_DIR/$1-r$4" hp ir hb ew
+  taskset -c "$SERVER_CPU" valgrind --tool=callgrind --dump-instr=no --instr-atstart=no \
+    --callgrind-out-file="$base.callgrind" "$bin" serve --listen "127.0.0.1:$PORT" --workers 1 \
+    --admin off --park-after "$PARK_AFTER" >"$base.serve.log" 2>&1 &
+  # shellcheck disable=SC2034
+  SERVER_PID=$! SERVER_NAME="$name"
+  wait_http "$PORT" 120 || die "$name did not answer (see $base.serve.log)"
+  taskset -c "$LOAD_CPU" "$MEGACONN" hold "$URL" -c "$N" --ramp 5000 --interval "$INTERVAL" \
+    --timeout 30s -d "$((SETTLE_S + WINDOW + 6))s" -q --json "$base.json" >"$base.log" 2>&1 &
+  hp=$!
+  sleep "$SETTLE_S"
+  callgrind_control -i on "$SERVER_PID" >/dev/null
+  sleep "$WINDOW"
+  callgrind_control -i off "$SERVER_PID" >/dev/null
+  wait "$hp" || die "hold failed: $base.log"
+  server_stop
+  ir=$(awk '/^totals:/ { print $2; exit }' "$base.callgrind")
+  hb=$(calls "$base.callgrind" "encode::encode_head")
+  ew=$(calls "$base.callgrind" "epoll_wait")
+  awk -v n="$label" -v r="$round" -v ir="$ir" -v hb="$hb" -v ew="$ew" 'BEGIN {
+    t = ew / 2; printf "| %s | %d | %d | %d | %d | %.1f | **%.0f** |\n", n, r, hb, ir, t, (t > 0 ? hb / t : 0), ir / hb }'
+}
+
+if [[ -n "$WINDOW" ]]; then
+  command -v callgrind_control >/dev/null || die "callgrind_control (valgrind's) is missing"
+  {
+    echo "### Server: user-space instructions per heartbeat on a parked HTTP/1.1 connection (callgrind over a ${WINDOW} s steady window; $N connections, a heartbeat GET / on each every $INTERVAL, --park-after $PARK_AFTER)"
+    echo
+    echo "| server | round | heartbeats (responses) | instructions | lot turns (epoll_wait / 2) | heartbeats a turn | instructions/heartbeat |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for ((r = 1; r <= ROUNDS; r++)); do
+      windowed megaconn "megaconn $(cat "$MEGACONN.version" 2>/dev/null || echo "$MEGACONN")" "$MEGACONN" "$r"
+      [[ -n "$MEGACONN_B" ]] && windowed megaconn-b "megaconn-b $(cat "$MEGACONN_B.version" 2>/dev/null || echo "$MEGACONN_B")" "$MEGACONN_B" "$r"
+    done
+    echo
+    echo "Command: \`WINDOW=$WINDOW SETTLE_S=$SETTLE_S ROUNDS=$ROUNDS N=$N INTERVAL=$INTERVAL PARK_AFTER=$PARK_AFTER${MEGACONN_B:+ MEGACONN_B=$MEGACONN_B} bash bench/park-instructions.sh\`; hold native, one worker."
+  } | tee "$RES_DIR/table.md"
+  exit 0
+fi
 
 {
   echo "### Server: user-space instructions per heartbeat on a parked HTTP/1.1 connection (callgrind; $N connections, a heartbeat GET / on each every $INTERVAL, --park-after $PARK_AFTER, ${SHORT} s vs ${LONG} s held)"

@@ -96,7 +96,7 @@ use crate::conn::{Incoming, ProtoTag, Wake};
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::{ConnTrack, ParkedTrack, TrackHandles};
 use crate::observe::ratelog;
-use crate::observe::stats::{gauge, incr, WorkerStats};
+use crate::observe::stats::{gauge_own, incr, incr_own, WorkerStats};
 
 mod awake;
 mod owed;
@@ -724,9 +724,11 @@ impl ParkingLot {
         if !at_once {
             self.churned();
         }
-        gauge(&self.stats.connections_parked, 1);
-        gauge(&self.stats.connections_idle, 1);
-        incr(&self.stats.parks);
+        // Plain stores, not locked adds: only this worker's thread writes
+        // these (the lot is not `Send`), and a heartbeat moved each twice.
+        gauge_own(&self.stats.connections_parked, 1);
+        gauge_own(&self.stats.connections_idle, 1);
+        incr_own(&self.stats.parks);
     }
 
     /// Seconds since `epoch`, rounded down, plus one: the tick a sweep at
@@ -803,7 +805,7 @@ impl ParkingLot {
 
     /// One `epoll_ctl` on the private set (ADD, MOD or DEL), counted.
     fn ctl(&self, op: libc::c_int, fd: RawFd) -> io::Result<()> {
-        incr(&self.stats.parking_epoll_ctl);
+        incr_own(&self.stats.parking_epoll_ctl);
         let mut event = libc::epoll_event {
             events: PARKED_EVENTS,
             u64: fd as u64,
@@ -861,8 +863,8 @@ impl ParkingLot {
         }
         slots.set(fd as usize, slot.now(to));
         self.parked.set(self.parked.get() - 1);
-        gauge(&self.stats.connections_parked, -1);
-        gauge(&self.stats.connections_idle, -1);
+        gauge_own(&self.stats.connections_parked, -1);
+        gauge_own(&self.stats.connections_idle, -1);
         // SAFETY: the lot owned this descriptor since `park`.
         Some((unsafe { OwnedFd::from_raw_fd(fd) }, slot))
     }
@@ -921,7 +923,7 @@ impl ParkingLot {
     fn wake(&self, socket: OwnedFd, slot: Slot, wake: Wake, respawn: &Respawn) {
         let hot = is_hot(slot.served_wake_at(), self.stamp_now(), self.hot_within);
         let proto = slot.tag();
-        incr(if hot {
+        incr_own(if hot {
             &self.stats.wakes_hot
         } else {
             &self.stats.wakes_cold
@@ -958,7 +960,7 @@ impl ParkingLot {
             return Err(io::Error::last_os_error());
         }
         if n > 0 {
-            incr(&self.stats.parking_wakeups);
+            incr_own(&self.stats.parking_wakeups);
         }
         // SAFETY: epoll_wait initialised the first `n` (<= MAX_EVENTS) events.
         let events: &[libc::epoll_event] =
@@ -1438,7 +1440,8 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
     };
     // A sleep moved from sweep to sweep (`next_sweep`), not an interval:
     // a quiet lot sleeps until its earliest deadline (or QUIET_SWEEP).
-    let mut sweep = std::pin::pin!(tokio::time::sleep(Duration::from_secs(1)));
+    let mut sweep_sleep = std::pin::pin!(tokio::time::sleep(Duration::from_secs(1)));
+    let mut sweep = SweepTimer::new(sweep_sleep.as_mut());
     // With a shutdown drain rate the worker closes parked connections a few
     // at a time; the lot keeps serving the ones that wake meanwhile (their
     // answer says `Connection: close`) until it is empty.
@@ -1450,8 +1453,11 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
     let mut grace_end = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
     // Pinned once: a fresh `begun()` per turn would join and leave the
     // `Notify`'s waiter list (a lock each way) on every wake-up of the lot,
-    // which at a million connections is every few heartbeats.
+    // which at a million connections is every few heartbeats. And polled
+    // only to register the task's waker (`poll_begun`): polled while it
+    // waits, it takes that lock too, twice a turn.
     let mut shutdown = std::pin::pin!(ctx.shutdown.begun());
+    let mut shutdown_waker: Option<std::task::Waker> = None;
     let relay = lot.relay.as_ref();
     // Batching: when the relay is off, and when it goes on again.
     let mut muted = false;
@@ -1463,7 +1469,9 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
         }
         tokio::select! {
             biased;
-            () = shutdown.as_mut(), if !draining && !graced => {
+            () = std::future::poll_fn(|cx| {
+                poll_begun(&ctx.shutdown, shutdown.as_mut(), &mut shutdown_waker, cx)
+            }), if !draining && !graced => {
                 if ctx.config.shutdown_drain_rate.is_none() {
                     let grace = crate::conn::shutdown::idle_grace(&ctx.config);
                     if lot.close_all_but_recent(grace) == 0 {
@@ -1476,7 +1484,7 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                 draining = true;
                 // The paced drain closes parked connections from its own
                 // task: look every second whether the lot is empty.
-                sweep.as_mut().reset(Instant::now() + Duration::from_secs(1));
+                sweep.reset(Instant::now() + Duration::from_secs(1));
             }
             () = grace_end.as_mut(), if graced => {
                 lot.close_all();
@@ -1488,7 +1496,11 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                     tracing::error!(error = %e, "cannot switch the parking lot's relay on");
                 }
             }
-            ready = lot.watch.readable(), if !muted => {
+            // `poll_read_ready`, not `readable()`: that future joins the
+            // descriptor's waiter list under its lock when it waits, and
+            // takes the lock again to look and to leave (its drop), three
+            // lock round trips a turn where this takes one.
+            ready = std::future::poll_fn(|cx| lot.watch.poll_read_ready(cx)), if !muted => {
                 let Ok(mut guard) = ready else {
                     tracing::error!(
                         worker = ctx.index,
@@ -1533,11 +1545,11 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                         // runs between such turns (moved up first if a
                         // park asked for an earlier one meanwhile).
                         if lot.due_moved.replace(false) {
-                            move_sweep_up(lot, sweep.as_mut());
+                            move_sweep_up(lot, &mut sweep);
                         }
                         if sweep.deadline() <= Instant::now() {
                             let next = sweep_turn(lot, &ctx, draining);
-                            sweep.as_mut().reset(next);
+                            sweep.reset(next);
                         }
                         // So would a wake the hub asked for (an owed push's
                         // rest, `owed.rs`): served between full turns too,
@@ -1555,12 +1567,79 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
             () = lot.owed_asked(), if !muted => {
                 crate::observe::clock::turn(|| lot.wake_owed_now());
             }
-            () = sweep.as_mut() => {
+            () = std::future::poll_fn(|cx| sweep.poll_due(cx)) => {
                 let next = sweep_turn(lot, &ctx, draining);
-                sweep.as_mut().reset(next);
+                sweep.reset(next);
             }
-            () = lot.due_moved() => move_sweep_up(lot, sweep.as_mut()),
+            () = lot.due_moved() => move_sweep_up(lot, &mut sweep),
         }
+    }
+}
+
+/// Whether the worker's shutdown has begun, for the lot's run loop: its
+/// flag, looked at on every turn, and `begun` (the pinned
+/// [`LocalShutdown::begun`](crate::conn::shutdown::LocalShutdown::begun))
+/// polled only while `registered` is not the task's waker, to put that
+/// waker in the `Notify`'s list, which the start wakes (it sets the flag
+/// first). Polled on every turn, a waiting `Notified` takes the `Notify`'s
+/// lock each time only to find the same waker there.
+fn poll_begun(
+    shutdown: &crate::conn::shutdown::LocalShutdown,
+    begun: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    registered: &mut Option<std::task::Waker>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<()> {
+    if shutdown.is_started() {
+        return std::task::Poll::Ready(());
+    }
+    if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        return std::task::Poll::Pending;
+    }
+    *registered = Some(cx.waker().clone());
+    std::future::Future::poll(begun, cx)
+}
+
+/// The run loop's sweep timer, polled only when it may have fired.
+///
+/// The loop polls it each time it goes back to waiting, once a turn of
+/// the lot, and polling a waiting `Sleep` spent the task's budget and
+/// registered the task's waker with the timer again (two locked
+/// instructions) only to find it not due: per heartbeat at a million
+/// connections, where a worker wakes for nearly every one. Here it is polled after each reset, when the task's waker is
+/// not the one it holds, and once the timer has fired (`is_elapsed`: the
+/// runtime fires it, then wakes the waker it holds, the task's).
+struct SweepTimer<'a> {
+    sleep: std::pin::Pin<&'a mut tokio::time::Sleep>,
+    /// The waker the timer holds since its last poll; `None` after a reset
+    /// (polled again to be sure the timer holds it).
+    armed: Option<std::task::Waker>,
+}
+
+impl<'a> SweepTimer<'a> {
+    fn new(sleep: std::pin::Pin<&'a mut tokio::time::Sleep>) -> SweepTimer<'a> {
+        SweepTimer { sleep, armed: None }
+    }
+
+    /// When it fires.
+    fn deadline(&self) -> Instant {
+        self.sleep.deadline()
+    }
+
+    /// Moves it to `at`.
+    fn reset(&mut self, at: Instant) {
+        self.sleep.as_mut().reset(at);
+        self.armed = None;
+    }
+
+    /// Ready once its deadline has passed (as the `Sleep`).
+    fn poll_due(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let armed = self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if armed && !self.sleep.is_elapsed() {
+            return std::task::Poll::Pending;
+        }
+        let polled = std::future::Future::poll(self.sleep.as_mut(), cx);
+        self.armed = polled.is_pending().then(|| cx.waker().clone());
+        polled
     }
 }
 
@@ -1578,7 +1657,7 @@ fn sweep_turn(lot: &ParkingLot, ctx: &WorkerContext, draining: bool) -> Instant 
 
 /// Moves the run loop's `sweep` earlier if a park asked for an earlier one
 /// ([`ParkingLot::moved_sweep`]).
-fn move_sweep_up(lot: &ParkingLot, sweep: std::pin::Pin<&mut tokio::time::Sleep>) {
+fn move_sweep_up(lot: &ParkingLot, sweep: &mut SweepTimer<'_>) {
     if let Some(at) = lot.moved_sweep() {
         if at < sweep.deadline() {
             sweep.reset(at);
@@ -3084,5 +3163,101 @@ pub(super) mod tests {
             Instant::now() + QUIET_SWEEP,
             "settled"
         );
+    }
+
+    /// The run loop's shutdown wait (`poll_begun`): the task's waker goes
+    /// into the `Notify`'s list once (polled again with it, the wait is not
+    /// polled: no lock), a new waker is registered in its place, and the
+    /// start wakes the last one registered and resolves the wait.
+    #[test]
+    fn the_lots_shutdown_wait_registers_once_and_is_woken_by_the_start() {
+        use std::task::{Poll, Waker};
+
+        let shutdown = crate::conn::shutdown::LocalShutdown::default();
+        let polled = Cell::new(0);
+        let mut wait = std::pin::pin!(shutdown.begun());
+        let mut begun = std::pin::pin!(std::future::poll_fn(|cx| {
+            polled.set(polled.get() + 1);
+            wait.as_mut().poll(cx)
+        }));
+        let mut registered = None;
+        let (a, b) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let mut poll = |waker: &Waker| {
+            let mut cx = std::task::Context::from_waker(waker);
+            poll_begun(&shutdown, begun.as_mut(), &mut registered, &mut cx)
+        };
+        assert_eq!(poll(&wa), Poll::Pending);
+        assert_eq!(poll(&wa), Poll::Pending);
+        assert_eq!(polled.get(), 1, "the same waker: the wait is not polled");
+        assert_eq!(poll(&wb), Poll::Pending, "another waker: registered");
+        shutdown.start();
+        assert_eq!(
+            (a.woken(), b.woken()),
+            (0, 1),
+            "the start wakes the waker registered last"
+        );
+        assert_eq!(poll(&wb), Poll::Ready(()));
+        assert_eq!(
+            poll(&wa),
+            Poll::Ready(()),
+            "started: ready whatever the waker"
+        );
+    }
+
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+
+    impl Count {
+        fn woken(&self) -> usize {
+            self.0.load(Relaxed)
+        }
+    }
+
+    /// The run loop's sweep timer (`SweepTimer`) waits as its `Sleep`
+    /// does: not due, it stays pending with the waker it was last polled
+    /// with registered (a new waker is registered in its place), which its
+    /// deadline wakes; due, it is ready; reset, it waits for the new
+    /// deadline.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_timer_fires_at_its_deadline_and_again_after_a_reset() {
+        use std::task::Waker;
+
+        let mut sleep = std::pin::pin!(tokio::time::sleep(Duration::from_secs(1)));
+        let mut timer = SweepTimer::new(sleep.as_mut());
+        let (a, b) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let poll = |timer: &mut SweepTimer<'_>, waker: &Waker| {
+            timer
+                .poll_due(&mut std::task::Context::from_waker(waker))
+                .is_ready()
+        };
+        assert!(!poll(&mut timer, &wa));
+        assert!(!poll(&mut timer, &wa), "held: not polled again");
+        assert!(!poll(&mut timer, &wb), "another waker: registered");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!poll(&mut timer, &wb));
+        assert_eq!((a.woken(), b.woken()), (0, 0));
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert_eq!(
+            (a.woken(), b.woken()),
+            (0, 1),
+            "the deadline wakes the waker registered last"
+        );
+        assert!(poll(&mut timer, &wb), "due");
+        timer.reset(Instant::now() + Duration::from_secs(2));
+        assert!(!poll(&mut timer, &wb), "reset: waits again");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!poll(&mut timer, &wb));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(b.woken(), 2);
+        assert!(poll(&mut timer, &wb), "due again");
     }
 }
