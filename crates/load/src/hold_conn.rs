@@ -413,8 +413,8 @@ pub(crate) struct ThreadCtx {
     /// one histogram of its phase only: `heartbeats` those sent during the
     /// ramp, `holding` those after it but within one interval of its end,
     /// `steady` the rest. One record per heartbeat, not up to three (the
-    /// histograms' records were ~3 % of `hold`'s instructions per
-    /// heartbeat, `bench/HOLD-CPU.md`); the phases follow one another, so
+    /// three records were 170 of `hold`'s 2,840 instructions per heartbeat,
+    /// `bench/HOLD-CPU.md`, 2026-12-06); the phases follow one another, so
     /// [`ThreadCtx::latencies`] adds them up into the report's nested sets.
     by_phase: RefCell<Latencies>,
     pub(crate) buf: RefCell<Vec<u8>>,
