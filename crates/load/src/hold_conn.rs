@@ -409,8 +409,14 @@ impl Latencies {
 pub(crate) struct ThreadCtx {
     pub(crate) shared: HoldShared,
     pub(crate) counters: Arc<HoldCounters>,
-    /// This thread's heartbeat and push latencies.
-    latencies: RefCell<Latencies>,
+    /// This thread's heartbeat and push latencies, each heartbeat in the
+    /// one histogram of its phase only: `heartbeats` those sent during the
+    /// ramp, `holding` those after it but within one interval of its end,
+    /// `steady` the rest. One record per heartbeat, not up to three (the
+    /// three records were 170 of `hold`'s 2,840 instructions per heartbeat,
+    /// `bench/HOLD-CPU.md`, 2026-12-06); the phases follow one another, so
+    /// [`ThreadCtx::latencies`] adds them up into the report's nested sets.
+    by_phase: RefCell<Latencies>,
     pub(crate) buf: RefCell<Vec<u8>>,
     /// Cleartext connections: where they wait between heartbeats (see
     /// `hold_lot.rs`); TLS connections keep a task each.
@@ -426,18 +432,21 @@ impl ThreadCtx {
         let now = reply_time(sent, arrived, Instant::now);
         self.counters.heartbeats_ok.fetch_add(1, Relaxed);
         let latency = now.saturating_duration_since(sent).as_nanos() as u64;
-        let l = &mut *self.latencies.borrow_mut();
-        record_ns(&mut l.heartbeats, latency);
+        let l = &mut *self.by_phase.borrow_mut();
         let ramp_over = self.counters.ramp_over_ns.load(Relaxed);
-        if ramp_over != 0 {
+        let phase = if ramp_over == 0 {
+            &mut l.heartbeats
+        } else {
             let sent_ns = sent.saturating_duration_since(self.shared.start).as_nanos();
-            if sent_ns >= ramp_over as u128 {
-                record_ns(&mut l.holding, latency);
-                if sent_ns >= ramp_over as u128 + self.shared.interval.as_nanos() {
-                    record_ns(&mut l.steady, latency);
-                }
+            if sent_ns < ramp_over as u128 {
+                &mut l.heartbeats
+            } else if sent_ns < ramp_over as u128 + self.shared.interval.as_nanos() {
+                &mut l.holding
+            } else {
+                &mut l.steady
             }
-        }
+        };
+        record_ns(phase, latency);
         now
     }
 
@@ -463,8 +472,18 @@ impl ThreadCtx {
             self.counters.pushes_received.fetch_add(1, Relaxed);
             let arrived = arrived_unix_ns.unwrap_or_else(unix_now_ns);
             let latency = arrived.saturating_sub(sent);
-            record_ns(&mut self.latencies.borrow_mut().pushes, latency);
+            record_ns(&mut self.by_phase.borrow_mut().pushes, latency);
         }
+    }
+
+    /// This thread's latencies so far: every heartbeat answered, those sent
+    /// after the ramp, those in the steady state (nested, as
+    /// [`Latencies`] says), and the pushes.
+    pub(crate) fn latencies(&self) -> Latencies {
+        let mut l = self.by_phase.borrow().clone();
+        merge(&mut l.holding, &l.steady);
+        merge(&mut l.heartbeats, &l.holding);
+        l
     }
 }
 
@@ -490,7 +509,7 @@ pub(crate) fn run_thread(
     let ctx = Rc::new(ThreadCtx {
         shared,
         counters,
-        latencies: RefCell::new(Latencies::new()),
+        by_phase: RefCell::new(Latencies::new()),
         buf: RefCell::new(vec![0u8; 64 * 1024]),
         lot,
     });
@@ -526,8 +545,7 @@ pub(crate) fn run_thread(
         lot.close_all();
     }
     drop(rt);
-    let latencies = ctx.latencies.borrow().clone();
-    Ok(latencies)
+    Ok(ctx.latencies())
 }
 
 /// How often a thread checks whether connections opened since its last
@@ -1017,7 +1035,7 @@ impl ThreadCtx {
         ThreadCtx {
             shared,
             counters: Arc::default(),
-            latencies: RefCell::new(Latencies::new()),
+            by_phase: RefCell::new(Latencies::new()),
             buf: RefCell::new(vec![0u8; 64 * 1024]),
             lot: None,
         }
@@ -1093,7 +1111,7 @@ mod tests {
             start + s(40),
             Some(start + s(40) + Duration::from_millis(3)),
         );
-        let l = ctx.latencies.borrow();
+        let l = ctx.latencies();
         assert_eq!(l.heartbeats.len(), 5);
         assert_eq!(l.holding.len(), 3);
         assert_eq!(l.steady.len(), 1);

@@ -24,6 +24,7 @@
 //! | `tls` | rustls client config (`--cacert`, `--insecure`, ALPN, session cache), probe handshake |
 //! | `sessions` | the TLS session store: a TLS 1.3 ticket per concurrent connection |
 //! | `parse` | incremental HTTP/1.1 response parsing (Content-Length, chunked, EOF) |
+//! | `parse_fast` | the plain heads of `hold`'s replies without `httparse` (anything else goes to it) |
 //! | `schedule` | open-loop send schedule and coordinated-omission arithmetic |
 //! | `hold` | [`HoldArgs`] and the `hold` driver (validation, ramp, process split) |
 //! | `hold_conn` | one held connection: open request, heartbeats, drop detection |
@@ -57,6 +58,7 @@ mod hold_wheel;
 mod hold_wire;
 mod load;
 mod parse;
+mod parse_fast;
 mod plot;
 mod progress;
 mod report;

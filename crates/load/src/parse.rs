@@ -1,5 +1,7 @@
-//! Incremental HTTP/1.1 response parsing for the client: heads with
-//! `httparse::Response`, bodies framed by `Content-Length`, `chunked` transfer
+//! Incremental HTTP/1.1 response parsing for the client (`hold`'s replies):
+//! heads in their plain form by `parse_fast.rs`, any other with
+//! `httparse::Response` (both read through [`Head::header`], so they judge a
+//! head alike), bodies framed by `Content-Length`, `chunked` transfer
 //! encoding, or the end of the connection. Body bytes are consumed without being
 //! copied or kept, so a reused read buffer only ever has to hold one head.
 
@@ -37,6 +39,9 @@ pub(crate) struct ResponseParser {
     close: bool,
     /// Responses to HEAD requests have no body whatever their headers say.
     head_request: bool,
+    /// Tests turn the fast path off, to compare the two paths.
+    #[cfg(test)]
+    fast: bool,
 }
 
 /// The result of one [`ResponseParser::parse`] step.
@@ -56,6 +61,7 @@ pub(crate) enum Step {
     },
 }
 
+/// Header slots `httparse` gets: a head with more is refused.
 const MAX_HEADERS: usize = 64;
 
 impl ResponseParser {
@@ -66,7 +72,19 @@ impl ResponseParser {
             status: 0,
             close: false,
             head_request,
+            #[cfg(test)]
+            fast: true,
         }
+    }
+
+    /// The head at the start of `buf` by the fast path (`parse_fast.rs`),
+    /// unless a test turned it off.
+    fn fast_head(&self, buf: &[u8]) -> Option<Head> {
+        #[cfg(test)]
+        if !self.fast {
+            return None;
+        }
+        crate::parse_fast::head(buf)
     }
 
     /// Forgets any partial response (after a reconnect).
@@ -86,49 +104,27 @@ impl ResponseParser {
             let rest = &buf[pos..];
             match self.state {
                 State::Head => {
-                    // Uninitialised: httparse fills what it uses, so no
-                    // 2 KiB memset of 64 header slots per response.
-                    let mut headers =
-                        [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-                    let mut resp = httparse::Response::new(&mut []);
-                    let parsed = httparse::ParserConfig::default()
-                        .parse_response_with_uninit_headers(&mut resp, rest, &mut headers);
-                    let n = match parsed {
-                        Ok(httparse::Status::Complete(n)) => n,
-                        Ok(httparse::Status::Partial) => {
-                            return Ok(Step::Partial { consumed: pos })
-                        }
-                        Err(_) => return Err(BadResponse),
+                    // The plain heads of nearly every reply without
+                    // `httparse`, anything else with it (`parse_fast.rs`).
+                    let head = match self.fast_head(rest) {
+                        Some(head) => head,
+                        None => match slow_head(rest)? {
+                            Some(head) => head,
+                            None => return Ok(Step::Partial { consumed: pos }),
+                        },
                     };
-                    pos += n;
-                    let status = resp.code.ok_or(BadResponse)?;
+                    pos += head.len;
+                    let status = head.status;
                     if (100..200).contains(&status) {
                         continue; // interim response: the real one follows
                     }
-                    let mut length = None;
-                    let mut chunked = false;
-                    let mut close = resp.version == Some(0);
-                    for h in resp.headers.iter() {
-                        if h.name.eq_ignore_ascii_case("content-length") {
-                            let v = std::str::from_utf8(h.value).map_err(|_| BadResponse)?;
-                            length = Some(v.trim().parse::<u64>().map_err(|_| BadResponse)?);
-                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                            chunked = contains_token(h.value, b"chunked");
-                        } else if h.name.eq_ignore_ascii_case("connection") {
-                            if contains_token(h.value, b"close") {
-                                close = true;
-                            } else if contains_token(h.value, b"keep-alive") {
-                                close = false;
-                            }
-                        }
-                    }
                     self.status = status;
-                    self.close = close;
+                    self.close = head.close;
                     self.state = if self.head_request || status == 204 || status == 304 {
                         State::Body(0)
-                    } else if chunked {
+                    } else if head.chunked {
                         State::ChunkSize
-                    } else if let Some(len) = length {
+                    } else if let Some(len) = head.length {
                         State::Body(len)
                     } else {
                         self.close = true;
@@ -219,6 +215,84 @@ impl ResponseParser {
     }
 }
 
+/// A whole response head: its length and what it says about the body and
+/// the connection. Built by `httparse` ([`slow_head`]) or by the fast path
+/// (`parse_fast.rs`), both through [`Head::header`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    /// Bytes of the head, its final empty line included.
+    pub len: usize,
+    /// The status code.
+    pub status: u16,
+    /// The server will close the connection: HTTP/1.0 or `Connection:
+    /// close`, unless a later `Connection` header says `keep-alive` (the
+    /// last header naming either decides; `close` wins within one).
+    pub close: bool,
+    /// The last `Content-Length`.
+    pub length: Option<u64>,
+    /// `Transfer-Encoding` names `chunked`.
+    pub chunked: bool,
+}
+
+impl Head {
+    /// A head with this status line and no headers yet (`len` set when it
+    /// is whole).
+    pub(crate) fn new(status: u16, close: bool) -> Head {
+        Head {
+            len: 0,
+            status,
+            close,
+            length: None,
+            chunked: false,
+        }
+    }
+
+    /// Takes one header (its value without surrounding whitespace): the one
+    /// interpretation of both paths, so that they can only differ in how
+    /// they split a head into lines.
+    pub(crate) fn header(&mut self, name: &[u8], value: &[u8]) -> Result<(), BadResponse> {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let v = std::str::from_utf8(value).map_err(|_| BadResponse)?;
+            self.length = Some(v.trim().parse::<u64>().map_err(|_| BadResponse)?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.chunked = contains_token(value, b"chunked");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if contains_token(value, b"close") {
+                self.close = true;
+            } else if contains_token(value, b"keep-alive") {
+                self.close = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The head at the start of `buf` by `httparse`: `Ok(None)` while it is
+/// incomplete.
+pub(crate) fn slow_head(buf: &[u8]) -> Result<Option<Head>, BadResponse> {
+    // Uninitialised: httparse fills what it uses, so no 2 KiB memset of 64
+    // header slots per response.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(BadResponse),
+    };
+    let status = resp.code.ok_or(BadResponse)?;
+    let mut head = Head::new(status, resp.version == Some(0));
+    for h in resp.headers.iter() {
+        head.header(h.name.as_bytes(), h.value)?;
+    }
+    head.len = len;
+    Ok(Some(head))
+}
+
 /// Case-insensitive search for `token` in a comma-separated header value.
 fn contains_token(value: &[u8], token: &[u8]) -> bool {
     value
@@ -233,7 +307,15 @@ mod tests {
     /// Feeds `input` in pieces of `piece` bytes, like a socket would, keeping unparsed
     /// bytes (as the connection's buffer does), and returns the responses.
     fn feed(input: &[u8], piece: usize, head_request: bool) -> Result<Vec<Response>, BadResponse> {
-        let mut p = ResponseParser::new(head_request);
+        feed_with(ResponseParser::new(head_request), input, piece)
+    }
+
+    /// [`feed`] with this parser.
+    fn feed_with(
+        mut p: ResponseParser,
+        input: &[u8],
+        piece: usize,
+    ) -> Result<Vec<Response>, BadResponse> {
         let mut buf = Vec::new();
         let mut out = Vec::new();
         for chunk in input.chunks(piece) {
@@ -271,6 +353,54 @@ HTTP/1.1 500 Oops\r\nConnection: close\r\ncontent-length: 0\r\n\r\n";
             assert_eq!(statuses, [200, 404, 204, 500], "piece {piece}");
             assert!(!got[0].close && got[3].close);
         }
+    }
+
+    /// Streams of replies in every framing, whole and malformed: the parser
+    /// with its fast path reads each as the parser without it (`httparse`
+    /// for every head), fed in pieces of every size; and the plain replies
+    /// do take the fast path.
+    #[test]
+    fn the_fast_path_reads_every_stream_as_httparse_does() {
+        let served = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\n\
+date: Sun, 06 Dec 2026 21:00:00 GMT\r\ncontent-length: 13\r\n\r\nHello, world!";
+        let pipelined = [&served[..], served, b"HTTP/1.1 200 OK\r\nconte"].concat();
+        let streams: [&[u8]; 10] = [
+            served,
+            &pipelined,
+            MIXED,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 201 x\r\n\r\nrest",
+            b"HTTP/1.1 200 OK\nContent-Length: 1\n\nx",
+            b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\nx",
+            b"HTTP/1.1 200 OK\r\nX: \x01\r\nContent-Length: 1\r\n\r\nx",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\rx\r\n",
+        ];
+        for stream in streams {
+            for piece in 1..=stream.len() {
+                let mut slow = ResponseParser::new(false);
+                slow.fast = false;
+                assert_eq!(
+                    feed(stream, piece, false),
+                    feed_with(slow, stream, piece),
+                    "pieces of {piece}: {:?}",
+                    String::from_utf8_lossy(stream)
+                );
+            }
+        }
+        assert_eq!(feed(&pipelined, 7, false).unwrap().len(), 2);
+        let p = ResponseParser::new(false);
+        assert!(
+            p.fast_head(served).is_some(),
+            "serve's reply misses the fast path"
+        );
+        assert!(p.fast_head(&pipelined).is_some());
+        // Others go to httparse: read the same, or failed the same.
+        assert!(streams[5..].iter().all(|s| p.fast_head(s).is_none()));
+        assert!(feed(streams[5], 64, false).is_ok());
+        assert!(streams[7..]
+            .iter()
+            .all(|s| feed(s, 64, false) == Err(BadResponse)));
     }
 
     #[test]
