@@ -153,7 +153,7 @@ fn a_head_read_where_it_lies_is_the_head_its_end_gives() {
         b"POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\n\r\n\r\n",
         b"HEAD / HTTP/1.0\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTE: trailers\r\n\r\n",
-        b"GET / HTTP/1.1\nHost: a\n\r\n",
+        b"GET / HTTP/1.1\nHost: a\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost:a  \r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
