@@ -533,9 +533,10 @@ enum Waited {
 }
 
 enum HeadRead {
-    /// The head is in the read buffer, ending at this offset (just past its
-    /// empty line), or (`None`) the buffer holds `max_header_bytes` without
-    /// its end, which the parse refuses. Parsed by the exchange.
+    /// The head is in the read buffer, ending where [`head::End`] says,
+    /// or the buffer holds `max_header_bytes` without its end
+    /// ([`head::End::Missing`]), which the parse refuses. Parsed by the
+    /// exchange.
     Whole(HeadEnd),
     Closed,
     TimedOut,
@@ -654,6 +655,10 @@ impl<T: Parkable> ConnIo<T> {
     /// while more bytes are needed. Empty lines before the request line
     /// are dropped first. `searched`: how far an earlier call looked (see
     /// [`head::find_end`]), moved on.
+    ///
+    /// A buffer that ends with an empty line holds a whole head: its end
+    /// is left to the parse, which finds it as it reads the head
+    /// ([`head::End::InBuffer`]), rather than searched for here first.
     #[inline]
     fn whole_head(&mut self, searched: &mut usize) -> Option<HeadEnd> {
         let max_header_bytes = self.ctx.limits.max_header_bytes;
@@ -666,8 +671,14 @@ impl<T: Parkable> ConnIo<T> {
             rbuf.advance(n);
             *searched = searched.saturating_sub(n);
         }
-        let end = head::find_end(rbuf, searched);
-        (end.is_some() || rbuf.len() >= max_header_bytes).then_some(HeadEnd(end))
+        if rbuf.ends_with(b"\r\n\r\n") {
+            return Some(HeadEnd(head::End::InBuffer));
+        }
+        match head::find_end(rbuf, searched) {
+            Some(end) => Some(HeadEnd(head::End::At(end))),
+            None if rbuf.len() >= max_header_bytes => Some(HeadEnd(head::End::Missing)),
+            None => None,
+        }
     }
 
     /// Reads until a whole request head is buffered (or more than a head may
@@ -729,7 +740,7 @@ impl<T: Parkable> ConnIo<T> {
 /// moved into the exchange, no copy of it is left in the connection's
 /// future across the exchange's await (16 bytes in every connection:
 /// `size_guard`).
-struct HeadEnd(Option<usize>);
+struct HeadEnd(head::End);
 
 /// When a request head times out.
 #[derive(Clone, Copy)]

@@ -9,7 +9,7 @@
 use bytes::BytesMut;
 use http::StatusCode;
 
-use super::head::{find_end, parse, parsed_from, refused, BodyFraming};
+use super::head::{find_end, parse, parsed_from, refused, BodyFraming, End};
 use crate::conn::config::HeadLimits;
 use crate::observe::metrics::MethodLabel;
 
@@ -88,7 +88,7 @@ fn a_head_given_too_long_an_end_leaves_what_follows() {
     let second = b"hiGET /b HTTP/1.1\r\nHost: a\r\n\r\n";
     let mut rbuf = BytesMut::from(&[&first[..], &second[..]].concat()[..]);
     assert_eq!(find_end(&rbuf, &mut 0), Some(first.len()));
-    let end = Some(rbuf.len());
+    let end = End::At(rbuf.len());
     let head = parsed_from(&mut rbuf, end, &LIMITS).unwrap().unwrap();
     assert_eq!(head.uri, "/a");
     assert_eq!(head.framing, BodyFraming::Length(2));
@@ -96,27 +96,87 @@ fn a_head_given_too_long_an_end_leaves_what_follows() {
 }
 
 /// A head read whole is not copied: the target and the header values are
-/// slices of the read buffer's allocation. The allocation is held apart
-/// for the check (`rest` shares it): freed, a copy could be given its
-/// address and pass for it (the test this replaced, in `head.rs`, passed
-/// with every head copied).
+/// slices of the read buffer's allocation, whether its end was searched
+/// for first or found by the parse (`End::InBuffer`). The allocation is
+/// held apart for the check (`rest` shares it): freed, a copy could be
+/// given its address and pass for it (the test this replaced, in
+/// `head.rs`, passed with every head copied).
 #[test]
 fn a_head_read_whole_is_sliced_from_the_allocation_it_was_read_into() {
     let raw = b"GET /a?q HTTP/1.1\r\nHost: h\r\nX-T: value\r\n\r\n";
-    let mut rbuf = BytesMut::with_capacity(2 * raw.len());
-    rbuf.extend_from_slice(raw);
-    let read = rbuf.as_ptr() as usize..rbuf.as_ptr() as usize + raw.len();
-    let rest = rbuf.split_off(raw.len());
-    let end = find_end(&rbuf, &mut 0);
-    let head = parsed_from(&mut rbuf, end, &LIMITS).unwrap().unwrap();
-    for part in [
-        head.uri.path().as_bytes(),
-        head.headers["host"].as_bytes(),
-        head.headers["x-t"].as_bytes(),
-    ] {
-        assert!(read.contains(&(part.as_ptr() as usize)), "{part:?} copied");
+    for found in [true, false] {
+        let mut rbuf = BytesMut::with_capacity(2 * raw.len());
+        rbuf.extend_from_slice(raw);
+        let read = rbuf.as_ptr() as usize..rbuf.as_ptr() as usize + raw.len();
+        let rest = rbuf.split_off(raw.len());
+        let end = match found {
+            true => End::found(find_end(&rbuf, &mut 0)),
+            false => End::InBuffer,
+        };
+        let head = parsed_from(&mut rbuf, end, &LIMITS).unwrap().unwrap();
+        for part in [
+            head.uri.path().as_bytes(),
+            head.headers["host"].as_bytes(),
+            head.headers["x-t"].as_bytes(),
+        ] {
+            assert!(
+                read.contains(&(part.as_ptr() as usize)),
+                "{part:?} copied ({end:?})"
+            );
+        }
+        assert!(rbuf.is_empty(), "{end:?}");
+        drop(rest);
     }
-    drop(rest);
+}
+
+/// A buffer that ends with an empty line is read where it lies, its end
+/// found by the parse (`End::InBuffer`, what the connection passes for
+/// it): the same head, the same refusal and the same bytes left after it
+/// as when its end is searched for first (`find_end`), for heads the
+/// quick reading takes (one, or the first of several pipelined), heads it
+/// leaves to httparse, and heads it reads that the rules then refuse (the
+/// bytes put back where they were, for the refusal's log line and the
+/// HTTP/2 preface check to read).
+#[test]
+fn a_head_read_where_it_lies_is_the_head_its_end_gives() {
+    let long = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-L: {}\r\n\r\n",
+        "l".repeat(LIMITS.max_header_bytes)
+    );
+    let many = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        "X-M: m\r\n".repeat(LIMITS.max_headers)
+    );
+    let bufs: [&[u8]; 14] = [
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1:38900\r\n\r\n",
+        b"GET /a?b HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\n\r\n\r\n",
+        b"HEAD / HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTE: trailers\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost:a  \r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        long.as_bytes(),
+        many.as_bytes(),
+    ];
+    for raw in bufs {
+        assert!(raw.ends_with(b"\r\n\r\n"));
+        let read = |end: Option<End>| {
+            let mut rbuf = BytesMut::from(raw);
+            let end = end.unwrap_or_else(|| End::found(find_end(&rbuf, &mut 0)));
+            let head = parsed_from(&mut rbuf, end, &LIMITS);
+            (format!("{head:?}"), rbuf)
+        };
+        let (searched, after_search) = read(None);
+        let (in_place, after_place) = read(Some(End::InBuffer));
+        let raw = String::from_utf8_lossy(raw);
+        assert_eq!(in_place, searched, "{raw:?}");
+        assert_eq!(after_place, after_search, "{raw:?}");
+    }
 }
 
 /// Host values the usual name's fast scan does not settle: a percent
