@@ -47,6 +47,7 @@ mod fuzz_http1;
 mod fuzz_ws;
 mod h1_body_limits;
 mod h2;
+mod h2_body_rate;
 mod h2_budget;
 mod h2_flood;
 mod h2_limits;
