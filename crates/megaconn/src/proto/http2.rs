@@ -47,7 +47,8 @@
 //! ([`stall_bound`]), and the stream reset with `CANCEL`. So is a
 //! handler's wait for request DATA that does not come, by `idle_timeout`
 //! when `read_timeout` is off (`RecvBody::stalled`; HTTP/1.1's is
-//! `exchange::body_stalled`).
+//! `exchange::body_stalled`), except a gRPC request's (`Grpc`: its
+//! streaming calls pause at will, as tonic's server allows).
 //!
 //! How many such streams a connection may hold is bounded too: past
 //! `http2_max_stalled_streams` streams waiting for their first room, the
@@ -1180,7 +1181,7 @@ enum Grpc {
     /// Not gRPC.
     No,
     /// `application/grpc`, `application/grpc+proto`, ...
-    Grpc,
+    Native,
     /// `application/grpc-web`, `application/grpc-web+proto`, ...
     Web,
     /// `application/grpc-web-text` (base64), `application/grpc-web-text+proto`.
@@ -1201,7 +1202,7 @@ impl Grpc {
                 && matches!(ct.get(prefix.len()), None | Some(b'+' | b';'))
         };
         if is(b"application/grpc") {
-            Grpc::Grpc
+            Grpc::Native
         } else if is(b"application/grpc-web") {
             Grpc::Web
         } else if is(b"application/grpc-web-text") {
@@ -1215,7 +1216,7 @@ impl Grpc {
     fn content_type(self) -> Option<HeaderValue> {
         match self {
             Grpc::No => None,
-            Grpc::Grpc => Some(HeaderValue::from_static("application/grpc")),
+            Grpc::Native => Some(HeaderValue::from_static("application/grpc")),
             Grpc::Web => Some(HeaderValue::from_static("application/grpc-web")),
             Grpc::WebText => Some(HeaderValue::from_static("application/grpc-web-text")),
         }
@@ -2359,6 +2360,9 @@ mod size_guard {
     /// the workspace's test build turns on; 1,688 since the stream's start
     /// carries the TLS client's certificate chain (`Addrs::peer`, an `Arc`
     /// shared with the connection's other streams: mutual TLS, session 46).
+    /// 1,712 since its record carries when a reset stops counting as a
+    /// rapid one and which gRPC the request speaks (`StreamRecord`'s
+    /// `ordinary_at` and `grpc`, session 50).
     #[test]
     fn the_http2_stream_future_stays_small() {
         type DemoBody = http_body_util::Either<http_body_util::Full<Bytes>, Body>;
@@ -2392,7 +2396,7 @@ mod size_guard {
         }
         let size = size_of_stream(stream);
         eprintln!("HTTP/2 stream future: {size} bytes");
-        assert!(size <= 1688, "the HTTP/2 stream future is {size} bytes");
+        assert!(size <= 1712, "the HTTP/2 stream future is {size} bytes");
     }
 }
 

@@ -227,10 +227,12 @@ impl RecvBody {
     /// good (nginx resets such a stream after `client_body_timeout`, 60 s
     /// between two reads). `idle_timeout` is that bound here: the client
     /// is idle on the stream, and its connection would have been closed
-    /// after as long with no stream open. The price: a gRPC client- or
-    /// bidi-streaming call whose client sends nothing for that long is
-    /// cut too (as behind nginx), unless `read_timeout` is set or
-    /// `idle_timeout` raised.
+    /// after as long with no stream open. Not for gRPC: `proto/http2.rs`
+    /// gives a gRPC request's body no such bound (`stall_after` `None`),
+    /// whose client- or bidi-streaming calls pause as long as their
+    /// application has nothing to say (tonic's server bounds no such wait;
+    /// behind nginx they were cut, session 50's review); a dead peer is
+    /// then found by `http2_keep_alive_interval` or `tcp_keepalive`.
     fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(after) = self.stall_after else {
             return false;
