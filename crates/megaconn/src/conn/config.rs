@@ -82,8 +82,8 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 /// round trip, worth a few hundred KiB on a fast link, never megabytes.
 pub const DEFAULT_MAX_DRAIN_BYTES: u64 = 256 * 1024;
 
-/// Default minimum rate, in bytes a second, at which an HTTP/1.1 client
-/// must send a request body while its handler waits for it
+/// Default minimum rate, in bytes a second, at which an HTTP/1.1 or
+/// HTTP/2 client must send a request body while its handler waits for it
 /// ([`Builder::min_request_body_rate`](crate::Builder::min_request_body_rate)).
 /// Kestrel's figure: 240 B/s is a 2 kbit/s link, under any real network
 /// an upload crosses, and ~480 KB/s of upload for whoever would hold
@@ -232,9 +232,10 @@ pub(crate) struct Config {
     pub max_headers: usize,
     pub max_body_bytes: u64,
     pub max_drain_bytes: u64,
-    /// HTTP/1.1: the request body rate below which a handler's wait for
-    /// body bytes fails, in bytes a second (`proto/http1/exchange.rs`,
-    /// `BodyRate`); `None`: no bound but the stall's.
+    /// The request body rate below which a handler's wait for body bytes
+    /// fails, in bytes a second, on HTTP/1.1 and HTTP/2
+    /// (`service/body_rate.rs`, `BodyRate`); `None`: no bound but the
+    /// stall's.
     pub min_request_body_rate: Option<u32>,
     /// The waiting `min_request_body_rate` allows a body before its bytes
     /// earned any.

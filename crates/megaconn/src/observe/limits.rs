@@ -133,10 +133,11 @@ pub(crate) enum LimitHit {
     /// a handler reads: it waits, nothing is reset); counted once a
     /// connection. See `proto/http2/unread.rs`.
     Http2MaxUnreadBody,
-    /// HTTP/1.1: a request body's client sent slower than
+    /// A request body's client sent slower than
     /// `Builder::min_request_body_rate` while its handler waited (or while
-    /// the connection drained it unread): the read failed, `408` if the
-    /// response had not begun, and the connection closed.
+    /// an HTTP/1.1 connection drained it unread): the read failed, `408` if
+    /// the response had not begun, and the connection closed (HTTP/1.1) or
+    /// the stream ended (HTTP/2).
     MinRequestBodyRate,
     /// HTTP/1.1: a request body its handler left unread was, or was known
     /// by its `Content-Length` to be, over `Builder::max_drain_bytes`: not

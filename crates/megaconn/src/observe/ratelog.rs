@@ -439,8 +439,9 @@ pub(crate) enum Flood {
     /// An HTTP/2 connection whose unread request DATA reached
     /// `http2_max_unread_body_bytes` (its client waits for its handlers).
     Http2UnreadBody,
-    /// An HTTP/1.1 request body whose client sent slower than
-    /// `min_request_body_rate` while it was awaited: the connection closed.
+    /// A request body whose client sent slower than
+    /// `min_request_body_rate` while it was awaited: the connection closed
+    /// (HTTP/1.1), the stream ended (HTTP/2).
     BodyTooSlow,
 }
 

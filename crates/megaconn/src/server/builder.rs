@@ -948,20 +948,24 @@ impl Builder {
         self
     }
 
-    /// HTTP/1.1: the slowest a client may send a request body while its
-    /// handler waits for it, in bytes a second. A client earns `1 / rate`
-    /// seconds of waiting per byte (its chunked framing included), starts
-    /// with [`min_request_body_rate_grace`](Builder::min_request_body_rate_grace)
+    /// HTTP/1.1 and HTTP/2: the slowest a client may send a request body
+    /// while its handler waits for it, in bytes a second. A client earns
+    /// `1 / rate` seconds of waiting per byte (its chunked framing
+    /// included; on HTTP/2, DATA payload), starts with
+    /// [`min_request_body_rate_grace`](Builder::min_request_body_rate_grace)
     /// (5 s) of it and may bank at most 60 s; when a wait of the handler's
     /// spends what is left, the handler's body read fails with
-    /// [`BodyError::TimedOut`](crate::BodyError::TimedOut), the request is
-    /// answered `408` if its response has not begun (else the connection
-    /// just closes), and the connection closes as
-    /// [`CloseReason::ReadTimeout`](crate::CloseReason::ReadTimeout);
-    /// counted in `megaconn_timeouts_total` and
+    /// [`BodyError::TimedOut`](crate::BodyError::TimedOut) and the request
+    /// is answered `408` if its response has not begun. HTTP/1.1: else the
+    /// connection just closes; either way it closes as
+    /// [`CloseReason::ReadTimeout`](crate::CloseReason::ReadTimeout).
+    /// HTTP/2: the handler is dropped and only the stream ends (after the
+    /// `408`, `RST_STREAM(NO_ERROR)`; a response begun, `RST_STREAM(CANCEL)`);
+    /// the connection and its other streams go on. Counted in
+    /// `megaconn_timeouts_total` and
     /// `megaconn_limit_hits_total{limit="min_request_body_rate"}`, and
     /// logged (at most once per 5 s per worker) with the peer. An unread
-    /// body drained after its response is held to the same rate.
+    /// HTTP/1.1 body drained after its response is held to the same rate.
     ///
     /// Only the handler's waits count (Kestrel's `MinRequestBodyDataRate`
     /// does the same): a handler that reads slowly, or not for a while,
@@ -970,7 +974,8 @@ impl Builder {
     /// a client send a byte every 20 s and hold its connection for good.
     /// A client that waits for the server's answer before it sends more
     /// (a duplex stream over one request) is cut by it: turn it off for
-    /// such a service. Default: 240 B/s, as Kestrel; `None` (or 0)
+    /// such a service (an HTTP/2 gRPC request, `content-type:
+    /// application/grpc*`, is never held to it). Default: 240 B/s, as Kestrel; `None` (or 0)
     /// disables, leaving `idle_timeout`'s bound (or
     /// [`read_timeout`](Builder::read_timeout)'s, on the whole body, where
     /// it is set; this one applies with it too).

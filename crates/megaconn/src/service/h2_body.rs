@@ -1,27 +1,34 @@
 //! The request body of an HTTP/2 stream, the connection's count of body
 //! bytes its frames go into (which counts those no stream record took
-//! when it drops, [`ConnBodyBytes`]), where a body leaves the count of
-//! its bytes for the stream's record ([`BodyBytes`]), and where a
+//! when it drops, [`ConnBodyBytes`]), what a body shares with its
+//! stream's exchange ([`BodyShare`]: the count of its bytes for the
+//! stream's record, and its cut by `min_request_body_rate`), and where a
 //! connection's readers say they took a DATA frame ([`ReadCredit`]: the
 //! tiny-DATA budget's give-back). It lives with the service
 //! glue (not in `proto/http2.rs`) because [`Body`](crate::Body) wraps it:
 //! the body a service sees must not depend on a protocol module.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::net::SocketAddr;
+use std::sync::atomic::{
+    AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use h2::RecvStream;
 use http_body::{Frame, SizeHint};
+use tokio::time::Instant;
 
 use crate::error::BodyError;
-use crate::observe::clock::LazyDeadline;
+use crate::observe::clock::{self, LazyDeadline};
 use crate::observe::human::Timeout;
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, WorkerStats};
+use crate::service::body_rate::{BodyRate, MinRate};
 
 /// Where a connection's readers (request bodies, upgraded streams,
 /// `service/h2_stream.rs`) report each DATA frame they take out of h2:
@@ -70,18 +77,39 @@ pub(crate) struct ConnBodyBytes {
     stats: Arc<WorkerStats>,
     /// The connection's budget that a frame read gives back to.
     credit: Arc<dyn ReadCredit>,
+    /// `min_request_body_rate`, if on, which its bodies are held to
+    /// (kept here, once a connection, not in each body: a body is inline
+    /// in every request, and in the stream's future).
+    min_rate: Option<MinRate>,
+    /// The access log is on: a stream's record takes its own body's
+    /// count ([`take`](Self::take)).
+    own_counts: bool,
 }
 
 impl ConnBodyBytes {
     /// The count of a new connection of the worker that counts in
-    /// `stats`, whose bodies' reads give back to `credit`.
-    pub(crate) fn new(stats: Arc<WorkerStats>, credit: Arc<dyn ReadCredit>) -> ConnBodyBytes {
+    /// `stats`, whose bodies' reads give back to `credit`, held to
+    /// `min_rate`, their records taking their own counts when
+    /// `access_log` is on.
+    pub(crate) fn new(
+        stats: Arc<WorkerStats>,
+        credit: Arc<dyn ReadCredit>,
+        (min_rate, access_log): (Option<MinRate>, bool),
+    ) -> ConnBodyBytes {
         ConnBodyBytes {
             bytes: AtomicU64::new(0),
             reported: AtomicU64::new(0),
             stats,
             credit,
+            min_rate,
+            own_counts: access_log,
         }
+    }
+
+    /// Whether a stream's body needs a [`BodyShare`]: for the access
+    /// log's count, or for a cut by the rate.
+    pub(crate) fn needs_share(&self) -> bool {
+        self.own_counts || self.min_rate.is_some()
     }
 
     /// Records a DATA frame of `len` payload bytes that a body's reader
@@ -95,13 +123,13 @@ impl ConnBodyBytes {
 
     /// The bytes a stream's record counts, as it drops (on the connection's
     /// worker thread, the only one that writes `reported`: a load and a
-    /// store): with the access log on, its own body's, `own` (0 if the
+    /// store): with the access log on, its own body's, in `own` (0 if the
     /// body has not dropped yet: then the guard counts them later); with
     /// it off, whatever arrived since the last record took (only the sum
-    /// is counted then, and no counter is allocated per stream).
-    pub(crate) fn take(&self, own: Option<&BodyBytes>) -> u64 {
+    /// is counted then).
+    pub(crate) fn take(&self, own: Option<&BodyShare>) -> u64 {
         let reported = self.reported.load(Relaxed);
-        let (taken, now) = match own {
+        let (taken, now) = match own.filter(|_| self.own_counts) {
             Some(own) => {
                 let n = own.get();
                 (n, reported + n)
@@ -127,24 +155,202 @@ impl Drop for ConnBodyBytes {
     }
 }
 
-/// Where an HTTP/2 stream's request body leaves the count of the bytes it
-/// took in, for the stream's `RequestRecord` to count as HTTP/1.1's
-/// exchange counts the body it reads (`request_bytes`); made only when
-/// the access log is on, whose line needs each request's own count (an
-/// allocation per upload: without the log, the connection's
-/// [`ConnBodyBytes`] count serves). The body is `Send`
-/// and the handler may read it anywhere, while the record is the stream's:
-/// the body counts in a plain field of its own as frames come and stores
-/// the sum here once, when it drops (its stream's exchange has then ended
-/// with it, unless the handler kept the body past its response: then the
-/// record takes 0 and the [`ConnBodyBytes`] counts them when it drops).
+/// What an HTTP/2 stream's request body shares with the stream's
+/// exchange, made only when one of its two uses is on (one allocation
+/// per stream with a body; none with both off):
+///
+/// - the count of the bytes it took in, for the stream's `RequestRecord`
+///   to count as HTTP/1.1's exchange counts the body it reads
+///   (`request_bytes`), when the access log is on, whose line needs each
+///   request's own count (without the log, the connection's
+///   [`ConnBodyBytes`] count serves). The body is `Send` and the handler
+///   may read it anywhere, while the record is the stream's: the body
+///   counts in a plain field of its own as frames come and stores the sum
+///   here once, when it drops (its stream's exchange has then ended with
+///   it, unless the handler kept the body past its response: then the
+///   record takes 0 and the [`ConnBodyBytes`] counts them when it drops);
+/// - its cut by `min_request_body_rate` ([`RateCut`]), while the rate is
+///   on.
 #[derive(Debug, Default)]
-pub(crate) struct BodyBytes(AtomicU64);
+pub(crate) struct BodyShare {
+    bytes: AtomicU64,
+    /// Where the body tells the exchange it was cut.
+    pub(crate) cut: RateCut,
+}
 
-impl BodyBytes {
+impl BodyShare {
     /// The bytes the body took in, once it dropped (0 before).
     pub(crate) fn get(&self) -> u64 {
-        self.0.load(Relaxed)
+        self.bytes.load(Relaxed)
+    }
+}
+
+/// How an HTTP/2 request body held to `min_request_body_rate` tells its
+/// stream's exchange (`proto/http2.rs`, `run_stream`) that its client sent
+/// too slowly while the handler waited ([`RecvBody::too_slow`]): the
+/// exchange then ends the stream as HTTP/1.1's ends its connection, the
+/// handler dropped, `408` if no response head went out, else
+/// `RST_STREAM(CANCEL)`; the connection serves on. The body sees the
+/// handler's waits (it is what the handler polls, in whatever task), the
+/// exchange owns the stream's answer: hence this, shared by the two
+/// ([`BodyShare`]).
+///
+/// The count and the line: the body counts the cut
+/// (`limit_hits{limit="min_request_body_rate"}`, `timeouts`) when it
+/// happens, whoever acts on it; the line, which names the peer, comes from
+/// the connection's task, which can ask the socket (the stream's end says
+/// so, `StreamEnd::TooSlow`), or from the body when no exchange listens
+/// any more (its response went out before: [`leave`](Self::leave)).
+#[derive(Debug, Default)]
+pub(crate) struct RateCut {
+    /// [`LISTENING`], [`CUT`] or [`LEFT`].
+    state: AtomicU8,
+    /// The exchange's task, woken by the cut (the body may be read in a
+    /// task of the handler's own, on another thread).
+    exchange: AtomicWaker,
+}
+
+/// The exchange runs, and no cut came.
+const LISTENING: u8 = 0;
+/// The body was cut while the exchange ran: the exchange acts on it.
+const CUT: u8 = 1;
+/// The exchange ended before any cut: a cut after is only the body's.
+const LEFT: u8 = 2;
+
+impl RateCut {
+    /// The exchange's look: whether the body was cut; else the exchange's
+    /// task is woken when it is.
+    pub(crate) fn poll_cut(&self, cx: &mut Context<'_>) -> bool {
+        if self.state.load(Acquire) == CUT {
+            return true;
+        }
+        self.exchange.register(cx.waker());
+        // Again, after the registration: a cut between the two woke the
+        // waker registered before (or none).
+        self.state.load(Acquire) == CUT
+    }
+
+    /// The exchange ended: a cut after it is no longer its to act on.
+    pub(crate) fn leave(&self) {
+        let _ = self
+            .state
+            .compare_exchange(LISTENING, LEFT, AcqRel, Acquire);
+    }
+
+    /// The body was cut: whether its exchange listens (and was woken).
+    fn cut(&self) -> bool {
+        let listening = self
+            .state
+            .compare_exchange(LISTENING, CUT, AcqRel, Acquire)
+            .is_ok();
+        if listening {
+            self.exchange.wake();
+        }
+        listening
+    }
+}
+
+/// The line for an HTTP/2 request body cut by `min_request_body_rate`
+/// (`rate`), naming its client's address, `peer`'s answer (asked only for
+/// a line that goes out): at INFO, rate-limited with HTTP/1.1's
+/// ([`Flood::BodyTooSlow`]), as a client can drip at will and an operator
+/// needs its address to block it.
+pub(crate) fn too_slow_line(rate: Option<u32>, peer: impl FnOnce() -> Option<SocketAddr>) {
+    ratelog::log(Flood::BodyTooSlow, |suppressed| {
+        tracing::info!(
+            min_request_body_rate = rate,
+            suppressed,
+            "an HTTP/2 request body from {} came slower than min_request_body_rate \
+             (bytes a second) while it was awaited; ending its stream (408 if its \
+             response had not begun, else RST_STREAM(CANCEL))",
+            ratelog::peer_name(peer())
+        )
+    });
+}
+
+/// The bounds of a body's reader's waits ([`RecvBody::waits`]).
+#[derive(Debug, Default)]
+struct Waits {
+    /// `idle_timeout`'s bound, and `received` when it (re)started
+    /// ([`RecvBody::stalled`]).
+    stall: Option<(LazyDeadline, u64)>,
+    /// The client held to `min_request_body_rate`
+    /// ([`RecvBody::too_slow`]).
+    rate: Option<RateWait>,
+}
+
+/// A body's client held to `min_request_body_rate`, made at its reader's
+/// first wait ([`RecvBody::too_slow`]): its credit, and the waker the
+/// stream is polled with from then on, which notes when a wait ends.
+#[derive(Debug)]
+struct RateWait {
+    rate: BodyRate,
+    arrival: Arc<Arrival>,
+    /// `arrival` as a waker, made once (h2 keeps a clone of it only when
+    /// it is not the one it holds).
+    waker: Waker,
+}
+
+impl RateWait {
+    /// The first wait of a body that has `received` bytes so far.
+    fn new(min: MinRate, received: u64) -> RateWait {
+        let arrival = Arc::new(Arrival::default());
+        RateWait {
+            rate: BodyRate::new(min.grace, received, min.per_second, clock::now()),
+            waker: Waker::from(arrival.clone()),
+            arrival,
+        }
+    }
+}
+
+/// When a reader's wait for DATA ended on its client's side: the first
+/// wake h2 gave the stream's poll since it last found nothing (a DATA
+/// frame came, or the trailers, the end, a reset), passed on to the
+/// reader's waker. A reader does not always poll at once when woken (a
+/// handler in a `select!` busy with its other branch, writing its
+/// response): the time until it does is its own, not its client's, as
+/// HTTP/1.1's exchange, which reads the socket itself, ends the wait when
+/// the bytes come (`body_progressed`). Without it, a handler that left
+/// its body for 10 s with the DATA there cost its client 10 s of credit.
+#[derive(Debug, Default)]
+struct Arrival(Mutex<ArrivalState>);
+
+#[derive(Debug, Default)]
+struct ArrivalState {
+    /// The first wake since the stream's last poll.
+    at: Option<Instant>,
+    /// The reader's waker, as of its last poll.
+    reader: Option<Waker>,
+}
+
+impl Arrival {
+    /// At a poll of the stream by `reader`: when the wait the last poll
+    /// left open ended, if it did (a wake came since).
+    fn polled_by(&self, reader: &Waker) -> Option<Instant> {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match &state.reader {
+            Some(w) if w.will_wake(reader) => {}
+            _ => state.reader = Some(reader.clone()),
+        }
+        state.at.take()
+    }
+}
+
+impl Wake for Arrival {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let reader = {
+            let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            // The connection's turn: when its read brought the frame.
+            state.at.get_or_insert_with(clock::now);
+            state.reader.clone()
+        };
+        if let Some(reader) = reader {
+            reader.wake();
+        }
     }
 }
 
@@ -159,10 +365,11 @@ pub(crate) struct RecvBody {
     remaining: Option<u64>,
     /// Bytes taken in, every DATA frame's, refused or not.
     received: u64,
-    /// Where `received` goes when the body drops, when the access log is
-    /// on (otherwise the record takes its share of the connection's
-    /// count, `conn_bytes`).
-    tally: Option<Arc<BodyBytes>>,
+    /// What it shares with its stream's exchange: where `received` goes
+    /// when the body drops, when the access log is on (otherwise the
+    /// record takes its share of the connection's count, `conn_bytes`),
+    /// and where a cut by the rate is told.
+    share: Option<Arc<BodyShare>>,
     limit: u64,
     /// The connection's count of body bytes (and its worker's counters).
     conn_bytes: Arc<ConnBodyBytes>,
@@ -172,9 +379,15 @@ pub(crate) struct RecvBody {
     /// With `read_timeout` off, `idle_timeout`: how long a reader may wait
     /// for DATA that does not come ([`stalled`](Self::stalled)).
     stall_after: Option<Duration>,
-    /// That bound, made when the reader first waits, and `received` when
-    /// it (re)started.
-    stall: Option<(LazyDeadline, u64)>,
+    /// The bounds of the reader's waits, made when it first waits (a body
+    /// whose DATA is there when read costs none): boxed, as a body is
+    /// inline in every request and in its stream's future.
+    waits: Option<Box<Waits>>,
+    /// Whether its client's pauses are bounded, by `idle_timeout`
+    /// ([`stalled`](Self::stalled)) and `min_request_body_rate`
+    /// ([`too_slow`](Self::too_slow)): not a gRPC request's (`proto/http2.rs`
+    /// says why), whose body only `read_timeout` bounds, if set.
+    paced: bool,
     /// An error was returned: the body ends there (a reader that goes on
     /// must not wait for a client that stalled, or for the rest of an
     /// upload refused as too large).
@@ -187,27 +400,32 @@ pub(crate) struct RecvBody {
 impl RecvBody {
     /// A body of `stream` counted in the connection's `conn_bytes`, `limit`
     /// bytes at most, complete within `read_timeout` from now (with it
-    /// off, a reader waits for DATA no longer than `idle_timeout`), that
-    /// leaves the count of its bytes in `tally`, if given.
+    /// off, a reader waits for DATA no longer than `idle_timeout`), its
+    /// client held to the connection's `min_request_body_rate` while the
+    /// reader waits, that shares the count of its bytes and its cut with
+    /// its stream's exchange through `share`, if given. Not `paced`: no
+    /// bound on its client's pauses but `read_timeout` (gRPC).
     pub(crate) fn new(
         stream: RecvStream,
         content_length: Option<u64>,
         limit: u64,
         (read_timeout, idle_timeout): (Option<Duration>, Option<Duration>),
+        paced: bool,
         conn_bytes: Arc<ConnBodyBytes>,
-        tally: Option<Arc<BodyBytes>>,
+        share: Option<Arc<BodyShare>>,
     ) -> RecvBody {
         RecvBody {
             stream,
             data_done: false,
             remaining: content_length,
             received: 0,
-            tally,
+            share,
             limit,
             conn_bytes,
             deadline: LazyDeadline::after(read_timeout),
-            stall_after: idle_timeout.filter(|_| read_timeout.is_none()),
-            stall: None,
+            stall_after: idle_timeout.filter(|_| read_timeout.is_none() && paced),
+            waits: None,
+            paced,
             failed: false,
             past_limit: false,
         }
@@ -228,8 +446,8 @@ impl RecvBody {
     /// between two reads). `idle_timeout` is that bound here: the client
     /// is idle on the stream, and its connection would have been closed
     /// after as long with no stream open. Not for gRPC: `proto/http2.rs`
-    /// gives a gRPC request's body no such bound (`stall_after` `None`),
-    /// whose client- or bidi-streaming calls pause as long as their
+    /// gives a gRPC request's body no such bound (not `paced`), nor
+    /// `min_request_body_rate`'s, whose client- or bidi-streaming calls pause as long as their
     /// application has nothing to say (tonic's server bounds no such wait;
     /// behind nginx they were cut, session 50's review); a dead peer is
     /// then found by `http2_keep_alive_interval` or `tcp_keepalive`.
@@ -238,7 +456,8 @@ impl RecvBody {
             return false;
         };
         let received = self.received;
-        let (bound, mark) = self
+        let waits = self.waits.get_or_insert_with(Box::default);
+        let (bound, mark) = waits
             .stall
             .get_or_insert_with(|| (LazyDeadline::after(Some(after)), received));
         bound.poll_stalled(cx, after, || std::mem::replace(mark, received) != received)
@@ -255,6 +474,75 @@ impl RecvBody {
             )
         });
         incr(&self.conn_bytes.stats.timeouts);
+        self.fail(BodyError::TimedOut)
+    }
+
+    /// Whether the client, its reader waiting now, has spent the waiting
+    /// its DATA earned under `min_request_body_rate` ([`BodyRate`], the
+    /// rule HTTP/1.1's exchange holds a body to); else the task is woken
+    /// when it would have. A wait runs from a poll that found no DATA to
+    /// when the client's next frame came ([`Arrival`]), or to the next
+    /// poll: the reader polls again when the bound passes (its timer wakes
+    /// the reader's task) if it still waits, and is cut then; one that
+    /// gave up that wait, keeping the body, is cut only if it waits again
+    /// with nothing come, as on HTTP/1.1 (where the exchange wakes the
+    /// wait to ask, `BodySender::ask_again`: here the reader's own poll is
+    /// the answer). What came before the first wait counts (a client that
+    /// sent 64 KiB at once, then paused, is not cut at the grace).
+    ///
+    /// What is charged is the reader's wait, whatever keeps the DATA away:
+    /// the client, or (unlike Kestrel, which stops its clock then) a
+    /// connection window filled by other streams' bodies that their
+    /// handlers hold unread (two at 64 KiB each, the stream window, fill
+    /// the 128 KiB default; `proto/http2/unread.rs`).
+    fn too_slow(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.waits.as_deref_mut().and_then(|w| w.rate.as_mut()) {
+            Some(wait) => wait.rate.poll_spent(clock::now(), cx),
+            None => false,
+        }
+    }
+
+    /// Polls the stream for its next DATA. Held to the rate, from the
+    /// first wait on, with the waker that notes when a wait ends
+    /// ([`Arrival`]): the stream is polled again with it right away, to
+    /// leave it with h2 (a frame come in between is taken then).
+    fn poll_stream(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, h2::Error>>> {
+        if self.waits.as_ref().is_none_or(|w| w.rate.is_none()) {
+            let polled = self.stream.poll_data(cx);
+            let min = self.conn_bytes.min_rate.filter(|_| self.paced);
+            let (Poll::Pending, Some(min)) = (&polled, min) else {
+                return polled;
+            };
+            let received = self.received;
+            let waits = self.waits.get_or_insert_with(Box::default);
+            waits.rate = Some(RateWait::new(min, received));
+        }
+        let wait = self
+            .waits
+            .as_deref_mut()
+            .and_then(|w| w.rate.as_mut())
+            .expect("made above");
+        let ended = wait.arrival.polled_by(cx.waker());
+        let polled = self.stream.poll_data(&mut Context::from_waker(&wait.waker));
+        if let (Poll::Ready(_), Some(at)) = (&polled, ended) {
+            wait.rate.close_wait(at);
+        }
+        polled
+    }
+
+    /// Ends the body: its client sent slower than `min_request_body_rate`
+    /// while the reader waited ([`too_slow`](Self::too_slow)). Counted
+    /// here, as HTTP/1.1 counts it, whoever acts on it; the stream's
+    /// exchange, if it still runs, ends the stream and has the line
+    /// written ([`RateCut`]), else the line is written here (no peer).
+    fn rate_out(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let stats = &self.conn_bytes.stats;
+        incr(&stats.timeouts);
+        LimitHit::MinRequestBodyRate.count(stats);
+        if !self.share.as_ref().is_some_and(|share| share.cut.cut()) {
+            let rate = self.conn_bytes.min_rate.map(|m| m.per_second);
+            too_slow_line(rate, || None);
+        }
         self.fail(BodyError::TimedOut)
     }
 
@@ -288,9 +576,10 @@ impl RecvBody {
         if !self.data_done {
             // The deadline is looked at (and its timer set up) only when the
             // body makes its reader wait, or when a frame comes after it.
-            let polled = match self.stream.poll_data(cx) {
+            let polled = match self.poll_stream(cx) {
                 Poll::Pending if self.deadline.poll_passed(cx) => return self.time_out(),
                 Poll::Pending if self.stalled(cx) => return self.stall_out(),
+                Poll::Pending if self.too_slow(cx) => return self.rate_out(),
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(polled) => polled,
             };
@@ -305,6 +594,10 @@ impl RecvBody {
                     // records their share, it the rest), and must see
                     // every frame `received` does.
                     self.conn_bytes.record(data.len());
+                    let rate = self.waits.as_deref_mut().and_then(|w| w.rate.as_mut());
+                    if let (Some(wait), Some(min)) = (rate, self.conn_bytes.min_rate) {
+                        wait.rate.earned(data.len(), min.per_second);
+                    }
                     if self.deadline.is_past() {
                         return self.time_out();
                     }
@@ -389,8 +682,8 @@ impl RecvBody {
 
 impl Drop for RecvBody {
     fn drop(&mut self) {
-        if let Some(tally) = &self.tally {
-            tally.0.store(self.received, Relaxed);
+        if let Some(share) = &self.share {
+            share.bytes.store(self.received, Relaxed);
         }
     }
 }
@@ -398,6 +691,30 @@ impl Drop for RecvBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cut wakes the exchange that looked and is its to act on; after the
+    /// exchange left, a cut is the body's alone (it writes the line).
+    #[test]
+    fn a_cut_is_the_exchanges_while_it_listens() {
+        struct Woken(std::sync::atomic::AtomicBool);
+        impl std::task::Wake for Woken {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Relaxed);
+            }
+        }
+        let woken = Arc::new(Woken(Default::default()));
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let cut = RateCut::default();
+        assert!(!cut.poll_cut(&mut cx));
+        assert!(cut.cut(), "the exchange listens");
+        assert!(woken.0.load(Relaxed), "and was woken");
+        assert!(cut.poll_cut(&mut cx));
+        let left = RateCut::default();
+        left.leave();
+        assert!(!left.cut(), "no exchange listens");
+        assert!(!left.poll_cut(&mut cx));
+    }
 
     /// Bodies of one connection read on two threads at once (a handler may
     /// hand its body anywhere) count every byte: with a load and a store,
@@ -407,7 +724,7 @@ mod tests {
     #[test]
     fn frames_read_on_two_threads_at_once_are_all_counted() {
         const EACH: u64 = 1_000_000;
-        let guard = ConnBodyBytes::new(Arc::default(), Arc::new(()));
+        let guard = ConnBodyBytes::new(Arc::default(), Arc::new(()), (None, false));
         let start = std::sync::Barrier::new(2);
         std::thread::scope(|s| {
             for _ in 0..2 {

@@ -17,6 +17,7 @@ use crate::service::body::Body;
 use crate::BoxError;
 
 pub(crate) mod body;
+pub(crate) mod body_rate;
 #[cfg(feature = "axum")]
 pub(crate) mod connect_info;
 pub(crate) mod draining;

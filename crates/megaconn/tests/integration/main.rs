@@ -48,6 +48,7 @@ mod fuzz_ws;
 mod grpc50;
 mod h1_body_limits;
 mod h2;
+mod h2_body_rate;
 mod h2_budget;
 mod h2_flood;
 mod h2_limits;

@@ -29,12 +29,11 @@ use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{Response, StatusCode, Version};
 use http_body::Body as HttpBody;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use super::decode::{Decoded, Decoder};
 use super::encode::{self, EncodeError, Encoder, HeadContext};
@@ -51,6 +50,7 @@ use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::incr;
 use crate::observe::trace::{ErrorClass, SpanSlot};
 use crate::service::body::{BodySender, Demand};
+use crate::service::body_rate::BodyRate;
 use crate::service::panic_message;
 use crate::service::upgrade::{NativeUpgrade, UpgradeSender};
 use crate::BoxError;
@@ -140,95 +140,6 @@ struct BodyStall {
     /// to see whether it still waits ([`BodySender::ask_again`]); its
     /// answer, a poll of the body, is awaited for one more bound.
     asked: bool,
-}
-
-/// The most waiting a request body's client may bank ([`BodyRate`]): as
-/// long as `idle_timeout`'s default lets it be silent, so that a client
-/// past a fast stretch is held to the rate again a minute later at most.
-const BODY_RATE_BANK: Duration = Duration::from_secs(60);
-
-/// A request body's client held to `min_request_body_rate`
-/// ([`body_too_slow`]).
-///
-/// Why a rate, not only a bound between reads: [`BodyStall`]'s bound
-/// (`idle_timeout`, 60 s, as nginx's `client_body_timeout`) restarts at
-/// each byte, so a client that sent one byte every 20 s held its
-/// connection, its task and the handler's state for good (2,000 of them,
-/// ~3.2 KB each, in session 48's review), for 0.05 B/s of upload. A
-/// shorter bound between reads would only change the drip's pace and cut
-/// honest clients whose network pauses. A rate makes holding a connection
-/// cost bandwidth: 240 B/s each, ~480 KB/s for those 2,000.
-///
-/// Why this rate: Kestrel's `MinRequestBodyDataRate` (240 B/s after a 5 s
-/// grace), measured, as there, over the handler's waits only: a handler
-/// that reads slowly, or stops reading for a while, costs its client
-/// nothing, since the client cannot send faster than the handler takes
-/// (the kernel's buffer fills). As a bucket of waiting time rather than
-/// Kestrel's average since the body began: each byte read earns `1 /
-/// rate` s, the client starts with the grace, and banks at most
-/// [`BODY_RATE_BANK`]; a wait that spends what is left is cut. An average
-/// let a client that sent 16 MiB fast then drip for its 19 hours' worth
-/// (16 MiB / 240 B/s); the bank holds that to a minute. Bytes, not data:
-/// a chunked body's framing is the client's sending too (as for
-/// [`BodyStall`], whose argument bounds how much framing there can be).
-///
-/// Nothing is done per read but an addition while a wait is open, and
-/// nothing at all for a body whose bytes are there when read (no wait,
-/// no `BodyRate`). One timer, made at the first wait: it is moved only
-/// when it passes, as a wait's deadline (its start plus the credit left)
-/// never comes before the last one set (a later wait starts after the
-/// earlier one's time is spent, with at least its credit less that time).
-#[derive(Debug)]
-struct BodyRate {
-    /// Waiting the client may still spend, as of the open wait's start.
-    credit: Duration,
-    /// When the open wait began (the handler waiting, the socket empty);
-    /// `None`: no wait is open.
-    since: Option<Instant>,
-    /// When `credit` runs out, or earlier (see the struct).
-    bound: LazyDeadline,
-    /// The credit ran out and the handler's wait was woken to see whether
-    /// it still waits ([`BodySender::ask_again`]); no bytes came since.
-    asked: bool,
-}
-
-impl BodyRate {
-    /// A body's first wait, beginning `now`, with `grace` to spend and
-    /// what the body's `bytes` so far earned at `rate`.
-    fn new(grace: Duration, bytes: u64, rate: u32, now: Instant) -> BodyRate {
-        let credit = (grace + earning(bytes, rate)).min(BODY_RATE_BANK);
-        BodyRate {
-            credit,
-            since: Some(now),
-            bound: LazyDeadline::after(Some(credit)),
-            asked: false,
-        }
-    }
-
-    /// The open wait, if any, ends `now`: its time is spent.
-    fn close_wait(&mut self, now: Instant) {
-        if let Some(since) = self.since.take() {
-            self.credit = self
-                .credit
-                .saturating_sub(now.saturating_duration_since(since));
-        }
-    }
-
-    /// `n` bytes of the body were read: a wait open ends, and they earn
-    /// `n / rate` seconds, up to the bank.
-    fn earned(&mut self, n: usize, rate: u32) {
-        if self.since.is_some() {
-            self.close_wait(clock::now());
-        }
-        self.asked = false;
-        self.credit = (self.credit + earning(n as u64, rate)).min(BODY_RATE_BANK);
-    }
-}
-
-/// The waiting `bytes` earn at `rate` bytes a second.
-fn earning(bytes: u64, rate: u32) -> Duration {
-    let nanos = u128::from(bytes) * 1_000_000_000 / u128::from(rate.max(1));
-    Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64)
 }
 
 /// The per-request facts the exchange needs from the request head.
@@ -1034,8 +945,7 @@ where
                 if let Some(rate) = this.st.body_rate.as_deref_mut() {
                     // (The drain's waits are the client's again once the
                     // response is done: `body_too_slow`.)
-                    rate.close_wait(clock::now());
-                    rate.asked = false;
+                    rate.handler_gone(clock::now());
                 }
                 return Ok(true);
             }
@@ -1295,26 +1205,17 @@ fn body_too_slow<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>
         rate.close_wait(now);
         return false;
     }
-    if rate.asked {
+    if rate.is_asked() {
         // Woken with its credit spent, it waits again, and nothing came.
         return true;
     }
-    let since = *rate.since.get_or_insert(now);
-    if !rate.bound.poll_passed(cx) {
-        return false;
-    }
-    let spent = now.saturating_duration_since(since);
-    if let Some(left) = rate.credit.checked_sub(spent).filter(|l| !l.is_zero()) {
-        // Early (see `BodyRate`): to where this wait's credit ends.
-        rate.bound.restart(left);
-        let _ = rate.bound.poll_passed(cx);
+    if !rate.poll_spent(now, cx) {
         return false;
     }
     let Some(tx) = this.st.setup.body_tx.as_mut() else {
         return true;
     };
-    rate.close_wait(now);
-    rate.asked = true;
+    rate.asking(now);
     tx.ask_again(cx);
     false
 }
