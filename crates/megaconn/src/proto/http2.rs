@@ -31,10 +31,14 @@
 //!
 //! Abuse limits: h2's own rapid-reset (CVE-2023-44487) and "MadeYouReset"
 //! (CVE-2025-8671) counters are set explicitly, and on top of them a connection
-//! whose client cancels more than [`RAPID_RESET_LIMIT`] streams before their
-//! response head, and more than it lets finish, is closed with
+//! whose client cancels more than [`RAPID_RESET_LIMIT`] young streams before
+//! their response head, and more than it lets finish, is closed with
 //! `GOAWAY(ENHANCE_YOUR_CALM)`. Streams reset after their head (a watch or
-//! download cancelled mid-body) are ordinary and not counted.
+//! download cancelled mid-body) are ordinary and not counted, nor are those
+//! that ran their ordinary age first ([`ordinary_cancel_age`]: a second, or
+//! half the call's `grpc-timeout`): a gRPC deadline expiring on a slow
+//! handler, 150 calls at once, is the client doing what it announced, and
+//! closed the connection with its live streams before (session 50).
 //!
 //! A client that keeps a stream's window shut (`SETTINGS_INITIAL_WINDOW_SIZE`
 //! 0 and no `WINDOW_UPDATE`) would hold the stream, and with it the
@@ -43,7 +47,9 @@
 //! ([`stall_bound`]), and the stream reset with `CANCEL`. So is a
 //! handler's wait for request DATA that does not come, by `idle_timeout`
 //! when `read_timeout` is off (`RecvBody::stalled`; HTTP/1.1's is
-//! `exchange::body_stalled`). A body whose client sends, but slower than
+//! `exchange::body_stalled`), except a gRPC request's (`Grpc`: its
+//! streaming calls pause at will, as tonic's server allows). A body (not
+//! a gRPC request's either) whose client sends, but slower than
 //! `min_request_body_rate` while its handler waits (a byte every few
 //! seconds restarts that bound each time), is held to the rate HTTP/1.1's
 //! are held to, by the same accounting (`service/body_rate.rs`, checked
@@ -186,7 +192,7 @@ use crate::conn::context::WorkerContext;
 use crate::conn::io::WriteBound;
 use crate::conn::ConnInfo;
 use crate::message::MessageSettings;
-use crate::observe::clock::LazyDeadline;
+use crate::observe::clock::{self, LazyDeadline};
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::human::Timeout;
 use crate::observe::lifecycle::{self, CountedIo};
@@ -226,8 +232,31 @@ const MAX_LOCAL_ERROR_RESETS: usize = 200;
 /// Streams the client may cancel while their handler runs, before the
 /// response head (and more than it lets finish), before the connection is
 /// closed with `ENHANCE_YOUR_CALM`. Streams cancelled in their body do not
-/// count.
+/// count, nor those cancelled once they ran their ordinary age
+/// ([`ordinary_cancel_age`]).
 pub const RAPID_RESET_LIMIT: u64 = 100;
+
+/// How long a stream runs before a reset of it (before its response head)
+/// is an ordinary cancellation, not counted by the rapid-reset guard, when
+/// the request announces no deadline. Why an age: the attack
+/// (CVE-2023-44487) is streams opened and reset at once, which never count
+/// against `http2_max_concurrent_streams`, so their rate is bounded by
+/// nothing. A stream that ran this long held a slot of that limit as long:
+/// streams reset at this age come at most `max_concurrent_streams` a
+/// second on a connection (128 by default), the load of honest requests
+/// that take as long, and cost the server no more than those. A reset
+/// younger than this counts, whatever the client's reason (a flood's, a
+/// user cancelling 101 calls right after starting them).
+const ORDINARY_CANCEL_AGE: Duration = Duration::from_secs(1);
+
+/// The least age at which a reset is ordinary for a call that announced its
+/// deadline (`grpc-timeout`): the reset of a call that ran half its deadline
+/// is the deadline expiring (the client starts its clock before the request
+/// leaves, so a reset at the deadline reaches us a little before our clock
+/// says so; half leaves room). A flood announcing deadlines of nanoseconds
+/// is still held to this: at most `max_concurrent_streams` resets each
+/// 10 ms, the rate of honest 10 ms calls.
+const MIN_DEADLINE_CANCEL_AGE: Duration = Duration::from_millis(10);
 /// Response bytes buffered per stream before the body is polled again.
 const MAX_SEND_BUFFER: usize = 256 * 1024;
 
@@ -998,6 +1027,10 @@ struct Prepared {
     tunnel: Option<Tunnel>,
     /// Where its record takes its body's byte count, if it has a body.
     body_bytes: Option<BodyTally>,
+    /// See [`StreamRecord::ordinary_at`].
+    ordinary_at: u64,
+    /// Which gRPC it speaks, if any.
+    grpc: Grpc,
 }
 
 /// Where a stream's record takes the bytes its request body took in
@@ -1023,6 +1056,12 @@ struct BodyTally {
 struct StreamRecord {
     record: RequestRecord,
     body_bytes: Option<BodyTally>,
+    /// When (`clock::now_nanos`) a reset of the stream before its head
+    /// becomes an ordinary cancellation, not counted by the rapid-reset
+    /// guard ([`ordinary_cancel_age`] after its request came).
+    ordinary_at: u64,
+    /// Which gRPC its request speaks, if any: a failed handler's answer.
+    grpc: Grpc,
 }
 
 impl Deref for StreamRecord {
@@ -1129,6 +1168,87 @@ fn host_refusal(headers: &HeaderMap, uri: &http::Uri) -> Option<Refusal> {
     (!same).then_some(HOST_NOT_AUTHORITY)
 }
 
+/// The deadline a gRPC call announced (`grpc-timeout`: up to 8 digits and
+/// a unit, `H`, `M`, `S`, `m`, `u` or `n`), if it announced one that
+/// parses.
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// How long a stream of a request with `headers` runs before the client's
+/// reset of it is an ordinary cancellation ([`ORDINARY_CANCEL_AGE`]): half
+/// the call's announced deadline, between [`MIN_DEADLINE_CANCEL_AGE`] and
+/// [`ORDINARY_CANCEL_AGE`], for a call that announced one.
+fn ordinary_cancel_age(headers: &HeaderMap) -> Duration {
+    grpc_timeout(headers).map_or(ORDINARY_CANCEL_AGE, |deadline| {
+        (deadline / 2).clamp(MIN_DEADLINE_CANCEL_AGE, ORDINARY_CANCEL_AGE)
+    })
+}
+
+/// Which gRPC a request speaks, by its `content-type`: what a failure of
+/// its handler is answered with (a trailers-only response, [`send_failure`])
+/// and whether its body's waits are bounded (`prepare`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grpc {
+    /// Not gRPC.
+    No,
+    /// `application/grpc`, `application/grpc+proto`, ...
+    Native,
+    /// `application/grpc-web`, `application/grpc-web+proto`, ...
+    Web,
+    /// `application/grpc-web-text` (base64), `application/grpc-web-text+proto`.
+    WebText,
+}
+
+impl Grpc {
+    /// The gRPC of a request with `headers`.
+    fn of(headers: &HeaderMap) -> Grpc {
+        let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+            return Grpc::No;
+        };
+        let ct = ct.as_bytes();
+        // The subtype, then `+codec` or `;` parameters, or nothing.
+        let is = |prefix: &[u8]| {
+            ct.len() >= prefix.len()
+                && ct[..prefix.len()].eq_ignore_ascii_case(prefix)
+                && matches!(ct.get(prefix.len()), None | Some(b'+' | b';'))
+        };
+        if is(b"application/grpc") {
+            Grpc::Native
+        } else if is(b"application/grpc-web") {
+            Grpc::Web
+        } else if is(b"application/grpc-web-text") {
+            Grpc::WebText
+        } else {
+            Grpc::No
+        }
+    }
+
+    /// The `content-type` a response of its own to it carries.
+    fn content_type(self) -> Option<HeaderValue> {
+        match self {
+            Grpc::No => None,
+            Grpc::Native => Some(HeaderValue::from_static("application/grpc")),
+            Grpc::Web => Some(HeaderValue::from_static("application/grpc-web")),
+            Grpc::WebText => Some(HeaderValue::from_static("application/grpc-web-text")),
+        }
+    }
+}
+
 /// What refuses a request with `headers` for `uri` (a body of
 /// `content_length` declared), if anything does.
 fn refusal(
@@ -1170,6 +1290,11 @@ fn prepare<F>(
     let method = MethodLabel::of(&parts.method);
     let is_head = parts.method == Method::HEAD;
     let is_connect = parts.method == Method::CONNECT;
+    let grpc = Grpc::of(&parts.headers);
+    // From when the request came, not when the handler first runs: a
+    // reset's age is the client's, whatever kept the service.
+    let ordinary_at =
+        clock::now_nanos().saturating_add(ordinary_cancel_age(&parts.headers).as_nanos() as u64);
     let limit = ctx.config.max_body_bytes;
     let content_length = parts
         .headers
@@ -1230,11 +1355,20 @@ fn prepare<F>(
             conn_bytes: conn_bytes.clone(),
             share: share.clone(),
         };
+        // A gRPC request's body is a stream of messages whose pauses are
+        // the application's (a client- or bidi-streaming call whose client
+        // has nothing to say for a minute): no bound on a wait for its
+        // DATA but `read_timeout`, if set, neither `idle_timeout` nor
+        // `min_request_body_rate` (ASP.NET Core's gRPC turns Kestrel's
+        // rate off for streaming calls; tonic's server has neither);
+        // `RecvBody::stalled` says what still bounds a dead peer.
+        let paced = grpc == Grpc::No;
         let body = RecvBody::new(
             recv,
             content_length,
             limit,
             (ctx.config.read_timeout, ctx.config.idle_timeout),
+            paced,
             conn_bytes.clone(),
             share,
         );
@@ -1268,6 +1402,8 @@ fn prepare<F>(
         is_head,
         tunnel,
         body_bytes,
+        ordinary_at,
+        grpc,
     })
 }
 
@@ -1287,6 +1423,8 @@ fn call_service<S: HttpService>(
         is_head,
         tunnel,
         body_bytes,
+        ordinary_at,
+        grpc,
     } = prepared;
     // Taken before the service owns the request, for whatever answers it:
     // the line is written when the stream's record drops, as on HTTP/1.1.
@@ -1305,7 +1443,12 @@ fn call_service<S: HttpService>(
             let record = RequestRecord::start(ctx.stats_source(), method)
                 .traced(span)
                 .logged(access);
-            let record = StreamRecord { record, body_bytes };
+            let record = StreamRecord {
+                record,
+                body_bytes,
+                ordinary_at,
+                grpc,
+            };
             Start::Called(Box::pin(handler), record, is_head, tunnel)
         }
         (None, span) => Start::Failed(
@@ -1350,9 +1493,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 enum StreamEnd {
     /// The response went out (or the stream failed on our side).
     Done,
-    /// The client reset the stream before its response head went out: the
-    /// rapid-reset pattern (CVE-2023-44487), counted by [`ResetGuard`].
+    /// The client reset the stream before its response head went out and
+    /// before it ran its ordinary age: the rapid-reset pattern
+    /// (CVE-2023-44487), counted by [`ResetGuard`].
     ClientReset,
+    /// The client reset the stream before its response head went out, once
+    /// it ran its ordinary age ([`ordinary_cancel_age`]): a deadline
+    /// expiring, a call given up on; not counted.
+    Cancelled,
     /// The client reset the stream after its response head, in the body: a
     /// cancelled download, server stream or watch, which is normal use of
     /// long-lived streams and not counted.
@@ -1483,27 +1631,35 @@ where
             Ok(None) => {
                 incr(&ctx.stats.cancelled);
                 record.error(ErrorClass::ClientGone);
+                if clock::now_nanos() >= record.ordinary_at {
+                    return StreamEnd::Cancelled;
+                }
                 return StreamEnd::ClientReset;
             }
             Ok(Some(Err(panic))) => {
                 incr(&ctx.stats.panics);
                 ratelog::panicked(
-                    "handler panicked; answering 500",
+                    if record.grpc == Grpc::No {
+                        "handler panicked; answering 500"
+                    } else {
+                        "handler panicked; answering grpc-status 13 (INTERNAL)"
+                    },
                     Some(panic_message(&panic)),
                 );
                 record.error(ErrorClass::Panic);
-                send_error_text(
-                    &mut respond,
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the handler panicked",
-                    &mut record,
-                );
+                let grpc = record.grpc;
+                send_failure(&mut respond, grpc, "the handler panicked", &mut record);
                 return StreamEnd::Done;
             }
             Ok(Some(Ok(Err(e)))) => {
                 let e: BoxError = e.into();
-                tracing::error!(error = %e, "service failed; answering 500");
-                send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR, &mut record);
+                tracing::error!(error = %e, "service failed; answering 500 (gRPC: grpc-status 13)");
+                if record.grpc == Grpc::No {
+                    send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR, &mut record);
+                } else {
+                    let grpc = record.grpc;
+                    send_failure(&mut respond, grpc, "the service failed", &mut record);
+                }
                 return StreamEnd::Done;
             }
             Ok(Some(Ok(Ok(response)))) => response,
@@ -1656,8 +1812,9 @@ enum Framing {
 }
 
 /// Drops what HTTP/2 forbids (connection-specific fields), adds `date`,
-/// `server` and, when the body's length is known and the response may
-/// have one, `content-length`; says what the body must be.
+/// `server` and, when the body's length is known, the body is not already
+/// at its end and the response may have one, `content-length`; says what
+/// the body must be.
 fn prepare_headers<B: HttpBody>(
     headers: &mut HeaderMap,
     status: StatusCode,
@@ -1701,7 +1858,12 @@ fn prepare_headers<B: HttpBody>(
         },
     };
     let exact = body.size_hint().exact();
-    if declared.is_none() {
+    // hyper's rule (`proto/h2/server.rs`, 1.12): a length from the body's
+    // size only when the body has something to send. A response the head
+    // ends (gRPC's trailers-only answers: every error status of a unary
+    // call) goes out with no `content-length` at all, where `0` was
+    // added before and gRPC clients listed it as trailing metadata.
+    if declared.is_none() && !body.is_end_stream() {
         if let Some(n) = exact.filter(|&n| !(bodiless && n == 0)) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
@@ -1765,6 +1927,45 @@ fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode, record: &mu
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    let _ = send_head(respond, parts, true, record);
+}
+
+/// Answers a stream whose handler failed (panicked): a gRPC request with
+/// a trailers-only response, `grpc-status: 13` (INTERNAL) and `reason` as
+/// its `grpc-message`, what gRPC's spec and grpc-go's recovery give a
+/// server error; anything else `500` with a text body
+/// ([`send_error_text`]). Not the `500` for gRPC: its clients read a
+/// status without `grpc-status` as a transport failure and its text body
+/// as a message frame (tonic: "invalid compression flag"). Not a reset
+/// either, as tonic's own server does when a handler panics (hyper drops
+/// its task: `RST_STREAM(CANCEL)`): its clients then report `CANCELLED`,
+/// as if they had given up, with no message, and over HTTP/1.1 (gRPC-web)
+/// there is no reset to send. No `content-length` (hyper sends none for
+/// an empty body either, [`prepare_headers`]).
+fn send_failure(
+    respond: &mut SendResponse<Bytes>,
+    grpc: Grpc,
+    reason: &str,
+    record: &mut RequestRecord,
+) {
+    let Some(content_type) = grpc.content_type() else {
+        send_error_text(respond, StatusCode::INTERNAL_SERVER_ERROR, reason, record);
+        return;
+    };
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.headers.insert(header::CONTENT_TYPE, content_type);
+    parts
+        .headers
+        .insert("grpc-status", HeaderValue::from_static("13"));
+    // Percent-encoded as gRPC's spec asks (space, and anything outside
+    // printable ASCII or `%`); `reason` is ours and plain.
+    let message = reason.replace(' ', "%20");
+    if let Ok(message) = HeaderValue::from_str(&message) {
+        parts.headers.insert("grpc-message", message);
+    }
+    parts
+        .headers
+        .insert(header::DATE, crate::proto::date::now());
     let _ = send_head(respond, parts, true, record);
 }
 
@@ -2099,11 +2300,13 @@ fn poll_room(
     }
 }
 
-/// Counts streams the client cancelled before their response head, against
-/// those that completed: a client that mostly cancels is attacking (rapid
-/// reset), not browsing. A stream reset in its body (a cancelled SSE or gRPC
-/// server stream, a download stopped) counts as neither: it cost a response
-/// and is how long-lived streams end.
+/// Counts streams the client cancelled young, before their response head,
+/// against those that completed: a client that mostly cancels is attacking
+/// (rapid reset), not browsing. A stream reset in its body (a cancelled SSE
+/// or gRPC server stream, a download stopped) counts as neither: it cost a
+/// response and is how long-lived streams end; nor does one reset before
+/// its head once it ran its ordinary age (`StreamEnd::Cancelled`,
+/// [`ORDINARY_CANCEL_AGE`]).
 #[derive(Debug, Default)]
 struct ResetGuard {
     cancelled: u64,
@@ -2116,7 +2319,7 @@ impl ResetGuard {
         match end {
             StreamEnd::Done | StreamEnd::TooSlow => self.completed += 1,
             StreamEnd::ClientReset => self.cancelled += 1,
-            StreamEnd::ResetInBody => {}
+            StreamEnd::ResetInBody | StreamEnd::Cancelled => {}
         }
         self.cancelled > RAPID_RESET_LIMIT && self.cancelled > self.completed
     }
@@ -2286,6 +2489,9 @@ mod size_guard {
     /// request body, inline in the response that streams it (an echo), has
     /// its wait bounds boxed (`RecvBody::waits`, made at its first wait).
     /// A larger body had added 152 bytes: it is there three times.
+    /// 1,672 with its record's when a reset stops counting as a rapid one
+    /// and which gRPC the request speaks (`StreamRecord`'s `ordinary_at`
+    /// and `grpc`, session 50).
     #[test]
     fn the_http2_stream_future_stays_small() {
         type DemoBody = http_body_util::Either<http_body_util::Full<Bytes>, Body>;
@@ -2319,7 +2525,7 @@ mod size_guard {
         }
         let size = size_of_stream(stream);
         eprintln!("HTTP/2 stream future: {size} bytes");
-        assert!(size <= 1688, "the HTTP/2 stream future is {size} bytes");
+        assert!(size <= 1672, "the HTTP/2 stream future is {size} bytes");
     }
 }
 

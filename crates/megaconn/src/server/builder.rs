@@ -1003,7 +1003,8 @@ impl Builder {
     /// a client send a byte every 20 s and hold its connection for good.
     /// A client that waits for the server's answer before it sends more
     /// (a duplex stream over one request) is cut by it: turn it off for
-    /// such a service. Default: 240 B/s, as Kestrel; `None` (or 0)
+    /// such a service (an HTTP/2 gRPC request, `content-type:
+    /// application/grpc*`, is never held to it). Default: 240 B/s, as Kestrel; `None` (or 0)
     /// disables, leaving `idle_timeout`'s bound (or
     /// [`read_timeout`](Builder::read_timeout)'s, on the whole body, where
     /// it is set; this one applies with it too).

@@ -383,6 +383,11 @@ pub(crate) struct RecvBody {
     /// whose DATA is there when read costs none): boxed, as a body is
     /// inline in every request and in its stream's future.
     waits: Option<Box<Waits>>,
+    /// Whether its client's pauses are bounded, by `idle_timeout`
+    /// ([`stalled`](Self::stalled)) and `min_request_body_rate`
+    /// ([`too_slow`](Self::too_slow)): not a gRPC request's (`proto/http2.rs`
+    /// says why), whose body only `read_timeout` bounds, if set.
+    paced: bool,
     /// An error was returned: the body ends there (a reader that goes on
     /// must not wait for a client that stalled, or for the rest of an
     /// upload refused as too large).
@@ -398,12 +403,14 @@ impl RecvBody {
     /// off, a reader waits for DATA no longer than `idle_timeout`), its
     /// client held to the connection's `min_request_body_rate` while the
     /// reader waits, that shares the count of its bytes and its cut with
-    /// its stream's exchange through `share`, if given.
+    /// its stream's exchange through `share`, if given. Not `paced`: no
+    /// bound on its client's pauses but `read_timeout` (gRPC).
     pub(crate) fn new(
         stream: RecvStream,
         content_length: Option<u64>,
         limit: u64,
         (read_timeout, idle_timeout): (Option<Duration>, Option<Duration>),
+        paced: bool,
         conn_bytes: Arc<ConnBodyBytes>,
         share: Option<Arc<BodyShare>>,
     ) -> RecvBody {
@@ -416,8 +423,9 @@ impl RecvBody {
             limit,
             conn_bytes,
             deadline: LazyDeadline::after(read_timeout),
-            stall_after: idle_timeout.filter(|_| read_timeout.is_none()),
+            stall_after: idle_timeout.filter(|_| read_timeout.is_none() && paced),
             waits: None,
+            paced,
             failed: false,
             past_limit: false,
         }
@@ -437,10 +445,12 @@ impl RecvBody {
     /// good (nginx resets such a stream after `client_body_timeout`, 60 s
     /// between two reads). `idle_timeout` is that bound here: the client
     /// is idle on the stream, and its connection would have been closed
-    /// after as long with no stream open. The price: a gRPC client- or
-    /// bidi-streaming call whose client sends nothing for that long is
-    /// cut too (as behind nginx), unless `read_timeout` is set or
-    /// `idle_timeout` raised.
+    /// after as long with no stream open. Not for gRPC: `proto/http2.rs`
+    /// gives a gRPC request's body no such bound (not `paced`), nor
+    /// `min_request_body_rate`'s, whose client- or bidi-streaming calls pause as long as their
+    /// application has nothing to say (tonic's server bounds no such wait;
+    /// behind nginx they were cut, session 50's review); a dead peer is
+    /// then found by `http2_keep_alive_interval` or `tcp_keepalive`.
     fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(after) = self.stall_after else {
             return false;
@@ -497,9 +507,10 @@ impl RecvBody {
     /// ([`Arrival`]): the stream is polled again with it right away, to
     /// leave it with h2 (a frame come in between is taken then).
     fn poll_stream(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, h2::Error>>> {
-        if !self.waits.as_ref().is_some_and(|w| w.rate.is_some()) {
+        if self.waits.as_ref().is_none_or(|w| w.rate.is_none()) {
             let polled = self.stream.poll_data(cx);
-            let (Poll::Pending, Some(min)) = (&polled, self.conn_bytes.min_rate) else {
+            let min = self.conn_bytes.min_rate.filter(|_| self.paced);
+            let (Poll::Pending, Some(min)) = (&polled, min) else {
                 return polled;
             };
             let received = self.received;

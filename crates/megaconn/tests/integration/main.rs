@@ -45,6 +45,7 @@ mod framed_tls;
 mod fuzz_framed;
 mod fuzz_http1;
 mod fuzz_ws;
+mod grpc50;
 mod h1_body_limits;
 mod h2;
 mod h2_body_rate;
