@@ -2491,7 +2491,9 @@ mod size_guard {
     /// A larger body had added 152 bytes: it is there three times.
     /// 1,672 with its record's when a reset stops counting as a rapid one
     /// and which gRPC the request speaks (`StreamRecord`'s `ordinary_at`
-    /// and `grpc`, session 50).
+    /// and `grpc`, session 50). 1,696 on session 50's merged main: its
+    /// branches measured 1,672 apart and 24 bytes more together (not yet
+    /// traced to one change; the lead raised the bound at the merge).
     #[test]
     fn the_http2_stream_future_stays_small() {
         type DemoBody = http_body_util::Either<http_body_util::Full<Bytes>, Body>;
@@ -2525,7 +2527,7 @@ mod size_guard {
         }
         let size = size_of_stream(stream);
         eprintln!("HTTP/2 stream future: {size} bytes");
-        assert!(size <= 1672, "the HTTP/2 stream future is {size} bytes");
+        assert!(size <= 1696, "the HTTP/2 stream future is {size} bytes");
     }
 }
 
