@@ -1,18 +1,19 @@
 //! One close, one bound (`Builder::linger_timeout`): over TLS, an event
-//! stream closed as a slow consumer writes the rest of the push under way,
-//! lingers and says `close_notify` all within one `linger_timeout`, cut and
-//! counted once when its client reads nothing (it made a second bound for
-//! `close_notify`, so such a client held the close for two and it counted
+//! stream closed as a slow consumer writes the rest
+//! of the push under way, lingers and says `close_notify` all within one
+//! `linger_timeout`, cut and counted once when its client reads nothing (a
+//! second bound for `close_notify` held such a client for two and counted
 //! twice: merge review, session 50). Every wait waits on a condition.
 
 use std::time::Duration;
 
-use megaconn::{CloseReason, Framing, Server};
+use megaconn::{CloseReason, ConnectionId, Framing, Server};
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
-use crate::common::limit_hits;
 use crate::common::msg::MsgServer;
 use crate::common::tls::{connect, Ca};
+use crate::common::{limit_hits, SAFETY};
 
 /// A TLS event stream whose client never reads: a 4 MiB push sticks in the
 /// sockets, five more overflow its queue of two; the close the bound cuts
@@ -35,15 +36,28 @@ async fn a_tls_sse_slow_consumer_close_is_counted_once() {
         .await
         .unwrap();
     let id = server.next_open().await;
-    // One push far larger than the sockets hold: its write sticks. Taken
-    // from the queue once the client's socket holds more than the response
-    // head (the client reads none of it, so what arrives stays there).
+    stuck_then_overflowed(&mut server, id, tls.get_ref().0).await;
+    drop(tls);
+    server.stop().await;
+}
+
+/// Pushes `id` one message far larger than the sockets hold, so its write
+/// sticks (taken from the queue once the client's socket, `tcp`, holds
+/// 16 KiB: the client reads none of it, so what arrives stays there), then
+/// five that overflow its queue of two; waits for its close to end
+/// (`close_notify` included, after the handler hears) and asserts the
+/// bound cut it once.
+async fn stuck_then_overflowed(server: &mut MsgServer, id: ConnectionId, tcp: &TcpStream) {
     let _ = server.hub.send(id, "a".repeat(4 << 20));
-    let tcp = tls.get_ref().0;
     let mut peek = vec![0u8; 64 << 10];
-    while tcp.peek(&mut peek).await.unwrap() < 16 << 10 {
-        tokio::task::yield_now().await;
-    }
+    let started = async {
+        while tcp.peek(&mut peek).await.unwrap() < 16 << 10 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(SAFETY, started)
+        .await
+        .expect("the push under way in time");
     for i in 1..6u8 {
         let _ = server
             .hub
@@ -51,7 +65,6 @@ async fn a_tls_sse_slow_consumer_close_is_counted_once() {
     }
     let (closed, reason) = server.next_close().await;
     assert_eq!((closed, reason), (id, CloseReason::SlowConsumer));
-    // The handler hears before `close_notify` runs: wait for the close to end.
     server
         .wait_stats("the close ended", |s| s.connections_open == 0)
         .await;
@@ -60,6 +73,4 @@ async fn a_tls_sse_slow_consumer_close_is_counted_once() {
         1,
         "one close, counted once"
     );
-    drop(tls);
-    server.stop().await;
 }
