@@ -244,7 +244,8 @@ pub(crate) struct Config {
     pub park_wake_batch: Duration,
     pub shutdown_timeout: Duration,
     /// How long a close may take to write its last bytes and linger
-    /// (`conn/io.rs`, `CloseBy`); zero: what the socket takes at once.
+    /// (`conn/io.rs`, `CloseBy`); zero: what the socket takes at once,
+    /// never counted as a limit hit.
     pub linger_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,

@@ -84,9 +84,12 @@ impl CloseBy {
 
     /// The bound cut the close short: counted once a close
     /// (`megaconn_limit_hits_total{limit="linger_timeout"}`) and logged
-    /// (at most once per `ratelog::LOG_INTERVAL` per worker).
+    /// (at most once per `ratelog::LOG_INTERVAL` per worker). Not with a
+    /// bound of zero: the operator turned the waiting off, and a close
+    /// that writes only what the socket takes at once is the setting
+    /// working, not a limit hit.
     pub(crate) fn cut(&self) {
-        if self.counted.replace(true) {
+        if self.counted.replace(true) || self.bound.is_zero() {
             return;
         }
         if let Some(stats) = &self.stats {
@@ -693,6 +696,19 @@ mod tests {
         assert_eq!(by.within(std::future::pending::<()>()).await, None);
         assert_eq!(by.within(std::future::pending::<()>()).await, None);
         assert_eq!(cuts(), 1);
+    }
+
+    /// A bound of zero (the operator turned the waiting off) cuts a step
+    /// that cannot end at once, and counts nothing: not a limit hit.
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_bound_cuts_without_counting() {
+        let stats = Arc::new(WorkerStats::default());
+        let by = CloseBy::after(Duration::ZERO, Some(stats.clone()));
+        assert_eq!(by.within(async { 7 }).await, Some(7), "its one try");
+        assert_eq!(by.within(std::future::pending::<()>()).await, None);
+        let cuts = stats.limit_hits[LimitHit::LingerTimeout as usize]
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(cuts, 0);
     }
 
     /// Polls `bound` once, reporting `progressed`.

@@ -1637,8 +1637,11 @@ impl<'a> SweepTimer<'a> {
         if armed && !self.sleep.is_elapsed() {
             return std::task::Poll::Pending;
         }
+        // With the task's coop budget spent, `Sleep` returns Pending before
+        // it registers the waker: not armed then (polled again next turn).
+        let budget = tokio::task::coop::has_budget_remaining();
         let polled = std::future::Future::poll(self.sleep.as_mut(), cx);
-        self.armed = polled.is_pending().then(|| cx.waker().clone());
+        self.armed = (polled.is_pending() && budget).then(|| cx.waker().clone());
         polled
     }
 }
@@ -3259,5 +3262,46 @@ pub(super) mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(b.woken(), 2);
         assert!(poll(&mut timer, &wb), "due again");
+    }
+
+    /// A poll right after a reset that the task's coop budget cuts short
+    /// (`Sleep` returns Pending before it registers any waker) must not
+    /// leave `armed` set: the timer would then pass its deadline with no
+    /// waker, and the task would never wake (merge review, session 50).
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_without_coop_budget_still_wakes_at_the_deadline() {
+        use std::task::{Poll, Waker};
+        let mut sleep = std::pin::pin!(tokio::time::sleep(Duration::from_secs(1)));
+        let mut timer = SweepTimer::new(sleep.as_mut());
+        let b = Arc::new(Count::default());
+        let wb = Waker::from(b.clone());
+        let poll = |timer: &mut SweepTimer<'_>, waker: &Waker| {
+            timer
+                .poll_due(&mut std::task::Context::from_waker(waker))
+                .is_ready()
+        };
+        assert!(!poll(&mut timer, &wb));
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        // As the full-turn path does (`sweep.deadline() <= now`): fired (its
+        // waker taken), swept and reset without a poll; then polled again
+        // in the same turn, here with the budget spent.
+        timer.reset(Instant::now() + Duration::from_secs(2));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        for i in 0..1000 {
+            tx.send(i).unwrap();
+        }
+        std::future::poll_fn(|_| {
+            let mut cx = std::task::Context::from_waker(&wb);
+            while rx.poll_recv(&mut cx).is_ready() {}
+            assert!(!tokio::task::coop::has_budget_remaining());
+            assert!(timer.poll_due(&mut cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        tokio::task::yield_now().await; // a fresh budget: the next turn
+        assert!(!poll(&mut timer, &wb), "not due yet");
+        let before = b.woken();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(b.woken(), before + 1, "the deadline wakes the task");
     }
 }

@@ -926,7 +926,8 @@ impl Builder {
     /// must get a large last frame whole (a slow consumer reads what its
     /// sockets hold, up to about a MiB, after its close began); lower it
     /// to free connections sooner; zero writes what the sockets take at
-    /// once and closes without lingering (nginx's `lingering_close off`).
+    /// once and closes without lingering (nginx's `lingering_close off`),
+    /// and counts and logs nothing (no wait was cut: none was asked for).
     /// Not the drain at shutdown, whose idle closes linger 500 ms (a
     /// request crossing our `FIN`), nor a WebSocket's wait for its peer's
     /// close frame ([`WebSocketRoute::close_timeout`](crate::WebSocketRoute::close_timeout)).

@@ -67,6 +67,7 @@ mod hub_reset;
 mod layers;
 mod lifecycle_events;
 mod limits;
+mod linger_once;
 mod linger_timeout;
 mod malformed;
 mod message_bounds;

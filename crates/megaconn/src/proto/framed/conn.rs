@@ -165,7 +165,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 &local,
             );
             if let Err(reason) = live.open(|h, state| h.on_open(state, &session)) {
-                return closing(&mut io, &ctx, live.close(reason)).await;
+                return closing(&mut io, &ctx, live.close(reason), None).await;
             }
             (live, session)
         }
@@ -192,9 +192,9 @@ pub(crate) async fn serve<H: FramedHandler>(
                     // framed protocol has no close frame to send after it).
                     // The rest and the linger share the close's bound.
                     // Raw: over TLS it is records sealed already.
-                    io.write_owed(local.take_unsent(id), &CloseBy::new(&ctx), counters)
-                        .await;
-                    return closing(&mut io, &ctx, live.close(reason)).await;
+                    let by = CloseBy::new(&ctx);
+                    io.write_owed(local.take_unsent(id), &by, counters).await;
+                    return closing(&mut io, &ctx, live.close(reason), Some(&by)).await;
                 }
             }
             (live, session)
@@ -212,8 +212,9 @@ pub(crate) async fn serve<H: FramedHandler>(
             if let Some(inbox) = &inbox {
                 inbox.drop_behind();
             }
-            io.write_owed(cut.rest, &CloseBy::new(&ctx), counters).await;
-            return closing(&mut io, &ctx, live.close(cut.reason)).await;
+            let by = CloseBy::new(&ctx);
+            io.write_owed(cut.rest, &by, counters).await;
+            return closing(&mut io, &ctx, live.close(cut.reason), Some(&by)).await;
         }
     }
     let mut codec = framing.codec();
@@ -227,10 +228,10 @@ pub(crate) async fn serve<H: FramedHandler>(
     )
     .await
     {
-        return closing(&mut io, &ctx, live.close(reason)).await;
+        return closing(&mut io, &ctx, live.close(reason), None).await;
     }
     if session.is_closing() {
-        return closing(&mut io, &ctx, live.close(CloseReason::ServerClosed)).await;
+        return closing(&mut io, &ctx, live.close(CloseReason::ServerClosed), None).await;
     }
     let mut buf: Option<BytesMut> = None;
     // Its goodbye at shutdown waits for its turn in a paced drain; until
@@ -258,7 +259,7 @@ pub(crate) async fn serve<H: FramedHandler>(
     if let (true, MessageIo::Tls(tls)) = (unread_wake && !local.is_kicked(session.id()), &mut io) {
         match prefetch_woken(tls) {
             Ok(read) => unread_wake = read,
-            Err(reason) => return closing(&mut io, &ctx, live.close(reason)).await,
+            Err(reason) => return closing(&mut io, &ctx, live.close(reason), None).await,
         }
     }
     loop {
@@ -302,7 +303,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                         Ok(handled) => handled,
                         Err(reason) => {
                             give_back(&ctx, &mut buf);
-                            return closing(&mut io, &ctx, live.close(reason)).await;
+                            return closing(&mut io, &ctx, live.close(reason), None).await;
                         }
                     };
                     match handled {
@@ -315,7 +316,8 @@ pub(crate) async fn serve<H: FramedHandler>(
                                 "a framed handler panicked; closing its connection",
                                 None,
                             );
-                            return closing(&mut io, &ctx, live.close(CloseReason::Panic)).await;
+                            return closing(&mut io, &ctx, live.close(CloseReason::Panic), None)
+                                .await;
                         }
                     }
                 }
@@ -330,15 +332,16 @@ pub(crate) async fn serve<H: FramedHandler>(
                 .await;
                 if let Some(reason) = broke {
                     give_back(&ctx, &mut buf);
-                    return closing(&mut io, &ctx, live.close(reason)).await;
+                    return closing(&mut io, &ctx, live.close(reason), None).await;
                 }
                 if let Err(reason) = flushed {
                     give_back(&ctx, &mut buf);
-                    return closing(&mut io, &ctx, live.close(reason)).await;
+                    return closing(&mut io, &ctx, live.close(reason), None).await;
                 }
                 if session.is_closing() {
                     give_back(&ctx, &mut buf);
-                    return closing(&mut io, &ctx, live.close(CloseReason::ServerClosed)).await;
+                    return closing(&mut io, &ctx, live.close(CloseReason::ServerClosed), None)
+                        .await;
                 }
             }
             if b.is_empty() {
@@ -379,13 +382,13 @@ pub(crate) async fn serve<H: FramedHandler>(
             };
             if let Err(reason) = flushed {
                 give_back(&ctx, &mut buf);
-                return closing(&mut io, &ctx, live.close(reason)).await;
+                return closing(&mut io, &ctx, live.close(reason), None).await;
             }
             // Closed for the hub, once what was pushed before is written
             // (`kicked` is `None` until all of it is taken).
             if inbox.inbox.kicked().is_some() {
                 give_back(&ctx, &mut buf);
-                return closing(&mut io, &ctx, live.close(CloseReason::Kicked)).await;
+                return closing(&mut io, &ctx, live.close(CloseReason::Kicked), None).await;
             }
         }
         // When to park if nothing comes (between frames only).
@@ -449,8 +452,13 @@ pub(crate) async fn serve<H: FramedHandler>(
                 Idle::Readable(Ok(())) => {}
                 // A reset between frames is the client leaving.
                 Idle::Readable(Err(e)) => {
-                    return closing(&mut io, &ctx, live.close(CloseReason::io_between(&e, true)))
-                        .await
+                    return closing(
+                        &mut io,
+                        &ctx,
+                        live.close(CloseReason::io_between(&e, true)),
+                        None,
+                    )
+                    .await
                 }
                 Idle::Shutdown => {
                     return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref())
@@ -458,7 +466,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 }
                 Idle::HeartbeatDue => {
                     let reason = heartbeat_timed_out(counters, FRAMED_HEARTBEAT);
-                    return closing(&mut io, &ctx, live.close(reason)).await;
+                    return closing(&mut io, &ctx, live.close(reason), None).await;
                 }
                 Idle::Park => {
                     return park(
@@ -488,7 +496,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                     )
                     .await
                     {
-                        return closing(&mut io, &ctx, live.close(reason)).await;
+                        return closing(&mut io, &ctx, live.close(reason), None).await;
                     }
                     continue;
                 }
@@ -612,7 +620,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
         };
         give_back(&ctx, &mut buf);
-        return closing(&mut io, &ctx, live.close(reason)).await;
+        return closing(&mut io, &ctx, live.close(reason), None).await;
     }
 }
 
@@ -772,7 +780,7 @@ async fn say_goodbye<H: FramedHandler>(
             let _ = flush(io, codec, session, Vec::new(), ctx, None).await;
         }
     }
-    closing(io, ctx, live.close(CloseReason::Shutdown)).await
+    closing(io, ctx, live.close(CloseReason::Shutdown), None).await
 }
 
 /// Resets the connection for the hub ([`Hub::reset`](crate::Hub::reset)):
@@ -790,14 +798,28 @@ fn reset<H: FramedHandler>(
 }
 
 /// The end of a connection closed for `reason`: `close_notify` over TLS
-/// for our own closes ([`MessageIo::close_notify`]); a cleartext connection
-/// is simply closed by the dispatcher.
+/// for our own closes ([`MessageIo::close_notify`]), within the close's
+/// bound: `by`, when a step of the close began it (the rest of a frame
+/// owed), else one from now. A slow consumer's close otherwise ran its
+/// steps within their own bound already (the rest of the frame under way
+/// and the linger, [`behind`], or the linger after an overflow), and the
+/// linger's shutdown said `close_notify`: none again (a second bound held
+/// a peer that reads nothing for two `linger_timeout`s, counted twice:
+/// merge review, session 50). A cleartext connection is simply closed by
+/// the dispatcher (no bound to build).
 async fn closing(
     io: &mut MessageIo,
     ctx: &WorkerContext,
     reason: CloseReason,
+    by: Option<&CloseBy>,
 ) -> Ended<FramedParked> {
-    io.close_notify(reason, &CloseBy::new(ctx)).await;
+    if matches!(io, MessageIo::Tls(_)) {
+        match by {
+            Some(by) => io.close_notify(reason, by).await,
+            None if reason == CloseReason::SlowConsumer => {}
+            None => io.close_notify(reason, &CloseBy::new(ctx)).await,
+        }
+    }
     Ended::Close(reason)
 }
 

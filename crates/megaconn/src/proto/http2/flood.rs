@@ -179,8 +179,8 @@
 //! skipped, never copied), and one shared set of budgets (an `Arc`, ~100
 //! bytes, of atomics read and written apart, as plain as `Cell`s on x86:
 //! an upgraded stream holding it may move to another thread) per
-//! connection; the clock is read only when a budget runs out, and the
-//! drip budget is looked at only when a response's wait for room ends.
+//! connection; the clock is read once per frame a budget charges (control,
+//! tiny DATA, PING; not other DATA), and the drip budget is looked at only when a response's wait for room ends.
 
 use std::future::poll_fn;
 use std::io::IoSlice;
@@ -330,10 +330,11 @@ impl Flooded {
 }
 
 /// A budget that work and time give back, up to `FULL`; time at
-/// `PER_SECOND` units a second, credited only when the budget runs out
-/// (the clock is read then, and when a charge finds the budget full, not
-/// per frame). Time the budget spent full gives nothing back: its clock
-/// starts again at a charge that finds it full. (It counted from the
+/// `PER_SECOND` units a second, credited at each charge (the clock is read
+/// per charge, not per frame: a frame that charges nothing, a DATA frame
+/// past the tiny size, reads none; within a parking-lot turn the reading
+/// is the turn's, `observe/clock.rs`). Time the budget spent full gives
+/// nothing back: a refill that fills it starts its clock again. (It counted from the
 /// connection's start, or the last refill: a connection idle for 2 s, or
 /// a server too busy to read for that long, then had up to twice the
 /// budget for a burst, and a flood read late after a starved wait went on
@@ -394,56 +395,55 @@ impl<const FULL: u64, const PER_SECOND: u64> Bucket<FULL, PER_SECOND> {
     }
 
     /// Spends `n`; false if the budget ran out (with what time gave back
-    /// since the last refill; `born`: the budgets' start).
+    /// until now; `born`: the budgets' start).
     #[inline]
     fn charge(&self, n: u64, born: Instant) -> bool {
-        let before = self.left();
-        if before >= FULL as i64 {
-            self.full_until_now(born);
-        }
-        let left = before - n as i64;
+        self.refill(clock::now(), born);
+        let left = self.left() - n as i64;
         self.left.store(left, Relaxed);
-        left >= 0 || self.refill(clock::now(), born)
+        left >= 0
     }
 
     /// [`charge`](Self::charge) in one read-modify-write, for a bucket
     /// given back from other threads (see the type's doc).
     #[inline]
     fn charge_shared(&self, n: u64, born: Instant) -> bool {
+        self.refill(clock::now(), born);
         let n = n as i64;
-        let before = self.left.fetch_sub(n, Relaxed);
-        if before >= FULL as i64 {
-            self.full_until_now(born);
-        }
-        let left = before - n;
-        left >= 0 || self.refill(clock::now(), born)
+        self.left.fetch_sub(n, Relaxed) - n >= 0
     }
 
-    /// The budget was full until now: the time since the last refill gave
-    /// nothing back, and the next refill counts from here.
-    #[inline(never)]
-    fn full_until_now(&self, born: Instant) {
-        let now = clock::now().saturating_duration_since(born).as_nanos();
-        self.refilled_at
-            .store(u64::try_from(now).unwrap_or(u64::MAX), Relaxed);
-    }
-
-    /// Credits the time since the last refill at `PER_SECOND`; true if the
-    /// budget is no longer below zero. Time not yet worth a unit stays for
-    /// the next refill.
-    #[cold]
-    fn refill(&self, now: Instant, born: Instant) -> bool {
+    /// Credits the time since the last refill at `PER_SECOND`, up to the
+    /// budget, before each charge: the bucket is then exact, as if time
+    /// flowed in continuously. Time it would have spent full gives nothing
+    /// back: a refill that fills it starts its clock again now (once it
+    /// began only where a charge found it exactly full, so one frame left
+    /// unanswered, the budget one below full, banked a quiet 2 s for a
+    /// second budget's burst on top of the first: merge review, session
+    /// 50). Time not yet worth a unit stays for the next refill.
+    #[inline]
+    fn refill(&self, now: Instant, born: Instant) {
         let now = u64::try_from(now.saturating_duration_since(born).as_nanos()).unwrap_or(u64::MAX);
+        let left = self.left();
+        if left >= FULL as i64 {
+            self.refilled_at.store(now, Relaxed);
+            return;
+        }
         let since = now.saturating_sub(self.refilled_at.load(Relaxed));
         let earned = u128::from(since) * u128::from(PER_SECOND) / 1_000_000_000;
-        if earned > 0 {
-            let used = earned * 1_000_000_000 / u128::from(PER_SECOND);
-            let used = u64::try_from(used).unwrap_or(u64::MAX);
-            self.refilled_at.fetch_add(used, Relaxed);
-            // Cold: one read-modify-write whatever the bucket.
-            self.credit_shared(u64::try_from(earned).unwrap_or(u64::MAX));
+        if earned == 0 {
+            return;
         }
-        self.left() >= 0
+        let earned = i64::try_from(earned).unwrap_or(i64::MAX);
+        if left.saturating_add(earned) >= FULL as i64 {
+            self.refilled_at.store(now, Relaxed);
+        } else {
+            // `earned` < FULL here: its time fits in a u64.
+            let used = earned as u128 * 1_000_000_000 / u128::from(PER_SECOND);
+            self.refilled_at.fetch_add(used as u64, Relaxed);
+        }
+        // One read-modify-write whatever the bucket.
+        self.credit_shared(earned as u64);
     }
 }
 
@@ -1176,6 +1176,25 @@ mod tests {
             "two seconds: two back, one spent"
         );
         assert_eq!(budget.receive(ping), Some(Flooded::Pings));
+    }
+
+    /// One tiny frame no handler reads leaves the bucket one below full;
+    /// 2 s of quiet then refill it to full, no more: the burst after gets
+    /// one budget (its clock once restarted only at a charge that found it
+    /// exactly full, and the quiet bought a second budget on top of the
+    /// first: 3,999 frames; merge review, session 50).
+    #[tokio::test(start_paused = true)]
+    async fn quiet_after_a_frame_below_full_buys_no_second_budget() {
+        let budget = FloodBudget::new();
+        let tiny = head(DATA, 0, TINY_DATA_FRAME - 1);
+        assert_eq!(budget.receive(tiny), None, "one frame no handler reads");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let mut passed = 0u64;
+        while budget.receive(tiny).is_none() {
+            passed += 1;
+        }
+        // Paused time: the burst itself earns nothing.
+        assert_eq!(passed, HTTP2_TINY_DATA_BUDGET, "frames in one burst");
     }
 
     /// A burst after the connection was idle (or its server too busy to

@@ -130,7 +130,7 @@ pub(crate) async fn serve(
             let opened = live.open(|_, route| route.handler.on_open(&request, &session));
             drop(request);
             if let Err(reason) = opened {
-                return closing(&mut io, &ctx, live.close(reason)).await;
+                return closing(&mut io, &ctx, live.close(reason), None).await;
             }
             (live, session, chunked, send_at, false)
         }
@@ -156,9 +156,9 @@ pub(crate) async fn serve(
                     // Behind: the rest of the event its socket took part
                     // of goes first, then the close (no last chunk: the
                     // client reconnects either way, and its socket is full).
-                    io.write_owed(local.take_unsent(id), &CloseBy::new(&ctx), counters)
-                        .await;
-                    return closing(&mut io, &ctx, live.close(reason)).await;
+                    let by = CloseBy::new(&ctx);
+                    io.write_owed(local.take_unsent(id), &by, counters).await;
+                    return closing(&mut io, &ctx, live.close(reason), Some(&by)).await;
                 }
             }
         }
@@ -176,8 +176,9 @@ pub(crate) async fn serve(
             if let Some(inbox) = &inbox {
                 inbox.drop_behind();
             }
-            io.write_owed(cut.rest, &CloseBy::new(&ctx), counters).await;
-            return closing(&mut io, &ctx, live.close(cut.reason)).await;
+            let by = CloseBy::new(&ctx);
+            io.write_owed(cut.rest, &by, counters).await;
+            return closing(&mut io, &ctx, live.close(cut.reason), Some(&by)).await;
         }
     }
     // Its farewell at shutdown waits for its turn in a paced drain; until
@@ -205,15 +206,17 @@ pub(crate) async fn serve(
                     inbox.drop_behind();
                 }
                 // What went before is whole events: it stays readable.
-                linger_after_unsent(&mut io, &CloseBy::new(&ctx)).await;
-                return closing(&mut io, &ctx, live.close(CloseReason::SlowConsumer)).await;
+                let by = CloseBy::new(&ctx);
+                linger_after_unsent(&mut io, &by).await;
+                let reason = live.close(CloseReason::SlowConsumer);
+                return closing(&mut io, &ctx, reason, Some(&by)).await;
             }
         };
         if !head.is_empty() || !pushed.is_empty() {
             let written = write(&mut io, &head, pushed, &ctx, inbox.as_ref()).await;
             head.clear();
-            if let Err(reason) = written {
-                return closing(&mut io, &ctx, live.close(reason)).await;
+            if let Err((reason, by)) = written {
+                return closing(&mut io, &ctx, live.close(reason), by.as_ref()).await;
             }
         }
         // Closed for the hub, once what was pushed before is written
@@ -246,7 +249,7 @@ pub(crate) async fn serve(
         if unread_wake {
             unread_wake = false;
             match client_input(&mut io, &ctx) {
-                Some(reason) => return closing(&mut io, &ctx, live.close(reason)).await,
+                Some(reason) => return closing(&mut io, &ctx, live.close(reason), None).await,
                 None => continue,
             }
         }
@@ -275,12 +278,12 @@ pub(crate) async fn serve(
             };
             match idle {
                 Idle::Readable(Ok(())) => match client_input(&mut io, &ctx) {
-                    Some(reason) => return closing(&mut io, &ctx, live.close(reason)).await,
+                    Some(reason) => return closing(&mut io, &ctx, live.close(reason), None).await,
                     None => continue,
                 },
                 Idle::Readable(Err(e)) => {
                     let reason = CloseReason::io_between(&e, true);
-                    return closing(&mut io, &ctx, live.close(reason)).await;
+                    return closing(&mut io, &ctx, live.close(reason), None).await;
                 }
                 // The top of the loop says goodbye, or writes them.
                 Idle::Shutdown | Idle::PushFrame => continue,
@@ -341,20 +344,35 @@ async fn end(
     if chunked {
         last.extend_from_slice(LAST_CHUNK);
     }
-    if !last.is_empty() {
+    let by = (!last.is_empty()).then(|| CloseBy::new(ctx));
+    if let Some(by) = &by {
         let mut at = 0;
         let mut none = Outbound::default();
         let writing = poll_fn(|cx| io.poll_out(&mut none, cx, &last, &mut at));
-        let _ = CloseBy::new(ctx).within(writing).await;
+        let _ = by.within(writing).await;
     }
-    closing(io, ctx, live.close(reason)).await
+    closing(io, ctx, live.close(reason), by.as_ref()).await
 }
 
 /// The end of a stream closed for `reason`: `close_notify` over TLS for
-/// our own closes ([`MessageIo::close_notify`]); a cleartext one is simply
-/// closed by the dispatcher.
-async fn closing(io: &mut MessageIo, ctx: &WorkerContext, reason: CloseReason) -> Ended<SseParked> {
-    io.close_notify(reason, &CloseBy::new(ctx)).await;
+/// our own closes ([`MessageIo::close_notify`]), within the close's bound:
+/// `by`, when a step of the close began it (the rest of an event, the
+/// linger, the last chunk), so a peer that reads nothing holds the close
+/// for one `linger_timeout`, counted once (it held it for two, counted
+/// twice: merge review, session 50); else one from now. A cleartext one is
+/// simply closed by the dispatcher (no bound to build).
+async fn closing(
+    io: &mut MessageIo,
+    ctx: &WorkerContext,
+    reason: CloseReason,
+    by: Option<&CloseBy>,
+) -> Ended<SseParked> {
+    if matches!(io, MessageIo::Tls(_)) {
+        match by {
+            Some(by) => io.close_notify(reason, by).await,
+            None => io.close_notify(reason, &CloseBy::new(ctx)).await,
+        }
+    }
     Ended::Close(reason)
 }
 
@@ -372,7 +390,7 @@ async fn write(
     pushed: Vec<PushFrame>,
     ctx: &WorkerContext,
     awake: Option<&Awake>,
-) -> Result<(), CloseReason> {
+) -> Result<(), (CloseReason, Option<CloseBy>)> {
     let counters = &ctx.stats.messages;
     let mut pushes = Outbound::default();
     pushes.take(pushed);
@@ -392,7 +410,10 @@ async fn write(
         .await;
     add(&counters.bytes_out, at as u64);
     match written {
-        Ok(()) => pushes.count(counters),
+        Ok(()) => {
+            pushes.count(counters);
+            Ok(())
+        }
         Err(CloseReason::SlowConsumer) => {
             if let Some(awake) = awake {
                 awake.drop_behind();
@@ -409,10 +430,12 @@ async fn write(
             if whole {
                 linger_after_unsent(io, &by).await;
             }
+            // The close's `close_notify` within the same bound.
+            Err((CloseReason::SlowConsumer, Some(by)))
         }
-        Err(_) => {
+        Err(reason) => {
             pushes.give_up(false, counters);
+            Err((reason, None))
         }
     }
-    written
 }
