@@ -459,19 +459,8 @@ fn quick_from(rbuf: &mut BytesMut, limits: &HeadLimits, place: &mut HeadPlace<'_
     debug_assert_eq!(find_end(buf, &mut 0), Some(quick.len));
     let shared = rbuf.split_to(quick.len).freeze();
     debug_assert_eq!(shared.as_ptr(), buf.as_ptr());
-    // SAFETY: `quick_head::parse` wrote the first `quick.headers` slots.
-    let headers = unsafe {
-        std::slice::from_raw_parts_mut(
-            headers.as_mut_ptr().cast::<httparse::Header<'_>>(),
-            quick.headers,
-        )
-    };
-    let req = httparse::Request {
-        method: Some(quick.method),
-        path: Some(quick.path),
-        version: Some(quick.version),
-        headers,
-    };
+    // SAFETY: `quick` is what `quick_head::parse` gave for `headers`.
+    let req = unsafe { quick.request(headers) };
     let slicer = Slicer {
         shared: &shared,
         base: buf.as_ptr(),
@@ -546,19 +535,8 @@ fn parse_in(
     // The usual head is read without httparse, to the same result
     // (`quick_head`); `max_header_bytes` is checked below either way.
     if let Some(quick) = super::quick_head::parse(buf, headers) {
-        // SAFETY: `quick_head::parse` wrote the first `quick.headers` slots.
-        let headers = unsafe {
-            std::slice::from_raw_parts_mut(
-                headers.as_mut_ptr().cast::<httparse::Header<'_>>(),
-                quick.headers,
-            )
-        };
-        let req = httparse::Request {
-            method: Some(quick.method),
-            path: Some(quick.path),
-            version: Some(quick.version),
-            headers,
-        };
+        // SAFETY: `quick` is what `quick_head::parse` gave for `headers`.
+        let req = unsafe { quick.request(headers) };
         *len = quick.len;
         return complete(buf, &req, quick.len, shared, limits, place);
     }

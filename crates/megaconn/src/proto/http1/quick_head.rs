@@ -86,6 +86,35 @@ pub(super) struct Quick<'b> {
     pub len: usize,
 }
 
+impl<'b> Quick<'b> {
+    /// The head as the `httparse::Request` the rest of the engine reads,
+    /// over the header lines [`parse`] wrote (one place for the cast, which
+    /// both of `parse`'s callers need).
+    ///
+    /// # Safety
+    /// `storage` is the storage `parse` was given when it returned `self`
+    /// (its first `self.headers` slots are written).
+    #[inline(always)]
+    pub(super) unsafe fn request<'h>(
+        &self,
+        storage: &'h mut [MaybeUninit<httparse::Header<'b>>],
+    ) -> httparse::Request<'h, 'b> {
+        // SAFETY: the caller's contract: `parse` wrote these slots.
+        let headers = unsafe {
+            std::slice::from_raw_parts_mut(
+                storage.as_mut_ptr().cast::<httparse::Header<'b>>(),
+                self.headers,
+            )
+        };
+        httparse::Request {
+            method: Some(self.method),
+            path: Some(self.path),
+            version: Some(self.version),
+            headers,
+        }
+    }
+}
+
 /// Reads the head at the start of `buf` if it is of the common shape (see
 /// the module doc), writing its header lines to the start of `storage`;
 /// `None` when httparse must read it.
