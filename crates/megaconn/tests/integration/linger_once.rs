@@ -41,14 +41,33 @@ async fn a_tls_sse_slow_consumer_close_is_counted_once() {
     server.stop().await;
 }
 
-/// Pushes `id` one message far larger than the sockets hold, so its write
-/// sticks (taken from the queue once the client's socket, `tcp`, holds
-/// 16 KiB: the client reads none of it, so what arrives stays there), then
-/// five that overflow its queue of two; waits for its close to end
-/// (`close_notify` included, after the handler hears) and asserts the
-/// bound cut it once.
+/// Pushes `id` one message far larger than the sockets hold and then five
+/// that overflow its queue of two ([`stick_then_overflow`]); waits for its
+/// close to end (`close_notify` included, after the handler hears) and
+/// asserts the bound cut it once.
 async fn stuck_then_overflowed(server: &mut MsgServer, id: ConnectionId, tcp: &TcpStream) {
-    let _ = server.hub.send(id, "a".repeat(4 << 20));
+    stick_then_overflow(server, id, tcp).await;
+    let (closed, reason) = server.next_close().await;
+    assert_eq!((closed, reason), (id, CloseReason::SlowConsumer));
+    server
+        .wait_stats("the close ended", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(
+        limit_hits(&server.handle.stats(), "linger_timeout"),
+        1,
+        "one close, counted once"
+    );
+}
+
+/// Makes `id` a slow consumer whose close has a frame under way: pushes it
+/// one message far larger than the sockets hold (4 MiB of `a`), so its
+/// write sticks (taken from the queue once the client's socket, `tcp`,
+/// holds 16 KiB: the client reads none of it, so what arrives stays
+/// there), then five (256 KiB each, of `b` to `f`) that overflow its queue
+/// of two. Also `framed_tls_linger.rs`'s (a framed listener's frames must
+/// allow 4 MiB).
+pub(crate) async fn stick_then_overflow(server: &mut MsgServer, id: ConnectionId, tcp: &TcpStream) {
+    let _ = server.hub.send(id, "a".repeat(STUCK));
     let mut peek = vec![0u8; 64 << 10];
     let started = async {
         while tcp.peek(&mut peek).await.unwrap() < 16 << 10 {
@@ -63,14 +82,7 @@ async fn stuck_then_overflowed(server: &mut MsgServer, id: ConnectionId, tcp: &T
             .hub
             .send(id, String::from(char::from(b'a' + i)).repeat(256 << 10));
     }
-    let (closed, reason) = server.next_close().await;
-    assert_eq!((closed, reason), (id, CloseReason::SlowConsumer));
-    server
-        .wait_stats("the close ended", |s| s.connections_open == 0)
-        .await;
-    assert_eq!(
-        limit_hits(&server.handle.stats(), "linger_timeout"),
-        1,
-        "one close, counted once"
-    );
 }
+
+/// The size of [`stick_then_overflow`]'s first push, the one under way.
+pub(crate) const STUCK: usize = 4 << 20;
