@@ -11,20 +11,18 @@
 
 use std::time::Duration;
 
-use megaconn::{CloseReason, ConnectionId, Framing, Server};
+use megaconn::{ConnectionId, Framing, Server};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::common::msg::{read_frame, MsgServer};
 use crate::common::tls::{connect, Ca};
-use crate::common::{limit_hits, SAFETY};
+use crate::common::SAFETY;
 use crate::linger_once::{stick_then_overflow, STUCK};
-
-/// A bound no run of this test reaches.
-const GENEROUS: Duration = Duration::from_secs(3600);
-/// A bound any close of a client that reads nothing passes.
-const TINY: Duration = Duration::from_millis(1);
+use crate::linger_timeout::{
+    cut_and_counted_once, ended_uncounted, still_in_its_close, GENEROUS, TINY,
+};
 
 /// A server of one worker (HTTPS, unused, and framed TLS, length-prefixed,
 /// its frames up to 8 MiB; connections kept awake, a queue of two) whose
@@ -66,17 +64,7 @@ async fn a_framed_tls_close_ends_at_its_own_bound_counted_once() {
     let (mut generous, mut patient, patient_id) = slow_consumer(GENEROUS).await;
     let (mut tiny, mut silent, silent_id) = slow_consumer(TINY).await;
 
-    assert_eq!(
-        tiny.next_close().await,
-        (silent_id, CloseReason::SlowConsumer)
-    );
-    tiny.wait_stats("the close ended", |s| s.connections_open == 0)
-        .await;
-    assert_eq!(
-        limit_hits(&tiny.handle.stats(), "linger_timeout"),
-        1,
-        "the tiny bound's close counted once"
-    );
+    cut_and_counted_once(&mut tiny, silent_id).await;
     // Its socket ended (a FIN after what it holds, or a reset): the
     // ciphertext, read under rustls, to its end.
     let got = read_to_its_end(silent.get_mut().0).await;
@@ -86,13 +74,7 @@ async fn a_framed_tls_close_ends_at_its_own_bound_counted_once() {
     );
 
     // The generous one's close began first, and has not ended.
-    assert!(
-        generous.closes.try_recv().is_err(),
-        "the close with an hour's bound ended before the one with a millisecond's"
-    );
-    let stats = generous.handle.stats();
-    assert_eq!(limit_hits(&stats, "linger_timeout"), 0, "{stats:?}");
-    assert_eq!(stats.connections_open, 1, "{stats:?}");
+    still_in_its_close(&mut generous);
 
     // Its client reads at last: the frame under way whole, then the
     // close's `close_notify` (a clean end of the TLS stream).
@@ -110,18 +92,7 @@ async fn a_framed_tls_close_ends_at_its_own_bound_counted_once() {
     assert!(after.is_empty(), "{} bytes after the frame", after.len());
     // Its hanging up ends the close (its EOF, read by the linger).
     drop(patient);
-    assert_eq!(
-        generous.next_close().await,
-        (patient_id, CloseReason::SlowConsumer)
-    );
-    generous
-        .wait_stats("the close ended", |s| s.connections_open == 0)
-        .await;
-    assert_eq!(
-        limit_hits(&generous.handle.stats(), "linger_timeout"),
-        0,
-        "a close its peer ended is not cut"
-    );
+    ended_uncounted(&mut generous, patient_id).await;
     drop(silent);
     tiny.stop().await;
     generous.stop().await;

@@ -27,9 +27,9 @@ const PUSH: usize = 256 << 10;
 const PUSHES: usize = 6;
 
 /// A bound no run of this test reaches.
-const GENEROUS: Duration = Duration::from_secs(3600);
+pub(crate) const GENEROUS: Duration = Duration::from_secs(3600);
 /// A bound any close of a client that reads nothing passes.
-const TINY: Duration = Duration::from_millis(1);
+pub(crate) const TINY: Duration = Duration::from_millis(1);
 
 /// A server of one worker (WebSocket echo at `/ws`, connections kept
 /// awake, a queue of two) whose close bound is `linger`, a client of it
@@ -71,20 +71,8 @@ async fn a_close_ends_at_its_own_bound_counted_and_not_before() {
     let (mut generous, mut patient, patient_id) = slow_consumer(GENEROUS).await;
     let (mut tiny, silent, silent_id) = slow_consumer(TINY).await;
 
-    assert_eq!(
-        tiny.next_close().await,
-        (silent_id, CloseReason::SlowConsumer)
-    );
-    let cut = limit_hits(&tiny.handle.stats(), "linger_timeout");
-    assert_eq!(cut, 1, "the tiny bound's close counted once");
-    // The generous one's close began first, and has not ended.
-    assert!(
-        generous.closes.try_recv().is_err(),
-        "the close with an hour's bound ended before the one with a millisecond's"
-    );
-    let stats = generous.handle.stats();
-    assert_eq!(limit_hits(&stats, "linger_timeout"), 0, "{stats:?}");
-    assert_eq!(stats.connections_open, 1, "{stats:?}");
+    cut_and_counted_once(&mut tiny, silent_id).await;
+    still_in_its_close(&mut generous);
 
     // Its client reads at last: what its sockets held, then the 1013.
     let mut got = Vec::new();
@@ -102,16 +90,48 @@ async fn a_close_ends_at_its_own_bound_counted_and_not_before() {
     assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
     // Its hanging up ends the close (its EOF, read by the linger).
     drop(patient);
-    assert_eq!(
-        generous.next_close().await,
-        (patient_id, CloseReason::SlowConsumer)
+    ended_uncounted(&mut generous, patient_id).await;
+    drop(silent);
+    tiny.stop().await;
+    generous.stop().await;
+}
+
+/// The slow consumer `id` of `tiny` (its bound [`TINY`], its client
+/// reading nothing) was cut: its handler heard `slow_consumer`, its close
+/// is over (no connection open) and counted once in
+/// `limit_hits{limit="linger_timeout"}`. Also `framed_tls_linger.rs`'s.
+pub(crate) async fn cut_and_counted_once(tiny: &mut MsgServer, id: ConnectionId) {
+    assert_eq!(tiny.next_close().await, (id, CloseReason::SlowConsumer));
+    tiny.wait_stats("the close ended", |s| s.connections_open == 0)
+        .await;
+    let cut = limit_hits(&tiny.handle.stats(), "linger_timeout");
+    assert_eq!(cut, 1, "the tiny bound's close counted once");
+}
+
+/// The slow consumer of `generous` (its bound [`GENEROUS`]), whose close
+/// began before one a tiny bound cut, is still in its close: its handler
+/// has not heard, it is open and uncounted. Also `framed_tls_linger.rs`'s.
+pub(crate) fn still_in_its_close(generous: &mut MsgServer) {
+    assert!(
+        generous.closes.try_recv().is_err(),
+        "the close with an hour's bound ended before the one with a millisecond's"
     );
+    let stats = generous.handle.stats();
+    assert_eq!(limit_hits(&stats, "linger_timeout"), 0, "{stats:?}");
+    assert_eq!(stats.connections_open, 1, "{stats:?}");
+}
+
+/// The close of `generous`'s slow consumer `id`, its client gone, ended
+/// as a slow consumer's, uncounted: a close its peer ended is not cut.
+/// Also `framed_tls_linger.rs`'s.
+pub(crate) async fn ended_uncounted(generous: &mut MsgServer, id: ConnectionId) {
+    assert_eq!(generous.next_close().await, (id, CloseReason::SlowConsumer));
+    generous
+        .wait_stats("the close ended", |s| s.connections_open == 0)
+        .await;
     assert_eq!(
         limit_hits(&generous.handle.stats(), "linger_timeout"),
         0,
         "a close its peer ended is not cut"
     );
-    drop(silent);
-    tiny.stop().await;
-    generous.stop().await;
 }
