@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use megaconn::{ConnectionId, Framing, Server};
+use megaconn::{ConnectionId, Framing};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -21,7 +21,7 @@ use crate::common::tls::{connect, Ca};
 use crate::common::SAFETY;
 use crate::linger_once::{stick_then_overflow, STUCK};
 use crate::linger_timeout::{
-    cut_and_counted_once, ended_uncounted, still_in_its_close, GENEROUS, TINY,
+    cut_and_counted_once, ended_uncounted, slow_consumers, still_in_its_close, GENEROUS, TINY,
 };
 
 /// A server of one worker (HTTPS, unused, and framed TLS, length-prefixed,
@@ -32,12 +32,7 @@ use crate::linger_timeout::{
 async fn slow_consumer(linger: Duration) -> (MsgServer, TlsStream<TcpStream>, ConnectionId) {
     let ca = Ca::new();
     let framing = Framing::length_prefixed(4).max_frame_bytes(8 << 20);
-    let builder = Server::builder()
-        .workers(1)
-        .park_idle_after(None)
-        .outbound_queue(2)
-        .message_send_buffer_size(Some(4096))
-        .linger_timeout(linger)
+    let builder = slow_consumers(linger)
         .tls(ca.server(&["localhost"]))
         .listen_on("127.0.0.1:0".parse().unwrap())
         .listen_framed_tls_on("127.0.0.1:0".parse().unwrap(), framing);

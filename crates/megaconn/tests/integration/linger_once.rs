@@ -7,13 +7,14 @@
 
 use std::time::Duration;
 
-use megaconn::{CloseReason, ConnectionId, Framing, Server};
+use megaconn::{ConnectionId, Framing};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::common::msg::MsgServer;
 use crate::common::tls::{connect, Ca};
-use crate::common::{limit_hits, SAFETY};
+use crate::common::SAFETY;
+use crate::linger_timeout::{cut_and_counted_once, slow_consumers};
 
 /// A TLS event stream whose client never reads: a 4 MiB push sticks in the
 /// sockets, five more overflow its queue of two; the close the bound cuts
@@ -21,12 +22,7 @@ use crate::common::{limit_hits, SAFETY};
 #[tokio::test]
 async fn a_tls_sse_slow_consumer_close_is_counted_once() {
     let ca = Ca::new();
-    let builder = Server::builder()
-        .workers(1)
-        .park_idle_after(None)
-        .outbound_queue(2)
-        .message_send_buffer_size(Some(4096))
-        .linger_timeout(Duration::from_millis(300))
+    let builder = slow_consumers(Duration::from_millis(300))
         .tls(ca.server(&["localhost"]))
         .listen_on("127.0.0.1:0".parse().unwrap())
         .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::length_prefixed(4));
@@ -47,16 +43,7 @@ async fn a_tls_sse_slow_consumer_close_is_counted_once() {
 /// asserts the bound cut it once.
 async fn stuck_then_overflowed(server: &mut MsgServer, id: ConnectionId, tcp: &TcpStream) {
     stick_then_overflow(server, id, tcp).await;
-    let (closed, reason) = server.next_close().await;
-    assert_eq!((closed, reason), (id, CloseReason::SlowConsumer));
-    server
-        .wait_stats("the close ended", |s| s.connections_open == 0)
-        .await;
-    assert_eq!(
-        limit_hits(&server.handle.stats(), "linger_timeout"),
-        1,
-        "one close, counted once"
-    );
+    cut_and_counted_once(server, id).await;
 }
 
 /// Makes `id` a slow consumer whose close has a frame under way: pushes it

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use megaconn::{CloseReason, ConnectionId, Framing, Server};
+use megaconn::{Builder, CloseReason, ConnectionId, Framing, Server};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -31,18 +31,27 @@ pub(crate) const GENEROUS: Duration = Duration::from_secs(3600);
 /// A bound any close of a client that reads nothing passes.
 pub(crate) const TINY: Duration = Duration::from_millis(1);
 
+/// The settings of every linger test's server: one worker, its
+/// connections kept awake (a parked one's close takes another path), a
+/// queue of two and 4 KiB send buffers (a client that reads nothing soon
+/// overflows it), its close bounded by `linger`. Also `linger_once.rs`'s
+/// and `framed_tls_linger.rs`'s.
+pub(crate) fn slow_consumers(linger: Duration) -> Builder {
+    Server::builder()
+        .workers(1)
+        .park_idle_after(None)
+        .outbound_queue(2)
+        .message_send_buffer_size(Some(4096))
+        .linger_timeout(linger)
+}
+
 /// A server of one worker (WebSocket echo at `/ws`, connections kept
 /// awake, a queue of two) whose close bound is `linger`, a client of it
 /// that reads nothing, and its connection behind: its queue overflowed,
 /// so it closes as a slow consumer (its close has begun, or begins now:
 /// the handler hears of it only once the close is over).
 async fn slow_consumer(linger: Duration) -> (MsgServer, WebSocketStream<TcpStream>, ConnectionId) {
-    let builder = Server::builder()
-        .workers(1)
-        .park_idle_after(None)
-        .outbound_queue(2)
-        .message_send_buffer_size(Some(4096))
-        .linger_timeout(linger)
+    let builder = slow_consumers(linger)
         .listen_on("127.0.0.1:0".parse().unwrap())
         .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::length_prefixed(4));
     let mut server = MsgServer::start(builder, None);
@@ -96,10 +105,11 @@ async fn a_close_ends_at_its_own_bound_counted_and_not_before() {
     generous.stop().await;
 }
 
-/// The slow consumer `id` of `tiny` (its bound [`TINY`], its client
-/// reading nothing) was cut: its handler heard `slow_consumer`, its close
+/// The slow consumer `id` of `tiny` (a bound its client, reading nothing,
+/// passes: [`TINY`]) was cut: its handler heard `slow_consumer`, its close
 /// is over (no connection open) and counted once in
-/// `limit_hits{limit="linger_timeout"}`. Also `framed_tls_linger.rs`'s.
+/// `limit_hits{limit="linger_timeout"}`. Also `linger_once.rs`'s and
+/// `framed_tls_linger.rs`'s.
 pub(crate) async fn cut_and_counted_once(tiny: &mut MsgServer, id: ConnectionId) {
     assert_eq!(tiny.next_close().await, (id, CloseReason::SlowConsumer));
     tiny.wait_stats("the close ended", |s| s.connections_open == 0)
