@@ -32,18 +32,11 @@ async fn a_tls_sse_slow_consumer_close_is_counted_once() {
         .await
         .unwrap();
     let id = server.next_open().await;
-    stuck_then_overflowed(&mut server, id, tls.get_ref().0).await;
+    stick_then_overflow(&mut server, id, tls.get_ref().0).await;
+    // Counted after the connection ended, its `close_notify` included.
+    cut_and_counted_once(&mut server, id).await;
     drop(tls);
     server.stop().await;
-}
-
-/// Pushes `id` one message far larger than the sockets hold and then five
-/// that overflow its queue of two ([`stick_then_overflow`]); waits for its
-/// close to end (`close_notify` included, after the handler hears) and
-/// asserts the bound cut it once.
-async fn stuck_then_overflowed(server: &mut MsgServer, id: ConnectionId, tcp: &TcpStream) {
-    stick_then_overflow(server, id, tcp).await;
-    cut_and_counted_once(server, id).await;
 }
 
 /// Makes `id` a slow consumer whose close has a frame under way: pushes it
