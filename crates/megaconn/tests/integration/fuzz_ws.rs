@@ -255,7 +255,10 @@ pub(crate) async fn send_in_cuts(
         got
     };
     let both = async { tokio::join!(write, read) };
-    tokio::time::timeout(within, both).await.ok().map(|(_, got)| got)
+    tokio::time::timeout(within, both)
+        .await
+        .ok()
+        .map(|(_, got)| got)
 }
 
 /// Up to 16 cut points spread over `len` bytes, one run each, and one byte

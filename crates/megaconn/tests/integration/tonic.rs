@@ -86,16 +86,8 @@ impl tower::Service<http::Request<Body>> for Greeter {
         Box::pin(async move {
             let response = match req.uri().path() {
                 SAY_HELLO => grpc().unary(tower::service_fn(say_hello), req).await,
-                COUNT => {
-                    grpc()
-                        .server_streaming(tower::service_fn(count), req)
-                        .await
-                }
-                SUM => {
-                    grpc()
-                        .client_streaming(tower::service_fn(sum), req)
-                        .await
-                }
+                COUNT => grpc().server_streaming(tower::service_fn(count), req).await,
+                SUM => grpc().client_streaming(tower::service_fn(sum), req).await,
                 _ => Status::unimplemented("no such method").into_http(),
             };
             Ok(response)
