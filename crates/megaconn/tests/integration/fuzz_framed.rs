@@ -18,11 +18,9 @@ use crate::common::SAFETY;
 use crate::fuzz_ws::{corpus, cut_runs, send_in_cuts};
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use megaconn::{CloseReason, FramedHandler, Framing, Server, ServerHandle, Session};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
