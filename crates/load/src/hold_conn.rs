@@ -782,27 +782,17 @@ async fn drive(
                     if r.is_err() {
                         return Ended::Reset;
                     }
-                    let mut pongs = Vec::new();
-                    let verdict = {
-                        let mut buf = ctx.buf.borrow_mut();
-                        match stream.try_read_app(&mut buf) {
-                            Ok(Read::Eof) => return Ended::Dropped,
-                            Ok(Read::Data(d)) => {
-                                wire.take(sh, false, d, &mut pongs, |p| ctx.pushed(p, None))
-                            }
-                            Ok(Read::Nothing) => None,
-                            Err(e) => return io_end(&e),
-                        }
+                    let heard = |read: &[u8], pongs: &mut Vec<u8>| {
+                        wire.take(sh, false, read, pongs, |p| ctx.pushed(p, None))
                     };
-                    // With no heartbeat waiting, only a failure can come.
-                    if verdict.is_some() {
-                        ctx.failed();
-                        return Ended::Failed;
-                    }
-                    if !pongs.is_empty() {
-                        if let Err(e) = stream.write_app(&pongs).await {
-                            return io_end(&e);
+                    match read_step(ctx, stream, heard).await {
+                        Ok(None) => {}
+                        // With no heartbeat waiting, only a failure can come.
+                        Ok(Some(_)) => {
+                            ctx.failed();
+                            return Ended::Failed;
                         }
+                        Err(end) => return end,
                     }
                 }
                 () = tokio::time::sleep_until(on_tick(next, sh.start, sh.tick).into()) => break,
@@ -844,11 +834,25 @@ pub(crate) fn beat_tick(interval: Duration) -> Duration {
     (interval / 300).clamp(BEAT_TICK, MAX_BEAT_TICK)
 }
 
-/// `at` rounded up to the next `tick` counted from `epoch`.
+/// `at` rounded up to the next `tick` counted from `epoch`: the task
+/// path's beat time ([`grid_tick`]'s tick, as the lot counts it).
 fn on_tick(at: Instant, epoch: Instant, tick: Duration) -> Instant {
-    let tick = tick.as_nanos();
-    let since = at.saturating_duration_since(epoch).as_nanos();
-    epoch + Duration::from_nanos((since.div_ceil(tick) * tick) as u64)
+    let tick_ns = tick.as_nanos() as u64;
+    epoch + Duration::from_nanos(grid_tick(at, epoch, tick_ns) * tick_ns)
+}
+
+/// The tick of the beat grid (every `tick_ns` from `epoch`, counted from
+/// there) that a beat due at `at` goes out on: rounded up, never early.
+/// One rule for both paths, a task's sleep ([`on_tick`]) and the lot's
+/// wheel (`hold_lot.rs`). In `u64` nanoseconds (584 years): `u128`
+/// division was a tenth of the lot's instructions per heartbeat.
+pub(crate) fn grid_tick(at: Instant, epoch: Instant, tick_ns: u64) -> u64 {
+    nanos_since(epoch, at).div_ceil(tick_ns)
+}
+
+/// Nanoseconds from `epoch` to `at` (0 if `at` is before it).
+pub(crate) fn nanos_since(epoch: Instant, at: Instant) -> u64 {
+    at.saturating_duration_since(epoch).as_nanos() as u64
 }
 
 /// How a connection that hit `e` ended.
@@ -949,25 +953,41 @@ async fn await_reply(
             Ok(Err(e)) => return Err(io_end(&e)),
             Ok(Ok(())) => {}
         }
-        let mut pongs = Vec::new();
-        let verdict = {
-            let mut buf = ctx.buf.borrow_mut();
-            match stream.try_read_app(&mut buf) {
-                Ok(Read::Eof) => return Err(Ended::Dropped),
-                Ok(Read::Data(read)) => hear(read, &mut pongs),
-                Ok(Read::Nothing) => None,
-                Err(e) => return Err(io_end(&e)),
-            }
-        };
-        if !pongs.is_empty() {
-            stream.write_app(&pongs).await.map_err(|e| io_end(&e))?;
-        }
-        match verdict {
+        match read_step(ctx, stream, &mut hear).await? {
             None => {}
             Some(Verdict::Answered { close }) => return Ok(close),
             Some(Verdict::Failed) => return Err(Ended::Failed),
         }
     }
+}
+
+/// One read of a task's connection, the same whether a reply is awaited
+/// ([`await_reply`]) or not ([`drive`]): takes what arrived (without
+/// waiting, into the thread's buffer), hands its application bytes to
+/// `hear`, then sends the pongs `hear` asked for. `Ok(None)`: nothing is
+/// settled yet (nothing arrived for the application, or not a whole
+/// reply); `Err`: how the connection ended (the server closed it, an I/O
+/// error).
+async fn read_step(
+    ctx: &ThreadCtx,
+    stream: &mut impl Held,
+    mut hear: impl FnMut(&[u8], &mut Vec<u8>) -> Option<Verdict>,
+) -> Result<Option<Verdict>, Ended> {
+    let mut pongs = Vec::new();
+    let verdict = {
+        // Not held across the pongs' write: the buffer is the thread's.
+        let mut buf = ctx.buf.borrow_mut();
+        match stream.try_read_app(&mut buf) {
+            Ok(Read::Eof) => return Err(Ended::Dropped),
+            Ok(Read::Data(read)) => hear(read, &mut pongs),
+            Ok(Read::Nothing) => None,
+            Err(e) => return Err(io_end(&e)),
+        }
+    };
+    if !pongs.is_empty() {
+        stream.write_app(&pongs).await.map_err(|e| io_end(&e))?;
+    }
+    Ok(verdict)
 }
 
 /// A tiny splitmix64 generator for jitter (no allocation, no shared state).

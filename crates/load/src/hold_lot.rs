@@ -62,7 +62,7 @@ use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::io::Interest;
 use tokio::sync::oneshot;
 
-use crate::hold_conn::{io_end, next_beat, write_now, Ended, Rng, ThreadCtx};
+use crate::hold_conn::{self, io_end, next_beat, write_now, Ended, Rng, ThreadCtx};
 use crate::hold_stamp::{recv_stamped, stamp_arrivals, Arrival, Clocks, StampClock};
 use crate::hold_wheel::Wheel;
 use crate::hold_wire::{Verdict, Wire};
@@ -411,7 +411,8 @@ impl Lot {
 
     /// Sends the beats due by `now`, and fails the replies overdue by then.
     fn beat(&self, ctx: &ThreadCtx, now: Instant) {
-        let tick = nanos_since_start(ctx, now) / tick_ns(ctx);
+        // The tick under way (rounded down): what is due by now.
+        let tick = hold_conn::nanos_since(ctx.shared.start, now) / tick_ns(ctx);
         let mut due = {
             let mut st = self.state.borrow_mut();
             let mut due = std::mem::take(&mut st.due);
@@ -701,16 +702,10 @@ fn tick_ns(ctx: &ThreadCtx) -> u64 {
     ctx.shared.tick.as_nanos() as u64
 }
 
-/// Nanoseconds from the run's start to `at` (u64: 584 years; u128 division
-/// was a tenth of the lot's instructions per heartbeat).
-fn nanos_since_start(ctx: &ThreadCtx, at: Instant) -> u64 {
-    at.saturating_duration_since(ctx.shared.start).as_nanos() as u64
-}
-
 /// The grid tick (counted from the run's start) a beat due at `at` goes out
-/// on: rounded up, as `hold_conn::on_tick` does for the task path.
+/// on: rounded up, as a task's beat is (`hold_conn::grid_tick`).
 fn grid_tick(ctx: &ThreadCtx, at: Instant) -> u64 {
-    nanos_since_start(ctx, at).div_ceil(tick_ns(ctx))
+    hold_conn::grid_tick(at, ctx.shared.start, tick_ns(ctx))
 }
 
 #[cfg(test)]
@@ -782,22 +777,10 @@ mod tests {
         let (client, mut server) = socket_pair();
         let mut shared = HoldShared::for_test();
         shared.heartbeat = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
-        shared.interval = Duration::from_secs(3600);
-        shared.timeout = Duration::from_secs(60);
-        shared.tick = TICK;
         // As in `held_back_beat`: the beat, due at the start, goes out on
         // the beat pass for now, and the ticker's first tick is at once.
-        shared.start = Instant::now() - TICK;
-        let start = shared.start;
-        let ctx = ThreadCtx::for_test(shared);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let lot = {
-            let _runtime = rt.enter();
-            Lot::new(false).unwrap()
-        };
+        let start = Instant::now() - TICK;
+        let (ctx, rt, lot) = test_lot(shared, false, start);
         let client_fd = client.as_raw_fd();
         let wire = Wire::new(&ctx.shared);
         let _ended = lot.park(&ctx, client, start, Rng::new(1), wire).unwrap();
@@ -973,16 +956,30 @@ mod tests {
     /// A connected pair on loopback: `hold`'s end (nonblocking) and the
     /// server's.
     fn socket_pair() -> (std::net::TcpStream, std::net::TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket_pair_sized(None)
+    }
+
+    /// [`socket_pair`], the server's receive buffer `server_recv` bytes if
+    /// given (asked before it connects: the window it offers is sized then).
+    fn socket_pair_sized(server_recv: Option<usize>) -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if let Some(size) = server_recv {
+            listener.set_recv_buffer_size(size).unwrap();
+        }
+        let local: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        listener.bind(&local.into()).unwrap();
+        listener.listen(1).unwrap();
+        let listener: std::net::TcpListener = listener.into();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         client.set_nonblocking(true).unwrap();
         let (server, _) = listener.accept().unwrap();
         (client, server)
     }
 
-    /// A `ws://` hold thread's context (ping heartbeats an hour apart, a
-    /// minute's reply timeout, the lot's tick [`TICK`]) for a run that
-    /// started at `start`, with its runtime and its lot.
+    /// A `ws://` hold thread's context ([`test_lot`]'s: ping heartbeats an
+    /// hour apart) for a run that started at `start`, with its runtime and
+    /// its lot.
     fn ws_lot(wake_per_reply: bool, start: Instant) -> (ThreadCtx, tokio::runtime::Runtime, Lot) {
         let mut shared = HoldShared::for_test();
         let (ws, beat) = crate::ws::WsHold::new(
@@ -992,6 +989,18 @@ mod tests {
         );
         shared.ws = Some(ws);
         shared.heartbeat = beat;
+        test_lot(shared, wake_per_reply, start)
+    }
+
+    /// A hold thread's context of `shared` with the settings every test
+    /// here shares (heartbeats an hour apart, a minute's reply timeout,
+    /// the lot's tick [`TICK`], replies read as `wake_per_reply` says) for
+    /// a run that started at `start`, with its runtime and its lot.
+    fn test_lot(
+        mut shared: HoldShared,
+        wake_per_reply: bool,
+        start: Instant,
+    ) -> (ThreadCtx, tokio::runtime::Runtime, Lot) {
         shared.interval = Duration::from_secs(3600);
         shared.timeout = Duration::from_secs(60);
         shared.tick = TICK;
@@ -1033,22 +1042,7 @@ mod tests {
     /// Returns when the lot started running (its next tick comes a [`TICK`]
     /// later) and when the server had the whole beat.
     fn held_back_beat(wake_per_reply: bool) -> (Instant, Instant) {
-        let server =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        server.set_recv_buffer_size(64 * 1024).unwrap();
-        server
-            .bind(
-                &"127.0.0.1:0"
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap()
-                    .into(),
-            )
-            .unwrap();
-        server.listen(1).unwrap();
-        let listener: std::net::TcpListener = server.into();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        client.set_nonblocking(true).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
+        let (client, mut server) = socket_pair_sized(Some(64 * 1024));
         let client_sock = socket2::SockRef::from(&client);
         client_sock.set_send_buffer_size(64 * 1024).unwrap();
         // What the kernel granted (it doubles what is asked), with a wide
@@ -1062,25 +1056,12 @@ mod tests {
         // shows.
         let sent: Vec<u8> = (0..beat).map(|i| (i % 251) as u8).collect();
         shared.heartbeat = sent.clone();
-        shared.interval = Duration::from_secs(3600);
-        shared.timeout = Duration::from_secs(60);
-        shared.tick = TICK;
-        shared.wake_per_reply = wake_per_reply;
         // The run started a tick ago, so that the beat pass for now is
         // tick 1's: the beat, due at the start, goes out on it. (The first
         // tick, 0, hands out nothing: `Wheel::push` puts nothing before
         // tick 1; and the ticker's first pass is tick 0's.)
-        shared.start = Instant::now() - TICK;
-        let start = shared.start;
-        let ctx = ThreadCtx::for_test(shared);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let lot = {
-            let _runtime = rt.enter();
-            Lot::new(wake_per_reply).unwrap()
-        };
+        let start = Instant::now() - TICK;
+        let (ctx, rt, lot) = test_lot(shared, wake_per_reply, start);
         let wire = Wire::new(&ctx.shared);
         let _ended = lot.park(&ctx, client, start, Rng::new(1), wire).unwrap();
         lot.beat(&ctx, Instant::now());

@@ -47,22 +47,12 @@ fn encode_onto(
     encode: &mut rustls::unbuffered::EncodeTlsData<'_, rustls::client::ClientConnectionData>,
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
-    let mut need = 1024;
-    loop {
-        let len = out.len();
-        out.resize(len + need, 0);
-        match encode.encode(&mut out[len..]) {
-            Ok(n) => {
-                out.truncate(len + n);
-                return Ok(());
-            }
-            Err(EncodeError::InsufficientSize(e)) => {
-                out.truncate(len);
-                need = e.required_size;
-            }
-            Err(e) => return Err(tls_error(e)),
-        }
-    }
+    grow_onto(out, 1024, |room| {
+        encode.encode(room).map_err(|e| match e {
+            EncodeError::InsufficientSize(e) => Short::Room(e.required_size),
+            e => Short::Failed(tls_error(e)),
+        })
+    })
 }
 
 /// Encrypts `data` onto `out`.
@@ -71,20 +61,45 @@ fn encrypt_onto(
     data: &[u8],
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
-    let mut need = data.len() + 64 + data.len() / 512;
+    let need = data.len() + 64 + data.len() / 512;
+    grow_onto(out, need, |room| {
+        traffic.encrypt(data, room).map_err(|e| match e {
+            EncryptError::InsufficientSize(e) => Short::Room(e.required_size),
+            e => Short::Failed(tls_error(e)),
+        })
+    })
+}
+
+/// Why rustls wrote no record into the room it was given.
+enum Short {
+    /// The room was too small: this much is needed.
+    Room(usize),
+    /// Anything else.
+    Failed(io::Error),
+}
+
+/// Appends to `out` what `write` writes into room at its end: `need`
+/// bytes of room at first, then as much as `write` says it needs, until
+/// the record fits (rustls' unbuffered API writes into the caller's
+/// buffer, and says how much it needs when that is too small).
+fn grow_onto(
+    out: &mut Vec<u8>,
+    mut need: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Short>,
+) -> io::Result<()> {
+    let len = out.len();
     loop {
-        let len = out.len();
         out.resize(len + need, 0);
-        match traffic.encrypt(data, &mut out[len..]) {
+        match write(&mut out[len..]) {
             Ok(n) => {
                 out.truncate(len + n);
                 return Ok(());
             }
-            Err(EncryptError::InsufficientSize(e)) => {
+            Err(Short::Room(required)) => need = required,
+            Err(Short::Failed(e)) => {
                 out.truncate(len);
-                need = e.required_size;
+                return Err(e);
             }
-            Err(e) => return Err(tls_error(e)),
         }
     }
 }

@@ -148,12 +148,7 @@ impl Wire {
             }
             return verdict;
         }
-        let data: &[u8] = if self.spill.is_empty() {
-            read
-        } else {
-            self.spill.extend_from_slice(read);
-            &self.spill
-        };
+        let data = joined(&mut self.spill, read);
         let mut verdict = None;
         let mut at = 0;
         loop {
@@ -213,12 +208,7 @@ impl Wire {
         pushed: impl FnMut(&[u8]),
     ) -> Option<Verdict> {
         let mut held = std::mem::take(&mut self.spill);
-        let data: &[u8] = if held.is_empty() {
-            read
-        } else {
-            held.extend_from_slice(read);
-            &held
-        };
+        let data = joined(&mut held, read);
         match ws::upgrade_reply(data) {
             ws::Upgrade::Incomplete => {
                 self.spill = data.to_vec();
@@ -291,12 +281,7 @@ impl Proto {
 /// The verdict of `judge` on what was read so far (kept in `spill` while
 /// it is incomplete).
 fn settle(spill: &mut Vec<u8>, read: &[u8], judge: impl FnOnce(&[u8]) -> Reply) -> Option<Verdict> {
-    let data: &[u8] = if spill.is_empty() {
-        read
-    } else {
-        spill.extend_from_slice(read);
-        spill
-    };
+    let data = joined(spill, read);
     let verdict = match judge(data) {
         Reply::Incomplete(keep) => {
             *spill = data[data.len() - keep..].to_vec();
@@ -307,6 +292,18 @@ fn settle(spill: &mut Vec<u8>, read: &[u8], judge: impl FnOnce(&[u8]) -> Reply) 
     };
     *spill = Vec::new();
     Some(verdict)
+}
+
+/// What to read: `read` after the head of a reply or frame an earlier
+/// read left in `spill`. Nearly always `spill` is empty and `read` is
+/// taken as it is, with no copy.
+fn joined<'a>(spill: &'a mut Vec<u8>, read: &'a [u8]) -> &'a [u8] {
+    if spill.is_empty() {
+        read
+    } else {
+        spill.extend_from_slice(read);
+        spill
+    }
 }
 
 /// An HTTP heartbeat reply: a complete response below 400, or more to read.

@@ -3,10 +3,11 @@
 //! that speak bytes over a `TcpStream`, and the server's counters read as
 //! tests check them (closes by reason, limit hits, TLS handshakes). The
 //! message protocols' server, handler and clients are in [`msg`]; TLS's in
-//! [`tls`].
+//! [`tls`]; gRPC's (tonic) in [`grpc`].
 
 #![allow(dead_code)]
 
+pub mod grpc;
 pub mod logs;
 pub mod modes;
 pub mod msg;

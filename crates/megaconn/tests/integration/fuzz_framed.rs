@@ -15,14 +15,12 @@
 //! points, one cut per run, and one byte per write) give the exact answer.
 
 use crate::common::SAFETY;
-use crate::fuzz_ws::{corpus, cut_runs};
+use crate::fuzz_ws::{corpus, cut_runs, send_in_cuts};
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use megaconn::{CloseReason, FramedHandler, Framing, Server, ServerHandle, Session};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -84,30 +82,7 @@ async fn start(framing: Framing) -> Listener {
 async fn exchange(server: &mut Listener, bytes: &[u8], cuts: &[usize]) -> (Vec<u8>, CloseReason) {
     let mut s = TcpStream::connect(server.addr).await.expect("connect");
     s.set_nodelay(true).unwrap();
-    let (mut rd, mut wr) = s.split();
-    let write = async {
-        let mut last = 0;
-        for &at in cuts {
-            if at <= last || at >= bytes.len() {
-                continue;
-            }
-            if wr.write_all(&bytes[last..at]).await.is_err() {
-                return;
-            }
-            last = at;
-            // Lets the server read this piece on its own.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if wr.write_all(&bytes[last..]).await.is_ok() {
-            let _ = wr.shutdown().await;
-        }
-    };
-    let read = async {
-        let mut got = Vec::new();
-        let _ = rd.read_to_end(&mut got).await;
-        got
-    };
-    let (_, got) = tokio::time::timeout(SAFETY, async { tokio::join!(write, read) })
+    let got = send_in_cuts(&mut s, bytes, cuts, SAFETY)
         .await
         .expect("the server hung");
     let reason = tokio::time::timeout(SAFETY, server.closes.recv())

@@ -61,9 +61,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
+
+use crate::fuzz_ws::send_in_cuts;
 
 const DEFAULT_CASES: u32 = 200;
 /// The seed when `PROPTEST_RNG_SEED` is unset.
@@ -165,37 +166,9 @@ enum Answer {
 async fn exchange(addr: SocketAddr, bytes: &[u8], splits: &[usize]) -> Vec<Answer> {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).unwrap();
-    let (mut rd, mut wr) = s.split();
-    let write = async {
-        let mut last = 0;
-        for &at in splits {
-            if at <= last || at >= bytes.len() {
-                continue;
-            }
-            if wr.write_all(&bytes[last..at]).await.is_err() {
-                return;
-            }
-            last = at;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if wr.write_all(&bytes[last..]).await.is_ok() {
-            let _ = wr.shutdown().await;
-        }
-    };
-    let read = async {
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 8192];
-        loop {
-            match rd.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&chunk[..n]),
-            }
-        }
-        got
-    };
-    let (_, got) = tokio::time::timeout(SAFETY, async { tokio::join!(write, read) })
+    let got = send_in_cuts(&mut s, bytes, splits, SAFETY)
         .await
-        .unwrap_or_else(|_| {
+        .unwrap_or_else(|| {
             panic!(
                 "server at {addr} hung on {:?}",
                 String::from_utf8_lossy(bytes)

@@ -137,32 +137,9 @@ async fn exchange(addr: SocketAddr, deflate: bool, bytes: &[u8], cuts: &[usize])
     s.write_all(&handshake).await.unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head:?}");
-    let (mut rd, mut wr) = s.split();
-    let write = async {
-        let mut last = 0;
-        for &at in cuts {
-            if at <= last || at >= bytes.len() {
-                continue;
-            }
-            if wr.write_all(&bytes[last..at]).await.is_err() {
-                return;
-            }
-            last = at;
-            // Lets the server read this piece on its own.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if wr.write_all(&bytes[last..]).await.is_ok() {
-            let _ = wr.shutdown().await;
-        }
-    };
-    let read = async {
-        let mut got = Vec::new();
-        let _ = rd.read_to_end(&mut got).await;
-        got
-    };
-    let (_, got) = tokio::time::timeout(SAFETY, async { tokio::join!(write, read) })
+    let got = send_in_cuts(&mut s, bytes, cuts, SAFETY)
         .await
-        .unwrap_or_else(|_| panic!("server at {addr} hung"));
+        .unwrap_or_else(|| panic!("server at {addr} hung"));
     parse(&got)
 }
 
@@ -232,6 +209,56 @@ pub(crate) fn corpus(dir: &str) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// Writes `bytes` to `s` in pieces cut at `cuts` (a millisecond apart,
+/// so that the server reads each piece on its own; a cut not past the one
+/// before, or at the end, is skipped), half-closes, and meanwhile reads
+/// until the server closes (or resets): what it read, `None` if that took
+/// longer than `within`. A write the server refused (it closed) ends the
+/// writes, not the read. The exchange of every fuzz test here
+/// (`fuzz_ws.rs`, `fuzz_framed.rs`, `fuzz_http1.rs`).
+pub(crate) async fn send_in_cuts(
+    s: &mut TcpStream,
+    bytes: &[u8],
+    cuts: &[usize],
+    within: Duration,
+) -> Option<Vec<u8>> {
+    let (mut rd, mut wr) = s.split();
+    let write = async {
+        let mut last = 0;
+        for &at in cuts {
+            if at <= last || at >= bytes.len() {
+                continue;
+            }
+            if wr.write_all(&bytes[last..at]).await.is_err() {
+                return;
+            }
+            last = at;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if wr.write_all(&bytes[last..]).await.is_ok() {
+            let _ = wr.shutdown().await;
+        }
+    };
+    let read = async {
+        // Read by hand, not `read_to_end`: what came before a reset is
+        // kept, and the reset ends the read as a close does.
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+        got
+    };
+    let both = async { tokio::join!(write, read) };
+    tokio::time::timeout(within, both)
+        .await
+        .ok()
+        .map(|(_, got)| got)
 }
 
 /// Up to 16 cut points spread over `len` bytes, one run each, and one byte

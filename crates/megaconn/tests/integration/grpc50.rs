@@ -24,10 +24,11 @@ use std::time::Duration;
 use http::uri::PathAndQuery;
 use megaconn::Body;
 use tokio::sync::{mpsc, Semaphore};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
 
+use crate::common::grpc::{self, grpc};
 use crate::common::{AppServer, SAFETY};
 
 /// Unary: answers `Hello, <name>!`; an empty name is `INVALID_ARGUMENT`.
@@ -116,15 +117,6 @@ impl tower::Service<http::Request<Body>> for Svc {
     }
 }
 
-/// tonic's generic server side of a method, its messages' types inferred.
-fn grpc<T, U>() -> tonic::server::Grpc<ProstCodec<T, U>>
-where
-    T: prost::Message + Send + 'static,
-    U: prost::Message + Default + Send + 'static,
-{
-    tonic::server::Grpc::new(ProstCodec::default())
-}
-
 async fn hello(req: tonic::Request<Text>) -> Result<tonic::Response<Text>, Status> {
     let name = req.into_inner().text;
     if name.is_empty() {
@@ -151,28 +143,17 @@ fn serve(builder: megaconn::Builder) -> (AppServer, Arc<Semaphore>) {
 
 /// A tonic client of `server` on one HTTP/2 connection.
 async fn client(server: &AppServer) -> tonic::client::Grpc<Channel> {
-    let channel = tokio::time::timeout(
-        SAFETY,
-        Endpoint::from_shared(format!("http://{}", server.addr()))
-            .unwrap()
-            .connect(),
-    )
-    .await
-    .expect("connects in time")
-    .expect("connects");
-    tonic::client::Grpc::new(channel)
+    grpc::client(server.addr()).await
 }
 
-/// A unary call of `path` with `text`.
+/// A unary call of `path` with `text` (typed here, for the callers'
+/// inference).
 async fn unary(
     client: &mut tonic::client::Grpc<Channel>,
     path: &'static str,
     request: tonic::Request<Text>,
 ) -> Result<Text, Status> {
-    client.ready().await.expect("channel ready");
-    let path = PathAndQuery::from_static(path);
-    let reply = client.unary(request, path, ProstCodec::default()).await?;
-    Ok(reply.into_inner())
+    grpc::unary(client, path, request).await
 }
 
 /// More calls than the rapid-reset guard's limit, each cancelled by its

@@ -7,13 +7,14 @@
 
 use std::time::Duration;
 
-use megaconn::{CloseReason, ConnectionId, Framing, Server};
+use megaconn::{ConnectionId, Framing};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::common::msg::MsgServer;
 use crate::common::tls::{connect, Ca};
-use crate::common::{limit_hits, SAFETY};
+use crate::common::SAFETY;
+use crate::linger_timeout::{cut_and_counted_once, slow_consumers};
 
 /// A TLS event stream whose client never reads: a 4 MiB push sticks in the
 /// sockets, five more overflow its queue of two; the close the bound cuts
@@ -21,12 +22,7 @@ use crate::common::{limit_hits, SAFETY};
 #[tokio::test]
 async fn a_tls_sse_slow_consumer_close_is_counted_once() {
     let ca = Ca::new();
-    let builder = Server::builder()
-        .workers(1)
-        .park_idle_after(None)
-        .outbound_queue(2)
-        .message_send_buffer_size(Some(4096))
-        .linger_timeout(Duration::from_millis(300))
+    let builder = slow_consumers(Duration::from_millis(300))
         .tls(ca.server(&["localhost"]))
         .listen_on("127.0.0.1:0".parse().unwrap())
         .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::length_prefixed(4));
@@ -36,19 +32,22 @@ async fn a_tls_sse_slow_consumer_close_is_counted_once() {
         .await
         .unwrap();
     let id = server.next_open().await;
-    stuck_then_overflowed(&mut server, id, tls.get_ref().0).await;
+    stick_then_overflow(&mut server, id, tls.get_ref().0).await;
+    // Counted after the connection ended, its `close_notify` included.
+    cut_and_counted_once(&mut server, id).await;
     drop(tls);
     server.stop().await;
 }
 
-/// Pushes `id` one message far larger than the sockets hold, so its write
-/// sticks (taken from the queue once the client's socket, `tcp`, holds
-/// 16 KiB: the client reads none of it, so what arrives stays there), then
-/// five that overflow its queue of two; waits for its close to end
-/// (`close_notify` included, after the handler hears) and asserts the
-/// bound cut it once.
-async fn stuck_then_overflowed(server: &mut MsgServer, id: ConnectionId, tcp: &TcpStream) {
-    let _ = server.hub.send(id, "a".repeat(4 << 20));
+/// Makes `id` a slow consumer whose close has a frame under way: pushes it
+/// one message far larger than the sockets hold (4 MiB of `a`), so its
+/// write sticks (taken from the queue once the client's socket, `tcp`,
+/// holds 16 KiB: the client reads none of it, so what arrives stays
+/// there), then five (256 KiB each, of `b` to `f`) that overflow its queue
+/// of two. Also `framed_tls_linger.rs`'s (a framed listener's frames must
+/// allow 4 MiB).
+pub(crate) async fn stick_then_overflow(server: &mut MsgServer, id: ConnectionId, tcp: &TcpStream) {
+    let _ = server.hub.send(id, "a".repeat(STUCK));
     let mut peek = vec![0u8; 64 << 10];
     let started = async {
         while tcp.peek(&mut peek).await.unwrap() < 16 << 10 {
@@ -63,14 +62,7 @@ async fn stuck_then_overflowed(server: &mut MsgServer, id: ConnectionId, tcp: &T
             .hub
             .send(id, String::from(char::from(b'a' + i)).repeat(256 << 10));
     }
-    let (closed, reason) = server.next_close().await;
-    assert_eq!((closed, reason), (id, CloseReason::SlowConsumer));
-    server
-        .wait_stats("the close ended", |s| s.connections_open == 0)
-        .await;
-    assert_eq!(
-        limit_hits(&server.handle.stats(), "linger_timeout"),
-        1,
-        "one close, counted once"
-    );
 }
+
+/// The size of [`stick_then_overflow`]'s first push, the one under way.
+pub(crate) const STUCK: usize = 4 << 20;

@@ -42,6 +42,7 @@ mod framed_handover;
 mod framed_handover2;
 mod framed_limits;
 mod framed_tls;
+mod framed_tls_linger;
 mod fuzz_framed;
 mod fuzz_http1;
 mod fuzz_ws;

@@ -18,10 +18,11 @@ use std::task::{Context, Poll};
 
 use http::uri::PathAndQuery;
 use megaconn::Body;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
 
+use crate::common::grpc::{self, grpc, unary};
 use crate::common::tls::Ca;
 use crate::common::{AppServer, SAFETY};
 
@@ -84,18 +85,9 @@ impl tower::Service<http::Request<Body>> for Greeter {
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         Box::pin(async move {
             let response = match req.uri().path() {
-                SAY_HELLO => {
-                    let mut grpc = tonic::server::Grpc::new(ProstCodec::default());
-                    grpc.unary(tower::service_fn(say_hello), req).await
-                }
-                COUNT => {
-                    let mut grpc = tonic::server::Grpc::new(ProstCodec::default());
-                    grpc.server_streaming(tower::service_fn(count), req).await
-                }
-                SUM => {
-                    let mut grpc = tonic::server::Grpc::new(ProstCodec::default());
-                    grpc.client_streaming(tower::service_fn(sum), req).await
-                }
+                SAY_HELLO => grpc().unary(tower::service_fn(say_hello), req).await,
+                COUNT => grpc().server_streaming(tower::service_fn(count), req).await,
+                SUM => grpc().client_streaming(tower::service_fn(sum), req).await,
                 _ => Status::unimplemented("no such method").into_http(),
             };
             Ok(response)
@@ -141,13 +133,10 @@ struct Client(tonic::client::Grpc<Channel>);
 
 impl Client {
     async fn say_hello(&mut self, name: &str) -> Result<HelloReply, Status> {
-        self.0.ready().await.expect("channel ready");
         let request = tonic::Request::new(HelloRequest {
             name: name.to_string(),
         });
-        let path = PathAndQuery::from_static(SAY_HELLO);
-        let reply = self.0.unary(request, path, ProstCodec::default()).await?;
-        Ok(reply.into_inner())
+        unary(&mut self.0, SAY_HELLO, request).await
     }
 
     async fn count(&mut self, up_to: u32) -> Result<tonic::Streaming<Number>, Status> {
@@ -173,11 +162,9 @@ impl Client {
     }
 
     async fn unknown_method(&mut self) -> Status {
-        self.0.ready().await.expect("channel ready");
         let request = tonic::Request::new(HelloRequest::default());
-        let path = PathAndQuery::from_static("/test.Greeter/Nope");
-        let result: Result<tonic::Response<HelloReply>, Status> =
-            self.0.unary(request, path, ProstCodec::default()).await;
+        let result: Result<HelloReply, Status> =
+            unary(&mut self.0, "/test.Greeter/Nope", request).await;
         result.expect_err("an unknown method fails")
     }
 }
@@ -248,16 +235,7 @@ async fn exercise(client: &mut Client) {
 #[tokio::test]
 async fn tonic_round_trip_over_h2c() {
     let server = AppServer::one_worker(megaconn::Server::builder(), Greeter);
-    let channel = tokio::time::timeout(
-        SAFETY,
-        Endpoint::from_shared(format!("http://{}", server.addr()))
-            .unwrap()
-            .connect(),
-    )
-    .await
-    .expect("connects in time")
-    .expect("connects");
-    let mut client = Client(tonic::client::Grpc::new(channel));
+    let mut client = Client(grpc::client(server.addr()).await);
     tokio::time::timeout(SAFETY, exercise(&mut client))
         .await
         .expect("calls finish in time");
@@ -274,21 +252,7 @@ async fn tonic_round_trip_over_tls_alpn_h2() {
     let ca = Ca::new();
     let tls = ca.server(&["localhost"]);
     let server = AppServer::one_worker(megaconn::Server::builder().tls(tls), Greeter);
-    let client_tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca.cert.pem()))
-        .domain_name("localhost");
-    let channel = tokio::time::timeout(
-        SAFETY,
-        Endpoint::from_shared(format!("https://{}", server.addr()))
-            .unwrap()
-            .tls_config(client_tls)
-            .unwrap()
-            .connect(),
-    )
-    .await
-    .expect("connects in time")
-    .expect("TLS handshake with ALPN h2");
-    let mut client = Client(tonic::client::Grpc::new(channel));
+    let mut client = Client(grpc::tls_client(server.addr(), &ca).await);
     tokio::time::timeout(SAFETY, exercise(&mut client))
         .await
         .expect("calls finish in time");

@@ -1,0 +1,72 @@
+//! gRPC fixtures shared by the tonic tests (`integration/tonic.rs`,
+//! `integration/grpc50.rs`): tonic's generic server side of a method (the
+//! messages written by hand with `prost`'s derive, no `protoc`), a tonic
+//! client of a test server over cleartext HTTP/2 (prior knowledge, as gRPC
+//! clients do) or over TLS with ALPN `h2`, and a unary call. Each test
+//! file keeps its own service and messages.
+
+use std::net::SocketAddr;
+
+use http::uri::PathAndQuery;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::Status;
+use tonic_prost::ProstCodec;
+
+use super::tls::Ca;
+use super::SAFETY;
+
+/// tonic's generic server side of a method, its messages' types inferred
+/// (what `tonic-build`'s generated code builds per call).
+pub fn grpc<T, U>() -> tonic::server::Grpc<ProstCodec<T, U>>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    tonic::server::Grpc::new(ProstCodec::default())
+}
+
+/// A tonic client of the server at `addr` on one cleartext HTTP/2
+/// connection (connected within [`SAFETY`]).
+pub async fn client(addr: SocketAddr) -> tonic::client::Grpc<Channel> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    connect(endpoint, "connects").await
+}
+
+/// A tonic client of the server at `addr` over TLS (ALPN `h2`), trusting
+/// `ca`, the server named `localhost` (connected within [`SAFETY`]).
+pub async fn tls_client(addr: SocketAddr, ca: &Ca) -> tonic::client::Grpc<Channel> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.cert.pem()))
+        .domain_name("localhost");
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    connect(endpoint, "TLS handshake with ALPN h2").await
+}
+
+/// Connects `endpoint` within [`SAFETY`]; `what` names the failure.
+async fn connect(endpoint: Endpoint, what: &str) -> tonic::client::Grpc<Channel> {
+    let channel = tokio::time::timeout(SAFETY, endpoint.connect())
+        .await
+        .expect("connects in time")
+        .expect(what);
+    tonic::client::Grpc::new(channel)
+}
+
+/// A unary call of `path` with `request` once the channel is ready: the
+/// reply's message, or the call's status.
+pub async fn unary<T, U>(
+    client: &mut tonic::client::Grpc<Channel>,
+    path: &'static str,
+    request: tonic::Request<T>,
+) -> Result<U, Status>
+where
+    T: prost::Message + Send + Sync + 'static,
+    U: prost::Message + Default + Send + Sync + 'static,
+{
+    client.ready().await.expect("channel ready");
+    let path = PathAndQuery::from_static(path);
+    let reply = client.unary(request, path, ProstCodec::default()).await?;
+    Ok(reply.into_inner())
+}
