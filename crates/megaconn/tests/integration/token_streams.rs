@@ -243,6 +243,24 @@ async fn a_pause_past_idle_timeout_does_not_cut_an_http2_stream() {
     model.tokens.send("two".into()).unwrap();
     let second = next_data(&mut body).await;
     assert!(second.starts_with(b"data: two"), "{second:?}");
+    // Nor was the connection told to go away at the idle deadline (a
+    // GOAWAY would let the stream finish but take no request more).
+    let request = http::Request::get(format!("http://{}/", server.addr()))
+        .body(())
+        .unwrap();
+    let mut client = tokio::time::timeout(SAFETY, client.ready())
+        .await
+        .expect("ready in time")
+        .expect("the connection takes new streams after the pause");
+    let (response, _) = client
+        .send_request(request, true)
+        .expect("the connection takes new streams after the pause");
+    let mut hello = tokio::time::timeout(SAFETY, response)
+        .await
+        .expect("a head in time")
+        .expect("the connection takes new streams after the pause")
+        .into_body();
+    assert_eq!(next_data(&mut hello).await, "hello");
     drop(model.tokens);
     // The generation ends by itself: the stream completes (its end may
     // come in an empty DATA frame of its own).
