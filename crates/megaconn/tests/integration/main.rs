@@ -99,6 +99,7 @@ mod tls_park;
 mod tls_parked_close;
 mod tls_plain;
 mod tls_sealed_close;
+mod token_streams;
 mod tonic;
 mod ws;
 mod ws_api;
