@@ -105,11 +105,12 @@ pub struct DemoWs {
 /// theirs per connection: tower's `poll_ready` and `call` take `&mut self`,
 /// so an instance shared between connections could lose a waker or merge
 /// their per-instance state (a `RateLimit`'s, a `ConcurrencyLimit`'s
-/// permit). Held field by field, a clone was a dozen reference counts
+/// permit). Held field by field, a clone was twelve reference counts
 /// (the `ServerHandle`'s `Arc`s and the two routes'), each a locked
 /// increment and, when the wake-up's clone is dropped, a locked decrement,
-/// and the clone was ~150 bytes moved along with the connection's future;
-/// now it is one count and 8 bytes (`bench/HEARTBEAT.md`, session 51).
+/// and the service, kept in several places of the connection's future, made
+/// it 1,000 bytes to copy at every wake-up; now it is one count, and 760
+/// bytes (`bench/HEARTBEAT.md`, session 51).
 #[derive(Debug, Clone)]
 pub struct Demo {
     shared: Arc<DemoShared>,

@@ -3,8 +3,8 @@
 //! A heartbeat on a parked connection is served on the lot's turn
 //! (`worker::connection_spawner`): its future is built in a box, so that it
 //! can still move into a task should it have to wait, polled once, and
-//! usually done. A new box for each was a `malloc` and a `free` of ~800
-//! bytes per heartbeat. A [`Spare`] keeps the box of a future that finished
+//! usually done. A new box for each was a `malloc` and a `free` of 760
+//! bytes per heartbeat (138 instructions of the allocator's, callgrind). A [`Spare`] keeps the box of a future that finished
 //! for the next one; a future that moved into a task keeps its box, freed
 //! when the task ends, and the next wake-up allocates again.
 //!
