@@ -74,6 +74,9 @@ mod tests {
         assert_eq!(first.0, 6);
         spare.keep(first);
         assert_eq!(Rc::strong_count(&count), 1, "the value was dropped");
+        let kept = spare.0.take().expect("the box is kept");
+        assert!(std::ptr::eq(kept.as_ptr(), at), "its own box");
+        spare.0.set(Some(kept));
         let second = spare.boxed(|| make(0, 0, 1, count.clone()));
         assert!(std::ptr::eq(&*second, at), "the same allocation");
         assert_eq!(second.0, 1);
