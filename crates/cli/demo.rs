@@ -38,6 +38,7 @@
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -97,9 +98,27 @@ pub struct DemoWs {
     pub message_timeout: Option<Option<Duration>>,
 }
 
-/// The demo service.
+/// The demo service: one `Arc` of what its routes share.
+///
+/// Why one: the server clones its service for every connection and for
+/// every wake-up of a parked one (a heartbeat), as hyper and axum clone
+/// theirs per connection: tower's `poll_ready` and `call` take `&mut self`,
+/// so an instance shared between connections could lose a waker or merge
+/// their per-instance state (a `RateLimit`'s, a `ConcurrencyLimit`'s
+/// permit). Held field by field, a clone was twelve reference counts
+/// (the `ServerHandle`'s `Arc`s and the two routes'), each a locked
+/// increment and, when the wake-up's clone is dropped, a locked decrement,
+/// and the service, kept in several places of the connection's future, made
+/// it 1,000 bytes to copy at every wake-up; now it is one count, and 760
+/// bytes (`bench/HEARTBEAT.md`, session 51).
 #[derive(Debug, Clone)]
 pub struct Demo {
+    shared: Arc<DemoShared>,
+}
+
+/// What every clone of a [`Demo`] shares.
+#[derive(Debug)]
+struct DemoShared {
     handle: ServerHandle,
     ws: WebSocketRoute<WsEcho>,
     chat: WebSocketRoute<WsChat>,
@@ -129,7 +148,9 @@ impl Demo {
             ws = ws.message_timeout(bound);
             chat = chat.message_timeout(bound);
         }
-        Demo { handle, ws, chat }
+        Demo {
+            shared: Arc::new(DemoShared { handle, ws, chat }),
+        }
     }
 }
 
@@ -149,7 +170,7 @@ impl tower::Service<Request<Body>> for Demo {
                 now(text_in(&mut req, StatusCode::OK, "Hello, World!"))
             }
             (&Method::GET, "/healthz") => now(text_in(&mut req, StatusCode::OK, "ok")),
-            (&Method::GET, "/readyz") if self.handle.is_shutting_down() => now(text_in(
+            (&Method::GET, "/readyz") if self.shared.handle.is_shutting_down() => now(text_in(
                 &mut req,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting down",
@@ -157,8 +178,8 @@ impl tower::Service<Request<Body>> for Demo {
             (&Method::GET, "/readyz") => now(text_in(&mut req, StatusCode::OK, "ready")),
             (&Method::POST, "/echo") => now(echo(req)),
             // The route answers a non-handshake itself (426/400, with why).
-            (_, "/ws") => now(route(&mut self.ws, req)),
-            (_, "/ws/chat") => now(route(&mut self.chat, req)),
+            (_, "/ws") => now(route(&self.shared.ws, req)),
+            (_, "/ws/chat") => now(route(&self.shared.chat, req)),
             (&Method::GET, "/sleep") => {
                 let ms = query_u64(req.uri().query(), "ms").unwrap_or(0);
                 let wait = Duration::from_millis(ms).min(MAX_SLEEP);
@@ -181,12 +202,12 @@ impl tower::Service<Request<Body>> for Demo {
 }
 
 /// A WebSocket route's answer to a request, as a demo response.
-fn route<H: WebSocketHandler>(
-    ws: &mut WebSocketRoute<H>,
-    req: Request<Body>,
-) -> Response<DemoBody> {
-    // Only an `on_upgrade` hook makes a route's answer wait: these have none.
-    let answered = futures_util::FutureExt::now_or_never(tower::Service::call(ws, req));
+fn route<H: WebSocketHandler>(ws: &WebSocketRoute<H>, req: Request<Body>) -> Response<DemoBody> {
+    // Only an `on_upgrade` hook makes a route's answer wait: these have
+    // none. Its `call` takes `&mut self`: a clone of the route (one count)
+    // per handshake, not per request of every connection.
+    let answered =
+        futures_util::FutureExt::now_or_never(tower::Service::call(&mut ws.clone(), req));
     let Ok(response) = answered.expect("a WebSocketRoute without on_upgrade answers at once");
     response.map(|body| EitherBody::Left(Full::new(Bytes::from(body))))
 }
@@ -510,6 +531,18 @@ fn split_word(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The server clones the service for every wake-up of a parked
+    /// connection: a demo clone is one reference count, and the demo adds
+    /// 8 bytes to each connection's future (it was the `ServerHandle` and
+    /// two routes, field by field: see [`Demo`]).
+    #[test]
+    fn the_demo_service_is_one_pointer() {
+        assert_eq!(std::mem::size_of::<Demo>(), std::mem::size_of::<usize>());
+        let by_field =
+            std::mem::size_of::<(ServerHandle, WebSocketRoute<WsEcho>, WebSocketRoute<WsChat>)>();
+        eprintln!("the demo's fields, held by value: {by_field} bytes");
+    }
 
     /// The response `GET /` gets in its request's header map carries
     /// none of the request's headers, whatever they were, and is the one

@@ -546,6 +546,11 @@ impl<F> Tracked<F> {
     pub(crate) fn new(inner: F, track: Option<Rc<ConnTrack>>) -> Tracked<F> {
         Tracked { inner, track }
     }
+
+    /// The future, its track let go.
+    pub(crate) fn into_inner(self) -> F {
+        self.inner
+    }
 }
 
 impl<F: Future> Future for Tracked<F> {

@@ -6,5 +6,6 @@ pub(crate) mod dispatch;
 pub(crate) mod framed;
 pub(crate) mod message;
 pub(crate) mod signal;
+mod spare;
 pub(crate) mod stall;
 pub(crate) mod worker;

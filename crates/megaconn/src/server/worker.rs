@@ -41,9 +41,10 @@ use crate::error::Error;
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::Tracked;
 use crate::observe::registry::Registry;
-use crate::observe::stats::{incr, WorkerStats};
+use crate::observe::stats::{incr, incr_own, WorkerStats};
 use crate::server::builder::HandOverSlot;
 use crate::server::dispatch;
+use crate::server::spare::Spare;
 use crate::service::HttpService;
 
 /// Turns of the worker's loop at least, at an upgrade, after awake framed
@@ -453,6 +454,11 @@ where
     S::Future: 'static,
     S::ResBody: 'static,
 {
+    // The worker's counters, held once by the spawner (they hold nothing
+    // back, so no cycle): a clone per wake-up, to count it after `ctx`
+    // moved into the future, was two locked instructions a heartbeat.
+    let stats = ctx.stats.clone();
+    let spare = Spare::for_fn(&dispatch::serve::<S>);
     let ctx = Rc::downgrade(ctx);
     let tracker = tracker.clone();
     Rc::new(move |incoming: Incoming, conn: Connection| {
@@ -461,28 +467,37 @@ where
             return;
         };
         let track = conn.track().cloned();
-        // Only the path served at once counts in `stats` itself: no clone
-        // for the others.
-        let stats = dispatch::serve_at_once(&incoming, &ctx).then(|| ctx.stats.clone());
+        let at_once = dispatch::serve_at_once(&incoming, &ctx);
         let woken = matches!(incoming, Incoming::Woken { .. });
-        let Some(stats) = stats else {
+        if !at_once {
             let serve = Tracked::new(dispatch::serve(incoming, service.clone(), ctx, conn), track);
             tokio::task::spawn_local(tracker.track_future(CatchPanic::new(serve)));
             return;
-        };
-        // Boxed, so that the future can still move into a task once polled;
-        // built in its box, not on the stack and then copied there (~700
-        // bytes per heartbeat), and tracked outside it for the same reason.
-        let serve = Box::into_pin(boxed_in_place(|| {
-            dispatch::serve(incoming, service.clone(), ctx, conn)
-        }));
+        }
+        // Boxed, so that the future can still move into a task once polled,
+        // and tracked outside the box (a wrapper inside it would be one more
+        // copy of the future). The box of the last one served at once, if
+        // there is one (`Spare`): no `malloc` and `free` a heartbeat. The
+        // future is still built on the stack and copied in (its size, by
+        // `memcpy`): `dispatch::serve` is not inlined, and the compiler
+        // does not let a call that may unwind write into a heap allocation
+        // (`objdump` of the release build, session 51).
+        let serve = spare.boxed(|| dispatch::serve(incoming, service.clone(), ctx, conn));
         let mut serve = CatchPanic::new(Tracked::new(serve, track));
         // Unconstrained: tokio's budget belongs to the lot's task here, and
         // running out of it would send every wake after the first few to a task.
         let polled = poll_once(std::pin::pin!(tokio::task::unconstrained(&mut serve)));
         match polled {
-            Poll::Ready(()) if woken && !serve.panicked => incr(&stats.wakes_without_task),
-            Poll::Ready(()) => {}
+            Poll::Ready(()) => {
+                // Only this worker's thread writes it: no locked instruction.
+                if woken && !serve.panicked {
+                    incr_own(&stats.wakes_without_task);
+                }
+                // A panicked one was dropped already, its box freed.
+                if let Some(done) = serve.into_inner() {
+                    spare.keep(done.into_inner());
+                }
+            }
             Poll::Pending => {
                 tokio::task::spawn_local(tracker.track_future(serve));
             }
@@ -512,6 +527,11 @@ impl<F> CatchPanic<F> {
             serve: Some(serve),
             panicked: false,
         }
+    }
+
+    /// The future, unless it panicked (it was dropped then).
+    fn into_inner(self) -> Option<F> {
+        self.serve
     }
 }
 
@@ -569,16 +589,6 @@ fn spawn_loop(
             );
         }
     })
-}
-
-/// `make()`'s value in a box, written straight into it where the compiler
-/// can (`Box::new(make())` builds the value first, then copies it).
-#[inline(always)]
-fn boxed_in_place<F>(make: impl FnOnce() -> F) -> Box<F> {
-    let mut boxed = Box::<F>::new_uninit();
-    boxed.write(make());
-    // SAFETY: written just above.
-    unsafe { boxed.assume_init() }
 }
 
 async fn run<S>(
@@ -1041,6 +1051,52 @@ async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32, deadline: tokio::t
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A guard for what every heartbeat on a parked connection is served
+    /// in: the box `connection_spawner` fills at each wake-up served at
+    /// once (every byte of it written there, and again as the future runs),
+    /// for a service shaped as the demo's (`crates/cli/demo.rs`: one `Arc`;
+    /// its future an `Either` of a ready response and a boxed one).
+    /// Measured when written (session 51): 776 bytes (a debug build; the
+    /// release build copies 760 into the box, where it copied 1,000 with
+    /// the demo's service held field by field, its `ServerHandle` and two
+    /// routes: `objdump` of `connection_spawner`). The bound adds ~4 %;
+    /// the dispatcher's own guard (`dispatch.rs`, `size_guard`) bounds the
+    /// same future for a function service.
+    #[test]
+    fn the_woken_future_stays_small() {
+        use crate::Body;
+        use http::{Request, Response};
+        type DemoBody = http_body_util::Either<http_body_util::Full<bytes::Bytes>, Body>;
+        type Answer = Result<Response<DemoBody>, std::convert::Infallible>;
+        /// The demo's shape.
+        #[derive(Clone)]
+        struct DemoLike(#[allow(dead_code)] Arc<()>);
+        impl tower::Service<Request<Body>> for DemoLike {
+            type Response = Response<DemoBody>;
+            type Error = std::convert::Infallible;
+            type Future = futures_util::future::Either<
+                std::future::Ready<Answer>,
+                std::pin::Pin<Box<dyn std::future::Future<Output = Answer>>>,
+            >;
+            fn poll_ready(
+                &mut self,
+                _: &mut std::task::Context<'_>,
+            ) -> Poll<Result<(), Self::Error>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: Request<Body>) -> Self::Future {
+                let body = http_body_util::Either::Left(http_body_util::Full::default());
+                futures_util::future::Either::Left(std::future::ready(Ok(Response::new(body))))
+            }
+        }
+        fn size_of_made<F, A, B, C, D>(_: &impl Fn(A, B, C, D) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let size = size_of_made(&dispatch::serve::<DemoLike>);
+        eprintln!("the woken connection's future: {size} bytes");
+        assert!(size <= 808, "the woken connection's future is {size} bytes");
+    }
 
     /// A worker that ends after `hand` checked it lives, before the hand-over
     /// (a panic on its thread can land there): the start fails with
