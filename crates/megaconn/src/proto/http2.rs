@@ -2019,7 +2019,7 @@ async fn send_body<B>(
     record: &mut RequestRecord,
     ctx: &WorkerContext,
     gate: &StallGate,
-    cut: &CutWatch,
+    cut: &CutWatch<'_>,
 ) -> StreamEnd
 where
     B: HttpBody<Data = Bytes>,
@@ -2041,10 +2041,10 @@ where
                 return Poll::Ready(Err(Stalled::TooSlow));
             }
             match polled {
-                // The deadline is looked at (and its timer set up) only
-                // when the body makes us wait.
                 // Between frames: a gRPC call ends here (`CutWatch`).
                 Ok(Poll::Pending) if cut.poll_call_end(cx) => Poll::Ready(Err(Stalled::ShuttingDown)),
+                // The deadline is looked at (and its timer set up) only
+                // when the body makes us wait.
                 Ok(Poll::Pending) if deadline.poll_passed(cx) => {
                     Poll::Ready(Err(Stalled::TimedOut))
                 }
