@@ -2042,7 +2042,9 @@ where
             }
             match polled {
                 // Between frames: a gRPC call ends here (`CutWatch`).
-                Ok(Poll::Pending) if cut.poll_call_end(cx) => Poll::Ready(Err(Stalled::ShuttingDown)),
+                Ok(Poll::Pending) if cut.poll_call_end(cx) => {
+                    Poll::Ready(Err(Stalled::ShuttingDown))
+                }
                 // The deadline is looked at (and its timer set up) only
                 // when the body makes us wait.
                 Ok(Poll::Pending) if deadline.poll_passed(cx) => {
@@ -2585,7 +2587,16 @@ mod send_body_calls {
         let end = {
             let _counting = tracing::subscriber::set_default(Reservations(count.clone()));
             let gate = StallGate::new(None, Arc::new(FloodBudget::new()));
-            send_body(send, body, None, &mut record, &ctx, &gate, &CutWatch(None, None)).await
+            send_body(
+                send,
+                body,
+                None,
+                &mut record,
+                &ctx,
+                &gate,
+                &CutWatch(None, None),
+            )
+            .await
         };
         assert!(matches!(end, StreamEnd::Done));
         let mut received = response.await.unwrap().into_body();

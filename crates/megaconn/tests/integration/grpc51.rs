@@ -87,7 +87,8 @@ impl tower::Service<http::Request<Body>> for Calls {
                 TAIL => {
                     let tail = |_: tonic::Request<Note>| async {
                         let once = futures_util::stream::iter([Ok(note("first"))]);
-                        let tail = futures_util::StreamExt::chain(once, futures_util::stream::pending());
+                        let tail =
+                            futures_util::StreamExt::chain(once, futures_util::stream::pending());
                         Ok::<_, Status>(tonic::Response::new(Box::pin(tail) as Notes))
                     };
                     grpc.server_streaming(tower::service_fn(tail), req).await
@@ -141,7 +142,8 @@ async fn connect(
         }
     });
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://localhost:{}", addr.port())).unwrap();
+    let mut endpoint =
+        Endpoint::from_shared(format!("{scheme}://localhost:{}", addr.port())).unwrap();
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls).unwrap();
     }
@@ -154,11 +156,17 @@ async fn connect(
 }
 
 /// A unary call of `path`.
-async fn unary(client: &mut tonic::client::Grpc<Channel>, path: &'static str) -> Result<Note, Status> {
+async fn unary(
+    client: &mut tonic::client::Grpc<Channel>,
+    path: &'static str,
+) -> Result<Note, Status> {
     client.ready().await.expect("channel ready");
     let path = PathAndQuery::from_static(path);
     let request = tonic::Request::new(note("x"));
-    Ok(client.unary(request, path, ProstCodec::default()).await?.into_inner())
+    Ok(client
+        .unary(request, path, ProstCodec::default())
+        .await?
+        .into_inner())
 }
 
 /// The status megaconn ends a call with when the drain's deadline nears.
@@ -200,7 +208,10 @@ async fn calls_open_at_the_drain_deadline_end_unavailable() {
         .expect("the stream starts")
         .into_inner();
     let first = tokio::time::timeout(SAFETY, tail.message()).await;
-    assert_eq!(first.expect("in time").expect("a message"), Some(note("first")));
+    assert_eq!(
+        first.expect("in time").expect("a message"),
+        Some(note("first"))
+    );
 
     server.handle.shutdown();
     let unary_end = tokio::time::timeout(SAFETY, stuck)
@@ -211,7 +222,10 @@ async fn calls_open_at_the_drain_deadline_end_unavailable() {
     let stream_end = tokio::time::timeout(SAFETY, tail.message())
         .await
         .expect("the stream ends in time");
-    assert_shutting_down(&stream_end.expect_err("the stream ends"), "the server stream");
+    assert_shutting_down(
+        &stream_end.expect_err("the stream ends"),
+        "the server stream",
+    );
     drop(client);
     server.summary().await;
 }
@@ -244,9 +258,15 @@ async fn a_grpc_web_call_over_http1_whose_handler_panics_answers_grpc_internal()
         Some("the%20handler%20panicked"),
         "{response:?}"
     );
-    assert_eq!(response.header("content-type"), Some("application/grpc-web"));
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/grpc-web")
+    );
     assert!(response.body.is_empty(), "{response:?}");
-    assert!(common::read_to_close(&mut tcp).await.is_empty(), "then closed");
+    assert!(
+        common::read_to_close(&mut tcp).await.is_empty(),
+        "then closed"
+    );
     assert_eq!(server.handle.stats().panics, 1);
     server.summary().await;
 }

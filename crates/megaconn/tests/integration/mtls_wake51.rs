@@ -54,7 +54,10 @@ async fn a_framed_tls_connections_chain_is_one_copy_across_wakes() {
         .expect("server binds");
     let (_, framed) = http_and_framed(&server);
     let handle = server.handle();
-    let running = server.framed(Where).start(axum::Router::new()).expect("starts");
+    let running = server
+        .framed(Where)
+        .start(axum::Router::new())
+        .expect("starts");
     let task = tokio::spawn(running.run());
 
     let d = device(&devices, "device-51");
@@ -74,7 +77,10 @@ async fn a_framed_tls_connections_chain_is_one_copy_across_wakes() {
         .await;
     }
     let stats = handle.stats();
-    assert!(stats.wakes_cold + stats.wakes_hot >= 2, "it woke: {stats:?}");
+    assert!(
+        stats.wakes_cold + stats.wakes_hot >= 2,
+        "it woke: {stats:?}"
+    );
     assert!(
         seen.iter().all(|a| *a == seen[0]),
         "a copy of the chain made at a wake-up: {seen:?}"
