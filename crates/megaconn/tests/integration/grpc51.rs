@@ -15,11 +15,9 @@
 //! generic `tonic::server::Grpc`, as `integration/tonic.rs` does.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
@@ -55,73 +53,57 @@ fn note(text: impl Into<String>) -> Note {
 
 type Notes = Pin<Box<dyn futures_util::Stream<Item = Result<Note, Status>> + Send>>;
 
-/// The service, routed by path as generated code does; `running` hears
-/// each `Stuck` call's handler start.
-#[derive(Clone)]
-struct Calls {
+/// One call, routed by path as generated code does; `running` hears each
+/// `Stuck` call's handler start.
+async fn route(
+    req: http::Request<Body>,
     running: mpsc::UnboundedSender<()>,
-}
-
-impl tower::Service<http::Request<Body>> for Calls {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let running = self.running.clone();
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(ProstCodec::<Note, Note>::default());
-            let path = req.uri().path().to_string();
-            let response = match path.as_str() {
-                STUCK => {
-                    let stuck = move |_: tonic::Request<Note>| {
-                        let _ = running.send(());
-                        std::future::pending::<Result<tonic::Response<Note>, Status>>()
-                    };
-                    grpc.unary(tower::service_fn(stuck), req).await
-                }
-                TAIL => {
-                    let tail = |_: tonic::Request<Note>| async {
-                        let once = futures_util::stream::iter([Ok(note("first"))]);
-                        let tail =
-                            futures_util::StreamExt::chain(once, futures_util::stream::pending());
-                        Ok::<_, Status>(tonic::Response::new(Box::pin(tail) as Notes))
-                    };
-                    grpc.server_streaming(tower::service_fn(tail), req).await
-                }
-                #[cfg(feature = "tonic")]
-                WHO => {
-                    let who = |req: tonic::Request<Note>| async move {
-                        let seen = req.remote_addr().map(|a| a.to_string());
-                        Ok::<_, Status>(tonic::Response::new(note(seen.unwrap_or_default())))
-                    };
-                    grpc.unary(tower::service_fn(who), req).await
-                }
-                BUG => {
-                    let bug = |_: tonic::Request<Note>| async {
-                        if true {
-                            panic!("a handler bug");
-                        }
-                        Ok::<_, Status>(tonic::Response::new(note("")))
-                    };
-                    grpc.unary(tower::service_fn(bug), req).await
-                }
-                _ => Status::unimplemented("no such method").into_http(),
+) -> Result<http::Response<tonic::body::Body>, Infallible> {
+    let mut grpc = tonic::server::Grpc::new(ProstCodec::<Note, Note>::default());
+    let path = req.uri().path().to_string();
+    let response = match path.as_str() {
+        STUCK => {
+            let stuck = move |_: tonic::Request<Note>| {
+                let _ = running.send(());
+                std::future::pending::<Result<tonic::Response<Note>, Status>>()
             };
-            Ok(response)
-        })
-    }
+            grpc.unary(tower::service_fn(stuck), req).await
+        }
+        TAIL => {
+            let tail = |_: tonic::Request<Note>| async {
+                let once = futures_util::stream::iter([Ok(note("first"))]);
+                let tail = futures_util::StreamExt::chain(once, futures_util::stream::pending());
+                Ok::<_, Status>(tonic::Response::new(Box::pin(tail) as Notes))
+            };
+            grpc.server_streaming(tower::service_fn(tail), req).await
+        }
+        #[cfg(feature = "tonic")]
+        WHO => {
+            let who = |req: tonic::Request<Note>| async move {
+                let seen = req.remote_addr().map(|a| a.to_string());
+                Ok::<_, Status>(tonic::Response::new(note(seen.unwrap_or_default())))
+            };
+            grpc.unary(tower::service_fn(who), req).await
+        }
+        BUG => {
+            // The test sends a note that is not empty.
+            let bug = |req: tonic::Request<Note>| async move {
+                assert!(req.into_inner().text.is_empty(), "a handler bug");
+                Ok::<_, Status>(tonic::Response::new(note("")))
+            };
+            grpc.unary(tower::service_fn(bug), req).await
+        }
+        _ => Status::unimplemented("no such method").into_http(),
+    };
+    Ok(response)
 }
 
-/// A server of [`Calls`] on one worker with `builder`'s settings; what
+/// A server of [`route`] on one worker with `builder`'s settings; what
 /// hears its `Stuck` handlers start.
 fn serve(builder: megaconn::Builder) -> (AppServer, mpsc::UnboundedReceiver<()>) {
     let (running, started) = mpsc::unbounded_channel();
-    (AppServer::one_worker(builder, Calls { running }), started)
+    let calls = tower::service_fn(move |req| route(req, running.clone()));
+    (AppServer::one_worker(builder, calls), started)
 }
 
 /// A tonic client of the server at `addr` on one HTTP/2 connection (TLS
