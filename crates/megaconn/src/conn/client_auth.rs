@@ -16,10 +16,10 @@
 //! wake-ups (`TlsIo::shared_peer_certificates`): no copy. Before, the
 //! session kept its chain and a copy was made at the first request after
 //! the handshake and after every wake-up (a second copy kept while parked
-//! would have doubled the chain's DER on every parked connection). HTTP/2
-//! still makes one copy per connection, and a message connection one per
-//! wake-up (their `Session` is built from the chain's slice,
-//! `Parkable::peer_certificates`).
+//! would have doubled the chain's DER on every parked connection). An
+//! HTTP/2 connection's requests and a message connection's `Session`
+//! (made at every wake-up) share it too (since session 51; HTTP/2 made a
+//! copy per connection, a message connection one per wake-up).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

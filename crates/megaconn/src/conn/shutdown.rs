@@ -37,6 +37,13 @@
 //! ([`SharedShutdown`], [`Drain::poll_turn`]). The worker's own loops (the
 //! parking lot) and handlers' [`Draining`](crate::Draining) hear the start at
 //! once: [`LocalShutdown::begun`].
+//!
+//! gRPC calls still open on HTTP/2 a margin before the drain's deadline
+//! ([`goodbye_margin`]) are ended by the server with `UNAVAILABLE`, which
+//! their clients retry, rather than cut with the connection at the
+//! deadline: each such stream holds a [`CallEnd`], a slot in the worker's
+//! list of calls that [`LocalShutdown::end_calls`] wakes (`proto/http2.rs`
+//! says what a stream answers).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -69,6 +76,16 @@ pub(crate) fn idle_grace(config: &crate::conn::config::Config) -> Duration {
     IDLE_GRACE.min(config.shutdown_timeout / 2)
 }
 
+/// How long before the drain's deadline the connections still open say
+/// what they have to say while their tasks are still polled: a paced
+/// drain's awake connections their goodbyes, HTTP/2 gRPC calls their
+/// `UNAVAILABLE` ([`LocalShutdown::end_calls`]). A tenth of
+/// `shutdown_timeout`, at most a second: a goodbye needs time to be
+/// written, and at the deadline nothing is polled any more.
+pub(crate) fn goodbye_margin(config: &crate::conn::config::Config) -> Duration {
+    (config.shutdown_timeout / 10).min(Duration::from_secs(1))
+}
+
 /// A worker's view of shutdown.
 #[derive(Debug, Default)]
 pub(crate) struct LocalShutdown {
@@ -96,6 +113,11 @@ pub(crate) struct LocalShutdown {
     /// loop's whole life, with a hub or without (the message layer counts
     /// awake ones only while registered for pushes, which is with a hub).
     turns: Cell<usize>,
+    /// True once the gRPC calls still open are to end
+    /// ([`end_calls`](LocalShutdown::end_calls)).
+    calls_end: Cell<bool>,
+    /// Wakers of open HTTP/2 gRPC calls ([`CallEnd`]), by slot.
+    calls: RefCell<Watchers>,
 }
 
 #[derive(Debug, Default)]
@@ -273,6 +295,61 @@ impl LocalShutdown {
     /// The signal upgraded connections watch, which may live on any task.
     pub(crate) fn upgraded(&self) -> &Arc<SharedShutdown> {
         &self.upgraded
+    }
+
+    /// An open gRPC call's place in the list [`end_calls`](Self::end_calls)
+    /// wakes: see [`CallEnd`].
+    pub(crate) fn call_end(&self) -> CallEnd<'_> {
+        CallEnd {
+            shutdown: self,
+            slot: Cell::new(None),
+        }
+    }
+
+    /// The drain's deadline is a margin away ([`goodbye_margin`]): every
+    /// open gRPC call ([`CallEnd`]), and any that asks later, is to end
+    /// now. Returns how many were woken for it.
+    pub(crate) fn end_calls(&self) -> usize {
+        self.calls_end.set(true);
+        Watchers::wake(&self.calls, usize::MAX)
+    }
+}
+
+/// An HTTP/2 gRPC call's slot in its worker's list of open calls, held by
+/// the stream's exchange from its start (a call whose handler waits is
+/// polled by nothing else when the time comes) and given back when it is
+/// dropped. A slot and a reference: the list is the worker's, so a
+/// connection keeps no list and no timer of its own for it, and a stream
+/// that is not a gRPC call holds none (`Option`).
+pub(crate) struct CallEnd<'a> {
+    shutdown: &'a LocalShutdown,
+    slot: Cell<Option<u32>>,
+}
+
+impl CallEnd<'_> {
+    /// True once the call is to end ([`LocalShutdown::end_calls`]); else
+    /// the caller's waker is kept in the slot (one borrow and a
+    /// `will_wake` when it is the same as last time).
+    pub(crate) fn poll_end(&self, cx: &Context<'_>) -> bool {
+        let mut slot = self.slot.get();
+        let mut calls = self.shutdown.calls.borrow_mut();
+        let end = self.shutdown.calls_end.get();
+        if end {
+            calls.unwatch(&mut slot);
+        } else {
+            calls.watch(&mut slot, cx.waker());
+        }
+        self.slot.set(slot);
+        end
+    }
+}
+
+impl Drop for CallEnd<'_> {
+    fn drop(&mut self) {
+        let mut slot = self.slot.get();
+        if slot.is_some() {
+            self.shutdown.calls.borrow_mut().unwatch(&mut slot);
+        }
     }
 }
 
@@ -833,6 +910,30 @@ mod tests {
         let mut again = s.turn();
         s.begin(false);
         assert!(again.came(), "unpaced: at the start");
+    }
+
+    /// Open gRPC calls are woken once when calls end, a call polled again
+    /// with the same waker keeps its one slot, and a call that ended (or
+    /// asks after) gives its slot back: the list holds the open calls only.
+    #[test]
+    fn calls_are_woken_once_when_they_end_and_leave_the_list() {
+        let s = LocalShutdown::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let cx = Context::from_waker(&waker);
+        let (a, b) = (s.call_end(), s.call_end());
+        assert!(!a.poll_end(&cx) && !a.poll_end(&cx) && !b.poll_end(&cx));
+        assert_eq!(s.calls.borrow().waiting(), 2, "one slot a call");
+        drop(b);
+        assert_eq!(s.calls.borrow().waiting(), 1);
+        s.begin(false);
+        assert!(!a.poll_end(&cx), "the start alone ends no call");
+        assert_eq!(s.end_calls(), 1);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(a.poll_end(&cx) && s.call_end().poll_end(&cx));
+        drop(a);
+        let calls = s.calls.borrow();
+        assert_eq!(calls.free.len(), calls.wakers.len(), "every slot back");
     }
 
     /// Every turn alive counts as an awake message connection, waiting or

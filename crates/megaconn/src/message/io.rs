@@ -424,6 +424,15 @@ impl Parkable for MessageIo {
         }
     }
 
+    /// The TLS stream's one copy, shared: a session made at each wake-up
+    /// copies nothing (`Session::new`).
+    fn shared_peer_certificates(&self) -> Option<crate::conn::client_auth::PeerCertificates> {
+        match self {
+            MessageIo::Tls(s) => s.shared_peer_certificates(),
+            MessageIo::Tcp(_) | MessageIo::Plain(_) => None,
+        }
+    }
+
     fn still_watched(&self) -> bool {
         match self {
             MessageIo::Tcp(s) => s.still_watched(),

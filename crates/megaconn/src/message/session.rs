@@ -21,9 +21,11 @@ pub struct Session {
     local: Rc<Local>,
     out: RefCell<Vec<Bytes>>,
     closing: Cell<bool>,
-    /// The TLS client's verified chain (`ClientAuth`), copied from its
-    /// session for this wake-up; `None` without one (nothing kept while
-    /// parked: the parked TLS session has it).
+    /// The TLS client's verified chain (`ClientAuth`), the stream's one
+    /// copy shared by refcount (`Parkable::shared_peer_certificates`: the
+    /// same across wake-ups, where each wake copied it before); `None`
+    /// without one (nothing more kept while parked: the parked TLS session
+    /// has it).
     peer: Option<PeerCertificates>,
 }
 
@@ -39,19 +41,19 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// The session of connection `id`, whose TLS client presented
-    /// `peer` (the stream's `Parkable::peer_certificates`; `None` on
-    /// cleartext or without client auth, where this costs one branch).
+    /// `peer` (the stream's `Parkable::shared_peer_certificates`; `None`
+    /// on cleartext or without client auth).
     pub(crate) fn new(
         id: ConnectionId,
         local: Rc<Local>,
-        peer: Option<&[rustls_pki_types::CertificateDer<'static>]>,
+        peer: Option<PeerCertificates>,
     ) -> Session {
         Session {
             id,
             local,
             out: RefCell::default(),
             closing: Cell::default(),
-            peer: PeerCertificates::of(peer),
+            peer,
         }
     }
 

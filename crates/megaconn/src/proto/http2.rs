@@ -25,6 +25,12 @@
 //! [`H2Stream`], and the stream's exchange waits until the handler drops
 //! it, so an open tunnel counts as an open stream (no idle GOAWAY).
 //!
+//! At shutdown a connection sends `GOAWAY` and its open streams run on
+//! until `shutdown_timeout`, when the worker drops what is left (the
+//! connection closes under them). gRPC calls are ended first, a margin
+//! before (`conn::shutdown::goodbye_margin`), with `grpc-status: 14`
+//! (UNAVAILABLE), which gRPC clients retry ([`CutWatch`]).
+//!
 //! Streams run inside the connection's task rather than as spawned tasks: the
 //! worker is single-threaded either way, no `'static` bounds are needed, and a
 //! closed connection cancels its handlers, as on HTTP/1.1.
@@ -190,6 +196,7 @@ use crate::conn::client_auth::PeerCertificates;
 use crate::conn::config::Http2Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::io::WriteBound;
+use crate::conn::shutdown::CallEnd;
 use crate::conn::ConnInfo;
 use crate::message::MessageSettings;
 use crate::observe::clock::{self, LazyDeadline};
@@ -203,6 +210,7 @@ use crate::observe::stats::{incr, IdleMark, WorkerStats};
 use crate::observe::trace::ErrorClass;
 use crate::service::body::Body;
 use crate::service::body_rate::MinRate;
+use crate::service::grpc::{self, Grpc};
 use crate::service::h2_body::{self, BodyShare, ConnBodyBytes, RecvBody};
 use crate::service::h2_stream::{DripGate, H2Stream, MAX_RESERVE};
 use crate::service::panic_message;
@@ -1199,56 +1207,6 @@ fn ordinary_cancel_age(headers: &HeaderMap) -> Duration {
     })
 }
 
-/// Which gRPC a request speaks, by its `content-type`: what a failure of
-/// its handler is answered with (a trailers-only response, [`send_failure`])
-/// and whether its body's waits are bounded (`prepare`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Grpc {
-    /// Not gRPC.
-    No,
-    /// `application/grpc`, `application/grpc+proto`, ...
-    Native,
-    /// `application/grpc-web`, `application/grpc-web+proto`, ...
-    Web,
-    /// `application/grpc-web-text` (base64), `application/grpc-web-text+proto`.
-    WebText,
-}
-
-impl Grpc {
-    /// The gRPC of a request with `headers`.
-    fn of(headers: &HeaderMap) -> Grpc {
-        let Some(ct) = headers.get(header::CONTENT_TYPE) else {
-            return Grpc::No;
-        };
-        let ct = ct.as_bytes();
-        // The subtype, then `+codec` or `;` parameters, or nothing.
-        let is = |prefix: &[u8]| {
-            ct.len() >= prefix.len()
-                && ct[..prefix.len()].eq_ignore_ascii_case(prefix)
-                && matches!(ct.get(prefix.len()), None | Some(b'+' | b';'))
-        };
-        if is(b"application/grpc") {
-            Grpc::Native
-        } else if is(b"application/grpc-web") {
-            Grpc::Web
-        } else if is(b"application/grpc-web-text") {
-            Grpc::WebText
-        } else {
-            Grpc::No
-        }
-    }
-
-    /// The `content-type` a response of its own to it carries.
-    fn content_type(self) -> Option<HeaderValue> {
-        match self {
-            Grpc::No => None,
-            Grpc::Native => Some(HeaderValue::from_static("application/grpc")),
-            Grpc::Web => Some(HeaderValue::from_static("application/grpc-web")),
-            Grpc::WebText => Some(HeaderValue::from_static("application/grpc-web-text")),
-        }
-    }
-}
-
 /// What refuses a request with `headers` for `uri` (a body of
 /// `content_length` declared), if anything does.
 fn refusal(
@@ -1527,24 +1485,51 @@ enum StreamEnd {
     TooSlow,
 }
 
-/// The request body was cut by `min_request_body_rate` ([`CutWatch`]).
-struct TooSlow;
+/// What ended a stream's exchange from outside it, before its response
+/// head ([`CutWatch`]).
+enum Cut {
+    /// The request body was cut by `min_request_body_rate`.
+    TooSlow,
+    /// The drain's deadline is near and the stream is a gRPC call
+    /// ([`CallEnd`]).
+    ShuttingDown,
+}
 
-/// A stream exchange's hold on its body's cut by the rate (`BodyShare`,
-/// `RateCut`; none: no body, or neither the rate nor the access log on,
-/// in which case the cut is never looked at), let go when the exchange
-/// ends, so that a cut after it is the body's alone to report
-/// (`RateCut::leave`).
-struct CutWatch(Option<Arc<BodyShare>>);
+/// What can end a stream's exchange from outside it, looked at after the
+/// handler's polls and the response body's.
+///
+/// First, its hold on its body's cut by the rate (`BodyShare`, `RateCut`;
+/// none: no body, or neither the rate nor the access log on, in which case
+/// the cut is never looked at), let go when the exchange ends, so that a
+/// cut after it is the body's alone to report (`RateCut::leave`).
+///
+/// Second, for a gRPC call, its place among the worker's open calls
+/// ([`CallEnd`]; none for any other stream), which a margin before the
+/// drain's deadline ends the call with `grpc-status: 14` (UNAVAILABLE,
+/// [`grpc::SHUTTING_DOWN`]), which its client retries, where the close at
+/// the deadline left it a broken connection: trailers-only before the
+/// response head, else trailers once the response body waits between
+/// frames (a frame half sent is not cut; tonic's frames hold whole
+/// messages). A gRPC-web call's status after its head would go in its body
+/// (a frame of its own), so it leaves the list at its head and keeps what
+/// it had: the close at the deadline. Other streams are left to the
+/// deadline too: nothing in HTTP says "retry this" after a response began.
+struct CutWatch<'s>(Option<Arc<BodyShare>>, Option<CallEnd<'s>>);
 
-impl CutWatch {
+impl CutWatch<'_> {
     /// Whether the body was cut; else the exchange is woken when it is.
     fn poll_cut(&self, cx: &mut Context<'_>) -> bool {
         self.0.as_ref().is_some_and(|share| share.cut.poll_cut(cx))
     }
+
+    /// Whether the call is to end for the drain; else the exchange is
+    /// woken when it is. False for a stream that is no (longer a) call.
+    fn poll_call_end(&self, cx: &Context<'_>) -> bool {
+        self.1.as_ref().is_some_and(|call| call.poll_end(cx))
+    }
 }
 
-impl Drop for CutWatch {
+impl Drop for CutWatch<'_> {
     fn drop(&mut self) {
         if let Some(share) = &self.0 {
             share.cut.leave();
@@ -1585,8 +1570,12 @@ where
         }
     };
     // The body's cut by `min_request_body_rate` is this exchange's to act
-    // on while it runs (`RateCut`).
-    let cut = CutWatch(record.body_bytes.as_ref().and_then(|t| t.share.clone()));
+    // on while it runs (`RateCut`), and so is a gRPC call's end at the
+    // drain's deadline.
+    let mut cut = CutWatch(
+        record.body_bytes.as_ref().and_then(|t| t.share.clone()),
+        (record.grpc != Grpc::No).then(|| ctx.shutdown.call_end()),
+    );
     // In a block, so that what its steps borrowed (the response, its
     // parts) is not kept in the stream's future while the body is sent:
     // a local borrowed once is kept until its scope ends.
@@ -1601,10 +1590,14 @@ where
                 // poll, as on HTTP/1.1, whose exchange answers `408`
                 // without polling the handler again.
                 if cut.poll_cut(cx) {
-                    return Poll::Ready(Err(TooSlow));
+                    return Poll::Ready(Err(Cut::TooSlow));
                 }
                 if let Poll::Ready(r) = answer {
                     return Poll::Ready(Ok(Some(r)));
+                }
+                // After the answer: a call that answered in time is sent.
+                if cut.poll_call_end(cx) {
+                    return Poll::Ready(Err(Cut::ShuttingDown));
                 }
                 match respond.poll_reset(cx) {
                     Poll::Ready(_) => Poll::Ready(Ok(None)),
@@ -1618,7 +1611,13 @@ where
         // exchange lets it go (RFC 9113 §8.1), so the client stops
         // sending and keeps the answer.
         let response = match outcome {
-            Err(TooSlow) => {
+            Err(Cut::ShuttingDown) => {
+                record.error(ErrorClass::Shutdown);
+                let grpc = record.grpc;
+                send_failure(&mut respond, grpc, grpc::SHUTTING_DOWN, &mut record);
+                return StreamEnd::Done;
+            }
+            Err(Cut::TooSlow) => {
                 record.error(ErrorClass::Timeout);
                 send_error_text(
                     &mut respond,
@@ -1648,7 +1647,7 @@ where
                 );
                 record.error(ErrorClass::Panic);
                 let grpc = record.grpc;
-                send_failure(&mut respond, grpc, "the handler panicked", &mut record);
+                send_failure(&mut respond, grpc, grpc::PANICKED, &mut record);
                 return StreamEnd::Done;
             }
             Ok(Some(Ok(Err(e)))) => {
@@ -1658,7 +1657,7 @@ where
                     send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR, &mut record);
                 } else {
                     let grpc = record.grpc;
-                    send_failure(&mut respond, grpc, "the service failed", &mut record);
+                    send_failure(&mut respond, grpc, grpc::FAILED, &mut record);
                 }
                 return StreamEnd::Done;
             }
@@ -1705,6 +1704,10 @@ where
         };
         if end {
             return StreamEnd::Done;
+        }
+        // A gRPC-web call's status would now go in its body: see `CutWatch`.
+        if record.grpc != Grpc::Native {
+            cut.1 = None;
         }
         // write_timeout bounds the body from when the handler answered, as on
         // HTTP/1.1: a client that stops taking it (no WINDOW_UPDATE) gets
@@ -1930,39 +1933,28 @@ fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode, record: &mu
     let _ = send_head(respond, parts, true, record);
 }
 
-/// Answers a stream whose handler failed (panicked): a gRPC request with
-/// a trailers-only response, `grpc-status: 13` (INTERNAL) and `reason` as
-/// its `grpc-message`, what gRPC's spec and grpc-go's recovery give a
-/// server error; anything else `500` with a text body
-/// ([`send_error_text`]). Not the `500` for gRPC: its clients read a
-/// status without `grpc-status` as a transport failure and its text body
-/// as a message frame (tonic: "invalid compression flag"). Not a reset
-/// either, as tonic's own server does when a handler panics (hyper drops
-/// its task: `RST_STREAM(CANCEL)`): its clients then report `CANCELLED`,
-/// as if they had given up, with no message, and over HTTP/1.1 (gRPC-web)
-/// there is no reset to send. No `content-length` (hyper sends none for
-/// an empty body either, [`prepare_headers`]).
+/// Answers a stream whose handler failed (panicked, or the service
+/// returned an error), or a gRPC call the drain ends: a gRPC request with a
+/// trailers-only response carrying `status` (`grpc-status` 13, INTERNAL,
+/// or 14, UNAVAILABLE, and its `grpc-message`: `service/grpc.rs`, shared
+/// with HTTP/1.1's gRPC-web); anything else `500` with a text body
+/// ([`send_error_text`]). Not a reset either, as tonic's own server does
+/// when a handler panics (hyper drops its task: `RST_STREAM(CANCEL)`):
+/// its clients then report `CANCELLED`, as if they had given up, with no
+/// message, and over HTTP/1.1 (gRPC-web) there is no reset to send.
 fn send_failure(
     respond: &mut SendResponse<Bytes>,
     grpc: Grpc,
-    reason: &str,
+    status: grpc::Status,
     record: &mut RequestRecord,
 ) {
-    let Some(content_type) = grpc.content_type() else {
+    let Some(fields) = status.head_fields(grpc) else {
+        let reason = status.message;
         send_error_text(respond, StatusCode::INTERNAL_SERVER_ERROR, reason, record);
         return;
     };
     let (mut parts, ()) = Response::new(()).into_parts();
-    parts.headers.insert(header::CONTENT_TYPE, content_type);
-    parts
-        .headers
-        .insert("grpc-status", HeaderValue::from_static("13"));
-    // Percent-encoded as gRPC's spec asks (space, and anything outside
-    // printable ASCII or `%`); `reason` is ours and plain.
-    let message = reason.replace(' ', "%20");
-    if let Ok(message) = HeaderValue::from_str(&message) {
-        parts.headers.insert("grpc-message", message);
-    }
+    parts.headers.extend(fields);
     parts
         .headers
         .insert(header::DATE, crate::proto::date::now());
@@ -2027,7 +2019,7 @@ async fn send_body<B>(
     record: &mut RequestRecord,
     ctx: &WorkerContext,
     gate: &StallGate,
-    cut: &CutWatch,
+    cut: &CutWatch<'_>,
 ) -> StreamEnd
 where
     B: HttpBody<Data = Bytes>,
@@ -2049,6 +2041,10 @@ where
                 return Poll::Ready(Err(Stalled::TooSlow));
             }
             match polled {
+                // Between frames: a gRPC call ends here (`CutWatch`).
+                Ok(Poll::Pending) if cut.poll_call_end(cx) => {
+                    Poll::Ready(Err(Stalled::ShuttingDown))
+                }
                 // The deadline is looked at (and its timer set up) only
                 // when the body makes us wait.
                 Ok(Poll::Pending) if deadline.poll_passed(cx) => {
@@ -2209,6 +2205,9 @@ enum Stalled {
     Stuck,
     /// The request body was cut by `min_request_body_rate`.
     TooSlow,
+    /// A gRPC call's response waits for its body and the drain's deadline
+    /// is near (`CutWatch`): it ends with `grpc-status: 14` in trailers.
+    ShuttingDown,
 }
 
 impl Stalled {
@@ -2227,6 +2226,11 @@ impl Stalled {
                 incr(&ctx.stats.timeouts);
                 record.error(ErrorClass::Timeout);
                 send.send_reset(Reason::INTERNAL_ERROR);
+                StreamEnd::Done
+            }
+            Stalled::ShuttingDown => {
+                record.error(ErrorClass::Shutdown);
+                let _ = send.send_trailers(grpc::SHUTTING_DOWN.fields().into_iter().collect());
                 StreamEnd::Done
             }
             // Counted by the body, written by the connection's loop.
@@ -2583,7 +2587,16 @@ mod send_body_calls {
         let end = {
             let _counting = tracing::subscriber::set_default(Reservations(count.clone()));
             let gate = StallGate::new(None, Arc::new(FloodBudget::new()));
-            send_body(send, body, None, &mut record, &ctx, &gate, &CutWatch(None)).await
+            send_body(
+                send,
+                body,
+                None,
+                &mut record,
+                &ctx,
+                &gate,
+                &CutWatch(None, None),
+            )
+            .await
         };
         assert!(matches!(end, StreamEnd::Done));
         let mut received = response.await.unwrap().into_body();

@@ -1180,7 +1180,9 @@ impl Builder {
     /// feature, on by default) as axum's `ConnectInfo<SocketAddr>`, which
     /// `axum::serve` gives only with `into_make_service_with_connect_info`:
     /// this is megaconn's way to ask for it (serving that make-service
-    /// turns it on too). Default: off, as under
+    /// turns it on too); with the `tonic` feature, also as tonic's
+    /// `TcpConnectInfo`, so that `tonic::Request::remote_addr()` answers.
+    /// Default: off, as under
     /// `axum::serve`, because it costs every request its extension map (4
     /// small allocations, ~1,000 instructions, ~10% of megaconn's user-space
     /// work per request: `bench/CPU-PER-REQUEST.md`) and a connection woken

@@ -39,7 +39,6 @@ use futures_util::future::{Either, FutureExt};
 use tokio::net::TcpStream;
 
 use crate::conn::admission::Answer;
-use crate::conn::client_auth::PeerCertificates;
 use crate::conn::config::Config;
 use crate::conn::connection::{Connection, SendConnection};
 use crate::conn::context::WorkerContext;
@@ -441,7 +440,8 @@ async fn serve_tls<S>(
     if stream.alpn_protocol() == Some(b"h2") {
         // Boxed: HTTP/2 state (2 KB of ours, h2's own buffers on top) is
         // for HTTP/2 connections only; HTTP/1.1 ones should not carry its size.
-        let peer = PeerCertificates::of(stream.peer_certificates());
+        // The stream's one copy of the chain, shared (`TlsIo`).
+        let peer = stream.shared_peer_certificates();
         let addrs = http2::Addrs::kept(Some(info)).with_peer(peer);
         let serving = http2::serve(stream, &mut service, ctx.clone(), addrs, retire_at);
         let reason = Box::pin(serving).await;

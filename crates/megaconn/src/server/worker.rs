@@ -34,7 +34,7 @@ use crate::conn::context::WorkerContext;
 use crate::conn::handover::{self, ParkedConnection};
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::park::{self, LotFds, ParkingLot, Respawn, Shut};
-use crate::conn::shutdown::idle_grace;
+use crate::conn::shutdown::{goodbye_margin, idle_grace};
 use crate::conn::woken::poll_once;
 use crate::conn::Incoming;
 use crate::error::Error;
@@ -821,6 +821,7 @@ where
             tokio::task::spawn_local(drain_paced(ctx.clone(), rate, deadline));
         }
     }
+    tokio::task::spawn_local(end_calls(ctx.clone(), deadline));
     if tokio::time::timeout_at(deadline, parking).await.is_err() {
         // The paced drain did not finish in time: the rest close at once
         // (a request waiting in one is not served now: the deadline is here).
@@ -916,6 +917,24 @@ impl Drained {
     }
 }
 
+/// Ends the HTTP/2 gRPC calls still open a margin before the drain's
+/// `deadline` ([`goodbye_margin`]), while their connections are still
+/// polled: each answers `grpc-status: 14` (UNAVAILABLE), which gRPC
+/// clients retry, where the close at the deadline left them a broken
+/// connection (`proto/http2.rs`, `CutWatch`). Counted in a line: the calls
+/// a drain cut, as `forced` counts the connections.
+async fn end_calls(ctx: Rc<WorkerContext>, deadline: tokio::time::Instant) {
+    tokio::time::sleep_until(deadline - goodbye_margin(&ctx.config)).await;
+    let ended = ctx.shutdown.end_calls();
+    if ended > 0 {
+        tracing::warn!(
+            worker = ctx.index,
+            calls = ended,
+            "shutdown_timeout is near: ending the gRPC calls still open with UNAVAILABLE (grpc-status 14), which their clients retry (raise shutdown_timeout to let them finish)"
+        );
+    }
+}
+
 /// Closes this worker's connections at its share of `shutdown_drain_rate`
 /// (a million clients told to reconnect in the same second would all come
 /// back in that second), a few every tick, until none is left waiting:
@@ -988,7 +1007,7 @@ async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32, deadline: tokio::t
             "the paced drain outlasts shutdown_timeout: what is left then closes at once (raise shutdown_timeout or shutdown_drain_rate)"
         );
     }
-    let margin = (ctx.config.shutdown_timeout / 10).min(std::time::Duration::from_secs(1));
+    let margin = goodbye_margin(&ctx.config);
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let pacing = async {

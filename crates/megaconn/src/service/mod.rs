@@ -21,6 +21,7 @@ pub(crate) mod body_rate;
 #[cfg(feature = "axum")]
 pub(crate) mod connect_info;
 pub(crate) mod draining;
+pub(crate) mod grpc;
 pub(crate) mod h2_body;
 pub(crate) mod h2_stream;
 pub(crate) mod upgrade;
@@ -95,10 +96,22 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
 
 /// Gives a request its connection's addresses: megaconn's [`ConnInfo`] and,
 /// with the `axum` feature, axum's `ConnectInfo<SocketAddr>` (so the
-/// extractor works as under `axum::serve` with connect info).
+/// extractor works as under `axum::serve` with connect info), and with the
+/// `tonic` feature tonic's `TcpConnectInfo`, what its
+/// `Request::remote_addr()` and `local_addr()` read (first; then its
+/// `TlsConnectInfo`, whose fields are private, so over TLS too megaconn
+/// gives the `TcpConnectInfo`: the addresses are the same). tonic honours
+/// no other extension for them. Its `peer_certs()` reads only
+/// `TlsConnectInfo` and stays `None`: a client's chain is megaconn's
+/// [`PeerCertificates`](crate::PeerCertificates) extension.
 pub(crate) fn insert_conn_info(extensions: &mut http::Extensions, info: ConnInfo) {
     #[cfg(feature = "axum")]
     extensions.insert(axum::extract::ConnectInfo(info.peer));
+    #[cfg(feature = "tonic")]
+    extensions.insert(tonic::transport::server::TcpConnectInfo {
+        local_addr: Some(info.local),
+        remote_addr: Some(info.peer),
+    });
     extensions.insert(info);
 }
 

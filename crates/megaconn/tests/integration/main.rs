@@ -47,6 +47,7 @@ mod fuzz_framed;
 mod fuzz_http1;
 mod fuzz_ws;
 mod grpc50;
+mod grpc51;
 mod h1_body_limits;
 mod h2;
 mod h2_body_rate;
@@ -78,6 +79,7 @@ mod modes;
 mod mtls;
 mod mtls_refusals;
 mod mtls_wake;
+mod mtls_wake51;
 #[cfg(feature = "otel")]
 mod otel;
 mod park;

@@ -156,7 +156,7 @@ pub(crate) async fn serve<H: FramedHandler>(
     let (mut live, session) = match start {
         Start::Accepted => {
             let id = local.new_id(fd);
-            let session = Session::new(id, local.clone(), io.peer_certificates());
+            let session = Session::new(id, local.clone(), io.shared_peer_certificates());
             let mut live = Live::new(
                 handler,
                 H::on_close_with_id,
@@ -176,7 +176,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             };
             let id = local.id(fd, parked.generation);
             let timers = parked.timers(local.is_resuming(id));
-            let session = Session::new(id, local.clone(), io.peer_certificates());
+            let session = Session::new(id, local.clone(), io.shared_peer_certificates());
             let live = Live::new(handler, H::on_close_with_id, parked.state, id, &local);
             let every = send_heartbeats.as_ref().map(|(every, _)| *every);
             match resume(timers, wake, now, due, every, counters) {

@@ -34,6 +34,7 @@ use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, incr_own, IdleOwn};
 use crate::proto::{self, HandOver};
 use crate::service::body::Body;
+use crate::service::grpc::Grpc;
 use crate::service::upgrade::{self, NativeUpgrade, UpgradeSender};
 use crate::service::HttpService;
 
@@ -439,6 +440,11 @@ where
             )
         }
     };
+    // gRPC-web has a body: a request without one pays no header lookup.
+    let grpc = match decoder {
+        Some(_) => Grpc::of(&head.headers),
+        None => Grpc::No,
+    };
     let expect = if head.expect_continue && decoder.is_some() {
         Continue::Awaiting
     } else {
@@ -513,6 +519,7 @@ where
         expect,
         upgrade: Rare::new(upgrade),
         te_trailers,
+        grpc,
     };
     // Pinned where it is built and awaited through the pin: awaited by
     // value, it was moved whole into the await's slot first (a copy of

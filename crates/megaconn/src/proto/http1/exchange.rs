@@ -51,6 +51,7 @@ use crate::observe::stats::incr;
 use crate::observe::trace::{ErrorClass, SpanSlot};
 use crate::service::body::{BodySender, Demand};
 use crate::service::body_rate::BodyRate;
+use crate::service::grpc::{self, Grpc};
 use crate::service::panic_message;
 use crate::service::upgrade::{NativeUpgrade, UpgradeSender};
 use crate::BoxError;
@@ -156,6 +157,9 @@ pub(crate) struct ExchangeSetup {
     pub upgrade: Rare<UpgradeSender>,
     /// The request said `TE: trailers`: response trailers may be sent.
     pub te_trailers: bool,
+    /// Which gRPC (gRPC-web) the request speaks, if it has a body: how a
+    /// failed handler is answered ([`answer_grpc`]).
+    pub grpc: Grpc,
 }
 
 /// An `Option` whose drop tests for `None` inline, where its owner drops,
@@ -638,8 +642,23 @@ impl ResponseHead {
 /// The service's future failed: answer 500 and close.
 #[cold]
 fn service_failed<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, e: BoxError) -> Outcome {
-    tracing::warn!(error = %e, "service returned an error; answering 500");
+    tracing::warn!(error = %e, "service returned an error; answering 500 (gRPC: grpc-status 13)");
+    if answer_grpc(this, grpc::FAILED) {
+        return Outcome::Close(CloseReason::ServerError);
+    }
     fail_before_response(this, "the service failed", CloseReason::ServerError)
+}
+
+/// Answers a gRPC-web call whose handler failed as HTTP/2 answers one
+/// (`200`, `grpc-status: 13` in the head: `service/grpc.rs`), where a text
+/// `500` is read as a transport failure; false if it is no gRPC call.
+#[cold]
+fn answer_grpc<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, status: grpc::Status) -> bool {
+    if !status.encode_http1(this.st.setup.grpc, this.conn.wbuf()) {
+        return false;
+    }
+    this.st.record.status(StatusCode::OK);
+    true
 }
 
 /// The handler's future panicked: counted, logged; answer 500 and close.
@@ -650,9 +669,12 @@ fn handler_panicked<T, F, B>(
 ) -> Outcome {
     incr(&this.conn.ctx.stats.panics);
     ratelog::panicked(
-        "handler panicked; answering 500",
+        "handler panicked; answering 500 (gRPC: grpc-status 13)",
         Some(panic_message(panic)),
     );
+    if answer_grpc(this, grpc::PANICKED) {
+        return Outcome::Close(CloseReason::Panic);
+    }
     fail_before_response(this, "the handler panicked", CloseReason::Panic)
 }
 

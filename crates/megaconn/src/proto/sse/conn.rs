@@ -122,7 +122,7 @@ pub(crate) async fn serve(
                 return Ended::Close(client_sent_bytes(&ctx));
             }
             let id = local.new_id(fd);
-            let session = Session::new(id, local.clone(), io.peer_certificates());
+            let session = Session::new(id, local.clone(), io.shared_peer_certificates());
             let send_at = route.settings.ping_interval.map(|every| now + every);
             let mut live = Live::new(&(), on_close, route, id, &local);
             let request =
@@ -144,7 +144,7 @@ pub(crate) async fn serve(
             let every = parked.state.settings.ping_interval;
             let timers = parked.timers(local.is_resuming(id));
             let live = Live::new(&(), on_close, parked.state, id, &local);
-            let session = Session::new(id, local.clone(), io.peer_certificates());
+            let session = Session::new(id, local.clone(), io.shared_peer_certificates());
             match resume(timers, wake, now, None, every, counters) {
                 Ok(resumed) => {
                     if resumed.send_heartbeat {

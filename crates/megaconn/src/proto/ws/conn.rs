@@ -196,7 +196,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             let session = WsSession::new(Session::new(
                 id,
                 tables.local.clone(),
-                conn.io.peer_certificates(),
+                conn.io.shared_peer_certificates(),
             ));
             let mut live = Live::new(
                 &route.handler,
@@ -227,7 +227,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             let session = WsSession::new(Session::new(
                 id,
                 tables.local.clone(),
-                conn.io.peer_certificates(),
+                conn.io.shared_peer_certificates(),
             ));
             let live = Live::new(
                 &route.handler,

@@ -207,6 +207,15 @@ impl Parkable for WsIo {
         }
     }
 
+    /// Ours over TLS share their one copy (a session made at each wake-up
+    /// copies nothing).
+    fn shared_peer_certificates(&self) -> Option<crate::conn::client_auth::PeerCertificates> {
+        match self {
+            Either::Left(s) => s.shared_peer_certificates(),
+            Either::Right(_) => None,
+        }
+    }
+
     fn into_parked_parts(self) -> io::Result<WsParked> {
         match self {
             Either::Left(s) => s.into_parked_parts(),
