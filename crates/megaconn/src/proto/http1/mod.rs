@@ -23,6 +23,9 @@ pub(crate) mod encode;
 mod encode_tests;
 pub(crate) mod exchange;
 pub(crate) mod head;
+// Beside `head.rs`'s own: the header-section memo's (see its doc).
+#[cfg(test)]
+mod head_memo_tests;
 // Beside `head.rs`'s own: the gaps mutation testing found (see its doc).
 #[cfg(test)]
 mod head_tests;
