@@ -401,7 +401,10 @@ impl End {
 /// ([`find_end`], 129 user-space instructions a request), every byte of
 /// the head was scanned twice; the head's share of a request went from
 /// 957 to 851 (callgrind, bench/CPU-PER-REQUEST.md, session 50). A head
-/// it does not read is searched for and read as before.
+/// it does not read is searched for and read as before. So is a head whose
+/// end the connection found ([`End::At`]: a read that ends in a body, or
+/// in part of a pipelined head), so that it too is made from [`HeadMemo`]
+/// when its section is the one held.
 pub(crate) fn parse_from(
     rbuf: &mut BytesMut,
     end: End,
@@ -409,9 +412,9 @@ pub(crate) fn parse_from(
     place: &mut HeadPlace<'_>,
 ) -> Result<bool, Rejection> {
     let end = match end {
+        End::At(_) | End::InBuffer if quick_from(rbuf, limits, place) => return Ok(true),
         End::At(end) => Some(end),
         End::Missing => None,
-        End::InBuffer if quick_from(rbuf, limits, place) => return Ok(true),
         End::InBuffer => find_end(rbuf, &mut 0),
     };
     if let Some(end) = end.filter(|end| *end <= limits.max_header_bytes) {
@@ -498,7 +501,7 @@ fn quick_from_in(
         base: buf.as_ptr(),
     };
     let built = if remembered {
-        memo.build(&line, &slicer, place)
+        memo.put_head(&line, &slicer, place)
     } else {
         let req = super::quick_head::Quick {
             method: line.method,
@@ -614,7 +617,7 @@ impl HeadMemo {
     /// sliced from `slicer`'s head, where they lie after `line` as in the
     /// section held.
     #[inline(always)]
-    fn build(
+    fn put_head(
         &self,
         line: &super::quick_head::Line<'_>,
         slicer: &Slicer<'_>,

@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 
-use super::head::{memo_len, parse, parsed_from, End};
+use super::head::{find_end, memo_len, parse, parsed_from, End};
 use crate::conn::config::HeadLimits;
 
 const LIMITS: HeadLimits = HeadLimits {
@@ -96,6 +96,18 @@ fn served(raw: &[u8], limits: &HeadLimits) -> String {
     }
 }
 
+/// [`served`], for a read that does not end with an empty line (a body
+/// follows the head): its end found first, as the connection finds it.
+fn served_at(raw: &[u8], limits: &HeadLimits) -> String {
+    let mut rbuf = BytesMut::from(raw);
+    let end = End::found(find_end(raw, &mut 0));
+    match parsed_from(&mut rbuf, end, limits) {
+        Ok(Some(head)) => format!("{head:?} left {:?}", &rbuf[..]),
+        Ok(None) => "partial".to_string(),
+        Err(refused) => format!("{refused:?} left {:?}", &rbuf[..]),
+    }
+}
+
 fn head(line: &str, section: &str) -> Vec<u8> {
     format!("{line}{section}\r\n").into_bytes()
 }
@@ -103,8 +115,8 @@ fn head(line: &str, section: &str) -> Vec<u8> {
 /// Every head of `LINES` × `sections()`, read after every other one of
 /// its line or of its section (so read from the memo wherever the memo
 /// may hold what the one before left), alone and followed by a pipelined
-/// head: the reading without the memo's head or refusal, and the same
-/// bytes left. And the memo is used: a usual head read twice is held
+/// head, or by a body: the reading without the memo's head or refusal,
+/// and the same bytes left. And the memo is used: a usual head read twice is held
 /// after the first.
 #[test]
 fn a_head_made_from_the_memo_is_the_head_its_reading_gives() {
@@ -132,6 +144,11 @@ fn a_head_made_from_the_memo_is_the_head_its_reading_gives() {
         two.extend_from_slice(pipelined);
         served(&two, &LIMITS);
         assert_eq!(served(&two, &LIMITS), reference(&two, &LIMITS));
+        // A body (or half of the next head) after it: its end found first.
+        let mut body = before.clone();
+        body.extend_from_slice(b"hello\r\nGET");
+        served_at(&body, &LIMITS);
+        assert_eq!(served_at(&body, &LIMITS), reference(&body, &LIMITS));
     }
     let usual = head(LINES[0], &sections[0]);
     served(&usual, &LIMITS);
