@@ -18,6 +18,9 @@
 pub(crate) mod conn;
 pub(crate) mod decode;
 pub(crate) mod encode;
+// Beside `encode.rs`'s own: a head's end held to the rules (see its doc).
+#[cfg(test)]
+mod encode_end_tests;
 // Beside `encode.rs`'s own: the gaps mutation testing found (see its doc).
 #[cfg(test)]
 mod encode_tests;
