@@ -19,7 +19,11 @@ async fn seen(req: http::Request<megaconn::Body>) -> String {
         .map(|(name, value)| format!("{name}={}", String::from_utf8_lossy(value.as_bytes())))
         .collect();
     let line = format!("{} {} {:?}", req.method(), req.uri(), req.version());
-    let body = req.into_body().collect().await.map_or(0, |b| b.to_bytes().len());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_or(0, |b| b.to_bytes().len());
     format!("{line} {} body={body}", fields.join(";"))
 }
 
@@ -90,11 +94,7 @@ fn requests() -> Vec<Sent> {
             &[host, ("Content-Length", "5")],
             "hello",
         ),
-        request(
-            "PUT /p HTTP/1.1",
-            &[host, ("Content-Length", "5")],
-            "world",
-        ),
+        request("PUT /p HTTP/1.1", &[host, ("Content-Length", "5")], "world"),
         request("GET / HTTP/1.1", &[host], ""),
     ]
 }
@@ -143,7 +143,11 @@ async fn each_request_sees_its_own_head_when_its_section_repeats() {
             let head = r.raw.starts_with("HEAD");
             let got = read_response_buffered(io, buf, head).await;
             if !head {
-                assert_eq!(String::from_utf8_lossy(&got.body), r.want, "two connections");
+                assert_eq!(
+                    String::from_utf8_lossy(&got.body),
+                    r.want,
+                    "two connections"
+                );
             }
         }
     }

@@ -124,7 +124,10 @@ fn encoded(
     let text = String::from_utf8(dst[BEFORE.len()..].to_vec()).unwrap();
     let mut out = String::new();
     for line in text.split_inclusive("\r\n") {
-        match line.strip_prefix("date: ").and_then(|d| d.strip_suffix("\r\n")) {
+        match line
+            .strip_prefix("date: ")
+            .and_then(|d| d.strip_suffix("\r\n"))
+        {
             Some(date) if httpdate::parse_http_date(date).is_ok() => out += "date: <date>\r\n",
             _ => out += line,
         }
@@ -151,7 +154,8 @@ fn map(fields: &[(&str, &str)]) -> HeaderMap {
 /// the encoder and the keep-alive the rules give.
 #[test]
 fn every_head_end_is_the_one_the_rules_give() {
-    let statuses = [200, 201, 204, 299, 304, 101, 404, 500, 103].map(|c| StatusCode::from_u16(c).unwrap());
+    let statuses =
+        [200, 201, 204, 299, 304, 101, 404, 500, 103].map(|c| StatusCode::from_u16(c).unwrap());
     let hints = [None, Some(0), Some(13), Some(1_234_567_890), Some(u64::MAX)];
     let server = HeaderValue::from_static("megaconn");
     let header_sets: Vec<HeaderMap> = [
@@ -165,8 +169,16 @@ fn every_head_end_is_the_one_the_rules_give() {
         &[("connection", "x-hop, Keep-Alive")],
         &[("date", "today"), ("x-a", "1")],
         &[("server", "mine")],
-        &[("pragma", "no-cache"), ("x-long-name-here", "v"), ("expires", "0")],
-        &[("content-type", "a"), ("x-b", "b"), ("content-length", "10")],
+        &[
+            ("pragma", "no-cache"),
+            ("x-long-name-here", "v"),
+            ("expires", "0"),
+        ],
+        &[
+            ("content-type", "a"),
+            ("x-b", "b"),
+            ("content-length", "10"),
+        ],
     ]
     .iter()
     .map(|fields| map(fields))
@@ -174,7 +186,9 @@ fn every_head_end_is_the_one_the_rules_give() {
     let mut checked = 0;
     for status in statuses {
         for version in [Version::HTTP_10, Version::HTTP_11] {
-            for (is_head, keep_alive, switching) in (0..8).map(|b| (b & 1 != 0, b & 2 != 0, b & 4 != 0)) {
+            for (is_head, keep_alive, switching) in
+                (0..8).map(|b| (b & 1 != 0, b & 2 != 0, b & 4 != 0))
+            {
                 for body_length in hints {
                     for server_header in [None, Some(&server)] {
                         for headers in &header_sets {

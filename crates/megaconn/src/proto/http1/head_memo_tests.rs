@@ -127,10 +127,7 @@ fn a_head_made_from_the_memo_is_the_head_its_reading_gives() {
         .collect();
     let pipelined = b"GET / HTTP/1.1\r\nHost: p\r\n\r\n";
     for (line, section, before) in &heads {
-        for (_, _, now) in heads
-            .iter()
-            .filter(|(l, s, _)| l == line || s == section)
-        {
+        for (_, _, now) in heads.iter().filter(|(l, s, _)| l == line || s == section) {
             served(before, &LIMITS);
             assert_eq!(
                 served(now, &LIMITS),
