@@ -119,17 +119,6 @@ pub(crate) fn encode_head(
         keep_alive = false;
         Encoder::CloseDelimited
     };
-    // The usual end of a head, a sized body's length, our date and nothing
-    // else, is written at once ([`put_usual_end`]).
-    let server = server_header.filter(|_| !has_server);
-    // (Whether a `connection` line goes out, as below.)
-    let connection = !switching && (!keep_alive || ctx.request_version == Version::HTTP_10);
-    if let (Encoder::Length { remaining }, false, None, false) =
-        (encoder, has_date, server, connection)
-    {
-        put_usual_end(dst, remaining);
-        return (encoder, keep_alive);
-    }
     match encoder {
         Encoder::Length { remaining } => put_content_length(dst, remaining),
         Encoder::Chunked => dst.put_slice(b"transfer-encoding: chunked\r\n"),
@@ -166,40 +155,11 @@ pub(crate) fn encode_head(
     if !has_date {
         date::with_line(|line| put_all(dst, [line]));
     }
-    if let Some(server) = server {
+    if let (false, Some(server)) = (has_server, server_header) {
         put_header(dst, b"server", server.as_bytes());
     }
     dst.put_slice(b"\r\n");
     (encoder, keep_alive)
-}
-
-/// The end of a head that needs no `connection`, `server` or framing
-/// header but the length, and our `date`: `content-length: <n>`, the date
-/// line and the empty line, in one reservation of the buffer's room and
-/// with the length's digits written in place (where written one by one,
-/// each piece checked the room and set the length, and the length was a
-/// call of its own: ~25 user-space instructions a response;
-/// bench/CPU-PER-REQUEST.md, session 51).
-#[inline(always)]
-fn put_usual_end(dst: &mut BytesMut, n: u64) {
-    date::with_line(|line| {
-        dst.reserve(CONTENT_LENGTH_MAX + date::LINE_LEN + 2);
-        let start = dst.len();
-        let base = dst.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-        // SAFETY: `reserve` made room for the longest `content-length`
-        // line, the date line and CRLF past `start`, which `base` points
-        // to; `write_content_length` writes its line's bytes (at most
-        // `CONTENT_LENGTH_MAX`) and says how many, the date line and CRLF
-        // follow them, and `set_len` covers exactly the bytes written. The
-        // constants and the date line cannot overlap the buffer.
-        unsafe {
-            let at = write_content_length(base, n);
-            std::ptr::copy_nonoverlapping(line.as_ptr(), base.add(at), date::LINE_LEN);
-            let at = at + date::LINE_LEN;
-            std::ptr::copy_nonoverlapping(b"\r\n".as_ptr(), base.add(at), 2);
-            dst.set_len(start + at + 2);
-        }
-    });
 }
 
 /// Writes a handler's `Connection` options but `close` and `keep-alive`
@@ -274,30 +234,6 @@ fn put_status_line(dst: &mut BytesMut, status: StatusCode) {
 /// inlines it into `encode_head` (callgrind, bench/CPU-PER-REQUEST.md,
 /// session 48).
 fn put_content_length(dst: &mut BytesMut, n: u64) {
-    dst.reserve(CONTENT_LENGTH_MAX);
-    let start = dst.len();
-    let base = dst.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-    // SAFETY: `reserve` made room for the longest line past `start`, which
-    // `base` points to; `write_content_length` writes at most that many
-    // bytes and says how many, which `set_len` covers.
-    unsafe {
-        let len = write_content_length(base, n);
-        dst.set_len(start + len);
-    }
-}
-
-/// The longest `content-length: <n>\r\n` line: its name, the 20 digits
-/// of `u64::MAX` and CRLF.
-const CONTENT_LENGTH_MAX: usize = 16 + 20 + 2;
-
-/// Writes `content-length: <n>\r\n` at `base` (see [`put_content_length`]
-/// for how); returns its length, at most [`CONTENT_LENGTH_MAX`].
-///
-/// # Safety
-/// `base` must be valid for writes of `CONTENT_LENGTH_MAX` bytes, none of
-/// them in `DIGIT_PAIRS` or the name's constant.
-#[inline(always)]
-unsafe fn write_content_length(base: *mut u8, n: u64) -> usize {
     const NAME: &[u8; 16] = b"content-length: ";
     let digits = match n {
         0..=9 => 1,
@@ -307,11 +243,14 @@ unsafe fn write_content_length(base: *mut u8, n: u64) -> usize {
         _ => n.ilog10() as usize + 1,
     };
     let len = NAME.len() + digits + 2;
-    // SAFETY: the caller's room for `CONTENT_LENGTH_MAX` bytes, of which
-    // `len` (a `u64` has at most 20 digits) are written: the name,
-    // `digits` digits (the number of `n`'s decimal digits, which the loop
-    // and the last step write, last first, none before the name's end)
-    // and CRLF.
+    dst.reserve(len);
+    let start = dst.len();
+    let base = dst.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+    // SAFETY: `reserve` made room for `len` bytes past `start`, which `base`
+    // points to: the name, `digits` digits (the number of `n`'s decimal
+    // digits, which the loop and the last step write, last first, none
+    // before the name's end) and CRLF; the constants cannot overlap the
+    // buffer.
     unsafe {
         std::ptr::copy_nonoverlapping(NAME.as_ptr(), base, NAME.len());
         let mut at = NAME.len() + digits;
@@ -332,8 +271,8 @@ unsafe fn write_content_length(base: *mut u8, n: u64) -> usize {
         } else {
             *base.add(at - 1) = b'0' + n as u8;
         }
+        dst.set_len(start + len);
     }
-    len
 }
 
 /// `00` to `99`, two ASCII digits each: [`put_content_length`]'s digits.

@@ -1,9 +1,10 @@
 //! `encode_head` held, byte for byte, to a plain reading of what a head
 //! must say, over every mix of status, request, size hint, the handler's
-//! headers and the server's `server` header: the end of a head (its
-//! length, `connection`, `date`, `server` and empty line) is written by
-//! two paths since session 51 (`put_usual_end`, and the one line at a time
-//! for the rest), and each must give what the other would.
+//! headers and the server's `server` header: its bytes, its encoder and
+//! whether the connection stays open. A change to how a head is written
+//! (session 51 tried writing the usual end of a head, its length, date
+//! and empty line, in one reservation: it gave nothing and was dropped)
+//! must give what this reading gives.
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

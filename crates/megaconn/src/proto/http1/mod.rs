@@ -18,7 +18,7 @@
 pub(crate) mod conn;
 pub(crate) mod decode;
 pub(crate) mod encode;
-// Beside `encode.rs`'s own: a head's end held to the rules (see its doc).
+// Beside `encode.rs`'s own: a head held to the rules (see its doc).
 #[cfg(test)]
 mod encode_end_tests;
 // Beside `encode.rs`'s own: the gaps mutation testing found (see its doc).
