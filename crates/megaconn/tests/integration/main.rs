@@ -58,6 +58,7 @@ mod h2_strict;
 mod h2_tiny_data;
 mod handover49;
 mod head_304;
+mod head_memo;
 mod held_responses;
 mod http1;
 mod http1_body;

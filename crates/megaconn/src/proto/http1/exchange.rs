@@ -817,17 +817,18 @@ where
     Ok(true)
 }
 
-/// [`write_head`] for a head held for `100 Continue` (`deferred_head`):
-/// the rare path keeps its own copy of it out of line.
+/// [`write_head`] for a head held for `100 Continue` (`deferred_head`),
+/// taken out of its slot here: the rare path keeps its own copy of it out
+/// of line, and the body's frames, which call this only when a head is
+/// held, do not take the slot (a 140-byte `Option`) apart each time.
 #[inline(never)]
-fn write_held_head<T, F, B>(
-    this: &mut Proj<'_, '_, T, F, B>,
-    head: ResponseHead,
-    body_length: Option<u64>,
-) where
+fn write_held_head<T, F, B>(this: &mut Proj<'_, '_, T, F, B>)
+where
     T: Parkable,
 {
-    write_head(this, head, body_length);
+    if let Some((head, body_length)) = this.st.deferred_head.take() {
+        write_head(this, head, body_length);
+    }
 }
 
 /// Encodes the response head and picks the body encoder.
@@ -1477,8 +1478,8 @@ where
             Err(panic) => return Err(body_panicked(this, &panic)),
         };
         progress = true;
-        if let Some((head, body_length)) = this.st.deferred_head.take() {
-            write_held_head(this, head, body_length);
+        if this.st.deferred_head.is_some() {
+            write_held_head(this);
         }
         let encoder = this.st.encoder.as_mut().expect("head written before body");
         let wbuf = this.conn.wbuf();

@@ -4,6 +4,9 @@
 //! follows, whether the connection stays open, and which malformed heads
 //! get which status.
 //!
+//! A header section byte for byte the last one the thread took is not read
+//! again: what it said is remembered ([`HeadMemo`]), to the same result.
+//!
 //! The rules are strict on purpose. Ambiguous framing is how request smuggling
 //! works, so anything two parsers could read differently is rejected and the
 //! connection closed rather than guessed at.
@@ -398,7 +401,10 @@ impl End {
 /// ([`find_end`], 129 user-space instructions a request), every byte of
 /// the head was scanned twice; the head's share of a request went from
 /// 957 to 851 (callgrind, bench/CPU-PER-REQUEST.md, session 50). A head
-/// it does not read is searched for and read as before.
+/// it does not read is searched for and read as before. So is a head whose
+/// end the connection found ([`End::At`]: a read that ends in a body, or
+/// in part of a pipelined head), so that it too is made from [`HeadMemo`]
+/// when its section is the one held.
 pub(crate) fn parse_from(
     rbuf: &mut BytesMut,
     end: End,
@@ -406,9 +412,9 @@ pub(crate) fn parse_from(
     place: &mut HeadPlace<'_>,
 ) -> Result<bool, Rejection> {
     let end = match end {
+        End::At(_) | End::InBuffer if quick_from(rbuf, limits, place) => return Ok(true),
         End::At(end) => Some(end),
         End::Missing => None,
-        End::InBuffer if quick_from(rbuf, limits, place) => return Ok(true),
         End::InBuffer => find_end(rbuf, &mut 0),
     };
     if let Some(end) = end.filter(|end| *end <= limits.max_header_bytes) {
@@ -436,8 +442,30 @@ pub(crate) fn parse_from(
 /// head it does not read, one longer than `max_header_bytes` and one the
 /// rules refuse are left in the buffer as they came (`false`), for
 /// `parse_from` to read as it reads any other.
+///
+/// A header section byte for byte the one [`HeadMemo`] holds is not read
+/// again: its fields and what they say are the memo's.
 #[inline(always)]
 fn quick_from(rbuf: &mut BytesMut, limits: &HeadLimits, place: &mut HeadPlace<'_>) -> bool {
+    // `try_with`, `try_borrow_mut`: a head parsed while the thread's locals
+    // are being destroyed is read as any other head (`false`: by
+    // `parse_from`'s own way), to the same result.
+    HEAD_MEMO
+        .try_with(|memo| match memo.try_borrow_mut() {
+            Ok(mut memo) => quick_from_in(rbuf, limits, place, &mut memo),
+            Err(_) => false,
+        })
+        .unwrap_or(false)
+}
+
+/// [`quick_from`], with the thread's memo.
+#[inline(always)]
+fn quick_from_in(
+    rbuf: &mut BytesMut,
+    limits: &HeadLimits,
+    place: &mut HeadPlace<'_>,
+    memo: &mut HeadMemo,
+) -> bool {
     let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS_CEILING] =
         [const { MaybeUninit::uninit() }; MAX_HEADERS_CEILING];
     let headers = &mut storage[..limits.max_headers.min(MAX_HEADERS_CEILING)];
@@ -450,26 +478,224 @@ fn quick_from(rbuf: &mut BytesMut, limits: &HeadLimits, place: &mut HeadPlace<'_
     // are dropped, at the latest when `put_back` (whose copy ends their
     // use) replaces the buffer.
     let buf: &[u8] = unsafe { std::slice::from_raw_parts(rbuf.as_ptr(), rbuf.len()) };
-    let Some(quick) = super::quick_head::parse(buf, headers) else {
+    let Some(line) = super::quick_head::request_line(buf) else {
         return false;
     };
-    if quick.len > limits.max_header_bytes {
+    let remembered = memo.holds(buf, &line, limits);
+    let (fields, len) = if remembered {
+        (0, line.end + memo.len)
+    } else {
+        match super::quick_head::header_lines(buf, line.end, headers) {
+            Some(read) => read,
+            None => return false,
+        }
+    };
+    if len > limits.max_header_bytes {
         return false;
     }
-    debug_assert_eq!(find_end(buf, &mut 0), Some(quick.len));
-    let shared = rbuf.split_to(quick.len).freeze();
+    debug_assert_eq!(find_end(buf, &mut 0), Some(len));
+    let shared = rbuf.split_to(len).freeze();
     debug_assert_eq!(shared.as_ptr(), buf.as_ptr());
-    // SAFETY: `quick` is what `quick_head::parse` gave for `headers`.
-    let req = unsafe { quick.request(headers) };
     let slicer = Slicer {
         shared: &shared,
         base: buf.as_ptr(),
     };
-    if build(&req, &slicer, limits, place).is_ok() {
+    let built = if remembered {
+        memo.put_head(&line, &slicer, place)
+    } else {
+        let req = super::quick_head::Quick {
+            method: line.method,
+            path: line.path,
+            version: line.version,
+            headers: fields,
+            len,
+        };
+        // SAFETY: `header_lines` wrote the first `fields` slots of
+        // `headers`, as `quick_head::parse` does for the `Quick` it gives.
+        let req = unsafe { req.request(headers) };
+        // Held if the rules take it and it may be (see `HeadMemo`): its
+        // parse notes its fields' names.
+        let held = memorable(&line) && len - line.end <= MEMO_BYTES && fields <= MEMO_FIELDS;
+        let built = build(&req, &slicer, limits, place, memo.forget(held));
+        if built.is_ok() && held {
+            memo.remember(buf, &line, len, req.headers, limits, place.get());
+        }
+        built
+    };
+    if built.is_ok() {
         return true;
     }
     put_back(rbuf, shared, place);
     false
+}
+
+/// The longest header section [`HeadMemo`] holds.
+const MEMO_BYTES: usize = 512;
+
+/// The most header fields [`HeadMemo`] holds.
+const MEMO_FIELDS: usize = 16;
+
+/// The last header section of the usual shape (`quick_head`'s) this
+/// thread read whole and took: its bytes, and what the head was made of
+/// them (each field's name and where its value lies; the framing and the
+/// other facts [`Framing::resolve`] drew from them).
+///
+/// Why: a client sends the same header section request after request (a
+/// keep-alive client, a load balancer's health check, a heartbeat: only
+/// the target changes, if anything), and reading it again (each line's
+/// scan, each name's lookup, the `Host` check, the framing rules) gives
+/// the same answer every time. A section byte for byte the one held here,
+/// after a request line of the same version, is not read: the head gets
+/// the memo's fields, their values sliced from where they lie in the new
+/// head, and the memo's framing: 243 to 249 user-space instructions fewer
+/// a request for the demo's `GET /` with its one `Host` (callgrind,
+/// bench/CPU-PER-REQUEST.md, session 51).
+///
+/// The answer is the same: what the section's reading gives depends on
+/// its bytes alone (`quick_head::header_lines`), and what the rules draw
+/// from them on those fields, the version, `max_body_bytes` (a
+/// `Content-Length` over it is refused) and `max_headers` (more fields
+/// than it are httparse's to refuse), each compared, and on the method and
+/// the target in two cases only, which are never held here: `CONNECT`
+/// (an upgrade) and a target not in origin form (an absolute-form
+/// target's authority replaces the `Host`). Only a section that was read
+/// and taken is held, so one the rules refuse is always read, and refused,
+/// again. The request line, the target and the method are read every time.
+struct HeadMemo {
+    /// The section: its header lines and the empty line that ends it.
+    bytes: [u8; MEMO_BYTES],
+    /// Its length; 0 while nothing is held.
+    len: usize,
+    /// The minor version of the request line it followed.
+    version: u8,
+    /// The `max_body_bytes` its framing was checked against.
+    max_body_bytes: u64,
+    /// Each field's name, in the order the fields came.
+    names: Vec<HeaderName>,
+    /// Each field's value: where it starts and ends in `bytes`.
+    values: [(u16, u16); MEMO_FIELDS],
+    /// What the rules drew from the head.
+    resolved: Resolved,
+}
+
+thread_local! {
+    static HEAD_MEMO: std::cell::RefCell<HeadMemo> = const {
+        std::cell::RefCell::new(HeadMemo {
+            bytes: [0; MEMO_BYTES],
+            len: 0,
+            version: 0,
+            max_body_bytes: 0,
+            names: Vec::new(),
+            values: [(0, 0); MEMO_FIELDS],
+            resolved: Resolved {
+                framing: BodyFraming::None,
+                keep_alive: false,
+                expect_continue: false,
+                wants_upgrade: false,
+                te_trailers: false,
+            },
+        })
+    };
+}
+
+impl HeadMemo {
+    /// Whether the header section after `line` in `buf` is the one held
+    /// here, and what it says holds for this request (see the type's doc).
+    #[inline(always)]
+    fn holds(&self, buf: &[u8], line: &super::quick_head::Line<'_>, limits: &HeadLimits) -> bool {
+        let n = self.len;
+        n != 0
+            && self.version == line.version
+            && self.max_body_bytes == limits.max_body_bytes
+            && self.names.len() <= limits.max_headers.min(MAX_HEADERS_CEILING)
+            && memorable(line)
+            && buf
+                .get(line.end..line.end + n)
+                .is_some_and(|section| same_bytes(section, &self.bytes[..n]))
+    }
+
+    /// The head of `line` and the section held here, put in `place`: the
+    /// method and the target read, the fields the memo's, their values
+    /// sliced from `slicer`'s head, where they lie after `line` as in the
+    /// section held.
+    #[inline(always)]
+    fn put_head(
+        &self,
+        line: &super::quick_head::Line<'_>,
+        slicer: &Slicer<'_>,
+        place: &mut HeadPlace<'_>,
+    ) -> Result<(), Rejection> {
+        let (method, uri, version) = line_parts(line.method, line.path, line.version, slicer)?;
+        let mut headers = super::header_maps::take(self.names.len());
+        for (name, &(start, end)) in self.names.iter().zip(&self.values) {
+            let value = slicer
+                .shared
+                .slice(line.end + usize::from(start)..line.end + usize::from(end));
+            headers.append(name.clone(), header_value(value));
+        }
+        place.put(method, uri, version, headers, self.resolved);
+        Ok(())
+    }
+
+    /// Lets go of what is held, for a head read now: where its parse is
+    /// to note its fields' names, if it is to be `held`
+    /// ([`remember`](Self::remember)).
+    #[inline(always)]
+    fn forget(&mut self, held: bool) -> Option<&mut Vec<HeaderName>> {
+        self.len = 0;
+        self.names.clear();
+        held.then_some(&mut self.names)
+    }
+
+    /// Holds the section after `line` of the head at the start of `buf`,
+    /// `len` bytes long, whose fields are `fields` (their names noted by
+    /// its parse since [`forget`](Self::forget)), and what the rules drew
+    /// from the head made of it, `head`.
+    #[cold]
+    fn remember(
+        &mut self,
+        buf: &[u8],
+        line: &super::quick_head::Line<'_>,
+        len: usize,
+        fields: &[httparse::Header<'_>],
+        limits: &HeadLimits,
+        head: &RequestHead,
+    ) {
+        debug_assert_eq!(self.names.len(), fields.len());
+        let section = &buf[line.end..len];
+        debug_assert!(section.len() <= MEMO_BYTES && fields.len() <= MEMO_FIELDS);
+        debug_assert!(section.ends_with(b"\r\n"));
+        for (slot, field) in self.values.iter_mut().zip(fields) {
+            // Every value is a slice of the section (`header_lines`').
+            let start = field.value.as_ptr() as usize - section.as_ptr() as usize;
+            *slot = (start as u16, (start + field.value.len()) as u16);
+        }
+        self.bytes[..section.len()].copy_from_slice(section);
+        self.len = section.len();
+        self.version = line.version;
+        self.max_body_bytes = limits.max_body_bytes;
+        self.resolved = Resolved {
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+            expect_continue: head.expect_continue,
+            wants_upgrade: head.wants_upgrade,
+            te_trailers: head.te_trailers,
+        };
+    }
+}
+
+/// The length of the header section this thread's [`HeadMemo`] holds (0:
+/// none), for the tests to see that it held one.
+#[cfg(test)]
+pub(crate) fn memo_len() -> usize {
+    HEAD_MEMO.with(|memo| memo.borrow().len)
+}
+
+/// Whether a head of this request line may be made from [`HeadMemo`]:
+/// not `CONNECT`, and a target in origin form (see the memo's doc).
+#[inline(always)]
+fn memorable(line: &super::quick_head::Line<'_>) -> bool {
+    line.method != "CONNECT" && line.path.starts_with('/')
 }
 
 /// A head split off `rbuf` (`shared`) that is not taken after all, put
@@ -602,6 +828,7 @@ fn complete(
         },
         limits,
         place,
+        None,
     )?;
     Ok(true)
 }
@@ -701,26 +928,31 @@ fn method_is_token(buf: &[u8]) -> bool {
 }
 
 /// The head `req` says, put in `place` (built there: see [`HeadPlace`]).
+///
+/// `names`: where each field's name is noted as it is read, in order (for
+/// [`HeadMemo`]).
 fn build(
     req: &httparse::Request<'_, '_>,
     slicer: &Slicer<'_>,
     limits: &HeadLimits,
     place: &mut HeadPlace<'_>,
+    mut names: Option<&mut Vec<HeaderName>>,
 ) -> Result<(), Rejection> {
-    let method = method(req.method.unwrap_or_default())?;
-    let target = req.path.unwrap_or_default();
-    let uri = parse_target(&method, target, slicer)?;
-    let version = match req.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-
+    let (method, uri, version) = line_parts(
+        req.method.unwrap_or_default(),
+        req.path.unwrap_or_default(),
+        req.version.unwrap_or(1),
+        slicer,
+    )?;
     let mut headers = super::header_maps::take(req.headers.len());
     let mut framing = Framing::default();
     for h in req.headers.iter() {
         let name = header_name(h.name.as_bytes())?;
         let value = header_value(slicer.of(h.value));
         framing.observe(&name, h.value)?;
+        if let Some(names) = names.as_deref_mut() {
+            names.push(name.clone());
+        }
         headers.append(name, value);
     }
     let resolved = framing.resolve(&method, &uri, version, &mut headers, limits)?;
@@ -728,8 +960,27 @@ fn build(
     Ok(())
 }
 
+/// The method, the target and the version of a request line (`minor`: its
+/// version's minor digit).
+#[inline(always)]
+fn line_parts(
+    raw_method: &str,
+    target: &str,
+    minor: u8,
+    slicer: &Slicer<'_>,
+) -> Result<(Method, Uri, Version), Rejection> {
+    let method = method(raw_method)?;
+    let uri = parse_target(&method, target, slicer)?;
+    let version = match minor {
+        0 => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    Ok((method, uri, version))
+}
+
 /// What the framing headers, with the rest of the head, say of the
 /// exchange ([`Framing::resolve`]).
+#[derive(Debug, Clone, Copy)]
 struct Resolved {
     framing: BodyFraming,
     keep_alive: bool,

@@ -18,11 +18,17 @@
 pub(crate) mod conn;
 pub(crate) mod decode;
 pub(crate) mod encode;
+// Beside `encode.rs`'s own: a head held to the rules (see its doc).
+#[cfg(test)]
+mod encode_end_tests;
 // Beside `encode.rs`'s own: the gaps mutation testing found (see its doc).
 #[cfg(test)]
 mod encode_tests;
 pub(crate) mod exchange;
 pub(crate) mod head;
+// Beside `head.rs`'s own: the header-section memo's (see its doc).
+#[cfg(test)]
+mod head_memo_tests;
 // Beside `head.rs`'s own: the gaps mutation testing found (see its doc).
 #[cfg(test)]
 mod head_tests;

@@ -131,6 +131,31 @@ pub(super) fn parse<'b>(
     buf: &'b [u8],
     storage: &mut [MaybeUninit<httparse::Header<'b>>],
 ) -> Option<Quick<'b>> {
+    let line = request_line(buf)?;
+    let (headers, len) = header_lines(buf, line.end, storage)?;
+    Some(Quick {
+        method: line.method,
+        path: line.path,
+        version: line.version,
+        headers,
+        len,
+    })
+}
+
+/// A request line read by [`request_line`].
+pub(super) struct Line<'b> {
+    pub method: &'b str,
+    pub path: &'b str,
+    /// The minor version, as httparse gives it.
+    pub version: u8,
+    /// Where the header section starts: just past the line's CRLF.
+    pub end: usize,
+}
+
+/// Reads the request line at the start of `buf`, as [`parse`] reads it;
+/// `None` when it is not of the common shape (or not whole).
+#[inline(always)]
+pub(super) fn request_line(buf: &[u8]) -> Option<Line<'_>> {
     // The method: token bytes, then one space. `GET `, which nearly every
     // request starts with, is known at once: a word compare where the run
     // took ~25 user-space instructions (callgrind, bench/CPU-PER-REQUEST.md,
@@ -157,20 +182,33 @@ pub(super) fn parse<'b>(
         (b"HTTP/1.0", b"\r\n") => 0,
         _ => return None,
     };
-    let mut at = at + 11;
+    Some(Line {
+        method,
+        path,
+        version,
+        end: at + 11,
+    })
+}
+
+/// Reads the header lines of the common shape from `at` (where
+/// [`request_line`] ended) to the empty line that ends the head, as
+/// [`parse`] reads them, writing them to the start of `storage`: how many
+/// there are, and where the head ends (just past its empty line). `None`
+/// when they are not of that shape, not whole, or more than `storage`
+/// holds. What it reads depends on the bytes from `at` on alone.
+#[inline(always)]
+pub(super) fn header_lines<'b>(
+    buf: &'b [u8],
+    mut at: usize,
+    storage: &mut [MaybeUninit<httparse::Header<'b>>],
+) -> Option<(usize, usize)> {
     let mut headers = 0;
     loop {
         // The empty line that ends the head, or a header line.
         let start = at;
         at = run(buf, at, TOKEN);
         if at == start {
-            return (buf.get(at..at + 2)? == b"\r\n").then_some(Quick {
-                method,
-                path,
-                version,
-                headers,
-                len: at + 2,
-            });
+            return (buf.get(at..at + 2)? == b"\r\n").then_some((headers, at + 2));
         }
         if buf.get(at) != Some(&b':') {
             return None;
