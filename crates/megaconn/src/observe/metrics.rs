@@ -43,6 +43,7 @@
 //! | `megaconn_requests_in_flight` | gauge | |
 //! | `megaconn_panics_total` | counter | |
 //! | `megaconn_handler_cancelled_total` | counter | |
+//! | `megaconn_responses_cut_total` | counter | `by` (`client`) |
 //! | `megaconn_timeouts_total` | counter | |
 //! | `megaconn_protocol_errors_total` | counter | |
 //! | `megaconn_limit_hits_total` | counter | `limit` (`max_header_bytes`, `max_headers`, `max_body_bytes`, …: `limits::LimitHit::LABELS`, every one always present) |
@@ -1144,7 +1145,7 @@ impl Collector for Snapshot {
         {
             let mut m = e.encode_descriptor(
                 "request_duration",
-                "Time from the request head to the end of the response.",
+                "Time from the request head to the end of the response; the buckets top at 10 s, so long streams (SSE, chunked) land in +Inf.",
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
@@ -1168,7 +1169,7 @@ impl Collector for Snapshot {
         {
             let m = e.encode_descriptor(
                 "response_body",
-                "Response body bytes the service produced (without framing).",
+                "Response body bytes the service produced (without framing), added when a response ends, not while it streams.",
                 Some(&Unit::Bytes),
                 MetricType::Counter,
             )?;
@@ -1189,8 +1190,18 @@ impl Collector for Snapshot {
         counter(
             &mut e,
             "handler_cancelled",
-            "Handlers dropped because the client went away.",
+            "Handlers dropped because the client went away before their response head.",
             s.cancelled,
+        )?;
+        // Its own counter, not a label on `handler_cancelled` (whose one
+        // unlabelled series dashboards read): `by` leaves room for cuts
+        // of the server's own (a write timeout) without a new name.
+        labelled(
+            &mut e,
+            "responses_cut",
+            "Responses whose body the client cut while it was being sent (HTTP/1.1 hang-up, HTTP/2 reset or connection loss mid-body).",
+            "by",
+            [("client", s.responses_cut)],
         )?;
         counter(
             &mut e,

@@ -26,6 +26,8 @@ pub(crate) struct WorkerStats {
     pub requests_forced: AtomicU64,
     pub panics: AtomicU64,
     pub cancelled: AtomicU64,
+    /// Response bodies the client cut (`ServerStats::responses_cut`).
+    pub responses_cut: AtomicU64,
     pub timeouts: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub accept_errors: AtomicU64,
@@ -441,8 +443,16 @@ pub struct ServerStats {
     pub requests_forced: u64,
     /// Handlers (or response bodies) that panicked; each got a 500 or a close.
     pub panics: u64,
-    /// Handlers dropped because the client went away while they ran.
+    /// Handlers dropped because the client went away while they ran,
+    /// before their response head (a cut body is in
+    /// [`responses_cut`](ServerStats::responses_cut)).
     pub cancelled: u64,
+    /// Responses whose body the client cut while it was being sent: an
+    /// HTTP/1.1 client hanging up mid-body, an HTTP/2 client resetting the
+    /// stream (or the connection going) mid-body. A streamed answer (SSE,
+    /// an LLM's tokens) abandoned half-way; its request is still counted
+    /// by the status its head went out with.
+    pub responses_cut: u64,
     /// Connections closed by a header, idle, read, write or message timeout.
     pub timeouts: u64,
     /// Protocol errors: HTTP requests refused as malformed or over a limit
@@ -642,6 +652,7 @@ impl ServerStats {
             s.requests_forced += w.requests_forced.load(Relaxed);
             s.panics += w.panics.load(Relaxed);
             s.cancelled += w.cancelled.load(Relaxed);
+            s.responses_cut += w.responses_cut.load(Relaxed);
             s.timeouts += w.timeouts.load(Relaxed);
             s.protocol_errors += w.protocol_errors.load(Relaxed);
             s.accept_errors += w.accept_errors.load(Relaxed);

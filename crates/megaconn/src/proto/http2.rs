@@ -1722,6 +1722,9 @@ where
     let ended = send_body(send, body, length, &mut record, &ctx, gate, &cut).await;
     drop(tunnel);
     if ended == StreamEnd::ResetInBody {
+        // Not a rapid reset (`ResetGuard`), but a cut response all the
+        // same: counted, or it would look like a whole 2xx.
+        incr(&ctx.stats.responses_cut);
         record.error(ErrorClass::ClientGone);
     }
     ended

@@ -91,6 +91,7 @@ mod signal;
 mod sse;
 mod sse_halfopen;
 mod start;
+mod stream_cut;
 mod timeouts;
 mod tls;
 mod tls_abuse;

@@ -1445,6 +1445,11 @@ where
                 tracing::debug!(
                     "client closed the connection while the handler ran; handler cancelled"
                 );
+            } else if this.body.is_some() {
+                // Answered, the body still streaming (SSE, chunked tokens):
+                // counted apart, or the cut would look like a whole 2xx.
+                incr(&this.conn.ctx.stats.responses_cut);
+                tracing::debug!("client closed the connection while the response body streamed");
             }
             Err(Outcome::Close(CloseReason::ClientClosed))
         }
