@@ -129,9 +129,10 @@ impl Status {
     /// began: `200`, the status in the head (trailers-only), no body, and
     /// `connection: close`, as every answer megaconn writes on its own
     /// after a failure (`encode_error`, which writes the text `500` of any
-    /// other request). Returns false, writing nothing, if it is no gRPC
-    /// call.
-    pub(crate) fn encode_http1(self, grpc: Grpc, dst: &mut BytesMut) -> bool {
+    /// other request). `date` is the `Date` field's value: the caller's
+    /// (proto's clock; this layer reads none). Returns false, writing
+    /// nothing, if it is no gRPC call.
+    pub(crate) fn encode_http1(self, grpc: Grpc, date: &[u8], dst: &mut BytesMut) -> bool {
         let Some(fields) = self.head_fields(grpc) else {
             return false;
         };
@@ -143,7 +144,7 @@ impl Status {
             dst.put_slice(b"\r\n");
         }
         dst.put_slice(b"content-length: 0\r\nconnection: close\r\ndate: ");
-        crate::proto::date::with_now(|now| dst.put_slice(now.as_bytes()));
+        dst.put_slice(date);
         dst.put_slice(b"\r\n\r\n");
         true
     }
@@ -172,9 +173,10 @@ mod tests {
     #[test]
     fn a_grpc_web_answer_over_http1_is_a_header_block() {
         let mut dst = BytesMut::new();
-        assert!(!PANICKED.encode_http1(Grpc::No, &mut dst));
+        let date = b"Mon, 07 Dec 2026 02:00:00 GMT";
+        assert!(!PANICKED.encode_http1(Grpc::No, date, &mut dst));
         assert!(dst.is_empty());
-        assert!(PANICKED.encode_http1(Grpc::Web, &mut dst));
+        assert!(PANICKED.encode_http1(Grpc::Web, date, &mut dst));
         let text = std::str::from_utf8(&dst).unwrap();
         assert!(
             text.starts_with(

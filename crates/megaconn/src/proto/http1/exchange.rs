@@ -654,7 +654,10 @@ fn service_failed<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, e: BoxError) -> Out
 /// `500` is read as a transport failure; false if it is no gRPC call.
 #[cold]
 fn answer_grpc<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, status: grpc::Status) -> bool {
-    if !status.encode_http1(this.st.setup.grpc, this.conn.wbuf()) {
+    let (grpc, dst) = (this.st.setup.grpc, this.conn.wbuf());
+    let written =
+        crate::proto::date::with_now(|now| status.encode_http1(grpc, now.as_bytes(), dst));
+    if !written {
         return false;
     }
     this.st.record.status(StatusCode::OK);
