@@ -203,7 +203,7 @@ use crate::observe::stats::{incr, IdleMark, WorkerStats};
 use crate::observe::trace::ErrorClass;
 use crate::service::body::Body;
 use crate::service::body_rate::MinRate;
-use crate::service::h2_body::{self, BodyShare, ConnBodyBytes, RecvBody};
+use crate::service::h2_body::{self, BodyBounds, BodyShare, ConnBodyBytes, RecvBody};
 use crate::service::h2_stream::{DripGate, H2Stream, MAX_RESERVE};
 use crate::service::panic_message;
 use crate::service::upgrade::{self, UpgradeSender, Upgraded};
@@ -213,6 +213,7 @@ use crate::BoxError;
 mod flood;
 mod stall;
 mod unread;
+mod upload;
 
 use flood::{FloodBudget, Flooded, MeteredIo, REQUEST_CREDIT};
 pub use flood::{
@@ -220,6 +221,7 @@ pub use flood::{
 };
 use stall::StallGate;
 use unread::UnreadBudget;
+use upload::UploadWindows;
 
 /// Streams reset by the client before we accepted them that a connection may
 /// hold; past it h2 sends `GOAWAY(ENHANCE_YOUR_CALM)` (rapid reset).
@@ -359,13 +361,23 @@ where
         ctx.config.min_request_body_rate,
         ctx.config.min_request_body_rate_grace,
     );
-    let conn_bytes = Arc::new(ConnBodyBytes::new(
-        ctx.stats.clone(),
-        control.clone(),
-        (min_rate, ctx.config.access_log),
-    ));
+    // Its bodies' bounds, once (not in each body); their windows grow while
+    // their readers keep up (`upload.rs`).
+    let conn_bytes = Arc::new(
+        ConnBodyBytes::new(
+            ctx.stats.clone(),
+            control.clone(),
+            (min_rate, ctx.config.access_log),
+        )
+        .bounded(BodyBounds {
+            limit: ctx.config.max_body_bytes,
+            stall_after: ctx.config.idle_timeout.filter(|_| ctx.config.read_timeout.is_none()),
+            stream_window: unread::stream_window(&cfg),
+        }),
+    );
     let mut refusals = H2Refusals::default();
     let mut unread = UnreadBudget::default();
+    let mut upload = UploadWindows::default();
     let mut reason = CloseReason::ClientClosed;
     // The control-frame flood guard tripped and was acted on.
     let mut flooded = false;
@@ -411,7 +423,8 @@ where
             turn = poll_fn(|cx| {
                 let turn = poll_turn(&mut conn, service, waiting.is_some(), streams_open, &mut h2_busy, &ctx, &conn_bytes, &gate, &addrs, cx);
                 refusals.count(&conn, &ctx, &addrs);
-                unread.look(&conn, &cfg, &control, &ctx.stats, &addrs);
+                upload.after_poll(&mut conn, &cfg, &control, &conn_bytes);
+                unread.look(&conn, upload.window(&cfg), &control, &ctx.stats, &addrs);
                 turn
             }) => {
                 let start = match turn {
@@ -1295,7 +1308,6 @@ fn prepare<F>(
     // reset's age is the client's, whatever kept the service.
     let ordinary_at =
         clock::now_nanos().saturating_add(ordinary_cancel_age(&parts.headers).as_nanos() as u64);
-    let limit = ctx.config.max_body_bytes;
     let content_length = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -1366,8 +1378,7 @@ fn prepare<F>(
         let body = RecvBody::new(
             recv,
             content_length,
-            limit,
-            (ctx.config.read_timeout, ctx.config.idle_timeout),
+            ctx.config.read_timeout,
             paced,
             conn_bytes.clone(),
             share,
