@@ -102,7 +102,9 @@ fn upload(mut send: h2::SendStream<Bytes>, want: usize, sent: Arc<AtomicUsize>) 
 #[tokio::test]
 async fn a_stream_whose_handler_keeps_up_gets_a_grown_window() {
     let read = Arc::new(AtomicUsize::new(0));
-    let server = common::AppServer::one_worker(Builder::default(), service(read.clone()));
+    // The held handler never answers: the shutdown cuts it at once.
+    let builder = Builder::default().shutdown_timeout(Duration::from_millis(100));
+    let server = common::AppServer::one_worker(builder, service(read.clone()));
     let client = common::h2c(server.addr()).await;
     let mut ready = client.ready().await.unwrap();
     let req = Request::post("http://t/read-then-hold").body(()).unwrap();
