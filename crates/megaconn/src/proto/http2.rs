@@ -371,7 +371,10 @@ where
         )
         .bounded(BodyBounds {
             limit: ctx.config.max_body_bytes,
-            stall_after: ctx.config.idle_timeout.filter(|_| ctx.config.read_timeout.is_none()),
+            stall_after: ctx
+                .config
+                .idle_timeout
+                .filter(|_| ctx.config.read_timeout.is_none()),
             stream_window: unread::stream_window(&cfg),
         }),
     );

@@ -20,6 +20,7 @@ use http_body_util::{BodyExt, Full};
 use megaconn::{Body, Builder};
 
 use super::h2::SAFETY;
+use super::h2_budget::upload;
 
 /// The window a stream starts with (half the default budget).
 const STREAM_WINDOW: usize = 64 * 1024;
@@ -66,31 +67,6 @@ fn service(
         let read = read.clone();
         async move { Ok::<_, Infallible>(app(req, read).await) }
     })
-}
-
-/// Sends what the server's windows let through on `send`, as room comes,
-/// up to `want` bytes, counting each byte in `sent` before it can reach
-/// the wire (so `sent` never trails what the server let in).
-fn upload(mut send: h2::SendStream<Bytes>, want: usize, sent: Arc<AtomicUsize>) {
-    tokio::spawn(async move {
-        let mut left = want;
-        while left > 0 {
-            send.reserve_capacity(left.min(1 << 20));
-            let Some(Ok(room)) = std::future::poll_fn(|cx| send.poll_capacity(cx)).await else {
-                return;
-            };
-            let n = room.min(left);
-            if n == 0 {
-                continue;
-            }
-            sent.fetch_add(n, Relaxed);
-            if send.send_data(Bytes::from(vec![7u8; n]), false).is_err() {
-                return;
-            }
-            left -= n;
-        }
-        std::future::pending::<()>().await;
-    });
 }
 
 /// A handler that reads its upload as it comes has its stream's window
@@ -188,5 +164,9 @@ async fn a_wait_while_the_connection_window_is_full_is_not_charged() {
     let answers = answers.await;
     let held = (StatusCode::OK, STREAM_WINDOW.to_string());
     assert_eq!(answers[..2], [held.clone(), held], "{answers:?}");
-    assert_eq!(answers[2], (StatusCode::OK, "1000".to_owned()), "{answers:?}");
+    assert_eq!(
+        answers[2],
+        (StatusCode::OK, "1000".to_owned()),
+        "{answers:?}"
+    );
 }
