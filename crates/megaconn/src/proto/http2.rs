@@ -2506,8 +2506,14 @@ mod size_guard {
     /// 1,672 with its record's when a reset stops counting as a rapid one
     /// and which gRPC the request speaks (`StreamRecord`'s `ordinary_at`
     /// and `grpc`, session 50). 1,696 on session 50's merged main: its
-    /// branches measured 1,672 apart and 24 bytes more together (not yet
-    /// traced to one change; the lead raised the bound at the merge).
+    /// branches measured 1,672 apart; the 24 bytes are the `otel` feature,
+    /// which the workspace's test build turns on through the root package
+    /// (`cargo test -p megaconn --lib`: 1,576 here; with `--features otel`
+    /// or the workspace: 1,600, session 51). 1,600 since session 51: the
+    /// request body's bounds from the configuration (`max_body_bytes`, the
+    /// stall's) are kept once a connection (`BodyBounds`) and its
+    /// remaining length is a `u64` (32 bytes less a body, 96 less here: it
+    /// is there three times).
     #[test]
     fn the_http2_stream_future_stays_small() {
         type DemoBody = http_body_util::Either<http_body_util::Full<Bytes>, Body>;
@@ -2541,7 +2547,7 @@ mod size_guard {
         }
         let size = size_of_stream(stream);
         eprintln!("HTTP/2 stream future: {size} bytes");
-        assert!(size <= 1696, "the HTTP/2 stream future is {size} bytes");
+        assert!(size <= 1600, "the HTTP/2 stream future is {size} bytes");
     }
 }
 
