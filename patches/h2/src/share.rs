@@ -537,6 +537,22 @@ impl FlowControl {
             .release_capacity(sz as proto::WindowSize)
             .map_err(Into::into)
     }
+
+    /// Raises this stream's receive window target by `sz` bytes (megaconn's
+    /// patch): a `WINDOW_UPDATE` for the stream follows as for released
+    /// capacity, so the peer may send `sz` more bytes ahead of the reader
+    /// from then on. The connection's window is not changed
+    /// (`server::Connection::set_target_window_size`).
+    ///
+    /// # Errors
+    ///
+    /// If the target would pass the largest window (2^31 - 1).
+    pub fn grow_window(&mut self, sz: u32) -> Result<(), crate::Error> {
+        if sz > proto::MAX_WINDOW_SIZE {
+            return Err(UserError::ReleaseCapacityTooBig.into());
+        }
+        self.inner.grow_recv_window(sz).map_err(Into::into)
+    }
 }
 
 // ===== impl PingPong =====

@@ -163,10 +163,10 @@ pub const DEFAULT_HTTP2_MAX_STALLED_STREAMS: u32 = 32;
 /// capped at it, so past it the client waits for a handler to read.
 /// 128 KiB, nginx's order (it held ~83 KiB a connection of uploads nobody
 /// read, `bench/ATTACK-MEMORY.md`); the 1 MiB connection window let 400
-/// connections make the server hold 444 MB (session 48). An upload to a
-/// handler that reads gets a stream window, half of it, per round trip:
-/// ~650 MB/s at 0.1 ms, ~6.5 MB/s at 10 ms, ~1.3 MB/s at 50 ms; raise it
-/// for large uploads over long paths.
+/// connections make the server hold 444 MB (session 48). A stream starts
+/// with half of it as its window, ~1.3 MB/s at a 50 ms round trip; one
+/// whose handler keeps up with it grows its window (to 4 MiB, from a
+/// 64 MiB pool for the process: `service/h2_body.rs`, session 51).
 pub const DEFAULT_HTTP2_MAX_UNREAD_BODY_BYTES: u32 = 128 * 1024;
 
 /// Default per-stream receive window: how much request body a client may send

@@ -73,6 +73,13 @@ impl MinRate {
 /// when it passes, as a wait's deadline (its start plus the credit left)
 /// never comes before the last one set (a later wait starts after the
 /// earlier one's time is spent, with at least its credit less that time).
+///
+/// Time the client could not send is not charged: on HTTP/2, while the
+/// connection's window is full of other streams' unread bodies (Kestrel
+/// stops its clock then too). The caller keeps that time on a clock of its
+/// own, read at each call that names it (`off`, the `_off` methods): a
+/// wait is charged its length less what that clock ran during it.
+/// HTTP/1.1 has no such time (its calls read it as zero).
 #[derive(Debug)]
 pub(crate) struct BodyRate {
     /// Waiting the client may still spend, as of the open wait's start.
@@ -86,6 +93,8 @@ pub(crate) struct BodyRate {
     /// it still waits (HTTP/1.1's `BodySender::ask_again`); no bytes came
     /// since.
     asked: bool,
+    /// The time-not-charged clock's reading when the open wait began.
+    off: Duration,
 }
 
 impl BodyRate {
@@ -98,16 +107,40 @@ impl BodyRate {
             since: Some(now),
             bound: LazyDeadline::after(Some(credit)),
             asked: false,
+            off: Duration::ZERO,
         }
+    }
+
+    /// The first wait began with the time-not-charged clock reading `off`.
+    pub(crate) fn off_at_start(mut self, off: Duration) -> BodyRate {
+        self.off = off;
+        self
+    }
+
+    /// Whether a wait is open.
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.since.is_some()
     }
 
     /// The open wait, if any, ends `now`: its time is spent.
     pub(crate) fn close_wait(&mut self, now: Instant) {
+        self.close_wait_off(now, Duration::ZERO);
+    }
+
+    /// The open wait, if any, ends `now`, the time-not-charged clock
+    /// reading `off`: its time is spent, but what that clock ran.
+    pub(crate) fn close_wait_off(&mut self, now: Instant, off: Duration) {
         if let Some(since) = self.since.take() {
-            self.credit = self
-                .credit
-                .saturating_sub(now.saturating_duration_since(since));
+            let spent = self.spent(since, now, off);
+            self.credit = self.credit.saturating_sub(spent);
         }
+    }
+
+    /// What a wait from `since` to `now` costs, the time-not-charged clock
+    /// reading `off` now (it read `self.off` at `since`).
+    fn spent(&self, since: Instant, now: Instant, off: Duration) -> Duration {
+        now.saturating_duration_since(since)
+            .saturating_sub(off.saturating_sub(self.off))
     }
 
     /// `n` bytes of the body were read: a wait open ends, and they earn
@@ -139,11 +172,29 @@ impl BodyRate {
     /// client has spent the waiting its bytes earned; else the task is
     /// woken when it would have.
     pub(crate) fn poll_spent(&mut self, now: Instant, cx: &mut Context<'_>) -> bool {
-        let since = *self.since.get_or_insert(now);
+        self.poll_spent_off(now, Duration::ZERO, cx)
+    }
+
+    /// [`poll_spent`](Self::poll_spent), the time-not-charged clock reading
+    /// `off` now: what it ran since the wait began is not spent, and the
+    /// bound, passed early, moves to where the credit then ends.
+    pub(crate) fn poll_spent_off(
+        &mut self,
+        now: Instant,
+        off: Duration,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        let since = match self.since {
+            Some(since) => since,
+            None => {
+                self.off = off;
+                *self.since.insert(now)
+            }
+        };
         if !self.bound.poll_passed(cx) {
             return false;
         }
-        let spent = now.saturating_duration_since(since);
+        let spent = self.spent(since, now, off);
         if let Some(left) = self.credit.checked_sub(spent).filter(|l| !l.is_zero()) {
             // Early (see the struct): to where this wait's credit ends.
             self.bound.restart(left);
@@ -194,5 +245,28 @@ mod tests {
         // A fast stretch banks a minute at most.
         let big = BodyRate::new(Duration::from_secs(5), 1 << 30, 240, start);
         assert_eq!(big.credit, BODY_RATE_BANK);
+    }
+
+    /// Time on the time-not-charged clock (HTTP/2: the connection's window
+    /// full of other streams' unread bodies) is not spent: a wait of 3 s
+    /// of which 2.5 s ran on it costs 0.5 s, and the bound, passed, moves.
+    #[tokio::test(start_paused = true)]
+    async fn time_the_client_could_not_send_is_not_charged() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let start = Instant::now();
+        let off = Duration::from_secs(7);
+        let mut rate = BodyRate::new(Duration::from_secs(1), 0, 1000, start).off_at_start(off);
+        let mut plain = BodyRate::new(Duration::from_secs(1), 0, 1000, start);
+        assert!(!rate.poll_spent_off(start, off, &mut cx));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let later = off + Duration::from_millis(2500);
+        assert!(
+            !rate.poll_spent_off(Instant::now(), later, &mut cx),
+            "0.5 s of 1 s spent"
+        );
+        rate.close_wait_off(Instant::now(), later);
+        assert_eq!(rate.credit, Duration::from_millis(500));
+        // Without the clock's time, the same wait is cut.
+        assert!(plain.poll_spent(Instant::now(), &mut cx));
     }
 }

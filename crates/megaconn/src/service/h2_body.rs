@@ -4,13 +4,16 @@
 //! stream's exchange ([`BodyShare`]: the count of its bytes for the
 //! stream's record, and its cut by `min_request_body_rate`), and where a
 //! connection's readers say they took a DATA frame ([`ReadCredit`]: the
-//! tiny-DATA budget's give-back). It lives with the service
+//! tiny-DATA budget's give-back), and the growth of a stream's receive
+//! window while its reader keeps up ([`RecvBody`]'s `kept_up`, bounded by
+//! [`HTTP2_GROWN_WINDOW_MAX`] and [`HTTP2_GROWN_WINDOWS_POOL`]). It lives with the service
 //! glue (not in `proto/http2.rs`) because [`Body`](crate::Body) wraps it:
 //! the body a service sees must not depend on a protocol module.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{
-    AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+    AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire,
+    Ordering::Relaxed,
 };
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
@@ -29,6 +32,50 @@ use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, WorkerStats};
 use crate::service::body_rate::{BodyRate, MinRate};
+
+/// The largest receive window an HTTP/2 request body's stream grows to
+/// while its reader keeps up with its client (4 MiB): ~80 MB/s over a
+/// 50 ms round trip, where the 64 KiB a stream starts with
+/// (`http2_max_unread_body_bytes`' half) gave ~1.3 MB/s (an 8 MiB upload
+/// took 6.8 s, 0.55 s under tonic, whose windows are 1 MiB;
+/// `bench/H2-UPLOAD.md`). A window a reader keeps up with holds nothing
+/// unread: growing it costs memory only if the reader then stops, and then
+/// at most this a stream, from the pool below.
+pub(crate) const HTTP2_GROWN_WINDOW_MAX: u32 = 4 << 20;
+
+/// What all of the process's HTTP/2 streams' windows may have grown beyond
+/// what they started with, together (64 MiB): so that the uploads whose
+/// readers kept up, then stopped, can make the server hold at most this
+/// beyond the per-connection budget (`http2_max_unread_body_bytes`), however
+/// many connections there are (400 connections at 4 MiB each would have
+/// been 1.6 GB). Past it, a window does not grow (the upload goes on at
+/// the pace of the window it has) until a grown one gives its growth back.
+pub(crate) const HTTP2_GROWN_WINDOWS_POOL: u32 = 64 << 20;
+
+/// The pool's bytes given out ([`HTTP2_GROWN_WINDOWS_POOL`]).
+static GROWN_WINDOWS: AtomicU32 = AtomicU32::new(0);
+
+/// The pool ran out once: its line is written once a process (a window
+/// that cannot grow slows an upload, nothing is refused).
+static POOL_LINE: AtomicBool = AtomicBool::new(false);
+
+/// Takes `by` bytes from the pool of grown windows, if it has them.
+fn take_from_pool(by: u32) -> bool {
+    let taken = GROWN_WINDOWS
+        .fetch_update(AcqRel, Acquire, |used| {
+            used.checked_add(by)
+                .filter(|&now| now <= HTTP2_GROWN_WINDOWS_POOL)
+        })
+        .is_ok();
+    if !taken && !POOL_LINE.swap(true, Relaxed) {
+        tracing::info!(
+            pool = HTTP2_GROWN_WINDOWS_POOL,
+            "HTTP/2 uploads' receive windows have grown by HTTP2_GROWN_WINDOWS_POOL bytes in all; \
+             further uploads keep the windows they have until some end (logged once)"
+        );
+    }
+    taken
+}
 
 /// Where a connection's readers (request bodies, upgraded streams,
 /// `service/h2_stream.rs`) report each DATA frame they take out of h2:
@@ -84,6 +131,50 @@ pub(crate) struct ConnBodyBytes {
     /// The access log is on: a stream's record takes its own body's
     /// count ([`take`](Self::take)).
     own_counts: bool,
+    /// What its bodies are held to, from the configuration.
+    bounds: BodyBounds,
+    /// What the connection's bodies' windows have grown by, together: the
+    /// connection's task raises the connection window by as much
+    /// (`proto/http2/upload.rs`), as a stream window larger than the
+    /// connection's would not be used.
+    grown: AtomicU32,
+    /// How long the connection's window has been full of unread request
+    /// bodies, in all: the client could send nothing then, and
+    /// `min_request_body_rate` does not charge it ([`FullClock`]).
+    full: Mutex<FullClock>,
+}
+
+/// What a connection's request bodies are held to, from its configuration:
+/// kept once a connection, not in each body (a body is inline in every
+/// request and in its stream's future, whose size `proto/http2.rs`
+/// guards).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyBounds {
+    /// `max_body_bytes`.
+    pub(crate) limit: u64,
+    /// With `read_timeout` off, `idle_timeout`: how long a reader may wait
+    /// for DATA that does not come ([`RecvBody`]'s `stalled`), if its body
+    /// is paced.
+    pub(crate) stall_after: Option<Duration>,
+    /// The window a stream starts with; its body's grows from it while its
+    /// reader keeps up (0: it does not).
+    pub(crate) stream_window: u32,
+}
+
+/// A clock that runs while a connection's receive window is full of
+/// request bodies that their handlers have not read: set by the
+/// connection's task, which sees the window (`proto/http2/upload.rs`),
+/// read by the bodies held to `min_request_body_rate`, whose waits are
+/// not charged its time (`BodyRate`, Kestrel's rule too: its clock stops
+/// while the connection's window is exhausted). Without it, two bodies
+/// their handlers held unread (64 KiB each, the stream window, fill the
+/// 128 KiB default) made a third stream's client too slow.
+#[derive(Debug, Default)]
+struct FullClock {
+    /// The time it ran, up to `since`.
+    total: Duration,
+    /// It runs, since then.
+    since: Option<Instant>,
 }
 
 impl ConnBodyBytes {
@@ -103,7 +194,54 @@ impl ConnBodyBytes {
             credit,
             min_rate,
             own_counts: access_log,
+            bounds: BodyBounds {
+                limit: u64::MAX,
+                stall_after: None,
+                stream_window: 0,
+            },
+            grown: AtomicU32::new(0),
+            full: Mutex::default(),
         }
+    }
+
+    /// Its bodies are held to `bounds`.
+    pub(crate) fn bounded(mut self, bounds: BodyBounds) -> ConnBodyBytes {
+        self.bounds = bounds;
+        self
+    }
+
+    /// What the connection's bodies' windows have grown by, together.
+    pub(crate) fn grown(&self) -> u32 {
+        self.grown.load(Acquire)
+    }
+
+    /// Whether its bodies are held to `min_request_body_rate` (then the
+    /// connection's task keeps the [`FullClock`]).
+    pub(crate) fn clocks_full_window(&self) -> bool {
+        self.min_rate.is_some()
+    }
+
+    /// The connection's window became full of unread bodies (`full`), or
+    /// not, `now`.
+    pub(crate) fn window_full(&self, full: bool, now: Instant) {
+        let mut clock = self.full.lock().unwrap_or_else(PoisonError::into_inner);
+        match (clock.since, full) {
+            (None, true) => clock.since = Some(now),
+            (Some(since), false) => {
+                clock.total += now.saturating_duration_since(since);
+                clock.since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// How long the connection's window has been full, in all, as of `now`.
+    fn full_reading(&self, now: Instant) -> Duration {
+        let clock = self.full.lock().unwrap_or_else(PoisonError::into_inner);
+        clock.total
+            + clock
+                .since
+                .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
     }
 
     /// Whether a stream's body needs a [`BodyShare`]: for the access
@@ -277,6 +415,11 @@ struct Waits {
     /// The client held to `min_request_body_rate`
     /// ([`RecvBody::too_slow`]).
     rate: Option<RateWait>,
+    /// What the stream's window has grown by ([`RecvBody::kept_up`]),
+    /// taken from the pool and the connection's `grown`.
+    grown: u32,
+    /// `received` when it last grew (or 0).
+    grown_at: u64,
 }
 
 /// A body's client held to `min_request_body_rate`, made at its reader's
@@ -292,11 +435,12 @@ struct RateWait {
 }
 
 impl RateWait {
-    /// The first wait of a body that has `received` bytes so far.
-    fn new(min: MinRate, received: u64) -> RateWait {
+    /// The first wait of a body that has `received` bytes so far, begun
+    /// `now` with the connection's [`FullClock`] reading `off`.
+    fn new(min: MinRate, received: u64, (now, off): (Instant, Duration)) -> RateWait {
         let arrival = Arc::new(Arrival::default());
         RateWait {
-            rate: BodyRate::new(min.grace, received, min.per_second, clock::now()),
+            rate: BodyRate::new(min.grace, received, min.per_second, now).off_at_start(off),
             waker: Waker::from(arrival.clone()),
             arrival,
         }
@@ -354,6 +498,10 @@ impl Wake for Arrival {
     }
 }
 
+/// [`RecvBody`]'s `remaining` when the client sent no `content-length`
+/// (one of `u64::MAX` is more than `max_body_bytes` admits anyway).
+const NO_LENGTH: u64 = u64::MAX;
+
 /// A request body arriving in HTTP/2 DATA frames. Each frame's bytes are given
 /// back to the flow-control window as the handler takes them, so a handler that
 /// does not read stops the client (after one window) instead of making us buffer.
@@ -361,8 +509,9 @@ impl Wake for Arrival {
 pub(crate) struct RecvBody {
     stream: RecvStream,
     data_done: bool,
-    /// Bytes still expected when the client sent `content-length`.
-    remaining: Option<u64>,
+    /// Bytes still expected when the client sent `content-length`; else
+    /// [`NO_LENGTH`] (not an `Option`: 8 bytes less in every request).
+    remaining: u64,
     /// Bytes taken in, every DATA frame's, refused or not.
     received: u64,
     /// What it shares with its stream's exchange: where `received` goes
@@ -370,15 +519,13 @@ pub(crate) struct RecvBody {
     /// record takes its share of the connection's count, `conn_bytes`),
     /// and where a cut by the rate is told.
     share: Option<Arc<BodyShare>>,
-    limit: u64,
-    /// The connection's count of body bytes (and its worker's counters).
+    /// The connection's count of body bytes (and its worker's counters),
+    /// and what its bodies are held to (`max_body_bytes`, the stall's
+    /// bound: [`BodyBounds`]).
     conn_bytes: Arc<ConnBodyBytes>,
     /// `read_timeout`, from when the request's head arrived: the whole body
     /// must have arrived by then (as on HTTP/1.1).
     deadline: LazyDeadline,
-    /// With `read_timeout` off, `idle_timeout`: how long a reader may wait
-    /// for DATA that does not come ([`stalled`](Self::stalled)).
-    stall_after: Option<Duration>,
     /// The bounds of the reader's waits, made when it first waits (a body
     /// whose DATA is there when read costs none): boxed, as a body is
     /// inline in every request and in its stream's future.
@@ -392,24 +539,24 @@ pub(crate) struct RecvBody {
     /// must not wait for a client that stalled, or for the rest of an
     /// upload refused as too large).
     failed: bool,
-    /// The body went past `limit`, and the bytes up to one past it were
+    /// The body went past its limit, and the bytes up to one past it were
     /// handed over: the next poll fails (`body::up_to_one_past`).
     past_limit: bool,
 }
 
 impl RecvBody {
-    /// A body of `stream` counted in the connection's `conn_bytes`, `limit`
-    /// bytes at most, complete within `read_timeout` from now (with it
-    /// off, a reader waits for DATA no longer than `idle_timeout`), its
-    /// client held to the connection's `min_request_body_rate` while the
-    /// reader waits, that shares the count of its bytes and its cut with
-    /// its stream's exchange through `share`, if given. Not `paced`: no
-    /// bound on its client's pauses but `read_timeout` (gRPC).
+    /// A body of `stream` counted in the connection's `conn_bytes` and held
+    /// to its bounds ([`BodyBounds`]: `max_body_bytes`, and with
+    /// `read_timeout` off, `idle_timeout` between DATA), complete within
+    /// `read_timeout` from now, its client held to the connection's
+    /// `min_request_body_rate` while the reader waits, that shares the
+    /// count of its bytes and its cut with its stream's exchange through
+    /// `share`, if given. Not `paced`: no bound on its client's pauses but
+    /// `read_timeout` (gRPC).
     pub(crate) fn new(
         stream: RecvStream,
         content_length: Option<u64>,
-        limit: u64,
-        (read_timeout, idle_timeout): (Option<Duration>, Option<Duration>),
+        read_timeout: Option<Duration>,
         paced: bool,
         conn_bytes: Arc<ConnBodyBytes>,
         share: Option<Arc<BodyShare>>,
@@ -417,18 +564,27 @@ impl RecvBody {
         RecvBody {
             stream,
             data_done: false,
-            remaining: content_length,
+            remaining: content_length.unwrap_or(NO_LENGTH),
             received: 0,
             share,
-            limit,
             conn_bytes,
             deadline: LazyDeadline::after(read_timeout),
-            stall_after: idle_timeout.filter(|_| read_timeout.is_none() && paced),
             waits: None,
             paced,
             failed: false,
             past_limit: false,
         }
+    }
+
+    /// How long a reader may wait for DATA that does not come: with
+    /// `read_timeout` off, `idle_timeout`, if the body is paced.
+    fn stall_after(&self) -> Option<Duration> {
+        self.conn_bytes.bounds.stall_after.filter(|_| self.paced)
+    }
+
+    /// The most body it takes (`max_body_bytes`).
+    fn limit(&self) -> u64 {
+        self.conn_bytes.bounds.limit
     }
 
     /// Whether the reader, waiting now, has waited for DATA `stall_after`
@@ -452,7 +608,7 @@ impl RecvBody {
     /// behind nginx they were cut, session 50's review); a dead peer is
     /// then found by `http2_keep_alive_interval` or `tcp_keepalive`.
     fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(after) = self.stall_after else {
+        let Some(after) = self.stall_after() else {
             return false;
         };
         let received = self.received;
@@ -468,7 +624,7 @@ impl RecvBody {
     fn stall_out(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         ratelog::log(Flood::BodyStall, |suppressed| {
             tracing::info!(
-                idle_timeout = %Timeout(self.stall_after),
+                idle_timeout = %Timeout(self.stall_after()),
                 suppressed,
                 "an HTTP/2 request body sent no DATA for idle_timeout; failing its read"
             )
@@ -490,15 +646,74 @@ impl RecvBody {
     /// the answer). What came before the first wait counts (a client that
     /// sent 64 KiB at once, then paused, is not cut at the grace).
     ///
-    /// What is charged is the reader's wait, whatever keeps the DATA away:
-    /// the client, or (unlike Kestrel, which stops its clock then) a
-    /// connection window filled by other streams' bodies that their
-    /// handlers hold unread (two at 64 KiB each, the stream window, fill
-    /// the 128 KiB default; `proto/http2/unread.rs`).
+    /// What is charged is the reader's wait less the time the connection's
+    /// window was full of other streams' bodies that their handlers hold
+    /// unread (two at 64 KiB each, the stream window, fill the 128 KiB
+    /// default; `proto/http2/unread.rs`): the client could not send then
+    /// (Kestrel stops its clock then too; [`FullClock`]).
     fn too_slow(&mut self, cx: &mut Context<'_>) -> bool {
         match self.waits.as_deref_mut().and_then(|w| w.rate.as_mut()) {
-            Some(wait) => wait.rate.poll_spent(clock::now(), cx),
+            Some(wait) => {
+                let now = clock::now();
+                let off = self.conn_bytes.full_reading(now);
+                wait.rate.poll_spent_off(now, off, cx)
+            }
             None => false,
+        }
+    }
+
+    /// The reader waits with the whole body so far taken (h2 holds none of
+    /// it): it keeps up with its client. Once it has taken a whole window
+    /// since the window last grew, the stream's window doubles, up to
+    /// [`HTTP2_GROWN_WINDOW_MAX`], the pool allowing
+    /// ([`HTTP2_GROWN_WINDOWS_POOL`]), and the connection's grows by as
+    /// much (its task sees `grown`). Why: an upload over a long path moves
+    /// one window per round trip, 64 KiB by default, and the window a
+    /// reader keeps up with holds nothing unread, so the unread-body bound
+    /// is kept while the reader reads: it costs memory only if the reader
+    /// stops with a grown window in flight, at most the cap a stream and the
+    /// pool in all. A reader slower than its client never waits, and its
+    /// window never grows (what it would let in would wait unread); nor
+    /// does one blocked elsewhere (an echo whose client does not read the
+    /// response: the memory audit's `h2-post`). Not measured against the
+    /// round trip (hyper's BDP pings): a client slower than its window
+    /// gets a larger window than it needs, unused while its reader reads.
+    fn kept_up(&mut self) {
+        let base = self.conn_bytes.bounds.stream_window;
+        let received = self.received;
+        if received < u64::from(base) || base >= HTTP2_GROWN_WINDOW_MAX {
+            return;
+        }
+        let waits = self.waits.get_or_insert_with(Box::default);
+        let window = base + waits.grown;
+        if received - waits.grown_at < u64::from(window) || window >= HTTP2_GROWN_WINDOW_MAX {
+            return;
+        }
+        // A window's worth more is taken before it is asked again, grown
+        // or not (the pool may have room by then).
+        waits.grown_at = received;
+        let by = window.min(HTTP2_GROWN_WINDOW_MAX - window);
+        if !take_from_pool(by) {
+            return;
+        }
+        if self.stream.flow_control().grow_window(by).is_err() {
+            GROWN_WINDOWS.fetch_sub(by, AcqRel);
+            return;
+        }
+        waits.grown += by;
+        self.conn_bytes.grown.fetch_add(by, AcqRel);
+    }
+
+    /// Gives the stream's window growth back to the pool and the
+    /// connection (its body is done: nothing more comes to it).
+    fn give_back_window(&mut self) {
+        let Some(waits) = self.waits.as_deref_mut() else {
+            return;
+        };
+        let grown = std::mem::take(&mut waits.grown);
+        if grown > 0 {
+            GROWN_WINDOWS.fetch_sub(grown, AcqRel);
+            self.conn_bytes.grown.fetch_sub(grown, AcqRel);
         }
     }
 
@@ -514,8 +729,10 @@ impl RecvBody {
                 return polled;
             };
             let received = self.received;
+            let now = clock::now();
+            let off = self.conn_bytes.full_reading(now);
             let waits = self.waits.get_or_insert_with(Box::default);
-            waits.rate = Some(RateWait::new(min, received));
+            waits.rate = Some(RateWait::new(min, received, (now, off)));
         }
         let wait = self
             .waits
@@ -525,7 +742,10 @@ impl RecvBody {
         let ended = wait.arrival.polled_by(cx.waker());
         let polled = self.stream.poll_data(&mut Context::from_waker(&wait.waker));
         if let (Poll::Ready(_), Some(at)) = (&polled, ended) {
-            wait.rate.close_wait(at);
+            // The full window's clock as of now: it may have run since
+            // `at`, which only leaves the wait less charged.
+            let off = self.conn_bytes.full_reading(clock::now());
+            wait.rate.close_wait_off(at, off);
         }
         polled
     }
@@ -571,7 +791,9 @@ impl RecvBody {
             return Poll::Ready(None);
         }
         if std::mem::take(&mut self.past_limit) {
-            return self.fail(BodyError::TooLarge { limit: self.limit });
+            return self.fail(BodyError::TooLarge {
+                limit: self.limit(),
+            });
         }
         if !self.data_done {
             // The deadline is looked at (and its timer set up) only when the
@@ -580,7 +802,10 @@ impl RecvBody {
                 Poll::Pending if self.deadline.poll_passed(cx) => return self.time_out(),
                 Poll::Pending if self.stalled(cx) => return self.stall_out(),
                 Poll::Pending if self.too_slow(cx) => return self.rate_out(),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.kept_up();
+                    return Poll::Pending;
+                }
                 Poll::Ready(polled) => polled,
             };
             match polled {
@@ -596,15 +821,23 @@ impl RecvBody {
                     self.conn_bytes.record(data.len());
                     let rate = self.waits.as_deref_mut().and_then(|w| w.rate.as_mut());
                     if let (Some(wait), Some(min)) = (rate, self.conn_bytes.min_rate) {
+                        // A wait still open (no wake was noted) ends now,
+                        // less the full window's time.
+                        if wait.rate.is_waiting() {
+                            let now = clock::now();
+                            let off = self.conn_bytes.full_reading(now);
+                            wait.rate.close_wait_off(now, off);
+                        }
                         wait.rate.earned(data.len(), min.per_second);
                     }
                     if self.deadline.is_past() {
                         return self.time_out();
                     }
-                    if self.received > self.limit {
+                    let limit = self.limit();
+                    if self.received > limit {
                         ratelog::log(Flood::BodyTooLarge, |suppressed| {
                             tracing::info!(
-                                limit = self.limit,
+                                limit,
                                 suppressed,
                                 "HTTP/2 request body over max_body_bytes; refusing the rest"
                             )
@@ -612,12 +845,12 @@ impl RecvBody {
                         incr(&self.conn_bytes.stats.protocol_errors);
                         LimitHit::MaxBodyBytes.count(&self.conn_bytes.stats);
                         self.past_limit = true;
-                        let past = self.received - self.limit;
+                        let past = self.received - limit;
                         let data = crate::service::body::up_to_one_past(data, past);
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                    if let Some(left) = self.remaining.as_mut() {
-                        *left = left.saturating_sub(data.len() as u64);
+                    if self.remaining != NO_LENGTH {
+                        self.remaining = self.remaining.saturating_sub(data.len() as u64);
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -628,6 +861,7 @@ impl RecvBody {
                 None => {
                     self.data_done = true;
                     self.deadline.clear();
+                    self.give_back_window();
                 }
             }
         }
@@ -674,14 +908,15 @@ impl RecvBody {
 
     pub(crate) fn size_hint(&self) -> SizeHint {
         match self.remaining {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
+            NO_LENGTH => SizeHint::default(),
+            n => SizeHint::with_exact(n),
         }
     }
 }
 
 impl Drop for RecvBody {
     fn drop(&mut self) {
+        self.give_back_window();
         if let Some(share) = &self.share {
             share.bytes.store(self.received, Relaxed);
         }

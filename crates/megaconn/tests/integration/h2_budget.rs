@@ -94,7 +94,7 @@ async fn round_trip(pings: &mut h2::PingPong) {
 /// Sends what the server's windows let through on `send`, as room comes,
 /// up to `want` bytes, counting each sent byte in `sent` before it can
 /// reach the wire.
-fn upload(mut send: h2::SendStream<Bytes>, want: usize, sent: Arc<AtomicUsize>) {
+pub(super) fn upload(mut send: h2::SendStream<Bytes>, want: usize, sent: Arc<AtomicUsize>) {
     tokio::spawn(async move {
         let mut left = want;
         while left > 0 {

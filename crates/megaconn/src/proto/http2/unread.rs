@@ -12,6 +12,15 @@
 //! 1 MiB connection window let a client make the server hold ~1.1 MiB a
 //! connection (400 connections: 12 → 456 MB) with no count or line.
 //!
+//! One exception since session 51: a stream whose reader keeps up with
+//! its client has its window grown (`service/h2_body.rs`,
+//! `RecvBody::kept_up`; the connection's follows, `upload.rs`), as an
+//! upload over a long path moves one window per round trip. A window a
+//! reader keeps up with holds nothing unread; if the reader then stops,
+//! what it let in waits unread: at most `HTTP2_GROWN_WINDOW_MAX` a stream,
+//! and `HTTP2_GROWN_WINDOWS_POOL` in all the process's connections beyond
+//! this budget.
+//!
 //! What this module adds is the observation: after each poll of the
 //! connection that brought DATA, [`UnreadBudget::look`] asks h2 how much
 //! of it is unreleased (our h2 patch's `unreleased_recv_data`, one take of
@@ -37,7 +46,7 @@ use crate::observe::stats::WorkerStats;
 
 /// One connection's look-out for its unread DATA reaching the budget: 8
 /// bytes in the connection's future (which every open HTTP/2 connection
-/// carries; the window is read from the configuration at each look).
+/// carries; the window is passed at each look).
 #[derive(Debug, Default)]
 pub(super) struct UnreadBudget {
     /// [`FloodBudget::data_received`] at the last look; `u64::MAX` once
@@ -46,13 +55,14 @@ pub(super) struct UnreadBudget {
 }
 
 impl UnreadBudget {
-    /// After a poll of `conn`, served with `cfg`: counts and logs the
-    /// connection the first time the DATA h2 holds unreleased reaches its
-    /// window.
+    /// After a poll of `conn`, whose connection window is `window` now
+    /// (`upload.rs`: the budget's, and what its uploads' windows grew by):
+    /// counts and logs the connection the first time the DATA h2 holds
+    /// unreleased reaches it.
     pub(super) fn look<I>(
         &mut self,
         conn: &h2::server::Connection<I, Bytes>,
-        cfg: &Http2Config,
+        window: u32,
         wire: &FloodBudget,
         stats: &WorkerStats,
         addrs: &Addrs,
@@ -65,7 +75,6 @@ impl UnreadBudget {
             return;
         }
         self.seen = received;
-        let window = connection_window(cfg);
         // Not a window's worth in all: nothing can be unread that did not
         // arrive, and no lock is taken.
         if received < u64::from(window) {

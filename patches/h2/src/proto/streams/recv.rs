@@ -513,6 +513,40 @@ impl Recv {
         Ok(())
     }
 
+    /// Raises a stream's receive window target by `sz` (megaconn's patch):
+    /// as released capacity does, without the connection's.
+    pub fn grow_window(
+        &mut self,
+        sz: WindowSize,
+        stream: &mut store::Ptr,
+        task: &mut Option<Waker>,
+    ) -> Result<(), UserError> {
+        let target = stream
+            .recv_flow
+            .available()
+            .add(stream.in_flight_recv_data)
+            .and_then(|t| t.add(sz))
+            .map_err(|_| UserError::ReleaseCapacityTooBig)?;
+        if target.as_size() > MAX_WINDOW_SIZE {
+            return Err(UserError::ReleaseCapacityTooBig);
+        }
+        stream
+            .recv_flow
+            .assign_capacity(sz)
+            .map_err(|_| UserError::ReleaseCapacityTooBig)?;
+
+        if stream.recv_flow.unclaimed_capacity().is_some() {
+            // Queue the stream for sending the WINDOW_UPDATE frame.
+            self.pending_window_updates.push(stream);
+
+            if let Some(task) = task.take() {
+                task.wake();
+            }
+        }
+
+        Ok(())
+    }
+
     /// Release any unclaimed capacity for a closed stream.
     pub fn release_closed_capacity(
         &mut self,
