@@ -2520,7 +2520,9 @@ mod size_guard {
     /// request body's bounds from the configuration (`max_body_bytes`, the
     /// stall's) are kept once a connection (`BodyBounds`) and its
     /// remaining length is a `u64` (32 bytes less a body, 96 less here: it
-    /// is there three times).
+    /// is there three times). 1,616 on session 51's merged main: the
+    /// gRPC call's place in the drain's list (`CutWatch`, so a call open
+    /// at the drain deadline ends `UNAVAILABLE`) adds 16.
     #[test]
     fn the_http2_stream_future_stays_small() {
         type DemoBody = http_body_util::Either<http_body_util::Full<Bytes>, Body>;
@@ -2554,7 +2556,7 @@ mod size_guard {
         }
         let size = size_of_stream(stream);
         eprintln!("HTTP/2 stream future: {size} bytes");
-        assert!(size <= 1600, "the HTTP/2 stream future is {size} bytes");
+        assert!(size <= 1616, "the HTTP/2 stream future is {size} bytes");
     }
 }
 
