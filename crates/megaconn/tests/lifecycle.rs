@@ -585,7 +585,6 @@ async fn refused_request_heads_log_status_reason_and_peer_once_per_interval() {
     let server = TestServer::start(megaconn::Server::builder().workers(1).max_headers(2)).await;
     let (started, peers) = each_answered_then_closed(
         &server,
-        [127, 0, 0, 71],
         REFUSALS,
         |_| b"GET / HTTP/1.1\r\nHost: t\r\nA: 1\r\nB: 2\r\n\r\n",
         "431",
@@ -645,30 +644,14 @@ async fn refused_heads_of_different_statuses_each_get_their_line() {
     server.stop().await;
 }
 
-/// A connection to `server` from `source`, an address of 127.0.0.0/8 that
-/// no other test of this binary uses. The lines [`assert_one_line_per_interval`]
-/// counts name their peer by address and port, and Linux may give two
-/// concurrent tests' clients the same ephemeral port towards different
-/// servers: from 127.0.0.1, a line of another test's (the same kind, the
-/// same port) was counted as this test's (CI, session 41: "2 lines in
-/// 13 ms (at most 1)").
-async fn connect_from(server: &TestServer, source: [u8; 4]) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind((std::net::Ipv4Addr::from(source), 0).into())
-        .expect("bind a source address");
-    socket.connect(server.addr).await.expect("connect")
-}
-
 /// Sends `count` requests to `server`, each on a connection of its own
-/// from `source` ([`connect_from`]; the lines these tests count name their
-/// peer), request `i` being `request(i)`, and asserts that each is answered
+/// from an address of its own (`common::connect_from_own_address`: the
+/// lines these tests count name their peer), request `i` being `request(i)`, and asserts that each is answered
 /// `status` and closed. Returns when the first was sent (the events began:
 /// [`assert_one_line_per_interval`]'s `started`) and each connection's
 /// address, the peer its line names.
 async fn each_answered_then_closed(
     server: &TestServer,
-    source: [u8; 4],
     count: usize,
     request: impl Fn(usize) -> &'static [u8],
     status: &str,
@@ -676,7 +659,7 @@ async fn each_answered_then_closed(
     let started = std::time::Instant::now();
     let mut peers = Vec::new();
     for i in 0..count {
-        let mut s = connect_from(server, source).await;
+        let mut s = common::connect_from_own_address(server.addr).await;
         peers.push(s.local_addr().unwrap().to_string());
         s.write_all(request(i)).await.unwrap();
         let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
@@ -733,8 +716,7 @@ async fn requests_that_time_out_log_the_setting_and_peer_once_per_interval() {
             b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc"
         }
     };
-    let (started, peers) =
-        each_answered_then_closed(&server, [127, 0, 0, 72], SLOW, slow, "408").await;
+    let (started, peers) = each_answered_then_closed(&server, SLOW, slow, "408").await;
     wait_for_warning(&format!(
         "no whole request head from {} within read_header_timeout",
         peers[0]

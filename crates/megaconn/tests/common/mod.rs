@@ -848,15 +848,45 @@ where
         .unwrap_or_else(|_| panic!("still open after {rounds} rounds of {every:?}"))
 }
 
+/// A connection to `addr` from a loopback address (in 127.1.0.0/16) that no
+/// other connection of this test process was given, so that a log line
+/// naming its peer (`peer=…`, "from …") is this connection's alone. The
+/// port alone does not tell: Linux gives one ephemeral port to connections
+/// towards different servers at the same time, and again once one closed;
+/// the tests of a binary share one log, and a line of another test's (the
+/// same port, another server) was counted as this test's (CI, session 41:
+/// "2 lines in 13 ms"; session 51: an access-log test saw another's
+/// `413` line).
+pub async fn connect_from_own_address(addr: SocketAddr) -> TcpStream {
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    static GIVEN: AtomicU32 = AtomicU32::new(0);
+    let n = GIVEN.fetch_add(1, Relaxed);
+    assert!(
+        n < 1 << 16,
+        "more than 65,536 own addresses in one test binary"
+    );
+    let [_, _, high, low] = n.to_be_bytes();
+    let source = std::net::Ipv4Addr::new(127, 1, high, low);
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind((source, 0).into())
+        .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+    socket
+        .connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr} from {source}: {e}"))
+}
+
 /// An h2c client (prior knowledge) on a fresh connection.
 pub async fn h2c(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
     h2c_from(addr).await.0
 }
 
 /// An h2c client (prior knowledge) on a fresh connection, and its address
-/// (the peer the server sees).
+/// (the peer the server sees, this connection's alone:
+/// [`connect_from_own_address`]).
 pub async fn h2c_from(addr: SocketAddr) -> (h2::client::SendRequest<Bytes>, SocketAddr) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tcp = connect_from_own_address(addr).await;
     let local = tcp.local_addr().unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
     tokio::spawn(async move {

@@ -16,7 +16,6 @@ use megaconn::{Builder, CloseReason, ConnectionEvent};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::{read_response_buffered, TestServer, SAFETY};
@@ -133,7 +132,8 @@ pub enum Client {
 }
 
 async fn client(mode: Mode, addr: SocketAddr, tls: Option<Arc<ClientConfig>>) -> Client {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
+    // Its own address: tests tell its log lines by the peer they name.
+    let tcp = super::connect_from_own_address(addr).await;
     let local = tcp.local_addr().unwrap();
     let io: Box<dyn Io> = match tls {
         Some(config) => {

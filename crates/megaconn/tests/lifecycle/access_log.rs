@@ -8,7 +8,9 @@
 //!
 //! Every test stops its server before it reads the lines, so that every
 //! request's record has dropped and a second line for one request would be
-//! there; a connection's peer address tells its lines from any other test's.
+//! there; a connection's peer address tells its lines from any other test's
+//! (each connection comes from an address of its own:
+//! `common::connect_from_own_address`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,7 +27,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
 use super::common::modes::{self, h2_exchange};
-use super::common::{h2c_from, read_to_close, AppServer, TestServer, SAFETY};
+use super::common::{
+    connect_from_own_address, h2c_from, read_to_close, AppServer, TestServer, SAFETY,
+};
 use super::{capture_log, ACCESS_TARGET, LOGGED};
 
 /// The access-log lines of the connection from `peer`.
@@ -62,7 +66,7 @@ fn assert_one_line(peer: SocketAddr, want: &[&str], what: &str) {
 /// Sends `raw` on a fresh HTTP/1.1 connection to `addr` and reads until the
 /// server closes it; returns the client's address and what came back.
 async fn h1_exchange(addr: SocketAddr, raw: &[u8]) -> (SocketAddr, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut s = connect_from_own_address(addr).await;
     let peer = s.local_addr().unwrap();
     s.write_all(raw).await.expect("the server reads");
     let answer = String::from_utf8_lossy(&read_to_close(&mut s).await).into_owned();
