@@ -762,7 +762,7 @@ async fn h2c_answered(
     end: bool,
     status: http::StatusCode,
 ) -> std::net::SocketAddr {
-    let (client, peer) = common::h2c_from(server.addr).await;
+    let (client, peer) = common::h2c_from_own_address(server.addr).await;
     let mut client = client.ready().await.unwrap();
     // The body's handle is kept until the answer: dropped, it would reset
     // a stream not ended.

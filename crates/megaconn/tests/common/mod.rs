@@ -883,10 +883,21 @@ pub async fn h2c(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
 }
 
 /// An h2c client (prior knowledge) on a fresh connection, and its address
-/// (the peer the server sees, this connection's alone:
-/// [`connect_from_own_address`]).
+/// (the peer the server sees).
 pub async fn h2c_from(addr: SocketAddr) -> (h2::client::SendRequest<Bytes>, SocketAddr) {
-    let tcp = connect_from_own_address(addr).await;
+    h2c_over(TcpStream::connect(addr).await.unwrap()).await
+}
+
+/// [`h2c_from`] from an address of its own ([`connect_from_own_address`]),
+/// for a test that tells the connection's log lines by their peer.
+pub async fn h2c_from_own_address(
+    addr: SocketAddr,
+) -> (h2::client::SendRequest<Bytes>, SocketAddr) {
+    h2c_over(connect_from_own_address(addr).await).await
+}
+
+/// An h2c client (prior knowledge) over `tcp`, and its address.
+async fn h2c_over(tcp: TcpStream) -> (h2::client::SendRequest<Bytes>, SocketAddr) {
     let local = tcp.local_addr().unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
     tokio::spawn(async move {

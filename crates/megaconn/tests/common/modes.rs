@@ -16,6 +16,7 @@ use megaconn::{Builder, CloseReason, ConnectionEvent};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::{read_response_buffered, TestServer, SAFETY};
@@ -79,7 +80,16 @@ pub struct ModeServer {
 impl ModeServer {
     /// Opens a connection speaking the server's mode.
     pub async fn client(&self) -> Client {
-        client(self.mode, self.server.addr, self.client_tls.clone()).await
+        let tcp = TcpStream::connect(self.server.addr).await.expect("connect");
+        client(self.mode, tcp, self.client_tls.clone()).await
+    }
+
+    /// [`client`](Self::client) from an address of its own
+    /// (`connect_from_own_address`), for a test that tells the
+    /// connection's log lines by their peer.
+    pub async fn client_from_own_address(&self) -> Client {
+        let tcp = super::connect_from_own_address(self.server.addr).await;
+        client(self.mode, tcp, self.client_tls.clone()).await
     }
 }
 
@@ -131,9 +141,7 @@ pub enum Client {
     },
 }
 
-async fn client(mode: Mode, addr: SocketAddr, tls: Option<Arc<ClientConfig>>) -> Client {
-    // Its own address: tests tell its log lines by the peer they name.
-    let tcp = super::connect_from_own_address(addr).await;
+async fn client(mode: Mode, tcp: TcpStream, tls: Option<Arc<ClientConfig>>) -> Client {
     let local = tcp.local_addr().unwrap();
     let io: Box<dyn Io> = match tls {
         Some(config) => {

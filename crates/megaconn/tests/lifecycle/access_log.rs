@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::common::modes::{self, h2_exchange};
 use super::common::{
-    connect_from_own_address, h2c_from, read_to_close, AppServer, TestServer, SAFETY,
+    connect_from_own_address, h2c_from_own_address, read_to_close, AppServer, TestServer, SAFETY,
 };
 use super::{capture_log, ACCESS_TARGET, LOGGED};
 
@@ -89,7 +89,7 @@ async fn the_access_log_has_one_line_per_request_in_every_mode() {
         let s = mode
             .server(megaconn::Server::builder().workers(1).access_log(true))
             .await;
-        let mut client = s.client().await;
+        let mut client = s.client_from_own_address().await;
         let peer = client.local_addr();
         let (status, body) = client.get("/").await;
         assert_eq!(
@@ -230,7 +230,7 @@ async fn h2c_one_request(
     let s = modes::Mode::H2c
         .server(builder.workers(1).access_log(true))
         .await;
-    let (send, peer) = h2c_from(s.server.addr).await;
+    let (send, peer) = h2c_from_own_address(s.server.addr).await;
     let (status, _) = h2_exchange(&send, request, b"", end).await;
     drop(send);
     let handle = s.server.handle.clone();
@@ -315,7 +315,7 @@ async fn a_request_the_service_was_not_ready_for_has_its_503_line() {
     let addr = server.addrs[0];
     let (h1, answer) = h1_exchange(addr, b"GET /busy HTTP/1.1\r\nHost: t\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
-    let (send, h2) = h2c_from(addr).await;
+    let (send, h2) = h2c_from_own_address(addr).await;
     assert_eq!(h2_exchange(&send, h2_get("/busy"), b"", true).await.0, 503);
     drop(send);
     assert!(server.stop().await, "the server stops");
@@ -333,7 +333,7 @@ async fn a_request_whose_handler_panicked_in_call_has_its_500_line() {
     let server = TestServer::start(megaconn::Server::builder().workers(1).access_log(true)).await;
     let (h1, answer) = h1_exchange(server.addr, b"GET /panic HTTP/1.1\r\nHost: t\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 500 "), "{answer}");
-    let (send, h2) = h2c_from(server.addr).await;
+    let (send, h2) = h2c_from_own_address(server.addr).await;
     assert_eq!(h2_exchange(&send, h2_get("/panic"), b"", true).await.0, 500);
     drop(send);
     server.stop().await;
@@ -354,7 +354,7 @@ async fn an_http2_upload_counts_its_bytes_in_the_line_and_the_metric() {
         .await;
     let handle = s.server.handle.clone();
     let before = handle.stats().request_metrics.request_body_bytes;
-    let (send, peer) = h2c_from(s.server.addr).await;
+    let (send, peer) = h2c_from_own_address(s.server.addr).await;
     let request = http::Request::post("http://localhost/collect")
         .body(())
         .unwrap();
@@ -395,7 +395,7 @@ async fn http2_uploads_count_their_bytes_in_the_metric_without_the_access_log() 
         .await;
     let handle = s.server.handle.clone();
     let before = handle.stats().request_metrics.request_body_bytes;
-    let (send, _peer) = h2c_from(s.server.addr).await;
+    let (send, _peer) = h2c_from_own_address(s.server.addr).await;
     for len in [UPLOAD.len(), 1_000] {
         let request = http::Request::post("http://localhost/collect")
             .body(())
@@ -485,7 +485,7 @@ async fn an_http2_head_refused_by_the_clients_reset_has_no_status() {
     let mut sent = Vec::new();
     for path in ["/answer", "/fail", "/panic"] {
         gate.open.store(false, Ordering::SeqCst);
-        let (send, peer) = h2c_from(server.addrs[0]).await;
+        let (send, peer) = h2c_from_own_address(server.addrs[0]).await;
         let mut ready = send.clone().ready().await.expect("h2 ready");
         let (response, mut stream) = ready.send_request(h2_get(path), true).expect("send");
         tokio::time::timeout(SAFETY, running.recv())

@@ -473,9 +473,16 @@ pub(crate) struct FloodBudget {
     /// Which budget ran out ([`Flooded::code`]), 0 while none did.
     tripped: AtomicU8,
     /// Bytes of DATA received over the connection's life, padding
-    /// included (what flow control counts): whether a poll brought any,
-    /// for `http2_max_unread_body_bytes`' look (`unread.rs`). Written by
-    /// the connection's task alone (its reads).
+    /// included (what flow control counts), in frames that arrived whole:
+    /// whether a poll brought any, for `http2_max_unread_body_bytes`' look
+    /// (`unread.rs`). Written by the connection's task alone (its reads,
+    /// [`MeteredIo`]). A frame counts once its last byte is read, not at
+    /// its header: counted at the header, a frame whose payload came in a
+    /// later read was counted in a poll where h2 could not hand it to its
+    /// stream yet, and the poll that brought the rest brought no new DATA
+    /// by this count, so the look never saw the budget reached (CI,
+    /// session 52: `h2_budget::the_budget_is_the_builders`, "never
+    /// counted; 262144 bytes sent").
     data_in: AtomicU64,
 }
 
@@ -549,11 +556,6 @@ impl FloodBudget {
     #[inline]
     fn receive(&self, h: Head) -> Option<Flooded> {
         let born = self.born;
-        if h.kind == DATA {
-            // One writer (the connection's reads): a load and a store.
-            let data_in = self.data_in.load(Relaxed);
-            self.data_in.store(data_in + u64::from(h.len), Relaxed);
-        }
         let within = match h.kind {
             // Requests: their own cost, bounded elsewhere (module doc).
             HEADERS | CONTINUATION => true,
@@ -588,7 +590,7 @@ impl FloodBudget {
         (!within).then_some(Flooded::Control)
     }
 
-    /// Bytes of DATA received so far, padding included.
+    /// Bytes of DATA received so far in whole frames, padding included.
     #[inline]
     pub(crate) fn data_received(&self) -> u64 {
         self.data_in.load(Relaxed)
@@ -644,6 +646,12 @@ struct Head {
 struct FrameWalk {
     /// Bytes of the current payload (or the preface) still to go by.
     skip: u32,
+    /// The current frame's type (none before the first: the preface) and
+    /// payload length.
+    kind: u8,
+    len: u32,
+    /// The lengths of the DATA frames whose headers went by, in all.
+    data_headed: u64,
     /// A header split across reads, `got` bytes of it so far.
     head: [u8; 9],
     got: u8,
@@ -653,6 +661,9 @@ impl FrameWalk {
     fn new(skip: u32) -> FrameWalk {
         FrameWalk {
             skip,
+            kind: NO_FRAME,
+            len: 0,
+            data_headed: 0,
             head: [0; 9],
             got: 0,
         }
@@ -693,12 +704,34 @@ impl FrameWalk {
                 parse(&self.head)
             };
             self.skip = head.len;
+            self.kind = head.kind;
+            self.len = head.len;
+            if head.kind == DATA {
+                self.data_headed += u64::from(head.len);
+            }
             if !on_head(head) {
                 return Some(start);
             }
         }
     }
 }
+
+impl FrameWalk {
+    /// The lengths of the DATA frames walked to their last byte, in all.
+    #[inline]
+    fn data_whole(&self) -> u64 {
+        let unfinished = if self.kind == DATA && self.skip > 0 {
+            self.len
+        } else {
+            0
+        };
+        self.data_headed - u64::from(unfinished)
+    }
+}
+
+/// [`FrameWalk::kind`] before any frame: no frame type is 0xff's in RFC
+/// 9113, and an unknown type would be skipped whatever it is.
+const NO_FRAME: u8 = 0xff;
 
 #[inline]
 fn parse(h: &[u8]) -> Head {
@@ -774,6 +807,8 @@ impl<I: AsyncRead> AsyncRead for MeteredIo<I> {
             flooded = budget.receive(h);
             flooded.is_none()
         });
+        // One writer (this task's reads): a store.
+        budget.data_in.store(this.inbound.data_whole(), Relaxed);
         let (Some(cut), Some(which)) = (cut, flooded) else {
             return Poll::Ready(Ok(()));
         };
@@ -882,6 +917,47 @@ mod tests {
                 assert_eq!(stopped, None);
             }
             assert_eq!(seen, frames, "in reads of {chunk}");
+        }
+    }
+
+    /// A DATA frame counts as received once its last byte is read, in
+    /// reads of any size, and never twice: counted at its header, the
+    /// frame the budget's look needed came in a read with nothing h2 could
+    /// hand over yet, and the read that completed it counted nothing new
+    /// (fails so: "after 30 bytes of frames, in reads of 1", 1000 against
+    /// 0).
+    #[test]
+    fn data_counts_when_its_frame_is_whole() {
+        let mut stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut ends = Vec::new();
+        for (kind, len) in [
+            (SETTINGS, 12),
+            (DATA, 1000),
+            (PING, 8),
+            (DATA, 16384),
+            (DATA, 0),
+        ] {
+            stream.extend(frame(kind, 0, len));
+            ends.push((stream.len(), kind, len));
+        }
+        for chunk in [1, 9, 10, 1009, 4096, 8192] {
+            let mut walk = FrameWalk::new(PREFACE_LEN);
+            let mut read = 0;
+            for part in stream.chunks(chunk) {
+                walk.walk(part, |_| true);
+                read += part.len();
+                let whole: u64 = ends
+                    .iter()
+                    .filter(|&&(end, kind, _)| kind == DATA && end <= read)
+                    .map(|&(_, _, len)| len as u64)
+                    .sum();
+                let frame_bytes = read.saturating_sub(PREFACE_LEN as usize);
+                assert_eq!(
+                    walk.data_whole(),
+                    whole,
+                    "after {frame_bytes} bytes of frames, in reads of {chunk}"
+                );
+            }
         }
     }
 
