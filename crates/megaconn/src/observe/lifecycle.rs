@@ -91,6 +91,17 @@ pub enum ConnectionEvent {
 ///
 /// HTTP/2 connections are `ReadingHead` until their handshake is done, then
 /// `Handling` while streams are open and `Idle` between them.
+///
+/// Against Go's: an HTTP/1.1 connection is listed `ReadingHead` at its
+/// accept and `Idle` as soon as it waits for its first byte, where Go keeps
+/// `StateNew` until the first request's head is read; graceful shutdown
+/// still treats it as new, not idle (it is waited for up to
+/// `read_header_timeout`, where Go closes a new connection once it is 5 s
+/// old). Go calls its `ConnState` hook at every change; these states are
+/// read ([`ServerHandle::connections`](crate::ServerHandle::connections)),
+/// and the `on_connection` hook hears only [`ConnectionEvent::Opened`] and
+/// [`ConnectionEvent::Closed`]: a call per change would cost every request,
+/// and a parked connection changes state outside its task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 #[repr(u8)]

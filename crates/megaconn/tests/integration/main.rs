@@ -46,6 +46,7 @@ mod framed_tls_linger;
 mod fuzz_framed;
 mod fuzz_http1;
 mod fuzz_ws;
+mod go_timeouts;
 mod grpc50;
 mod grpc51;
 mod h1_body_limits;
