@@ -48,6 +48,7 @@ mod fuzz_http1;
 mod fuzz_ws;
 mod grpc50;
 mod grpc51;
+mod grpc52;
 mod h1_body_limits;
 mod h2;
 mod h2_body_rate;
