@@ -186,8 +186,7 @@ impl Status {
 /// `bytes` in base64 (RFC 4648 §4, padded), for `grpc-web-text`'s frames
 /// (a few dozen bytes, once a call at most: no crate for it).
 fn base64(bytes: &[u8]) -> Vec<u8> {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
@@ -261,10 +260,14 @@ mod tests {
     /// for native gRPC (HTTP/2 trailers) or a call that is no gRPC call.
     #[test]
     fn a_grpc_web_status_after_the_messages_is_a_trailer_frame() {
-        let block: &[u8] = b"grpc-status:14\r\ngrpc-message:the%20server%20is%20shutting%20down\r\n";
+        let block: &[u8] =
+            b"grpc-status:14\r\ngrpc-message:the%20server%20is%20shutting%20down\r\n";
         let mut frame = vec![0x80, 0, 0, 0, block.len() as u8];
         frame.extend_from_slice(block);
-        assert_eq!(SHUTTING_DOWN.web_trailer_frame(Grpc::Web), Some(frame.clone()));
+        assert_eq!(
+            SHUTTING_DOWN.web_trailer_frame(Grpc::Web),
+            Some(frame.clone())
+        );
         assert_eq!(
             SHUTTING_DOWN.web_trailer_frame(Grpc::WebText),
             Some(base64(&frame))

@@ -26,7 +26,10 @@ async fn a_grpc_call_whose_handler_panicked_in_call_has_its_200_line() {
         .header("content-type", "application/grpc")
         .body(())
         .unwrap();
-    assert_eq!(h2_exchange(&send, request, b"\0\0\0\0\0", true).await.0, 200);
+    assert_eq!(
+        h2_exchange(&send, request, b"\0\0\0\0\0", true).await.0,
+        200
+    );
     drop(send);
     assert_eq!(server.handle.stats().panics, 2);
     server.stop().await;
