@@ -232,24 +232,8 @@ async fn grpc_web_calls_open_at_the_drain_deadline_end_unavailable() {
     }
 
     server.handle.shutdown();
-    let response = common::read_response(&mut stuck).await;
-    assert_eq!(response.status, 200, "{response:?}");
-    assert_eq!(response.header("grpc-status"), Some("14"), "{response:?}");
-    assert_eq!(
-        response.header("grpc-message"),
-        Some("the%20server%20is%20shutting%20down"),
-        "{response:?}"
-    );
-    assert_eq!(
-        response.header("content-type"),
-        Some("application/grpc-web"),
-        "{response:?}"
-    );
-    assert!(response.body.is_empty(), "trailers-only: {response:?}");
-    assert!(
-        common::read_to_close(&mut stuck).await.is_empty(),
-        "then closed"
-    );
+    let message = "the%20server%20is%20shutting%20down";
+    common::grpc::assert_web_trailers_only(&mut stuck, "14", message).await;
     drop(stuck);
     for (mut tcp, mut seen, content_type, first, last) in tails {
         seen.extend_from_slice(&common::read_to_close(&mut tcp).await);
@@ -301,19 +285,7 @@ async fn a_grpc_call_whose_service_panics_in_call_answers_internal() {
     drop(client);
 
     let mut tcp = call_web(&server, CALL_BUG, "application/grpc-web+proto").await;
-    let response = common::read_response(&mut tcp).await;
-    assert_eq!(response.status, 200, "{response:?}");
-    assert_eq!(response.header("grpc-status"), Some("13"), "{response:?}");
-    assert_eq!(
-        response.header("grpc-message"),
-        Some("the%20handler%20panicked"),
-        "{response:?}"
-    );
-    assert!(response.body.is_empty(), "{response:?}");
-    assert!(
-        common::read_to_close(&mut tcp).await.is_empty(),
-        "then closed"
-    );
+    common::grpc::assert_web_trailers_only(&mut tcp, "13", "the%20handler%20panicked").await;
     assert_eq!(server.handle.stats().panics, 2);
     server.summary().await;
 }
