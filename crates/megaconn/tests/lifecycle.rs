@@ -12,6 +12,8 @@ mod common;
 
 #[path = "lifecycle/access_log.rs"]
 mod access_log;
+#[path = "lifecycle/grpc52.rs"]
+mod grpc52;
 #[path = "lifecycle/tls_lines.rs"]
 mod tls_lines;
 

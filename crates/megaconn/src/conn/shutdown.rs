@@ -38,12 +38,14 @@
 //! parking lot) and handlers' [`Draining`](crate::Draining) hear the start at
 //! once: [`LocalShutdown::begun`].
 //!
-//! gRPC calls still open on HTTP/2 a margin before the drain's deadline
+//! gRPC calls still open a margin before the drain's deadline
 //! ([`goodbye_margin`]) are ended by the server with `UNAVAILABLE`, which
 //! their clients retry, rather than cut with the connection at the
-//! deadline: each such stream holds a [`CallEnd`], a slot in the worker's
-//! list of calls that [`LocalShutdown::end_calls`] wakes (`proto/http2.rs`
-//! says what a stream answers).
+//! deadline: each such HTTP/2 stream holds a [`CallEnd`], a slot in the
+//! worker's list of calls that [`LocalShutdown::end_calls`] wakes
+//! (`proto/http2.rs` says what a stream answers), and each gRPC-web
+//! exchange over HTTP/1.1 a [`CallSlot`] in the same list
+//! (`proto/http1/exchange.rs`, `end_call`).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -307,13 +309,46 @@ impl LocalShutdown {
     }
 
     /// The drain's deadline is a margin away ([`goodbye_margin`]): every
-    /// open gRPC call ([`CallEnd`]), and any that asks later, is to end
-    /// now. Returns how many were woken for it.
+    /// open gRPC call ([`CallEnd`], [`CallSlot`]), and any that asks
+    /// later, is to end now. Returns how many were woken for it.
     pub(crate) fn end_calls(&self) -> usize {
         self.calls_end.set(true);
         Watchers::wake(&self.calls, usize::MAX)
     }
+
+    /// True once the call of `slot` is to end ([`end_calls`](Self::end_calls)),
+    /// its slot then given back; else the caller's waker is kept in the
+    /// slot (one borrow and a `will_wake` when it is the same as last time).
+    pub(crate) fn poll_call_end(&self, slot: &mut CallSlot, cx: &Context<'_>) -> bool {
+        let mut calls = self.calls.borrow_mut();
+        let end = self.calls_end.get();
+        if end {
+            calls.unwatch(&mut slot.0);
+        } else {
+            calls.watch(&mut slot.0, cx.waker());
+        }
+        end
+    }
+
+    /// Gives `slot` back to the list of open calls (nothing if it holds
+    /// none).
+    pub(crate) fn leave_calls(&self, slot: &mut CallSlot) {
+        if slot.0.is_some() {
+            self.calls.borrow_mut().unwatch(&mut slot.0);
+        }
+    }
 }
+
+/// An open gRPC call's slot in its worker's list of calls, kept by an
+/// owner that has the worker's [`LocalShutdown`] at hand at each poll and
+/// when it ends, and asks through it ([`LocalShutdown::poll_call_end`],
+/// [`LocalShutdown::leave_calls`]): HTTP/1.1's exchange, which holds its
+/// connection (and through it the worker's context) mutably for its whole
+/// life, so cannot also hold a [`CallEnd`], a borrow of the context. Its
+/// owner gives it back when it drops; one never given back keeps a waker
+/// in the list until the worker ends.
+#[derive(Debug, Default)]
+pub(crate) struct CallSlot(Option<u32>);
 
 /// An HTTP/2 gRPC call's slot in its worker's list of open calls, held by
 /// the stream's exchange from its start (a call whose handler waits is
@@ -331,25 +366,16 @@ impl CallEnd<'_> {
     /// the caller's waker is kept in the slot (one borrow and a
     /// `will_wake` when it is the same as last time).
     pub(crate) fn poll_end(&self, cx: &Context<'_>) -> bool {
-        let mut slot = self.slot.get();
-        let mut calls = self.shutdown.calls.borrow_mut();
-        let end = self.shutdown.calls_end.get();
-        if end {
-            calls.unwatch(&mut slot);
-        } else {
-            calls.watch(&mut slot, cx.waker());
-        }
-        self.slot.set(slot);
+        let mut slot = CallSlot(self.slot.get());
+        let end = self.shutdown.poll_call_end(&mut slot, cx);
+        self.slot.set(slot.0);
         end
     }
 }
 
 impl Drop for CallEnd<'_> {
     fn drop(&mut self) {
-        let mut slot = self.slot.get();
-        if slot.is_some() {
-            self.shutdown.calls.borrow_mut().unwatch(&mut slot);
-        }
+        self.shutdown.leave_calls(&mut CallSlot(self.slot.get()));
     }
 }
 
@@ -932,6 +958,28 @@ mod tests {
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(a.poll_end(&cx) && s.call_end().poll_end(&cx));
         drop(a);
+        let calls = s.calls.borrow();
+        assert_eq!(calls.free.len(), calls.wakers.len(), "every slot back");
+    }
+
+    /// A `CallSlot` (HTTP/1.1's gRPC-web exchange) is a place in the same
+    /// list: woken once by `end_calls`, its slot back when its call ends or
+    /// its owner gives it back, and a slot given back is woken no more.
+    #[test]
+    fn call_slots_share_the_list_of_calls() {
+        let s = LocalShutdown::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let cx = Context::from_waker(&waker);
+        let (mut open, mut left) = (CallSlot::default(), CallSlot::default());
+        assert!(!s.poll_call_end(&mut open, &cx) && !s.poll_call_end(&mut left, &cx));
+        assert!(!s.poll_call_end(&mut open, &cx), "polled again");
+        assert_eq!(s.calls.borrow().waiting(), 2, "one slot a call");
+        s.leave_calls(&mut left);
+        assert_eq!(s.end_calls(), 1);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(s.poll_call_end(&mut open, &cx));
+        s.leave_calls(&mut open);
         let calls = s.calls.borrow();
         assert_eq!(calls.free.len(), calls.wakers.len(), "every slot back");
     }

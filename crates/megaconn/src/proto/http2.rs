@@ -1037,6 +1037,10 @@ enum Start<F> {
     /// dropping it first would reset it with `CANCEL` and the client would
     /// never see the status.
     Failed(StatusCode, RequestRecord, Option<RecvStream>),
+    /// A gRPC call whose service panicked in `call` (counted and logged
+    /// there): answered as a handler whose future panicked, trailers-only
+    /// with `grpc-status: 13` ([`send_failure`]), not `500`.
+    Panicked(Grpc, RequestRecord),
     /// A malformed request (RFC 9113 §8.1.1: a field value with leading or
     /// trailing whitespace, §8.2.1): no request, no answer; the stream is
     /// reset with `PROTOCOL_ERROR`. Counted and logged in [`prepare`].
@@ -1423,13 +1427,15 @@ fn call_service<S: HttpService>(
             };
             Start::Called(Box::pin(handler), record, is_head, tunnel)
         }
-        (None, span) => Start::Failed(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            RequestRecord::untimed(ctx.stats_source(), method)
+        (None, span) => {
+            let record = RequestRecord::untimed(ctx.stats_source(), method)
                 .traced(span)
-                .logged(access),
-            None,
-        ),
+                .logged(access);
+            match grpc {
+                Grpc::No => Start::Failed(StatusCode::INTERNAL_SERVER_ERROR, record, None),
+                grpc => Start::Panicked(grpc, record),
+            }
+        }
     }
 }
 
@@ -1523,8 +1529,11 @@ enum Cut {
 /// [`grpc::SHUTTING_DOWN`]), which its client retries, where the close at
 /// the deadline left it a broken connection: trailers-only before the
 /// response head, else trailers once the response body waits between
-/// frames (a frame half sent is not cut; tonic's frames hold whole
-/// messages). A gRPC-web call's status after its head would go in its body
+/// frames, or in the middle of one (of a message) while the client's
+/// windows hold the rest: trailers are not flow-controlled, and tonic's
+/// client reads their status over a message cut short (a client that
+/// reads nothing meanwhile sees the close at the deadline, as before).
+/// A gRPC-web call's status after its head would go in its body
 /// (a frame of its own), so it leaves the list at its head and keeps what
 /// it had: the close at the deadline. Other streams are left to the
 /// deadline too: nothing in HTTP says "retry this" after a response began.
@@ -1576,6 +1585,10 @@ where
                 let drained = Box::pin(drain(&mut body, ctx.config.max_drain_bytes)).await;
                 record.request_bytes(drained as usize);
             }
+            return StreamEnd::Done;
+        }
+        Start::Panicked(grpc, mut record) => {
+            send_failure(&mut respond, grpc, grpc::PANICKED, &mut record);
             return StreamEnd::Done;
         }
         Start::Malformed => {
@@ -2138,7 +2151,15 @@ where
                             let _slot = unsent.then(|| gate.stall());
                             let mut stall = stall_bound(ctx);
                             granted = match poll_fn(|cx| {
-                                poll_room(&mut send, &mut deadline, &mut stall, cx)
+                                match poll_room(&mut send, &mut deadline, &mut stall, cx) {
+                                    // Mid-message, held by the client's
+                                    // windows: a gRPC call ends here too
+                                    // (`CutWatch`).
+                                    Poll::Pending if cut.poll_call_end(cx) => {
+                                        Poll::Ready(Err(Stalled::ShuttingDown))
+                                    }
+                                    polled => polled,
+                                }
                             })
                             .await
                             {
@@ -2222,8 +2243,9 @@ enum Stalled {
     Stuck,
     /// The request body was cut by `min_request_body_rate`.
     TooSlow,
-    /// A gRPC call's response waits for its body and the drain's deadline
-    /// is near (`CutWatch`): it ends with `grpc-status: 14` in trailers.
+    /// A gRPC call's response waits for its body, or for room in the
+    /// middle of a message, and the drain's deadline is near (`CutWatch`):
+    /// it ends with `grpc-status: 14` in trailers.
     ShuttingDown,
 }
 

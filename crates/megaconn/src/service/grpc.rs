@@ -10,7 +10,9 @@
 //! Such an answer is trailers-only when no response began (gRPC over
 //! HTTP/2's "Trailers-Only": the head ends the stream and carries the
 //! status; gRPC-web's, over HTTP/1.1 too: "a header block"), or HTTP/2
-//! trailers after the messages sent. Never a `500` for a gRPC call: its
+//! trailers after the messages sent, or, for gRPC-web, which has no HTTP
+//! trailers, a trailer frame at the end of its body
+//! ([`Status::web_trailer_frame`]). Never a `500` for a gRPC call: its
 //! clients read a status without `grpc-status` as a transport failure and
 //! a text body as a message frame (tonic: "invalid compression flag").
 
@@ -148,6 +150,56 @@ impl Status {
         dst.put_slice(b"\r\n\r\n");
         true
     }
+
+    /// The gRPC-web trailer frame that ends, with this status, a response
+    /// whose messages went out (gRPC-web has no HTTP trailers: "Response
+    /// status encoded as part of the response body", grpc's
+    /// `PROTOCOL-WEB.md`): flag byte `0x80`, the block's length (4 bytes,
+    /// big-endian), and the fields as an HTTP/1 header block without its
+    /// last line (`name:value\r\n` each, as tonic-web and Envoy write
+    /// them). Base64 for `grpc-web-text`, whose every frame is (padded:
+    /// the spec has clients take padding between frames). `None` for a
+    /// call that is no gRPC-web call: native gRPC's status goes in HTTP/2
+    /// trailers.
+    pub(crate) fn web_trailer_frame(self, grpc: Grpc) -> Option<Vec<u8>> {
+        if !matches!(grpc, Grpc::Web | Grpc::WebText) {
+            return None;
+        }
+        let mut block = Vec::new();
+        for (name, value) in self.fields() {
+            block.extend_from_slice(name.as_str().as_bytes());
+            block.push(b':');
+            block.extend_from_slice(value.as_bytes());
+            block.extend_from_slice(b"\r\n");
+        }
+        let mut frame = Vec::with_capacity(5 + block.len());
+        frame.push(0x80);
+        frame.extend_from_slice(&(block.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&block);
+        Some(match grpc {
+            Grpc::WebText => base64(&frame),
+            _ => frame,
+        })
+    }
+}
+
+/// `bytes` in base64 (RFC 4648 §4, padded), for `grpc-web-text`'s frames
+/// (a few dozen bytes, once a call at most: no crate for it).
+fn base64(bytes: &[u8]) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
+        // A chunk of k bytes gives k + 1 characters, then padding.
+        for i in 0..4 {
+            out.push(match i <= chunk.len() {
+                true => ALPHABET[((n >> (18 - 6 * i)) & 63) as usize],
+                false => b'=',
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -187,5 +239,40 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");
+    }
+
+    #[test]
+    fn base64_is_rfc_4648s() {
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), coded.as_bytes(), "{plain}");
+        }
+        assert_eq!(base64(&[0xfb, 0xff]), b"+/8=");
+    }
+
+    /// A gRPC-web status after the messages is a trailer frame: `0x80`,
+    /// the length, the fields as a header block; base64 for text; none
+    /// for native gRPC (HTTP/2 trailers) or a call that is no gRPC call.
+    #[test]
+    fn a_grpc_web_status_after_the_messages_is_a_trailer_frame() {
+        let block: &[u8] =
+            b"grpc-status:14\r\ngrpc-message:the%20server%20is%20shutting%20down\r\n";
+        let mut frame = vec![0x80, 0, 0, 0, block.len() as u8];
+        frame.extend_from_slice(block);
+        assert_eq!(
+            SHUTTING_DOWN.web_trailer_frame(Grpc::Web),
+            Some(frame.clone())
+        );
+        assert_eq!(
+            SHUTTING_DOWN.web_trailer_frame(Grpc::WebText),
+            Some(base64(&frame))
+        );
+        assert_eq!(SHUTTING_DOWN.web_trailer_frame(Grpc::Native), None);
+        assert_eq!(SHUTTING_DOWN.web_trailer_frame(Grpc::No), None);
     }
 }

@@ -322,7 +322,8 @@ pub(crate) fn readiness<E: Into<BoxError>>(ready: Result<(), E>) -> bool {
 /// Calls `service` with `request`, catching a panic in `call` itself (a
 /// panic in the future it returns is the protocol's to catch as it polls).
 /// On a panic, counts and logs it and returns `None`: the protocol answers
-/// `500` (h1 and h2 alike). (HTTP/1.1 calls [`call_into`] instead.)
+/// `500` (h1 and h2 alike), or a gRPC call `grpc-status: 13`
+/// (`service/grpc.rs`). (HTTP/1.1 calls [`call_into`] instead.)
 ///
 /// First the request's span starts, if the server traces (`secure`: the
 /// connection is TLS, for `url.scheme`; `addrs`: the connection's
@@ -406,7 +407,7 @@ fn span_addrs(info: ConnInfo) -> crate::observe::trace::Addrs {
 fn call_panicked(ctx: &WorkerContext, panic: &Box<dyn std::any::Any + Send>, span: &mut SpanSlot) {
     crate::observe::stats::incr(&ctx.stats.panics);
     crate::observe::ratelog::panicked(
-        "handler panicked; answering 500",
+        "handler panicked; answering 500 (gRPC: grpc-status 13)",
         Some(panic_message(panic)),
     );
     span.error(ErrorClass::Panic);

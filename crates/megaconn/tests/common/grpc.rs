@@ -2,8 +2,9 @@
 //! `integration/grpc50.rs`): tonic's generic server side of a method (the
 //! messages written by hand with `prost`'s derive, no `protoc`), a tonic
 //! client of a test server over cleartext HTTP/2 (prior knowledge, as gRPC
-//! clients do) or over TLS with ALPN `h2`, and a unary call. Each test
-//! file keeps its own service and messages.
+//! clients do) or over TLS with ALPN `h2`, a unary call, and the check of
+//! a gRPC-web answer over HTTP/1.1 that megaconn made on its own. Each
+//! test file keeps its own service and messages.
 
 use std::net::SocketAddr;
 
@@ -13,7 +14,7 @@ use tonic::Status;
 use tonic_prost::ProstCodec;
 
 use super::tls::Ca;
-use super::SAFETY;
+use super::{read_response, read_to_close, SAFETY};
 
 /// tonic's generic server side of a method, its messages' types inferred
 /// (what `tonic-build`'s generated code builds per call).
@@ -69,4 +70,27 @@ where
     let path = PathAndQuery::from_static(path);
     let reply = client.unary(request, path, ProstCodec::default()).await?;
     Ok(reply.into_inner())
+}
+
+/// Reads the answer on `tcp` (within [`SAFETY`]) of a gRPC-web call over
+/// HTTP/1.1 that megaconn ended on its own before its response began, and
+/// asserts it: `200`, `content-type: application/grpc-web`, `grpc-status:
+/// code` and `grpc-message: message` (percent-encoded) in the head
+/// (gRPC-web's trailers-only form), no body, and then the close.
+pub async fn assert_web_trailers_only(tcp: &mut tokio::net::TcpStream, code: &str, message: &str) {
+    let response = read_response(tcp).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.header("grpc-status"), Some(code), "{response:?}");
+    assert_eq!(
+        response.header("grpc-message"),
+        Some(message),
+        "{response:?}"
+    );
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/grpc-web"),
+        "{response:?}"
+    );
+    assert!(response.body.is_empty(), "trailers-only: {response:?}");
+    assert!(read_to_close(tcp).await.is_empty(), "then closed");
 }

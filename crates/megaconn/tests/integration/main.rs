@@ -49,6 +49,7 @@ mod fuzz_ws;
 mod go_timeouts;
 mod grpc50;
 mod grpc51;
+mod grpc52;
 mod h1_body_limits;
 mod h2;
 mod h2_body_rate;

@@ -47,7 +47,7 @@ fn access_lines(peer: SocketAddr) -> Vec<String> {
 /// Asserts that the connection from `peer` has one access-log line, and
 /// that it has each of the fields `want` (`name=value`) and a `conn` and a
 /// `duration_us`.
-fn assert_one_line(peer: SocketAddr, want: &[&str], what: &str) {
+pub(super) fn assert_one_line(peer: SocketAddr, want: &[&str], what: &str) {
     let lines = access_lines(peer);
     assert_eq!(lines.len(), 1, "{what}: {lines:?}");
     let fields: Vec<&str> = lines[0].split(' ').collect();
@@ -65,7 +65,7 @@ fn assert_one_line(peer: SocketAddr, want: &[&str], what: &str) {
 
 /// Sends `raw` on a fresh HTTP/1.1 connection to `addr` and reads until the
 /// server closes it; returns the client's address and what came back.
-async fn h1_exchange(addr: SocketAddr, raw: &[u8]) -> (SocketAddr, String) {
+pub(super) async fn h1_exchange(addr: SocketAddr, raw: &[u8]) -> (SocketAddr, String) {
     let mut s = connect_from_own_address(addr).await;
     let peer = s.local_addr().unwrap();
     s.write_all(raw).await.expect("the server reads");

@@ -498,14 +498,12 @@ where
         |future| handler.set(Some(future)),
     );
     if !called {
-        return Exchange::<T, S::Future, S::ResBody>::failed(
+        return Exchange::<T, S::Future, S::ResBody>::call_panicked(
             conn,
             RequestRecord::untimed(conn.ctx.stats_source(), method)
                 .traced(span)
                 .logged(access),
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the handler panicked",
-            CloseReason::Panic,
+            grpc,
         );
     }
     let setup = ExchangeSetup {

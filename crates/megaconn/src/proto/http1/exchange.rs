@@ -23,6 +23,13 @@
 //! none makes progress. The whole exchange (the response body inline, the
 //! handler's future beside it in the caller's frame) is boxed by the
 //! caller, so an idle connection's future stays small.
+//!
+//! A gRPC-web call (`ExchangeSetup::grpc`) still open when the drain's
+//! deadline nears ends with `grpc-status: 14` (UNAVAILABLE), as HTTP/2's
+//! calls do, rather than cut with the connection at the deadline
+//! ([`poll_call_end`]); a handler that panics, in its future or in the
+//! service's `call` ([`Exchange::call_panicked`]), answers it
+//! `grpc-status: 13`, not a text `500`.
 
 use std::future::Future;
 use std::io;
@@ -39,6 +46,7 @@ use super::decode::{Decoded, Decoder};
 use super::encode::{self, EncodeError, Encoder, HeadContext};
 use super::{CloseReason, Outcome};
 use crate::conn::io::{read_more, ConnIo, WriteBound, Writes};
+use crate::conn::shutdown::CallSlot;
 use crate::conn::transport::{Parkable, Transport};
 use crate::error::BodyError;
 use crate::message::MessageSettings;
@@ -244,6 +252,9 @@ pin_project_lite::pin_project! {
             if this.handler.is_some() {
                 this.handler.set(None);
             }
+            if let Some(slot) = this.st.call.as_mut() {
+                this.conn.ctx.shutdown.leave_calls(slot);
+            }
         }
     }
 }
@@ -274,6 +285,12 @@ struct State {
     close_reason: Option<CloseReason>,
     deferred_head: Option<(ResponseHead, Option<u64>)>,
     record: RequestRecord,
+    // A gRPC(-web) call's place in the worker's list of open calls, which
+    // the drain ends a margin before its deadline ([`poll_call_end`]):
+    // from its start (a handler that waits is polled by nothing else when
+    // the time comes) until it ends or is ended; `None` for any other
+    // request. Given back when the exchange drops.
+    call: Option<CallSlot>,
 }
 
 impl<'c, T, F, B, E> Exchange<'c, T, F, B>
@@ -303,6 +320,7 @@ where
             _ => None,
         };
         let record = RequestRecord::started(conn.ctx.stats_source(), setup.method, span, access);
+        let call = (setup.grpc != Grpc::No).then(CallSlot::default);
         Exchange {
             conn,
             handler,
@@ -324,6 +342,7 @@ where
                 close_reason: None,
                 deferred_head: None,
                 record,
+                call,
             },
         }
     }
@@ -342,6 +361,26 @@ where
         let wbuf = conn.wbuf();
         encode::encode_error(wbuf, status, reason);
         Outcome::Close(close)
+    }
+
+    /// An exchange whose service panicked in `call` (counted and logged
+    /// there, `service::call_into`): a gRPC(-web) call (`grpc`) is
+    /// answered as when the handler's future panics ([`handler_panicked`]:
+    /// `200`, `grpc-status: 13` in the head), any other request `500`;
+    /// the connection closes after it.
+    #[cold]
+    pub(crate) fn call_panicked(
+        conn: &mut ConnIo<T>,
+        mut record: RequestRecord,
+        grpc: Grpc,
+    ) -> Outcome {
+        let (status, reason) = (StatusCode::INTERNAL_SERVER_ERROR, grpc::PANICKED.message);
+        if grpc == Grpc::No {
+            return Self::failed(conn, record, status, reason, CloseReason::Panic);
+        }
+        encode_grpc(grpc::PANICKED, grpc, conn.wbuf());
+        record.status(StatusCode::OK);
+        Outcome::Close(CloseReason::Panic)
     }
 }
 
@@ -396,6 +435,14 @@ where
             // response that completes at once then costs no extra `read`.
             if !progress && this.st.setup.decoder.is_none() {
                 progress = match poll_hang_up(&mut this, cx) {
+                    Ok(progress) => progress,
+                    Err(outcome) => return Poll::Ready(ended_early(&mut this, outcome)),
+                };
+            }
+            // Only when nothing moves either: a call that answered in
+            // time is sent, and a response body waits between frames.
+            if !progress && this.st.call.is_some() {
+                progress = match poll_call_end(&mut this, cx) {
                     Ok(progress) => progress,
                     Err(outcome) => return Poll::Ready(ended_early(&mut this, outcome)),
                 };
@@ -654,14 +701,19 @@ fn service_failed<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, e: BoxError) -> Out
 /// `500` is read as a transport failure; false if it is no gRPC call.
 #[cold]
 fn answer_grpc<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, status: grpc::Status) -> bool {
-    let (grpc, dst) = (this.st.setup.grpc, this.conn.wbuf());
-    let written =
-        crate::proto::date::with_now(|now| status.encode_http1(grpc, now.as_bytes(), dst));
-    if !written {
+    if !encode_grpc(status, this.st.setup.grpc, this.conn.wbuf()) {
         return false;
     }
     this.st.record.status(StatusCode::OK);
     true
+}
+
+/// Writes the HTTP/1.1 answer of a gRPC(-web) call that ends with `status`
+/// before its response began (`grpc::Status::encode_http1`), with the
+/// `Date` of proto's clock; false, writing nothing, for a request that is
+/// no gRPC call.
+fn encode_grpc(status: grpc::Status, grpc: Grpc, dst: &mut bytes::BytesMut) -> bool {
+    crate::proto::date::with_now(|now| status.encode_http1(grpc, now.as_bytes(), dst))
 }
 
 /// The handler's future panicked: counted, logged; answer 500 and close.
@@ -679,6 +731,80 @@ fn handler_panicked<T, F, B>(
         return Outcome::Close(CloseReason::Panic);
     }
     fail_before_response(this, "the handler panicked", CloseReason::Panic)
+}
+
+/// Whether this gRPC(-web) call is to end for the drain
+/// (`LocalShutdown::end_calls`, a margin before its deadline), and if so
+/// ends it with `grpc-status: 14` (UNAVAILABLE, which gRPC clients retry)
+/// as HTTP/2 ends its calls (`proto/http2.rs`, `CutWatch`), where the close
+/// at the deadline left its client a broken response; else the exchange
+/// is woken when it is. Asked only when nothing else in the exchange
+/// moves, so a response body waits between frames: each of its frames
+/// went whole into the write buffer (tonic-web's frames hold whole
+/// messages).
+///
+/// - No response yet (the handler runs, or its head waits for `100
+///   Continue`): the handler and what it answered are dropped, and the
+///   call answered trailers-only (`200`, the status in the head), as a
+///   panicking handler's is; the connection closes after it.
+/// - The response streams (chunked, or close-delimited on HTTP/1.0): the
+///   body is dropped, a gRPC-web trailer frame with the status goes where
+///   its next message would, and the body ends there; the connection
+///   closes once it is written (its head may have said keep-alive, sent
+///   before the drain began).
+/// - Else it is left to the deadline, as before: a body of a declared
+///   length has no room for a frame, native gRPC over HTTP/1.1 has no
+///   trailer frame (and its client no HTTP/1.1), and a response whose
+///   body ended has nothing more to say (what of it waits in the buffer,
+///   for a client that does not read, stays there: see the README).
+#[inline(never)]
+fn poll_call_end<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step {
+    let Some(slot) = this.st.call.as_mut() else {
+        return Ok(false);
+    };
+    if !this.conn.ctx.shutdown.poll_call_end(slot, cx) {
+        return Ok(false);
+    }
+    // Its slot went back as it ended.
+    this.st.call = None;
+    end_call(this)
+}
+
+/// [`poll_call_end`]'s end of the call, once it is to end.
+#[cold]
+fn end_call<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Step {
+    let status = grpc::SHUTTING_DOWN;
+    if this.st.encoder.is_none() {
+        this.handler.set(None);
+        this.body.set(None);
+        this.st.deferred_head = None;
+        this.st.record.error(ErrorClass::Shutdown);
+        // Any gRPC `content-type`: written.
+        answer_grpc(this, status);
+        return Err(Outcome::Close(CloseReason::Shutdown));
+    }
+    let streams = this.body.is_some() && this.st.upgrading.is_none();
+    let framed = matches!(
+        this.st.encoder,
+        Some(Encoder::Chunked | Encoder::CloseDelimited)
+    );
+    let Some(frame) = status.web_trailer_frame(this.st.setup.grpc) else {
+        return Ok(false);
+    };
+    if !(streams && framed) {
+        return Ok(false);
+    }
+    this.body.set(None);
+    this.st.response_done = true;
+    this.st.record.error(ErrorClass::Shutdown);
+    this.st.record.response_bytes(frame.len());
+    let encoder = this.st.encoder.as_mut().expect("head written before body");
+    let wbuf = this.conn.wbuf();
+    encoded(encoder.encode_data(&frame, wbuf))?;
+    encoded(encoder.finish(None, &[], wbuf))?;
+    this.st.setup.keep_alive = false;
+    this.st.close_reason = Some(CloseReason::Shutdown);
+    Ok(true)
 }
 
 /// The handler failed without a response: answer 500 and close.
