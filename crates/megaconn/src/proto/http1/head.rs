@@ -4,8 +4,9 @@
 //! follows, whether the connection stays open, and which malformed heads
 //! get which status.
 //!
-//! A header section byte for byte the last one the thread took is not read
-//! again: what it said is remembered ([`HeadMemo`]), to the same result.
+//! A header section byte for byte the one the thread holds (one it took
+//! before, [`HeadMemo`] says which) is not read again: what it said is
+//! remembered, to the same result.
 //!
 //! The rules are strict on purpose. Ambiguous framing is how request smuggling
 //! works, so anything two parsers could read differently is rejected and the
@@ -540,8 +541,9 @@ const MEMO_BYTES: usize = 512;
 /// The most header fields [`HeadMemo`] holds.
 const MEMO_FIELDS: usize = 16;
 
-/// The last header section of the usual shape (`quick_head`'s) this
-/// thread read whole and took: its bytes, and what the head was made of
+/// A header section of the usual shape (`quick_head`'s) this thread read
+/// whole and took (the last one, unless the ones after it missed fewer
+/// times in a row than the patience below): its bytes, and what the head was made of
 /// them (each field's name and where its value lies; the framing and the
 /// other facts [`Framing::resolve`] drew from them).
 ///
@@ -832,10 +834,10 @@ fn same_section(a: &[u8], b: &[u8]) -> bool {
     if a.len() < 8 || a.len() != b.len() {
         return a == b;
     }
-    let words = |s: &[u8]| {
+    fn words(s: &[u8]) -> impl Iterator<Item = u64> + '_ {
         s.rchunks_exact(8)
             .map(|w| u64::from_ne_bytes(w.try_into().expect("eight bytes")))
-    };
+    }
     let first = |s: &[u8]| u64::from_ne_bytes(*s.first_chunk::<8>().expect("eight bytes"));
     words(a).zip(words(b)).all(|(x, y)| x == y) && first(a) == first(b)
 }
