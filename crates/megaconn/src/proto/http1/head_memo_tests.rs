@@ -246,15 +246,22 @@ fn traced(span: u64) -> Vec<u8> {
 }
 
 /// `raw`'s header section, as the memo holds it (with its empty line).
-fn section_of(raw: &[u8]) -> Vec<u8> {
-    raw[raw.windows(2).position(|w| w == b"\r\n").unwrap() + 2..].to_vec()
+fn section_of(raw: &[u8]) -> String {
+    let start = raw.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    String::from_utf8_lossy(&raw[start..]).into_owned()
+}
+
+/// The section this thread's memo holds (as text) and its patience.
+fn held() -> (String, u8) {
+    let (section, patience) = memo_held();
+    (String::from_utf8_lossy(&section).into_owned(), patience)
 }
 
 /// Serves `raw`, checks the head against the reading without the memo,
-/// and gives the section held after it and the patience.
-fn serve_checked(raw: &[u8]) -> (Vec<u8>, u8) {
+/// and gives the section held after it and the patience ([`held`]).
+fn serve_checked(raw: &[u8]) -> (String, u8) {
     assert_eq!(served(raw, &LIMITS), reference(raw, &LIMITS));
-    memo_held()
+    held()
 }
 
 /// A client whose section changes every request (its trace's span) does
@@ -266,19 +273,19 @@ fn a_section_that_changes_every_request_is_held_ever_more_rarely() {
     // A section the memo cannot hold lets go of what it held: a known start.
     served(&head(LINES[0], &sections()[21]), &LIMITS);
     assert_eq!(memo_len(), 0);
-    let mut held = Vec::new();
+    let mut before = String::new();
     let mut taken = 0;
     for span in 0..1000 {
         let (now, _) = serve_checked(&traced(span));
-        if now != held {
+        if now != before {
             taken += 1;
-            held = now;
+            before = now;
         }
     }
     // Taken at the 1st request, then after 2, 4, 8, 16, 32 and 64 misses
     // in a row, then every 64th: 1 + 6 + (1000 - 127) / 64 = 20.
     assert!(taken <= 20, "{taken} sections held for 1,000 that all differ");
-    assert_eq!(memo_held().1, 64, "the patience reached its ceiling");
+    assert_eq!(held().1, 64, "the patience reached its ceiling");
 }
 
 /// Two clients' sections taking turns on one thread: the one held first
@@ -305,15 +312,15 @@ fn a_section_that_repeats_after_others_is_held_again() {
     let (a, b, c) = (traced(1), traced(2), traced(3));
     serve_checked(&a);
     serve_checked(&a);
-    assert_eq!(memo_held(), (section_of(&a), 2), "a hit: patience 2");
+    assert_eq!(held(), (section_of(&a), 2), "a hit: patience 2");
     assert_eq!(serve_checked(&b).0, section_of(&a), "kept at the first miss");
     assert_eq!(serve_checked(&b), (section_of(&b), 2), "taken at the second");
     for span in 100..400 {
         serve_checked(&traced(span));
     }
-    assert_eq!(memo_held().1, 64);
+    assert_eq!(held().1, 64);
     let mut requests = 0;
-    while memo_held().0 != section_of(&c) {
+    while held().0 != section_of(&c) {
         serve_checked(&c);
         requests += 1;
         assert!(requests <= 64, "not held after {requests} requests");
