@@ -288,7 +288,7 @@ fi
 {
   load="\`load -c 64${RATE:+ --rate $RATE}\`"
   [[ -n "$HEADERS" ]] && load="\`head_pattern_client.py\` 64 connections, HEADERS=$HEADERS"
-  echo "### User-space instructions per keep-alive request (callgrind, (N=$N2 − N=$N1) / $((N2 - N1)), $load${MEGACONN_HEAD_MEMO:+, MEGACONN_HEAD_MEMO=$MEGACONN_HEAD_MEMO})"
+  echo "### User-space instructions per keep-alive request (callgrind, (N=$N2 − N=$N1) / $((N2 - N1)), $load)"
   echo
   wcol="" wsep=""
   [[ -n "$RATE" ]] && wcol=" epoll_wait calls | lot wakes (N1 / N2) |" wsep="---:|---:|"

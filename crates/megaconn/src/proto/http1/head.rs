@@ -608,11 +608,6 @@ struct HeadMemo {
     patience: u8,
     /// The section held was hit since it was held.
     hit: bool,
-    /// TEMPORARY (session 52's A/B, taken out before the merge): the rule,
-    /// read once per thread from `MEGACONN_HEAD_MEMO` (`off`, `replace`:
-    /// session 51's, `replace-back`: session 51's with the compare from
-    /// the end, `keep`: this one, the default); 0 until read.
-    mode: u8,
 }
 
 /// The misses in a row that replace a held section that was hit (a client
@@ -623,23 +618,6 @@ const MIN_PATIENCE: u8 = 2;
 /// the doubling stops, so that a worker whose sections changed for a
 /// while takes a section that repeats again within 64 requests.
 const MAX_PATIENCE: u8 = 64;
-
-/// TEMPORARY (session 52's A/B): [`HeadMemo::mode`]'s values.
-const MODE_OFF: u8 = 1;
-const MODE_REPLACE: u8 = 2;
-const MODE_REPLACE_BACK: u8 = 3;
-const MODE_KEEP: u8 = 4;
-
-/// TEMPORARY (session 52's A/B): the rule `MEGACONN_HEAD_MEMO` names.
-#[cold]
-fn ab_mode() -> u8 {
-    match std::env::var("MEGACONN_HEAD_MEMO").as_deref() {
-        Ok("off") => MODE_OFF,
-        Ok("replace") => MODE_REPLACE,
-        Ok("replace-back") => MODE_REPLACE_BACK,
-        _ => MODE_KEEP,
-    }
-}
 
 thread_local! {
     static HEAD_MEMO: std::cell::RefCell<HeadMemo> = const {
@@ -660,7 +638,6 @@ thread_local! {
             misses: 0,
             patience: MIN_PATIENCE,
             hit: false,
-            mode: 0,
         })
     };
 }
@@ -669,28 +646,16 @@ impl HeadMemo {
     /// Whether the header section after `line` in `buf` is the one held
     /// here, and what it says holds for this request (see the type's doc).
     #[inline(always)]
-    fn holds(
-        &mut self,
-        buf: &[u8],
-        line: &super::quick_head::Line<'_>,
-        limits: &HeadLimits,
-    ) -> bool {
-        if self.mode == 0 {
-            self.mode = ab_mode();
-        }
+    fn holds(&self, buf: &[u8], line: &super::quick_head::Line<'_>, limits: &HeadLimits) -> bool {
         let n = self.len;
         n != 0
             && self.version == line.version
             && self.max_body_bytes == limits.max_body_bytes
             && self.names.len() <= limits.max_headers.min(MAX_HEADERS_CEILING)
             && memorable(line)
-            && buf.get(line.end..line.end + n).is_some_and(|section| {
-                if self.mode == MODE_REPLACE {
-                    same_bytes(section, &self.bytes[..n])
-                } else {
-                    same_section(section, &self.bytes[..n])
-                }
-            })
+            && buf
+                .get(line.end..line.end + n)
+                .is_some_and(|section| same_section(section, &self.bytes[..n]))
     }
 
     /// Notes that the section held was the request's (a hit): sections
@@ -733,14 +698,11 @@ impl HeadMemo {
     /// section held is kept (or, when `holdable` is not, let go).
     #[inline(always)]
     fn missed(&mut self, holdable: bool) -> Option<&mut Vec<HeaderName>> {
-        if self.mode == MODE_OFF {
-            return None;
-        }
         if !holdable {
             self.forget();
             return None;
         }
-        if self.len != 0 && self.mode == MODE_KEEP {
+        if self.len != 0 {
             self.misses += 1;
             if self.misses < self.patience {
                 return None;

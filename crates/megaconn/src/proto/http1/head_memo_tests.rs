@@ -284,7 +284,10 @@ fn a_section_that_changes_every_request_is_held_ever_more_rarely() {
     }
     // Taken at the 1st request, then after 2, 4, 8, 16, 32 and 64 misses
     // in a row, then every 64th: 1 + 6 + (1000 - 127) / 64 = 20.
-    assert!(taken <= 20, "{taken} sections held for 1,000 that all differ");
+    assert!(
+        taken <= 20,
+        "{taken} sections held for 1,000 that all differ"
+    );
     assert_eq!(held().1, 64, "the patience reached its ceiling");
 }
 
@@ -313,8 +316,16 @@ fn a_section_that_repeats_after_others_is_held_again() {
     serve_checked(&a);
     serve_checked(&a);
     assert_eq!(held(), (section_of(&a), 2), "a hit: patience 2");
-    assert_eq!(serve_checked(&b).0, section_of(&a), "kept at the first miss");
-    assert_eq!(serve_checked(&b), (section_of(&b), 2), "taken at the second");
+    assert_eq!(
+        serve_checked(&b).0,
+        section_of(&a),
+        "kept at the first miss"
+    );
+    assert_eq!(
+        serve_checked(&b),
+        (section_of(&b), 2),
+        "taken at the second"
+    );
     for span in 100..400 {
         serve_checked(&traced(span));
     }
