@@ -49,7 +49,14 @@
 #   49: 9,667 a request on main e296dc8, bench/CPU-PER-REQUEST.md),
 #   SKIP_MEGACONN (0; 1 leaves the `megaconn serve` row out, so that two
 #   builds of the example can be counted in turn, MEGACONN still giving
-#   the `load`).
+#   the `load`), HEADERS (unset: the load is `megaconn load`, one head
+#   sent again and again; same, change or alternate: the load is
+#   bench/head_pattern_client.py's, closed loop over the same 64
+#   connections, with that pattern of header sections: one section, one
+#   whose last field changes every request, two taking turns, the
+#   patterns of session 52's count of what the header-section memo's
+#   misses cost; the table gets a column, the memo's copies of a section
+#   per request, the calls of `HeadMemo::remember`; RATE does not apply).
 # Output: bench/out/lower-bound-<stamp>/ (callgrind files, table.md); the
 #   table on stdout.
 # The warm-up (paced runs): the start of a paced run is not the same from
@@ -113,6 +120,12 @@ mkdir -p "$RES_DIR"
 log "results in $RES_DIR"
 
 RATE="${RATE:-}"
+HEADERS="${HEADERS:-}"
+case "$HEADERS" in
+  "" | same | change | alternate) ;;
+  *) die "HEADERS=$HEADERS is none of same, change, alternate" ;;
+esac
+[[ -n "$HEADERS" && -n "$RATE" ]] && die "HEADERS and RATE do not go together (the pattern client is a closed loop)"
 # Paced runs only: the warm-up, in seconds (see the header).
 WARMUP="${WARMUP-0.5}"
 if [[ -n "$RATE" && "$WARMUP" != 0 ]]; then
@@ -131,6 +144,7 @@ sim=()
 # Bcm Bi Bim, found by name in its "events:" line; then the calls of
 # epoll_wait (libc's wrapper; with RATE, wake-ups per request), of the
 # parking lot's wake (megaconn) and of FN (requests, if FN is given), summed
+# (and before them the calls of the header-section memo's `remember`),
 # from the file's "cfn=" / "calls=" lines (names are compressed: "(id) name"
 # the first time, "(id)" after).
 total() {
@@ -140,12 +154,13 @@ total() {
     /^calls=/ && callee == "epoll_wait" { sub(/^calls=/, "", $1); waits += $1 }
     /^calls=/ && callee == "megaconn::conn::park::ParkingLot::wake" { sub(/^calls=/, "", $1); lot += $1 }
     /^calls=/ && fn != "" && callee == fn { sub(/^calls=/, "", $1); reqs += $1 }
+    /^calls=/ && callee == "megaconn::proto::http1::head::HeadMemo::remember" { sub(/^calls=/, "", $1); copies += $1 }
     /^(summary|totals):/ {
       n = split(sim == 1 ? "Ir I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim" : "Ir", names, " ")
       line = ""
       for (i = 1; i <= n; i++) line = line (i > 1 ? " " : "") (names[i] in at ? $at[names[i]] : 0)
     }
-    END { print line, waits + 0, lot + 0, reqs + 0 }' "$1"
+    END { print line, copies + 0, waits + 0, lot + 0, reqs + 0 }' "$1"
 }
 
 # served NAME N FN CMD...: callgrind's total for CMD serving one curl and N
@@ -165,8 +180,13 @@ served() {
   # shellcheck disable=SC2034  # SERVER_NAME: read by lib.sh's server_stop
   SERVER_PID=$! SERVER_NAME="valgrind-$name"
   wait_http "$port" 120 || die "$name did not answer under valgrind (see $RES_DIR/$name-$n.log)"
-  timeout 600 taskset -c "$LOAD_CPU" "$MEGACONN" load "http://127.0.0.1:$port/" -t 1 -q -c 64 -n "$n" "${rate[@]}" \
-    --json "$RES_DIR/$name-$n.load.json" >"$RES_DIR/$name-$n.load.out" 2>&1 &
+  if [[ -n "$HEADERS" ]]; then
+    timeout 600 taskset -c "$LOAD_CPU" python3 "$BENCH_DIR/head_pattern_client.py" "$port" "$n" 64 "$HEADERS" \
+      >"$RES_DIR/$name-$n.load.out" 2>&1 &
+  else
+    timeout 600 taskset -c "$LOAD_CPU" "$MEGACONN" load "http://127.0.0.1:$port/" -t 1 -q -c 64 -n "$n" "${rate[@]}" \
+      --json "$RES_DIR/$name-$n.load.json" >"$RES_DIR/$name-$n.load.out" 2>&1 &
+  fi
   load_pid=$!
   if warmed "$fn"; then
     # The warm-up runs from when all 64 connections are open (the load may
@@ -203,11 +223,12 @@ computed() {
 
 # per_request "EVENTS AT N1" "EVENTS AT N2": each event per request, as table
 # cells ("6990" without SIM; with it, one cell per column of the table; with
-# RATE, epoll_wait calls per request and the lot's wakes in each run last).
+# RATE, epoll_wait calls per request and the lot's wakes in each run last;
+# with HEADERS, the memo's copies per request after them).
 # Per request: divided by N2 − N1, or after a warm-up by the difference of
 # the requests counted after it (total's last count).
 per_request() {
-  awk -v a="$1" -v b="$2" -v n="$((N2 - N1))" -v sim="$SIM" -v paced="${RATE:+1}" 'BEGIN {
+  awk -v a="$1" -v b="$2" -v n="$((N2 - N1))" -v sim="$SIM" -v paced="${RATE:+1}" -v copies="${HEADERS:+1}" 'BEGIN {
     k = split(a, x, " "); split(b, y, " ")
     if (x[k] > 0 && y[k] > x[k]) n = y[k] - x[k]
     for (i in y) d[i] = (y[i] - x[i]) / n
@@ -216,6 +237,7 @@ per_request() {
     else printf "%.0f | %.1f | %.1f | %.1f | %.0f | %.1f | %.0f | %.1f", d[1], d[2], d[3] + d[4], d[5] + d[6] + d[7], \
       d[8], d[9], d[10], d[11]
     if (paced) printf " | %.2f | %d / %d", d[k - 2], x[k - 1], y[k - 1]
+    if (copies) printf " | %.3f", d[k - 3]
   }'
 }
 
@@ -264,10 +286,13 @@ if [[ "$NGINX" == 1 ]]; then
 fi
 
 {
-  echo "### User-space instructions per keep-alive request (callgrind, (N=$N2 − N=$N1) / $((N2 - N1)), \`load -c 64${RATE:+ --rate $RATE}\`)"
+  load="\`load -c 64${RATE:+ --rate $RATE}\`"
+  [[ -n "$HEADERS" ]] && load="\`head_pattern_client.py\` 64 connections, HEADERS=$HEADERS"
+  echo "### User-space instructions per keep-alive request (callgrind, (N=$N2 − N=$N1) / $((N2 - N1)), $load)"
   echo
   wcol="" wsep=""
   [[ -n "$RATE" ]] && wcol=" epoll_wait calls | lot wakes (N1 / N2) |" wsep="---:|---:|"
+  [[ -n "$HEADERS" ]] && wcol="$wcol memo copies |" wsep="$wsep---:|"
   if [[ "$SIM" == 1 ]]; then
     echo "Per request, with valgrind's cache and branch-predictor models (SIM=1): first-level instruction and data cache misses, last-level misses, conditional branches and their mispredictions, indirect branches (calls and jumps through a pointer) and theirs."
     echo

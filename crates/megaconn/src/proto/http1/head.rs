@@ -4,8 +4,9 @@
 //! follows, whether the connection stays open, and which malformed heads
 //! get which status.
 //!
-//! A header section byte for byte the last one the thread took is not read
-//! again: what it said is remembered ([`HeadMemo`]), to the same result.
+//! A header section byte for byte the one the thread holds (one it took
+//! before, [`HeadMemo`] says which) is not read again: what it said is
+//! remembered, to the same result.
 //!
 //! The rules are strict on purpose. Ambiguous framing is how request smuggling
 //! works, so anything two parsers could read differently is rejected and the
@@ -482,6 +483,9 @@ fn quick_from_in(
         return false;
     };
     let remembered = memo.holds(buf, &line, limits);
+    if remembered {
+        memo.note_hit();
+    }
     let (fields, len) = if remembered {
         (0, line.end + memo.len)
     } else {
@@ -513,10 +517,12 @@ fn quick_from_in(
         // SAFETY: `header_lines` wrote the first `fields` slots of
         // `headers`, as `quick_head::parse` does for the `Quick` it gives.
         let req = unsafe { req.request(headers) };
-        // Held if the rules take it and it may be (see `HeadMemo`): its
-        // parse notes its fields' names.
-        let held = memorable(&line) && len - line.end <= MEMO_BYTES && fields <= MEMO_FIELDS;
-        let built = build(&req, &slicer, limits, place, memo.forget(held));
+        // Held if the rules take it, it may be (see `HeadMemo`) and it is
+        // its turn (`missed`): its parse notes its fields' names.
+        let holdable = memorable(&line) && len - line.end <= MEMO_BYTES && fields <= MEMO_FIELDS;
+        let names = memo.missed(holdable);
+        let held = names.is_some();
+        let built = build(&req, &slicer, limits, place, names);
         if built.is_ok() && held {
             memo.remember(buf, &line, len, req.headers, limits, place.get());
         }
@@ -535,8 +541,9 @@ const MEMO_BYTES: usize = 512;
 /// The most header fields [`HeadMemo`] holds.
 const MEMO_FIELDS: usize = 16;
 
-/// The last header section of the usual shape (`quick_head`'s) this
-/// thread read whole and took: its bytes, and what the head was made of
+/// A header section of the usual shape (`quick_head`'s) this thread read
+/// whole and took (the last one, unless the ones after it missed fewer
+/// times in a row than the patience below): its bytes, and what the head was made of
 /// them (each field's name and where its value lies; the framing and the
 /// other facts [`Framing::resolve`] drew from them).
 ///
@@ -561,6 +568,25 @@ const MEMO_FIELDS: usize = 16;
 /// target's authority replaces the `Host`). Only a section that was read
 /// and taken is held, so one the rules refuse is always read, and refused,
 /// again. The request line, the target and the method are read every time.
+///
+/// A section that differs (a miss) is compared from its end, where the
+/// fields that change from request to request usually are (a
+/// `traceparent`, a cookie, a `Content-Length`), and does not replace the
+/// one held at once: only the [`patience`](Self::patience)th miss in a row
+/// does, and a held section replaced without a hit doubles the patience
+/// (up to [`MAX_PATIENCE`]; a hit sets it back to [`MIN_PATIENCE`]). Why: holding a section costs a copy of its
+/// bytes and a clone of each name (a custom name's first clone allocates:
+/// `Bytes`' promotion), and in session 51's rule (each miss replaced the
+/// section held) a client whose section changed every request paid that
+/// every request, and two clients taking turns on a worker each emptied
+/// the memo for the other, so neither was ever served from it: +738 and
+/// +450 to +650 user-space instructions a request over no memo at all,
+/// where this rule pays +73 for the first and saves 610 to 650 for the
+/// second (callgrind, bench/CPU-PER-REQUEST.md, session 52). A section held is still taken
+/// after two misses in a row when the one before it was hit (a client
+/// that moved on), and at once when nothing is held. A section it cannot
+/// hold (too long, too many fields, `CONNECT`, a target not in origin
+/// form) lets go of the one held, as in session 51.
 struct HeadMemo {
     /// The section: its header lines and the empty line that ends it.
     bytes: [u8; MEMO_BYTES],
@@ -576,7 +602,24 @@ struct HeadMemo {
     values: [(u16, u16); MEMO_FIELDS],
     /// What the rules drew from the head.
     resolved: Resolved,
+    /// Misses in a row (sections it could hold) since the one held was
+    /// hit or held.
+    misses: u8,
+    /// The misses in a row that replace the section held:
+    /// [`MIN_PATIENCE`] to [`MAX_PATIENCE`].
+    patience: u8,
+    /// The section held was hit since it was held.
+    hit: bool,
 }
+
+/// The misses in a row that replace a held section that was hit (a client
+/// that moved on to another section), and the least patience.
+const MIN_PATIENCE: u8 = 2;
+
+/// The most misses in a row it takes to replace the held section: where
+/// the doubling stops, so that a worker whose sections changed for a
+/// while takes a section that repeats again within 64 requests.
+const MAX_PATIENCE: u8 = 64;
 
 thread_local! {
     static HEAD_MEMO: std::cell::RefCell<HeadMemo> = const {
@@ -594,6 +637,9 @@ thread_local! {
                 wants_upgrade: false,
                 te_trailers: false,
             },
+            misses: 0,
+            patience: MIN_PATIENCE,
+            hit: false,
         })
     };
 }
@@ -611,7 +657,16 @@ impl HeadMemo {
             && memorable(line)
             && buf
                 .get(line.end..line.end + n)
-                .is_some_and(|section| same_bytes(section, &self.bytes[..n]))
+                .is_some_and(|section| same_section(section, &self.bytes[..n]))
+    }
+
+    /// Notes that the section held was the request's (a hit): sections
+    /// repeat here, so the next one to miss twice in a row is taken.
+    #[inline(always)]
+    fn note_hit(&mut self) {
+        self.misses = 0;
+        self.hit = true;
+        self.patience = MIN_PATIENCE;
     }
 
     /// The head of `line` and the section held here, put in `place`: the
@@ -637,21 +692,50 @@ impl HeadMemo {
         Ok(())
     }
 
-    /// Lets go of what is held, for a head read now: where its parse is
-    /// to note its fields' names, if it is to be `held`
-    /// ([`remember`](Self::remember)).
+    /// A head read now, whose section is not the one held (a miss), and
+    /// which this memo could hold (`holdable`, see the type's doc) or not:
+    /// where its parse is to note its fields' names if it is to be held
+    /// ([`remember`](Self::remember)): when nothing is held, or this is
+    /// the [`patience`](Self::patience)th miss in a row. `None`: the
+    /// section held is kept (or, when `holdable` is not, let go).
     #[inline(always)]
-    fn forget(&mut self, held: bool) -> Option<&mut Vec<HeaderName>> {
+    fn missed(&mut self, holdable: bool) -> Option<&mut Vec<HeaderName>> {
+        if !holdable {
+            self.forget();
+            return None;
+        }
+        if self.len != 0 {
+            self.misses += 1;
+            if self.misses < self.patience {
+                return None;
+            }
+            // A section held and never hit was not worth its copy: wait
+            // longer before the next. (A hit set the patience back to
+            // `MIN_PATIENCE`.)
+            if !self.hit {
+                self.patience = self.patience.saturating_mul(2).min(MAX_PATIENCE);
+            }
+        }
+        self.forget();
+        Some(&mut self.names)
+    }
+
+    /// Lets go of what is held.
+    #[inline(always)]
+    fn forget(&mut self) {
         self.len = 0;
+        self.misses = 0;
+        self.hit = false;
         self.names.clear();
-        held.then_some(&mut self.names)
     }
 
     /// Holds the section after `line` of the head at the start of `buf`,
     /// `len` bytes long, whose fields are `fields` (their names noted by
-    /// its parse since [`forget`](Self::forget)), and what the rules drew
-    /// from the head made of it, `head`.
+    /// its parse since [`missed`](Self::missed)), and what the rules drew
+    /// from the head made of it, `head`. Out of line, so that its calls
+    /// count the memo's copies (bench/lower-bound.sh's `HEADERS`).
     #[cold]
+    #[inline(never)]
     fn remember(
         &mut self,
         buf: &[u8],
@@ -689,6 +773,37 @@ impl HeadMemo {
 #[cfg(test)]
 pub(crate) fn memo_len() -> usize {
     HEAD_MEMO.with(|memo| memo.borrow().len)
+}
+
+/// The header section this thread's [`HeadMemo`] holds (empty: none) and
+/// the misses in a row that would replace it, for the tests to follow
+/// which section is held and its patience.
+#[cfg(test)]
+pub(crate) fn memo_held() -> (Vec<u8>, u8) {
+    HEAD_MEMO.with(|memo| {
+        let memo = memo.borrow();
+        (memo.bytes[..memo.len].to_vec(), memo.patience)
+    })
+}
+
+/// Whether `a` and `b`, of the same length, hold the same bytes, compared
+/// eight at a time from the end (the first eight overlapping those after,
+/// when the length is not a multiple of eight): a section's last fields
+/// are the ones that usually change ([`HeadMemo`]), so a miss is told in
+/// a word or two where [`same_bytes`], from the start, read most of the
+/// section first. Exact chunks, so no bounds check a word.
+#[inline(always)]
+fn same_section(a: &[u8], b: &[u8]) -> bool {
+    debug_assert_eq!(a.len(), b.len());
+    if a.len() < 8 || a.len() != b.len() {
+        return a == b;
+    }
+    fn words(s: &[u8]) -> impl Iterator<Item = u64> + '_ {
+        s.rchunks_exact(8)
+            .map(|w| u64::from_ne_bytes(w.try_into().expect("eight bytes")))
+    }
+    let first = |s: &[u8]| u64::from_ne_bytes(*s.first_chunk::<8>().expect("eight bytes"));
+    words(a).zip(words(b)).all(|(x, y)| x == y) && first(a) == first(b)
 }
 
 /// Whether a head of this request line may be made from [`HeadMemo`]:

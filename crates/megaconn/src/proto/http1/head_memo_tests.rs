@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 
-use super::head::{find_end, memo_len, parse, parsed_from, End};
+use super::head::{find_end, memo_held, memo_len, parse, parsed_from, End};
 use crate::conn::config::HeadLimits;
 
 const LIMITS: HeadLimits = HeadLimits {
@@ -225,6 +225,142 @@ fn every_byte_changed_in_a_remembered_section_is_read_afresh() {
                 served(&raw, &LIMITS),
                 reference(&raw, &LIMITS),
                 "byte {b:#04x} at {at}"
+            );
+        }
+    }
+}
+
+// Session 52: when a section that misses replaces the one held (`HeadMemo`'s
+// patience). Each head is also checked against the reading without the memo.
+
+/// A usual head whose `traceparent` (the section's last field) carries
+/// `span`, a section of the same length for every `span`.
+fn traced(span: u64) -> Vec<u8> {
+    head(
+        "GET / HTTP/1.1\r\n",
+        &format!(
+            "Host: 127.0.0.1:8080\r\nUser-Agent: t/1\r\nAccept: */*\r\n\
+             traceparent: 00-0af7651916cd43dd8448eb211c80319c-{span:016x}-01\r\n"
+        ),
+    )
+}
+
+/// `raw`'s header section, as the memo holds it (with its empty line).
+fn section_of(raw: &[u8]) -> String {
+    let start = raw.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    String::from_utf8_lossy(&raw[start..]).into_owned()
+}
+
+/// The section this thread's memo holds (as text) and its patience.
+fn held() -> (String, u8) {
+    let (section, patience) = memo_held();
+    (String::from_utf8_lossy(&section).into_owned(), patience)
+}
+
+/// Serves `raw`, checks the head against the reading without the memo,
+/// and gives the section held after it and the patience ([`held`]).
+fn serve_checked(raw: &[u8]) -> (String, u8) {
+    assert_eq!(served(raw, &LIMITS), reference(raw, &LIMITS));
+    held()
+}
+
+/// A client whose section changes every request (its trace's span) does
+/// not have each section copied into the memo: a section held and never
+/// hit doubles the misses it takes to replace it, up to 64, so 1,000
+/// such requests hold a handful of sections, not 1,000 (session 51's rule).
+#[test]
+fn a_section_that_changes_every_request_is_held_ever_more_rarely() {
+    // A section the memo cannot hold lets go of what it held: a known start.
+    served(&head(LINES[0], &sections()[21]), &LIMITS);
+    assert_eq!(memo_len(), 0);
+    let mut before = String::new();
+    let mut taken = 0;
+    for span in 0..1000 {
+        let (now, _) = serve_checked(&traced(span));
+        if now != before {
+            taken += 1;
+            before = now;
+        }
+    }
+    // Taken at the 1st request, then after 2, 4, 8, 16, 32 and 64 misses
+    // in a row, then every 64th: 1 + 6 + (1000 - 127) / 64 = 20.
+    assert!(
+        taken <= 20,
+        "{taken} sections held for 1,000 that all differ"
+    );
+    assert_eq!(held().1, 64, "the patience reached its ceiling");
+}
+
+/// Two clients' sections taking turns on one thread: the one held first
+/// stays held (each of its heads is made from it), where in session 51's
+/// rule each replaced the other and neither was ever a hit.
+#[test]
+fn two_sections_taking_turns_keep_the_one_held() {
+    served(&head(LINES[0], &sections()[21]), &LIMITS);
+    let (a, b) = (traced(1), traced(2));
+    serve_checked(&a);
+    for _ in 0..100 {
+        assert_eq!(serve_checked(&b).0, section_of(&a), "a miss replaced it");
+        assert_eq!(serve_checked(&a).0, section_of(&a));
+    }
+}
+
+/// A client that moves on to another section has it held at its second
+/// request when the one before was hit (patience 2); after a run of
+/// sections that all differed, within 64 requests; and once that one is
+/// hit, the patience is back to 2.
+#[test]
+fn a_section_that_repeats_after_others_is_held_again() {
+    served(&head(LINES[0], &sections()[21]), &LIMITS);
+    let (a, b, c) = (traced(1), traced(2), traced(3));
+    serve_checked(&a);
+    serve_checked(&a);
+    assert_eq!(held(), (section_of(&a), 2), "a hit: patience 2");
+    assert_eq!(
+        serve_checked(&b).0,
+        section_of(&a),
+        "kept at the first miss"
+    );
+    assert_eq!(
+        serve_checked(&b),
+        (section_of(&b), 2),
+        "taken at the second"
+    );
+    for span in 100..400 {
+        serve_checked(&traced(span));
+    }
+    assert_eq!(held().1, 64);
+    let mut requests = 0;
+    while held().0 != section_of(&c) {
+        serve_checked(&c);
+        requests += 1;
+        assert!(requests <= 64, "not held after {requests} requests");
+    }
+    assert_eq!(serve_checked(&c), (section_of(&c), 2), "the hit reset it");
+    serve_checked(&a);
+    assert_eq!(serve_checked(&a), (section_of(&a), 2));
+}
+
+/// A section compared from its end: one byte changed anywhere in the
+/// first field's value of a held section of 17 to 56 bytes (the words
+/// from the end and the first, overlapping one) is a miss, read afresh.
+#[test]
+fn a_section_differing_in_any_byte_is_not_the_one_held() {
+    for len in 1..=40 {
+        let value = "v".repeat(len);
+        let raw = head("GET / HTTP/1.1\r\n", &format!("X: {value}\r\nHost: a\r\n"));
+        let start = "GET / HTTP/1.1\r\nX: ".len();
+        for at in start..start + len {
+            let mut other = raw.clone();
+            // DEL: refused, so a section wrongly taken for the one held
+            // (whose value would be sliced from this head) shows.
+            other[at] = 0x7f;
+            served(&head(LINES[0], &sections()[21]), &LIMITS);
+            assert_eq!(serve_checked(&raw).0, section_of(&raw), "held");
+            assert_eq!(
+                served(&other, &LIMITS),
+                reference(&other, &LIMITS),
+                "length {len}, byte {at}"
             );
         }
     }
