@@ -221,7 +221,6 @@ impl ConnBodyBytes {
         LimitHit::Http2GrownWindowsBudget.count(&self.stats);
         ratelog::log(Flood::Http2GrownWindows, |suppressed| {
             tracing::info!(
-                window,
                 suppressed,
                 "HTTP/2 uploads' receive windows have grown by {budget} bytes in all \
                  (http2_grown_windows_budget): an upload whose handler keeps up keeps its \

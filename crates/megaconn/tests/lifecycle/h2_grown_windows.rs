@@ -4,9 +4,6 @@
 //! to raise (session 52; before, one line a process, and no count). Here
 //! because it needs this binary's log capture.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -50,7 +47,6 @@ async fn a_spent_budget_is_logged_once_per_interval() {
     client = client.ready().await.unwrap();
     let req = Request::post("http://t/").body(()).unwrap();
     let (answer, mut send) = client.send_request(req, false).unwrap();
-    let sent = Arc::new(AtomicUsize::new(0));
     let upload = async {
         let mut left = UPLOAD;
         while left > 0 {
@@ -63,7 +59,6 @@ async fn a_spent_budget_is_logged_once_per_interval() {
                 continue;
             }
             left -= n;
-            sent.fetch_add(n, Relaxed);
             send.send_data(Bytes::from(vec![b'u'; n]), left == 0)
                 .expect("DATA sent");
         }
