@@ -258,7 +258,10 @@ mod tests {
         let stats = WorkerStats::default();
         LimitHit::Http2GrownWindowsBudget.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::Http2GrownWindowsBudget as usize, LimitHit::COUNT - 1);
+        assert_eq!(
+            LimitHit::Http2GrownWindowsBudget as usize,
+            LimitHit::COUNT - 1
+        );
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

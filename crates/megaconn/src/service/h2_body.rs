@@ -209,8 +209,7 @@ impl ConnBodyBytes {
         let taken = self
             .server_grown
             .fetch_update(AcqRel, Acquire, |used| {
-                used.checked_add(u64::from(by))
-                    .filter(|&now| now <= budget)
+                used.checked_add(u64::from(by)).filter(|&now| now <= budget)
             })
             .is_ok();
         if taken {

@@ -229,9 +229,21 @@ fn upload(mut send: h2::SendStream<Bytes>, want: usize, progress: Arc<Progress>)
 #[tokio::test]
 async fn a_stream_window_grows_to_the_setting_and_not_at_zero() {
     let cases = [
-        ("a cap of 256 KiB", Builder::default().http2_max_grown_stream_window(256 << 10), 256 << 10),
-        ("a cap of 0", Builder::default().http2_max_grown_stream_window(0), STREAM_WINDOW),
-        ("a budget of 0", Builder::default().http2_grown_windows_budget(0), STREAM_WINDOW),
+        (
+            "a cap of 256 KiB",
+            Builder::default().http2_max_grown_stream_window(256 << 10),
+            256 << 10,
+        ),
+        (
+            "a cap of 0",
+            Builder::default().http2_max_grown_stream_window(0),
+            STREAM_WINDOW,
+        ),
+        (
+            "a budget of 0",
+            Builder::default().http2_grown_windows_budget(0),
+            STREAM_WINDOW,
+        ),
     ];
     for (what, builder, most) in cases {
         let progress = Arc::new(Progress::default());
@@ -249,7 +261,10 @@ async fn a_stream_window_grows_to_the_setting_and_not_at_zero() {
     let progress = Arc::new(Progress::default());
     let server = Server::start(Builder::default(), progress.clone());
     let window = window_when_held(server.addr, &progress).await;
-    assert!(window > 256 << 10, "the default window grew to {window} only");
+    assert!(
+        window > 256 << 10,
+        "the default window grew to {window} only"
+    );
     server.stop().await;
 }
 
@@ -275,11 +290,15 @@ async fn a_spent_budget_is_counted_and_its_use_is_a_gauge() {
     let metrics = server.handle.render_metrics();
     let refused = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("megaconn_limit_hits_total{limit=\"http2_grown_windows_budget\"} "))
+        .find_map(|l| {
+            l.strip_prefix("megaconn_limit_hits_total{limit=\"http2_grown_windows_budget\"} ")
+        })
         .unwrap_or_else(|| panic!("no refusal series in {metrics}"));
     assert!(refused.parse::<u64>().unwrap() >= 1, "{refused}");
     assert!(
-        metrics.contains(&format!("\nmegaconn_http2_grown_windows_bytes {STREAM_WINDOW}\n")),
+        metrics.contains(&format!(
+            "\nmegaconn_http2_grown_windows_bytes {STREAM_WINDOW}\n"
+        )),
         "{metrics}"
     );
     let handle = server.handle.clone();
@@ -312,6 +331,8 @@ fn a_window_cap_past_http2_s_largest_is_refused() {
         }
     }
     for cap in [(1 << 31) - 1, 0, DEFAULT_HTTP2_MAX_GROWN_STREAM_WINDOW] {
-        bind(cap).validate().unwrap_or_else(|e| panic!("{cap}: {e}"));
+        bind(cap)
+            .validate()
+            .unwrap_or_else(|e| panic!("{cap}: {e}"));
     }
 }

@@ -83,7 +83,10 @@ async fn a_spent_budget_is_logged_once_per_interval() {
         .find(|(l, _)| *l == "http2_grown_windows_budget")
         .map_or(0, |h| h.1) as usize;
     let most = 1 + (started.elapsed().as_secs() / 5) as usize;
-    assert!(refusals > most, "{refusals} refusals: too few to tell a limit from none");
+    assert!(
+        refusals > most,
+        "{refusals} refusals: too few to tell a limit from none"
+    );
     let needle = format!("have grown by {BUDGET} bytes in all (http2_grown_windows_budget)");
     let lines: Vec<String> = super::logged()
         .iter()
