@@ -1,8 +1,8 @@
 //! `megaconn serve`'s HTTP/2 grown-window knobs (session 52):
-//! `--http2-max-grown-stream-window` past HTTP/2's largest window (2^31 -
-//! 1) is refused, by `--check` as by a start, with the library's message
-//! naming the setting and its bound, from the flag or the config file;
-//! in range, both knobs (0 included) pass.
+//! `--http2-max-grown-stream-window` past HTTP/2's largest window
+//! (2^31 - 1) is refused, by `--check` as by a start, with the library's
+//! message naming the setting and its bound, from the flag or the config
+//! file; in range, both knobs (0 included) pass.
 
 use std::process::Command;
 
