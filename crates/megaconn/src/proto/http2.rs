@@ -377,19 +377,17 @@ where
             control.clone(),
             (min_rate, ctx.config.access_log),
         )
-        .bounded(
-            BodyBounds {
-                limit: ctx.config.max_body_bytes,
-                stall_after: ctx
-                    .config
-                    .idle_timeout
-                    .filter(|_| ctx.config.read_timeout.is_none()),
-                stream_window: unread::stream_window(&cfg),
-                grown_max: cfg.max_grown_stream_window,
-                grown_budget: cfg.grown_windows_budget,
-            },
-            ctx.config.http2_grown_windows.clone(),
-        ),
+        .bounded(BodyBounds {
+            limit: ctx.config.max_body_bytes,
+            stall_after: ctx
+                .config
+                .idle_timeout
+                .filter(|_| ctx.config.read_timeout.is_none()),
+            stream_window: unread::stream_window(&cfg),
+            grown_max: cfg.max_grown_stream_window,
+            grown_budget: cfg.grown_windows_budget,
+        })
+        .growing_in(ctx.config.http2_grown_windows.clone()),
     );
     let mut refusals = H2Refusals::default();
     let mut unread = UnreadBudget::default();

@@ -175,14 +175,16 @@ impl ConnBodyBytes {
         }
     }
 
-    /// Its bodies are held to `bounds`, their windows' growth counted in
-    /// `server_grown`, the server's (`Config::http2_grown_windows`).
-    pub(crate) fn bounded(
-        mut self,
-        bounds: BodyBounds,
-        server_grown: Arc<AtomicU64>,
-    ) -> ConnBodyBytes {
+    /// Its bodies are held to `bounds`.
+    pub(crate) fn bounded(mut self, bounds: BodyBounds) -> ConnBodyBytes {
         self.bounds = bounds;
+        self
+    }
+
+    /// Its bodies' windows' growth is counted in `server_grown`, the
+    /// server's (`Config::http2_grown_windows`), against
+    /// `bounds.grown_budget`.
+    pub(crate) fn growing_in(mut self, server_grown: Arc<AtomicU64>) -> ConnBodyBytes {
         self.server_grown = server_grown;
         self
     }
