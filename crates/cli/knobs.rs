@@ -703,6 +703,35 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "http2-max-grown-stream-window",
+        value_name: "SIZE",
+        shape: Shape::One,
+        help: "HTTP/2: the largest receive window an upload's stream grows to while its handler keeps up with it; 0 disables (every stream keeps the window it starts with, half of --http2-max-unread-body-bytes); at most 2^31 - 1 bytes.",
+        details: "An upload moves at most one window per round trip: the 64 KiB a stream starts with is ~1.3 MB/s over a 50 ms path, 4 MiB ~80 MB/s (an 8 MiB upload over 50 ms: 7.1 s with 64 KiB, 0.52 s grown; bench/H2-UPLOAD.md). Each time the handler has read a whole window and waits for more, the window doubles, up to this, and the connection's window grows by as much. A window the handler keeps up with holds nothing unread; a handler that then stops reading leaves up to this much of its stream's body waiting in the server, beyond --http2-max-unread-body-bytes, all streams together within --http2-grown-windows-budget.",
+        default: "4MiB",
+        example: "1MiB",
+        parse: size,
+        apply: |v, s| {
+            // Past u32, the library's check refuses it with its bound.
+            let n = u32::try_from(v.bytes()).unwrap_or(u32::MAX);
+            s.builder(|b| b.http2_max_grown_stream_window(n))
+        },
+    },
+    Knob {
+        name: "http2-grown-windows-budget",
+        value_name: "SIZE",
+        shape: Shape::One,
+        help: "HTTP/2: what all uploads' stream windows may have grown by together (--http2-max-grown-stream-window), per worker process; 0 disables growth.",
+        details: "Bounds what uploads whose handlers kept up, then stopped reading, can make the server hold beyond --http2-max-unread-body-bytes a connection, however many connections there are (400 connections at 4 MiB each would be 1.6 GB). A stream's growth comes back when its body ends or is dropped. Past it a window does not grow (its upload goes on at the pace of the window it has; nothing is refused or reset): each growth refused is counted in megaconn_limit_hits_total{limit=\"http2_grown_windows_budget\"} and logged (one line per 5 s per worker); megaconn_http2_grown_windows_bytes is what is in use.",
+        default: "64MiB",
+        example: "256MiB",
+        parse: size,
+        apply: |v, s| {
+            let n = v.bytes();
+            s.builder(|b| b.http2_grown_windows_budget(n))
+        },
+    },
+    Knob {
         name: "message-timeout",
         value_name: "DURATION",
         shape: Shape::One,
@@ -1714,6 +1743,16 @@ mod tests {
                     let n = megaconn::DEFAULT_HTTP2_MAX_UNREAD_BODY_BYTES;
                     assert_eq!(size(text), u64::from(n));
                     left(&format!("max_unread_body: {n},"));
+                }
+                "http2-max-grown-stream-window" => {
+                    let n = megaconn::DEFAULT_HTTP2_MAX_GROWN_STREAM_WINDOW;
+                    assert_eq!(size(text), u64::from(n));
+                    left(&format!("max_grown_stream_window: {n},"));
+                }
+                "http2-grown-windows-budget" => {
+                    let n = megaconn::DEFAULT_HTTP2_GROWN_WINDOWS_BUDGET;
+                    assert_eq!(size(text), n);
+                    left(&format!("grown_windows_budget: {n},"));
                 }
                 "http2-max-stalled-streams" => {
                     let n = megaconn::DEFAULT_HTTP2_MAX_STALLED_STREAMS;

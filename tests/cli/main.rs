@@ -15,6 +15,7 @@ mod admin_cli;
 mod admin_fds_cli;
 mod doctor_cli;
 mod flags_cli;
+mod h2_grown_cli;
 mod hold_cli;
 mod limits_cli;
 mod logs_cli;

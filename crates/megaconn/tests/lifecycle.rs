@@ -4,6 +4,7 @@
 //! native WebSocket's frame or message, a framed connection's frame or
 //! line), the access log's one line per request, in every protocol mode
 //! and whatever answered it (`access_log.rs`),
+//! an HTTP/2 server's grown windows' budget spent (`h2_grown_windows.rs`),
 //! and a worker that panics as it hands its parked connections over (the
 //! capture makes it), which need this binary's process-wide log
 //! capture (the `integration` binary has none, by design).
@@ -14,6 +15,8 @@ mod common;
 mod access_log;
 #[path = "lifecycle/grpc52.rs"]
 mod grpc52;
+#[path = "lifecycle/h2_grown_windows.rs"]
+mod h2_grown_windows;
 #[path = "lifecycle/tls_lines.rs"]
 mod tls_lines;
 

@@ -165,9 +165,35 @@ pub const DEFAULT_HTTP2_MAX_STALLED_STREAMS: u32 = 32;
 /// read, `bench/ATTACK-MEMORY.md`); the 1 MiB connection window let 400
 /// connections make the server hold 444 MB (session 48). A stream starts
 /// with half of it as its window, ~1.3 MB/s at a 50 ms round trip; one
-/// whose handler keeps up with it grows its window (to 4 MiB, from a
-/// 64 MiB pool for the process: `service/h2_body.rs`, session 51).
+/// whose handler keeps up with it grows its window (to
+/// [`DEFAULT_HTTP2_MAX_GROWN_STREAM_WINDOW`], within
+/// [`DEFAULT_HTTP2_GROWN_WINDOWS_BUDGET`] for the server:
+/// `service/h2_body.rs`, session 51).
 pub const DEFAULT_HTTP2_MAX_UNREAD_BODY_BYTES: u32 = 128 * 1024;
+
+/// Default for the largest receive window an HTTP/2 request body's stream
+/// grows to while its handler keeps up with its upload
+/// ([`Builder::http2_max_grown_stream_window`](crate::Builder::http2_max_grown_stream_window)):
+/// 4 MiB, ~80 MB/s over a 50 ms round trip, where the 64 KiB a stream
+/// starts with (half of [`DEFAULT_HTTP2_MAX_UNREAD_BODY_BYTES`]) gave
+/// ~1.3 MB/s (an 8 MiB upload took 6.8 s, 0.55 s under tonic, whose
+/// windows are 1 MiB; `bench/H2-UPLOAD.md`). A window a handler keeps up
+/// with holds nothing unread: growing it costs memory only if the handler
+/// then stops reading, and then at most this a stream, within
+/// [`DEFAULT_HTTP2_GROWN_WINDOWS_BUDGET`] in all.
+pub const DEFAULT_HTTP2_MAX_GROWN_STREAM_WINDOW: u32 = 4 << 20;
+
+/// Default for what all of a server's HTTP/2 streams' windows may have
+/// grown beyond the window they started with, together
+/// ([`Builder::http2_grown_windows_budget`](crate::Builder::http2_grown_windows_budget)):
+/// 64 MiB, so that uploads whose handlers kept up, then stopped reading,
+/// make the server hold at most this beyond each connection's
+/// [`DEFAULT_HTTP2_MAX_UNREAD_BODY_BYTES`], however many connections
+/// there are (400 connections at 4 MiB each would be 1.6 GB). Sixteen
+/// uploads at the full 4 MiB at once; past it a window does not grow (its
+/// upload goes on at the pace of the window it has) until a grown one is
+/// given back.
+pub const DEFAULT_HTTP2_GROWN_WINDOWS_BUDGET: u64 = 64 << 20;
 
 /// Default per-stream receive window: how much request body a client may send
 /// ahead of the handler reading it (256 KiB, capped at half of
@@ -284,6 +310,13 @@ pub(crate) struct Config {
     pub reuse_port_shared: bool,
     /// HTTP/2 settings (h2.rs).
     pub http2: Http2Config,
+    /// What the server's HTTP/2 streams' windows have grown by now, in
+    /// all, against `http2.grown_windows_budget` (`service/h2_body.rs`
+    /// takes from it and gives back). State, not a setting: here because
+    /// the configuration is what one server's workers share. A fresh one
+    /// for each server (`Builder::listen`); the connections that one
+    /// builder serves itself (`Builder::serve_connection`) share its own.
+    pub http2_grown_windows: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// TLS for every listener, or for those in `tls_listeners` (tls.rs);
     /// `None` is cleartext.
     pub tls: Option<crate::conn::tls::TlsConfig>,
@@ -365,6 +398,7 @@ impl Default for Config {
             message_send_buffer_size: Some(DEFAULT_MESSAGE_SEND_BUFFER),
             reuse_port_shared: false,
             http2: Http2Config::default(),
+            http2_grown_windows: Default::default(),
             tls: None,
             tls_listeners: Vec::new(),
             cleartext_listeners: Vec::new(),
@@ -471,6 +505,12 @@ pub(crate) struct Http2Config {
     /// Request body a client may send ahead of its handlers, all of a
     /// connection's streams together: both windows are capped at it.
     pub max_unread_body: u32,
+    /// The largest a stream's window grows to while its reader keeps up
+    /// (`service/h2_body.rs`, `RecvBody::kept_up`); 0: no growth.
+    pub max_grown_stream_window: u32,
+    /// What a server's streams' windows may have grown by, together; 0:
+    /// no growth.
+    pub grown_windows_budget: u64,
     pub max_frame_size: u32,
     pub max_header_list_size: u32,
     pub keep_alive_interval: Option<Duration>,
@@ -489,6 +529,8 @@ impl Default for Http2Config {
             stream_window: DEFAULT_HTTP2_STREAM_WINDOW,
             connection_window: DEFAULT_HTTP2_CONNECTION_WINDOW,
             max_unread_body: DEFAULT_HTTP2_MAX_UNREAD_BODY_BYTES,
+            max_grown_stream_window: DEFAULT_HTTP2_MAX_GROWN_STREAM_WINDOW,
+            grown_windows_budget: DEFAULT_HTTP2_GROWN_WINDOWS_BUDGET,
             max_frame_size: DEFAULT_HTTP2_MAX_FRAME_SIZE,
             max_header_list_size: DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE,
             keep_alive_interval: None,

@@ -1,5 +1,6 @@
 //! Which limit refused a request, closed a connection, (`hub_queue`)
-//! dropped a hub message, (`max_subscriptions`, `max_topic_bytes`) refused a subscription or (`publish_rate`) a publish, or (`refusals_waiting`) answered a refused connection without waiting for its first bytes, as a fixed set of labels (`limit` of
+//! dropped a hub message, (`http2_grown_windows_budget`) kept an HTTP/2
+//! upload's window from growing, (`max_subscriptions`, `max_topic_bytes`) refused a subscription or (`publish_rate`) a publish, or (`refusals_waiting`) answered a refused connection without waiting for its first bytes, as a fixed set of labels (`limit` of
 //! `megaconn_limit_hits_total`): the close reasons say only
 //! `protocol_error` for the ones that close. Counted on the rejection path
 //! only, one relaxed increment in the worker's array.
@@ -149,6 +150,13 @@ pub(crate) enum LimitHit {
     /// or did not close its end while the close lingered; closed anyway.
     /// Once a connection (`conn/io.rs`, `CloseBy`).
     LingerTimeout,
+    /// An HTTP/2 stream whose handler keeps up with its upload was due a
+    /// larger receive window, and the server's streams' windows had grown
+    /// by `Builder::http2_grown_windows_budget` already: its window stays
+    /// as it is (the upload goes on at its pace; nothing is refused or
+    /// reset). Counted each time a growth is refused
+    /// (`service/h2_body.rs`, `RecvBody::kept_up`).
+    Http2GrownWindowsBudget,
 }
 
 /// A worker's count of each [`LimitHit`], indexed by it. A type of its
@@ -172,7 +180,7 @@ impl std::ops::Deref for LimitCounters {
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::LingerTimeout as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::Http2GrownWindowsBudget as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -211,6 +219,7 @@ impl LimitHit {
         "min_request_body_rate",
         "max_drain_bytes",
         "linger_timeout",
+        "http2_grown_windows_budget",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -247,9 +256,12 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::LingerTimeout.count(&stats);
+        LimitHit::Http2GrownWindowsBudget.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::LingerTimeout as usize, LimitHit::COUNT - 1);
+        assert_eq!(
+            LimitHit::Http2GrownWindowsBudget as usize,
+            LimitHit::COUNT - 1
+        );
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

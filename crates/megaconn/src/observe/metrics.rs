@@ -36,6 +36,7 @@
 //! | `megaconn_connections_handover_refused_total` | counter | |
 //! | `megaconn_connections_aged_out_total` | counter | |
 //! | `megaconn_shutdown_drain_pending` | gauge | |
+//! | `megaconn_http2_grown_windows_bytes` | gauge | |
 //! | `megaconn_requests_total` | counter | `method`, `status_class` |
 //! | `megaconn_request_duration_seconds` | histogram | |
 //! | `megaconn_request_body_bytes_total` | counter | |
@@ -1053,6 +1054,12 @@ impl Collector for Snapshot {
             "shutdown_drain_pending",
             "Idle connections a paced shutdown (shutdown_drain_rate) has still to close.",
             s.shutdown_drain_pending,
+        )?;
+        gauge(
+            &mut e,
+            "http2_grown_windows_bytes",
+            "What HTTP/2 streams' receive windows have grown by now, their handlers keeping up with uploads, out of http2_grown_windows_budget (past it, growths refused count in limit_hits{limit=\"http2_grown_windows_budget\"}).",
+            i64::try_from(s.http2_grown_windows_bytes).unwrap_or(i64::MAX),
         )?;
         counter(
             &mut e,

@@ -15,7 +15,8 @@
 //! framed reply that cannot be framed, idle connections evicted at
 //! `max_connections`, a hub message some connections cannot be sent, an
 //! HTTP/2 stream refused past `http2_max_concurrent_streams`, a worker at
-//! its bound on TLS handshakes in flight, an HTTP/2 control-frame flood. The limits' lines name the setting to raise, a kind per setting or, for a refused request head, per status (so that a flood over one does not
+//! its bound on TLS handshakes in flight, an HTTP/2 control-frame flood, an
+//! HTTP/2 upload's window not grown past `http2_grown_windows_budget`. The limits' lines name the setting to raise, a kind per setting or, for a refused request head, per status (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
 //! (`megaconn_limit_hits_total`, close reasons) keep the count of every one.
@@ -446,6 +447,9 @@ pub(crate) enum Flood {
     /// A close cut short by `Builder::linger_timeout`: its peer did not
     /// take our last bytes, or did not close its end, in time.
     LingerTimeout,
+    /// An HTTP/2 upload's window not grown: the server's streams' windows
+    /// had grown by `http2_grown_windows_budget` (`service/h2_body.rs`).
+    Http2GrownWindows,
 }
 
 impl Flood {
@@ -547,6 +551,7 @@ impl Flood {
             | Flood::Http2UnreadBody
             | Flood::BodyTooSlow
             | Flood::LingerTimeout
+            | Flood::Http2GrownWindows
             | Flood::PublishRate => Level::INFO,
         }
     }
@@ -565,11 +570,11 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 63;
+const KINDS: usize = 64;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::LingerTimeout as usize == KINDS - 1);
+const _: () = assert!(Flood::Http2GrownWindows as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -54,6 +54,10 @@ pub(crate) struct WorkerStats {
     pub aged_out: AtomicU64,
     /// Idle connections a paced shutdown drain has still to close.
     pub drain_pending: AtomicI64,
+    /// What the worker's HTTP/2 streams' receive windows have grown by
+    /// now, in all (a gauge moved by their bodies, on whichever thread a
+    /// handler reads one: `service/h2_body.rs`).
+    pub http2_grown_windows: AtomicI64,
     /// The worker's loop as the stall detector sees it.
     pub stall: LoopState,
     pub stalls: AtomicU64,
@@ -535,6 +539,13 @@ pub struct ServerStats {
     /// Idle connections a paced shutdown (`shutdown_drain_rate`) has still
     /// to close.
     pub shutdown_drain_pending: i64,
+    /// What the server's HTTP/2 streams' receive windows have grown by now
+    /// (their handlers keeping up with uploads), in bytes, out of
+    /// `Builder::http2_grown_windows_budget`: at most what uploads whose
+    /// handlers stop reading can make the server hold beyond
+    /// `http2_max_unread_body_bytes` a connection
+    /// (`megaconn_http2_grown_windows_bytes`).
+    pub http2_grown_windows_bytes: u64,
     /// Requests refused, connections closed, hub messages dropped
     /// (`hub_queue`) and subscriptions refused (`max_subscriptions`) by a limit, by the limit's label (`max_header_bytes`,
     /// `max_body_bytes`, ...; every label, zero or not), as `megaconn_limit_hits_total{limit}` shows them.
@@ -641,6 +652,9 @@ impl ServerStats {
         let mut tls_alerts = [0u64; alerts::COUNT];
         let mut tls_handshakes = [0u64; HandshakeOutcome::COUNT];
         let mut tls_client_cert_refusals = [0u64; CertRefusal::COUNT];
+        // Summed signed: a body given back on another thread than the
+        // worker's may be read before its growth was.
+        let mut grown_windows = 0i64;
         for w in workers {
             let open = w.connections_open.load(Relaxed);
             s.connections_open += open;
@@ -675,11 +689,13 @@ impl ServerStats {
             s.handover_refused += w.handover_refused.load(Relaxed);
             s.aged_out += w.aged_out.load(Relaxed);
             s.shutdown_drain_pending += w.drain_pending.load(Relaxed);
+            grown_windows += w.http2_grown_windows.load(Relaxed);
             add_up(&mut limit_hits, &w.limit_hits);
             add_up(&mut tls_alerts, &w.tls_alerts);
             add_up(&mut tls_handshakes, &w.tls_handshakes);
             add_up(&mut tls_client_cert_refusals, &w.tls_client_cert_refusals);
         }
+        s.http2_grown_windows_bytes = grown_windows.max(0) as u64;
         s.requests_refused = REQUEST_REFUSALS
             .iter()
             .map(|&hit| limit_hits[hit as usize])

@@ -384,7 +384,10 @@ where
                 .idle_timeout
                 .filter(|_| ctx.config.read_timeout.is_none()),
             stream_window: unread::stream_window(&cfg),
-        }),
+            grown_max: cfg.max_grown_stream_window,
+            grown_budget: cfg.grown_windows_budget,
+        })
+        .growing_in(ctx.config.http2_grown_windows.clone()),
     );
     let mut refusals = H2Refusals::default();
     let mut unread = UnreadBudget::default();

@@ -1344,6 +1344,14 @@ impl Builder {
         if c.max_connections == Some(0) {
             return Err(Error::Config("max_connections must be at least 1".into()));
         }
+        if c.http2.max_grown_stream_window > config::MAX_WINDOW {
+            return Err(Error::Config(format!(
+                "http2_max_grown_stream_window must be at most {} bytes (2^31 - 1, HTTP/2's \
+                 largest window), or 0 for no growth; got {}",
+                config::MAX_WINDOW,
+                c.http2.max_grown_stream_window
+            )));
+        }
         Ok(())
     }
 
@@ -1374,6 +1382,9 @@ impl Builder {
         }
         // The server's own duplicates only: the builder keeps no socket open.
         config.adopted.clear();
+        // Its own grown windows' count, not one shared with the builder's
+        // other servers.
+        config.http2_grown_windows = Default::default();
         config.addrs.clone_from(&local_addrs);
         let max_connections = match config.max_connections {
             Some(n) => config::checked_max_connections(n),
@@ -1531,6 +1542,54 @@ impl Builder {
     /// connection's uploads together this much.
     pub fn http2_max_unread_body_bytes(mut self, n: u32) -> Builder {
         self.config.http2.max_unread_body = n.clamp(65_535, config::MAX_WINDOW);
+        self
+    }
+
+    /// The largest receive window, in bytes, that an HTTP/2 request body's
+    /// stream grows to while its handler keeps up with the upload.
+    /// Default: 4 MiB ([`DEFAULT_HTTP2_MAX_GROWN_STREAM_WINDOW`](crate::DEFAULT_HTTP2_MAX_GROWN_STREAM_WINDOW));
+    /// 0 turns growth off (every stream keeps the window it starts with,
+    /// half of [`http2_max_unread_body_bytes`](Builder::http2_max_unread_body_bytes),
+    /// as before session 51), as does a value at or below that window. At
+    /// most 2^31 - 1 (HTTP/2's largest window): more is refused by
+    /// [`listen`](Builder::listen) and [`validate`](Builder::validate)
+    /// (`Error::Config`).
+    ///
+    /// An upload moves at most one window per round trip: 64 KiB is
+    /// ~1.3 MB/s over a 50 ms path, 4 MiB ~80 MB/s (`bench/H2-UPLOAD.md`).
+    /// When the handler has read a whole window since the window last
+    /// grew and waits for more, the window doubles, up to this, and the
+    /// connection's window grows by as much. The memory it bounds: a
+    /// window a handler keeps up with holds nothing unread, but a handler
+    /// that then stops reading leaves up to this much of its stream's
+    /// body waiting in the server, beyond `http2_max_unread_body_bytes`;
+    /// all such streams together are bounded by
+    /// [`http2_grown_windows_budget`](Builder::http2_grown_windows_budget).
+    pub fn http2_max_grown_stream_window(mut self, n: u32) -> Builder {
+        self.config.http2.max_grown_stream_window = n;
+        self
+    }
+
+    /// What all of the server's HTTP/2 streams' receive windows may have
+    /// grown by ([`http2_max_grown_stream_window`](Builder::http2_max_grown_stream_window)),
+    /// together, in bytes. Default: 64 MiB ([`DEFAULT_HTTP2_GROWN_WINDOWS_BUDGET`](crate::DEFAULT_HTTP2_GROWN_WINDOWS_BUDGET));
+    /// 0 turns growth off. Per server (per worker process with `megaconn
+    /// serve --processes`); the connections one builder serves through
+    /// [`serve_connection`](Builder::serve_connection) share one of their own.
+    ///
+    /// The memory it bounds: what uploads whose handlers kept up, then
+    /// stopped reading, can make the server hold beyond each connection's
+    /// [`http2_max_unread_body_bytes`](Builder::http2_max_unread_body_bytes),
+    /// however many connections there are (400 connections at 4 MiB each
+    /// would be 1.6 GB). A stream's growth comes back when its body ends
+    /// or is dropped. Past it a window does not grow (its upload goes on
+    /// at the pace of the window it has; nothing is refused or reset):
+    /// each growth refused is counted in
+    /// `megaconn_limit_hits_total{limit="http2_grown_windows_budget"}` and
+    /// logged at INFO (at most one line per 5 s per worker, naming this
+    /// setting); `megaconn_http2_grown_windows_bytes` is what is in use.
+    pub fn http2_grown_windows_budget(mut self, n: u64) -> Builder {
+        self.config.http2.grown_windows_budget = n;
         self
     }
 

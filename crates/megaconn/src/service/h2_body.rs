@@ -6,14 +6,14 @@
 //! connection's readers say they took a DATA frame ([`ReadCredit`]: the
 //! tiny-DATA budget's give-back), and the growth of a stream's receive
 //! window while its reader keeps up ([`RecvBody`]'s `kept_up`, bounded by
-//! [`HTTP2_GROWN_WINDOW_MAX`] and [`HTTP2_GROWN_WINDOWS_POOL`]). It lives with the service
+//! `http2_max_grown_stream_window` a stream and `http2_grown_windows_budget`
+//! for the server: [`ConnBodyBytes::take_growth`]). It lives with the service
 //! glue (not in `proto/http2.rs`) because [`Body`](crate::Body) wraps it:
 //! the body a service sees must not depend on a protocol module.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{
-    AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire,
-    Ordering::Relaxed,
+    AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
 };
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
@@ -25,57 +25,14 @@ use h2::RecvStream;
 use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
 
+use crate::conn::config::MAX_WINDOW;
 use crate::error::BodyError;
 use crate::observe::clock::{self, LazyDeadline};
 use crate::observe::human::Timeout;
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
-use crate::observe::stats::{incr, WorkerStats};
+use crate::observe::stats::{gauge, incr, WorkerStats};
 use crate::service::body_rate::{BodyRate, MinRate};
-
-/// The largest receive window an HTTP/2 request body's stream grows to
-/// while its reader keeps up with its client (4 MiB): ~80 MB/s over a
-/// 50 ms round trip, where the 64 KiB a stream starts with
-/// (`http2_max_unread_body_bytes`' half) gave ~1.3 MB/s (an 8 MiB upload
-/// took 6.8 s, 0.55 s under tonic, whose windows are 1 MiB;
-/// `bench/H2-UPLOAD.md`). A window a reader keeps up with holds nothing
-/// unread: growing it costs memory only if the reader then stops, and then
-/// at most this a stream, from the pool below.
-pub(crate) const HTTP2_GROWN_WINDOW_MAX: u32 = 4 << 20;
-
-/// What all of the process's HTTP/2 streams' windows may have grown beyond
-/// what they started with, together (64 MiB): so that the uploads whose
-/// readers kept up, then stopped, can make the server hold at most this
-/// beyond the per-connection budget (`http2_max_unread_body_bytes`), however
-/// many connections there are (400 connections at 4 MiB each would have
-/// been 1.6 GB). Past it, a window does not grow (the upload goes on at
-/// the pace of the window it has) until a grown one gives its growth back.
-pub(crate) const HTTP2_GROWN_WINDOWS_POOL: u32 = 64 << 20;
-
-/// The pool's bytes given out ([`HTTP2_GROWN_WINDOWS_POOL`]).
-static GROWN_WINDOWS: AtomicU32 = AtomicU32::new(0);
-
-/// The pool ran out once: its line is written once a process (a window
-/// that cannot grow slows an upload, nothing is refused).
-static POOL_LINE: AtomicBool = AtomicBool::new(false);
-
-/// Takes `by` bytes from the pool of grown windows, if it has them.
-fn take_from_pool(by: u32) -> bool {
-    let taken = GROWN_WINDOWS
-        .fetch_update(AcqRel, Acquire, |used| {
-            used.checked_add(by)
-                .filter(|&now| now <= HTTP2_GROWN_WINDOWS_POOL)
-        })
-        .is_ok();
-    if !taken && !POOL_LINE.swap(true, Relaxed) {
-        tracing::info!(
-            pool = HTTP2_GROWN_WINDOWS_POOL,
-            "HTTP/2 uploads' receive windows have grown by HTTP2_GROWN_WINDOWS_POOL bytes in all; \
-             further uploads keep the windows they have until some end (logged once)"
-        );
-    }
-    taken
-}
 
 /// Where a connection's readers (request bodies, upgraded streams,
 /// `service/h2_stream.rs`) report each DATA frame they take out of h2:
@@ -136,8 +93,13 @@ pub(crate) struct ConnBodyBytes {
     /// What the connection's bodies' windows have grown by, together: the
     /// connection's task raises the connection window by as much
     /// (`proto/http2/upload.rs`), as a stream window larger than the
-    /// connection's would not be used.
-    grown: AtomicU32,
+    /// connection's would not be used. 64 bits: 128 streams grown to
+    /// 2^31 - 1 each would wrap 32.
+    grown: AtomicU64,
+    /// What the server's streams' windows have grown by, in all (the
+    /// configuration's `http2_grown_windows`, one per server), held to
+    /// `bounds.grown_budget` ([`take_growth`](Self::take_growth)).
+    server_grown: Arc<AtomicU64>,
     /// How long the connection's window has been full of unread request
     /// bodies, in all: the client could send nothing then, and
     /// `min_request_body_rate` does not charge it ([`FullClock`]).
@@ -159,6 +121,12 @@ pub(crate) struct BodyBounds {
     /// The window a stream starts with; its body's grows from it while its
     /// reader keeps up (0: it does not).
     pub(crate) stream_window: u32,
+    /// `http2_max_grown_stream_window`: the most a stream's window grows
+    /// to (0, or at most `stream_window`: it does not grow).
+    pub(crate) grown_max: u32,
+    /// `http2_grown_windows_budget`: the most the server's streams'
+    /// windows grow by together (0: they do not).
+    pub(crate) grown_budget: u64,
 }
 
 /// A clock that runs while a connection's receive window is full of
@@ -198,8 +166,11 @@ impl ConnBodyBytes {
                 limit: u64::MAX,
                 stall_after: None,
                 stream_window: 0,
+                grown_max: 0,
+                grown_budget: 0,
             },
-            grown: AtomicU32::new(0),
+            grown: AtomicU64::new(0),
+            server_grown: Arc::default(),
             full: Mutex::default(),
         }
     }
@@ -210,9 +181,64 @@ impl ConnBodyBytes {
         self
     }
 
-    /// What the connection's bodies' windows have grown by, together.
+    /// Its bodies' windows' growth is counted in `server_grown`, the
+    /// server's (`Config::http2_grown_windows`), against
+    /// `bounds.grown_budget`.
+    pub(crate) fn growing_in(mut self, server_grown: Arc<AtomicU64>) -> ConnBodyBytes {
+        self.server_grown = server_grown;
+        self
+    }
+
+    /// What the connection's bodies' windows have grown by, together (no
+    /// more than a window can be: the connection's is capped there).
     pub(crate) fn grown(&self) -> u32 {
-        self.grown.load(Acquire)
+        let grown = self.grown.load(Acquire).min(u64::from(MAX_WINDOW));
+        u32::try_from(grown).unwrap_or(MAX_WINDOW)
+    }
+
+    /// Takes `by` bytes of growth for a stream's window from the server's
+    /// budget (`http2_grown_windows_budget`), if it has them, counting them
+    /// in the connection's growth and its worker's gauge
+    /// (`megaconn_http2_grown_windows_bytes`). If not, the refusal is
+    /// counted (`limit_hits{limit="http2_grown_windows_budget"}`) and
+    /// logged at INFO (one line per 5 s per worker, as the other limits'):
+    /// the stream keeps the `window` it has, nothing is refused, and the
+    /// operator learns which setting to raise. A line once a process, as
+    /// it was, said nothing of a budget spent again later, and nothing
+    /// counted it.
+    fn take_growth(&self, by: u32, window: u32) -> bool {
+        let budget = self.bounds.grown_budget;
+        let taken = self
+            .server_grown
+            .fetch_update(AcqRel, Acquire, |used| {
+                used.checked_add(u64::from(by)).filter(|&now| now <= budget)
+            })
+            .is_ok();
+        if taken {
+            self.grown.fetch_add(u64::from(by), AcqRel);
+            gauge(&self.stats.http2_grown_windows, i64::from(by));
+            return true;
+        }
+        LimitHit::Http2GrownWindowsBudget.count(&self.stats);
+        ratelog::log(Flood::Http2GrownWindows, |suppressed| {
+            tracing::info!(
+                suppressed,
+                "HTTP/2 uploads' receive windows have grown by {budget} bytes in all \
+                 (http2_grown_windows_budget): an upload whose handler keeps up keeps its \
+                 {window}-byte window (slower over long paths) until grown ones are given \
+                 back; raise http2_grown_windows_budget (--http2-grown-windows-budget) if \
+                 memory allows"
+            )
+        });
+        false
+    }
+
+    /// Gives `by` bytes of a stream's window growth back
+    /// ([`take_growth`](Self::take_growth)).
+    fn give_growth(&self, by: u32) {
+        self.server_grown.fetch_sub(u64::from(by), AcqRel);
+        self.grown.fetch_sub(u64::from(by), AcqRel);
+        gauge(&self.stats.http2_grown_windows, -i64::from(by));
     }
 
     /// Whether its bodies are held to `min_request_body_rate` (then the
@@ -416,7 +442,8 @@ struct Waits {
     /// ([`RecvBody::too_slow`]).
     rate: Option<RateWait>,
     /// What the stream's window has grown by ([`RecvBody::kept_up`]),
-    /// taken from the pool and the connection's `grown`.
+    /// taken from the server's budget and counted in the connection's
+    /// `grown`.
     grown: u32,
     /// `received` when it last grew (or 0).
     grown_at: u64,
@@ -665,55 +692,57 @@ impl RecvBody {
     /// The reader waits with the whole body so far taken (h2 holds none of
     /// it): it keeps up with its client. Once it has taken a whole window
     /// since the window last grew, the stream's window doubles, up to
-    /// [`HTTP2_GROWN_WINDOW_MAX`], the pool allowing
-    /// ([`HTTP2_GROWN_WINDOWS_POOL`]), and the connection's grows by as
-    /// much (its task sees `grown`). Why: an upload over a long path moves
-    /// one window per round trip, 64 KiB by default, and the window a
-    /// reader keeps up with holds nothing unread, so the unread-body bound
-    /// is kept while the reader reads: it costs memory only if the reader
-    /// stops with a grown window in flight, at most the cap a stream and the
-    /// pool in all. A reader slower than its client never waits, and its
-    /// window never grows (what it would let in would wait unread); nor
-    /// does one blocked elsewhere (an echo whose client does not read the
-    /// response: the memory audit's `h2-post`). Not measured against the
-    /// round trip (hyper's BDP pings): a client slower than its window
-    /// gets a larger window than it needs, unused while its reader reads.
+    /// `http2_max_grown_stream_window`, the server's budget allowing
+    /// (`http2_grown_windows_budget`, [`ConnBodyBytes::take_growth`]), and
+    /// the connection's grows by as much (its task sees `grown`). Why: an
+    /// upload over a long path moves one window per round trip, 64 KiB by
+    /// default, and the window a reader keeps up with holds nothing unread,
+    /// so the unread-body bound is kept while the reader reads: it costs
+    /// memory only if the reader stops with a grown window in flight, at
+    /// most the cap a stream and the budget in all. A reader slower than
+    /// its client never waits, and its window never grows (what it would
+    /// let in would wait unread); nor does one blocked elsewhere (an echo
+    /// whose client does not read the response: the memory audit's
+    /// `h2-post`). Not measured against the round trip (hyper's BDP
+    /// pings): a client slower than its window gets a larger window than
+    /// it needs, unused while its reader reads.
     fn kept_up(&mut self) {
-        let base = self.conn_bytes.bounds.stream_window;
+        let bounds = self.conn_bytes.bounds;
+        let (base, max) = (bounds.stream_window, bounds.grown_max);
         let received = self.received;
-        if received < u64::from(base) || base >= HTTP2_GROWN_WINDOW_MAX {
+        // Growth off (a cap at or below the start, or no budget): nothing
+        // to ask, and no refusal to count.
+        if received < u64::from(base) || base >= max || bounds.grown_budget == 0 {
             return;
         }
         let waits = self.waits.get_or_insert_with(Box::default);
         let window = base + waits.grown;
-        if received - waits.grown_at < u64::from(window) || window >= HTTP2_GROWN_WINDOW_MAX {
+        if received - waits.grown_at < u64::from(window) || window >= max {
             return;
         }
         // A window's worth more is taken before it is asked again, grown
-        // or not (the pool may have room by then).
+        // or not (the budget may have room by then).
         waits.grown_at = received;
-        let by = window.min(HTTP2_GROWN_WINDOW_MAX - window);
-        if !take_from_pool(by) {
+        let by = window.min(max - window);
+        if !self.conn_bytes.take_growth(by, window) {
             return;
         }
         if self.stream.flow_control().grow_window(by).is_err() {
-            GROWN_WINDOWS.fetch_sub(by, AcqRel);
+            self.conn_bytes.give_growth(by);
             return;
         }
         waits.grown += by;
-        self.conn_bytes.grown.fetch_add(by, AcqRel);
     }
 
-    /// Gives the stream's window growth back to the pool and the
-    /// connection (its body is done: nothing more comes to it).
+    /// Gives the stream's window growth back to the server's budget and
+    /// the connection (its body is done: nothing more comes to it).
     fn give_back_window(&mut self) {
         let Some(waits) = self.waits.as_deref_mut() else {
             return;
         };
         let grown = std::mem::take(&mut waits.grown);
         if grown > 0 {
-            GROWN_WINDOWS.fetch_sub(grown, AcqRel);
-            self.conn_bytes.grown.fetch_sub(grown, AcqRel);
+            self.conn_bytes.give_growth(grown);
         }
     }
 

@@ -55,6 +55,7 @@ mod h2;
 mod h2_body_rate;
 mod h2_budget;
 mod h2_flood;
+mod h2_grown_windows;
 mod h2_limits;
 mod h2_strict;
 mod h2_tiny_data;

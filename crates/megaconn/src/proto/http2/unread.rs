@@ -17,9 +17,9 @@
 //! `RecvBody::kept_up`; the connection's follows, `upload.rs`), as an
 //! upload over a long path moves one window per round trip. A window a
 //! reader keeps up with holds nothing unread; if the reader then stops,
-//! what it let in waits unread: at most `HTTP2_GROWN_WINDOW_MAX` a stream,
-//! and `HTTP2_GROWN_WINDOWS_POOL` in all the process's connections beyond
-//! this budget.
+//! what it let in waits unread: at most `http2_max_grown_stream_window` a
+//! stream, and `http2_grown_windows_budget` in all the server's
+//! connections beyond this budget.
 //!
 //! What this module adds is the observation: after each poll of the
 //! connection that brought DATA, [`UnreadBudget::look`] asks h2 how much
