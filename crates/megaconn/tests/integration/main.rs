@@ -59,6 +59,7 @@ mod h2_grown_windows;
 mod h2_limits;
 mod h2_strict;
 mod h2_tiny_data;
+mod h2_unread_split;
 mod h2_upload;
 mod handover49;
 mod head_304;

@@ -30,14 +30,15 @@ use super::common::modes::{self, h2_exchange};
 use super::common::{
     connect_from_own_address, h2c_from_own_address, read_to_close, AppServer, TestServer, SAFETY,
 };
-use super::{capture_log, ACCESS_TARGET, LOGGED};
+use super::{capture_log, logged, ACCESS_TARGET};
 
-/// The access-log lines of the connection from `peer`.
+/// The access-log lines of the connection from `peer`. (Through
+/// `logged`, which takes the lines whole from a lock another test's failed
+/// assertion poisoned: `unwrap` here made one failure fail every test
+/// that read the access log after it.)
 fn access_lines(peer: SocketAddr) -> Vec<String> {
     let peer_field = format!("peer={peer}");
-    LOGGED
-        .lock()
-        .unwrap()
+    logged()
         .iter()
         .filter(|l| l.starts_with(ACCESS_TARGET) && l.split(' ').any(|f| f == peer_field))
         .cloned()
