@@ -89,7 +89,7 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
-use crate::conn::connection::{Connection, ParkedAccounts};
+use crate::conn::connection::{Connection, ParkedAccounts, WorkerAccounts};
 use crate::conn::context::WorkerContext;
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::{Incoming, ProtoTag, Wake};
@@ -446,6 +446,9 @@ pub(crate) struct ParkingLot {
     aged_at: Cell<Instant>,
     limit: ConnectionLimit,
     stats: Arc<WorkerStats>,
+    /// The same two, lent to the connections it wakes
+    /// (`Connection::resume`): no `Arc` count a wake-up.
+    accounts: Rc<WorkerAccounts>,
     respawn: RefCell<Option<Respawn>>,
     on_close: RefCell<Option<OnParkedClose>>,
     /// Per file descriptor: the lifecycle track of the connection parked on
@@ -578,6 +581,7 @@ impl ParkingLot {
             last_tick: Cell::new((epoch, 1)),
             last_stamp: Cell::new((epoch, 1)),
             aged_at: Cell::new(epoch),
+            accounts: WorkerAccounts::new(stats.clone(), limit.clone()),
             limit,
             stats,
             respawn: RefCell::new(None),
@@ -885,8 +889,9 @@ impl ParkingLot {
         (tick != 0).then(|| self.due_at(tick)).flatten()
     }
 
-    /// The accounts of a parked connection leaving the lot: its slot
-    /// re-attached with the client IP it was parked with, its track taken
+    /// The accounts of a parked connection leaving the lot: its slot held
+    /// as the lot held it, with the client IP it was parked with (freed by
+    /// the worker's accounts at its close), its track taken
     /// back as the lot kept it (a woken connection's task shares it again,
     /// [`ConnTrack::wake`]; a closing one's is closed as it is).
     fn connection(&self, socket: &OwnedFd) -> Connection<ConnTrack> {
@@ -907,7 +912,7 @@ impl ParkingLot {
             .borrow_mut()
             .get_mut(fd as usize)
             .and_then(Option::take);
-        Connection::resume(self.limit.reattach(ip), self.stats.clone(), track)
+        Connection::resume(&self.accounts, ip, track)
     }
 
     /// A parked connection is closing: count it and report it. Its track is
