@@ -444,10 +444,10 @@ pub(crate) struct ParkingLot {
     last_stamp: Cell<(Instant, u32)>,
     /// When a sweep last cleared old stamps ([`ParkingLot::age_stamps`]).
     aged_at: Cell<Instant>,
-    limit: ConnectionLimit,
     stats: Arc<WorkerStats>,
-    /// The same two, lent to the connections it wakes
-    /// (`Connection::resume`): no `Arc` count a wake-up.
+    /// The worker's counters and the server's limits, lent to the
+    /// connections it wakes (`Connection::resume`): no `Arc` count a
+    /// wake-up.
     accounts: Rc<WorkerAccounts>,
     respawn: RefCell<Option<Respawn>>,
     on_close: RefCell<Option<OnParkedClose>>,
@@ -581,8 +581,7 @@ impl ParkingLot {
             last_tick: Cell::new((epoch, 1)),
             last_stamp: Cell::new((epoch, 1)),
             aged_at: Cell::new(epoch),
-            accounts: WorkerAccounts::new(stats.clone(), limit.clone()),
-            limit,
+            accounts: WorkerAccounts::new(stats.clone(), limit),
             stats,
             respawn: RefCell::new(None),
             on_close: RefCell::new(None),

@@ -600,6 +600,7 @@ impl ServerHandle {
     /// [`message_connections`](ServerHandle::message_connections).
     pub fn connections_open(&self) -> usize {
         let open: i64 = self
+            .0
             .workers
             .iter()
             .map(|w| {
@@ -621,6 +622,7 @@ impl ServerHandle {
     /// ([`PublishRate::allow_to`](crate::PublishRate::allow_to)).
     pub fn message_connections(&self) -> usize {
         let open: i64 = self
+            .0
             .workers
             .iter()
             .map(|w| {
@@ -640,7 +642,8 @@ impl ServerHandle {
     /// detector ([`Builder::stall_threshold`] off), which is what watches
     /// the workers' loops.
     pub fn loop_wakes(&self) -> Option<crate::LoopWakes> {
-        self.0.wakes
+        self.0
+            .wakes
             .as_ref()
             .map(crate::server::stall::LoopWakes::new)
     }

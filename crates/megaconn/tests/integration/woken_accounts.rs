@@ -109,7 +109,11 @@ async fn one_place_server() -> TestServer {
 async fn wake_rounds(server: &TestServer, s: &mut TcpStream, rounds: usize) {
     for round in 0..rounds {
         let (status, body) = ask(s, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
-        assert_eq!((status, &body[..]), (200, &b"Hello, World!"[..]), "round {round}");
+        assert_eq!(
+            (status, &body[..]),
+            (200, &b"Hello, World!"[..]),
+            "round {round}"
+        );
         server
             .wait_stats("parked", |s| s.connections_parked == 1)
             .await;
@@ -129,6 +133,11 @@ async fn assert_places_came_back(server: &TestServer, what: &str) {
     )
     .await;
     assert_eq!(status, 200, "{what}: the next connection is served");
+    assert!(read_to_close(&mut next).await.is_empty());
+    // Closed, and its places free again, before the test goes on.
+    server
+        .wait_stats("the next one closed", |s| s.connections_open == 0)
+        .await;
     let stats = server.handle.stats();
     assert_eq!(stats.rejected_per_ip, 0, "{what}: the IP's place came back");
 }
