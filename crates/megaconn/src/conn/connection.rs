@@ -16,24 +16,38 @@
 //! by a forced shutdown still reports; or as [`CloseReason::Panic`] when its
 //! serving future panicked, [`dropping_after_panic`]). The slot travels with the connection,
 //! as axum's `ConnLimiterIo` keeps its permit.
+//!
+//! A connection woken from the parking lot holds its slot as the lot did,
+//! detached, and borrows the worker's counters and the server's limits
+//! through the lot's one `Rc` ([`WorkerAccounts`], [`Held::Lot`]): a
+//! heartbeat's wake and re-park take no `Arc` count, whose locked
+//! increments and decrements were four a heartbeat. Only its close (or its
+//! hand-over with an upgraded socket) turns the slot back into an owned one.
 
 use std::cell::Cell;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::conn::limit::ConnectionSlot;
+use crate::conn::limit::{ConnectionLimit, ConnectionSlot};
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{ConnTrack, DetachedTrack};
 use crate::observe::stats::{gauge, incr, WorkerStats};
 
 /// A lifecycle track that a close reports to.
 pub(crate) trait CloseTrack {
+    /// How a connection with this track holds its accounts: through its
+    /// worker ([`Held`]) while the worker serves it, all its own
+    /// ([`Owned`], `Send`) once handed over with an upgraded socket.
+    type Home: Home + std::fmt::Debug;
+
     /// Reports the close (once); a panic in the hook counts in `stats`.
     fn close(&self, reason: CloseReason, stats: &WorkerStats);
 }
 
 impl CloseTrack for Rc<ConnTrack> {
+    type Home = Held;
+
     fn close(&self, reason: CloseReason, stats: &WorkerStats) {
         ConnTrack::close(self, reason, stats);
     }
@@ -42,14 +56,126 @@ impl CloseTrack for Rc<ConnTrack> {
 /// A parked connection's track, as the parking lot keeps it: closed as it
 /// is, not woken first (`ParkingLot::closed`).
 impl CloseTrack for ConnTrack {
+    type Home = Held;
+
     fn close(&self, reason: CloseReason, stats: &WorkerStats) {
         ConnTrack::close(self, reason, stats);
     }
 }
 
 impl CloseTrack for DetachedTrack {
+    type Home = Owned;
+
     fn close(&self, reason: CloseReason, stats: &WorkerStats) {
         DetachedTrack::close(self, reason, stats);
+    }
+}
+
+/// Where an open connection's accounts go: the worker's counters it counts
+/// into, and its places in the server's limits, given back at its close.
+pub(crate) trait Home {
+    /// The worker's counters.
+    fn stats(&self) -> &Arc<WorkerStats>;
+
+    /// The connection closed: gives its places in the limits back, then
+    /// hands the counters to `then` (the lifecycle hook's report comes
+    /// after the places are free, [`Connection::close`]).
+    fn free_places(self, then: impl FnOnce(&WorkerStats));
+}
+
+/// A connection's own claim on the limits and count on the worker's
+/// counters: an accepted connection's, and a handed-over one's (`Send`).
+#[derive(Debug)]
+pub(crate) struct Owned {
+    slot: ConnectionSlot,
+    stats: Arc<WorkerStats>,
+}
+
+impl Home for Owned {
+    fn stats(&self) -> &Arc<WorkerStats> {
+        &self.stats
+    }
+
+    fn free_places(self, then: impl FnOnce(&WorkerStats)) {
+        let Owned { slot, stats } = self;
+        drop(slot);
+        then(&stats);
+    }
+}
+
+/// A worker's counters and the server's limits, lent by its parking lot to
+/// the connections it wakes ([`Held::Lot`]): one `Rc` a worker, whose
+/// count (not atomic) is all a wake-up takes. A woken connection took its
+/// own `Arc`s of both before, two locked increments a heartbeat and two
+/// locked decrements at its re-park (`bench/HEARTBEAT.md`, session 52).
+#[derive(Debug)]
+pub(crate) struct WorkerAccounts {
+    stats: Arc<WorkerStats>,
+    limit: ConnectionLimit,
+}
+
+impl WorkerAccounts {
+    /// The accounts of the worker whose counters are `stats`, under `limit`.
+    pub(crate) fn new(stats: Arc<WorkerStats>, limit: ConnectionLimit) -> Rc<WorkerAccounts> {
+        Rc::new(WorkerAccounts { stats, limit })
+    }
+}
+
+/// How a connection its worker serves holds its accounts.
+#[derive(Debug)]
+pub(crate) enum Held {
+    /// Accepted (or adopted): its own slot and `Arc`, as it was given them.
+    Own(Owned),
+    /// Woken from the parking lot: its places stay as the lot held them,
+    /// detached (taken, with no owner), and the worker's accounts free
+    /// them at its close; parking again only hands the client IP back.
+    Lot {
+        accounts: Rc<WorkerAccounts>,
+        /// The client IP whose per-IP place it holds (with a per-IP limit).
+        ip: Option<IpAddr>,
+    },
+}
+
+impl Held {
+    /// The connection parks: its places stay taken, detached; returns the
+    /// client IP whose per-IP place it holds, for the lot to keep.
+    fn detach(self) -> Option<IpAddr> {
+        match self {
+            Held::Own(own) => own.slot.detach(),
+            Held::Lot { ip, .. } => ip,
+        }
+    }
+
+    /// The same places and counters, owned (to leave the worker's thread).
+    fn into_owned(self) -> Owned {
+        match self {
+            Held::Own(own) => own,
+            Held::Lot { accounts, ip } => Owned {
+                slot: accounts.limit.reattach(ip),
+                stats: accounts.stats.clone(),
+            },
+        }
+    }
+}
+
+impl Home for Held {
+    fn stats(&self) -> &Arc<WorkerStats> {
+        match self {
+            Held::Own(own) => &own.stats,
+            Held::Lot { accounts, .. } => &accounts.stats,
+        }
+    }
+
+    fn free_places(self, then: impl FnOnce(&WorkerStats)) {
+        match self {
+            Held::Own(own) => own.free_places(then),
+            Held::Lot { accounts, ip } => {
+                // Re-attached only to be dropped: the places detached
+                // while it was parked go back as an owned slot's do.
+                drop(accounts.limit.reattach(ip));
+                then(&accounts.stats);
+            }
+        }
     }
 }
 
@@ -78,9 +204,8 @@ pub(crate) struct ParkedAccounts {
 }
 
 #[derive(Debug)]
-struct Open<K> {
-    slot: ConnectionSlot,
-    stats: Arc<WorkerStats>,
+struct Open<K: CloseTrack> {
+    home: K::Home,
     track: Option<K>,
 }
 
@@ -92,7 +217,12 @@ impl Connection {
         track: Option<Rc<ConnTrack>>,
     ) -> Connection {
         gauge(&stats.connections_open, 1);
-        Connection::resume(slot, stats, track)
+        Connection {
+            open: Some(Open {
+                home: Held::Own(Owned { slot, stats }),
+                track,
+            }),
+        }
     }
 
     /// The lifecycle track, if connections are tracked.
@@ -108,7 +238,7 @@ impl Connection {
             return ParkedAccounts::default();
         };
         ParkedAccounts {
-            ip: open.slot.detach(),
+            ip: open.home.detach(),
             track: open.track,
         }
     }
@@ -119,8 +249,7 @@ impl Connection {
         let open = self.open.take().expect("a connection is handed over once");
         Connection {
             open: Some(Open {
-                slot: open.slot,
-                stats: open.stats,
+                home: open.home.into_owned(),
                 track: open.track.map(|t| t.detach()),
             }),
         }
@@ -133,9 +262,8 @@ impl Connection<ConnTrack> {
     pub(crate) fn wake(mut self) -> Connection {
         let open = self.open.take();
         Connection {
-            open: open.map(|Open { slot, stats, track }| Open {
-                slot,
-                stats,
+            open: open.map(|Open { home, track }| Open {
+                home,
                 track: track.map(ConnTrack::wake),
             }),
         }
@@ -149,16 +277,30 @@ impl SendConnection {
     }
 }
 
-impl<K: CloseTrack> Connection<K> {
-    /// A parked connection coming back (it never stopped counting as open),
+impl<K: CloseTrack<Home = Held>> Connection<K> {
+    /// A parked connection leaving the lot (it never stopped counting as
+    /// open), its places still held as the lot held them (`ip`: the one
+    /// [`park`](Connection::park) gave), through the worker's `accounts`;
     /// with its track as the lot kept it (`ConnTrack`) or as its task will
     /// share it (`Rc<ConnTrack>`).
-    pub(crate) fn resume(slot: ConnectionSlot, stats: Arc<WorkerStats>, track: Option<K>) -> Self {
+    pub(crate) fn resume(
+        accounts: &Rc<WorkerAccounts>,
+        ip: Option<IpAddr>,
+        track: Option<K>,
+    ) -> Self {
         Connection {
-            open: Some(Open { slot, stats, track }),
+            open: Some(Open {
+                home: Held::Lot {
+                    accounts: accounts.clone(),
+                    ip,
+                },
+                track,
+            }),
         }
     }
+}
 
+impl<K: CloseTrack> Connection<K> {
     /// Closes the connection's accounts: frees its slot, counts the close by
     /// reason and reports it. The one place a close is counted.
     pub(crate) fn close(mut self, reason: CloseReason) {
@@ -169,7 +311,7 @@ impl<K: CloseTrack> Connection<K> {
     /// on an upgraded socket counts its errors there).
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn stats(&self) -> Option<&Arc<WorkerStats>> {
-        self.open.as_ref().map(|o| &o.stats)
+        self.open.as_ref().map(|o| o.home.stats())
     }
 
     /// The lifecycle track, to count into (a handed-over connection counts
@@ -179,9 +321,10 @@ impl<K: CloseTrack> Connection<K> {
     }
 
     fn close_once(&mut self, reason: CloseReason) {
-        let Some(Open { slot, stats, track }) = self.open.take() else {
+        let Some(Open { home, track }) = self.open.take() else {
             return;
         };
+        let stats = home.stats();
         gauge(&stats.connections_open, -1);
         incr(&stats.closed);
         // The TLS stream fails for its peer's protocol error under whichever
@@ -194,10 +337,11 @@ impl<K: CloseTrack> Connection<K> {
         // slot admits (on another worker's thread, maybe) is served after
         // the counters show why there was room (an eviction's `evicted`),
         // never before. Before the lifecycle hook, which may take its time.
-        drop(slot);
-        if let Some(track) = track {
-            track.close(reason, &stats);
-        }
+        home.free_places(|stats| {
+            if let Some(track) = track {
+                track.close(reason, stats);
+            }
+        });
     }
 }
 
@@ -237,4 +381,75 @@ thread_local! {
 /// panics in turn).
 pub(crate) fn dropping_after_panic(drop_it: impl FnOnce()) {
     crate::observe::metrics::dropping_with(&AFTER_PANIC, drop_it);
+}
+
+#[cfg(test)]
+mod tests {
+    //! A woken connection's accounts, held through its worker.
+
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+
+    /// A connection woken from the lot takes no count on the worker's
+    /// counters (an `Arc` clone, a locked increment, at every wake-up, and
+    /// a decrement at the re-park), and still counts into them; its places
+    /// in the limits stay taken across wakes and re-parks, and come back
+    /// at its close, its per-IP place too.
+    #[test]
+    fn a_woken_connection_borrows_its_workers_accounts_and_frees_its_places_at_close() {
+        let stats = Arc::new(WorkerStats::default());
+        let limit = ConnectionLimit::new(1, Some(1));
+        let accounts = WorkerAccounts::new(stats.clone(), limit.clone());
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let mut slot = limit.try_acquire().unwrap();
+        assert!(limit.admit_ip(&mut slot, ip));
+        let mut parked = Connection::open(slot, stats.clone(), None).park();
+        let counts = Arc::strong_count(&stats);
+        for round in 0..3 {
+            let woken = Connection::<ConnTrack>::resume(&accounts, parked.ip, None).wake();
+            assert_eq!(
+                Arc::strong_count(&stats),
+                counts,
+                "round {round}: the wake-up took an Arc count"
+            );
+            assert!(Arc::ptr_eq(woken.stats().unwrap(), &stats));
+            assert!(limit.is_full(), "round {round}: its place stays taken");
+            parked = woken.park();
+            assert_eq!(parked.ip, Some(ip), "round {round}: the lot keeps the IP");
+        }
+        assert!(limit.is_full(), "parked, its place stays taken");
+        assert_eq!(stats.connections_open.load(Relaxed), 1);
+        Connection::<ConnTrack>::resume(&accounts, parked.ip, None)
+            .wake()
+            .close(CloseReason::Shutdown);
+        assert_eq!(stats.connections_open.load(Relaxed), 0, "counted closed");
+        assert_eq!(stats.closed.load(Relaxed), 1);
+        assert_eq!(Arc::strong_count(&stats), counts);
+        let mut again = limit.try_acquire().expect("its place came back");
+        assert!(limit.admit_ip(&mut again, ip), "and its IP's");
+    }
+
+    /// A woken connection handed over with an upgraded socket owns its
+    /// places from then on (`Send`): they come back when it drops, on
+    /// whichever thread.
+    #[test]
+    fn a_woken_connection_handed_over_owns_its_places() {
+        let stats = Arc::new(WorkerStats::default());
+        let limit = ConnectionLimit::new(1, Some(1));
+        let accounts = WorkerAccounts::new(stats.clone(), limit.clone());
+        let ip: IpAddr = "192.0.2.8".parse().unwrap();
+        let mut slot = limit.try_acquire().unwrap();
+        assert!(limit.admit_ip(&mut slot, ip));
+        let parked = Connection::open(slot, stats.clone(), None).park();
+        let sent = Connection::<ConnTrack>::resume(&accounts, parked.ip, None)
+            .wake()
+            .into_send();
+        drop(accounts);
+        assert!(limit.is_full());
+        std::thread::spawn(move || drop(sent)).join().unwrap();
+        assert_eq!(stats.connections_open.load(Relaxed), 0, "dropped: closed");
+        let mut again = limit.try_acquire().expect("its place came back");
+        assert!(limit.admit_ip(&mut again, ip), "and its IP's");
+    }
 }

@@ -89,7 +89,7 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
-use crate::conn::connection::{Connection, ParkedAccounts};
+use crate::conn::connection::{Connection, ParkedAccounts, WorkerAccounts};
 use crate::conn::context::WorkerContext;
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::{Incoming, ProtoTag, Wake};
@@ -444,8 +444,11 @@ pub(crate) struct ParkingLot {
     last_stamp: Cell<(Instant, u32)>,
     /// When a sweep last cleared old stamps ([`ParkingLot::age_stamps`]).
     aged_at: Cell<Instant>,
-    limit: ConnectionLimit,
     stats: Arc<WorkerStats>,
+    /// The worker's counters and the server's limits, lent to the
+    /// connections it wakes (`Connection::resume`): no `Arc` count a
+    /// wake-up.
+    accounts: Rc<WorkerAccounts>,
     respawn: RefCell<Option<Respawn>>,
     on_close: RefCell<Option<OnParkedClose>>,
     /// Per file descriptor: the lifecycle track of the connection parked on
@@ -578,7 +581,7 @@ impl ParkingLot {
             last_tick: Cell::new((epoch, 1)),
             last_stamp: Cell::new((epoch, 1)),
             aged_at: Cell::new(epoch),
-            limit,
+            accounts: WorkerAccounts::new(stats.clone(), limit),
             stats,
             respawn: RefCell::new(None),
             on_close: RefCell::new(None),
@@ -885,8 +888,9 @@ impl ParkingLot {
         (tick != 0).then(|| self.due_at(tick)).flatten()
     }
 
-    /// The accounts of a parked connection leaving the lot: its slot
-    /// re-attached with the client IP it was parked with, its track taken
+    /// The accounts of a parked connection leaving the lot: its slot held
+    /// as the lot held it, with the client IP it was parked with (freed by
+    /// the worker's accounts at its close), its track taken
     /// back as the lot kept it (a woken connection's task shares it again,
     /// [`ConnTrack::wake`]; a closing one's is closed as it is).
     fn connection(&self, socket: &OwnedFd) -> Connection<ConnTrack> {
@@ -907,7 +911,7 @@ impl ParkingLot {
             .borrow_mut()
             .get_mut(fd as usize)
             .and_then(Option::take);
-        Connection::resume(self.limit.reattach(ip), self.stats.clone(), track)
+        Connection::resume(&self.accounts, ip, track)
     }
 
     /// A parked connection is closing: count it and report it. Its track is

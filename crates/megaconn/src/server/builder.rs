@@ -186,7 +186,7 @@ impl Server {
         }
         let limit = ConnectionLimit::new(max_connections, config.max_connections_per_ip)
             .with_accept_rate(config.accept_rate, config.workers)
-            .shared_by(&handle.workers);
+            .shared_by(&handle.0.workers);
         // Opened by `run`: before it, nothing would deliver a message.
         let hub = crate::message::MessageSettings::of(&config)
             .and_then(|s| s.hub.as_ref())
@@ -195,7 +195,7 @@ impl Server {
         // started so far, before they accept anything.
         let stop = StopOnDrop(handle.clone());
         let (go, go_rx) = watch::channel(false);
-        let JoinThread { threads, joined } = join_thread(handle.hand_over.clone())?;
+        let JoinThread { threads, joined } = join_thread(handle.0.hand_over.clone())?;
         let stall_alarm = config
             .stall_threshold
             .map(|_| crate::server::stall::Alarm::new());
@@ -204,16 +204,16 @@ impl Server {
             let setup = WorkerSetup {
                 stall_alarm: stall_alarm.clone(),
                 adopt,
-                hand_over: handle.hand_over.clone(),
+                hand_over: handle.0.hand_over.clone(),
                 index,
                 service: service.clone(),
                 config: config.clone(),
-                stats: handle.workers[index].clone(),
+                stats: handle.0.workers[index].clone(),
                 limit: limit.clone(),
-                shutdown: handle.shutdown_tx.subscribe(),
+                shutdown: handle.0.shutdown_tx.subscribe(),
                 go: go_rx.clone(),
-                registry: handle.registries.get(index).cloned(),
-                drains: handle.drains.clone(),
+                registry: handle.0.registries.get(index).cloned(),
+                drains: handle.0.drains.clone(),
             };
             let worker = worker::spawn(setup)?;
             // Joined from now on, whatever happens next.
@@ -227,11 +227,11 @@ impl Server {
         let stall_watch = match config.stall_threshold.zip(stall_alarm) {
             Some((threshold, alarm)) => Some(
                 crate::server::stall::watch(
-                    handle.workers.clone(),
-                    handle.registries.clone(),
+                    handle.0.workers.clone(),
+                    handle.0.registries.clone(),
                     threshold,
                     alarm,
-                    handle.wakes.clone().expect("made with a stall threshold"),
+                    handle.0.wakes.clone().expect("made with a stall threshold"),
                 )
                 .map_err(|source| Error::Thread {
                     name: crate::server::stall::THREAD_NAME,
@@ -373,7 +373,7 @@ impl Started {
             let stop = stop;
             let _go = go;
             let _stall_watch = stall_watch;
-            let mut stopped = handle.shutdown_tx.subscribe();
+            let mut stopped = handle.0.shutdown_tx.subscribe();
             tokio::select! {
                 () = signal => {}
                 _ = stopped.wait_for(|stop| *stop) => {}
@@ -403,30 +403,39 @@ struct StopOnDrop(ServerHandle);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
+        let ServerHandle(shared) = &self.0;
         self.0.shutdown();
-        lock(&self.0.sockets).clear();
+        lock(&shared.sockets).clear();
     }
 }
 
-/// Reads a running server's counters and triggers its shutdown. Cheap to clone.
+/// Reads a running server's counters and triggers its shutdown. Cheap to
+/// clone: one pointer, one reference count (a service that holds one by
+/// value is cloned for each connection and each wake-up of a parked one,
+/// and a handle of a dozen `Arc`s cost a dozen locked increments and
+/// decrements each time).
 #[derive(Debug, Clone)]
-pub struct ServerHandle {
+pub struct ServerHandle(Arc<HandleShared>);
+
+/// What every clone of a [`ServerHandle`] shares.
+#[derive(Debug)]
+struct HandleShared {
     workers: Arc<[Arc<WorkerStats>]>,
     /// Per-worker live-connection lists (empty unless tracking is on).
     registries: Arc<[Arc<crate::observe::registry::Registry>]>,
-    shutdown_tx: Arc<watch::Sender<bool>>,
+    shutdown_tx: watch::Sender<bool>,
     /// The span export's counters come from here.
     tracing: crate::observe::trace::Hook,
     /// The certificate reloads' counters and the certificates' expiry
     /// come from here (`None`: no TLS).
     tls: Option<TlsConfig>,
     /// One duplicate of each listening socket, until shutdown begins.
-    sockets: Arc<std::sync::Mutex<Vec<TcpListener>>>,
+    sockets: std::sync::Mutex<Vec<TcpListener>>,
     /// Where workers send their parked connections at shutdown, when an
     /// upgrade asked for them.
-    pub(crate) hand_over: HandOverSlot,
+    hand_over: HandOverSlot,
     /// Per worker: where parked connections from another process go.
-    adopt: Arc<[mpsc::UnboundedSender<Vec<ParkedConnection>>]>,
+    adopt: Box<[mpsc::UnboundedSender<Vec<ParkedConnection>>]>,
     /// The stall detector's signs of work ([`ServerHandle::loop_wakes`]);
     /// `None` without one.
     wakes: Option<crate::server::stall::WakeSignal>,
@@ -496,7 +505,7 @@ impl ServerHandle {
     /// queue in the kernel and whichever process accepts serves them, so
     /// none is refused. Empty once shutdown has begun.
     pub fn listening_sockets(&self) -> std::io::Result<Vec<TcpListener>> {
-        lock(&self.sockets)
+        lock(&self.0.sockets)
             .iter()
             .map(TcpListener::try_clone)
             .collect()
@@ -536,10 +545,10 @@ impl ServerHandle {
     /// connections close as at shutdown.
     pub fn hand_over_parked_of(&self, kinds: HandOverKinds) -> ParkedHandOver {
         let (tx, rx) = std::sync::mpsc::channel();
-        *lock(&self.hand_over) = Some((tx, kinds));
+        *lock(&self.0.hand_over) = Some((tx, kinds));
         ParkedHandOver {
             rx,
-            workers_left: self.workers.len(),
+            workers_left: self.0.workers.len(),
             left_to_drain: LeftToDrain::default(),
         }
     }
@@ -559,12 +568,12 @@ impl ServerHandle {
     /// accept; should the server stop before it runs (the [`Started`]
     /// dropped, or shutdown), they are closed.
     pub fn adopt_parked(&self, connections: Vec<ParkedConnection>) {
-        let n = self.adopt.len();
+        let n = self.0.adopt.len();
         let mut shares: Vec<Vec<ParkedConnection>> = (0..n).map(|_| Vec::new()).collect();
         for (i, c) in connections.into_iter().enumerate() {
             shares[i % n].push(c);
         }
-        for (tx, share) in self.adopt.iter().zip(shares) {
+        for (tx, share) in self.0.adopt.iter().zip(shares) {
             if !share.is_empty() {
                 // A worker that is gone drops them, which closes them.
                 let _ = tx.send(share);
@@ -574,14 +583,14 @@ impl ServerHandle {
 
     /// Each worker's counters (for the hub, whose queues count there).
     pub(crate) fn worker_stats(&self) -> &[Arc<WorkerStats>] {
-        &self.workers
+        &self.0.workers
     }
 
     /// The server's counters, summed over workers.
     pub fn stats(&self) -> ServerStats {
-        let mut stats = ServerStats::sum(&self.workers);
-        stats.otel = crate::observe::trace::export_stats(&self.tracing);
-        stats.tls = self.tls.as_ref().map(TlsConfig::stats);
+        let mut stats = ServerStats::sum(&self.0.workers);
+        stats.otel = crate::observe::trace::export_stats(&self.0.tracing);
+        stats.tls = self.0.tls.as_ref().map(TlsConfig::stats);
         stats
     }
 
@@ -591,6 +600,7 @@ impl ServerHandle {
     /// [`message_connections`](ServerHandle::message_connections).
     pub fn connections_open(&self) -> usize {
         let open: i64 = self
+            .0
             .workers
             .iter()
             .map(|w| {
@@ -612,6 +622,7 @@ impl ServerHandle {
     /// ([`PublishRate::allow_to`](crate::PublishRate::allow_to)).
     pub fn message_connections(&self) -> usize {
         let open: i64 = self
+            .0
             .workers
             .iter()
             .map(|w| {
@@ -631,7 +642,8 @@ impl ServerHandle {
     /// detector ([`Builder::stall_threshold`] off), which is what watches
     /// the workers' loops.
     pub fn loop_wakes(&self) -> Option<crate::LoopWakes> {
-        self.wakes
+        self.0
+            .wakes
             .as_ref()
             .map(crate::server::stall::LoopWakes::new)
     }
@@ -659,29 +671,29 @@ impl ServerHandle {
     /// a page from a million connections holds no worker off for long (one
     /// far from the start still walks past the connections before it).
     pub fn connections(&self, offset: usize, limit: usize) -> (usize, Vec<crate::ConnectionInfo>) {
-        crate::observe::registry::page(&self.registries, offset, limit)
+        crate::observe::registry::page(&self.0.registries, offset, limit)
     }
 
     /// True when the server keeps a live list of connections.
     pub fn tracks_connections(&self) -> bool {
-        !self.registries.is_empty()
+        !self.0.registries.is_empty()
     }
 
     /// Begins graceful shutdown. Idempotent.
     pub fn shutdown(&self) {
-        self.shutdown_tx.send_replace(true);
+        self.0.shutdown_tx.send_replace(true);
     }
 
     /// True once shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown_tx.borrow()
+        *self.0.shutdown_tx.borrow()
     }
 
     /// Waits until shutdown has begun (at once if it has): for what
     /// watches a drain, whoever began it (a signal, an upgrade's
     /// hand-over).
     pub async fn shutdown_started(&self) {
-        let mut rx = self.shutdown_tx.subscribe();
+        let mut rx = self.0.shutdown_tx.subscribe();
         // The sender lives as long as `self`: no error while we wait.
         let _ = rx.wait_for(|stop| *stop).await;
     }
@@ -694,13 +706,13 @@ impl ServerHandle {
     /// finishing on one worker can use an actor or a pooled connection
     /// another worker made.
     pub fn workers_draining(&self) -> usize {
-        self.drains.left()
+        self.0.drains.left()
     }
 
     /// The server's [`Builder::shutdown_drain_rate`]: idle connections
     /// closed per second at shutdown, `None` for all at once.
     pub fn shutdown_drain_rate(&self) -> Option<u32> {
-        self.drain_rate
+        self.0.drain_rate
     }
 }
 
@@ -1415,19 +1427,19 @@ impl Builder {
             local_addrs,
             max_connections,
             adopt,
-            handle: ServerHandle {
+            handle: ServerHandle(Arc::new(HandleShared {
                 tracing,
                 tls,
                 registries,
                 workers,
-                shutdown_tx: Arc::new(shutdown_tx),
-                sockets: Arc::new(std::sync::Mutex::new(sockets)),
+                shutdown_tx,
+                sockets: std::sync::Mutex::new(sockets),
                 hand_over: HandOverSlot::default(),
                 adopt: adopt_tx.into(),
                 wakes,
                 drain_rate,
                 drains: worker::Drains::default(),
-            },
+            })),
         })
     }
 

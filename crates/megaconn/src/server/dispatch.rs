@@ -62,7 +62,12 @@ use crate::service::HttpService;
 ///
 /// A plain function choosing among futures, not an `async fn`: an async
 /// function would keep its arguments beside the future it moves them into,
-/// and every connection's task would carry both.
+/// and every connection's task would carry both. Always inlined (into the
+/// worker's spawner, its only caller outside tests): a call returns the
+/// future on the stack, copied from there into its box (760 bytes a
+/// wake-up); inlined, its fields are written straight into the box (`bench/HEARTBEAT.md`,
+/// session 52).
+#[inline(always)]
 pub(crate) fn serve<S>(
     incoming: Incoming,
     service: S,

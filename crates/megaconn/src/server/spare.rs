@@ -29,7 +29,8 @@ impl<F> Spare<F> {
 
     /// `make()`'s value in a box (the spare one, else a new one), written
     /// straight into it where the compiler can (`Box::new(make())` builds
-    /// the value first, then copies it).
+    /// the value first, then copies it): where `make` is inlined whole; a
+    /// call left in it returns its value on the stack, copied in.
     #[inline(always)]
     pub(crate) fn boxed(&self, make: impl FnOnce() -> F) -> Pin<Box<F>> {
         let mut slot = self.0.take().unwrap_or_else(Box::new_uninit);

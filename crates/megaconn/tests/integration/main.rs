@@ -110,6 +110,7 @@ mod tls_plain;
 mod tls_sealed_close;
 mod token_streams;
 mod tonic;
+mod woken_accounts;
 mod ws;
 mod ws_api;
 mod ws_h2;
