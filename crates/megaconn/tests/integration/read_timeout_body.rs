@@ -66,7 +66,10 @@ async fn answered_after_read_timeout(request: &[u8]) -> RawResponse {
         .unwrap();
     let cut = read_response(&mut late).await;
     assert_eq!(cut.status, 408, "{cut:?}");
-    assert!(String::from_utf8_lossy(&cut.body).contains("read_timeout"), "{cut:?}");
+    assert!(
+        String::from_utf8_lossy(&cut.body).contains("read_timeout"),
+        "{cut:?}"
+    );
     release.notify_one();
     let answer = read_response(&mut client).await;
     assert!(server.stop().await, "the server stops");
@@ -110,9 +113,11 @@ async fn a_whole_chunked_body_outlives_read_timeout_unread() {
 #[tokio::test]
 async fn a_body_waiting_in_the_socket_outlives_read_timeout_unread() {
     let body = vec![b'x'; 40_000];
-    let mut request =
-        format!("POST /read HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len())
-            .into_bytes();
+    let mut request = format!(
+        "POST /read HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     request.extend_from_slice(&body);
     let r = answered_after_read_timeout(&request).await;
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
