@@ -90,6 +90,7 @@ mod mtls_wake51;
 mod otel;
 mod park;
 mod park_evict;
+mod read_timeout_body;
 mod scripted;
 mod shutdown_crossworker;
 mod signal;

@@ -44,8 +44,9 @@ pub(crate) enum Decoded {
 /// Why a body could not be decoded. The connection closes after it.
 pub(crate) type DecodeError = &'static str;
 
-/// Decodes one request body.
-#[derive(Debug)]
+/// Decodes one request body. (Cloned to look ahead: `exchange.rs`'s
+/// `body_received`.)
+#[derive(Debug, Clone)]
 pub(crate) enum Decoder {
     /// `remaining` bytes are still to come.
     Length { remaining: u64 },
