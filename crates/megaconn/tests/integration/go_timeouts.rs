@@ -142,15 +142,13 @@ async fn max_header_bytes_is_the_bound_with_no_slack() {
         .await;
 }
 
-/// A known gap (the README's table says so): `read_timeout` runs until the
-/// handler has the whole body, so a handler that works longer than it
-/// before reading even a small body that came with the head gets its client
-/// a `408`, the client having sent everything at once. Go serves it from
-/// its buffer: `200 read 5` at 8 s in the review's run. Fails today
-/// (`408`); for whoever changes `proto/http1/exchange.rs` to count only
-/// what the client owes, as `min_request_body_rate` and the stall bound do.
+/// `read_timeout` ends once the whole body has come, read or not: a
+/// handler that works longer than it before reading a small body that came
+/// with the head gets it, as Go serves it from its buffer (`200 read 5` at
+/// 8 s in the review's run). Before session 52's fix: `408`, the client
+/// having sent everything at once (`read_timeout_body.rs` has the real
+/// socket cases).
 #[tokio::test(start_paused = true)]
-#[ignore = "known gap: read_timeout counts the handler's own delay (session 52's review)"]
 async fn read_timeout_spares_a_body_that_already_came() {
     local()
         .run_until(async {
