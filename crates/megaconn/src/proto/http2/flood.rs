@@ -187,7 +187,7 @@ use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -484,6 +484,13 @@ pub(crate) struct FloodBudget {
     /// session 52: `h2_budget::the_budget_is_the_builders`, "never
     /// counted; 262144 bytes sent").
     data_in: AtomicU64,
+    /// The lengths of the DATA frames whose headers were read, in all, and
+    /// the length of the last frame's if it was DATA (else 0): what
+    /// [`data_walked`](Self::data_walked) makes `data_in` of. Here in the
+    /// budget's allocation, not in the frame walker, because the walker is
+    /// in every HTTP/2 connection's future (its size guard).
+    data_headed: AtomicU64,
+    data_open: AtomicU32,
 }
 
 impl FloodBudget {
@@ -501,6 +508,8 @@ impl FloodBudget {
             data_out: AtomicU64::new(0),
             tripped: AtomicU8::new(0),
             data_in: AtomicU64::new(0),
+            data_headed: AtomicU64::new(0),
+            data_open: AtomicU32::new(0),
         }
     }
 
@@ -556,6 +565,14 @@ impl FloodBudget {
     #[inline]
     fn receive(&self, h: Head) -> Option<Flooded> {
         let born = self.born;
+        // One writer (the connection's reads): loads and stores.
+        if h.kind == DATA {
+            let headed = self.data_headed.load(Relaxed);
+            self.data_headed.store(headed + u64::from(h.len), Relaxed);
+            self.data_open.store(h.len, Relaxed);
+        } else {
+            self.data_open.store(0, Relaxed);
+        }
         let within = match h.kind {
             // Requests: their own cost, bounded elsewhere (module doc).
             HEADERS | CONTINUATION => true,
@@ -588,6 +605,20 @@ impl FloodBudget {
                 .charge(FRAME_HEADER_LEN + u64::from(h.len), born),
         };
         (!within).then_some(Flooded::Control)
+    }
+
+    /// After a read, with `mid_frame` whether its last frame's payload
+    /// has bytes still to come: the DATA frames read whole so far become
+    /// [`data_received`](Self::data_received)'s count.
+    #[inline]
+    fn data_walked(&self, mid_frame: bool) {
+        let open = if mid_frame {
+            self.data_open.load(Relaxed)
+        } else {
+            0
+        };
+        let whole = self.data_headed.load(Relaxed) - u64::from(open);
+        self.data_in.store(whole, Relaxed);
     }
 
     /// Bytes of DATA received so far in whole frames, padding included.
@@ -646,12 +677,6 @@ struct Head {
 struct FrameWalk {
     /// Bytes of the current payload (or the preface) still to go by.
     skip: u32,
-    /// The current frame's type (none before the first: the preface) and
-    /// payload length.
-    kind: u8,
-    len: u32,
-    /// The lengths of the DATA frames whose headers went by, in all.
-    data_headed: u64,
     /// A header split across reads, `got` bytes of it so far.
     head: [u8; 9],
     got: u8,
@@ -661,9 +686,6 @@ impl FrameWalk {
     fn new(skip: u32) -> FrameWalk {
         FrameWalk {
             skip,
-            kind: NO_FRAME,
-            len: 0,
-            data_headed: 0,
             head: [0; 9],
             got: 0,
         }
@@ -704,34 +726,12 @@ impl FrameWalk {
                 parse(&self.head)
             };
             self.skip = head.len;
-            self.kind = head.kind;
-            self.len = head.len;
-            if head.kind == DATA {
-                self.data_headed += u64::from(head.len);
-            }
             if !on_head(head) {
                 return Some(start);
             }
         }
     }
 }
-
-impl FrameWalk {
-    /// The lengths of the DATA frames walked to their last byte, in all.
-    #[inline]
-    fn data_whole(&self) -> u64 {
-        let unfinished = if self.kind == DATA && self.skip > 0 {
-            self.len
-        } else {
-            0
-        };
-        self.data_headed - u64::from(unfinished)
-    }
-}
-
-/// [`FrameWalk::kind`] before any frame: no frame type is 0xff's in RFC
-/// 9113, and an unknown type would be skipped whatever it is.
-const NO_FRAME: u8 = 0xff;
 
 #[inline]
 fn parse(h: &[u8]) -> Head {
@@ -807,8 +807,7 @@ impl<I: AsyncRead> AsyncRead for MeteredIo<I> {
             flooded = budget.receive(h);
             flooded.is_none()
         });
-        // One writer (this task's reads): a store.
-        budget.data_in.store(this.inbound.data_whole(), Relaxed);
+        budget.data_walked(this.inbound.skip > 0);
         let (Some(cut), Some(which)) = (cut, flooded) else {
             return Poll::Ready(Ok(()));
         };
@@ -926,8 +925,8 @@ mod tests {
     /// hand over yet, and the read that completed it counted nothing new
     /// (fails so: "after 30 bytes of frames, in reads of 1", 1000 against
     /// 0).
-    #[test]
-    fn data_counts_when_its_frame_is_whole() {
+    #[tokio::test(start_paused = true)]
+    async fn data_counts_when_its_frame_is_whole() {
         let mut stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         let mut ends = Vec::new();
         for (kind, len) in [
@@ -941,10 +940,12 @@ mod tests {
             ends.push((stream.len(), kind, len));
         }
         for chunk in [1, 9, 10, 1009, 4096, 8192] {
+            let budget = FloodBudget::new();
             let mut walk = FrameWalk::new(PREFACE_LEN);
             let mut read = 0;
             for part in stream.chunks(chunk) {
-                walk.walk(part, |_| true);
+                walk.walk(part, |h| budget.receive(h).is_none());
+                budget.data_walked(walk.skip > 0);
                 read += part.len();
                 let whole: u64 = ends
                     .iter()
@@ -953,7 +954,7 @@ mod tests {
                     .sum();
                 let frame_bytes = read.saturating_sub(PREFACE_LEN as usize);
                 assert_eq!(
-                    walk.data_whole(),
+                    budget.data_received(),
                     whole,
                     "after {frame_bytes} bytes of frames, in reads of {chunk}"
                 );
