@@ -792,12 +792,12 @@ fn end_call<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Step {
         this.st.encoder,
         Some(Encoder::Chunked | Encoder::CloseDelimited)
     );
-    let Some(frame) = status.web_trailer_frame(this.st.setup.grpc) else {
-        return Ok(false);
-    };
     if !(streams && framed) {
         return Ok(false);
     }
+    let Some(frame) = status.web_trailer_frame(this.st.setup.grpc) else {
+        return Ok(false);
+    };
     this.body.set(None);
     this.st.response_done = true;
     this.st.record.error(ErrorClass::Shutdown);
