@@ -57,6 +57,7 @@ mod h2_budget;
 mod h2_flood;
 mod h2_grown_windows;
 mod h2_limits;
+mod h2_read_timeout_body;
 mod h2_strict;
 mod h2_tiny_data;
 mod h2_unread_split;
