@@ -1536,10 +1536,17 @@ enum Cut {
 /// windows hold the rest: trailers are not flow-controlled, and tonic's
 /// client reads their status over a message cut short (a client that
 /// reads nothing meanwhile sees the close at the deadline, as before).
-/// A gRPC-web call's status after its head would go in its body
-/// (a frame of its own), so it leaves the list at its head and keeps what
-/// it had: the close at the deadline. Other streams are left to the
-/// deadline too: nothing in HTTP says "retry this" after a response began.
+/// A gRPC-web call has no HTTP trailers: its status after its head goes
+/// in its body, a gRPC-web trailer frame (`Status::web_trailer_frame`)
+/// in the last DATA frame, once the response body waits between frames
+/// (after its last whole message, as HTTP/1.1's gRPC-web calls end,
+/// `exchange.rs`' `end_call`; not in the middle of one, where the frame
+/// would be read as the message's bytes), and only in a body of no
+/// declared length (a `content-length` leaves no room for it: such a call
+/// leaves the list at its head and keeps the close at the deadline; so
+/// it was for every gRPC-web call over HTTP/2 until session 53). Other
+/// streams are left to the deadline too: nothing in HTTP says "retry
+/// this" after a response began.
 struct CutWatch<'s>(Option<Arc<BodyShare>>, Option<CallEnd<'s>>);
 
 impl CutWatch<'_> {
@@ -1735,8 +1742,9 @@ where
         if end {
             return StreamEnd::Done;
         }
-        // A gRPC-web call's status would now go in its body: see `CutWatch`.
-        if record.grpc != Grpc::Native {
+        // A gRPC-web call's status now goes in its body, which a declared
+        // length leaves no room for: see `CutWatch`.
+        if record.grpc != Grpc::Native && matches!(framing, Framing::Length(_)) {
             cut.1 = None;
         }
         // write_timeout bounds the body from when the handler answered, as on
@@ -2049,7 +2057,7 @@ async fn send_body<B>(
     mut send: SendStream<Bytes>,
     body: B,
     mut length: Option<u64>,
-    record: &mut RequestRecord,
+    record: &mut StreamRecord,
     ctx: &WorkerContext,
     gate: &StallGate,
     cut: &CutWatch<'_>,
@@ -2156,9 +2164,14 @@ where
                             granted = match poll_fn(|cx| {
                                 match poll_room(&mut send, &mut deadline, &mut stall, cx) {
                                     // Mid-message, held by the client's
-                                    // windows: a gRPC call ends here too
+                                    // windows: a gRPC call ends here too,
+                                    // in trailers; not a gRPC-web call,
+                                    // whose status is a frame of its body
                                     // (`CutWatch`).
-                                    Poll::Pending if cut.poll_call_end(cx) => {
+                                    Poll::Pending
+                                        if record.grpc == Grpc::Native
+                                            && cut.poll_call_end(cx) =>
+                                    {
                                         Poll::Ready(Err(Stalled::ShuttingDown))
                                     }
                                     polled => polled,
@@ -2248,7 +2261,8 @@ enum Stalled {
     TooSlow,
     /// A gRPC call's response waits for its body, or for room in the
     /// middle of a message, and the drain's deadline is near (`CutWatch`):
-    /// it ends with `grpc-status: 14` in trailers.
+    /// it ends with `grpc-status: 14` in trailers, or a gRPC-web call's in
+    /// a trailer frame ending its body (between frames only).
     ShuttingDown,
 }
 
@@ -2256,7 +2270,7 @@ impl Stalled {
     fn finish(
         self,
         send: &mut SendStream<Bytes>,
-        record: &mut RequestRecord,
+        record: &mut StreamRecord,
         ctx: &WorkerContext,
     ) -> StreamEnd {
         match self {
@@ -2272,7 +2286,18 @@ impl Stalled {
             }
             Stalled::ShuttingDown => {
                 record.error(ErrorClass::Shutdown);
-                let _ = send.send_trailers(grpc::SHUTTING_DOWN.fields().into_iter().collect());
+                match grpc::SHUTTING_DOWN.web_trailer_frame(record.grpc) {
+                    // gRPC-web: the status is the body's last frame, sent
+                    // as the window allows (h2 takes it without room, as
+                    // trailers, and the deadline still bounds it).
+                    Some(frame) => {
+                        record.response_bytes(frame.len());
+                        let _ = send.send_data(Bytes::from(frame), true);
+                    }
+                    None => {
+                        let _ = send.send_trailers(grpc::SHUTTING_DOWN.fields().into_iter().collect());
+                    }
+                }
                 StreamEnd::Done
             }
             // Counted by the body, written by the connection's loop.
@@ -2632,7 +2657,12 @@ mod send_body_calls {
         let body = StreamBody::new(futures_util::stream::iter(data));
         let config = Arc::new(crate::conn::config::Config::default());
         let ctx = Rc::new(WorkerContext::new(0, config, Default::default(), None));
-        let mut record = RequestRecord::untimed(ctx.stats_source(), MethodLabel::of(&Method::GET));
+        let mut record = StreamRecord {
+            record: RequestRecord::untimed(ctx.stats_source(), MethodLabel::of(&Method::GET)),
+            body_bytes: None,
+            ordinary_at: 0,
+            grpc: Grpc::No,
+        };
         let count = Arc::new(AtomicUsize::new(0));
         let end = {
             let _counting = tracing::subscriber::set_default(Reservations(count.clone()));

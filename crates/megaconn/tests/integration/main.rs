@@ -56,6 +56,7 @@ mod h2_body_rate;
 mod h2_budget;
 mod h2_flood;
 mod h2_grown_windows;
+mod h2_grpc_web_drain;
 mod h2_limits;
 mod h2_read_timeout_body;
 mod h2_strict;
