@@ -334,6 +334,9 @@ where
         Ok(conn) => conn,
         Err(reason) => return reason,
     };
+    // No read hands h2 the DATA frame that would run its own small-DATA
+    // budget out: ours closes first, counted and logged (`flood.rs`).
+    control.watch_h2(conn.data_frame_budget_probe());
     let mut idle = IdleMark::new(&ctx.stats);
     idle.set(true);
     let mut keep_alive = KeepAlive::new(conn.ping_pong(), &cfg);
@@ -801,7 +804,7 @@ fn frame_flooded(which: Flooded, ctx: &WorkerContext, addrs: &Addrs) -> CloseRea
             ratelog::log(Flood::Http2TinyData, |suppressed| {
                 tracing::info!(
                     suppressed,
-                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more tiny DATA frames (under 16 bytes) that no handler read than HTTP2_TINY_DATA_BUDGET ({HTTP2_TINY_DATA_BUDGET}) beyond what time and its larger DATA frames earned (small-DATA flood)",
+                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more tiny DATA frames (under 16 bytes) that no handler read than HTTP2_TINY_DATA_BUDGET ({HTTP2_TINY_DATA_BUDGET}) beyond what time and its larger DATA frames earned, or more small ones (under 256 bytes) than h2 holds unread (H2_DATA_FRAME_BUDGET, {H2_DATA_FRAME_BUDGET} bytes at 256 less each frame's size) (small-DATA flood)",
                     peer()
                 )
             });
