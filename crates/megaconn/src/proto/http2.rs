@@ -97,7 +97,13 @@
 //! body's `ReadCredit`, since session 45): an honest stream of small
 //! messages is never cut, whatever its pace, while h2 frees unread frames
 //! of a reset stream without its budget noticing, and ours still counts
-//! them.
+//! them. h2's bound on small frames never comes first (its count of 100
+//! empty ones still does: ours charges those to the control budget, 9
+//! bytes each): each read is held to what is left
+//! of h2's budget (read through h2, `patches/h2`), and the frame that
+//! would run it out is refused by ours, with its count and its line
+//! (`flood.rs`, `FloodBudget::h2_refuses`; session 53: a flood read over
+//! more than ~50 ms, or padded to 16 bytes, met h2's `GOAWAY` first).
 //!
 //! Control-frame floods (CVE-2019-9512 PING, CVE-2019-9515 SETTINGS, and
 //! WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA and unknown frames) are
