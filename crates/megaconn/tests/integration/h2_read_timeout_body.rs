@@ -12,9 +12,10 @@
 //! of the same connection, sent after the first's handler started, sends
 //! only part of its body, and its handler reads at once; its read fails
 //! from the same worker's timer at a deadline no earlier than the first's,
-//! so by its answer the first's has passed. The same connection also
-//! orders the frames: the first stream's were all processed by the server
-//! before the second's head.
+//! so by its answer the first's has passed. On the same connection the
+//! first stream's frames, all sent before the second stream's, reach the
+//! server in the same burst as its head at the latest, a deadline before
+//! its answer.
 
 use crate::common;
 
