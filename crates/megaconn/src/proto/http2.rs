@@ -2170,17 +2170,17 @@ where
                         if granted == 0 {
                             let _slot = unsent.then(|| gate.stall());
                             let mut stall = stall_bound(ctx);
-                            granted = match poll_fn(|cx| {
-                                match poll_room(&mut send, &mut deadline, &mut stall, cx) {
-                                    // Mid-message, held by the client's
-                                    // windows: a gRPC call ends here too,
-                                    // in trailers; not a gRPC-web call,
-                                    // whose status is a frame of its body
-                                    // (`CutWatch`).
-                                    Poll::Pending
-                                        if record.grpc == Grpc::Native
-                                            && cut.poll_call_end(cx) =>
-                                    {
+                            // Mid-message, held by the client's windows: a
+                            // gRPC call ends here too, in trailers; not a
+                            // gRPC-web call, whose status is a frame of its
+                            // body (`CutWatch`). Moved into the wait, as
+                            // its borrows: no word more in every stream's
+                            // future (its size guard).
+                            let ends = (record.grpc == Grpc::Native).then_some(cut);
+                            let room = (&mut send, &mut deadline, &mut stall);
+                            granted = match poll_fn(move |cx| {
+                                match poll_room(room.0, room.1, room.2, cx) {
+                                    Poll::Pending if ends.is_some_and(|c| c.poll_call_end(cx)) => {
                                         Poll::Ready(Err(Stalled::ShuttingDown))
                                     }
                                     polled => polled,
@@ -2304,7 +2304,8 @@ impl Stalled {
                         let _ = send.send_data(Bytes::from(frame), true);
                     }
                     None => {
-                        let _ = send.send_trailers(grpc::SHUTTING_DOWN.fields().into_iter().collect());
+                        let _ =
+                            send.send_trailers(grpc::SHUTTING_DOWN.fields().into_iter().collect());
                     }
                 }
                 StreamEnd::Done

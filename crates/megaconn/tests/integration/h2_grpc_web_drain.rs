@@ -44,7 +44,11 @@ async fn tail(req: Request<Body>) -> Result<http::Response<Reply>, Infallible> {
     let text = content_type
         .as_ref()
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc-web-text"));
-    let frame = if text { MESSAGE_FRAME_TEXT } else { MESSAGE_FRAME };
+    let frame = if text {
+        MESSAGE_FRAME_TEXT
+    } else {
+        MESSAGE_FRAME
+    };
     let once = futures_util::stream::iter([Ok::<_, BoxError>(http_body::Frame::data(
         Bytes::from_static(frame),
     ))]);
@@ -128,7 +132,10 @@ async fn grpc_web_streams_over_h2_open_at_the_drain_deadline_end_unavailable() {
         let end = tokio::time::timeout(SAFETY, body.data())
             .await
             .expect("the body's end in time");
-        assert!(end.is_none(), "{content_type}: the body ends there: {end:?}");
+        assert!(
+            end.is_none(),
+            "{content_type}: the body ends there: {end:?}"
+        );
         let trailers = tokio::time::timeout(SAFETY, body.trailers())
             .await
             .expect("the stream's end in time");

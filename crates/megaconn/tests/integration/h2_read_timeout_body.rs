@@ -117,7 +117,9 @@ async fn answered_after_read_timeout(sent: Sent) -> ((StatusCode, String), u64) 
         .body(())
         .unwrap();
     let (cut, mut late_send) = ready.send_request(late, false).unwrap();
-    late_send.send_data(Bytes::from_static(b"he"), false).unwrap();
+    late_send
+        .send_data(Bytes::from_static(b"he"), false)
+        .unwrap();
     assert_eq!(
         answer_of(cut).await,
         (StatusCode::BAD_REQUEST, TIMED_OUT.to_owned()),
@@ -176,7 +178,12 @@ async fn a_whole_h2_body_of_several_frames_and_trailers_outlives_read_timeout() 
     let ((status, body), _) = answered_after_read_timeout(Sent::WithTrailers(frames)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let expected = format!("{};x-sum=5", "x".repeat(40_000));
-    assert!(body == expected, "{} bytes: {}", body.len(), &body[body.len().saturating_sub(40)..]);
+    assert!(
+        body == expected,
+        "{} bytes: {}",
+        body.len(),
+        &body[body.len().saturating_sub(40)..]
+    );
 }
 
 /// A body whose first part came but whose end did not is still cut at

@@ -30,7 +30,7 @@ async fn a_padded_small_data_flood_in_one_write_is_ours_counted_and_logged() {
     let peer = tcp.local_addr().unwrap();
     let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     flood.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS
-    // HEADERS (END_HEADERS) on stream 1: POST /wait, :authority a.
+                                                             // HEADERS (END_HEADERS) on stream 1: POST /wait, :authority a.
     let wait = [
         0x83, 0x86, 0x04, 5, b'/', b'w', b'a', b'i', b't', 0x01, 1, b'a',
     ];
@@ -51,8 +51,16 @@ async fn a_padded_small_data_flood_in_one_write_is_ours_counted_and_logged() {
         .iter()
         .any(|m| m.contains(&peer.to_string()) && m.contains("HTTP2_TINY_DATA_BUDGET (2000)")));
     let stats = server.handle.stats();
-    assert_eq!(common::limit_hits(&stats, "http2_data_flood"), 1, "{stats:?}");
-    assert_eq!(common::limit_hits(&stats, "h2_enhance_your_calm"), 0, "{stats:?}");
+    assert_eq!(
+        common::limit_hits(&stats, "http2_data_flood"),
+        1,
+        "{stats:?}"
+    );
+    assert_eq!(
+        common::limit_hits(&stats, "h2_enhance_your_calm"),
+        0,
+        "{stats:?}"
+    );
     drop(tcp);
     server.stop().await;
 }

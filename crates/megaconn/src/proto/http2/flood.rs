@@ -581,9 +581,8 @@ impl FloodBudget {
         let Some(probe) = self.h2_small.get() else {
             return false;
         };
-        let left = room.get_or_insert_with(|| {
-            i64::try_from(probe.left()).unwrap_or(i64::MAX) - open.max(0)
-        });
+        let left = room
+            .get_or_insert_with(|| i64::try_from(probe.left()).unwrap_or(i64::MAX) - open.max(0));
         if charge > *left {
             return true;
         }
