@@ -41,8 +41,9 @@ use prometheus_client::registry::{Registry, Unit};
 /// then the labelled counters and the duration histogram from
 /// [`LIMIT_HITS`] on, all counters (a histogram's bucket counts and its sum
 /// are counters too: they add up over processes and never go down) but
-/// for [`TLS_EXPIRY`], a gauge; then [`REQUESTS_FORCED`].
-const FIELDS: usize = REQUESTS_FORCED + 1;
+/// for [`TLS_EXPIRY`], a gauge; then [`REQUESTS_FORCED`], then
+/// [`GROWN_WINDOWS`], a gauge.
+const FIELDS: usize = GROWN_WINDOWS + 1;
 /// Index of the publishes a worker process dropped on their way up to the
 /// supervisor (fanout.rs), set by `publish_channel`.
 const UPLINK_DROPPED: usize = 10;
@@ -73,14 +74,18 @@ const TLS_EXPIRY: usize = TLS_RELOADS + 2;
 /// Index of `ServerStats::requests_forced`, set by `publish` (for the
 /// supervisor's stop line, which says them apart from those served).
 const REQUESTS_FORCED: usize = TLS_EXPIRY + 1;
+/// Index of `ServerStats::http2_grown_windows_bytes`: a gauge, what the
+/// process's HTTP/2 uploads' windows have grown by now (each process has
+/// its own `http2_grown_windows_budget`), summed over the live ones.
+const GROWN_WINDOWS: usize = REQUESTS_FORCED + 1;
 /// Index of the first counter (the values before it are gauges, and
-/// [`TLS_EXPIRY`]).
+/// [`TLS_EXPIRY`] and [`GROWN_WINDOWS`]).
 const FIRST_COUNTER: usize = 3;
 
 /// Whether the value at `field` is a counter (kept when its process
 /// exits) rather than a gauge (gone with it).
 fn is_counter(field: usize) -> bool {
-    field >= FIRST_COUNTER && field != TLS_EXPIRY
+    field >= FIRST_COUNTER && field != TLS_EXPIRY && field != GROWN_WINDOWS
 }
 
 /// Environment variable naming the inherited descriptor in a worker process.
@@ -173,6 +178,8 @@ impl SharedStats {
             .store(s.requests_refused as i64, Relaxed);
         self.field(slot, REQUESTS_FORCED)
             .store(s.requests_forced as i64, Relaxed);
+        let grown = i64::try_from(s.http2_grown_windows_bytes).unwrap_or(i64::MAX);
+        self.field(slot, GROWN_WINDOWS).store(grown, Relaxed);
         // By label, not by place: a label the library has and this block
         // not (or the reverse) cannot land in another's field.
         for (i, label) in LIMIT_HIT_LABELS.iter().enumerate() {
@@ -291,6 +298,7 @@ impl SharedStats {
             t.accept_errors += f(9) as u64;
             t.requests_refused += f(REQUESTS_REFUSED) as u64;
             t.requests_forced += f(REQUESTS_FORCED) as u64;
+            t.http2_grown_windows_bytes += f(GROWN_WINDOWS) as u64;
             t.connections_per_worker.push(f(0));
             for (i, n) in hits.iter_mut().enumerate() {
                 *n += f(LIMIT_HITS + i) as u64;
@@ -468,6 +476,11 @@ impl Collector for Totals {
                 "connections_parked",
                 "Idle connections parked outside the runtime.",
                 t.connections_parked,
+            ),
+            (
+                "http2_grown_windows_bytes",
+                "What HTTP/2 streams' receive windows have grown by now, their handlers keeping up with uploads, out of http2_grown_windows_budget (one budget per worker process; past it, growths refused count in limit_hits{limit=\"http2_grown_windows_budget\"}), all worker processes.",
+                i64::try_from(t.http2_grown_windows_bytes).unwrap_or(i64::MAX),
             ),
         ];
         for (name, help, v) in gauges {
@@ -659,7 +672,9 @@ mod tests {
     /// zeros included), `megaconn_connections_rejected_total` and the
     /// request duration histogram, added up over the worker processes,
     /// live and retired. It had none of them: a worker process's limit hit
-    /// showed nowhere under `--processes`.
+    /// showed nowhere under `--processes`. And the gauge of the HTTP/2
+    /// windows grown (`megaconn_http2_grown_windows_bytes`), the live
+    /// processes' (session 53; it was missing).
     #[test]
     fn limit_hits_rejections_and_durations_add_up() {
         let shared = SharedStats::create(2).unwrap();
@@ -667,6 +682,7 @@ mod tests {
         s.limit_hits = vec![("malformed_request", 2), ("http2_control_flood", 1)];
         s.rejected_per_ip = 4;
         s.requests_forced = 1;
+        s.http2_grown_windows_bytes = 131_072;
         s.request_metrics.duration.counts[0] = 3;
         s.request_metrics.duration.counts[DURATION_BUCKETS.len()] = 1;
         s.request_metrics.duration.sum = Duration::from_millis(20_250);
@@ -681,6 +697,10 @@ mod tests {
         assert_eq!(hits("max_headers"), 0);
         assert_eq!(t.rejected_per_ip, 8);
         assert_eq!(t.requests_forced, 2, "for the stop line, live and retired");
+        assert_eq!(
+            t.http2_grown_windows_bytes, 131_072,
+            "a gauge: the live process's alone"
+        );
         assert_eq!(t.request_metrics.duration.count(), 8);
         let text = shared.render_prometheus(FanoutCounts::default());
         for line in [
@@ -693,6 +713,7 @@ mod tests {
             "megaconn_request_duration_seconds_bucket{le=\"+Inf\"} 8\n",
             "megaconn_request_duration_seconds_count 8\n",
             "megaconn_request_duration_seconds_sum 40.5\n",
+            "megaconn_http2_grown_windows_bytes 131072\n",
         ] {
             assert!(text.contains(line), "{line} not in {text}");
         }

@@ -15,6 +15,8 @@ mod common;
 mod access_log;
 #[path = "lifecycle/grpc52.rs"]
 mod grpc52;
+#[path = "lifecycle/h2_flood53.rs"]
+mod h2_flood53;
 #[path = "lifecycle/h2_grown_windows.rs"]
 mod h2_grown_windows;
 #[path = "lifecycle/tls_lines.rs"]
@@ -1033,8 +1035,9 @@ async fn next_unless_flooded(server: &mut TestServer, want: Event) -> bool {
 /// Sends `frames` after the preface and an empty SETTINGS frame on an h2c
 /// connection to a server of its own (one worker), and asserts that it
 /// logged closing the connection with `GOAWAY(ENHANCE_YOUR_CALM)`, naming
-/// the peer and `cause`, and a line naming `budget`.
-async fn h2_flood_is_logged(frames: &[u8], cause: &str, budget: &str) {
+/// the peer and `cause`, and a line naming `budget`. Returns the server's
+/// counters as of then.
+async fn h2_flood_is_logged(frames: &[u8], cause: &str, budget: &str) -> megaconn::ServerStats {
     capture_log();
     let server = TestServer::start(megaconn::Server::builder().workers(1)).await;
     // Its own address: the line is told from any other test's by it.
@@ -1050,8 +1053,10 @@ async fn h2_flood_is_logged(frames: &[u8], cause: &str, budget: &str) {
     ))
     .await;
     assert!(logged().iter().any(|m| m.contains(budget)));
+    let stats = server.handle.stats();
     drop(tcp);
     server.stop().await;
+    stats
 }
 
 /// A native WebSocket past its limits, as an `axum_ws` socket

@@ -265,6 +265,22 @@ pub struct Builder {
     data_frame_budget: proto::DataFrameBudget,
 }
 
+/// What is left of a connection's budget for small DATA frames, read from
+/// outside it ([`Connection::data_frame_budget_probe`]).
+#[derive(Clone, Debug)]
+pub struct DataFrameBudgetProbe(proto::DataFrameBudgetProbe);
+
+impl DataFrameBudgetProbe {
+    /// The budget's bytes left ([`Builder::data_frame_budget`]'s units: a
+    /// non-final DATA frame of `n` bytes of payload, `0 < n < 256`, takes
+    /// `256 - n`; one of `n >= 256` gives `n - 256` back; a frame read by
+    /// the application, or freed with its stream, gives its charge back).
+    /// Takes the streams' lock.
+    pub fn left(&self) -> usize {
+        self.0.left()
+    }
+}
+
 /// Send a response back to the client
 ///
 /// A `SendResponse` instance is provided when receiving a request and is used
@@ -587,6 +603,16 @@ where
     /// request bodies. Takes the streams' lock.
     pub fn unreleased_recv_data(&self) -> u32 {
         self.connection.unreleased_recv_data()
+    }
+
+    /// Returns a handle that reads what is left of this connection's budget
+    /// for small DATA frames ([`Builder::data_frame_budget`]), from outside
+    /// the connection and whenever asked: a caller that meters the
+    /// connection's IO can tell, as a read comes in, which of its DATA
+    /// frames would run the budget out (every frame read before has been
+    /// processed by then). Each read takes the streams' lock.
+    pub fn data_frame_budget_probe(&self) -> DataFrameBudgetProbe {
+        DataFrameBudgetProbe(self.connection.data_frame_budget_probe())
     }
 
     /// Returns the maximum number of concurrent streams that may be initiated

@@ -97,7 +97,13 @@
 //! body's `ReadCredit`, since session 45): an honest stream of small
 //! messages is never cut, whatever its pace, while h2 frees unread frames
 //! of a reset stream without its budget noticing, and ours still counts
-//! them.
+//! them. h2's bound on small frames never comes first (its count of 100
+//! empty ones still does: ours charges those to the control budget, 9
+//! bytes each): each read is held to what is left
+//! of h2's budget (read through h2, `patches/h2`), and the frame that
+//! would run it out is refused by ours, with its count and its line
+//! (`flood.rs`, `FloodBudget::h2_refuses`; session 53: a flood read over
+//! more than ~50 ms, or padded to 16 bytes, met h2's `GOAWAY` first).
 //!
 //! Control-frame floods (CVE-2019-9512 PING, CVE-2019-9515 SETTINGS, and
 //! WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA and unknown frames) are
@@ -334,6 +340,9 @@ where
         Ok(conn) => conn,
         Err(reason) => return reason,
     };
+    // No read hands h2 the DATA frame that would run its own small-DATA
+    // budget out: ours closes first, counted and logged (`flood.rs`).
+    control.watch_h2(conn.data_frame_budget_probe());
     let mut idle = IdleMark::new(&ctx.stats);
     idle.set(true);
     let mut keep_alive = KeepAlive::new(conn.ping_pong(), &cfg);
@@ -801,7 +810,7 @@ fn frame_flooded(which: Flooded, ctx: &WorkerContext, addrs: &Addrs) -> CloseRea
             ratelog::log(Flood::Http2TinyData, |suppressed| {
                 tracing::info!(
                     suppressed,
-                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more tiny DATA frames (under 16 bytes) that no handler read than HTTP2_TINY_DATA_BUDGET ({HTTP2_TINY_DATA_BUDGET}) beyond what time and its larger DATA frames earned (small-DATA flood)",
+                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more tiny DATA frames (under 16 bytes) that no handler read than HTTP2_TINY_DATA_BUDGET ({HTTP2_TINY_DATA_BUDGET}) beyond what time and its larger DATA frames earned, or more small ones (under 256 bytes) than h2 holds unread (H2_DATA_FRAME_BUDGET, {H2_DATA_FRAME_BUDGET} bytes at 256 less each frame's size) (small-DATA flood)",
                     peer()
                 )
             });
@@ -1536,10 +1545,17 @@ enum Cut {
 /// windows hold the rest: trailers are not flow-controlled, and tonic's
 /// client reads their status over a message cut short (a client that
 /// reads nothing meanwhile sees the close at the deadline, as before).
-/// A gRPC-web call's status after its head would go in its body
-/// (a frame of its own), so it leaves the list at its head and keeps what
-/// it had: the close at the deadline. Other streams are left to the
-/// deadline too: nothing in HTTP says "retry this" after a response began.
+/// A gRPC-web call has no HTTP trailers: its status after its head goes
+/// in its body, a gRPC-web trailer frame (`Status::web_trailer_frame`)
+/// in the last DATA frame, once the response body waits between frames
+/// (after its last whole message, as HTTP/1.1's gRPC-web calls end,
+/// `exchange.rs`' `end_call`; not in the middle of one, where the frame
+/// would be read as the message's bytes), and only in a body of no
+/// declared length (a `content-length` leaves no room for it: such a call
+/// leaves the list at its head and keeps the close at the deadline; so
+/// it was for every gRPC-web call over HTTP/2 until session 53). Other
+/// streams are left to the deadline too: nothing in HTTP says "retry
+/// this" after a response began.
 struct CutWatch<'s>(Option<Arc<BodyShare>>, Option<CallEnd<'s>>);
 
 impl CutWatch<'_> {
@@ -1735,8 +1751,9 @@ where
         if end {
             return StreamEnd::Done;
         }
-        // A gRPC-web call's status would now go in its body: see `CutWatch`.
-        if record.grpc != Grpc::Native {
+        // A gRPC-web call's status now goes in its body, which a declared
+        // length leaves no room for: see `CutWatch`.
+        if record.grpc != Grpc::Native && matches!(framing, Framing::Length(_)) {
             cut.1 = None;
         }
         // write_timeout bounds the body from when the handler answered, as on
@@ -2049,7 +2066,7 @@ async fn send_body<B>(
     mut send: SendStream<Bytes>,
     body: B,
     mut length: Option<u64>,
-    record: &mut RequestRecord,
+    record: &mut StreamRecord,
     ctx: &WorkerContext,
     gate: &StallGate,
     cut: &CutWatch<'_>,
@@ -2153,12 +2170,17 @@ where
                         if granted == 0 {
                             let _slot = unsent.then(|| gate.stall());
                             let mut stall = stall_bound(ctx);
-                            granted = match poll_fn(|cx| {
-                                match poll_room(&mut send, &mut deadline, &mut stall, cx) {
-                                    // Mid-message, held by the client's
-                                    // windows: a gRPC call ends here too
-                                    // (`CutWatch`).
-                                    Poll::Pending if cut.poll_call_end(cx) => {
+                            // Mid-message, held by the client's windows: a
+                            // gRPC call ends here too, in trailers; not a
+                            // gRPC-web call, whose status is a frame of its
+                            // body (`CutWatch`). Moved into the wait, as
+                            // its borrows: no word more in every stream's
+                            // future (its size guard).
+                            let ends = (record.grpc == Grpc::Native).then_some(cut);
+                            let room = (&mut send, &mut deadline, &mut stall);
+                            granted = match poll_fn(move |cx| {
+                                match poll_room(room.0, room.1, room.2, cx) {
+                                    Poll::Pending if ends.is_some_and(|c| c.poll_call_end(cx)) => {
                                         Poll::Ready(Err(Stalled::ShuttingDown))
                                     }
                                     polled => polled,
@@ -2248,7 +2270,8 @@ enum Stalled {
     TooSlow,
     /// A gRPC call's response waits for its body, or for room in the
     /// middle of a message, and the drain's deadline is near (`CutWatch`):
-    /// it ends with `grpc-status: 14` in trailers.
+    /// it ends with `grpc-status: 14` in trailers, or a gRPC-web call's in
+    /// a trailer frame ending its body (between frames only).
     ShuttingDown,
 }
 
@@ -2256,7 +2279,7 @@ impl Stalled {
     fn finish(
         self,
         send: &mut SendStream<Bytes>,
-        record: &mut RequestRecord,
+        record: &mut StreamRecord,
         ctx: &WorkerContext,
     ) -> StreamEnd {
         match self {
@@ -2272,7 +2295,19 @@ impl Stalled {
             }
             Stalled::ShuttingDown => {
                 record.error(ErrorClass::Shutdown);
-                let _ = send.send_trailers(grpc::SHUTTING_DOWN.fields().into_iter().collect());
+                match grpc::SHUTTING_DOWN.web_trailer_frame(record.grpc) {
+                    // gRPC-web: the status is the body's last frame, sent
+                    // as the window allows (h2 takes it without room, as
+                    // trailers, and the deadline still bounds it).
+                    Some(frame) => {
+                        record.response_bytes(frame.len());
+                        let _ = send.send_data(Bytes::from(frame), true);
+                    }
+                    None => {
+                        let _ =
+                            send.send_trailers(grpc::SHUTTING_DOWN.fields().into_iter().collect());
+                    }
+                }
                 StreamEnd::Done
             }
             // Counted by the body, written by the connection's loop.
@@ -2632,7 +2667,12 @@ mod send_body_calls {
         let body = StreamBody::new(futures_util::stream::iter(data));
         let config = Arc::new(crate::conn::config::Config::default());
         let ctx = Rc::new(WorkerContext::new(0, config, Default::default(), None));
-        let mut record = RequestRecord::untimed(ctx.stats_source(), MethodLabel::of(&Method::GET));
+        let mut record = StreamRecord {
+            record: RequestRecord::untimed(ctx.stats_source(), MethodLabel::of(&Method::GET)),
+            body_bytes: None,
+            ordinary_at: 0,
+            grpc: Grpc::No,
+        };
         let count = Arc::new(AtomicUsize::new(0));
         let end = {
             let _counting = tracing::subscriber::set_default(Reservations(count.clone()));

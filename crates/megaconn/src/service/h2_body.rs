@@ -447,6 +447,10 @@ struct Waits {
     grown: u32,
     /// `received` when it last grew (or 0).
     grown_at: u64,
+    /// The DATA of a body that had all come when `read_timeout` passed,
+    /// taken out of h2 to know it ([`RecvBody::all_came`]), last frame
+    /// first: handed to the reader before h2 is asked again.
+    ahead: Vec<Bytes>,
 }
 
 /// A body's client held to `min_request_body_rate`, made at its reader's
@@ -551,7 +555,8 @@ pub(crate) struct RecvBody {
     /// bound: [`BodyBounds`]).
     conn_bytes: Arc<ConnBodyBytes>,
     /// `read_timeout`, from when the request's head arrived: the whole body
-    /// must have arrived by then (as on HTTP/1.1).
+    /// must have arrived by then (as on HTTP/1.1), read or not
+    /// ([`all_came`](Self::all_came)).
     deadline: LazyDeadline,
     /// The bounds of the reader's waits, made when it first waits (a body
     /// whose DATA is there when read costs none): boxed, as a body is
@@ -802,6 +807,50 @@ impl RecvBody {
         Poll::Ready(Some(Err(error)))
     }
 
+    /// Whether the rest of the body has come (its `END_STREAM` received,
+    /// trailers or not), though the reader has not taken it: asked when a
+    /// frame is taken after `read_timeout` passed, which then no longer
+    /// bounds the body, as on HTTP/1.1 (`exchange.rs`'s `body_received`).
+    /// `read_timeout` bounds the client's sending, not the handler: one
+    /// that worked longer than it before reading a body that came with its
+    /// head had its read fail (session 52's review; Go serves it from its
+    /// buffer). A body still on its way is cut as before.
+    ///
+    /// h2 says a stream's `END_STREAM` came only once its frames are all
+    /// taken (`RecvStream::is_end_stream`), so they are taken out to know
+    /// it (at most the stream's window: what h2 held already) and kept in
+    /// the body's [`Waits`] (the allocation a waiting body has anyway),
+    /// handed over before h2 is asked again. Only past the deadline: a
+    /// body read in time pays nothing for it. h2 is polled with a waker
+    /// that does nothing: when it finds the body incomplete (pending, and
+    /// keeping that waker), the body fails at once, and no wake is needed.
+    #[cold]
+    #[inline(never)]
+    fn all_came(&mut self) -> bool {
+        let mut ahead = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            match self.stream.poll_data(&mut cx) {
+                Poll::Ready(Some(Ok(data))) => ahead.push(data),
+                Poll::Ready(None) => break,
+                // On its way, or reset: the frames taken drop with the
+                // body, and h2 frees their window with the stream.
+                Poll::Pending | Poll::Ready(Some(Err(_))) => return false,
+            }
+        }
+        self.deadline.clear();
+        if !ahead.is_empty() {
+            ahead.reverse();
+            self.waits.get_or_insert_with(Box::default).ahead = ahead;
+        }
+        true
+    }
+
+    /// The next frame [`all_came`](Self::all_came) took out of h2, if any.
+    fn take_ahead(&mut self) -> Option<Bytes> {
+        self.waits.as_deref_mut()?.ahead.pop()
+    }
+
     /// Ends the body: `read_timeout` passed.
     fn time_out(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         // The stream's exchange ends when the handler drops the body: h2
@@ -827,15 +876,18 @@ impl RecvBody {
         if !self.data_done {
             // The deadline is looked at (and its timer set up) only when the
             // body makes its reader wait, or when a frame comes after it.
-            let polled = match self.poll_stream(cx) {
-                Poll::Pending if self.deadline.poll_passed(cx) => return self.time_out(),
-                Poll::Pending if self.stalled(cx) => return self.stall_out(),
-                Poll::Pending if self.too_slow(cx) => return self.rate_out(),
-                Poll::Pending => {
-                    self.kept_up();
-                    return Poll::Pending;
-                }
-                Poll::Ready(polled) => polled,
+            let polled = match self.take_ahead() {
+                Some(data) => Some(Ok(data)),
+                None => match self.poll_stream(cx) {
+                    Poll::Pending if self.deadline.poll_passed(cx) => return self.time_out(),
+                    Poll::Pending if self.stalled(cx) => return self.stall_out(),
+                    Poll::Pending if self.too_slow(cx) => return self.rate_out(),
+                    Poll::Pending => {
+                        self.kept_up();
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(polled) => polled,
+                },
             };
             match polled {
                 Some(Ok(data)) => {
@@ -859,7 +911,7 @@ impl RecvBody {
                         }
                         wait.rate.earned(data.len(), min.per_second);
                     }
-                    if self.deadline.is_past() {
+                    if self.deadline.is_past() && !self.all_came() {
                         return self.time_out();
                     }
                     let limit = self.limit();
@@ -932,7 +984,8 @@ impl RecvBody {
     }
 
     pub(crate) fn is_end_stream(&self) -> bool {
-        self.stream.is_end_stream()
+        // Frames taken out of h2 ahead of the reader are not the end.
+        self.stream.is_end_stream() && self.waits.as_ref().is_none_or(|w| w.ahead.is_empty())
     }
 
     pub(crate) fn size_hint(&self) -> SizeHint {

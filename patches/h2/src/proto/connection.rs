@@ -708,6 +708,10 @@ where
         self.inner.streams.unreleased_recv_data()
     }
 
+    pub fn data_frame_budget_probe(&self) -> super::DataFrameBudgetProbe {
+        self.inner.streams.data_frame_budget_probe()
+    }
+
     // Graceful shutdown only makes sense for server peers.
     pub fn go_away_gracefully(&mut self) {
         if self.inner.go_away.is_going_away() {

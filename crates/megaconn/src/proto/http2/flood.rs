@@ -54,7 +54,14 @@
 //! short writes, a WebSocket's small messages over HTTP/2) is never cut,
 //! at whatever pace its handler takes them, as long as it is no more than
 //! ~2,000 frames ahead of it (h2's own budget for frames buffered unread
-//! is about the same). Until session 45 read frames were charged too, and
+//! is about the same). Ours gives frames back with time and h2's does not,
+//! so a flood read over more than ~50 ms reached h2's bound first, which
+//! closed the connection with h2's `GOAWAY` and no line of ours: since
+//! session 53 each read is also held to what is left of h2's budget (read
+//! through h2, `patches/h2`), and the frame that would run it out is
+//! refused by ours, counted and logged as a small-DATA flood
+//! (`FloodBudget::h2_refuses`), small frames of 16–255 bytes included,
+//! which h2 alone bounded. Until session 45 read frames were charged too, and
 //! a gRPC client streaming near-empty messages faster than 1,000 a second
 //! for two seconds (a backlog flushed after a reconnect) was cut.
 //!
@@ -188,7 +195,7 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -227,7 +234,10 @@ pub(crate) const REFILL_PER_SECOND: u64 = 128;
 /// each given back when a handler reads it (work done), and by time
 /// (1,000 a second) and larger DATA frames' bytes (one a KiB). About what
 /// h2 lets a connection hold unread (half its 1 MiB window at 255 bytes a
-/// 1-byte frame: ~2,050), and 2–6 ms of server CPU. Counted in
+/// 1-byte frame: ~2,050), and 2–6 ms of server CPU. h2's bound comes
+/// first by no arrival pattern: a read that would hand h2 the frame that
+/// runs its own budget out is cut there, and closed as this one
+/// (`FloodBudget::h2_refuses`, session 53). Counted in
 /// `megaconn_limit_hits_total{limit="http2_data_flood"}` (and a protocol
 /// error), logged at most once per 5 s per worker.
 pub const HTTP2_TINY_DATA_BUDGET: u64 = 2_000;
@@ -308,6 +318,10 @@ const PING: u8 = 0x6;
 const CONTINUATION: u8 = 0x9;
 const ACK: u8 = 0x1;
 const END_STREAM: u8 = 0x1;
+const PADDED: u8 = 0x8;
+/// h2's small-DATA threshold (`DEFAULT_DATA_FRAME_OVERHEAD_THRESHOLD`):
+/// a frame of fewer payload bytes takes the difference out of its budget.
+const H2_SMALL_DATA: i64 = 256;
 
 /// Which of a connection's budgets ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -491,6 +505,15 @@ pub(crate) struct FloodBudget {
     /// in every HTTP/2 connection's future (its size guard).
     data_headed: AtomicU64,
     data_open: AtomicU32,
+    /// h2's own budget for small DATA frames buffered unread, read through
+    /// h2 (`patches/h2`), once the handshake made the connection: no flood
+    /// may reach it before the tiny-DATA budget runs out
+    /// ([`h2_refuses`](Self::h2_refuses)).
+    h2_small: OnceLock<h2::server::DataFrameBudgetProbe>,
+    /// What the last frame read takes out of h2's budget ([`h2_charge`]),
+    /// if DATA (else 0): when its payload is still coming as the next read
+    /// begins, h2 has not counted it yet.
+    h2_open: AtomicI64,
 }
 
 impl FloodBudget {
@@ -510,7 +533,61 @@ impl FloodBudget {
             data_in: AtomicU64::new(0),
             data_headed: AtomicU64::new(0),
             data_open: AtomicU32::new(0),
+            h2_small: OnceLock::new(),
+            h2_open: AtomicI64::new(0),
         }
+    }
+
+    /// The connection h2 made (its small-DATA budget read through
+    /// `probe`): from now on no read hands h2 the DATA frame that would
+    /// run that budget out ([`h2_refuses`](Self::h2_refuses)).
+    pub(crate) fn watch_h2(&self, probe: h2::server::DataFrameBudgetProbe) {
+        let _ = self.h2_small.set(probe);
+    }
+
+    /// Whether h2 would end the connection over DATA frame `h` (`first`:
+    /// its payload's first byte, if the read holds it), which the
+    /// tiny-DATA budget then does first, with its count and its line:
+    /// `room` is what was left of h2's small-DATA budget when the read
+    /// came (asked of h2 at the read's first frame that takes from it;
+    /// `open`, what a frame whose payload was still coming takes once
+    /// whole), less what the read's frames before this one take.
+    ///
+    /// Why: ours gives tiny frames back with time (1,000 a second) and
+    /// h2's does not, so a flood read over more than a few tens of
+    /// milliseconds (a busy machine's reads, or a flood larger than the
+    /// socket's buffers) got past ours' 2,000 and met h2's bound (~2,056
+    /// 1-byte frames, `H2_DATA_FRAME_BUDGET` in `http2.rs`), which closed
+    /// the connection with h2's `GOAWAY` and no line of ours
+    /// (`lifecycle.rs`, `an_http2_tiny_data_flood_is_logged_naming_the_budget`,
+    /// 6 and 10 failures in 20 runs, session 52). Exact, not a second
+    /// estimate: every frame read before this read has been processed by
+    /// h2 when the read comes (its codec reads only once the frames it
+    /// holds are handed on), so h2's count then is the truth, and this
+    /// read's frames take from it in order. Give-backs within the read
+    /// (a large frame's) are not counted: the room only shrinks, so ours
+    /// is the stricter. The same holds for small frames that are not tiny
+    /// (16–255 bytes): h2 bounds them too, and its close now comes ours.
+    fn h2_refuses(&self, h: Head, first: Option<u8>, room: &mut Option<i64>, open: i64) -> bool {
+        let charge = h2_charge(h, first);
+        if h.kind == DATA {
+            self.h2_open.store(charge, Relaxed);
+        } else {
+            self.h2_open.store(0, Relaxed);
+        }
+        if charge <= 0 {
+            return false;
+        }
+        let Some(probe) = self.h2_small.get() else {
+            return false;
+        };
+        let left = room
+            .get_or_insert_with(|| i64::try_from(probe.left()).unwrap_or(i64::MAX) - open.max(0));
+        if charge > *left {
+            return true;
+        }
+        *left -= charge;
+        false
     }
 
     /// Gives `n` bytes back to the control budget, up to its size.
@@ -692,12 +769,17 @@ impl FrameWalk {
     }
 
     /// Walks `bytes`, the next ones of the stream, calling `on_head` for
-    /// each frame header completed. Stops when `on_head` does (false),
+    /// each frame header completed, with its payload's first byte if
+    /// `bytes` holds it. Stops when `on_head` does (false),
     /// with where in `bytes` that frame's header began (0 if it began in
     /// an earlier call): every byte before it belongs to frames whose
     /// headers `on_head` accepted. `None` once all of `bytes` is walked.
     #[inline]
-    fn walk(&mut self, mut bytes: &[u8], mut on_head: impl FnMut(Head) -> bool) -> Option<usize> {
+    fn walk(
+        &mut self,
+        mut bytes: &[u8],
+        mut on_head: impl FnMut(Head, Option<u8>) -> bool,
+    ) -> Option<usize> {
         let all = bytes.len();
         loop {
             if self.skip > 0 {
@@ -726,11 +808,42 @@ impl FrameWalk {
                 parse(&self.head)
             };
             self.skip = head.len;
-            if !on_head(head) {
+            let first = if head.len > 0 {
+                bytes.first().copied()
+            } else {
+                None
+            };
+            if !on_head(head, first) {
                 return Some(start);
             }
         }
     }
+}
+
+/// What h2 takes out of its small-DATA budget for DATA frame `h` once it
+/// has it whole (`record_data_frame` in `patches/h2`'s
+/// `proto/streams/counts.rs`): a frame that does not end its stream, with
+/// `n` bytes of payload (padding not counted), `0 < n < 256`, takes
+/// `256 - n`; an empty one nothing (h2 counts those apart); a larger one
+/// gives `n - 256` back (negative here). A padded frame's payload is its
+/// length less its pad-length byte and the padding that byte names
+/// (`first`, when the read holds it; else as small as the frame allows,
+/// which takes the most).
+#[inline]
+fn h2_charge(h: Head, first: Option<u8>) -> i64 {
+    if h.kind != DATA || h.flags & END_STREAM != 0 {
+        return 0;
+    }
+    let len = i64::from(h.len);
+    let payload = match (h.flags & PADDED != 0, first) {
+        (false, _) => len,
+        (true, Some(pad)) => len - 1 - i64::from(pad),
+        (true, None) => (len - H2_SMALL_DATA).max(1),
+    };
+    if payload <= 0 {
+        return 0;
+    }
+    H2_SMALL_DATA - payload
 }
 
 #[inline]
@@ -803,8 +916,21 @@ impl<I: AsyncRead> AsyncRead for MeteredIo<I> {
         let before = buf.filled().len();
         std::task::ready!(this.io.poll_read(cx, buf))?;
         let mut flooded = None;
-        let cut = this.inbound.walk(&buf.filled()[before..], |h| {
-            flooded = budget.receive(h);
+        // h2's small-DATA budget as this read's frames take from it
+        // (`FloodBudget::h2_refuses`); a frame begun in an earlier read and
+        // still coming is not in h2's count yet.
+        let mut room = None;
+        let open = if this.inbound.skip > 0 {
+            budget.h2_open.load(Relaxed)
+        } else {
+            0
+        };
+        let cut = this.inbound.walk(&buf.filled()[before..], |h, first| {
+            flooded = budget.receive(h).or_else(|| {
+                budget
+                    .h2_refuses(h, first, &mut room, open)
+                    .then_some(Flooded::TinyData)
+            });
             flooded.is_none()
         });
         budget.data_walked(this.inbound.skip > 0);
@@ -836,7 +962,7 @@ impl<I: AsyncWrite> AsyncWrite for MeteredIo<I> {
         let this = self.project();
         let n = std::task::ready!(this.io.poll_write(cx, data))?;
         let budget = &**this.budget;
-        this.outbound.walk(&data[..n], |h| {
+        this.outbound.walk(&data[..n], |h, _| {
             budget.sent(h);
             true
         });
@@ -858,7 +984,7 @@ impl<I: AsyncWrite> AsyncWrite for MeteredIo<I> {
             }
             let take = slice.len().min(left);
             left -= take;
-            this.outbound.walk(&slice[..take], |h| {
+            this.outbound.walk(&slice[..take], |h, _| {
                 budget.sent(h);
                 true
             });
@@ -909,7 +1035,7 @@ mod tests {
             let mut walk = FrameWalk::new(PREFACE_LEN);
             let mut seen = Vec::new();
             for part in stream.chunks(chunk) {
-                let stopped = walk.walk(part, |h| {
+                let stopped = walk.walk(part, |h, _| {
                     seen.push((h.kind, h.flags, h.len as usize));
                     true
                 });
@@ -944,7 +1070,7 @@ mod tests {
             let mut walk = FrameWalk::new(PREFACE_LEN);
             let mut read = 0;
             for part in stream.chunks(chunk) {
-                walk.walk(part, |h| budget.receive(h).is_none());
+                walk.walk(part, |h, _| budget.receive(h).is_none());
                 budget.data_walked(walk.skip > 0);
                 read += part.len();
                 let whole: u64 = ends

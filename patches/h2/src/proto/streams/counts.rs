@@ -137,6 +137,14 @@ impl Counts {
         }
     }
 
+    /// What is left of the budget for DATA framing overhead: a DATA frame
+    /// whose charge is more than this ends the connection.
+    pub fn data_frame_budget_left(&self) -> usize {
+        self.data_frame_budget
+            .max
+            .saturating_sub(self.data_frame_budget.spent)
+    }
+
     /// Releases the framing overhead of a DATA frame that is no longer
     /// buffered internally.
     pub fn release_data_frame(&mut self, payload_len: usize) {

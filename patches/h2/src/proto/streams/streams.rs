@@ -15,6 +15,27 @@ use tokio::io::AsyncWrite;
 use std::sync::{Arc, Mutex};
 use std::{fmt, io};
 
+/// Reads what is left of a connection's budget for DATA framing overhead
+/// from outside the connection, whenever asked (the connection's IO, as a
+/// read comes in: every frame read before it has been processed then).
+#[derive(Clone)]
+pub(crate) struct DataFrameBudgetProbe {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl DataFrameBudgetProbe {
+    pub fn left(&self) -> usize {
+        let me = self.inner.lock().unwrap();
+        me.counts.data_frame_budget_left()
+    }
+}
+
+impl fmt::Debug for DataFrameBudgetProbe {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.debug_struct("DataFrameBudgetProbe").finish()
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Streams<B, P>
 where
@@ -1164,6 +1185,12 @@ where
     pub fn unreleased_recv_data(&self) -> WindowSize {
         let me = self.inner.lock().unwrap();
         me.actions.recv.in_flight_data()
+    }
+
+    pub fn data_frame_budget_probe(&self) -> DataFrameBudgetProbe {
+        DataFrameBudgetProbe {
+            inner: self.inner.clone(),
+        }
     }
 
     pub fn has_streams_or_other_references(&self) -> bool {
