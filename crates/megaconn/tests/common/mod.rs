@@ -899,6 +899,25 @@ pub async fn connect_from(source: impl Into<SocketAddr>, addr: SocketAddr) -> Tc
         .unwrap_or_else(|e| panic!("connect to {addr} from {source}: {e}"))
 }
 
+/// Runs `attempt` until one can judge: `Ok` ends it; `Err(why)` is an
+/// attempt the machine stalled past what its timing lets it judge (a fixed
+/// bound of the library's passed while the test was held back), said on
+/// stderr, and another is made, `attempts` in all. Panics if none could
+/// judge. A failure that can be judged is the attempt's own panic.
+pub async fn until_it_can_judge<F, Fut>(attempts: usize, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    for n in 1..=attempts {
+        match attempt().await {
+            Ok(()) => return,
+            Err(stalled) => eprintln!("attempt {n} says nothing: {stalled}"),
+        }
+    }
+    panic!("{attempts} attempts in a row were stalled past what they could judge");
+}
+
 /// An h2c client (prior knowledge) on a fresh connection.
 pub async fn h2c(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
     h2c_from(addr).await.0

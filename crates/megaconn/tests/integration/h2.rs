@@ -1467,13 +1467,7 @@ async fn idle_timeout_fails_a_request_body_that_never_comes() {
 /// cut right (the attempt says nothing, and another is made).
 #[tokio::test]
 async fn idle_timeout_spares_a_slow_but_steady_upload() {
-    for attempt in 1..=3 {
-        match slow_but_steady_upload().await {
-            Ok(()) => return,
-            Err(stalled) => eprintln!("attempt {attempt} says nothing: {stalled}"),
-        }
-    }
-    panic!("three attempts in a row were stalled for half the idle timeout");
+    common::until_it_can_judge(3, slow_but_steady_upload).await;
 }
 
 /// One attempt of [`idle_timeout_spares_a_slow_but_steady_upload`]: `Ok`

@@ -671,13 +671,7 @@ const IDLE_GRACE: Duration = Duration::from_millis(500);
 /// another is made on a fresh server.
 #[tokio::test]
 async fn a_connection_parked_just_before_shutdown_gets_the_idle_grace() {
-    for attempt in 1..=5 {
-        match request_in_the_grace().await {
-            Ok(()) => return,
-            Err(stalled) => eprintln!("attempt {attempt} says nothing: {stalled}"),
-        }
-    }
-    panic!("five attempts in a row were stalled past the idle grace");
+    common::until_it_can_judge(5, request_in_the_grace).await;
 }
 
 /// One attempt of [`a_connection_parked_just_before_shutdown_gets_the_idle_grace`]:
