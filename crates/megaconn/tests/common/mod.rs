@@ -858,6 +858,14 @@ where
 /// "2 lines in 13 ms"; session 51: an access-log test saw another's
 /// `413` line).
 pub async fn connect_from_own_address(addr: SocketAddr) -> TcpStream {
+    connect_from((own_address(), 0), addr).await
+}
+
+/// A loopback address (in 127.1.0.0/16) that no other caller in this test
+/// process was given: its ports are the caller's alone, and so is any
+/// four-tuple from it (a test that gives back a source and binds it again
+/// cannot find it taken by another test's connection meanwhile).
+pub fn own_address() -> std::net::Ipv4Addr {
     use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
     static GIVEN: AtomicU32 = AtomicU32::new(0);
     let n = GIVEN.fetch_add(1, Relaxed);
@@ -866,15 +874,48 @@ pub async fn connect_from_own_address(addr: SocketAddr) -> TcpStream {
         "more than 65,536 own addresses in one test binary"
     );
     let [_, _, high, low] = n.to_be_bytes();
-    let source = std::net::Ipv4Addr::new(127, 1, high, low);
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    std::net::Ipv4Addr::new(127, 1, high, low)
+}
+
+/// A connection to `addr` from `source` (port 0: any free one; a per-IP
+/// limit's tests pick the IP). Bound with `SO_REUSEADDR`, so that a
+/// source given back with a reset can be bound again, the same four-tuple
+/// (`park_evict.rs` steers a newcomer to a known worker that way); a
+/// port-0 bind still never shares a port with another socket of the same IP.
+pub async fn connect_from(source: impl Into<SocketAddr>, addr: SocketAddr) -> TcpStream {
+    let source = source.into();
+    let socket = match source {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
     socket
-        .bind((source, 0).into())
+        .bind(source)
         .unwrap_or_else(|e| panic!("bind {source}: {e}"));
     socket
         .connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect to {addr} from {source}: {e}"))
+}
+
+/// Runs `attempt` until one can judge: `Ok` ends it; `Err(why)` is an
+/// attempt the machine stalled past what its timing lets it judge (a fixed
+/// bound of the library's passed while the test was held back), said on
+/// stderr, and another is made, `attempts` in all. Panics if none could
+/// judge. A failure that can be judged is the attempt's own panic.
+pub async fn until_it_can_judge<F, Fut>(attempts: usize, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    for n in 1..=attempts {
+        match attempt().await {
+            Ok(()) => return,
+            Err(stalled) => eprintln!("attempt {n} says nothing: {stalled}"),
+        }
+    }
+    panic!("{attempts} attempts in a row were stalled past what they could judge");
 }
 
 /// An h2c client (prior knowledge) on a fresh connection.

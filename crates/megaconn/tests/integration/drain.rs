@@ -353,13 +353,17 @@ async fn stopped_soon(server: common::AppServer, shutdown_at: Instant) {
     stopped_soon_after(&summary, shutdown_at);
 }
 
-/// Checks a server that stopped by `summary`: nothing forced, and soon
-/// after `since` (long before its `shutdown_timeout` of `SAFETY / 2`).
+/// Checks a server that stopped by `summary`: nothing forced, and before
+/// its `shutdown_timeout` (`SAFETY / 2`) had passed since `since` (when
+/// shutdown began, or later), so not held to its deadline. That is the
+/// behaviour checked; the drain itself takes well under a second, and the
+/// bound is a hang guard only (it was `SAFETY / 4`, a time a starved
+/// machine could reach with nothing wrong).
 fn stopped_soon_after(summary: &megaconn::ShutdownSummary, since: Instant) {
     assert_eq!(summary.forced, 0, "{summary:?}");
     assert!(
-        since.elapsed() < common::SAFETY / 4,
-        "stopped {:?} after",
+        since.elapsed() < common::SAFETY / 2,
+        "stopped {:?} after: held to its deadline",
         since.elapsed()
     );
 }

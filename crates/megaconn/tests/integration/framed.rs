@@ -21,7 +21,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// The test handler. Per connection it counts messages (its state). A frame
-/// `count` is answered with the count so far, `bye` with `bye` and a close;
+/// `count` is answered with the count so far, `largest` with the largest
+/// allocation made on the worker's thread so far, `bye` with `bye` and a close;
 /// `panic` panics; `sub T` / `unsub T` subscribe to topic `T` (answered
 /// `ok`); `wait` reports it is busy and waits for a permit of the gate
 /// (answered `waited`); anything else is echoed. Closes are reported with
@@ -45,6 +46,9 @@ impl FramedHandler for Probe {
         *seen += 1;
         match &frame[..] {
             b"count" => Some(Bytes::from(seen.to_string())),
+            b"largest" => Some(Bytes::from(
+                crate::largest_allocation_on_this_thread().to_string(),
+            )),
             b"panic" => panic!("the test handler panics on request"),
             b"bye" => {
                 session.send("bye");
@@ -559,7 +563,14 @@ async fn a_header_announcing_a_huge_frame_does_not_reserve_it() {
     // Closed mid-frame at the message timeout: the server read it all.
     read_to_close(&mut s).await;
     assert_eq!(server.next_close().await, (0, CloseReason::MessageTimeout));
-    let largest = crate::largest_allocation();
+    // Asked of the server's one worker, on whose thread the frame was read:
+    // the process's largest would count the other tests' allocations too.
+    let mut asker = server.connect().await;
+    asker.write_all(&frame(b"largest")).await.unwrap();
+    let largest: usize = String::from_utf8(read_frame(&mut asker).await)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(
         largest < ANNOUNCED as usize / 4,
         "the largest allocation was {largest} bytes"

@@ -289,9 +289,7 @@ async fn limits_parking_and_shutdown_are_reported() {
 
     // An idle connection at shutdown. From another loopback address: the
     // first one's place may be given back a moment after its close event.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-    let mut third = socket.connect(server.addr).await.unwrap();
+    let mut third = common::connect_from_own_address(server.addr).await;
     get(&mut third, "").await;
     read_response(&mut third).await;
     server.stop().await;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use common::{read_response, read_to_close, TestServer};
 use megaconn::AcceptRate;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// A refused client's answer on a cleartext HTTP listener, whole.
 fn refusal(retry_after: u64) -> Vec<u8> {
@@ -41,12 +41,6 @@ async fn refused_answer(s: &mut TcpStream) -> (Vec<u8>, std::io::Result<()>) {
     (out, end)
 }
 
-async fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    socket.connect(server).await.unwrap()
-}
-
 async fn served(s: &mut TcpStream) -> bool {
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
@@ -62,8 +56,8 @@ async fn per_ip_limit_refuses_the_extra_connection_only() {
             .max_connections_per_ip(Some(2)),
     )
     .await;
-    let mut a = connect_from("127.0.0.1", server.addr).await;
-    let mut b = connect_from("127.0.0.1", server.addr).await;
+    let mut a = common::connect_from(([127, 0, 0, 1], 0), server.addr).await;
+    let mut b = common::connect_from(([127, 0, 0, 1], 0), server.addr).await;
     assert!(served(&mut a).await && served(&mut b).await);
     assert_eq!(
         server.handle.stats().rejected_per_ip,
@@ -71,7 +65,7 @@ async fn per_ip_limit_refuses_the_extra_connection_only() {
         "under the limit nothing is refused"
     );
 
-    let mut c = connect_from("127.0.0.1", server.addr).await;
+    let mut c = common::connect_from(([127, 0, 0, 1], 0), server.addr).await;
     let (answer, _) = refused_answer(&mut c).await;
     assert_eq!(
         String::from_utf8_lossy(&answer),
@@ -82,14 +76,14 @@ async fn per_ip_limit_refuses_the_extra_connection_only() {
         .await;
 
     // Another address is counted on its own.
-    let mut d = connect_from("127.0.0.2", server.addr).await;
+    let mut d = common::connect_from(([127, 0, 0, 2], 0), server.addr).await;
     assert!(served(&mut d).await);
     // A closed connection frees its place.
     drop(a);
     server
         .wait_stats("a closed", |s| s.connections_open == 2)
         .await;
-    let mut e = connect_from("127.0.0.1", server.addr).await;
+    let mut e = common::connect_from(([127, 0, 0, 1], 0), server.addr).await;
     assert!(served(&mut e).await);
     assert_eq!(server.handle.stats().rejected_per_ip, 1);
     let metrics = server.handle.render_metrics();
@@ -114,7 +108,7 @@ async fn a_reset_parked_connection_gives_its_per_ip_place_back() {
     )
     .await;
     for round in 0..3 {
-        let mut a = connect_from("127.0.0.1", server.addr).await;
+        let mut a = common::connect_from(([127, 0, 0, 1], 0), server.addr).await;
         assert!(served(&mut a).await, "round {round}: under the limit");
         server
             .wait_stats("parked", |s| s.connections_parked == 1)
@@ -129,7 +123,7 @@ async fn a_reset_parked_connection_gives_its_per_ip_place_back() {
             .wait_stats("closed", |s| s.connections_open == 0)
             .await;
     }
-    let mut b = connect_from("127.0.0.1", server.addr).await;
+    let mut b = common::connect_from(([127, 0, 0, 1], 0), server.addr).await;
     assert!(served(&mut b).await, "the IP's place was given back");
     assert_eq!(server.handle.stats().rejected_per_ip, 0);
     server.stop().await;

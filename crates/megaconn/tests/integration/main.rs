@@ -15,13 +15,15 @@
 //! binary before: nothing here touches process-wide state (environment,
 //! rlimits, global subscribers), and each test starts its own server on
 //! `127.0.0.1:0`. The one process-wide thing is the allocator, which notes
-//! the largest single allocation ([`largest_allocation`]) and counts each
-//! thread's reallocations ([`reallocations_on_this_thread`]), and changes
-//! nothing. Run one subject with a filter, e.g.
+//! each thread's largest single allocation
+//! ([`largest_allocation_on_this_thread`]) and counts each thread's
+//! reallocations ([`reallocations_on_this_thread`]), and changes nothing.
+//! Both are per thread, read by a server's handler on its worker's thread:
+//! a process-wide figure would count the tests running in parallel. Run one
+//! subject with a filter, e.g.
 //! `cargo test -p megaconn --test integration park::`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -122,31 +124,33 @@ mod ws_handler_wait;
 mod ws_rooms;
 mod wss_confirm;
 
-/// The system allocator, noting the largest allocation it was asked for.
+/// The system allocator, noting each thread's largest allocation and
+/// reallocations.
 struct NotesLargest;
-
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
 #[global_allocator]
 static ALLOCATOR: NotesLargest = NotesLargest;
 
-fn note(size: usize) {
-    if size > LARGEST.load(Relaxed) {
-        LARGEST.fetch_max(size, Relaxed);
-    }
-}
-
-/// The largest single allocation of the process so far, in bytes (a test
-/// that the server never reserves what a peer only announced; the other
-/// tests here allocate at most tens of megabytes at once).
-pub(crate) fn largest_allocation() -> usize {
-    LARGEST.load(Relaxed)
-}
-
 thread_local! {
-    /// Reallocations made on this thread (a `const` cell: reading it in
-    /// the allocator allocates nothing).
+    /// The largest allocation asked for on this thread (a `const` cell:
+    /// reading it in the allocator allocates nothing).
+    static LARGEST: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+
+    /// Reallocations made on this thread (a `const` cell, as above).
     static REALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn note(size: usize) {
+    // (Not after the thread's locals are gone.)
+    let _ = LARGEST.try_with(|largest| largest.set(largest.get().max(size)));
+}
+
+/// The largest single allocation this thread has asked for so far, in
+/// bytes: a server's handler reads its worker's, that the server never
+/// reserves what a peer only announced. (It was the process's largest,
+/// which counted whatever the tests running beside it allocated.)
+pub(crate) fn largest_allocation_on_this_thread() -> usize {
+    LARGEST.get()
 }
 
 /// How many reallocations this thread has made so far (a server's handler

@@ -10,13 +10,12 @@
 
 use crate::common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::routing::get;
 use common::{read_response, read_to_close, reset, AppServer};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 /// The server's `max_connections`: two busy connections on one worker, two
@@ -51,15 +50,6 @@ async fn ask(s: &mut TcpStream, path: &str) -> String {
     String::from_utf8(read_response(s).await.body).unwrap()
 }
 
-/// A connection from `source` (port 0: any), with `SO_REUSEADDR`, so that
-/// a source given back with a reset can connect from again.
-async fn connect_from(source: SocketAddr, server: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(source).unwrap();
-    socket.connect(server).await.unwrap()
-}
-
 /// Before, the waiting worker only looked at its own lot: with every one
 /// of its connections busy it waited (for ever here), while the other
 /// worker held idle parked connections that could have made room.
@@ -85,8 +75,10 @@ async fn at_the_limit_a_worker_with_nothing_idle_has_another_workers_lot_make_ro
         }
     };
 
-    // The newcomer's source, and the worker whose listener it goes to.
-    let mut probe = connect_from("127.0.0.2:0".parse().unwrap(), addr).await;
+    // The newcomer's source, and the worker whose listener it goes to. An
+    // address of the test's own: given back with a reset, its port cannot
+    // be taken meanwhile by another test's connection from the same IP.
+    let mut probe = common::connect_from((common::own_address(), 0), addr).await;
     let newcomer_from = probe.local_addr().unwrap();
     let busy_worker = ask(&mut probe, "/who").await;
     reset(probe);
@@ -122,7 +114,7 @@ async fn at_the_limit_a_worker_with_nothing_idle_has_another_workers_lot_make_ro
 
     // At the limit, on the worker with nothing idle: it is served, in room
     // the other worker's lot made.
-    let mut newcomer = connect_from(newcomer_from, addr).await;
+    let mut newcomer = common::connect_from(newcomer_from, addr).await;
     let answered = tokio::time::timeout(Duration::from_secs(5), ask(&mut newcomer, "/who")).await;
     let stats = server.handle.stats();
     assert_eq!(

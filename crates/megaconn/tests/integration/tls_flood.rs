@@ -287,20 +287,6 @@ async fn silent_clients_hold_no_place_among_handshakes_in_flight() {
     assert!(server.stop().await, "the server stops");
 }
 
-/// A TLS connection from `source`'s IP to `addr`, handshake done.
-async fn connect_from(
-    source: &str,
-    addr: SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    let tcp = socket.connect(addr).await.unwrap();
-    common::tls::handshake(tcp, config, "localhost")
-        .await
-        .expect("handshake succeeds")
-}
-
 /// A certificate for `localhost` from `ca`, one connection per IP per 100 s
 /// (`TlsConfig::handshake_rate_per_ip`): the second comes long before a
 /// refill.
@@ -310,7 +296,11 @@ fn one_handshake_per_ip(ca: &Ca) -> TlsConfig {
 
 /// A request from `source`'s IP to `addr` over TLS, answered; closed.
 async fn served_from(source: &str, addr: SocketAddr, config: Arc<rustls::ClientConfig>) {
-    let mut s = connect_from(source, addr, config).await;
+    let source: std::net::IpAddr = source.parse().unwrap();
+    let tcp = common::connect_from((source, 0), addr).await;
+    let mut s = common::tls::handshake(tcp, config, "localhost")
+        .await
+        .expect("handshake succeeds");
     assert_eq!(http1_get(&mut s).await.1, "Hello, World!");
 }
 
