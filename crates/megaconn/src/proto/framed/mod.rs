@@ -28,6 +28,8 @@ pub(crate) mod adopt;
 pub(crate) mod codec;
 pub(crate) mod conn;
 pub(crate) mod handler;
+#[cfg(test)]
+mod size_guard;
 
 use std::net::SocketAddr;
 use std::os::fd::{OwnedFd, RawFd};
