@@ -190,7 +190,7 @@ pub(crate) async fn accept_loop(
                 max_connections = limit.max(),
                 fd_reserve = ctx.config.fd_reserve,
                 suppressed,
-                "many connections refused by {knob} at once: {bound} refusals already wait for their client's first bytes (to answer HTTP/2 with a GOAWAY, HTTP/1.1 with a 503), the most the open-file limit leaves room for past max_connections and fd_reserve (half that room, at most {UNDECIDED_SERVER_MAX}), so this one was answered at once: an HTTP/1.1 client read its 503 all the same, an HTTP/2 one may read a 503 instead of a GOAWAY, a TLS one a reset. The refusals are {knob}'s doing: if the clients are legitimate, raise {knob}; nothing to do otherwise"
+                "many connections refused by {knob} at once: {bound} refusals already wait for their client's first bytes (so that an HTTP/2 client reads a GOAWAY and an HTTP/1.1 one a 503, and a TLS or framed one, answered nothing, gets a FIN rather than a reset), the most the open-file limit leaves room for past max_connections and fd_reserve (half that room, at most {UNDECIDED_SERVER_MAX}), so this one was answered at once: an HTTP/1.1 client read its 503 all the same, an HTTP/2 one may read a 503 instead of a GOAWAY, a TLS or framed one a reset. The refusals are {knob}'s doing: if the clients are legitimate, raise {knob}; nothing to do otherwise"
             ),
             Bound::Loop(bound, knob) => tracing::warn!(
                 worker = ctx.index,
@@ -198,7 +198,7 @@ pub(crate) async fn accept_loop(
                 refused_by = knob,
                 refusals_waiting_in_loop = bound,
                 suppressed,
-                "many connections refused by {knob} at once on one listener: {bound} refusals already wait in its accept loop for their client's first bytes (to answer HTTP/2 with a GOAWAY, HTTP/1.1 with a 503), a loop's most ({UNDECIDED_MAX}), so the oldest was answered at once: an HTTP/1.1 client read its 503 all the same, an HTTP/2 one may read a 503 instead of a GOAWAY, a TLS one a reset. The refusals are {knob}'s doing: if the clients are legitimate, raise {knob}; nothing to do otherwise"
+                "many connections refused by {knob} at once on one listener: {bound} refusals already wait in its accept loop for their client's first bytes (so that an HTTP/2 client reads a GOAWAY and an HTTP/1.1 one a 503, and a TLS or framed one, answered nothing, gets a FIN rather than a reset), a loop's most ({UNDECIDED_MAX}), so the oldest was answered at once: an HTTP/1.1 client read its 503 all the same, an HTTP/2 one may read a 503 instead of a GOAWAY, a TLS or framed one a reset. The refusals are {knob}'s doing: if the clients are legitimate, raise {knob}; nothing to do otherwise"
             ),
         }
         });
