@@ -813,6 +813,10 @@ fn same_section(a: &[u8], b: &[u8]) -> bool {
 /// The longest section [`same_section`] compares a word at a time.
 const SHORT_SECTION: usize = 48;
 
+#[cfg(test)]
+#[path = "same_section_tests.rs"]
+mod same_section_tests;
+
 /// Whether a head of this request line may be made from [`HeadMemo`]:
 /// not `CONNECT`, and a target in origin form (see the memo's doc).
 #[inline(always)]
