@@ -89,21 +89,24 @@ pin_project_lite::pin_project! {
     /// A connection's future whose every poll first asks the CPU for each
     /// of its cache lines, all at once, then polls it.
     ///
-    /// A keep-alive request touches most of the ~13 lines of its
-    /// connection's future (the states of the nested futures, the socket,
-    /// the buffers' slots, the timer: ~10 of them missed the first-level
-    /// cache a request at 512 connections, callgrind's model,
-    /// `bench/CPU-PER-REQUEST.md`, session 53), one after another, each
-    /// found only when the code before it has run. While every
-    /// connection's lines stay in the core's second-level cache that costs
-    /// little; at 512 busy connections they share it with the kernel's
-    /// state for 1,024 sockets (both ends of each loopback connection pass
-    /// through this core), and each of those misses waits on the next
-    /// level in turn: the user time a request grew by 25–35 % from 64 to
-    /// 512 connections while its instructions did not. Asked for together,
-    /// the lines come in parallel: one wait instead of ten. About fifteen
-    /// instructions a poll (a prefetch a line), and no effect on what is
-    /// computed: a prefetch is a hint that never faults.
+    /// A keep-alive request touches most of the 13–14 lines of its
+    /// connection's future (864 bytes with the demo's service: the states
+    /// of the nested futures, the socket, the buffers' slots, the timer;
+    /// ~10 of them missed the first-level cache a request at 512
+    /// connections in callgrind's model, `bench/CPU-PER-REQUEST.md`,
+    /// session 53), one after another, each found only when the code
+    /// before it has run. While every connection's lines stay in the
+    /// core's second-level cache that costs little; at 512 busy
+    /// connections the cache also holds the kernel's state for 1,024
+    /// sockets (both ends of each loopback connection pass through this
+    /// core), and each of those misses waits on the next level in turn:
+    /// the user time a request grew by 25–35 % from 64 to 512 connections
+    /// while its instructions did not. Asked for together, the lines can
+    /// come in parallel, one wait instead of ten. Fifteen instructions a
+    /// poll (a prefetch a line, unrolled), and no effect on what is
+    /// computed: a prefetch is a hint that never faults. (What it saves
+    /// was measured only on a saturated machine, where it could not be
+    /// told from the noise: see the bench file.)
     pub(crate) struct Prefetched<F> {
         #[pin]
         inner: F,
