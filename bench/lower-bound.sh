@@ -14,7 +14,7 @@
 #                        fork), `return 200 "Hello, World!"`: the peer to beat
 # and the compute alone (no I/O): `tokio-floor compute LEVEL N`.
 # Each server runs under `valgrind --tool=callgrind` on core $SERVER_CPU, gets
-# one curl, then `megaconn load -t 1 -c 64 -n N` from core $LOAD_CPU, then
+# one curl, then `megaconn load -t 1 -c CONNS -n N` from core $LOAD_CPU, then
 # SIGTERM. Per request = (instructions with N2 requests − with N1) / (N2 −
 # N1): startup, connection setup and the warm-up cancel out, and the count
 # does not depend on how busy the machine is. System calls are not counted
@@ -56,7 +56,18 @@
 #   whose last field changes every request, two taking turns, the
 #   patterns of session 52's count of what the header-section memo's
 #   misses cost; the table gets a column, the memo's copies of a section
-#   per request, the calls of `HeadMemo::remember`; RATE does not apply).
+#   per request, the calls of `HeadMemo::remember`; RATE does not apply),
+#   CONNS (64: the load's connections, `load -c CONNS`, or the pattern
+#   client's; session 53 counted 64 against 512, issue 15's two closed
+#   loops: with many connections keep N1 well above a few requests per
+#   connection, e.g. N1=10000 N2=50000 at 512, so that every connection's
+#   first requests, its accept and its first registration, fall in N1's
+#   run and cancel out), CACHE (with SIM=1: valgrind's cache geometry
+#   flags, e.g. "--I1=32768,8,64 --D1=49152,12,64 --LL=1048576,16,64", this
+#   machine's L1 and, as the "last level", its per-core L2 (lscpu): the
+#   LL column then counts L2 misses, what a working set that outgrows L2
+#   costs; unset: valgrind's guess from the host, whose LL is the 32 MiB
+#   L3, which no run here outgrows).
 # Output: bench/out/lower-bound-<stamp>/ (callgrind files, table.md); the
 #   table on stdout.
 # The warm-up (paced runs): the start of a paced run is not the same from
@@ -138,7 +149,10 @@ rate=()
 SIM="${SIM:-0}"
 DUMP_INSTR="${DUMP_INSTR:-no}"
 sim=()
-[[ "$SIM" == 1 ]] && sim=(--cache-sim=yes --branch-sim=yes)
+# shellcheck disable=SC2206  # CACHE: valgrind flags, as on a command line
+[[ "$SIM" == 1 ]] && sim=(--cache-sim=yes --branch-sim=yes ${CACHE:-})
+CONNS="${CONNS:-64}"
+[[ "$CONNS" =~ ^[1-9][0-9]*$ ]] || die "CONNS=$CONNS is not a count of connections"
 # total FILE [FN]: the counts of a finished callgrind run, space separated:
 # Ir (the instructions), and with SIM also I1mr D1mr D1mw ILmr DLmr DLmw Bc
 # Bcm Bi Bim, found by name in its "events:" line; then the calls of
@@ -181,10 +195,10 @@ served() {
   SERVER_PID=$! SERVER_NAME="valgrind-$name"
   wait_http "$port" 120 || die "$name did not answer under valgrind (see $RES_DIR/$name-$n.log)"
   if [[ -n "$HEADERS" ]]; then
-    timeout 600 taskset -c "$LOAD_CPU" python3 "$BENCH_DIR/head_pattern_client.py" "$port" "$n" 64 "$HEADERS" \
+    timeout 600 taskset -c "$LOAD_CPU" python3 "$BENCH_DIR/head_pattern_client.py" "$port" "$n" "$CONNS" "$HEADERS" \
       >"$RES_DIR/$name-$n.load.out" 2>&1 &
   else
-    timeout 600 taskset -c "$LOAD_CPU" "$MEGACONN" load "http://127.0.0.1:$port/" -t 1 -q -c 64 -n "$n" "${rate[@]}" \
+    timeout 600 taskset -c "$LOAD_CPU" "$MEGACONN" load "http://127.0.0.1:$port/" -t 1 -q -c "$CONNS" -n "$n" "${rate[@]}" \
       --json "$RES_DIR/$name-$n.load.json" >"$RES_DIR/$name-$n.load.out" 2>&1 &
   fi
   load_pid=$!
@@ -194,7 +208,7 @@ served() {
     # zero once fell 50 requests in, before the last first requests); at its
     # end every count so far is forgotten (valgrind's pid is the server's).
     for ((i = 0; i < 300; i++)); do
-      (($(ss -Htn state established "( sport = :$port )" 2>/dev/null | wc -l) >= 64)) && break
+      (($(ss -Htn state established "( sport = :$port )" 2>/dev/null | wc -l) >= CONNS)) && break
       sleep 0.1
     done
     sleep "$WARMUP"
@@ -286,8 +300,8 @@ if [[ "$NGINX" == 1 ]]; then
 fi
 
 {
-  load="\`load -c 64${RATE:+ --rate $RATE}\`"
-  [[ -n "$HEADERS" ]] && load="\`head_pattern_client.py\` 64 connections, HEADERS=$HEADERS"
+  load="\`load -c $CONNS${RATE:+ --rate $RATE}\`"
+  [[ -n "$HEADERS" ]] && load="\`head_pattern_client.py\` $CONNS connections, HEADERS=$HEADERS"
   echo "### User-space instructions per keep-alive request (callgrind, (N=$N2 − N=$N1) / $((N2 - N1)), $load)"
   echo
   wcol="" wsep=""
