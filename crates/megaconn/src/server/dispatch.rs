@@ -33,9 +33,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 
 use futures_util::future::{Either, FutureExt};
 use tokio::net::TcpStream;
@@ -68,93 +66,9 @@ use crate::service::HttpService;
 /// worker's spawner, its only caller outside tests): a call returns the
 /// future on the stack, copied from there into its box (760 bytes a
 /// wake-up); inlined, its fields are written straight into the box (`bench/HEARTBEAT.md`,
-/// session 52). Each poll first asks the CPU for every cache line of the
-/// future at once ([`Prefetched`]).
+/// session 52).
 #[inline(always)]
 pub(crate) fn serve<S>(
-    incoming: Incoming,
-    service: S,
-    ctx: Rc<WorkerContext>,
-    conn: Connection,
-) -> Prefetched<impl Future<Output = ()>>
-where
-    S: HttpService + 'static,
-{
-    Prefetched {
-        inner: choose(incoming, service, ctx, conn),
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A connection's future whose every poll first asks the CPU for each
-    /// of its cache lines, all at once, then polls it.
-    ///
-    /// A keep-alive request touches most of the 13–14 lines of its
-    /// connection's future (864 bytes with the demo's service: the states
-    /// of the nested futures, the socket, the buffers' slots, the timer;
-    /// ~10 of them missed the first-level cache a request at 512
-    /// connections in callgrind's model, `bench/CPU-PER-REQUEST.md`,
-    /// session 53), one after another, each found only when the code
-    /// before it has run. While every connection's lines stay in the
-    /// core's second-level cache that costs little; at 512 busy
-    /// connections the cache also holds the kernel's state for 1,024
-    /// sockets (both ends of each loopback connection pass through this
-    /// core), and each of those misses waits on the next level in turn:
-    /// the user time a request grew by 25–35 % from 64 to 512 connections
-    /// while its instructions did not. Asked for together, the lines can
-    /// come in parallel, one wait instead of ten. Fifteen instructions a
-    /// poll (a prefetch a line, unrolled), and no effect on what is
-    /// computed: a prefetch is a hint that never faults. (What it saves
-    /// was measured only on a saturated machine, where it could not be
-    /// told from the noise: see the bench file.)
-    pub(crate) struct Prefetched<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F: Future> Future for Prefetched<F> {
-    type Output = F::Output;
-
-    #[inline(always)]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        prefetch_lines(self.as_ref().get_ref());
-        self.project().inner.poll(cx)
-    }
-}
-
-/// Asks the CPU to bring every cache line of `value` into its first-level
-/// cache, without waiting for any (a no-op off x86-64).
-#[inline(always)]
-fn prefetch_lines<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        /// A cache line's size on every x86-64 this runs on.
-        const LINE: usize = 64;
-        let start = std::ptr::from_ref(value).cast::<i8>();
-        let size = std::mem::size_of::<T>();
-        let mut at = 0;
-        while at < size {
-            // SAFETY: SSE is part of x86-64 (the intrinsic asks only for
-            // that), and a prefetch reads nothing: it never faults, on any
-            // address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(at)) };
-            at += LINE;
-        }
-        // The last line too, when `value` does not start on a line.
-        if size > 0 {
-            // SAFETY: as above.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(size - 1)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
-}
-
-/// [`serve`]'s choice of future (always inlined, as `serve` is).
-#[inline(always)]
-fn choose<S>(
     incoming: Incoming,
     service: S,
     ctx: Rc<WorkerContext>,
