@@ -1100,6 +1100,11 @@ async fn a_websocket_past_its_limit_closes_with_1009_and_logs_the_setting() {
             .await
             .expect("handshake in time")
             .expect("handshake");
+        // The line names the peer: this client.
+        let peer = match client.get_ref() {
+            tokio_tungstenite::MaybeTlsStream::Plain(s) => s.local_addr().unwrap(),
+            other => panic!("a plain ws:// client, not {other:?}"),
+        };
         // At both limits: echoed.
         let fits = Message::binary(vec![7u8; MESSAGE]);
         client.send(fits.clone()).await.unwrap();
@@ -1127,7 +1132,7 @@ async fn a_websocket_past_its_limit_closes_with_1009_and_logs_the_setting() {
         // Logged before the close frame went out; the first of its
         // setting, however soon after the other's.
         let line = format!(
-            "WebSocket {what} over WebSocketRoute::{setting}; closing with 1009 size={} limit={limit} suppressed=0",
+            "WebSocket {what} from {peer} over WebSocketRoute::{setting}; closing with 1009 size={} limit={limit} suppressed=0",
             limit + 1
         );
         let logged = logged().clone();
@@ -1177,14 +1182,14 @@ async fn a_framed_connection_past_its_limit_closes_and_logs_the_setting() {
             1004u32.to_be_bytes().to_vec(),
             FramingError::FrameTooLarge,
             "framed_max_frame_bytes",
-            "framed TCP frame over Framing::max_inbound_frame_bytes (or max_frame_bytes); closing size=1004 limit=1003 suppressed=0",
+            "framed TCP frame from {peer} over Framing::max_inbound_frame_bytes (or max_frame_bytes); closing size=1004 limit=1003 suppressed=0",
         ),
         (
             Framing::lines().max_line_bytes(1005),
             [&[b'l'; 1006][..], b"\n"].concat(),
             FramingError::LineTooLong,
             "framed_max_line_bytes",
-            "framed TCP line over Framing::max_line_bytes; closing size=1006 limit=1005 suppressed=0",
+            "framed TCP line from {peer} over Framing::max_line_bytes; closing size=1006 limit=1005 suppressed=0",
         ),
     ];
     // One server, so one worker (with its own log limiter) for both: a
@@ -1201,6 +1206,8 @@ async fn a_framed_connection_past_its_limit_closes_and_logs_the_setting() {
     let task = tokio::spawn(server.serve_framed(FramedEcho(closes)));
     for (addr, (_, past, error, label, line)) in addrs.into_iter().zip(cases) {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The line names the peer: this client.
+        let line = line.replace("{peer}", &s.local_addr().unwrap().to_string());
         s.write_all(&past).await.unwrap();
         assert_eq!(read_to_close(&mut s).await, b"", "{label}");
         let reason = tokio::time::timeout(SAFETY, closed.recv()).await.unwrap();

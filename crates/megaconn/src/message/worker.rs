@@ -582,7 +582,7 @@ impl Local {
         };
         let (hit, over, then) = refused_subscription(refused, topic.len());
         hit.count(&self.stats);
-        ratelog::over_limit(over, then);
+        ratelog::over_limit(over, || super::session::peer_of(id.fd()), then);
         subscribed
     }
 

@@ -645,14 +645,22 @@ pub(crate) struct OverLimit {
 }
 
 /// Logs (limited, as `over.kind`) that a peer went over a limit, naming
-/// the setting, and `then`, what the connection does about it.
-pub(crate) fn over_limit(over: OverLimit, then: &str) {
+/// the setting, the peer where known (an operator looks for the device or
+/// client that did it, as a broker's line names its client) and `then`,
+/// what the connection does about it. `peer` is asked only for a line that
+/// goes out (it may cost a system call).
+pub(crate) fn over_limit(
+    over: OverLimit,
+    peer: impl FnOnce() -> Option<std::net::SocketAddr>,
+    then: &str,
+) {
     log(over.kind, |suppressed| {
+        let from = peer().map(|p| format!(" from {p}")).unwrap_or_default();
         tracing::info!(
             size = over.size,
             limit = over.limit,
             suppressed,
-            "{} over {}; {then}",
+            "{}{from} over {}; {then}",
             over.what,
             over.setting
         )

@@ -53,6 +53,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
+use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
@@ -276,7 +277,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                     Err(error) => {
                         incr(&ctx.stats.protocol_errors);
                         LimitHit::from(error).count(&ctx.stats);
-                        log_framing_error(error, codec.over_limit(error, b));
+                        log_framing_error(error, codec.over_limit(error, b), fd);
                         if let Some(last) = last_word(handler, live.state(), error, &ctx) {
                             session.send(last);
                         }
@@ -714,9 +715,9 @@ fn asked_to_hand_over(ctx: &WorkerContext, may: bool) -> impl Future<Output = ()
 /// Logs a framing error: a frame or line over its limit at info, naming the
 /// [`Framing`] setting, at most once per interval per setting and worker (a
 /// peer can repeat it at will); malformed input at debug.
-fn log_framing_error(error: FramingError, over: Option<OverLimit>) {
+fn log_framing_error(error: FramingError, over: Option<OverLimit>, fd: RawFd) {
     match over {
-        Some(over) => ratelog::over_limit(over, "closing"),
+        Some(over) => ratelog::over_limit(over, || crate::message::session::peer_of(fd), "closing"),
         None => tracing::debug!(%error, "framing error; closing"),
     }
 }

@@ -58,6 +58,7 @@
 //! first, RFC 6455 §7.1.1): `closing.rs`.
 
 use std::future::{poll_fn, Future};
+use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
@@ -329,7 +330,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             let event = match decoded {
                 Ok(Some(event)) => event,
                 Ok(None) => break,
-                Err(violation) => break 'serve violated(&ctx, violation),
+                Err(violation) => break 'serve violated(&ctx, violation, fd),
             };
             only_pongs &= matches!(event, Event::Pong);
             // A message (or a control frame outside one) ended: the next
@@ -1211,13 +1212,17 @@ fn queued(
 /// limit hit is logged at info, naming the setting, at most once per
 /// interval per setting and worker (a peer can repeat it at will), as an
 /// `axum_ws` socket's 1009 is; other violations at debug.
-fn violated(ctx: &WorkerContext, violation: Violation) -> Next {
+fn violated(ctx: &WorkerContext, violation: Violation, fd: RawFd) -> Next {
     let code = violation.code();
     incr(&ctx.stats.protocol_errors);
     if let Violation::TooBig(too_big) = violation {
         too_big.limit_hit().count(&ctx.stats);
         let over = too_big.over_limit();
-        ratelog::over_limit(over, "closing with 1009");
+        ratelog::over_limit(
+            over,
+            || crate::message::session::peer_of(fd),
+            "closing with 1009",
+        );
     } else {
         tracing::debug!(
             code,

@@ -306,7 +306,9 @@ impl WebSocket {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 let (hit, over) = self.over_size(*size, *max_size);
                 self.io.limit_hit(hit);
-                ratelog::over_limit(over, "closing with 1009");
+                // The peer is not at hand here (an HTTP/2 stream has none of its
+                // own); the close's reason and the route's logs name it.
+                ratelog::over_limit(over, || None, "closing with 1009");
             }
             _ => {
                 tracing::debug!(%error, code = u16::from(code), "closing the WebSocket after a bad frame")
