@@ -231,7 +231,7 @@ impl LocalShutdown {
     /// after the drain's start for a later request's head (`since` `None`).
     /// See [`NEW_CONNECTION_GRACE`].
     pub(crate) fn head_cut(&self, since: Option<Instant>) -> Option<Instant> {
-        let began = self.began_at.get().filter(|_| self.started.get())?;
+        let began = self.began_at.get()?;
         Some(match since {
             Some(since) => (since + NEW_CONNECTION_GRACE).max(began),
             None => began + NEW_CONNECTION_GRACE,
@@ -856,6 +856,31 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// A head wait's cut: none before the drain; a first request's
+    /// `NEW_CONNECTION_GRACE` after its accept, at the drain's start at the
+    /// earliest (Go closes a new connection once it is 5 s old); a later
+    /// head's that long into the drain. The drain's start is its first
+    /// `begin`: the deadline's `start` does not move it.
+    #[test]
+    fn head_cuts_follow_gos_rule_for_new_connections() {
+        let s = LocalShutdown::default();
+        assert_eq!(s.head_cut(Some(Instant::now())), None, "no drain yet");
+        assert_eq!(s.head_cut(None), None, "no drain yet");
+        s.begin(true);
+        let began = s.began_at.get().expect("the drain began");
+        let old = began - NEW_CONNECTION_GRACE * 2;
+        assert_eq!(s.head_cut(Some(old)), Some(began), "5 s old: at once");
+        let young = began - NEW_CONNECTION_GRACE / 5;
+        assert_eq!(
+            s.head_cut(Some(young)),
+            Some(young + NEW_CONNECTION_GRACE),
+            "1 s old: 4 s into the drain"
+        );
+        assert_eq!(s.head_cut(None), Some(began + NEW_CONNECTION_GRACE));
+        s.start();
+        assert_eq!(s.began_at.get(), Some(began), "the first begin's");
     }
 
     #[test]

@@ -914,6 +914,7 @@ fn poll_timer(
         *registered = false;
     }
 }
+
 /// The first request head's deadline: `read_header_timeout` after `since`
 /// (the accept, or the wake from the lot); `None` for a later request
 /// (`since` `None`: its clock starts with its first bytes) or with the
