@@ -143,7 +143,10 @@ async fn a_new_connection_older_than_the_grace_closes_at_the_drain() {
     let handle = server.handle.clone();
     let started = Instant::now();
     handle.shutdown();
-    assert!(read_to_close(&mut old).await.is_empty(), "closed unanswered");
+    assert!(
+        read_to_close(&mut old).await.is_empty(),
+        "closed unanswered"
+    );
     let took = started.elapsed();
     assert!(
         took < GRACE - Duration::from_secs(1),

@@ -185,10 +185,20 @@ where
                 && conn.ctx.park.is_some()
                 && park_idle_after.is_some_and(|p| idle_timeout.is_none_or(|i| p < i));
             let span = if parks { park_idle_after } else { idle_timeout };
-            let wait_deadline = if first {
-                header_deadline(conn, since)
+            // A first request is waited for within its header deadline
+            // and, during a drain, until its cut (`LocalShutdown::head_cut`:
+            // recomputed where needed, not kept across the wait, where it
+            // would grow every connection's future).
+            let (wait_deadline, phase) = if first {
+                let shutdown = &conn.ctx.shutdown;
+                let deadline = earliest(header_deadline(conn, since), shutdown.head_cut(since));
+                let phase = match shutdown.is_started() {
+                    true => Phase::NewInDrain,
+                    false => Phase::New,
+                };
+                (deadline, phase)
             } else {
-                later(now, span)
+                (later(now, span), Phase::Idle)
             };
             // The timer, left at an earlier wait's deadline, is moved now if
             // it would come due within half of this wait (see `aim_ahead`).
@@ -198,7 +208,7 @@ where
             match conn
                 .wait_for_bytes(
                     wait_deadline,
-                    &since,
+                    phase,
                     T::PARKABLE && conn.ctx.park.is_some(),
                     timer.as_mut(),
                     &mut timer_waker,
@@ -208,6 +218,11 @@ where
                 Waited::Bytes => {}
                 Waited::Eof => return Ended::Close(CloseReason::ClientClosed),
                 Waited::TimedOut if parks => return Ended::Park(later(now, idle_timeout)),
+                // The drain's cut, not the header deadline: closed as the
+                // drain's, not counted a timeout.
+                Waited::TimedOut if first && cut_passed(conn, since) => {
+                    return Ended::Close(closed_before_request(conn));
+                }
                 Waited::TimedOut => {
                     incr(&conn.ctx.stats.timeouts);
                     let reason = if first {
@@ -217,8 +232,10 @@ where
                     };
                     return Ended::Close(reason);
                 }
+                // A first request's wait heard the drain begin: waited for
+                // again, until its cut.
+                Waited::Shutdown if first => continue,
                 Waited::Shutdown => return Ended::Close(CloseReason::Shutdown),
-                Waited::NoRequest => return Ended::Close(closed_before_request(conn)),
                 Waited::ParkNow => return Ended::Park(later(now, idle_timeout)),
                 // A reset (or a broken pipe) while nothing of a request has
                 // come is the client leaving. A reset midway through a
@@ -236,13 +253,13 @@ where
         let end = if let Some(end) = conn.whole_head(&mut searched) {
             end
         } else {
-            let clock = match (header_deadline(conn, since), conn.ctx.config.read_header_timeout) {
-                (Some(at), _) => HeaderClock::At(at),
+            let clock = match (since, conn.ctx.config.read_header_timeout) {
+                (Some(since), _) => HeaderClock::First(since),
                 (None, Some(after)) => HeaderClock::After(after),
                 (None, None) => HeaderClock::Off,
             };
             match conn
-                .read_head(clock, &since, searched, timer.as_mut(), &mut timer_waker)
+                .read_head(clock, searched, timer.as_mut(), &mut timer_waker)
                 .await
             {
                 HeadRead::Whole(end) => end,
@@ -540,10 +557,9 @@ enum Waited {
     Bytes,
     Eof,
     TimedOut,
+    /// Graceful shutdown began: an idle connection closes, a first
+    /// request's wait is made again with the drain's cut.
     Shutdown,
-    /// A drain's cut for a first request came before its first byte
-    /// ([`LocalShutdown::head_cut`](crate::conn::shutdown::LocalShutdown::head_cut)).
-    NoRequest,
     /// The worker parks every idle connection (an upgrade).
     ParkNow,
     Error(io::Error),
@@ -575,21 +591,23 @@ impl<T: Parkable> ConnIo<T> {
     /// Shutdown is a flag checked on every poll; the connection's waker is
     /// registered for it (and the timer armed) only when it would block.
     ///
-    /// `since`: `None` between requests (idle: shutdown closes it, and it
-    /// is listed [`Idle`](ConnectionState::Idle)); for the first request,
-    /// when it began to be awaited (the accept, or the wake from the lot),
-    /// and the connection stays listed
-    /// [`ReadingHead`](ConnectionState::ReadingHead), as from its accept
-    /// (Go's `StateNew`). A fresh connection still gets its first request
-    /// served, with `Connection: close`, when it comes within
+    /// `phase`: between requests ([`Phase::Idle`]: shutdown closes it, and
+    /// it is listed [`Idle`](ConnectionState::Idle)), or the first request
+    /// (listed [`ReadingHead`](ConnectionState::ReadingHead), as from its
+    /// accept: Go's `StateNew`). A fresh connection still gets its first
+    /// request served, with `Connection: close`, when it comes within
     /// [`NEW_CONNECTION_GRACE`](crate::conn::shutdown::NEW_CONNECTION_GRACE)
-    /// of `since` (the drain's start at the earliest; and within
+    /// of its accept (the drain's start at the earliest; and within
     /// `read_header_timeout` and `shutdown_timeout`), as Go spares a new
     /// connection 5 s: its client connected just before the listener
     /// stopped (an upgrade hands the listener on at that moment) and its
-    /// request is on the way. After that it closes ([`Waited::NoRequest`]):
-    /// a socket preconnected and left silent held the drain. By reference:
-    /// 8 bytes in this future, where the instant is 16.
+    /// request is on the way. So a first request's wait that hears the
+    /// drain begin ([`Phase::New`]) returns [`Waited::Shutdown`], and is
+    /// made again ([`Phase::NewInDrain`]) with the cut in its `deadline`;
+    /// at the cut it closes: a socket preconnected and left silent held
+    /// the drain. (The cut is the caller's to add, and to tell from the
+    /// header deadline when the wait times out: passed here, the accept's
+    /// instant grew every connection's future.)
     ///
     /// `parkable`: an idle connection parks when the worker asks every
     /// idle one to (an upgrade hands the lot over), unless it speaks TLS,
@@ -597,13 +615,13 @@ impl<T: Parkable> ConnIo<T> {
     async fn wait_for_bytes(
         &mut self,
         deadline: Option<Instant>,
-        since: &Option<Instant>,
+        phase: Phase,
         parkable: bool,
         mut timer: Pin<&mut Option<Sleep>>,
         timer_waker: &mut bool,
     ) -> Waited {
         let ctx = self.ctx.clone();
-        let idle = since.is_none();
+        let idle = phase == Phase::Idle;
         // Left when the wait ends, or when this future is dropped.
         let idle_mark = IdleOwn::enter(&ctx.stats.connections_idle);
         // Idle only between requests: a fresh connection is reading its
@@ -668,16 +686,8 @@ impl<T: Parkable> ConnIo<T> {
             // kernel is asked before closing, or a request already in the
             // socket would be reset unanswered. With bytes there, the
             // wait goes on; the runtime's readiness brings them.
-            if idle && ctx.shutdown.is_started() && !self.io.input_waiting() {
+            if phase != Phase::NewInDrain && ctx.shutdown.is_started() && !self.io.input_waiting() {
                 return Poll::Ready(Waited::Shutdown);
-            }
-            // A first request during a drain: waited for until its cut.
-            let cut = match idle {
-                true => None,
-                false => ctx.shutdown.head_cut(*since),
-            };
-            if cut.is_some_and(|c| Instant::now() >= c) && !self.io.input_waiting() {
-                return Poll::Ready(Waited::NoRequest);
             }
             if !ctx
                 .shutdown
@@ -685,12 +695,9 @@ impl<T: Parkable> ConnIo<T> {
             {
                 *timer_waker = false;
             }
-            match earliest(deadline, cut) {
+            match deadline {
                 Some(d) if poll_timer(&mut timer, d, cx, timer_waker) => {
-                    Poll::Ready(match cut.is_some_and(|c| c <= d) {
-                        true => Waited::NoRequest,
-                        false => Waited::TimedOut,
-                    })
+                    Poll::Ready(Waited::TimedOut)
                 }
                 _ => Poll::Pending,
             }
@@ -737,21 +744,20 @@ impl<T: Parkable> ConnIo<T> {
     /// [`whole_head`](Self::whole_head) looked in the buffer already.
     ///
     /// During a drain the head is waited for until its cut
-    /// ([`LocalShutdown::head_cut`](crate::conn::shutdown::LocalShutdown::head_cut):
-    /// `since` as [`wait_for_bytes`](Self::wait_for_bytes) takes it), then
+    /// ([`LocalShutdown::head_cut`](crate::conn::shutdown::LocalShutdown::head_cut),
+    /// from the accept for a first request, [`HeaderClock::First`]), then
     /// the connection closes ([`HeadRead::NoRequest`]): a head that trickles
     /// held the drain until `read_header_timeout` (with that off, to the
     /// deadline). So a wait here watches shutdown too, as an idle one does.
     async fn read_head(
         &mut self,
         clock: HeaderClock,
-        since: &Option<Instant>,
         mut searched: usize,
         mut timer: Pin<&mut Option<Sleep>>,
         timer_waker: &mut bool,
     ) -> HeadRead {
         let mut deadline = match clock {
-            HeaderClock::At(at) => Some(at),
+            HeaderClock::First(since) => later(Some(since), self.ctx.config.read_header_timeout),
             HeaderClock::After(_) | HeaderClock::Off => None,
         };
         // Parse only once the end of the head may be in the buffer: re-parsing on
@@ -783,9 +789,17 @@ impl<T: Parkable> ConnIo<T> {
                     // Not known to be the waker the shutdown slot holds.
                     *timer_waker = false;
                     // Before the drain: heard of at its start (a watch set
-                    // after it is never woken). During it: until the cut.
+                    // after it is never woken). During it: until the cut,
+                    // unless the rest is in the socket already (the drain's
+                    // wake may come before the runtime has heard of it).
                     let shutdown = &self.ctx.shutdown;
-                    let cut = shutdown.head_cut(*since);
+                    let first = match clock {
+                        HeaderClock::First(since) => Some(since),
+                        HeaderClock::After(_) | HeaderClock::Off => None,
+                    };
+                    let cut = shutdown
+                        .head_cut(first)
+                        .filter(|&c| Instant::now() < c || !self.io.input_waiting());
                     if !shutdown.is_started() {
                         shutdown.watch(&mut self.buffers.shutdown_slot, cx.waker());
                     }
@@ -814,11 +828,26 @@ struct HeadEnd(head::End);
 /// When a request head times out.
 #[derive(Clone, Copy)]
 enum HeaderClock {
-    /// At this instant (the first request: the clock runs from accept).
-    At(Instant),
+    /// The first request: `read_header_timeout` (if set) after this
+    /// instant, its accept (or its wake from the lot), from which a
+    /// drain's cut runs too.
+    First(Instant),
     /// This long after the head is first found incomplete.
     After(Duration),
     Off,
+}
+
+/// What a wait for the first bytes of a request is for
+/// ([`ConnIo::wait_for_bytes`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The next request on a connection that served one: idle.
+    Idle,
+    /// A connection's first request, before a drain.
+    New,
+    /// A connection's first request during a drain: its deadline holds
+    /// the drain's cut.
+    NewInDrain,
 }
 
 /// The earlier of two deadlines, either of which may be unset.
@@ -922,6 +951,15 @@ fn poll_timer(
 #[inline]
 fn header_deadline<T: Parkable>(conn: &ConnIo<T>, since: Option<Instant>) -> Option<Instant> {
     later(since, conn.ctx.config.read_header_timeout)
+}
+
+/// True once the drain's cut for a first request awaited since `since`
+/// has passed ([`LocalShutdown::head_cut`](crate::conn::shutdown::LocalShutdown::head_cut)).
+fn cut_passed<T: Parkable>(conn: &ConnIo<T>, since: Option<Instant>) -> bool {
+    conn.ctx
+        .shutdown
+        .head_cut(since)
+        .is_some_and(|cut| Instant::now() >= cut)
 }
 
 /// A connection whose request head had not come whole at its drain's cut
