@@ -69,6 +69,12 @@ async fn send_part(server: &TestServer, s: &mut TcpStream, open: i64) {
         .await;
 }
 
+/// Asks `GET /` on `s` and reads its `200`: a connection served once.
+async fn served_once(s: &mut TcpStream) {
+    s.write_all(GET).await.unwrap();
+    assert_eq!(read_response(s).await.status, 200);
+}
+
 /// Stops `server`: nothing forced, `closed` connections closed as
 /// [`BEFORE_REQUEST`].
 async fn stop_expecting(server: TestServer, closed: u64) {
@@ -99,8 +105,7 @@ async fn a_connection_midway_through_its_first_head_does_not_hold_the_drain() {
 async fn a_later_head_begun_does_not_hold_the_drain() {
     let server = TestServer::start(builder()).await;
     let mut s = fresh(&server, 1).await;
-    s.write_all(GET).await.unwrap();
-    assert_eq!(read_response(&mut s).await.status, 200);
+    served_once(&mut s).await;
     server
         .wait_stats("idle after its answer", |s| s.connections_idle == 1)
         .await;
@@ -117,8 +122,7 @@ async fn a_later_head_begun_does_not_hold_the_drain() {
 async fn a_new_connection_that_asks_within_the_grace_is_served() {
     let server = TestServer::start(builder()).await;
     let mut idle = fresh(&server, 1).await;
-    idle.write_all(GET).await.unwrap();
-    assert_eq!(read_response(&mut idle).await.status, 200);
+    served_once(&mut idle).await;
     let mut new = fresh(&server, 2).await;
     server.handle.shutdown();
     assert!(read_to_close(&mut idle).await.is_empty(), "the drain began");
