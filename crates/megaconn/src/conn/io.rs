@@ -403,7 +403,10 @@ impl<T: Transport> ConnIo<T> {
     /// the kernel. A WebSocket's close tells its confirmed pushes by it
     /// (over TLS, a buffer that left here may still sit in the session).
     pub(crate) async fn close(&mut self, reason: CloseReason) -> bool {
-        if reason == CloseReason::Shutdown {
+        if matches!(
+            reason,
+            CloseReason::Shutdown | CloseReason::ShutdownBeforeRequest
+        ) {
             let mut flushed = false;
             let _ = tokio::time::timeout(SHUTDOWN_LINGER, self.closing(reason, &mut flushed)).await;
             return flushed;

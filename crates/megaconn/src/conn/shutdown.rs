@@ -5,7 +5,15 @@
 //! closed, and one whose request already reached its socket is served. HTTP/1.1
 //! connections idle as tasks (busy recently), and parked ones that parked
 //! within it (straight after an answer), close after [`IDLE_GRACE`]; other
-//! parked ones at once.
+//! parked ones at once. An HTTP/1.1 connection that has not sent a whole
+//! request head (a new one, silent since its accept or midway through its
+//! first head; or one midway through a later head) is given until
+//! [`NEW_CONNECTION_GRACE`] after its accept, or into the drain for a later
+//! head ([`LocalShutdown::head_cut`]), as Go's `Shutdown` closes a
+//! `StateNew` connection once it is 5 s old: it then closes as
+//! [`CloseReason::ShutdownBeforeRequest`](crate::CloseReason::ShutdownBeforeRequest),
+//! a drain's close, where it held the drain until `read_header_timeout`
+//! (with that off, to the deadline, counted `forced`).
 //!
 //! Across threads the signal is a `watch` channel owned by the server; inside a
 //! worker it is a [`LocalShutdown`] flag plus a `Notify`, so a connection waiting
@@ -56,6 +64,7 @@ use std::task::{Context, Waker};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// How long graceful shutdown (without `shutdown_drain_rate`) leaves an
 /// HTTP/1.1 keep-alive connection idle as a task, one that served a request
@@ -70,6 +79,22 @@ use tokio::sync::Notify;
 /// in them. The price: a drain with idle tasks, or connections that just
 /// parked, lasts this much longer.
 pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(500);
+
+/// How long graceful shutdown waits for a request head that has not come
+/// whole: a new connection's first (nothing sent since its accept, or part
+/// of a head) until this long after its accept (or its wake from the
+/// parking lot), at the drain's start at the earliest; a later request's
+/// head begun and not whole until this long after the drain's start (its
+/// first byte's time is not kept). Go's value: its `Shutdown` closes a
+/// connection still in `StateNew` once it is 5 s old (`closeIdleConns`,
+/// `net/http/server.go`), and one midway through a later head at once
+/// (it is `StateIdle` until the head is whole); this keeps the grace for
+/// a later head too, as a busy client's next request may be under way. A
+/// client that connected just before the listener stopped gets its
+/// request served (with `Connection: close`); a browser's preconnected
+/// socket that sends nothing, or a head that trickles, no longer holds the
+/// drain until `read_header_timeout` (with that off, to the deadline).
+pub(crate) const NEW_CONNECTION_GRACE: Duration = Duration::from_secs(5);
 
 /// [`IDLE_GRACE`] as a server with `config` gives it: at most half its
 /// `shutdown_timeout`. Idle tasks get it, and parked connections that
@@ -92,6 +117,12 @@ pub(crate) fn goodbye_margin(config: &crate::conn::config::Config) -> Duration {
 #[derive(Debug, Default)]
 pub(crate) struct LocalShutdown {
     started: Cell<bool>,
+    /// When the drain began (the first [`begin`](LocalShutdown::begin)):
+    /// the head waits are cut from it ([`head_cut`](LocalShutdown::head_cut)).
+    began_at: Cell<Option<Instant>>,
+    /// The drain's first [`ShutdownBeforeRequest`](crate::CloseReason::ShutdownBeforeRequest)
+    /// close was logged ([`closing_before_request`](LocalShutdown::closing_before_request)).
+    told_before_request: Cell<bool>,
     /// Every idle connection that can park should (an upgrade hands the
     /// parking lot to the next process).
     park_all: Cell<bool>,
@@ -182,11 +213,47 @@ impl LocalShutdown {
     /// [`end_pacing`](LocalShutdown::end_pacing); otherwise they resolve now.
     pub(crate) fn begin(&self, paced: bool) {
         self.pacing.set(paced);
+        if self.began_at.get().is_none() {
+            self.began_at.set(Some(Instant::now()));
+        }
         self.started.set(true);
         self.upgraded.start(paced);
         self.notify.notify_waiters();
         if !paced {
             self.release_awake(usize::MAX);
+        }
+    }
+
+    /// When an HTTP/1.1 connection waiting for a request head closes, now
+    /// that the drain has begun (`None` before: it waits as the timeouts
+    /// say): [`NEW_CONNECTION_GRACE`] after `since`, its accept (or wake)
+    /// for a first request, at the drain's start at the earliest; that long
+    /// after the drain's start for a later request's head (`since` `None`).
+    /// See [`NEW_CONNECTION_GRACE`].
+    pub(crate) fn head_cut(&self, since: Option<Instant>) -> Option<Instant> {
+        let began = self.began_at.get()?;
+        Some(match since {
+            Some(since) => (since + NEW_CONNECTION_GRACE).max(began),
+            None => began + NEW_CONNECTION_GRACE,
+        })
+    }
+
+    /// A connection closes at its [`head_cut`](LocalShutdown::head_cut):
+    /// logged at INFO for the drain's first (a line per connection would
+    /// be a flood with many), at DEBUG for each. `peer`: the client's
+    /// address, asked only for a line that goes out.
+    pub(crate) fn closing_before_request(&self, peer: impl FnOnce() -> String) {
+        if !self.told_before_request.replace(true) {
+            tracing::info!(
+                peer = %peer(),
+                grace_s = NEW_CONNECTION_GRACE.as_secs(),
+                "shutdown: closing connections with no whole request head within the grace for new connections (as Go's Shutdown closes a new connection 5 s old); counted as closed{{reason=\"shutdown_before_request\"}}, not forced"
+            );
+        } else {
+            tracing::debug!(
+                peer = %peer(),
+                "shutdown: closing a connection with no whole request head"
+            );
         }
     }
 
@@ -789,6 +856,31 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// A head wait's cut: none before the drain; a first request's
+    /// `NEW_CONNECTION_GRACE` after its accept, at the drain's start at the
+    /// earliest (Go closes a new connection once it is 5 s old); a later
+    /// head's that long into the drain. The drain's start is its first
+    /// `begin`: the deadline's `start` does not move it.
+    #[test]
+    fn head_cuts_follow_gos_rule_for_new_connections() {
+        let s = LocalShutdown::default();
+        assert_eq!(s.head_cut(Some(Instant::now())), None, "no drain yet");
+        assert_eq!(s.head_cut(None), None, "no drain yet");
+        s.begin(true);
+        let began = s.began_at.get().expect("the drain began");
+        let old = began - NEW_CONNECTION_GRACE * 2;
+        assert_eq!(s.head_cut(Some(old)), Some(began), "5 s old: at once");
+        let young = began - NEW_CONNECTION_GRACE / 5;
+        assert_eq!(
+            s.head_cut(Some(young)),
+            Some(young + NEW_CONNECTION_GRACE),
+            "1 s old: 4 s into the drain"
+        );
+        assert_eq!(s.head_cut(None), Some(began + NEW_CONNECTION_GRACE));
+        s.start();
+        assert_eq!(s.began_at.get(), Some(began), "the first begin's");
     }
 
     #[test]

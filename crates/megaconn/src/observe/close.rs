@@ -40,7 +40,8 @@ pub enum CloseReason {
     /// The server chose to close (keep-alive off, `Connection: close`,
     /// HTTP/1.0, or an upgraded connection its handler dropped).
     ServerClosed,
-    /// Graceful shutdown closed an idle connection.
+    /// Graceful shutdown closed an idle connection (or, at the deadline,
+    /// one still busy: `ShutdownSummary::forced` counts those).
     Shutdown,
     /// Nothing arrived within `idle_timeout`.
     IdleTimeout,
@@ -119,6 +120,14 @@ pub enum CloseReason {
     /// (`ECONNRESET`), what was queued for it is dropped, and the socket
     /// leaves no `TIME_WAIT` and waits on no peer.
     Reset,
+    /// Graceful shutdown closed an HTTP/1.1 connection that had not sent a
+    /// whole request head: a new one (Go's `StateNew`: silent since its
+    /// accept, or midway through its first head) 5 s after its accept, at
+    /// the drain's start at the earliest, as Go's `Shutdown` closes a new
+    /// connection 5 s old; or one midway through a later head 5 s into the
+    /// drain. A close of the drain, not a forced one. (It held the drain
+    /// until `read_header_timeout`, or with that off to the deadline.)
+    ShutdownBeforeRequest,
 }
 
 /// What a protocol said when it closed a connection for a protocol error.
@@ -251,7 +260,7 @@ impl CloseReason {
     }
 
     /// How many metric labels there are (see [`CloseReason::LABELS`]).
-    pub(crate) const COUNT: usize = 22;
+    pub(crate) const COUNT: usize = 23;
 
     /// Metric labels (`reason` of `megaconn_connections_closed_total`), by
     /// [`CloseReason::index`].
@@ -278,6 +287,7 @@ impl CloseReason {
         "evicted",
         "kicked",
         "reset",
+        "shutdown_before_request",
     ];
 
     /// This reason's position in [`CloseReason::LABELS`] and in the worker's
@@ -306,6 +316,7 @@ impl CloseReason {
             CloseReason::Evicted => 19,
             CloseReason::Kicked => 20,
             CloseReason::Reset => 21,
+            CloseReason::ShutdownBeforeRequest => 22,
         }
     }
 
@@ -328,6 +339,7 @@ impl CloseReason {
         matches!(
             self,
             CloseReason::Shutdown
+                | CloseReason::ShutdownBeforeRequest
                 | CloseReason::Protocol(_)
                 | CloseReason::UnreadBody
                 | CloseReason::HeaderTimeout
@@ -398,6 +410,9 @@ impl fmt::Display for CloseReason {
             CloseReason::Evicted => f.write_str("evicted at max_connections"),
             CloseReason::Kicked => f.write_str("closed through the hub (Hub::close)"),
             CloseReason::Reset => f.write_str("reset through the hub (Hub::reset)"),
+            CloseReason::ShutdownBeforeRequest => {
+                f.write_str("shutdown before a whole request head")
+            }
             CloseReason::Protocol(ProtocolDetail::Framing(error)) => {
                 write!(f, "protocol error ({error})")
             }
@@ -452,6 +467,7 @@ mod tests {
             CloseReason::Evicted,
             CloseReason::Kicked,
             CloseReason::Reset,
+            CloseReason::ShutdownBeforeRequest,
         ];
         let mut seen: Vec<usize> = all.iter().map(|r| r.index()).collect();
         seen.sort_unstable();

@@ -92,13 +92,17 @@ pub enum ConnectionEvent {
 /// HTTP/2 connections are `ReadingHead` until their handshake is done, then
 /// `Handling` while streams are open and `Idle` between them.
 ///
-/// Against Go's: an HTTP/1.1 connection is listed `ReadingHead` at its
-/// accept and `Idle` as soon as it waits for its first byte, where Go keeps
-/// `StateNew` until the first request's head is read; graceful shutdown
-/// still treats it as new, not idle (it is waited for up to
-/// `read_header_timeout`, where Go closes a new connection once it is 5 s
-/// old). Go calls its `ConnState` hook at every change; these states are
-/// read ([`ServerHandle::connections`](crate::ServerHandle::connections)),
+/// Against Go's: an HTTP/1.1 connection is `ReadingHead` from its accept
+/// until its first head is whole, before its first byte too: the span of
+/// Go's `StateNew` (a `ReadingHead` connection with no request served is
+/// Go's new one). It is `Idle` only between requests; from the first byte
+/// of the next head it is `ReadingHead` again, where Go stays `StateIdle`
+/// until that head is whole. Graceful shutdown closes a new connection as
+/// Go does, once it is 5 s old (at the drain's start at the earliest; a
+/// later head begun, 5 s into the drain), as
+/// [`CloseReason::ShutdownBeforeRequest`]. Go calls its `ConnState` hook
+/// at every change; these states are read
+/// ([`ServerHandle::connections`](crate::ServerHandle::connections)),
 /// and the `on_connection` hook hears only [`ConnectionEvent::Opened`] and
 /// [`ConnectionEvent::Closed`]: a call per change would cost every request,
 /// and a parked connection changes state outside its task.
@@ -110,7 +114,8 @@ pub enum ConnectionState {
     Idle,
     /// Idle and parked outside the runtime (a bare socket).
     Parked,
-    /// Receiving a request head (or a protocol handshake).
+    /// Receiving a request head (or a protocol handshake); a new
+    /// connection from its accept, before its first byte too.
     ReadingHead,
     /// Receiving a request body.
     ReadingBody,

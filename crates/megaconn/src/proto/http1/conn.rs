@@ -6,6 +6,14 @@
 //! bounds the wait between requests. Like Go we wait for the first byte before
 //! starting the header clock, so a keep-alive connection is charged the idle
 //! timeout, not the header timeout, while it is quiet.
+//!
+//! Graceful shutdown closes a connection idle between requests (after
+//! `conn::shutdown::IDLE_GRACE`), and one still waiting for a request head,
+//! its first (nothing sent yet, or part of it) or a later one begun, at its
+//! cut: `conn::shutdown::NEW_CONNECTION_GRACE` (5 s, Go's) after its accept
+//! (the drain's start at the earliest) or into the drain
+//! ([`LocalShutdown::head_cut`](crate::conn::shutdown::LocalShutdown::head_cut)),
+//! as `closed{reason="shutdown_before_request"}`.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -142,11 +150,12 @@ where
     // True while the timer holds the waker the shutdown slot holds: a wait
     // then reads its state instead of polling it (see `poll_timer`).
     let mut timer_waker = false;
-    let mut header_deadline = conn
-        .ctx
-        .config
-        .read_header_timeout
-        .map(|t| crate::observe::clock::now() + t);
+    // When the first request began to be awaited (the accept, or the wake
+    // from the lot); `None` once it was served (kept where the first
+    // head's deadline was, no bigger). The first head's deadline runs from
+    // it (`read_header_timeout`), and so does a drain's grace for it
+    // (`conn::shutdown::NEW_CONNECTION_GRACE`).
+    let mut since = Some(crate::observe::clock::now());
     let mut first = true;
     loop {
         if conn.buffers.rbuf_len() == 0 {
@@ -176,10 +185,20 @@ where
                 && conn.ctx.park.is_some()
                 && park_idle_after.is_some_and(|p| idle_timeout.is_none_or(|i| p < i));
             let span = if parks { park_idle_after } else { idle_timeout };
-            let wait_deadline = if first {
-                header_deadline
+            // A first request is waited for within its header deadline
+            // and, during a drain, until its cut (`LocalShutdown::head_cut`:
+            // recomputed where needed, not kept across the wait, where it
+            // would grow every connection's future).
+            let (wait_deadline, phase) = if first {
+                let shutdown = &conn.ctx.shutdown;
+                let deadline = earliest(header_deadline(conn, since), shutdown.head_cut(since));
+                let phase = match shutdown.is_started() {
+                    true => Phase::NewInDrain,
+                    false => Phase::New,
+                };
+                (deadline, phase)
             } else {
-                later(now, span)
+                (later(now, span), Phase::Idle)
             };
             // The timer, left at an earlier wait's deadline, is moved now if
             // it would come due within half of this wait (see `aim_ahead`).
@@ -189,7 +208,7 @@ where
             match conn
                 .wait_for_bytes(
                     wait_deadline,
-                    !first,
+                    phase,
                     T::PARKABLE && conn.ctx.park.is_some(),
                     timer.as_mut(),
                     &mut timer_waker,
@@ -199,6 +218,11 @@ where
                 Waited::Bytes => {}
                 Waited::Eof => return Ended::Close(CloseReason::ClientClosed),
                 Waited::TimedOut if parks => return Ended::Park(later(now, idle_timeout)),
+                // The drain's cut, not the header deadline: closed as the
+                // drain's, not counted a timeout.
+                Waited::TimedOut if first && cut_passed(conn, since) => {
+                    return Ended::Close(closed_before_request(conn));
+                }
                 Waited::TimedOut => {
                     incr(&conn.ctx.stats.timeouts);
                     let reason = if first {
@@ -208,6 +232,9 @@ where
                     };
                     return Ended::Close(reason);
                 }
+                // A first request's wait heard the drain begin: waited for
+                // again, until its cut.
+                Waited::Shutdown if first => continue,
                 Waited::Shutdown => return Ended::Close(CloseReason::Shutdown),
                 Waited::ParkNow => return Ended::Park(later(now, idle_timeout)),
                 // A reset (or a broken pipe) while nothing of a request has
@@ -215,11 +242,6 @@ where
                 // request stays an I/O error (`HeadRead::Error` below).
                 Waited::Error(e) => return Ended::Close(CloseReason::io_between(&e, true)),
             }
-        }
-        // The header clock of a later request starts with its first bytes; it
-        // is read only if the head does not arrive whole (`read_head`).
-        if !first {
-            header_deadline = None;
         }
 
         // A head already whole in the buffer (the usual case: it came in
@@ -231,8 +253,8 @@ where
         let end = if let Some(end) = conn.whole_head(&mut searched) {
             end
         } else {
-            let clock = match (header_deadline, conn.ctx.config.read_header_timeout) {
-                (Some(at), _) => HeaderClock::At(at),
+            let clock = match (since, conn.ctx.config.read_header_timeout) {
+                (Some(since), _) => HeaderClock::First(since),
                 (None, Some(after)) => HeaderClock::After(after),
                 (None, None) => HeaderClock::Off,
             };
@@ -242,6 +264,7 @@ where
             {
                 HeadRead::Whole(end) => end,
                 HeadRead::Closed => return Ended::Close(CloseReason::ClientClosed),
+                HeadRead::NoRequest => return Ended::Close(closed_before_request(conn)),
                 HeadRead::TimedOut => {
                     incr(&conn.ctx.stats.timeouts);
                     if conn.buffers.rbuf_len() > 0 {
@@ -315,6 +338,9 @@ where
         }
         // Read by the wait above and by the h2c check after the exchange.
         first = false;
+        // The header clock of a later request starts with its first bytes; it
+        // is read only if the head does not arrive whole (`read_head`).
+        since = None;
     }
 }
 
@@ -531,6 +557,8 @@ enum Waited {
     Bytes,
     Eof,
     TimedOut,
+    /// Graceful shutdown began: an idle connection closes, a first
+    /// request's wait is made again with the drain's cut.
     Shutdown,
     /// The worker parks every idle connection (an upgrade).
     ParkNow,
@@ -545,6 +573,9 @@ enum HeadRead {
     Whole(HeadEnd),
     Closed,
     TimedOut,
+    /// A drain's cut came before the head was whole
+    /// ([`LocalShutdown::head_cut`](crate::conn::shutdown::LocalShutdown::head_cut)).
+    NoRequest,
     Error(io::Error),
     /// The answers to earlier pipelined requests could not be written
     /// while the head came: the write failed, or its bound passed
@@ -559,26 +590,48 @@ impl<T: Parkable> ConnIo<T> {
     ///
     /// Shutdown is a flag checked on every poll; the connection's waker is
     /// registered for it (and the timer armed) only when it would block.
-    /// `idle`: between requests, so shutdown closes it. A fresh connection
-    /// (`false`) still gets its first request served, with `Connection:
-    /// close`, within `read_header_timeout` (and `shutdown_timeout`), as Go
-    /// spares new connections: its client connected just before the
-    /// listener stopped (an upgrade hands the listener on at that moment)
-    /// and its request is on the way. `parkable`: an idle connection parks
-    /// when the worker asks every idle one to (an upgrade hands the lot over),
-    /// unless it speaks TLS, which cannot move.
+    ///
+    /// `phase`: between requests ([`Phase::Idle`]: shutdown closes it, and
+    /// it is listed [`Idle`](ConnectionState::Idle)), or the first request
+    /// (listed [`ReadingHead`](ConnectionState::ReadingHead), as from its
+    /// accept: Go's `StateNew`). A fresh connection still gets its first
+    /// request served, with `Connection: close`, when it comes within
+    /// [`NEW_CONNECTION_GRACE`](crate::conn::shutdown::NEW_CONNECTION_GRACE)
+    /// of its accept (the drain's start at the earliest; and within
+    /// `read_header_timeout` and `shutdown_timeout`), as Go spares a new
+    /// connection 5 s: its client connected just before the listener
+    /// stopped (an upgrade hands the listener on at that moment) and its
+    /// request is on the way. So a first request's wait that hears the
+    /// drain begin ([`Phase::New`]) returns [`Waited::Shutdown`], and is
+    /// made again ([`Phase::NewInDrain`]) with the cut in its `deadline`;
+    /// at the cut it closes: a socket preconnected and left silent held
+    /// the drain. (The cut is the caller's to add, and to tell from the
+    /// header deadline when the wait times out: passed here, the accept's
+    /// instant grew every connection's future.)
+    ///
+    /// `parkable`: an idle connection parks when the worker asks every
+    /// idle one to (an upgrade hands the lot over), unless it speaks TLS,
+    /// which cannot move.
     async fn wait_for_bytes(
         &mut self,
         deadline: Option<Instant>,
-        idle: bool,
+        phase: Phase,
         parkable: bool,
         mut timer: Pin<&mut Option<Sleep>>,
         timer_waker: &mut bool,
     ) -> Waited {
         let ctx = self.ctx.clone();
+        let idle = phase == Phase::Idle;
         // Left when the wait ends, or when this future is dropped.
         let idle_mark = IdleOwn::enter(&ctx.stats.connections_idle);
-        lifecycle::set_state(ConnectionState::Idle);
+        // Idle only between requests: a fresh connection is reading its
+        // first head from its accept (it was listed `idle` before its first
+        // byte, where the states' diagram and Go say new).
+        lifecycle::set_state(if idle {
+            ConnectionState::Idle
+        } else {
+            ConnectionState::ReadingHead
+        });
         // The first poll, right after a response, asks for readiness before
         // taking a buffer: the next request is seldom there yet. A later poll
         // comes from a wake, so it reads at once: the read checks readiness
@@ -633,7 +686,7 @@ impl<T: Parkable> ConnIo<T> {
             // kernel is asked before closing, or a request already in the
             // socket would be reset unanswered. With bytes there, the
             // wait goes on; the runtime's readiness brings them.
-            if idle && ctx.shutdown.is_started() && !self.io.input_waiting() {
+            if phase != Phase::NewInDrain && ctx.shutdown.is_started() && !self.io.input_waiting() {
                 return Poll::Ready(Waited::Shutdown);
             }
             if !ctx
@@ -689,6 +742,13 @@ impl<T: Parkable> ConnIo<T> {
     /// Reads until a whole request head is buffered (or more than a head may
     /// be): parsing it is the exchange's first step. `searched`: how far
     /// [`whole_head`](Self::whole_head) looked in the buffer already.
+    ///
+    /// During a drain the head is waited for until its cut
+    /// ([`LocalShutdown::head_cut`](crate::conn::shutdown::LocalShutdown::head_cut),
+    /// from the accept for a first request, [`HeaderClock::First`]), then
+    /// the connection closes ([`HeadRead::NoRequest`]): a head that trickles
+    /// held the drain until `read_header_timeout` (with that off, to the
+    /// deadline). So a wait here watches shutdown too, as an idle one does.
     async fn read_head(
         &mut self,
         clock: HeaderClock,
@@ -697,7 +757,7 @@ impl<T: Parkable> ConnIo<T> {
         timer_waker: &mut bool,
     ) -> HeadRead {
         let mut deadline = match clock {
-            HeaderClock::At(at) => Some(at),
+            HeaderClock::First(since) => later(Some(since), self.ctx.config.read_header_timeout),
             HeaderClock::After(_) | HeaderClock::Off => None,
         };
         // Parse only once the end of the head may be in the buffer: re-parsing on
@@ -728,9 +788,27 @@ impl<T: Parkable> ConnIo<T> {
                     }
                     // Not known to be the waker the shutdown slot holds.
                     *timer_waker = false;
-                    return match deadline {
+                    // Before the drain: heard of at its start (a watch set
+                    // after it is never woken). During it: until the cut,
+                    // unless the rest is in the socket already (the drain's
+                    // wake may come before the runtime has heard of it).
+                    let shutdown = &self.ctx.shutdown;
+                    let first = match clock {
+                        HeaderClock::First(since) => Some(since),
+                        HeaderClock::After(_) | HeaderClock::Off => None,
+                    };
+                    let cut = shutdown
+                        .head_cut(first)
+                        .filter(|&c| Instant::now() < c || !self.io.input_waiting());
+                    if !shutdown.is_started() {
+                        shutdown.watch(&mut self.buffers.shutdown_slot, cx.waker());
+                    }
+                    return match earliest(deadline, cut) {
                         Some(d) if poll_timer(&mut timer, d, cx, &mut false) => {
-                            Poll::Ready(HeadRead::TimedOut)
+                            Poll::Ready(match cut.is_some_and(|c| c <= d) {
+                                true => HeadRead::NoRequest,
+                                false => HeadRead::TimedOut,
+                            })
                         }
                         _ => Poll::Pending,
                     };
@@ -750,11 +828,35 @@ struct HeadEnd(head::End);
 /// When a request head times out.
 #[derive(Clone, Copy)]
 enum HeaderClock {
-    /// At this instant (the first request: the clock runs from accept).
-    At(Instant),
+    /// The first request: `read_header_timeout` (if set) after this
+    /// instant, its accept (or its wake from the lot), from which a
+    /// drain's cut runs too.
+    First(Instant),
     /// This long after the head is first found incomplete.
     After(Duration),
     Off,
+}
+
+/// What a wait for the first bytes of a request is for
+/// ([`ConnIo::wait_for_bytes`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The next request on a connection that served one: idle.
+    Idle,
+    /// A connection's first request, before a drain.
+    New,
+    /// A connection's first request during a drain: its deadline holds
+    /// the drain's cut.
+    NewInDrain,
+}
+
+/// The earlier of two deadlines, either of which may be unset.
+#[inline]
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// `after` past `now`, if both are set.
@@ -841,6 +943,33 @@ fn poll_timer(
         *registered = false;
     }
 }
+
+/// The first request head's deadline: `read_header_timeout` after `since`
+/// (the accept, or the wake from the lot); `None` for a later request
+/// (`since` `None`: its clock starts with its first bytes) or with the
+/// setting off.
+#[inline]
+fn header_deadline<T: Parkable>(conn: &ConnIo<T>, since: Option<Instant>) -> Option<Instant> {
+    later(since, conn.ctx.config.read_header_timeout)
+}
+
+/// True once the drain's cut for a first request awaited since `since`
+/// has passed ([`LocalShutdown::head_cut`](crate::conn::shutdown::LocalShutdown::head_cut)).
+fn cut_passed<T: Parkable>(conn: &ConnIo<T>, since: Option<Instant>) -> bool {
+    conn.ctx
+        .shutdown
+        .head_cut(since)
+        .is_some_and(|cut| Instant::now() >= cut)
+}
+
+/// A connection whose request head had not come whole at its drain's cut
+/// ([`LocalShutdown::head_cut`](crate::conn::shutdown::LocalShutdown::head_cut)):
+/// logged (the drain's first at INFO, the peer named), and its close reason.
+fn closed_before_request<T: Parkable>(conn: &ConnIo<T>) -> CloseReason {
+    conn.ctx.shutdown.closing_before_request(|| peer_name(conn));
+    CloseReason::ShutdownBeforeRequest
+}
+
 /// A request head that did not come within `read_header_timeout`: logged
 /// at INFO, the setting and the peer named, one line per interval per
 /// worker ([`Flood::Http1HeaderTimeout`]: a peer can let heads time out at

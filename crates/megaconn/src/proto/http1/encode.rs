@@ -129,11 +129,16 @@ pub(crate) fn encode_head(
             // ServeDir) send whatever the full length is, so its 0 says
             // nothing. HEAD: the handler's header (axum sets it from the GET
             // body before stripping it), else an exact non-zero size hint.
-            // 304: the same but never 0, which for a 304 is only ever the
-            // empty body's length (axum adds that header too); hyper drops it
-            // as well.
+            // 304: only the handler's own header, never 0, and never the
+            // length of a body the handler attached. That body is not sent,
+            // and its length is of it, not of the 200 the client holds: by
+            // its size hint, or in the header axum's router sets from that
+            // hint (which cannot be told from the handler's own, so a
+            // header equal to the body's exact length goes too). A 304
+            // with `content-length: 4` for a body "body" went out (hyper
+            // sends it too); Go sends no length on a 304.
             let advertised = if status == StatusCode::NOT_MODIFIED {
-                body_length.filter(|n| *n > 0)
+                user_set.filter(|n| *n > 0 && ctx.body_length != Some(*n))
             } else {
                 user_set.or(ctx.body_length.filter(|n| *n > 0))
             };
@@ -693,8 +698,20 @@ mod tests {
             Some("1234")
         );
         assert_eq!(encode(304, false, Some(0), Some("0")), None);
-        assert_eq!(encode(304, false, Some(9), None).as_deref(), Some("9"));
         assert_eq!(encode(304, true, Some(0), None), None);
+        // 304 with a body attached (not sent): its length is not the full
+        // response's, from the size hint or from a header set from it; a
+        // handler's own other length is.
+        assert_eq!(encode(304, false, Some(9), None), None);
+        assert_eq!(encode(304, false, Some(4), Some("4")), None);
+        assert_eq!(
+            encode(304, false, Some(4), Some("1234")).as_deref(),
+            Some("1234")
+        );
+        assert_eq!(
+            encode(304, false, None, Some("1234")).as_deref(),
+            Some("1234")
+        );
         // 204 never.
         assert_eq!(encode(204, true, Some(5), Some("5")), None);
     }

@@ -79,8 +79,10 @@ fn reference(
         Encoder::Length { remaining } => out += &format!("content-length: {remaining}\r\n"),
         Encoder::Chunked => out += "transfer-encoding: chunked\r\n",
         Encoder::NoBody if ctx.request_method_is_head || status == StatusCode::NOT_MODIFIED => {
+            // 304: the handler's own length, not 0, and not the length of
+            // the body it attached (which is not sent).
             let advertised = if status == StatusCode::NOT_MODIFIED {
-                body_length.filter(|n| *n > 0)
+                user_set.filter(|n| *n > 0 && ctx.body_length != Some(*n))
             } else {
                 user_set.or(ctx.body_length.filter(|n| *n > 0))
             };
