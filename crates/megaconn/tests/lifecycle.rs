@@ -1226,7 +1226,7 @@ async fn a_framed_connection_past_its_limit_closes_and_logs_the_setting() {
         // however soon after the other's.
         let logged = logged().clone();
         assert!(
-            logged.iter().any(|l| l == line),
+            logged.iter().any(|l| *l == line),
             "no {line:?} among {logged:?}"
         );
     }
