@@ -1891,11 +1891,19 @@ fn prepare_headers<B: HttpBody>(
     }
     // HEAD and 304 advertise only the full response's length (RFC 9110
     // §8.6): never a 0 that merely says this response has no body.
-    let bodiless = is_head || status == StatusCode::NOT_MODIFIED;
-    if status == StatusCode::NOT_MODIFIED
-        && headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() == b"0")
+    let not_modified = status == StatusCode::NOT_MODIFIED;
+    let bodiless = is_head || not_modified;
+    let exact = body.size_hint().exact();
+    // A 304 carries a length only as the handler's own statement of the
+    // 200's, which the server cannot know (HTTP/1.1's rule, encode.rs):
+    // never 0, and never one equal to the attached body's exact size
+    // (axum's router writes that header from the body itself; a handler
+    // that attached a body to a 304 did not mean its length). Go sends
+    // no length on a 304.
+    if not_modified
+        && headers.get(header::CONTENT_LENGTH).is_some_and(|v| {
+            v.as_bytes() == b"0" || exact.is_some_and(|n| v.as_bytes() == n.to_string().as_bytes())
+        })
     {
         headers.remove(header::CONTENT_LENGTH);
     }
@@ -1910,13 +1918,12 @@ fn prepare_headers<B: HttpBody>(
             }
         },
     };
-    let exact = body.size_hint().exact();
     // hyper's rule (`proto/h2/server.rs`, 1.12): a length from the body's
     // size only when the body has something to send. A response the head
     // ends (gRPC's trailers-only answers: every error status of a unary
     // call) goes out with no `content-length` at all, where `0` was
     // added before and gRPC clients listed it as trailing metadata.
-    if declared.is_none() && !body.is_end_stream() {
+    if declared.is_none() && !not_modified && !body.is_end_stream() {
         if let Some(n) = exact.filter(|&n| !(bodiless && n == 0)) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
