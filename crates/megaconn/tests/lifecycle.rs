@@ -1225,10 +1225,7 @@ async fn a_framed_connection_past_its_limit_closes_and_logs_the_setting() {
         // Logged before the connection closed; the first of its setting,
         // however soon after the other's.
         let logged = logged().clone();
-        assert!(
-            logged.iter().any(|l| *l == line),
-            "no {line:?} among {logged:?}"
-        );
+        assert!(logged.contains(&line), "no {line:?} among {logged:?}");
     }
     common::shut_down(&handle, task)
         .await
