@@ -1894,20 +1894,7 @@ fn prepare_headers<B: HttpBody>(
     let not_modified = status == StatusCode::NOT_MODIFIED;
     let bodiless = is_head || not_modified;
     let exact = body.size_hint().exact();
-    // A 304 carries a length only as the handler's own statement of the
-    // 200's, which the server cannot know (HTTP/1.1's rule, encode.rs):
-    // never 0, and never one equal to the attached body's exact size
-    // (axum's router writes that header from the body itself; a handler
-    // that attached a body to a 304 did not mean its length). Go sends
-    // no length on a 304.
-    if not_modified
-        && headers.get(header::CONTENT_LENGTH).is_some_and(|v| {
-            v.as_bytes() == b"0" || exact.is_some_and(|n| v.as_bytes() == n.to_string().as_bytes())
-        })
-    {
-        headers.remove(header::CONTENT_LENGTH);
-    }
-    let declared = match headers.get(header::CONTENT_LENGTH) {
+    let mut declared = match headers.get(header::CONTENT_LENGTH) {
         None => None,
         Some(v) => match v.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
             Some(n) => Some(n),
@@ -1918,6 +1905,16 @@ fn prepare_headers<B: HttpBody>(
             }
         },
     };
+    // A 304 carries a length only as the handler's own statement of the
+    // 200's, which the server cannot know (HTTP/1.1's rule, encode.rs):
+    // never 0, and never one equal to the attached body's exact size
+    // (axum's router writes that header from the body itself; a handler
+    // that attached a body to a 304 did not mean its length). Go sends
+    // no length on a 304.
+    if not_modified && declared.is_some_and(|n| n == 0 || Some(n) == exact) {
+        headers.remove(header::CONTENT_LENGTH);
+        declared = None;
+    }
     // hyper's rule (`proto/h2/server.rs`, 1.12): a length from the body's
     // size only when the body has something to send. A response the head
     // ends (gRPC's trailers-only answers: every error status of a unary
