@@ -56,6 +56,18 @@ PATHS = [
 ]
 
 
+# Symbol groups (self time) that differ between servers by construction,
+# not by the caches' state: a row each in the "by construction" table.
+GROUPS = [
+    ("fd lookup, shared descriptor table (fdget, fput, __fget_files)", re.compile(r"^(fdget|fput|__fget_files|__fget_light|fget|file_ref_put|fdput|__fput_sync)$")),
+    ("the socket call's own body (__sys_sendto, __sys_recvfrom, do_writev)", re.compile(r"^(__sys_sendto|__sys_recvfrom|do_writev|vfs_writev|do_iter_readv_writev)$")),
+    ("level-triggered re-poll (ep_item_poll, sock_poll, tcp_poll)", re.compile(r"^(ep_item_poll|sock_poll|tcp_poll)")),
+    ("receive window growth (tcp_grow_window)", re.compile(r"^tcp_grow_window$")),
+    ("epoll_wait's timeout (hrtimer, schedule_hrtimeout)", re.compile(r"^(hrtimer_|__hrtimer|schedule_hrtimeout)")),
+    ("wake-ups (try_to_wake_up, futex, eventfd)", re.compile(r"^(try_to_wake_up|ttwu_|futex_|eventfd_)")),
+]
+
+
 def perf_script(path):
     """Yields (is_kernel_leaf, [frames leaf first]) per sample."""
     cmd = ["perf", "script", "-i", path, "-F", "comm,tid,ip,sym,dso", "--no-inline"]
@@ -259,6 +271,9 @@ def main():
               [(k, k) for k in sys_keys], lambda s, k: us(s, R[s]["sys"][k]))
         table("Kernel µs a request by path (inclusive; a sample counts under the first path met from its leaf up):",
               cols, [(n, n) for n, _ in PATHS] + [("(other)", "(other)")], lambda s, k: us(s, R[s]["path"][k]))
+        group_us = lambda s, pat: us(s, sum(n for k, n in R[s]["sym"].items() if pat.match(k)))
+        table("Kernel µs a request by construction (self time of these symbols):", cols,
+              [(pat, name) for name, pat in GROUPS], group_us)
         syms = {k for s in cols for k in R[s]["sym"]}
         other = cols[1] if len(cols) > 1 else cols[0]
         ranked = sorted(syms, key=lambda k: -abs(us(other, R[other]["sym"][k]) - us(cols[0], R[cols[0]]["sym"][k])))

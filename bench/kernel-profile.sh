@@ -31,7 +31,18 @@
 # by path (the server's own send, the loopback delivery to the client's
 # socket it runs, the wake-ups, epoll), each server beside the floor.
 #
-# Needs: root, perf (linux-perf), the peers as bench/throughput.sh does.
+# Two variants of the floor test what a server's own ways cost the kernel's
+# part (bench/out/floor-preload.so, built here from the C below, preloaded):
+#   floor+thread   the floor with a second, idle thread: a process of more
+#                  than one thread shares its descriptor table, and the
+#                  kernel then takes and drops a reference on the file at
+#                  every recv and send (fdget/fput), which a lone thread skips;
+#   floor+touchN   the floor touching (reading and writing) N KiB of its own
+#                  memory, a line every 64 bytes, before each recv: a user
+#                  space working set that competes with the kernel's for the
+#                  core's caches.
+#
+# Needs: root, perf (linux-perf), gcc, the peers as bench/throughput.sh does.
 # Env: SERVERS ("megaconn floor nginx"), CONNS ("64 512"), ROUNDS (2),
 #   DURATION (4s), WARMUP (1s), PERIOD_NS (100000: a sample every 100 µs
 #   of the server's CPU), SERVER_CPU (1), LOAD_CPU (0), MEGACONN (binary
@@ -92,6 +103,59 @@ cpu_of() {
   echo "$ns $u $s"
 }
 
+# The floor's preloaded variants (see the top).
+PRELOAD="$OUT_DIR/floor-preload.so"
+build_preload() {
+  [[ -x "$PRELOAD" && "$PRELOAD" -nt "${BASH_SOURCE[0]}" ]] && return 0
+  mkdir -p "$OUT_DIR"
+  gcc -O2 -shared -fPIC -o "$PRELOAD" -x c - -ldl -lpthread <<'EOF'
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+static volatile unsigned char *mem;
+static size_t bytes;
+static void *idle(void *arg) { for (;;) pause(); return arg; }
+__attribute__((constructor)) static void init(void) {
+  const char *t = getenv("FLOOR_THREAD"), *k = getenv("FLOOR_TOUCH_KIB");
+  pthread_t th;
+  if (t && *t == '1') pthread_create(&th, NULL, idle, NULL);
+  if (k && (bytes = strtoul(k, NULL, 10) * 1024)) {
+    mem = aligned_alloc(64, bytes);
+    memset((void *)mem, 0, bytes);
+  }
+}
+ssize_t recv(int fd, void *buf, size_t n, int flags) {
+  static ssize_t (*real)(int, void *, size_t, int);
+  if (!real) real = (ssize_t (*)(int, void *, size_t, int))dlsym(RTLD_NEXT, "recv");
+  for (size_t i = 0; i < bytes; i += 64) mem[i]++;
+  return real(fd, buf, n, flags);
+}
+EOF
+}
+
+# Starts server $1 on $PORT (bench/lib.sh server_start, or a variant of the
+# floor).
+start() {
+  local name=$1 env=()
+  case "$name" in
+    floor+thread) env=(FLOOR_THREAD=1) ;;
+    floor+touch*) env=("FLOOR_TOUCH_KIB=${name#floor+touch}") ;;
+    *) server_start "$name" "$PORT" 1; return ;;
+  esac
+  build_preload
+  [[ -x "$FLOOR" ]] || bench_build_floor
+  env "${env[@]}" LD_PRELOAD="$PRELOAD" taskset -c "$SERVER_CPU" "$FLOOR" 127.0.0.1 "$PORT" \
+    >"$OUT/$name.log" 2>&1 &
+  SERVER_PID=$!
+  SERVER_NAME=$name
+  SERVER_MEASURE_PIDS=$SERVER_PID
+  wait_http "$PORT" 20
+}
+
 # The load: $1 connections, $2 duration, $3 the JSON report (or "").
 load() {
   local json=()
@@ -102,7 +166,7 @@ load() {
 one() { # server conns round
   local server=$1 conns=$2 round=$3 base pids perf_pid t0 t1
   base="$OUT/$server-$conns-r$round"
-  server_start "$server" "$PORT" 1 || die "could not start $server"
+  start "$server" || die "could not start $server"
   # The threads that serve: nginx's worker (not its master), else the process.
   pids="$(echo "$SERVER_MEASURE_PIDS" | xargs | tr ' ' ',')"
   load "$conns" "$WARMUP" ""
