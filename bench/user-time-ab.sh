@@ -10,9 +10,10 @@
 # and then $DURATION, counted: utime and stime of the server process
 # (/proc/PID/stat, every thread) over the counted run, per request. The
 # table: medians over the rounds, each binary's user, system and total µs
-# a request, and B's over A's for each, the median of the rounds' paired
-# ratios (with how many rounds B was the lower) (both binaries measured within seconds of each other, so a
-# machine whose load moves over the run moves both).
+# a request, and B's over A's for each: the median of the rounds' paired
+# ratios (both binaries measured within seconds of each other, so a
+# machine whose load moves over the run moves both), and in how many
+# rounds B was the lower.
 # Not bench/throughput.sh: that runs one megaconn binary against its peers;
 # this runs two builds of megaconn against each other, nothing else.
 #
