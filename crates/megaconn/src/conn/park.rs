@@ -1067,7 +1067,10 @@ impl ParkingLot {
         // Closes of connections this lot never held, since the last sweep
         // (one load of the worker's counter per sweep; those the lot closed
         // itself count twice, which only brings a trim forward).
-        let closed = self.stats().closed.load(std::sync::atomic::Ordering::Relaxed);
+        let closed = self
+            .stats()
+            .closed
+            .load(std::sync::atomic::Ordering::Relaxed);
         let closes = closed.wrapping_sub(self.closed_at_sweep.replace(closed));
         let churn = self
             .churn_since_trim

@@ -462,7 +462,7 @@ impl TopicMetrics {
                 let subscribers = self.subscribers[i].load(Relaxed).max(0) as u64;
                 named_subscribers += subscribers;
                 let publishes = self.publishes[i].load(Relaxed);
-                TopicCount::new(name.as_ref(), subscribers, publishes)
+                TopicCount::new(&**name, subscribers, publishes)
             })
             .collect();
         let other_publishes = self.publishes[self.names.len()].load(Relaxed);

@@ -153,7 +153,12 @@ async fn named_topics_have_their_series_and_the_rest_are_other() {
     {
         devices.push((i, gateway.device(topics).await));
     }
-    for (topic, times) in [("fleet", 2), ("firmware", 1), ("device-1", 3), ("nobody", 1)] {
+    for (topic, times) in [
+        ("fleet", 2),
+        ("firmware", 1),
+        ("device-1", 3),
+        ("nobody", 1),
+    ] {
         for _ in 0..times {
             assert_eq!(gateway.hub.publish(topic, "x"), Ok(()), "{topic}");
         }

@@ -51,7 +51,7 @@ impl ParkingLot {
     /// back (the worker is closing), it closes as at shutdown.
     pub(super) fn refuse(&self, socket: OwnedFd, parking: Parking, conn: Connection) {
         let fd = socket.as_raw_fd();
-        LimitHit::ParkSlots.count(&self.stats);
+        LimitHit::ParkSlots.count(self.stats());
         ratelog::above_park_slots(fd, self.claim.slots().cap());
         let respawn = self.respawn.borrow().clone();
         match respawn {
@@ -85,7 +85,7 @@ impl ParkingLot {
         let registered = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) };
         let (awoke, socket) = match registered {
             Ok(watched) => {
-                let _idle = IdleOwn::enter(&self.stats.connections_idle);
+                let _idle = IdleOwn::enter(&self.stats().connections_idle);
                 let awoke = wait(&watched, parking, shutdown).await;
                 (Ok(awoke), watched.into_inner())
             }
@@ -100,7 +100,7 @@ impl ParkingLot {
             Ok(Awoke::Readable) => Ok(Wake::Readable),
             Ok(Awoke::Deadline) if parking.at_deadline == AtDeadline::Wake => Ok(Wake::Timer),
             Ok(Awoke::Deadline) => {
-                incr(&self.stats.timeouts);
+                incr(&self.stats().timeouts);
                 Err(CloseReason::IdleTimeout)
             }
             Ok(Awoke::Shutdown) if waiting() => Ok(Wake::Readable),
