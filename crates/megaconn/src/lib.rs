@@ -189,7 +189,7 @@ pub use message::{
     AUDIENCE_COUNTERS, DEFAULT_HUB_QUEUE, DEFAULT_HUB_QUEUE_BYTES, DEFAULT_MAX_SUBSCRIPTIONS,
     DEFAULT_MAX_TOPIC_BYTES, DEFAULT_MESSAGE_TIMEOUT, DEFAULT_OUTBOUND_QUEUE,
     DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_FANOUT, DEFAULT_PUBLISH_RATE,
-    DEFAULT_WRITE_STALL_TIMEOUT,
+    DEFAULT_WRITE_STALL_TIMEOUT, MAX_TOPIC_METRICS,
 };
 pub use observe::close::{CloseReason, FramingError, ProtocolDetail};
 pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};
@@ -197,7 +197,7 @@ pub use observe::metrics;
 #[cfg(feature = "otel")]
 pub use observe::otel;
 pub use observe::ratelog::install_panic_hook;
-pub use observe::stats::{MessageStats, OtelStats, ServerStats, TlsStats};
+pub use observe::stats::{MessageStats, OtelStats, ServerStats, TlsStats, TopicCount};
 pub use proto::framed::{
     FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES,
     MAX_EXPORTED_STATE_BYTES,

@@ -119,6 +119,12 @@ impl WorkerAccounts {
     pub(crate) fn new(stats: Arc<WorkerStats>, limit: ConnectionLimit) -> Rc<WorkerAccounts> {
         Rc::new(WorkerAccounts { stats, limit })
     }
+
+    /// The worker's counters.
+    #[inline]
+    pub(crate) fn stats(&self) -> &Arc<WorkerStats> {
+        &self.stats
+    }
 }
 
 /// How a connection its worker serves holds its accounts.
@@ -170,9 +176,9 @@ impl Home for Held {
         match self {
             Held::Own(own) => own.free_places(then),
             Held::Lot { accounts, ip } => {
-                // Re-attached only to be dropped: the places detached
-                // while it was parked go back as an owned slot's do.
-                drop(accounts.limit.reattach(ip));
+                // The places detached while it was parked go back as an
+                // owned slot's do, without a slot made only to be dropped.
+                accounts.limit.release_detached(ip);
                 then(&accounts.stats);
             }
         }
@@ -428,6 +434,11 @@ mod tests {
         assert_eq!(Arc::strong_count(&stats), counts);
         let mut again = limit.try_acquire().expect("its place came back");
         assert!(limit.admit_ip(&mut again, ip), "and its IP's");
+        // Once: a place given back twice would admit one over the limit.
+        assert!(limit.try_acquire().is_none(), "its place came back twice");
+        drop(again);
+        let mut other = limit.try_acquire().expect("again's place came back");
+        assert!(limit.admit_ip(&mut other, ip), "its IP's place, once");
     }
 
     /// A woken connection handed over with an upgraded socket owns its

@@ -244,6 +244,19 @@ impl ConnectionLimit {
         slot
     }
 
+    /// Gives back the places of a parked connection leaving for good
+    /// (woken and closed, or closed while parked), with the IP its detached
+    /// slot held: what dropping [`reattach`](ConnectionLimit::reattach)'s
+    /// slot does, without taking a reference to the semaphore only to drop
+    /// it (a locked increment and decrement a close, where an awake
+    /// connection's close drops the reference it holds: one).
+    pub(crate) fn release_detached(&self, ip: Option<IpAddr>) {
+        self.slots.add_permits(1);
+        if let (Some(per_ip), Some(ip)) = (&self.per_ip, ip) {
+            per_ip.release(ip);
+        }
+    }
+
     fn attached(&self) -> ConnectionSlot {
         ConnectionSlot {
             slots: Some(self.slots.clone()),

@@ -444,8 +444,8 @@ pub(crate) struct ParkingLot {
     last_stamp: Cell<(Instant, u32)>,
     /// When a sweep last cleared old stamps ([`ParkingLot::age_stamps`]).
     aged_at: Cell<Instant>,
-    stats: Arc<WorkerStats>,
-    /// The worker's counters and the server's limits, lent to the
+    /// The worker's counters (the lot's own counts go there too:
+    /// [`ParkingLot::stats`]) and the server's limits, lent to the
     /// connections it wakes (`Connection::resume`): no `Arc` count a
     /// wake-up.
     accounts: Rc<WorkerAccounts>,
@@ -581,8 +581,7 @@ impl ParkingLot {
             last_tick: Cell::new((epoch, 1)),
             last_stamp: Cell::new((epoch, 1)),
             aged_at: Cell::new(epoch),
-            accounts: WorkerAccounts::new(stats.clone(), limit),
-            stats,
+            accounts: WorkerAccounts::new(stats, limit),
             respawn: RefCell::new(None),
             on_close: RefCell::new(None),
             tracks: RefCell::new(Vec::new()),
@@ -591,6 +590,13 @@ impl ParkingLot {
             ips: RefCell::new(Vec::new()),
             retire: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The worker's counters, which the lot counts its parks, wakes and
+    /// closes into: its accounts' (one field, not a second `Arc` of them).
+    #[inline]
+    fn stats(&self) -> &Arc<WorkerStats> {
+        self.accounts.stats()
     }
 
     /// Sets (or, with `None`, clears) how woken sockets are served again.
@@ -613,7 +619,7 @@ impl ParkingLot {
             let told =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(fd, proto, reason)));
             if told.is_err() {
-                incr(&self.stats.panics);
+                incr(&self.stats().panics);
                 tracing::error!(
                     %reason,
                     "a handler's on_close panicked on a parked connection the lot closed"
@@ -729,9 +735,9 @@ impl ParkingLot {
         }
         // Plain stores, not locked adds: only this worker's thread writes
         // these (the lot is not `Send`), and a heartbeat moved each twice.
-        gauge_own(&self.stats.connections_parked, 1);
-        gauge_own(&self.stats.connections_idle, 1);
-        incr_own(&self.stats.parks);
+        gauge_own(&self.stats().connections_parked, 1);
+        gauge_own(&self.stats().connections_idle, 1);
+        incr_own(&self.stats().parks);
     }
 
     /// Seconds since `epoch`, rounded down, plus one: the tick a sweep at
@@ -808,7 +814,7 @@ impl ParkingLot {
 
     /// One `epoll_ctl` on the private set (ADD, MOD or DEL), counted.
     fn ctl(&self, op: libc::c_int, fd: RawFd) -> io::Result<()> {
-        incr_own(&self.stats.parking_epoll_ctl);
+        incr_own(&self.stats().parking_epoll_ctl);
         let mut event = libc::epoll_event {
             events: PARKED_EVENTS,
             u64: fd as u64,
@@ -866,8 +872,8 @@ impl ParkingLot {
         }
         slots.set(fd as usize, slot.now(to));
         self.parked.set(self.parked.get() - 1);
-        gauge_own(&self.stats.connections_parked, -1);
-        gauge_own(&self.stats.connections_idle, -1);
+        gauge_own(&self.stats().connections_parked, -1);
+        gauge_own(&self.stats().connections_idle, -1);
         // SAFETY: the lot owned this descriptor since `park`.
         Some((unsafe { OwnedFd::from_raw_fd(fd) }, slot))
     }
@@ -928,9 +934,9 @@ impl ParkingLot {
         let hot = is_hot(slot.served_wake_at(), self.stamp_now(), self.hot_within);
         let proto = slot.tag();
         incr_own(if hot {
-            &self.stats.wakes_hot
+            &self.stats().wakes_hot
         } else {
-            &self.stats.wakes_cold
+            &self.stats().wakes_cold
         });
         let conn = self.connection(&socket).wake();
         respawn(
@@ -964,7 +970,7 @@ impl ParkingLot {
             return Err(io::Error::last_os_error());
         }
         if n > 0 {
-            incr_own(&self.stats.parking_wakeups);
+            incr_own(&self.stats().parking_wakeups);
         }
         // SAFETY: epoll_wait initialised the first `n` (<= MAX_EVENTS) events.
         let events: &[libc::epoll_event] =
@@ -1046,7 +1052,7 @@ impl ParkingLot {
                 }
                 _ => {
                     if let Some((socket, slot)) = self.unpark(fd, ABSENT) {
-                        incr(&self.stats.timeouts);
+                        incr(&self.stats().timeouts);
                         self.closed(&socket, slot, CloseReason::IdleTimeout);
                     }
                 }
@@ -1061,7 +1067,10 @@ impl ParkingLot {
         // Closes of connections this lot never held, since the last sweep
         // (one load of the worker's counter per sweep; those the lot closed
         // itself count twice, which only brings a trim forward).
-        let closed = self.stats.closed.load(std::sync::atomic::Ordering::Relaxed);
+        let closed = self
+            .stats()
+            .closed
+            .load(std::sync::atomic::Ordering::Relaxed);
         let closes = closed.wrapping_sub(self.closed_at_sweep.replace(closed));
         let churn = self
             .churn_since_trim
@@ -1526,7 +1535,7 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                             if last_turn.is_some_and(|t| now.saturating_duration_since(t) < relay.window * 2) {
                                 match relay.switch(false) {
                                     Ok(()) => {
-                                        incr(&lot.stats.parking_wake_batches);
+                                        incr(&lot.stats().parking_wake_batches);
                                         muted = true;
                                         unmute.as_mut().reset(now + relay.window);
                                     }
@@ -2245,7 +2254,7 @@ pub(super) mod tests {
         // Connections the lot never held closing count too (an HTTP/2
         // flood's connections never park).
         f.lot.sweep();
-        f.lot.stats.closed.fetch_add(
+        f.lot.stats().closed.fetch_add(
             TRIM_AFTER_BURST as u64,
             std::sync::atomic::Ordering::Relaxed,
         );

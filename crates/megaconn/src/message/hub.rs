@@ -156,7 +156,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::conn::pool::MAX_POOLED_CAPACITY;
 use crate::message::confirm::{Delivery, Undelivered, Waiter};
 use crate::message::outbound::PushFrame;
-use crate::message::topics::Published;
+use crate::message::topics::{Published, TopicMetrics};
 use crate::message::wire::WireId;
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
@@ -463,6 +463,9 @@ pub(crate) struct HubInner {
     /// The largest message any connection may be sent, when the server
     /// knows it ([`HubError::TooLarge`]; `usize::MAX`: not known).
     max_message_bytes: usize,
+    /// Where publishes are counted by topic (`Builder::topic_metrics`;
+    /// `None`: not).
+    topic_metrics: Option<Arc<TopicMetrics>>,
 }
 
 /// The hub as the server's configuration holds it: its channels, and the
@@ -589,6 +592,7 @@ impl HubChannels {
                 limit,
                 limit_bytes,
                 max_message_bytes: usize::MAX,
+                topic_metrics: None,
             }),
             ends,
         }
@@ -600,6 +604,15 @@ impl HubChannels {
     pub(crate) fn refusing_over(mut self, bytes: usize) -> HubChannels {
         if let Some(hub) = Arc::get_mut(&mut self.hub) {
             hub.max_message_bytes = bytes;
+        }
+        self
+    }
+
+    /// Publishes are counted by topic in `metrics` (`None`: not). Before
+    /// any hub is handed out.
+    pub(crate) fn counting_topics(mut self, metrics: Option<Arc<TopicMetrics>>) -> HubChannels {
+        if let Some(hub) = Arc::get_mut(&mut self.hub) {
+            hub.topic_metrics = metrics;
         }
         self
     }
@@ -1215,8 +1228,12 @@ impl Hub {
         (kind, if_behind): (Kind, IfBehind),
     ) -> Result<(), HubError> {
         self.fits(&message)?;
-        let topic = Published::new(topic, except);
-        self.to_every_worker(|| Push::Topic(topic.clone(), message.clone(), kind, if_behind))
+        let published = Published::new(topic, except);
+        self.to_every_worker(|| Push::Topic(published.clone(), message.clone(), kind, if_behind))?;
+        if let Some(metrics) = &self.inner.topic_metrics {
+            metrics.published(topic);
+        }
+        Ok(())
     }
 
     /// Sends `message` to every message connection of the server, parked or

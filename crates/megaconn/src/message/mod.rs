@@ -110,6 +110,7 @@ pub use session::Session;
 pub use topics::{
     message_connections_in_other_processes, share_audience, subscribers, ShareAudienceError,
     SubscribeError, AUDIENCE_COUNTERS, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_BYTES,
+    MAX_TOPIC_METRICS,
 };
 
 /// Default bound of an awake connection's outbound queue: 256 messages.
@@ -175,6 +176,10 @@ pub(crate) struct MessageSettings {
     pub max_subscriptions: usize,
     /// The longest topic name a connection may subscribe to, in bytes.
     pub max_topic_bytes: usize,
+    /// The topics counted one by one in `/metrics`, and their counts
+    /// (`Builder::topic_metrics`; `None`: none). Made afresh for each
+    /// server at `listen`.
+    pub topic_metrics: Option<Arc<topics::TopicMetrics>>,
     /// How many connections each worker reaches per second with one
     /// message of the hub (`None`: as fast as it can, a slice at a time).
     pub delivery_rate: Option<f64>,
@@ -192,6 +197,7 @@ impl Default for MessageSettings {
             hub_queue_bytes: DEFAULT_HUB_QUEUE_BYTES,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             max_topic_bytes: DEFAULT_MAX_TOPIC_BYTES,
+            topic_metrics: None,
             delivery_rate: None,
             write_stall_timeout: Some(DEFAULT_WRITE_STALL_TIMEOUT),
         }

@@ -74,16 +74,30 @@
 //! ~55 finishing it and picking the counters); the two adds are two
 //! locked instructions, uncontended unless other workers count names on
 //! the same cache lines at the same moment.
+//!
+//! # Per-topic series (`Builder::topic_metrics`)
+//!
+//! An operator may name a few topics to see in `/metrics`
+//! ([`TopicMetrics`]): each named topic's subscriptions on this server and
+//! the publishes to it, every other topic summed in `topic="other"`. Named,
+//! not all: a gateway with a million devices and a topic each would
+//! otherwise write a million series per scrape. Exact, where
+//! [`subscribers`] is not, because only the named topics are counted: a
+//! subscribe or leave looks its name up among them (a hash, only with the
+//! setting on) and moves that topic's gauge, shared by the workers; the
+//! `other` subscriptions are the exact total
+//! (`megaconn_message_subscriptions`) less the named ones, read at scrape
+//! time, so an unnamed topic costs nothing more.
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 use crate::message::hub::{ConnectionId, Generation};
-use crate::observe::stats::{gauge_own, WorkerStats};
+use crate::observe::stats::{gauge_own, TopicCount, WorkerStats};
 
 /// Default [`Builder::max_subscriptions`](crate::Builder::max_subscriptions):
 /// 128 topics per connection. Each costs the worker about 270 bytes with a
@@ -343,6 +357,124 @@ pub fn share_audience(
         .map_err(|_| ShareAudienceError::InUse)
 }
 
+/// The most topics [`Builder::topic_metrics`](crate::Builder::topic_metrics)
+/// may name: two series each per scrape (and `other`'s), so a list that
+/// grew with the fleet (a topic per device) is refused at
+/// [`Builder::listen`](crate::Builder::listen) instead of writing a
+/// million series.
+pub const MAX_TOPIC_METRICS: usize = 256;
+
+/// The label of every topic not named in
+/// [`Builder::topic_metrics`](crate::Builder::topic_metrics), summed (a
+/// topic of that name cannot be named).
+pub(crate) const OTHER_TOPICS: &str = "other";
+
+/// One server's per-topic counts for `/metrics`
+/// ([`Builder::topic_metrics`](crate::Builder::topic_metrics)): the topics
+/// named, each one's subscriptions (a gauge the workers move as
+/// connections subscribe and leave) and the publishes to it (counted by
+/// the hub, on the publishing thread), and the publishes to every other
+/// topic. See the module doc.
+#[derive(Debug)]
+pub(crate) struct TopicMetrics {
+    /// The topics named, in the order given, each once.
+    names: Box<[Box<str>]>,
+    /// Each name's place in `names` and in the counters (a copy of each:
+    /// at most [`MAX_TOPIC_METRICS`] short names).
+    index: HashMap<Box<str>, usize>,
+    /// Subscriptions to each named topic on the server's workers.
+    subscribers: Box<[AtomicI64]>,
+    /// Publishes to each named topic, then (the last) to any other.
+    publishes: Box<[AtomicU64]>,
+}
+
+impl TopicMetrics {
+    /// Counts for `names` (a repeat counted once), from zero.
+    pub(crate) fn new<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> TopicMetrics {
+        let mut index: HashMap<Box<str>, usize> = HashMap::new();
+        let mut kept: Vec<Box<str>> = Vec::new();
+        for name in names {
+            let name = name.as_ref();
+            if !index.contains_key(name) {
+                index.insert(name.into(), kept.len());
+                kept.push(name.into());
+            }
+        }
+        let n = kept.len();
+        TopicMetrics {
+            names: kept.into(),
+            index,
+            subscribers: (0..n).map(|_| AtomicI64::new(0)).collect(),
+            publishes: (0..=n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Whether it names no topic.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The same names, counted from zero: a server's own counts, not those
+    /// of another server built from the same builder.
+    pub(crate) fn fresh(&self) -> TopicMetrics {
+        TopicMetrics::new(self.names.iter())
+    }
+
+    /// Why these names cannot be exported, if they cannot: more than
+    /// [`MAX_TOPIC_METRICS`], or one named `other`.
+    pub(crate) fn refusal(&self) -> Option<String> {
+        if self.names.len() > MAX_TOPIC_METRICS {
+            return Some(format!(
+                "topic_metrics names {} topics, more than MAX_TOPIC_METRICS ({MAX_TOPIC_METRICS}): \
+                 name the few an operator watches, the rest are summed in topic=\"{OTHER_TOPICS}\"",
+                self.names.len()
+            ));
+        }
+        self.index.contains_key(OTHER_TOPICS).then(|| {
+            format!("topic_metrics cannot name a topic \"{OTHER_TOPICS}\": it labels every topic not named")
+        })
+    }
+
+    /// `n` subscriptions to `topic` joined (or left), if it is named.
+    fn moved(&self, topic: &str, n: usize, joined: bool) {
+        if let Some(&i) = self.index.get(topic) {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            self.subscribers[i].fetch_add(if joined { n } else { -n }, Relaxed);
+        }
+    }
+
+    /// The hub took a publish to `topic`.
+    pub(crate) fn published(&self, topic: &str) {
+        let i = self.index.get(topic).copied().unwrap_or(self.names.len());
+        self.publishes[i].fetch_add(1, Relaxed);
+    }
+
+    /// The counts now: each named topic's, then `other`'s, whose
+    /// subscriptions are the server's `subscriptions` (its exact total) less
+    /// the named ones'.
+    pub(crate) fn counts(&self, subscriptions: u64) -> Vec<TopicCount> {
+        let mut named_subscribers = 0u64;
+        let mut counts: Vec<TopicCount> = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let subscribers = self.subscribers[i].load(Relaxed).max(0) as u64;
+                named_subscribers += subscribers;
+                let publishes = self.publishes[i].load(Relaxed);
+                TopicCount::new(&**name, subscribers, publishes)
+            })
+            .collect();
+        let other_publishes = self.publishes[self.names.len()].load(Relaxed);
+        counts.push(TopicCount::new(
+            OTHER_TOPICS,
+            subscriptions.saturating_sub(named_subscribers),
+            other_publishes,
+        ));
+        counts
+    }
+}
+
 /// Why [`Session::subscribe`](crate::Session::subscribe) (or
 /// [`WsSession::subscribe`](crate::WsSession::subscribe)) did not subscribe
 /// the connection. The connection stays open and keeps its other topics;
@@ -503,6 +635,9 @@ pub(crate) struct Topics {
     /// The worker's counters, whose gauge of subscriptions this keeps
     /// (`None`: a unit test's, not counted).
     stats: Option<Arc<WorkerStats>>,
+    /// The server's per-topic counts, whose named topics' gauges this
+    /// moves too (`None`: `Builder::topic_metrics` not set).
+    exported: Option<Arc<TopicMetrics>>,
 }
 
 impl Topics {
@@ -516,6 +651,7 @@ impl Topics {
             limit: limit.min(u32::MAX as usize),
             max_topic_bytes,
             stats: None,
+            exported: None,
         }
     }
 
@@ -526,10 +662,21 @@ impl Topics {
         self
     }
 
+    /// Counts the subscriptions to the topics `exported` names in its
+    /// gauges too (`Builder::topic_metrics`; `None`: not set).
+    pub(crate) fn exporting(mut self, exported: Option<Arc<TopicMetrics>>) -> Topics {
+        self.exported = exported;
+        self
+    }
+
     /// `n` subscriptions to `topic` joined (or left): the process's
-    /// audience of the name and the worker's gauge of subscriptions.
+    /// audience of the name, the worker's gauge of subscriptions, and the
+    /// topic's own gauge if it is exported.
     fn moved(&self, topic: &str, n: usize, joined: bool) {
         count_audience(topic, n, joined);
+        if let Some(exported) = &self.exported {
+            exported.moved(topic, n, joined);
+        }
         if let Some(stats) = &self.stats {
             let n = i64::try_from(n).unwrap_or(i64::MAX);
             gauge_own(&stats.messages.subscriptions, if joined { n } else { -n });

@@ -307,7 +307,8 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 awake: RefCell::default(),
                 topics: RefCell::new(
                     Topics::new(settings.max_subscriptions, settings.max_topic_bytes)
-                        .counted(ctx.stats.clone()),
+                        .counted(ctx.stats.clone())
+                        .exporting(settings.topic_metrics.clone()),
                 ),
                 wires: RefCell::default(),
                 wire_protocols: RefCell::default(),

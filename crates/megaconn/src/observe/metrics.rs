@@ -76,6 +76,8 @@
 //! | `megaconn_message_connections` | gauge | `protocol` (`framed`, `websocket`, `sse`: [`MESSAGE_PROTOCOL_LABELS`]) |
 //! | `megaconn_ws_closes_total` | counter | `direction` (`sent`, `received`), `code` ([`WS_CLOSE_CODE_LABELS`]: `1000`, `1001`, `1006`, `4xxx`, `other`, …) |
 //! | `megaconn_publish_lag_seconds` | histogram | |
+//! | `megaconn_topic_subscribers` | gauge | `topic` (each named in `Builder::topic_metrics`, then `other`) (only with that setting) |
+//! | `megaconn_topic_publishes_total` | counter | `topic` (as above) (only with that setting) |
 //! | `megaconn_build_info` | gauge, always 1 | `version` |
 //! | `process_cpu_seconds_total` | counter | |
 //! | `process_resident_memory_bytes` | gauge | |
@@ -114,6 +116,13 @@
 //! [`ServerHandle::message_connections`](crate::ServerHandle::message_connections)
 //! (an awake one counts while registered for pushes, which it is when the
 //! server has a hub).
+//!
+//! The `topic_` series exist only for the topics an operator named
+//! (`Builder::topic_metrics`, at most `MAX_TOPIC_METRICS`), every other
+//! topic summed in `topic="other"`: bounded whatever the number of
+//! topics (a million devices with a topic each are one `other` series).
+//! `topic_subscribers` is exact per server; `topic_publishes_total`
+//! counts each publish the hub took once, whatever its subscribers.
 //!
 //! The body is OpenMetrics text (it ends with `# EOF`): serve it as
 //! [`OPENMETRICS_CONTENT_TYPE`]. Labelled `text/plain; version=0.0.4` it
@@ -1401,7 +1410,35 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         ConstGauge::new(n).encode(family.encode_family(&[("protocol", *protocol)])?)?;
     }
+    topics(e, &m.topics)?;
     rooms(e, &m.rooms)
+}
+
+/// The per-topic series (`Builder::topic_metrics`): none without it.
+fn topics(
+    e: &mut DescriptorEncoder,
+    topics: &[crate::observe::stats::TopicCount],
+) -> Result<(), fmt::Error> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let mut family = e.encode_descriptor(
+        "topic_subscribers",
+        "Subscriptions held now on this server to each topic named in Builder::topic_metrics, exact; topic=\"other\": to every other topic, summed.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for t in topics {
+        let n = i64::try_from(t.subscribers).unwrap_or(i64::MAX);
+        ConstGauge::new(n).encode(family.encode_family(&[("topic", t.topic.as_str())])?)?;
+    }
+    labelled(
+        e,
+        "topic_publishes",
+        "Publishes the hub took to each topic named in Builder::topic_metrics (each once, whatever its subscribers); topic=\"other\": to every other topic.",
+        "topic",
+        topics.iter().map(|t| (t.topic.as_str(), t.publishes)),
+    )
 }
 
 /// The rooms' series (`observe/rooms.rs`): WebSocket closes by code and

@@ -280,6 +280,43 @@ pub struct MessageStats {
     /// publishes waited in the workers' hub queues
     /// (`megaconn_ws_closes_total`, `megaconn_publish_lag_seconds`).
     pub rooms: crate::observe::rooms::RoomStats,
+    /// Each topic named in
+    /// [`Builder::topic_metrics`](crate::Builder::topic_metrics), in the
+    /// order given, then `other` (every topic not named, summed); empty
+    /// without the setting (`megaconn_topic_subscribers`,
+    /// `megaconn_topic_publishes_total`). Not summed over workers: the
+    /// server's [`ServerHandle::stats`](crate::ServerHandle::stats) fills it.
+    pub topics: Vec<TopicCount>,
+}
+
+/// One topic's counts ([`MessageStats::topics`]), for a fleet's dashboard
+/// without a series per device: only the topics the operator named
+/// ([`Builder::topic_metrics`](crate::Builder::topic_metrics)) get one,
+/// the rest are summed in `other`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicCount {
+    /// The topic's name, or `other`: every topic not named, summed.
+    pub topic: String,
+    /// Subscriptions to it held now on this server's connections, exact (a
+    /// connection subscribed counts once; `other`: every other topic's,
+    /// so a connection in two of them counts twice).
+    pub subscribers: u64,
+    /// Publishes to it the hub took ([`Hub::publish`](crate::Hub::publish)
+    /// and its forms, each once whatever its subscribers: one that returned
+    /// `Ok`), since the server started.
+    pub publishes: u64,
+}
+
+impl TopicCount {
+    /// `topic`'s counts.
+    pub fn new(topic: impl Into<String>, subscribers: u64, publishes: u64) -> TopicCount {
+        TopicCount {
+            topic: topic.into(),
+            subscribers,
+            publishes,
+        }
+    }
 }
 
 impl MessageStats {

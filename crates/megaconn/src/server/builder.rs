@@ -441,6 +441,8 @@ struct HandleShared {
     wakes: Option<crate::server::stall::WakeSignal>,
     /// [`Builder::shutdown_drain_rate`], for what a drain will be.
     drain_rate: Option<u32>,
+    /// [`Builder::topic_metrics`]' counts (`None`: not set).
+    topic_metrics: Option<Arc<crate::message::topics::TopicMetrics>>,
     /// Workers whose drain has not ended ([`ServerHandle::workers_draining`]).
     drains: worker::Drains,
 }
@@ -589,6 +591,9 @@ impl ServerHandle {
     /// The server's counters, summed over workers.
     pub fn stats(&self) -> ServerStats {
         let mut stats = ServerStats::sum(&self.0.workers);
+        if let Some(topics) = &self.0.topic_metrics {
+            stats.messages.topics = topics.counts(stats.messages.subscriptions);
+        }
         stats.otel = crate::observe::trace::export_stats(&self.0.tracing);
         stats.tls = self.0.tls.as_ref().map(TlsConfig::stats);
         stats
@@ -1364,6 +1369,7 @@ impl Builder {
                 c.http2.max_grown_stream_window
             )));
         }
+        crate::server::message::check_topic_metrics(c)?;
         Ok(())
     }
 
@@ -1397,6 +1403,8 @@ impl Builder {
         // Its own grown windows' count, not one shared with the builder's
         // other servers.
         config.http2_grown_windows = Default::default();
+        // And its own per-topic counts (`Builder::topic_metrics`).
+        let topic_metrics = crate::server::message::own_topic_metrics(&mut config);
         config.addrs.clone_from(&local_addrs);
         let max_connections = match config.max_connections {
             Some(n) => config::checked_max_connections(n),
@@ -1439,6 +1447,7 @@ impl Builder {
                 wakes,
                 drain_rate,
                 drains: worker::Drains::default(),
+                topic_metrics,
             })),
         })
     }

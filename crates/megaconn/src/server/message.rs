@@ -2,7 +2,8 @@
 //! publish, broadcast to message connections), the bound of each
 //! connection's outbound queue and of each worker's queue of hub messages,
 //! the pace of the hub's deliveries, how many topics a connection may
-//! subscribe to, and how long a write may stall.
+//! subscribe to, which topics `/metrics` counts one by one, and how long a
+//! write may stall.
 //! Protocol-neutral: they apply to every message protocol's connections
 //! (framed TCP; the write stall bound WebSocket's too, native and
 //! `axum_ws`, and HTTP/1.1 responses').
@@ -10,7 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::conn::config::Config;
+use crate::error::Error;
 use crate::message::hub::HubChannels;
+use crate::message::topics::TopicMetrics;
 use crate::message::{Hub, MessageSettings};
 use crate::server::builder::{Builder, Server};
 
@@ -130,6 +134,31 @@ impl Builder {
         self
     }
 
+    /// Message connections (framed, WebSocket, SSE): the topics `/metrics`
+    /// counts one by one: `megaconn_topic_subscribers{topic}`, the
+    /// subscriptions to each held on this server's connections now (exact),
+    /// and `megaconn_topic_publishes_total{topic}`, the publishes to it the
+    /// hub took ([`Hub::publish`] and its forms, each once whatever its
+    /// subscribers), each topic named a series and every other topic summed
+    /// in `topic="other"`. Named, not every topic, so that the series stay
+    /// as few as the operator chose whatever the fleet: a gateway whose
+    /// million devices each subscribe to a topic of their own names its few
+    /// fleet-wide topics (`fleet`, `firmware`) and sees the devices' as
+    /// `other` (a series per device would be a million a scrape). At most
+    /// [`MAX_TOPIC_METRICS`](crate::MAX_TOPIC_METRICS) names, and not
+    /// `other`, else [`listen`](Builder::listen) returns
+    /// [`Error::Config`]; a repeat counts once, and a later call replaces
+    /// the list. Costs a subscribe, a leave and a publish one lookup of the
+    /// name among those named (and, for a named topic, an atomic add shared
+    /// by the workers); nothing when unset. Default: none (an empty list
+    /// turns it off).
+    pub fn topic_metrics<S: AsRef<str>>(mut self, topics: impl IntoIterator<Item = S>) -> Builder {
+        let metrics = TopicMetrics::new(topics);
+        let metrics = (!metrics.is_empty()).then(|| Arc::new(metrics));
+        MessageSettings::update(&mut self.config, |s| s.topic_metrics = metrics);
+        self
+    }
+
     /// HTTP/1.1 responses, and framed and WebSocket connections without a
     /// heartbeat timeout ([`Builder::heartbeat_timeout`],
     /// [`WebSocketRoute::heartbeat_timeout`](crate::WebSocketRoute::heartbeat_timeout);
@@ -222,9 +251,14 @@ impl Server {
         let config = Arc::make_mut(&mut self.config);
         MessageSettings::update(config, |s| {
             let (limit, limit_bytes) = (s.hub_queue, s.hub_queue_bytes);
+            let topic_metrics = s.topic_metrics.clone();
             s.hub.get_or_insert_with(|| {
                 let channels = HubChannels::new(&workers, limit, limit_bytes);
-                Arc::new(channels.refusing_over(largest))
+                Arc::new(
+                    channels
+                        .refusing_over(largest)
+                        .counting_topics(topic_metrics),
+                )
             });
         });
         MessageSettings::of(&self.config)
@@ -232,4 +266,23 @@ impl Server {
             .expect("just set")
             .hub()
     }
+}
+
+/// Why `config`'s [`Builder::topic_metrics`] cannot be exported, as
+/// [`Builder::validate`] reports it: too many names, or one named `other`.
+pub(crate) fn check_topic_metrics(config: &Config) -> Result<(), Error> {
+    let refusal = MessageSettings::of(config)
+        .and_then(|s| s.topic_metrics.as_ref())
+        .and_then(|m| m.refusal());
+    refusal.map_or(Ok(()), |why| Err(Error::Config(why)))
+}
+
+/// Gives the server being bound (`config`) per-topic counts of its own
+/// ([`Builder::topic_metrics`]), counted from zero, not the builder's
+/// (which another server built from a clone of it shares); returns them
+/// for its handle's [`stats`](crate::ServerHandle::stats).
+pub(crate) fn own_topic_metrics(config: &mut Config) -> Option<Arc<TopicMetrics>> {
+    let own = Arc::new(MessageSettings::of(config)?.topic_metrics.as_ref()?.fresh());
+    MessageSettings::update(config, |s| s.topic_metrics = Some(own.clone()));
+    Some(own)
 }

@@ -117,6 +117,7 @@ mod tls_plain;
 mod tls_sealed_close;
 mod token_streams;
 mod tonic;
+mod topic_metrics;
 mod woken_accounts;
 mod ws;
 mod ws_api;

@@ -32,11 +32,13 @@ use super::common::{
 };
 use super::{capture_log, logged, ACCESS_TARGET};
 
-/// The access-log lines of the connection from `peer`. (Through
+/// The access-log lines of the connection from `peer`, an address of the
+/// test's own (else it panics: another test's line may name it). (Through
 /// `logged`, which takes the lines whole from a lock another test's failed
 /// assertion poisoned: `unwrap` here made one failure fail every test
 /// that read the access log after it.)
 fn access_lines(peer: SocketAddr) -> Vec<String> {
+    super::assert_own(peer);
     let peer_field = format!("peer={peer}");
     logged()
         .iter()

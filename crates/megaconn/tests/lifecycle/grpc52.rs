@@ -8,7 +8,7 @@
 use super::access_log::{assert_one_line, h1_exchange};
 use super::capture_log;
 use super::common::modes::h2_exchange;
-use super::common::{h2c_from, TestServer};
+use super::common::{h2c_from_own_address, TestServer};
 
 /// The test app's `/panic` panics in `call`; a gRPC `content-type` makes
 /// the request a gRPC call, one empty message its body.
@@ -21,7 +21,8 @@ async fn a_grpc_call_whose_handler_panicked_in_call_has_its_200_line() {
     let (h1, answer) = h1_exchange(server.addr, raw).await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert!(answer.contains("\r\ngrpc-status: 13\r\n"), "{answer}");
-    let (send, h2) = h2c_from(server.addr).await;
+    // From an address of its own: the line is told by its peer.
+    let (send, h2) = h2c_from_own_address(server.addr).await;
     let request = http::Request::post("http://localhost/panic")
         .header("content-type", "application/grpc")
         .body(())

@@ -51,7 +51,7 @@ impl ParkingLot {
     /// back (the worker is closing), it closes as at shutdown.
     pub(super) fn refuse(&self, socket: OwnedFd, parking: Parking, conn: Connection) {
         let fd = socket.as_raw_fd();
-        LimitHit::ParkSlots.count(&self.stats);
+        LimitHit::ParkSlots.count(self.stats());
         ratelog::above_park_slots(fd, self.claim.slots().cap());
         let respawn = self.respawn.borrow().clone();
         match respawn {
@@ -85,7 +85,7 @@ impl ParkingLot {
         let registered = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) };
         let (awoke, socket) = match registered {
             Ok(watched) => {
-                let _idle = IdleOwn::enter(&self.stats.connections_idle);
+                let _idle = IdleOwn::enter(&self.stats().connections_idle);
                 let awoke = wait(&watched, parking, shutdown).await;
                 (Ok(awoke), watched.into_inner())
             }
@@ -100,7 +100,7 @@ impl ParkingLot {
             Ok(Awoke::Readable) => Ok(Wake::Readable),
             Ok(Awoke::Deadline) if parking.at_deadline == AtDeadline::Wake => Ok(Wake::Timer),
             Ok(Awoke::Deadline) => {
-                incr(&self.stats.timeouts);
+                incr(&self.stats().timeouts);
                 Err(CloseReason::IdleTimeout)
             }
             Ok(Awoke::Shutdown) if waiting() => Ok(Wake::Readable),
@@ -230,7 +230,7 @@ mod tests {
         at_deadline: AtDeadline,
         deadline: Option<Instant>,
     ) -> (OwnedFd, Parking) {
-        let conn = Connection::open(limit.try_acquire().unwrap(), lot.stats.clone(), None);
+        let conn = Connection::open(limit.try_acquire().unwrap(), lot.stats().clone(), None);
         let parking = Parking::of(deadline, false, true, ProtoTag(3), at_deadline);
         lot.park(socket, parking, conn);
         assert_eq!(lot.len(), 0, "not parked");
@@ -241,7 +241,7 @@ mod tests {
     }
 
     fn conn(lot: &ParkingLot, limit: &ConnectionLimit) -> Connection {
-        Connection::open(limit.try_acquire().unwrap(), lot.stats.clone(), None)
+        Connection::open(limit.try_acquire().unwrap(), lot.stats().clone(), None)
     }
 
     /// Refused, counted, and handed back; awake, bytes wake it as a hot
@@ -254,7 +254,7 @@ mod tests {
         let (socket, parking) = refused(&lot, &limit, &handed, socket, AtDeadline::Close, None);
         assert_eq!(socket.as_raw_fd(), fd);
         assert_eq!(
-            lot.stats.limit_hits[LimitHit::ParkSlots as usize].load(Relaxed),
+            lot.stats().limit_hits[LimitHit::ParkSlots as usize].load(Relaxed),
             1
         );
         let shutdown = LocalShutdown::default();
@@ -271,7 +271,7 @@ mod tests {
             other => panic!("handed back {other:?}"),
         }
         assert!(told.borrow().is_empty());
-        assert_eq!(lot.stats.connections_idle.load(Relaxed), 0);
+        assert_eq!(lot.stats().connections_idle.load(Relaxed), 0);
     }
 
     /// Its deadline closes it as idle (its protocol told, while the
@@ -286,7 +286,7 @@ mod tests {
         lot.stay_awake(socket, parking, conn(&lot, &limit), &shutdown)
             .await;
         assert_eq!(*told.borrow(), [CloseReason::IdleTimeout]);
-        assert_eq!(lot.stats.timeouts.load(Relaxed), 1);
+        assert_eq!(lot.stats().timeouts.load(Relaxed), 1);
         assert!(handed.borrow().is_empty());
         client
             .set_read_timeout(Some(Duration::from_secs(30)))
