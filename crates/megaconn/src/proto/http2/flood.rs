@@ -361,7 +361,7 @@ impl Flooded {
             Flooded::EmptyData,
         ]
         .into_iter()
-            .find(|f| *f as u8 == code)
+        .find(|f| *f as u8 == code)
     }
 }
 
@@ -588,12 +588,14 @@ impl FloodBudget {
     }
 
     /// Whether h2 would end the connection over DATA frame `h` (`first`:
-    /// its payload's first byte, if the read holds it), which the
-    /// tiny-DATA budget then does first, with its count and its line:
-    /// `room` is what was left of h2's small-DATA budget when the read
-    /// came (asked of h2 at the read's first frame that takes from it;
-    /// `open`, what a frame whose payload was still coming takes once
-    /// whole), less what the read's frames before this one take.
+    /// its payload's first byte, if the read holds it), which ours then
+    /// does first, with its count and its line (`Some`: the tiny-DATA
+    /// budget's close for h2's small-DATA budget, the empty-DATA close
+    /// for its count of empty frames): `room` is what was left of each
+    /// when the read came ([`H2Room`]: asked of h2 at the read's first
+    /// frame that takes from it, less what a frame whose payload was still
+    /// coming takes once whole), less what the read's frames before this
+    /// one take.
     ///
     /// Why: ours gives tiny frames back with time (1,000 a second) and
     /// h2's does not, so a flood read over more than a few tens of
@@ -632,9 +634,10 @@ impl FloodBudget {
             return None;
         }
         let probe = self.h2_probe.get()?;
+        let (open_small, open_empty) = (room.open_small, i64::from(room.open_empty));
         if empty {
             let left = room.empty.get_or_insert_with(|| {
-                i64::try_from(probe.empty_left()).unwrap_or(i64::MAX) - i64::from(room.open_empty)
+                i64::try_from(probe.empty_left()).unwrap_or(i64::MAX) - open_empty
             });
             if *left < 1 {
                 return Some(Flooded::EmptyData);
@@ -643,7 +646,7 @@ impl FloodBudget {
         }
         if charge > 0 {
             let left = room.small.get_or_insert_with(|| {
-                i64::try_from(probe.left()).unwrap_or(i64::MAX) - room.open_small
+                i64::try_from(probe.left()).unwrap_or(i64::MAX) - open_small
             });
             if charge > *left {
                 return Some(Flooded::TinyData);
