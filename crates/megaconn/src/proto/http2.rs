@@ -804,51 +804,43 @@ fn calmed(ctx: &WorkerContext, cause: &dyn std::fmt::Display) -> CloseReason {
 /// worker, a kind of its own each). Returns its close reason.
 fn frame_flooded(which: Flooded, ctx: &WorkerContext, addrs: &Addrs) -> CloseReason {
     incr(&ctx.stats.protocol_errors);
-    let peer = || ratelog::peer_name(addrs.peer());
-    match which {
-        Flooded::Control => {
-            LimitHit::Http2ControlFlood.count(&ctx.stats);
-            ratelog::log(Flood::Http2ControlFrames, |suppressed| {
-                tracing::info!(
-                    suppressed,
-                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): its control frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA, unknown types) cost more than HTTP2_CONTROL_BUDGET ({HTTP2_CONTROL_BUDGET} bytes) beyond what its requests and responses earned (control-frame flood)",
-                    peer()
-                )
-            });
-        }
-        Flooded::TinyData => {
-            LimitHit::Http2DataFlood.count(&ctx.stats);
-            ratelog::log(Flood::Http2TinyData, |suppressed| {
-                tracing::info!(
-                    suppressed,
-                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more tiny DATA frames (under 16 bytes) that no handler read than HTTP2_TINY_DATA_BUDGET ({HTTP2_TINY_DATA_BUDGET}) beyond what time and its larger DATA frames earned, or more small ones (under 256 bytes) than h2 holds unread (H2_DATA_FRAME_BUDGET, {H2_DATA_FRAME_BUDGET} bytes at 256 less each frame's size) (small-DATA flood)",
-                    peer()
-                )
-            });
-        }
-        Flooded::EmptyData => {
-            LimitHit::Http2DataFlood.count(&ctx.stats);
-            ratelog::log(Flood::Http2EmptyData, |suppressed| {
-                tracing::info!(
-                    suppressed,
-                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more empty DATA frames (no payload, padding aside, not ending their stream) than h2 takes on a connection (H2_EMPTY_DATA_FRAMES, {H2_EMPTY_DATA_FRAMES} over its life, beyond a stream's first and one after each non-empty frame) (empty-DATA flood)",
-                    peer()
-                )
-            });
-        }
-        Flooded::Pings => {
-            LimitHit::Http2PingFlood.count(&ctx.stats);
-            ratelog::log(Flood::Http2Pings, |suppressed| {
-                tracing::info!(
-                    suppressed,
-                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more PINGs with nothing sent to it in between than HTTP2_PING_BUDGET ({HTTP2_PING_BUDGET}) beyond what time gave back, {} a second (PING flood)",
-                    peer(),
-                    flood::PINGS_PER_SECOND
-                )
-            });
-        }
-    }
+    let (hit, kind) = match which {
+        Flooded::Control => (LimitHit::Http2ControlFlood, Flood::Http2ControlFrames),
+        Flooded::TinyData => (LimitHit::Http2DataFlood, Flood::Http2TinyData),
+        Flooded::EmptyData => (LimitHit::Http2DataFlood, Flood::Http2EmptyData),
+        Flooded::Pings => (LimitHit::Http2PingFlood, Flood::Http2Pings),
+    };
+    hit.count(&ctx.stats);
+    ratelog::log(kind, |suppressed| {
+        tracing::info!(
+            suppressed,
+            "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): {}",
+            ratelog::peer_name(addrs.peer()),
+            flood_cause(which)
+        )
+    });
     CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()))
+}
+
+/// What a frame flood's line says of it ([`frame_flooded`]): what the
+/// client sent past which budget (named, with its size), and the flood's
+/// name. Made only for a line that goes out.
+fn flood_cause(which: Flooded) -> String {
+    match which {
+        Flooded::Control => format!(
+            "its control frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA, unknown types) cost more than HTTP2_CONTROL_BUDGET ({HTTP2_CONTROL_BUDGET} bytes) beyond what its requests and responses earned (control-frame flood)"
+        ),
+        Flooded::TinyData => format!(
+            "it sent more tiny DATA frames (under 16 bytes) that no handler read than HTTP2_TINY_DATA_BUDGET ({HTTP2_TINY_DATA_BUDGET}) beyond what time and its larger DATA frames earned, or more small ones (under 256 bytes) than h2 holds unread (H2_DATA_FRAME_BUDGET, {H2_DATA_FRAME_BUDGET} bytes at 256 less each frame's size) (small-DATA flood)"
+        ),
+        Flooded::EmptyData => format!(
+            "it sent more empty DATA frames (no payload, padding aside, not ending their stream) than h2 takes on a connection (H2_EMPTY_DATA_FRAMES, {H2_EMPTY_DATA_FRAMES} over its life, beyond a stream's first and one after each non-empty frame) (empty-DATA flood)"
+        ),
+        Flooded::Pings => format!(
+            "it sent more PINGs with nothing sent to it in between than HTTP2_PING_BUDGET ({HTTP2_PING_BUDGET}) beyond what time gave back, {} a second (PING flood)",
+            flood::PINGS_PER_SECOND
+        ),
+    }
 }
 
 /// A wait for room in the client's windows ended with `granted` bytes of
