@@ -21,7 +21,8 @@
 #   data:20:-:echo:16"), TOTAL (bytes of DATA a run, 2900000: 100,000
 #   frames of 20 bytes), SERVER_CPU (1), CLIENT_CPU (0), PORT (38390).
 # Prints one line a run and, per mode, the median µs a message of each binary
-# and B/A.
+# and the median of the rounds' B/A (A and B run seconds apart in a round,
+# so a machine whose load moves over the run moves both).
 set -euo pipefail
 
 A="${A:?A=binary}"
@@ -80,14 +81,18 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
 echo
-printf 'mode\tA_median_us (schedstat, stat)\tB_median_us (schedstat, stat)\tB/A (schedstat, stat)\n'
+printf 'mode\tA median us/msg (schedstat, stat)\tB median us/msg (schedstat, stat)\tB/A, median of the rounds (schedstat, stat)\n'
 for mode in $MODES; do
   med() { # label column
-    awk -F'\t' -v m="$mode" -v l="$1" -v c="$2" '$3 == m && $2 == l { print $c }' "$RESULTS" |
-      sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    awk -F'\t' -v m="$mode" -v l="$1" -v c="$2" '$3 == m && $2 == l { print $c }' "$RESULTS" | median
   }
-  as="$(med A 5)" at="$(med A 6)" bs="$(med B 5)" bt="$(med B 6)"
-  awk -v m="$mode" -v as="$as" -v at="$at" -v bs="$bs" -v bt="$bt" \
-    'BEGIN { printf "%s\t%.2f, %.2f\t%.2f, %.2f\t%.3f, %.3f\n", m, as, at, bs, bt, bs / as, bt / at }'
+  ratio() { # column: each round's B over A, their median
+    awk -F'\t' -v m="$mode" -v c="$1" '$3 == m { v[$1 " " $2] = $c; r[$1] = 1 }
+      END { for (k in r) if (v[k " A"] > 0) print v[k " B"] / v[k " A"] }' "$RESULTS" | median
+  }
+  printf '%s\t%.2f, %.2f\t%.2f, %.2f\t%.3f, %.3f\n' "$mode" "$(med A 5)" "$(med A 6)" \
+    "$(med B 5)" "$(med B 6)" "$(ratio 5)" "$(ratio 6)"
 done
