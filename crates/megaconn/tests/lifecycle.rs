@@ -15,6 +15,8 @@ mod common;
 mod access_log;
 #[path = "lifecycle/grpc52.rs"]
 mod grpc52;
+#[path = "lifecycle/h2_empty54.rs"]
+mod h2_empty54;
 #[path = "lifecycle/h2_flood53.rs"]
 mod h2_flood53;
 #[path = "lifecycle/h2_grown_windows.rs"]

@@ -265,8 +265,8 @@ pub struct Builder {
     data_frame_budget: proto::DataFrameBudget,
 }
 
-/// What is left of a connection's budget for small DATA frames, read from
-/// outside it ([`Connection::data_frame_budget_probe`]).
+/// What is left of a connection's budgets for small and for empty DATA
+/// frames, read from outside it ([`Connection::data_frame_budget_probe`]).
 #[derive(Clone, Debug)]
 pub struct DataFrameBudgetProbe(proto::DataFrameBudgetProbe);
 
@@ -278,6 +278,16 @@ impl DataFrameBudgetProbe {
     /// Takes the streams' lock.
     pub fn left(&self) -> usize {
         self.0.left()
+    }
+
+    /// How many more empty DATA frames that do not end their stream (no
+    /// payload, padding aside) the connection may be charged before one
+    /// ends it with `GOAWAY(ENHANCE_YOUR_CALM)`: 100 over its life, less
+    /// those charged so far (a stream's first such frame, and one after
+    /// each non-empty frame it received, are not charged). Takes the
+    /// streams' lock.
+    pub fn empty_left(&self) -> usize {
+        self.0.empty_left()
     }
 }
 

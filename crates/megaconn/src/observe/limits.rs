@@ -107,8 +107,9 @@ pub(crate) enum LimitHit {
     /// and its handlers' reads gave back (a tiny frame a handler reads gives
     /// its unit back, so an honest burst of small gRPC messages read as they
     /// come is not cut; what counts are tiny frames nobody reads: a
-    /// small-DATA flood; not also `h2_enhance_your_calm`). See
-    /// `proto/http2/flood.rs`.
+    /// small-DATA flood; not also `h2_enhance_your_calm`); or its empty
+    /// DATA frames went past h2's count of 100, which ours meets first
+    /// (an empty-DATA flood, its own line). See `proto/http2/flood.rs`.
     Http2DataFlood,
     /// An HTTP/2 connection's client opened its flow-control window a few
     /// bytes at a time, past `HTTP2_WINDOW_DRIP_BUDGET` rounds beyond what

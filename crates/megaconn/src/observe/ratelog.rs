@@ -389,6 +389,9 @@ pub(crate) enum Flood {
     /// tiny-DATA flood (`HTTP2_TINY_DATA_BUDGET`), its line naming the
     /// constant as the control-frame one does.
     Http2TinyData,
+    /// An HTTP/2 connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for an
+    /// empty-DATA flood (h2's count of 100, met by ours first).
+    Http2EmptyData,
     /// A subscription refused: its topic's name was over
     /// `Builder::max_topic_bytes`.
     TopicTooLong,
@@ -544,6 +547,7 @@ impl Flood {
             | Flood::Http2StalledStreams
             | Flood::Http2ControlFrames
             | Flood::Http2TinyData
+            | Flood::Http2EmptyData
             | Flood::Http2WindowDrip
             | Flood::Http2Pings
             | Flood::TlsClientCertRefused
@@ -570,7 +574,7 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 64;
+const KINDS: usize = 65;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.

@@ -97,13 +97,15 @@
 //! body's `ReadCredit`, since session 45): an honest stream of small
 //! messages is never cut, whatever its pace, while h2 frees unread frames
 //! of a reset stream without its budget noticing, and ours still counts
-//! them. h2's bound on small frames never comes first (its count of 100
-//! empty ones still does: ours charges those to the control budget, 9
-//! bytes each): each read is held to what is left
-//! of h2's budget (read through h2, `patches/h2`), and the frame that
-//! would run it out is refused by ours, with its count and its line
-//! (`flood.rs`, `FloodBudget::h2_refuses`; session 53: a flood read over
-//! more than ~50 ms, or padded to 16 bytes, met h2's `GOAWAY` first).
+//! them. h2's bound on small frames never comes first, nor its count of
+//! 100 empty ones (no payload, padding aside, not ending their stream):
+//! each read is held to what is left of h2's budget and of its count
+//! (read through h2, `patches/h2`), and the frame that would run either
+//! out is refused by ours, with its count and its line (`flood.rs`,
+//! `FloodBudget::h2_refuses`; session 53: a flood read over more than
+//! ~50 ms, or padded to 16 bytes, met h2's `GOAWAY` first; session 54:
+//! empty frames, which ours charged only 9 bytes of the control budget
+//! each, always did).
 //!
 //! Control-frame floods (CVE-2019-9512 PING, CVE-2019-9515 SETTINGS, and
 //! WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA and unknown frames) are
@@ -289,6 +291,14 @@ const MAX_SEND_BUFFER: usize = 256 * 1024;
 /// window gave: the frames it admits are bounded in bytes by the window
 /// anyway, and in number by `HTTP2_TINY_DATA_BUDGET` at the wire.
 const H2_DATA_FRAME_BUDGET: usize = 512 * 1024;
+
+/// h2's bound on empty DATA frames that do not end their stream, over a
+/// connection's life (`MAX_RECV_EMPTY_DATA_FRAMES` in `patches/h2`'s
+/// `proto/mod.rs`, not a setting; a stream's first such frame and one
+/// after each non-empty frame it received are not counted). Named in the
+/// line of the close ours makes first (`flood.rs`, `h2_refuses`), which
+/// reads h2's own count, not this.
+const H2_EMPTY_DATA_FRAMES: usize = 100;
 
 /// How long a connection told to go away may take to finish (idle timeout),
 /// or stay open with no stream open (shutdown, `max_connection_age`).
@@ -785,49 +795,52 @@ fn calmed(ctx: &WorkerContext, cause: &dyn std::fmt::Display) -> CloseReason {
 /// Counts a connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for a
 /// frame flood (`flood.rs`): a control-frame flood
 /// ([`HTTP2_CONTROL_BUDGET`] run out), a tiny-DATA flood
-/// ([`HTTP2_TINY_DATA_BUDGET`]) or a window opened a few bytes at a time
-/// ([`HTTP2_WINDOW_DRIP_BUDGET`]). A protocol error and a limit hit of its
-/// own, `http2_control_flood`, `http2_data_flood` or `http2_window_drip` (not
-/// `h2_enhance_your_calm`: a close counts once), and a line naming the
-/// peer and the constant (at most one per 5 s per worker, a kind of its
-/// own each). Returns its close reason.
+/// ([`HTTP2_TINY_DATA_BUDGET`]), an empty-DATA flood (h2's count,
+/// [`H2_EMPTY_DATA_FRAMES`], met by ours first) or a PING flood
+/// ([`HTTP2_PING_BUDGET`]). A protocol error and a limit hit of its
+/// own, `http2_control_flood`, `http2_data_flood` (both DATA floods) or
+/// `http2_ping_flood` (not `h2_enhance_your_calm`: a close counts once),
+/// and a line naming the peer and the constant (at most one per 5 s per
+/// worker, a kind of its own each). Returns its close reason.
 fn frame_flooded(which: Flooded, ctx: &WorkerContext, addrs: &Addrs) -> CloseReason {
     incr(&ctx.stats.protocol_errors);
-    let peer = || ratelog::peer_name(addrs.peer());
-    match which {
-        Flooded::Control => {
-            LimitHit::Http2ControlFlood.count(&ctx.stats);
-            ratelog::log(Flood::Http2ControlFrames, |suppressed| {
-                tracing::info!(
-                    suppressed,
-                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): its control frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA, unknown types) cost more than HTTP2_CONTROL_BUDGET ({HTTP2_CONTROL_BUDGET} bytes) beyond what its requests and responses earned (control-frame flood)",
-                    peer()
-                )
-            });
-        }
-        Flooded::TinyData => {
-            LimitHit::Http2DataFlood.count(&ctx.stats);
-            ratelog::log(Flood::Http2TinyData, |suppressed| {
-                tracing::info!(
-                    suppressed,
-                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more tiny DATA frames (under 16 bytes) that no handler read than HTTP2_TINY_DATA_BUDGET ({HTTP2_TINY_DATA_BUDGET}) beyond what time and its larger DATA frames earned, or more small ones (under 256 bytes) than h2 holds unread (H2_DATA_FRAME_BUDGET, {H2_DATA_FRAME_BUDGET} bytes at 256 less each frame's size) (small-DATA flood)",
-                    peer()
-                )
-            });
-        }
-        Flooded::Pings => {
-            LimitHit::Http2PingFlood.count(&ctx.stats);
-            ratelog::log(Flood::Http2Pings, |suppressed| {
-                tracing::info!(
-                    suppressed,
-                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more PINGs with nothing sent to it in between than HTTP2_PING_BUDGET ({HTTP2_PING_BUDGET}) beyond what time gave back, {} a second (PING flood)",
-                    peer(),
-                    flood::PINGS_PER_SECOND
-                )
-            });
-        }
-    }
+    let (hit, kind) = match which {
+        Flooded::Control => (LimitHit::Http2ControlFlood, Flood::Http2ControlFrames),
+        Flooded::TinyData => (LimitHit::Http2DataFlood, Flood::Http2TinyData),
+        Flooded::EmptyData => (LimitHit::Http2DataFlood, Flood::Http2EmptyData),
+        Flooded::Pings => (LimitHit::Http2PingFlood, Flood::Http2Pings),
+    };
+    hit.count(&ctx.stats);
+    ratelog::log(kind, |suppressed| {
+        tracing::info!(
+            suppressed,
+            "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): {}",
+            ratelog::peer_name(addrs.peer()),
+            flood_cause(which)
+        )
+    });
     CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()))
+}
+
+/// What a frame flood's line says of it ([`frame_flooded`]): what the
+/// client sent past which budget (named, with its size), and the flood's
+/// name. Made only for a line that goes out.
+fn flood_cause(which: Flooded) -> String {
+    match which {
+        Flooded::Control => format!(
+            "its control frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA, unknown types) cost more than HTTP2_CONTROL_BUDGET ({HTTP2_CONTROL_BUDGET} bytes) beyond what its requests and responses earned (control-frame flood)"
+        ),
+        Flooded::TinyData => format!(
+            "it sent more tiny DATA frames (under 16 bytes) that no handler read than HTTP2_TINY_DATA_BUDGET ({HTTP2_TINY_DATA_BUDGET}) beyond what time and its larger DATA frames earned, or more small ones (under 256 bytes) than h2 holds unread (H2_DATA_FRAME_BUDGET, {H2_DATA_FRAME_BUDGET} bytes at 256 less each frame's size) (small-DATA flood)"
+        ),
+        Flooded::EmptyData => format!(
+            "it sent more empty DATA frames (no payload, padding aside, not ending their stream) than h2 takes on a connection (H2_EMPTY_DATA_FRAMES, {H2_EMPTY_DATA_FRAMES} over its life, beyond a stream's first and one after each non-empty frame) (empty-DATA flood)"
+        ),
+        Flooded::Pings => format!(
+            "it sent more PINGs with nothing sent to it in between than HTTP2_PING_BUDGET ({HTTP2_PING_BUDGET}) beyond what time gave back, {} a second (PING flood)",
+            flood::PINGS_PER_SECOND
+        ),
+    }
 }
 
 /// A wait for room in the client's windows ended with `granted` bytes of

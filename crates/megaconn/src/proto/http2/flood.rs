@@ -167,11 +167,24 @@
 //! CONTINUATION count per block, our rapid-reset guard, and each request's
 //! own cost (it is a request: the service sees it, the access log and the
 //! request limits count it). Large DATA is bounded by flow control (padding
-//! included). Empty DATA frames count here (in
-//! the control budget) as well as in h2's own 100. Padding is neither
+//! included). Empty DATA frames (no payload, padding aside, not ending
+//! their stream) count here (in the control budget, 9 bytes each) and in
+//! h2's own count, 100 a connection, which ours meets first as it does
+//! h2's small-DATA budget (`FloodBudget::h2_refuses`, session 54: h2's
+//! `GOAWAY` came first before, with no line of ours), counted as
+//! `http2_data_flood` with a line of its own. Honest clients end a
+//! stream with an empty frame (END_STREAM: grpc-go's `CloseSend`, Go's
+//! and curl's uploads of unknown length, browsers' streaming uploads),
+//! which neither counts; a non-final empty frame is a stray flush (the
+//! load balancer pattern h2 0.4.21 frees, an empty frame after data;
+//! Haskell's `http2` sent one before a stream's trailers until
+//! kazu-yamamoto/http2#140), which h2 does not count once after each
+//! non-empty frame of its stream. Elsewhere: netty closes at 10 empty
+//! frames in a row (netty/netty#9461), Traffic Server at
+//! `max_empty_frames_per_minute` (apache/trafficserver#11345). Padding is neither
 //! charged nor credited beyond its frame's size, measured (`bench/H2TLS.md`,
 //! "padding and DATA nobody reads"): padding-only DATA is an empty frame to
-//! h2 (cut after 100), padding on larger data rides on data the service
+//! h2 (cut after 100, by ours), padding on larger data rides on data the service
 //! reads, a padded HEADERS is a request; each costs less per byte padded
 //! than not. DATA nobody reads stalls on the connection window, which h2
 //! does not give back for it.
@@ -188,6 +201,11 @@
 //! an upgraded stream holding it may move to another thread) per
 //! connection; the clock is read once per frame a budget charges (control,
 //! tiny DATA, PING; not other DATA), and the drip budget is looked at only when a response's wait for room ends.
+//! h2's streams' lock is taken once per read that holds a DATA frame under
+//! 256 bytes or an empty one ([`FloodBudget::h2_refuses`]): not seen
+//! against 15–53 µs of server CPU a 20-byte message echoed on one stream
+//! (a build without it 0.996–1.017 × as costly, paired rounds on a shared
+//! machine; `bench/H2TLS.md`, "Session 54").
 
 use std::future::poll_fn;
 use std::io::IoSlice;
@@ -332,14 +350,23 @@ pub(crate) enum Flooded {
     TinyData,
     /// [`HTTP2_PING_BUDGET`]: PINGs with nothing sent between them.
     Pings,
+    /// h2's count of empty DATA frames that do not end their stream
+    /// (100 a connection), which ours meets first
+    /// ([`FloodBudget::h2_refuses`]).
+    EmptyData,
 }
 
 impl Flooded {
     /// The budget whose code ([`Flooded`] `as u8`) is `code`; `None` for 0.
     fn of(code: u8) -> Option<Flooded> {
-        [Flooded::Control, Flooded::TinyData, Flooded::Pings]
-            .into_iter()
-            .find(|f| *f as u8 == code)
+        [
+            Flooded::Control,
+            Flooded::TinyData,
+            Flooded::Pings,
+            Flooded::EmptyData,
+        ]
+        .into_iter()
+        .find(|f| *f as u8 == code)
     }
 }
 
@@ -505,15 +532,18 @@ pub(crate) struct FloodBudget {
     /// in every HTTP/2 connection's future (its size guard).
     data_headed: AtomicU64,
     data_open: AtomicU32,
-    /// h2's own budget for small DATA frames buffered unread, read through
-    /// h2 (`patches/h2`), once the handshake made the connection: no flood
-    /// may reach it before the tiny-DATA budget runs out
-    /// ([`h2_refuses`](Self::h2_refuses)).
-    h2_small: OnceLock<h2::server::DataFrameBudgetProbe>,
-    /// What the last frame read takes out of h2's budget ([`h2_charge`]),
-    /// if DATA (else 0): when its payload is still coming as the next read
-    /// begins, h2 has not counted it yet.
+    /// h2's own bounds on DATA frames, its budget for small ones buffered
+    /// unread and its count of empty ones, read through h2 (`patches/h2`),
+    /// once the handshake made the connection: no flood may reach either
+    /// before ours closes the connection ([`h2_refuses`](Self::h2_refuses)).
+    /// No frame is read before: h2's handshake reads the preface alone.
+    h2_probe: OnceLock<h2::server::DataFrameBudgetProbe>,
+    /// What the last frame read takes out of h2's small-DATA budget
+    /// ([`h2_charge`]), if DATA (else 0), and whether h2 counts it as an
+    /// empty one ([`h2_empty`]): when its payload is still coming as the
+    /// next read begins, h2 has not counted it yet.
     h2_open: AtomicI64,
+    h2_open_empty: AtomicBool,
 }
 
 impl FloodBudget {
@@ -533,25 +563,44 @@ impl FloodBudget {
             data_in: AtomicU64::new(0),
             data_headed: AtomicU64::new(0),
             data_open: AtomicU32::new(0),
-            h2_small: OnceLock::new(),
+            h2_probe: OnceLock::new(),
             h2_open: AtomicI64::new(0),
+            h2_open_empty: AtomicBool::new(false),
         }
     }
 
-    /// The connection h2 made (its small-DATA budget read through
-    /// `probe`): from now on no read hands h2 the DATA frame that would
-    /// run that budget out ([`h2_refuses`](Self::h2_refuses)).
+    /// The connection h2 made (its bounds on small and on empty DATA
+    /// frames read through `probe`): from now on no read hands h2 the
+    /// DATA frame that would run either out ([`h2_refuses`](Self::h2_refuses)).
     pub(crate) fn watch_h2(&self, probe: h2::server::DataFrameBudgetProbe) {
-        let _ = self.h2_small.set(probe);
+        let _ = self.h2_probe.set(probe);
+    }
+
+    /// A read's room in h2's bounds, not asked yet, with what the frame
+    /// whose payload is still coming (`mid_frame`) takes once whole.
+    #[inline]
+    fn h2_room(&self, mid_frame: bool) -> H2Room {
+        H2Room {
+            small: None,
+            empty: None,
+            open_small: if mid_frame {
+                self.h2_open.load(Relaxed).max(0)
+            } else {
+                0
+            },
+            open_empty: mid_frame && self.h2_open_empty.load(Relaxed),
+        }
     }
 
     /// Whether h2 would end the connection over DATA frame `h` (`first`:
-    /// its payload's first byte, if the read holds it), which the
-    /// tiny-DATA budget then does first, with its count and its line:
-    /// `room` is what was left of h2's small-DATA budget when the read
-    /// came (asked of h2 at the read's first frame that takes from it;
-    /// `open`, what a frame whose payload was still coming takes once
-    /// whole), less what the read's frames before this one take.
+    /// its payload's first byte, if the read holds it), which ours then
+    /// does first, with its count and its line (`Some`: the tiny-DATA
+    /// budget's close for h2's small-DATA budget, the empty-DATA close
+    /// for its count of empty frames): `room` is what was left of each
+    /// when the read came ([`H2Room`]: asked of h2 at the read's first
+    /// frame that takes from it, less what a frame whose payload was still
+    /// coming takes once whole), less what the read's frames before this
+    /// one take.
     ///
     /// Why: ours gives tiny frames back with time (1,000 a second) and
     /// h2's does not, so a flood read over more than a few tens of
@@ -568,26 +617,48 @@ impl FloodBudget {
     /// (a large frame's) are not counted: the room only shrinks, so ours
     /// is the stricter. The same holds for small frames that are not tiny
     /// (16–255 bytes): h2 bounds them too, and its close now comes ours.
-    fn h2_refuses(&self, h: Head, first: Option<u8>, room: &mut Option<i64>, open: i64) -> bool {
+    ///
+    /// And for empty DATA frames that do not end their stream (no
+    /// payload, padding aside; `Some(Flooded::EmptyData)`): h2 counts 100
+    /// over the connection's life and then closes it with its `GOAWAY`,
+    /// where ours charged each 9 bytes of the control budget (64 KiB):
+    /// h2's close came first, always, with no line of ours (session 54).
+    /// h2 does not count a stream's first such frame, nor one after each
+    /// non-empty frame the stream received (0.4.21, `allow_empty_data`);
+    /// ours counts every one against the room h2 said was left when the
+    /// read came, so it is the stricter within a read, and exact again at
+    /// the next: an honest client that follows its data with an empty
+    /// frame (the pattern h2 0.4.21 frees) leaves h2's count where it was,
+    /// and would be cut only with more than 100 such frames in one read.
+    fn h2_refuses(&self, h: Head, first: Option<u8>, room: &mut H2Room) -> Option<Flooded> {
         let charge = h2_charge(h, first);
-        if h.kind == DATA {
-            self.h2_open.store(charge, Relaxed);
-        } else {
-            self.h2_open.store(0, Relaxed);
+        let empty = h2_empty(h, first);
+        self.h2_open.store(charge, Relaxed);
+        self.h2_open_empty.store(empty, Relaxed);
+        if charge <= 0 && !empty {
+            return None;
         }
-        if charge <= 0 {
-            return false;
+        let probe = self.h2_probe.get()?;
+        let (open_small, open_empty) = (room.open_small, i64::from(room.open_empty));
+        if empty {
+            let left = room.empty.get_or_insert_with(|| {
+                i64::try_from(probe.empty_left()).unwrap_or(i64::MAX) - open_empty
+            });
+            if *left < 1 {
+                return Some(Flooded::EmptyData);
+            }
+            *left -= 1;
         }
-        let Some(probe) = self.h2_small.get() else {
-            return false;
-        };
-        let left = room
-            .get_or_insert_with(|| i64::try_from(probe.left()).unwrap_or(i64::MAX) - open.max(0));
-        if charge > *left {
-            return true;
+        if charge > 0 {
+            let left = room.small.get_or_insert_with(|| {
+                i64::try_from(probe.left()).unwrap_or(i64::MAX) - open_small
+            });
+            if charge > *left {
+                return Some(Flooded::TinyData);
+            }
+            *left -= charge;
         }
-        *left -= charge;
-        false
+        None
     }
 
     /// Gives `n` bytes back to the control budget, up to its size.
@@ -740,6 +811,23 @@ impl ReadCredit for FloodBudget {
     }
 }
 
+/// What is left of h2's bounds on DATA frames for a read's frames
+/// ([`FloodBudget::h2_refuses`]): each asked of h2 at the read's first
+/// frame that takes from it, less what the frame begun in an earlier read
+/// and still coming takes once whole (h2 has not counted it yet), then
+/// less what each of the read's frames before takes. On the stack of the
+/// read, not in the connection's future.
+#[derive(Debug)]
+struct H2Room {
+    /// h2's small-DATA budget ([`h2_charge`]'s units), once asked.
+    small: Option<i64>,
+    /// h2's count of empty DATA frames ([`h2_empty`]) left, once asked.
+    empty: Option<i64>,
+    /// What the frame still coming takes from each.
+    open_small: i64,
+    open_empty: bool,
+}
+
 /// A frame header as it went by.
 #[derive(Debug, Clone, Copy)]
 struct Head {
@@ -846,6 +934,24 @@ fn h2_charge(h: Head, first: Option<u8>) -> i64 {
     H2_SMALL_DATA - payload
 }
 
+/// Whether h2 counts DATA frame `h` as an empty one once it has it whole
+/// (`record_data_frame` in `patches/h2`'s `proto/streams/counts.rs`): a
+/// frame that does not end its stream with no payload, padding aside
+/// (padding-only: its pad-length byte, `first`, names all the rest). A
+/// padded frame whose pad-length byte is not in the read yet may be one:
+/// counted (it is the stricter; honest clients do not pad DATA).
+#[inline]
+fn h2_empty(h: Head, first: Option<u8>) -> bool {
+    if h.kind != DATA || h.flags & END_STREAM != 0 {
+        return false;
+    }
+    match (h.flags & PADDED != 0, first) {
+        (false, _) => h.len == 0,
+        (true, Some(pad)) => h.len <= 1 + u32::from(pad),
+        (true, None) => true,
+    }
+}
+
 #[inline]
 fn parse(h: &[u8]) -> Head {
     Head {
@@ -916,21 +1022,14 @@ impl<I: AsyncRead> AsyncRead for MeteredIo<I> {
         let before = buf.filled().len();
         std::task::ready!(this.io.poll_read(cx, buf))?;
         let mut flooded = None;
-        // h2's small-DATA budget as this read's frames take from it
+        // h2's bounds on DATA frames as this read's frames take from them
         // (`FloodBudget::h2_refuses`); a frame begun in an earlier read and
-        // still coming is not in h2's count yet.
-        let mut room = None;
-        let open = if this.inbound.skip > 0 {
-            budget.h2_open.load(Relaxed)
-        } else {
-            0
-        };
+        // still coming is not in h2's counts yet.
+        let mut room = budget.h2_room(this.inbound.skip > 0);
         let cut = this.inbound.walk(&buf.filled()[before..], |h, first| {
-            flooded = budget.receive(h).or_else(|| {
-                budget
-                    .h2_refuses(h, first, &mut room, open)
-                    .then_some(Flooded::TinyData)
-            });
+            flooded = budget
+                .receive(h)
+                .or_else(|| budget.h2_refuses(h, first, &mut room));
             flooded.is_none()
         });
         budget.data_walked(this.inbound.skip > 0);
@@ -1284,6 +1383,23 @@ mod tests {
         assert_eq!(earned(head(DATA, 0, 16_384)), DATA_FRAME_CREDIT);
         assert_eq!(earned(head(PING, 0, 8)), 17);
         assert_eq!(earned(head(PING, ACK, 8)), 0);
+    }
+
+    /// h2 counts a DATA frame as empty when it has no payload, padding
+    /// aside, and does not end its stream; a padded one whose pad-length
+    /// byte is not in the read yet may be, and is counted (the stricter).
+    /// A padding-only frame takes nothing from h2's small-DATA budget.
+    #[test]
+    fn empty_data_frames_are_told_as_h2_tells_them() {
+        assert!(h2_empty(head(DATA, 0, 0), None));
+        assert!(h2_empty(head(DATA, PADDED, 9), Some(8)));
+        assert!(h2_empty(head(DATA, PADDED, 9), None));
+        assert_eq!(h2_charge(head(DATA, PADDED, 9), Some(8)), 0);
+        assert!(!h2_empty(head(DATA, END_STREAM, 0), None));
+        assert!(!h2_empty(head(DATA, PADDED | END_STREAM, 9), Some(8)));
+        assert!(!h2_empty(head(DATA, PADDED, 9), Some(7)));
+        assert!(!h2_empty(head(DATA, 0, 1), Some(b'x')));
+        assert!(!h2_empty(head(PING, 0, 0), None));
     }
 
     /// A grant smaller than [`DRIP_GRANT`] and than what the stream waits

@@ -145,6 +145,12 @@ impl Counts {
             .saturating_sub(self.data_frame_budget.spent)
     }
 
+    /// How many more empty, non-final DATA frames may be charged: the one
+    /// after them ends the connection.
+    pub fn empty_data_frames_left(&self) -> usize {
+        MAX_RECV_EMPTY_DATA_FRAMES.saturating_sub(self.num_recv_empty_data_frames)
+    }
+
     /// Releases the framing overhead of a DATA frame that is no longer
     /// buffered internally.
     pub fn release_data_frame(&mut self, payload_len: usize) {

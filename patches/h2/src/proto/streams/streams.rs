@@ -28,6 +28,11 @@ impl DataFrameBudgetProbe {
         let me = self.inner.lock().unwrap();
         me.counts.data_frame_budget_left()
     }
+
+    pub fn empty_left(&self) -> usize {
+        let me = self.inner.lock().unwrap();
+        me.counts.empty_data_frames_left()
+    }
 }
 
 impl fmt::Debug for DataFrameBudgetProbe {
