@@ -70,7 +70,8 @@ pub struct ProcessStats {
 impl ProcessStats {
     /// Reads the figures of process `pid` (`None`: this process) from
     /// `/proc`, and this process's open descriptors with `poll(2)`
-    /// ([`open_fds_of_this_process`]). Another process's descriptors are
+    /// (every descriptor below the limit asked at once, with a zero timeout:
+    /// no listing of `/proc/self/fd`). Another process's descriptors are
     /// not counted (`open_fds` and `max_fds` are 0 for it): the only way is
     /// listing `/proc/PID/fd`, as the Go and Python clients do, which costs
     /// the kernel an inode and a dentry (~0.9 KB of slab) per descriptor,

@@ -250,8 +250,8 @@ const MAX_LOCAL_ERROR_RESETS: usize = 200;
 /// Streams the client may cancel while their handler runs, before the
 /// response head (and more than it lets finish), before the connection is
 /// closed with `ENHANCE_YOUR_CALM`. Streams cancelled in their body do not
-/// count, nor those cancelled once they ran their ordinary age
-/// ([`ordinary_cancel_age`]).
+/// count, nor those cancelled once they ran their ordinary age (1 s, or
+/// half a `grpc-timeout` down to 10 ms).
 pub const RAPID_RESET_LIMIT: u64 = 100;
 
 /// How long a stream runs before a reset of it (before its response head)

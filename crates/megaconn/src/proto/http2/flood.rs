@@ -279,7 +279,7 @@ pub(crate) const BYTES_PER_TINY_DATA_FRAME: u64 = 1024;
 /// PINGs an HTTP/2 connection may send with nothing of ours sent between
 /// them (no HEADERS, no non-empty DATA since the one before), before it is
 /// closed with `GOAWAY(ENHANCE_YOUR_CALM)`; given back by time, one a
-/// second ([`PINGS_PER_SECOND`]). A PING after a response or DATA we sent
+/// second. A PING after a response or DATA we sent
 /// (a health check before each request, gRPC's bandwidth probe after each
 /// burst of data received) is free. 3.2–11.2 ms of server CPU (measured,
 /// `bench/H2TLS.md`, "Session 43") at 30–50 µs a PING paced one per round trip, where the control budget alone let
@@ -296,11 +296,11 @@ pub const HTTP2_PING_BUDGET: u64 = 100;
 pub(crate) const PINGS_PER_SECOND: u64 = 1;
 
 /// Waits for room in the client's flow-control windows ended by a grant of
-/// fewer than [`DRIP_GRANT`] bytes, with more of the response waiting (a
+/// fewer than 256 bytes, with more of the response waiting (a
 /// window opened a few bytes at a time: `WINDOW_UPDATE` of 1, each
 /// answered by a 1-byte DATA frame), that an HTTP/2 connection may have at
 /// once before each further one waits for time to give it back
-/// ([`DRIP_ROUNDS_PER_SECOND`]): the connection is slowed, not closed. ~9–13 ms of server CPU at 35–50 µs
+/// (64 a second): the connection is slowed, not closed. ~9–13 ms of server CPU at 35–50 µs
 /// a round; up to twice that in one burst after 4 s of quiet (as every
 /// budget here, time is credited when the budget runs out, up to a full
 /// one: a drip on a connection 5 s old got ~520 rounds, `bench/H2TLS.md`,
