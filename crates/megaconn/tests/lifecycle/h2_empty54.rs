@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::common::{self, TestServer, SAFETY};
-use super::{capture_log, logged, wait_for_warning};
+use super::{capture_log, logged, wait_for_line, Whose};
 
 /// Frames sent at most: more than h2 counts (100, beyond the stream's
 /// first), far fewer than the control budget would take (7,281 empty
@@ -126,9 +126,10 @@ async fn closed_by_ours(server: &TestServer, peer: std::net::SocketAddr) {
         1,
         "{stats:?}"
     );
-    wait_for_warning(&format!(
-        "HTTP/2 connection from {peer} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more empty DATA frames"
-    ))
+    wait_for_line(
+        Whose::Peer(peer),
+        &format!("HTTP/2 connection from {peer} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more empty DATA frames"),
+    )
     .await;
     let peer = peer.to_string();
     assert!(logged()
