@@ -997,7 +997,11 @@ mod tests {
         let mut late = std::pin::pin!(s.new_connection_cut(old));
         assert!(resolves(late.as_mut(), noop));
         let watchers = s.watchers.borrow();
-        assert_eq!(watchers.free.len(), watchers.wakers.len(), "every slot back");
+        assert_eq!(
+            watchers.free.len(),
+            watchers.wakers.len(),
+            "every slot back"
+        );
     }
 
     /// A waker taken before the drain (an upgrade asks every idle
