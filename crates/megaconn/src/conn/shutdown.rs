@@ -544,6 +544,33 @@ impl Watchers {
         woken
     }
 
+    /// One poll of a wait that keeps `slot` in `list` ([`Wait`],
+    /// [`NewTurn`]): ready, its slot given back, when `turn` says so from
+    /// whether the list took its waker (`None`: it holds no slot yet);
+    /// else its waker is kept in the slot.
+    fn poll_wait(
+        list: &RefCell<Watchers>,
+        slot: &mut Option<u32>,
+        cx: &Context<'_>,
+        turn: impl FnOnce(Option<bool>) -> bool,
+    ) -> std::task::Poll<()> {
+        let mut list = list.borrow_mut();
+        let taken = slot.map(|i| list.wakers[i as usize].is_none());
+        if turn(taken) {
+            list.unwatch(slot);
+            return std::task::Poll::Ready(());
+        }
+        list.watch(slot, cx.waker());
+        std::task::Poll::Pending
+    }
+
+    /// Gives a dropped wait's `slot` back to `list`, if it holds one.
+    fn leave(list: &RefCell<Watchers>, slot: &mut Option<u32>) {
+        if slot.is_some() {
+            list.borrow_mut().unwatch(slot);
+        }
+    }
+
     /// Slots holding a waker (not woken yet).
     fn waiting(&self) -> usize {
         self.wakers.iter().filter(|w| w.is_some()).count()
@@ -582,25 +609,16 @@ impl Future for NewTurn<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<()> {
         let this = &mut *self;
         let s = this.shutdown;
-        let mut watchers = s.watchers.borrow_mut();
-        let turn = s.started.get()
-            && this
-                .slot
-                .is_none_or(|i| watchers.wakers[i as usize].is_none());
-        if turn {
-            watchers.unwatch(&mut this.slot);
-            return std::task::Poll::Ready(());
-        }
-        watchers.watch(&mut this.slot, cx.waker());
-        std::task::Poll::Pending
+        // Its waker taken (or no slot yet) once the drain began.
+        Watchers::poll_wait(&s.watchers, &mut this.slot, cx, |taken| {
+            s.started.get() && taken != Some(false)
+        })
     }
 }
 
 impl Drop for NewTurn<'_> {
     fn drop(&mut self) {
-        if self.slot.is_some() {
-            self.shutdown.watchers.borrow_mut().unwatch(&mut self.slot);
-        }
+        Watchers::leave(&self.shutdown.watchers, &mut self.slot);
     }
 }
 
@@ -619,26 +637,17 @@ impl Future for Wait<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<()> {
         let this = &mut *self;
         let s = this.shutdown;
-        let mut awake = s.awake.borrow_mut();
         // Its waker taken while it kept the slot: its turn came (or the
         // start, unpaced).
-        let turn = this
-            .slot
-            .is_some_and(|i| awake.wakers[i as usize].is_none());
-        if turn || (s.started.get() && !s.pacing.get()) {
-            awake.unwatch(&mut this.slot);
-            return std::task::Poll::Ready(());
-        }
-        awake.watch(&mut this.slot, cx.waker());
-        std::task::Poll::Pending
+        Watchers::poll_wait(&s.awake, &mut this.slot, cx, |taken| {
+            taken == Some(true) || (s.started.get() && !s.pacing.get())
+        })
     }
 }
 
 impl Drop for Wait<'_> {
     fn drop(&mut self) {
-        if self.slot.is_some() {
-            self.shutdown.awake.borrow_mut().unwatch(&mut self.slot);
-        }
+        Watchers::leave(&self.shutdown.awake, &mut self.slot);
     }
 }
 
