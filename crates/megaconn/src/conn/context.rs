@@ -150,18 +150,25 @@ impl WorkerContext {
     /// Runs a protocol's opening handshake (TLS, HTTP/2) bounded by
     /// `timeout`, the one shape every handshake takes: on time-out it counts
     /// in `timeouts` and closes as `timed_out`; on failure it closes as
-    /// `failed` says. `cut_at_shutdown`: graceful shutdown ends it early (as
-    /// `Shutdown`). A TLS handshake is not cut: a new cleartext connection
-    /// gets its first request served at shutdown, and so does one still in
-    /// its handshake (its timeout bounds it, and the worker's
-    /// `shutdown_timeout` bounds everything).
+    /// `failed` says. A connection in its handshake has asked for nothing
+    /// yet: graceful shutdown closes it as it closes an HTTP/1.1 one
+    /// waiting for its first head, at its turn and 5 s after `since` (when
+    /// it began: the accept, or HTTP/2's start after TLS or an h2c
+    /// hand-over), as `ShutdownBeforeRequest`, `peer` naming the client in
+    /// the drain's first such line (`LocalShutdown::new_connection_cut`).
+    /// A client that connected just before the drain finishes its
+    /// handshake and gets its first request served; one stuck in it no
+    /// longer holds the drain (a TLS one was waited for until its
+    /// `handshake_timeout`, with that off to the deadline; an HTTP/2 one
+    /// was cut at the drain's start, its request on the way lost).
     pub(crate) async fn handshake<T, E>(
         &self,
         timeout: Option<std::time::Duration>,
         handshake: impl std::future::Future<Output = Result<T, E>>,
         timed_out: CloseReason,
         failed: impl FnOnce(E) -> CloseReason,
-        cut_at_shutdown: bool,
+        since: tokio::time::Instant,
+        peer: impl FnOnce() -> String,
     ) -> Result<T, CloseReason> {
         let bounded = async {
             match timeout {
@@ -169,15 +176,12 @@ impl WorkerContext {
                 None => Some(handshake.await),
             }
         };
-        let shutdown = async {
-            match cut_at_shutdown {
-                true => self.shutdown.wait().await,
-                false => std::future::pending().await,
-            }
-        };
         tokio::select! {
             biased;
-            () = shutdown => Err(CloseReason::Shutdown),
+            () = self.shutdown.new_connection_cut(since) => {
+                self.shutdown.closing_before_request(peer);
+                Err(CloseReason::ShutdownBeforeRequest)
+            }
             r = bounded => match r {
                 None => {
                     incr(&self.stats.timeouts);

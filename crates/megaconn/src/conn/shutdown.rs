@@ -13,7 +13,11 @@
 //! `StateNew` connection once it is 5 s old: it then closes as
 //! [`CloseReason::ShutdownBeforeRequest`](crate::CloseReason::ShutdownBeforeRequest),
 //! a drain's close, where it held the drain until `read_header_timeout`
-//! (with that off, to the deadline, counted `forced`).
+//! (with that off, to the deadline, counted `forced`). A connection still
+//! in its TLS or HTTP/2 handshake has asked for nothing either, and closes
+//! by the same rule ([`LocalShutdown::new_connection_cut`]; a TLS one was
+//! waited for until its `handshake_timeout`, an HTTP/2 one cut at the
+//! drain's start, the request its client had on the way lost).
 //!
 //! Across threads the signal is a `watch` channel owned by the server; inside a
 //! worker it is a [`LocalShutdown`] flag plus a `Notify`, so a connection waiting
@@ -94,6 +98,19 @@ pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(500);
 /// request served (with `Connection: close`); a browser's preconnected
 /// socket that sends nothing, or a head that trickles, no longer holds the
 /// drain until `read_header_timeout` (with that off, to the deadline).
+///
+/// The one rule for a connection that has not asked yet, whatever it
+/// waits in (HTTP/1.1's first head, a TLS or HTTP/2 handshake): it hears
+/// the drain at its turn among the idle connections (the start's idle
+/// grace, or a paced drain's tick), and closes then if its cut has passed,
+/// else at its cut. A paced drain's turn does not close a young one
+/// early: its client connected within the last 5 s, and its request, on
+/// the way or about to be, would be lost unanswered on a connection that
+/// served none (a client retries a request only on a reused one). Such
+/// closes are not paced, but their cuts are spread as their accepts were:
+/// they come no faster than the connections came. (The paced drain
+/// counts one off at its turn: `drain_pending` may read a few low, for 5 s
+/// at most.)
 pub(crate) const NEW_CONNECTION_GRACE: Duration = Duration::from_secs(5);
 
 /// [`IDLE_GRACE`] as a server with `config` gives it: at most half its
@@ -238,7 +255,29 @@ impl LocalShutdown {
         })
     }
 
-    /// A connection closes at its [`head_cut`](LocalShutdown::head_cut):
+    /// Resolves when a new connection that has not asked for anything yet,
+    /// waiting since `since` in a handshake (TLS, HTTP/2), is to close:
+    /// once the drain has begun and given it its turn among the idle
+    /// connections, at its [`head_cut`](LocalShutdown::head_cut) (at once
+    /// if that has passed). HTTP/1.1's first head follows the same rule in
+    /// its own wait (`proto/http1/conn.rs`, which keeps its slot for the
+    /// connection's life); see [`NEW_CONNECTION_GRACE`].
+    ///
+    /// Until the drain it costs a slot in the watching list and a borrow
+    /// per poll; its timer is made only after the turn.
+    pub(crate) async fn new_connection_cut(&self, since: Instant) {
+        NewTurn {
+            shutdown: self,
+            slot: None,
+        }
+        .await;
+        if let Some(cut) = self.head_cut(Some(since)) {
+            tokio::time::sleep_until(cut).await;
+        }
+    }
+
+    /// A connection closes at its [`head_cut`](LocalShutdown::head_cut)
+    /// (a handshake at its [`new_connection_cut`](LocalShutdown::new_connection_cut)):
     /// logged at INFO for the drain's first (a line per connection would
     /// be a flood with many), at DEBUG for each. `peer`: the client's
     /// address, asked only for a line that goes out.
@@ -247,7 +286,7 @@ impl LocalShutdown {
             tracing::info!(
                 peer = %peer(),
                 grace_s = NEW_CONNECTION_GRACE.as_secs(),
-                "shutdown: closing connections with no whole request head within the grace for new connections (as Go's Shutdown closes a new connection 5 s old); counted as closed{{reason=\"shutdown_before_request\"}}, not forced"
+                "shutdown: closing connections with no whole request head (a TLS or HTTP/2 handshake not done counts as none) within the grace for new connections (as Go's Shutdown closes a new connection 5 s old); counted as closed{{reason=\"shutdown_before_request\"}}, not forced"
             );
         } else {
             tracing::debug!(
@@ -312,7 +351,7 @@ impl LocalShutdown {
     }
 
     /// A one-off wait for an awake connection's turn (an HTTP/2
-    /// connection's `GOAWAY`, a handshake cut at shutdown): resolves once
+    /// connection's `GOAWAY`): resolves once
     /// shutdown has begun, or, during a paced drain, once the drain gives
     /// it its turn ([`release_awake`](LocalShutdown::release_awake)).
     ///
@@ -505,6 +544,33 @@ impl Watchers {
         woken
     }
 
+    /// One poll of a wait that keeps `slot` in `list` ([`Wait`],
+    /// [`NewTurn`]): ready, its slot given back, when `turn` says so from
+    /// whether the list took its waker (`None`: it holds no slot yet);
+    /// else its waker is kept in the slot.
+    fn poll_wait(
+        list: &RefCell<Watchers>,
+        slot: &mut Option<u32>,
+        cx: &Context<'_>,
+        turn: impl FnOnce(Option<bool>) -> bool,
+    ) -> std::task::Poll<()> {
+        let mut list = list.borrow_mut();
+        let taken = slot.map(|i| list.wakers[i as usize].is_none());
+        if turn(taken) {
+            list.unwatch(slot);
+            return std::task::Poll::Ready(());
+        }
+        list.watch(slot, cx.waker());
+        std::task::Poll::Pending
+    }
+
+    /// Gives a dropped wait's `slot` back to `list`, if it holds one.
+    fn leave(list: &RefCell<Watchers>, slot: &mut Option<u32>) {
+        if slot.is_some() {
+            list.borrow_mut().unwatch(slot);
+        }
+    }
+
     /// Slots holding a waker (not woken yet).
     fn waiting(&self) -> usize {
         self.wakers.iter().filter(|w| w.is_some()).count()
@@ -519,6 +585,40 @@ impl Watchers {
             .filter_map(Option::take)
             .take(n)
             .collect()
+    }
+}
+
+/// [`LocalShutdown::new_connection_cut`]'s first step: a new connection's
+/// turn among the watching (idle) ones. It comes when the drain takes its
+/// waker out of its slot ([`LocalShutdown::wake_watchers`]: the start's
+/// idle grace, a paced drain's tick, the deadline), or at once for a wait
+/// first polled after the start (the start's wake may have gone by: as
+/// [`LocalShutdown::watch`] says, a watch set after it may never be
+/// woken). A waker taken before the start (an
+/// upgrade's [`park_all_idle`](LocalShutdown::park_all_idle)) is no turn:
+/// it is put back.
+#[must_use = "a turn is heard only by polling"]
+struct NewTurn<'a> {
+    shutdown: &'a LocalShutdown,
+    slot: Option<u32>,
+}
+
+impl Future for NewTurn<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<()> {
+        let this = &mut *self;
+        let s = this.shutdown;
+        // Its waker taken (or no slot yet) once the drain began.
+        Watchers::poll_wait(&s.watchers, &mut this.slot, cx, |taken| {
+            s.started.get() && taken != Some(false)
+        })
+    }
+}
+
+impl Drop for NewTurn<'_> {
+    fn drop(&mut self) {
+        Watchers::leave(&self.shutdown.watchers, &mut self.slot);
     }
 }
 
@@ -537,26 +637,17 @@ impl Future for Wait<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<()> {
         let this = &mut *self;
         let s = this.shutdown;
-        let mut awake = s.awake.borrow_mut();
         // Its waker taken while it kept the slot: its turn came (or the
         // start, unpaced).
-        let turn = this
-            .slot
-            .is_some_and(|i| awake.wakers[i as usize].is_none());
-        if turn || (s.started.get() && !s.pacing.get()) {
-            awake.unwatch(&mut this.slot);
-            return std::task::Poll::Ready(());
-        }
-        awake.watch(&mut this.slot, cx.waker());
-        std::task::Poll::Pending
+        Watchers::poll_wait(&s.awake, &mut this.slot, cx, |taken| {
+            taken == Some(true) || (s.started.get() && !s.pacing.get())
+        })
     }
 }
 
 impl Drop for Wait<'_> {
     fn drop(&mut self) {
-        if self.slot.is_some() {
-            self.shutdown.awake.borrow_mut().unwatch(&mut self.slot);
-        }
+        Watchers::leave(&self.shutdown.awake, &mut self.slot);
     }
 }
 
@@ -881,6 +972,57 @@ mod tests {
         assert_eq!(s.head_cut(None), Some(began + NEW_CONNECTION_GRACE));
         s.start();
         assert_eq!(s.began_at.get(), Some(began), "the first begin's");
+    }
+
+    /// A handshake's cut (`new_connection_cut`) follows the same rule as a
+    /// first head's: nothing before the drain; at the drain, its turn
+    /// among the idle ones first (a paced drain's tick), then its
+    /// `head_cut`: at once for a connection 5 s old, else 5 s after its
+    /// start. Its slot in the watching list goes back when it ends or is
+    /// dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_handshake_is_cut_at_its_turn_and_its_head_cut() {
+        let s = LocalShutdown::default();
+        let noop = Waker::noop();
+        let old = Instant::now();
+        tokio::time::advance(NEW_CONNECTION_GRACE * 2).await;
+        let young = Instant::now() - NEW_CONNECTION_GRACE / 5;
+        let mut old_cut = std::pin::pin!(s.new_connection_cut(old));
+        let mut young_cut = std::pin::pin!(s.new_connection_cut(young));
+        assert!(!resolves(old_cut.as_mut(), noop), "no drain yet");
+        assert!(!resolves(young_cut.as_mut(), noop), "no drain yet");
+        assert_eq!(s.watching(), 2, "each waits among the idle ones");
+        s.begin(true);
+        assert!(!resolves(old_cut.as_mut(), noop), "paced: no turn yet");
+        assert_eq!(s.wake_watchers(2), 2, "both turns given");
+        assert!(resolves(old_cut.as_mut(), noop), "5 s old: at its turn");
+        assert!(!resolves(young_cut.as_mut(), noop), "1 s old: its cut");
+        assert_eq!(s.watching(), 0);
+        tokio::time::advance(NEW_CONNECTION_GRACE * 4 / 5 - Duration::from_millis(1)).await;
+        assert!(!resolves(young_cut.as_mut(), noop), "not before 5 s old");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(resolves(young_cut.as_mut(), noop), "5 s after its start");
+        // One that first looks after the start takes its turn at once.
+        let mut late = std::pin::pin!(s.new_connection_cut(old));
+        assert!(resolves(late.as_mut(), noop));
+        let watchers = s.watchers.borrow();
+        assert_eq!(
+            watchers.free.len(),
+            watchers.wakers.len(),
+            "every slot back"
+        );
+    }
+
+    /// A waker taken before the drain (an upgrade asks every idle
+    /// connection to park) is no turn: the handshake waits on, in its slot.
+    #[test]
+    fn a_wake_before_the_drain_is_no_handshake_turn() {
+        let s = LocalShutdown::default();
+        let mut cut = std::pin::pin!(s.new_connection_cut(Instant::now()));
+        assert!(!resolves(cut.as_mut(), Waker::noop()));
+        s.park_all_idle(false);
+        assert!(!resolves(cut.as_mut(), Waker::noop()));
+        assert_eq!(s.watching(), 1, "watching again");
     }
 
     #[test]

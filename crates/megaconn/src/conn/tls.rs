@@ -1070,8 +1070,11 @@ pub(crate) struct HandshakeStart {
 /// A TLS connection's stream (its session boxed inside).
 pub(crate) type ServerTls = TlsIo<TcpStream>;
 
-/// Runs the TLS handshake, bounded by the handshake timeout (graceful
-/// shutdown lets it finish); on failure, says why the connection closes.
+/// Runs the TLS handshake, bounded by the handshake timeout and, during
+/// graceful shutdown, by the grace a new connection gets (5 s from its
+/// accept, `WorkerContext::handshake`: closed without a word, as
+/// `shutdown_before_request`, counted `outcome="shutdown"`); on failure,
+/// says why the connection closes.
 ///
 /// `place`: its place among the worker's handshakes in flight, taken at the
 /// accept ([`HandshakeGate`]); given back whenever the handshake waits for
@@ -1083,6 +1086,9 @@ pub(crate) async fn handshake(
     ctx: &WorkerContext,
     HandshakeStart { live, place }: HandshakeStart,
 ) -> Result<ServerTls, CloseReason> {
+    // Its accept, near enough: this runs on the task's first poll, right
+    // after it (a drain's grace for it is counted from here).
+    let since = tokio::time::Instant::now();
     // The socket, for the address a refused client certificate's line
     // names (asked only when the line goes out); open while `failed` can
     // be called (the stream owns it until the handshake returns).
@@ -1104,12 +1110,9 @@ pub(crate) async fn handshake(
         // Which client it was, for the lines that name it: they are of
         // failures on the client's own bytes, so the stream (and its
         // socket) is alive.
-        let peer = || {
-            // SAFETY: the handshake's stream owns `fd` until it returns,
-            // and it failed on the client's bytes.
-            let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            ratelog::peer_name(crate::conn::ConnInfo::of(&socket).map(|i| i.peer))
-        };
+        // SAFETY: the handshake's stream owns `fd` until it returns, and
+        // it failed on the client's bytes.
+        let peer = || unsafe { peer_of(fd) };
         // A ClientHello in tiny records, over what a stream buffers, has a
         // label and a log kind of its own: a flood of them must not hide
         // other failures' lines, nor theirs it. So has a client
@@ -1175,24 +1178,42 @@ pub(crate) async fn handshake(
         }
         CloseReason::TlsHandshakeFailed
     };
-    let ended = run_handshake(stream, ctx, live, place, failed).await;
+    // SAFETY: called while the handshake runs, whose stream owns `fd`.
+    let peer = || unsafe { peer_of(fd) };
+    let ended = run_handshake(stream, ctx, live, place, failed, since, peer).await;
     let outcome = match &ended {
         Ok(_) => HandshakeOutcome::Completed,
         Err(CloseReason::ClientClosed) => HandshakeOutcome::Abandoned,
         Err(CloseReason::TlsHandshakeTimeout) => HandshakeOutcome::Timeout,
+        Err(CloseReason::ShutdownBeforeRequest) => HandshakeOutcome::Shutdown,
         Err(_) => failed_as.get(),
     };
     outcome.count(&ctx.stats);
     ended
 }
 
-/// [`handshake`]'s work, its outcome counted by the caller.
+/// The client's address on `fd`, for a line that names it.
+///
+/// # Safety
+///
+/// `fd` must be open: the socket of a handshake still running.
+unsafe fn peer_of(fd: std::os::fd::RawFd) -> String {
+    // SAFETY: open, as the caller promised.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    ratelog::peer_name(crate::conn::ConnInfo::of(&socket).map(|i| i.peer))
+}
+
+/// [`handshake`]'s work, its outcome counted by the caller. `since` and
+/// `peer`: when it began and who its client is, for a drain's cut
+/// (`WorkerContext::handshake`).
 async fn run_handshake(
     stream: TcpStream,
     ctx: &WorkerContext,
     live: Arc<Live>,
     place: Option<HandshakePlace>,
     failed: impl FnOnce(std::io::Error) -> CloseReason,
+    since: tokio::time::Instant,
+    peer: impl FnOnce() -> String,
 ) -> Result<ServerTls, CloseReason> {
     let timeout = live.handshake_timeout;
     let mut tls = match TlsIo::new(stream, live.config.clone()) {
@@ -1222,13 +1243,15 @@ async fn run_handshake(
         }
         progress
     });
-    // Not cut by graceful shutdown (see `WorkerContext::handshake`).
+    // Cut by graceful shutdown as a new connection's first head is (see
+    // `WorkerContext::handshake`).
     ctx.handshake(
         timeout,
         done,
         CloseReason::TlsHandshakeTimeout,
         failed,
-        false,
+        since,
+        peer,
     )
     .await?;
     Ok(tls)

@@ -126,7 +126,11 @@ pub enum CloseReason {
     /// the drain's start at the earliest, as Go's `Shutdown` closes a new
     /// connection 5 s old; or one midway through a later head 5 s into the
     /// drain. A close of the drain, not a forced one. (It held the drain
-    /// until `read_header_timeout`, or with that off to the deadline.)
+    /// until `read_header_timeout`, or with that off to the deadline.) A
+    /// connection still in its TLS or HTTP/2 handshake has sent no request
+    /// either: closed by the same rule, without a word (since session 54;
+    /// a TLS one counted `megaconn_tls_handshakes_total{outcome="shutdown"}`
+    /// too).
     ShutdownBeforeRequest,
 }
 

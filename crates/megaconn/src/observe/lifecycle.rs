@@ -100,7 +100,8 @@ pub enum ConnectionEvent {
 /// until that head is whole. Graceful shutdown closes a new connection as
 /// Go does, once it is 5 s old (at the drain's start at the earliest; a
 /// later head begun, 5 s into the drain), as
-/// [`CloseReason::ShutdownBeforeRequest`]. Go calls its `ConnState` hook
+/// [`CloseReason::ShutdownBeforeRequest`], one still in its TLS or HTTP/2
+/// handshake (`ReadingHead` too) included. Go calls its `ConnState` hook
 /// at every change; these states are read
 /// ([`ServerHandle::connections`](crate::ServerHandle::connections)),
 /// and the `on_connection` hook hears only [`ConnectionEvent::Opened`] and

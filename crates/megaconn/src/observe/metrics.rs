@@ -51,7 +51,7 @@
 //! | `megaconn_accept_errors_total` | counter | `errno` |
 //! | `megaconn_connections_rejected_total` | counter | `limit` (`accept_rate`, `max_connections_per_ip`: [`REJECTED_LABELS`]) |
 //! | `megaconn_tls_alerts_received_total` | counter | `alert` (`unknown_ca`, `bad_certificate`, …, `other`) |
-//! | `megaconn_tls_handshakes_total` | counter | `outcome` (`completed`, `abandoned`, `failed`, `timeout`, `client_cert`, `crl`) |
+//! | `megaconn_tls_handshakes_total` | counter | `outcome` (`completed`, `abandoned`, `failed`, `timeout`, `client_cert`, `crl`, `plain_http`, `shutdown`) |
 //! | `megaconn_tls_client_cert_refusals_total` | counter | `reason` (`missing`, `unknown_ca`, `revoked`, `expired`, `not_yet_valid`, `bad`) |
 //! | `megaconn_tls_reloads_total` | counter | `outcome` (`ok`, `failed`) (only with TLS) |
 //! | `megaconn_tls_certificate_expiry_seconds` | gauge | `server_name` (`default`, or the SNI name a certificate is for) (only with TLS) |
@@ -1132,7 +1132,7 @@ impl Collector for Snapshot {
         labelled(
             &mut e,
             "tls_handshakes",
-            "TLS handshakes by outcome: completed; abandoned (the client closed or reset before finishing, closed{client_closed}: many of them with few completed is a flood of ClientHellos that never wait for the answer); failed (closed{tls_handshake_failed}); timeout (closed{tls_handshake_timeout}); client_cert (the client's certificate refused: why in tls_client_cert_refusals); crl (a CRL of the server's own found bad while checking a client's certificate: fix the CRL file the log names); plain_http (a plain HTTP request sent to a TLS port, answered 400: a client using http:// for https://; closed{tls_handshake_failed}).",
+            "TLS handshakes by outcome: completed; abandoned (the client closed or reset before finishing, closed{client_closed}: many of them with few completed is a flood of ClientHellos that never wait for the answer); failed (closed{tls_handshake_failed}); timeout (closed{tls_handshake_timeout}); client_cert (the client's certificate refused: why in tls_client_cert_refusals); crl (a CRL of the server's own found bad while checking a client's certificate: fix the CRL file the log names); plain_http (a plain HTTP request sent to a TLS port, answered 400: a client using http:// for https://; closed{tls_handshake_failed}); shutdown (not done within the grace graceful shutdown gives a new connection, 5 s from its accept: closed without a word, closed{shutdown_before_request}, a close of the drain, not forced).",
             "outcome",
             s.tls_handshakes.iter().copied(),
         )?;

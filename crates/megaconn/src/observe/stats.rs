@@ -108,11 +108,18 @@ pub(crate) enum HandshakeOutcome {
     /// and nginx answer, and closed as `tls_handshake_failed`. A label of
     /// its own: a misconfigured client, not a broken or hostile one.
     PlainHttp,
+    /// Not done within the grace graceful shutdown gives a connection that
+    /// has asked for nothing yet (5 s from its accept, at the drain's
+    /// start at the earliest, as Go's `Shutdown` closes a new connection):
+    /// closed without a word, as `shutdown_before_request`, a close of the
+    /// drain. A label of its own: neither the client's failure nor its
+    /// timeout (before, the drain waited for it until `handshake_timeout`).
+    Shutdown,
 }
 
 impl HandshakeOutcome {
     /// How many outcomes there are.
-    pub(crate) const COUNT: usize = 7;
+    pub(crate) const COUNT: usize = 8;
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; HandshakeOutcome::COUNT] = [
         "completed",
@@ -122,6 +129,7 @@ impl HandshakeOutcome {
         "client_cert",
         "crl",
         "plain_http",
+        "shutdown",
     ];
 
     /// Counts one in the worker's counters.

@@ -346,7 +346,7 @@ where
     // The handshake runs in its own box, freed when it ends, so that its
     // state (h2's whole codec, a timer) is not kept in the connection's
     // future for the connection's life next to the connection itself.
-    let mut conn = match Box::pin(handshake(io, &ctx)).await {
+    let mut conn = match Box::pin(handshake(io, &ctx, &addrs)).await {
         Ok(conn) => conn,
         Err(reason) => return reason,
     };
@@ -721,10 +721,14 @@ pub(crate) fn refused_at_accept(retry_after: u64) -> Box<[u8]> {
 }
 
 /// The HTTP/2 handshake (the client's preface and SETTINGS, ours sent),
-/// bounded by `read_header_timeout` and cut short by shutdown.
+/// bounded by `read_header_timeout`; during graceful shutdown, cut as a
+/// new connection's first request head is, 5 s after it began
+/// (`WorkerContext::handshake`: a client whose preface and request come
+/// in the grace is served, its answer then followed by `GOAWAY`).
 async fn handshake<I>(
     io: I,
     ctx: &WorkerContext,
+    addrs: &Addrs,
 ) -> Result<h2::server::Connection<I, Bytes>, CloseReason>
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -735,7 +739,8 @@ where
         handshake,
         CloseReason::HeaderTimeout,
         |e| close_reason(&e, ctx, false),
-        true,
+        Instant::now(),
+        || ratelog::peer_name(addrs.peer()),
     )
     .await
 }

@@ -37,6 +37,7 @@ mod body_end_stream;
 mod drain;
 mod drain_awake;
 mod drain_before_request;
+mod drain_tls54;
 mod drain_woken;
 mod dual_stack;
 mod framed;
