@@ -144,7 +144,12 @@ async fn main() -> anyhow::Result<()> {
 
     // The application's own shutdown order: SIGTERM or Ctrl-C stops HTTP
     // first (megaconn drains: no new connections, in-flight requests
-    // finish), then the consumer, then the process.
+    // finish), then the consumer, then the process. (Here the consumer's
+    // queue closes by itself at the end of the drain: its sender is in the
+    // app's state, which goes with megaconn's workers. The watch stops a
+    // consumer that has other producers.) A future of your own (a
+    // CancellationToken's `cancelled_owned()`, your SIGTERM handler's
+    // branch) does instead of `shutdown_signal()`.
     let summary = started
         .run_with_shutdown(megaconn::shutdown_signal()?)
         .await;

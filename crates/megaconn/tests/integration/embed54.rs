@@ -66,6 +66,11 @@ async fn megaconn_logs_to_the_callers_scoped_subscriber() {
     // This thread's only (the binary has no global subscriber): other
     // tests' servers, started on their own threads, do not write here.
     let _scoped = tracing::subscriber::set_default(subscriber);
+    // A second subscriber alive meanwhile, so that a call site first hit
+    // on a thread without ours is asked of both (see below) and not of
+    // that thread alone: this test stays sound should another test of
+    // this binary log access lines too.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     // Its handler logs at a call site of its own, and only this test logs
     // access lines: `tracing` caches whether a call site is enabled when it
     // is first hit, and while one subscriber exists in the process it asks
