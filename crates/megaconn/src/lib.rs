@@ -26,6 +26,21 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # In an existing service
+//!
+//! megaconn takes `axum::serve`'s place inside a program that keeps its
+//! own runtime (multi-thread or not), logs and metrics: awaiting
+//! [`Server::serve`] only waits, while the handlers run on megaconn's worker
+//! threads beside that runtime ([`Builder::workers`]). Its log lines go to
+//! the global `tracing` subscriber, or to one scoped to the thread that
+//! starts the server (a test's `set_default`); its metrics go into the
+//! application's `prometheus-client` registry with
+//! [`ServerHandle::register_metrics`]; the application stops it with a
+//! future of its own ([`Server::serve_with_shutdown`]) and gets a
+//! [`ShutdownSummary`] once it has drained. The README's "Recipe:
+//! embedding megaconn in an existing service" and `examples/embed_in_app.rs`
+//! show it whole.
+//!
 //! # Layout
 //!
 //! Layers, each importing only those below it (checked by `tests/integration/layers.rs`):
@@ -44,6 +59,8 @@
 //!                          max_topic_bytes
 //!             stall.rs     the stall detector: a watchdog thread that sees a
 //!                          worker's event loop stay away (a blocking handler)
+//!             log_scope.rs the caller's scoped `tracing` subscriber, carried
+//!                          to the server's threads
 //!     |
 //!  proto/     http1/       HTTP/1.1 (ours, on httparse): conn (a connection's
 //!                          life), head (RFC 9112 framing), quick_head (the usual

@@ -124,6 +124,11 @@
 //! `topic_subscribers` is exact per server; `topic_publishes_total`
 //! counts each publish the hub took once, whatever its subscribers.
 //!
+//! An application with a `prometheus-client` registry of its own puts
+//! these series in it instead, to serve them on its own `/metrics`:
+//! [`ServerHandle::register_metrics`](crate::ServerHandle::register_metrics)
+//! (a collector that reads the server at each scrape).
+//!
 //! The body is OpenMetrics text (it ends with `# EOF`): serve it as
 //! [`OPENMETRICS_CONTENT_TYPE`]. Labelled `text/plain; version=0.0.4` it
 //! fails `promtool check metrics`, and 0.0.4 parsers take its counters as
@@ -152,6 +157,13 @@ pub use crate::observe::rooms::{
 };
 use crate::observe::stats::{MessageStats, ServerStats, StatsSource, TlsStats, WorkerStats};
 use crate::observe::trace::{ErrorClass, SpanSlot};
+/// The `prometheus-client` megaconn is built with: an application's
+/// [`Registry`] given to
+/// [`ServerHandle::register_metrics`](crate::ServerHandle::register_metrics)
+/// must be of this version (0.25); name it as
+/// `megaconn::metrics::prometheus_client::registry::Registry`, or depend on
+/// the same version.
+pub use prometheus_client;
 
 /// Labels of `method`, in counter order; any other method counts as `other`.
 pub const METHOD_LABELS: [&str; METHODS] = [
@@ -971,6 +983,35 @@ fn render_registry(stats: &ServerStats, process: Option<ProcessCollector>) -> St
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
     out
+}
+
+/// Registers the series [`render`] writes (all `megaconn_`, read from
+/// `stats` at each scrape) as one collector of an application's own
+/// `registry`; what
+/// [`ServerHandle::register_metrics`](crate::ServerHandle::register_metrics)
+/// does with the server's counters.
+pub(crate) fn register(
+    registry: &mut Registry,
+    stats: impl Fn() -> ServerStats + Send + Sync + 'static,
+) {
+    registry
+        .sub_registry_with_prefix("megaconn")
+        .register_collector(Box::new(Live(Box::new(stats))));
+}
+
+/// The snapshot [`register`] encodes at each scrape, taken then.
+struct Live(Box<dyn Fn() -> ServerStats + Send + Sync>);
+
+impl fmt::Debug for Live {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("megaconn::metrics::Live")
+    }
+}
+
+impl Collector for Live {
+    fn encode(&self, e: DescriptorEncoder) -> Result<(), fmt::Error> {
+        Snapshot((self.0)()).encode(e)
+    }
 }
 
 /// The content type of [`render`]'s output, whatever the scraper asked

@@ -667,6 +667,41 @@ impl ServerHandle {
         )
     }
 
+    /// Puts this server's metrics into an application's own
+    /// `prometheus-client` registry, to be served on the application's own
+    /// `/metrics` with its series: the `megaconn_` series of
+    /// [`render_metrics`](ServerHandle::render_metrics), read from the
+    /// server at each scrape (one collector; nothing is recorded twice).
+    /// Not the `process_*` series nor `megaconn_build_info`: an application
+    /// usually has those of its own, and a name twice in one exposition is
+    /// refused by Prometheus; register
+    /// [`ProcessCollector::this_process`](crate::metrics::ProcessCollector::this_process)
+    /// at the registry's root for them.
+    ///
+    /// Under a prefix of the application's (`Registry::with_prefix("app")`)
+    /// the names become `app_megaconn_…`. The registry must be of
+    /// megaconn's `prometheus-client` (0.25:
+    /// [`metrics::prometheus_client`](crate::metrics::prometheus_client)).
+    /// One server per registry: a second server's series would repeat the
+    /// same names (give each its own registry, or serve
+    /// [`render_metrics`](ServerHandle::render_metrics) apart).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), megaconn::Error> {
+    /// use megaconn::metrics::prometheus_client::{encoding::text::encode, registry::Registry};
+    /// let server = megaconn::Server::bind("127.0.0.1:0".parse().unwrap()).listen()?;
+    /// let mut registry = Registry::default(); // the application's, with its own metrics
+    /// server.handle().register_metrics(&mut registry);
+    /// let mut text = String::new();
+    /// encode(&mut text, &registry).unwrap(); // at each scrape of the app's /metrics
+    /// assert!(text.contains("megaconn_connections_open"));
+    /// # Ok(()) }
+    /// ```
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let handle = self.clone();
+        crate::observe::metrics::register(registry, move || handle.stats());
+    }
+
     /// The live connections, sorted by id, from `offset`, at most `limit` of
     /// them, and how many there are in all. Empty unless the server was built
     /// with [`Builder::track_connections`].

@@ -4,6 +4,7 @@
 pub(crate) mod builder;
 pub(crate) mod dispatch;
 pub(crate) mod framed;
+pub(crate) mod log_scope;
 pub(crate) mod message;
 pub(crate) mod signal;
 mod spare;

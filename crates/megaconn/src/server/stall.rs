@@ -367,9 +367,12 @@ pub(crate) fn watch(
     wakes: WakeSignal,
 ) -> std::io::Result<Watchdog> {
     let guard = Watchdog(alarm.clone());
+    // Its stall lines go where the workers' do (`log_scope.rs`).
+    let log = crate::server::log_scope::CallerLog::of_this_thread();
     std::thread::Builder::new()
         .name(THREAD_NAME.into())
         .spawn(move || {
+            let _log = log.enter();
             let _ = alarm.watchdog.set(std::thread::current());
             let every = threshold / LOOKS_PER_THRESHOLD;
             let start = Instant::now();

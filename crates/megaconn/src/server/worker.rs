@@ -221,12 +221,15 @@ where
     // drops it (with the closure, or as the thread unwinds), which counts
     // this worker drained, so no other worker waits for it.
     let mut ticket = setup.drains.ticket();
+    // The caller's scoped subscriber, if it has one (`log_scope.rs`).
+    let log = crate::server::log_scope::CallerLog::of_this_thread();
     let thread = std::thread::Builder::new()
         .name(format!(
             "{}{worker}",
             crate::observe::ratelog::WORKER_THREAD
         ))
         .spawn(move || {
+            let _log = log.enter();
             if let Some(dropped) = panic {
                 drop(listeners);
                 drop(dropped);

@@ -40,6 +40,7 @@ mod drain_before_request;
 mod drain_tls54;
 mod drain_woken;
 mod dual_stack;
+mod embed54;
 mod framed;
 mod framed_halfopen;
 mod framed_handover;
