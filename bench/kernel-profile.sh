@@ -68,16 +68,7 @@ mkdir -p "$OUT"
 export NSTAT_HISTORY="$OUT/.nstat-history"
 echo "$PERIOD_NS" >"$OUT/period_ns"
 
-# AUTOGROUP_NICE: this kernel gives each session's processes (an autogroup)
-# an equal share of a core, so a plain `nice` does not reach the other
-# sessions' processes on a shared machine; this sets the session's group's
-# nice for the run (/proc/self/autogroup; e.g. -15) and puts it back at exit.
-AUTOGROUP_WAS=""
-if [[ -n "${AUTOGROUP_NICE:-}" ]]; then
-  AUTOGROUP_WAS="$(awk '{ print $3 }' /proc/self/autogroup)"
-  echo "$AUTOGROUP_NICE" >/proc/self/autogroup
-fi
-autogroup_back() { [[ -z "$AUTOGROUP_WAS" ]] || echo "$AUTOGROUP_WAS" >/proc/self/autogroup; }
+bench_autogroup_nice
 trap 'bench_cleanup; autogroup_back' EXIT
 trap 'exit 130' INT TERM
 bench_install_deps

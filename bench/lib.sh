@@ -125,6 +125,20 @@ bench_defaults() {
   done
 }
 
+# AUTOGROUP_NICE (e.g. -15): this kernel gives each session's processes (an
+# autogroup) an equal share of a core, so a plain `nice` does not reach the
+# other sessions' processes on a shared machine; bench_autogroup_nice sets the
+# session's group's nice for the run (/proc/self/autogroup) and autogroup_back
+# (call it from the script's EXIT trap) puts it back. Unset: neither does
+# anything. It takes CPU from everyone else's sessions while it runs.
+AUTOGROUP_WAS=""
+bench_autogroup_nice() {
+  [[ -n "${AUTOGROUP_NICE:-}" ]] || return 0
+  AUTOGROUP_WAS="$(awk '{ print $3 }' /proc/self/autogroup)"
+  echo "$AUTOGROUP_NICE" >/proc/self/autogroup
+}
+autogroup_back() { [[ -z "$AUTOGROUP_WAS" ]] || echo "$AUTOGROUP_WAS" >/proc/self/autogroup; }
+
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 

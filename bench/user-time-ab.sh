@@ -39,16 +39,9 @@ mkdir -p "$OUT"
 TICK=$(getconf CLK_TCK)
 server_pid=""
 cleanup() { [[ -n "$server_pid" ]] && kill -TERM "$server_pid" 2>/dev/null || true; }
-# AUTOGROUP_NICE: this kernel gives each session's processes (an autogroup)
-# an equal share of a core, so a plain `nice` does not reach the other
-# sessions' processes on a shared machine; this sets the session's group's
-# nice for the run (/proc/self/autogroup; e.g. -15) and puts it back at exit.
-AUTOGROUP_WAS=""
-if [[ -n "${AUTOGROUP_NICE:-}" ]]; then
-  AUTOGROUP_WAS="$(awk '{ print $3 }' /proc/self/autogroup)"
-  echo "$AUTOGROUP_NICE" >/proc/self/autogroup
-fi
-autogroup_back() { [[ -z "$AUTOGROUP_WAS" ]] || echo "$AUTOGROUP_WAS" >/proc/self/autogroup; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_autogroup_nice
 trap 'cleanup; autogroup_back' EXIT
 trap 'exit 130' INT TERM
 
