@@ -176,12 +176,16 @@ impl WorkerContext {
                 None => Some(handshake.await),
             }
         };
+        // Logged inside the branch, not in its handler: `select!` drops
+        // every branch first, the handshake with the socket it owns (h2c),
+        // and `peer` may read the address from that socket.
+        let cut = async {
+            self.shutdown.new_connection_cut(since).await;
+            self.shutdown.closing_before_request(peer);
+        };
         tokio::select! {
             biased;
-            () = self.shutdown.new_connection_cut(since) => {
-                self.shutdown.closing_before_request(peer);
-                Err(CloseReason::ShutdownBeforeRequest)
-            }
+            () = cut => Err(CloseReason::ShutdownBeforeRequest),
             r = bounded => match r {
                 None => {
                     incr(&self.stats.timeouts);

@@ -122,8 +122,8 @@ pub enum CloseReason {
     Reset,
     /// Graceful shutdown closed an HTTP/1.1 connection that had not sent a
     /// whole request head: a new one (Go's `StateNew`: silent since its
-    /// accept, or midway through its first head) 5 s after its accept, at
-    /// the drain's start at the earliest, as Go's `Shutdown` closes a new
+    /// accept, or midway through its first head) 5 s after its accept,
+    /// heard at its turn among the idle connections, as Go's `Shutdown` closes a new
     /// connection 5 s old; or one midway through a later head 5 s into the
     /// drain. A close of the drain, not a forced one. (It held the drain
     /// until `read_header_timeout`, or with that off to the deadline.) A

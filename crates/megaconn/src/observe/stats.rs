@@ -109,8 +109,9 @@ pub(crate) enum HandshakeOutcome {
     /// its own: a misconfigured client, not a broken or hostile one.
     PlainHttp,
     /// Not done within the grace graceful shutdown gives a connection that
-    /// has asked for nothing yet (5 s from its accept, at the drain's
-    /// start at the earliest, as Go's `Shutdown` closes a new connection):
+    /// has asked for nothing yet (5 s from its accept, heard at its turn
+    /// among the idle connections, as Go's `Shutdown` closes a new
+    /// connection 5 s old; see `NEW_CONNECTION_GRACE`):
     /// closed without a word, as `shutdown_before_request`, a close of the
     /// drain. A label of its own: neither the client's failure nor its
     /// timeout (before, the drain waited for it until `handshake_timeout`).

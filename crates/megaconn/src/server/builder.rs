@@ -676,7 +676,9 @@ impl ServerHandle {
     /// usually has those of its own, and a name twice in one exposition is
     /// refused by Prometheus; register
     /// [`ProcessCollector::this_process`](crate::metrics::ProcessCollector::this_process)
-    /// at the registry's root for them.
+    /// for them in a registry without a prefix (a collector takes its
+    /// registry's prefix: under `with_prefix("app")` they would read
+    /// `app_process_*`, not the names dashboards look for).
     ///
     /// Under a prefix of the application's (`Registry::with_prefix("app")`)
     /// the names become `app_megaconn_…`. The registry must be of

@@ -8,8 +8,10 @@
 //! counted `h2_enhance_your_calm`, with no line naming the peer; ours
 //! charged each 9 bytes of the 64 KiB control budget, so h2's came
 //! first, always. Now each read is held to what is left of h2's count
-//! and ours closes the connection at the frame h2 would have closed it
-//! on: sent in one write, and paced one frame a read (each followed by a
+//! and ours closes the connection no later than h2 would have: at the
+//! frame h2 would have closed it on when paced, one frame earlier within
+//! one read (where ours counts the stream's free first frame too, not
+//! telling which h2 lets through). Sent in one write, and paced one frame a read (each followed by a
 //! SETTINGS frame whose acknowledgement says it was read and processed,
 //! so that every read finds h2's count where the frames before left it).
 
