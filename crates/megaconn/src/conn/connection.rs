@@ -441,6 +441,30 @@ mod tests {
         assert!(limit.admit_ip(&mut other, ip), "its IP's place, once");
     }
 
+    /// The per-IP place of a woken connection comes back once at its close
+    /// (room for two connections in all, one per IP: a place given back
+    /// twice would let a second connection of that IP in).
+    #[test]
+    fn a_woken_connections_ip_place_comes_back_once() {
+        let stats = Arc::new(WorkerStats::default());
+        let limit = ConnectionLimit::new(2, Some(1));
+        let accounts = WorkerAccounts::new(stats.clone(), limit.clone());
+        let ip: IpAddr = "192.0.2.8".parse().unwrap();
+        let mut slot = limit.try_acquire().unwrap();
+        assert!(limit.admit_ip(&mut slot, ip));
+        let parked = Connection::open(slot, stats.clone(), None).park();
+        Connection::<ConnTrack>::resume(&accounts, parked.ip, None)
+            .wake()
+            .close(CloseReason::Shutdown);
+        let mut first = limit.try_acquire().expect("its place came back");
+        assert!(limit.admit_ip(&mut first, ip), "its IP's place came back");
+        let mut second = limit.try_acquire().expect("the other place");
+        assert!(
+            !limit.admit_ip(&mut second, ip),
+            "its IP's place came back twice"
+        );
+    }
+
     /// A woken connection handed over with an upgraded socket owns its
     /// places from then on (`Send`): they come back when it drops, on
     /// whichever thread.
