@@ -1102,7 +1102,7 @@ impl Collector for Snapshot {
         gauge(
             &mut e,
             "shutdown_drain_pending",
-            "Idle connections a paced shutdown (shutdown_drain_rate) has still to close.",
+            "Connections a paced shutdown (shutdown_drain_rate) has still to close: all those still open while it runs.",
             s.shutdown_drain_pending,
         )?;
         gauge(

@@ -35,6 +35,7 @@ mod big_push;
 mod blocking;
 mod body_end_stream;
 mod drain;
+mod drain55;
 mod drain_awake;
 mod drain_before_request;
 mod drain_tls54;
