@@ -34,6 +34,7 @@ mod backpressure;
 mod big_push;
 mod blocking;
 mod body_end_stream;
+mod cut_by_reset55;
 mod drain;
 mod drain_awake;
 mod drain_before_request;
