@@ -34,6 +34,7 @@ mod backpressure;
 mod big_push;
 mod blocking;
 mod body_end_stream;
+mod cut_by_reset55;
 mod drain;
 mod drain55;
 mod drain_awake;
