@@ -51,7 +51,7 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::error::BodyError;
 use crate::message::MessageSettings;
 use crate::observe::clock::{self, LazyDeadline};
-use crate::observe::human::Timeout;
+use crate::observe::human::{Causes, Timeout};
 use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
 use crate::observe::ratelog::{self, Flood};
@@ -1438,7 +1438,6 @@ fn body_done<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
     this.st.body_rate = None;
 }
 
-/// Stops reading the body: the handler sees `error`, the connection closes.
 /// Why the connection closes when the response body failed mid-stream.
 ///
 /// When the request's body failed first (`close_reason` set) and the
@@ -1460,13 +1459,14 @@ fn response_body_failed(close_reason: &Option<CloseReason>, e: &BoxError) -> Clo
         _ => {
             ratelog::log(
                 Flood::ResponseBodyFailed,
-                |suppressed| tracing::warn!(error = %e, suppressed, "response body failed mid-stream; closing"),
+                |suppressed| tracing::warn!(error = %Causes(source), suppressed, "response body failed mid-stream; closing"),
             );
             CloseReason::ServerError
         }
     }
 }
 
+/// Stops reading the body: the handler sees `error`, the connection closes.
 fn give_up_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, error: BodyError) {
     body_done(this);
     this.st.setup.keep_alive = false;
