@@ -72,9 +72,14 @@ async fn a_head_split_across_a_gap_is_not_charged_the_gap() {
 /// A request that comes after a quiet spell on a keep-alive connection is
 /// timed from its arrival, not from the end of the one before it (the
 /// answer was flushed before the wait, so it is not queued behind it).
+/// Without the parking lot, so that the connection waits as a task, its
+/// next request the second of the same `serve_connection` (with the lot,
+/// an accepted connection answered at once is parked, and its next
+/// request is a woken connection's first).
 #[tokio::test]
 async fn a_request_after_a_quiet_spell_is_not_charged_the_spell() {
-    let server = TestServer::default().await;
+    let builder = megaconn::Server::builder().workers(1).park_idle_after(None);
+    let server = TestServer::start(builder).await;
     let mut s = server
         .connect_sending(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .await;
