@@ -63,6 +63,9 @@ impl BlockCache {
         CachedBox { ptr, cache: self }
     }
 
+    /// A block of `layout`: the last one given back if it is of that
+    /// layout (inlined where the future is built), else [`take_listed`](Self::take_listed).
+    #[inline(always)]
     fn take(&self, layout: Layout) -> NonNull<u8> {
         if let Some((block, l)) = self.last.get() {
             if l == layout {
@@ -70,6 +73,12 @@ impl BlockCache {
                 return block;
             }
         }
+        self.take_listed(layout)
+    }
+
+    /// A listed block of `layout`, or a fresh one.
+    #[inline(never)]
+    fn take_listed(&self, layout: Layout) -> NonNull<u8> {
         let mut free = self.free.borrow_mut();
         if let Some(i) = free.iter().rposition(|(_, l)| *l == layout) {
             return free.swap_remove(i).0;
@@ -80,14 +89,21 @@ impl BlockCache {
         NonNull::new(p).unwrap_or_else(|| alloc::handle_alloc_error(layout))
     }
 
+    /// Keeps `block` as the one taken first (inlined where the future is
+    /// dropped); the one it displaces joins the list ([`give_listed`](Self::give_listed)).
+    #[inline(always)]
     fn give(&self, block: NonNull<u8>, layout: Layout) {
         if layout.size() == 0 {
             return;
         }
-        // This one is taken first; the one it displaces joins the others.
-        let Some((block, layout)) = self.last.replace(Some((block, layout))) else {
-            return;
-        };
+        if let Some((block, layout)) = self.last.replace(Some((block, layout))) {
+            self.give_listed(block, layout);
+        }
+    }
+
+    /// Lists `block`, or frees it when the list is full.
+    #[inline(never)]
+    fn give_listed(&self, block: NonNull<u8>, layout: Layout) {
         let mut free = self.free.borrow_mut();
         if free.len() < MAX_CACHED - 1 {
             free.push((block, layout));

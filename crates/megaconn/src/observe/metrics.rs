@@ -343,7 +343,7 @@ impl Stopwatch {
     /// A clock read fewer a pipelined request, ~20 ns natively of the
     /// ~280 ns of user time a request at 16 deep (bench/CPU-PER-REQUEST.md,
     /// session 55); callgrind, which runs no vDSO, sees ~10 instructions.
-    #[inline]
+    #[inline(always)]
     fn queued() -> Stopwatch {
         Stopwatch {
             #[cfg(feature = "metrics")]
@@ -542,8 +542,10 @@ impl RequestRecord {
     /// ~45 user-space instructions; bench/CPU-PER-REQUEST.md, session 43.)
     /// `queued`: the request was whole in its connection's buffer when the
     /// one before it ended (HTTP/1.1 pipelining), and is timed from that
-    /// end ([`Stopwatch::queued`]).
-    #[inline]
+    /// end ([`Stopwatch::queued`]). (Always inlined: out of line, the
+    /// record was returned through memory, +38 to +50 instructions a
+    /// request, bench/CPU-PER-REQUEST.md, session 55.)
+    #[inline(always)]
     pub(crate) fn started(
         ctx: Rc<dyn StatsSource>,
         method: MethodLabel,
