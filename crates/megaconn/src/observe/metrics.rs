@@ -362,14 +362,20 @@ impl Stopwatch {
     #[inline]
     fn elapsed_nanos(self) -> u64 {
         #[cfg(feature = "metrics")]
-        {
-            let now = crate::observe::clock::read_nanos();
-            LAST_END.with(|end| end.set(now));
-            return now.saturating_sub(self.started);
-        }
+        return ended_now().saturating_sub(self.started);
         #[cfg(not(feature = "metrics"))]
         0
     }
+}
+
+/// A fresh reading of the clock, kept as this thread's last request end
+/// ([`LAST_END`]), where a request pipelined behind it starts.
+#[cfg(feature = "metrics")]
+#[inline]
+fn ended_now() -> u64 {
+    let now = crate::observe::clock::read_nanos();
+    LAST_END.with(|end| end.set(now));
+    now
 }
 
 thread_local! {
