@@ -67,7 +67,13 @@
 #   machine's L1 and, as the "last level", its per-core L2 (lscpu): the
 #   LL column then counts L2 misses, what a working set that outgrows L2
 #   costs; unset: valgrind's guess from the host, whose LL is the 32 MiB
-#   L3, which no run here outgrows).
+#   L3, which no run here outgrows), PIPELINE (1: each connection sends
+#   PIPELINE requests back to back and the next PIPELINE once all are
+#   answered, `load --pipeline PIPELINE`: a closed loop that reads 16
+#   heads a `recv` at 16, what a batch lets a server do once per read
+#   rather than once per request; session 55. Still per request: the
+#   count is divided by the requests. Not with HEADERS, whose client
+#   sends one request at a time).
 # Output: bench/out/lower-bound-<stamp>/ (callgrind files, table.md); the
 #   table on stdout.
 # The warm-up (paced runs): the start of a paced run is not the same from
@@ -153,6 +159,9 @@ sim=()
 [[ "$SIM" == 1 ]] && sim=(--cache-sim=yes --branch-sim=yes ${CACHE:-})
 CONNS="${CONNS:-64}"
 [[ "$CONNS" =~ ^[1-9][0-9]*$ ]] || die "CONNS=$CONNS is not a count of connections"
+PIPELINE="${PIPELINE:-1}"
+[[ "$PIPELINE" =~ ^[1-9][0-9]*$ ]] || die "PIPELINE=$PIPELINE is not a depth (1 or more)"
+[[ -n "$HEADERS" && "$PIPELINE" != 1 ]] && die "HEADERS and PIPELINE do not go together (the pattern client sends one request at a time)"
 # total FILE [FN]: the counts of a finished callgrind run, space separated:
 # Ir (the instructions), and with SIM also I1mr D1mr D1mw ILmr DLmr DLmw Bc
 # Bcm Bi Bim, found by name in its "events:" line; then the calls of
@@ -198,7 +207,7 @@ served() {
     timeout 600 taskset -c "$LOAD_CPU" python3 "$BENCH_DIR/head_pattern_client.py" "$port" "$n" "$CONNS" "$HEADERS" \
       >"$RES_DIR/$name-$n.load.out" 2>&1 &
   else
-    timeout 600 taskset -c "$LOAD_CPU" "$MEGACONN" load "http://127.0.0.1:$port/" -t 1 -q -c "$CONNS" -n "$n" "${rate[@]}" \
+    timeout 600 taskset -c "$LOAD_CPU" "$MEGACONN" load "http://127.0.0.1:$port/" -t 1 -q -c "$CONNS" -n "$n" "${rate[@]}" --pipeline "$PIPELINE" \
       --json "$RES_DIR/$name-$n.load.json" >"$RES_DIR/$name-$n.load.out" 2>&1 &
   fi
   load_pid=$!
@@ -300,7 +309,9 @@ if [[ "$NGINX" == 1 ]]; then
 fi
 
 {
-  load="\`load -c $CONNS${RATE:+ --rate $RATE}\`"
+  pipelined=""
+  [[ "$PIPELINE" != 1 ]] && pipelined=" --pipeline $PIPELINE"
+  load="\`load -c $CONNS${RATE:+ --rate $RATE}$pipelined\`"
   [[ -n "$HEADERS" ]] && load="\`head_pattern_client.py\` $CONNS connections, HEADERS=$HEADERS"
   echo "### User-space instructions per keep-alive request (callgrind, (N=$N2 − N=$N1) / $((N2 - N1)), $load)"
   echo

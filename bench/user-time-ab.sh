@@ -20,7 +20,9 @@
 # Env: A, B (the binaries; required), CONNS ("64 512"), ROUNDS (10),
 #   DURATION (3s), WARMUP (1s), SERVER_CPU (1), LOAD_CPU (0), PORT (43900:
 #   the first of the ports tried), OUT (bench/out/user-time-ab-<stamp>),
-#   AUTOGROUP_NICE (below).
+#   AUTOGROUP_NICE (below), PIPELINE (1: the load's `--pipeline`, each
+#   connection sending that many requests back to back and the next as
+#   many once all are answered; session 55, the pipelined path).
 # Output: the table on stdout; raw rows (round, conns, binary, requests,
 #   user and system ticks) in $OUT/runs.tsv.
 set -euo pipefail
@@ -34,6 +36,7 @@ WARMUP="${WARMUP:-1s}"
 SERVER_CPU="${SERVER_CPU:-1}"
 LOAD_CPU="${LOAD_CPU:-0}"
 PORT="${PORT:-43900}"
+PIPELINE="${PIPELINE:-1}"
 OUT="${OUT:-$here/out/user-time-ab-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$OUT"
 TICK=$(getconf CLK_TCK)
@@ -69,9 +72,9 @@ one() {
     curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break
     sleep 0.05
   done
-  taskset -c "$LOAD_CPU" "$A" load "http://127.0.0.1:$port/" -t 1 -q -c "$conns" -d "$WARMUP" >/dev/null 2>&1
+  taskset -c "$LOAD_CPU" "$A" load "http://127.0.0.1:$port/" -t 1 -q -c "$conns" --pipeline "$PIPELINE" -d "$WARMUP" >/dev/null 2>&1
   before=$(ticks "$server_pid")
-  taskset -c "$LOAD_CPU" "$A" load "http://127.0.0.1:$port/" -t 1 -q -c "$conns" -d "$DURATION" \
+  taskset -c "$LOAD_CPU" "$A" load "http://127.0.0.1:$port/" -t 1 -q -c "$conns" --pipeline "$PIPELINE" -d "$DURATION" \
     --json "$OUT/load-$label-$conns-$round.json" >/dev/null 2>&1
   after=$(ticks "$server_pid")
   kill -TERM "$server_pid" 2>/dev/null || true
@@ -92,7 +95,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   echo "[$(date -u +%T)] round $r of $ROUNDS done (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
 done
 
-python3 - "$OUT/runs.tsv" "$TICK" "$A" "$B" <<'EOF'
+python3 - "$OUT/runs.tsv" "$TICK" "$A" "$B" "$PIPELINE" <<'EOF'
 import sys, statistics as st
 from collections import defaultdict
 rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
@@ -102,7 +105,7 @@ for r, c, label, n, u, s in rows:
     n = int(n)
     # user, system, total µs a request; requests
     per[(int(c), label)][int(r)] = (int(u) * tick_us / n, int(s) * tick_us / n, (int(u) + int(s)) * tick_us / n, n)
-print(f"A = {sys.argv[3]}, B = {sys.argv[4]}; medians of {len(per[next(iter(per))])} rounds; B/A: the median of the rounds' paired ratios (rounds where B was lower)")
+print(f"A = {sys.argv[3]}, B = {sys.argv[4]}; pipeline {sys.argv[5]}; medians of {len(per[next(iter(per))])} rounds; B/A: the median of the rounds' paired ratios (rounds where B was lower)")
 print()
 print("| connections | A user µs/req | B user | B/A user | A system µs/req | B system | B/A system | A total µs/req | B total | B/A total | A requests a run | B |")
 print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -8,7 +8,7 @@
 //! most [`MAX_CACHED`] free blocks stay with the worker.
 
 use std::alloc::{self, Layout};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::ptr::NonNull;
@@ -20,6 +20,14 @@ pub(crate) const MAX_CACHED: usize = 16;
 /// A worker's free blocks, with their layouts. Not `Sync`: each worker owns one.
 #[derive(Debug, Default)]
 pub(crate) struct BlockCache {
+    /// The block given back last, taken first: a connection's next
+    /// exchange (the next request of a pipelined batch, or the next
+    /// connection's) is most often of the same layout, and takes it with a
+    /// compare, where the list's borrow, search and removal, and the push
+    /// that gave it back, took ~25 user-space instructions a request
+    /// (bench/CPU-PER-REQUEST.md, session 55). One of the [`MAX_CACHED`].
+    last: Cell<Option<(NonNull<u8>, Layout)>>,
+    /// The others.
     free: RefCell<Vec<(NonNull<u8>, Layout)>>,
 }
 
@@ -55,7 +63,22 @@ impl BlockCache {
         CachedBox { ptr, cache: self }
     }
 
+    /// A block of `layout`: the last one given back if it is of that
+    /// layout (inlined where the future is built), else [`take_listed`](Self::take_listed).
+    #[inline(always)]
     fn take(&self, layout: Layout) -> NonNull<u8> {
+        if let Some((block, l)) = self.last.get() {
+            if l == layout {
+                self.last.set(None);
+                return block;
+            }
+        }
+        self.take_listed(layout)
+    }
+
+    /// A listed block of `layout`, or a fresh one.
+    #[inline(never)]
+    fn take_listed(&self, layout: Layout) -> NonNull<u8> {
         let mut free = self.free.borrow_mut();
         if let Some(i) = free.iter().rposition(|(_, l)| *l == layout) {
             return free.swap_remove(i).0;
@@ -66,12 +89,23 @@ impl BlockCache {
         NonNull::new(p).unwrap_or_else(|| alloc::handle_alloc_error(layout))
     }
 
+    /// Keeps `block` as the one taken first (inlined where the future is
+    /// dropped); the one it displaces joins the list ([`give_listed`](Self::give_listed)).
+    #[inline(always)]
     fn give(&self, block: NonNull<u8>, layout: Layout) {
         if layout.size() == 0 {
             return;
         }
+        if let Some((block, layout)) = self.last.replace(Some((block, layout))) {
+            self.give_listed(block, layout);
+        }
+    }
+
+    /// Lists `block`, or frees it when the list is full.
+    #[inline(never)]
+    fn give_listed(&self, block: NonNull<u8>, layout: Layout) {
         let mut free = self.free.borrow_mut();
-        if free.len() < MAX_CACHED {
+        if free.len() < MAX_CACHED - 1 {
             free.push((block, layout));
         } else {
             drop(free);
@@ -83,7 +117,8 @@ impl BlockCache {
 
 impl Drop for BlockCache {
     fn drop(&mut self) {
-        for (block, layout) in self.free.get_mut().drain(..) {
+        let last = self.last.take();
+        for (block, layout) in self.free.get_mut().drain(..).chain(last) {
             // SAFETY: allocated by `take` with this layout, owned by the cache.
             unsafe { alloc::dealloc(block.as_ptr(), layout) };
         }
@@ -141,6 +176,11 @@ mod tests {
         big[1499]
     }
 
+    /// The free blocks the cache keeps, the last one given back included.
+    fn kept(cache: &BlockCache) -> usize {
+        cache.free.borrow().len() + usize::from(cache.last.get().is_some())
+    }
+
     #[test]
     fn blocks_are_reused_and_futures_dropped_in_place() {
         let cache = BlockCache::default();
@@ -149,16 +189,24 @@ mod tests {
         let first = boxed.ptr.cast::<u8>();
         drop(boxed);
         assert_eq!(Rc::strong_count(&dropped), 1, "the future was dropped");
-        assert_eq!(cache.free.borrow().len(), 1);
+        assert_eq!(kept(&cache), 1);
         let boxed = cache.pin_with(|| make(None, 8));
         assert_eq!(boxed.ptr.cast::<u8>(), first, "the same block came back");
         assert_eq!(futures_util::FutureExt::now_or_never(boxed), Some(8));
-        assert_eq!(cache.free.borrow().len(), 1);
-        // Another layout gets its own block.
+        assert_eq!(kept(&cache), 1);
+        // Another layout gets its own block, and the one given back last
+        // is not handed to a future of another layout.
         let other = cache.pin_with(|| async { 1u64 });
-        assert_eq!(cache.free.borrow().len(), 1);
+        assert_eq!(kept(&cache), 1);
         drop(other);
-        assert_eq!(cache.free.borrow().len(), 2);
+        assert_eq!(kept(&cache), 2);
+        let again = cache.pin_with(|| make(None, 9));
+        assert_eq!(again.ptr.cast::<u8>(), first, "found behind the last one");
+        assert_eq!(kept(&cache), 1);
+        let small = cache.pin_with(|| async { 2u64 });
+        assert_eq!(kept(&cache), 0);
+        drop((again, small));
+        assert_eq!(kept(&cache), 2);
     }
 
     /// At most [`MAX_CACHED`] free blocks stay with the worker, however
@@ -169,9 +217,9 @@ mod tests {
         let many: Vec<_> = (0..MAX_CACHED + 4)
             .map(|_| cache.pin_with(|| make(None, 1)))
             .collect();
-        assert!(cache.free.borrow().is_empty());
+        assert_eq!(kept(&cache), 0);
         drop(many);
-        assert_eq!(cache.free.borrow().len(), MAX_CACHED);
+        assert_eq!(kept(&cache), MAX_CACHED);
     }
 
     /// A future whose construction panics leaves its block to the cache,
@@ -184,9 +232,9 @@ mod tests {
                 cache.pin_with(|| -> std::future::Ready<[u8; 1500]> { panic!("make failed") });
         }));
         assert!(made.is_err());
-        assert_eq!(cache.free.borrow().len(), 1, "the block came back");
+        assert_eq!(kept(&cache), 1, "the block came back");
         let boxed = cache.pin_with(|| std::future::ready([7u8; 1500]));
-        assert_eq!(cache.free.borrow().len(), 0, "and was used again");
+        assert_eq!(kept(&cache), 0, "and was used again");
         assert_eq!(futures_util::FutureExt::now_or_never(boxed).unwrap()[0], 7);
     }
 }

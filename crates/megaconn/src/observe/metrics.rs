@@ -335,6 +335,25 @@ impl Stopwatch {
         }
     }
 
+    /// A stopwatch for a request that was whole in its connection's read
+    /// buffer when the request before it ended (pipelined behind it),
+    /// started at the latest end this thread read ([`LAST_END`]), which
+    /// came after that one's, instead of at a fresh reading: the request
+    /// was waiting by then (the rule of the lot's turn, `observe/clock.rs`).
+    /// A clock read fewer a pipelined request, ~20 ns natively of the
+    /// ~280 ns of user time a request at 16 deep (bench/CPU-PER-REQUEST.md,
+    /// session 55); callgrind, which runs no vDSO, sees ~10 instructions.
+    #[inline(always)]
+    fn queued() -> Stopwatch {
+        Stopwatch {
+            #[cfg(feature = "metrics")]
+            started: match LAST_END.with(std::cell::Cell::get) {
+                0 => crate::observe::clock::now_nanos(),
+                last => last,
+            },
+        }
+    }
+
     /// Nanoseconds since `start` (zero with the `metrics` feature off). The
     /// end is a fresh reading, never the lot turn's: a request served on a
     /// turn started and ended within it, and with the turn's reading at both
@@ -343,16 +362,31 @@ impl Stopwatch {
     #[inline]
     fn elapsed_nanos(self) -> u64 {
         #[cfg(feature = "metrics")]
-        return crate::observe::clock::read_nanos().saturating_sub(self.started);
+        return ended_now().saturating_sub(self.started);
         #[cfg(not(feature = "metrics"))]
         0
     }
+}
+
+/// A fresh reading of the clock, kept as this thread's last request end
+/// ([`LAST_END`]), where a request pipelined behind it starts.
+#[cfg(feature = "metrics")]
+#[inline]
+fn ended_now() -> u64 {
+    let now = crate::observe::clock::read_nanos();
+    LAST_END.with(|end| end.set(now));
+    now
 }
 
 thread_local! {
     /// Set while a worker drops the connections its forced shutdown cut
     /// off ([`dropping_forced`]).
     static FORCED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The end of the last request timed on this thread (the monotonic
+    /// clock's nanoseconds, 0 before the first), where a request pipelined
+    /// behind one starts ([`Stopwatch::queued`]).
+    #[cfg(feature = "metrics")]
+    static LAST_END: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Runs `drop_them`, which drops what a worker's forced shutdown (at
@@ -503,7 +537,7 @@ impl RequestRecord {
     /// Starts timing a request; it is in flight until the record drops.
     #[inline]
     pub(crate) fn start(ctx: Rc<dyn StatsSource>, method: MethodLabel) -> RequestRecord {
-        RequestRecord::started(ctx, method, SpanSlot::default(), None)
+        RequestRecord::started(ctx, method, SpanSlot::default(), None, false)
     }
 
     /// Starts timing a request traced by `span` (its span ends when the
@@ -512,14 +546,24 @@ impl RequestRecord {
     /// those takes and returns the 80-byte record by value, and the chain
     /// was copied once per step where HTTP/1.1 builds it for every request,
     /// ~45 user-space instructions; bench/CPU-PER-REQUEST.md, session 43.)
-    #[inline]
+    /// `queued`: the request was whole in its connection's buffer when the
+    /// one before it ended (HTTP/1.1 pipelining), and is timed from that
+    /// end ([`Stopwatch::queued`]). (Always inlined: out of line, the
+    /// record was returned through memory, +38 to +50 instructions a
+    /// request, bench/CPU-PER-REQUEST.md, session 55.)
+    #[inline(always)]
     pub(crate) fn started(
         ctx: Rc<dyn StatsSource>,
         method: MethodLabel,
         span: SpanSlot,
         access: Option<Box<AccessLine>>,
+        queued: bool,
     ) -> RequestRecord {
-        RequestRecord::made(ctx, method, Some(Stopwatch::start()), span, access)
+        let stopwatch = match queued {
+            true => Stopwatch::queued(),
+            false => Stopwatch::start(),
+        };
+        RequestRecord::made(ctx, method, Some(stopwatch), span, access)
     }
 
     /// A request that fails before its exchange starts: counted in

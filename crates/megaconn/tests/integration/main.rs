@@ -100,6 +100,7 @@ mod mtls_wake51;
 mod otel;
 mod park;
 mod park_evict;
+mod pipelined55;
 mod read_timeout_body;
 mod scripted;
 mod shutdown_crossworker;

@@ -251,8 +251,12 @@ where
         // user-space instructions a request for a head it found at once
         // (callgrind, bench/CPU-PER-REQUEST.md, session 42).
         let mut searched = 0;
-        let end = if let Some(end) = conn.whole_head(&mut searched) {
-            end
+        let (end, queued) = if let Some(end) = conn.whole_head(&mut searched) {
+            // Whole at once, behind an answer still buffered (no wait, no
+            // flush since it: both empty the write buffer): pipelined, it
+            // was here when the request before it ended, and is timed from
+            // that end, a clock read fewer (`Stopwatch::queued`).
+            (end, !first && conn.wbuf_len() != 0)
         } else {
             let clock = match (since, conn.ctx.config.read_header_timeout) {
                 (Some(since), _) => HeaderClock::First(since),
@@ -263,7 +267,7 @@ where
                 .read_head(clock, searched, timer.as_mut(), &mut timer_waker)
                 .await
             {
-                HeadRead::Whole(end) => end,
+                HeadRead::Whole(end) => (end, false),
                 HeadRead::Closed => return Ended::Close(CloseReason::ClientClosed),
                 HeadRead::NoRequest => return Ended::Close(closed_before_request(conn)),
                 HeadRead::TimedOut => {
@@ -291,7 +295,11 @@ where
         // here, it was copied whole four more times on its way into the
         // request (−146 instructions a request, callgrind).
         let ctx = conn.ctx.clone();
-        match ctx.blocks.pin_with(|| exchange(conn, service, end)).await {
+        match ctx
+            .blocks
+            .pin_with(|| exchange(conn, service, end, queued))
+            .await
+        {
             // The answers to pipelined requests wait in the write buffer,
             // to go out together, while their requests are read from the
             // read buffer (the flush above waits for it to empty). Past
@@ -413,7 +421,14 @@ fn addrs_of<T: Parkable>(conn: &ConnIo<T>) -> Option<ConnInfo> {
 
 /// Parses the request head that ends at `end` (see [`HeadRead::Whole`]),
 /// hands the request to the service and drives the exchange to its end.
-async fn exchange<T, S>(conn: &mut ConnIo<T>, service: &mut S, end: HeadEnd) -> Outcome
+/// `queued`: the head was whole in the buffer when the request before it
+/// ended ([`Exchange::new`]).
+async fn exchange<T, S>(
+    conn: &mut ConnIo<T>,
+    service: &mut S,
+    end: HeadEnd,
+    queued: bool,
+) -> Outcome
 where
     T: Parkable,
     S: HttpService,
@@ -550,7 +565,7 @@ where
     // value, it was moved whole into the await's slot first (a copy of
     // some 600 bytes, ~50 user-space instructions a request; callgrind,
     // bench/CPU-PER-REQUEST.md, session 37).
-    let exchange = std::pin::pin!(Exchange::new(conn, handler, setup, span, access));
+    let exchange = std::pin::pin!(Exchange::new(conn, handler, setup, span, access, queued));
     exchange.await
 }
 

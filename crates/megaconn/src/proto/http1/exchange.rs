@@ -306,7 +306,9 @@ where
     // service's future, already in place (see the field). `span`: the
     // request's, if it is traced; `access`: its access-log line, when the
     // log is on (both the record's: not kept in `setup`, whose drop would
-    // test them again).
+    // test them again). `queued`: the request was whole in the read buffer
+    // when the one before it ended, and is timed from that end
+    // (`RequestRecord::started`).
     #[inline(always)]
     pub(crate) fn new(
         conn: &'c mut ConnIo<T>,
@@ -314,12 +316,14 @@ where
         setup: ExchangeSetup,
         span: SpanSlot,
         access: Option<Box<AccessLine>>,
+        queued: bool,
     ) -> Self {
         let deadline = match (&setup.decoder, conn.ctx.config.read_timeout) {
             (Some(_), Some(t)) => Some(tokio::time::sleep(t)),
             _ => None,
         };
-        let record = RequestRecord::started(conn.ctx.stats_source(), setup.method, span, access);
+        let ctx = conn.ctx.stats_source();
+        let record = RequestRecord::started(ctx, setup.method, span, access, queued);
         let call = (setup.grpc != Grpc::No).then(CallSlot::default);
         Exchange {
             conn,
