@@ -22,7 +22,7 @@ use crate::common::{read_response, shut_down, AppServer};
 
 /// What a test's own subscriber wrote: the lines of `fmt`, shared.
 #[derive(Clone, Default)]
-struct Written(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Written(Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for Written {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -36,7 +36,7 @@ impl std::io::Write for Written {
 }
 
 impl Written {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }

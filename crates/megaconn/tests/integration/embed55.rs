@@ -23,43 +23,23 @@ use tracing::span::{Attributes, Id};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 use crate::common::{read_response, AppServer, SAFETY};
+use crate::embed54::Written;
 
-/// What a test's own subscriber wrote: the lines of `fmt`, shared.
-#[derive(Clone, Default)]
-struct Written(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Written {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Written {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// Waits (bounded) until a line containing `needle` was written: a
-    /// line is written after what it reports is counted, so the count is
-    /// no signal for it.
-    async fn line_with(&self, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + SAFETY;
-        loop {
-            if let Some(line) = self.text().lines().find(|l| l.contains(needle)) {
-                return line.to_owned();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no line with {needle:?} in:\n{}",
-                self.text()
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
+/// Waits (bounded) until `written` has a line containing `needle`: a
+/// line is written after what it reports is counted, so the count is no
+/// signal for it.
+async fn line_with(written: &Written, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    loop {
+        if let Some(line) = written.text().lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no line with {needle:?} in:\n{}",
+            written.text()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -186,7 +166,7 @@ async fn a_named_servers_threads_and_lines_carry_its_name() {
         "{threads:?}"
     );
     let blocking = tokio::spawn(get(server.addr(), "/block"));
-    let stall = written.line_with("has not come back to its event loop").await;
+    let stall = line_with(&written, "has not come back to its event loop").await;
     release.send(()).unwrap();
     assert_eq!(blocking.await.unwrap(), (200, "released".into()));
     server.summary().await;
