@@ -385,7 +385,10 @@ fn client_auth_mode(s: &str) -> Result<Value, String> {
 
 /// The topics of `--topic-metrics`, comma-separated; blanks dropped.
 fn topics(s: &str) -> Vec<&str> {
-    s.split(',').map(str::trim).filter(|t| !t.is_empty()).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 /// A comma-separated list of topics to count one by one

@@ -107,15 +107,19 @@ fn too_many_topics_or_other_are_refused_and_help_says_so() {
         ("fleet,other", "cannot name a topic \"other\""),
         (many.as_str(), "more than MAX_TOPIC_METRICS (256)"),
     ] {
-        let out = common::output(
-            Command::new(env!("CARGO_BIN_EXE_megaconn"))
-                .args(["serve", "--admin", "off", "--topic-metrics", value]),
-        );
+        let out = common::output(Command::new(env!("CARGO_BIN_EXE_megaconn")).args([
+            "serve",
+            "--admin",
+            "off",
+            "--topic-metrics",
+            value,
+        ]));
         assert_eq!(out.status.code(), Some(2), "--topic-metrics {value}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(why), "{err}");
     }
-    let out = common::output(Command::new(env!("CARGO_BIN_EXE_megaconn")).args(["serve", "--help"]));
+    let out =
+        common::output(Command::new(env!("CARGO_BIN_EXE_megaconn")).args(["serve", "--help"]));
     let help = String::from_utf8_lossy(&out.stdout);
     let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(help.contains("--topic-metrics"), "{help}");

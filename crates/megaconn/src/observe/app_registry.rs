@@ -114,7 +114,11 @@ impl Collector for Live {
     fn encode(&self, e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Read under the lock, written without it (the snapshots are owned).
         let snapshots = {
-            let servers = self.0.servers.lock().unwrap_or_else(PoisonError::into_inner);
+            let servers = self
+                .0
+                .servers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             servers
                 .iter()
                 .map(|(name, read)| (name.clone(), read()))

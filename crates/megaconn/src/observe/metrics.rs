@@ -1017,258 +1017,258 @@ impl Collector for Snapshot {
 /// module doc's table).
 fn record<'a>(e: &mut Families<'a>, s: &'a ServerStats) {
     let r = &s.request_metrics;
-        e.gauge(
-            "connections_open",
-            "Connections open now.",
-            s.connections_open,
-        );
-        e.gauge(
-            "connections_idle",
-            "Open connections waiting for their next request (parked included).",
-            s.connections_idle,
-        );
-        e.gauge(
-            "connections_parked",
-            "Idle connections parked outside the runtime.",
-            s.connections_parked,
-        );
-        e.counter(
-            "connections_accepted",
-            "Connections accepted since start.",
-            s.accepted,
-        );
-        e.labelled(
-            "connections_closed",
-            "Connections ended by the engine, by reason.",
-            "reason",
-            r.closed_by_reason.iter().copied(),
-        );
-        e.counter(
-            "connections_parks",
-            "Times an idle connection went into the parking lot.",
-            s.parks,
-        );
-        e.labelled(
+    e.gauge(
+        "connections_open",
+        "Connections open now.",
+        s.connections_open,
+    );
+    e.gauge(
+        "connections_idle",
+        "Open connections waiting for their next request (parked included).",
+        s.connections_idle,
+    );
+    e.gauge(
+        "connections_parked",
+        "Idle connections parked outside the runtime.",
+        s.connections_parked,
+    );
+    e.counter(
+        "connections_accepted",
+        "Connections accepted since start.",
+        s.accepted,
+    );
+    e.labelled(
+        "connections_closed",
+        "Connections ended by the engine, by reason.",
+        "reason",
+        r.closed_by_reason.iter().copied(),
+    );
+    e.counter(
+        "connections_parks",
+        "Times an idle connection went into the parking lot.",
+        s.parks,
+    );
+    e.labelled(
             "connections_wakes",
             "Parked connections woken, by kind: cold (served as a bare socket, re-parked at once) or hot (busy again, waits as a task).",
             "kind",
             [("cold", s.wakes_cold), ("hot", s.wakes_hot)],
         );
-        e.counter(
-            "connections_wakes_without_task",
-            "Cold wakes served whole without spawning a task (read, answered and re-parked at once).",
-            s.wakes_without_task,
-        );
-        e.counter(
-            "parking_epoll_ctl",
-            "epoll_ctl calls on the parking lots' epoll sets (none for a cold wake re-parked at once).",
-            s.parking_epoll_ctl,
-        );
-        e.counter(
+    e.counter(
+        "connections_wakes_without_task",
+        "Cold wakes served whole without spawning a task (read, answered and re-parked at once).",
+        s.wakes_without_task,
+    );
+    e.counter(
+        "parking_epoll_ctl",
+        "epoll_ctl calls on the parking lots' epoll sets (none for a cold wake re-parked at once).",
+        s.parking_epoll_ctl,
+    );
+    e.counter(
             "parking_wakeups",
             "Turns in which a parking lot served woken sockets: several sockets per turn while park_wake_batch batches them.",
             s.parking_wakeups,
         );
-        e.counter(
-            "parking_wake_batches",
-            "Times a busy parking lot held its wake-ups back for one park_wake_batch window.",
-            s.parking_wake_batches,
-        );
-        e.gauge(
-            "shutdown_drain_pending",
-            "Idle connections a paced shutdown (shutdown_drain_rate) has still to close.",
-            s.shutdown_drain_pending,
-        );
-        e.gauge(
+    e.counter(
+        "parking_wake_batches",
+        "Times a busy parking lot held its wake-ups back for one park_wake_batch window.",
+        s.parking_wake_batches,
+    );
+    e.gauge(
+        "shutdown_drain_pending",
+        "Idle connections a paced shutdown (shutdown_drain_rate) has still to close.",
+        s.shutdown_drain_pending,
+    );
+    e.gauge(
             "http2_grown_windows_bytes",
             "What HTTP/2 streams' receive windows have grown by now, their handlers keeping up with uploads, out of http2_grown_windows_budget (past it, growths refused count in limit_hits{limit=\"http2_grown_windows_budget\"}).",
             i64::try_from(s.http2_grown_windows_bytes).unwrap_or(i64::MAX),
         );
-        e.counter(
-            "connections_adopted",
-            "Parked connections taken over from the process this one replaced (zero-downtime upgrade).",
-            s.adopted,
-        );
-        e.counter(
+    e.counter(
+        "connections_adopted",
+        "Parked connections taken over from the process this one replaced (zero-downtime upgrade).",
+        s.adopted,
+    );
+    e.counter(
             "connections_handover_refused",
             "Parked connections an upgrade could not move (a state refused or corrupt, over a limit), closed instead.",
             s.handover_refused,
         );
-        e.counter(
-            "connections_aged_out",
-            "Connections closed at an idle point for being older than max_connection_age.",
-            s.aged_out,
-        );
-        e.counter(
+    e.counter(
+        "connections_aged_out",
+        "Connections closed at an idle point for being older than max_connection_age.",
+        s.aged_out,
+    );
+    e.counter(
             "worker_stalls",
             "Times a worker's event loop stayed away past stall_threshold: a handler blocked its thread.",
             s.worker_stalls,
         );
-        e.counter(
+    e.counter(
             "accept_waits_at_limit",
             "Times a connection waiting to be accepted found max_connections reached (accepting stopped until a connection closed).",
             s.accept_waits_at_limit,
         );
-        e.counter(
+    e.counter(
             "connections_upgraded",
             "Connections handed to a handler by an upgrade (101); they stay open and count in connections_closed when they close.",
             r.upgraded,
         );
-        e.labelled(
-            "connections_rejected",
-            "Connections refused right after accept, by the admission limit that refused them.",
-            "limit",
-            REJECTED_LABELS
-                .into_iter()
-                .zip([s.rejected_accept_rate, s.rejected_per_ip]),
-        );
-        e.labelled(
+    e.labelled(
+        "connections_rejected",
+        "Connections refused right after accept, by the admission limit that refused them.",
+        "limit",
+        REJECTED_LABELS
+            .into_iter()
+            .zip([s.rejected_accept_rate, s.rejected_per_ip]),
+    );
+    e.labelled(
             "limit_hits",
             "Times a limit or a malformed message cut something short, by which: a request refused, a connection closed (what closed{protocol_error} does not tell), a hub message dropped at a full worker queue (hub_queue), or a subscription refused to a connection at its bound (max_subscriptions) or to a topic name over its bound (max_topic_bytes).",
             "limit",
             s.limit_hits.iter().copied(),
         );
-        e.labelled(
+    e.labelled(
             "tls_alerts_received",
             "Fatal TLS alerts clients ended connections with, by alert (unknown_ca or bad_certificate: the client does not accept our certificate). The client's decision: such closes count as closed{client_closed}, not as protocol errors.",
             "alert",
             s.tls_alerts_received.iter().copied(),
         );
-        e.labelled(
+    e.labelled(
             "tls_handshakes",
             "TLS handshakes by outcome: completed; abandoned (the client closed or reset before finishing, closed{client_closed}: many of them with few completed is a flood of ClientHellos that never wait for the answer); failed (closed{tls_handshake_failed}); timeout (closed{tls_handshake_timeout}); client_cert (the client's certificate refused: why in tls_client_cert_refusals); crl (a CRL of the server's own found bad while checking a client's certificate: fix the CRL file the log names); plain_http (a plain HTTP request sent to a TLS port, answered 400: a client using http:// for https://; closed{tls_handshake_failed}); shutdown (not done within the grace graceful shutdown gives a new connection, 5 s from its accept: closed without a word, closed{shutdown_before_request}, a close of the drain, not forced).",
             "outcome",
             s.tls_handshakes.iter().copied(),
         );
-        e.labelled(
+    e.labelled(
             "tls_client_cert_refusals",
             "Client certificates refused at the TLS handshake (tls_handshakes{outcome=client_cert}), by reason: missing (none sent where one is required), unknown_ca (not issued by a client CA root), revoked (in a CRL given), expired, not_yet_valid, bad (anything else: a bad signature, the wrong key usage).",
             "reason",
             s.tls_client_cert_refusals.iter().copied(),
         );
-        if let Some(tls) = &s.tls {
-            tls_certificates(e, tls);
-        }
-        {
-            let mut m = e.family(
+    if let Some(tls) = &s.tls {
+        tls_certificates(e, tls);
+    }
+    {
+        let mut m = e.family(
                 "requests",
                 "Finished requests by method and status class (none: no response was sent, or the forced shutdown at shutdown_timeout cut it off).",
                 None,
                 MetricType::Counter,
             );
-            for c in &r.by_method_status {
-                let labels = vec![
-                    ("method", Cow::Borrowed(c.method)),
-                    ("status_class", Cow::Borrowed(c.status_class)),
-                ];
-                m.counter(labels, c.count);
-            }
+        for c in &r.by_method_status {
+            let labels = vec![
+                ("method", Cow::Borrowed(c.method)),
+                ("status_class", Cow::Borrowed(c.status_class)),
+            ];
+            m.counter(labels, c.count);
         }
-        let h = &r.duration;
-        e.family(
+    }
+    let h = &r.duration;
+    e.family(
             "request_duration",
             "Time from the request head to the end of the response; the buckets top at 10 s, so long streams (SSE, chunked) land in +Inf.",
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )
         .histogram(h.sum.as_secs_f64(), h.count(), h.per_bucket());
-        e.family(
-            "request_body",
-            "Request body bytes received (read by the handler or discarded).",
-            Some(&Unit::Bytes),
-            MetricType::Counter,
-        )
-        .counter(Vec::new(), r.request_body_bytes);
-        e.family(
+    e.family(
+        "request_body",
+        "Request body bytes received (read by the handler or discarded).",
+        Some(&Unit::Bytes),
+        MetricType::Counter,
+    )
+    .counter(Vec::new(), r.request_body_bytes);
+    e.family(
             "response_body",
             "Response body bytes the service produced (without framing), added when a response ends, not while it streams.",
             Some(&Unit::Bytes),
             MetricType::Counter,
         )
         .counter(Vec::new(), r.response_body_bytes);
-        e.gauge(
-            "requests_in_flight",
-            "Requests started and not yet finished.",
-            r.in_flight,
-        );
-        e.counter(
-            "panics",
-            "Handlers or response bodies that panicked.",
-            s.panics,
-        );
-        e.counter(
-            "handler_cancelled",
-            "Handlers dropped because the client went away before their response head.",
-            s.cancelled,
-        );
-        // Its own counter, not a label on `handler_cancelled` (whose one
-        // unlabelled series dashboards read): `by` leaves room for cuts
-        // of the server's own (a write timeout) without a new name.
-        e.labelled(
+    e.gauge(
+        "requests_in_flight",
+        "Requests started and not yet finished.",
+        r.in_flight,
+    );
+    e.counter(
+        "panics",
+        "Handlers or response bodies that panicked.",
+        s.panics,
+    );
+    e.counter(
+        "handler_cancelled",
+        "Handlers dropped because the client went away before their response head.",
+        s.cancelled,
+    );
+    // Its own counter, not a label on `handler_cancelled` (whose one
+    // unlabelled series dashboards read): `by` leaves room for cuts
+    // of the server's own (a write timeout) without a new name.
+    e.labelled(
             "responses_cut",
             "Responses whose body the client cut while it was being sent (HTTP/1.1 hang-up, HTTP/2 reset or connection loss mid-body).",
             "by",
             [("client", s.responses_cut)],
         );
-        e.counter(
-            "timeouts",
-            "Connections closed by a header, idle, read, write or message timeout.",
-            s.timeouts,
-        );
-        e.counter(
+    e.counter(
+        "timeouts",
+        "Connections closed by a header, idle, read, write or message timeout.",
+        s.timeouts,
+    );
+    e.counter(
             "protocol_errors",
             "HTTP requests refused as malformed or over a limit, and connections closed for another protocol error (WebSocket, framed, HTTP/2, TLS).",
             s.protocol_errors,
         );
-        e.labelled(
-            "accept_errors",
-            "Failed accept calls, by errno.",
-            "errno",
-            r.accept_errors_by_errno.iter().copied(),
+    e.labelled(
+        "accept_errors",
+        "Failed accept calls, by errno.",
+        "errno",
+        r.accept_errors_by_errno.iter().copied(),
+    );
+    {
+        let mut m = e.family(
+            "worker_connections",
+            "Open connections per worker.",
+            None,
+            MetricType::Gauge,
         );
-        {
-            let mut m = e.family(
-                "worker_connections",
-                "Open connections per worker.",
-                None,
-                MetricType::Gauge,
-            );
-            for (worker, n) in s.connections_per_worker.iter().enumerate() {
-                m.gauge(vec![("worker", Cow::Owned(worker.to_string()))], *n);
-            }
+        for (worker, n) in s.connections_per_worker.iter().enumerate() {
+            m.gauge(vec![("worker", Cow::Owned(worker.to_string()))], *n);
         }
-        e.gauge(
-            "buffers_checked_out",
-            "Read/write buffers taken from the worker pools.",
-            s.buffers_checked_out,
+    }
+    e.gauge(
+        "buffers_checked_out",
+        "Read/write buffers taken from the worker pools.",
+        s.buffers_checked_out,
+    );
+    e.gauge(
+        "buffers_pooled",
+        "Buffers resting in the worker pools.",
+        s.buffers_pooled,
+    );
+    if let Some(o) = &s.otel {
+        e.counter(
+            "otel_spans_exported",
+            "Request spans the OTLP collector accepted.",
+            o.spans_exported,
+        );
+        e.counter(
+            "otel_spans_dropped",
+            "Request spans dropped because the export queue was full (collector slow or down).",
+            o.spans_dropped,
+        );
+        e.counter(
+            "otel_spans_failed",
+            "Request spans in exports that failed or timed out.",
+            o.spans_failed,
         );
         e.gauge(
-            "buffers_pooled",
-            "Buffers resting in the worker pools.",
-            s.buffers_pooled,
+            "otel_spans_queued",
+            "Request spans waiting in the export queue.",
+            i64::try_from(o.spans_queued).unwrap_or(i64::MAX),
         );
-        if let Some(o) = &s.otel {
-            e.counter(
-                "otel_spans_exported",
-                "Request spans the OTLP collector accepted.",
-                o.spans_exported,
-            );
-            e.counter(
-                "otel_spans_dropped",
-                "Request spans dropped because the export queue was full (collector slow or down).",
-                o.spans_dropped,
-            );
-            e.counter(
-                "otel_spans_failed",
-                "Request spans in exports that failed or timed out.",
-                o.spans_failed,
-            );
-            e.gauge(
-                "otel_spans_queued",
-                "Request spans waiting in the export queue.",
-                i64::try_from(o.spans_queued).unwrap_or(i64::MAX),
-            );
-        }
+    }
     messages(e, &s.messages);
 }
 

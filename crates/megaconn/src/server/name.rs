@@ -100,7 +100,12 @@ mod tests {
 
     #[test]
     fn a_name_is_short_and_plain() {
-        for good in ["public", "admin-1", "a.b_c", &"x".repeat(MAX_SERVER_NAME_BYTES)] {
+        for good in [
+            "public",
+            "admin-1",
+            "a.b_c",
+            &"x".repeat(MAX_SERVER_NAME_BYTES),
+        ] {
             assert!(check(good).is_ok(), "{good}");
         }
         let long = "x".repeat(MAX_SERVER_NAME_BYTES + 1);
