@@ -639,7 +639,15 @@ mod tests {
         let registries: Arc<[Arc<Registry>]> = Arc::from(Vec::new());
         let wakes: WakeSignal = Arc::new(tokio::sync::watch::channel(()).0);
         let loop_wakes = LoopWakes::new(&wakes);
-        let watchdog = watch(workers, registries, T, alarm.clone(), wakes).unwrap();
+        let watchdog = watch(
+            workers,
+            registries,
+            T,
+            alarm.clone(),
+            wakes,
+            crate::server::log_scope::ServerScope::of_this_thread(None),
+        )
+        .unwrap();
         let ticking = runtime.spawn(tick(stats.clone()));
         runtime.block_on(async {
             let before = stats.stall.ticks.load(SeqCst);
