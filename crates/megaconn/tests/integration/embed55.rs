@@ -265,7 +265,11 @@ async fn two_named_servers_share_one_registry() {
     let mut registry = Registry::with_prefix("app");
     public.handle.register_metrics(&mut registry).unwrap();
     admin.handle.register_metrics(&mut registry).unwrap();
-    assert_eq!(get(public.addr(), "/").await.0, 200);
+    for _ in 0..2 {
+        assert_eq!(get(public.addr(), "/").await.0, 200);
+    }
+    // One, and serving before its shutdown (see below).
+    assert_eq!(get(admin.addr(), "/").await.0, 200);
     let text = scrape(&registry);
     for family in text.lines().filter(|l| l.starts_with("# ")) {
         assert_eq!(
@@ -275,16 +279,16 @@ async fn two_named_servers_share_one_registry() {
         );
     }
     assert!(
-        text.contains(r#"app_megaconn_connections_accepted_total{server="public55"} 1"#),
+        text.contains(r#"app_megaconn_connections_accepted_total{server="public55"} 2"#),
         "{text}"
     );
     assert!(
-        text.contains(r#"app_megaconn_connections_accepted_total{server="admin55"} 0"#),
+        text.contains(r#"app_megaconn_connections_accepted_total{server="admin55"} 1"#),
         "{text}"
     );
     assert!(
         text.contains(
-            r#"app_megaconn_requests_total{server="public55",method="GET",status_class="2xx"} 1"#
+            r#"app_megaconn_requests_total{server="public55",method="GET",status_class="2xx"} 2"#
         ),
         "{text}"
     );
@@ -301,7 +305,7 @@ async fn two_named_servers_share_one_registry() {
     assert!(public
         .handle
         .render_metrics()
-        .contains("megaconn_connections_accepted_total 1"));
+        .contains("megaconn_connections_accepted_total 2"));
     public.summary().await;
     admin.summary().await;
 }
@@ -312,6 +316,12 @@ async fn two_named_servers_share_one_registry() {
 #[tokio::test]
 async fn servers_a_registry_cannot_tell_apart_are_refused() {
     let (a, b) = (hello(None), hello(None));
+    let (named, twin) = (hello(Some("twin55")), hello(Some("twin55")));
+    // Each serving before anything else (a serve first polled after its
+    // handle's shutdown fails its start: `WorkerEnded`).
+    for server in [&a, &b, &named, &twin] {
+        assert_eq!(get(server.addr(), "/").await.0, 200);
+    }
     let mut registry = Registry::default();
     a.handle.register_metrics(&mut registry).unwrap();
     let refused = b.handle.register_metrics(&mut registry).unwrap_err();
@@ -328,7 +338,6 @@ async fn servers_a_registry_cannot_tell_apart_are_refused() {
     );
     assert!(text.contains("megaconn_connections_open 0"), "{text}");
     // A named one beside an unnamed one, and one name twice: refused too.
-    let (named, twin) = (hello(Some("twin55")), hello(Some("twin55")));
     assert!(named.handle.register_metrics(&mut registry).is_err());
     let mut named_only = Registry::default();
     named.handle.register_metrics(&mut named_only).unwrap();
