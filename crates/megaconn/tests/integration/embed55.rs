@@ -355,3 +355,33 @@ async fn servers_a_registry_cannot_tell_apart_are_refused() {
         server.summary().await;
     }
 }
+
+/// The OpenTelemetry export thread is megaconn's too: its line about a
+/// failed export goes to the subscriber scoped where the export was
+/// started (`Tracing::otlp`), not only to a global one. A collector that
+/// refuses connections: the first failure's line.
+#[cfg(feature = "otel")]
+#[tokio::test]
+async fn the_export_threads_lines_go_to_the_callers_scoped_subscriber() {
+    use megaconn::otel::{OtlpConfig, Protocol, Tracing};
+    let (written, _scoped, _second) = capture();
+    // A port nobody listens on: each export is refused at once.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", refused.local_addr().unwrap());
+    drop(refused);
+    let tracing = Tracing::otlp(
+        OtlpConfig::default()
+            .endpoint(endpoint)
+            .protocol(Protocol::Grpc)
+            .batch_delay(Duration::from_millis(5)),
+    )
+    .expect("tracing");
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
+    let server = AppServer::one_worker(Server::builder().tracing(tracing.clone()), app);
+    assert_eq!(get(server.addr(), "/").await, (200, "hi".into()));
+    line_with(&written, "span export failed").await;
+    server.summary().await;
+    tokio::task::spawn_blocking(move || tracing.shutdown())
+        .await
+        .unwrap();
+}
