@@ -27,6 +27,7 @@
 use std::cell::Cell;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use crate::conn::limit::{ConnectionLimit, ConnectionSlot};
@@ -331,7 +332,9 @@ impl<K: CloseTrack> Connection<K> {
             return;
         };
         let stats = home.stats();
-        gauge(&stats.connections_open, -1);
+        // `SeqCst`, as in `count_drain_pending`, whose count this keeps.
+        let open = stats.connections_open.fetch_sub(1, SeqCst) - 1;
+        drain_closed(stats, open);
         incr(&stats.closed);
         // The TLS stream fails for its peer's protocol error under whichever
         // protocol runs on it, and every one of them closes here.
@@ -359,6 +362,42 @@ impl<K: CloseTrack> Drop for Connection<K> {
         if self.open.is_some() {
             self.close_once(dropped_reason());
         }
+    }
+}
+
+/// A paced drain begins on the worker whose counters are `stats`: its
+/// count of what is left (`megaconn_shutdown_drain_pending`) is the
+/// worker's connections still open, of every kind (idle, parked, awake,
+/// new ones within their 5 s, busy ones finishing an answer), and each
+/// close ([`Connection::close`], the one place a close is counted) counts
+/// it down until the drain ends (the worker sets it to 0 then). Nothing
+/// opens during a drain (the accept loops and adoptions stopped first), so
+/// the count only falls, and each close leaves it at the lowest count of
+/// open connections seen yet (`fetch_min`), whatever the order in which
+/// closes on several threads (a handed-over connection's, dropped on a
+/// handler's task) reach it.
+///
+/// Why not the drain's own tally: it counted the turns it gave, not the
+/// closes, and a new connection younger than 5 s is given its turn but
+/// closes only at its cut (5 s after its accept,
+/// `conn::shutdown::NEW_CONNECTION_GRACE`): the count read that many low
+/// for up to 5 s, and 0 once the turns ran out, while they (and answers
+/// under way, goodbyes being written) were still open. Connections busy
+/// when the drain began were never in it.
+pub(crate) fn count_drain_pending(stats: &WorkerStats) {
+    let (open, pending) = (&stats.connections_open, &stats.drain_pending);
+    pending.store(open.load(SeqCst), SeqCst);
+    // A close on another thread between that load and the store found the
+    // count not yet armed (0) and left it: its close is in this load.
+    pending.fetch_min(open.load(SeqCst), SeqCst);
+}
+
+/// A close of one of the connections `stats` counts, leaving `open` open:
+/// during a paced drain ([`count_drain_pending`]: its count above 0), the
+/// drain's count falls to it. Outside a drain, one load.
+fn drain_closed(stats: &WorkerStats, open: i64) {
+    if stats.drain_pending.load(SeqCst) > 0 {
+        stats.drain_pending.fetch_min(open, SeqCst);
     }
 }
 
@@ -463,6 +502,31 @@ mod tests {
             !limit.admit_ip(&mut second, ip),
             "its IP's place came back twice"
         );
+    }
+
+    /// A paced drain's count ([`count_drain_pending`]) is the connections
+    /// open when it begins, and each close takes it down to what is still
+    /// open, also a close on another thread (a handed-over connection);
+    /// outside a drain a close leaves it at 0.
+    #[test]
+    fn a_drains_count_is_what_is_still_open() {
+        let stats = Arc::new(WorkerStats::default());
+        let limit = ConnectionLimit::new(8, None);
+        let mut open: Vec<_> = (0..4)
+            .map(|_| Connection::open(limit.try_acquire().unwrap(), stats.clone(), None))
+            .collect();
+        open.pop().unwrap().close(CloseReason::ClientClosed);
+        assert_eq!(stats.drain_pending.load(Relaxed), 0, "no drain yet");
+        count_drain_pending(&stats);
+        assert_eq!(stats.drain_pending.load(Relaxed), 3);
+        open.pop().unwrap().close(CloseReason::Shutdown);
+        assert_eq!(stats.drain_pending.load(Relaxed), 2, "a close counted");
+        let sent = open.pop().unwrap().into_send();
+        std::thread::spawn(move || drop(sent)).join().unwrap();
+        assert_eq!(stats.drain_pending.load(Relaxed), 1, "on another thread");
+        drop(open);
+        assert_eq!(stats.drain_pending.load(Relaxed), 0);
+        assert_eq!(stats.connections_open.load(Relaxed), 0);
     }
 
     /// A woken connection handed over with an upgraded socket owns its

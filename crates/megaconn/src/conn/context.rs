@@ -152,9 +152,11 @@ impl WorkerContext {
     /// in `timeouts` and closes as `timed_out`; on failure it closes as
     /// `failed` says. A connection in its handshake has asked for nothing
     /// yet: graceful shutdown closes it as it closes an HTTP/1.1 one
-    /// waiting for its first head, at its turn and 5 s after `since` (when
-    /// it began: the accept, or HTTP/2's start after TLS or an h2c
-    /// hand-over), as `ShutdownBeforeRequest`, `peer` naming the client in
+    /// waiting for its first head, at its turn and 5 s after `since` (the
+    /// accept, for a TLS handshake and for an HTTP/2 one after it, as Go
+    /// counts a new connection's 5 s from its accept, TLS handshake
+    /// included; HTTP/2's start after an h2c hand-over), as
+    /// `ShutdownBeforeRequest`, `peer` naming the client in
     /// the drain's first such line (`LocalShutdown::new_connection_cut`).
     /// A client that connected just before the drain finishes its
     /// handshake and gets its first request served; one stuck in it no

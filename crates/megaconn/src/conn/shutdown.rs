@@ -108,9 +108,17 @@ pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(500);
 /// the way or about to be, would be lost unanswered on a connection that
 /// served none (a client retries a request only on a reused one). Such
 /// closes are not paced, but their cuts are spread as their accepts were:
-/// they come no faster than the connections came. (The paced drain
-/// counts one off at its turn: `drain_pending` may read a few low, for 5 s
-/// at most.)
+/// they come no faster than the connections came. They stay in a paced
+/// drain's count (`drain_pending`) until they close: it counts the
+/// connections still open (`conn::connection::count_drain_pending`), not
+/// the turns given (until session 55 it counted one off at its turn, and
+/// read that many low, for up to 5 s).
+///
+/// Over TLS the 5 s count from the accept for every step, as Go's do (its
+/// `StateNew` is set at the accept and kept through the TLS handshake):
+/// the TLS handshake, then the first HTTP/1.1 head or the HTTP/2
+/// handshake, are cut 5 s after the accept, not 5 s after the step before
+/// ended (before session 55, up to ~10 s after the accept).
 pub(crate) const NEW_CONNECTION_GRACE: Duration = Duration::from_secs(5);
 
 /// [`IDLE_GRACE`] as a server with `config` gives it: at most half its

@@ -1074,7 +1074,10 @@ pub(crate) type ServerTls = TlsIo<TcpStream>;
 /// graceful shutdown, by the grace a new connection gets (5 s from its
 /// accept, `WorkerContext::handshake`: closed without a word, as
 /// `shutdown_before_request`, counted `outcome="shutdown"`); on failure,
-/// says why the connection closes.
+/// says why the connection closes. The stream it returns keeps that
+/// instant ([`Parkable::accepted_at`](crate::conn::transport::Parkable::accepted_at)):
+/// the first request's wait after it (HTTP/1.1's head, HTTP/2's handshake)
+/// is cut 5 s after the same accept.
 ///
 /// `place`: its place among the worker's handshakes in flight, taken at the
 /// accept ([`HandshakeGate`]); given back whenever the handshake waits for
@@ -1220,6 +1223,10 @@ async fn run_handshake(
         Ok(tls) => tls,
         Err(e) => return Err(failed(std::io::Error::other(e))),
     };
+    // The steps after the handshake (the first HTTP/1.1 head, the HTTP/2
+    // handshake) are cut by a drain 5 s after the same instant, not after
+    // the handshake's end, as Go's `StateNew` spans the TLS handshake.
+    tls.set_accepted(since);
     drop(live);
     let mut gate = ctx.tls_gate.as_ref().map(|g| {
         (

@@ -136,7 +136,31 @@ pub(crate) fn opens_plain_http(opening: &[u8]) -> bool {
 
 /// A TLS connection's session, boxed (it is about 1 KB, and moves between
 /// the stream, the parked table and the handshake).
-pub(crate) type Session = Box<UnbufferedServerConnection>;
+pub(crate) type Session = Box<Stamped>;
+
+/// A session and, on a stream fresh from its handshake, when its
+/// connection was accepted ([`Parkable::accepted_at`]): kept in the
+/// session's box, which costs it nothing more than 16 bytes there, where a
+/// field of [`TlsIo`] would grow every TLS connection's future (the awake
+/// WebSocket's, at its bound, three times).
+pub(crate) struct Stamped {
+    conn: UnbufferedServerConnection,
+    accepted: Option<tokio::time::Instant>,
+}
+
+impl std::ops::Deref for Stamped {
+    type Target = UnbufferedServerConnection;
+
+    fn deref(&self) -> &UnbufferedServerConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Stamped {
+    fn deref_mut(&mut self) -> &mut UnbufferedServerConnection {
+        &mut self.conn
+    }
+}
 
 /// A server-side TLS stream over socket `S` (a registered `TcpStream`, or a
 /// socket woken from the parking lot).
@@ -534,10 +558,20 @@ fn encode_onto(
 impl<S> TlsIo<S> {
     /// A stream whose handshake is about to start on `sock`.
     pub(crate) fn new(sock: S, config: Arc<ServerConfig>) -> Result<TlsIo<S>, rustls::Error> {
+        let conn = UnbufferedServerConnection::new(config)?;
         Ok(TlsIo::with_session(
             sock,
-            Box::new(UnbufferedServerConnection::new(config)?),
+            Box::new(Stamped {
+                conn,
+                accepted: None,
+            }),
         ))
+    }
+
+    /// Notes when the connection was accepted (its handshake starts): see
+    /// [`Parkable::accepted_at`].
+    pub(crate) fn set_accepted(&mut self, at: tokio::time::Instant) {
+        self.session.accepted = Some(at);
     }
 
     fn with_session(sock: S, session: Session) -> TlsIo<S> {
@@ -1189,6 +1223,10 @@ impl<S: Parkable> Parkable for TlsIo<S> {
         self.peer.clone()
     }
 
+    fn accepted_at(&self) -> Option<tokio::time::Instant> {
+        self.session.accepted
+    }
+
     /// Splits an idle stream for parking: the socket for the lot, the
     /// session for the worker's table. Fails (and the connection closes) if
     /// decrypted bytes wait, or ciphertext cannot be sent without waiting.
@@ -1219,6 +1257,8 @@ impl<S: Parkable> Parkable for TlsIo<S> {
         // What a wake-up allocated in rustls (a KeyUpdate's message index,
         // a record queue) is not kept while parked.
         session.shrink_to_fit();
+        // Woken, a first request's wait counts from the wake.
+        session.accepted = None;
         let rare = (tail.is_some() || peer.is_some()).then(|| Box::new(ParkedRare { tail, peer }));
         Ok((sock.into_parked()?, Some(ParkedTls { session, rare })))
     }

@@ -131,6 +131,16 @@ pub(crate) trait Parkable: Transport {
         crate::conn::client_auth::PeerCertificates::of(self.peer_certificates())
     }
 
+    /// When the connection was accepted, if a step before this stream took
+    /// its time since (a TLS handshake): a graceful drain cuts a new
+    /// connection's first request 5 s after its accept, every step
+    /// together, as Go does (`LocalShutdown::head_cut`). `None`, the
+    /// default: the first request's wait began at the accept (or at the
+    /// wake from the lot), and counts from there.
+    fn accepted_at(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+
     /// Gives up the stream as a bare socket for parking.
     fn into_parked(self) -> io::Result<OwnedFd>
     where

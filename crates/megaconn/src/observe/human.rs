@@ -47,3 +47,60 @@ mod tests {
         assert_eq!(shown(None), "none");
     }
 }
+
+/// An error for a log field with its causes (`%Causes(&e)`): `error reading
+/// a body from connection: unexpected end of file`, where `%e` prints only
+/// the outermost message. hyper's and h2's errors keep what went wrong in
+/// `source()` ("error reading a body from connection" says nothing of an
+/// upstream that closed early); a message repeated by its cause is printed
+/// once.
+pub(crate) struct Causes<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            let message = cause.to_string();
+            // Some errors print their source in their own message too.
+            if !last.contains(&message) {
+                write!(f, ": {message}")?;
+            }
+            last = message;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod causes_tests {
+    use super::Causes;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error reading a body from connection")]
+    struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("request failed: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn an_errors_causes_are_printed_after_it() {
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "unexpected end of file",
+        ));
+        assert_eq!(
+            Causes(&e).to_string(),
+            "error reading a body from connection: unexpected end of file"
+        );
+    }
+
+    #[test]
+    fn a_cause_the_message_already_says_is_printed_once() {
+        let e = Repeats(std::io::Error::other("connection reset"));
+        assert_eq!(Causes(&e).to_string(), "request failed: connection reset");
+    }
+}

@@ -1076,7 +1076,7 @@ fn record<'a>(e: &mut Families<'a>, s: &'a ServerStats) {
     );
     e.gauge(
         "shutdown_drain_pending",
-        "Idle connections a paced shutdown (shutdown_drain_rate) has still to close.",
+        "Connections a paced shutdown (shutdown_drain_rate) has still to close: all those still open while it runs.",
         s.shutdown_drain_pending,
     );
     e.gauge(

@@ -52,7 +52,8 @@ pub(crate) struct WorkerStats {
     /// Connections closed at an idle point for being older than
     /// `max_connection_age`.
     pub aged_out: AtomicU64,
-    /// Idle connections a paced shutdown drain has still to close.
+    /// During a paced shutdown drain, the worker's connections still open
+    /// (`conn::connection::count_drain_pending`); 0 otherwise.
     pub drain_pending: AtomicI64,
     /// What the worker's HTTP/2 streams' receive windows have grown by
     /// now, in all (a gauge moved by their bodies, on whichever thread a
@@ -582,8 +583,10 @@ pub struct ServerStats {
     /// Connections closed at an idle point for being older than
     /// `max_connection_age` (`Connection: close`, `GOAWAY`).
     pub aged_out: u64,
-    /// Idle connections a paced shutdown (`shutdown_drain_rate`) has still
-    /// to close.
+    /// Connections a paced shutdown (`shutdown_drain_rate`) has still to
+    /// close: every connection still open while it runs (idle, parked,
+    /// awake, new ones within their 5 s, busy ones finishing); 0 before
+    /// and after.
     pub shutdown_drain_pending: i64,
     /// What the server's HTTP/2 streams' receive windows have grown by now
     /// (their handlers keeping up with uploads), in bytes, out of

@@ -447,8 +447,17 @@ async fn serve_tls<S>(
         // for HTTP/2 connections only; HTTP/1.1 ones should not carry its size.
         // The stream's one copy of the chain, shared (`TlsIo`).
         let peer = stream.shared_peer_certificates();
-        let addrs = http2::Addrs::kept(Some(info)).with_peer(peer);
-        let serving = http2::serve(stream, &mut service, ctx.clone(), addrs, retire_at);
+        // A drain's 5 s for its HTTP/2 handshake count from the accept.
+        let addrs = http2::Addrs::kept(Some(info))
+            .with_peer(peer)
+            .accepted_at(stream.accepted_at());
+        let serving = http2::serve(
+            stream,
+            &mut service,
+            ctx.clone(),
+            Box::new(addrs),
+            retire_at,
+        );
         let reason = Box::pin(serving).await;
         conn.close(reason);
     } else {
@@ -670,7 +679,7 @@ async fn hand_over_http1<T, S>(
                 io,
                 &mut service,
                 ctx.clone(),
-                addrs,
+                Box::new(addrs),
                 retire_at,
             ))
             .await;
@@ -772,7 +781,7 @@ where
                 io,
                 &mut service,
                 ctx,
-                http2::Addrs::kept(None),
+                Box::new(http2::Addrs::kept(None)),
                 retire_at,
             ))
             .await;

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::conn::accept::{accept_loop, evict_when_asked};
 use crate::conn::config::{Config, WorkerStartFailure};
-use crate::conn::connection::Connection;
+use crate::conn::connection::{count_drain_pending, Connection};
 use crate::conn::context::WorkerContext;
 use crate::conn::handover::{self, ParkedConnection};
 use crate::conn::limit::ConnectionLimit;
@@ -1000,14 +1000,17 @@ async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32, deadline: tokio::t
         .park
         .as_ref()
         .map_or_else(Vec::new, ParkingLot::parked_fds);
+    // What is left is counted by the closes themselves, from now on (see
+    // `count_drain_pending`): every connection still open, not the turns
+    // this loop gives.
+    count_drain_pending(&ctx.stats);
     let awake = ctx.shutdown.awake_waiting() + ctx.shutdown.upgraded_waiting();
     let idle = ctx.shutdown.watching();
-    let mut left = awake + idle + parked.len();
-    ctx.stats.drain_pending.store(left as i64, Relaxed);
-    let seconds = left as f64 / share;
+    let turns = awake + idle + parked.len();
+    let seconds = turns as f64 / share;
     tracing::info!(
         worker = ctx.index,
-        pending = left,
+        pending = ctx.stats.drain_pending.load(Relaxed),
         awake,
         idle,
         parked = parked.len(),
@@ -1054,22 +1057,19 @@ async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32, deadline: tokio::t
                     }
                 }
             }
-            // The count is approximate: one counted at the start may close
-            // without a turn (its peer left, its heartbeat ran out), and one
-            // not counted may join the lists meanwhile (a message under way
-            // at the start, an upgrade just done, a push resumed) and take
-            // one. No turn is lost: a native loop's `Turn` keeps its slot
-            // while it serves something else, and HTTP/2 polls its `wait`
-            // first; a message connection woken during the drain stays
-            // awake until its turn (parked again, it would leave the drain
-            // for its deadline).
-            left = left.saturating_sub(closed);
-            ctx.stats.drain_pending.store(left as i64, Relaxed);
+            // One not in the lists at the start may join them meanwhile (a
+            // message under way at the start, an upgrade just done, a push
+            // resumed) and take a turn. No turn is lost: a native loop's
+            // `Turn` keeps its slot while it serves something else, and
+            // HTTP/2 polls its `wait` first; a message connection woken
+            // during the drain stays awake until its turn (parked again, it
+            // would leave the drain for its deadline).
             if closed + woken == 0 {
                 // Awake connections busy meanwhile (a message in flight) say
-                // goodbye once done, without a turn.
+                // goodbye once done, without a turn. What is still open
+                // stays counted (new connections until their cut, answers
+                // under way): the drain is not over.
                 ctx.shutdown.end_pacing();
-                ctx.stats.drain_pending.store(0, Relaxed);
                 return;
             }
         }

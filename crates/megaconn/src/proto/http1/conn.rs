@@ -153,8 +153,9 @@ where
     // When the first request began to be awaited (the accept, or the wake
     // from the lot); `None` once it was served (kept where the first
     // head's deadline was, no bigger). The first head's deadline runs from
-    // it (`read_header_timeout`), and so does a drain's grace for it
-    // (`conn::shutdown::NEW_CONNECTION_GRACE`).
+    // it (`read_header_timeout`, after a TLS handshake as Go's), and so
+    // does a drain's grace for it (`conn::shutdown::NEW_CONNECTION_GRACE`),
+    // but from the accept over TLS (`head_cut`).
     let mut since = Some(crate::observe::clock::now());
     let mut first = true;
     loop {
@@ -191,7 +192,7 @@ where
             // would grow every connection's future).
             let (wait_deadline, phase) = if first {
                 let shutdown = &conn.ctx.shutdown;
-                let deadline = earliest(header_deadline(conn, since), shutdown.head_cut(since));
+                let deadline = earliest(header_deadline(conn, since), head_cut(conn, since));
                 let phase = match shutdown.is_started() {
                     true => Phase::NewInDrain,
                     false => Phase::New,
@@ -797,8 +798,7 @@ impl<T: Parkable> ConnIo<T> {
                         HeaderClock::First(since) => Some(since),
                         HeaderClock::After(_) | HeaderClock::Off => None,
                     };
-                    let cut = shutdown
-                        .head_cut(first)
+                    let cut = head_cut(self, first)
                         .filter(|&c| Instant::now() < c || !self.io.input_waiting());
                     if !shutdown.is_started() {
                         shutdown.watch(&mut self.buffers.shutdown_slot, cx.waker());
@@ -956,10 +956,18 @@ fn header_deadline<T: Parkable>(conn: &ConnIo<T>, since: Option<Instant>) -> Opt
 /// True once the drain's cut for a first request awaited since `since`
 /// has passed ([`LocalShutdown::head_cut`](crate::conn::shutdown::LocalShutdown::head_cut)).
 fn cut_passed<T: Parkable>(conn: &ConnIo<T>, since: Option<Instant>) -> bool {
-    conn.ctx
-        .shutdown
-        .head_cut(since)
-        .is_some_and(|cut| Instant::now() >= cut)
+    head_cut(conn, since).is_some_and(|cut| Instant::now() >= cut)
+}
+
+/// The drain's cut for a request head awaited since `since` (`None`: a
+/// later request's), [`LocalShutdown::head_cut`](crate::conn::shutdown::LocalShutdown::head_cut):
+/// a first request's counts from the accept when a step before it took
+/// time since (a TLS handshake, [`Parkable::accepted_at`]), as Go's
+/// `StateNew` spans the handshake; `read_header_timeout` counts from
+/// `since`, after it, as Go's does.
+fn head_cut<T: Parkable>(conn: &ConnIo<T>, since: Option<Instant>) -> Option<Instant> {
+    let since = since.map(|s| conn.io.accepted_at().unwrap_or(s));
+    conn.ctx.shutdown.head_cut(since)
 }
 
 /// A connection whose request head had not come whole at its drain's cut

@@ -51,7 +51,7 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::error::BodyError;
 use crate::message::MessageSettings;
 use crate::observe::clock::{self, LazyDeadline};
-use crate::observe::human::Timeout;
+use crate::observe::human::{Causes, Timeout};
 use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
 use crate::observe::ratelog::{self, Flood};
@@ -1438,7 +1438,6 @@ fn body_done<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
     this.st.body_rate = None;
 }
 
-/// Stops reading the body: the handler sees `error`, the connection closes.
 /// Why the connection closes when the response body failed mid-stream.
 ///
 /// When the request's body failed first (`close_reason` set) and the
@@ -1460,13 +1459,14 @@ fn response_body_failed(close_reason: &Option<CloseReason>, e: &BoxError) -> Clo
         _ => {
             ratelog::log(
                 Flood::ResponseBodyFailed,
-                |suppressed| tracing::warn!(error = %e, suppressed, "response body failed mid-stream; closing"),
+                |suppressed| tracing::warn!(error = %Causes(source), suppressed, "response body failed mid-stream; closing"),
             );
             CloseReason::ServerError
         }
     }
 }
 
+/// Stops reading the body: the handler sees `error`, the connection closes.
 fn give_up_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, error: BodyError) {
     body_done(this);
     this.st.setup.keep_alive = false;
@@ -1616,28 +1616,47 @@ where
     }
     match this.conn.io.poll_read_ready(cx) {
         Poll::Pending => return Ok(false),
-        Poll::Ready(Err(e)) => return Err(Outcome::Close(CloseReason::io(&e))),
+        Poll::Ready(Err(e)) => return Err(left_by_error(this, CloseReason::io(&e))),
         Poll::Ready(Ok(())) => {}
     }
     let (rbuf, io) = this.conn.rbuf_and_io();
-    match ready_or_pending(read_more(io, rbuf, cx))? {
-        None => Ok(false),
-        Some(0) => {
-            if this.handler.is_some() {
-                incr(&this.conn.ctx.stats.cancelled);
-                tracing::debug!(
-                    "client closed the connection while the handler ran; handler cancelled"
-                );
-            } else if this.body.is_some() {
-                // Answered, the body still streaming (SSE, chunked tokens):
-                // counted apart, or the cut would look like a whole 2xx.
-                incr(&this.conn.ctx.stats.responses_cut);
-                tracing::debug!("client closed the connection while the response body streamed");
-            }
+    match ready_or_pending(read_more(io, rbuf, cx)) {
+        Err(Outcome::Close(reason)) => Err(left_by_error(this, reason)),
+        Err(outcome) => Err(outcome),
+        Ok(None) => Ok(false),
+        Ok(Some(0)) => {
+            count_client_left(this);
             Err(Outcome::Close(CloseReason::ClientClosed))
         }
-        Some(_) => Ok(true),
+        Ok(Some(_)) => Ok(true),
     }
+}
+
+/// Counts the client gone while the exchange ran: the handler it cancels,
+/// or the response body it cut.
+fn count_client_left<T, F, B>(this: &Proj<'_, '_, T, F, B>) {
+    if this.handler.is_some() {
+        incr(&this.conn.ctx.stats.cancelled);
+        tracing::debug!("client closed the connection while the handler ran; handler cancelled");
+    } else if this.body.is_some() {
+        // Answered, the body still streaming (SSE, chunked tokens):
+        // counted apart, or the cut would look like a whole 2xx.
+        incr(&this.conn.ctx.stats.responses_cut);
+        tracing::debug!("client closed the connection while the response body streamed");
+    }
+}
+
+/// The close for socket error `reason` met while the exchange ran, counted
+/// as the client gone ([`count_client_left`]) when it is a reset, an abort
+/// or a broken pipe: a client that closes with our bytes unread (an
+/// aborted download, a proxy's client leaving mid-body) resets rather than
+/// sends a FIN. Before session 55 only a FIN was counted.
+fn left_by_error<T, F, B>(this: &Proj<'_, '_, T, F, B>, reason: CloseReason) -> Outcome {
+    use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    if let CloseReason::Io(ConnectionReset | ConnectionAborted | BrokenPipe) = reason {
+        count_client_left(this);
+    }
+    Outcome::Close(reason)
 }
 
 /// Pulls response frames into the write buffer, up to the high-water mark.
@@ -1775,7 +1794,7 @@ where
         .poll_flush_bounded(cx, &mut this.st.write_bound, &WRITES)
     {
         Poll::Ready(Ok(())) => Ok(true),
-        Poll::Ready(Err(reason)) => Err(Outcome::Close(reason)),
+        Poll::Ready(Err(reason)) => Err(left_by_error(this, reason)),
         Poll::Pending => Ok(false),
     }
 }
