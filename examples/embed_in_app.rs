@@ -2,13 +2,16 @@
 //! application keeps its multi-thread `#[tokio::main]` runtime, its JSON
 //! logs, its prometheus-client registry (one `/metrics` with megaconn's
 //! series in it), a background queue consumer and its own order of
-//! shutdown. README: "Recipe: embedding megaconn in an existing service".
+//! shutdown. Two servers: the public API and an internal one for
+//! `/metrics`, each named (`Builder::name`) so that their threads, log
+//! lines and series tell them apart. README: "Recipe: embedding megaconn in
+//! an existing service".
 //!
 //! ```text
-//! cargo run --release --example embed_in_app            # port 0: prints the port it got
-//! PORT=3000 cargo run --release --example embed_in_app
+//! cargo run --release --example embed_in_app            # port 0: prints the ports it got
+//! PORT=3000 ADMIN_PORT=9100 cargo run --release --example embed_in_app
 //! curl -X POST http://127.0.0.1:PORT/jobs/21            # 42, via the consumer
-//! curl http://127.0.0.1:PORT/metrics                    # app_jobs_total and megaconn_*
+//! curl http://127.0.0.1:ADMIN_PORT/metrics              # app_jobs_total, app_megaconn_*{server=...}
 //! kill -TERM <pid>                                      # drains HTTP, then stops the consumer
 //! ```
 
@@ -37,7 +40,6 @@ struct Job {
 struct AppState {
     jobs: mpsc::Sender<Job>,
     jobs_sent: Counter,
-    registry: Registry,
 }
 
 async fn enqueue(State(app): State<Arc<AppState>>, Path(n): Path<u64>) -> impl IntoResponse {
@@ -58,10 +60,10 @@ async fn enqueue(State(app): State<Arc<AppState>>, Path(n): Path<u64>) -> impl I
     }
 }
 
-/// The application's `/metrics`: its registry, megaconn's series in it.
-async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+/// The application's `/metrics`: its registry, both servers' series in it.
+async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &app.registry)
+    prometheus_client::encoding::text::encode(&mut text, &registry)
         .expect("writing to a String cannot fail");
     (
         [(CONTENT_TYPE, megaconn::metrics::OPENMETRICS_CONTENT_TYPE)],
@@ -108,6 +110,9 @@ async fn main() -> anyhow::Result<()> {
     // `.into_std()?` first).
     let port: u16 = std::env::var("PORT").ok().map_or(Ok(0), |p| p.parse())?;
     let server = megaconn::Server::bind(SocketAddr::from(([127, 0, 0, 1], port)))
+        // Its threads are `public-worker-N`, its lines carry
+        // `server=public`, its series `server="public"`.
+        .name("public")
         // Share the cores with the application's own runtime.
         .workers(2)
         .shutdown_timeout(Duration::from_secs(10))
@@ -115,22 +120,31 @@ async fn main() -> anyhow::Result<()> {
         // before anything else starts.
         .listen()?;
     let addr = server.local_addr();
+    // The internal server, for `/metrics` only: one worker, its own port.
+    let admin_port: u16 = std::env::var("ADMIN_PORT")
+        .ok()
+        .map_or(Ok(0), |p| p.parse())?;
+    let admin = megaconn::Server::bind(SocketAddr::from(([127, 0, 0, 1], admin_port)))
+        .name("admin")
+        .workers(1)
+        .listen()?;
+    let admin_addr = admin.local_addr();
 
-    // One registry, one `/metrics`: megaconn's series are read from the
-    // server at each scrape.
+    // One registry, one `/metrics`: both servers' series, read from them
+    // at each scrape, each family once with a series per server (two
+    // unnamed servers in one registry would be refused: `Error::Config`).
     let mut registry = Registry::with_prefix("app");
     let jobs_sent = Counter::default();
     registry.register("jobs", "Jobs handed to the consumer", jobs_sent.clone());
-    server.handle().register_metrics(&mut registry);
+    server.handle().register_metrics(&mut registry)?;
+    admin.handle().register_metrics(&mut registry)?;
 
-    let state = Arc::new(AppState {
-        jobs,
-        jobs_sent,
-        registry,
-    });
+    let state = Arc::new(AppState { jobs, jobs_sent });
+    let admin_app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(registry));
     let app = Router::new()
         .route("/jobs/{n}", post(enqueue))
-        .route("/metrics", get(metrics))
         .route(
             "/who",
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { format!("{peer}\n") }),
@@ -139,8 +153,11 @@ async fn main() -> anyhow::Result<()> {
 
     // `start` makes the workers (what can fail, fails here); `run` serves.
     let started = server.start(app.into_make_service_with_connect_info::<SocketAddr>())?;
-    tracing::info!(%addr, "serving");
-    println!("listening on http://{addr}");
+    let admin = admin.start(admin_app)?;
+    let admin_handle = admin.handle();
+    let admin_served = tokio::spawn(admin.run());
+    tracing::info!(%addr, %admin_addr, "serving");
+    println!("listening on http://{addr}, /metrics on http://{admin_addr}");
 
     // The application's own shutdown order: SIGTERM or Ctrl-C stops HTTP
     // first (megaconn drains: no new connections, in-flight requests
@@ -159,6 +176,9 @@ async fn main() -> anyhow::Result<()> {
         requests = summary.requests,
         "HTTP drained"
     );
+    // `/metrics` answers until the public server has drained.
+    admin_handle.shutdown();
+    admin_served.await?;
     stop_consumer.send_replace(true);
     consumer.await?;
     Ok(())

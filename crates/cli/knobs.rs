@@ -383,6 +383,25 @@ fn client_auth_mode(s: &str) -> Result<Value, String> {
     }
 }
 
+/// The topics of `--topic-metrics`, comma-separated; blanks dropped.
+fn topics(s: &str) -> Vec<&str> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// A comma-separated list of topics to count one by one
+/// (`--topic-metrics`), refused as the library refuses it (too many, or
+/// `other`), by the library's own check.
+fn topic_list(s: &str) -> Result<Value, String> {
+    Builder::default()
+        .topic_metrics(topics(s))
+        .validate()
+        .map(|()| Value::Text(topics(s).join(",")))
+        .map_err(|e| e.to_string())
+}
+
 fn path(s: &str) -> Result<Value, String> {
     Ok(Value::Path(PathBuf::from(s)))
 }
@@ -812,6 +831,17 @@ pub static KNOBS: &[Knob] = &[
             let n = v.bytes_usize()?;
             s.builder(|b| b.max_topic_bytes(n))
         },
+    },
+    Knob {
+        name: "topic-metrics",
+        value_name: "TOPICS",
+        shape: Shape::One,
+        help: "Framed TCP and WebSocket: topics counted one by one on /metrics, comma-separated: megaconn_topic_subscribers{topic} (subscriptions now, exact) and megaconn_topic_publishes_total{topic} (publishes the hub took).",
+        details: "At most 256 topics (MAX_TOPIC_METRICS); every topic not named is summed in topic=\"other\", which therefore cannot be named. Named, not every topic, so that the series stay as few as chosen whatever the fleet: a gateway whose million devices each have a topic of their own names its few fleet-wide topics and sees the devices' as other. Each subscribe, leave and publish looks the name up among those named. Counted per process: with --processes above 1 the supervisor's /metrics does not show them.",
+        default: "none",
+        example: "fleet,firmware",
+        parse: topic_list,
+        apply: |v, s| s.builder(|b| b.topic_metrics(topics(&v.text()))),
     },
     Knob {
         name: "message-send-buffer",
@@ -1895,6 +1925,14 @@ mod tests {
                 }
                 "tls-client-crl" => (assert_eq!(text, "none"), left("tls_client_crl: None,")).1,
                 "otel-endpoint" => (assert_eq!(text, "off"), left("endpoint: None,")).1,
+                // The cap and the summed label the help states are the
+                // library's.
+                "topic-metrics" => {
+                    let cap = megaconn::MAX_TOPIC_METRICS;
+                    assert!(knob.details.contains(&format!("At most {cap} topics")));
+                    assert!(knob.details.contains("topic=\"other\""));
+                    (assert_eq!(text, "none"), left("message: None,")).1
+                }
                 // The message settings are unset (the library's defaults:
                 // no heartbeat timeout, no delivery rate) without either.
                 "heartbeat-timeout" | "delivery-rate" => {

@@ -26,5 +26,6 @@ mod ops50_cli;
 mod park_cli;
 mod processes;
 mod serve_cli;
+mod topics55_cli;
 mod upgrade_cli;
 mod upgrade_framed_cli;

@@ -60,7 +60,9 @@
 //!             stall.rs     the stall detector: a watchdog thread that sees a
 //!                          worker's event loop stay away (a blocking handler)
 //!             log_scope.rs the caller's scoped `tracing` subscriber, carried
-//!                          to the server's threads
+//!                          to the server's threads (blocking ones too), and
+//!                          the server's name's span
+//!             name.rs      a server's name (Builder::name): its threads' names
 //!     |
 //!  proto/     http1/       HTTP/1.1 (ours, on httparse): conn (a connection's
 //!                          life), head (RFC 9112 framing), quick_head (the usual
@@ -129,6 +131,11 @@
 //!     |                                  observe/  close.rs   CloseReason
 //!  error.rs                                        stats.rs   per-worker counters
 //!                                                  metrics.rs Prometheus
+//!                                                     (families.rs: each
+//!                                                     family once; app_registry.rs:
+//!                                                     servers in an app's registry)
+//!                                                  caller_log.rs the caller's
+//!                                                     scoped subscriber
 //!                                                  process.rs process_*,
 //!                                                     build_info (/proc)
 //!                                                  lifecycle.rs events, states

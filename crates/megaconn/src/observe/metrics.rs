@@ -127,13 +127,17 @@
 //! An application with a `prometheus-client` registry of its own puts
 //! these series in it instead, to serve them on its own `/metrics`:
 //! [`ServerHandle::register_metrics`](crate::ServerHandle::register_metrics)
-//! (a collector that reads the server at each scrape).
+//! (a collector that reads the server at each scrape). There a server with
+//! a name ([`Builder::name`](crate::Builder::name)) has a `server` label
+//! first on every series, and several named servers share one registry,
+//! each family written once (`families.rs`, `app_registry.rs`).
 //!
 //! The body is OpenMetrics text (it ends with `# EOF`): serve it as
 //! [`OPENMETRICS_CONTENT_TYPE`]. Labelled `text/plain; version=0.0.4` it
 //! fails `promtool check metrics`, and 0.0.4 parsers take its counters as
 //! untyped.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::mem::ManuallyDrop;
@@ -144,13 +148,12 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::observe::close::CloseReason;
+use crate::observe::families::Families;
 pub use crate::observe::process::{ProcessCollector, ProcessError, ProcessStats, VERSION};
 pub use crate::observe::rooms::{
     RoomStats, WS_CLOSE_CODES, WS_CLOSE_CODE_LABELS, WS_CLOSE_DIRECTION_LABELS,
@@ -1017,9 +1020,8 @@ fn render_registry(stats: &ServerStats, process: Option<ProcessCollector>) -> St
     // The root has no prefix: `process_*` are the client libraries' names
     // (ProcessCollector writes `megaconn_build_info` whole).
     let mut registry = Registry::default();
-    registry
-        .sub_registry_with_prefix("megaconn")
-        .register_collector(Box::new(Snapshot(stats.clone())));
+    // Writes `megaconn_` itself (`families.rs`).
+    registry.register_collector(Box::new(Snapshot(vec![(None, stats.clone())])));
     if let Some(process) = process {
         registry.register_collector(Box::new(process));
     }
@@ -1027,35 +1029,6 @@ fn render_registry(stats: &ServerStats, process: Option<ProcessCollector>) -> St
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
     out
-}
-
-/// Registers the series [`render`] writes (all `megaconn_`, read from
-/// `stats` at each scrape) as one collector of an application's own
-/// `registry`; what
-/// [`ServerHandle::register_metrics`](crate::ServerHandle::register_metrics)
-/// does with the server's counters.
-pub(crate) fn register(
-    registry: &mut Registry,
-    stats: impl Fn() -> ServerStats + Send + Sync + 'static,
-) {
-    registry
-        .sub_registry_with_prefix("megaconn")
-        .register_collector(Box::new(Live(Box::new(stats))));
-}
-
-/// The snapshot [`register`] encodes at each scrape, taken then.
-struct Live(Box<dyn Fn() -> ServerStats + Send + Sync>);
-
-impl fmt::Debug for Live {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("megaconn::metrics::Live")
-    }
-}
-
-impl Collector for Live {
-    fn encode(&self, e: DescriptorEncoder) -> Result<(), fmt::Error> {
-        Snapshot((self.0)()).encode(e)
-    }
 }
 
 /// The content type of [`render`]'s output, whatever the scraper asked
@@ -1067,340 +1040,305 @@ impl Collector for Live {
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// A snapshot registered as a collector, encoded once per scrape.
+/// Snapshots of one or more servers, registered as a collector and
+/// encoded once per scrape: each family once, each server's series in it
+/// (`families.rs`), under its `server` label when it has a name.
 #[derive(Debug)]
-struct Snapshot(ServerStats);
+pub(crate) struct Snapshot(pub(crate) Vec<(Option<Arc<str>>, ServerStats)>);
 
 impl Collector for Snapshot {
-    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let s = &self.0;
-        let r = &s.request_metrics;
-        gauge(
-            &mut e,
-            "connections_open",
-            "Connections open now.",
-            s.connections_open,
-        )?;
-        gauge(
-            &mut e,
-            "connections_idle",
-            "Open connections waiting for their next request (parked included).",
-            s.connections_idle,
-        )?;
-        gauge(
-            &mut e,
-            "connections_parked",
-            "Idle connections parked outside the runtime.",
-            s.connections_parked,
-        )?;
-        counter(
-            &mut e,
-            "connections_accepted",
-            "Connections accepted since start.",
-            s.accepted,
-        )?;
-        labelled(
-            &mut e,
-            "connections_closed",
-            "Connections ended by the engine, by reason.",
-            "reason",
-            r.closed_by_reason.iter().copied(),
-        )?;
-        counter(
-            &mut e,
-            "connections_parks",
-            "Times an idle connection went into the parking lot.",
-            s.parks,
-        )?;
-        labelled(
-            &mut e,
+    fn encode(&self, e: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let mut families = Families::default();
+        for (server, stats) in &self.0 {
+            families.server(server.as_deref());
+            record(&mut families, stats);
+        }
+        families.write(e)
+    }
+}
+
+/// Records one server's series: every family the exposition has (the
+/// module doc's table).
+fn record<'a>(e: &mut Families<'a>, s: &'a ServerStats) {
+    let r = &s.request_metrics;
+    e.gauge(
+        "connections_open",
+        "Connections open now.",
+        s.connections_open,
+    );
+    e.gauge(
+        "connections_idle",
+        "Open connections waiting for their next request (parked included).",
+        s.connections_idle,
+    );
+    e.gauge(
+        "connections_parked",
+        "Idle connections parked outside the runtime.",
+        s.connections_parked,
+    );
+    e.counter(
+        "connections_accepted",
+        "Connections accepted since start.",
+        s.accepted,
+    );
+    e.labelled(
+        "connections_closed",
+        "Connections ended by the engine, by reason.",
+        "reason",
+        r.closed_by_reason.iter().copied(),
+    );
+    e.counter(
+        "connections_parks",
+        "Times an idle connection went into the parking lot.",
+        s.parks,
+    );
+    e.labelled(
             "connections_wakes",
             "Parked connections woken, by kind: cold (served as a bare socket, re-parked at once) or hot (busy again, waits as a task).",
             "kind",
             [("cold", s.wakes_cold), ("hot", s.wakes_hot)],
-        )?;
-        counter(
-            &mut e,
-            "connections_wakes_without_task",
-            "Cold wakes served whole without spawning a task (read, answered and re-parked at once).",
-            s.wakes_without_task,
-        )?;
-        counter(
-            &mut e,
-            "parking_epoll_ctl",
-            "epoll_ctl calls on the parking lots' epoll sets (none for a cold wake re-parked at once).",
-            s.parking_epoll_ctl,
-        )?;
-        counter(
-            &mut e,
+        );
+    e.counter(
+        "connections_wakes_without_task",
+        "Cold wakes served whole without spawning a task (read, answered and re-parked at once).",
+        s.wakes_without_task,
+    );
+    e.counter(
+        "parking_epoll_ctl",
+        "epoll_ctl calls on the parking lots' epoll sets (none for a cold wake re-parked at once).",
+        s.parking_epoll_ctl,
+    );
+    e.counter(
             "parking_wakeups",
             "Turns in which a parking lot served woken sockets: several sockets per turn while park_wake_batch batches them.",
             s.parking_wakeups,
-        )?;
-        counter(
-            &mut e,
-            "parking_wake_batches",
-            "Times a busy parking lot held its wake-ups back for one park_wake_batch window.",
-            s.parking_wake_batches,
-        )?;
-        gauge(
-            &mut e,
-            "shutdown_drain_pending",
-            "Connections a paced shutdown (shutdown_drain_rate) has still to close: all those still open while it runs.",
-            s.shutdown_drain_pending,
-        )?;
-        gauge(
-            &mut e,
+        );
+    e.counter(
+        "parking_wake_batches",
+        "Times a busy parking lot held its wake-ups back for one park_wake_batch window.",
+        s.parking_wake_batches,
+    );
+    e.gauge(
+        "shutdown_drain_pending",
+        "Connections a paced shutdown (shutdown_drain_rate) has still to close: all those still open while it runs.",
+        s.shutdown_drain_pending,
+    );
+    e.gauge(
             "http2_grown_windows_bytes",
             "What HTTP/2 streams' receive windows have grown by now, their handlers keeping up with uploads, out of http2_grown_windows_budget (past it, growths refused count in limit_hits{limit=\"http2_grown_windows_budget\"}).",
             i64::try_from(s.http2_grown_windows_bytes).unwrap_or(i64::MAX),
-        )?;
-        counter(
-            &mut e,
-            "connections_adopted",
-            "Parked connections taken over from the process this one replaced (zero-downtime upgrade).",
-            s.adopted,
-        )?;
-        counter(
-            &mut e,
+        );
+    e.counter(
+        "connections_adopted",
+        "Parked connections taken over from the process this one replaced (zero-downtime upgrade).",
+        s.adopted,
+    );
+    e.counter(
             "connections_handover_refused",
             "Parked connections an upgrade could not move (a state refused or corrupt, over a limit), closed instead.",
             s.handover_refused,
-        )?;
-        counter(
-            &mut e,
-            "connections_aged_out",
-            "Connections closed at an idle point for being older than max_connection_age.",
-            s.aged_out,
-        )?;
-        counter(
-            &mut e,
+        );
+    e.counter(
+        "connections_aged_out",
+        "Connections closed at an idle point for being older than max_connection_age.",
+        s.aged_out,
+    );
+    e.counter(
             "worker_stalls",
             "Times a worker's event loop stayed away past stall_threshold: a handler blocked its thread.",
             s.worker_stalls,
-        )?;
-        counter(
-            &mut e,
+        );
+    e.counter(
             "accept_waits_at_limit",
             "Times a connection waiting to be accepted found max_connections reached (accepting stopped until a connection closed).",
             s.accept_waits_at_limit,
-        )?;
-        counter(
-            &mut e,
+        );
+    e.counter(
             "connections_upgraded",
             "Connections handed to a handler by an upgrade (101); they stay open and count in connections_closed when they close.",
             r.upgraded,
-        )?;
-        labelled(
-            &mut e,
-            "connections_rejected",
-            "Connections refused right after accept, by the admission limit that refused them.",
-            "limit",
-            REJECTED_LABELS
-                .into_iter()
-                .zip([s.rejected_accept_rate, s.rejected_per_ip]),
-        )?;
-        labelled(
-            &mut e,
+        );
+    e.labelled(
+        "connections_rejected",
+        "Connections refused right after accept, by the admission limit that refused them.",
+        "limit",
+        REJECTED_LABELS
+            .into_iter()
+            .zip([s.rejected_accept_rate, s.rejected_per_ip]),
+    );
+    e.labelled(
             "limit_hits",
             "Times a limit or a malformed message cut something short, by which: a request refused, a connection closed (what closed{protocol_error} does not tell), a hub message dropped at a full worker queue (hub_queue), or a subscription refused to a connection at its bound (max_subscriptions) or to a topic name over its bound (max_topic_bytes).",
             "limit",
             s.limit_hits.iter().copied(),
-        )?;
-        labelled(
-            &mut e,
+        );
+    e.labelled(
             "tls_alerts_received",
             "Fatal TLS alerts clients ended connections with, by alert (unknown_ca or bad_certificate: the client does not accept our certificate). The client's decision: such closes count as closed{client_closed}, not as protocol errors.",
             "alert",
             s.tls_alerts_received.iter().copied(),
-        )?;
-        labelled(
-            &mut e,
+        );
+    e.labelled(
             "tls_handshakes",
             "TLS handshakes by outcome: completed; abandoned (the client closed or reset before finishing, closed{client_closed}: many of them with few completed is a flood of ClientHellos that never wait for the answer); failed (closed{tls_handshake_failed}); timeout (closed{tls_handshake_timeout}); client_cert (the client's certificate refused: why in tls_client_cert_refusals); crl (a CRL of the server's own found bad while checking a client's certificate: fix the CRL file the log names); plain_http (a plain HTTP request sent to a TLS port, answered 400: a client using http:// for https://; closed{tls_handshake_failed}); shutdown (not done within the grace graceful shutdown gives a new connection, 5 s from its accept: closed without a word, closed{shutdown_before_request}, a close of the drain, not forced).",
             "outcome",
             s.tls_handshakes.iter().copied(),
-        )?;
-        labelled(
-            &mut e,
+        );
+    e.labelled(
             "tls_client_cert_refusals",
             "Client certificates refused at the TLS handshake (tls_handshakes{outcome=client_cert}), by reason: missing (none sent where one is required), unknown_ca (not issued by a client CA root), revoked (in a CRL given), expired, not_yet_valid, bad (anything else: a bad signature, the wrong key usage).",
             "reason",
             s.tls_client_cert_refusals.iter().copied(),
-        )?;
-        if let Some(tls) = &s.tls {
-            tls_certificates(&mut e, tls)?;
-        }
-        {
-            let mut m = e.encode_descriptor(
+        );
+    if let Some(tls) = &s.tls {
+        tls_certificates(e, tls);
+    }
+    {
+        let mut m = e.family(
                 "requests",
                 "Finished requests by method and status class (none: no response was sent, or the forced shutdown at shutdown_timeout cut it off).",
                 None,
                 MetricType::Counter,
-            )?;
-            for c in &r.by_method_status {
-                let labels = [("method", c.method), ("status_class", c.status_class)];
-                ConstCounter::new(c.count).encode(m.encode_family(&labels)?)?;
-            }
+            );
+        for c in &r.by_method_status {
+            let labels = vec![
+                ("method", Cow::Borrowed(c.method)),
+                ("status_class", Cow::Borrowed(c.status_class)),
+            ];
+            m.counter(labels, c.count);
         }
-        {
-            let mut m = e.encode_descriptor(
-                "request_duration",
-                "Time from the request head to the end of the response; the buckets top at 10 s, so long streams (SSE, chunked) land in +Inf.",
-                Some(&Unit::Seconds),
-                MetricType::Histogram,
-            )?;
-            let h = &r.duration;
-            m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                h.sum.as_secs_f64(),
-                h.count(),
-                &h.per_bucket(),
-                None,
-            )?;
-        }
-        {
-            let m = e.encode_descriptor(
-                "request_body",
-                "Request body bytes received (read by the handler or discarded).",
-                Some(&Unit::Bytes),
-                MetricType::Counter,
-            )?;
-            ConstCounter::new(r.request_body_bytes).encode(m)?;
-        }
-        {
-            let m = e.encode_descriptor(
-                "response_body",
-                "Response body bytes the service produced (without framing), added when a response ends, not while it streams.",
-                Some(&Unit::Bytes),
-                MetricType::Counter,
-            )?;
-            ConstCounter::new(r.response_body_bytes).encode(m)?;
-        }
-        gauge(
-            &mut e,
-            "requests_in_flight",
-            "Requests started and not yet finished.",
-            r.in_flight,
-        )?;
-        counter(
-            &mut e,
-            "panics",
-            "Handlers or response bodies that panicked.",
-            s.panics,
-        )?;
-        counter(
-            &mut e,
-            "handler_cancelled",
-            "Handlers dropped because the client went away before their response head.",
-            s.cancelled,
-        )?;
-        // Its own counter, not a label on `handler_cancelled` (whose one
-        // unlabelled series dashboards read): `by` leaves room for cuts
-        // of the server's own (a write timeout) without a new name.
-        labelled(
-            &mut e,
+    }
+    let h = &r.duration;
+    e.family(
+            "request_duration",
+            "Time from the request head to the end of the response; the buckets top at 10 s, so long streams (SSE, chunked) land in +Inf.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )
+        .histogram(h.sum.as_secs_f64(), h.count(), h.per_bucket());
+    e.family(
+        "request_body",
+        "Request body bytes received (read by the handler or discarded).",
+        Some(&Unit::Bytes),
+        MetricType::Counter,
+    )
+    .counter(Vec::new(), r.request_body_bytes);
+    e.family(
+            "response_body",
+            "Response body bytes the service produced (without framing), added when a response ends, not while it streams.",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+        )
+        .counter(Vec::new(), r.response_body_bytes);
+    e.gauge(
+        "requests_in_flight",
+        "Requests started and not yet finished.",
+        r.in_flight,
+    );
+    e.counter(
+        "panics",
+        "Handlers or response bodies that panicked.",
+        s.panics,
+    );
+    e.counter(
+        "handler_cancelled",
+        "Handlers dropped because the client went away before their response head.",
+        s.cancelled,
+    );
+    // Its own counter, not a label on `handler_cancelled` (whose one
+    // unlabelled series dashboards read): `by` leaves room for cuts
+    // of the server's own (a write timeout) without a new name.
+    e.labelled(
             "responses_cut",
             "Responses whose body the client cut while it was being sent (HTTP/1.1 hang-up, HTTP/2 reset or connection loss mid-body).",
             "by",
             [("client", s.responses_cut)],
-        )?;
-        counter(
-            &mut e,
-            "timeouts",
-            "Connections closed by a header, idle, read, write or message timeout.",
-            s.timeouts,
-        )?;
-        counter(
-            &mut e,
+        );
+    e.counter(
+        "timeouts",
+        "Connections closed by a header, idle, read, write or message timeout.",
+        s.timeouts,
+    );
+    e.counter(
             "protocol_errors",
             "HTTP requests refused as malformed or over a limit, and connections closed for another protocol error (WebSocket, framed, HTTP/2, TLS).",
             s.protocol_errors,
-        )?;
-        labelled(
-            &mut e,
-            "accept_errors",
-            "Failed accept calls, by errno.",
-            "errno",
-            r.accept_errors_by_errno.iter().copied(),
-        )?;
-        {
-            let mut m = e.encode_descriptor(
-                "worker_connections",
-                "Open connections per worker.",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (worker, n) in s.connections_per_worker.iter().enumerate() {
-                ConstGauge::new(*n).encode(m.encode_family(&[("worker", worker as u64)])?)?;
-            }
+        );
+    e.labelled(
+        "accept_errors",
+        "Failed accept calls, by errno.",
+        "errno",
+        r.accept_errors_by_errno.iter().copied(),
+    );
+    {
+        let mut m = e.family(
+            "worker_connections",
+            "Open connections per worker.",
+            None,
+            MetricType::Gauge,
+        );
+        for (worker, n) in s.connections_per_worker.iter().enumerate() {
+            m.gauge(vec![("worker", Cow::Owned(worker.to_string()))], *n);
         }
-        gauge(
-            &mut e,
-            "buffers_checked_out",
-            "Read/write buffers taken from the worker pools.",
-            s.buffers_checked_out,
-        )?;
-        gauge(
-            &mut e,
-            "buffers_pooled",
-            "Buffers resting in the worker pools.",
-            s.buffers_pooled,
-        )?;
-        if let Some(o) = &s.otel {
-            counter(
-                &mut e,
-                "otel_spans_exported",
-                "Request spans the OTLP collector accepted.",
-                o.spans_exported,
-            )?;
-            counter(
-                &mut e,
-                "otel_spans_dropped",
-                "Request spans dropped because the export queue was full (collector slow or down).",
-                o.spans_dropped,
-            )?;
-            counter(
-                &mut e,
-                "otel_spans_failed",
-                "Request spans in exports that failed or timed out.",
-                o.spans_failed,
-            )?;
-            gauge(
-                &mut e,
-                "otel_spans_queued",
-                "Request spans waiting in the export queue.",
-                i64::try_from(o.spans_queued).unwrap_or(i64::MAX),
-            )?;
-        }
-        messages(&mut e, &s.messages)
     }
+    e.gauge(
+        "buffers_checked_out",
+        "Read/write buffers taken from the worker pools.",
+        s.buffers_checked_out,
+    );
+    e.gauge(
+        "buffers_pooled",
+        "Buffers resting in the worker pools.",
+        s.buffers_pooled,
+    );
+    if let Some(o) = &s.otel {
+        e.counter(
+            "otel_spans_exported",
+            "Request spans the OTLP collector accepted.",
+            o.spans_exported,
+        );
+        e.counter(
+            "otel_spans_dropped",
+            "Request spans dropped because the export queue was full (collector slow or down).",
+            o.spans_dropped,
+        );
+        e.counter(
+            "otel_spans_failed",
+            "Request spans in exports that failed or timed out.",
+            o.spans_failed,
+        );
+        e.gauge(
+            "otel_spans_queued",
+            "Request spans waiting in the export queue.",
+            i64::try_from(o.spans_queued).unwrap_or(i64::MAX),
+        );
+    }
+    messages(e, &s.messages);
 }
 
 /// A TLS server's certificate reloads and expiry.
-fn tls_certificates(e: &mut DescriptorEncoder, tls: &TlsStats) -> Result<(), fmt::Error> {
-    labelled(
-        e,
+fn tls_certificates<'a>(e: &mut Families<'a>, tls: &'a TlsStats) {
+    e.labelled(
         "tls_reloads",
         "Certificate reloads (TlsConfig::reload, SIGHUP) by outcome: ok, or failed (a file missing or unreadable, a key that does not match; the certificates live before stay live).",
         "outcome",
         [("ok", tls.reloads_ok), ("failed", tls.reloads_failed)],
-    )?;
-    let mut m = e.encode_descriptor(
+    );
+    let mut m = e.family(
         "tls_certificate_expiry",
         "When each certificate chain served expires (the earliest notAfter of its certificates), in seconds since the Unix epoch, by the server name it is served for (default: every other name).",
         Some(&Unit::Seconds),
         MetricType::Gauge,
-    )?;
+    );
     for (name, expiry) in &tls.certificates {
         if let Some(at) = expiry {
-            ConstGauge::new(*at).encode(m.encode_family(&[("server_name", name.as_str())])?)?;
+            m.gauge(vec![("server_name", Cow::Borrowed(name.as_str()))], *at);
         }
     }
-    Ok(())
 }
 
 /// The message protocols' series (framed TCP).
-fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Error> {
+fn messages<'a>(e: &mut Families<'a>, m: &'a MessageStats) {
     for (name, help, unit, (inbound, outbound)) in [
         (
             "message_frames",
@@ -1415,172 +1353,130 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
             (m.bytes_in, m.bytes_out),
         ),
     ] {
-        let mut family = e.encode_descriptor(name, help, unit, MetricType::Counter)?;
+        let mut family = e.family(name, help, unit, MetricType::Counter);
         for (direction, n) in [("in", inbound), ("out", outbound)] {
-            ConstCounter::new(n).encode(family.encode_family(&[("direction", direction)])?)?;
+            family.counter(vec![("direction", Cow::Borrowed(direction))], n);
         }
     }
-    counter(
-        e,
+    e.counter(
         "message_pushes",
         "Messages the hub delivered (one per connection reached by a push, publish or broadcast), counted once its socket took the message whole.",
         m.pushes,
-    )?;
-    counter(
-        e,
+    );
+    e.counter(
         "message_hub_messages",
         "Messages the workers took from the hub (a broadcast or publish counts once per worker).",
         m.hub_messages,
-    )?;
-    let mut drops = e.encode_descriptor(
+    );
+    e.labelled(
         "message_queue_drops",
         "Pushes that did not reach their connection's peer whole, by cause: slow_consumer (refused by its full outbound queue, or left unwritten by that overflow's close), droppable (a droppable push the connection was too far behind for; it stays open), shutdown (left in a stopped worker's hub queue), closed (lost to any other close: left queued, or not written whole). With message_pushes: every push handed to a connection.",
-        None,
-        MetricType::Counter,
-    )?;
-    for (cause, n) in [
-        ("slow_consumer", m.queue_drops_slow_consumer),
-        ("droppable", m.queue_drops_droppable),
-        ("shutdown", m.queue_drops_shutdown),
-        ("closed", m.queue_drops_closed),
-    ] {
-        ConstCounter::new(n).encode(drops.encode_family(&[("cause", cause)])?)?;
-    }
-    counter(
-        e,
+        "cause",
+        [
+            ("slow_consumer", m.queue_drops_slow_consumer),
+            ("droppable", m.queue_drops_droppable),
+            ("shutdown", m.queue_drops_shutdown),
+            ("closed", m.queue_drops_closed),
+        ],
+    );
+    e.counter(
         "message_heartbeats_sent",
         "Server heartbeat frames sent.",
         m.heartbeats_sent,
-    )?;
-    counter(
-        e,
+    );
+    e.counter(
         "message_heartbeat_timeouts",
         "Connections closed because the peer sent nothing within heartbeat_timeout.",
         m.heartbeat_timeouts,
-    )?;
-    gauge(
-        e,
+    );
+    e.gauge(
         "message_deliveries_pending",
         "Connections a broadcast or publish under way has yet to reach (0 when none is).",
         i64::try_from(m.deliveries_pending).unwrap_or(i64::MAX),
-    )?;
-    gauge(
-        e,
+    );
+    e.gauge(
         "message_hub_queued",
         "Hub messages waiting in the workers' queues for delivery (each bounded by hub_queue and hub_queue_bytes).",
         i64::try_from(m.hub_queued).unwrap_or(i64::MAX),
-    )?;
-    gauge(
-        e,
+    );
+    e.gauge(
         "message_hub_queued_bytes",
         "Bytes of the hub messages waiting in the workers' queues, payloads and entries (each queue bounded by hub_queue_bytes).",
         i64::try_from(m.hub_queued_bytes).unwrap_or(i64::MAX),
-    )?;
-    gauge(
-        e,
+    );
+    e.gauge(
         "message_subscriptions",
         "Topic subscriptions held by message connections (a connection in two topics counts twice), exact; about 270 B each.",
         i64::try_from(m.subscriptions).unwrap_or(i64::MAX),
-    )?;
-    let mut family = e.encode_descriptor(
+    );
+    let mut family = e.family(
         "message_connections",
         "Message connections open (framed TCP, WebSocket, SSE on the native engine), awake or parked, by protocol: what a broadcast reaches (their sum is ServerHandle::message_connections).",
         None,
         MetricType::Gauge,
-    )?;
+    );
     for (protocol, n) in MESSAGE_PROTOCOL_LABELS
         .iter()
         .zip(m.connections_by_protocol)
     {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
-        ConstGauge::new(n).encode(family.encode_family(&[("protocol", *protocol)])?)?;
+        family.gauge(vec![("protocol", Cow::Borrowed(*protocol))], n);
     }
-    topics(e, &m.topics)?;
-    rooms(e, &m.rooms)
+    topics(e, &m.topics);
+    rooms(e, &m.rooms);
 }
 
 /// The per-topic series (`Builder::topic_metrics`): none without it.
-fn topics(
-    e: &mut DescriptorEncoder,
-    topics: &[crate::observe::stats::TopicCount],
-) -> Result<(), fmt::Error> {
+fn topics<'a>(e: &mut Families<'a>, topics: &'a [crate::observe::stats::TopicCount]) {
     if topics.is_empty() {
-        return Ok(());
+        return;
     }
-    let mut family = e.encode_descriptor(
+    let mut family = e.family(
         "topic_subscribers",
         "Subscriptions held now on this server to each topic named in Builder::topic_metrics, exact; topic=\"other\": to every other topic, summed.",
         None,
         MetricType::Gauge,
-    )?;
+    );
     for t in topics {
         let n = i64::try_from(t.subscribers).unwrap_or(i64::MAX);
-        ConstGauge::new(n).encode(family.encode_family(&[("topic", t.topic.as_str())])?)?;
+        family.gauge(vec![("topic", Cow::Borrowed(t.topic.as_str()))], n);
     }
-    labelled(
-        e,
+    e.labelled(
         "topic_publishes",
         "Publishes the hub took to each topic named in Builder::topic_metrics (each once, whatever its subscribers); topic=\"other\": to every other topic.",
         "topic",
         topics.iter().map(|t| (t.topic.as_str(), t.publishes)),
-    )
+    );
 }
 
 /// The rooms' series (`observe/rooms.rs`): WebSocket closes by code and
 /// publish lag.
-fn rooms(e: &mut DescriptorEncoder, r: &RoomStats) -> Result<(), fmt::Error> {
+fn rooms<'a>(e: &mut Families<'a>, r: &'a RoomStats) {
     {
-        let mut family = e.encode_descriptor(
+        let mut family = e.family(
             "ws_closes",
             "Native WebSocket closes, by who began the close (sent: the server, received: the peer) and its close code (1006: without a close frame; 1005: a frame without a code; 3xxx, 4xxx: application codes; other: any other).",
             None,
             MetricType::Counter,
-        )?;
+        );
         for (direction, counts) in WS_CLOSE_DIRECTION_LABELS.iter().zip(&r.ws_closes) {
             for (code, n) in WS_CLOSE_CODE_LABELS.iter().zip(counts) {
-                let labels = [("direction", *direction), ("code", *code)];
-                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+                let labels = vec![
+                    ("direction", Cow::Borrowed(*direction)),
+                    ("code", Cow::Borrowed(*code)),
+                ];
+                family.counter(labels, *n);
             }
         }
     }
-    let mut m = e.encode_descriptor(
+    let h = &r.publish_lag;
+    e.family(
         "publish_lag",
         "How long a publish waited in a worker's hub queue before the worker began handing it to the topic's members: one observation per publish per worker.",
         Some(&Unit::Seconds),
         MetricType::Histogram,
-    )?;
-    let h = &r.publish_lag;
-    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-        h.sum.as_secs_f64(),
-        h.count(),
-        &h.per_bucket(),
-        None,
     )
-}
-
-fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), fmt::Error> {
-    let m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    ConstGauge::new(v).encode(m)
-}
-
-fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), fmt::Error> {
-    let m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-    ConstCounter::new(v).encode(m)
-}
-
-/// A counter family with one label: a series per `(value, count)`.
-fn labelled<'a>(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    label: &str,
-    series: impl IntoIterator<Item = (&'a str, u64)>,
-) -> Result<(), fmt::Error> {
-    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (value, n) in series {
-        ConstCounter::new(n).encode(m.encode_family(&[(label, value)])?)?;
-    }
-    Ok(())
+    .histogram(h.sum.as_secs_f64(), h.count(), h.per_bucket());
 }
 
 #[cfg(all(test, feature = "metrics"))]

@@ -3,10 +3,13 @@
 //! import nothing from the layers above.
 
 pub(crate) mod alerts;
+pub(crate) mod app_registry;
 pub(crate) mod by_id;
+pub(crate) mod caller_log;
 pub(crate) mod chunks;
 pub(crate) mod clock;
 pub(crate) mod close;
+pub(crate) mod families;
 pub(crate) mod human;
 pub(crate) mod lifecycle;
 pub(crate) mod limits;

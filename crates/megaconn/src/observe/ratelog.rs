@@ -605,8 +605,21 @@ pub(crate) fn panicked(what: &'static str, panic: Option<&str>) {
     });
 }
 
-/// The name every worker thread's name starts with.
+/// The name every unnamed server's worker thread's name starts with (a
+/// named one's is the server's: `server/name.rs`).
 pub(crate) const WORKER_THREAD: &str = "megaconn-worker-";
+
+thread_local! {
+    /// Set on a worker's thread as it starts: the panics the hook below
+    /// reports. A flag, not the thread's name, which is the server's when
+    /// it has one (`Builder::name`).
+    static ON_WORKER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread a worker's, for [`install_panic_hook`].
+pub(crate) fn mark_worker_thread() {
+    ON_WORKER.with(|on| on.set(true));
+}
 
 /// Installs a process-wide panic hook under which a panic on a megaconn
 /// worker thread is reported by one `tracing` error line (the panic's
@@ -621,9 +634,7 @@ pub(crate) const WORKER_THREAD: &str = "megaconn-worker-";
 pub fn install_panic_hook() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let on_worker = std::thread::current()
-            .name()
-            .is_some_and(|name| name.starts_with(WORKER_THREAD));
+        let on_worker = ON_WORKER.try_with(Cell::get).unwrap_or(false);
         if !on_worker {
             return previous(info);
         }

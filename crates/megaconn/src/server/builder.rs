@@ -52,6 +52,8 @@ pub struct Server {
 #[derive(Debug, Clone, Default)]
 pub struct Builder {
     pub(crate) config: Config,
+    /// [`Builder::name`] (`server/name.rs`).
+    pub(crate) name: Option<Arc<str>>,
 }
 
 impl Server {
@@ -199,6 +201,8 @@ impl Server {
         let stall_alarm = config
             .stall_threshold
             .map(|_| crate::server::stall::Alarm::new());
+        // Taken here, on the caller's thread (`log_scope.rs`).
+        let scope = crate::server::log_scope::ServerScope::of_this_thread(handle.0.name.clone());
         let mut workers = Vec::with_capacity(listeners.len());
         for ((index, listeners), adopt) in listeners.into_iter().enumerate().zip(adopt) {
             let setup = WorkerSetup {
@@ -214,6 +218,7 @@ impl Server {
                 go: go_rx.clone(),
                 registry: handle.0.registries.get(index).cloned(),
                 drains: handle.0.drains.clone(),
+                scope: scope.clone(),
             };
             let worker = worker::spawn(setup)?;
             // Joined from now on, whatever happens next.
@@ -232,6 +237,7 @@ impl Server {
                     threshold,
                     alarm,
                     handle.0.wakes.clone().expect("made with a stall threshold"),
+                    scope,
                 )
                 .map_err(|source| Error::Thread {
                     name: crate::server::stall::THREAD_NAME,
@@ -445,6 +451,8 @@ struct HandleShared {
     topic_metrics: Option<Arc<crate::message::topics::TopicMetrics>>,
     /// Workers whose drain has not ended ([`ServerHandle::workers_draining`]).
     drains: worker::Drains,
+    /// [`Builder::name`].
+    name: Option<Arc<str>>,
 }
 
 /// Where workers hand their parked connections at shutdown (with what
@@ -684,24 +692,41 @@ impl ServerHandle {
     /// the names become `app_megaconn_…`. The registry must be of
     /// megaconn's `prometheus-client` (0.25:
     /// [`metrics::prometheus_client`](crate::metrics::prometheus_client)).
-    /// One server per registry: a second server's series would repeat the
-    /// same names (give each its own registry, or serve
-    /// [`render_metrics`](ServerHandle::render_metrics) apart).
+    ///
+    /// A server with a [`Builder::name`] labels its series
+    /// `server="NAME"`, and several named servers share one registry: each
+    /// family is written once, with a series per server (one collector per
+    /// registry, whatever the number of servers). Without names they could
+    /// not be told apart: registering a second server in a registry that
+    /// has one already fails with [`Error::Config`] unless both are named,
+    /// with different names (the registry is left as it was). A server
+    /// alone in its registry needs no name, and its series are what they
+    /// were before names existed.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), megaconn::Error> {
     /// use megaconn::metrics::prometheus_client::{encoding::text::encode, registry::Registry};
     /// let server = megaconn::Server::bind("127.0.0.1:0".parse().unwrap()).listen()?;
     /// let mut registry = Registry::default(); // the application's, with its own metrics
-    /// server.handle().register_metrics(&mut registry);
+    /// server.handle().register_metrics(&mut registry)?;
     /// let mut text = String::new();
     /// encode(&mut text, &registry).unwrap(); // at each scrape of the app's /metrics
     /// assert!(text.contains("megaconn_connections_open"));
     /// # Ok(()) }
     /// ```
-    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+    pub fn register_metrics(
+        &self,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Result<(), Error> {
         let handle = self.clone();
-        crate::observe::metrics::register(registry, move || handle.stats());
+        crate::observe::app_registry::register(registry, self.0.name.clone(), move || {
+            handle.stats()
+        })
+    }
+
+    /// The server's [`Builder::name`], if it was given one.
+    pub fn name(&self) -> Option<&str> {
+        self.0.name.as_deref()
     }
 
     /// The live connections, sorted by id, from `offset`, at most `limit` of
@@ -1407,6 +1432,9 @@ impl Builder {
             )));
         }
         crate::server::message::check_topic_metrics(c)?;
+        if let Some(name) = &self.name {
+            crate::server::name::check(name)?;
+        }
         Ok(())
     }
 
@@ -1418,7 +1446,7 @@ impl Builder {
     /// [`Server::start`].
     pub fn listen(self) -> Result<Server, Error> {
         self.validate()?;
-        let mut config = self.config;
+        let Builder { mut config, name } = self;
         let crate::conn::socket::Bound {
             per_worker: listeners,
             local_addrs,
@@ -1485,6 +1513,7 @@ impl Builder {
                 drain_rate,
                 drains: worker::Drains::default(),
                 topic_metrics,
+                name,
             })),
         })
     }

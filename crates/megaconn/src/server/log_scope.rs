@@ -1,5 +1,6 @@
 //! Where the server's own threads log: the `tracing` subscriber of the
-//! thread that started the server, when that one is scoped to it.
+//! thread that started the server, when that one is scoped to it, under
+//! the server's span when it has a name.
 //!
 //! A worker, and the stall watchdog, is a thread of megaconn's, made by
 //! `Server::start` on the caller's thread. A new thread logs to the global
@@ -15,66 +16,100 @@
 //! subscriber set globally after the start would be hidden by one taken
 //! before it.
 //!
+//! The threads of each worker runtime's blocking pool (a handler's
+//! `tokio::task::spawn_blocking`) are the runtime's, started when a
+//! handler first asks for one: the runtime's `on_thread_start` hook
+//! carries the subscriber (and the span) there, for the thread's life. With
+//! a global subscriber and no name the hooks are not installed at all.
+//!
+//! The server's name ([`Builder::name`](crate::Builder::name)) is a span,
+//! `megaconn{server=NAME}`, entered once on each of the server's threads
+//! for its whole life (never per request or per connection), so every line
+//! logged there carries it: megaconn's own and its handlers'. Entered at
+//! `ERROR` level, so that no level filter that lets any line through
+//! leaves it out. An unnamed server has none, as before.
+//!
 //! The caller's current span is not carried: a worker's connections are not
 //! its children, as `axum::serve`'s spawned connection tasks are not (and
 //! with `tracing-opentelemetry`, every request span of the server's life
-//! would join one trace).
+//! would join one trace). The name's span is a parent in the same way, of
+//! any span a handler opens without a parent of its own: an application
+//! that exports `tracing` spans as OpenTelemetry traces keeps it out of
+//! that layer (`Builder::name`'s doc says how).
 
-use tracing::dispatcher::{self, DefaultGuard, Dispatch};
+use std::cell::RefCell;
+use std::sync::Arc;
 
-/// The subscriber scoped to the thread that made it, if one was; `Clone`
-/// for each of the server's threads.
-#[derive(Clone, Default)]
-pub(crate) struct CallerLog(Option<Dispatch>);
+use tracing::dispatcher::DefaultGuard;
 
-impl CallerLog {
-    /// The subscriber of the current thread, if it is one scoped to this
-    /// thread (not the global default, nor none).
-    pub(crate) fn of_this_thread() -> CallerLog {
-        CallerLog(dispatcher::get_default(|current| {
-            is_scoped(current).then(|| current.clone())
-        }))
-    }
+use crate::observe::caller_log::CallerLog;
 
-    /// Makes it this thread's default until the guard is dropped (for a
-    /// thread's whole life: its first statement).
-    pub(crate) fn enter(&self) -> Option<DefaultGuard> {
-        self.0.as_ref().map(dispatcher::set_default)
-    }
+/// What each thread of one server logs under: the caller's scoped
+/// subscriber (if it had one) and the server's span (if it has a name).
+/// `Clone` for each of the server's threads.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerScope {
+    log: CallerLog,
+    name: Option<Arc<str>>,
 }
 
-impl std::fmt::Debug for CallerLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.0 {
-            Some(_) => "CallerLog(scoped)",
-            None => "CallerLog(global)",
-        })
+/// A thread's hold on its [`ServerScope`]: the span is left, then the
+/// subscriber, when it is dropped (fields drop in their order).
+pub(crate) struct Entered {
+    _span: Option<tracing::span::EnteredSpan>,
+    _log: Option<DefaultGuard>,
+}
+
+thread_local! {
+    /// A blocking-pool thread's [`Entered`], from the runtime's
+    /// `on_thread_start` to its `on_thread_stop`.
+    static BLOCKING: RefCell<Option<Entered>> = const { RefCell::new(None) };
+}
+
+impl ServerScope {
+    /// The scope of a server named `name`, started on this thread.
+    pub(crate) fn of_this_thread(name: Option<Arc<str>>) -> ServerScope {
+        ServerScope {
+            log: CallerLog::of_this_thread(),
+            name,
+        }
     }
-}
 
-/// Whether `dispatch` is a scoped subscriber (`set_default`,
-/// `with_default`), not the global default nor none. `tracing-core` tells
-/// them apart only in its `Debug` text (`Dispatch::Scoped(…)`,
-/// `Dispatch::Global(…)`, the latter for none too): it offers no way to
-/// read the global default while a scoped one is set, to compare. Should
-/// that text change, nothing is carried (as before), and the test
-/// `embed54::megaconn_logs_to_the_callers_scoped_subscriber` fails.
-fn is_scoped(dispatch: &Dispatch) -> bool {
-    format!("{dispatch:?}").starts_with("Dispatch::Scoped")
-}
+    /// The server's name, if it has one.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    /// Enters it on this thread until the guard is dropped (for a thread's
+    /// whole life: its first statement).
+    pub(crate) fn enter(&self) -> Entered {
+        // The subscriber first: the span is made in it.
+        let log = self.log.enter();
+        let span = self
+            .name
+            .as_deref()
+            .map(|name| tracing::error_span!("megaconn", server = %name).entered());
+        Entered {
+            _span: span,
+            _log: log,
+        }
+    }
 
-    #[test]
-    fn only_a_scoped_subscriber_is_carried() {
-        assert!(!is_scoped(&Dispatch::none()));
-        // A test's thread has no scoped subscriber of its own (another
-        // test may have set a global one: not carried either).
-        assert!(CallerLog::of_this_thread().0.is_none());
-        let scoped = Dispatch::new(tracing::subscriber::NoSubscriber::default());
-        let _guard = dispatcher::set_default(&scoped);
-        assert!(CallerLog::of_this_thread().0.is_some());
+    /// Makes each blocking-pool thread of `runtime` enter it for its life.
+    /// Nothing is installed when there is nothing to carry.
+    pub(crate) fn on_blocking_threads(&self, runtime: &mut tokio::runtime::Builder) {
+        if self.log.is_global() && self.name.is_none() {
+            return;
+        }
+        let scope = self.clone();
+        runtime.on_thread_start(move || {
+            let entered = scope.enter();
+            BLOCKING.with(|held| *held.borrow_mut() = Some(entered));
+        });
+        runtime.on_thread_stop(|| {
+            // Taken out before it is dropped: the span's exit may log.
+            let entered = BLOCKING.with(|held| held.borrow_mut().take());
+            drop(entered);
+        });
     }
 }

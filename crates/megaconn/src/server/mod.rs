@@ -6,6 +6,7 @@ pub(crate) mod dispatch;
 pub(crate) mod framed;
 pub(crate) mod log_scope;
 pub(crate) mod message;
+pub(crate) mod name;
 pub(crate) mod signal;
 mod spare;
 pub(crate) mod stall;

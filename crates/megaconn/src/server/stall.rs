@@ -365,14 +365,15 @@ pub(crate) fn watch(
     threshold: Duration,
     alarm: Arc<Alarm>,
     wakes: WakeSignal,
+    scope: crate::server::log_scope::ServerScope,
 ) -> std::io::Result<Watchdog> {
     let guard = Watchdog(alarm.clone());
-    // Its stall lines go where the workers' do (`log_scope.rs`).
-    let log = crate::server::log_scope::CallerLog::of_this_thread();
+    // Its stall lines go where the workers' do, under the server's name
+    // (`log_scope.rs`).
     std::thread::Builder::new()
-        .name(THREAD_NAME.into())
+        .name(crate::server::name::watchdog_thread(scope.name()))
         .spawn(move || {
-            let _log = log.enter();
+            let _scope = scope.enter();
             let _ = alarm.watchdog.set(std::thread::current());
             let every = threshold / LOOKS_PER_THRESHOLD;
             let start = Instant::now();
@@ -638,7 +639,15 @@ mod tests {
         let registries: Arc<[Arc<Registry>]> = Arc::from(Vec::new());
         let wakes: WakeSignal = Arc::new(tokio::sync::watch::channel(()).0);
         let loop_wakes = LoopWakes::new(&wakes);
-        let watchdog = watch(workers, registries, T, alarm.clone(), wakes).unwrap();
+        let watchdog = watch(
+            workers,
+            registries,
+            T,
+            alarm.clone(),
+            wakes,
+            crate::server::log_scope::ServerScope::of_this_thread(None),
+        )
+        .unwrap();
         let ticking = runtime.spawn(tick(stats.clone()));
         runtime.block_on(async {
             let before = stats.stall.ticks.load(SeqCst);

@@ -86,6 +86,8 @@ pub(crate) struct WorkerSetup<S> {
     /// The server's count of workers not drained yet; this worker's
     /// runtime lives until it is 0.
     pub drains: Drains,
+    /// Where its threads log, under which name (`log_scope.rs`).
+    pub scope: crate::server::log_scope::ServerScope,
 }
 
 /// How many of a server's workers have not ended their drain, shared by
@@ -178,6 +180,13 @@ where
     let worker = setup.index;
     let mut runtime = tokio::runtime::Builder::new_current_thread();
     runtime.enable_all();
+    // Its blocking threads (a handler's `spawn_blocking`): named after the
+    // server, logging where the worker does.
+    runtime.thread_name(crate::server::name::blocking_thread(
+        setup.scope.name(),
+        worker,
+    ));
+    setup.scope.on_blocking_threads(&mut runtime);
     if let Some(alarm) = &setup.stall_alarm {
         crate::server::stall::hooks(&mut runtime, &setup.stats, alarm);
     }
@@ -221,15 +230,14 @@ where
     // drops it (with the closure, or as the thread unwinds), which counts
     // this worker drained, so no other worker waits for it.
     let mut ticket = setup.drains.ticket();
-    // The caller's scoped subscriber, if it has one (`log_scope.rs`).
-    let log = crate::server::log_scope::CallerLog::of_this_thread();
+    // The caller's scoped subscriber, if it has one, and the server's
+    // name's span (`log_scope.rs`).
+    let scope = setup.scope.clone();
     let thread = std::thread::Builder::new()
-        .name(format!(
-            "{}{worker}",
-            crate::observe::ratelog::WORKER_THREAD
-        ))
+        .name(crate::server::name::worker_thread(scope.name(), worker))
         .spawn(move || {
-            let _log = log.enter();
+            let _scope = scope.enter();
+            crate::observe::ratelog::mark_worker_thread();
             if let Some(dropped) = panic {
                 drop(listeners);
                 drop(dropped);
@@ -621,6 +629,7 @@ where
         hand_over,
         stall_alarm,
         drains: _,
+        scope: _,
     } = setup;
     // A connection woken less than `park_idle_after` after it was parked is
     // busy again: it waits as a task before it is parked once more.

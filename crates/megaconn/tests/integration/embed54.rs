@@ -22,7 +22,7 @@ use crate::common::{read_response, shut_down, AppServer};
 
 /// What a test's own subscriber wrote: the lines of `fmt`, shared.
 #[derive(Clone, Default)]
-struct Written(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Written(Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for Written {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -36,7 +36,7 @@ impl std::io::Write for Written {
 }
 
 impl Written {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
@@ -118,7 +118,7 @@ async fn an_apps_registry_serves_megaconns_series_read_at_each_scrape() {
     let mut registry = Registry::default();
     let jobs = Counter::<u64>::default();
     registry.register("app_jobs", "The application's own counter.", jobs.clone());
-    handle.register_metrics(&mut registry);
+    handle.register_metrics(&mut registry).unwrap();
     jobs.inc();
 
     let before = scrape(&registry);
@@ -162,7 +162,7 @@ async fn an_apps_registry_serves_megaconns_series_read_at_each_scrape() {
 async fn under_an_apps_prefix_the_names_carry_it() {
     let (server, handle) = metrics_server();
     let mut registry = Registry::with_prefix("app");
-    handle.register_metrics(&mut registry);
+    handle.register_metrics(&mut registry).unwrap();
     assert_eq!(get(server.addr()).await, 200);
     let text = scrape(&registry);
     assert!(

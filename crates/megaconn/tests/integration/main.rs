@@ -43,6 +43,7 @@ mod drain_tls54;
 mod drain_woken;
 mod dual_stack;
 mod embed54;
+mod embed55;
 mod framed;
 mod framed_halfopen;
 mod framed_handover;

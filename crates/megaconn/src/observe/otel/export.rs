@@ -117,9 +117,13 @@ impl QueueProcessor {
             timeout: config.export_timeout,
         };
         let thread_stats = stats.clone();
+        // Its lines about failed exports go where the server's do: to the
+        // caller's scoped subscriber, if it has one (`caller_log.rs`).
+        let log = crate::observe::caller_log::CallerLog::of_this_thread();
         let thread = std::thread::Builder::new()
             .name("megaconn-otel".into())
             .spawn(move || {
+                let _log = log.enter();
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
