@@ -114,8 +114,17 @@ impl http_body::Body for Upload {
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) and those `Connection` names: not
 /// passed on either way. `Trailer` is end to end and stays: megaconn sends
-/// a response's trailers only if it declares them (as hyper does).
+/// a response's trailers only if it declares them (as hyper does). `TE`
+/// is the client's to its next hop: only its `trailers` is passed on (as
+/// Go's `ReverseProxy` does), so the upstream still knows the client takes
+/// trailers (gRPC needs it).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -130,10 +139,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         "connection",
         "proxy-connection",
         "keep-alive",
+        "te",
         "transfer-encoding",
         "upgrade",
     ] {
         headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -205,13 +218,18 @@ async fn proxy(mut req: Request<Body>) -> Result<Answer, Infallible> {
         parts.headers.insert(header::HOST, host);
     }
     if let Some(ip) = peer {
-        let forwarded = match parts
+        // Every `X-Forwarded-For` line the client sent, in order, then its
+        // address (nginx's `$proxy_add_x_forwarded_for`).
+        let before: Vec<&str> = parts
             .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(before) => format!("{before}, {ip}"),
-            None => ip.to_string(),
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let forwarded = if before.is_empty() {
+            ip.to_string()
+        } else {
+            format!("{}, {ip}", before.join(", "))
         };
         if let Ok(value) = HeaderValue::from_str(&forwarded) {
             parts.headers.insert("x-forwarded-for", value);

@@ -214,8 +214,14 @@ impl From<StatusCode> for ProtocolDetail {
 /// fails with `ConnectionAborted` for both); in the clear between requests
 /// or messages ([`CloseReason::io_between`]).
 pub(crate) fn client_left(e: &io::Error) -> bool {
+    client_left_kind(e.kind())
+}
+
+/// [`client_left`] for an error already reduced to its kind (a
+/// [`CloseReason::Io`]).
+pub(crate) fn client_left_kind(kind: io::ErrorKind) -> bool {
     use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
+    matches!(kind, ConnectionReset | ConnectionAborted | BrokenPipe)
 }
 
 impl CloseReason {

@@ -161,8 +161,9 @@ impl<'a> FamilyOf<'_, 'a> {
         self.push(labels, Value::Counter(v));
     }
 
-    /// A histogram series: its sum, count and `(upper bound, cumulative
-    /// count)` buckets.
+    /// A histogram series: its sum, count and `(upper bound, count in this
+    /// bucket alone)` buckets, not cumulative: prometheus-client adds them
+    /// up as it writes them (pass `per_bucket()`).
     pub(crate) fn histogram(&mut self, sum: f64, count: u64, buckets: Vec<(f64, u64)>) {
         self.push(
             Vec::new(),

@@ -34,20 +34,6 @@ impl From<Option<Duration>> for Timeout {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_timeout_reads_as_a_config_file_writes_it() {
-        let shown = |d: Option<Duration>| Timeout(d).to_string();
-        assert_eq!(shown(Some(Duration::from_secs(1))), "1s");
-        assert_eq!(shown(Some(Duration::from_millis(1500))), "1.5s");
-        assert_eq!(shown(Some(Duration::from_millis(250))), "250ms");
-        assert_eq!(shown(None), "none");
-    }
-}
-
 /// An error for a log field with its causes (`%Causes(&e)`): `error reading
 /// a body from connection: unexpected end of file`, where `%e` prints only
 /// the outermost message. hyper's and h2's errors keep what went wrong in
@@ -75,8 +61,17 @@ impl fmt::Display for Causes<'_> {
 }
 
 #[cfg(test)]
-mod causes_tests {
-    use super::Causes;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_reads_as_a_config_file_writes_it() {
+        let shown = |d: Option<Duration>| Timeout(d).to_string();
+        assert_eq!(shown(Some(Duration::from_secs(1))), "1s");
+        assert_eq!(shown(Some(Duration::from_millis(1500))), "1.5s");
+        assert_eq!(shown(Some(Duration::from_millis(250))), "250ms");
+        assert_eq!(shown(None), "none");
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("error reading a body from connection")]

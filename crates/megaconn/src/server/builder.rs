@@ -701,7 +701,10 @@ impl ServerHandle {
     /// has one already fails with [`Error::Config`] unless both are named,
     /// with different names (the registry is left as it was). A server
     /// alone in its registry needs no name, and its series are what they
-    /// were before names existed.
+    /// were before names existed. Register every server into the same
+    /// `&mut Registry`: each call of `Registry::sub_registry_with_prefix`
+    /// makes a new sub-registry, where a server cannot see the others, and
+    /// the scrape would then repeat every family (which Prometheus refuses).
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), megaconn::Error> {

@@ -155,7 +155,11 @@ async fn a_named_servers_threads_and_lines_carry_its_name() {
         get(server.addr(), "/who").await,
         (200, "p55-worker-0 p55-blocking-0".into())
     );
-    // The watchdog, by the name the kernel keeps (its first 15 bytes).
+    let blocking = tokio::spawn(get(server.addr(), "/block"));
+    let stall = line_with(&written, "has not come back to its event loop").await;
+    // The watchdog, by the name the kernel keeps (its first 15 bytes). Read
+    // only once its line shows it has run: a thread names itself when it
+    // starts, so before that it shows its parent's name.
     let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
@@ -165,8 +169,6 @@ async fn a_named_servers_threads_and_lines_carry_its_name() {
         threads.iter().any(|t| t == "p55-stall-watch"),
         "{threads:?}"
     );
-    let blocking = tokio::spawn(get(server.addr(), "/block"));
-    let stall = line_with(&written, "has not come back to its event loop").await;
     release.send(()).unwrap();
     assert_eq!(blocking.await.unwrap(), (200, "released".into()));
     server.summary().await;

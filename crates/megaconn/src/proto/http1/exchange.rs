@@ -51,6 +51,7 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::error::BodyError;
 use crate::message::MessageSettings;
 use crate::observe::clock::{self, LazyDeadline};
+use crate::observe::close::client_left_kind;
 use crate::observe::human::{Causes, Timeout};
 use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
@@ -1656,9 +1657,10 @@ fn count_client_left<T, F, B>(this: &Proj<'_, '_, T, F, B>) {
 /// aborted download, a proxy's client leaving mid-body) resets rather than
 /// sends a FIN. Before session 55 only a FIN was counted.
 fn left_by_error<T, F, B>(this: &Proj<'_, '_, T, F, B>, reason: CloseReason) -> Outcome {
-    use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    if let CloseReason::Io(ConnectionReset | ConnectionAborted | BrokenPipe) = reason {
-        count_client_left(this);
+    if let CloseReason::Io(kind) = reason {
+        if client_left_kind(kind) {
+            count_client_left(this);
+        }
     }
     Outcome::Close(reason)
 }
