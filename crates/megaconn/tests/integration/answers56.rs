@@ -144,6 +144,9 @@ fn server() -> (common::AppServer, Kept) {
     (server, kept)
 }
 
+/// A request's header fields beside its `Host`: name and value.
+type Fields = &'static [(&'static str, &'static str)];
+
 /// `GET`/`HEAD` of `path` with `fields`, as bytes.
 fn request(method: &str, path: &str, fields: &[(&str, &str)]) -> String {
     let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n");
@@ -359,7 +362,7 @@ async fn a_pipelined_batch_of_mixed_answers_is_answered_in_order() {
     let (server, _) = server();
     let mut s = TcpStream::connect(server.addr()).await.unwrap();
     let mut buf = Vec::new();
-    let batch: Vec<(&str, String, &[(&str, &str)])> = vec![
+    let batch: Vec<(&str, String, Fields)> = vec![
         ("GET", "/big/0".into(), &[]),
         ("GET", "/big/13".into(), &[("X-A", "1")]),
         ("HEAD", format!("/big/{LARGE}"), &[]),
