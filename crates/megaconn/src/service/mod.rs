@@ -357,15 +357,69 @@ pub(crate) fn call<S: HttpService>(
 /// was called (`false`: its `call` panicked, as for [`call`]'s `None`).
 ///
 /// Why: what goes through `catch_unwind` by value is copied on the way, in
-/// and out. Here the request (368 bytes) is built where the service's
+/// and out. Here the request (312 bytes) is built where the service's
 /// `call` takes it, where passed in it was copied twice first, and the
-/// future (an app's answer, often, already inside it: 256 bytes for the
+/// future (an app's answer, often, already inside it: 200 bytes for the
 /// demo's) goes where the protocol polls it, where returned it was moved
 /// three times first: HTTP/1.1 saved ~250 user-space instructions a
-/// request (bench/CPU-PER-REQUEST.md, session 38). (`fill` does not panic:
-/// it only puts in what the protocol parsed.)
+/// request (bench/CPU-PER-REQUEST.md, session 38).
+///
+/// `fill` must neither panic nor hand the request's address to a function
+/// (it only moves in what the protocol parsed and made: an `Extensions`
+/// is made before, apart, and moved in whole). Then the request's only
+/// way out is the service's `call`, and LLVM builds it in the very memory
+/// that `call` is handed; a request that something else may see (a
+/// function given `&mut` of it or of a field, an unwind that drops it)
+/// was built apart and copied there (a call to `memcpy`, 64 user-space
+/// instructions a request; bench/CPU-PER-REQUEST.md, session 56). So a
+/// traced request, whose span reads the request and puts its context in
+/// it, is called by a function of its own ([`call_traced`]).
 #[inline(always)]
 pub(crate) fn call_into<S: HttpService>(
+    service: &mut S,
+    ctx: &WorkerContext,
+    secure: bool,
+    addrs: impl FnOnce() -> Option<ConnInfo>,
+    body: Body,
+    fill: impl FnOnce(&mut Request<Body>),
+    place: impl FnOnce(S::Future),
+) -> (bool, SpanSlot) {
+    if traces(ctx) {
+        return call_traced(service, ctx, secure, addrs, body, fill, place);
+    }
+    let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut request = Request::new(body);
+        fill(&mut request);
+        place(service.call(request))
+    }));
+    let mut span = SpanSlot::default();
+    if let Err(panic) = called {
+        call_panicked(ctx, &panic, &mut span);
+        return (false, span);
+    }
+    (true, span)
+}
+
+/// Whether the server traces requests (a request's span is then started
+/// before its service is called, [`call_traced`]).
+#[inline(always)]
+fn traces(ctx: &WorkerContext) -> bool {
+    #[cfg(feature = "otel")]
+    return ctx.config.tracing.is_some();
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = ctx;
+        false
+    }
+}
+
+/// [`call_into`] for a server that traces: first the request's span
+/// starts (its context goes into the request's extensions for the
+/// handler), and the span comes back for the protocol to put in the
+/// request's `RequestRecord`. A function of its own, so that the request
+/// the span is handed is not the untraced request's (see `call_into`).
+#[inline(never)]
+fn call_traced<S: HttpService>(
     service: &mut S,
     ctx: &WorkerContext,
     secure: bool,

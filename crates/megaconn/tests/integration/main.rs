@@ -28,6 +28,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 #[path = "../common/mod.rs"]
 mod common;
 
+mod answers56;
 mod axum;
 mod axum_sse_halfopen;
 mod backpressure;

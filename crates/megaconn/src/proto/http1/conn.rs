@@ -492,10 +492,14 @@ where
     } else {
         Continue::NotExpected
     };
+    // The method told by its label, a byte, where it can be: two
+    // comparisons of `Method`s took 16 user-space instructions a request
+    // (bench/CPU-PER-REQUEST.md, session 56). `CONNECT` has no label of
+    // its own (`other`).
     let setup_head = (
         head.version,
-        head.method == Method::HEAD,
-        head.method == Method::CONNECT,
+        method == MethodLabel::of(&Method::HEAD),
+        method == MethodLabel::of(&Method::CONNECT) && head.method == Method::CONNECT,
     );
     let (keep_alive, te_trailers, wants_upgrade) =
         (head.keep_alive, head.te_trailers, head.wants_upgrade);
@@ -516,18 +520,17 @@ where
     } else {
         None
     };
+    // Made apart and moved into the request whole, so that nothing is
+    // handed the request's address before its `call`: see `call_into`.
+    let extensions = (info.is_some() || peer.is_some() || wants_upgrade)
+        .then(|| request_extensions(info, peer, wants_upgrade.then_some(&mut upgrade)));
     let fill = |request: &mut Request<Body>| {
-        place.move_into(request);
-        if let Some(info) = info {
-            crate::service::insert_conn_info(request.extensions_mut(), *info);
-        }
-        if let Some(peer) = peer {
-            request.extensions_mut().insert(peer);
-        }
-        if wants_upgrade {
-            let (tx, on_upgrade) = upgrade::pending();
-            request.extensions_mut().insert(on_upgrade);
-            upgrade = Some(tx);
+        // SAFETY: the place is full: `parse_from` put a head there (it
+        // answered `Ok(true)`), and only `get` has borrowed it since.
+        unsafe { place.move_into(request) };
+        if let Some(extensions) = extensions {
+            // `Request::new`'s are empty (no map): nothing to drop.
+            std::mem::forget(std::mem::replace(request.extensions_mut(), extensions));
         }
     };
     let (called, span) = crate::service::call_into(
@@ -567,6 +570,31 @@ where
     // bench/CPU-PER-REQUEST.md, session 37).
     let exchange = std::pin::pin!(Exchange::new(conn, handler, setup, span, access, queued));
     exchange.await
+}
+
+/// A request's extensions, when it has any: its connection's addresses
+/// (`info`, with `connect_info`), a TLS client's verified chain (`peer`),
+/// and, when it asks to upgrade, its `OnUpgrade`, whose sender goes in
+/// `upgrade`. Out of line: a request seldom has any.
+#[inline(never)]
+fn request_extensions(
+    info: Option<&ConnInfo>,
+    peer: Option<crate::conn::client_auth::PeerCertificates>,
+    upgrade: Option<&mut Option<UpgradeSender>>,
+) -> http::Extensions {
+    let mut extensions = http::Extensions::new();
+    if let Some(info) = info {
+        crate::service::insert_conn_info(&mut extensions, *info);
+    }
+    if let Some(peer) = peer {
+        extensions.insert(peer);
+    }
+    if let Some(upgrade) = upgrade {
+        let (tx, on_upgrade) = upgrade::pending();
+        extensions.insert(on_upgrade);
+        *upgrade = Some(tx);
+    }
+    extensions
 }
 
 enum Waited {

@@ -118,7 +118,7 @@ impl<'p> HeadPlace<'p> {
 
     /// Moves the head's method, target, version and headers into
     /// `request`, whose own are those of `Request::new` (no heap memory),
-    /// and leaves the place empty. Panics if there is no head here.
+    /// and leaves the place empty.
     ///
     /// Copied from the place straight over the request's own, which own
     /// no heap memory (`GET`, a static `/`, an unallocated map) and so are
@@ -126,9 +126,19 @@ impl<'p> HeadPlace<'p> {
     /// took ~80 user-space instructions a request (callgrind,
     /// bench/CPU-PER-REQUEST.md, session 37), and read out first (moved),
     /// the parts went through a copy on the stack.
+    ///
+    /// Unsafe rather than checked: a check that may panic here, between
+    /// the request's making and the service's `call`, is a way out for
+    /// the request (its drop, as the panic unwinds), and LLVM then builds
+    /// it apart and copies it into `call`'s argument (64 user-space
+    /// instructions a request; `service::call_into`, session 56).
+    ///
+    /// # Safety
+    /// The place must be full: a parse put a head here ([`put`](Self::put),
+    /// the parse answered `Ok(true)`), and nothing moved it out since.
     #[inline(always)]
-    pub(crate) fn move_into<B>(&mut self, request: &mut http::Request<B>) {
-        assert!(self.full, "no request head in its place");
+    pub(crate) unsafe fn move_into<B>(&mut self, request: &mut http::Request<B>) {
+        debug_assert!(self.full, "no request head in its place");
         // Cleared before the parts are moved, and nothing below panics (but
         // the debug checks, before any part is moved), so the place
         // neither drops them nor gives them out again.
@@ -141,9 +151,9 @@ impl<'p> HeadPlace<'p> {
         debug_assert_eq!(*request.uri(), "/");
         debug_assert_eq!(request.headers().capacity(), 0);
         let head = self.head.as_ptr();
-        // SAFETY: the place was full: `put` wrote every field of the head
-        // at `head`, and nothing moved the method, the target or the
-        // headers out (`full` was set). They are copied once each, over
+        // SAFETY: the place was full (the caller's contract): `put` wrote
+        // every field of the head at `head`, and nothing moved the method,
+        // the target or the headers out. They are copied once each, over
         // the request's own, which own no heap memory (checked above in
         // debug builds) and so need no drop; `full` is cleared, so the
         // place drops none of them: each is moved, not duplicated. The
@@ -1760,7 +1770,8 @@ mod tests {
             assert!(parse_from(&mut rbuf, end, &LIMITS, &mut place).unwrap());
             assert_eq!(place.get().uri, expected.uri);
             let mut request = http::Request::new(());
-            place.move_into(&mut request);
+            // SAFETY: full: `parse_from` answered `Ok(true)` just above.
+            unsafe { place.move_into(&mut request) };
             drop(place);
             assert_eq!(request.method(), expected.method);
             assert_eq!(*request.uri(), expected.uri);
