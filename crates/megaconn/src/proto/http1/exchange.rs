@@ -995,11 +995,9 @@ fn write_head<T, F, B>(
         keep_alive = false;
         ctx.aged_out();
     }
-    if this.st.setup.expect == Continue::Awaiting && this.st.setup.decoder.is_some() {
-        // The client still holds the body back and nobody asked for it: we will
-        // not read it, so the connection cannot be reused.
+    if this.st.setup.expect != Continue::NotExpected && body_unfinished(&this.st.setup) {
+        expect_unfinished(this);
         keep_alive = false;
-        this.st.close_reason = Some(CloseReason::UnreadBody);
     }
     let server_header = ctx.config.server_header.clone();
     this.st.record.response(head.status, &head.extensions);
@@ -1035,6 +1033,40 @@ fn write_head<T, F, B>(
     if let Some(t) = this.conn.ctx.config.write_timeout {
         this.deadline.set(Some(tokio::time::sleep(t)));
         this.st.deadline_kind = DeadlineKind::Write;
+    }
+}
+
+/// Whether the request body has bytes still to come: no end decoded, and
+/// not all of a `Content-Length` body in (its end is then decoded at the
+/// next read, with nothing left on the wire: a handler that streams it
+/// back, whose head waits for the first frame, has it all by then).
+fn body_unfinished(setup: &ExchangeSetup) -> bool {
+    setup.decoder.as_ref().is_some_and(|d| d.remaining() != Some(0))
+}
+
+/// The head of an answer to `Expect: 100-continue` goes out before the
+/// body was read to its end: the connection closes after it, and the head
+/// says so (`Connection: close`). Go's rule (`chunkWriter.writeHeader`,
+/// Go issue 11549), RFC 9110 §10.1.1 (a server that answers without
+/// reading the body either closes after the answer or reads the body on)
+/// and RFC 9112 §9.6 (a server that closes says `close` in its last
+/// answer). The client may be sending the body after a timer of its own
+/// (curl waits 1 s), so the next bytes may be that body or a next
+/// request: nothing here can tell. And where `100 Continue` went out (a
+/// proxy's upstream client polled the body at once; its upstream then
+/// answered without reading it) the handler may drop the body unread, so
+/// that the close came after a head that said keep-alive: found by
+/// session 55's proxy review, a 10 MB upload answered early.
+///
+/// Without `100 Continue` sent, the client holds the body back and nobody
+/// asked for it: nothing of it is read (`UnreadBody`, which lingers). With
+/// it sent, a handler still reading reads on (a streamed echo); one that
+/// drops the body leaves it to the drain, which closes at once after a
+/// head that said close (`drain_body`).
+#[cold]
+fn expect_unfinished<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
+    if this.st.setup.expect == Continue::Awaiting {
+        this.st.close_reason = Some(CloseReason::UnreadBody);
     }
 }
 
