@@ -439,11 +439,14 @@ impl Listeners {
                 }
                 .map_err(std::io::Error::from),
             };
-            registered.push(watched.map_err(|source| Error::Register {
-                worker: self.worker,
-                addr,
-                source,
-            })?);
+            match watched {
+                Ok(watched) => registered.push(watched),
+                // A worker that ended since took its runtime along, and
+                // registering with it failed ("being shutdown"): the
+                // worker's end says why, not epoll.
+                Err(_) if self.tx.is_closed() => return ended(),
+                Err(source) => return Err(Error::Register { worker, addr, source }),
+            }
         }
         #[cfg(test)]
         if let Some(end_worker) = self.before_send.take() {
