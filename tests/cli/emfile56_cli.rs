@@ -30,10 +30,7 @@ const RUNTIMES: usize = 30;
 
 #[test]
 fn the_emfile_line_counts_the_descriptors_that_are_not_the_servers() {
-    let mut cmd = Serving::serve_command("off", &["--max-connections", "100000"]);
-    Serving::limit_open_files(&mut cmd, FILES);
-    inherit_open_descriptors(&mut cmd, OTHERS);
-    let serving = Serving::spawn(&mut cmd);
+    let serving = serve_holding_others(&["--max-connections", "100000"]);
     let main = serving.addr("http");
 
     // More connections than the process has descriptors (the kernel queues
@@ -41,7 +38,7 @@ fn the_emfile_line_counts_the_descriptors_that_are_not_the_servers() {
     let flood: Vec<TcpStream> = (0..FILES + 32)
         .map(|_| TcpStream::connect(&main).unwrap())
         .collect();
-    let line = serving.wait_for_log("accept failed, out of file descriptors");
+    let line = serving.wait_for_log("accept failed; backing off (out of file descriptors)");
     let open = number_before(&line, " descriptors open");
     let ours = number_before(&line, " of them this server's connections");
     let others = number_before(&line, " others (the application's");
@@ -59,21 +56,25 @@ fn the_emfile_line_counts_the_descriptors_that_are_not_the_servers() {
     drop(flood);
 }
 
-/// Has the process `cmd` starts open `n` descriptors (`/dev/null`, not
-/// closed at its `exec`) before it runs, after its limits are set.
-fn inherit_open_descriptors(cmd: &mut Command, n: usize) {
-    // SAFETY: open(2) only, between fork and exec; the path is made
-    // before the fork.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
-            for _ in 0..n {
-                if libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+/// `serve ARGS…` (one worker, no admin listener) under an open-file limit
+/// of [`FILES`], holding [`OTHERS`] descriptors open (`/dev/null`) that it
+/// inherits. Through `bash`, which sets the limit, opens them and then
+/// execs the server: opened between the test's fork and exec instead, they
+/// found every number below the limit taken by the test process's own
+/// descriptors (closed only at the exec), and failed with `EMFILE`.
+fn serve_holding_others(args: &[&str]) -> Serving {
+    let serve = Serving::serve_command("off", args);
+    let script = format!(
+        "ulimit -n {FILES} || exit 1; \
+         for _ in $(seq {OTHERS}); do exec {{fd}}</dev/null || exit 1; done; \
+         exec \"$0\" \"$@\""
+    );
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(script)
+        .arg(serve.get_program())
+        .args(serve.get_args());
+    Serving::spawn(&mut cmd)
 }
 
 /// The number right before `text` in `line`.

@@ -487,7 +487,7 @@ impl Holders {
             retry_in_ms = backoff.as_millis() as u64,
             fd_reserve = ctx.config.fd_reserve,
             suppressed,
-            "accept failed, out of file descriptors; backing off: {} descriptors open, {ours} \
+            "accept failed; backing off (out of file descriptors): {} descriptors open, {ours} \
              of them this server's connections and listening sockets, {others} others (the \
              application's: upstream sockets, files; another server's; a few of the \
              runtime's per worker): lower max_connections by {others} or raise {raise}",
