@@ -82,12 +82,7 @@ fn number_before(line: &str, text: &str) -> usize {
     let before = &line[..line
         .find(text)
         .unwrap_or_else(|| panic!("no {text:?} in {line}"))];
-    let digits = before.len()
-        - before
-            .bytes()
-            .rev()
-            .take_while(u8::is_ascii_digit)
-            .count();
+    let digits = before.len() - before.bytes().rev().take_while(u8::is_ascii_digit).count();
     before[digits..]
         .parse()
         .unwrap_or_else(|e| panic!("no number before {text:?} in {line}: {e}"))

@@ -462,7 +462,9 @@ impl Holders {
             open,
             connections: limit.held(),
             listening: ctx.config.addrs.len() * ctx.config.workers * 2,
-            refusals: limit.refusals_waiting().load(std::sync::atomic::Ordering::Relaxed),
+            refusals: limit
+                .refusals_waiting()
+                .load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 

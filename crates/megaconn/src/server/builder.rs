@@ -242,17 +242,15 @@ impl Server {
 
         // Dropped when serving ends, which stops the watchdog thread.
         let stall_watch = match config.stall_threshold.zip(stall_alarm) {
-            Some((threshold, alarm)) => Some(
-                crate::server::stall::watch(
-                    handle.0.workers.clone(),
-                    handle.0.registries.clone(),
-                    threshold,
-                    alarm,
-                    handle.0.wakes.clone().expect("made with a stall threshold"),
-                    scope,
-                    worker::test_failure(&config, crate::WorkerStartFailure::StallWatchThread, 0),
-                )?,
-            ),
+            Some((threshold, alarm)) => Some(crate::server::stall::watch(
+                handle.0.workers.clone(),
+                handle.0.registries.clone(),
+                threshold,
+                alarm,
+                handle.0.wakes.clone().expect("made with a stall threshold"),
+                scope,
+                worker::test_failure(&config, crate::WorkerStartFailure::StallWatchThread, 0),
+            )?),
             None => None,
         };
         // Last: a socket bound for a shared port joins its `SO_REUSEPORT`

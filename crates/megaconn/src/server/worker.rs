@@ -445,7 +445,13 @@ impl Listeners {
                 // registering with it failed ("being shutdown"): the
                 // worker's end says why, not epoll.
                 Err(_) if self.tx.is_closed() => return ended(),
-                Err(source) => return Err(Error::Register { worker, addr, source }),
+                Err(source) => {
+                    return Err(Error::Register {
+                        worker,
+                        addr,
+                        source,
+                    })
+                }
             }
         }
         #[cfg(test)]

@@ -43,9 +43,17 @@ fn start_failing(name: Option<&str>, step: WorkerStartFailure) -> megaconn::Erro
 #[test]
 fn a_thread_that_cannot_start_is_named_as_it_would_have_been() {
     for (name, step, thread) in [
-        (Some("t56"), WorkerStartFailure::StallWatchThread, "t56-stall-watch"),
+        (
+            Some("t56"),
+            WorkerStartFailure::StallWatchThread,
+            "t56-stall-watch",
+        ),
         (Some("t56"), WorkerStartFailure::JoinThread, "t56-join"),
-        (None, WorkerStartFailure::StallWatchThread, "megaconn-stall-watch"),
+        (
+            None,
+            WorkerStartFailure::StallWatchThread,
+            "megaconn-stall-watch",
+        ),
         (None, WorkerStartFailure::JoinThread, "megaconn-join"),
     ] {
         let failed = start_failing(name, step);
