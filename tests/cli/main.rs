@@ -14,6 +14,7 @@ mod activation_cli;
 mod admin_cli;
 mod admin_fds_cli;
 mod doctor_cli;
+mod emfile56_cli;
 mod flags_cli;
 mod h2_grown_cli;
 mod hold_cli;

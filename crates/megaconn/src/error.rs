@@ -76,8 +76,13 @@ pub enum Error {
     /// listening sockets: it panicked setting the worker up (a bug; the
     /// panic is in the log). [`Server::start`](crate::Server::start) fails
     /// rather than leave its sockets listening with nobody to accept.
+    ///
+    /// Only then: a worker that stopped because the server was told to
+    /// ([`ServerHandle::shutdown`](crate::ServerHandle::shutdown) called
+    /// before the `serve` future was first polled, or while it started) is
+    /// no failure, and `serve` returns `Ok` at once, its summary empty.
     #[error(
-        "worker thread {worker} ended during the server's start (it panicked: see the log above)"
+        "worker thread {worker} ended during the server's start (it panicked: see the log above; a bug in megaconn or in code it ran there: report it with that panic's message)"
     )]
     WorkerEnded {
         /// The worker's index.
@@ -86,8 +91,10 @@ pub enum Error {
     /// A thread of the server's own (not a worker) could not be started.
     #[error("cannot start the {name} thread: {source} (at a limit on threads: the user's, ulimit -u; the system's, /proc/sys/kernel/threads-max; the service's, TasksMax= under systemd; or out of memory for its stack)")]
     Thread {
-        /// The thread's name.
-        name: &'static str,
+        /// The thread's name, as it would have been named: after the
+        /// server's [`Builder::name`](crate::Builder::name) if it has one
+        /// (`NAME-stall-watch`, `NAME-join`), else `megaconn-…`.
+        name: String,
         /// The underlying error.
         #[source]
         source: io::Error,

@@ -47,7 +47,10 @@
 //! Resource errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`), and a
 //! connection accepted into the descriptors kept free for the rest of the
 //! process (`fd_reserve.rs`), make it back off with a growing, capped delay
-//! and log at most once per interval: never spin, never exit.
+//! and log at most once per interval: never spin, never exit. Out of
+//! descriptors, the line counts who holds them (`Holders`): this server's
+//! connections and listening sockets, and the others (a handler's upstream
+//! pool, files), which `max_connections` does not know of.
 //!
 //! Sockets are accepted bare (`accept4`, non-blocking), not registered with
 //! the runtime: cleartext HTTP/1.1 reads its opening request straight from
@@ -382,6 +385,9 @@ pub(crate) async fn accept_loop(
                         continue;
                     }
                     ratelog::log(Flood::AcceptFailed, |suppressed| {
+                        if let Some(held) = Holders::when_out_of_descriptors(&e, &ctx, &limit) {
+                            return held.log(&ctx, &e, backoff, suppressed);
+                        }
                         tracing::error!(
                             worker = ctx.index,
                             error = %e,
@@ -398,6 +404,98 @@ pub(crate) async fn accept_loop(
         }
     };
     tokio::join!(accepting, undecided.run());
+}
+
+/// Who holds the process's descriptors, counted when an accept meets
+/// `EMFILE` or `ENFILE`, for its log line (once per interval: the line is
+/// rate-limited, and nothing is counted for a line held back).
+///
+/// Why: the default `max_connections` (the open-file limit less 256,
+/// `config::default_max_connections`) knows nothing of the descriptors a
+/// handler opens. A reverse proxy's upstream pool opened ~1,950 sockets
+/// for 19,000 clients (session 55's proxy review) and accepts failed with
+/// `EMFILE` well below the limit on connections, with a line that said
+/// only "raise the open-file limit or lower max_connections", not by how
+/// much, nor that the application held them. `process_open_fds` less
+/// `megaconn_connections_open` shows the same at any scrape.
+#[derive(Debug)]
+struct Holders {
+    /// The process's open descriptors.
+    open: usize,
+    /// This server's connections (their slots: every open one holds one).
+    connections: usize,
+    /// This server's listening sockets: one per address per worker, and
+    /// the handle's copy of each (`ServerHandle`, kept until shutdown).
+    listening: usize,
+    /// Refused connections kept open to be answered (`admission::Undecided`).
+    refusals: usize,
+}
+
+impl Holders {
+    /// Counted if `e` says the process (`EMFILE`) or the system
+    /// (`ENFILE`) is out of descriptors; `None` for any other error, or
+    /// when they cannot be counted.
+    fn when_out_of_descriptors(
+        e: &io::Error,
+        ctx: &WorkerContext,
+        limit: &ConnectionLimit,
+    ) -> Option<Holders> {
+        let errno = e.raw_os_error()?;
+        if errno != libc::EMFILE && errno != libc::ENFILE {
+            return None;
+        }
+        // By `poll(2)` over the descriptor table, not by listing
+        // `/proc/self/fd`, whose dentries the kernel keeps
+        // (`observe/process.rs`). It reads `/proc/self/status`, which
+        // takes a descriptor: with none left (no `fd_reserve`), every
+        // number below the open-file limit is taken, which is what
+        // `EMFILE` means.
+        let open = crate::observe::process::open_fds_of_this_process()
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .or_else(|| {
+                (errno == libc::EMFILE)
+                    .then(crate::conn::config::open_file_limit)
+                    .flatten()
+            })?;
+        Some(Holders {
+            open,
+            connections: limit.held(),
+            listening: ctx.config.addrs.len() * ctx.config.workers * 2,
+            refusals: limit
+                .refusals_waiting()
+                .load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    /// Logs the accept's failure with who holds the descriptors, and what
+    /// to change: `max_connections` lower by the others' count (they are
+    /// not the server's to close), or the open-file limit higher.
+    fn log(&self, ctx: &WorkerContext, e: &io::Error, backoff: Duration, suppressed: u64) {
+        let ours = self.connections + self.listening + self.refusals;
+        let others = self.open.saturating_sub(ours);
+        let raise = match e.raw_os_error() {
+            Some(libc::ENFILE) => "the system's limit (fs.file-max; the system is out of them)",
+            _ => "the open-file limit (ulimit -n, LimitNOFILE= under systemd)",
+        };
+        tracing::error!(
+            worker = ctx.index,
+            error = %e,
+            open_fds = self.open,
+            connections = self.connections,
+            listening = self.listening,
+            refusals_waiting = self.refusals,
+            others,
+            retry_in_ms = backoff.as_millis() as u64,
+            fd_reserve = ctx.config.fd_reserve,
+            suppressed,
+            "accept failed; backing off (out of file descriptors): {} descriptors open, {ours} \
+             of them this server's connections and listening sockets, {others} others (the \
+             application's: upstream sockets, files; another server's; a few of the \
+             runtime's per worker): lower max_connections by {others} or raise {raise}",
+            self.open
+        );
+    }
 }
 
 /// Logs (limited) a TLS connection let in by forgetting another IP's

@@ -254,6 +254,12 @@ pub enum WorkerStartFailure {
     /// Its thread panics as it sets the worker up, before it takes its
     /// listening sockets, as a bug there would.
     Panic,
+    /// Starting the server's thread that joins its workers fails with
+    /// `EAGAIN`, as at the thread limit (give worker 0).
+    JoinThread,
+    /// Starting the server's stall watchdog thread fails with `EAGAIN`
+    /// (give worker 0).
+    StallWatchThread,
 }
 
 /// The resolved configuration a server runs with.

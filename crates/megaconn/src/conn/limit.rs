@@ -193,6 +193,15 @@ impl ConnectionLimit {
         self.max
     }
 
+    /// The slots held now: the server's open connections (for the log
+    /// line of an accept out of descriptors, `accept.rs`; read nowhere
+    /// else).
+    pub(crate) fn held(&self) -> usize {
+        self.max
+            .min(Semaphore::MAX_PERMITS)
+            .saturating_sub(self.slots.available_permits())
+    }
+
     /// Takes a slot at once if one is free.
     pub(crate) fn try_acquire(&self) -> Option<ConnectionSlot> {
         let permit = self.slots.try_acquire().ok()?;

@@ -112,7 +112,7 @@ impl ProcessStats {
 
 /// This process's open descriptors, counted by `poll(2)` with a zero
 /// timeout over every slot of its descriptor table (`FDSize` of
-/// `/proc/self/status`), 4,096 at a time: a slot with no open file comes
+/// `/proc/self/status`), 4,096 at a time (at most the open-file limit): a slot with no open file comes
 /// back `POLLNVAL`. Listing `/proc/self/fd` instead, as the client
 /// libraries do, made the kernel build a proc inode and a dentry for each
 /// descriptor (measured: 19,007 descriptors grew `proc_inode_cache` by
@@ -122,7 +122,9 @@ impl ProcessStats {
 /// zero timeout registers no wait and allocates nothing past its copy of
 /// the batch: the same 19,006 descriptors counted in 2.9-3.1 ms (debug
 /// build), the slab unchanged, where the listing took 40-236 ms.
-fn open_fds_of_this_process() -> Result<u64, ProcessError> {
+pub(crate) fn open_fds_of_this_process() -> Result<u64, ProcessError> {
+    /// Descriptors polled at once, at most.
+    const BATCH: usize = 4096;
     let path = std::path::Path::new("/proc/self/status");
     let slots = read(path)?
         .lines()
@@ -132,12 +134,27 @@ fn open_fds_of_this_process() -> Result<u64, ProcessError> {
             path: path.to_owned(),
             what: "an FDSize line",
         })?;
-    const BATCH: usize = 4096;
-    let mut fds = Vec::with_capacity(BATCH.min(slots));
+    // `poll` refuses more descriptors than the open-file limit (`EINVAL`),
+    // and the table can be larger than the limit: one grown before the
+    // limit was lowered (`prlimit`, or a shell's `ulimit -n` before its
+    // `exec`), or holding a descriptor inherited above it. Each batch is
+    // held to the limit, else the count failed, and with it every
+    // `process_*` series (and the count of an accept out of descriptors,
+    // `conn/accept.rs`).
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    let batch = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => usize::try_from(limit.rlim_cur).map_or(BATCH, |l| BATCH.min(l.max(1))),
+        _ => BATCH,
+    };
+    let mut fds = Vec::with_capacity(batch.min(slots));
     let mut open = 0u64;
     let mut first = 0;
     while first < slots {
-        let end = (first + BATCH).min(slots);
+        let end = (first + batch).min(slots);
         fds.clear();
         fds.extend((first..end).map(|fd| libc::pollfd {
             fd: fd as libc::c_int,
@@ -145,8 +162,7 @@ fn open_fds_of_this_process() -> Result<u64, ProcessError> {
             revents: 0,
         }));
         // SAFETY: `fds` is a valid array of `fds.len()` pollfds, no more
-        // than RLIMIT_NOFILE (BATCH is far below any limit that matters:
-        // the table, `slots`, is within it).
+        // than RLIMIT_NOFILE (`batch`).
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
         if n < 0 {
             let source = std::io::Error::last_os_error();

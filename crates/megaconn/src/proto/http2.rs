@@ -726,8 +726,9 @@ pub(crate) fn refused_at_accept(retry_after: u64) -> Box<[u8]> {
 /// The HTTP/2 handshake (the client's preface and SETTINGS, ours sent),
 /// bounded by `read_header_timeout` (from its start, after a TLS
 /// handshake); during graceful shutdown, cut as
-/// a new connection's first request head is, 5 s after the accept (over
-/// TLS, `Addrs::accepted_at`) or its start (h2c), at the drain's start at
+/// a new connection's first request head is, 5 s after the accept
+/// (`Addrs::accepted_at`: over TLS, and on h2c, whose hand-over from
+/// HTTP/1.1 carries it), at the drain's start at
 /// the earliest (`WorkerContext::handshake`: a client whose preface and
 /// request come in the grace is served, its answer then followed by
 /// `GOAWAY`).
@@ -921,8 +922,9 @@ pub(crate) struct Addrs {
     /// out), not at every h2c hand-over for a line that may never come.
     socket: Option<RawFd>,
     /// When the connection was accepted, if a step before HTTP/2 took its
-    /// time since (a TLS handshake): a drain cuts HTTP/2's handshake 5 s
-    /// after it, as Go counts a new connection's 5 s from its accept
+    /// time since (a TLS handshake; on h2c, HTTP/1.1's wait for the first
+    /// bytes): a drain cuts HTTP/2's handshake 5 s after it, as Go counts
+    /// a new connection's 5 s from its accept
     /// ([`accepted_at`](Addrs::accepted_at)). `None`: from HTTP/2's start.
     accepted: Option<Instant>,
 }

@@ -100,10 +100,16 @@ pub(crate) enum HandOver<T> {
     /// HTTP/2 with prior knowledge: the client's first bytes were the
     /// preface, which `read_ahead` holds for HTTP/2 to read again.
     /// `info`: the connection's addresses, for HTTP/2's requests.
+    /// `since`: when its first request began to be awaited (the accept,
+    /// or the wake from the lot), from which a drain counts the 5 s it
+    /// leaves HTTP/2's handshake, as HTTP/1.1 counted them for its first
+    /// head (`http1/conn.rs`, `head_cut`): counted from the hand-over, an
+    /// h2c connection whose preface came late had up to 5 s more.
     H2c {
         io: T,
         read_ahead: Bytes,
         info: Option<Box<ConnInfo>>,
+        since: Option<Instant>,
     },
     /// `101 Switching Protocols`: the handler gets the socket.
     Upgrade {

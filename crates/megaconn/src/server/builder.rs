@@ -103,6 +103,12 @@ impl Server {
     /// Serves `service` until [`ServerHandle::shutdown`] is called (or this future
     /// is dropped), then drains gracefully.
     ///
+    /// A shutdown called before this future is first polled (a handle
+    /// taken and shut down first, a `tokio::select!` or a test harness
+    /// that polls it late) makes it return `Ok` at once, having accepted
+    /// nothing, as `axum::serve`'s graceful shutdown does with a signal
+    /// already complete.
+    ///
     /// `service`: an axum `Router` or any [`HttpService`], or axum's
     /// `app.into_make_service()` or
     /// `app.into_make_service_with_connect_info::<SocketAddr>()`
@@ -156,7 +162,9 @@ impl Server {
     /// it fails registering its sockets, which comes right after they
     /// listen: those queued in that window are reset (moved to the port's
     /// other processes instead with `net.ipv4.tcp_migrate_req=1`). Dropping the [`Started`] stops its workers,
-    /// which have accepted nothing.
+    /// which have accepted nothing. A [`ServerHandle::shutdown`] before
+    /// (or during) this call does not fail it: the workers stop as told,
+    /// and [`Started::run`] returns at once.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), megaconn::Error> {
@@ -197,7 +205,11 @@ impl Server {
         // started so far, before they accept anything.
         let stop = StopOnDrop(handle.clone());
         let (go, go_rx) = watch::channel(false);
-        let JoinThread { threads, joined } = join_thread(handle.0.hand_over.clone())?;
+        let JoinThread { threads, joined } = join_thread(
+            handle.0.hand_over.clone(),
+            handle.0.name.as_deref(),
+            worker::test_failure(&config, crate::WorkerStartFailure::JoinThread, 0),
+        )?;
         let stall_alarm = config
             .stall_threshold
             .map(|_| crate::server::stall::Alarm::new());
@@ -230,20 +242,15 @@ impl Server {
 
         // Dropped when serving ends, which stops the watchdog thread.
         let stall_watch = match config.stall_threshold.zip(stall_alarm) {
-            Some((threshold, alarm)) => Some(
-                crate::server::stall::watch(
-                    handle.0.workers.clone(),
-                    handle.0.registries.clone(),
-                    threshold,
-                    alarm,
-                    handle.0.wakes.clone().expect("made with a stall threshold"),
-                    scope,
-                )
-                .map_err(|source| Error::Thread {
-                    name: crate::server::stall::THREAD_NAME,
-                    source,
-                })?,
-            ),
+            Some((threshold, alarm)) => Some(crate::server::stall::watch(
+                handle.0.workers.clone(),
+                handle.0.registries.clone(),
+                threshold,
+                alarm,
+                handle.0.wakes.clone().expect("made with a stall threshold"),
+                scope,
+                worker::test_failure(&config, crate::WorkerStartFailure::StallWatchThread, 0),
+            )?),
             None => None,
         };
         // Last: a socket bound for a shared port joins its `SO_REUSEPORT`
@@ -281,11 +288,23 @@ struct JoinThread {
 /// blocking a current-thread runtime up to `shutdown_timeout`). Made
 /// first: a start that fails after some workers were made has them
 /// joined too (they stop at once), none left running on its own.
-fn join_thread(hand_over: HandOverSlot) -> Result<JoinThread, Error> {
+///
+/// Named after the server (`name::join_thread`), and so is it in
+/// [`Error::Thread`] should it not start; `injected`: the error a test
+/// makes it fail with (`WorkerStartFailure::JoinThread`).
+fn join_thread(
+    hand_over: HandOverSlot,
+    server: Option<&str>,
+    injected: Option<std::io::Error>,
+) -> Result<JoinThread, Error> {
+    let name = crate::server::name::join_thread(server);
+    if let Some(source) = injected {
+        return Err(Error::Thread { name, source });
+    }
     let (threads, to_join) = std::sync::mpsc::channel::<std::thread::JoinHandle<WorkerSummary>>();
     let (joined_tx, joined) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name(JOIN_THREAD.into())
+        .name(name.clone())
         .spawn(move || {
             let summaries = to_join
                 .into_iter()
@@ -297,16 +316,9 @@ fn join_thread(hand_over: HandOverSlot) -> Result<JoinThread, Error> {
             lock(&hand_over).take();
             let _ = joined_tx.send(summaries);
         })
-        .map_err(|source| Error::Thread {
-            name: JOIN_THREAD,
-            source,
-        })?;
+        .map_err(|source| Error::Thread { name, source })?;
     Ok(JoinThread { threads, joined })
 }
-
-/// The name of the thread that joins a server's workers (also in
-/// [`Error::Thread`] when it cannot be made).
-const JOIN_THREAD: &str = "megaconn-join";
 
 /// A server whose workers run but accept nothing yet
 /// ([`Server::start`]); [`run`](Started::run) lets them. Dropping it stops
@@ -322,7 +334,8 @@ pub struct Started {
     go: watch::Sender<bool>,
     /// The server's hub, if it has one: opened with the go.
     hub: Option<crate::Hub>,
-    /// How many workers; they are joined by the `megaconn-join` thread.
+    /// How many workers; they are joined by the `megaconn-join` thread
+    /// (`NAME-join` in a named server).
     workers: usize,
     /// The workers' summaries, once all of them have ended.
     joined: tokio::sync::oneshot::Receiver<Vec<WorkerSummary>>,

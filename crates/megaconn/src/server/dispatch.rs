@@ -662,6 +662,7 @@ async fn hand_over_http1<T, S>(
             io,
             read_ahead,
             info,
+            since,
         } => {
             // The addresses HTTP/1.1 kept (only with `connect_info`), else
             // the socket, which HTTP/2 asks for the peer only for a line
@@ -671,6 +672,9 @@ async fn hand_over_http1<T, S>(
             // SAFETY: `socket` is `io`'s, which `http2::serve` owns (inside
             // the `Rewind`) until it returns.
             let addrs = unsafe { http2::Addrs::with_socket(info.map(|i| *i), socket) };
+            // A drain's 5 s for its HTTP/2 handshake count from the accept
+            // (HTTP/1.1's first head's did), not from this hand-over.
+            let addrs = addrs.accepted_at(since);
             let io = Rewind { io, read_ahead };
             // Its age counted from the upgrade: the hand-over does not
             // carry HTTP/1.1's.

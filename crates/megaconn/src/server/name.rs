@@ -22,7 +22,10 @@ impl Builder {
     /// - **Threads:** its workers are `NAME-worker-N` (unnamed:
     ///   `megaconn-worker-N`), their blocking threads (a handler's
     ///   `spawn_blocking`) `NAME-blocking-N` (unnamed: `megaconn-blocking-N`),
-    ///   its stall watchdog `NAME-stall-watch`. `top -H`, `ps -L` and `perf`
+    ///   its stall watchdog `NAME-stall-watch`, the thread that joins its
+    ///   workers `NAME-join` (unnamed: `megaconn-join`); an
+    ///   [`Error::Thread`] names a thread that could not be started the
+    ///   same way. `top -H`, `ps -L` and `perf`
     ///   show a thread name's first 15 bytes: a short name shows whole.
     /// - **Logs:** every line logged on those threads, megaconn's and its
     ///   handlers', is inside a span `megaconn` with a field `server=NAME`
@@ -94,6 +97,12 @@ pub(crate) fn watchdog_thread(name: Option<&str>) -> String {
     }
 }
 
+/// The thread that joins the server's workers (`Server::start`'s first):
+/// `megaconn-join` unnamed, `public-join` for a server named `public`.
+pub(crate) fn join_thread(name: Option<&str>) -> String {
+    format!("{}-join", name.unwrap_or("megaconn"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +131,7 @@ mod tests {
         assert_eq!(blocking_thread(Some("admin"), 0), "admin-blocking-0");
         assert_eq!(watchdog_thread(None), "megaconn-stall-watch");
         assert_eq!(watchdog_thread(Some("admin")), "admin-stall-watch");
+        assert_eq!(join_thread(None), "megaconn-join");
+        assert_eq!(join_thread(Some("admin")), "admin-join");
     }
 }

@@ -354,11 +354,15 @@ fn look(seen: &mut Seen, ticks: u64, waiting: bool, now: Instant, threshold: Dur
     Look::Stalled(away)
 }
 
-/// The watchdog thread's name (also in [`crate::Error::Thread`] when it
-/// cannot be made).
+/// The watchdog thread's name in a server without a name
+/// (`name::watchdog_thread`).
 pub(crate) const THREAD_NAME: &str = "megaconn-stall-watch";
 
 /// Starts the watchdog thread; it stops when the returned guard is dropped.
+/// Should it not start, [`Error::Thread`](crate::Error::Thread) names it
+/// as it would have been named (`NAME-stall-watch` in a named server);
+/// `injected`: the error a test makes it fail with
+/// (`WorkerStartFailure::StallWatchThread`).
 pub(crate) fn watch(
     workers: Arc<[Arc<WorkerStats>]>,
     registries: Arc<[Arc<Registry>]>,
@@ -366,12 +370,17 @@ pub(crate) fn watch(
     alarm: Arc<Alarm>,
     wakes: WakeSignal,
     scope: crate::server::log_scope::ServerScope,
-) -> std::io::Result<Watchdog> {
+    injected: Option<std::io::Error>,
+) -> Result<Watchdog, crate::Error> {
+    let name = crate::server::name::watchdog_thread(scope.name());
+    if let Some(source) = injected {
+        return Err(crate::Error::Thread { name, source });
+    }
     let guard = Watchdog(alarm.clone());
     // Its stall lines go where the workers' do, under the server's name
     // (`log_scope.rs`).
     std::thread::Builder::new()
-        .name(crate::server::name::watchdog_thread(scope.name()))
+        .name(name.clone())
         .spawn(move || {
             let _scope = scope.enter();
             let _ = alarm.watchdog.set(std::thread::current());
@@ -449,7 +458,8 @@ pub(crate) fn watch(
                     }
                 }
             }
-        })?;
+        })
+        .map_err(|source| crate::Error::Thread { name, source })?;
     Ok(guard)
 }
 
@@ -646,6 +656,7 @@ mod tests {
             alarm.clone(),
             wakes,
             crate::server::log_scope::ServerScope::of_this_thread(None),
+            None,
         )
         .unwrap();
         let ticking = runtime.spawn(tick(stats.clone()));

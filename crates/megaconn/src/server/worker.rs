@@ -214,6 +214,9 @@ where
     };
     let (tx, listeners) = oneshot::channel();
     let handle = runtime.get().handle().clone();
+    // For `Listeners::hand`: a worker that stopped because the server was
+    // told to (before it ran) is no failure of the start.
+    let stopping = setup.shutdown.clone();
     let fail_register = test_failure(&setup.config, WorkerStartFailure::Register, worker);
     // Told by a test: the thread panics at once, and this waits for it to
     // have dropped `listeners`, so that the test sees `Listeners::hand`
@@ -277,6 +280,7 @@ where
             worker,
             runtime: handle,
             tx,
+            stopping,
             fail_register,
             #[cfg(test)]
             before_send: None,
@@ -367,6 +371,9 @@ pub(crate) struct Listeners {
     worker: usize,
     runtime: tokio::runtime::Handle,
     tx: oneshot::Sender<Vec<AsyncFd<StdTcpListener>>>,
+    /// The server's shutdown watch: set, a worker that took nothing
+    /// stopped as told, not because it failed.
+    stopping: watch::Receiver<bool>,
     /// The error registering is to fail with, if a test says so.
     fail_register: Option<std::io::Error>,
     /// Unit tests only (compiled out of the library): runs in
@@ -394,10 +401,30 @@ impl Listeners {
     /// A worker whose thread has ended (it panicked as it set up) fails it
     /// too: its sockets would listen with nobody to accept (and with its
     /// runtime gone, registering would fail, blaming epoll).
+    ///
+    /// Unless the server was told to stop
+    /// ([`ServerHandle::shutdown`](crate::ServerHandle::shutdown) before
+    /// the `serve` future was first polled, or during its start): a worker
+    /// that sees the stop before its sockets came drops their receiver and
+    /// ends its drain at once, with nothing to drain. That is the stop
+    /// asked for, not a failure: the sockets are dropped here (closed),
+    /// and the start goes on to a run that ends at once, as
+    /// `axum::serve`'s does when its shutdown signal is already complete.
+    /// (It failed with `WorkerEnded`, "it panicked", when the worker's
+    /// thread got there first.) A worker's thread ends before its sockets
+    /// come for no other reason but a panic (`go` is held by the start
+    /// until it returns), so `WorkerEnded` says so.
     pub(crate) fn hand(mut self, listeners: Vec<StdTcpListener>) -> Result<(), Error> {
-        let ended = |worker| Error::WorkerEnded { worker };
+        let worker = self.worker;
+        let stopping = self.stopping.clone();
+        // Read once the worker is known to have ended: it stops only after
+        // it saw the watch set, so it reads set here too.
+        let ended = move || match *stopping.borrow() {
+            true => Ok(()),
+            false => Err(Error::WorkerEnded { worker }),
+        };
         if self.tx.is_closed() {
-            return Err(ended(self.worker));
+            return ended();
         }
         let _runtime = self.runtime.enter();
         let mut registered = Vec::with_capacity(listeners.len());
@@ -412,25 +439,35 @@ impl Listeners {
                 }
                 .map_err(std::io::Error::from),
             };
-            registered.push(watched.map_err(|source| Error::Register {
-                worker: self.worker,
-                addr,
-                source,
-            })?);
+            match watched {
+                Ok(watched) => registered.push(watched),
+                // A worker that ended since took its runtime along, and
+                // registering with it failed ("being shutdown"): the
+                // worker's end says why, not epoll.
+                Err(_) if self.tx.is_closed() => return ended(),
+                Err(source) => {
+                    return Err(Error::Register {
+                        worker,
+                        addr,
+                        source,
+                    })
+                }
+            }
         }
         #[cfg(test)]
         if let Some(end_worker) = self.before_send.take() {
             end_worker();
         }
         // A worker that ended since: dropped, they close this process's
-        // copies, and the start fails.
-        self.tx.send(registered).map_err(|_| ended(self.worker))
+        // copies, and the start fails (unless it was told to stop).
+        self.tx.send(registered).or_else(|_| ended())
     }
 }
 
 /// The error `step` of `worker`'s start is to fail with, if a test says so
-/// ([`Builder::fail_worker_start_for_test`](crate::Builder::fail_worker_start_for_test)).
-fn test_failure(
+/// ([`Builder::fail_worker_start_for_test`](crate::Builder::fail_worker_start_for_test));
+/// the server's own threads' steps are asked for as worker 0's.
+pub(crate) fn test_failure(
     config: &Config,
     step: WorkerStartFailure,
     worker: usize,
@@ -438,6 +475,7 @@ fn test_failure(
     let errno = match step {
         WorkerStartFailure::Lot => libc::EMFILE,
         WorkerStartFailure::Register => libc::ENOSPC,
+        WorkerStartFailure::JoinThread | WorkerStartFailure::StallWatchThread => libc::EAGAIN,
         WorkerStartFailure::Panic => return None,
     };
     (config.fail_worker_start == Some((step, worker)))
@@ -1150,6 +1188,7 @@ mod tests {
             worker: 3,
             runtime: runtime.handle().clone(),
             tx,
+            stopping: watch::channel(false).1,
             fail_register: None,
             before_send: Some(Box::new(move || drop(worker_end))),
         };

@@ -319,8 +319,9 @@ async fn two_named_servers_share_one_registry() {
 async fn servers_a_registry_cannot_tell_apart_are_refused() {
     let (a, b) = (hello(None), hello(None));
     let (named, twin) = (hello(Some("twin55")), hello(Some("twin55")));
-    // Each serving before anything else (a serve first polled after its
-    // handle's shutdown fails its start: `WorkerEnded`).
+    // Each serving before anything else (before session 56, a serve first
+    // polled after its handle's shutdown could fail its start with
+    // `WorkerEnded`: `shutdown_first56.rs`).
     for server in [&a, &b, &named, &twin] {
         assert_eq!(get(server.addr(), "/").await.0, 200);
     }

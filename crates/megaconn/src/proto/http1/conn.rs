@@ -104,12 +104,13 @@ where
                 },
             })
         }
-        Ended::H2c => {
+        Ended::H2c(since) => {
             let read_ahead = conn.buffers.take_read_ahead();
             proto::Ended::HandOver(HandOver::H2c {
                 io: conn.io,
                 read_ahead,
                 info: conn.info,
+                since,
             })
         }
         Ended::Park(deadline) => {
@@ -131,8 +132,9 @@ enum Ended {
     Upgrade(UpgradeSender, Option<NativeUpgrade>),
     /// Idle past `park_idle_after`: park until readable or the idle deadline.
     Park(Option<Instant>),
-    /// The client spoke HTTP/2 with prior knowledge: hand over to HTTP/2.
-    H2c,
+    /// The client spoke HTTP/2 with prior knowledge: hand over to HTTP/2,
+    /// with when its first request began to be awaited (`HandOver::H2c`).
+    H2c(Option<Instant>),
 }
 
 async fn run<T, S>(conn: &mut ConnIo<T>, service: &mut S) -> Ended
@@ -329,7 +331,8 @@ where
                     && conn.ctx.config.http2.prior_knowledge
                     && proto::is_h2_preface(conn.rbuf_and_io().0) =>
             {
-                return Ended::H2c;
+                // Counted from where `head_cut` counts the first head's.
+                return Ended::H2c(since.map(|s| conn.io.accepted_at().unwrap_or(s)));
             }
             Outcome::Rejected(rejection) => {
                 incr(&conn.ctx.stats.protocol_errors);

@@ -995,11 +995,8 @@ fn write_head<T, F, B>(
         keep_alive = false;
         ctx.aged_out();
     }
-    if this.st.setup.expect == Continue::Awaiting && this.st.setup.decoder.is_some() {
-        // The client still holds the body back and nobody asked for it: we will
-        // not read it, so the connection cannot be reused.
+    if this.st.setup.expect != Continue::NotExpected && expect_unfinished(this.st) {
         keep_alive = false;
-        this.st.close_reason = Some(CloseReason::UnreadBody);
     }
     let server_header = ctx.config.server_header.clone();
     this.st.record.response(head.status, &head.extensions);
@@ -1036,6 +1033,44 @@ fn write_head<T, F, B>(
         this.deadline.set(Some(tokio::time::sleep(t)));
         this.st.deadline_kind = DeadlineKind::Write;
     }
+}
+
+/// Whether the head of an answer to `Expect: 100-continue` goes out
+/// before the body was read to its end: then the connection closes after
+/// it, and the head says so (`Connection: close`). Go's rule
+/// (`chunkWriter.writeHeader`, Go issue 11549); RFC 9110 §10.1.1 (a
+/// server that answers with a final status before reading the whole
+/// content should say whether it will close the connection or read on)
+/// and RFC 9112 §9.6 (`close` in the last answer of a connection that
+/// closes). The client may be sending the body after a timer of its own
+/// (curl waits 1 s), so the next bytes may be that body or a next
+/// request: nothing here can tell. And where `100 Continue` went out (a
+/// proxy's upstream client polled the body at once; its upstream then
+/// answered without reading it) the handler may drop the body unread, so
+/// that the close came after a head that said keep-alive: found by
+/// session 55's proxy review, a 10 MB upload answered early.
+///
+/// Read to its end: its end decoded, or all of a `Content-Length` body in
+/// (its end is then decoded at the next read, nothing of it left on the
+/// wire: an echo of a small body, whose head waits for its first frame,
+/// keeps its connection).
+///
+/// Without `100 Continue` sent, the client holds the body back and nobody
+/// asked for it: nothing of it is read (`UnreadBody`, which lingers). With
+/// it sent, a handler still reading reads on (a streamed echo); one that
+/// drops the body leaves it to the drain, which closes at once after a
+/// head that said close (`drain_body`).
+#[cold]
+fn expect_unfinished(st: &mut State) -> bool {
+    let unfinished = st
+        .setup
+        .decoder
+        .as_ref()
+        .is_some_and(|d| d.remaining() != Some(0));
+    if unfinished && st.setup.expect == Continue::Awaiting {
+        st.close_reason = Some(CloseReason::UnreadBody);
+    }
+    unfinished
 }
 
 /// Whether a response is a stream of server-sent events
