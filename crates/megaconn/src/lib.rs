@@ -205,6 +205,7 @@ pub use conn::tls::{
     DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT, TLS_SESSION_CACHE_SIZE,
 };
 pub use conn::transport::Transport;
+pub use conn::proxy_header::{TrustedProxies, TrustedProxiesError, MAX_PROXY_HEADER_BYTES};
 pub use conn::ConnInfo;
 pub use error::{BodyError, Error};
 pub use message::{
