@@ -345,7 +345,11 @@ pub(crate) async fn read_header(
         Err(reason) => {
             if reason == CloseReason::HeaderTimeout {
                 HeaderOutcome::Missing.count(ctx);
-                log_refused(HeaderOutcome::Missing, balancer, "none within read_header_timeout");
+                log_refused(
+                    HeaderOutcome::Missing,
+                    balancer,
+                    "none within read_header_timeout",
+                );
             }
             Err(reason)
         }
@@ -504,7 +508,10 @@ fn client_of(fd: RawFd, socket_peer: SocketAddr) -> Option<SocketAddr> {
 /// balancer named in its PROXY header, else the socket's own peer (one
 /// `getpeername`; `None` once the peer has reset it).
 pub(crate) fn peer_of(socket: &impl AsFd) -> Option<SocketAddr> {
-    let peer = socket2::SockRef::from(socket).peer_addr().ok()?.as_socket()?;
+    let peer = socket2::SockRef::from(socket)
+        .peer_addr()
+        .ok()?
+        .as_socket()?;
     Some(client_of(socket.as_fd().as_raw_fd(), peer).unwrap_or(peer))
 }
 
@@ -557,15 +564,28 @@ mod tests {
         let t: TrustedProxies = " 10.0.0.0/8, 192.168.1.5 ,fd00::/8".parse().unwrap();
         assert_eq!(t.to_string(), "10.0.0.0/8,192.168.1.5/32,fd00::/8");
         assert!(t.contains("10.200.3.4".parse().unwrap()));
-        assert!(t.contains("::ffff:10.1.1.1".parse().unwrap()), "IPv4-mapped");
+        assert!(
+            t.contains("::ffff:10.1.1.1".parse().unwrap()),
+            "IPv4-mapped"
+        );
         assert!(t.contains("192.168.1.5".parse().unwrap()));
         assert!(!t.contains("192.168.1.6".parse().unwrap()));
         assert!(t.contains("fd12::1".parse().unwrap()));
         assert!(!t.contains("fe80::1".parse().unwrap()));
         let all: TrustedProxies = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("1.2.3.4".parse().unwrap()));
-        assert_eq!("10.1.2.3/8".parse::<TrustedProxies>().unwrap().to_string(), "10.0.0.0/8");
-        for bad in ["", " , ", "10.0.0.0/33", "fd00::/129", "example.com", "10.0.0.0/x"] {
+        assert_eq!(
+            "10.1.2.3/8".parse::<TrustedProxies>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        for bad in [
+            "",
+            " , ",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "example.com",
+            "10.0.0.0/x",
+        ] {
             let e = bad.parse::<TrustedProxies>().unwrap_err().to_string();
             assert!(e.starts_with("proxy_protocol: "), "{bad:?}: {e}");
         }
@@ -582,9 +602,15 @@ mod tests {
         let h6 = b"PROXY TCP6 2001:db8::7 2001:db8::1 4000 443\r\n";
         assert_eq!(
             parse(h6),
-            Parsed::Whole(h6.len(), Header::Client("[2001:db8::7]:4000".parse().unwrap()))
+            Parsed::Whole(
+                h6.len(),
+                Header::Client("[2001:db8::7]:4000".parse().unwrap())
+            )
         );
-        assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Parsed::Whole(15, Header::Local));
+        assert_eq!(
+            parse(b"PROXY UNKNOWN\r\n"),
+            Parsed::Whole(15, Header::Local)
+        );
     }
 
     #[test]
@@ -597,8 +623,16 @@ mod tests {
             parse(&h),
             Parsed::Whole(len, Header::Client("198.51.100.9:40000".parse().unwrap()))
         );
-        assert_eq!(parse(&v2(0, 0, &[])), Parsed::Whole(16, Header::Local), "LOCAL");
-        assert_eq!(parse(&v2(1, 0, &[])), Parsed::Whole(16, Header::Local), "UNSPEC");
+        assert_eq!(
+            parse(&v2(0, 0, &[])),
+            Parsed::Whole(16, Header::Local),
+            "LOCAL"
+        );
+        assert_eq!(
+            parse(&v2(1, 0, &[])),
+            Parsed::Whole(16, Header::Local),
+            "UNSPEC"
+        );
     }
 
     /// Every prefix of a header is partial, never refused: a header split

@@ -520,7 +520,10 @@ async fn serve_proxied<S>(
     let stream = match register(socket) {
         Ok(stream) => stream,
         Err(e) => {
-            ratelog::cannot_watch(&e, "cannot register an accepted connection with the runtime");
+            ratelog::cannot_watch(
+                &e,
+                "cannot register an accepted connection with the runtime",
+            );
             return conn.close(CloseReason::io(&e));
         }
     };
@@ -537,7 +540,14 @@ async fn serve_proxied<S>(
     let tracked = hook.is_some() || ctx.registry.is_some() || ctx.config.access_log;
     let track = tracked.then(|| {
         let (peer, local) = (info.peer, info.local);
-        ConnTrack::open(hook, ctx.registry.as_ref(), peer, local, ctx.index, &ctx.stats)
+        ConnTrack::open(
+            hook,
+            ctx.registry.as_ref(),
+            peer,
+            local,
+            ctx.index,
+            &ctx.stats,
+        )
     });
     if let Some(track) = &track {
         conn.set_track(track.clone());
@@ -624,7 +634,10 @@ async fn serve_proxied_client<S>(
                 live: tls.live(),
                 place,
             };
-            Box::pin(serve_tls(stream, service, ctx, conn, start, info, retire_at)).await;
+            Box::pin(serve_tls(
+                stream, service, ctx, conn, start, info, retire_at,
+            ))
+            .await;
         }
         Accepted::Http1 { .. } => {
             let info = Some(Box::new(info));

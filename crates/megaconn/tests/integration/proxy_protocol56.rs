@@ -25,8 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::{
-    self, connect_from, own_address, read_response, read_to_close, tls::Ca, wait_stats,
-    AppServer, SAFETY,
+    self, connect_from, own_address, read_response, read_to_close, tls::Ca, wait_stats, AppServer,
+    SAFETY,
 };
 
 /// A server on one worker whose handler answers the client's address as
@@ -49,7 +49,11 @@ fn start(trusted: Ipv4Addr, builder: Builder) -> AppServer {
 /// A v1 header naming `client` as the source.
 fn v1(client: SocketAddr) -> Vec<u8> {
     let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
-    let dest = if client.is_ipv4() { "10.0.0.1" } else { "fd00::1" };
+    let dest = if client.is_ipv4() {
+        "10.0.0.1"
+    } else {
+        "fd00::1"
+    };
     format!(
         "PROXY {family} {} {dest} {} 443\r\n",
         client.ip(),
@@ -125,7 +129,10 @@ async fn a_v1_header_names_the_client_before_and_after_a_park() {
     assert_eq!(peer_seen(&mut s).await, client.to_string());
     assert_eq!(*opened.lock().unwrap(), [client], "the hook's peer");
     // Parked, then woken by the next request.
-    wait_stats(&server.handle, "the connection parked", |s| s.connections_parked == 1).await;
+    wait_stats(&server.handle, "the connection parked", |s| {
+        s.connections_parked == 1
+    })
+    .await;
     assert_eq!(peer_seen(&mut s).await, client.to_string(), "after a park");
     let stats = server.handle.stats();
     assert_eq!(proxy_headers(&stats, "ok"), 1);
@@ -171,7 +178,9 @@ async fn a_trusted_source_without_a_header_is_closed_and_counted() {
     let stats = server.handle.stats();
     assert_eq!(common::closed_as(&stats, "protocol_error"), 1, "{stats:?}");
     let mut s = connect_from((balancer, 0), server.addr()).await;
-    s.write_all(&v1("198.51.100.1:1".parse().unwrap())).await.unwrap();
+    s.write_all(&v1("198.51.100.1:1".parse().unwrap()))
+        .await
+        .unwrap();
     assert_eq!(peer_seen(&mut s).await, "198.51.100.1:1", "serves on");
     assert!(server.stop().await);
 }
@@ -185,7 +194,9 @@ async fn an_untrusted_sources_header_is_a_bad_request_and_its_address_stays() {
     let server = start(balancer, megaconn::Server::builder());
     let stranger = own_address();
     let mut s = connect_from((stranger, 0), server.addr()).await;
-    s.write_all(&v1("203.0.113.9:1".parse().unwrap())).await.unwrap();
+    s.write_all(&v1("203.0.113.9:1".parse().unwrap()))
+        .await
+        .unwrap();
     s.write_all(GET).await.unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 400, "{r:?}");
@@ -193,7 +204,10 @@ async fn an_untrusted_sources_header_is_a_bad_request_and_its_address_stays() {
     let own = s.local_addr().unwrap().to_string();
     assert_eq!(peer_seen(&mut s).await, own);
     let stats = server.handle.stats();
-    assert!(stats.proxy_headers.iter().all(|(_, n)| *n == 0), "{stats:?}");
+    assert!(
+        stats.proxy_headers.iter().all(|(_, n)| *n == 0),
+        "{stats:?}"
+    );
     assert!(server.stop().await);
 }
 
@@ -205,7 +219,9 @@ async fn a_v2_local_header_keeps_the_sockets_address() {
     let server = start(balancer, megaconn::Server::builder());
     let mut s = connect_from((balancer, 0), server.addr()).await;
     let own = s.local_addr().unwrap().to_string();
-    s.write_all(&v2(0, "[::1]:1".parse().unwrap(), &[])).await.unwrap();
+    s.write_all(&v2(0, "[::1]:1".parse().unwrap(), &[]))
+        .await
+        .unwrap();
     assert_eq!(peer_seen(&mut s).await, own);
     assert_eq!(proxy_headers(&server.handle.stats(), "local"), 1);
     assert!(server.stop().await);
@@ -222,7 +238,10 @@ async fn an_oversized_header_is_refused() {
     let mut s = connect_from((balancer, 0), server.addr()).await;
     s.write_all(&v2(1, client, &tlv)[..16]).await.unwrap();
     assert_eq!(read_to_close(&mut s).await, b"");
-    wait_stats(&server.handle, "too large", |s| proxy_headers(s, "too_large") == 1).await;
+    wait_stats(&server.handle, "too large", |s| {
+        proxy_headers(s, "too_large") == 1
+    })
+    .await;
     assert!(server.stop().await);
 }
 
@@ -232,7 +251,10 @@ async fn an_oversized_header_is_refused() {
 async fn a_header_before_a_tls_client_hello() {
     let balancer = own_address();
     let ca = Ca::new();
-    let server = start(balancer, megaconn::Server::builder().tls(ca.server(&["localhost"])));
+    let server = start(
+        balancer,
+        megaconn::Server::builder().tls(ca.server(&["localhost"])),
+    );
     let client: SocketAddr = "203.0.113.44:4444".parse().unwrap();
     let mut tcp = connect_from((balancer, 0), server.addr()).await;
     tcp.write_all(&v2(1, client, &[])).await.unwrap();
@@ -253,7 +275,10 @@ async fn a_header_before_a_tls_client_hello() {
 #[tokio::test]
 async fn the_per_ip_limit_counts_the_clients_not_the_balancer() {
     let balancer = own_address();
-    let server = start(balancer, megaconn::Server::builder().max_connections_per_ip(Some(1)));
+    let server = start(
+        balancer,
+        megaconn::Server::builder().max_connections_per_ip(Some(1)),
+    );
     let first: SocketAddr = "203.0.113.1:1000".parse().unwrap();
     let second: SocketAddr = "203.0.113.2:1000".parse().unwrap();
     let mut a = connect_from((balancer, 0), server.addr()).await;
@@ -261,9 +286,16 @@ async fn the_per_ip_limit_counts_the_clients_not_the_balancer() {
     assert_eq!(peer_seen(&mut a).await, first.to_string());
     let mut b = connect_from((balancer, 0), server.addr()).await;
     b.write_all(&v1(second)).await.unwrap();
-    assert_eq!(peer_seen(&mut b).await, second.to_string(), "another client");
+    assert_eq!(
+        peer_seen(&mut b).await,
+        second.to_string(),
+        "another client"
+    );
     let mut again = connect_from((balancer, 0), server.addr()).await;
-    again.write_all(&v1("203.0.113.1:1001".parse().unwrap())).await.unwrap();
+    again
+        .write_all(&v1("203.0.113.1:1001".parse().unwrap()))
+        .await
+        .unwrap();
     again.write_all(GET).await.unwrap();
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(SAFETY, again.read_to_end(&mut answer))
