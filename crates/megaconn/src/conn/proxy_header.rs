@@ -196,11 +196,8 @@ pub(crate) enum HeaderOutcome {
 }
 
 impl HeaderOutcome {
-    /// How many outcomes there are.
-    pub(crate) const COUNT: usize = 5;
     /// The labels, in the order of the outcomes.
-    pub(crate) const LABELS: [&'static str; Self::COUNT] =
-        ["ok", "local", "missing", "invalid", "too_large"];
+    const LABELS: [&'static str; 5] = crate::observe::stats::PROXY_HEADER_RESULTS;
 
     fn count(self, ctx: &WorkerContext) {
         crate::observe::stats::incr(&ctx.stats.proxy_headers[self as usize]);
@@ -557,6 +554,15 @@ mod tests {
         body.extend_from_slice(&443u16.to_be_bytes());
         body.extend_from_slice(tlvs);
         v2(1, 0x11, &body)
+    }
+
+    /// The metric's labels are the outcomes', in their order.
+    #[test]
+    fn each_outcome_has_its_label() {
+        use HeaderOutcome::*;
+        let labels =
+            [Ok, Local, Missing, Invalid, TooLarge].map(|o| HeaderOutcome::LABELS[o as usize]);
+        assert_eq!(labels, ["ok", "local", "missing", "invalid", "too_large"]);
     }
 
     #[test]

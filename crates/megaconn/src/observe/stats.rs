@@ -73,8 +73,8 @@ pub(crate) struct WorkerStats {
     /// Client certificates refused, by why (indexed by [`CertRefusal`]).
     pub tls_client_cert_refusals: [AtomicU64; CertRefusal::COUNT],
     /// PROXY protocol headers from trusted sources, by how they went
-    /// (indexed by `proxy_header::HeaderOutcome`).
-    pub proxy_headers: [AtomicU64; crate::conn::proxy_header::HeaderOutcome::COUNT],
+    /// (indexed as [`PROXY_HEADER_RESULTS`]).
+    pub proxy_headers: [AtomicU64; PROXY_HEADER_RESULTS.len()],
     /// Per-request metrics (method, status, duration, bytes, close reasons).
     pub request_metrics: RequestCounters,
     /// Message protocols' counters (framed TCP, WebSocket).
@@ -711,7 +711,7 @@ impl ServerStats {
         let mut tls_alerts = [0u64; alerts::COUNT];
         let mut tls_handshakes = [0u64; HandshakeOutcome::COUNT];
         let mut tls_client_cert_refusals = [0u64; CertRefusal::COUNT];
-        let mut proxy_headers = [0u64; crate::conn::proxy_header::HeaderOutcome::COUNT];
+        let mut proxy_headers = [0u64; PROXY_HEADER_RESULTS.len()];
         // Summed signed: a body given back on another thread than the
         // worker's may be read before its growth was.
         let mut grown_windows = 0i64;
@@ -773,7 +773,7 @@ impl ServerStats {
             .copied()
             .zip(tls_client_cert_refusals)
             .collect();
-        s.proxy_headers = crate::conn::proxy_header::HeaderOutcome::LABELS
+        s.proxy_headers = PROXY_HEADER_RESULTS
             .iter()
             .copied()
             .zip(proxy_headers)
@@ -782,6 +782,11 @@ impl ServerStats {
         s
     }
 }
+
+/// The `result` labels of `megaconn_proxy_headers_total`, in the order of
+/// `conn::proxy_header::HeaderOutcome` (which says what each means).
+pub(crate) const PROXY_HEADER_RESULTS: [&str; 5] =
+    ["ok", "local", "missing", "invalid", "too_large"];
 
 /// Why a client's certificate was refused: the `reason` label of
 /// `megaconn_tls_client_cert_refusals_total` and the word its log line
