@@ -356,6 +356,13 @@ fn addr(s: &str) -> Result<Value, String> {
         .map_err(|_| format!("invalid address {s:?}: write IP:PORT, e.g. 0.0.0.0:80 or [::]:80"))
 }
 
+/// A comma-separated list of addresses and CIDR networks (`--proxy-protocol`).
+fn trusted_proxies(s: &str) -> Result<Value, String> {
+    s.parse::<megaconn::TrustedProxies>()
+        .map(|_| Value::Text(s.trim().to_string()))
+        .map_err(|e| e.to_string())
+}
+
 /// A comma-separated list of key-exchange groups (`x25519,p256`).
 fn kx_groups(s: &str) -> Result<Value, String> {
     parse_kx_groups(s).map(|_| Value::Text(s.to_string()))
@@ -1137,6 +1144,23 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "proxy-protocol",
+        value_name: "CIDRS",
+        shape: Shape::One,
+        help: "Read the PROXY protocol (v1, v2) from these load balancers (addresses and CIDR networks, comma-separated).",
+        details: "For megaconn behind an AWS NLB, HAProxy (send-proxy-v2), Envoy or an ingress in TCP mode: a connection from one of these sources must start with a PROXY header (before its TLS handshake or first request, within --read-header-timeout), and the client it names is the connection's address from then on: logs, ConnectInfo, OpenTelemetry's client.address, --max-connections-per-ip (counted on the client, not the balancer) and --tls-handshake-rate-per-ip. Without a valid header such a connection is closed, counted in megaconn_proxy_headers_total{result} and logged (limited); a v2 LOCAL header (a health check) or v1 UNKNOWN keeps the socket's address. From any other source no header is read: a client cannot name an address (an HTTP client's PROXY line is answered 400). nginx: listen ... proxy_protocol with set_real_ip_from; Go: pires/go-proxyproto with a policy.",
+        default: "off",
+        example: "10.0.0.0/8,192.168.1.5",
+        parse: trusted_proxies,
+        apply: |v, s| {
+            let Value::Text(t) = v else {
+                unreachable!("not text: {v:?}")
+            };
+            let trusted = t.parse::<megaconn::TrustedProxies>().map_err(|e| e.to_string())?;
+            s.builder(|b| b.proxy_protocol(Some(trusted)))
+        },
+    },
+    Knob {
         name: "no-keep-alive",
         value_name: "",
         shape: Shape::Switch,
@@ -1860,6 +1884,7 @@ mod tests {
                     )
                         .1
                 }
+                "proxy-protocol" => (assert_eq!(text, "off"), left("proxy_protocol: None,")).1,
                 "accept-rate" => (assert_eq!(text, "unlimited"), left("accept_rate: None,")).1,
                 "accept-burst" => {
                     (

@@ -200,6 +200,7 @@ pub use conn::config::{
 pub use conn::handover::{
     HandOverKinds, LeftToDrain, ParkedConnection, ParkedState, ParkedStateError,
 };
+pub use conn::proxy_header::{TrustedProxies, TrustedProxiesError, MAX_PROXY_HEADER_BYTES};
 pub use conn::tls::{
     KxGroup, TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_KX_GROUPS,
     DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT, TLS_SESSION_CACHE_SIZE,

@@ -21,6 +21,8 @@ mod h2_empty54;
 mod h2_flood53;
 #[path = "lifecycle/h2_grown_windows.rs"]
 mod h2_grown_windows;
+#[path = "lifecycle/proxy_protocol56.rs"]
+mod proxy_protocol56;
 #[path = "lifecycle/tls_lines.rs"]
 mod tls_lines;
 

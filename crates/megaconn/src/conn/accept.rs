@@ -42,7 +42,11 @@
 //! same value came back in the same second, to be refused again.
 //! A TLS listener's
 //! connection over its IP's handshake rate (`TlsConfig::handshake_rate_per_ip`)
-//! is closed the same way, before any TLS work.
+//! is closed the same way, before any TLS work. A connection from a trusted
+//! load balancer (`proxy_protocol`) is held to neither per-IP bound here,
+//! nor tracked: its address is the balancer's, every client behind it one
+//! IP; both apply to the client its PROXY header names, once it is in
+//! (`dispatch::serve_proxied`).
 //!
 //! Resource errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`), and a
 //! connection accepted into the descriptors kept free for the rest of the
@@ -284,8 +288,13 @@ pub(crate) async fn accept_loop(
                     backoff = BACKOFF_START;
                     incr(&ctx.stats.accepted);
                     let hook = ctx.config.on_connection.as_ref();
+                    // A trusted balancer's connection: its client, named by
+                    // its PROXY header, is tracked and held to the per-IP
+                    // limits once the header is in (`dispatch::serve_proxied`).
+                    let proxied = crate::conn::proxy_header::expected(&ctx.config, peer);
                     // The access log reads the peer from the connection's track.
-                    let tracked = hook.is_some() || ctx.registry.is_some() || ctx.config.access_log;
+                    let tracked = !proxied
+                        && (hook.is_some() || ctx.registry.is_some() || ctx.config.access_log);
                     let track = tracked.then(|| {
                         ConnTrack::open(
                             hook,
@@ -301,7 +310,7 @@ pub(crate) async fn accept_loop(
                         .is_none_or(|r| r.try_take(ctx.index, Instant::now()))
                     {
                         Some(Refusal::AcceptRate)
-                    } else if !limit.admit_ip(&mut held, peer.ip()) {
+                    } else if !proxied && !limit.admit_ip(&mut held, peer.ip()) {
                         Some(Refusal::PerIp)
                     } else {
                         None
@@ -349,7 +358,10 @@ pub(crate) async fn accept_loop(
                         });
                         continue;
                     }
-                    let admitted = tls.as_ref().map(|t| t.admit_from(peer.ip()));
+                    let admitted = tls
+                        .as_ref()
+                        .filter(|_| !proxied)
+                        .map(|t| t.admit_from(peer.ip()));
                     if let Some(Ok(Admitted::ForgotOne(ips))) = admitted {
                         LimitHit::TlsHandshakeRateTable.count(&ctx.stats);
                         log_rate_table_full(&ctx, peer, ips);
@@ -501,7 +513,7 @@ impl Holders {
 /// Logs (limited) a TLS connection let in by forgetting another IP's
 /// bucket: the table of `TlsConfig::handshake_rate_per_ip`'s IPs was at its
 /// bound.
-fn log_rate_table_full(ctx: &WorkerContext, peer: SocketAddr, ips: usize) {
+pub(crate) fn log_rate_table_full(ctx: &WorkerContext, peer: SocketAddr, ips: usize) {
     ratelog::log(Flood::TlsHandshakeRateTable, |suppressed| {
         tracing::warn!(
             worker = ctx.index,
@@ -515,7 +527,7 @@ fn log_rate_table_full(ctx: &WorkerContext, peer: SocketAddr, ips: usize) {
 
 /// Logs (limited) a TLS connection refused by
 /// `TlsConfig::handshake_rate_per_ip`: its IP over the rate.
-fn log_over_ip_rate(ctx: &WorkerContext, peer: SocketAddr, over: OverIpRate) {
+pub(crate) fn log_over_ip_rate(ctx: &WorkerContext, peer: SocketAddr, over: OverIpRate) {
     match over {
         OverIpRate::Rate(per_second) => ratelog::log(Flood::TlsHandshakeRatePerIp, |suppressed| {
             tracing::warn!(

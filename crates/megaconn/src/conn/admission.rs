@@ -549,7 +549,7 @@ fn answer_now(fd: std::os::fd::RawFd, answer: &Answer) {
 
 /// Sends `bytes` on `fd` without waiting, then, if they all went, shuts
 /// and discards ([`shut_and_discard`]) before the caller closes.
-fn send_then_shut(fd: std::os::fd::RawFd, bytes: &[u8]) {
+pub(crate) fn send_then_shut(fd: std::os::fd::RawFd, bytes: &[u8]) {
     // SAFETY: a send from a live buffer of its length on our descriptor.
     let sent = !bytes.is_empty()
         && usize::try_from(unsafe {

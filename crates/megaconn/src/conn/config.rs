@@ -297,6 +297,9 @@ pub(crate) struct Config {
     pub refuse_at_max_connections: bool,
     pub accept_rate: Option<AcceptRate>,
     pub max_connections_per_ip: Option<u32>,
+    /// Sources whose connections start with a PROXY protocol header
+    /// (`conn/proxy_header.rs`); `None`: no connection's is read.
+    pub proxy_protocol: Option<crate::conn::proxy_header::TrustedProxies>,
     /// Descriptors the accepts leave free below the open-file limit
     /// (`fd_reserve.rs`); 0: none.
     pub fd_reserve: usize,
@@ -392,6 +395,7 @@ impl Default for Config {
             refuse_at_max_connections: false,
             accept_rate: None,
             max_connections_per_ip: None,
+            proxy_protocol: None,
             fd_reserve: DEFAULT_FD_RESERVE,
             keep_alive: true,
             server_header: None,

@@ -237,6 +237,26 @@ impl Connection {
         self.open.as_ref().and_then(|o| o.track.as_ref())
     }
 
+    /// Gives a connection accepted untracked its track: one from a
+    /// trusted balancer is tracked once its PROXY header named the
+    /// client (`dispatch::serve_proxied`), so that the hook, the registry
+    /// and the access log see the client, not the balancer.
+    pub(crate) fn set_track(&mut self, track: Rc<ConnTrack>) {
+        if let Some(open) = self.open.as_mut() {
+            open.track = Some(track);
+        }
+    }
+
+    /// Claims a place for `ip` under `limit`'s per-IP limit, for a
+    /// connection accepted without one (a trusted balancer's, whose
+    /// client its PROXY header named); true without a per-IP limit.
+    pub(crate) fn admit_ip(&mut self, limit: &ConnectionLimit, ip: IpAddr) -> bool {
+        match self.open.as_mut().map(|o| &mut o.home) {
+            Some(Held::Own(own)) => limit.admit_ip(&mut own.slot, ip),
+            _ => true,
+        }
+    }
+
     /// The connection goes to the parking lot: still open, its slot detached
     /// (the lot releases it when the socket closes); returns what the lot
     /// keeps for it.

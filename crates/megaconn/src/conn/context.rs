@@ -41,6 +41,9 @@ pub(crate) struct WorkerContext {
     pub tls_gate: Option<crate::conn::tls::HandshakeGate>,
     /// This worker's live-connection list, when tracking is on.
     pub registry: Option<Arc<Registry>>,
+    /// The server's connection limits, for a per-IP place taken after the
+    /// accept (a proxied connection's client, `conn/proxy_header.rs`).
+    pub limit: Option<crate::conn::limit::ConnectionLimit>,
     pub index: usize,
     /// The message layer's per-worker state, opaque to the core: message
     /// protocols (framed) keep their parked connections' states, ids and
@@ -71,6 +74,7 @@ impl WorkerContext {
             tls_parked: ParkedSessions::default(),
             tls_gate: crate::conn::tls::HandshakeGate::of(&config),
             registry: None,
+            limit: None,
             config,
             stats,
             index,

@@ -18,6 +18,7 @@ pub(crate) mod io;
 pub(crate) mod limit;
 pub(crate) mod park;
 pub(crate) mod pool;
+pub(crate) mod proxy_header;
 pub(crate) mod rewind;
 pub(crate) mod shutdown;
 pub(crate) mod socket;
@@ -72,11 +73,13 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     /// Reads both addresses off a socket (two syscalls: for sockets woken
-    /// from the parking lot, which keeps no addresses).
+    /// from the parking lot, which keeps no addresses); the peer is the
+    /// client a trusted balancer's PROXY header named, if it did
+    /// (`proxy_header::peer_of`).
     pub(crate) fn of(socket: &impl AsFd) -> Option<ConnInfo> {
         let sock = socket2::SockRef::from(socket);
         Some(ConnInfo {
-            peer: sock.peer_addr().ok()?.as_socket()?,
+            peer: proxy_header::peer_of(socket)?,
             local: sock.local_addr().ok()?.as_socket()?,
         })
     }

@@ -276,10 +276,7 @@ fn peer_of(connection: ConnectionId) -> Option<SocketAddr> {
     // SAFETY: the descriptor is open while the connection's handler runs
     // (see above); a borrow for one `getpeername` outlives nothing.
     let socket = unsafe { BorrowedFd::borrow_raw(connection.fd()) };
-    socket2::SockRef::from(&socket)
-        .peer_addr()
-        .ok()?
-        .as_socket()
+    crate::conn::proxy_header::peer_of(&socket)
 }
 
 /// A rate as [`Budgets`] applies it, in nanoseconds.

@@ -170,6 +170,6 @@ pub(crate) fn peer_of(fd: std::os::fd::RawFd) -> Option<SocketAddr> {
     }
     // SAFETY: open, as the caller knows (above); borrowed for this call.
     let socket = unsafe { BorrowedFd::borrow_raw(fd) };
-    let peer = socket2::SockRef::from(&socket).peer_addr().ok()?;
-    peer.as_socket()
+    // The client a trusted balancer named, if one did.
+    crate::conn::proxy_header::peer_of(&socket)
 }

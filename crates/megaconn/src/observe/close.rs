@@ -167,6 +167,11 @@ pub enum ProtocolDetail {
     /// request pipelined behind an endless response would never be
     /// answered).
     Sse,
+    /// The PROXY protocol: a connection from a `proxy_protocol` source
+    /// that did not start with a valid header (none, a broken one, or one
+    /// over `MAX_PROXY_HEADER_BYTES`); `megaconn_proxy_headers_total` says
+    /// which.
+    ProxyHeader,
 }
 
 /// How a framed connection broke its framing (see
@@ -432,6 +437,9 @@ impl fmt::Display for CloseReason {
             CloseReason::Protocol(ProtocolDetail::Tls) => f.write_str("protocol error (TLS)"),
             CloseReason::Protocol(ProtocolDetail::Sse) => {
                 f.write_str("protocol error (bytes from an event stream's client)")
+            }
+            CloseReason::Protocol(ProtocolDetail::ProxyHeader) => {
+                f.write_str("protocol error (no valid PROXY protocol header)")
             }
         }
     }

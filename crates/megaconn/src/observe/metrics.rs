@@ -53,6 +53,7 @@
 //! | `megaconn_tls_alerts_received_total` | counter | `alert` (`unknown_ca`, `bad_certificate`, …, `other`) |
 //! | `megaconn_tls_handshakes_total` | counter | `outcome` (`completed`, `abandoned`, `failed`, `timeout`, `client_cert`, `crl`, `plain_http`, `shutdown`) |
 //! | `megaconn_tls_client_cert_refusals_total` | counter | `reason` (`missing`, `unknown_ca`, `revoked`, `expired`, `not_yet_valid`, `bad`) |
+//! | `megaconn_proxy_headers_total` | counter | `result` (`ok`, `local`, `missing`, `invalid`, `too_large`) |
 //! | `megaconn_tls_reloads_total` | counter | `outcome` (`ok`, `failed`) (only with TLS) |
 //! | `megaconn_tls_certificate_expiry_seconds` | gauge | `server_name` (`default`, or the SNI name a certificate is for) (only with TLS) |
 //! | `megaconn_worker_connections` | gauge | `worker` |
@@ -1189,6 +1190,12 @@ fn record<'a>(e: &mut Families<'a>, s: &'a ServerStats) {
             "Client certificates refused at the TLS handshake (tls_handshakes{outcome=client_cert}), by reason: missing (none sent where one is required), unknown_ca (not issued by a client CA root), revoked (in a CRL given), expired, not_yet_valid, bad (anything else: a bad signature, the wrong key usage).",
             "reason",
             s.tls_client_cert_refusals.iter().copied(),
+        );
+    e.labelled(
+            "proxy_headers",
+            "Connections from proxy_protocol sources (trusted load balancers) by how their PROXY protocol header went: ok (it named the client, whose address the connection takes); local (v2 LOCAL, a balancer's health check, or v1 UNKNOWN: the socket's address stands); missing (other bytes came first, or a close, or read_header_timeout passed: closed); invalid (a header that does not parse: closed); too_large (over 1024 bytes with its TLVs: closed). Connections from other sources send none and are not counted.",
+            "result",
+            s.proxy_headers.iter().copied(),
         );
     if let Some(tls) = &s.tls {
         tls_certificates(e, tls);

@@ -453,6 +453,9 @@ pub(crate) enum Flood {
     /// An HTTP/2 upload's window not grown: the server's streams' windows
     /// had grown by `http2_grown_windows_budget` (`service/h2_body.rs`).
     Http2GrownWindows,
+    /// A connection from a `proxy_protocol` source closed without a valid
+    /// PROXY header (`conn/proxy_header.rs`): a balancer not sending it.
+    ProxyHeader,
 }
 
 impl Flood {
@@ -471,6 +474,7 @@ impl Flood {
             Flood::TlsClientCertRefused => "megaconn_tls_handshakes_total{outcome=\"client_cert\"}",
             Flood::TlsServerCrl => "megaconn_tls_handshakes_total{outcome=\"crl\"}",
             Flood::Panic | Flood::PanicReport => "megaconn_panics_total",
+            Flood::ProxyHeader => "megaconn_proxy_headers_total",
             _ => "megaconn_limit_hits_total",
         }
     }
@@ -510,7 +514,10 @@ impl Flood {
             | Flood::ResponseBodyFailed
             | Flood::FramedReplyUnframable
             | Flood::BadCloseCode
-            | Flood::TlsServerCrl => Level::WARN,
+            | Flood::TlsServerCrl
+            // A balancer that does not send what it was said to: the
+            // operator's to fix.
+            | Flood::ProxyHeader => Level::WARN,
             // A peer's doing, one connection or request at a time.
             Flood::BodyTooLarge
             | Flood::MalformedBody
@@ -574,11 +581,11 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 65;
+const KINDS: usize = 66;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Http2GrownWindows as usize == KINDS - 1);
+const _: () = assert!(Flood::ProxyHeader as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

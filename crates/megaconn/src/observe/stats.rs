@@ -72,6 +72,9 @@ pub(crate) struct WorkerStats {
     pub tls_handshakes: [AtomicU64; HandshakeOutcome::COUNT],
     /// Client certificates refused, by why (indexed by [`CertRefusal`]).
     pub tls_client_cert_refusals: [AtomicU64; CertRefusal::COUNT],
+    /// PROXY protocol headers from trusted sources, by how they went
+    /// (indexed as [`PROXY_HEADER_RESULTS`]).
+    pub proxy_headers: [AtomicU64; PROXY_HEADER_RESULTS.len()],
     /// Per-request metrics (method, status, duration, bytes, close reasons).
     pub request_metrics: RequestCounters,
     /// Message protocols' counters (framed TCP, WebSocket).
@@ -617,6 +620,13 @@ pub struct ServerStats {
     /// the wrong key usage); every label, zero or not, as
     /// `megaconn_tls_client_cert_refusals_total{reason}` shows them.
     pub tls_client_cert_refusals: Vec<(&'static str, u64)>,
+    /// Connections from `proxy_protocol` sources by how their PROXY header
+    /// went: `ok` (it named the client), `local` (v2 `LOCAL`, v1
+    /// `UNKNOWN`: the socket's address stands), `missing` (other bytes
+    /// first, a close or `read_header_timeout` before one), `invalid`,
+    /// `too_large` (over `MAX_PROXY_HEADER_BYTES`); every label, zero or
+    /// not, as `megaconn_proxy_headers_total{result}` shows them.
+    pub proxy_headers: Vec<(&'static str, u64)>,
     /// Per-request metrics: requests by method and status class, durations,
     /// body bytes, close reasons, accept errors by errno, per-worker figures.
     pub request_metrics: RequestStats,
@@ -701,6 +711,7 @@ impl ServerStats {
         let mut tls_alerts = [0u64; alerts::COUNT];
         let mut tls_handshakes = [0u64; HandshakeOutcome::COUNT];
         let mut tls_client_cert_refusals = [0u64; CertRefusal::COUNT];
+        let mut proxy_headers = [0u64; PROXY_HEADER_RESULTS.len()];
         // Summed signed: a body given back on another thread than the
         // worker's may be read before its growth was.
         let mut grown_windows = 0i64;
@@ -743,6 +754,7 @@ impl ServerStats {
             add_up(&mut tls_alerts, &w.tls_alerts);
             add_up(&mut tls_handshakes, &w.tls_handshakes);
             add_up(&mut tls_client_cert_refusals, &w.tls_client_cert_refusals);
+            add_up(&mut proxy_headers, &w.proxy_headers);
         }
         s.http2_grown_windows_bytes = grown_windows.max(0) as u64;
         s.requests_refused = REQUEST_REFUSALS
@@ -761,10 +773,20 @@ impl ServerStats {
             .copied()
             .zip(tls_client_cert_refusals)
             .collect();
+        s.proxy_headers = PROXY_HEADER_RESULTS
+            .iter()
+            .copied()
+            .zip(proxy_headers)
+            .collect();
         s.request_metrics = RequestStats::sum(workers);
         s
     }
 }
+
+/// The `result` labels of `megaconn_proxy_headers_total`, in the order of
+/// `conn::proxy_header::HeaderOutcome` (which says what each means).
+pub(crate) const PROXY_HEADER_RESULTS: [&str; 5] =
+    ["ok", "local", "missing", "invalid", "too_large"];
 
 /// Why a client's certificate was refused: the `reason` label of
 /// `megaconn_tls_client_cert_refusals_total` and the word its log line

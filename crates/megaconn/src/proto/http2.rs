@@ -996,10 +996,7 @@ impl Addrs {
         // SAFETY: open while `serve` runs (`with_socket`'s contract), and
         // this is only called from within it.
         let socket = unsafe { BorrowedFd::borrow_raw(self.socket?) };
-        socket2::SockRef::from(&socket)
-            .peer_addr()
-            .ok()?
-            .as_socket()
+        crate::conn::proxy_header::peer_of(&socket)
     }
 }
 

@@ -1191,6 +1191,31 @@ impl Builder {
         self
     }
 
+    /// Reads the PROXY protocol (HAProxy's, v1 and v2) from the load
+    /// balancers in `trusted` (parsed from `"10.0.0.0/8,192.168.1.5"`),
+    /// on every listener (HTTP, TLS, framed): a connection from one of
+    /// them must start with a header, before its TLS handshake or first
+    /// request, within `read_header_timeout`, and the client it names is
+    /// the connection's peer from then on: [`ConnInfo`](crate::ConnInfo)
+    /// (axum's `ConnectInfo`), `Session::peer_addr`, log lines, spans'
+    /// `client.address`, the `on_connection` hook and
+    /// `max_connections_per_ip` (checked on the client once the header is
+    /// in, not on the balancer at accept; so is
+    /// `TlsConfig::handshake_rate_per_ip`). A v2 `LOCAL` header (a
+    /// balancer's health check) or a v1 `UNKNOWN` one keeps the socket's
+    /// address, as the spec says. From a trusted source, a connection
+    /// without a valid header is closed (`megaconn_proxy_headers_total`
+    /// says why; logged at most once per interval), as nginx's
+    /// `proxy_protocol` does; from any other source no header is read,
+    /// so a client cannot name an address: its bytes are the protocol's
+    /// (an HTTP client's `PROXY ...` line is answered `400`). v2 TLVs are
+    /// skipped; a header over [`MAX_PROXY_HEADER_BYTES`](crate::MAX_PROXY_HEADER_BYTES)
+    /// is refused. Default: `None`, no header read.
+    pub fn proxy_protocol(mut self, trusted: Option<crate::TrustedProxies>) -> Builder {
+        self.config.proxy_protocol = trusted;
+        self
+    }
+
     /// Descriptors the accepts leave free below the open-file limit, for
     /// what else the process opens: an admin server's connections (build
     /// that one with `fd_reserve(0)`, so that it may use them), log files,

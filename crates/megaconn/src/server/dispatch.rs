@@ -3,6 +3,9 @@
 //!
 //! ```text
 //!  Incoming::Accepted(bare socket)
+//!     from a proxy_protocol source? -- yes: registered, its PROXY header read and consumed
+//!                                      (`proxy_header.rs`), then as below, tracked and held
+//!                                      to the per-IP limits as the client it names
 //!     listener is framed? -- yes: TLS one? -- TLS handshake (timeout) -------> framed over TLS
 //!                                          \-- else ---------------------------> framed
 //!     listener is TLS?  -- yes --> TLS handshake (timeout) --> ALPN h2 ----------> HTTP/2
@@ -44,6 +47,7 @@ use crate::conn::connection::{Connection, SendConnection};
 use crate::conn::context::WorkerContext;
 use crate::conn::handover::{HandOverKinds, ParkedState, Resumed};
 use crate::conn::park::{AtDeadline, OnParkedClose, Parking};
+use crate::conn::proxy_header;
 use crate::conn::rewind::Rewind;
 use crate::conn::socket;
 use crate::conn::tls;
@@ -53,6 +57,8 @@ use crate::conn::woken::WokenSocket;
 use crate::conn::{ConnInfo, Incoming, ProtoTag, Wake};
 use crate::message::MessageSettings;
 use crate::observe::close::{client_left, CloseReason};
+use crate::observe::lifecycle::{ConnTrack, Tracked};
+use crate::observe::limits::LimitHit;
 use crate::observe::ratelog;
 use crate::proto::{self, http1, http2, Ended, HandOver};
 use crate::service::upgrade::{self, Upgraded};
@@ -79,6 +85,15 @@ where
 {
     match incoming {
         Incoming::Accepted(socket, info, retire_at, place) => {
+            // A trusted balancer's: its PROXY header first. Boxed, as the
+            // other cold paths are: the header's wait does not size every
+            // connection's future.
+            if proxy_header::expected(&ctx.config, info.peer) {
+                return Either::Right(Either::Right(
+                    serve_proxied(socket, service, ctx, conn, info, (retire_at, place))
+                        .boxed_local(),
+                ));
+            }
             let kind = accepted_as(&ctx, &info);
             // Cleartext HTTP/1.1 with a lot to park in: served bare, as a
             // woken socket is, and it is the same future.
@@ -309,6 +324,7 @@ pub(crate) fn serve_at_once(incoming: &Incoming, ctx: &WorkerContext) -> bool {
         } => true,
         Incoming::Accepted(_, info, _, _) => {
             matches!(accepted_as(ctx, info), Accepted::Http1 { bare: true })
+                && !proxy_header::expected(&ctx.config, info.peer)
         }
         Incoming::Woken { .. } | Incoming::Refused { .. } => false,
     }
@@ -337,10 +353,20 @@ pub(crate) fn export(
     kinds: HandOverKinds,
 ) -> Option<Vec<u8>> {
     match tag {
-        proto::HTTP1 if at_deadline == AtDeadline::Close => Some(Vec::new()),
+        // A proxied one's client is known to this process only (the next
+        // would read the balancer's address): it stays, as TLS ones do.
+        proto::HTTP1 if at_deadline == AtDeadline::Close && !proxied(fd) => Some(Vec::new()),
         proto::FRAMED if kinds.moves_framed() => proto::framed::adopt::export(ctx, fd),
         _ => None,
     }
+}
+
+/// Whether the parked socket `fd` is a proxied connection's
+/// (`proxy_header::is_proxied`).
+fn proxied(fd: std::os::fd::RawFd) -> bool {
+    // SAFETY: `export`'s `fd` is a parked socket the lot owns while it asks.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    proxy_header::is_proxied(socket)
 }
 
 /// Resumes a connection another process handed over ([`export`]'s other
@@ -471,6 +497,152 @@ async fn serve_tls<S>(
             retire_at,
         )
         .await;
+    }
+}
+
+/// A connection from a trusted balancer (`proxy_protocol`): registered
+/// with the runtime, its PROXY header read within `read_header_timeout`
+/// (`proxy_header::read_header`, which closes it without a valid one),
+/// then tracked as the client the header named (the hook, the registry
+/// and the access log see the client; the spawner found no track to make
+/// current, so it is made current here), and served as its listener's
+/// connections are ([`serve_proxied_client`]).
+async fn serve_proxied<S>(
+    socket: std::os::fd::OwnedFd,
+    service: S,
+    ctx: Rc<WorkerContext>,
+    mut conn: Connection,
+    mut info: ConnInfo,
+    (retire_at, place): (Option<tokio::time::Instant>, Option<tls::HandshakePlace>),
+) where
+    S: HttpService + 'static,
+{
+    let stream = match register(socket) {
+        Ok(stream) => stream,
+        Err(e) => {
+            ratelog::cannot_watch(
+                &e,
+                "cannot register an accepted connection with the runtime",
+            );
+            return conn.close(CloseReason::io(&e));
+        }
+    };
+    match proxy_header::read_header(&stream, &ctx).await {
+        Ok(Some(client)) => info.peer = client,
+        Ok(None) => {}
+        Err(reason) => {
+            // A FIN, not the reset unread bytes would draw.
+            crate::conn::admission::shut_and_discard(std::os::fd::AsRawFd::as_raw_fd(&stream));
+            return conn.close(reason);
+        }
+    }
+    let hook = ctx.config.on_connection.as_ref();
+    let tracked = hook.is_some() || ctx.registry.is_some() || ctx.config.access_log;
+    let track = tracked.then(|| {
+        let (peer, local) = (info.peer, info.local);
+        ConnTrack::open(
+            hook,
+            ctx.registry.as_ref(),
+            peer,
+            local,
+            ctx.index,
+            &ctx.stats,
+        )
+    });
+    if let Some(track) = &track {
+        conn.set_track(track.clone());
+    }
+    let serving = serve_proxied_client(stream, service, ctx, conn, info, (retire_at, place));
+    Tracked::new(serving, track).await;
+}
+
+/// A proxied connection once its header named its client (`info.peer`):
+/// held to `max_connections_per_ip` on that client (its place was not
+/// taken at the accept, where the balancer's address would have counted
+/// every client behind it as one; refused as the accept refuses, a
+/// cleartext HTTP listener's `503` included), and to
+/// `TlsConfig::handshake_rate_per_ip` on a TLS listener; then served as
+/// its listener's connections are, the header's bytes consumed.
+async fn serve_proxied_client<S>(
+    stream: TcpStream,
+    service: S,
+    ctx: Rc<WorkerContext>,
+    mut conn: Connection,
+    info: ConnInfo,
+    (retire_at, place): (Option<tokio::time::Instant>, Option<tls::HandshakePlace>),
+) where
+    S: HttpService + 'static,
+{
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    if let Some(limit) = &ctx.limit {
+        if !conn.admit_ip(limit, info.peer.ip()) {
+            // Counted before the client can read the answer.
+            crate::observe::stats::incr(&ctx.stats.rejected_per_ip);
+            let retry_after = crate::conn::admission::PER_IP_RETRY_AFTER_SECS;
+            if let Some(answer) = refusal_answer(&ctx.config, info.local, retry_after) {
+                crate::conn::admission::send_then_shut(fd, &answer.bytes);
+            }
+            conn.close(CloseReason::Limit);
+            ratelog::log(ratelog::Flood::MaxConnectionsPerIp, |suppressed| {
+                tracing::warn!(
+                    worker = ctx.index,
+                    limit = "max_connections_per_ip",
+                    peer = %info.peer,
+                    suppressed,
+                    "connection refused by max_connections_per_ip (raise it if the peer is legitimate; its address is the one its balancer's PROXY header named)"
+                )
+            });
+            return;
+        }
+    }
+    let kind = accepted_as(&ctx, &info);
+    if let Accepted::Tls(tls) | Accepted::Framed(_, Some(tls)) = &kind {
+        match tls.admit_from(info.peer.ip()) {
+            Ok(crate::conn::admission::Admitted::ForgotOne(ips)) => {
+                LimitHit::TlsHandshakeRateTable.count(&ctx.stats);
+                crate::conn::accept::log_rate_table_full(&ctx, info.peer, ips);
+            }
+            Ok(crate::conn::admission::Admitted::Metered) => {}
+            Err(over) => {
+                LimitHit::from(over).count(&ctx.stats);
+                conn.close(CloseReason::Limit);
+                return crate::conn::accept::log_over_ip_rate(&ctx, info.peer, over);
+            }
+        }
+    }
+    match kind {
+        Accepted::Framed(listener, tls) => {
+            socket::bound_message_send_buffer(fd, &ctx.config);
+            bound_framed_unacknowledged(fd, &ctx.config);
+            match tls {
+                Some(tls) => {
+                    let start = tls::HandshakeStart {
+                        live: tls.live(),
+                        place,
+                    };
+                    serve_framed_tls(stream, listener, ctx, conn, start).await;
+                }
+                None => {
+                    let framed = proto::framed::serve_accepted(stream, ctx.clone(), listener);
+                    finish_messages(framed, proto::FRAMED, ctx, conn).await;
+                }
+            }
+        }
+        Accepted::Tls(tls) => {
+            let start = tls::HandshakeStart {
+                live: tls.live(),
+                place,
+            };
+            Box::pin(serve_tls(
+                stream, service, ctx, conn, start, info, retire_at,
+            ))
+            .await;
+        }
+        Accepted::Http1 { .. } => {
+            let info = Some(Box::new(info));
+            serve_http1(stream, service, ctx, conn, info, proto::HTTP1, retire_at).await;
+        }
     }
 }
 

@@ -676,6 +676,7 @@ where
         .map(|(fds, hot_within)| ParkingLot::new(fds, limit.clone(), stats.clone(), hot_within));
     let mut ctx = WorkerContext::new(index, config.clone(), stats, park);
     ctx.registry = registry;
+    ctx.limit = Some(limit.clone());
     let ctx = Rc::new(ctx);
     // TLS streams take their record buffers from this worker's pool.
     crate::conn::pool::install(&ctx);

@@ -105,6 +105,7 @@ mod otel;
 mod park;
 mod park_evict;
 mod pipelined55;
+mod proxy_protocol56;
 mod read_timeout_body;
 mod scripted;
 mod shutdown_crossworker;
