@@ -1,6 +1,7 @@
 //! A file server on megaconn: downloads and video segments from a directory
 //! (tower-http's `ServeDir`: `Range`, `HEAD`, `304`s, precompressed `.gz`
-//! and `.br` files) and uploads streamed to disk, nginx's static `location`
+//! and `.br` files; `If-Range`, which it ignores, by a middleware of ours)
+//! and uploads streamed to disk, nginx's static `location`
 //! and `dav_methods PUT` in one Rust service. The README's "Recipe: serving
 //! files" says why each setting is what it is, and what was measured.
 //!
@@ -18,8 +19,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
+use axum::http::header::{IF_RANGE, LAST_MODIFIED, RANGE};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::put;
 use axum::Router;
 use futures_util::TryStreamExt;
@@ -86,6 +90,29 @@ async fn upload(
     Ok(format!("{written}\n"))
 }
 
+/// `If-Range` for `ServeDir`, which ignores it (tower-http 0.6): a client
+/// resuming a download of a file replaced since would get the new file's
+/// bytes spliced onto the old one's (`206` where RFC 9110 §13.1.5 says the
+/// whole file, `200`; nginx sends `200`). `Last-Modified` is the only
+/// validator `ServeDir` gives, so a date must equal it; an entity tag
+/// never matches.
+async fn if_range(req: Request, next: Next) -> Response {
+    let Some(validator) = req.headers().get(IF_RANGE).cloned() else {
+        return next.run(req).await;
+    };
+    let mut whole = Request::new(Body::empty());
+    *whole.method_mut() = req.method().clone();
+    *whole.uri_mut() = req.uri().clone();
+    *whole.headers_mut() = req.headers().clone();
+    whole.headers_mut().remove(RANGE);
+    let answer = next.clone().run(req).await;
+    let partial = answer.status() == StatusCode::PARTIAL_CONTENT;
+    if partial && answer.headers().get(LAST_MODIFIED) != Some(&validator) {
+        return next.run(whole).await;
+    }
+    answer
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), megaconn::Error> {
     tracing_subscriber::fmt()
@@ -102,11 +129,17 @@ async fn main() -> Result<(), megaconn::Error> {
     let root = args.next().unwrap_or_else(|| ".".into());
     let uploads = PathBuf::from(args.next().unwrap_or_else(|| "uploads".into()));
     std::fs::create_dir_all(&uploads).expect("the uploads directory");
-    let files = ServeDir::new(root).precompressed_gzip().precompressed_br();
+    // No redirect of `/files/dir` to `dir/`: under `nest_service` it
+    // drops the prefix (tower-http 0.6: `Location: /dir/`, a 404).
+    let files = ServeDir::new(root)
+        .append_index_html_on_directories(false)
+        .precompressed_gzip()
+        .precompressed_br();
     let app = Router::new()
         .route("/upload/{name}", put(upload))
         .with_state(uploads)
-        .nest_service("/files", files);
+        .nest_service("/files", files)
+        .layer(middleware::from_fn(if_range));
     let server = megaconn::Server::bind(listen)
         .max_body_bytes(MAX_UPLOAD)
         // Left as they are, on purpose: `write_timeout` off (Go's bounds
