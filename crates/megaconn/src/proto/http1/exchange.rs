@@ -563,8 +563,19 @@ fn timed_out<T: Parkable, F, B>(this: &mut Proj<'_, '_, T, F, B>, kind: Deadline
                 super::conn::peer_name(this.conn)
             )
         }),
-        // A write that waits logs its own line, limited (`WRITES`).
-        DeadlineKind::Write => tracing::debug!(%reason, "{knob} passed; closing the connection"),
+        // The whole response's bound, from its head: a download longer
+        // than it is cut here, also while its client reads steadily (a
+        // write that waits logs its own line, `WRITES`). It logged at
+        // debug only: counted, with no line saying which setting cut it.
+        DeadlineKind::Write => ratelog::log(Flood::Http1WriteTimeout, |suppressed| {
+            tracing::info!(
+                write_timeout = %Timeout(this.conn.ctx.config.write_timeout),
+                suppressed,
+                "an HTTP/1.1 response to {} was not all written within {knob}; \
+                 closing the connection",
+                super::conn::peer_name(this.conn)
+            )
+        }),
     }
     if this.st.encoder.is_none() {
         answer_error(this, StatusCode::REQUEST_TIMEOUT, answer);
