@@ -25,6 +25,8 @@ mod h2_grown_windows;
 mod proxy_protocol56;
 #[path = "lifecycle/tls_lines.rs"]
 mod tls_lines;
+#[path = "lifecycle/write_timeout56.rs"]
+mod write_timeout56;
 
 use std::sync::{Mutex, Once};
 use std::time::Duration;

@@ -2178,13 +2178,19 @@ where
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(mut data) => {
-                    let end = body.is_end_stream();
+                    let mut end = body.is_end_stream();
                     if let Some(left) = length.as_mut() {
                         let n = data.len() as u64;
-                        if n > *left || (end && n < *left) {
+                        if n > *left {
+                            // The declared length, then the end, as
+                            // HTTP/1.1 (`body_overran`): a file that grew
+                            // while `ServeDir` read it.
+                            data.truncate(*left as usize);
+                            end = overran();
+                        } else if end && n < *left {
                             return wrong_length(&mut send);
                         }
-                        *left -= n;
+                        *left -= data.len() as u64;
                     }
                     if data.is_empty() {
                         // An empty frame needs no room; only the last one
@@ -2290,10 +2296,21 @@ where
     }
 }
 
-/// The body is longer or shorter than the `content-length` sent: the
-/// stream is reset (`INTERNAL_ERROR`) rather than ended, so the client
-/// cannot take a truncated or overlong body as whole, as HTTP/1.1 closes
-/// the connection.
+/// The body went on past the `content-length` sent: the stream ends with
+/// that length, the rest dropped unread, as HTTP/1.1 ends it (and hyper
+/// there). Returns that the stream ends. It reset the stream, losing a
+/// whole download whose file grew while it was read.
+#[cold]
+fn overran() -> bool {
+    tracing::warn!(
+        "response body longer than its content-length; sent that length, dropped the rest"
+    );
+    true
+}
+
+/// The body ended short of the `content-length` sent: the stream is reset
+/// (`INTERNAL_ERROR`) rather than ended, so the client cannot take a
+/// truncated body as whole, as HTTP/1.1 closes the connection.
 fn wrong_length(send: &mut SendStream<Bytes>) -> StreamEnd {
     tracing::error!("response body does not match its content-length; resetting the HTTP/2 stream");
     send.send_reset(Reason::INTERNAL_ERROR);

@@ -1781,35 +1781,34 @@ async fn an_informational_final_status_is_answered_500() {
     server.stop().await;
 }
 
-/// A body longer or shorter than the handler's `content-length` resets the
-/// stream with `INTERNAL_ERROR`, as HTTP/1.1 closes the connection: the
-/// client never takes it as whole.
+/// A body shorter than the handler's `content-length` resets the stream
+/// with `INTERNAL_ERROR`, as HTTP/1.1 closes the connection: the client
+/// never takes it as whole. (A longer one is cut at that length since
+/// session 56, as HTTP/1.1 and hyper cut it: `grown_file56.rs`.)
 #[tokio::test]
 async fn a_body_that_contradicts_its_length_resets_the_stream() {
     let server = start(megaconn::Server::builder()).await;
-    let client = h2c(server.addr).await;
-    for path in ["/long", "/short"] {
-        let mut c = client.clone().ready().await.unwrap();
-        let req = Request::get(format!("http://t{path}")).body(()).unwrap();
-        let (resp, _) = c.send_request(req, true).unwrap();
-        // The reset may overtake the head: h2 then fails the response.
-        let reset = match tokio::time::timeout(SAFETY, resp).await.unwrap() {
-            Err(e) => e.reason(),
-            Ok(resp) => {
-                assert_eq!(resp.headers()["content-length"], "10");
-                let mut body = resp.into_body();
-                let mut received = 0;
-                loop {
-                    match tokio::time::timeout(SAFETY, body.data()).await.unwrap() {
-                        Some(Ok(chunk)) => received += chunk.len(),
-                        Some(Err(e)) => break e.reason(),
-                        None => panic!("{path}: {received} bytes taken as the whole body"),
-                    }
+    let mut c = h2c(server.addr).await.ready().await.unwrap();
+    let path = "/short";
+    let req = Request::get(format!("http://t{path}")).body(()).unwrap();
+    let (resp, _) = c.send_request(req, true).unwrap();
+    // The reset may overtake the head: h2 then fails the response.
+    let reset = match tokio::time::timeout(SAFETY, resp).await.unwrap() {
+        Err(e) => e.reason(),
+        Ok(resp) => {
+            assert_eq!(resp.headers()["content-length"], "10");
+            let mut body = resp.into_body();
+            let mut received = 0;
+            loop {
+                match tokio::time::timeout(SAFETY, body.data()).await.unwrap() {
+                    Some(Ok(chunk)) => received += chunk.len(),
+                    Some(Err(e)) => break e.reason(),
+                    None => panic!("{path}: {received} bytes taken as the whole body"),
                 }
             }
-        };
-        assert_eq!(reset, Some(h2::Reason::INTERNAL_ERROR), "{path}");
-    }
+        }
+    };
+    assert_eq!(reset, Some(h2::Reason::INTERNAL_ERROR), "{path}");
     server.stop().await;
 }
 

@@ -57,6 +57,7 @@ mod fuzz_framed;
 mod fuzz_http1;
 mod fuzz_ws;
 mod go_timeouts;
+mod grown_file56;
 mod grpc50;
 mod grpc51;
 mod grpc52;

@@ -337,6 +337,13 @@ impl Encoder {
             Encoder::NoBody => Ok(()),
             Encoder::Length { remaining } => {
                 if data.len() as u64 > *remaining {
+                    // The declared length goes out whole, as hyper's
+                    // does, and the exchange ends the response there
+                    // (`body_overran`): a file that grew while `ServeDir`
+                    // read it loses what came after its `Content-Length`,
+                    // not the whole chunk read.
+                    dst.put_slice(&data[..*remaining as usize]);
+                    *remaining = 0;
                     return Err(EncodeError::TooLong);
                 }
                 *remaining -= data.len() as u64;
@@ -820,6 +827,8 @@ mod tests {
         let mut enc = Encoder::Length { remaining: 2 };
         let mut dst = BytesMut::new();
         assert_eq!(enc.encode_data(b"abc", &mut dst), Err(EncodeError::TooLong));
+        assert_eq!(&dst[..], b"ab", "the declared length is written");
+        let mut enc = Encoder::Length { remaining: 2 };
         assert_eq!(enc.finish(None, &[], &mut dst), Err(EncodeError::TooShort));
     }
 }

@@ -563,8 +563,19 @@ fn timed_out<T: Parkable, F, B>(this: &mut Proj<'_, '_, T, F, B>, kind: Deadline
                 super::conn::peer_name(this.conn)
             )
         }),
-        // A write that waits logs its own line, limited (`WRITES`).
-        DeadlineKind::Write => tracing::debug!(%reason, "{knob} passed; closing the connection"),
+        // The whole response's bound, from its head: a download longer
+        // than it is cut here, also while its client reads steadily (a
+        // write that waits logs its own line, `WRITES`). It logged at
+        // debug only: counted, with no line saying which setting cut it.
+        DeadlineKind::Write => ratelog::log(Flood::Http1WriteTimeout, |suppressed| {
+            tracing::info!(
+                write_timeout = %Timeout(this.conn.ctx.config.write_timeout),
+                suppressed,
+                "an HTTP/1.1 response to {} was not all written within {knob}; \
+                 closing the connection",
+                super::conn::peer_name(this.conn)
+            )
+        }),
     }
     if this.st.encoder.is_none() {
         answer_error(this, StatusCode::REQUEST_TIMEOUT, answer);
@@ -1732,6 +1743,7 @@ where
         let encoder = this.st.encoder.as_mut().expect("head written before body");
         let wbuf = this.conn.wbuf();
         let mut data_sent = false;
+        let mut overran = false;
         let result = match frame {
             None => {
                 this.body.set(None);
@@ -1741,7 +1753,13 @@ where
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(mut data) => {
                     this.st.record.response_bytes(data.remaining());
-                    let r = encoder.encode_data(&data, wbuf);
+                    let r = match encoder.encode_data(&data, wbuf) {
+                        Err(EncodeError::TooLong) => {
+                            overran = true;
+                            Ok(())
+                        }
+                        r => r,
+                    };
                     data.advance(data.remaining());
                     data_sent = true;
                     r
@@ -1766,6 +1784,10 @@ where
             }
         };
         encoded(result)?;
+        if overran {
+            body_overran(this);
+            continue;
+        }
         if data_sent {
             // `is_end_stream` is the body's code: a panic in it is the
             // body's, as one in its poll.
@@ -1786,6 +1808,21 @@ where
         }
     }
     Ok(progress)
+}
+
+/// The response body went on past its `Content-Length`, which went out
+/// whole ([`Encoder::encode_data`]): the response ends there and the rest
+/// of the body is dropped unread, as hyper ends it; the connection stays
+/// open. A file that grows while `ServeDir` serves it does this (nginx
+/// sends the size it found at the open). It closed the connection, the
+/// chunk that crossed the length unsent: a truncated download.
+#[cold]
+fn body_overran<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
+    tracing::warn!(
+        "response body longer than its Content-Length; sent that length, dropped the rest"
+    );
+    this.body.set(None);
+    this.st.response_done = true;
 }
 
 /// A response body that broke its own framing (`result`) closes the
