@@ -52,7 +52,11 @@ async fn upload(
     if name.is_empty() || name.starts_with('.') || !plain {
         return Err((StatusCode::BAD_REQUEST, "bad file name\n".into()));
     }
-    let part = dir.join(format!(".{name}.part"));
+    // A name of its own per upload: two uploads of one name at once must
+    // not write one file (the later rename wins, whole).
+    static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let part = dir.join(format!(".{name}.{}.{n}.part", std::process::id()));
     let failed = |status: StatusCode, e: &dyn std::fmt::Display| (status, format!("{e}\n"));
     let mut file = tokio::fs::File::create(&part)
         .await

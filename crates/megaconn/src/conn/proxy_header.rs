@@ -358,6 +358,8 @@ fn refused(ctx: &WorkerContext, failed: NoHeader, balancer: Option<SocketAddr>) 
     match failed {
         NoHeader::Refused(outcome) => {
             outcome.count(ctx);
+            // A protocol error as every protocol's refusal of bad bytes is.
+            crate::observe::stats::incr(&ctx.stats.protocol_errors);
             let what = match outcome {
                 HeaderOutcome::Missing => "its first bytes are not a PROXY header",
                 HeaderOutcome::TooLarge => {

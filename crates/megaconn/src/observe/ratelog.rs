@@ -306,7 +306,9 @@ pub(crate) enum Flood {
     /// of ours, but what an operator looks for after a certificate rollout.
     TlsAlertReceived,
     /// An HTTP/1 response body that failed mid-stream on its own (not
-    /// because the request's body failed): the service's error.
+    /// because the request's body failed): the service's error; and a
+    /// response body of either HTTP version that went on past its
+    /// `Content-Length` (`proto::log_body_overran`).
     ResponseBodyFailed,
     /// An HTTP/1.1 connection closed because its client took none of our
     /// response's bytes in time (`write_timeout` or `write_stall_timeout`).

@@ -2302,9 +2302,7 @@ where
 /// whole download whose file grew while it was read.
 #[cold]
 fn overran() -> bool {
-    tracing::warn!(
-        "response body longer than its content-length; sent that length, dropped the rest"
-    );
+    super::log_body_overran();
     true
 }
 

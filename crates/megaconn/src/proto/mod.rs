@@ -35,6 +35,22 @@ use crate::message::table::{Pushed, SendParked};
 use crate::observe::close::CloseReason;
 use crate::service::upgrade::{NativeUpgrade, UpgradeSender};
 
+/// Logs a response body that went on past the `Content-Length` its head
+/// sent (HTTP/1.1's `body_overran`, HTTP/2's `overran`): the length went
+/// out, the rest was dropped unread. Rate-limited as the other failures of
+/// a response body: a file that grows while `ServeDir` serves it does this
+/// on every download of it.
+#[cold]
+pub(crate) fn log_body_overran() {
+    use crate::observe::ratelog::{self, Flood};
+    ratelog::log(Flood::ResponseBodyFailed, |suppressed| {
+        tracing::warn!(
+            suppressed,
+            "response body longer than its Content-Length; sent that length, dropped the rest (a file that grew while it was served, or a handler's wrong length)"
+        )
+    });
+}
+
 /// The parking lot's tag for a connection that resumes as HTTP/1.1.
 pub(crate) const HTTP1: ProtoTag = ProtoTag(1);
 // A process before session 47 adopts only this tag's records

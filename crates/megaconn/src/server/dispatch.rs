@@ -356,7 +356,9 @@ pub(crate) fn export(
         // A proxied one's client is known to this process only (the next
         // would read the balancer's address): it stays, as TLS ones do.
         proto::HTTP1 if at_deadline == AtDeadline::Close && !proxied(fd) => Some(Vec::new()),
-        proto::FRAMED if kinds.moves_framed() => proto::framed::adopt::export(ctx, fd),
+        proto::FRAMED if kinds.moves_framed() && !proxied(fd) => {
+            proto::framed::adopt::export(ctx, fd)
+        }
         _ => None,
     }
 }
@@ -580,8 +582,11 @@ async fn serve_proxied_client<S>(
             // Counted before the client can read the answer.
             crate::observe::stats::incr(&ctx.stats.rejected_per_ip);
             let retry_after = crate::conn::admission::PER_IP_RETRY_AFTER_SECS;
-            if let Some(answer) = refusal_answer(&ctx.config, info.local, retry_after) {
-                crate::conn::admission::send_then_shut(fd, &answer.bytes);
+            match refusal_answer(&ctx.config, info.local, retry_after) {
+                Some(answer) => crate::conn::admission::send_then_shut(fd, &answer.bytes),
+                // A FIN, not the reset unread bytes (a ClientHello) would
+                // draw: as the accept path's refusals close.
+                None => crate::conn::admission::shut_and_discard(fd),
             }
             conn.close(CloseReason::Limit);
             ratelog::log(ratelog::Flood::MaxConnectionsPerIp, |suppressed| {
@@ -606,6 +611,7 @@ async fn serve_proxied_client<S>(
             Ok(crate::conn::admission::Admitted::Metered) => {}
             Err(over) => {
                 LimitHit::from(over).count(&ctx.stats);
+                crate::conn::admission::shut_and_discard(fd);
                 conn.close(CloseReason::Limit);
                 return crate::conn::accept::log_over_ip_rate(&ctx, info.peer, over);
             }

@@ -242,6 +242,8 @@ async fn an_oversized_header_is_refused() {
         proxy_headers(s, "too_large") == 1
     })
     .await;
+    // A protocol error, as every protocol's refusal of bad bytes is.
+    assert_eq!(server.handle.stats().protocol_errors, 1);
     assert!(server.stop().await);
 }
 

@@ -1818,9 +1818,7 @@ where
 /// chunk that crossed the length unsent: a truncated download.
 #[cold]
 fn body_overran<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
-    tracing::warn!(
-        "response body longer than its Content-Length; sent that length, dropped the rest"
-    );
+    crate::proto::log_body_overran();
     this.body.set(None);
     this.st.response_done = true;
 }
