@@ -93,7 +93,9 @@ pub enum Error {
     Thread {
         /// The thread's name, as it would have been named: after the
         /// server's [`Builder::name`](crate::Builder::name) if it has one
-        /// (`NAME-stall-watch`, `NAME-join`), else `megaconn-…`.
+        /// (`NAME-stall-watch`, `NAME-join`), else `megaconn-…`. A
+        /// `String` since session 56 (a `&'static str` before, which could
+        /// not carry the name).
         name: String,
         /// The underlying error.
         #[source]
