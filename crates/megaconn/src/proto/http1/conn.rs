@@ -146,12 +146,11 @@ where
     // across the loop's waits is carried by every idle connection.
     // One timer, moved in place from deadline to deadline (moving it later
     // is an atomic store, not a new registration; registered afresh only
-    // when it would otherwise fire early, `ConnTimer::aim_ahead`), and
-    // polled only when the connection would otherwise block. Boxed, its
-    // deadline kept beside the future's other hot fields (`ConnTimer`).
-    let mut timer = ConnTimer::default();
+    // when it would otherwise fire early, `aim_ahead`), and polled only when
+    // the connection would otherwise block.
+    let mut timer = std::pin::pin!(None::<Sleep>);
     // True while the timer holds the waker the shutdown slot holds: a wait
-    // then reads its state instead of polling it (see `ConnTimer::poll`).
+    // then reads its state instead of polling it (see `poll_timer`).
     let mut timer_waker = false;
     // When the first request began to be awaited (the accept, or the wake
     // from the lot); `None` once it was served (kept where the first
@@ -205,17 +204,16 @@ where
                 (later(now, span), Phase::Idle)
             };
             // The timer, left at an earlier wait's deadline, is moved now if
-            // it would come due within half of this wait (see `ConnTimer::aim_ahead`).
+            // it would come due within half of this wait (see `aim_ahead`).
             if let (false, Some(now), Some(span)) = (first, now, span) {
-                timer.aim_ahead(now + span / 2);
+                aim_ahead(timer.as_mut(), now + span / 2);
             }
             match conn
                 .wait_for_bytes(
                     wait_deadline,
                     phase,
-                    now,
                     T::PARKABLE && conn.ctx.park.is_some(),
-                    &mut timer,
+                    timer.as_mut(),
                     &mut timer_waker,
                 )
                 .await
@@ -268,7 +266,7 @@ where
                 (None, None) => HeaderClock::Off,
             };
             match conn
-                .read_head(clock, searched, &mut timer, &mut timer_waker)
+                .read_head(clock, searched, timer.as_mut(), &mut timer_waker)
                 .await
             {
                 HeadRead::Whole(end) => (end, false),
@@ -661,18 +659,12 @@ impl<T: Parkable> ConnIo<T> {
     /// `parkable`: an idle connection parks when the worker asks every
     /// idle one to (an upgrade hands the lot over), unless it speaks TLS,
     /// which cannot move.
-    ///
-    /// `now`: the clock as the caller read it in this same poll of the
-    /// task, just before (`None` if it did not): the wait's first poll
-    /// takes a registered timer due after it as not fired without reading
-    /// its state ([`ConnTimer::poll`]).
     async fn wait_for_bytes(
         &mut self,
         deadline: Option<Instant>,
         phase: Phase,
-        now: Option<Instant>,
         parkable: bool,
-        timer: &mut ConnTimer,
+        mut timer: Pin<&mut Option<Sleep>>,
         timer_waker: &mut bool,
     ) -> Waited {
         let ctx = self.ctx.clone();
@@ -750,11 +742,8 @@ impl<T: Parkable> ConnIo<T> {
             {
                 *timer_waker = false;
             }
-            // Only the first poll follows the caller's clock reading with
-            // no turn of the runtime's timer driver between.
-            let unfired_before = if after_wake { None } else { now };
             match deadline {
-                Some(d) if timer.poll(d, cx, timer_waker, unfired_before) => {
+                Some(d) if poll_timer(&mut timer, d, cx, timer_waker) => {
                     Poll::Ready(Waited::TimedOut)
                 }
                 _ => Poll::Pending,
@@ -811,7 +800,7 @@ impl<T: Parkable> ConnIo<T> {
         &mut self,
         clock: HeaderClock,
         mut searched: usize,
-        timer: &mut ConnTimer,
+        mut timer: Pin<&mut Option<Sleep>>,
         timer_waker: &mut bool,
     ) -> HeadRead {
         let mut deadline = match clock {
@@ -861,7 +850,7 @@ impl<T: Parkable> ConnIo<T> {
                         shutdown.watch(&mut self.buffers.shutdown_slot, cx.waker());
                     }
                     return match earliest(deadline, cut) {
-                        Some(d) if timer.poll(d, cx, &mut false, None) => {
+                        Some(d) if poll_timer(&mut timer, d, cx, &mut false) => {
                             Poll::Ready(match cut.is_some_and(|c| c <= d) {
                                 true => HeadRead::NoRequest,
                                 false => HeadRead::TimedOut,
@@ -922,118 +911,82 @@ fn later(now: Option<Instant>, after: Option<Duration>) -> Option<Instant> {
     after.zip(now).map(|(after, now)| now + after)
 }
 
-/// The connection's one timer: boxed, its deadline kept here.
+/// Drops the connection's timer if it is set to come due before `by` (half
+/// of the coming wait), so that [`poll_timer`] registers it afresh at the
+/// wait's own deadline.
 ///
-/// A keep-alive request asks two things of it: whether it is set to come
-/// due too early ([`aim_ahead`](Self::aim_ahead)) and, when the wait for
-/// the next request blocks, whether it fired ([`poll`](Self::poll)). Held
-/// inline, the `Sleep` (120 bytes) sat among the connection future's hot
-/// fields, and both questions read it: at 512 connections its line
-/// missed the core's L2 about 0.9 times a request (callgrind's cache
-/// model, `bench/CPU-PER-REQUEST.md`, session 57). Here the answers need
-/// only [`at`](Self::at), beside the future's other hot fields; the box is
-/// touched when the timer is made, moved or fires.
-#[derive(Default)]
-pub(super) struct ConnTimer {
-    /// The timer, once a wait needed one; `None` after
-    /// [`aim_ahead`](Self::aim_ahead) dropped it.
-    sleep: Option<Pin<Box<Sleep>>>,
-    /// The deadline `sleep` is set to: `Some` exactly while it is.
-    at: Option<Instant>,
+/// `poll_timer` moves a timer only when it must fire earlier: a later
+/// deadline would be a new registration per request, and tokio moves a
+/// registered timer later only lazily, where it is (the wheel still comes
+/// due at the old time and then files it again). So a connection asking
+/// more often than its wait (`park_idle_after`, 2 s by default) had its
+/// timer come due at every such span: a wake-up of the worker that served
+/// nothing, for each connection, when the worker was otherwise asleep. At
+/// 500 requests/s over 64 connections that was ~6 % more wake-ups than
+/// requests, ~1,800 user-space instructions each (`bench/CPU-PER-REQUEST.md`,
+/// round 11). Moved once it is within half of a wait of coming due, the
+/// timer is registered anew (deregistered and filed again, a few hundred
+/// instructions) about once per half span per connection, and a
+/// connection that keeps asking never sees it fire.
+fn aim_ahead(mut timer: Pin<&mut Option<Sleep>>, by: Instant) {
+    if timer
+        .as_ref()
+        .as_pin_ref()
+        .is_some_and(|sleep| sleep.deadline() < by)
+    {
+        timer.set(None);
+    }
 }
 
-impl ConnTimer {
-    /// Drops the timer if it is set to come due before `by` (half of the
-    /// coming wait), so that [`poll`](Self::poll) registers it afresh at
-    /// the wait's own deadline.
-    ///
-    /// `poll` moves a timer only when it must fire earlier: a later
-    /// deadline would be a new registration per request, and tokio moves a
-    /// registered timer later only lazily, where it is (the wheel still
-    /// comes due at the old time and then files it again). So a connection
-    /// asking more often than its wait (`park_idle_after`, 2 s by default)
-    /// had its timer come due at every such span: a wake-up of the worker
-    /// that served nothing, for each connection, when the worker was
-    /// otherwise asleep. At 500 requests/s over 64 connections that was ~6 %
-    /// more wake-ups than requests, ~1,800 user-space instructions each
-    /// (`bench/CPU-PER-REQUEST.md`, round 11). Moved once it is within half
-    /// of a wait of coming due, the timer is registered anew (deregistered
-    /// and filed again, a few hundred instructions, and a box allocated)
-    /// about once per half span per connection, and a connection that
-    /// keeps asking never sees it fire.
-    fn aim_ahead(&mut self, by: Instant) {
-        if self.at.is_some_and(|at| at < by) {
-            self.sleep = None;
-            self.at = None;
-        }
-    }
-
-    /// Polls the timer for `deadline`: true once it has passed.
-    ///
-    /// The timer is moved only when it must fire earlier. A timer left at
-    /// an earlier deadline (the last wait's) fires early at worst, and is
-    /// then moved to the real one: a connection that waits once per request
-    /// moves its timer once per deadline that passes, not once per request.
-    /// (Between requests, [`aim_ahead`](Self::aim_ahead) registers it
-    /// afresh before it would fire early.)
-    ///
-    /// `registered`: the timer already holds the current waker (the caller
-    /// knows: it is the one the shutdown slot holds). Its state is then
-    /// read, not polled (a poll re-registers the waker and spends task
-    /// budget); set here after a poll that registered it.
-    ///
-    /// `unfired_before`: a clock reading taken in this same poll of the
-    /// task (`None`: none). A registered timer due after it has not fired,
-    /// and is not read at all: a timer fires only in a turn of the
-    /// runtime's timer driver, which ran before this poll began, and so
-    /// before the reading; and the driver's clock never runs ahead of
-    /// `Instant::now`, nor does it fire a timer before its deadline.
-    fn poll(
-        &mut self,
-        deadline: Instant,
-        cx: &mut Context<'_>,
-        registered: &mut bool,
-        unfired_before: Option<Instant>,
-    ) -> bool {
-        let ConnTimer { sleep, at } = self;
-        match (sleep.as_mut(), *at) {
-            (Some(sleep), Some(set)) if set > deadline => {
-                sleep.as_mut().reset(deadline);
-                *at = Some(deadline);
-                *registered = false;
-            }
-            (Some(_), Some(_)) => {}
-            _ => {
-                *sleep = Some(Box::pin(tokio::time::sleep_until(deadline)));
-                *at = Some(deadline);
-                *registered = false;
-            }
-        }
-        if *registered && unfired_before.is_some_and(|now| *at > Some(now)) {
-            return false;
-        }
-        let Some(sleep) = sleep.as_mut() else {
-            return false;
-        };
-        loop {
-            let fired = if *registered {
-                sleep.is_elapsed()
-            } else {
-                // Out of budget, the poll returns early without registering.
-                *registered = tokio::task::coop::has_budget_remaining();
-                sleep.as_mut().poll(cx).is_ready()
-            };
-            if !fired {
-                return false;
-            }
-            if *at >= Some(deadline) {
-                return true;
-            }
-            // An earlier deadline passed: wait on for this one.
-            sleep.as_mut().reset(deadline);
-            *at = Some(deadline);
+/// Polls the connection's timer for `deadline`: true once it has passed.
+///
+/// The timer is moved only when it must fire earlier. A timer left at an
+/// earlier deadline (the last wait's) fires early at worst, and is then moved
+/// to the real one: a connection that waits once per request moves its timer
+/// once per deadline that passes, not once per request. (Between requests,
+/// [`aim_ahead`] registers it afresh before it would fire early.)
+///
+/// `registered`: the timer already holds the current waker (the caller knows:
+/// it is the one the shutdown slot holds). Its state is then read, not polled
+/// (a poll re-registers the waker and spends task budget); set here after a
+/// poll that registered it.
+fn poll_timer(
+    timer: &mut Pin<&mut Option<Sleep>>,
+    deadline: Instant,
+    cx: &mut Context<'_>,
+    registered: &mut bool,
+) -> bool {
+    match timer.as_mut().as_pin_mut() {
+        Some(sleep) if sleep.deadline() > deadline => {
+            sleep.reset(deadline);
             *registered = false;
         }
+        Some(_) => {}
+        None => {
+            timer.set(Some(tokio::time::sleep_until(deadline)));
+            *registered = false;
+        }
+    }
+    let Some(mut sleep) = timer.as_mut().as_pin_mut() else {
+        return false;
+    };
+    loop {
+        let fired = if *registered {
+            sleep.is_elapsed()
+        } else {
+            // Out of budget, the poll returns early without registering.
+            *registered = tokio::task::coop::has_budget_remaining();
+            sleep.as_mut().poll(cx).is_ready()
+        };
+        if !fired {
+            return false;
+        }
+        if sleep.deadline() >= deadline {
+            return true;
+        }
+        // An earlier deadline passed: wait on for this one.
+        sleep.as_mut().reset(deadline);
+        *registered = false;
     }
 }
 
@@ -1111,7 +1064,7 @@ mod tests {
     const WAIT: Duration = Duration::from_millis(100);
 
     /// A keep-alive connection that asks again well within its idle timeout
-    /// is not woken by its own timer (see [`ConnTimer::aim_ahead`]).
+    /// is not woken by its own timer (see [`aim_ahead`]).
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_keeps_asking_is_not_woken_by_its_timer() {
         let config = Config {
