@@ -161,6 +161,7 @@ async fn a_proxied_tls_connection_asking_nothing_is_cut_five_seconds_after_its_a
     let summary = tokio::time::timeout(SAFETY, server.task)
         .await
         .expect("stopped")
+        .expect("joined")
         .expect("served");
     assert_eq!(summary.forced, 0, "{summary:?}");
     assert_eq!(common::handshakes(&server.handle.stats(), "shutdown"), 1);
