@@ -57,9 +57,9 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::str::FromStr;
-use std::time::Duration;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use ppp::PartialResult;
 use tokio::io::Interest;
@@ -351,7 +351,10 @@ pub(crate) async fn read_header(
     // Bounded also with `read_header_timeout` off: unbounded, a source
     // that connected and sent nothing held its task (and a TLS
     // handshake's place) for as long as it kept the connection open.
-    let timeout = ctx.config.read_header_timeout.or(Some(PROXY_HEADER_TIMEOUT));
+    let timeout = ctx
+        .config
+        .read_header_timeout
+        .or(Some(PROXY_HEADER_TIMEOUT));
     let read = ctx.handshake(
         timeout,
         read_until_whole(stream),
@@ -565,7 +568,11 @@ fn peer_at(fd: RawFd) -> Option<SocketAddr> {
 fn remember(fd: RawFd, client: SocketAddr, by: SocketAddr, cookie: Option<u64>) {
     let mut table = table();
     let entry = Proxied { client, by, cookie };
-    if table.get_or_insert_with(HashMap::new).insert(fd, entry).is_none() {
+    if table
+        .get_or_insert_with(HashMap::new)
+        .insert(fd, entry)
+        .is_none()
+    {
         LIVE.fetch_add(1, Relaxed);
     }
 }
@@ -901,7 +908,10 @@ mod tests {
                 Parsed::Refused(_) => seen[2] += 1,
             }
         }
-        assert!(seen.iter().all(|n| *n > 1_000), "whole, partial, refused: {seen:?}");
+        assert!(
+            seen.iter().all(|n| *n > 1_000),
+            "whole, partial, refused: {seen:?}"
+        );
     }
 
     /// A connected pair on loopback: the accepted side and the client's.
@@ -917,10 +927,13 @@ mod tests {
         from: SocketAddr,
         listener: &std::net::TcpListener,
     ) -> (std::net::TcpStream, std::net::TcpStream) {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         socket.set_reuse_address(true).unwrap();
         socket.bind(&from.into()).unwrap();
-        socket.connect(&listener.local_addr().unwrap().into()).unwrap();
+        socket
+            .connect(&listener.local_addr().unwrap().into())
+            .unwrap();
         let (accepted, _) = listener.accept().unwrap();
         (accepted, socket.into())
     }
@@ -972,7 +985,13 @@ mod tests {
         drop(balancer);
         // SAFETY: `fd` is the new socket's now, owned here only.
         let reused = unsafe { OwnedFd::from_raw_fd(fd) };
-        assert_eq!(socket2::SockRef::from(&reused).peer_addr().unwrap().as_socket(), Some(by));
+        assert_eq!(
+            socket2::SockRef::from(&reused)
+                .peer_addr()
+                .unwrap()
+                .as_socket(),
+            Some(by)
+        );
         assert_eq!(peer_of(&reused), Some(by), "the old connection's client");
         assert!(entry_at(fd).is_none(), "found stale, it went");
     }
@@ -1002,7 +1021,11 @@ mod tests {
         assert!(entry_at(fd).is_none(), "the socket gone: gone");
         remember(fd, other, b.peer_addr().unwrap(), cookie_of(fd));
         ended(fd);
-        assert_eq!(entry_at(fd).map(|e| e.client), Some(other), "the new one's stays");
+        assert_eq!(
+            entry_at(fd).map(|e| e.client),
+            Some(other),
+            "the new one's stays"
+        );
         closing(fd);
         // SAFETY: `a` is the number `b` was put at, owned here only.
         drop(unsafe { OwnedFd::from_raw_fd(a) });
@@ -1052,7 +1075,10 @@ mod tests {
             std::hint::black_box(peer_at(s.as_raw_fd()));
         };
         for (name, f) in [
-            ("table lookup (lock + hash)", &table_only as &(dyn Fn(&std::net::TcpStream) + Sync)),
+            (
+                "table lookup (lock + hash)",
+                &table_only as &(dyn Fn(&std::net::TcpStream) + Sync),
+            ),
             ("peer_of (getpeername + lookup + getsockopt)", &whole),
             ("getpeername alone", &floor),
         ] {
