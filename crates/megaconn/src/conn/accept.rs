@@ -287,24 +287,15 @@ pub(crate) async fn accept_loop(
                 Ok(((socket, peer), Some(mut held), place)) => {
                     backoff = BACKOFF_START;
                     incr(&ctx.stats.accepted);
-                    let hook = ctx.config.on_connection.as_ref();
                     // A trusted balancer's connection: its client, named by
                     // its PROXY header, is tracked and held to the per-IP
                     // limits once the header is in (`dispatch::serve_proxied`).
                     let proxied = crate::conn::proxy_header::expected(&ctx.config, peer);
-                    // The access log reads the peer from the connection's track.
-                    let tracked = !proxied
-                        && (hook.is_some() || ctx.registry.is_some() || ctx.config.access_log);
-                    let track = tracked.then(|| {
-                        ConnTrack::open(
-                            hook,
-                            ctx.registry.as_ref(),
-                            peer,
-                            local,
-                            ctx.index,
-                            &ctx.stats,
-                        )
-                    });
+                    let track = if proxied {
+                        None
+                    } else {
+                        open_track(&ctx, peer, local)
+                    };
                     let refusal = if !limit
                         .accept_rate()
                         .is_none_or(|r| r.try_take(ctx.index, Instant::now()))
@@ -508,6 +499,30 @@ impl Holders {
             self.open
         );
     }
+}
+
+/// A new connection's lifecycle track, if connections are tracked: with
+/// an `on_connection` hook, a registry (`/debug/connections`), or the
+/// access log (which reads the peer from the track). `peer`: the client,
+/// as a proxied connection's header named it once it is in.
+#[inline]
+pub(crate) fn open_track(
+    ctx: &WorkerContext,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Option<Rc<ConnTrack>> {
+    let hook = ctx.config.on_connection.as_ref();
+    let tracked = hook.is_some() || ctx.registry.is_some() || ctx.config.access_log;
+    tracked.then(|| {
+        ConnTrack::open(
+            hook,
+            ctx.registry.as_ref(),
+            peer,
+            local,
+            ctx.index,
+            &ctx.stats,
+        )
+    })
 }
 
 /// Logs (limited) a TLS connection let in by forgetting another IP's

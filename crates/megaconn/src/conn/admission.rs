@@ -526,7 +526,7 @@ impl Answer {
     /// close is a FIN: bytes that arrive on a closed socket draw a reset
     /// (`tcp_close`), and a client's first flight (a ClientHello) usually
     /// comes right behind its handshake's ACK, often after the accept.
-    fn choose(&self, fd: std::os::fd::RawFd) -> Option<&[u8]> {
+    pub(crate) fn choose(&self, fd: std::os::fd::RawFd) -> Option<&[u8]> {
         match &self.by_opening {
             Some((opening, other)) => match first_bytes(fd, opening) {
                 Opening::Is => Some(other),

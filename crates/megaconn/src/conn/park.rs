@@ -609,11 +609,15 @@ impl ParkingLot {
         *self.on_close.borrow_mut() = hook;
     }
 
-    /// Tells the protocol that the lot closed its parked socket `fd`. The
+    /// Tells the protocol that the lot closed its parked socket `fd` (still
+    /// open: the caller lets it go after). The
     /// protocol calls its handler's `on_close` (framed, WebSocket): a panic
     /// there is caught, counted and logged, or it would end the lot's task
     /// and strand every connection parked here.
     fn tell_closed(&self, fd: RawFd, proto: ProtoTag, reason: CloseReason) {
+        // A proxied connection's client goes with it, while the descriptor
+        // is still its own (`proxy_header::closing`).
+        crate::conn::proxy_header::closing(fd);
         let hook = self.on_close.borrow().clone();
         if let Some(hook) = hook {
             let told =
@@ -1703,6 +1707,8 @@ pub(crate) fn left_for_runtime(fd: RawFd) {
 /// after a wake-up (every client's hang-up wakes its parked connection)
 /// left the array's pages live, never given back (`park/slots.rs`).
 pub(crate) fn woken_closing(fd: RawFd) {
+    // A proxied connection's client goes with it (`proxy_header::closing`).
+    crate::conn::proxy_header::closing(fd);
     if let Some(ctx) = crate::conn::pool::this_worker() {
         if let Some(lot) = ctx.park.as_ref() {
             lot.forget_awake(fd);

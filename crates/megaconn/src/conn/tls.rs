@@ -1065,6 +1065,9 @@ impl HandshakeGate {
 pub(crate) struct HandshakeStart {
     pub live: Arc<Live>,
     pub place: Option<HandshakePlace>,
+    /// When the connection was accepted, if a step before the handshake
+    /// took time since (a PROXY header's wait); `None`: it starts now.
+    pub accepted: Option<tokio::time::Instant>,
 }
 
 /// A TLS connection's stream (its session boxed inside).
@@ -1087,11 +1090,16 @@ pub(crate) type ServerTls = TlsIo<TcpStream>;
 pub(crate) async fn handshake(
     stream: TcpStream,
     ctx: &WorkerContext,
-    HandshakeStart { live, place }: HandshakeStart,
+    HandshakeStart {
+        live,
+        place,
+        accepted,
+    }: HandshakeStart,
 ) -> Result<ServerTls, CloseReason> {
     // Its accept, near enough: this runs on the task's first poll, right
-    // after it (a drain's grace for it is counted from here).
-    let since = tokio::time::Instant::now();
+    // after it (a drain's grace for it is counted from here), unless a
+    // PROXY header was read first.
+    let since = accepted.unwrap_or_else(tokio::time::Instant::now);
     // The socket, for the address a refused client certificate's line
     // names (asked only when the line goes out); open while `failed` can
     // be called (the stream owns it until the handshake returns).

@@ -397,8 +397,14 @@ impl Drop for WokenSocket {
     /// (`registered`) is no close: nothing is told then.
     #[inline]
     fn drop(&mut self) {
-        if let (true, State::Bare(fd)) = (self.in_lot, &self.state) {
-            crate::conn::park::woken_closing(fd.as_raw_fd());
+        match (self.in_lot, &self.state) {
+            (true, State::Bare(fd)) => crate::conn::park::woken_closing(fd.as_raw_fd()),
+            // Registered to wait, then closed: a proxied connection's
+            // client goes with it (`proxy_header::closing`).
+            (_, State::Registered(stream)) => {
+                crate::conn::proxy_header::closing(stream.as_raw_fd())
+            }
+            _ => {}
         }
     }
 }

@@ -1195,7 +1195,7 @@ impl Builder {
     /// balancers in `trusted` (parsed from `"10.0.0.0/8,192.168.1.5"`),
     /// on every listener (HTTP, TLS, framed): a connection from one of
     /// them must start with a header, before its TLS handshake or first
-    /// request, within `read_header_timeout`, and the client it names is
+    /// request, within `read_header_timeout` (10 s with it off), and the client it names is
     /// the connection's peer from then on: [`ConnInfo`](crate::ConnInfo)
     /// (axum's `ConnectInfo`), `Session::peer_addr`, log lines, spans'
     /// `client.address`, the `on_connection` hook and

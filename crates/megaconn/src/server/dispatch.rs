@@ -57,7 +57,7 @@ use crate::conn::woken::WokenSocket;
 use crate::conn::{ConnInfo, Incoming, ProtoTag, Wake};
 use crate::message::MessageSettings;
 use crate::observe::close::{client_left, CloseReason};
-use crate::observe::lifecycle::{ConnTrack, Tracked};
+use crate::observe::lifecycle::Tracked;
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog;
 use crate::proto::{self, http1, http2, Ended, HandOver};
@@ -109,16 +109,8 @@ where
                 )));
             }
             // The others wait from the start: the runtime watches them.
-            let stream = match register(socket) {
-                Ok(stream) => stream,
-                Err(e) => {
-                    ratelog::cannot_watch(
-                        &e,
-                        "cannot register an accepted connection with the runtime",
-                    );
-                    conn.close(CloseReason::io(&e));
-                    return Either::Right(Either::Right(std::future::ready(()).boxed_local()));
-                }
+            let Some((stream, conn)) = register_or_close(socket, conn) else {
+                return Either::Right(Either::Right(std::future::ready(()).boxed_local()));
             };
             match kind {
                 Accepted::Framed(listener, None) => {
@@ -137,6 +129,7 @@ where
                     let start = tls::HandshakeStart {
                         live: tls.live(),
                         place,
+                        accepted: None,
                     };
                     Either::Right(Either::Right(
                         serve_framed_tls(stream, listener, ctx, conn, start).boxed_local(),
@@ -148,6 +141,7 @@ where
                     let start = tls::HandshakeStart {
                         live: tls.live(),
                         place,
+                        accepted: None,
                     };
                     Either::Left(Either::Right(Box::pin(serve_tls(
                         stream, service, ctx, conn, start, info, retire_at,
@@ -295,9 +289,24 @@ fn accepted_as<'c>(ctx: &'c WorkerContext, info: &ConnInfo) -> Accepted<'c> {
     }
 }
 
-/// An accepted socket, registered with the runtime.
-fn register(socket: std::os::fd::OwnedFd) -> std::io::Result<TcpStream> {
-    TcpStream::from_std(std::net::TcpStream::from(socket))
+/// An accepted socket, registered with the runtime, and its connection;
+/// `None` once it closed, the socket refused by the runtime (logged,
+/// limited).
+fn register_or_close(
+    socket: std::os::fd::OwnedFd,
+    conn: Connection,
+) -> Option<(TcpStream, Connection)> {
+    match TcpStream::from_std(std::net::TcpStream::from(socket)) {
+        Ok(stream) => Some((stream, conn)),
+        Err(e) => {
+            ratelog::cannot_watch(
+                &e,
+                "cannot register an accepted connection with the runtime",
+            );
+            conn.close(CloseReason::io(&e));
+            None
+        }
+    }
 }
 
 /// Whether a connection is worth serving on the turn that brought it (the
@@ -508,53 +517,45 @@ async fn serve_tls<S>(
 /// then tracked as the client the header named (the hook, the registry
 /// and the access log see the client; the spawner found no track to make
 /// current, so it is made current here), and served as its listener's
-/// connections are ([`serve_proxied_client`]).
+/// connections are ([`serve_proxied_client`]). Its task's end lets the
+/// client's entry go if its socket closed (`proxy_header::ended`; parked,
+/// it stays, and goes at the lot's or the woken socket's close).
 async fn serve_proxied<S>(
     socket: std::os::fd::OwnedFd,
     service: S,
     ctx: Rc<WorkerContext>,
-    mut conn: Connection,
+    conn: Connection,
     mut info: ConnInfo,
     (retire_at, place): (Option<tokio::time::Instant>, Option<tls::HandshakePlace>),
 ) where
     S: HttpService + 'static,
 {
-    let stream = match register(socket) {
-        Ok(stream) => stream,
-        Err(e) => {
-            ratelog::cannot_watch(
-                &e,
-                "cannot register an accepted connection with the runtime",
-            );
-            return conn.close(CloseReason::io(&e));
-        }
+    // Its accept, near enough (the task's first poll): a drain's 5 s for
+    // a connection with no request yet count from here, through the
+    // header's wait and the TLS handshake.
+    let accepted = tokio::time::Instant::now();
+    let Some((stream, mut conn)) = register_or_close(socket, conn) else {
+        return;
     };
-    match proxy_header::read_header(&stream, &ctx).await {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    // Dropped after the socket, whichever way the task ends (a forced
+    // shutdown drops it): declared before the future that takes it.
+    let _ended = proxy_header::OnTaskEnd(fd);
+    match proxy_header::read_header(&stream, &ctx, accepted).await {
         Ok(Some(client)) => info.peer = client,
         Ok(None) => {}
         Err(reason) => {
             // A FIN, not the reset unread bytes would draw.
-            crate::conn::admission::shut_and_discard(std::os::fd::AsRawFd::as_raw_fd(&stream));
+            crate::conn::admission::shut_and_discard(fd);
             return conn.close(reason);
         }
     }
-    let hook = ctx.config.on_connection.as_ref();
-    let tracked = hook.is_some() || ctx.registry.is_some() || ctx.config.access_log;
-    let track = tracked.then(|| {
-        let (peer, local) = (info.peer, info.local);
-        ConnTrack::open(
-            hook,
-            ctx.registry.as_ref(),
-            peer,
-            local,
-            ctx.index,
-            &ctx.stats,
-        )
-    });
+    let track = crate::conn::accept::open_track(&ctx, info.peer, info.local);
     if let Some(track) = &track {
         conn.set_track(track.clone());
     }
-    let serving = serve_proxied_client(stream, service, ctx, conn, info, (retire_at, place));
+    let start = (retire_at, place, accepted);
+    let serving = serve_proxied_client(stream, service, ctx, conn, info, start);
     Tracked::new(serving, track).await;
 }
 
@@ -571,7 +572,11 @@ async fn serve_proxied_client<S>(
     ctx: Rc<WorkerContext>,
     mut conn: Connection,
     info: ConnInfo,
-    (retire_at, place): (Option<tokio::time::Instant>, Option<tls::HandshakePlace>),
+    (retire_at, place, accepted): (
+        Option<tokio::time::Instant>,
+        Option<tls::HandshakePlace>,
+        tokio::time::Instant,
+    ),
 ) where
     S: HttpService + 'static,
 {
@@ -582,12 +587,12 @@ async fn serve_proxied_client<S>(
             // Counted before the client can read the answer.
             crate::observe::stats::incr(&ctx.stats.rejected_per_ip);
             let retry_after = crate::conn::admission::PER_IP_RETRY_AFTER_SECS;
-            match refusal_answer(&ctx.config, info.local, retry_after) {
-                Some(answer) => crate::conn::admission::send_then_shut(fd, &answer.bytes),
-                // A FIN, not the reset unread bytes (a ClientHello) would
-                // draw: as the accept path's refusals close.
-                None => crate::conn::admission::shut_and_discard(fd),
-            }
+            let answer =
+                refusal_answer(&ctx.config, info.local, retry_after).unwrap_or_else(Answer::silent);
+            // Then a FIN, not the reset unread bytes would draw (a
+            // ClientHello: a silent answer waits for it, as the accept's).
+            let bytes = answer_by_opening(&stream, &answer).await;
+            crate::conn::admission::send_then_shut(fd, bytes);
             conn.close(CloseReason::Limit);
             ratelog::log(ratelog::Flood::MaxConnectionsPerIp, |suppressed| {
                 tracing::warn!(
@@ -626,6 +631,7 @@ async fn serve_proxied_client<S>(
                     let start = tls::HandshakeStart {
                         live: tls.live(),
                         place,
+                        accepted: Some(accepted),
                     };
                     serve_framed_tls(stream, listener, ctx, conn, start).await;
                 }
@@ -639,6 +645,7 @@ async fn serve_proxied_client<S>(
             let start = tls::HandshakeStart {
                 live: tls.live(),
                 place,
+                accepted: Some(accepted),
             };
             Box::pin(serve_tls(
                 stream, service, ctx, conn, start, info, retire_at,
@@ -649,6 +656,42 @@ async fn serve_proxied_client<S>(
             let info = Some(Box::new(info));
             serve_http1(stream, service, ctx, conn, info, proto::HTTP1, retire_at).await;
         }
+    }
+}
+
+/// What a refused proxied client is sent ([`Answer::choose`]): an h2c
+/// client's `GOAWAY` when its first bytes are HTTP/2's preface, else the
+/// answer's own bytes (a cleartext listener's `503`; a silent one's FIN
+/// once its first bytes are in). Its bytes behind the header are waited
+/// for up to `UNDECIDED_WAIT`, as the accept's refusals wait for theirs
+/// (`admission::Undecided`): an h2c client read the `503` as a protocol
+/// error, its request lost with nothing saying it was safe to retry.
+async fn answer_by_opening<'a>(stream: &TcpStream, answer: &'a Answer) -> &'a [u8] {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let chosen = async {
+        loop {
+            if stream.ready(tokio::io::Interest::READABLE).await.is_err() {
+                return None;
+            }
+            // Not yet (part of the opening): "would block", which clears
+            // the readiness until more bytes come.
+            let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+                answer
+                    .choose(fd)
+                    .ok_or_else(|| std::io::ErrorKind::WouldBlock.into())
+            });
+            match peeked {
+                Ok(bytes) => return Some(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return None,
+            }
+        }
+    };
+    let wait = crate::conn::admission::UNDECIDED_WAIT;
+    match tokio::time::timeout(wait, chosen).await {
+        Ok(Some(bytes)) => bytes,
+        _ => &answer.bytes,
     }
 }
 

@@ -31,7 +31,14 @@ use crate::common::{
 
 /// A server on one worker whose handler answers the client's address as
 /// its `ConnInfo` gives it; the balancer at `trusted` sends PROXY headers.
-fn start(trusted: Ipv4Addr, builder: Builder) -> AppServer {
+pub(super) fn start(trusted: Ipv4Addr, builder: Builder) -> AppServer {
+    let trusted: TrustedProxies = trusted.to_string().parse().unwrap();
+    start_unproxied(builder.proxy_protocol(Some(trusted)))
+}
+
+/// A server on one worker whose handler answers the client's address as
+/// its `ConnInfo` gives it, as `builder` says (with `connect_info`).
+pub(super) fn start_unproxied(builder: Builder) -> AppServer {
     let service = tower::service_fn(|req: Request<Body>| async move {
         let peer = req
             .extensions()
@@ -39,15 +46,11 @@ fn start(trusted: Ipv4Addr, builder: Builder) -> AppServer {
             .map_or_else(|| "none".to_string(), |i| i.peer.to_string());
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(peer))))
     });
-    let trusted: TrustedProxies = trusted.to_string().parse().unwrap();
-    AppServer::one_worker(
-        builder.connect_info(true).proxy_protocol(Some(trusted)),
-        service,
-    )
+    AppServer::one_worker(builder.connect_info(true), service)
 }
 
 /// A v1 header naming `client` as the source.
-fn v1(client: SocketAddr) -> Vec<u8> {
+pub(super) fn v1(client: SocketAddr) -> Vec<u8> {
     let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
     let dest = if client.is_ipv4() {
         "10.0.0.1"
@@ -64,7 +67,7 @@ fn v1(client: SocketAddr) -> Vec<u8> {
 
 /// A v2 header: `command` (0 LOCAL, 1 PROXY), naming `client` (IPv6,
 /// TCP) with `tlvs` after the addresses.
-fn v2(command: u8, client: SocketAddr, tlvs: &[u8]) -> Vec<u8> {
+pub(super) fn v2(command: u8, client: SocketAddr, tlvs: &[u8]) -> Vec<u8> {
     let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     h.push(0x20 | command);
     let mut body = Vec::new();
@@ -88,17 +91,17 @@ fn v2(command: u8, client: SocketAddr, tlvs: &[u8]) -> Vec<u8> {
     h
 }
 
-const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+pub(super) const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
 
 /// One request on `s`: the address the handler saw.
-async fn peer_seen(s: &mut TcpStream) -> String {
+pub(super) async fn peer_seen(s: &mut TcpStream) -> String {
     s.write_all(GET).await.unwrap();
     let r = read_response(s).await;
     assert_eq!(r.status, 200, "{r:?}");
     String::from_utf8(r.body).unwrap()
 }
 
-fn proxy_headers(stats: &ServerStats, result: &str) -> u64 {
+pub(super) fn proxy_headers(stats: &ServerStats, result: &str) -> u64 {
     stats
         .proxy_headers
         .iter()
