@@ -153,8 +153,8 @@ fn families(text: &str) -> BTreeMap<String, (String, Vec<String>)> {
 
 /// Every family of a single process's `/metrics` is in the supervisor's,
 /// of the same kind, and with one process publishing, with the same series
-/// and values; or it is listed, with why. The supervisor carried 18 of
-/// the 60 or so (session 56: no per-topic series, no
+/// and values; or it is listed, with why. The supervisor carried 16 of
+/// the 60-odd (session 56: no per-topic series, no
 /// `megaconn_proxy_headers_total`, no message series at all), and nothing
 /// said which were missing.
 #[test]
