@@ -64,12 +64,18 @@ pub enum Kind {
 /// values (`None`: one series, unlabelled), and how its values are read
 /// from a process's [`ServerStats`] (one per label value, in order).
 pub struct Row {
+    /// The family's name, without `megaconn_`, its unit or `_total`.
     pub name: &'static str,
+    /// Its help text.
     pub help: &'static str,
     /// Whether its unit is bytes (`_bytes` after the name).
     pub bytes: bool,
+    /// How the processes' values add up.
     pub kind: Kind,
+    /// Its label and the label's values, in slot order; `None`: one
+    /// unlabelled series.
     pub labels: Option<(&'static str, &'static [&'static str])>,
+    /// Writes a process's values (one per label value) into the slice.
     pub read: fn(&ServerStats, &mut [i64]),
 }
 
@@ -587,7 +593,7 @@ pub fn total<'a>(
             Kind::Largest => values.fold(kept, i64::max),
         }
     };
-    let rows = (0..ROWS_END).map(add).collect();
+    let rows = (0..ROWS_END).map(&add).collect();
     let mut kept = names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(now) = live.clone().find_map(read_names) {
         *kept = now;
@@ -611,7 +617,7 @@ pub fn total<'a>(
 
 impl Extra {
     /// Writes the families, as a single process names them.
-    pub fn encode(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    pub fn encode(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let bytes = Unit::Bytes;
         let mut at = 0;
         for row in ROWS {

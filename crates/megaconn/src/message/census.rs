@@ -114,12 +114,6 @@ impl Waking {
         shrink(&mut more);
         taken
     }
-
-    /// How many connections are waking (for tests).
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        usize::from(self.one.get().is_some()) + self.more.borrow().len()
-    }
 }
 
 /// Gives back the map's room once a quarter full, down to [`KEEP`].
