@@ -552,9 +552,16 @@ fn read_names(slot: &[AtomicI64]) -> Option<Vec<String>> {
 
 /// Moves a slot whose process exited into the retired values: counters
 /// added, the largest kept, gauges gone; the slot zeroed for the next.
+/// Only the names' words written are looked at (the rest are zero): a
+/// slot is ~8,900 values, ~8,200 of them room for names.
 pub fn retire(slot: &[AtomicI64], retired: &[AtomicI64]) {
-    for (field, (value, kept)) in slot.iter().zip(retired).enumerate() {
+    let written = usize::try_from(slot[NAMES_LEN].load(Relaxed)).unwrap_or(0);
+    let end = (NAMES + written.div_ceil(8)).min(slot.len());
+    for (field, (value, kept)) in slot[..end].iter().zip(retired).enumerate() {
         let v = value.swap(0, Relaxed);
+        if v == 0 {
+            continue;
+        }
         match kind(field) {
             Kind::Counter => {
                 kept.fetch_add(v, Relaxed);
@@ -594,7 +601,9 @@ pub fn total<'a>(
         }
     };
     let rows = (0..ROWS_END).map(&add).collect();
-    let mut kept = names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut kept = names
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(now) = live.clone().find_map(read_names) {
         *kept = now;
     }

@@ -81,10 +81,18 @@ fn every_family(k: u64) -> ServerStats {
     (s.timeouts, s.protocol_errors, s.accept_errors) = (v(), v(), v());
     (s.cancelled, s.responses_cut, s.requests_refused) = (v(), v(), v());
     (s.parks, s.wakes_cold, s.wakes_hot, s.wakes_without_task) = (v(), v(), v(), v());
-    (s.parking_epoll_ctl, s.parking_wakeups, s.parking_wake_batches) = (v(), v(), v());
+    (
+        s.parking_epoll_ctl,
+        s.parking_wakeups,
+        s.parking_wake_batches,
+    ) = (v(), v(), v());
     (s.accept_waits_at_limit, s.worker_stalls, s.adopted) = (v(), v(), v());
     (s.handover_refused, s.aged_out, s.rejected_per_ip) = (v(), v(), v());
-    (s.buffers_checked_out, s.buffers_pooled, s.shutdown_drain_pending) = (3, 5, 1);
+    (
+        s.buffers_checked_out,
+        s.buffers_pooled,
+        s.shutdown_drain_pending,
+    ) = (3, 5, 1);
     s.http2_grown_windows_bytes = 65_536;
     s.connections_per_worker = vec![9];
     let pairs = |labels: &[&'static str], v: &mut dyn FnMut() -> u64| {
@@ -106,7 +114,11 @@ fn every_family(k: u64) -> ServerStats {
     (m.frames_in, m.frames_out, m.bytes_in, m.bytes_out) = (v(), v(), v(), v());
     (m.pushes, m.hub_messages, m.heartbeats_sent) = (v(), v(), v());
     (m.queue_drops_slow_consumer, m.queue_drops_droppable) = (v(), v());
-    (m.queue_drops_shutdown, m.queue_drops_closed, m.heartbeat_timeouts) = (v(), v(), v());
+    (
+        m.queue_drops_shutdown,
+        m.queue_drops_closed,
+        m.heartbeat_timeouts,
+    ) = (v(), v(), v());
     (m.deliveries_pending, m.hub_queued, m.hub_queued_bytes) = (1, 2, 300);
     m.subscriptions = 7;
     m.connections_by_protocol = [1, 2, 1];
@@ -139,8 +151,10 @@ fn families(text: &str) -> BTreeMap<String, (String, Vec<String>)> {
             .keys()
             .filter(|f| {
                 series.strip_prefix(f.as_str()).is_some_and(|suffix| {
-                    ["", "_total", "_bucket", "_count", "_sum", "_created", "_info"]
-                        .contains(&suffix)
+                    [
+                        "", "_total", "_bucket", "_count", "_sum", "_created", "_info",
+                    ]
+                    .contains(&suffix)
                 })
             })
             .max_by_key(|f| f.len())
@@ -195,7 +209,10 @@ fn every_family_of_a_process_is_the_supervisors_or_listed() {
         "families of a single process neither in the supervisor's /metrics nor listed as per-process-only (shared_families_tests.rs): {missing:?}"
     );
     for (name, why) in PER_PROCESS_ONLY.iter().chain(OTHERWISE) {
-        assert!(single.contains_key(*name), "{name} listed ({why}) but no process writes it");
+        assert!(
+            single.contains_key(*name),
+            "{name} listed ({why}) but no process writes it"
+        );
     }
 }
 

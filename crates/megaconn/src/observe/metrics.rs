@@ -204,8 +204,7 @@ pub const PROXY_HEADER_LABELS: &[&str] = &crate::observe::stats::PROXY_HEADER_RE
 /// See [`CLOSE_REASON_LABELS`].
 pub const TLS_HANDSHAKE_LABELS: &[&str] = &crate::observe::stats::HandshakeOutcome::LABELS;
 /// See [`CLOSE_REASON_LABELS`].
-pub const TLS_CLIENT_CERT_REFUSAL_LABELS: &[&str] =
-    &crate::observe::stats::CertRefusal::LABELS;
+pub const TLS_CLIENT_CERT_REFUSAL_LABELS: &[&str] = &crate::observe::stats::CertRefusal::LABELS;
 
 /// How many message protocols
 /// [`MessageStats::connections_by_protocol`] tells apart.

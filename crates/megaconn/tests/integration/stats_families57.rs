@@ -54,7 +54,10 @@ const SHOWN: &[(&str, &str)] = &[
     ("tls_client_cert_refusals", "tls_client_cert_refusals"),
     ("proxy_headers", "proxy_headers"),
     ("request_metrics.by_method_status", "requests"),
-    ("request_metrics.duration.counts", "request_duration_seconds"),
+    (
+        "request_metrics.duration.counts",
+        "request_duration_seconds",
+    ),
     ("request_metrics.duration.sum", "request_duration_seconds"),
     ("request_metrics.request_body_bytes", "request_body_bytes"),
     ("request_metrics.response_body_bytes", "response_body_bytes"),
@@ -145,15 +148,14 @@ fn fields(stats: &ServerStats) -> BTreeSet<String> {
         let Some((name, value)) = trimmed.split_once(": ") else {
             continue;
         };
-        if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
             continue;
         }
         path.retain(|(at, _)| *at < indent);
-        let full: Vec<&str> = path
-            .iter()
-            .map(|(_, n)| n.as_str())
-            .chain([name])
-            .collect();
+        let full: Vec<&str> = path.iter().map(|(_, n)| n.as_str()).chain([name]).collect();
         let full = full.join(".");
         let value = value.trim_end_matches(',');
         if value.ends_with('{') || value == "Some(" {
@@ -195,7 +197,10 @@ fn every_server_stats_field_has_a_family_or_a_reason() {
         "ServerStats fields in neither SHOWN (with the /metrics family that shows them) nor NOT_SHOWN (with why): {forgotten:?}"
     );
     let gone: Vec<_> = listed.difference(&fields).collect();
-    assert!(gone.is_empty(), "listed, but not fields of ServerStats: {gone:?}");
+    assert!(
+        gone.is_empty(),
+        "listed, but not fields of ServerStats: {gone:?}"
+    );
     let text = megaconn::metrics::render(&stats);
     for (field, family) in SHOWN {
         let described = format!("# TYPE megaconn_{family} ");
