@@ -792,10 +792,8 @@ impl Local {
     /// map (its queue), if it has one.
     fn unregister(&self, id: ConnectionId) -> Option<Rc<Inbox>> {
         let mut awake = self.awake.borrow_mut();
-        if !awake
-            .get(&id.fd())
-            .is_some_and(|(g, _)| *g == id.generation())
-        {
+        let (g, _) = awake.get(&id.fd())?;
+        if *g != id.generation() {
             return None;
         }
         let (_, inbox) = awake.remove(&id.fd())?;
