@@ -844,7 +844,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "TOPICS",
         shape: Shape::One,
         help: "Framed TCP and WebSocket: topics counted one by one on /metrics, comma-separated: megaconn_topic_subscribers{topic} (subscriptions now, exact) and megaconn_topic_publishes_total{topic} (publishes the hub took).",
-        details: "At most 256 topics (MAX_TOPIC_METRICS); every topic not named is summed in topic=\"other\", which therefore cannot be named. Named, not every topic, so that the series stay as few as chosen whatever the fleet: a gateway whose million devices each have a topic of their own names its few fleet-wide topics and sees the devices' as other. Each subscribe, leave and publish looks the name up among those named. Counted per process: with --processes above 1 the supervisor's /metrics does not show them.",
+        details: "At most 256 topics (MAX_TOPIC_METRICS); every topic not named is summed in topic=\"other\", which therefore cannot be named. Named, not every topic, so that the series stay as few as chosen whatever the fleet: a gateway whose million devices each have a topic of their own names its few fleet-wide topics and sees the devices' as other. Each subscribe, leave and publish looks the name up among those named. With --processes above 1 the supervisor's /metrics shows them for the whole server: subscribers summed, publishes the largest count of one process (every process's hub takes each publish).",
         default: "none",
         example: "fleet,firmware",
         parse: topic_list,

@@ -19,6 +19,9 @@ mod pid_file;
 mod readiness;
 mod serve;
 mod shared_audience;
+mod shared_families;
+#[cfg(test)]
+mod shared_families_tests;
 mod shared_stats;
 mod shm;
 mod supervisor;

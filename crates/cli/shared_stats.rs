@@ -29,6 +29,7 @@ use megaconn::metrics::{DURATION_BUCKETS, LIMIT_HIT_LABELS, REJECTED_LABELS};
 use megaconn::{LoopWakes, ServerHandle, ServerStats, TlsStats};
 
 use crate::fanout::{ChannelCounts, FanoutCounts};
+use crate::shared_families::{self, Extra};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -42,8 +43,11 @@ use prometheus_client::registry::{Registry, Unit};
 /// [`LIMIT_HITS`] on, all counters (a histogram's bucket counts and its sum
 /// are counters too: they add up over processes and never go down) but
 /// for [`TLS_EXPIRY`], a gauge; then [`REQUESTS_FORCED`], then
-/// [`GROWN_WINDOWS`], a gauge.
-const FIELDS: usize = GROWN_WINDOWS + 1;
+/// [`GROWN_WINDOWS`], a gauge; then `shared_families.rs`' values
+/// ([`shared_families::WIDTH`]: more families, and the per-topic series).
+const FIELDS: usize = BASE + shared_families::WIDTH;
+/// The values above, before `shared_families.rs`' own.
+const BASE: usize = GROWN_WINDOWS + 1;
 /// Index of the publishes a worker process dropped on their way up to the
 /// supervisor (fanout.rs), set by `publish_channel`.
 const UPLINK_DROPPED: usize = 10;
@@ -97,7 +101,11 @@ pub struct SharedStats {
     slots: usize,
     fd: OwnedFd,
     /// Counters of processes that exited (kept by the supervisor only).
-    retired: [AtomicI64; FIELDS],
+    retired: [AtomicI64; BASE],
+    /// The same of `shared_families.rs`' values.
+    retired_extra: Box<[AtomicI64]>,
+    /// The topics' names read last (`shared_families::total`).
+    topic_names: Mutex<Vec<String>>,
     /// Held while a slot's counters move to `retired`, and while they are
     /// summed: a sum between the two halves of the move would miss them,
     /// and a total would go backwards for one scrape.
@@ -142,6 +150,10 @@ impl SharedStats {
             fd,
             // `Default` stops at arrays of 32.
             retired: std::array::from_fn(|_| AtomicI64::new(0)),
+            retired_extra: (0..shared_families::WIDTH)
+                .map(|_| AtomicI64::new(0))
+                .collect(),
+            topic_names: Mutex::default(),
             moving: Mutex::new(()),
         })
     }
@@ -155,6 +167,15 @@ impl SharedStats {
         assert!(slot < self.slots && field < FIELDS);
         // SAFETY: in bounds of the mapping, 8-aligned (mmap is page-aligned).
         unsafe { &*self.base.add(slot * FIELDS + field) }
+    }
+
+    /// `slot`'s values of `shared_families.rs`.
+    fn extra(&self, slot: usize) -> &[AtomicI64] {
+        assert!(slot < self.slots);
+        // SAFETY: the slot's last `WIDTH` fields, in bounds of the mapping.
+        unsafe {
+            std::slice::from_raw_parts(self.base.add(slot * FIELDS + BASE), shared_families::WIDTH)
+        }
     }
 
     /// Writes one process's counters into its slot.
@@ -215,6 +236,7 @@ impl SharedStats {
         let earliest = tls.certificates.iter().filter_map(|c| c.1).min();
         self.field(slot, TLS_EXPIRY)
             .store(earliest.unwrap_or(0), Relaxed);
+        shared_families::publish(self.extra(slot), s);
     }
 
     /// Writes a worker process's publish channel counters: the publishes
@@ -253,6 +275,14 @@ impl SharedStats {
                 retired.fetch_add(v, Relaxed);
             }
         }
+        shared_families::retire(self.extra(slot), &self.retired_extra);
+    }
+
+    /// `shared_families.rs`' values of every process, live and retired.
+    fn extra_total(&self) -> Extra {
+        let _moving = self.moving();
+        let live = (0..self.slots).map(|slot| self.extra(slot));
+        shared_families::total(live, &self.retired_extra, &self.topic_names)
     }
 
     fn moving(&self) -> MutexGuard<'_, ()> {
@@ -417,7 +447,8 @@ impl SharedStats {
     /// The whole server's totals as Prometheus text, for the supervisor's admin
     /// `/metrics`. Same metric names as a single process's `/metrics` for what
     /// the shared block carries (`megaconn_requests` without its method and
-    /// status labels), plus `megaconn_process_connections` per worker process
+    /// status labels; `shared_families_tests.rs` lists what it does not carry,
+    /// and why), plus `megaconn_process_connections` per worker process
     /// and the publish counters of the channels between processes (`fanout`
     /// from the supervisor's side).
     #[cfg(test)]
@@ -439,6 +470,7 @@ impl SharedStats {
             .sub_registry_with_prefix("megaconn")
             .register_collector(Box::new(Totals {
                 stats: self.total(),
+                extra: self.extra_total(),
                 fanout,
                 channel: self.channel_totals(),
             }));
@@ -454,6 +486,8 @@ impl SharedStats {
 #[derive(Debug)]
 struct Totals {
     stats: ServerStats,
+    /// `shared_families.rs`' families.
+    extra: Extra,
     fanout: FanoutCounts,
     channel: ChannelCounts,
 }
@@ -498,11 +532,6 @@ impl Collector for Totals {
                 t.accepted,
             ),
             (
-                "connections_closed",
-                "Connections closed since start.",
-                t.closed,
-            ),
-            (
                 "requests",
                 "Requests handed to the service (those the forced shutdown at shutdown_timeout cut off included).",
                 t.requests,
@@ -522,7 +551,6 @@ impl Collector for Totals {
                 "HTTP requests refused as malformed or over a limit, and connections closed for another protocol error (WebSocket, framed, HTTP/2, TLS).",
                 t.protocol_errors,
             ),
-            ("accept_errors", "Failed accept calls.", t.accept_errors),
             (
                 "publish_forwarded",
                 "Publishes queued to a worker process's channel (one per process reached).",
@@ -619,7 +647,7 @@ impl Collector for Totals {
         for (process, n) in t.connections_per_worker.iter().enumerate() {
             ConstGauge::new(*n).encode(m.encode_family(&[("process", process as u64)])?)?;
         }
-        Ok(())
+        self.extra.encode(&mut e)
     }
 }
 
@@ -731,7 +759,10 @@ mod tests {
     fn tls_reloads_add_up_and_the_earliest_expiry_is_the_servers() {
         let shared = SharedStats::create(3).unwrap();
         let none = shared.render_prometheus(FanoutCounts::default());
-        assert!(!none.contains("megaconn_tls_"), "{none}");
+        // (Handshakes are counted with or without TLS, as one process's.)
+        for family in ["megaconn_tls_reloads", "megaconn_tls_certificate_expiry"] {
+            assert!(!none.contains(family), "{none}");
+        }
         let with = |ok, failed, expiry: Option<i64>| {
             let mut tls = TlsStats::default();
             (tls.reloads_ok, tls.reloads_failed) = (ok, failed);

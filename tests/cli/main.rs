@@ -27,6 +27,7 @@ mod ops50_cli;
 mod park_cli;
 mod processes;
 mod serve_cli;
+mod supervisor57_cli;
 mod topics55_cli;
 mod upgrade_cli;
 mod upgrade_framed_cli;

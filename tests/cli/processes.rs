@@ -16,7 +16,7 @@ use common::{ChildGuard, Gate, Lines};
 /// One request on a fresh connection. Retries a reset: when a worker process
 /// dies, the connections already queued on its `SO_REUSEPORT` listener are
 /// reset by the kernel (new ones go to the live processes).
-fn get(addr: &str, path: &str) -> String {
+pub(crate) fn get(addr: &str, path: &str) -> String {
     let mut last = None;
     for _ in 0..5 {
         let attempt = (|| -> std::io::Result<String> {
@@ -42,13 +42,13 @@ fn get(addr: &str, path: &str) -> String {
 /// A running supervisor (`serve --processes`). Dropped, it is killed and
 /// reaped; its worker processes get SIGTERM when it dies (they ask the kernel
 /// for that), so a failed test leaves nothing running.
-struct Supervisor {
-    child: ChildGuard,
+pub(crate) struct Supervisor {
+    pub(crate) child: ChildGuard,
     /// Its stdout, each line waited for with a bound.
     lines: Lines,
-    addr: String,
-    admin: String,
-    worker_pids: Vec<i32>,
+    pub(crate) addr: String,
+    pub(crate) admin: String,
+    pub(crate) worker_pids: Vec<i32>,
     /// Holds the upgrade control sockets' names, so their slot lock files
     /// (`--upgrade-socket.k.lock`, left in place by design) go with the
     /// test instead of piling up in /tmp.
@@ -60,7 +60,7 @@ impl Supervisor {
         Supervisor::start_with(processes, &[])
     }
 
-    fn start_with(processes: usize, extra: &[&str]) -> Supervisor {
+    pub(crate) fn start_with(processes: usize, extra: &[&str]) -> Supervisor {
         Supervisor::start_env(processes, extra, &[])
     }
 
@@ -124,7 +124,7 @@ impl Supervisor {
         }
     }
 
-    fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         self.child.signal(sig);
     }
 
@@ -299,7 +299,7 @@ fn the_stop_line_says_a_request_cut_off_at_shutdown_apart() {
 }
 
 /// The value of an unlabelled metric in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
@@ -359,7 +359,7 @@ fn the_supervisor_admin_serves_whole_server_totals() {
 }
 
 /// A connection to the framed demo (lines), each reply read with a bound.
-struct Framed {
+pub(crate) struct Framed {
     reader: BufReader<TcpStream>,
 }
 
@@ -372,12 +372,12 @@ impl Framed {
         }
     }
 
-    fn send(&mut self, line: &str) {
+    pub(crate) fn send(&mut self, line: &str) {
         writeln!(self.reader.get_mut(), "{line}").unwrap();
     }
 
     /// The next line the server sends (a reply or a push).
-    fn line(&mut self) -> String {
+    pub(crate) fn line(&mut self) -> String {
         let mut line = String::new();
         self.reader.read_line(&mut line).unwrap();
         assert!(line.ends_with('\n'), "connection closed: {line:?}");
@@ -400,7 +400,7 @@ const MAX_SPREAD: usize = 200;
 /// Framed connections, subscribed to `topic`, until every one of `pids`
 /// serves at least one (asked with the demo's `PID`). Returns them and the
 /// pid serving each.
-fn on_every_process(addr: &str, pids: &[i32], topic: &str) -> Vec<(Framed, i32)> {
+pub(crate) fn on_every_process(addr: &str, pids: &[i32], topic: &str) -> Vec<(Framed, i32)> {
     let want: BTreeSet<i32> = pids.iter().copied().collect();
     let mut seen = BTreeSet::new();
     let mut conns = Vec::new();
@@ -460,7 +460,7 @@ fn start_framed(processes: usize) -> (Supervisor, String) {
 
 /// Every connection's next line is `want` (the publisher's own connection
 /// gets its `published` reply too, in either order).
-fn all_get(conns: &mut [(Framed, i32)], want: &str) {
+pub(crate) fn all_get(conns: &mut [(Framed, i32)], want: &str) {
     for (c, pid) in conns.iter_mut() {
         assert_eq!(c.line(), want, "connection on process {pid}");
     }

@@ -6,6 +6,8 @@
 //! - `budget.rs`   [`PublishRate`]: each connection's budget of publishes,
 //!   charged by audience (a publish costs O(subscribers)), kept per worker
 //!   by connection id
+//! - `census.rs`  how a worker counts its message connections: once from
+//!   registration to close, the count moving with each across park and wake
 //! - `deadline.rs` `MessageDeadline`: the bound on a message in progress
 //!   (`message_timeout`)
 //! - `hub.rs`     [`Hub`]: push by [`ConnectionId`], publish to a topic,
@@ -80,6 +82,9 @@
 //! through their inbox, parked ones with one `send` of bytes framed once.
 
 pub(crate) mod budget;
+pub(crate) mod census;
+#[cfg(test)]
+mod census_tests;
 pub(crate) mod confirm;
 pub(crate) mod deadline;
 pub(crate) mod hub;

@@ -45,8 +45,7 @@
 use std::cell::{Cell, RefCell};
 use std::num::NonZeroU16;
 use std::os::fd::RawFd;
-use std::rc::Rc;
-use std::sync::Arc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,7 +54,8 @@ use crate::message::hub::{
     self, Delivered, DropCause, Generation, IfBehind, SendNow, Unsent, GENERATION_BITS,
 };
 use crate::message::wire::{Encoded, Wire, WireId};
-use crate::observe::stats::{add, incr, MessageCounters, WorkerStats};
+use crate::message::worker::Local;
+use crate::observe::stats::{add, incr, MessageCounters};
 
 /// A parked connection's state, its variant (the protocol's own small tag:
 /// framed TCP's listener, for its framing when it wakes), and its timers
@@ -322,9 +322,11 @@ pub(crate) struct SideTable<S> {
     wires: Vec<WireId>,
     /// How pushes are written (`None`: as they are).
     send: Option<SendParked>,
-    /// The worker's counters, whose gauge of message connections counts
-    /// the full slots (`None`: not counted, a table of a unit test).
-    counted: Option<(Arc<WorkerStats>, Option<usize>)>,
+    /// The worker's message state, which counts the connections parked
+    /// here in its gauges of message connections, under this protocol, as
+    /// they come and go (`census.rs`: the count moves with the connection;
+    /// `None`: not counted, a table of a unit test).
+    counted: Option<(Weak<Local>, Option<usize>)>,
 }
 
 impl<S> SideTable<S> {
@@ -339,24 +341,27 @@ impl<S> SideTable<S> {
         }
     }
 
-    /// Counts the full slots in `stats`' gauge of message connections
-    /// (what a broadcast reaches, with the awake ones `worker.rs` counts),
-    /// and in its gauge of `protocol`'s (`worker::MessageProtocol`).
-    pub(crate) fn counted(
-        mut self,
-        stats: Arc<WorkerStats>,
-        protocol: Option<usize>,
-    ) -> SideTable<S> {
-        self.counted = Some((stats, protocol));
+    /// Tells `local` of each connection that parks here and leaves, as of
+    /// `protocol` (`worker::MessageProtocol`), so that it counts it in its
+    /// gauges of message connections (what a broadcast reaches) as one
+    /// connection from its registration to its close (`census.rs`).
+    pub(crate) fn counted(mut self, local: Weak<Local>, protocol: Option<usize>) -> SideTable<S> {
+        self.counted = Some((local, protocol));
         self
     }
 
-    /// One slot more (`1`) or fewer (`-1`) is full.
-    fn moved(&self, by: i64) {
-        self.len
-            .set(self.len.get().wrapping_add_signed(by as isize));
-        if let Some((stats, protocol)) = &self.counted {
-            crate::message::worker::connections_moved(stats, *protocol, by);
+    /// One slot more (`1`) or fewer (`-1`) is full: connection
+    /// (`fd`, `generation`) parked here or left.
+    fn moved(&self, by: isize, (fd, generation): (RawFd, Generation)) {
+        self.len.set(self.len.get().wrapping_add_signed(by));
+        let Some((local, protocol)) = &self.counted else {
+            return;
+        };
+        let Some(local) = local.upgrade() else { return };
+        let id = local.id(fd, generation);
+        match by {
+            1 => local.parked(id, *protocol),
+            _ => local.left_table(id, *protocol),
         }
     }
 
@@ -370,6 +375,7 @@ impl<S> SideTable<S> {
     }
 
     pub(crate) fn put(&self, fd: RawFd, parked: Parked<S>) {
+        let generation = parked.generation;
         let stored = Stored {
             state: parked.state,
             due: self.pack(parked.due),
@@ -384,14 +390,14 @@ impl<S> SideTable<S> {
         let stale = self.parked.borrow_mut().insert(slot, stored);
         debug_assert!(stale.is_none(), "a socket parked twice");
         if stale.is_none() {
-            self.moved(1);
+            self.moved(1, (fd, generation));
         }
     }
 
     pub(crate) fn take(&self, fd: RawFd) -> Option<Parked<S>> {
         let stored = self.parked.borrow_mut().remove(usize::try_from(fd).ok()?)?;
-        self.moved(-1);
         let (generation, behind) = (stored.generation(), stored.behind());
+        self.moved(-1, (fd, generation));
         Some(Parked {
             state: stored.state,
             variant: usize::from(stored.variant),
@@ -654,40 +660,6 @@ mod tests {
         table.parked.borrow_mut().get_mut(3).unwrap().set_behind();
         let back = table.take(3).unwrap();
         assert_eq!((back.generation, back.behind), (max, true));
-    }
-
-    /// A counted table's full slots are in its worker's gauge of message
-    /// connections (what a broadcast reaches): up as sockets park, down as
-    /// they are taken, a socket taken twice or never parked not at all.
-    #[test]
-    fn a_counted_table_moves_the_message_connections_gauge() {
-        let stats = Arc::new(WorkerStats::default());
-        let table = SideTable::<()>::new(vec![0], None).counted(stats.clone(), None);
-        let gauge = || {
-            stats
-                .messages
-                .connections
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
-        for fd in [3, 9, 4] {
-            table.put(
-                fd,
-                Parked {
-                    state: (),
-                    variant: 0,
-                    due: None,
-                    send_at: None,
-                    generation: 1,
-                    behind: false,
-                },
-            );
-        }
-        assert_eq!(gauge(), 3);
-        assert!(table.take(9).is_some());
-        assert!(table.take(9).is_none() && table.take(5).is_none());
-        assert_eq!(gauge(), 2);
-        assert!(table.take(3).is_some() && table.take(4).is_some());
-        assert_eq!((gauge(), table.len.get()), (0, 0));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::conn::context::WorkerContext;
 use crate::conn::ProtoTag;
+use crate::message::census::Waking;
 use crate::message::confirm::{self, Undelivered, Waiter};
 use crate::message::hub::{
     self, droppable_mark, Buffered, ConnectionId, Delivered, DropCause, Generation, HubQueue,
@@ -69,6 +70,10 @@ pub(crate) struct Local {
     block_left: Cell<Generation>,
     /// Awake connections' outbound queues, with their generation.
     awake: RefCell<HashMap<RawFd, (Generation, Rc<Inbox>)>>,
+    /// Connections taken out of a side table (woken, closed by the lot,
+    /// handed over) and not yet awake, parked again or closed: counted
+    /// still, their count on its way to their next place (`census.rs`).
+    waking: Waking,
     /// Topic subscriptions, both ways.
     topics: RefCell<Topics>,
     wires: RefCell<Vec<Rc<dyn Wire>>>,
@@ -305,6 +310,7 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 next_generation: Cell::new(0),
                 block_left: Cell::new(0),
                 awake: RefCell::default(),
+                waking: Waking::default(),
                 topics: RefCell::new(
                     Topics::new(settings.max_subscriptions, settings.max_topic_bytes)
                         .counted(ctx.stats.clone())
@@ -458,6 +464,13 @@ impl Local {
         };
         self.next_generation.set(generation);
         let id = ConnectionId::new(self.worker, fd, generation);
+        // A connection taken from a side table on this descriptor that
+        // never came back nor reported its close (none should): its socket
+        // is closed (the kernel gave its number to this one), so its count
+        // goes rather than stay for the life of the worker.
+        if let Some((_, protocol)) = self.waking.take_descriptor(fd) {
+            connections_moved(&self.stats, protocol, -1);
+        }
         // Only a hub reads it (`Hub::send` of a closed connection's id).
         if self.has_hub {
             super::open::opened(id);
@@ -515,7 +528,7 @@ impl Local {
                 })
                 .collect();
             let table = SideTable::<S>::new(ids, send())
-                .counted(self.stats.clone(), protocol.map(|p| p as usize));
+                .counted(self.me.clone(), protocol.map(|p| p as usize));
             let table = Rc::new(table);
             self.tables
                 .borrow_mut()
@@ -531,7 +544,14 @@ impl Local {
     /// is nothing to queue: `None`). It is unregistered when the returned
     /// guard drops (the connection parks or closes).
     pub(crate) fn awake(self: &Rc<Self>, id: ConnectionId, wire: WireId) -> Option<Awake> {
+        // Woken from a side table: counted since it left it (`census.rs`).
+        let woken = self.waking.take(id);
         if !self.has_hub {
+            // Awake, it is not counted without a hub (nothing to push, and
+            // no broadcast reaches it: `ServerHandle::message_connections`).
+            if let Some(was) = woken {
+                connections_moved(&self.stats, was, -1);
+            }
             return None;
         }
         // Woken to resume after a push it was behind on: the pushes since
@@ -551,19 +571,21 @@ impl Local {
             .awake
             .borrow_mut()
             .insert(id.fd(), (id.generation(), inbox.clone()));
-        match stale {
+        let now = self.protocol_of(wire);
+        match (stale, woken) {
             // What a broadcast reaches (`ServerHandle::message_connections`).
-            None => connections_moved(&self.stats, self.protocol_of(wire), 1),
+            (None, None) => connections_moved(&self.stats, now, 1),
+            // Woken: its count was kept meanwhile, and stays (`census.rs`).
+            (None, Some(was)) => recounted(&self.stats, was, now),
             // It replaced a stale entry on its descriptor, counted already
             // (the total stays): under its own protocol, if another's.
             // (Merge review of `hubwait`, session 46: the stale one's
             // protocol kept it, and the new one's never counted it.)
-            Some((_, old)) => {
-                let (was, now) = (self.protocol_of(old.wire), self.protocol_of(wire));
-                if was != now {
-                    protocol_moved(&self.stats, was, -1);
-                    protocol_moved(&self.stats, now, 1);
-                }
+            (Some((_, old)), None) => recounted(&self.stats, self.protocol_of(old.wire), now),
+            // Both counted: the stale entry's count goes.
+            (Some((_, old)), Some(was)) => {
+                connections_moved(&self.stats, self.protocol_of(old.wire), -1);
+                recounted(&self.stats, was, now);
             }
         }
         Some(Awake {
@@ -609,6 +631,12 @@ impl Local {
             foreign_closed(id);
         }
         self.leaving.take(id);
+        // Taken from a side table and closed there (by the lot, handed
+        // over, or woken and closed before it registered): its count goes
+        // now (an awake one's goes as its registration drops).
+        if let Some(was) = self.waking.take(id) {
+            connections_moved(&self.stats, was, -1);
+        }
         // Reported before its registration for pushes drops (framed TCP and
         // SSE close with it held): its drop must not take it for leaving.
         if let Some((g, inbox)) = self.awake.borrow().get(&id.fd()) {
@@ -732,6 +760,51 @@ impl Local {
     /// its cause, resumes it ([`Local::take_owed`]).
     pub(crate) fn is_resuming(&self, id: ConnectionId) -> bool {
         self.resuming.holds(id)
+    }
+
+    /// Connection `id` parked in a side table of `protocol`
+    /// (`SideTable::put`): the count it holds moves there with it, from
+    /// its registration for pushes (which goes now: parked, pushes reach
+    /// it in the table) or from [`Waking`] (a hand-over that did not move
+    /// it); one that held none (adopted from another process, or awake
+    /// without a hub) is counted now.
+    pub(crate) fn parked(&self, id: ConnectionId, protocol: Option<usize>) {
+        if let Some(was) = self.waking.take(id) {
+            return recounted(&self.stats, was, protocol);
+        }
+        if let Some(inbox) = self.unregister(id) {
+            return recounted(&self.stats, self.protocol_of(inbox.wire), protocol);
+        }
+        connections_moved(&self.stats, protocol, 1);
+    }
+
+    /// Connection `id` left a side table of `protocol` (`SideTable::take`:
+    /// woken, closed by the lot, handed over): counted still, in
+    /// [`Waking`], until it registers ([`Local::awake`]), parks again or
+    /// closes ([`Local::closed`]).
+    pub(crate) fn left_table(&self, id: ConnectionId, protocol: Option<usize>) {
+        if let Some(stale) = self.waking.put(id, protocol) {
+            connections_moved(&self.stats, stale, -1);
+        }
+    }
+
+    /// Connection `id`'s registration for pushes, taken out of the awake
+    /// map (its queue), if it has one.
+    fn unregister(&self, id: ConnectionId) -> Option<Rc<Inbox>> {
+        let mut awake = self.awake.borrow_mut();
+        let (g, _) = awake.get(&id.fd())?;
+        if *g != id.generation() {
+            return None;
+        }
+        let (_, inbox) = awake.remove(&id.fd())?;
+        // A ramp leaves the map sized for every connection awake at once;
+        // once most have parked, that room would stay (~17 bytes a slot,
+        // per connection of the peak, for the life of the worker).
+        if awake.capacity() > 1024 && awake.len() * 4 < awake.capacity() {
+            let room = awake.len() * 2;
+            awake.shrink_to(room);
+        }
+        Some(inbox)
     }
 
     /// The protocol (`MessageProtocol`) whose table registered `wire`.
@@ -1326,21 +1399,11 @@ impl Drop for Awake {
         if !self.inbox.has_ended() && !self.local.is_parked(self.id) {
             self.local.leaving.put(self.id, ());
         }
-        let mut awake = self.local.awake.borrow_mut();
-        if awake
-            .get(&self.id.fd())
-            .is_some_and(|(g, _)| *g == self.id.generation())
-        {
-            awake.remove(&self.id.fd());
+        // Still registered: it closes (parked, its registration went as
+        // it parked, its count with it: `Local::parked`).
+        if self.local.unregister(self.id).is_some() {
             let protocol = self.local.protocol_of(self.inbox.wire);
             connections_moved(&self.local.stats, protocol, -1);
-            // A ramp leaves the map sized for every connection awake at once;
-            // once most have parked, that room would stay (~17 bytes a slot,
-            // per connection of the peak, for the life of the worker).
-            if awake.capacity() > 1024 && awake.len() * 4 < awake.capacity() {
-                let room = awake.len() * 2;
-                awake.shrink_to(room);
-            }
         }
     }
 }
@@ -1516,6 +1579,15 @@ pub(crate) enum MessageProtocol {
 pub(crate) fn connections_moved(stats: &WorkerStats, protocol: Option<usize>, by: i64) {
     message_connections_moved(stats, by);
     protocol_moved(stats, protocol, by);
+}
+
+/// A connection counted under protocol `was` is counted under `now`: the
+/// total stays, and the protocols' gauges move only if they differ.
+fn recounted(stats: &WorkerStats, was: Option<usize>, now: Option<usize>) {
+    if was != now {
+        protocol_moved(stats, was, -1);
+        protocol_moved(stats, now, 1);
+    }
 }
 
 /// `protocol`'s gauge alone moved by `by` (the total not).

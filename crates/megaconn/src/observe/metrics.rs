@@ -189,6 +189,23 @@ pub const ACCEPT_ERRNO_LABELS: [&str; ACCEPT_ERRNOS] =
 /// --processes`' supervisor) and must name them as one process does.
 pub const LIMIT_HIT_LABELS: &[&str] = &crate::observe::limits::LimitHit::LABELS;
 
+/// Labels of `reason` on `megaconn_connections_closed_total`, in the order
+/// of [`RequestStats::closed_by_reason`]; of `result` on
+/// `megaconn_proxy_headers_total` ([`ServerStats::proxy_headers`]); of
+/// `outcome` on `megaconn_tls_handshakes_total`
+/// ([`ServerStats::tls_handshakes`]); of `reason` on
+/// `megaconn_tls_client_cert_refusals_total`
+/// ([`ServerStats::tls_client_cert_refusals`]): every one always present.
+/// For a reader that adds up several processes' counts, as
+/// [`LIMIT_HIT_LABELS`].
+pub const CLOSE_REASON_LABELS: &[&str] = &CloseReason::LABELS;
+/// See [`CLOSE_REASON_LABELS`].
+pub const PROXY_HEADER_LABELS: &[&str] = &crate::observe::stats::PROXY_HEADER_RESULTS;
+/// See [`CLOSE_REASON_LABELS`].
+pub const TLS_HANDSHAKE_LABELS: &[&str] = &crate::observe::stats::HandshakeOutcome::LABELS;
+/// See [`CLOSE_REASON_LABELS`].
+pub const TLS_CLIENT_CERT_REFUSAL_LABELS: &[&str] = &crate::observe::stats::CertRefusal::LABELS;
+
 /// How many message protocols
 /// [`MessageStats::connections_by_protocol`] tells apart.
 pub const MESSAGE_PROTOCOLS: usize = 3;

@@ -116,6 +116,7 @@ mod signal;
 mod sse;
 mod sse_halfopen;
 mod start;
+mod stats_families57;
 mod stream_cut;
 mod thread_names56;
 mod timeouts;

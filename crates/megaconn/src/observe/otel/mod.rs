@@ -97,6 +97,18 @@
 //! megaconn reads `HttpRoute` and, with the `axum` feature, `MatchedPath`
 //! from the response's extensions.
 //!
+//! # Traces only, not metrics
+//!
+//! Spans are all that goes over OTLP: the server's counters
+//! ([`ServerStats`](crate::ServerStats)) are not exported as OpenTelemetry
+//! metrics, on purpose: they are Prometheus families on `/metrics`
+//! ([`ServerHandle::render_metrics`](crate::ServerHandle::render_metrics),
+//! every field of `ServerStats` shown there or listed with why, a test
+//! says), which a collector takes with its `prometheus` receiver. One
+//! exposition, so there is no second mapping of the counters to keep in
+//! step. This exporter's own counters (spans exported, dropped, failed,
+//! queued) are among them: [`Tracing::stats`], `megaconn_otel_spans_*`.
+//!
 //! # Export
 //!
 //! Finished spans go into a bounded queue ([`OtlpConfig::max_queue_spans`])
