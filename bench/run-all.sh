@@ -11,7 +11,7 @@
 # (megaconn, Go, nginx, axum and the floor) × four scenarios × 3 rounds.
 # Includes the committed section files listed in SECTIONS below (DIGEST.md,
 # FLOOR.md, HEARTBEAT.md, MILLION.md, ALLOCATORS.md, METRICS.md, OTEL.md, H2TLS.md,
-# IDLE-TLS.md, ATTACK-MEMORY.md), each written by its own script or by hand from its runs
+# IDLE-TLS.md, ATTACK-MEMORY.md, FILES.md), each written by its own script or by hand from its runs
 # (section_origin says which); run those scripts on their own.
 # Env: everything throughput.sh and idle-memory.sh read (ROUNDS, DURATION, RATE,
 #   N, RAMP, SERVERS...), RESULTS (output file, default bench/RESULTS.md),
@@ -31,7 +31,7 @@ trap 'exit 130' INT TERM
 # (the script and run that wrote it, or "hand-written" and from which runs).
 # REASSEMBLE=1: run nothing; keep RESULTS.md's measured part (everything above
 # the marker) and copy the sections in again.
-SECTIONS="DIGEST.md FLOOR.md HEARTBEAT.md MILLION.md ALLOCATORS.md METRICS.md OTEL.md H2TLS.md IDLE-TLS.md ATTACK-MEMORY.md"
+SECTIONS="DIGEST.md FLOOR.md HEARTBEAT.md MILLION.md ALLOCATORS.md METRICS.md OTEL.md H2TLS.md IDLE-TLS.md ATTACK-MEMORY.md FILES.md"
 SECTION_MARKER="<!-- Sections below are copied by bench/run-all.sh from bench/*.md files written by other scripts (or by hand where a section says so); edit those files, not this one. -->"
 section_origin() { # file -> one line saying how it was written
   case "$1" in
@@ -44,6 +44,7 @@ section_origin() { # file -> one line saying how it was written
     OTEL.md) echo "bench/otel.sh output with a hand-written header" ;;
     H2TLS.md) echo "bench/h2-tls.sh output with a hand-written header, then hand-written sections from the runs named in them" ;;
     IDLE-TLS.md) echo "hand-written from bench/idle-memory-tls.sh runs named in it" ;;
+    FILES.md) echo "hand-written from the runs named in it (session 57's slow downloads and CPU per GiB, beside nginx)" ;;
     ATTACK-MEMORY.md) echo "its first section by bench/attack-memory.sh with SECTION_OUT, the later ones hand-written from the runs named in them" ;;
     *) echo "see the section" ;;
   esac

@@ -375,6 +375,43 @@ impl<T: Transport> ConnIo<T> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
+    /// Writes the whole write buffer, then `after` (a frame written from
+    /// its own bytes, [`Unbuffered`]), vectored where the stream writes
+    /// vectored (one `writev` for both), then flushes the stream. A stream
+    /// that does not (TLS, a caller's own) is given one piece a write,
+    /// which TLS seals from where it lies, a copy fewer than through the
+    /// write buffer.
+    pub(crate) fn poll_flush_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        after: &mut Unbuffered,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let head: &[u8] = self.buffers.wbuf.as_deref().unwrap_or_default();
+            if head.is_empty() && after.is_empty() {
+                break;
+            }
+            let slices = [
+                io::IoSlice::new(head),
+                io::IoSlice::new(&after.data),
+                io::IoSlice::new(after.tail),
+            ];
+            let n = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            lifecycle::count_out(n);
+            let of_head = n.min(head.len());
+            if let Some(wbuf) = self.buffers.wbuf.as_mut() {
+                wbuf.advance(of_head);
+            }
+            after.advance(n - of_head);
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
     /// Writes what is buffered, if anything.
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
         if self.wbuf_len() == 0 {
@@ -540,6 +577,32 @@ impl<T: Parkable> ConnIo<T> {
         }
     }
 
+    /// [`poll_flush_bounded`](Self::poll_flush_bounded) with `after` written
+    /// behind the write buffer ([`poll_flush_with`](Self::poll_flush_with)):
+    /// the same bound, the peer's progress on either counting. Out of
+    /// line: only a large response frame takes it.
+    #[inline(never)]
+    pub(crate) fn poll_flush_with_bounded(
+        &mut self,
+        cx: &mut Context<'_>,
+        after: &mut Unbuffered,
+        bound: &mut Option<Box<WriteBound>>,
+        writes: &Writes,
+    ) -> Poll<Result<(), CloseReason>> {
+        let before = self.wbuf_len() + after.len();
+        match self.poll_flush_with(cx, after) {
+            Poll::Ready(Ok(())) => {
+                *bound = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(CloseReason::io(&e))),
+            Poll::Pending => {
+                let progressed = self.wbuf_len() + after.len() < before;
+                self.poll_write_bound(cx, bound, writes, progressed)
+            }
+        }
+    }
+
     /// The slow path of [`poll_flush_bounded`](Self::poll_flush_bounded),
     /// apart so that the path of a write taken at once stays small enough
     /// to inline (the keep-alive path's every response goes through it).
@@ -607,6 +670,52 @@ impl<T: Parkable> Future for FlushBounded<'_, T> {
 #[inline(never)]
 fn drop_bound(bound: &mut Option<Box<WriteBound>>) {
     *bound = None;
+}
+
+/// Bytes written from where they lie, behind the write buffer
+/// ([`ConnIo::poll_flush_with`]): a large response frame (HTTP/1.1's
+/// `exchange.rs`), and `tail`, what its framing puts after it (a chunk's
+/// CRLF). Copied into the write buffer, such a frame was held twice while
+/// a slow client read it (the body's buffer, and the write buffer grown
+/// past its high-water mark), and cost a copy a byte (session 56's
+/// file-serving review: 274 KB of memory a slow download of 64 KiB
+/// chunks, 27 × nginx's; `bench/FILES.md`).
+#[derive(Debug)]
+pub(crate) struct Unbuffered {
+    data: Bytes,
+    tail: &'static [u8],
+}
+
+impl Unbuffered {
+    /// `data`, then `tail`.
+    pub(crate) fn new(data: Bytes, tail: &'static [u8]) -> Unbuffered {
+        Unbuffered { data, tail }
+    }
+
+    /// Bytes left to write.
+    pub(crate) fn len(&self) -> usize {
+        self.data.len() + self.tail.len()
+    }
+
+    /// Whether all of it was written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.data.is_empty() && self.tail.is_empty()
+    }
+
+    /// `n` more bytes of it were written.
+    fn advance(&mut self, n: usize) {
+        let of_data = n.min(self.data.len());
+        self.data.advance(of_data);
+        self.tail = &self.tail[n - of_data..];
+    }
+
+    /// What is left of it, copied to the end of `dst`: for what must be
+    /// written behind it before it went (rare: a gRPC-web call the drain
+    /// ends mid-body).
+    pub(crate) fn copy_into(self, dst: &mut BytesMut) {
+        dst.extend_from_slice(&self.data);
+        dst.extend_from_slice(self.tail);
+    }
 }
 
 /// A connection's read and write buffers; whatever it holds goes back to the

@@ -113,6 +113,7 @@ mod scripted;
 mod shutdown_crossworker;
 mod shutdown_first56;
 mod signal;
+mod slow_download57;
 mod sse;
 mod sse_halfopen;
 mod start;

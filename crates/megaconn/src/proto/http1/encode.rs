@@ -1,13 +1,15 @@
 //! Response framing: the head, the body encoder (`Content-Length`, `chunked`,
 //! close-delimited, or no body at all) and the canned error responses.
 //!
-//! Everything is written into the connection's write buffer; the exchange
-//! decides when the buffer goes to the socket, so a response head and a small
-//! body (and several pipelined responses) leave in one `write`.
+//! Everything is written into the connection's write buffer, but the data
+//! of a large body frame ([`Encoder::encode_large`]: only its framing); the
+//! exchange decides when the buffer goes to the socket, so a response head
+//! and a small body (and several pipelined responses) leave in one `write`,
+//! and a head and a large frame in one `writev`.
 
 use std::fmt::Write as _;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
@@ -29,8 +31,10 @@ pub(crate) enum Encoder {
 /// A response body broke its own framing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum EncodeError {
+    /// The declared length went out whole (`sent`, the bytes of this
+    /// frame that did); the rest is dropped.
     #[error("response body is longer than its Content-Length")]
-    TooLong,
+    TooLong { sent: usize },
     #[error("response body is shorter than its Content-Length")]
     TooShort,
 }
@@ -342,9 +346,10 @@ impl Encoder {
                     // (`body_overran`): a file that grew while `ServeDir`
                     // read it loses what came after its `Content-Length`,
                     // not the whole chunk read.
-                    dst.put_slice(&data[..*remaining as usize]);
+                    let sent = *remaining as usize;
+                    dst.put_slice(&data[..sent]);
                     *remaining = 0;
-                    return Err(EncodeError::TooLong);
+                    return Err(EncodeError::TooLong { sent });
                 }
                 *remaining -= data.len() as u64;
                 dst.put_slice(data);
@@ -358,6 +363,43 @@ impl Encoder {
                 dst.put_slice(data);
                 Ok(())
             }
+        }
+    }
+
+    /// Frames a large piece of body data that goes out from its own bytes
+    /// rather than copied into `dst` (`exchange.rs`, `LARGE_FRAME`): what
+    /// its framing puts before it goes into `dst` (a chunk's size line),
+    /// and what it puts after it is returned (a chunk's CRLF), to be
+    /// written behind it. `data` is cut to what may go out: to the rest
+    /// of a `Content-Length` (then `TooLong`, as
+    /// [`encode_data`](Self::encode_data) does), to nothing where no body
+    /// may be sent.
+    pub(crate) fn encode_large(
+        &mut self,
+        data: &mut Bytes,
+        dst: &mut BytesMut,
+    ) -> Result<&'static [u8], EncodeError> {
+        match self {
+            Encoder::NoBody => {
+                data.clear();
+                Ok(b"")
+            }
+            Encoder::Length { remaining } => {
+                if data.len() as u64 > *remaining {
+                    let sent = *remaining as usize;
+                    data.truncate(sent);
+                    *remaining = 0;
+                    return Err(EncodeError::TooLong { sent });
+                }
+                *remaining -= data.len() as u64;
+                Ok(b"")
+            }
+            Encoder::Chunked if data.is_empty() => Ok(b""),
+            Encoder::Chunked => {
+                put_chunk_size(data.len(), dst);
+                Ok(b"\r\n")
+            }
+            Encoder::CloseDelimited => Ok(b""),
         }
     }
 
@@ -393,10 +435,15 @@ impl Encoder {
 fn put_chunk(data: &[u8], dst: &mut BytesMut) {
     if !data.is_empty() {
         dst.reserve(18 + data.len() + 2);
-        let _ = write!(Writer(dst), "{:x}\r\n", data.len());
+        put_chunk_size(data.len(), dst);
         dst.put_slice(data);
         dst.put_slice(b"\r\n");
     }
+}
+
+/// A chunk's size line, for a chunk of `len` bytes.
+fn put_chunk_size(len: usize, dst: &mut BytesMut) {
+    let _ = write!(Writer(dst), "{len:x}\r\n");
 }
 
 /// A chunked body's last chunk and its trailer section: of `trailers`,
@@ -826,7 +873,10 @@ mod tests {
     fn length_mismatch_is_an_error() {
         let mut enc = Encoder::Length { remaining: 2 };
         let mut dst = BytesMut::new();
-        assert_eq!(enc.encode_data(b"abc", &mut dst), Err(EncodeError::TooLong));
+        assert_eq!(
+            enc.encode_data(b"abc", &mut dst),
+            Err(EncodeError::TooLong { sent: 2 })
+        );
         assert_eq!(&dst[..], b"ab", "the declared length is written");
         let mut enc = Encoder::Length { remaining: 2 };
         assert_eq!(enc.finish(None, &[], &mut dst), Err(EncodeError::TooShort));

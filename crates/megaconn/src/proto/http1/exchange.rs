@@ -16,7 +16,9 @@
 //!
 //! The pump reads body bytes only when the handler asks for them (that is when
 //! `100 Continue` goes out); the writer frames response bytes into the write
-//! buffer and pushes them while the exchange runs; when the body is done the
+//! buffer and pushes them while the exchange runs (a large frame goes out
+//! from its own bytes behind the buffer's, and the body is asked for the
+//! next only once it went: [`LARGE_FRAME`]); when the body is done the
 //! pump keeps one eye on the socket so a client that hangs up cancels the
 //! handler. A handler's wait for body bytes that do not come is bounded
 //! ([`BodyStall`]). [`Exchange::poll`] runs the three steps in a loop until
@@ -45,7 +47,7 @@ use tokio::time::Sleep;
 use super::decode::{Decoded, Decoder};
 use super::encode::{self, EncodeError, Encoder, HeadContext};
 use super::{CloseReason, Outcome};
-use crate::conn::io::{read_more, ConnIo, WriteBound, Writes};
+use crate::conn::io::{read_more, ConnIo, Unbuffered, WriteBound, Writes};
 use crate::conn::shutdown::CallSlot;
 use crate::conn::transport::{Parkable, Transport};
 use crate::error::BodyError;
@@ -72,6 +74,22 @@ const MAX_BODY_CHUNK: usize = 64 * 1024;
 /// past it, the connection writes the answers to pipelined requests before
 /// it reads the next (`conn.rs`).
 pub(super) const WRITE_HIGH_WATER: usize = 64 * 1024;
+
+/// A response data frame at least this large goes out from its own bytes
+/// ([`Unbuffered`], one `writev` behind what is buffered), not copied into
+/// the write buffer, and the body is asked for its next frame only once it
+/// is all written: at most one such frame is held per response. Copied,
+/// each frame was held twice while a slow client read it (the body's, and
+/// the write buffer's, which took frames up to [`WRITE_HIGH_WATER`] and a
+/// frame past it, and doubled its room for it): 274 KB a slow download of
+/// `ServeDir`'s 64 KiB chunks, nginx 9.8 KB (session 56's file-serving
+/// review), and a copy a byte. Smaller frames are still copied: many of
+/// them (answers to pipelined requests, a stream's small events) go out
+/// together in one write, which one `writev` per frame would not do, and
+/// the copy of a few bytes costs less than the slice. 16 KiB is
+/// `ServeDir`'s smallest chunk worth setting and a TLS record's payload
+/// (`bench/FILES.md`, session 57).
+pub(super) const LARGE_FRAME: usize = 16 * 1024;
 
 /// How a response write that has to wait is bounded, here and when the
 /// connection writes what the exchange left (`conn.rs`): by
@@ -266,6 +284,10 @@ struct State {
     // The bound of a response write that waits (`WRITES`), made only
     // then: one word while none does.
     write_bound: Option<Box<WriteBound>>,
+    // A large response frame not all written yet ([`LARGE_FRAME`]): the
+    // body is not asked for more until it is, and nothing is buffered
+    // behind it.
+    unbuffered: Option<Unbuffered>,
     // The bound of the handler's wait for body bytes (`BodyStall`),
     // made only then: one word while it does not wait.
     body_stall: Option<Box<BodyStall>>,
@@ -334,6 +356,7 @@ where
             st: State {
                 deadline_kind: DeadlineKind::Read,
                 write_bound: None,
+                unbuffered: None,
                 body_stall: None,
                 body_rate: None,
                 setup,
@@ -426,7 +449,11 @@ where
                 Ok(progress) => progress,
                 Err(outcome) => return Poll::Ready(ended_early(&mut this, outcome)),
             };
-            if this.handler.is_none() && this.st.response_done && this.st.setup.decoder.is_none() {
+            if this.handler.is_none()
+                && this.st.response_done
+                && this.st.setup.decoder.is_none()
+                && this.st.unbuffered.is_none()
+            {
                 if this.st.deadline_kind == DeadlineKind::Write {
                     // What is still buffered is written here, under
                     // `write_timeout` (see `write_rest`).
@@ -820,6 +847,11 @@ fn end_call<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Step {
     this.st.record.response_bytes(frame.len());
     let encoder = this.st.encoder.as_mut().expect("head written before body");
     let wbuf = this.conn.wbuf();
+    // A large frame not all written goes first (copied: nothing may be
+    // buffered behind it).
+    if let Some(held) = this.st.unbuffered.take() {
+        held.copy_into(wbuf);
+    }
     encoded(encoder.encode_data(&frame, wbuf))?;
     encoded(encoder.finish(None, &[], wbuf))?;
     this.st.setup.keep_alive = false;
@@ -1711,7 +1743,9 @@ fn left_by_error<T, F, B>(this: &Proj<'_, '_, T, F, B>, reason: CloseReason) -> 
     Outcome::Close(reason)
 }
 
-/// Pulls response frames into the write buffer, up to the high-water mark.
+/// Pulls response frames into the write buffer, up to the high-water mark,
+/// or until a large one ([`LARGE_FRAME`]) waits to be written from its own
+/// bytes.
 ///
 /// A body that says, after a data frame, that it has no more
 /// (`is_end_stream`: a `Full`'s once its data is out, which is most sized
@@ -1727,7 +1761,7 @@ where
 {
     let mut progress = false;
     while let Some(body) = this.body.as_mut().as_pin_mut() {
-        if this.conn.wbuf_len() >= WRITE_HIGH_WATER {
+        if this.conn.wbuf_len() >= WRITE_HIGH_WATER || this.st.unbuffered.is_some() {
             break;
         }
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| body.poll_frame(cx)));
@@ -1752,17 +1786,32 @@ where
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(mut data) => {
-                    this.st.record.response_bytes(data.remaining());
-                    let r = match encoder.encode_data(&data, wbuf) {
-                        Err(EncodeError::TooLong) => {
+                    let len = data.remaining();
+                    let r = if len >= LARGE_FRAME {
+                        let r = hold_large(data, encoder, wbuf, &mut this.st.unbuffered);
+                        // Its end is asked for once it is written: what
+                        // ends the body goes behind it.
+                        data_sent = this.st.unbuffered.is_none();
+                        r
+                    } else {
+                        let r = encoder.encode_data(&data, wbuf);
+                        data.advance(data.remaining());
+                        data_sent = true;
+                        r
+                    };
+                    // Only what goes out is counted: not what went past
+                    // the `Content-Length` (dropped, `body_overran`).
+                    match r {
+                        Err(EncodeError::TooLong { sent }) => {
+                            this.st.record.response_bytes(sent);
                             overran = true;
                             Ok(())
                         }
-                        r => r,
-                    };
-                    data.advance(data.remaining());
-                    data_sent = true;
-                    r
+                        r => {
+                            this.st.record.response_bytes(len);
+                            r
+                        }
+                    }
                 }
                 Err(frame) => {
                     // Only to a client that said it takes them, and only
@@ -1808,6 +1857,30 @@ where
         }
     }
     Ok(progress)
+}
+
+/// A large data frame ([`LARGE_FRAME`]) framed by `encoder` (a chunk's
+/// size line into `wbuf`) and held in `slot` to be written from its own
+/// bytes behind what `wbuf` holds, with what its framing puts after it
+/// (`write_unbuffered`). Past a `Content-Length`, only what it declares is
+/// held (`TooLong`, as `Encoder::encode_data`).
+#[inline(never)]
+fn hold_large(
+    mut data: Bytes,
+    encoder: &mut Encoder,
+    wbuf: &mut BytesMut,
+    slot: &mut Option<Unbuffered>,
+) -> Result<(), EncodeError> {
+    let framed = encoder.encode_large(&mut data, wbuf);
+    let tail: &'static [u8] = match framed {
+        Ok(tail) => tail,
+        Err(_) => b"",
+    };
+    let frame = Unbuffered::new(data, tail);
+    if !frame.is_empty() {
+        *slot = Some(frame);
+    }
+    framed.map(|_| ())
 }
 
 /// The response body went on past its `Content-Length`, which went out
@@ -1860,6 +1933,9 @@ fn poll_write<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -
 where
     T: Parkable,
 {
+    if this.st.unbuffered.is_some() {
+        return write_unbuffered(this, cx);
+    }
     let exchange_done =
         this.handler.is_none() && this.st.response_done && this.st.setup.decoder.is_none();
     if exchange_done || this.conn.wbuf_len() == 0 {
@@ -1870,6 +1946,30 @@ where
         .poll_flush_bounded(cx, &mut this.st.write_bound, &WRITES)
     {
         Poll::Ready(Ok(())) => Ok(true),
+        Poll::Ready(Err(reason)) => Err(left_by_error(this, reason)),
+        Poll::Pending => Ok(false),
+    }
+}
+
+/// [`poll_write`] with a large frame held ([`LARGE_FRAME`]): what is
+/// buffered, then the frame, bounded as any response write; once all of it
+/// went, the body may be asked for its next frame. Also after the exchange
+/// is otherwise done: its last frame is the exchange's to write (the
+/// exchange ends only once it went).
+#[inline(never)]
+fn write_unbuffered<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
+where
+    T: Parkable,
+{
+    let frame = this.st.unbuffered.as_mut().expect("checked by the caller");
+    match this
+        .conn
+        .poll_flush_with_bounded(cx, frame, &mut this.st.write_bound, &WRITES)
+    {
+        Poll::Ready(Ok(())) => {
+            this.st.unbuffered = None;
+            Ok(true)
+        }
         Poll::Ready(Err(reason)) => Err(left_by_error(this, reason)),
         Poll::Pending => Ok(false),
     }

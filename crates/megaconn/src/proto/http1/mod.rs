@@ -18,6 +18,9 @@
 pub(crate) mod conn;
 pub(crate) mod decode;
 pub(crate) mod encode;
+// Beside `encode.rs`'s own: a large frame's framing (see its doc).
+#[cfg(test)]
+mod encode_large_tests;
 // Beside `encode.rs`'s own: a head held to the rules (see its doc).
 #[cfg(test)]
 mod encode_end_tests;
