@@ -518,6 +518,9 @@ fn write_names(slot: &[AtomicI64], names: &[&str]) {
             room = NAMES_BYTES,
             "--topic-metrics: the topics' names are too long for the supervisor's shared block; its /metrics shows no per-topic series (each worker process counts them still)"
         );
+        // Tried once: a length of -1 is neither 0 (`publish` would try,
+        // and warn, again every second) nor a length `read_names` takes.
+        slot[NAMES_LEN].store(-1, Release);
         return;
     }
     for (word, chunk) in slot[NAMES..].iter().zip(bytes.chunks(8)) {

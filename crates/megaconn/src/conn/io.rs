@@ -706,6 +706,13 @@ impl Unbuffered {
     fn advance(&mut self, n: usize) {
         let of_data = n.min(self.data.len());
         self.data.advance(of_data);
+        if self.data.is_empty() {
+            // An emptied `Bytes` still holds the body's allocation: let
+            // it go now, not at the flush that follows (over TLS the
+            // wait is on the sealed records, so the plaintext chunk
+            // would stay beside its ciphertext all that time).
+            self.data = Bytes::new();
+        }
         self.tail = &self.tail[n - of_data..];
     }
 

@@ -4,6 +4,8 @@
 //! what a broadcast reaches, and what the drain counts): each connection
 //! once, from its registration to its close, the count moving with it as it
 //! parks and wakes, never dropped at one step and taken again at a later one.
+//! (One exception, on purpose: with no hub an awake connection is not
+//! registered for pushes, so it is counted only while parked.)
 //!
 //! A message connection is in one of three places, and its count is where
 //! it is:

@@ -1799,8 +1799,9 @@ where
                         data_sent = true;
                         r
                     };
-                    // Only what goes out is counted: not what went past
-                    // the `Content-Length` (dropped, `body_overran`).
+                    // Not counted: what went past the `Content-Length`
+                    // (dropped, `body_overran`). A HEAD's or a bodiless
+                    // status's frames are counted whole, as before.
                     match r {
                         Err(EncodeError::TooLong { sent }) => {
                             this.st.record.response_bytes(sent);
