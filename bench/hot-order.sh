@@ -9,7 +9,11 @@
 # callgrind's 8-way model of it misses 96 lines a request (tokio-floor 2.3),
 # most of them in sets that more than eight hot lines share by where the
 # linker happened to put their functions. Linked hottest first, the same
-# code misses 37 (bench/CPU-PER-REQUEST.md, "Session 58: pipelined").
+# code misses 37, and 28 with `-C llvm-args=-hot-cold-split=true` besides
+# (LLVM's cold blocks moved out of their functions); on the machine that
+# leaned −4 to −7 % of the user time a request in some A/B runs and not in
+# others (bench/CPU-PER-REQUEST.md, "Session 58: pipelined"): not the
+# build's default.
 #
 # What it does: runs bench/lower-bound.sh (callgrind, DUMP_INSTR=yes) on
 # $MEGACONN at each depth of $PIPELINES, then bench/hot-order.py, which maps
