@@ -103,6 +103,8 @@
 //!                          (h2_stream.rs: H2Stream, RFC 8441 WebSockets)
 //!             draining.rs  Draining: a handler hears that graceful shutdown
 //!                          began (found through the worker, not per request)
+//!             proxied_by.rs  ProxiedBy: the balancer a proxied request came
+//!                          through (proxy_protocol), beside its ConnInfo
 //!     |
 //!  conn/      connection.rs  one connection's accounts: slot, counters, track;
 //!                            close() is the one place a close is counted
@@ -200,6 +202,8 @@ pub use conn::config::{
 pub use conn::handover::{
     HandOverKinds, LeftToDrain, ParkedConnection, ParkedState, ParkedStateError,
 };
+#[doc(hidden)]
+pub use conn::proxy_header::proxied_client_for_test;
 pub use conn::proxy_header::{TrustedProxies, TrustedProxiesError, MAX_PROXY_HEADER_BYTES};
 pub use conn::tls::{
     KxGroup, TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_KX_GROUPS,
@@ -244,6 +248,7 @@ pub use server::signal::shutdown_signal;
 pub use server::stall::LoopWakes;
 pub use service::body::Body;
 pub use service::draining::Draining;
+pub use service::proxied_by::ProxiedBy;
 pub use service::upgrade::{OnUpgrade, Upgraded};
 pub use service::{into_marker, HttpService, IntoHttpService};
 /// The UTF-8 text of a [`WsMessage::Text`] (tungstenite's: cheap to clone,

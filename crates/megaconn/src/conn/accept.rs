@@ -290,7 +290,7 @@ pub(crate) async fn accept_loop(
                     // A trusted balancer's connection: its client, named by
                     // its PROXY header, is tracked and held to the per-IP
                     // limits once the header is in (`dispatch::serve_proxied`).
-                    let proxied = crate::conn::proxy_header::expected(&ctx.config, peer);
+                    let proxied = crate::conn::proxy_header::expected(&ctx.config, local, peer);
                     let track = if proxied {
                         None
                     } else {

@@ -300,6 +300,11 @@ pub(crate) struct Config {
     /// Sources whose connections start with a PROXY protocol header
     /// (`conn/proxy_header.rs`); `None`: no connection's is read.
     pub proxy_protocol: Option<crate::conn::proxy_header::TrustedProxies>,
+    /// Listeners with a list of their own instead
+    /// (`Builder::proxy_protocol_on`): by position in `addrs` (`None`: no
+    /// listener was added at the address given, which `validate` refuses),
+    /// the address, and the list (`None`: no header read there).
+    pub proxy_protocol_listeners: Vec<crate::conn::proxy_header::ListenerProxies>,
     /// Descriptors the accepts leave free below the open-file limit
     /// (`fd_reserve.rs`); 0: none.
     pub fd_reserve: usize,
@@ -396,6 +401,7 @@ impl Default for Config {
             accept_rate: None,
             max_connections_per_ip: None,
             proxy_protocol: None,
+            proxy_protocol_listeners: Vec::new(),
             fd_reserve: DEFAULT_FD_RESERVE,
             keep_alive: true,
             server_header: None,

@@ -1,6 +1,6 @@
 //! The PROXY protocol (HAProxy's, v1 text and v2 binary) from trusted load
 //! balancers: which sources may send it ([`TrustedProxies`], the
-//! `proxy_protocol` setting), reading and consuming the header before any
+//! `proxy_protocol` setting, or a listener's own, [`ListenerProxies`]), reading and consuming the header before any
 //! protocol sees the connection, and the client's address it names, kept
 //! for every place that asks a socket for its peer.
 //!
@@ -35,8 +35,9 @@
 //!   entry, if any, goes first;
 //! - it is removed at the close, while the descriptor is still the
 //!   connection's ([`closing`]: the parking lot's own closes, a woken
-//!   socket's), or once the first task that served it ended and its
-//!   socket is gone ([`ended`]);
+//!   socket's, an upgraded connection's stream a handler drops,
+//!   [`ForgetsClient`]), or once the first task that served it ended and
+//!   its socket is gone ([`ended`]);
 //! - it is used only for the socket it was written for: its balancer's
 //!   address must be the socket's peer, and its socket cookie
 //!   (`SO_COOKIE`, unique among the kernel's sockets since boot) the
@@ -44,18 +45,23 @@
 //!   the same balancer port (the balancer reuses its source port after
 //!   `TIME_WAIT`), by this server or by another in the process that does
 //!   not read headers, never names the old client, even where a close
-//!   was missed (an upgraded socket a handler closes: its entry stays
-//!   until the descriptor's next proxied connection, unread).
+//!   was missed.
 //!
 //! While no entry is held, no lookup, close or wake-up takes the table's
 //! lock (one atomic load); while some are, an unproxied connection's
 //! close takes it once, to find nothing.
+//!
+//! What a proxied connection's protocols ask beyond its client (the
+//! balancer, for its requests' [`ProxiedBy`](crate::ProxiedBy); its
+//! accept, from which a drain's 5 s for its first request count) is not
+//! looked up per request: the task serving it knows ([`ProxiedTask`]).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -379,11 +385,21 @@ pub(crate) async fn read_header(
         Err(reason) => {
             if reason == CloseReason::HeaderTimeout {
                 HeaderOutcome::Missing.count(ctx);
-                let what = match ctx.config.read_header_timeout {
-                    Some(_) => "none within read_header_timeout",
-                    None => "none within 10 s (PROXY_HEADER_TIMEOUT: read_header_timeout is off)",
-                };
-                log_refused(HeaderOutcome::Missing, balancer, what);
+                let timeout = crate::observe::human::Timeout::from(PROXY_HEADER_TIMEOUT);
+                match ctx.config.read_header_timeout {
+                    Some(_) => log_refused(
+                        HeaderOutcome::Missing,
+                        balancer,
+                        "none within read_header_timeout",
+                    ),
+                    None => log_refused(
+                        HeaderOutcome::Missing,
+                        balancer,
+                        format_args!(
+                            "none within {timeout} (PROXY_HEADER_TIMEOUT: read_header_timeout is off)"
+                        ),
+                    ),
+                }
             }
             Err(reason)
         }
@@ -422,7 +438,7 @@ fn refused(ctx: &WorkerContext, failed: NoHeader, balancer: Option<SocketAddr>) 
     }
 }
 
-fn log_refused(outcome: HeaderOutcome, balancer: Option<SocketAddr>, what: &str) {
+fn log_refused(outcome: HeaderOutcome, balancer: Option<SocketAddr>, what: impl fmt::Display) {
     ratelog::log(Flood::ProxyHeader, |suppressed| {
         tracing::warn!(
             peer = %ratelog::peer_name(balancer),
@@ -660,11 +676,33 @@ fn client_of(fd: RawFd, socket_peer: SocketAddr) -> Option<SocketAddr> {
 /// balancer named in its PROXY header, else the socket's own peer (one
 /// `getpeername`; `None` once the peer has reset it).
 pub(crate) fn peer_of(socket: &impl AsFd) -> Option<SocketAddr> {
+    peer_and_balancer_of(socket).map(|(peer, _)| peer)
+}
+
+/// [`peer_of`], and the balancer the socket came through if its PROXY
+/// header named the client (the socket's own peer then): one lookup for
+/// both, as a woken connection's requests carry both
+/// ([`ProxiedBy`](crate::ProxiedBy)).
+pub(crate) fn peer_and_balancer_of(socket: &impl AsFd) -> Option<(SocketAddr, Option<SocketAddr>)> {
     let peer = socket2::SockRef::from(socket)
         .peer_addr()
         .ok()?
         .as_socket()?;
-    Some(client_of(socket.as_fd().as_raw_fd(), peer).unwrap_or(peer))
+    Some(match client_of(socket.as_fd().as_raw_fd(), peer) {
+        Some(client) => (client, Some(peer)),
+        None => (peer, None),
+    })
+}
+
+/// The balancer the socket at `fd` came through, if its PROXY header
+/// named the client (`Session::proxied_by`): nothing asked of the socket
+/// while no proxied connection is open (one atomic load), else one
+/// `getpeername` and a lookup.
+pub(crate) fn balancer_of(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
+    if LIVE.load(Relaxed) == 0 {
+        return None;
+    }
+    peer_and_balancer_of(&fd).and_then(|(_, by)| by)
 }
 
 /// Whether `socket` is a proxied connection's: its client's address is
@@ -680,13 +718,203 @@ pub(crate) fn is_proxied(socket: BorrowedFd<'_>) -> bool {
             .is_some()
 }
 
-/// Whether a connection accepted from `peer` must start with a header.
+/// A listener's own `proxy_protocol` list
+/// ([`Builder::proxy_protocol_on`](crate::Builder::proxy_protocol_on)).
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerProxies {
+    /// The listener's position among the server's addresses; `None` when
+    /// none was added at `addr` (`Builder::validate` says so).
+    pub(crate) listener: Option<usize>,
+    /// The address it was given for.
+    pub(crate) addr: SocketAddr,
+    /// Its sources; `None`: no header is read on it.
+    pub(crate) trusted: Option<TrustedProxies>,
+}
+
+/// Whether a connection accepted from `peer` on the listener at `local`
+/// must start with a header.
 #[inline]
-pub(crate) fn expected(config: &crate::conn::config::Config, peer: SocketAddr) -> bool {
+pub(crate) fn expected(
+    config: &crate::conn::config::Config,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> bool {
+    trusted_on(config, local).is_some_and(|trusted| trusted.contains(peer.ip()))
+}
+
+/// The sources trusted on the listener at `local`: its own list, if it
+/// was given one, else the server's. With no listener given a list of
+/// its own (the usual case), the server's at once.
+#[inline]
+fn trusted_on(config: &crate::conn::config::Config, local: SocketAddr) -> Option<&TrustedProxies> {
+    if config.proxy_protocol_listeners.is_empty() {
+        return config.proxy_protocol.as_ref();
+    }
+    own_list(config, local).unwrap_or(config.proxy_protocol.as_ref())
+}
+
+/// The list of its own the listener at `local` was given, if any (its
+/// `None`: none trusted there): found by its address among the server's,
+/// as bound (a wildcard address's listener by its port).
+#[cold]
+fn own_list(
+    config: &crate::conn::config::Config,
+    local: SocketAddr,
+) -> Option<Option<&TrustedProxies>> {
+    let addrs = &config.addrs;
+    let listener = addrs.iter().position(|&a| a == local).or_else(|| {
+        addrs
+            .iter()
+            .position(|a| a.port() == local.port() && a.ip().is_unspecified())
+    })?;
     config
-        .proxy_protocol
-        .as_ref()
-        .is_some_and(|trusted| trusted.contains(peer.ip()))
+        .proxy_protocol_listeners
+        .iter()
+        .rev()
+        .find(|own| own.listener == Some(listener))
+        .map(|own| own.trusted.as_ref())
+}
+
+/// What a task serving a proxied connection knows of it that its socket
+/// and its stream do not say: the balancer its header came through
+/// (`None` after a `LOCAL` or `UNKNOWN` header: the socket's own peer
+/// stands, and nothing was proxied), and, in its first task, when it was
+/// accepted (the header's wait came before its protocol's).
+///
+/// Why in the task ([`serving`]), not in the stream (as TLS keeps its
+/// accept in its session's box): a proxied cleartext connection is served
+/// on the same stream types as every other (`TcpStream`, then the parking
+/// lot's `WokenSocket`), which have no room to spare (a field grows every
+/// cleartext connection's future, at its bound), and a stream type of its
+/// own would build the HTTP/1.1 engine, and h2c's HTTP/2, once more for
+/// it. A task without it pays a thread-local read where it is asked: a
+/// first request's wait ([`accepted_here`]) and, with `connect_info`,
+/// each request ([`balancer_here`]); no lookup, no system call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProxiedTask {
+    /// The balancer's address (the socket's peer), when the header named
+    /// a client.
+    pub(crate) by: Option<SocketAddr>,
+    /// The connection's accept, in the task that read its header; `None`
+    /// in a task that woke it from the parking lot (its wait began then).
+    pub(crate) accepted: Option<tokio::time::Instant>,
+}
+
+tokio::task_local! {
+    /// The proxied connection the current task serves ([`ProxiedTask`]).
+    static SERVING: ProxiedTask;
+}
+
+/// Runs `serve` as the task serving the proxied connection `task` says.
+pub(crate) fn serving<F: std::future::Future>(
+    task: ProxiedTask,
+    serve: F,
+) -> impl std::future::Future<Output = F::Output> {
+    SERVING.scope(task, serve)
+}
+
+/// The balancer whose PROXY header named the client of the connection the
+/// current task serves, if it is one ([`ProxiedTask::by`]).
+#[inline]
+pub(crate) fn balancer_here() -> Option<SocketAddr> {
+    SERVING.try_with(|task| task.by).ok().flatten()
+}
+
+/// When the proxied connection the current task serves was accepted, in
+/// the task that read its header ([`ProxiedTask::accepted`]): a drain's
+/// 5 s for its first request count from there
+/// ([`Parkable::accepted_at`](crate::conn::transport::Parkable::accepted_at)).
+#[inline]
+pub(crate) fn accepted_here() -> Option<tokio::time::Instant> {
+    SERVING.try_with(|task| task.accepted).ok().flatten()
+}
+
+pin_project_lite::pin_project! {
+    /// A proxied connection's stream handed to a handler (an upgrade:
+    /// axum's `WebSocketUpgrade`, an `OnUpgrade`), which may keep it past
+    /// the task that read its header, and drops it on a task of its own:
+    /// its client's entry goes when it drops, before its socket closes
+    /// (the descriptor still this connection's), as axum's `ConnLimiterIo`
+    /// frees its permit. Without it the entry stayed until the
+    /// descriptor's next proxied connection (unread: its cookie differed),
+    /// and while it did, every close in the process took the table's lock.
+    pub(crate) struct ForgetsClient<T> {
+        #[pin]
+        io: T,
+        fd: RawFd,
+    }
+
+    impl<T> PinnedDrop for ForgetsClient<T> {
+        fn drop(this: Pin<&mut Self>) {
+            closing(this.fd);
+        }
+    }
+}
+
+impl<T> ForgetsClient<T> {
+    /// `io`, whose socket is `fd`, a proxied connection's.
+    pub(crate) fn new(io: T, fd: RawFd) -> ForgetsClient<T> {
+        ForgetsClient { io, fd }
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for ForgetsClient<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for ForgetsClient<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+/// For tests only: the client the table holds for a connection from
+/// `by` (a balancer's address and port), if it holds one, whether or not
+/// its socket is still open. An entry must go with its connection; only a
+/// scan of the table can tell a test that one stayed.
+#[doc(hidden)]
+pub fn proxied_client_for_test(by: SocketAddr) -> Option<SocketAddr> {
+    table()
+        .as_ref()?
+        .values()
+        .find(|entry| entry.by == by)
+        .map(|entry| entry.client)
 }
 
 #[cfg(test)]
@@ -710,6 +938,45 @@ mod tests {
         body.extend_from_slice(&443u16.to_be_bytes());
         body.extend_from_slice(tlvs);
         v2(1, 0x11, &body)
+    }
+
+    /// The docs say in words how long a header is waited for with
+    /// `read_header_timeout` off ("10 s"; the log line prints the
+    /// constant): the README's section, the builder's doc and this
+    /// module's map say what [`PROXY_HEADER_TIMEOUT`] is.
+    #[test]
+    fn the_docs_say_the_header_timeout_the_constant_is() {
+        assert_eq!(
+            PROXY_HEADER_TIMEOUT.subsec_nanos(),
+            0,
+            "said in whole seconds"
+        );
+        let said = format!("{} s with it off", PROXY_HEADER_TIMEOUT.as_secs());
+        let readme = include_str!("../../../../README.md");
+        let section = readme
+            .split("### Behind a load balancer (PROXY protocol)")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .expect("the README's PROXY protocol section");
+        let builder = include_str!("../server/builder.rs");
+        let doc = builder
+            .split("pub fn proxy_protocol(")
+            .next()
+            .and_then(|before| before.rsplit("\n\n").next())
+            .expect("Builder::proxy_protocol's doc");
+        let map = include_str!("proxy_header.rs")
+            .split("\nuse ")
+            .next()
+            .expect("this module's doc");
+        for (what, text) in [("README", section), ("builder", doc), ("module map", map)] {
+            // Joined as a reader sees it, across the doc's line breaks.
+            let text = text
+                .replace("\n", " ")
+                .replace("/// ", "")
+                .replace("//! ", "");
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(text.contains(&said), "the {what} does not say {said:?}");
+        }
     }
 
     /// The metric's labels are the outcomes', in their order.

@@ -175,6 +175,16 @@ impl Parkable for TcpStream {
         Some(self.as_raw_fd())
     }
 
+    /// A proxied connection's accept, in the task that read its PROXY
+    /// header (`proxy_header::accepted_here`): a drain's 5 s for its first
+    /// request count from there, the header's wait included, as over TLS
+    /// they count through the handshake. Asked at a first request's wait
+    /// only; another connection's task answers `None` (a thread-local's
+    /// read).
+    fn accepted_at(&self) -> Option<tokio::time::Instant> {
+        crate::conn::proxy_header::accepted_here()
+    }
+
     fn into_parked(self) -> io::Result<OwnedFd> {
         Ok(self.into_std()?.into())
     }

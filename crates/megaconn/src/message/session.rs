@@ -124,6 +124,24 @@ impl Session {
         peer_of(self.id.fd())
     }
 
+    /// The load balancer this connection came through, when it is a
+    /// proxied one ([`Builder::proxy_protocol`](crate::Builder::proxy_protocol):
+    /// its PROXY header named the client [`peer_addr`](Session::peer_addr)
+    /// answers); the balancer's address and source port, the socket's own
+    /// peer. `None` for any other connection, and after a `LOCAL` or
+    /// `UNKNOWN` header. Read when asked, as `peer_addr` is (one atomic
+    /// load while no proxied connection is open, else one `getpeername`
+    /// and a lookup in the process's table of proxied clients).
+    pub fn proxied_by(&self) -> Option<SocketAddr> {
+        let fd = self.id.fd();
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: open while the session lives, as for `peer_addr`.
+        let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+        crate::conn::proxy_header::balancer_of(socket)
+    }
+
     /// How far behind this connection is: what waits in its outbound
     /// queue, pushed by the hub and not yet taken for writing
     /// ([`Buffered`]: messages and bytes; zero while it keeps up). Its

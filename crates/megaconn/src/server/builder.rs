@@ -1193,15 +1193,21 @@ impl Builder {
 
     /// Reads the PROXY protocol (HAProxy's, v1 and v2) from the load
     /// balancers in `trusted` (parsed from `"10.0.0.0/8,192.168.1.5"`),
-    /// on every listener (HTTP, TLS, framed): a connection from one of
+    /// on every listener (HTTP, TLS, framed; one may have its own list,
+    /// [`proxy_protocol_on`](Builder::proxy_protocol_on)): a connection from one of
     /// them must start with a header, before its TLS handshake or first
-    /// request, within `read_header_timeout` (10 s with it off), and the client it names is
+    /// request, within `read_header_timeout` (10 s with it off, as
+    /// [`DEFAULT_READ_HEADER_TIMEOUT`](crate::DEFAULT_READ_HEADER_TIMEOUT)),
+    /// and the client it names is
     /// the connection's peer from then on: [`ConnInfo`](crate::ConnInfo)
     /// (axum's `ConnectInfo`), `Session::peer_addr`, log lines, spans'
     /// `client.address`, the `on_connection` hook and
     /// `max_connections_per_ip` (checked on the client once the header is
     /// in, not on the balancer at accept; so is
-    /// `TlsConfig::handshake_rate_per_ip`). A v2 `LOCAL` header (a
+    /// `TlsConfig::handshake_rate_per_ip`); the balancer's own address is
+    /// the [`ProxiedBy`](crate::ProxiedBy) request extension (with
+    /// [`connect_info`](Builder::connect_info)) and
+    /// [`Session::proxied_by`](crate::Session::proxied_by). A v2 `LOCAL` header (a
     /// balancer's health check) or a v1 `UNKNOWN` one keeps the socket's
     /// address, as the spec says. From a trusted source, a connection
     /// without a valid header is closed (`megaconn_proxy_headers_total`
@@ -1213,6 +1219,35 @@ impl Builder {
     /// is refused. Default: `None`, no header read.
     pub fn proxy_protocol(mut self, trusted: Option<crate::TrustedProxies>) -> Builder {
         self.config.proxy_protocol = trusted;
+        self
+    }
+
+    /// [`proxy_protocol`](Builder::proxy_protocol) for one listener: the
+    /// one added last at `addr` (with [`listen_on`](Builder::listen_on),
+    /// [`listen_tls_on`](Builder::listen_tls_on), `listen_framed_on`,
+    /// `listen_framed_tls_on`, [`listener`](Builder::listener)), whose
+    /// connections read their header from the sources in `trusted`
+    /// instead of the server's (`None`: no header is read on it, whatever
+    /// the server's list says). Every other listener keeps the server's
+    /// list. For a listener behind a balancer beside one that clients
+    /// reach directly, as nginx's `proxy_protocol` is a parameter of each
+    /// `listen`. Called again for the same listener, the last call counts.
+    /// An address no listener was added at is refused by
+    /// [`listen`](Builder::listen). Default: every listener has the
+    /// server's list.
+    pub fn proxy_protocol_on(
+        mut self,
+        addr: SocketAddr,
+        trusted: Option<crate::TrustedProxies>,
+    ) -> Builder {
+        let listener = self.config.addrs.iter().rposition(|a| *a == addr);
+        self.config
+            .proxy_protocol_listeners
+            .push(crate::conn::proxy_header::ListenerProxies {
+                listener,
+                addr,
+                trusted,
+            });
         self
     }
 
@@ -1463,6 +1498,17 @@ impl Builder {
         }
         if c.max_connections == Some(0) {
             return Err(Error::Config("max_connections must be at least 1".into()));
+        }
+        if let Some(own) = c
+            .proxy_protocol_listeners
+            .iter()
+            .find(|o| o.listener.is_none())
+        {
+            return Err(Error::Config(format!(
+                "proxy_protocol_on({}): no listener was added at that address \
+                 (add it first: listen_on, listen_tls_on, listen_framed_on)",
+                own.addr
+            )));
         }
         if c.http2.max_grown_stream_window > config::MAX_WINDOW {
             return Err(Error::Config(format!(

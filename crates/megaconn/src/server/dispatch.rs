@@ -88,7 +88,7 @@ where
             // A trusted balancer's: its PROXY header first. Boxed, as the
             // other cold paths are: the header's wait does not size every
             // connection's future.
-            if proxy_header::expected(&ctx.config, info.peer) {
+            if proxy_header::expected(&ctx.config, info.local, info.peer) {
                 return Either::Right(Either::Right(
                     serve_proxied(socket, service, ctx, conn, info, (retire_at, place))
                         .boxed_local(),
@@ -169,21 +169,17 @@ where
                 debug_assert!(wake.readable());
                 // The lot keeps no addresses (they would double a parked
                 // connection's cost): read them back only if requests
-                // carry them.
-                let info = if ctx.config.connect_info {
-                    ConnInfo::of(&socket).map(Box::new)
-                } else {
-                    None
-                };
-                Either::Right(Either::Left(serve_http1(
-                    WokenSocket::new(socket, hot, wake),
-                    service,
-                    ctx,
-                    conn,
-                    info,
-                    proto::HTTP1,
-                    None,
-                )))
+                // carry them, with the balancer of a proxied one (the same
+                // lookup), whose task its requests' `ProxiedBy` read.
+                let (info, by) = woken_addrs(&socket, &ctx);
+                let io = WokenSocket::new(socket, hot, wake);
+                let serving = move || serve_http1(io, service, ctx, conn, info, proto::HTTP1, None);
+                match by {
+                    None => Either::Right(Either::Left(serving())),
+                    Some(by) => Either::Right(Either::Right(
+                        proxy_header::serving(woken_task(by), serving()).boxed_local(),
+                    )),
+                }
             }
             proto::HTTP1_TLS => Either::Right(Either::Right(
                 serve_tls_woken(socket, hot, wake, service, ctx, conn).boxed_local(),
@@ -333,7 +329,7 @@ pub(crate) fn serve_at_once(incoming: &Incoming, ctx: &WorkerContext) -> bool {
         } => true,
         Incoming::Accepted(_, info, _, _) => {
             matches!(accepted_as(ctx, info), Accepted::Http1 { bare: true })
-                && !proxy_header::expected(&ctx.config, info.peer)
+                && !proxy_header::expected(&ctx.config, info.local, info.peer)
         }
         Incoming::Woken { .. } | Incoming::Refused { .. } => false,
     }
@@ -372,12 +368,45 @@ pub(crate) fn export(
     }
 }
 
-/// Whether the parked socket `fd` is a proxied connection's
-/// (`proxy_header::is_proxied`).
+/// Whether the socket `fd` is a proxied connection's
+/// (`proxy_header::is_proxied`: one atomic load while none is open).
 fn proxied(fd: std::os::fd::RawFd) -> bool {
-    // SAFETY: `export`'s `fd` is a parked socket the lot owns while it asks.
+    // SAFETY: the callers' `fd` is open while they ask: `export`'s, a
+    // parked socket the lot owns meanwhile; an upgrade's, its stream's.
     let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     proxy_header::is_proxied(socket)
+}
+
+/// A woken connection's addresses for its requests (with `connect_info`:
+/// the lot keeps none; two system calls), and the balancer it came
+/// through if it is a proxied one (found by the same lookup).
+fn woken_addrs(
+    socket: &std::os::fd::OwnedFd,
+    ctx: &WorkerContext,
+) -> (Option<Box<ConnInfo>>, Option<SocketAddr>) {
+    if !ctx.config.connect_info {
+        return (None, None);
+    }
+    let Some((peer, by)) = proxy_header::peer_and_balancer_of(socket) else {
+        return (None, None);
+    };
+    let local = socket2::SockRef::from(socket)
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket());
+    match local {
+        Some(local) => (Some(Box::new(ConnInfo { peer, local })), by),
+        None => (None, None),
+    }
+}
+
+/// The task of a woken proxied connection (its balancer `by`): its
+/// accept is long gone, its first request's wait began at the wake.
+fn woken_task(by: SocketAddr) -> proxy_header::ProxiedTask {
+    proxy_header::ProxiedTask {
+        by: Some(by),
+        accepted: None,
+    }
 }
 
 /// Resumes a connection another process handed over ([`export`]'s other
@@ -541,22 +570,31 @@ async fn serve_proxied<S>(
     // Dropped after the socket, whichever way the task ends (a forced
     // shutdown drops it): declared before the future that takes it.
     let _ended = proxy_header::OnTaskEnd(fd);
-    match proxy_header::read_header(&stream, &ctx, accepted).await {
-        Ok(Some(client)) => info.peer = client,
-        Ok(None) => {}
+    // The socket's peer, until the header names the client: the balancer.
+    let by = match proxy_header::read_header(&stream, &ctx, accepted).await {
+        Ok(Some(client)) => Some(std::mem::replace(&mut info.peer, client)),
+        Ok(None) => None,
         Err(reason) => {
             // A FIN, not the reset unread bytes would draw.
             crate::conn::admission::shut_and_discard(fd);
             return conn.close(reason);
         }
-    }
+    };
     let track = crate::conn::accept::open_track(&ctx, info.peer, info.local);
     if let Some(track) = &track {
         conn.set_track(track.clone());
     }
     let start = (retire_at, place, accepted);
     let serving = serve_proxied_client(stream, service, ctx, conn, info, start);
-    Tracked::new(serving, track).await;
+    // What its protocols ask of the task (`ProxiedTask`): the balancer, for
+    // its requests' `ProxiedBy`; the accept, from which a drain's 5 s for
+    // a first request on cleartext HTTP/1.1 count (`TcpStream`'s
+    // `accepted_at`; TLS's stream keeps its own).
+    let task = proxy_header::ProxiedTask {
+        by,
+        accepted: Some(accepted),
+    };
+    proxy_header::serving(task, Tracked::new(serving, track)).await;
 }
 
 /// A proxied connection once its header named its client (`info.peer`):
@@ -715,24 +753,26 @@ async fn serve_tls_woken<S>(
         tracing::error!("a woken TLS connection has no parked session");
         return conn.close(CloseReason::ServerError);
     };
-    let info = if ctx.config.connect_info {
-        ConnInfo::of(&socket).map(Box::new)
-    } else {
-        None
-    };
+    // With the balancer of a proxied one, for its requests' `ProxiedBy`.
+    let (info, by) = woken_addrs(&socket, &ctx);
     // HTTPS/1.1 parks with no timer: bytes woke it.
     let mut io = TlsIo::resume(WokenSocket::new(socket, hot, wake), parked);
     match io.poll_prefetch() {
-        Ok(true) => serve_http1(io, service, ctx, conn, info, proto::HTTP1_TLS, None).await,
-        // Part of a record: the rest is a request on its way, and it waits
-        // as a task under `read_header_timeout`, as a cleartext request head
-        // does (the same path as a first request). Parked again with a fresh
-        // idle deadline, it held up to a record's ciphertext for as long as
-        // the client kept sending a byte now and then.
-        Ok(false) if io.holds_partial_record() => {
-            serve_http1(io, service, ctx, conn, info, proto::HTTP1_TLS, None).await
+        // Requests, or part of a record: the rest is a request on its way,
+        // and it waits as a task under `read_header_timeout`, as a
+        // cleartext request head does (the same path as a first request).
+        // Parked again with a fresh idle deadline, it held up to a record's
+        // ciphertext for as long as the client kept sending a byte now and
+        // then.
+        Ok(prefetched) if prefetched || io.holds_partial_record() => {
+            let serving = serve_http1(io, service, ctx, conn, info, proto::HTTP1_TLS, None);
+            match by {
+                Some(by) => proxy_header::serving(woken_task(by), serving).await,
+                None => serving.await,
+            }
         }
-        Ok(false) => {
+        // Complete TLS housekeeping alone: parked again.
+        Ok(_) => {
             let deadline = ctx
                 .config
                 .idle_timeout
@@ -918,7 +958,17 @@ async fn hand_over_http1<T, S>(
             // keep it on a task of its own, which the drain cannot see).
             let drain = Some(ctx.upgrade_drain(true));
             let socket = io.lot_fd();
-            let upgraded = Upgraded::new(io, read_ahead, conn.into_send(), drain).with_write_limit(
+            let conn = conn.into_send();
+            // A proxied one's client entry goes when the handler drops
+            // it (its task may outlive this one, which cannot see it go).
+            let upgraded = match socket.filter(|&fd| proxied(fd)) {
+                Some(fd) => {
+                    let io = proxy_header::ForgetsClient::new(io, fd);
+                    Upgraded::new(io, read_ahead, conn, drain)
+                }
+                None => Upgraded::new(io, read_ahead, conn, drain),
+            };
+            let upgraded = upgraded.with_write_limit(
                 MessageSettings::write_limit_without_heartbeat(&ctx.config),
                 socket,
             );

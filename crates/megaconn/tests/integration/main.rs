@@ -108,6 +108,7 @@ mod park_evict;
 mod pipelined55;
 mod proxy_protocol56;
 mod proxy_protocol57;
+mod proxy_protocol58;
 mod read_timeout_body;
 mod scripted;
 mod shutdown_crossworker;

@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use megaconn::{
-    CloseReason, ConnectionEvent, FramedHandler, Framing, HandOverKinds, Server, Session,
-    TrustedProxies,
+    CloseReason, FramedHandler, Framing, HandOverKinds, Server, Session, TrustedProxies,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -30,10 +29,8 @@ use tokio::time::Instant;
 
 use super::framed_handover::{ask, read_line};
 use super::proxy_protocol56::{peer_seen, proxy_headers, start, start_unproxied, v1};
-use crate::common::{self, closed_as, connect_from, own_address, tls::Ca, wait_stats, SAFETY};
-
-/// A drain's grace for a connection that asked for nothing yet.
-const GRACE: Duration = Duration::from_secs(5);
+use super::proxy_protocol58::cut_five_seconds_after_its_accept;
+use crate::common::{self, closed_as, connect_from, own_address, tls::Ca, wait_stats};
 
 /// The balancer's connection from `from` (its port reused: the balancer
 /// reuses its source ports), not connected yet.
@@ -135,46 +132,10 @@ async fn with_read_header_timeout_off_a_silent_source_is_still_closed() {
 /// the header's end, so it was cut 5 s into the drain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxied_tls_connection_asking_nothing_is_cut_five_seconds_after_its_accept() {
-    let balancer = own_address();
     let ca = Ca::new();
-    let (tx, mut closes) = mpsc::unbounded_channel();
-    let builder = Server::builder()
-        .tls(ca.server(&["localhost"]))
-        .shutdown_timeout(Duration::from_secs(15))
-        .park_idle_after(None)
-        .on_connection(move |e| {
-            if let ConnectionEvent::Closed { reason, .. } = e {
-                let _ = tx.send(*reason);
-            }
-        });
-    let server = start(balancer, builder);
-    let mut s = connect_from((balancer, 0), server.addr()).await;
-    wait_stats(&server.handle, "accepted", |s| s.accepted == 1).await;
-    // The condition under test: the connection's age at its header.
-    tokio::time::sleep(GRACE).await;
-    s.write_all(&v1("203.0.113.58:1".parse().unwrap()))
-        .await
-        .unwrap();
-    wait_stats(&server.handle, "the header read", |s| {
-        proxy_headers(s, "ok") == 1
-    })
-    .await;
-    let started = Instant::now();
-    server.handle.shutdown();
-    let reason = common::next(&mut closes, "its close").await;
-    let took = started.elapsed();
-    assert!(
-        took < GRACE - Duration::from_secs(1),
-        "closed {took:?} into the drain"
-    );
-    assert_eq!(reason, CloseReason::ShutdownBeforeRequest);
-    let summary = tokio::time::timeout(SAFETY, server.task)
-        .await
-        .expect("stopped")
-        .expect("joined")
-        .expect("served");
-    assert_eq!(summary.forced, 0, "{summary:?}");
-    assert_eq!(common::handshakes(&server.handle.stats(), "shutdown"), 1);
+    let builder = Server::builder().tls(ca.server(&["localhost"]));
+    let stats = cut_five_seconds_after_its_accept(builder).await;
+    assert_eq!(common::handshakes(&stats, "shutdown"), 1);
 }
 
 /// An HTTP/2 client with prior knowledge, through a balancer, refused by

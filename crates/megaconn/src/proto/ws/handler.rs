@@ -323,6 +323,14 @@ impl WsSession {
         self.inner.peer_addr()
     }
 
+    /// The load balancer this connection came through, when its PROXY
+    /// header named the client `peer_addr` answers
+    /// ([`Session::proxied_by`](crate::Session::proxied_by)); `None`
+    /// otherwise.
+    pub fn proxied_by(&self) -> Option<std::net::SocketAddr> {
+        self.inner.proxied_by()
+    }
+
     /// The certificate chain the client presented in its TLS handshake
     /// (`wss://` with [`TlsConfig::client_auth`](crate::TlsConfig::client_auth)),
     /// verified against the client CA roots; the same after the
