@@ -85,9 +85,16 @@ async fn serve(config: Config, lot: bool) -> Served {
         .await
         .unwrap();
     let (server_end, _) = listener.accept().await.unwrap();
-    let app = tower::service_fn(|_: Request<Body>| async {
-        let ok = http_body_util::Full::new(bytes::Bytes::from_static(b"ok"));
-        Ok::<_, std::convert::Infallible>(http::Response::new(ok))
+    // Answers whether the connection was out of the idle gauge while its
+    // request was handled (it is busy then).
+    let gauge = stats.clone();
+    let app = tower::service_fn(move |_: Request<Body>| {
+        let idle = gauge.connections_idle.load(Relaxed);
+        async move {
+            let said: &'static [u8] = if idle == 0 { BUSY } else { b"listed idle" };
+            let body = http_body_util::Full::new(bytes::Bytes::from_static(said));
+            Ok::<_, std::convert::Infallible>(http::Response::new(body))
+        }
     });
     let serving = serve_connection(server_end, app, ctx.clone(), None, None);
     let ended = tokio::task::spawn_local(async move {
@@ -105,13 +112,19 @@ async fn serve(config: Config, lot: bool) -> Served {
     }
 }
 
-/// One keep-alive request, and its whole answer (`ok`).
+/// The answer of a request handled while its connection was out of the
+/// idle gauge.
+const BUSY: &[u8] = b"busy";
+
+/// One keep-alive request, and its whole answer, which says the
+/// connection was busy while it was handled.
 async fn ask(c: &mut TcpStream) {
     c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
-    let answer = read_until(c, |a| a.ends_with(b"\r\n\r\nok")).await;
-    assert!(answer.ends_with(b"ok"), "closed: {}", String::from_utf8_lossy(&answer));
+    let answer = read_until(c, |a| a.ends_with(BUSY) || a.ends_with(b"idle")).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.ends_with("\r\n\r\nbusy"), "{answer}");
 }
 
 /// What the client reads until `done` says so, or the server closes (or
@@ -207,8 +220,13 @@ async fn a_drain_closes_a_waiting_keep_alive_connection() {
         // The connection is waiting: the server's poll that wrote the
         // answer went on into the wait before the client could read it.
         assert_eq!(s.stats.connections_idle.load(Relaxed), 1, "waiting idle");
+        let drain = Instant::now();
         s.ctx.shutdown.start();
         assert_eq!(s.end().await, End::Close(CloseReason::Shutdown));
+        // Woken by the drain, not found drained at its idle timeout (its
+        // close lingers at most `SHUTDOWN_LINGER`, 500 ms).
+        let took = drain.elapsed();
+        assert!(took < GUARD / 4, "closed {took:?} into the drain");
     })
     .await;
 }
@@ -238,8 +256,12 @@ async fn a_waiting_connection_is_parked() {
         };
         let mut s = serve(config, true).await;
         ask(&mut s.client).await;
+        let asked = Instant::now();
         s.ctx.shutdown.park_all_idle(false);
         assert_eq!(s.end().await, End::Park, "asked to park");
+        // Woken by the ask, not found asked at its idle timeout.
+        let took = asked.elapsed();
+        assert!(took < GUARD / 4, "parked {took:?} after the ask");
     })
     .await;
 }
