@@ -600,7 +600,10 @@ where
         M: Fn(&'a mut ConnIo<T>, &'a mut S, HeadEnd, bool) -> X,
         X: Future,
     {
-        let (conn, service) = (self.conn.take().expect(LENT), self.service.take().expect(LENT));
+        let (conn, service) = (
+            self.conn.take().expect(LENT),
+            self.service.take().expect(LENT),
+        );
         let ctx: &'a WorkerContext = self.ctx;
         self.exchange = Some(ctx.blocks.pin_with(|| make(conn, service, end, queued)));
         self.step = Step::Exchange;
@@ -620,10 +623,9 @@ where
         let conn = self.conn.as_deref_mut().expect(LENT);
         conn.buffers.release();
         // One clock read for both deadlines.
-        let (idle_timeout, park_idle_after) =
-            (ctx.config.idle_timeout, ctx.config.park_idle_after);
-        let now = (idle_timeout.is_some() || park_idle_after.is_some())
-            .then(crate::observe::clock::now);
+        let (idle_timeout, park_idle_after) = (ctx.config.idle_timeout, ctx.config.park_idle_after);
+        let now =
+            (idle_timeout.is_some() || park_idle_after.is_some()).then(crate::observe::clock::now);
         let first = self.first;
         // A woken cold connection that served its request without waiting
         // goes straight back to the lot: waiting as a task first would cost
@@ -760,9 +762,7 @@ where
         // kernel is asked before closing, or a request already in the
         // socket would be reset unanswered. With bytes there, the
         // wait goes on; the runtime's readiness brings them.
-        if self.phase != Phase::NewInDrain
-            && ctx.shutdown.is_started()
-            && !conn.io.input_waiting()
+        if self.phase != Phase::NewInDrain && ctx.shutdown.is_started() && !conn.io.input_waiting()
         {
             return Poll::Ready(Waited::Shutdown);
         }
@@ -850,8 +850,8 @@ where
                 HeaderClock::First(since) => Some(since),
                 HeaderClock::After(_) | HeaderClock::Off => None,
             };
-            let cut = head_cut(conn, first)
-                .filter(|&c| Instant::now() < c || !conn.io.input_waiting());
+            let cut =
+                head_cut(conn, first).filter(|&c| Instant::now() < c || !conn.io.input_waiting());
             if !shutdown.is_started() {
                 shutdown.watch(&mut conn.buffers.shutdown_slot, cx.waker());
             }
