@@ -37,9 +37,6 @@ mod head_memo_tests;
 mod head_tests;
 pub(crate) mod header_maps;
 mod quick_head;
-// Beside `conn.rs`'s own: the keep-alive loop's timeouts and wakes (see its doc).
-#[cfg(test)]
-mod run_tests;
 
 pub(crate) use crate::observe::close::CloseReason;
 use crate::service::upgrade::{NativeUpgrade, UpgradeSender};
