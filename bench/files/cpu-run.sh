@@ -1,27 +1,28 @@
 #!/bin/bash
-# (session 57, helper slowdl57; see bench/FILES.md)
-# cpu-run.sh ROUNDS K [PATH]: the before (main) and after (slowdl57) apps at
-# ServeDir chunks of 64, 16 and 256 KiB, and nginx, all up at once;
-# clients/fast.sh's interleaved rounds (K curl downloads of PATH per server
-# per round), server CPU per GiB.
+# bench/files/cpu-run.sh: CPU per GiB served (bench/FILES.md).
+# cpu-run.sh ROUNDS K [PATH]: each megaconn side (setup.sh's SIDES) at
+# ServeDir read sizes CHUNKS (64, 16 and 256 KiB), and nginx, all up at
+# once; fast.sh's interleaved rounds (K curl downloads of PATH per server
+# per round), server CPU per GiB. CURL_ARGS (e.g. --http2-prior-knowledge)
+# go to curl; NGINX_CLIENT_PORT=8403 for nginx's h2c port.
 ROUNDS=$1; K=$2; P=${3:-/files/big1g.bin}
-D=${D:-/work/scratch57/slowdl}  # bin/{before,after}, www/, up/, nginx/nginx.conf, clients/
+BIG1G=1 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 pids=(); servers=""
 port=8420
 for CHUNK in ${CHUNKS:-65536 16384 262144}; do
-  for side in before after; do
+  for side in $SIDES; do
     port=$((port+1))
-    CHUNK=$CHUNK ADDR=127.0.0.1:$port ROOT=$D/www UPLOADS=$D/up RUST_LOG=warn $D/bin/$side > /tmp/slowdl57-cpu-$side-$CHUNK.log 2>&1 &
+    start_side $side $port $CHUNK $WORK/cpu-$side-$CHUNK.log
     pid=$!; pids+=($pid)
     servers="$servers $side$((CHUNK/1024))K:$port:$pid"
   done
 done
-/usr/sbin/nginx -c $D/nginx/nginx.conf > /tmp/slowdl57-nginx.log 2>&1 &
+"$NGINX" -c "$WORK/nginx/nginx.conf" > $WORK/nginx.log 2>&1 &
 npid=$!
 sleep 2
-[ -z "$NO_NGINX" ] && servers="$servers nginx:8402:$npid,$(pgrep -P $npid | paste -sd,)"
+[ -z "$NO_NGINX" ] && servers="$servers nginx:${NGINX_CLIENT_PORT:-$NGINX_PORT}:$npid,$(pgrep -P $npid | paste -sd,)"
 echo "servers:$servers"
-bash $D/clients/fast.sh $ROUNDS "$servers" $P $K
+bash "$HERE/fast.sh" $ROUNDS "$servers" $P $K
 for p in "${pids[@]}"; do kill -INT $p; done
 kill -QUIT $npid
 wait
