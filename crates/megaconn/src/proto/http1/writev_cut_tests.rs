@@ -236,7 +236,7 @@ async fn answer(request: Request<Body>) -> Result<Response<Frames>, std::convert
 struct Answer {
     status: u16,
     body: Vec<u8>,
-    trailers: Vec<(String, String)>,
+    trailers: Fields,
 }
 
 /// The answers in `wire`, read strictly (a chunk's size line is hex and
@@ -291,8 +291,11 @@ fn answers(wire: &[u8]) -> Result<Vec<Answer>, String> {
     Ok(found)
 }
 
+/// Header fields, as read: lower-case names and their values.
+type Fields = Vec<(String, String)>;
+
 /// A chunked body from `wire[*at..]`, and its trailers; `*at` moves past it.
-fn dechunk(wire: &[u8], at: &mut usize) -> Result<(Vec<u8>, Vec<(String, String)>), String> {
+fn dechunk(wire: &[u8], at: &mut usize) -> Result<(Vec<u8>, Fields), String> {
     let line = |at: &mut usize| -> Result<String, String> {
         let rest = &wire[*at..];
         let end = rest
