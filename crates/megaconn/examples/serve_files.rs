@@ -6,10 +6,17 @@
 //! files" says why each setting is what it is, and what was measured.
 //!
 //! ```text
-//! cargo run --release -p megaconn --example serve_files [-- LISTEN ROOT UPLOADS]
+//! cargo run --release -p megaconn --example serve_files [-- LISTEN ROOT UPLOADS [CHUNK]]
 //! curl -O http://127.0.0.1:3000/files/big.bin           # -r 0-99 for a range
 //! curl -T big.bin http://127.0.0.1:3000/upload/big.bin  # streamed, not buffered
 //! ```
+//!
+//! `CHUNK`: the bytes `ServeDir` reads from a file at a time
+//! (`with_buf_chunk_size`; default 65536, tower-http's own). Memory per
+//! slow download is about two chunks (the one megaconn holds until the
+//! kernel takes it, and tokio's `File` buffer), CPU per GiB falls as it
+//! grows: 16384 for tens of thousands of slow clients a box
+//! (`bench/FILES.md`, whose scripts run this example at each size).
 //!
 //! Ctrl-C or SIGTERM drains: downloads in flight go on up to
 //! `shutdown_timeout`, then are cut.
@@ -33,6 +40,10 @@ use tower_http::services::ServeDir;
 /// The largest upload taken (nginx's `client_max_body_size`); megaconn's
 /// own default is 16 MiB.
 const MAX_UPLOAD: u64 = 4 << 30;
+
+/// `ServeDir`'s read size when `CHUNK` is not given: tower-http's own
+/// default, so that the example serves as `ServeDir::new` does.
+const DEFAULT_CHUNK: usize = 64 * 1024;
 
 /// How long a drain waits for downloads in flight before it cuts them:
 /// a slow phone fetching a large file can take far longer than the 30 s
@@ -132,13 +143,20 @@ async fn main() -> Result<(), megaconn::Error> {
         .expect("LISTEN is host:port");
     let root = args.next().unwrap_or_else(|| ".".into());
     let uploads = PathBuf::from(args.next().unwrap_or_else(|| "uploads".into()));
+    let chunk: usize = args.next().map_or(DEFAULT_CHUNK, |c| {
+        c.parse()
+            .ok()
+            .filter(|&c| c > 0)
+            .expect("CHUNK is a number of bytes, at least 1")
+    });
     std::fs::create_dir_all(&uploads).expect("the uploads directory");
     // No redirect of `/files/dir` to `dir/`: under `nest_service` it
     // drops the prefix (tower-http 0.6: `Location: /dir/`, a 404).
     let files = ServeDir::new(root)
         .append_index_html_on_directories(false)
         .precompressed_gzip()
-        .precompressed_br();
+        .precompressed_br()
+        .with_buf_chunk_size(chunk);
     let app = Router::new()
         .route("/upload/{name}", put(upload))
         .with_state(uploads)

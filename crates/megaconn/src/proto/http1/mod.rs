@@ -37,6 +37,9 @@ mod head_memo_tests;
 mod head_tests;
 pub(crate) mod header_maps;
 mod quick_head;
+// A large frame's write cut at every boundary, on a scripted stream.
+#[cfg(test)]
+mod writev_cut_tests;
 
 pub(crate) use crate::observe::close::CloseReason;
 use crate::service::upgrade::{NativeUpgrade, UpgradeSender};

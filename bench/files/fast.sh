@@ -1,5 +1,5 @@
 #!/bin/bash
-# (session 57, helper slowdl57; see bench/FILES.md)
+# bench/files/fast.sh (session 57; see bench/FILES.md)
 # fast.sh ROUNDS "name:port:pid1,pid2 ..." PATH K: interleaved rounds; each
 # round, for each server, K sequential curl downloads of PATH; prints the
 # server's CPU (utime+stime, all its threads) per GiB served and the
@@ -11,7 +11,7 @@ for r in $(seq 1 $ROUNDS); do
     IFS=: read name port pids <<< "$s"
     c0=$(cpu $pids); t0=$(date +%s.%N); bytes=0
     for k in $(seq 1 $K); do
-      b=$(curl -s -o /dev/null -w '%{size_download}' http://127.0.0.1:$port$PATH_); bytes=$((bytes+b))
+      b=$(curl -s $CURL_ARGS -o /dev/null -w '%{size_download}' http://127.0.0.1:$port$PATH_); bytes=$((bytes+b))
     done
     t1=$(date +%s.%N); c1=$(cpu $pids)
     echo "round=$r $name cpu_s_per_GiB=$(echo "scale=3; ($c1-$c0)/100/($bytes/1073741824)" | bc) MB/s=$(echo "scale=0; $bytes/($t1-$t0)/1000000" | bc) bytes=$bytes"
