@@ -17,12 +17,15 @@ for CHUNK in ${CHUNKS:-65536 16384 262144}; do
     servers="$servers $side$((CHUNK/1024))K:$port:$pid"
   done
 done
-"$NGINX" -c "$WORK/nginx/nginx.conf" > $WORK/nginx.log 2>&1 &
-npid=$!
-sleep 2
-[ -z "$NO_NGINX" ] && servers="$servers nginx:${NGINX_CLIENT_PORT:-$NGINX_PORT}:$npid,$(pgrep -P $npid | paste -sd,)"
+npid=
+if [ -z "$NO_NGINX" ]; then
+  "$NGINX" -c "$WORK/nginx/nginx.conf" > $WORK/nginx.log 2>&1 &
+  npid=$!
+  sleep 2
+  servers="$servers nginx:${NGINX_CLIENT_PORT:-$NGINX_PORT}:$npid,$(pgrep -P $npid | paste -sd,)"
+fi
 echo "servers:$servers"
 bash "$HERE/fast.sh" $ROUNDS "$servers" $P $K
 for p in "${pids[@]}"; do kill -INT $p; done
-kill -QUIT $npid
+[ -n "$npid" ] && kill -QUIT $npid
 wait

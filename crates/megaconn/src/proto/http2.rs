@@ -283,10 +283,12 @@ const MIN_DEADLINE_CANCEL_AGE: Duration = Duration::from_millis(10);
 /// KiB chunks at 256 KiB, 220 KB at 64 KiB, 227 KB at 32 KiB (500
 /// clients at 20 kB/s; nginx 19 KB). A fast download lost nothing
 /// measurable at 64 KiB (1 GiB over loopback, one client, interleaved:
-/// server CPU a GiB median 0.84 s against 0.97 s, 771 against 675 MB/s;
-/// at 32 KiB 598 MB/s on average against 777): what covers a long round
-/// trip is the socket's send buffer, which the connection fills from
-/// here between two polls of the stream. `bench/FILES.md`, session 58.
+/// server CPU a GiB median 0.84 s against 0.97 s; 746 against 777 MB/s
+/// on average in one run, 686 against 706 in another, within the rounds'
+/// spread; at 32 KiB 598 MB/s against 777). A long round trip was not
+/// measured: the socket's send buffer, which the connection fills from
+/// here between two polls of the stream, should cover it.
+/// `bench/FILES.md`, session 58.
 const MAX_SEND_BUFFER: usize = 64 * 1024;
 
 /// h2's budget for small DATA frames (under 256 bytes) buffered unread

@@ -2033,7 +2033,10 @@ mod tests {
     /// pinned parts (the exchange lives in one of the worker's cached
     /// blocks while it runs, `conn.rs`): rare states go in a box. The held
     /// large frame's slot was 48 bytes inline (session 57); boxed, 8.
-    /// Measured when written: 400 bytes (440 with the frame's slot inline).
+    /// Measured when written: 400 bytes with megaconn's own features (440
+    /// with the frame's slot inline), 408 with the workspace's (CI's
+    /// `cargo test --workspace` unifies the CLI's features into the
+    /// library's): the bound is the larger.
     #[test]
     fn size_guard_exchange_state() {
         let state = std::mem::size_of::<State>();
@@ -2045,7 +2048,7 @@ mod tests {
             "exchange state: {state} bytes; a held frame's slot {boxed} boxed, {inline} inline"
         );
         assert_eq!(boxed, 8, "a held frame's slot is one word");
-        assert!(state <= 400, "the exchange's state is {state} bytes");
+        assert!(state <= 408, "the exchange's state is {state} bytes");
     }
 
     /// `ResponseHead::take` leaves behind only what needs no drop: if

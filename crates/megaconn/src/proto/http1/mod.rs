@@ -40,6 +40,9 @@ mod quick_head;
 // A large frame's write cut at every boundary, on a scripted stream.
 #[cfg(test)]
 mod writev_cut_tests;
+// The keep-alive loop's timeouts and wakes, on paused time (see its doc).
+#[cfg(test)]
+mod keepalive_tests;
 
 pub(crate) use crate::observe::close::CloseReason;
 use crate::service::upgrade::{NativeUpgrade, UpgradeSender};
