@@ -18,6 +18,7 @@ pub(crate) mod io;
 pub(crate) mod limit;
 pub(crate) mod park;
 pub(crate) mod pool;
+pub(crate) mod proxy_clients;
 pub(crate) mod proxy_header;
 pub(crate) mod rewind;
 pub(crate) mod shutdown;
