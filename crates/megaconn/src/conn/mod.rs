@@ -10,6 +10,8 @@ pub(crate) mod admission;
 pub(crate) mod blocks;
 pub(crate) mod client_auth;
 pub(crate) mod config;
+#[cfg(test)]
+mod config_tests;
 pub(crate) mod connection;
 pub(crate) mod context;
 pub(crate) mod fd_reserve;

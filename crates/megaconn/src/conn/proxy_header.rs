@@ -520,28 +520,14 @@ fn trusted_on(config: &crate::conn::config::Config, local: SocketAddr) -> Option
 }
 
 /// The list of its own the listener at `local` was given, if any (its
-/// `None`: none trusted there): found by its address among the server's,
-/// as bound (a wildcard address's listener by its port, of the same
-/// address family first: `[::]:P` with `IPV6_V6ONLY` and `0.0.0.0:P` are
-/// two listeners, each maybe with its own list).
+/// `None`: none trusted there), the listener found as every
+/// per-listener setting's is ([`Config::listener_at`](crate::conn::config::Config::listener_at)).
 #[cold]
 fn own_list(
     config: &crate::conn::config::Config,
     local: SocketAddr,
 ) -> Option<Option<&TrustedProxies>> {
-    let addrs = &config.addrs;
-    let wildcard = |same_family: bool| {
-        addrs.iter().position(|a| {
-            a.port() == local.port()
-                && a.ip().is_unspecified()
-                && (!same_family || a.is_ipv4() == local.is_ipv4())
-        })
-    };
-    let listener = addrs
-        .iter()
-        .position(|&a| a == local)
-        .or_else(|| wildcard(true))
-        .or_else(|| wildcard(false))?;
+    let listener = config.listener_at(local)?;
     config
         .proxy_protocol_listeners
         .iter()
