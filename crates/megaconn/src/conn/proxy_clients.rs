@@ -179,7 +179,11 @@ fn remove(fd: RawFd, which: impl FnOnce(&Proxied) -> bool) {
     if !map.get(&fd).is_some_and(which) {
         return;
     }
-    map.remove(&fd);
+    let _gone = map.remove(&fd);
+    #[cfg(feature = "test-util")]
+    if let Some(gone) = _gone {
+        test_util::gone(fd, &gone);
+    }
     LIVE.fetch_sub(1, Relaxed);
     if map.is_empty() {
         // A peak's table given back whole.
@@ -332,17 +336,121 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for ForgetsClient<T> {
     }
 }
 
-/// For tests only: the client the table holds for a connection from
-/// `by` (a balancer's address and port), if it holds one, whether or not
-/// its socket is still open. An entry must go with its connection; only a
-/// scan of the table can tell a test that one stayed.
-#[doc(hidden)]
-pub fn proxied_client_for_test(by: SocketAddr) -> Option<SocketAddr> {
-    table()
-        .as_ref()?
-        .values()
-        .find(|entry| entry.by == by)
-        .map(|entry| entry.client)
+/// What megaconn's own tests ask of the table of proxied clients (the
+/// cargo feature `test-util`, off by default; the crate's tests turn it
+/// on through a dev-dependency on the crate itself): whether an entry
+/// went with its connection, which no request or log line can tell.
+///
+/// Not a stable API: it exists for the crate's tests and may change with
+/// them.
+#[cfg(feature = "test-util")]
+pub mod test_util {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::os::fd::RawFd;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::sync::Mutex;
+
+    use super::{table, Proxied};
+
+    /// The entries watched, by socket cookie: `None` while held, then
+    /// whether it went while its socket was still at its descriptor.
+    static WATCHED: Mutex<Option<HashMap<u64, Option<bool>>>> = Mutex::new(None);
+
+    /// How many [`WatchedClient`]s are alive: while none, a removal
+    /// records nothing (one atomic load).
+    static WATCHING: AtomicUsize = AtomicUsize::new(0);
+
+    fn watched() -> std::sync::MutexGuard<'static, Option<HashMap<u64, Option<bool>>>> {
+        WATCHED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What became of a watched entry ([`WatchedClient::state`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ClientEntry {
+        /// The table still holds it.
+        Held,
+        /// It went while its socket was still at its descriptor: at the
+        /// connection's close, as it must.
+        GoneWithItsSocket,
+        /// It went once another socket was at its descriptor (a later
+        /// connection's header read, or a lookup found it stale): it
+        /// outlived its connection.
+        GoneAfterItsSocket,
+    }
+
+    /// A proxied connection's entry, watched by its socket's cookie
+    /// (`SO_COOKIE`, never reused while the kernel runs) from when
+    /// [`watch_proxied_client`] found it: told apart from any later
+    /// connection's entry at the same descriptor, so that one taking the
+    /// descriptor after a missed close cannot pass for the close.
+    #[derive(Debug)]
+    pub struct WatchedClient {
+        cookie: u64,
+        client: SocketAddr,
+    }
+
+    /// Watches the entry of the connection from `by` (a balancer's
+    /// address and port): `None` if the table holds none, or the kernel
+    /// gives no socket cookies (before Linux 4.13).
+    pub fn watch_proxied_client(by: SocketAddr) -> Option<WatchedClient> {
+        // The table's lock held while the watch is set, which a removal
+        // also takes first: none can fall between the two.
+        let table = table();
+        let entry = table.as_ref()?.values().find(|e| e.by == by)?;
+        let cookie = entry.cookie?;
+        watched()
+            .get_or_insert_with(HashMap::new)
+            .insert(cookie, None);
+        WATCHING.fetch_add(1, Relaxed);
+        Some(WatchedClient {
+            cookie,
+            client: entry.client,
+        })
+    }
+
+    impl WatchedClient {
+        /// The client the entry names.
+        pub fn client(&self) -> SocketAddr {
+            self.client
+        }
+
+        /// Whether the table still holds the entry, and if not, whether
+        /// it went with its socket.
+        pub fn state(&self) -> ClientEntry {
+            match watched()
+                .as_ref()
+                .and_then(|w| w.get(&self.cookie).copied())
+            {
+                Some(Some(true)) => ClientEntry::GoneWithItsSocket,
+                Some(Some(false)) => ClientEntry::GoneAfterItsSocket,
+                _ => ClientEntry::Held,
+            }
+        }
+    }
+
+    impl Drop for WatchedClient {
+        fn drop(&mut self) {
+            if let Some(w) = watched().as_mut() {
+                w.remove(&self.cookie);
+            }
+            WATCHING.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// `fd`'s entry `entry` was removed (the table's lock held): recorded
+    /// if watched, with whether its socket was still at `fd`.
+    pub(super) fn gone(fd: RawFd, entry: &Proxied) {
+        let Some(cookie) = entry.cookie else { return };
+        if WATCHING.load(Relaxed) == 0 {
+            return;
+        }
+        if let Some(state) = watched().as_mut().and_then(|w| w.get_mut(&cookie)) {
+            *state = Some(entry.still_at(fd));
+        }
+    }
 }
 
 #[cfg(test)]

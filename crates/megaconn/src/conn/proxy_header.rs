@@ -45,7 +45,6 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::conn::context::WorkerContext;
-pub use crate::conn::proxy_clients::proxied_client_for_test;
 pub(crate) use crate::conn::proxy_clients::{
     balancer_of, closing, is_proxied, peer_and_balancer_of, peer_of, ForgetsClient, OnTaskEnd,
 };

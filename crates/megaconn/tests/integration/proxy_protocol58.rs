@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
+use megaconn::test_util::ClientEntry;
 use megaconn::{
     Body, CloseReason, ConnInfo, ConnectionEvent, FramedHandler, Framing, OnUpgrade, ProxiedBy,
     Server, Session, TrustedProxies,
@@ -155,11 +156,13 @@ async fn an_upgraded_proxied_connection_leaves_no_entry_when_its_handler_drops_i
         up.extend_from_slice(&more[..n]);
     }
     assert_eq!(up, b"up");
-    assert_eq!(
-        megaconn::proxied_client_for_test(by),
-        Some(client),
-        "held while the handler holds the connection"
-    );
+    // Watched by its socket's cookie: another test's proxied connection
+    // that takes the descriptor once it is free and lets a left-over
+    // entry go at its header is `GoneAfterItsSocket`, not a pass.
+    let entry = megaconn::test_util::watch_proxied_client(by)
+        .expect("held while the handler holds the connection");
+    assert_eq!(entry.client(), client);
+    assert_eq!(entry.state(), ClientEntry::Held);
     s.write_all(b"x").await.unwrap();
     assert_eq!(
         common::read_to_close(&mut s).await,
@@ -167,8 +170,8 @@ async fn an_upgraded_proxied_connection_leaves_no_entry_when_its_handler_drops_i
         "the handler closed"
     );
     assert_eq!(
-        megaconn::proxied_client_for_test(by),
-        None,
+        entry.state(),
+        ClientEntry::GoneWithItsSocket,
         "the upgraded connection's entry outlived it"
     );
     assert!(server.stop().await);
