@@ -1011,9 +1011,18 @@ fn cut_passed<T: Parkable>(conn: &ConnIo<T>, since: Option<Instant>) -> bool {
 /// time since (a TLS handshake, [`Parkable::accepted_at`]), as Go's
 /// `StateNew` spans the handshake; `read_header_timeout` counts from
 /// `since`, after it, as Go's does.
+///
+/// The accept is asked only once a drain has begun: every first request's
+/// wait comes here, and before a drain (nearly always) there is no cut,
+/// so a cleartext connection's stream (`TcpStream`, whose `accepted_at`
+/// reads the task's `ProxiedTask`, a thread-local) is asked nothing.
 fn head_cut<T: Parkable>(conn: &ConnIo<T>, since: Option<Instant>) -> Option<Instant> {
+    let shutdown = &conn.ctx.shutdown;
+    if !shutdown.is_started() {
+        return None;
+    }
     let since = since.map(|s| conn.io.accepted_at().unwrap_or(s));
-    conn.ctx.shutdown.head_cut(since)
+    shutdown.head_cut(since)
 }
 
 /// A connection whose request head had not come whole at its drain's cut
