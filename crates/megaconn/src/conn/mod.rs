@@ -80,11 +80,19 @@ impl ConnInfo {
     /// client a trusted balancer's PROXY header named, if it did
     /// (`proxy_header::peer_of`).
     pub(crate) fn of(socket: &impl AsFd) -> Option<ConnInfo> {
-        let sock = socket2::SockRef::from(socket);
-        Some(ConnInfo {
-            peer: proxy_header::peer_of(socket)?,
-            local: sock.local_addr().ok()?.as_socket()?,
-        })
+        ConnInfo::and_balancer_of(socket).map(|(info, _)| info)
+    }
+
+    /// [`ConnInfo::of`], and the balancer the socket came through if a
+    /// PROXY header named its client (one lookup for both: a woken
+    /// proxied connection's requests carry both, `ProxiedBy`).
+    pub(crate) fn and_balancer_of(socket: &impl AsFd) -> Option<(ConnInfo, Option<SocketAddr>)> {
+        let (peer, by) = proxy_header::peer_and_balancer_of(socket)?;
+        let local = socket2::SockRef::from(socket)
+            .local_addr()
+            .ok()?
+            .as_socket()?;
+        Some((ConnInfo { peer, local }, by))
     }
 }
 

@@ -387,15 +387,8 @@ fn woken_addrs(
     if !ctx.config.connect_info {
         return (None, None);
     }
-    let Some((peer, by)) = proxy_header::peer_and_balancer_of(socket) else {
-        return (None, None);
-    };
-    let local = socket2::SockRef::from(socket)
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket());
-    match local {
-        Some(local) => (Some(Box::new(ConnInfo { peer, local })), by),
+    match ConnInfo::and_balancer_of(socket) {
+        Some((info, by)) => (Some(Box::new(info)), by),
         None => (None, None),
     }
 }
