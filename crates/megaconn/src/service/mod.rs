@@ -96,8 +96,7 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
 }
 
 /// Gives a request its connection's addresses: megaconn's [`ConnInfo`]
-/// and,
-/// with the `axum` feature, axum's `ConnectInfo<SocketAddr>` (so the
+/// and, with the `axum` feature, axum's `ConnectInfo<SocketAddr>` (so the
 /// extractor works as under `axum::serve` with connect info), and with the
 /// `tonic` feature tonic's `TcpConnectInfo`, what its
 /// `Request::remote_addr()` and `local_addr()` read (first; then its

@@ -249,27 +249,7 @@ async fn http2_requests_of_a_proxied_connection_carry_the_balancer() {
     let mut tcp = connect_from((balancer, 0), server.addr()).await;
     let by = tcp.local_addr().unwrap();
     tcp.write_all(&v1(client)).await.unwrap();
-    let said = tokio::time::timeout(SAFETY, async {
-        let (h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut h2 = h2.ready().await.unwrap();
-        let req = Request::get("http://t/").body(()).unwrap();
-        let (resp, _) = h2.send_request(req, true).unwrap();
-        let resp = resp.await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.into_body();
-        let mut said = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.unwrap();
-            let _ = body.flow_control().release_capacity(chunk.len());
-            said.extend_from_slice(&chunk);
-        }
-        String::from_utf8(said).unwrap()
-    })
-    .await
-    .expect("answered in time");
+    let said = super::proxy_protocol59::h2c_get_said(tcp).await;
     assert_eq!(said, format!("{client} {by}"));
     assert!(server.stop().await);
 }
