@@ -202,8 +202,8 @@ pub use conn::config::{
 pub use conn::handover::{
     HandOverKinds, LeftToDrain, ParkedConnection, ParkedState, ParkedStateError,
 };
-#[doc(hidden)]
-pub use conn::proxy_header::proxied_client_for_test;
+#[cfg(feature = "test-util")]
+pub use conn::proxy_clients::test_util;
 pub use conn::proxy_header::{TrustedProxies, TrustedProxiesError, MAX_PROXY_HEADER_BYTES};
 pub use conn::tls::{
     KxGroup, TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_KX_GROUPS,

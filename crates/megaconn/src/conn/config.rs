@@ -377,6 +377,49 @@ pub(crate) struct Config {
     pub fail_worker_start: Option<(WorkerStartFailure, usize)>,
 }
 
+impl Config {
+    /// The position in `addrs` of the listener a connection to `local`
+    /// arrived on: the one bound at `local`, else a wildcard address's
+    /// (`0.0.0.0`, `[::]`) on its port, of `local`'s address family
+    /// first. `addrs` holds the bound addresses once the server listens
+    /// (the requested ones before: a builder asks with those). The one
+    /// search for every setting held per listener: its TLS
+    /// (`tls::tls_for_local`), its framing (`proto/framed`), its own
+    /// `proxy_protocol` list (`proxy_header.rs`).
+    ///
+    /// Why the family first: beside `0.0.0.0:P`, `[::]:P` is bound
+    /// `IPV6_V6ONLY` (`socket.rs`, `needs_v6_only`), so they are two
+    /// listeners with maybe settings of their own, and an IPv4
+    /// connection (local `127.0.0.1:P`) came in on the first, whichever
+    /// was added first. A dual-stack `[::]:P` alone sees its IPv4
+    /// clients as IPv6 (`::ffff:a.b.c.d`), of its family; the other
+    /// family's wildcard is the fallback all the same.
+    pub(crate) fn listener_at(&self, local: SocketAddr) -> Option<usize> {
+        let addrs = &self.addrs;
+        let wildcard = |same_family: bool| {
+            addrs.iter().position(|a| {
+                a.port() == local.port()
+                    && a.ip().is_unspecified()
+                    && (!same_family || a.is_ipv4() == local.is_ipv4())
+            })
+        };
+        addrs
+            .iter()
+            .position(|&a| a == local)
+            .or_else(|| wildcard(true))
+            .or_else(|| wildcard(false))
+    }
+
+    /// Whether a listener of the server reads PROXY headers (the server's
+    /// list, or one of a listener's own): only then may a request's
+    /// connection be a proxied one, whose requests carry
+    /// [`ProxiedBy`](crate::ProxiedBy). Two loads: asked per request.
+    #[inline]
+    pub(crate) fn reads_proxy_headers(&self) -> bool {
+        self.proxy_protocol.is_some() || !self.proxy_protocol_listeners.is_empty()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {

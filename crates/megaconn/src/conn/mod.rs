@@ -10,6 +10,8 @@ pub(crate) mod admission;
 pub(crate) mod blocks;
 pub(crate) mod client_auth;
 pub(crate) mod config;
+#[cfg(test)]
+mod config_tests;
 pub(crate) mod connection;
 pub(crate) mod context;
 pub(crate) mod fd_reserve;
@@ -18,6 +20,7 @@ pub(crate) mod io;
 pub(crate) mod limit;
 pub(crate) mod park;
 pub(crate) mod pool;
+pub(crate) mod proxy_clients;
 pub(crate) mod proxy_header;
 pub(crate) mod rewind;
 pub(crate) mod shutdown;
@@ -77,11 +80,19 @@ impl ConnInfo {
     /// client a trusted balancer's PROXY header named, if it did
     /// (`proxy_header::peer_of`).
     pub(crate) fn of(socket: &impl AsFd) -> Option<ConnInfo> {
-        let sock = socket2::SockRef::from(socket);
-        Some(ConnInfo {
-            peer: proxy_header::peer_of(socket)?,
-            local: sock.local_addr().ok()?.as_socket()?,
-        })
+        ConnInfo::and_balancer_of(socket).map(|(info, _)| info)
+    }
+
+    /// [`ConnInfo::of`], and the balancer the socket came through if a
+    /// PROXY header named its client (one lookup for both: a woken
+    /// proxied connection's requests carry both, `ProxiedBy`).
+    pub(crate) fn and_balancer_of(socket: &impl AsFd) -> Option<(ConnInfo, Option<SocketAddr>)> {
+        let (peer, by) = proxy_header::peer_and_balancer_of(socket)?;
+        let local = socket2::SockRef::from(socket)
+            .local_addr()
+            .ok()?
+            .as_socket()?;
+        Some((ConnInfo { peer, local }, by))
     }
 }
 

@@ -861,19 +861,14 @@ impl ResolvesServerCert for SniResolver {
 /// `listen_tls_on`, else only those listeners'; never a cleartext framed
 /// listener's (`cleartext_listeners`: with `tls` set and no TLS address
 /// named, such a listener took TLS handshake places and the per-IP
-/// handshake rate refused its clients). `config.addrs` holds the bound
-/// addresses; a listener on `0.0.0.0` or `[::]` matches by port.
+/// handshake rate refused its clients). The listener is found as every
+/// per-listener setting's is ([`Config::listener_at`]).
 pub(crate) fn tls_for_local(config: &Config, local: SocketAddr) -> Option<&TlsConfig> {
     let tls = config.tls.as_ref()?;
     if config.tls_listeners.is_empty() && config.cleartext_listeners.is_empty() {
         return Some(tls);
     }
-    let listener = config.addrs.iter().position(|&a| a == local).or_else(|| {
-        config
-            .addrs
-            .iter()
-            .position(|a| a.port() == local.port() && a.ip().is_unspecified())
-    })?;
+    let listener = config.listener_at(local)?;
     if config.tls_listeners.is_empty() {
         return (!config.cleartext_listeners.contains(&listener)).then_some(tls);
     }

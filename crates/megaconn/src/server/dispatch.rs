@@ -379,25 +379,25 @@ fn proxied(fd: std::os::fd::RawFd) -> bool {
 
 /// A woken connection's addresses for its requests (with `connect_info`:
 /// the lot keeps none; two system calls), and the balancer it came
-/// through if it is a proxied one (found by the same lookup).
+/// through if it is a proxied one (found by the same lookup; without
+/// `connect_info`, by a look in the client table alone, for its requests'
+/// `ProxiedBy`, when a listener reads PROXY headers:
+/// `service/proxied_by.rs` says why).
 fn woken_addrs(
     socket: &std::os::fd::OwnedFd,
     ctx: &WorkerContext,
 ) -> (Option<Box<ConnInfo>>, Option<SocketAddr>) {
-    if !ctx.config.connect_info {
-        return (None, None);
+    if ctx.config.connect_info {
+        return match ConnInfo::and_balancer_of(socket) {
+            Some((info, by)) => (Some(Box::new(info)), by),
+            None => (None, None),
+        };
     }
-    let Some((peer, by)) = proxy_header::peer_and_balancer_of(socket) else {
-        return (None, None);
-    };
-    let local = socket2::SockRef::from(socket)
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket());
-    match local {
-        Some(local) => (Some(Box::new(ConnInfo { peer, local })), by),
-        None => (None, None),
+    if ctx.config.reads_proxy_headers() {
+        use std::os::fd::AsFd;
+        return (None, proxy_header::balancer_of(socket.as_fd()));
     }
+    (None, None)
 }
 
 /// The task of a woken proxied connection (its balancer `by`): its

@@ -109,6 +109,7 @@ mod pipelined55;
 mod proxy_protocol56;
 mod proxy_protocol57;
 mod proxy_protocol58;
+mod proxy_protocol59;
 mod read_timeout_body;
 mod scripted;
 mod shutdown_crossworker;

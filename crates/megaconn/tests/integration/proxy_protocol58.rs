@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
+use megaconn::test_util::ClientEntry;
 use megaconn::{
     Body, CloseReason, ConnInfo, ConnectionEvent, FramedHandler, Framing, OnUpgrade, ProxiedBy,
     Server, Session, TrustedProxies,
@@ -155,11 +156,13 @@ async fn an_upgraded_proxied_connection_leaves_no_entry_when_its_handler_drops_i
         up.extend_from_slice(&more[..n]);
     }
     assert_eq!(up, b"up");
-    assert_eq!(
-        megaconn::proxied_client_for_test(by),
-        Some(client),
-        "held while the handler holds the connection"
-    );
+    // Watched by its socket's cookie: another test's proxied connection
+    // that takes the descriptor once it is free and lets a left-over
+    // entry go at its header is `GoneAfterItsSocket`, not a pass.
+    let entry = megaconn::test_util::watch_proxied_client(by)
+        .expect("held while the handler holds the connection");
+    assert_eq!(entry.client(), client);
+    assert_eq!(entry.state(), ClientEntry::Held);
     s.write_all(b"x").await.unwrap();
     assert_eq!(
         common::read_to_close(&mut s).await,
@@ -167,8 +170,8 @@ async fn an_upgraded_proxied_connection_leaves_no_entry_when_its_handler_drops_i
         "the handler closed"
     );
     assert_eq!(
-        megaconn::proxied_client_for_test(by),
-        None,
+        entry.state(),
+        ClientEntry::GoneWithItsSocket,
         "the upgraded connection's entry outlived it"
     );
     assert!(server.stop().await);
@@ -246,27 +249,7 @@ async fn http2_requests_of_a_proxied_connection_carry_the_balancer() {
     let mut tcp = connect_from((balancer, 0), server.addr()).await;
     let by = tcp.local_addr().unwrap();
     tcp.write_all(&v1(client)).await.unwrap();
-    let said = tokio::time::timeout(SAFETY, async {
-        let (h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut h2 = h2.ready().await.unwrap();
-        let req = Request::get("http://t/").body(()).unwrap();
-        let (resp, _) = h2.send_request(req, true).unwrap();
-        let resp = resp.await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.into_body();
-        let mut said = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.unwrap();
-            let _ = body.flow_control().release_capacity(chunk.len());
-            said.extend_from_slice(&chunk);
-        }
-        String::from_utf8(said).unwrap()
-    })
-    .await
-    .expect("answered in time");
+    let said = super::proxy_protocol59::h2c_get_said(tcp).await;
     assert_eq!(said, format!("{client} {by}"));
     assert!(server.stop().await);
 }

@@ -128,13 +128,7 @@ impl FramedSettings {
 
     /// Which of the framed listeners a connection to `local` arrived on.
     fn listener_for(&self, config: &Config, local: SocketAddr) -> Option<usize> {
-        // As TLS listeners are found: by address, or by port on a wildcard.
-        let addr = config.addrs.iter().position(|&a| a == local).or_else(|| {
-            config
-                .addrs
-                .iter()
-                .position(|a| a.port() == local.port() && a.ip().is_unspecified())
-        })?;
+        let addr = config.listener_at(local)?;
         self.listeners.iter().position(|(i, _)| *i == addr)
     }
 }

@@ -516,6 +516,10 @@ where
     // bench/CPU-PER-REQUEST.md, session 38).
     let mut upgrade = None;
     let info = conn.info.as_deref();
+    // A proxied connection's balancer, with `connect_info` or without
+    // (`service/proxied_by.rs` says why): nothing asked unless a listener
+    // reads PROXY headers.
+    let by = crate::service::proxied_by::here(&conn.ctx.config);
     // A TLS client's verified chain (`ClientAuth`): a constant `None` on
     // cleartext, one branch over TLS without client auth.
     let peer = if T::SECURE {
@@ -525,8 +529,8 @@ where
     };
     // Made apart and moved into the request whole, so that nothing is
     // handed the request's address before its `call`: see `call_into`.
-    let extensions = (info.is_some() || peer.is_some() || wants_upgrade)
-        .then(|| request_extensions(info, peer, wants_upgrade.then_some(&mut upgrade)));
+    let extensions = (info.is_some() || by.is_some() || peer.is_some() || wants_upgrade)
+        .then(|| request_extensions(info, by, peer, wants_upgrade.then_some(&mut upgrade)));
     let fill = |request: &mut Request<Body>| {
         // SAFETY: the place is full: `parse_from` put a head there (it
         // answered `Ok(true)`), and only `get` has borrowed it since.
@@ -576,18 +580,23 @@ where
 }
 
 /// A request's extensions, when it has any: its connection's addresses
-/// (`info`, with `connect_info`), a TLS client's verified chain (`peer`),
+/// (`info`, with `connect_info`), its balancer (`by`, on a proxied
+/// connection), a TLS client's verified chain (`peer`),
 /// and, when it asks to upgrade, its `OnUpgrade`, whose sender goes in
 /// `upgrade`. Out of line: a request seldom has any.
 #[inline(never)]
 fn request_extensions(
     info: Option<&ConnInfo>,
+    by: Option<crate::ProxiedBy>,
     peer: Option<crate::conn::client_auth::PeerCertificates>,
     upgrade: Option<&mut Option<UpgradeSender>>,
 ) -> http::Extensions {
     let mut extensions = http::Extensions::new();
     if let Some(info) = info {
         crate::service::insert_conn_info(&mut extensions, *info);
+    }
+    if let Some(by) = by {
+        extensions.insert(by);
     }
     if let Some(peer) = peer {
         extensions.insert(peer);
@@ -1011,9 +1020,18 @@ fn cut_passed<T: Parkable>(conn: &ConnIo<T>, since: Option<Instant>) -> bool {
 /// time since (a TLS handshake, [`Parkable::accepted_at`]), as Go's
 /// `StateNew` spans the handshake; `read_header_timeout` counts from
 /// `since`, after it, as Go's does.
+///
+/// The accept is asked only once a drain has begun: every first request's
+/// wait comes here, and before a drain (nearly always) there is no cut,
+/// so a cleartext connection's stream (`TcpStream`, whose `accepted_at`
+/// reads the task's `ProxiedTask`, a thread-local) is asked nothing.
 fn head_cut<T: Parkable>(conn: &ConnIo<T>, since: Option<Instant>) -> Option<Instant> {
+    let shutdown = &conn.ctx.shutdown;
+    if !shutdown.is_started() {
+        return None;
+    }
     let since = since.map(|s| conn.io.accepted_at().unwrap_or(s));
-    conn.ctx.shutdown.head_cut(since)
+    shutdown.head_cut(since)
 }
 
 /// A connection whose request head had not come whole at its drain's cut
