@@ -37,14 +37,25 @@ def load_parser():
 
 
 def symbols(binary):
-    """Sorted (address, mangled name, demangled name) of BINARY's code."""
+    """Sorted (address, mangled name, demangled name) of BINARY's code.
+
+    One `nm`, and each of its names demangled by `c++filt -i` (binutils',
+    the demangler `nm -C` uses; `-i` prints v0 names as `nm -C` does,
+    without their crates' hashes), one name a line in and out. (This paired the
+    lines of `nm -n` and `nm -n -C` instead: where names share an address,
+    each run lists them in the order of its own spelling, so an alias got
+    another's demangled name.)"""
     raw = subprocess.run(["nm", "--defined-only", "-n", binary], capture_output=True, text=True, check=True).stdout
-    dem = subprocess.run(["nm", "--defined-only", "-n", "-C", binary], capture_output=True, text=True, check=True).stdout
-    out = []
-    for a, d in zip(raw.splitlines(), dem.splitlines()):
-        p = a.split()
+    code = []
+    for line in raw.splitlines():
+        p = line.split()
         if len(p) == 3 and p[1] in "tTwW":
-            out.append((int(p[0], 16), p[2], d.split(" ", 2)[2]))
+            code.append((int(p[0], 16), p[2]))
+    names = "".join(name + "\n" for _, name in code)
+    dem = subprocess.run(["c++filt", "-i"], input=names, capture_output=True, text=True, check=True).stdout.splitlines()
+    if len(dem) != len(code):
+        sys.exit(f"c++filt gave {len(dem)} names for {len(code)}")
+    out = [(a, m, d) for (a, m), d in zip(code, dem)]
     out.sort()
     return out
 

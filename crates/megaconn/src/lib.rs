@@ -187,6 +187,7 @@ mod service;
 pub use conn::client_auth::{ClientAuth, ClientCa, PeerCertificates};
 #[doc(hidden)]
 pub use conn::config::WorkerStartFailure;
+pub use conn::config::DEFAULT_HTTP2_MAX_SEND_BUFFER;
 pub use conn::config::{
     AcceptRate, KeepaliveConfig, DEFAULT_BACKLOG, DEFAULT_FD_RESERVE,
     DEFAULT_HTTP2_CONNECTION_WINDOW, DEFAULT_HTTP2_GROWN_WINDOWS_BUDGET,

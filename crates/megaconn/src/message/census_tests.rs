@@ -10,44 +10,13 @@
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 
 use crate::conn::context::WorkerContext;
 use crate::conn::ProtoTag;
 use crate::message::hub::{ConnectionId, Generation};
 use crate::message::table::{Parked, SideTable};
-use crate::message::wire::Wire;
+use crate::message::test_support::{worker, Plain};
 use crate::message::worker::{local, Local, MessageProtocol};
-use crate::observe::stats::WorkerStats;
-
-/// Frames a pushed message as it is (nothing is pushed here).
-struct Plain;
-
-impl Wire for Plain {
-    fn encode(
-        &self,
-        payload: &bytes::Bytes,
-        out: &mut bytes::BytesMut,
-    ) -> Result<(), crate::observe::close::FramingError> {
-        out.extend_from_slice(payload);
-        Ok(())
-    }
-}
-
-/// Worker 0's context, on a server with a hub or without one.
-fn worker(hub: bool) -> WorkerContext {
-    let stats = Arc::new(WorkerStats::default());
-    let mut config = crate::conn::config::Config::default();
-    if hub {
-        let channels = Arc::new(crate::message::hub::HubChannels::new(
-            std::slice::from_ref(&stats),
-            16,
-            1 << 20,
-        ));
-        crate::message::MessageSettings::update(&mut config, |s| s.hub = Some(channels));
-    }
-    WorkerContext::new(0, Arc::new(config), stats, None)
-}
 
 /// The worker's gauges: the total, and framed, WebSocket, SSE.
 fn gauges(ctx: &WorkerContext) -> (i64, [i64; 3]) {

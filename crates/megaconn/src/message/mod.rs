@@ -95,6 +95,8 @@ pub(crate) mod outbound;
 pub(crate) mod session;
 pub(crate) mod stuck;
 pub(crate) mod table;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub(crate) mod topics;
 pub(crate) mod wake;
 pub(crate) mod wire;

@@ -608,6 +608,7 @@ fn send_parked<S>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::test_support::Plain;
 
     /// A regression guard for what a parked framed connection costs beyond
     /// the lot's few bytes: its side-table slot (the packed form; the slot's
@@ -800,20 +801,6 @@ mod tests {
             assert_eq!(table.len(), model.len());
             let end = model.keys().max().map_or(0, |&fd| fd as usize + 1);
             assert_eq!(ParkedSet::slots(&table), end);
-        }
-    }
-
-    /// Frames a pushed message as it is.
-    struct Plain;
-
-    impl Wire for Plain {
-        fn encode(
-            &self,
-            payload: &Bytes,
-            out: &mut bytes::BytesMut,
-        ) -> Result<(), crate::observe::close::FramingError> {
-            out.extend_from_slice(payload);
-            Ok(())
         }
     }
 

@@ -1637,6 +1637,7 @@ mod tests {
 
     use super::*;
     use crate::message::hub::TAKE_AT_ONCE;
+    use crate::message::test_support::{worker, Plain};
 
     /// A subscription over `max_topic_bytes` and one over
     /// `max_subscriptions` are logged as kinds apart: they shared one, and
@@ -1758,33 +1759,6 @@ mod tests {
         assert_eq!(stats.messages.hub_queued.load(Relaxed), 0);
     }
 
-    /// Frames a pushed message as it is (for tests).
-    struct Plain;
-
-    impl Wire for Plain {
-        fn encode(
-            &self,
-            payload: &bytes::Bytes,
-            out: &mut bytes::BytesMut,
-        ) -> Result<(), crate::observe::close::FramingError> {
-            out.extend_from_slice(payload);
-            Ok(())
-        }
-    }
-
-    /// Worker 0's context on a server with a hub (one worker).
-    fn worker_with_a_hub() -> WorkerContext {
-        let stats = Arc::new(WorkerStats::default());
-        let channels = Arc::new(crate::message::hub::HubChannels::new(
-            std::slice::from_ref(&stats),
-            16,
-            1 << 20,
-        ));
-        let mut config = crate::conn::config::Config::default();
-        crate::message::MessageSettings::update(&mut config, |s| s.hub = Some(channels));
-        WorkerContext::new(0, Arc::new(config), stats, None)
-    }
-
     /// On descriptor `fd` (one no socket of the test process has): a
     /// connection that closed (`old`), and the one open there now (`new`),
     /// awake, on a test table's wire.
@@ -1802,7 +1776,7 @@ mod tests {
     /// from that protocol's gauge to its own; the total stays one.
     #[tokio::test]
     async fn replacing_a_stale_entry_moves_the_gauge_to_the_new_protocol() {
-        let ctx = worker_with_a_hub();
+        let ctx = worker(true);
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
@@ -1838,7 +1812,7 @@ mod tests {
     /// connection kept for good; found by the session's merge review).
     #[tokio::test]
     async fn a_stale_deadline_leaves_the_new_connections_deadline() {
-        let ctx = worker_with_a_hub();
+        let ctx = worker(true);
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
@@ -1864,7 +1838,7 @@ mod tests {
     /// `closed`: session 48.)
     #[tokio::test]
     async fn the_rest_a_closed_connection_owed_counts_by_why_it_was_woken() {
-        let ctx = worker_with_a_hub();
+        let ctx = worker(true);
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
@@ -1898,7 +1872,7 @@ mod tests {
     /// `SlowConsumer`.)
     #[tokio::test]
     async fn the_lots_close_tells_a_confirmed_push_what_a_close_tells_it() {
-        let ctx = worker_with_a_hub();
+        let ctx = worker(true);
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
@@ -1945,7 +1919,7 @@ mod tests {
     /// the thread's one slot: `None` from then on, and after it ended).
     #[tokio::test]
     async fn buffered_answers_for_the_workers_connections_beside_another_state() {
-        let ctx = worker_with_a_hub();
+        let ctx = worker(true);
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
@@ -1965,7 +1939,7 @@ mod tests {
             drop(other);
             assert_eq!(buffered_here(id), Some(Buffered::default()), "after it");
             // Gone states are forgotten as the next one comes.
-            let next = worker_with_a_hub();
+            let next = worker(true);
             let _next = super::local(&next);
             let all_live = HERE.with(|here| here.borrow().iter().all(|l| l.strong_count() > 0));
             assert!(all_live, "the gone state forgotten");
@@ -1981,7 +1955,7 @@ mod tests {
     /// list, 201 here, walked by each new state and by each look-up.)
     #[tokio::test]
     async fn buffered_walks_no_list_of_serve_connection_runs() {
-        let ctx = worker_with_a_hub();
+        let ctx = worker(true);
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
@@ -2039,7 +2013,7 @@ mod tests {
             let push = Push::Confirmed(waiter, bytes::Bytes::from_static(b"cmd"), hub::Kind::Auto);
             (push, delivery)
         };
-        let ctx = worker_with_a_hub();
+        let ctx = worker(true);
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
@@ -2088,7 +2062,7 @@ mod tests {
     async fn a_push_for_an_unknown_wire_counts_as_a_drop() {
         use crate::message::confirm::Delivery;
         use crate::observe::limits::LimitHit;
-        let ctx = worker_with_a_hub();
+        let ctx = worker(true);
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
@@ -2120,7 +2094,7 @@ mod tests {
     /// The new connection on the descriptor gets nothing of the old one's.
     #[tokio::test]
     async fn a_publish_removes_a_subscriber_whose_descriptor_was_reused() {
-        let ctx = worker_with_a_hub();
+        let ctx = worker(true);
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);

@@ -275,21 +275,6 @@ const ORDINARY_CANCEL_AGE: Duration = Duration::from_secs(1);
 /// is still held to this: at most `max_concurrent_streams` resets each
 /// 10 ms, the rate of honest 10 ms calls.
 const MIN_DEADLINE_CANCEL_AGE: Duration = Duration::from_millis(10);
-/// Response bytes buffered per stream before the body is polled again
-/// (h2's `max_send_buffer_size`: it grants a stream room by the peer's
-/// windows, a browser's 6 MiB, until the stream has this much queued).
-/// A slow client's stream holds it all the time, beside the body's frame
-/// and `ServeDir`'s file buffer: 413 KB of RSS a slow h2c download of 64
-/// KiB chunks at 256 KiB, 220 KB at 64 KiB, 227 KB at 32 KiB (500
-/// clients at 20 kB/s; nginx 19 KB). A fast download lost nothing
-/// measurable at 64 KiB (1 GiB over loopback, one client, interleaved:
-/// server CPU a GiB median 0.84 s against 0.97 s; 746 against 777 MB/s
-/// on average in one run, 686 against 706 in another, within the rounds'
-/// spread; at 32 KiB 598 MB/s against 777). A long round trip was not
-/// measured: the socket's send buffer, which the connection fills from
-/// here between two polls of the stream, should cover it.
-/// `bench/FILES.md`, session 58.
-const MAX_SEND_BUFFER: usize = 64 * 1024;
 
 /// h2's budget for small DATA frames (under 256 bytes) buffered unread
 /// on a connection, in units of 256 bytes less each frame's payload:
@@ -326,7 +311,8 @@ fn h2_builder(cfg: &Http2Config) -> h2::server::Builder {
         .max_header_list_size(cfg.max_header_list_size)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-        .max_send_buffer_size(MAX_SEND_BUFFER)
+        // (`Builder::validate` keeps it in 1 ..= 2^31 - 1.)
+        .max_send_buffer_size(cfg.max_send_buffer as usize)
         .data_frame_budget(H2_DATA_FRAME_BUDGET);
     if cfg.enable_connect_protocol {
         b.enable_connect_protocol();

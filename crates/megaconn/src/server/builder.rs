@@ -1518,6 +1518,14 @@ impl Builder {
                 c.http2.max_grown_stream_window
             )));
         }
+        if c.http2.max_send_buffer == 0 || c.http2.max_send_buffer > config::MAX_WINDOW {
+            return Err(Error::Config(format!(
+                "http2_max_send_buffer must be between 1 and {} bytes (2^31 - 1, HTTP/2's \
+                 largest window); got {}",
+                config::MAX_WINDOW,
+                c.http2.max_send_buffer
+            )));
+        }
         crate::server::message::check_topic_metrics(c)?;
         if let Some(name) = &self.name {
             crate::server::name::check(name)?;
@@ -1837,6 +1845,30 @@ impl Builder {
     /// on it once this is advertised. Default: true.
     pub fn http2_enable_connect_protocol(mut self, on: bool) -> Builder {
         self.config.http2.enable_connect_protocol = on;
+        self
+    }
+
+    /// Response bytes, at most, that an HTTP/2 stream holds queued for the
+    /// client before its body is polled for more (h2's send buffer), per
+    /// stream. Default: 64 KiB ([`DEFAULT_HTTP2_MAX_SEND_BUFFER`](crate::DEFAULT_HTTP2_MAX_SEND_BUFFER)).
+    /// At least 1 and at most 2^31 - 1 (HTTP/2's largest window: a stream
+    /// is never granted more than its window, so more would never be
+    /// used); outside that [`listen`](Builder::listen) and
+    /// [`validate`](Builder::validate) refuse it (`Error::Config`).
+    ///
+    /// A stream is granted room by the client's windows (a browser's are
+    /// 6 MiB) until it has this much queued; a slow client's download
+    /// holds this much all the time, beside the body's frame in hand
+    /// (`ServeDir`'s chunk): at 256 KiB a slow h2c download of 64 KiB
+    /// chunks took 413 KB of RSS, at 64 KiB 220 KB. Smaller than a frame
+    /// of the body, a stream waits for room in the middle of each frame
+    /// (a fast download at 32 KiB with 64 KiB chunks: 598 MB/s against
+    /// 746; `bench/FILES.md`, session 58). Larger may help a fast download
+    /// over a long round trip, where the socket's send buffer, which the
+    /// connection fills from here between two polls of the stream, does
+    /// not cover it (not measured).
+    pub fn http2_max_send_buffer(mut self, bytes: u32) -> Builder {
+        self.config.http2.max_send_buffer = bytes;
         self
     }
 }

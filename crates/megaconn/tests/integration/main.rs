@@ -70,6 +70,7 @@ mod h2_grown_windows;
 mod h2_grpc_web_drain;
 mod h2_limits;
 mod h2_read_timeout_body;
+mod h2_send_buffer;
 mod h2_strict;
 mod h2_tiny_data;
 mod h2_unread_split;
