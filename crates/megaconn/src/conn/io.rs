@@ -376,11 +376,11 @@ impl<T: Transport> ConnIo<T> {
     }
 
     /// Writes the whole write buffer, then `after` (a frame written from
-    /// its own bytes, [`Unbuffered`]), vectored where the stream writes
-    /// vectored (one `writev` for both), then flushes the stream. A stream
-    /// that does not (TLS, a caller's own) is given one piece a write,
-    /// which TLS seals from where it lies, a copy fewer than through the
-    /// write buffer.
+    /// its own bytes, [`Unbuffered`]), vectored: one `writev` for both on
+    /// a socket; TLS seals the pieces as one run of full records (a copy
+    /// only for a record that spans two pieces, none through the write
+    /// buffer). Then flushes the stream. A caller's own stream that does
+    /// not write vectored is given one piece a write (tokio's default).
     pub(crate) fn poll_flush_with(
         &mut self,
         cx: &mut Context<'_>,

@@ -47,7 +47,8 @@ struct Script {
     k: usize,
     /// Takes from every slice of a vectored write in one call (a socket's
     /// `writev`), else from the first non-empty one only (tokio's default
-    /// for a stream that does not write vectored: TLS, a caller's own).
+    /// for a stream that does not write vectored, such as a caller's own;
+    /// TLS takes from every slice since session 59).
     vectored: bool,
     /// Answers `Pending` (waking the task) before every call it takes
     /// bytes in.
