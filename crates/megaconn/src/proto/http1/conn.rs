@@ -145,26 +145,13 @@ enum Ended {
 /// connection and the service at every step but [`Step::Exchange`].
 const LENT: &str = "the HTTP/1.1 loop lends its connection only to a running exchange";
 
-/// What an exchange gives back ([`lent`]): how it ended, and the
-/// connection and the service it was lent.
+/// What an exchange gives back ([`exchange`]): how it ended, and the
+/// connection and the service it was lent. Given back by the exchange
+/// itself: the loop ([`Run`]) holds them between requests, and a future it
+/// keeps cannot borrow them from it while it holds them. (Session 58 gave
+/// them back through an `async fn` wrapped around the exchange: a level of
+/// state machine more, set up and polled every request.)
 type Lent<'a, T, S> = (Outcome, &'a mut ConnIo<T>, &'a mut S);
-
-/// [`exchange`], lent the connection and the service and giving them back
-/// with its outcome: the loop ([`Run`]) holds them between requests, and a
-/// future it keeps cannot borrow them from it while it holds them.
-async fn lent<'a, T, S>(
-    conn: &'a mut ConnIo<T>,
-    service: &'a mut S,
-    end: HeadEnd,
-    queued: bool,
-) -> Lent<'a, T, S>
-where
-    T: Parkable,
-    S: HttpService,
-{
-    let outcome = exchange(&mut *conn, &mut *service, end, queued).await;
-    (outcome, conn, service)
-}
 
 /// The loop of [`serve_connection`] on `conn`: wait for bytes holding no
 /// buffer, find the head, run the exchange, and again, until the
@@ -181,7 +168,7 @@ where
     T: Parkable,
     S: HttpService,
 {
-    run_with(conn, service, ctx, lent::<T, S>)
+    run_with(conn, service, ctx, exchange::<T, S>)
 }
 
 /// [`run`], its exchanges made by `make` (a function item: the type of
@@ -277,7 +264,8 @@ struct Hot<'a, T, S, X> {
     /// The wait's deadline is `park_idle_after`'s: at it the connection
     /// parks, rather than closing.
     parks: bool,
-    /// Lent to the exchange while it runs (`None` then): [`lent`].
+    /// Lent to the exchange while it runs (`None` then), which gives them
+    /// back ([`Lent`]).
     conn: Option<&'a mut ConnIo<T>>,
     service: Option<&'a mut S>,
     ctx: &'a WorkerContext,
@@ -362,72 +350,60 @@ where
         let this = self.project();
         let (hot, cold, make, mut timer) = (this.hot, this.cold, this.make, this.timer);
         let ctx = hot.ctx;
+        // The step is a local while the poll runs, stored back only where
+        // it returns: each step then goes on to the next one's code
+        // directly, where one read back from the loop's state was
+        // dispatched on afresh at every step (a keep-alive request goes
+        // through five in one poll: the wait, the head, the exchange, the
+        // top and the next wait).
+        let mut step = hot.step;
         let ended = loop {
-            match hot.step {
-                Step::Top => {
+            match step {
+                // The read buffer is empty here once a flush waited:
+                // nothing reads while it does.
+                Step::Top | Step::Flush => {
                     let conn = hot.conn.as_deref_mut().expect(LENT);
                     if conn.buffers.rbuf_len() != 0 {
-                        hot.step = Step::Head;
-                    } else if conn.wbuf_len() != 0 {
-                        hot.step = Step::Flush;
-                    } else if let Some(ended) = hot.start_wait(cold.since, timer.as_mut()) {
-                        break ended;
+                        step = Step::Head;
+                        continue;
                     }
-                }
-                Step::Flush => {
-                    let conn = hot.conn.as_deref_mut().expect(LENT);
-                    match conn.poll_flush_bounded(cx, &mut hot.bound, &WRITES) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Err(reason)) => break Ended::Close(reason),
-                        Poll::Ready(Ok(())) => {}
+                    // Polled again after it waited, even if the buffer
+                    // were empty: its bound goes with its end.
+                    if conn.wbuf_len() != 0 || step == Step::Flush {
+                        match conn.poll_flush_bounded(cx, &mut hot.bound, &WRITES) {
+                            Poll::Pending => {
+                                hot.step = Step::Flush;
+                                return Poll::Pending;
+                            }
+                            Poll::Ready(Err(reason)) => break Ended::Close(reason),
+                            Poll::Ready(Ok(())) => {}
+                        }
                     }
                     if let Some(ended) = hot.start_wait(cold.since, timer.as_mut()) {
                         break ended;
                     }
+                    step = Step::Wait;
                 }
                 Step::Wait => {
                     let waited = match hot.poll_wait(cx, timer.as_mut()) {
                         Poll::Ready(waited) => waited,
-                        Poll::Pending => return Poll::Pending,
+                        Poll::Pending => {
+                            hot.step = Step::Wait;
+                            return Poll::Pending;
+                        }
                     };
                     // Left when the wait ends (or when the loop is dropped).
                     hot.idle = None;
                     lifecycle::set_state(ConnectionState::ReadingHead);
-                    let conn = hot.conn.as_deref_mut().expect(LENT);
-                    let first = hot.first;
-                    match waited {
-                        Waited::Bytes => hot.step = Step::Head,
-                        Waited::Eof => break Ended::Close(CloseReason::ClientClosed),
-                        Waited::TimedOut if hot.parks => {
-                            break Ended::Park(later(hot.now, ctx.config.idle_timeout));
-                        }
-                        // The drain's cut, not the header deadline: closed
-                        // as the drain's, not counted a timeout.
-                        Waited::TimedOut if first && cut_passed(conn, cold.since) => {
-                            break Ended::Close(closed_before_request(conn));
-                        }
-                        Waited::TimedOut => {
-                            incr(&ctx.stats.timeouts);
-                            break Ended::Close(if first {
-                                header_timed_out(conn)
-                            } else {
-                                CloseReason::IdleTimeout
-                            });
-                        }
+                    if let Waited::Bytes = waited {
+                        step = Step::Head;
+                        continue;
+                    }
+                    match hot.waited(waited, cold.since) {
+                        Some(ended) => break ended,
                         // A first request's wait heard the drain begin:
                         // waited for again, until its cut.
-                        Waited::Shutdown if first => hot.step = Step::Top,
-                        Waited::Shutdown => break Ended::Close(CloseReason::Shutdown),
-                        Waited::ParkNow => {
-                            break Ended::Park(later(hot.now, ctx.config.idle_timeout));
-                        }
-                        // A reset (or a broken pipe) while nothing of a
-                        // request has come is the client leaving. A reset
-                        // midway through a request stays an I/O error
-                        // (`HeadRead::Error` below).
-                        Waited::Error(e) => {
-                            break Ended::Close(CloseReason::io_between(&e, true));
-                        }
+                        None => step = Step::Top,
                     }
                 }
                 // A head already whole in the buffer (the usual case: it came
@@ -446,52 +422,38 @@ where
                         // clock read fewer (`Stopwatch::queued`).
                         let queued = !hot.first && conn.wbuf_len() != 0;
                         hot.start_exchange(make, end, queued);
+                        step = Step::Exchange;
                         continue;
                     }
-                    let read_header_timeout = ctx.config.read_header_timeout;
-                    (cold.clock, cold.head_deadline) = match (cold.since, read_header_timeout) {
-                        (Some(since), _) => (
-                            HeaderClock::First(since),
-                            later(Some(since), read_header_timeout),
-                        ),
-                        (None, Some(after)) => (HeaderClock::After(after), None),
-                        (None, None) => (HeaderClock::Off, None),
-                    };
-                    cold.searched = searched;
-                    hot.step = Step::ReadHead;
+                    start_read_head(cold, ctx, searched);
+                    step = Step::ReadHead;
                 }
                 Step::ReadHead => {
                     let read = match hot.poll_read_head(cold, cx, timer.as_mut()) {
                         Poll::Ready(read) => read,
-                        Poll::Pending => return Poll::Pending,
+                        Poll::Pending => {
+                            hot.step = Step::ReadHead;
+                            return Poll::Pending;
+                        }
                     };
                     // The read's write bound ends with it.
                     hot.bound = None;
-                    let conn = hot.conn.as_deref_mut().expect(LENT);
                     match read {
-                        HeadRead::Whole(end) => hot.start_exchange(make, end, false),
-                        HeadRead::Closed => break Ended::Close(CloseReason::ClientClosed),
-                        HeadRead::NoRequest => break Ended::Close(closed_before_request(conn)),
-                        HeadRead::TimedOut => {
-                            incr(&ctx.stats.timeouts);
-                            if conn.buffers.rbuf_len() > 0 {
-                                answer_unserved(
-                                    conn,
-                                    StatusCode::REQUEST_TIMEOUT,
-                                    "the request head was not received within read_header_timeout",
-                                );
-                            }
-                            break Ended::Close(header_timed_out(conn));
+                        HeadRead::Whole(end) => {
+                            hot.start_exchange(make, end, false);
+                            step = Step::Exchange;
                         }
-                        HeadRead::Error(e) => break Ended::Close(CloseReason::io(&e)),
-                        HeadRead::Unwritten(reason) => break Ended::Close(reason),
+                        read => break hot.head_unread(read),
                     }
                 }
                 Step::Exchange => {
                     let exchange = hot.exchange.as_mut().expect("an exchange runs");
                     let (outcome, conn, service) = match Pin::new(exchange).poll(cx) {
                         Poll::Ready(lent) => lent,
-                        Poll::Pending => return Poll::Pending,
+                        Poll::Pending => {
+                            hot.step = Step::Exchange;
+                            return Poll::Pending;
+                        }
                     };
                     // The block goes back before the outcome is acted on.
                     hot.exchange = None;
@@ -512,55 +474,32 @@ where
                         // or its bound either (+65 MB in 14 s from two
                         // clients).
                         Outcome::KeepAlive if conn.wbuf_len() >= WRITE_HIGH_WATER => {
-                            hot.step = Step::FlushHigh;
+                            step = Step::FlushHigh;
                         }
-                        Outcome::KeepAlive => next_request(hot, cold),
-                        Outcome::Close(reason) => break Ended::Close(reason),
-                        // HTTP/2 with prior knowledge (h2c): its preface reads
-                        // as a request line of version 2.0. h2.rs takes the
-                        // connection over. Only in cleartext: over TLS,
-                        // HTTP/2 is what ALPN chose (RFC 9113 §3.3), and here
-                        // it chose http/1.1 or nothing, so an operator who
-                        // leaves `h2` out of `TlsConfig::alpn_protocols`
-                        // serves none.
-                        Outcome::Rejected(_)
-                            if hot.first
-                                && !T::SECURE
-                                && ctx.config.http2.prior_knowledge
-                                && proto::is_h2_preface(conn.rbuf_and_io().0) =>
-                        {
-                            // Counted from where `head_cut` counts the first
-                            // head's.
-                            let since = cold.since.map(|s| conn.io.accepted_at().unwrap_or(s));
-                            break Ended::H2c(since);
+                        Outcome::KeepAlive => {
+                            next_request(hot, cold);
+                            step = Step::Top;
                         }
-                        Outcome::Rejected(rejection) => {
-                            incr(&ctx.stats.protocol_errors);
-                            rejection.limit().count(&ctx.stats);
-                            log_refused(conn, rejection);
-                            answer_unserved(conn, rejection.status, rejection.reason);
-                            break Ended::Close(CloseReason::status(rejection.status));
-                        }
-                        // Nothing buffered: handed over at once, without
-                        // the stream's own flush (as an empty flush was).
-                        Outcome::Upgrade(tx, native) if conn.wbuf_len() == 0 => {
-                            break Ended::Upgrade(tx, native);
-                        }
-                        Outcome::Upgrade(tx, native) => {
+                        Outcome::Upgrade(tx, native) if conn.wbuf_len() != 0 => {
                             cold.upgrade = Some((tx, native));
-                            hot.step = Step::FlushUpgrade;
+                            step = Step::FlushUpgrade;
                         }
+                        outcome => break hot.exchange_ended(outcome, cold.since),
                     }
                 }
                 Step::FlushHigh | Step::FlushUpgrade => {
                     let conn = hot.conn.as_deref_mut().expect(LENT);
                     match conn.poll_flush_bounded(cx, &mut hot.bound, &WRITES) {
-                        Poll::Pending => return Poll::Pending,
+                        Poll::Pending => {
+                            hot.step = step;
+                            return Poll::Pending;
+                        }
                         Poll::Ready(Err(reason)) => break Ended::Close(reason),
                         Poll::Ready(Ok(())) => {}
                     }
-                    if hot.step == Step::FlushHigh {
+                    if step == Step::FlushHigh {
                         next_request(hot, cold);
+                        step = Step::Top;
                     } else {
                         let (tx, native) = cold.upgrade.take().expect(LENT);
                         break Ended::Upgrade(tx, native);
@@ -579,11 +518,43 @@ where
 /// whole).
 #[inline]
 fn next_request<T, S, X>(hot: &mut Hot<'_, T, S, X>, cold: &mut Cold) {
-    hot.step = Step::Top;
     if hot.first {
         hot.first = false;
         cold.since = None;
     }
+}
+
+/// A first request's wait: its deadline, within its header deadline and,
+/// during a drain, until its cut (`LocalShutdown::head_cut`: recomputed
+/// where needed, not kept across the wait, where it would grow every
+/// connection's future), and its phase. `since`: when it began to be
+/// awaited ([`Cold::since`]). Out of line: once a connection.
+#[inline(never)]
+fn first_wait<T: Parkable>(conn: &ConnIo<T>, since: Option<Instant>) -> (Option<Instant>, Phase) {
+    let deadline = earliest(header_deadline(conn, since), head_cut(conn, since));
+    let phase = match conn.ctx.shutdown.is_started() {
+        true => Phase::NewInDrain,
+        false => Phase::New,
+    };
+    (deadline, phase)
+}
+
+/// Readies the read of a head that did not come whole ([`Step::ReadHead`]):
+/// its clock and deadline, and how far its end was looked for
+/// (`searched`). Out of line, as the read itself: a keep-alive request's
+/// head comes whole.
+#[inline(never)]
+fn start_read_head(cold: &mut Cold, ctx: &WorkerContext, searched: usize) {
+    let read_header_timeout = ctx.config.read_header_timeout;
+    (cold.clock, cold.head_deadline) = match (cold.since, read_header_timeout) {
+        (Some(since), _) => (
+            HeaderClock::First(since),
+            later(Some(since), read_header_timeout),
+        ),
+        (None, Some(after)) => (HeaderClock::After(after), None),
+        (None, None) => (HeaderClock::Off, None),
+    };
+    cold.searched = searched;
 }
 
 impl<'a, T, S, X> Hot<'a, T, S, X>
@@ -606,7 +577,6 @@ where
         );
         let ctx: &'a WorkerContext = self.ctx;
         self.exchange = Some(ctx.blocks.pin_with(|| make(conn, service, end, queued)));
-        self.step = Step::Exchange;
     }
 
     /// Readies the wait for the next request's first bytes (the answers
@@ -614,6 +584,11 @@ where
     /// the wait's deadline and phase (`since`: when the first request
     /// began to be awaited, [`Cold::since`]). `Some`: the loop ends
     /// instead (a woken cold connection goes back to the lot).
+    ///
+    /// Inlined (its one caller is the loop's poll): out of line, as session
+    /// 58 had it, it took 181 instructions a request, some 70 more than the
+    /// same work inline in the `async fn` loop before it.
+    #[inline(always)]
     fn start_wait(
         &mut self,
         since: Option<Instant>,
@@ -642,17 +617,10 @@ where
             && ctx.park.is_some()
             && park_idle_after.is_some_and(|p| idle_timeout.is_none_or(|i| p < i));
         let span = if parks { park_idle_after } else { idle_timeout };
-        // A first request is waited for within its header deadline
-        // and, during a drain, until its cut (`LocalShutdown::head_cut`:
-        // recomputed where needed, not kept across the wait, where it
-        // would grow every connection's future).
+        // A first request is waited for within its header deadline and,
+        // during a drain, until its cut (`first_wait`).
         let (deadline, phase) = if first {
-            let deadline = earliest(header_deadline(conn, since), head_cut(conn, since));
-            let phase = match ctx.shutdown.is_started() {
-                true => Phase::NewInDrain,
-                false => Phase::New,
-            };
-            (deadline, phase)
+            first_wait(conn, since)
         } else {
             (later(now, span), Phase::Idle)
         };
@@ -671,8 +639,111 @@ where
             Phase::Idle => ConnectionState::Idle,
             Phase::New | Phase::NewInDrain => ConnectionState::ReadingHead,
         });
-        self.step = Step::Wait;
         None
+    }
+
+    /// How a wait that brought no bytes ends the loop (`None`: it is made
+    /// again). `since`: when the first request began to be awaited
+    /// ([`Cold::since`]). Out of line: a keep-alive request's wait brings
+    /// bytes.
+    #[inline(never)]
+    fn waited(&mut self, waited: Waited, since: Option<Instant>) -> Option<Ended> {
+        let ctx = self.ctx;
+        let conn = self.conn.as_deref_mut().expect(LENT);
+        let first = self.first;
+        Some(match waited {
+            Waited::Bytes => return None,
+            Waited::Eof => Ended::Close(CloseReason::ClientClosed),
+            Waited::TimedOut if self.parks => Ended::Park(later(self.now, ctx.config.idle_timeout)),
+            // The drain's cut, not the header deadline: closed as the
+            // drain's, not counted a timeout.
+            Waited::TimedOut if first && cut_passed(conn, since) => {
+                Ended::Close(closed_before_request(conn))
+            }
+            Waited::TimedOut => {
+                incr(&ctx.stats.timeouts);
+                Ended::Close(if first {
+                    header_timed_out(conn)
+                } else {
+                    CloseReason::IdleTimeout
+                })
+            }
+            // A first request's wait heard the drain begin: waited for
+            // again, until its cut.
+            Waited::Shutdown if first => return None,
+            Waited::Shutdown => Ended::Close(CloseReason::Shutdown),
+            Waited::ParkNow => Ended::Park(later(self.now, ctx.config.idle_timeout)),
+            // A reset (or a broken pipe) while nothing of a request has
+            // come is the client leaving. A reset midway through a request
+            // stays an I/O error (`HeadRead::Error`, `head_unread`).
+            Waited::Error(e) => Ended::Close(CloseReason::io_between(&e, true)),
+        })
+    }
+
+    /// How a head that was read on but did not come whole ends the loop
+    /// (`read`: anything but [`HeadRead::Whole`]).
+    #[inline(never)]
+    fn head_unread(&mut self, read: HeadRead) -> Ended {
+        let ctx = self.ctx;
+        let conn = self.conn.as_deref_mut().expect(LENT);
+        Ended::Close(match read {
+            HeadRead::Whole(_) | HeadRead::Closed => CloseReason::ClientClosed,
+            HeadRead::NoRequest => closed_before_request(conn),
+            HeadRead::TimedOut => {
+                incr(&ctx.stats.timeouts);
+                if conn.buffers.rbuf_len() > 0 {
+                    answer_unserved(
+                        conn,
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request head was not received within read_header_timeout",
+                    );
+                }
+                header_timed_out(conn)
+            }
+            HeadRead::Error(e) => CloseReason::io(&e),
+            HeadRead::Unwritten(reason) => reason,
+        })
+    }
+
+    /// How an exchange that leaves no request to read next ends the loop:
+    /// a close, a refused head (or HTTP/2's preface), an upgrade with
+    /// nothing left to write (`outcome`: not [`Outcome::KeepAlive`], which
+    /// the loop acts on itself, nor an upgrade behind buffered answers).
+    /// `since`: when the first request began to be awaited. Out of line: a
+    /// keep-alive request's exchange keeps the connection.
+    #[inline(never)]
+    fn exchange_ended(&mut self, outcome: Outcome, since: Option<Instant>) -> Ended {
+        let ctx = self.ctx;
+        let conn = self.conn.as_deref_mut().expect(LENT);
+        match outcome {
+            Outcome::KeepAlive => unreachable!("the loop reads a kept connection's next request"),
+            Outcome::Close(reason) => Ended::Close(reason),
+            // HTTP/2 with prior knowledge (h2c): its preface reads as a
+            // request line of version 2.0. h2.rs takes the connection over.
+            // Only in cleartext: over TLS, HTTP/2 is what ALPN chose (RFC
+            // 9113 §3.3), and here it chose http/1.1 or nothing, so an
+            // operator who leaves `h2` out of `TlsConfig::alpn_protocols`
+            // serves none.
+            Outcome::Rejected(_)
+                if self.first
+                    && !T::SECURE
+                    && ctx.config.http2.prior_knowledge
+                    && proto::is_h2_preface(conn.rbuf_and_io().0) =>
+            {
+                // Counted from where `head_cut` counts the first head's.
+                Ended::H2c(since.map(|s| conn.io.accepted_at().unwrap_or(s)))
+            }
+            Outcome::Rejected(rejection) => {
+                incr(&ctx.stats.protocol_errors);
+                rejection.limit().count(&ctx.stats);
+                log_refused(conn, rejection);
+                answer_unserved(conn, rejection.status, rejection.reason);
+                Ended::Close(CloseReason::status(rejection.status))
+            }
+            // Nothing buffered: handed over at once, without the stream's
+            // own flush (as an empty flush was).
+            Outcome::Upgrade(tx, native) => Ended::Upgrade(tx, native),
+        }
     }
 
     /// Waits for the first bytes of the next request without holding a buffer
@@ -701,6 +772,10 @@ where
     ///
     /// An idle connection parks when the worker asks every idle one to (an
     /// upgrade hands the lot over), unless it speaks TLS, which cannot move.
+    ///
+    /// Inlined: its one caller is the loop's poll, and a keep-alive request
+    /// polls it twice.
+    #[inline(always)]
     fn poll_wait(
         &mut self,
         cx: &mut Context<'_>,
@@ -808,6 +883,10 @@ where
     /// the connection closes ([`HeadRead::NoRequest`]): a head that trickles
     /// held the drain until `read_header_timeout` (with that off, to the
     /// deadline). So a wait here watches shutdown too, as an idle one does.
+    ///
+    /// Out of line: a keep-alive request's head comes whole (`Step::Head`),
+    /// and the loop's poll is smaller without this.
+    #[inline(never)]
     fn poll_read_head(
         &mut self,
         cold: &mut Cold,
@@ -937,13 +1016,14 @@ fn addrs_of<T: Parkable>(conn: &ConnIo<T>) -> Option<ConnInfo> {
 /// Parses the request head that ends at `end` (see [`HeadRead::Whole`]),
 /// hands the request to the service and drives the exchange to its end.
 /// `queued`: the head was whole in the buffer when the request before it
-/// ended ([`Exchange::new`]).
-async fn exchange<T, S>(
-    conn: &mut ConnIo<T>,
-    service: &mut S,
+/// ended ([`Exchange::new`]). Gives back the connection and the service
+/// with its outcome ([`Lent`]).
+async fn exchange<'a, T, S>(
+    conn: &'a mut ConnIo<T>,
+    service: &'a mut S,
     end: HeadEnd,
     queued: bool,
-) -> Outcome
+) -> Lent<'a, T, S>
 where
     T: Parkable,
     S: HttpService,
@@ -954,8 +1034,8 @@ where
     let mut place = head::HeadPlace::new(&mut slot);
     match head::parse_from(conn.rbuf_and_io().0, end.0, &limits, &mut place) {
         Ok(true) => {}
-        Ok(false) => return Outcome::Rejected(head::MALFORMED_HEAD),
-        Err(rejection) => return Outcome::Rejected(rejection),
+        Ok(false) => return (Outcome::Rejected(head::MALFORMED_HEAD), conn, service),
+        Err(rejection) => return (Outcome::Rejected(rejection), conn, service),
     }
     let head = place.get();
     incr_own(&conn.ctx.stats.requests);
@@ -973,13 +1053,14 @@ where
     // Waited for before the request is built, so that only the head is kept
     // across this await (the exchange's box is sized by what is kept).
     if !crate::service::ready(service).await {
-        return Exchange::<T, S::Future, S::ResBody>::failed(
+        let outcome = Exchange::<T, S::Future, S::ResBody>::failed(
             conn,
             RequestRecord::untimed(conn.ctx.stats_source(), method).logged(access),
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is not available",
             CloseReason::ServerError,
         );
+        return (outcome, conn, service);
     }
     let config = &conn.ctx.config;
     let (decoder, body_tx, body) = match head.framing {
@@ -1058,13 +1139,14 @@ where
         |future| handler.set(Some(future)),
     );
     if !called {
-        return Exchange::<T, S::Future, S::ResBody>::call_panicked(
+        let outcome = Exchange::<T, S::Future, S::ResBody>::call_panicked(
             conn,
             RequestRecord::untimed(conn.ctx.stats_source(), method)
                 .traced(span)
                 .logged(access),
             grpc,
         );
+        return (outcome, conn, service);
     }
     let setup = ExchangeSetup {
         method,
@@ -1082,9 +1164,15 @@ where
     // Pinned where it is built and awaited through the pin: awaited by
     // value, it was moved whole into the await's slot first (a copy of
     // some 600 bytes, ~50 user-space instructions a request; callgrind,
-    // bench/CPU-PER-REQUEST.md, session 37).
-    let exchange = std::pin::pin!(Exchange::new(conn, handler, setup, span, access, queued));
-    exchange.await
+    // bench/CPU-PER-REQUEST.md, session 37). In a block of its own, so
+    // that its borrow of the connection ends with it.
+    let outcome = {
+        let exchange = std::pin::pin!(Exchange::new(
+            &mut *conn, handler, setup, span, access, queued
+        ));
+        exchange.await
+    };
+    (outcome, conn, service)
 }
 
 /// A request's extensions, when it has any: its connection's addresses
