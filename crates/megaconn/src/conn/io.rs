@@ -624,44 +624,6 @@ impl<T: Parkable> ConnIo<T> {
         }
         Poll::Pending
     }
-
-    /// Writes what is buffered, if anything, bounded as
-    /// [`poll_flush_bounded`](Self::poll_flush_bounded) says.
-    pub(crate) fn flush_bounded<'a>(&'a mut self, writes: &'a Writes) -> FlushBounded<'a, T> {
-        FlushBounded {
-            empty: self.wbuf_len() == 0,
-            conn: self,
-            writes,
-            bound: None,
-        }
-    }
-}
-
-/// The future of [`ConnIo::flush_bounded`]: a type of its own, not an
-/// `async fn` or a `poll_fn`, so that its poll can be inlined where it is
-/// awaited (the keep-alive path's every response goes through it): the
-/// compiler inlined neither of those, +50 to +77 instructions a request
-/// against the plain flush, `bench/lower-bound.sh`.
-pub(crate) struct FlushBounded<'a, T> {
-    conn: &'a mut ConnIo<T>,
-    writes: &'a Writes,
-    bound: Option<Box<WriteBound>>,
-    /// Nothing to write: ready at once, no flush of the stream.
-    empty: bool,
-}
-
-impl<T: Parkable> Future for FlushBounded<'_, T> {
-    type Output = Result<(), CloseReason>;
-
-    #[inline(always)]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if this.empty {
-            return Poll::Ready(Ok(()));
-        }
-        this.conn
-            .poll_flush_bounded(cx, &mut this.bound, this.writes)
-    }
 }
 
 /// Drops a write's bound, apart: its drop (a timer's deregistration) is

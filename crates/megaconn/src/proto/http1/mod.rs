@@ -43,6 +43,9 @@ mod writev_cut_tests;
 // The keep-alive loop's timeouts and wakes, on paused time (see its doc).
 #[cfg(test)]
 mod keepalive_tests;
+// The hand-written keep-alive loop's own turns (see its doc).
+#[cfg(test)]
+mod run_tests;
 
 pub(crate) use crate::observe::close::CloseReason;
 use crate::service::upgrade::{NativeUpgrade, UpgradeSender};
