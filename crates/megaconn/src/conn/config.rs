@@ -427,15 +427,6 @@ impl Config {
             .or_else(|| wildcard(true))
             .or_else(|| wildcard(false))
     }
-
-    /// Whether a listener of the server reads PROXY headers (the server's
-    /// list, or one of a listener's own): only then may a request's
-    /// connection be a proxied one, whose requests carry
-    /// [`ProxiedBy`](crate::ProxiedBy). Two loads: asked per request.
-    #[inline]
-    pub(crate) fn reads_proxy_headers(&self) -> bool {
-        self.proxy_protocol.is_some() || !self.proxy_protocol_listeners.is_empty()
-    }
 }
 
 impl Default for Config {

@@ -238,23 +238,14 @@ pub(crate) fn peer_and_balancer_of(socket: &impl AsFd) -> Option<(SocketAddr, Op
 }
 
 /// The balancer the socket at `fd` came through, if its PROXY header
-/// named the client (`Session::proxied_by`, a woken HTTP/1.1
-/// connection's `ProxiedBy` without `connect_info`): nothing asked while
-/// no proxied connection is open (one atomic load), else the table's
-/// lock and a probe, and for a socket with an entry one `getsockopt` (its
-/// cookie, [`Proxied::still_at`]: the entry is this socket's, so its
-/// balancer is the socket's peer, not asked). A stale entry found goes.
+/// named the client (`Session::proxied_by`): nothing asked of the socket
+/// while no proxied connection is open (one atomic load), else one
+/// `getpeername` and a lookup.
 pub(crate) fn balancer_of(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
     if LIVE.load(Relaxed) == 0 {
         return None;
     }
-    let fd = fd.as_raw_fd();
-    let entry = entry_at(fd)?;
-    if !entry.still_at(fd) {
-        remove(fd, |e| e.cookie == entry.cookie);
-        return None;
-    }
-    Some(entry.by)
+    peer_and_balancer_of(&fd).and_then(|(_, by)| by)
 }
 
 /// Whether `socket` is a proxied connection's: its client's address is

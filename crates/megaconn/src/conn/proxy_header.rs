@@ -548,9 +548,8 @@ fn own_list(
 /// cleartext connection's future, at its bound), and a stream type of its
 /// own would build the HTTP/1.1 engine, and h2c's HTTP/2, once more for
 /// it. A task without it pays a thread-local read where it is asked: a
-/// first request's wait during a drain ([`accepted_here`]) and, on a
-/// server that reads PROXY headers, each request ([`balancer_here`]); no
-/// lookup, no system call.
+/// first request's wait ([`accepted_here`]) and, with `connect_info`,
+/// each request ([`balancer_here`]); no lookup, no system call.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ProxiedTask {
     /// The balancer's address (the socket's peer), when the header named

@@ -1404,10 +1404,6 @@ fn prepare<F>(
     if let Some(info) = addrs.info.filter(|_| ctx.config.connect_info) {
         crate::service::insert_conn_info(request.extensions_mut(), info);
     }
-    // With `connect_info` or without (`service/proxied_by.rs`).
-    if let Some(by) = crate::service::proxied_by::here(&ctx.config) {
-        request.extensions_mut().insert(by);
-    }
     if let Some(peer) = &addrs.peer {
         request.extensions_mut().insert(peer.clone());
     }

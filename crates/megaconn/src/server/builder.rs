@@ -1206,7 +1206,7 @@ impl Builder {
     /// in, not on the balancer at accept; so is
     /// `TlsConfig::handshake_rate_per_ip`); the balancer's own address is
     /// the [`ProxiedBy`](crate::ProxiedBy) request extension (with
-    /// [`connect_info`](Builder::connect_info) on or off) and
+    /// [`connect_info`](Builder::connect_info)) and
     /// [`Session::proxied_by`](crate::Session::proxied_by). A v2 `LOCAL` header (a
     /// balancer's health check) or a v1 `UNKNOWN` one keeps the socket's
     /// address, as the spec says. From a trusted source, a connection

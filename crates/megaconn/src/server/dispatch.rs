@@ -379,25 +379,18 @@ fn proxied(fd: std::os::fd::RawFd) -> bool {
 
 /// A woken connection's addresses for its requests (with `connect_info`:
 /// the lot keeps none; two system calls), and the balancer it came
-/// through if it is a proxied one (found by the same lookup; without
-/// `connect_info`, by a look in the client table alone, for its requests'
-/// `ProxiedBy`, when a listener reads PROXY headers:
-/// `service/proxied_by.rs` says why).
+/// through if it is a proxied one (found by the same lookup).
 fn woken_addrs(
     socket: &std::os::fd::OwnedFd,
     ctx: &WorkerContext,
 ) -> (Option<Box<ConnInfo>>, Option<SocketAddr>) {
-    if ctx.config.connect_info {
-        return match ConnInfo::and_balancer_of(socket) {
-            Some((info, by)) => (Some(Box::new(info)), by),
-            None => (None, None),
-        };
+    if !ctx.config.connect_info {
+        return (None, None);
     }
-    if ctx.config.reads_proxy_headers() {
-        use std::os::fd::AsFd;
-        return (None, proxy_header::balancer_of(socket.as_fd()));
+    match ConnInfo::and_balancer_of(socket) {
+        Some((info, by)) => (Some(Box::new(info)), by),
+        None => (None, None),
     }
-    (None, None)
 }
 
 /// The task of a woken proxied connection (its balancer `by`): its

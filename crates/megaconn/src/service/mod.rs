@@ -96,7 +96,9 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
 }
 
 /// Gives a request its connection's addresses: megaconn's [`ConnInfo`]
-/// and, with the `axum` feature, axum's `ConnectInfo<SocketAddr>` (so the
+/// (and, on a proxied connection, the balancer's:
+/// [`ProxiedBy`](crate::ProxiedBy)) and,
+/// with the `axum` feature, axum's `ConnectInfo<SocketAddr>` (so the
 /// extractor works as under `axum::serve` with connect info), and with the
 /// `tonic` feature tonic's `TcpConnectInfo`, what its
 /// `Request::remote_addr()` and `local_addr()` read (first; then its
@@ -114,6 +116,8 @@ pub(crate) fn insert_conn_info(extensions: &mut http::Extensions, info: ConnInfo
         remote_addr: Some(info.peer),
     });
     extensions.insert(info);
+    // A proxied connection's balancer, beside the client it named.
+    proxied_by::insert(extensions);
 }
 
 /// What megaconn serves: a [`tower_service::Service`] that takes an

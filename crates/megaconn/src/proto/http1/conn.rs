@@ -1123,10 +1123,6 @@ where
     // bench/CPU-PER-REQUEST.md, session 38).
     let mut upgrade = None;
     let info = conn.info.as_deref();
-    // A proxied connection's balancer, with `connect_info` or without
-    // (`service/proxied_by.rs` says why): nothing asked unless a listener
-    // reads PROXY headers.
-    let by = crate::service::proxied_by::here(&conn.ctx.config);
     // A TLS client's verified chain (`ClientAuth`): a constant `None` on
     // cleartext, one branch over TLS without client auth.
     let peer = if T::SECURE {
@@ -1136,8 +1132,8 @@ where
     };
     // Made apart and moved into the request whole, so that nothing is
     // handed the request's address before its `call`: see `call_into`.
-    let extensions = (info.is_some() || by.is_some() || peer.is_some() || wants_upgrade)
-        .then(|| request_extensions(info, by, peer, wants_upgrade.then_some(&mut upgrade)));
+    let extensions = (info.is_some() || peer.is_some() || wants_upgrade)
+        .then(|| request_extensions(info, peer, wants_upgrade.then_some(&mut upgrade)));
     let fill = |request: &mut Request<Body>| {
         // SAFETY: the place is full: `parse_from` put a head there (it
         // answered `Ok(true)`), and only `get` has borrowed it since.
@@ -1194,23 +1190,18 @@ where
 }
 
 /// A request's extensions, when it has any: its connection's addresses
-/// (`info`, with `connect_info`), its balancer (`by`, on a proxied
-/// connection), a TLS client's verified chain (`peer`),
+/// (`info`, with `connect_info`), a TLS client's verified chain (`peer`),
 /// and, when it asks to upgrade, its `OnUpgrade`, whose sender goes in
 /// `upgrade`. Out of line: a request seldom has any.
 #[inline(never)]
 fn request_extensions(
     info: Option<&ConnInfo>,
-    by: Option<crate::ProxiedBy>,
     peer: Option<crate::conn::client_auth::PeerCertificates>,
     upgrade: Option<&mut Option<UpgradeSender>>,
 ) -> http::Extensions {
     let mut extensions = http::Extensions::new();
     if let Some(info) = info {
         crate::service::insert_conn_info(&mut extensions, *info);
-    }
-    if let Some(by) = by {
-        extensions.insert(by);
     }
     if let Some(peer) = peer {
         extensions.insert(peer);
