@@ -67,9 +67,10 @@ fn opening() -> Vec<u8> {
     let mut settings = 4u16.to_be_bytes().to_vec();
     settings.extend(WINDOW.to_be_bytes());
     bytes.extend(frame(0x4, 0, 0, &settings));
-    bytes.extend(frame(0x8, 0, 0, &WINDOW.to_be_bytes())); // WINDOW_UPDATE
-                                                           // :method GET, :scheme http, :path /, :authority "a" (HPACK's static
-                                                           // table, the last a literal).
+    // WINDOW_UPDATE on the connection.
+    bytes.extend(frame(0x8, 0, 0, &WINDOW.to_be_bytes()));
+    // :method GET, :scheme http, :path /, :authority "a" (HPACK's static
+    // table, the last a literal).
     let block = [0x82, 0x86, 0x84, 0x01, 1, b'a'];
     bytes.extend(frame(0x1, 0x5, 1, &block)); // HEADERS, END_STREAM | END_HEADERS
     bytes

@@ -505,7 +505,8 @@ where
                         next_request(hot, cold);
                         step = Step::Top;
                     } else {
-                        let (tx, native) = cold.upgrade.take().expect(LENT);
+                        let (tx, native) =
+                            cold.upgrade.take().expect("an upgrade waits for its 101");
                         break Ended::Upgrade(tx, native);
                     }
                 }
